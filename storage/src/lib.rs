@@ -1,1 +1,68 @@
-//! placeholder
+//! Storage for qim: the traits the gateway needs, and their backends.
+//!
+//! # Layout
+//! - [`MessageStore`]: inbox append with idempotency and per-inbox sequence
+//!   numbers, inbox reads, per-device cursors. Describes what the gateway
+//!   needs, not a database.
+//! - [`model`]: the records that cross the trait ([`NewMessage`],
+//!   [`StoredMessage`], [`Appended`]).
+//! - [`embedded`]: the default single-node backend, a durable fjall database
+//!   under the data directory with group commit.
+//! - `conformance` (feature `conformance`): checks every backend must pass,
+//!   run unchanged against each one by [`conformance_tests!`].
+//!
+//! # Invariants every backend keeps
+//! - `append` returns only after the messages are durable; an error means
+//!   none of the batch may be acknowledged.
+//! - Each inbox's seqs start at 1 and increase by one per new message, are
+//!   never reused (also across restarts), and keep the order of a batch.
+//! - `(sender, client_msg_id)` is an idempotency key: appending it again
+//!   returns the original message with `duplicate = true` and stores nothing.
+
+use async_trait::async_trait;
+
+pub mod embedded;
+mod error;
+pub mod model;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::StoreError;
+pub use model::{Appended, NewMessage, StoredMessage};
+
+/// Messages, inboxes, idempotency keys and delivery cursors.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Appends a batch in order, each message to its inbox, and returns one
+    /// [`Appended`] per input in the same order once all are durable.
+    ///
+    /// Callers batch to keep order (one batch in flight per sender stream)
+    /// and to let the backend commit many messages per disk sync.
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
+
+    /// Messages of `inbox` with seq in `(after_seq, ..]`, oldest first, at
+    /// most `limit`.
+    async fn read_inbox(
+        &self,
+        inbox: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// The newest seq of `inbox`, 0 when empty.
+    async fn inbox_head(&self, inbox: &str) -> Result<u64, StoreError>;
+
+    /// Records that `device` of `inbox` has processed up to `seq`.
+    ///
+    /// Cursors are advisory (clients send their own resume point); they are
+    /// written without a disk sync.
+    async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError>;
+
+    /// The last cursor saved for `device` of `inbox`.
+    async fn load_cursor(&self, inbox: &str, device: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Makes everything written so far durable (cursors included); used at
+    /// shutdown.
+    async fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,31 @@
+//! The storage conformance suite against the embedded backend.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use qim_storage::MessageStore;
+use qim_storage::conformance::Backend;
+use qim_storage::embedded::EmbeddedStore;
+
+struct Embedded {
+    dir: tempfile::TempDir,
+}
+
+impl Embedded {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Embedded {
+    async fn open(&self) -> Arc<dyn MessageStore> {
+        // fjall holds a lock on the directory until the previous instance is
+        // dropped; conformance checks drop before reopening.
+        Arc::new(EmbeddedStore::open(self.dir.path()).expect("open store"))
+    }
+}
+
+qim_storage::conformance_tests!(Embedded::new());
