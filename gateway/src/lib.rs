@@ -1,1 +1,38 @@
-//! placeholder
+//! The qim gateway: a QUIC endpoint that logs clients in, stores what they
+//! send durably before acknowledging it, and delivers every message to every
+//! device of its recipient in seq order until each device acknowledges it.
+//!
+//! # Layout
+//! - [`server`]: binding the endpoint and admin port, the accept loop,
+//!   graceful shutdown (GoAway, drain, store flush).
+//! - `session`: one connection: login on the control stream, then the
+//!   heartbeat, chat, ack and rpc streams, each in its own task.
+//! - [`delivery`]: the per-device delivery engine; [`delivery::Window`] is its
+//!   sans-IO core (unacked window, retransmit timers with backoff).
+//! - `route`: in-process routes (online users, sessions per device, a feed
+//!   of new messages per online user).
+//! - [`auth`]: HMAC-signed login tokens.
+//! - [`tls`]: certificates, including development ones made with rcgen.
+//! - [`config`]: typed, layered, validated configuration.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP router.
+//!
+//! # Invariants
+//! - A `SendAck` is written only after the store's `append` returned, i.e.
+//!   after the message is durable; a store error becomes a retryable
+//!   `SendNack`.
+//! - Messages are published to live sessions only after they are durable, so
+//!   a delivery task can always fall back to reading the store.
+//! - Every connection the server ends is closed with an `ErrorCode`.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod delivery;
+pub mod metrics;
+mod route;
+pub mod server;
+mod session;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{Gateway, StartError, StartInfo};

@@ -1,1 +1,182 @@
-fn main(){}
+//! `qim-gateway`: runs the gateway (the default), mints development tokens,
+//! makes development certificates, prints the example configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use qim_gateway::auth::{TokenKey, unix_now};
+use qim_gateway::config::Config;
+use qim_gateway::server::secret_path;
+use qim_gateway::tls::{self, DevCertSpec};
+use qim_gateway::Gateway;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "qim-gateway", version, about = "qim: QUIC instant-messaging gateway")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "QIM_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Override one setting: `section.field=value` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE", global = true)]
+    set: Vec<String>,
+    /// QUIC listen address (server.listen).
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Admin HTTP listen address (admin.listen).
+    #[arg(long, global = true)]
+    admin_listen: Option<SocketAddr>,
+    /// Data directory (server.data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Mint a login token with the configured secret (development and tests;
+    /// production tokens come from your own backend).
+    Token {
+        /// The user the token logs in.
+        #[arg(long, short)]
+        user: String,
+        /// Hours until the token expires.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u64,
+    },
+    /// Make a development CA and server certificate.
+    Certs {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Generator settings (names, validity), e.g. certs/dev-certs.toml.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+    /// Print the configuration.
+    Config {
+        /// Print a commented example with every default instead of the
+        /// effective configuration.
+        #[arg(long)]
+        example: bool,
+    },
+}
+
+impl Cli {
+    fn load_config(&self) -> Result<Config> {
+        let mut overrides = self.set.clone();
+        if let Some(listen) = self.listen {
+            overrides.push(format!("server.listen=\"{listen}\""));
+        }
+        if let Some(listen) = self.admin_listen {
+            overrides.push(format!("admin.listen=\"{listen}\""));
+        }
+        if let Some(dir) = &self.data_dir {
+            overrides.push(format!("server.data_dir={}", toml_string(&dir.display().to_string())));
+        }
+        Ok(Config::load(self.config.as_deref(), std::env::vars(), &overrides)?)
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        None | Some(Command::Serve) => serve(cli.load_config()?),
+        Some(Command::Token { user, ttl_hours }) => {
+            let config = cli.load_config()?;
+            let (path, _) = secret_path(&config);
+            let (key, created) = TokenKey::load_or_create(&path)
+                .with_context(|| format!("token secret {}", path.display()))?;
+            if created {
+                eprintln!("created token secret {}", path.display());
+            }
+            let token = key.mint(user, unix_now() + ttl_hours * 3600)?;
+            println!("{token}");
+            Ok(())
+        }
+        Some(Command::Certs { out, spec }) => {
+            let spec = match spec {
+                Some(path) => toml::from_str(
+                    &std::fs::read_to_string(path).with_context(|| path.display().to_string())?,
+                )
+                .with_context(|| path.display().to_string())?,
+                None => DevCertSpec::default(),
+            };
+            let paths = tls::write_dev_certs(out, &spec)?;
+            println!("CA certificate (give to clients): {}", paths.ca_cert.display());
+            println!("server chain:                     {}", paths.server_cert.display());
+            println!("server key:                       {}", paths.server_key.display());
+            println!("use with: --set tls.cert={} --set tls.key={}",
+                toml_string(&paths.server_cert.display().to_string()),
+                toml_string(&paths.server_key.display().to_string()));
+            Ok(())
+        }
+        Some(Command::Config { example }) => {
+            if *example {
+                print!("{}", Config::example());
+            } else {
+                print!("{}", toml::to_string_pretty(&cli.load_config()?)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.filter))
+        .context("log.filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let gateway = Gateway::bind(config).await?;
+        let info = gateway.info().clone();
+        let port = info.quic_addr.port();
+        println!("qim gateway listening on {} (QUIC, ALPN qim/1); admin http://{}", info.quic_addr, info.admin_addr);
+        if let Some(ca) = &info.dev_ca {
+            println!("  development CA:  {} (clients verify the server against it, name {:?})", ca.display(), info.public_name);
+        }
+        if let Some(secret) = &info.dev_secret {
+            println!("  token secret:    {} (development; mint: cargo run -p qim-gateway -- token --user alice)", secret.display());
+        }
+        println!("  try it:          cargo run -p qim-sdk --example chat -- --server 127.0.0.1:{port} --user alice");
+        // One machine-readable line for scripts and tests.
+        println!("READY quic={} admin={}", info.quic_addr, info.admin_addr);
+        gateway.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

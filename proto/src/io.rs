@@ -120,6 +120,12 @@ impl FramedRecv {
         }
     }
 
+    /// The next message if one is already buffered, without waiting; lets a
+    /// reader batch what arrived together.
+    pub fn try_next<M: Message + Default>(&mut self) -> Result<Option<M>, RecvError> {
+        Ok(self.decoder.decode_message(&mut self.buf)?)
+    }
+
     /// Asks the peer to stop sending on this stream, with a reason.
     pub fn stop(&mut self, code: ErrorCode) {
         let _ = self.stream.stop(code.to_quic().into());

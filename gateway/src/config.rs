@@ -1,0 +1,399 @@
+//! Gateway configuration: typed, documented at each field with its default,
+//! layered (defaults, then a TOML file, then `QIM_<SECTION>__<FIELD>`
+//! environment variables, then `--set section.field=value` flags) and
+//! validated at start-up. `qim-gateway config --example` prints a commented
+//! example generated from the same declarations, so docs cannot drift.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a value of the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// An override is not of the form `section.field=value`.
+    #[error("override {0:?} is not section.field=value")]
+    Override(String),
+    /// Values that do not fit together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Declares a config section once: the struct, its `Default`, and its part
+/// of the generated example.
+macro_rules! section {
+    (
+        $(#[doc = $sdoc:literal])*
+        $name:literal => $Type:ident {
+            $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr, )*
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $Type {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for $Type {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        impl $Type {
+            fn write_example(out: &mut String) {
+                out.push('\n');
+                $( out.push_str(concat!("#", $sdoc, "\n")); )*
+                out.push_str(concat!("[", $name, "]\n"));
+                let defaults = Self::default();
+                $(
+                    $( out.push_str(concat!("#", $doc, "\n")); )*
+                    out.push_str(&example_line(stringify!($field), &defaults.$field));
+                )*
+            }
+        }
+    };
+}
+
+fn example_line<T: Serialize>(name: &str, value: &T) -> String {
+    match toml::Value::try_from(value) {
+        Ok(value) => format!("{name} = {value}\n\n"),
+        // `None` has no TOML form: show the key commented out.
+        Err(_) => format!("# {name} = \n\n"),
+    }
+}
+
+section! {
+    /// Where the gateway listens and keeps its data.
+    "server" => Server {
+        /// UDP address of the QUIC endpoint.
+        listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 4433)),
+        /// Directory of the embedded store, development certificates and the development token secret.
+        data_dir: PathBuf = PathBuf::from("qim-data"),
+        /// Connections held at once; further handshakes are refused with SERVER_BUSY.
+        max_connections: usize = 250_000,
+        /// Name clients use to verify the certificate (printed at start-up).
+        public_name: String = "localhost".to_owned(),
+    }
+}
+
+section! {
+    /// TLS. Without cert and key, development certificates are created under data_dir/certs.
+    "tls" => Tls {
+        /// PEM certificate chain (server certificate first).
+        cert: Option<PathBuf> = None,
+        /// PEM private key of the certificate.
+        key: Option<PathBuf> = None,
+    }
+}
+
+section! {
+    /// Login.
+    "auth" => Auth {
+        /// File with the base64url token secret shared with your token issuer. Unset: data_dir/token-secret, created on first start (development only).
+        secret_file: Option<PathBuf> = None,
+        /// Milliseconds a client has after the handshake to send a valid Hello.
+        login_timeout_ms: u64 = 10_000,
+    }
+}
+
+section! {
+    /// Heartbeats on the heartbeat stream.
+    "heartbeat" => Heartbeat {
+        /// Interval told to clients, in milliseconds.
+        interval_ms: u32 = 30_000,
+        /// Lowest interval an adaptive client may use.
+        min_interval_ms: u32 = 10_000,
+        /// Highest interval an adaptive client may use.
+        max_interval_ms: u32 = 300_000,
+        /// Intervals without a Ping after which the server closes the session (HEARTBEAT_TIMEOUT).
+        max_missed: u32 = 3,
+    }
+}
+
+section! {
+    /// The delivery engine.
+    "delivery" => Delivery {
+        /// Deliveries kept unacknowledged per device; the next wait for acks.
+        window: u32 = 128,
+        /// Milliseconds before an unacknowledged delivery is sent again.
+        retransmit_initial_ms: u64 = 5_000,
+        /// Upper bound of the doubling retransmit timeout.
+        retransmit_max_ms: u64 = 60_000,
+    }
+}
+
+section! {
+    /// Limits on what clients send.
+    "limits" => Limits {
+        /// Largest frame accepted on any stream, in bytes.
+        max_frame_bytes: u32 = 64 * 1024,
+        /// Largest message body, in bytes (must leave room in a frame for the envelope).
+        max_body_bytes: u32 = 48 * 1024,
+        /// Sends stored in one batch per chat stream; bounds the work one client can queue.
+        max_inflight_sends: u32 = 512,
+    }
+}
+
+section! {
+    /// QUIC transport tuning.
+    "quic" => Quic {
+        /// Idle timeout in milliseconds; must exceed heartbeat.interval_ms * heartbeat.max_missed.
+        idle_timeout_ms: u64 = 120_000,
+        /// UDP socket receive buffer in bytes (the kernel default of ~208 KB drops packets under load).
+        udp_recv_buffer: usize = 4 * 1024 * 1024,
+        /// UDP socket send buffer in bytes.
+        udp_send_buffer: usize = 4 * 1024 * 1024,
+        /// Client-opened bidi streams at once (control, heartbeat, rpc requests). quinn preallocates state for the whole window.
+        max_bidi_streams: u32 = 8,
+        /// Client-opened uni streams at once (chat, ack).
+        max_uni_streams: u32 = 4,
+        /// Flow-control window per stream, in bytes.
+        stream_receive_window: u32 = 256 * 1024,
+        /// Flow-control window per connection, in bytes.
+        receive_window: u32 = 1024 * 1024,
+        /// Require address validation (a Retry round trip) before a handshake; use on untrusted networks.
+        validate_addresses: bool = false,
+    }
+}
+
+section! {
+    /// Admin HTTP: health and Prometheus metrics.
+    "admin" => Admin {
+        /// TCP address of the admin HTTP server.
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)),
+    }
+}
+
+section! {
+    /// Graceful shutdown.
+    "shutdown" => Shutdown {
+        /// Milliseconds to wait for clients to leave after GoAway before closing them.
+        drain_ms: u64 = 10_000,
+        /// Clients are told to reconnect within this many milliseconds (each picks a random delay).
+        reconnect_within_ms: u32 = 5_000,
+    }
+}
+
+section! {
+    /// Logging.
+    "log" => Log {
+        /// tracing filter directives, e.g. "info" or "qim_gateway=debug,info"; RUST_LOG overrides.
+        filter: String = "info,fjall=warn,lsm_tree=warn".to_owned(),
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Config {
+    pub server: Server,
+    pub tls: Tls,
+    pub auth: Auth,
+    pub heartbeat: Heartbeat,
+    pub delivery: Delivery,
+    pub limits: Limits,
+    pub quic: Quic,
+    pub admin: Admin,
+    pub shutdown: Shutdown,
+    pub log: Log,
+}
+
+/// Prefix of environment overrides: `QIM_SERVER__LISTEN=0.0.0.0:5000`.
+pub const ENV_PREFIX: &str = "QIM_";
+
+impl Config {
+    /// The commented example configuration, with every default.
+    pub fn example() -> String {
+        let mut out = String::from(
+            "# qim-gateway configuration. Every value shown is the default.\n\
+             # Environment: QIM_<SECTION>__<FIELD>=value; flags: --set section.field=value.\n",
+        );
+        Server::write_example(&mut out);
+        Tls::write_example(&mut out);
+        Auth::write_example(&mut out);
+        Heartbeat::write_example(&mut out);
+        Delivery::write_example(&mut out);
+        Limits::write_example(&mut out);
+        Quic::write_example(&mut out);
+        Admin::write_example(&mut out);
+        Shutdown::write_example(&mut out);
+        Log::write_example(&mut out);
+        out
+    }
+
+    /// Builds the configuration: defaults, then `file`, then environment
+    /// variables from `env`, then `overrides` (`section.field=value`).
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, field)) = rest.split_once("__") else {
+                continue;
+            };
+            set(&mut table, &section.to_lowercase(), &field.to_lowercase(), &value);
+        }
+        for o in overrides {
+            let (path, value) = o.split_once('=').ok_or_else(|| ConfigError::Override(o.clone()))?;
+            let (section, field) = path
+                .split_once('.')
+                .ok_or_else(|| ConfigError::Override(o.clone()))?;
+            set(&mut table, section, field, value);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that must fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
+        let hb = &self.heartbeat;
+        if hb.interval_ms == 0 || hb.max_missed == 0 {
+            return invalid("heartbeat.interval_ms and heartbeat.max_missed must be above 0");
+        }
+        if !(hb.min_interval_ms <= hb.interval_ms && hb.interval_ms <= hb.max_interval_ms) {
+            return invalid("heartbeat: need min_interval_ms <= interval_ms <= max_interval_ms");
+        }
+        if self.quic.idle_timeout_ms <= u64::from(hb.interval_ms) * u64::from(hb.max_missed) {
+            return invalid("quic.idle_timeout_ms must exceed heartbeat.interval_ms * heartbeat.max_missed");
+        }
+        if self.limits.max_body_bytes.saturating_add(1024) > self.limits.max_frame_bytes {
+            return invalid("limits.max_body_bytes must be at least 1 KiB below limits.max_frame_bytes");
+        }
+        if self.delivery.window == 0 || self.limits.max_inflight_sends == 0 {
+            return invalid("delivery.window and limits.max_inflight_sends must be above 0");
+        }
+        if self.delivery.retransmit_initial_ms == 0
+            || self.delivery.retransmit_max_ms < self.delivery.retransmit_initial_ms
+        {
+            return invalid("delivery: need 0 < retransmit_initial_ms <= retransmit_max_ms");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert and tls.key go together");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections must be above 0");
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests: loopback, port 0, data in `data_dir`.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Config {
+        let mut config = Config::default();
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.data_dir = data_dir.into();
+        config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.shutdown.drain_ms = 2_000;
+        config
+    }
+
+    /// Milliseconds as a duration, for the `*_ms` fields.
+    pub fn ms(value: impl Into<u64>) -> Duration {
+        Duration::from_millis(value.into())
+    }
+}
+
+/// Sets `section.field` to `value`, read as a TOML value when it parses as
+/// one (numbers, booleans) and as a string otherwise.
+fn set(table: &mut toml::Table, section: &str, field: &str, value: &str) {
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(field.to_owned(), parsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_is_the_defaults_and_mentions_every_field() {
+        let example = Config::example();
+        let parsed: Config = toml::from_str(&example).expect("example parses");
+        assert_eq!(parsed, Config::default());
+        let defaults = toml::Value::try_from(Config::default()).expect("serialize");
+        for (section, fields) in defaults.as_table().expect("table") {
+            assert!(example.contains(&format!("[{section}]")), "{section}");
+            for field in fields.as_table().expect("section").keys() {
+                assert!(example.contains(&format!("\n{field} = ")), "{section}.{field}");
+            }
+        }
+        assert!(example.contains("# cert = "), "unset options are shown commented");
+        Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("qim.toml");
+        std::fs::write(&file, "[server]\nmax_connections = 10\npublic_name = \"file\"\n").expect("write");
+        let env = vec![
+            ("QIM_SERVER__PUBLIC_NAME".to_owned(), "env.example".to_owned()),
+            ("QIM_DELIVERY__WINDOW".to_owned(), "7".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let config = Config::load(Some(&file), env, &["delivery.window=9".to_owned()]).expect("load");
+        assert_eq!(config.server.max_connections, 10);
+        assert_eq!(config.server.public_name, "env.example");
+        assert_eq!(config.delivery.window, 9);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(matches!(
+            Config::load(None, [], &["quic.idle_timeout_ms=1000".to_owned()]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            Config::load(None, [], &["server.unknown=1".to_owned()]),
+            Err(ConfigError::Parse(_))
+        ));
+        assert!(matches!(
+            Config::load(None, [], &["nodot=1".to_owned()]),
+            Err(ConfigError::Override(_))
+        ));
+    }
+}

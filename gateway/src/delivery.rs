@@ -1,0 +1,284 @@
+//! The delivery engine of one device session.
+//!
+//! [`Window`] is the sans-IO core: which deliveries are unacknowledged and
+//! when each is due again, with time passed in. [`Delivery`] is the thin
+//! async driver: it fills the window from the user's feed (or the store when
+//! catching up), writes `Deliver` frames in seq order on the delivery stream,
+//! retransmits what is due with doubling timeouts, and saves the device's
+//! cursor as acks arrive. It stops when the session ends.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qim_proto::io::{FramedSend, SendError};
+use qim_proto::v1;
+use qim_storage::{StoreError, StoredMessage};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::route::Feed;
+use crate::server::Ctx;
+
+/// An unacknowledged delivery.
+#[derive(Debug)]
+struct Slot {
+    message: Arc<StoredMessage>,
+    attempt: u32,
+    timeout: Duration,
+    due: Instant,
+}
+
+/// Unacknowledged deliveries of one device, by seq.
+#[derive(Debug)]
+pub struct Window {
+    capacity: usize,
+    initial: Duration,
+    max: Duration,
+    slots: BTreeMap<u64, Slot>,
+}
+
+impl Window {
+    /// A window of `capacity` deliveries, retransmitting after `initial`,
+    /// doubling up to `max`.
+    pub fn new(capacity: usize, initial: Duration, max: Duration) -> Self {
+        Self {
+            capacity,
+            initial,
+            max,
+            slots: BTreeMap::new(),
+        }
+    }
+
+    /// Deliveries that may be sent before acks free room.
+    pub fn free(&self) -> usize {
+        self.capacity.saturating_sub(self.slots.len())
+    }
+
+    /// Deliveries waiting for an ack.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether nothing waits for an ack.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Records a first send at `now`.
+    pub fn sent(&mut self, message: Arc<StoredMessage>, now: Instant) {
+        self.slots.insert(
+            message.seq,
+            Slot {
+                message,
+                attempt: 0,
+                timeout: self.initial,
+                due: now + self.initial,
+            },
+        );
+    }
+
+    /// Removes everything up to `up_to` and the listed seqs; returns how many
+    /// were removed.
+    pub fn ack(&mut self, up_to: u64, seqs: &[u64]) -> usize {
+        let before = self.slots.len();
+        self.slots = self.slots.split_off(&up_to.saturating_add(1));
+        for seq in seqs {
+            self.slots.remove(seq);
+        }
+        before - self.slots.len()
+    }
+
+    /// When the next retransmission is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.slots.values().map(|s| s.due).min()
+    }
+
+    /// The deliveries due at `now`, in seq order, with their new attempt
+    /// numbers; each is rescheduled with a doubled timeout.
+    pub fn take_due(&mut self, now: Instant) -> Vec<(Arc<StoredMessage>, u32)> {
+        let mut out = Vec::new();
+        for slot in self.slots.values_mut() {
+            if slot.due <= now {
+                slot.attempt += 1;
+                slot.timeout = (slot.timeout * 2).min(self.max);
+                slot.due = now + slot.timeout;
+                out.push((Arc::clone(&slot.message), slot.attempt));
+            }
+        }
+        out
+    }
+}
+
+/// Why a delivery task stopped.
+#[derive(Debug, Error)]
+pub(crate) enum DeliveryError {
+    #[error("delivery stream: {0}")]
+    Stream(#[from] SendError),
+    #[error("catch-up read: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The delivery task of one session.
+pub(crate) struct Delivery {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) feed: Arc<Feed>,
+    pub(crate) user: String,
+    pub(crate) device: String,
+    pub(crate) stream: FramedSend,
+    pub(crate) acks: mpsc::Receiver<v1::DeliveryAck>,
+    /// The next seq to send for the first time.
+    pub(crate) next: u64,
+}
+
+impl Delivery {
+    /// Runs until the session's ack channel closes or the stream fails.
+    pub(crate) async fn run(mut self) -> Result<(), DeliveryError> {
+        let d = &self.ctx.config.delivery;
+        let mut window = Window::new(
+            d.window as usize,
+            Duration::from_millis(d.retransmit_initial_ms),
+            Duration::from_millis(d.retransmit_max_ms),
+        );
+        let mut head = self.feed.subscribe();
+        let mut cursor = self.next.saturating_sub(1);
+        loop {
+            let newest = *head.borrow_and_update();
+            self.fill(&mut window, newest).await?;
+            let due = window.next_due();
+            tokio::select! {
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                ack = self.acks.recv() => {
+                    let Some(ack) = ack else { return Ok(()) };
+                    let acked = window.ack(ack.up_to_seq, &ack.seqs);
+                    self.ctx.metrics.delivery_acks.inc_by(acked as u64);
+                    let up_to = ack.up_to_seq.min(self.next.saturating_sub(1));
+                    if up_to > cursor {
+                        cursor = up_to;
+                        // Cursors are advisory; a failed save is logged, not fatal.
+                        if let Err(e) = self.ctx.store.save_cursor(&self.user, &self.device, cursor).await {
+                            tracing::warn!(user = %self.user, error = %e, "saving delivery cursor failed");
+                        }
+                    }
+                }
+                () = sleep_until_opt(due) => {
+                    let now = Instant::now();
+                    for (message, attempt) in window.take_due(now) {
+                        self.stream.queue(&deliver(&message, attempt)).map_err(SendError::from)?;
+                        self.ctx.metrics.retransmits.inc();
+                    }
+                    self.stream.flush().await?;
+                }
+            }
+        }
+    }
+
+    /// Sends new messages up to `newest` while the window has room.
+    async fn fill(&mut self, window: &mut Window, newest: u64) -> Result<(), DeliveryError> {
+        while window.free() > 0 && self.next <= newest {
+            let want = window.free().min((newest - self.next + 1) as usize);
+            let mut batch = self.feed.recent_from(self.next, want);
+            if batch.is_empty() {
+                batch = self
+                    .ctx
+                    .store
+                    .read_inbox(&self.user, self.next - 1, want)
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
+            }
+            if batch.is_empty() {
+                // The head is ahead of what is readable; wait for more.
+                tracing::warn!(user = %self.user, next = self.next, newest, "inbox head ahead of store");
+                break;
+            }
+            let now = Instant::now();
+            for message in batch {
+                if message.seq < self.next {
+                    continue;
+                }
+                self.stream
+                    .queue(&deliver(&message, 0))
+                    .map_err(SendError::from)?;
+                self.next = message.seq + 1;
+                window.sent(message, now);
+                self.ctx.metrics.deliveries.inc();
+            }
+            self.stream.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+fn deliver(message: &StoredMessage, attempt: u32) -> v1::Deliver {
+    v1::Deliver {
+        seq: message.seq,
+        message: Some(message.message.clone()),
+        attempt,
+    }
+}
+
+async fn sleep_until_opt(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            inbox: "bob".into(),
+            seq,
+            message: Default::default(),
+        })
+    }
+
+    #[test]
+    fn unacked_deliveries_come_back_with_doubling_timeouts_until_acked() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut w = Window::new(4, s, 4 * s);
+        w.sent(msg(1), t0);
+        w.sent(msg(2), t0);
+        assert_eq!(w.free(), 2);
+        assert!(w.take_due(t0 + s / 2).is_empty());
+        let due: Vec<_> = w.take_due(t0 + s).iter().map(|(m, a)| (m.seq, *a)).collect();
+        assert_eq!(due, [(1, 1), (2, 1)]);
+        assert_eq!(w.next_due(), Some(t0 + 3 * s), "timeout doubled to 2 s");
+        let due: Vec<_> = w.take_due(t0 + 3 * s).iter().map(|(m, a)| (m.seq, *a)).collect();
+        assert_eq!(due, [(1, 2), (2, 2)]);
+        assert_eq!(w.next_due(), Some(t0 + 7 * s), "capped at 4 s");
+        assert_eq!(w.ack(1, &[]), 1);
+        let due: Vec<_> = w.take_due(t0 + 7 * s).iter().map(|(m, _)| m.seq).collect();
+        assert_eq!(due, [2]);
+        assert_eq!(w.ack(0, &[2]), 1);
+        assert!(w.is_empty());
+        assert_eq!(w.next_due(), None);
+        assert!(w.take_due(t0 + 100 * s).is_empty(), "nothing after the ack");
+    }
+
+    #[test]
+    fn acks_free_room_and_ignore_unknown_seqs() {
+        let t0 = Instant::now();
+        let mut w = Window::new(3, Duration::from_secs(1), Duration::from_secs(1));
+        for seq in 5..8 {
+            w.sent(msg(seq), t0);
+        }
+        assert_eq!(w.free(), 0);
+        assert_eq!(w.ack(4, &[100]), 0);
+        assert_eq!(w.ack(6, &[]), 2);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.ack(u64::MAX, &[]), 1);
+        assert_eq!(w.free(), 3);
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics of one gateway, served on the admin port.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use qim_proto::v1::ErrorCode;
+
+type ByCode = Family<Vec<(&'static str, &'static str)>, Counter>;
+
+/// Every metric the gateway records.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections that completed the QUIC handshake.
+    pub connections: Counter,
+    /// Connections open now (logged in or logging in).
+    pub connections_open: Gauge,
+    /// Sessions logged in now.
+    pub sessions_open: Gauge,
+    /// Logins refused, by code.
+    pub logins_refused: ByCode,
+    /// Connections closed for a protocol error, by code.
+    pub protocol_errors: ByCode,
+    /// Sends stored and acknowledged (duplicates included).
+    pub sends: Counter,
+    /// Sends refused, by code.
+    pub send_refusals: ByCode,
+    /// Deliveries written (first attempts).
+    pub deliveries: Counter,
+    /// Deliveries written again after the retransmit timeout.
+    pub retransmits: Counter,
+    /// Deliveries acknowledged by devices.
+    pub delivery_acks: Counter,
+    /// Sessions closed for missed heartbeats.
+    pub heartbeat_timeouts: Counter,
+    /// Seconds from a Send frame's arrival to its ack being written.
+    pub ack_latency: Histogram,
+    /// Seconds a store append batch took.
+    pub store_latency: Histogram,
+}
+
+fn code_label(code: ErrorCode) -> Vec<(&'static str, &'static str)> {
+    vec![("code", code.as_str_name())]
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("qim");
+        let latency = || Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        let m = Metrics {
+            connections: Counter::default(),
+            connections_open: Gauge::default(),
+            sessions_open: Gauge::default(),
+            logins_refused: ByCode::default(),
+            protocol_errors: ByCode::default(),
+            sends: Counter::default(),
+            send_refusals: ByCode::default(),
+            deliveries: Counter::default(),
+            retransmits: Counter::default(),
+            delivery_acks: Counter::default(),
+            heartbeat_timeouts: Counter::default(),
+            ack_latency: latency(),
+            store_latency: latency(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "QUIC connections accepted", m.connections.clone());
+        registry.register("connections_open", "Connections open now", m.connections_open.clone());
+        registry.register("sessions_open", "Logged-in sessions now", m.sessions_open.clone());
+        registry.register("logins_refused", "Logins refused by code", m.logins_refused.clone());
+        registry.register("protocol_errors", "Connections closed for protocol errors", m.protocol_errors.clone());
+        registry.register("sends", "Sends stored and acknowledged", m.sends.clone());
+        registry.register("send_refusals", "Sends refused by code", m.send_refusals.clone());
+        registry.register("deliveries", "Deliveries written (first attempt)", m.deliveries.clone());
+        registry.register("retransmits", "Deliveries retransmitted", m.retransmits.clone());
+        registry.register("delivery_acks", "Deliveries acknowledged", m.delivery_acks.clone());
+        registry.register("heartbeat_timeouts", "Sessions closed for missed heartbeats", m.heartbeat_timeouts.clone());
+        registry.register("ack_latency_seconds", "Send arrival to ack written", m.ack_latency.clone());
+        registry.register("store_append_seconds", "Store append batch duration", m.store_latency.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a refused login.
+    pub fn login_refused(&self, code: ErrorCode) {
+        self.logins_refused.get_or_create(&code_label(code)).inc();
+    }
+
+    /// Counts a connection closed for a protocol error.
+    pub fn protocol_error(&self, code: ErrorCode) {
+        self.protocol_errors.get_or_create(&code_label(code)).inc();
+    }
+
+    /// Counts a refused send.
+    pub fn send_refused(&self, code: ErrorCode) {
+        self.send_refusals.get_or_create(&code_label(code)).inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,210 @@
+//! In-process routes: which users are online on this node, their sessions
+//! (one per device), and a per-user feed of newly stored messages.
+//!
+//! A [`Feed`] exists while a user has at least one session. Storing a message
+//! publishes it to the recipient's feed (if any): the feed keeps the newest
+//! messages in a small ring, so live delivery needs no store read, and raises
+//! the head seq that every device's delivery task watches. Messages published
+//! out of order (two senders' batches racing) are kept sorted; a delivery
+//! task that finds a seq missing from the ring reads it from the store, where
+//! it is already durable (publish happens only after the store's commit).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use qim_proto::v1::ErrorCode;
+use qim_storage::StoredMessage;
+use tokio::sync::{oneshot, watch};
+
+/// Newest messages kept in memory per online user.
+const RECENT: usize = 512;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these short locks cannot leave them half-updated
+    // in a way later users could observe; carry on with the data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A session of one device, as the routes know it.
+struct Attached {
+    session_id: u64,
+    device_id: String,
+    /// Ends the session with a reason (another login of the device, a kick).
+    kick: oneshot::Sender<ErrorCode>,
+}
+
+/// The live side of one online user's inbox.
+pub(crate) struct Feed {
+    head: watch::Sender<u64>,
+    recent: Mutex<VecDeque<Arc<StoredMessage>>>,
+    sessions: Mutex<Vec<Attached>>,
+}
+
+impl Feed {
+    fn new() -> Self {
+        Self {
+            head: watch::Sender::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(16)),
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Watches the newest seq known for this inbox.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Raises the head to `seq` if it is newer.
+    pub(crate) fn raise_head(&self, seq: u64) {
+        self.head.send_if_modified(|head| {
+            let newer = seq > *head;
+            if newer {
+                *head = seq;
+            }
+            newer
+        });
+    }
+
+    fn push(&self, message: Arc<StoredMessage>) {
+        let seq = message.seq;
+        {
+            let mut recent = lock(&self.recent);
+            let at = recent.partition_point(|m| m.seq < seq);
+            if recent.get(at).is_none_or(|m| m.seq != seq) {
+                recent.insert(at, message);
+                if recent.len() > RECENT {
+                    recent.pop_front();
+                }
+            }
+        }
+        self.raise_head(seq);
+    }
+
+    /// Up to `max` consecutive messages starting at `seq`, if the ring holds
+    /// `seq`; empty otherwise.
+    pub(crate) fn recent_from(&self, seq: u64, max: usize) -> Vec<Arc<StoredMessage>> {
+        let recent = lock(&self.recent);
+        let start = recent.partition_point(|m| m.seq < seq);
+        let mut out = Vec::new();
+        let mut want = seq;
+        for m in recent.iter().skip(start).take(max) {
+            if m.seq != want {
+                break;
+            }
+            out.push(Arc::clone(m));
+            want += 1;
+        }
+        out
+    }
+}
+
+/// Online users of this node.
+#[derive(Default)]
+pub(crate) struct Routes {
+    users: Mutex<HashMap<String, Arc<Feed>>>,
+}
+
+impl Routes {
+    /// Registers a session of `device_id` for `user`. An earlier session of
+    /// the same device is told to end with `REPLACED`. Returns the user's
+    /// feed and the receiver that ends this session when fired.
+    pub(crate) fn attach(
+        &self,
+        user: &str,
+        device_id: &str,
+        session_id: u64,
+    ) -> (Arc<Feed>, oneshot::Receiver<ErrorCode>) {
+        let (kick, kicked) = oneshot::channel();
+        let mut users = lock(&self.users);
+        let feed = Arc::clone(
+            users
+                .entry(user.to_owned())
+                .or_insert_with(|| Arc::new(Feed::new())),
+        );
+        let mut sessions = lock(&feed.sessions);
+        if let Some(i) = sessions.iter().position(|s| s.device_id == device_id) {
+            let old = sessions.swap_remove(i);
+            let _ = old.kick.send(ErrorCode::Replaced);
+        }
+        sessions.push(Attached {
+            session_id,
+            device_id: device_id.to_owned(),
+            kick,
+        });
+        drop(sessions);
+        (feed, kicked)
+    }
+
+    /// Removes a session; the user goes offline with their last session.
+    pub(crate) fn detach(&self, user: &str, session_id: u64) {
+        let mut users = lock(&self.users);
+        let Some(feed) = users.get(user) else {
+            return;
+        };
+        let empty = {
+            let mut sessions = lock(&feed.sessions);
+            sessions.retain(|s| s.session_id != session_id);
+            sessions.is_empty()
+        };
+        if empty {
+            users.remove(user);
+        }
+    }
+
+    /// Hands a newly stored message to its recipient's feed, if online.
+    pub(crate) fn publish(&self, message: Arc<StoredMessage>) {
+        let feed = lock(&self.users).get(&message.inbox).cloned();
+        if let Some(feed) = feed {
+            feed.push(message);
+        }
+    }
+
+    /// Users with at least one session.
+    pub(crate) fn online_users(&self) -> usize {
+        lock(&self.users).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(inbox: &str, seq: u64) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            inbox: inbox.into(),
+            seq,
+            message: Default::default(),
+        })
+    }
+
+    #[test]
+    fn out_of_order_publishes_are_served_in_order() {
+        let routes = Routes::default();
+        let (feed, _kick) = routes.attach("bob", "phone", 1);
+        let head = feed.subscribe();
+        routes.publish(msg("bob", 2));
+        routes.publish(msg("bob", 1));
+        routes.publish(msg("bob", 4));
+        assert_eq!(*head.borrow(), 4);
+        let seqs: Vec<u64> = feed.recent_from(1, 10).iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2], "stops at the gap before 4");
+        assert!(feed.recent_from(3, 10).is_empty(), "3 must come from the store");
+        routes.publish(msg("alice", 1));
+        assert_eq!(routes.online_users(), 1, "offline users get no feed");
+    }
+
+    #[test]
+    fn a_second_login_of_a_device_replaces_the_first() {
+        let routes = Routes::default();
+        let (_, mut first) = routes.attach("bob", "phone", 1);
+        let (_, mut laptop) = routes.attach("bob", "laptop", 2);
+        let (_, _second) = routes.attach("bob", "phone", 3);
+        assert_eq!(first.try_recv(), Ok(ErrorCode::Replaced));
+        assert!(laptop.try_recv().is_err(), "other devices stay");
+        routes.detach("bob", 1);
+        assert_eq!(routes.online_users(), 1);
+        routes.detach("bob", 2);
+        routes.detach("bob", 3);
+        assert_eq!(routes.online_users(), 0);
+    }
+}

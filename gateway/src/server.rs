@@ -1,0 +1,326 @@
+//! The gateway: binding the QUIC endpoint and admin port, the accept loop,
+//! and graceful shutdown.
+//!
+//! [`Gateway::bind`] opens the store and sockets (port 0 works, so tests run
+//! side by side); [`Gateway::run`] serves until the shutdown future resolves,
+//! then stops accepting, sends every session a GoAway, waits for clients to
+//! leave (up to `shutdown.drain_ms`), closes the rest and flushes the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use qim_proto::v1::ErrorCode;
+use qim_storage::MessageStore;
+use qim_storage::embedded::EmbeddedStore;
+use thiserror::Error;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::auth::TokenKey;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::route::Routes;
+use crate::tls::{self, DevCertSpec, TlsError};
+
+/// Why the gateway could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Certificates could not be loaded or made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The token secret could not be read or created.
+    #[error("token secret {path}: {source}")]
+    Secret {
+        /// The secret file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] qim_storage::StoreError),
+    /// A socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The QUIC configuration was refused.
+    #[error("quic config: {0}")]
+    Quic(String),
+}
+
+/// State shared by every connection of this gateway.
+pub(crate) struct Ctx {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<dyn MessageStore>,
+    pub(crate) routes: Routes,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tokens: TokenKey,
+    /// Flips to true when the gateway starts draining.
+    pub(crate) draining: watch::Sender<bool>,
+    /// Distinguishes this process's session ids from another run's.
+    pub(crate) node_tag: String,
+    next_session: AtomicU64,
+}
+
+impl Ctx {
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Where a started gateway can be reached, for logs, tests and tools.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    /// The bound QUIC (UDP) address.
+    pub quic_addr: SocketAddr,
+    /// The bound admin HTTP address.
+    pub admin_addr: SocketAddr,
+    /// The development CA clients must trust, when development certificates
+    /// are in use.
+    pub dev_ca: Option<PathBuf>,
+    /// The token secret file, when it is the generated development one.
+    pub dev_secret: Option<PathBuf>,
+    /// The name clients verify the certificate against.
+    pub public_name: String,
+}
+
+/// A bound gateway, ready to [`run`](Gateway::run).
+pub struct Gateway {
+    ctx: Arc<Ctx>,
+    endpoint: quinn::Endpoint,
+    admin: tokio::net::TcpListener,
+    info: StartInfo,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// The token secret file in use: configured, or the development one.
+pub fn secret_path(config: &Config) -> (PathBuf, bool) {
+    match &config.auth.secret_file {
+        Some(path) => (path.clone(), false),
+        None => (config.server.data_dir.join("token-secret"), true),
+    }
+}
+
+impl Gateway {
+    /// Opens the embedded store under `server.data_dir` and binds.
+    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        let store = EmbeddedStore::open(&config.server.data_dir.join("store"))?;
+        Self::bind_with_store(config, Arc::new(store)).await
+    }
+
+    /// Binds with a store chosen by the caller.
+    pub async fn bind_with_store(
+        config: Config,
+        store: Arc<dyn MessageStore>,
+    ) -> Result<Gateway, StartError> {
+        let data_dir = &config.server.data_dir;
+        let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
+            _ => {
+                let (paths, created) = tls::ensure_dev_certs(&data_dir.join("certs"), &DevCertSpec::default())?;
+                if created {
+                    info!(ca = %paths.ca_cert.display(), "created development certificates");
+                }
+                (paths.server_cert, paths.server_key, Some(paths.ca_cert))
+            }
+        };
+        let (secret, dev) = secret_path(&config);
+        let (tokens, created) = TokenKey::load_or_create(&secret).map_err(|source| StartError::Secret {
+            path: secret.clone(),
+            source,
+        })?;
+        if created {
+            info!(path = %secret.display(), "created a development token secret");
+        }
+
+        let endpoint = bind_endpoint(&config, &cert, &key)?;
+        let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        let admin = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.admin.listen,
+                source,
+            })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            addr: config.admin.listen,
+            source,
+        })?;
+        let info = StartInfo {
+            quic_addr,
+            admin_addr,
+            dev_ca,
+            dev_secret: dev.then_some(secret),
+            public_name: config.server.public_name.clone(),
+        };
+        let ctx = Arc::new(Ctx {
+            store,
+            routes: Routes::default(),
+            metrics: Arc::new(Metrics::new()),
+            tokens,
+            draining: watch::Sender::new(false),
+            node_tag: format!("{:08x}", rand::random::<u32>()),
+            next_session: AtomicU64::new(1),
+            config,
+        });
+        Ok(Gateway {
+            ctx,
+            endpoint,
+            admin,
+            info,
+        })
+    }
+
+    /// Where the gateway listens.
+    pub fn info(&self) -> &StartInfo {
+        &self.info
+    }
+
+    /// The key tokens are verified with (tests and tools mint with it).
+    pub fn token_key(&self) -> TokenKey {
+        self.ctx.tokens.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let Gateway {
+            ctx,
+            endpoint,
+            admin,
+            info: _,
+        } = self;
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = crate::admin::app(crate::admin::AdminState::new(Arc::clone(&ctx)));
+        let admin_task = tokio::spawn(async move {
+            let serve = axum::serve(admin, app).with_graceful_shutdown(async {
+                let _ = admin_stopped.await;
+            });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "admin server failed");
+            }
+        });
+
+        let limit = Arc::new(Semaphore::new(ctx.config.server.max_connections));
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    if ctx.config.quic.validate_addresses && !incoming.remote_address_validated() {
+                        if let Err(e) = incoming.retry() {
+                            warn!(error = %e, "address validation retry failed");
+                        }
+                        continue;
+                    }
+                    match Arc::clone(&limit).try_acquire_owned() {
+                        Ok(permit) => {
+                            connections.spawn(crate::session::serve(Arc::clone(&ctx), incoming, permit));
+                        }
+                        Err(_) => {
+                            warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+                            ctx.metrics.protocol_error(ErrorCode::ServerBusy);
+                            incoming.refuse();
+                        }
+                    }
+                }
+            }
+        }
+
+        info!(sessions = connections.len(), "shutting down: refusing new connections, draining");
+        endpoint.set_server_config(None);
+        ctx.draining.send_replace(true);
+        let drain = Duration::from_millis(ctx.config.shutdown.drain_ms) + Duration::from_secs(1);
+        let drained = tokio::time::timeout(drain, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(left = connections.len(), "drain timed out; closing the rest");
+            connections.abort_all();
+        }
+        endpoint.close(ErrorCode::ShuttingDown.to_quic().into(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        if let Err(e) = ctx.store.flush().await {
+            warn!(error = %e, "final store flush failed");
+        }
+        let _ = admin_stop.send(());
+        let _ = admin_task.await;
+        info!("gateway stopped");
+    }
+}
+
+fn bind_endpoint(
+    config: &Config,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<quinn::Endpoint, StartError> {
+    let q = &config.quic;
+    let rustls_config = tls::server_config(cert, key)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_config)
+        .map_err(|e| StartError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(q.idle_timeout_ms))
+        .map_err(|e| StartError::Quic(e.to_string()))?;
+    transport
+        .max_concurrent_bidi_streams(q.max_bidi_streams.into())
+        .max_concurrent_uni_streams(q.max_uni_streams.into())
+        .stream_receive_window(q.stream_receive_window.into())
+        .receive_window(q.receive_window.into())
+        .max_idle_timeout(Some(idle))
+        // Liveness is the heartbeat stream's job; QUIC keep-alives would
+        // only wake phones.
+        .keep_alive_interval(None);
+    server.transport_config(Arc::new(transport));
+    server.migration(true);
+
+    let addr = config.server.listen;
+    let bind_err = |source| StartError::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(bind_err)?;
+    // The kernel may cap these (net.core.rmem_max); log what we got.
+    if let Err(e) = socket.set_recv_buffer_size(q.udp_recv_buffer) {
+        warn!(error = %e, "setting SO_RCVBUF failed");
+    }
+    if let Err(e) = socket.set_send_buffer_size(q.udp_send_buffer) {
+        warn!(error = %e, "setting SO_SNDBUF failed");
+    }
+    tracing::debug!(
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "udp socket buffers"
+    );
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    let socket: std::net::UdpSocket = socket.into();
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)
+}

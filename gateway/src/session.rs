@@ -1,0 +1,729 @@
+//! One client connection: login on the control stream, then its streams
+//! (heartbeat, chat, ack, rpc) until it ends.
+//!
+//! The connection task owns the session. It accepts the client's streams and
+//! runs each in a task of its own (a slow rpc never blocks chat), watches the
+//! heartbeat deadline, and ends the session on a kick, a protocol fault, a
+//! missed heartbeat or the drain deadline, always with a typed close code.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use qim_proto::io::{FramedRecv, FramedSend, RecvError, read_preamble};
+use qim_proto::preamble::StreamKind;
+use qim_proto::v1::{self, ErrorCode, client_control, rpc_request, rpc_response, server_ack};
+use qim_storage::{NewMessage, StoredMessage};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::auth::unix_now;
+use crate::delivery::Delivery;
+use crate::server::Ctx;
+
+/// Why a connection is closed by the server: a code for the client and a
+/// reason for the log.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    pub(crate) code: ErrorCode,
+    pub(crate) reason: String,
+}
+
+impl Fault {
+    fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// A read failure: the peer's fault has a code; a lost transport ends the
+    /// session quietly (`None`).
+    fn from_recv(e: RecvError) -> Option<Self> {
+        e.code().map(|code| Fault::new(code, e.to_string()))
+    }
+}
+
+/// How a stream task ended.
+enum StreamEnd {
+    /// The stream is done; the session goes on.
+    Done,
+    /// The client said Bye on the control stream.
+    Bye,
+    /// The session must end with this fault.
+    Fault(Fault),
+}
+
+impl From<Option<Fault>> for StreamEnd {
+    fn from(f: Option<Fault>) -> Self {
+        f.map_or(StreamEnd::Done, StreamEnd::Fault)
+    }
+}
+
+/// What a logged-in session knows about itself.
+pub(crate) struct Session {
+    pub(crate) user: String,
+    pub(crate) device: String,
+    /// Milliseconds since `started` of the last Ping.
+    last_beat_ms: AtomicU64,
+    /// The interval the client announced with its last Ping, clamped.
+    beat_interval_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Session {
+    fn beat(&self, announced_ms: u32, ctx: &Ctx) {
+        let hb = &ctx.config.heartbeat;
+        let interval = if announced_ms == 0 {
+            hb.interval_ms
+        } else {
+            announced_ms.clamp(hb.min_interval_ms, hb.max_interval_ms)
+        };
+        self.beat_interval_ms
+            .store(u64::from(interval), Ordering::Relaxed);
+        let since = self.started.elapsed().as_millis() as u64;
+        self.last_beat_ms.store(since, Ordering::Relaxed);
+    }
+
+    /// When the session is closed if no Ping arrives first.
+    fn heartbeat_deadline(&self, max_missed: u32) -> Instant {
+        let last = self.last_beat_ms.load(Ordering::Relaxed);
+        let interval = self.beat_interval_ms.load(Ordering::Relaxed);
+        self.started + Duration::from_millis(last + interval * u64::from(max_missed))
+    }
+}
+
+/// Closes `conn` with a fault, logging and counting it.
+fn close(ctx: &Ctx, conn: &quinn::Connection, user: &str, fault: &Fault) {
+    if matches!(fault.code, ErrorCode::NoError | ErrorCode::ShuttingDown) {
+        debug!(user, code = ?fault.code, reason = %fault.reason, "closing connection");
+    } else {
+        warn!(user, remote = %conn.remote_address(), code = ?fault.code, reason = %fault.reason, "closing connection");
+        ctx.metrics.protocol_error(fault.code);
+    }
+    conn.close(fault.code.to_quic().into(), fault.reason.as_bytes());
+}
+
+/// Serves one incoming connection from handshake to close.
+pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: OwnedSemaphorePermit) {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    ctx.metrics.connections.inc();
+    ctx.metrics.connections_open.inc();
+    let login = tokio::time::timeout(
+        Duration::from_millis(ctx.config.auth.login_timeout_ms),
+        login(&ctx, &conn),
+    )
+    .await
+    .unwrap_or_else(|_| Err(Fault::new(ErrorCode::LoginTimeout, "no Hello in time").into()));
+    match login {
+        Ok(login) => run(&ctx, &conn, login).await,
+        Err(LoginFailure { fault, control }) => {
+            if let Some(mut control) = control {
+                ctx.metrics.login_refused(fault.code);
+                let refusal = v1::ServerControl {
+                    kind: Some(v1::server_control::Kind::Refusal(v1::Refusal {
+                        code: fault.code as i32,
+                        message: fault.reason.clone(),
+                        retry_after_ms: 0,
+                    })),
+                };
+                if control.send(&refusal).await.is_ok() {
+                    control.finish();
+                }
+            }
+            close(&ctx, &conn, "", &fault);
+        }
+    }
+    ctx.metrics.connections_open.dec();
+}
+
+struct Login {
+    user: String,
+    device: String,
+    resume_from: u64,
+    control_send: FramedSend,
+    control_recv: FramedRecv,
+}
+
+struct LoginFailure {
+    fault: Fault,
+    /// Where to send a Refusal, when the control stream got that far.
+    control: Option<FramedSend>,
+}
+
+impl From<Fault> for LoginFailure {
+    fn from(fault: Fault) -> Self {
+        Self {
+            fault,
+            control: None,
+        }
+    }
+}
+
+async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailure> {
+    let max_frame = ctx.config.limits.max_frame_bytes as usize;
+    let (send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| Fault::new(ErrorCode::NoError, format!("closed before login: {e}")))?;
+    let kind = read_preamble(&mut recv).await.map_err(|e| {
+        Fault::from_recv(e).unwrap_or_else(|| Fault::new(ErrorCode::NoError, "closed during login"))
+    })?;
+    if kind != StreamKind::Control {
+        return Err(Fault::new(
+            ErrorCode::ProtocolViolation,
+            format!("first stream is {kind:?}, not Control"),
+        )
+        .into());
+    }
+    let control_send = FramedSend::new(send, StreamKind::Control, max_frame);
+    let mut control_recv = FramedRecv::new(recv, max_frame);
+    let refuse = |fault: Fault, control: FramedSend| LoginFailure {
+        fault,
+        control: Some(control),
+    };
+    let hello = match control_recv.next::<v1::ClientControl>().await {
+        Ok(Some(v1::ClientControl {
+            kind: Some(client_control::Kind::Hello(hello)),
+        })) => hello,
+        Ok(_) => {
+            return Err(refuse(
+                Fault::new(ErrorCode::ProtocolViolation, "expected Hello"),
+                control_send,
+            ));
+        }
+        Err(e) => {
+            let fault = Fault::from_recv(e)
+                .unwrap_or_else(|| Fault::new(ErrorCode::NoError, "closed during login"));
+            return Err(refuse(fault, control_send));
+        }
+    };
+    let claims = match ctx.tokens.verify(&hello.token, unix_now()) {
+        Ok(claims) => claims,
+        Err(e) => return Err(refuse(Fault::new(e.code(), e.to_string()), control_send)),
+    };
+    if !qim_proto::ids::is_valid_id(&hello.device_id) {
+        return Err(refuse(
+            Fault::new(ErrorCode::InvalidArgument, "device_id must be 1-64 of [A-Za-z0-9._@-]"),
+            control_send,
+        ));
+    }
+    Ok(Login {
+        user: claims.user_id,
+        device: hello.device_id,
+        resume_from: hello.resume_from,
+        control_send,
+        control_recv,
+    })
+}
+
+async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
+    let Login {
+        user,
+        device,
+        resume_from,
+        mut control_send,
+        mut control_recv,
+    } = login;
+    let max_frame = ctx.config.limits.max_frame_bytes as usize;
+    let session_id = ctx.next_session_id();
+    let (feed, mut kicked) = ctx.routes.attach(&user, &device, session_id);
+    ctx.metrics.sessions_open.inc();
+    let session = Arc::new(Session {
+        user: user.clone(),
+        device: device.clone(),
+        last_beat_ms: AtomicU64::new(0),
+        beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
+        started: Instant::now(),
+    });
+
+    let outcome: Result<(), Fault> = async {
+        // Reading the head after attaching: anything stored before is read
+        // here, anything after is published to the feed.
+        let head = ctx.store.inbox_head(&user).await.map_err(|e| {
+            Fault::new(ErrorCode::StoreUnavailable, format!("reading inbox head: {e}"))
+        })?;
+        feed.raise_head(head);
+        let resume_from = resume_from.min(head);
+        let hb = &ctx.config.heartbeat;
+        let welcome = v1::ServerControl {
+            kind: Some(v1::server_control::Kind::Welcome(v1::Welcome {
+                user_id: user.clone(),
+                session_id: format!("{}-{session_id}", ctx.node_tag),
+                server_time_ms: qim_proto::now_ms(),
+                heartbeat: Some(v1::HeartbeatPolicy {
+                    interval_ms: hb.interval_ms,
+                    min_interval_ms: hb.min_interval_ms,
+                    max_interval_ms: hb.max_interval_ms,
+                    max_missed: hb.max_missed,
+                }),
+                limits: Some(v1::Limits {
+                    max_frame_bytes: ctx.config.limits.max_frame_bytes,
+                    max_body_bytes: ctx.config.limits.max_body_bytes,
+                    delivery_window: ctx.config.delivery.window,
+                    max_inflight_sends: ctx.config.limits.max_inflight_sends,
+                }),
+                inbox_head: head,
+            })),
+        };
+        control_send
+            .send(&welcome)
+            .await
+            .map_err(|e| Fault::new(ErrorCode::NoError, format!("sending Welcome: {e}")))?;
+        info!(user = %user, device = %device, session_id, resume_from, head, "session started");
+
+        let open = |kind| {
+            let conn = conn.clone();
+            async move {
+                conn.open_uni()
+                    .await
+                    .map(|s| FramedSend::new(s, kind, max_frame))
+                    .map_err(|e| Fault::new(ErrorCode::NoError, format!("opening {kind:?}: {e}")))
+            }
+        };
+        let ack_stream = open(StreamKind::Ack).await?;
+        let delivery_stream = open(StreamKind::Delivery).await?;
+
+        let mut tasks: JoinSet<StreamEnd> = JoinSet::new();
+        let (acks_tx, acks_rx) = mpsc::channel(64);
+        let (server_acks_tx, server_acks_rx) = mpsc::channel(1024);
+        tasks.spawn(write_server_acks(ack_stream, server_acks_rx));
+        let delivery = Delivery {
+            ctx: Arc::clone(ctx),
+            feed: Arc::clone(&feed),
+            user: user.clone(),
+            device: device.clone(),
+            stream: delivery_stream,
+            acks: acks_rx,
+            next: resume_from + 1,
+        };
+        tasks.spawn(async move {
+            match delivery.run().await {
+                Ok(()) => StreamEnd::Done,
+                Err(e) => {
+                    debug!(error = %e, "delivery ended");
+                    StreamEnd::Fault(Fault::new(ErrorCode::NoError, e.to_string()))
+                }
+            }
+        });
+        let control_ctx = Arc::clone(ctx);
+        tasks.spawn(async move { read_control(&control_ctx, &mut control_recv).await });
+
+        let streams = Streams {
+            ctx: Arc::clone(ctx),
+            session: Arc::clone(&session),
+            delivery_acks: acks_tx,
+            server_acks: server_acks_tx,
+        };
+        let mut draining = ctx.draining.subscribe();
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let beat_deadline = session.heartbeat_deadline(ctx.config.heartbeat.max_missed);
+            tokio::select! {
+                bi = conn.accept_bi() => match bi {
+                    Ok((send, recv)) => { tasks.spawn(streams.clone().bidi(send, recv)); }
+                    Err(e) => return Err(Fault::new(ErrorCode::NoError, e.to_string())),
+                },
+                uni = conn.accept_uni() => match uni {
+                    Ok(recv) => { tasks.spawn(streams.clone().uni(recv)); }
+                    Err(e) => return Err(Fault::new(ErrorCode::NoError, e.to_string())),
+                },
+                Some(ended) = tasks.join_next() => match ended {
+                    Ok(StreamEnd::Done) => {}
+                    Ok(StreamEnd::Bye) => return Err(Fault::new(ErrorCode::NoError, "client said bye")),
+                    Ok(StreamEnd::Fault(fault)) => return Err(fault),
+                    Err(e) => return Err(Fault::new(ErrorCode::Internal, format!("stream task failed: {e}"))),
+                },
+                () = tokio::time::sleep_until(beat_deadline) => {
+                    if session.heartbeat_deadline(ctx.config.heartbeat.max_missed) <= Instant::now() {
+                        ctx.metrics.heartbeat_timeouts.inc();
+                        return Err(Fault::new(ErrorCode::HeartbeatTimeout, "missed heartbeats"));
+                    }
+                }
+                code = &mut kicked => {
+                    let code = code.unwrap_or(ErrorCode::Kicked);
+                    return Err(Fault::new(code, "session ended by the server"));
+                }
+                changed = draining.changed(), if drain_deadline.is_none() => {
+                    if changed.is_ok() && *draining.borrow() {
+                        let within = ctx.config.shutdown.reconnect_within_ms;
+                        let go_away = v1::ServerControl {
+                            kind: Some(v1::server_control::Kind::GoAway(v1::GoAway {
+                                code: ErrorCode::ShuttingDown as i32,
+                                message: "server is shutting down".into(),
+                                reconnect_within_ms: within,
+                                redirect: String::new(),
+                            })),
+                        };
+                        let _ = control_send.send(&go_away).await;
+                        drain_deadline = Some(Instant::now() + Duration::from_millis(ctx.config.shutdown.drain_ms));
+                    }
+                }
+                () = sleep_until_opt(drain_deadline) => {
+                    return Err(Fault::new(ErrorCode::ShuttingDown, "drain deadline"));
+                }
+            }
+        }
+    }
+    .await;
+
+    if let Err(fault) = outcome {
+        close(ctx, conn, &user, &fault);
+    }
+    ctx.routes.detach(&user, session_id);
+    ctx.metrics.sessions_open.dec();
+    info!(user = %user, device = %device, session_id, "session ended");
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_control(ctx: &Ctx, control: &mut FramedRecv) -> StreamEnd {
+    loop {
+        match control.next::<v1::ClientControl>().await {
+            Ok(Some(v1::ClientControl {
+                kind: Some(client_control::Kind::Bye(_)),
+            })) => return StreamEnd::Bye,
+            Ok(Some(_)) => {
+                return StreamEnd::Fault(Fault::new(
+                    ErrorCode::ProtocolViolation,
+                    "only Bye may follow Hello",
+                ));
+            }
+            // The client finished its side of the control stream; it may
+            // still use the others.
+            Ok(None) => return StreamEnd::Done,
+            Err(e) => {
+                debug!(error = %e, max_frame = ctx.config.limits.max_frame_bytes, "control stream ended");
+                return Fault::from_recv(e).into();
+            }
+        }
+    }
+}
+
+/// Writes SendAck/SendNack frames from every chat stream of the session,
+/// batching what is waiting into one write.
+async fn write_server_acks(
+    mut stream: FramedSend,
+    mut rx: mpsc::Receiver<v1::ServerAck>,
+) -> StreamEnd {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(ack) = next {
+            if let Err(e) = stream.queue(&ack) {
+                return StreamEnd::Fault(Fault::new(ErrorCode::Internal, e.to_string()));
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = stream.flush().await {
+            debug!(error = %e, "ack stream closed");
+            return StreamEnd::Done;
+        }
+    }
+    StreamEnd::Done
+}
+
+/// What each stream task of a session needs.
+#[derive(Clone)]
+struct Streams {
+    ctx: Arc<Ctx>,
+    session: Arc<Session>,
+    delivery_acks: mpsc::Sender<v1::DeliveryAck>,
+    server_acks: mpsc::Sender<v1::ServerAck>,
+}
+
+impl Streams {
+    fn max_frame(&self) -> usize {
+        self.ctx.config.limits.max_frame_bytes as usize
+    }
+
+    async fn bidi(self, send: quinn::SendStream, mut recv: quinn::RecvStream) -> StreamEnd {
+        let kind = match read_preamble(&mut recv).await {
+            Ok(kind) => kind,
+            Err(e) => return Fault::from_recv(e).into(),
+        };
+        let max = self.max_frame();
+        match kind {
+            StreamKind::Heartbeat => {
+                let send = FramedSend::new(send, StreamKind::Heartbeat, max);
+                self.heartbeat(send, FramedRecv::new(recv, max)).await
+            }
+            StreamKind::Rpc => {
+                let send = FramedSend::new(send, StreamKind::Rpc, max);
+                self.rpc(send, FramedRecv::new(recv, max)).await
+            }
+            other => StreamEnd::Fault(Fault::new(
+                ErrorCode::ProtocolViolation,
+                format!("{other:?} is not a client bidi stream"),
+            )),
+        }
+    }
+
+    async fn uni(self, mut recv: quinn::RecvStream) -> StreamEnd {
+        let kind = match read_preamble(&mut recv).await {
+            Ok(kind) => kind,
+            Err(e) => return Fault::from_recv(e).into(),
+        };
+        let recv = FramedRecv::new(recv, self.max_frame());
+        match kind {
+            StreamKind::Chat => self.chat(recv).await,
+            StreamKind::Ack => self.delivery_acks(recv).await,
+            other => StreamEnd::Fault(Fault::new(
+                ErrorCode::ProtocolViolation,
+                format!("{other:?} is not a client uni stream"),
+            )),
+        }
+    }
+
+    async fn heartbeat(self, mut send: FramedSend, mut recv: FramedRecv) -> StreamEnd {
+        loop {
+            match recv.next::<v1::Ping>().await {
+                Ok(Some(ping)) => {
+                    self.session.beat(ping.next_within_ms, &self.ctx);
+                    let pong = v1::Pong {
+                        n: ping.n,
+                        sent_at_ms: ping.sent_at_ms,
+                        server_time_ms: qim_proto::now_ms(),
+                    };
+                    if send.send(&pong).await.is_err() {
+                        return StreamEnd::Done;
+                    }
+                }
+                Ok(None) => return StreamEnd::Done,
+                Err(e) => return Fault::from_recv(e).into(),
+            }
+        }
+    }
+
+    async fn delivery_acks(self, mut recv: FramedRecv) -> StreamEnd {
+        loop {
+            match recv.next::<v1::DeliveryAck>().await {
+                Ok(Some(ack)) => {
+                    if self.delivery_acks.send(ack).await.is_err() {
+                        return StreamEnd::Done;
+                    }
+                }
+                Ok(None) => return StreamEnd::Done,
+                Err(e) => return Fault::from_recv(e).into(),
+            }
+        }
+    }
+
+    async fn chat(self, mut recv: FramedRecv) -> StreamEnd {
+        let max_batch = self.ctx.config.limits.max_inflight_sends as usize;
+        loop {
+            let first = match recv.next::<v1::Send>().await {
+                Ok(Some(send)) => send,
+                Ok(None) => return StreamEnd::Done,
+                Err(e) => return Fault::from_recv(e).into(),
+            };
+            let arrived = Instant::now();
+            let mut sends = vec![first];
+            while sends.len() < max_batch {
+                match recv.try_next::<v1::Send>() {
+                    Ok(Some(send)) => sends.push(send),
+                    Ok(None) => break,
+                    Err(e) => return Fault::from_recv(e).into(),
+                }
+            }
+            for ack in self.store_batch(sends).await {
+                if self.server_acks.send(ack).await.is_err() {
+                    return StreamEnd::Done;
+                }
+            }
+            self.ctx
+                .metrics
+                .ack_latency
+                .observe(arrived.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Validates and stores a batch of sends in order; one ack or nack each.
+    async fn store_batch(&self, sends: Vec<v1::Send>) -> Vec<v1::ServerAck> {
+        let now = qim_proto::now_ms();
+        let mut verdicts: Vec<Result<String, v1::SendNack>> = Vec::with_capacity(sends.len());
+        let mut batch = Vec::with_capacity(sends.len());
+        for send in sends {
+            match self.validate(send, now) {
+                Ok(new) => {
+                    verdicts.push(Ok(new.client_msg_id.clone()));
+                    batch.push(new);
+                }
+                Err(nack) => verdicts.push(Err(nack)),
+            }
+        }
+        let stored = if batch.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let started = Instant::now();
+            let result = self.ctx.store.append(batch).await;
+            self.ctx
+                .metrics
+                .store_latency
+                .observe(started.elapsed().as_secs_f64());
+            result
+        };
+        let mut stored = match stored {
+            Ok(appended) => Ok(appended.into_iter()),
+            Err(e) => {
+                warn!(user = %self.session.user, error = %e, "store append failed; sends refused as retryable");
+                Err(e)
+            }
+        };
+        let mut acks = Vec::with_capacity(verdicts.len());
+        for verdict in verdicts {
+            let kind = match (verdict, &mut stored) {
+                (Err(nack), _) => server_ack::Kind::Nack(nack),
+                (Ok(client_msg_id), Ok(appended)) => match appended.next() {
+                    Some(a) => {
+                        self.ctx.metrics.sends.inc();
+                        let ack = v1::SendAck {
+                            client_msg_id,
+                            msg_id: a.message.message.msg_id.clone(),
+                            seq: a.message.seq,
+                            server_time_ms: a.message.message.server_time_ms,
+                        };
+                        if !a.duplicate {
+                            self.ctx.routes.publish(Arc::new(a.message));
+                        }
+                        server_ack::Kind::Ack(ack)
+                    }
+                    None => self.nack(
+                        client_msg_id,
+                        ErrorCode::Internal,
+                        "store returned fewer results than sends",
+                    ),
+                },
+                (Ok(client_msg_id), Err(e)) => {
+                    let code = if e.is_retryable() {
+                        ErrorCode::StoreUnavailable
+                    } else {
+                        ErrorCode::Internal
+                    };
+                    self.nack(client_msg_id, code, &e.to_string())
+                }
+            };
+            acks.push(v1::ServerAck { kind: Some(kind) });
+        }
+        acks
+    }
+
+    fn nack(&self, client_msg_id: String, code: ErrorCode, message: &str) -> server_ack::Kind {
+        self.ctx.metrics.send_refused(code);
+        server_ack::Kind::Nack(v1::SendNack {
+            client_msg_id,
+            code: code as i32,
+            retryable: code.is_retryable(),
+            message: message.to_owned(),
+        })
+    }
+
+    fn validate(&self, send: v1::Send, now: i64) -> Result<NewMessage, v1::SendNack> {
+        let refuse = |code: ErrorCode, message: &str| {
+            self.ctx.metrics.send_refused(code);
+            debug!(user = %self.session.user, ?code, message, "send refused");
+            v1::SendNack {
+                client_msg_id: send.client_msg_id.clone(),
+                code: code as i32,
+                retryable: code.is_retryable(),
+                message: message.to_owned(),
+            }
+        };
+        if !qim_proto::ids::is_valid_client_msg_id(&send.client_msg_id) {
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                "client_msg_id must be 1-64 printable ASCII bytes",
+            ));
+        }
+        if send.body.len() > self.ctx.config.limits.max_body_bytes as usize {
+            return Err(refuse(ErrorCode::MessageTooLarge, "body exceeds limits.max_body_bytes"));
+        }
+        if send.kind.len() > qim_proto::ids::MAX_ID_LEN {
+            return Err(refuse(ErrorCode::InvalidArgument, "kind is longer than 64 bytes"));
+        }
+        let recipient = match send.to.as_ref().and_then(|p| p.target.as_ref()) {
+            Some(v1::peer::Target::User(user)) if qim_proto::ids::is_valid_id(user) => user.clone(),
+            Some(v1::peer::Target::Group(_)) => {
+                return Err(refuse(
+                    ErrorCode::InvalidRecipient,
+                    "group messaging is not enabled on this server",
+                ));
+            }
+            _ => return Err(refuse(ErrorCode::InvalidRecipient, "recipient is not a valid user id")),
+        };
+        Ok(NewMessage {
+            inbox: recipient,
+            sender: self.session.user.clone(),
+            sender_device: self.session.device.clone(),
+            client_msg_id: send.client_msg_id,
+            to: send.to.unwrap_or_default(),
+            kind: send.kind,
+            body: send.body,
+            server_time_ms: now,
+        })
+    }
+
+    async fn rpc(self, mut send: FramedSend, mut recv: FramedRecv) -> StreamEnd {
+        let request = match recv.next::<v1::RpcRequest>().await {
+            Ok(Some(request)) => request,
+            Ok(None) => return StreamEnd::Done,
+            Err(e) => return Fault::from_recv(e).into(),
+        };
+        let kind = match request.kind {
+            Some(rpc_request::Kind::Sync(sync)) => self.sync(sync).await,
+            None => rpc_response::Kind::Error(v1::RpcError {
+                code: ErrorCode::InvalidArgument as i32,
+                message: "unknown or empty request".into(),
+            }),
+        };
+        if send.send(&v1::RpcResponse { kind: Some(kind) }).await.is_ok() {
+            send.finish();
+        }
+        StreamEnd::Done
+    }
+
+    async fn sync(&self, request: v1::SyncRequest) -> rpc_response::Kind {
+        let limit = match request.limit {
+            0 => 100,
+            n => n.min(500),
+        } as usize;
+        let user = &self.session.user;
+        let read = async {
+            let head = self.ctx.store.inbox_head(user).await?;
+            let entries = self.ctx.store.read_inbox(user, request.after_seq, limit).await?;
+            Ok::<_, qim_storage::StoreError>((head, entries))
+        };
+        match read.await {
+            Ok((head, entries)) => rpc_response::Kind::Sync(v1::SyncResponse {
+                entries: entries.into_iter().map(entry).collect(),
+                inbox_head: head,
+            }),
+            Err(e) => {
+                warn!(user = %user, error = %e, "sync read failed");
+                rpc_response::Kind::Error(v1::RpcError {
+                    code: ErrorCode::StoreUnavailable as i32,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+fn entry(m: StoredMessage) -> v1::InboxEntry {
+    v1::InboxEntry {
+        seq: m.seq,
+        message: Some(m.message),
+    }
+}
