@@ -74,13 +74,8 @@ impl TokenKey {
     /// file does not exist. This is the development path: production
     /// deployments configure a secret shared with their token issuer.
     pub fn load_or_create(path: &Path) -> std::io::Result<(Self, bool)> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let secret = URL_SAFE_NO_PAD
-                    .decode(text.trim())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                Ok((Self::new(&secret), false))
-            }
+        match Self::load(path) {
+            Ok(key) => Ok((key, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let secret: [u8; 32] = rand::random();
                 if let Some(dir) = path.parent() {
@@ -91,6 +86,15 @@ impl TokenKey {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Reads the base64url secret at `path`.
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        let secret = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        Ok(Self::new(&secret))
     }
 
     /// Mints a token for `user_id` valid until `expires_at` (unix seconds).

@@ -184,7 +184,7 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
         )
         .into());
     }
-    let control_send = FramedSend::new(send, StreamKind::Control, max_frame);
+    let control_send = FramedSend::without_preamble(send, max_frame);
     let mut control_recv = FramedRecv::new(recv, max_frame);
     let refuse = |fault: Fault, control: FramedSend| LoginFailure {
         fault,
@@ -283,10 +283,15 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
         let open = |kind| {
             let conn = conn.clone();
             async move {
-                conn.open_uni()
-                    .await
-                    .map(|s| FramedSend::new(s, kind, max_frame))
-                    .map_err(|e| Fault::new(ErrorCode::NoError, format!("opening {kind:?}: {e}")))
+                let fault = |e: &dyn std::fmt::Display| {
+                    Fault::new(ErrorCode::NoError, format!("opening {kind:?}: {e}"))
+                };
+                let stream = conn.open_uni().await.map_err(|e| fault(&e))?;
+                let mut stream = FramedSend::new(stream, kind, max_frame);
+                // Send the preamble now: a QUIC stream reaches the peer only
+                // with data, and the client identifies streams by it.
+                stream.flush().await.map_err(|e| fault(&e))?;
+                Ok(stream)
             }
         };
         let ack_stream = open(StreamKind::Ack).await?;
@@ -457,11 +462,11 @@ impl Streams {
         let max = self.max_frame();
         match kind {
             StreamKind::Heartbeat => {
-                let send = FramedSend::new(send, StreamKind::Heartbeat, max);
+                let send = FramedSend::without_preamble(send, max);
                 self.heartbeat(send, FramedRecv::new(recv, max)).await
             }
             StreamKind::Rpc => {
-                let send = FramedSend::new(send, StreamKind::Rpc, max);
+                let send = FramedSend::without_preamble(send, max);
                 self.rpc(send, FramedRecv::new(recv, max)).await
             }
             other => StreamEnd::Fault(Fault::new(

@@ -1,6 +1,7 @@
-//! Stream preambles: every stream starts with `QIM`, the protocol version and
-//! the stream kind, so a receiver knows what the stream carries before the
-//! first frame, and garbage is refused after five bytes.
+//! Stream preambles: the opener of every stream starts it with `QIM`, the
+//! protocol version and the stream kind, so the receiver knows what the
+//! stream carries before the first frame, and garbage is refused after five
+//! bytes. The reply direction of a bidi stream carries no preamble.
 
 use thiserror::Error;
 

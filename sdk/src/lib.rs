@@ -1,1 +1,48 @@
-//! placeholder
+//! The qim client SDK: one user on one device talking to a qim gateway over
+//! QUIC.
+//!
+//! ```no_run
+//! # async fn demo(ca_pem: Vec<u8>, token: String) -> Result<(), qim_sdk::Error> {
+//! use qim_sdk::{Client, ClientConfig};
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:4433", token, "phone-1", ca_pem)).await?;
+//! let receipt = client.send("bob".into(), "hello".into()).await?; // stored durably
+//! println!("stored as seq {} in bob's inbox", receipt.seq);
+//! while let Some(message) = client.next_message().await {
+//!     // In seq order, each once; taking it acknowledges it.
+//!     println!("{}: {}", message.from_user, String::from_utf8_lossy(&message.body));
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`Client`] (`client`): the handle and the driver task that keeps one
+//!   session up and reconnects with exponential backoff and jitter.
+//! - `outbox`: sends waiting for acks, resent with the same `client_msg_id`
+//!   after an ack timeout and on every reconnect.
+//! - `inbox`: the sans-IO receive order: dedup by seq, release in order,
+//!   report gaps (pulled over an rpc stream).
+//! - [`ClientConfig`], [`Error`]: settings and the small public error.
+//!
+//! # Guarantees
+//! - `send` resolves `Ok` only when the server has stored the message.
+//! - `next_message` yields messages in seq order, each exactly once per
+//!   process; across restarts, pass the last processed seq as
+//!   `resume_from`.
+//! - A message is acknowledged to the server only after the app took it.
+//!
+//! The public surface uses owned types only (no lifetimes or generics), so it
+//! maps one to one onto the uniffi bindings.
+
+mod client;
+mod config;
+mod error;
+mod inbox;
+mod outbox;
+
+pub use client::{
+    Client, ConnectionState, IncomingMessage, OutgoingMessage, SendReceipt, StateWatcher, Stats,
+    new_client_msg_id,
+};
+pub use config::{ClientConfig, Platform};
+pub use error::Error;
+pub use qim_proto::v1::ErrorCode;

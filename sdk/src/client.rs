@@ -1,0 +1,918 @@
+//! The client: a handle the app holds, and a driver task that keeps one
+//! session up at a time and reconnects with backoff when it drops.
+//!
+//! State that must outlive a connection lives in [`Shared`]: the outbox (sends
+//! waiting for acks), the receive queue and inbox order, the seq the app has
+//! taken. A session's tasks (heartbeat, chat writer, ack reader, delivery
+//! reader, ack writer, control reader) only move data between those and the
+//! connection's streams; when one fails the whole session is dropped and the
+//! driver starts a new one, which resends the outbox and resumes the inbox.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
+use qim_proto::preamble::StreamKind;
+use qim_proto::v1::{self, ErrorCode, server_ack, server_control};
+use rand::Rng as _;
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::inbox::Inbox;
+use crate::outbox::Outbox;
+use crate::{ClientConfig, Error};
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Connecting or logging in.
+    Connecting,
+    /// Logged in; sends and deliveries flow.
+    Connected,
+    /// Waiting before the next attempt (after a drop or a refusal that may
+    /// pass).
+    Backoff,
+    /// Closed by the app, or stopped for good (see [`Client::last_error`]).
+    Closed,
+}
+
+/// A message received for this user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IncomingMessage {
+    /// Position in this user's inbox; persist it with the message and pass
+    /// it as `resume_from` when the app starts again.
+    pub seq: u64,
+    /// The server's id of the message.
+    pub msg_id: String,
+    /// Sender.
+    pub from_user: String,
+    /// Sender's device.
+    pub from_device: String,
+    /// The sender's id for the message.
+    pub client_msg_id: String,
+    /// Application content type.
+    pub kind: String,
+    /// Body.
+    pub body: Vec<u8>,
+    /// When the server stored it, milliseconds since the Unix epoch.
+    pub server_time_ms: i64,
+}
+
+impl IncomingMessage {
+    fn from_wire(seq: u64, m: v1::Message) -> Self {
+        Self {
+            seq,
+            msg_id: m.msg_id,
+            from_user: m.from_user,
+            from_device: m.from_device,
+            client_msg_id: m.client_msg_id,
+            kind: m.kind,
+            body: m.body.to_vec(),
+            server_time_ms: m.server_time_ms,
+        }
+    }
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutgoingMessage {
+    /// Recipient user id.
+    pub to: String,
+    /// Application content type, e.g. `"text"`.
+    pub kind: String,
+    /// Body (at most the server's `max_body_bytes`).
+    pub body: Vec<u8>,
+    /// Idempotency key; a fresh one is made when `None`. Sending again with
+    /// the same id never stores the message twice.
+    pub client_msg_id: Option<String>,
+}
+
+/// The server's acknowledgement: the message is durably stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The id the message was sent with.
+    pub client_msg_id: String,
+    /// The server's id.
+    pub msg_id: String,
+    /// The message's seq in the recipient's inbox.
+    pub seq: u64,
+    /// When the server stored it.
+    pub server_time_ms: i64,
+}
+
+/// Counters for diagnostics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Logins completed (the first and every reconnect).
+    pub sessions: u64,
+    /// Deliveries dropped as already received.
+    pub duplicates_dropped: u64,
+    /// Deliveries that were server retransmissions.
+    pub retransmits_received: u64,
+    /// Sends written more than once.
+    pub sends_resent: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Received messages: inbox order, and the queue the app takes from.
+struct Received {
+    inbox: Inbox,
+    queue: VecDeque<IncomingMessage>,
+}
+
+/// State shared by the handle and the driver, outliving connections.
+struct Shared {
+    config: ClientConfig,
+    endpoint: quinn::Endpoint,
+    state: watch::Sender<ConnectionState>,
+    last_error: Mutex<Option<Error>>,
+    user_id: Mutex<String>,
+    outbox: Mutex<Outbox>,
+    outbox_changed: Notify,
+    send_slots: Arc<Semaphore>,
+    received: Mutex<Received>,
+    /// Wakes `next_message` when the queue grows or the client closes.
+    queue_grew: Notify,
+    /// Wakes the delivery reader when the app made room.
+    queue_shrank: Notify,
+    /// Highest seq the app has taken: what the device acks.
+    taken: AtomicU64,
+    taken_changed: Notify,
+    closing: watch::Sender<bool>,
+    generation: AtomicU64,
+    sessions: AtomicU64,
+    duplicates: AtomicU64,
+    retransmits: AtomicU64,
+    resent: AtomicU64,
+}
+
+/// A qim client: one user on one device.
+///
+/// Owned values in, owned values out, no lifetimes or generics, so it wraps
+/// directly into the mobile bindings. Dropping it closes the connection.
+pub struct Client {
+    shared: Arc<Shared>,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.shared.config.server)
+            .field("device_id", &self.shared.config.device_id)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits for connection state changes.
+#[derive(Debug)]
+pub struct StateWatcher {
+    rx: watch::Receiver<ConnectionState>,
+}
+
+impl StateWatcher {
+    /// The next state after the last one seen; `None` once the client is
+    /// gone.
+    pub async fn changed(&mut self) -> Option<ConnectionState> {
+        self.rx.changed().await.ok()?;
+        Some(*self.rx.borrow_and_update())
+    }
+
+    /// The current state.
+    pub fn current(&self) -> ConnectionState {
+        *self.rx.borrow()
+    }
+}
+
+/// A fresh client message id: 128 random bits as hex.
+pub fn new_client_msg_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&config.ca_pem) {
+        let cert = cert.map_err(|e| Error::Config(format!("ca_pem: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| Error::Config(format!("ca_pem: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(Error::Config("ca_pem holds no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        // The server opens two uni streams (ack, delivery) and no bidi.
+        .max_concurrent_uni_streams(4u32.into())
+        .max_concurrent_bidi_streams(0u32.into())
+        .keep_alive_interval(None)
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000))));
+    quic.transport_config(Arc::new(transport));
+    Ok(quic)
+}
+
+async fn resolve(server: &str) -> Result<SocketAddr, Error> {
+    tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| Error::Network(format!("resolving {server}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Network(format!("{server} resolves to no address")))
+}
+
+impl Client {
+    /// Connects and logs in. Returns once the first login succeeded; after
+    /// that the client reconnects by itself whenever the connection drops.
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        if !qim_proto::ids::is_valid_id(&config.device_id) {
+            return Err(Error::Config("device_id must be 1-64 of [A-Za-z0-9._@-]".into()));
+        }
+        let quic = client_config(&config)?;
+        let addr = resolve(&config.server).await?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
+        endpoint.set_default_client_config(quic);
+        let shared = Arc::new(Shared {
+            send_slots: Arc::new(Semaphore::new(config.max_pending_sends.max(1))),
+            received: Mutex::new(Received {
+                inbox: Inbox::new(config.resume_from),
+                queue: VecDeque::new(),
+            }),
+            taken: AtomicU64::new(config.resume_from),
+            config,
+            endpoint,
+            state: watch::Sender::new(ConnectionState::Connecting),
+            last_error: Mutex::new(None),
+            user_id: Mutex::new(String::new()),
+            outbox: Mutex::new(Outbox::default()),
+            outbox_changed: Notify::new(),
+            queue_grew: Notify::new(),
+            queue_shrank: Notify::new(),
+            taken_changed: Notify::new(),
+            closing: watch::Sender::new(false),
+            generation: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            retransmits: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
+        });
+        let first = establish(&shared, addr).await?;
+        let driver = tokio::spawn(drive(Arc::clone(&shared), first));
+        Ok(Client {
+            shared,
+            driver: Mutex::new(Some(driver)),
+        })
+    }
+
+    /// Sends a text message to `to` and waits for the server's ack.
+    pub async fn send(&self, to: String, text: String) -> Result<SendReceipt, Error> {
+        self.send_message(OutgoingMessage {
+            to,
+            kind: "text".into(),
+            body: text.into_bytes(),
+            client_msg_id: None,
+        })
+        .await
+    }
+
+    /// Sends a message and waits until the server has stored it durably.
+    ///
+    /// While unacknowledged it is written again, with the same
+    /// `client_msg_id`, after `ack_timeout` and on every reconnect; the
+    /// server stores it once. Returns [`Error::Timeout`] after
+    /// `send_timeout`, and a typed [`Error::Rejected`] if the server refuses
+    /// it for good.
+    pub async fn send_message(&self, message: OutgoingMessage) -> Result<SendReceipt, Error> {
+        let shared = &self.shared;
+        if *shared.closing.borrow() {
+            return Err(Error::Closed);
+        }
+        if !qim_proto::ids::is_valid_id(&message.to) {
+            return Err(Error::Rejected {
+                code: ErrorCode::InvalidRecipient,
+                message: "recipient is not a valid user id".into(),
+                retryable: false,
+            });
+        }
+        let client_msg_id = match message.client_msg_id {
+            Some(id) if qim_proto::ids::is_valid_client_msg_id(&id) => id,
+            Some(_) => {
+                return Err(Error::Rejected {
+                    code: ErrorCode::InvalidArgument,
+                    message: "client_msg_id must be 1-64 printable ASCII bytes".into(),
+                    retryable: false,
+                });
+            }
+            None => new_client_msg_id(),
+        };
+        let deadline = Instant::now() + shared.config.send_timeout;
+        let _slot = tokio::time::timeout_at(deadline, Arc::clone(&shared.send_slots).acquire_owned())
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(|_| Error::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let send = v1::Send {
+            client_msg_id: client_msg_id.clone(),
+            to: Some(v1::Peer {
+                target: Some(v1::peer::Target::User(message.to)),
+            }),
+            body: message.body.into(),
+            kind: message.kind,
+        };
+        lock(&shared.outbox).add(send, tx);
+        shared.outbox_changed.notify_one();
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => {
+                lock(&shared.outbox).abandon(&client_msg_id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// The next received message, in seq order, each exactly once; `None`
+    /// after [`close`](Client::close). Taking a message acknowledges it to
+    /// the server.
+    pub async fn next_message(&self) -> Option<IncomingMessage> {
+        let shared = &self.shared;
+        loop {
+            let notified = shared.queue_grew.notified();
+            if let Some(message) = lock(&shared.received).queue.pop_front() {
+                shared.taken.fetch_max(message.seq, Ordering::AcqRel);
+                shared.taken_changed.notify_one();
+                shared.queue_shrank.notify_one();
+                return Some(message);
+            }
+            if *shared.state.borrow() == ConnectionState::Closed {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// [`next_message`](Client::next_message) with a time limit.
+    pub async fn next_message_timeout(&self, limit: Duration) -> Option<IncomingMessage> {
+        tokio::time::timeout(limit, self.next_message()).await.ok().flatten()
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        *self.shared.state.borrow()
+    }
+
+    /// Watches state changes.
+    pub fn watch_state(&self) -> StateWatcher {
+        StateWatcher {
+            rx: self.shared.state.subscribe(),
+        }
+    }
+
+    /// Why the last connection ended or the client stopped, if it did.
+    pub fn last_error(&self) -> Option<Error> {
+        lock(&self.shared.last_error).clone()
+    }
+
+    /// The logged-in user.
+    pub fn user_id(&self) -> String {
+        lock(&self.shared.user_id).clone()
+    }
+
+    /// The highest seq the app has taken with `next_message`.
+    pub fn last_taken_seq(&self) -> u64 {
+        self.shared.taken.load(Ordering::Acquire)
+    }
+
+    /// Sends not yet acknowledged.
+    pub fn pending_sends(&self) -> usize {
+        lock(&self.shared.outbox).len()
+    }
+
+    /// Diagnostic counters.
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        Stats {
+            sessions: s.sessions.load(Ordering::Relaxed),
+            duplicates_dropped: s.duplicates.load(Ordering::Relaxed),
+            retransmits_received: s.retransmits.load(Ordering::Relaxed),
+            sends_resent: s.resent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Says goodbye to the server, closes the connection and stops
+    /// reconnecting. Pending sends fail with [`Error::Closed`]; messages
+    /// already queued can still be taken.
+    pub async fn close(&self) {
+        self.shared.closing.send_replace(true);
+        let driver = lock(&self.driver).take();
+        if let Some(driver) = driver {
+            let _ = driver.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.closing.send_replace(true);
+    }
+}
+
+/// A logged-in connection, ready for its session.
+struct Established {
+    conn: quinn::Connection,
+    control_send: FramedSend,
+    control_recv: FramedRecv,
+    welcome: v1::Welcome,
+}
+
+/// Connects and logs in once.
+async fn establish(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Established, Error> {
+    let config = &shared.config;
+    shared.state.send_replace(ConnectionState::Connecting);
+    let attempt = async {
+        let connecting = shared
+            .endpoint
+            .connect(addr, &config.server_name)
+            .map_err(|e| Error::Config(format!("connect: {e}")))?;
+        let conn = connecting.await.map_err(|e| Error::from_connection(&e))?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| Error::from_connection(&e))?;
+        let max_frame = qim_proto::DEFAULT_MAX_FRAME;
+        let mut control_send = FramedSend::new(send, StreamKind::Control, max_frame);
+        let mut control_recv = FramedRecv::new(recv, max_frame);
+        let resume_from = lock(&shared.received).inbox.released();
+        let hello = v1::ClientControl {
+            kind: Some(v1::client_control::Kind::Hello(v1::Hello {
+                token: config.token.clone(),
+                device_id: config.device_id.clone(),
+                platform: config.platform.to_wire() as i32,
+                sdk_version: env!("CARGO_PKG_VERSION").to_owned(),
+                resume_from,
+            })),
+        };
+        control_send.send(&hello).await?;
+        let reply = match control_recv.next::<v1::ServerControl>().await {
+            Ok(reply) => reply,
+            // A refusal closes the connection right after; its code is what counts.
+            Err(e) => return Err(conn.close_reason().map_or_else(|| e.into(), |c| Error::from_connection(&c))),
+        };
+        match reply.and_then(|r| r.kind) {
+            Some(server_control::Kind::Welcome(welcome)) => Ok(Established {
+                conn,
+                control_send,
+                control_recv,
+                welcome,
+            }),
+            Some(server_control::Kind::Refusal(r)) => Err(Error::from_code(
+                ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Unspecified),
+                r.message,
+            )),
+            _ => Err(Error::Network("login: unexpected reply".into())),
+        }
+    };
+    let established = tokio::time::timeout(config.connect_timeout, attempt)
+        .await
+        .map_err(|_| Error::Network("connect timed out".into()))??;
+    *lock(&shared.user_id) = established.welcome.user_id.clone();
+    shared.sessions.fetch_add(1, Ordering::Relaxed);
+    Ok(established)
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// The app closed the client.
+    Closed,
+    /// The server is draining: reconnect within this bound.
+    GoAway(Duration),
+    /// The connection failed.
+    Lost(Error),
+}
+
+/// Keeps a session up until the client closes or can never log in again.
+async fn drive(shared: Arc<Shared>, first: Established) {
+    let mut next = Some(first);
+    let mut failures: u32 = 0;
+    let mut closing = shared.closing.subscribe();
+    loop {
+        let established = match next.take() {
+            Some(e) => Ok(e),
+            None => match resolve(&shared.config.server).await {
+                Ok(addr) => establish(&shared, addr).await,
+                Err(e) => Err(e),
+            },
+        };
+        let delay = match established {
+            Ok(established) => {
+                failures = 0;
+                match run_session(&shared, established).await {
+                    SessionEnd::Closed => break,
+                    SessionEnd::GoAway(within) => {
+                        info!(?within, "server draining; reconnecting");
+                        jitter(within)
+                    }
+                    SessionEnd::Lost(e) if e.is_transient() => {
+                        info!(error = %e, "connection lost; reconnecting");
+                        *lock(&shared.last_error) = Some(e);
+                        Duration::ZERO
+                    }
+                    SessionEnd::Lost(e) => {
+                        stop(&shared, e);
+                        return;
+                    }
+                }
+            }
+            Err(e) if e.is_transient() => {
+                debug!(error = %e, failures, "connect failed");
+                *lock(&shared.last_error) = Some(e);
+                failures = failures.saturating_add(1);
+                backoff(&shared.config, failures)
+            }
+            Err(e) => {
+                stop(&shared, e);
+                return;
+            }
+        };
+        if *closing.borrow() {
+            break;
+        }
+        shared.state.send_replace(ConnectionState::Backoff);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = closed(&mut closing) => break,
+        }
+    }
+    stop(&shared, Error::Closed);
+}
+
+/// Ends the client for good with `error`.
+fn stop(shared: &Shared, error: Error) {
+    if error != Error::Closed {
+        warn!(error = %error, "client stopped");
+        *lock(&shared.last_error) = Some(error.clone());
+    }
+    lock(&shared.outbox).fail_all(&error);
+    shared.state.send_replace(ConnectionState::Closed);
+    shared.queue_grew.notify_waiters();
+}
+
+/// Exponential backoff with jitter: a random delay in [d/2, d], where d
+/// doubles per failure from `reconnect_min` up to `reconnect_max`.
+fn backoff(config: &ClientConfig, failures: u32) -> Duration {
+    let d = config
+        .reconnect_min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(config.reconnect_max);
+    d / 2 + jitter(d / 2)
+}
+
+fn jitter(up_to: Duration) -> Duration {
+    let ms = up_to.as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
+}
+
+async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionEnd {
+    let Established {
+        conn,
+        mut control_send,
+        control_recv,
+        welcome,
+    } = established;
+    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let max_frame = welcome
+        .limits
+        .as_ref()
+        .map_or(qim_proto::DEFAULT_MAX_FRAME, |l| l.max_frame_bytes as usize);
+    let interval = welcome
+        .heartbeat
+        .as_ref()
+        .map_or(30_000, |h| h.interval_ms.max(100));
+    shared.state.send_replace(ConnectionState::Connected);
+    info!(user = %welcome.user_id, session = %welcome.session_id, head = welcome.inbox_head, "connected");
+
+    let mut tasks: JoinSet<Result<SessionEnd, Error>> = JoinSet::new();
+    let opened = async {
+        let (hb_send, hb_recv) = conn.open_bi().await?;
+        let chat = conn.open_uni().await?;
+        let acks = conn.open_uni().await?;
+        Ok::<_, quinn::ConnectionError>((hb_send, hb_recv, chat, acks))
+    };
+    let (hb_send, hb_recv, chat, acks) = match opened.await {
+        Ok(streams) => streams,
+        Err(e) => return SessionEnd::Lost(Error::from_connection(&e)),
+    };
+    tasks.spawn(heartbeat(
+        Arc::clone(shared),
+        FramedSend::new(hb_send, StreamKind::Heartbeat, max_frame),
+        FramedRecv::new(hb_recv, max_frame),
+        interval,
+    ));
+    tasks.spawn(write_chat(
+        Arc::clone(shared),
+        FramedSend::new(chat, StreamKind::Chat, max_frame),
+        generation,
+    ));
+    tasks.spawn(write_acks(
+        Arc::clone(shared),
+        FramedSend::new(acks, StreamKind::Ack, max_frame),
+    ));
+    tasks.spawn(read_control(control_recv));
+    tasks.spawn(accept_server_streams(Arc::clone(shared), conn.clone(), max_frame));
+
+    let mut closing = shared.closing.subscribe();
+    let end = tokio::select! {
+        joined = next_end(&mut tasks) => joined,
+        () = closed(&mut closing) => {
+            let bye = v1::ClientControl { kind: Some(v1::client_control::Kind::Bye(v1::Bye {})) };
+            let _ = control_send.send(&bye).await;
+            control_send.finish();
+            conn.close(ErrorCode::NoError.to_quic().into(), b"bye");
+            SessionEnd::Closed
+        }
+    };
+    tasks.abort_all();
+    if let SessionEnd::Lost(_) | SessionEnd::GoAway(_) = end {
+        conn.close(ErrorCode::NoError.to_quic().into(), b"reconnecting");
+    }
+    end
+}
+
+/// The first session task to end decides how the session ends.
+async fn next_end(tasks: &mut JoinSet<Result<SessionEnd, Error>>) -> SessionEnd {
+    match tasks.join_next().await {
+        Some(Ok(Ok(end))) => end,
+        Some(Ok(Err(e))) => SessionEnd::Lost(e),
+        Some(Err(e)) => SessionEnd::Lost(Error::Network(format!("session task failed: {e}"))),
+        None => SessionEnd::Lost(Error::Network("session ended".into())),
+    }
+}
+
+async fn heartbeat(
+    shared: Arc<Shared>,
+    mut send: FramedSend,
+    mut recv: FramedRecv,
+    interval_ms: u32,
+) -> Result<SessionEnd, Error> {
+    let interval = Duration::from_millis(u64::from(interval_ms));
+    let pong_timeout = shared.config.pong_timeout.min(interval.max(Duration::from_millis(500)));
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        let ping = v1::Ping {
+            n,
+            sent_at_ms: qim_proto::now_ms(),
+            next_within_ms: interval_ms,
+        };
+        send.send(&ping).await?;
+        match tokio::time::timeout(pong_timeout, recv.next::<v1::Pong>()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return Err(Error::Network("heartbeat stream closed".into())),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(Error::Network("no pong in time".into())),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+async fn write_chat(shared: Arc<Shared>, mut stream: FramedSend, generation: u64) -> Result<SessionEnd, Error> {
+    let ack_timeout = shared.config.ack_timeout;
+    loop {
+        let notified = shared.outbox_changed.notified();
+        let now = Instant::now();
+        let (due, wake) = {
+            let mut outbox = lock(&shared.outbox);
+            let due = outbox.due(generation, now, ack_timeout);
+            (due, outbox.next_due(ack_timeout))
+        };
+        if !due.is_empty() {
+            for send in &due {
+                stream.queue(send).map_err(|e| Error::Rejected {
+                    code: ErrorCode::MessageTooLarge,
+                    message: e.to_string(),
+                    retryable: false,
+                })?;
+            }
+            stream.flush().await?;
+            continue;
+        }
+        tokio::select! {
+            () = notified => {}
+            () = sleep_until_opt(wake) => {
+                shared.resent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Resolves once the app closes the client.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_acks(shared: Arc<Shared>, mut stream: FramedSend) -> Result<SessionEnd, Error> {
+    let mut acked = 0;
+    loop {
+        let notified = shared.taken_changed.notified();
+        let taken = shared.taken.load(Ordering::Acquire);
+        if taken > acked {
+            stream
+                .send(&v1::DeliveryAck {
+                    up_to_seq: taken,
+                    seqs: Vec::new(),
+                })
+                .await?;
+            acked = taken;
+            continue;
+        }
+        notified.await;
+    }
+}
+
+async fn read_control(mut recv: FramedRecv) -> Result<SessionEnd, Error> {
+    loop {
+        match recv.next::<v1::ServerControl>().await? {
+            Some(v1::ServerControl {
+                kind: Some(server_control::Kind::GoAway(g)),
+            }) => {
+                return Ok(SessionEnd::GoAway(Duration::from_millis(u64::from(
+                    g.reconnect_within_ms,
+                ))));
+            }
+            Some(v1::ServerControl {
+                kind: Some(server_control::Kind::Refusal(r)),
+            }) => {
+                return Err(Error::from_code(
+                    ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Unspecified),
+                    r.message,
+                ));
+            }
+            Some(_) => {}
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// Accepts the server's ack and delivery streams and runs their readers.
+/// Each stream's preamble is read in its own task: quinn hands out streams
+/// in id order, and one that has not received data yet must not hold up the
+/// others.
+async fn accept_server_streams(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    max_frame: usize,
+) -> Result<SessionEnd, Error> {
+    let mut readers: JoinSet<Result<SessionEnd, Error>> = JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = conn.accept_uni() => {
+                let stream = stream.map_err(|e| Error::from_connection(&e))?;
+                readers.spawn(read_server_stream(Arc::clone(&shared), conn.clone(), stream, max_frame));
+            }
+            Some(ended) = readers.join_next() => {
+                return match ended {
+                    Ok(end) => end,
+                    Err(e) => Err(Error::Network(format!("reader failed: {e}"))),
+                };
+            }
+        }
+    }
+}
+
+async fn read_server_stream(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut stream: quinn::RecvStream,
+    max_frame: usize,
+) -> Result<SessionEnd, Error> {
+    let kind = read_preamble(&mut stream).await?;
+    let recv = FramedRecv::new(stream, max_frame);
+    match kind {
+        StreamKind::Ack => read_server_acks(shared, recv).await,
+        StreamKind::Delivery => read_deliveries(shared, conn, recv).await,
+        other => Err(Error::Network(format!("server opened a {other:?} stream"))),
+    }
+}
+
+async fn read_server_acks(shared: Arc<Shared>, mut recv: FramedRecv) -> Result<SessionEnd, Error> {
+    while let Some(ack) = recv.next::<v1::ServerAck>().await? {
+        match ack.kind {
+            Some(server_ack::Kind::Ack(ack)) => lock(&shared.outbox).acked(&ack),
+            Some(server_ack::Kind::Nack(nack)) => {
+                debug!(client_msg_id = %nack.client_msg_id, code = nack.code, "send refused");
+                lock(&shared.outbox).refused(&nack, Instant::now());
+                shared.outbox_changed.notify_one();
+            }
+            None => {}
+        }
+    }
+    Err(Error::Network("ack stream ended".into()))
+}
+
+async fn read_deliveries(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut recv: FramedRecv,
+) -> Result<SessionEnd, Error> {
+    let capacity = shared.config.inbox_buffer.max(1);
+    loop {
+        // Stop reading while the app is behind: the server's window fills
+        // and it waits, instead of this queue growing without bound.
+        loop {
+            let shrank = shared.queue_shrank.notified();
+            if lock(&shared.received).queue.len() < capacity {
+                break;
+            }
+            shrank.await;
+        }
+        let Some(deliver) = recv.next::<v1::Deliver>().await? else {
+            return Err(Error::Network("delivery stream ended".into()));
+        };
+        if deliver.attempt > 0 {
+            shared.retransmits.fetch_add(1, Ordering::Relaxed);
+        }
+        let message = IncomingMessage::from_wire(deliver.seq, deliver.message.unwrap_or_default());
+        if let Some((after, up_to)) = accept(&shared, message) {
+            pull_gap(&shared, &conn, after, up_to).await?;
+        }
+    }
+}
+
+/// Orders one delivery into the queue; returns a gap to pull, if any.
+fn accept(shared: &Shared, message: IncomingMessage) -> Option<(u64, u64)> {
+    let mut received = lock(&shared.received);
+    let accepted = received.inbox.accept(message);
+    if accepted.duplicate {
+        shared.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+    let grew = !accepted.ready.is_empty();
+    received.queue.extend(accepted.ready);
+    drop(received);
+    if grew {
+        shared.queue_grew.notify_waiters();
+        shared.queue_grew.notify_one();
+    }
+    accepted.gap
+}
+
+/// Fetches missing seqs `(after, up_to]` over an rpc stream.
+async fn pull_gap(shared: &Shared, conn: &quinn::Connection, after: u64, up_to: u64) -> Result<(), Error> {
+    debug!(after, up_to, "pulling gap");
+    let (send, recv) = conn.open_bi().await.map_err(|e| Error::from_connection(&e))?;
+    let mut send = FramedSend::new(send, StreamKind::Rpc, qim_proto::DEFAULT_MAX_FRAME);
+    let mut recv = FramedRecv::new(recv, qim_proto::DEFAULT_MAX_FRAME);
+    let limit = u32::try_from(up_to - after).unwrap_or(u32::MAX).min(500);
+    send.send(&v1::RpcRequest {
+        kind: Some(v1::rpc_request::Kind::Sync(v1::SyncRequest {
+            after_seq: after,
+            limit,
+        })),
+    })
+    .await?;
+    send.finish();
+    match recv.next::<v1::RpcResponse>().await?.and_then(|r| r.kind) {
+        Some(v1::rpc_response::Kind::Sync(sync)) => {
+            for entry in sync.entries {
+                let message = IncomingMessage::from_wire(entry.seq, entry.message.unwrap_or_default());
+                accept(shared, message);
+            }
+            Ok(())
+        }
+        Some(v1::rpc_response::Kind::Error(e)) => Err(Error::from_code(
+            ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+            e.message,
+        )),
+        None => Err(Error::Network("empty sync response".into())),
+    }
+}

@@ -1,0 +1,95 @@
+//! Client settings, with defaults for phones on real networks.
+
+use std::time::Duration;
+
+/// The device platform reported at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Platform {
+    /// Android phone or tablet.
+    Android,
+    /// iPhone or iPad.
+    Ios,
+    /// A desktop application.
+    #[default]
+    Desktop,
+    /// A web client.
+    Web,
+    /// A backend service acting as a user.
+    Server,
+}
+
+impl Platform {
+    pub(crate) fn to_wire(self) -> qim_proto::v1::Platform {
+        use qim_proto::v1::Platform as P;
+        match self {
+            Platform::Android => P::Android,
+            Platform::Ios => P::Ios,
+            Platform::Desktop => P::Desktop,
+            Platform::Web => P::Web,
+            Platform::Server => P::Server,
+        }
+    }
+}
+
+/// How a [`Client`](crate::Client) connects and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Gateway address, `host:port`.
+    pub server: String,
+    /// Name the server certificate must be valid for.
+    pub server_name: String,
+    /// PEM certificates of the CAs trusted to sign the server's certificate.
+    pub ca_pem: Vec<u8>,
+    /// Login token from the application's backend.
+    pub token: String,
+    /// Stable id of this installation (1–64 of `[A-Za-z0-9._@-]`).
+    pub device_id: String,
+    /// Reported platform.
+    pub platform: Platform,
+    /// The highest inbox seq the app has already processed (persist
+    /// [`IncomingMessage::seq`](crate::IncomingMessage::seq) with each message
+    /// you store); the server sends everything after it.
+    pub resume_from: u64,
+    /// Time allowed for a connection and login.
+    pub connect_timeout: Duration,
+    /// A send without an ack this long is sent again (same `client_msg_id`).
+    pub ack_timeout: Duration,
+    /// A send gives up (and returns [`Error::Timeout`](crate::Error::Timeout))
+    /// after this long.
+    pub send_timeout: Duration,
+    /// A ping without a pong this long means the connection is dead.
+    pub pong_timeout: Duration,
+    /// First reconnect delay; doubles per failed attempt, with jitter.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Sends waiting for an ack at once; further sends wait for room.
+    pub max_pending_sends: usize,
+    /// Received messages buffered for the app; when full, the client stops
+    /// reading and the server holds the rest.
+    pub inbox_buffer: usize,
+}
+
+impl ClientConfig {
+    /// Settings with defaults for everything but the essentials.
+    pub fn new(server: impl Into<String>, token: impl Into<String>, device_id: impl Into<String>, ca_pem: Vec<u8>) -> Self {
+        Self {
+            server: server.into(),
+            server_name: "localhost".to_owned(),
+            ca_pem,
+            token: token.into(),
+            device_id: device_id.into(),
+            platform: Platform::default(),
+            resume_from: 0,
+            connect_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
+            pong_timeout: Duration::from_secs(10),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
+            max_pending_sends: 4096,
+            inbox_buffer: 4096,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The SDK's public error: small and actionable. Wire codes are mapped to it
+//! in one place, [`Error::from_code`].
+
+use qim_proto::v1::ErrorCode;
+use thiserror::Error;
+
+/// Why an SDK call failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The token was refused (bad or expired): get a new one. The client
+    /// stops reconnecting.
+    #[error("login refused ({code:?}): {message}")]
+    Auth {
+        /// `BadToken` or `TokenExpired`.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server refused the request; `retryable` says whether the same
+    /// request may succeed later.
+    #[error("refused ({code:?}): {message}")]
+    Rejected {
+        /// Why.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+        /// Whether sending again unchanged may succeed.
+        retryable: bool,
+    },
+    /// The server could not be reached or the connection broke.
+    #[error("network: {0}")]
+    Network(String),
+    /// The server's certificate did not verify.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The client's configuration is unusable.
+    #[error("config: {0}")]
+    Config(String),
+    /// No answer within the configured time; a send may still be delivered
+    /// later if it reached the server (resend with the same id to find out).
+    #[error("timed out")]
+    Timeout,
+    /// The client was closed.
+    #[error("client closed")]
+    Closed,
+}
+
+impl Error {
+    /// The error for a wire code received in a refusal, nack or close.
+    pub fn from_code(code: ErrorCode, message: impl Into<String>) -> Error {
+        let message = message.into();
+        match code {
+            ErrorCode::BadToken | ErrorCode::TokenExpired => Error::Auth { code, message },
+            code => Error::Rejected {
+                code,
+                retryable: code.is_retryable(),
+                message,
+            },
+        }
+    }
+
+    /// Whether reconnecting could fix it (the driver keeps trying).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Error::Network(_) | Error::Timeout => true,
+            Error::Rejected { retryable, code, .. } => {
+                *retryable || matches!(code, ErrorCode::Replaced | ErrorCode::NoError)
+            }
+            Error::Auth { .. } | Error::Tls(_) | Error::Config(_) | Error::Closed => false,
+        }
+    }
+
+    /// Maps a quinn connection error, keeping the server's close code.
+    pub(crate) fn from_connection(e: &quinn::ConnectionError) -> Error {
+        match e {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                let code = ErrorCode::from_quic(close.error_code.into_inner());
+                Error::from_code(code, String::from_utf8_lossy(&close.reason).into_owned())
+            }
+            quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("CRYPTO") => {
+                Error::Tls(t.to_string())
+            }
+            quinn::ConnectionError::LocallyClosed => Error::Closed,
+            other => Error::Network(other.to_string()),
+        }
+    }
+}
+
+impl From<qim_proto::io::RecvError> for Error {
+    fn from(e: qim_proto::io::RecvError) -> Self {
+        match e {
+            qim_proto::io::RecvError::ConnectionLost(c) => Error::from_connection(&c),
+            other => Error::Network(other.to_string()),
+        }
+    }
+}
+
+impl From<qim_proto::io::SendError> for Error {
+    fn from(e: qim_proto::io::SendError) -> Self {
+        match e {
+            qim_proto::io::SendError::Write(quinn::WriteError::ConnectionLost(c)) => {
+                Error::from_connection(&c)
+            }
+            other => Error::Network(other.to_string()),
+        }
+    }
+}
