@@ -137,6 +137,9 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: Own
                 };
                 if control.send(&refusal).await.is_ok() {
                     control.finish();
+                    // Closing discards unsent stream data: give the Refusal
+                    // a moment to be acknowledged first.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), control.stopped()).await;
                 }
             }
             close(&ctx, &conn, "", &fault);

@@ -64,9 +64,9 @@ impl Error {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             Error::Network(_) | Error::Timeout => true,
-            Error::Rejected { retryable, code, .. } => {
-                *retryable || matches!(code, ErrorCode::Replaced | ErrorCode::NoError)
-            }
+            // REPLACED means another live client uses this device id:
+            // reconnecting would only evict it in turn.
+            Error::Rejected { retryable, code, .. } => *retryable || *code == ErrorCode::NoError,
             Error::Auth { .. } | Error::Tls(_) | Error::Config(_) | Error::Closed => false,
         }
     }

@@ -1,0 +1,245 @@
+//! Bad input gets its typed error, and the gateway keeps serving everyone
+//! else: each test keeps a bystander pair chatting across the bad client.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::{Raw, TestGateway, take, text};
+use qim_gateway::auth::unix_now;
+use qim_proto::frame::put_len;
+use qim_proto::preamble::StreamKind;
+use qim_proto::v1::{self, ErrorCode};
+use qim_sdk::{Client, Error, OutgoingMessage};
+
+/// Alice and bob chat before and after the bad client's attempt.
+struct Bystanders {
+    alice: Client,
+    bob: Client,
+    sent: usize,
+}
+
+impl Bystanders {
+    async fn new(gw: &TestGateway) -> Self {
+        let mut b = Bystanders {
+            alice: gw.client("alice", "alice-phone").await,
+            bob: gw.client("bob", "bob-phone").await,
+            sent: 0,
+        };
+        b.still_chatting().await;
+        b
+    }
+
+    async fn still_chatting(&mut self) {
+        let body = format!("still here {}", self.sent);
+        self.alice.send("bob".into(), body.clone()).await.expect("bystander send acked");
+        self.sent += 1;
+        let got = take(&self.bob, 1).await;
+        assert_eq!(got[0].seq, self.sent as u64);
+        assert_eq!(text(&got[0]), body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_and_expired_tokens_are_refused_with_their_codes() {
+    let gw = TestGateway::start().await;
+    let mut by = Bystanders::new(&gw).await;
+
+    let mut config = gw.client_config("mallory", "m-phone");
+    config.token = qim_gateway::auth::TokenKey::new(b"not the server's secret")
+        .mint("mallory", unix_now() + 60)
+        .expect("mint");
+    let err = Client::connect(config.clone()).await.expect_err("refused");
+    assert!(matches!(err, Error::Auth { code: ErrorCode::BadToken, .. }), "{err:?}");
+
+    config.token = gw.key.mint("mallory", unix_now() - 1).expect("mint");
+    let err = Client::connect(config.clone()).await.expect_err("refused");
+    assert!(matches!(err, Error::Auth { code: ErrorCode::TokenExpired, .. }), "{err:?}");
+
+    config.token = "garbage".into();
+    let err = Client::connect(config).await.expect_err("refused");
+    assert!(matches!(err, Error::Auth { code: ErrorCode::BadToken, .. }), "{err:?}");
+
+    // On the wire: a Refusal frame, then a close with the same code.
+    let (raw, _send, _recv, reply) = Raw::hello(&gw, "qim1.eve.1.AAAA", "eve-phone", 0).await;
+    match reply.and_then(|r| r.kind) {
+        Some(v1::server_control::Kind::Refusal(r)) => assert_eq!(r.code, ErrorCode::BadToken as i32),
+        other => panic!("expected a Refusal, got {other:?}"),
+    }
+    assert_eq!(raw.closed_with().await, ErrorCode::BadToken);
+
+    by.still_chatting().await;
+    assert!(gw.metric("qim_logins_refused_total{code=\"TOKEN_EXPIRED\"}").await >= 1.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_frames_close_the_connection_with_their_codes() {
+    let gw = TestGateway::start().await;
+    let mut by = Bystanders::new(&gw).await;
+
+    // A frame declaring 10 MiB.
+    let bad = Raw::login(&gw, "mallory", "m-1", 0).await;
+    let mut chat = bad.raw.open_uni(StreamKind::Chat).await;
+    let mut forged = BytesMut::new();
+    put_len(10 * 1024 * 1024, &mut forged);
+    forged.extend_from_slice(&[0u8; 64]);
+    chat.send_raw(&forged).await.expect("write");
+    assert_eq!(bad.raw.closed_with().await, ErrorCode::FrameTooLarge);
+    by.still_chatting().await;
+
+    // A frame whose body is not a Send.
+    let bad = Raw::login(&gw, "mallory", "m-2", 0).await;
+    let mut chat = bad.raw.open_uni(StreamKind::Chat).await;
+    let mut garbage = BytesMut::new();
+    put_len(8, &mut garbage);
+    garbage.extend_from_slice(&[0xff; 8]);
+    chat.send_raw(&garbage).await.expect("write");
+    assert_eq!(bad.raw.closed_with().await, ErrorCode::MalformedFrame);
+    by.still_chatting().await;
+
+    // A length prefix longer than any varint.
+    let bad = Raw::login(&gw, "mallory", "m-3", 0).await;
+    let mut acks = bad.raw.open_uni(StreamKind::Ack).await;
+    acks.send_raw(&[0xff; 12]).await.expect("write");
+    assert_eq!(bad.raw.closed_with().await, ErrorCode::MalformedFrame);
+    by.still_chatting().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_misused_streams_close_the_connection_with_their_codes() {
+    let gw = TestGateway::start().await;
+    let mut by = Bystanders::new(&gw).await;
+
+    let bad = Raw::login(&gw, "mallory", "m-1", 0).await;
+    let mut stream = bad.raw.conn.open_uni().await.expect("open");
+    stream.write_all(&[b'Q', b'I', b'M', 1, 99]).await.expect("write");
+    assert_eq!(bad.raw.closed_with().await, ErrorCode::UnknownStreamKind);
+    by.still_chatting().await;
+
+    let bad = Raw::login(&gw, "mallory", "m-2", 0).await;
+    let mut stream = bad.raw.conn.open_uni().await.expect("open");
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    assert_eq!(bad.raw.closed_with().await, ErrorCode::BadPreamble);
+    by.still_chatting().await;
+
+    // A Delivery stream is the server's to open.
+    let bad = Raw::login(&gw, "mallory", "m-3", 0).await;
+    let mut delivery = bad.raw.open_uni(StreamKind::Delivery).await;
+    delivery.send(&v1::Deliver::default()).await.expect("write");
+    assert_eq!(bad.raw.closed_with().await, ErrorCode::ProtocolViolation);
+
+    // A first stream that is not Control.
+    let raw = Raw::connect(&gw).await;
+    let (send, _recv) = raw.conn.open_bi().await.expect("open");
+    let mut rpc = qim_proto::io::FramedSend::new(send, StreamKind::Rpc, 1024);
+    rpc.send(&v1::RpcRequest::default()).await.expect("write");
+    assert_eq!(raw.closed_with().await, ErrorCode::ProtocolViolation);
+    by.still_chatting().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_says_hello_is_closed_with_login_timeout() {
+    let gw = TestGateway::start_with(|c| c.auth.login_timeout_ms = 300).await;
+    let raw = Raw::connect(&gw).await;
+    assert_eq!(raw.closed_with().await, ErrorCode::LoginTimeout);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sends_get_typed_nacks_and_the_session_goes_on() {
+    let gw = TestGateway::start_with(|c| c.limits.max_body_bytes = 1024).await;
+    let mut by = Bystanders::new(&gw).await;
+    let carol = gw.client("carol", "carol-phone").await;
+
+    let err = carol
+        .send_message(OutgoingMessage {
+            to: "bob".into(),
+            kind: "file".into(),
+            body: vec![7; 2048],
+            client_msg_id: None,
+        })
+        .await
+        .expect_err("too large");
+    assert!(matches!(err, Error::Rejected { code: ErrorCode::MessageTooLarge, retryable: false, .. }), "{err:?}");
+
+    // The SDK refuses bad recipients itself; on the wire the server does.
+    let err = carol.send("no such user!".into(), "hi".into()).await.expect_err("bad recipient");
+    assert!(matches!(err, Error::Rejected { code: ErrorCode::InvalidRecipient, .. }), "{err:?}");
+    let raw = Raw::login(&gw, "dave", "dave-raw", 0).await;
+    let (mut acks, _) = raw.raw.server_streams().await;
+    let mut chat = raw.raw.open_uni(StreamKind::Chat).await;
+    chat.send(&common::send_frame("c1", "not valid!", b"x")).await.expect("write");
+    chat.send(&common::send_frame("", "bob", b"x")).await.expect("write");
+    let mut group = common::send_frame("c3", "bob", b"x");
+    group.to = Some(v1::Peer { target: Some(v1::peer::Target::Group("g1".into())) });
+    chat.send(&group).await.expect("write");
+    for expected in [ErrorCode::InvalidRecipient, ErrorCode::InvalidArgument, ErrorCode::InvalidRecipient] {
+        match acks.next::<v1::ServerAck>().await.expect("frame").and_then(|a| a.kind) {
+            Some(v1::server_ack::Kind::Nack(n)) => {
+                assert_eq!(n.code, expected as i32);
+                assert!(!n.retryable);
+            }
+            other => panic!("expected a nack, got {other:?}"),
+        }
+    }
+
+    // Carol's session still works, and nothing reached bob but the bystanders' chat.
+    carol.send("bob".into(), "fine".into()).await.expect("acked");
+    let got = take(&by.bob, 1).await;
+    assert_eq!(text(&got[0]), "fine");
+    by.sent += 1;
+    by.still_chatting().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_beating_is_closed_within_the_bound() {
+    let interval = 200u32;
+    let missed = 2u32;
+    let gw = TestGateway::start_with(|c| {
+        c.heartbeat.min_interval_ms = 100;
+        c.heartbeat.interval_ms = interval;
+        c.quic.idle_timeout_ms = 10_000;
+        c.heartbeat.max_missed = missed;
+    })
+    .await;
+    // The SDK beats at the server's interval and stays connected...
+    let beating = gw.client("erin", "erin-phone").await;
+    let mut by = Bystanders::new(&gw).await;
+
+    // ...while a raw client that logs in and never pings is closed.
+    let started = tokio::time::Instant::now();
+    let silent = Raw::login(&gw, "mallory", "m-silent", 0).await;
+    assert_eq!(silent.raw.closed_with().await, ErrorCode::HeartbeatTimeout);
+    let took = started.elapsed();
+    let bound = Duration::from_millis(u64::from(interval * missed)) + Duration::from_millis(500);
+    assert!(took <= bound, "closed after {took:?}, bound {bound:?}");
+    assert!(took >= Duration::from_millis(u64::from(interval * missed)), "not before the bound: {took:?}");
+
+    assert_eq!(beating.state(), qim_sdk::ConnectionState::Connected);
+    assert_eq!(beating.stats().sessions, 1, "the beating client was never dropped");
+    by.still_chatting().await;
+    assert!(gw.metric("qim_heartbeat_timeouts_total").await >= 1.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_serves_health_and_metrics() {
+    let gw = TestGateway::start().await;
+    let mut by = Bystanders::new(&gw).await;
+    by.still_chatting().await;
+    let (status, body) = gw.admin_get("/health").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    assert!(body.contains("\"online_users\":2"), "{body}");
+    assert!(gw.metric("qim_sends_total").await >= 2.0);
+    assert!(gw.metric("qim_deliveries_total").await >= 2.0);
+    assert_eq!(gw.metric("qim_sessions_open").await, 2.0);
+    let (status, _) = gw.admin_get("/nope").await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}

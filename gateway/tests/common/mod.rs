@@ -1,0 +1,312 @@
+//! Test harness: a real gateway on 127.0.0.1:0 with its own data directory,
+//! real SDK clients, and a raw protocol client for what the SDK never does
+//! (withholding acks, resending ids, sending garbage).
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qim_gateway::Config;
+use qim_gateway::auth::{TokenKey, unix_now};
+use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
+use qim_proto::preamble::StreamKind;
+use qim_proto::v1::{self, ErrorCode};
+use qim_sdk::{Client, ClientConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Generous bound for anything that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub ca_pem: Vec<u8>,
+    pub key: TokenKey,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_tests(dir.path());
+        adjust(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, config: Config) -> Self {
+        config.validate().expect("test config is valid");
+        let gateway = qim_gateway::Gateway::bind(config.clone()).await.expect("bind");
+        let info = gateway.info().clone();
+        let ca_pem = std::fs::read(info.dev_ca.as_ref().expect("dev CA")).expect("read CA");
+        let key = gateway.token_key();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            addr: info.quic_addr,
+            admin: info.admin_addr,
+            ca_pem,
+            key,
+            config,
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.key.mint(user, unix_now() + 3600).expect("mint")
+    }
+
+    pub fn client_config(&self, user: &str, device: &str) -> ClientConfig {
+        let mut config = ClientConfig::new(self.addr.to_string(), self.token(user), device, self.ca_pem.clone());
+        config.reconnect_min = Duration::from_millis(50);
+        config.reconnect_max = Duration::from_millis(500);
+        config
+    }
+
+    pub async fn client(&self, user: &str, device: &str) -> Client {
+        Client::connect(self.client_config(user, device)).await.expect("connect")
+    }
+
+    /// Stops gracefully and starts again on the same UDP port and data
+    /// directory.
+    pub async fn restart(mut self) -> TestGateway {
+        self.shutdown().await;
+        let mut config = self.config.clone();
+        config.server.listen = self.addr;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let mut next = TestGateway::start_in(dir, config).await;
+        next.config.server.listen = self.config.server.listen;
+        next
+    }
+
+    /// Starts the graceful shutdown and waits until `run` returned.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task).await.expect("gateway stops").expect("gateway task");
+        }
+    }
+
+    /// GET a path on the admin port: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.admin).await.expect("admin connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// A counter's value from /metrics (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Takes `n` messages, failing if they do not come in time.
+pub async fn take(client: &Client, n: usize) -> Vec<qim_sdk::IncomingMessage> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout(PATIENCE, client.next_message()).await {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => panic!("client closed after {} of {n} messages", out.len()),
+            Err(_) => panic!("only {} of {n} messages arrived", out.len()),
+        }
+    }
+    out
+}
+
+/// Asserts nothing more arrives within `window` (used after everything
+/// expected has arrived, to catch duplicates).
+pub async fn assert_quiet(client: &Client, window: Duration) {
+    if let Some(extra) = client.next_message_timeout(window).await {
+        panic!("unexpected extra message: seq {} {:?}", extra.seq, String::from_utf8_lossy(&extra.body));
+    }
+}
+
+pub fn text(m: &qim_sdk::IncomingMessage) -> String {
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+/// A client that speaks the wire protocol by hand.
+pub struct Raw {
+    pub conn: quinn::Connection,
+    pub endpoint: quinn::Endpoint,
+}
+
+pub struct RawSession {
+    pub raw: Raw,
+    pub welcome: v1::Welcome,
+    pub control_send: FramedSend,
+    pub control_recv: FramedRecv,
+}
+
+impl Raw {
+    pub async fn connect(gw: &TestGateway) -> Raw {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&gw.ca_pem) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = endpoint
+            .connect(gw.addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        Raw { conn, endpoint }
+    }
+
+    /// Connects and sends Hello; returns the server's first control frame.
+    pub async fn hello(gw: &TestGateway, token: &str, device: &str, resume_from: u64) -> (Raw, FramedSend, FramedRecv, Option<v1::ServerControl>) {
+        let raw = Raw::connect(gw).await;
+        let (send, recv) = raw.conn.open_bi().await.expect("open control");
+        let mut control_send = FramedSend::new(send, StreamKind::Control, 64 * 1024);
+        let mut control_recv = FramedRecv::new(recv, 64 * 1024);
+        control_send
+            .send(&v1::ClientControl {
+                kind: Some(v1::client_control::Kind::Hello(v1::Hello {
+                    token: token.to_owned(),
+                    device_id: device.to_owned(),
+                    platform: v1::Platform::Desktop as i32,
+                    sdk_version: "raw-test".into(),
+                    resume_from,
+                })),
+            })
+            .await
+            .expect("send hello");
+        let reply = control_recv.next::<v1::ServerControl>().await.ok().flatten();
+        (raw, control_send, control_recv, reply)
+    }
+
+    pub async fn login(gw: &TestGateway, user: &str, device: &str, resume_from: u64) -> RawSession {
+        let (raw, control_send, control_recv, reply) = Raw::hello(gw, &gw.token(user), device, resume_from).await;
+        let welcome = match reply.and_then(|r| r.kind) {
+            Some(v1::server_control::Kind::Welcome(w)) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        RawSession {
+            raw,
+            welcome,
+            control_send,
+            control_recv,
+        }
+    }
+
+    pub async fn open_uni(&self, kind: StreamKind) -> FramedSend {
+        let stream = self.conn.open_uni().await.expect("open uni");
+        FramedSend::new(stream, kind, 64 * 1024)
+    }
+
+    /// The server's ack and delivery streams, identified by preamble.
+    pub async fn server_streams(&self) -> (FramedRecv, FramedRecv) {
+        let mut ack = None;
+        let mut delivery = None;
+        while ack.is_none() || delivery.is_none() {
+            let mut stream = tokio::time::timeout(PATIENCE, self.conn.accept_uni())
+                .await
+                .expect("server opens its streams")
+                .expect("accept uni");
+            match read_preamble(&mut stream).await.expect("preamble") {
+                StreamKind::Ack => ack = Some(FramedRecv::new(stream, 64 * 1024)),
+                StreamKind::Delivery => delivery = Some(FramedRecv::new(stream, 64 * 1024)),
+                other => panic!("unexpected server stream {other:?}"),
+            }
+        }
+        (ack.expect("ack"), delivery.expect("delivery"))
+    }
+
+    /// Waits for the server to close the connection; returns its code.
+    pub async fn closed_with(&self) -> ErrorCode {
+        let reason = tokio::time::timeout(PATIENCE, self.conn.closed())
+            .await
+            .expect("server closes the connection");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => ErrorCode::from_quic(close.error_code.into_inner()),
+            other => panic!("closed without an application code: {other}"),
+        }
+    }
+}
+
+pub fn send_frame(client_msg_id: &str, to: &str, body: &[u8]) -> v1::Send {
+    v1::Send {
+        client_msg_id: client_msg_id.to_owned(),
+        to: Some(v1::Peer {
+            target: Some(v1::peer::Target::User(to.to_owned())),
+        }),
+        body: body.to_vec().into(),
+        kind: "text".into(),
+    }
+}
+
+/// Awaits all futures, polling them in index order every time (unlike
+/// `join_all`, whose first polls may come in any order); returns outputs in
+/// index order.
+pub async fn join_in_order<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                if let Poll::Ready(value) = std::pin::Pin::new(future).poll(cx) {
+                    *output = Some(value);
+                }
+            }
+        }
+        if outputs.iter().all(Option::is_some) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}

@@ -1,0 +1,241 @@
+//! One-to-one delivery through a real gateway with real SDK clients: in
+//! order, exactly once, across offline periods, devices and lost acks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PATIENCE, Raw, TestGateway, assert_quiet, join_in_order, send_frame, take, text};
+use qim_proto::preamble::StreamKind;
+use qim_proto::v1::{self, server_ack};
+use qim_sdk::OutgoingMessage;
+
+fn outgoing(to: &str, body: String) -> OutgoingMessage {
+    OutgoingMessage {
+        to: to.into(),
+        kind: "text".into(),
+        body: body.into_bytes(),
+        client_msg_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_messages_in_flight_arrive_in_order_exactly_once_both_ways() {
+    let gw = TestGateway::start().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let bob = gw.client("bob", "bob-phone").await;
+    const N: usize = 500;
+
+    // All sends are in flight at once; a send joins the outbox when first
+    // polled, and `join_in_order` polls them in index order.
+    let from_alice = join_in_order((0..N).map(|i| Box::pin(alice.send_message(outgoing("bob", format!("a{i}"))))).collect());
+    let from_bob = join_in_order((0..N).map(|i| Box::pin(bob.send_message(outgoing("alice", format!("b{i}"))))).collect());
+    let (alice_receipts, bob_receipts) = tokio::time::timeout(PATIENCE, async { tokio::join!(from_alice, from_bob) })
+        .await
+        .expect("all sends acked");
+    for (i, receipt) in alice_receipts.into_iter().enumerate() {
+        assert_eq!(receipt.expect("acked").seq, i as u64 + 1, "send order is inbox order");
+    }
+    assert!(bob_receipts.iter().all(Result::is_ok));
+
+    let at_bob = take(&bob, N).await;
+    let at_alice = take(&alice, N).await;
+    for (i, m) in at_bob.iter().enumerate() {
+        assert_eq!(m.seq, i as u64 + 1);
+        assert_eq!(text(m), format!("a{i}"));
+        assert_eq!(m.from_user, "alice");
+        assert_eq!(m.from_device, "alice-phone");
+    }
+    for (i, m) in at_alice.iter().enumerate() {
+        assert_eq!(text(m), format!("b{i}"));
+    }
+    assert_quiet(&bob, Duration::from_millis(300)).await;
+    assert_eq!(bob.stats().duplicates_dropped, 0);
+    alice.close().await;
+    bob.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_exactly_what_was_sent_when_it_connects() {
+    let gw = TestGateway::start().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    const N: usize = 200;
+    for i in 0..N {
+        alice.send("carol".into(), format!("m{i}")).await.expect("acked while carol is offline");
+    }
+    let carol = gw.client("carol", "carol-phone").await;
+    let got = take(&carol, N).await;
+    let bodies: Vec<String> = got.iter().map(text).collect();
+    assert_eq!(bodies, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_quiet(&carol, Duration::from_millis(300)).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_has_its_own_cursor() {
+    let gw = TestGateway::start().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let phone = gw.client("bob", "bob-phone").await;
+    let laptop = gw.client("bob", "bob-laptop").await;
+    for i in 0..10 {
+        alice.send("bob".into(), format!("first {i}")).await.expect("acked");
+    }
+    let on_phone = take(&phone, 10).await;
+    assert_eq!(take(&laptop, 10).await, on_phone, "both devices get the same messages");
+    let processed = phone.last_taken_seq();
+    phone.close().await;
+
+    for i in 0..10 {
+        alice.send("bob".into(), format!("second {i}")).await.expect("acked");
+    }
+    assert_eq!(take(&laptop, 10).await.len(), 10, "the laptop stays live");
+
+    // The phone comes back with what it processed and gets only the rest.
+    let mut config = gw.client_config("bob", "bob-phone");
+    config.resume_from = processed;
+    let phone = qim_sdk::Client::connect(config).await.expect("reconnect");
+    let rest = take(&phone, 10).await;
+    assert_eq!(rest.first().map(|m| m.seq), Some(11));
+    assert_eq!(text(&rest[9]), "second 9");
+    assert_quiet(&phone, Duration::from_millis(300)).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_lost_ack_is_stored_once() {
+    let gw = TestGateway::start().await;
+    let bob = gw.client("bob", "bob-phone").await;
+
+    // The raw sender writes the same client_msg_id twice, as a client does
+    // when the first ack was lost with its connection.
+    let alice = Raw::login(&gw, "alice", "alice-raw", 0).await;
+    let (mut acks, _deliveries) = alice.raw.server_streams().await;
+    let mut chat = alice.raw.open_uni(StreamKind::Chat).await;
+    chat.send(&send_frame("only-once", "bob", b"hello")).await.expect("send");
+    chat.send(&send_frame("only-once", "bob", b"hello")).await.expect("resend");
+    let mut receipts = Vec::new();
+    for _ in 0..2 {
+        match acks.next::<v1::ServerAck>().await.expect("ack frame").and_then(|a| a.kind) {
+            Some(server_ack::Kind::Ack(ack)) => receipts.push(ack),
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    assert_eq!(receipts[0], receipts[1], "the resend gets the original ack");
+    let got = take(&bob, 1).await;
+    assert_eq!(got[0].msg_id, receipts[0].msg_id);
+    assert_quiet(&bob, Duration::from_millis(300)).await;
+
+    // The same through the SDK on a new connection: same id, same receipt.
+    let sdk_alice = gw.client("alice", "alice-phone").await;
+    let again = sdk_alice
+        .send_message(OutgoingMessage {
+            client_msg_id: Some("only-once".into()),
+            ..outgoing("bob", "hello".into())
+        })
+        .await
+        .expect("acked");
+    assert_eq!(again.msg_id, receipts[0].msg_id);
+    assert_eq!(again.seq, 1);
+    assert_quiet(&bob, Duration::from_millis(300)).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_delivery_is_retransmitted_until_acked_then_never_again() {
+    let gw = TestGateway::start_with(|c| {
+        c.delivery.retransmit_initial_ms = 200;
+        c.delivery.retransmit_max_ms = 400;
+    })
+    .await;
+    let bob = Raw::login(&gw, "bob", "bob-raw", 0).await;
+    let (_acks, mut deliveries) = bob.raw.server_streams().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let receipt = alice.send("bob".into(), "are you there?".into()).await.expect("acked");
+
+    let first = deliveries.next::<v1::Deliver>().await.expect("frame").expect("deliver");
+    assert_eq!((first.seq, first.attempt), (receipt.seq, 0));
+    // Withhold the ack: the same delivery comes back, twice.
+    for attempt in 1..=2 {
+        let again = tokio::time::timeout(PATIENCE, deliveries.next::<v1::Deliver>())
+            .await
+            .expect("retransmitted")
+            .expect("frame")
+            .expect("deliver");
+        assert_eq!((again.seq, again.attempt), (receipt.seq, attempt));
+        assert_eq!(again.message, first.message);
+    }
+    let mut ack_stream = bob.raw.open_uni(StreamKind::Ack).await;
+    ack_stream
+        .send(&v1::DeliveryAck {
+            up_to_seq: receipt.seq,
+            seqs: vec![],
+        })
+        .await
+        .expect("ack");
+    // At most one retransmission may already be on its way; after that,
+    // nothing for several retransmit periods.
+    let quiet_after = tokio::time::Instant::now() + Duration::from_millis(100);
+    let extra = tokio::time::timeout(Duration::from_millis(1500), async {
+        loop {
+            let d = deliveries.next::<v1::Deliver>().await.expect("frame").expect("deliver");
+            if tokio::time::Instant::now() > quiet_after {
+                return d;
+            }
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "a delivery came after the ack: {extra:?}");
+    assert!(gw.metric("qim_retransmits_total").await >= 2.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reconnect_and_resume_across_a_gateway_restart() {
+    let gw = TestGateway::start().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let bob = gw.client("bob", "bob-phone").await;
+    for i in 0..5 {
+        alice.send("bob".into(), format!("before {i}")).await.expect("acked");
+    }
+    assert_eq!(take(&bob, 5).await.len(), 5);
+
+    // Graceful restart on the same port and data: both clients get GoAway,
+    // reconnect with backoff, and resume.
+    let gw = gw.restart().await;
+    let sends = join_in_order((0..5).map(|i| Box::pin(alice.send("bob".into(), format!("after {i}")))).collect());
+    for receipt in tokio::time::timeout(PATIENCE, sends).await.expect("acked after reconnect") {
+        receipt.expect("acked");
+    }
+    let rest = take(&bob, 5).await;
+    assert_eq!(rest.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
+    assert_eq!(text(&rest[0]), "after 0");
+    assert!(bob.stats().sessions >= 2 && alice.stats().sessions >= 2, "both reconnected");
+    assert_quiet(&bob, Duration::from_millis(300)).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_login_of_a_device_replaces_the_first() {
+    let gw = TestGateway::start().await;
+    let first = Raw::login(&gw, "bob", "bob-phone", 0).await;
+    let _second = Raw::login(&gw, "bob", "bob-phone", 0).await;
+    assert_eq!(first.raw.closed_with().await, v1::ErrorCode::Replaced);
+
+    // The SDK stops for good instead of evicting the other login in turn.
+    let sdk = gw.client("carol", "carol-phone").await;
+    let _evictor = Raw::login(&gw, "carol", "carol-phone", 0).await;
+    let mut states = sdk.watch_state();
+    tokio::time::timeout(PATIENCE, async {
+        while states.current() != qim_sdk::ConnectionState::Closed {
+            states.changed().await;
+        }
+    })
+    .await
+    .expect("the replaced client stops");
+    assert!(matches!(
+        sdk.last_error(),
+        Some(qim_sdk::Error::Rejected { code: v1::ErrorCode::Replaced, .. })
+    ));
+    gw.stop().await;
+}
