@@ -170,7 +170,14 @@ mod tests {
         assert_eq!(other.verify(&token, 0), Err(TokenError::BadSignature));
         let forged = token.replacen("alice", "mallory", 1);
         assert_eq!(key.verify(&forged, 0), Err(TokenError::BadSignature));
-        for junk in ["", "qim1", "a.b.c.d", "qim1.alice.10", "qim1.a.b.c.d.e", "qim1.alice.x.!!"] {
+        for junk in [
+            "",
+            "qim1",
+            "a.b.c.d",
+            "qim1.alice.10",
+            "qim1.a.b.c.d.e",
+            "qim1.alice.x.!!",
+        ] {
             assert!(key.verify(junk, 0).is_err(), "{junk:?} refused");
         }
         assert_eq!(key.mint("bad id", 1), Err(TokenError::Malformed));

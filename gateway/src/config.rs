@@ -264,10 +264,17 @@ impl Config {
             let Some((section, field)) = rest.split_once("__") else {
                 continue;
             };
-            set(&mut table, &section.to_lowercase(), &field.to_lowercase(), &value);
+            set(
+                &mut table,
+                &section.to_lowercase(),
+                &field.to_lowercase(),
+                &value,
+            );
         }
         for o in overrides {
-            let (path, value) = o.split_once('=').ok_or_else(|| ConfigError::Override(o.clone()))?;
+            let (path, value) = o
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Override(o.clone()))?;
             let (section, field) = path
                 .split_once('.')
                 .ok_or_else(|| ConfigError::Override(o.clone()))?;
@@ -291,10 +298,14 @@ impl Config {
             return invalid("heartbeat: need min_interval_ms <= interval_ms <= max_interval_ms");
         }
         if self.quic.idle_timeout_ms <= u64::from(hb.interval_ms) * u64::from(hb.max_missed) {
-            return invalid("quic.idle_timeout_ms must exceed heartbeat.interval_ms * heartbeat.max_missed");
+            return invalid(
+                "quic.idle_timeout_ms must exceed heartbeat.interval_ms * heartbeat.max_missed",
+            );
         }
         if self.limits.max_body_bytes.saturating_add(1024) > self.limits.max_frame_bytes {
-            return invalid("limits.max_body_bytes must be at least 1 KiB below limits.max_frame_bytes");
+            return invalid(
+                "limits.max_body_bytes must be at least 1 KiB below limits.max_frame_bytes",
+            );
         }
         if self.delivery.window == 0 || self.limits.max_inflight_sends == 0 {
             return invalid("delivery.window and limits.max_inflight_sends must be above 0");
@@ -358,10 +369,16 @@ mod tests {
         for (section, fields) in defaults.as_table().expect("table") {
             assert!(example.contains(&format!("[{section}]")), "{section}");
             for field in fields.as_table().expect("section").keys() {
-                assert!(example.contains(&format!("\n{field} = ")), "{section}.{field}");
+                assert!(
+                    example.contains(&format!("\n{field} = ")),
+                    "{section}.{field}"
+                );
             }
         }
-        assert!(example.contains("# cert = "), "unset options are shown commented");
+        assert!(
+            example.contains("# cert = "),
+            "unset options are shown commented"
+        );
         Config::default().validate().expect("defaults are valid");
     }
 
@@ -369,13 +386,21 @@ mod tests {
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("qim.toml");
-        std::fs::write(&file, "[server]\nmax_connections = 10\npublic_name = \"file\"\n").expect("write");
+        std::fs::write(
+            &file,
+            "[server]\nmax_connections = 10\npublic_name = \"file\"\n",
+        )
+        .expect("write");
         let env = vec![
-            ("QIM_SERVER__PUBLIC_NAME".to_owned(), "env.example".to_owned()),
+            (
+                "QIM_SERVER__PUBLIC_NAME".to_owned(),
+                "env.example".to_owned(),
+            ),
             ("QIM_DELIVERY__WINDOW".to_owned(), "7".to_owned()),
             ("OTHER".to_owned(), "x".to_owned()),
         ];
-        let config = Config::load(Some(&file), env, &["delivery.window=9".to_owned()]).expect("load");
+        let config =
+            Config::load(Some(&file), env, &["delivery.window=9".to_owned()]).expect("load");
         assert_eq!(config.server.max_connections, 10);
         assert_eq!(config.server.public_name, "env.example");
         assert_eq!(config.delivery.window, 9);

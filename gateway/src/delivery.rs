@@ -252,10 +252,18 @@ mod tests {
         w.sent(msg(2), t0);
         assert_eq!(w.free(), 2);
         assert!(w.take_due(t0 + s / 2).is_empty());
-        let due: Vec<_> = w.take_due(t0 + s).iter().map(|(m, a)| (m.seq, *a)).collect();
+        let due: Vec<_> = w
+            .take_due(t0 + s)
+            .iter()
+            .map(|(m, a)| (m.seq, *a))
+            .collect();
         assert_eq!(due, [(1, 1), (2, 1)]);
         assert_eq!(w.next_due(), Some(t0 + 3 * s), "timeout doubled to 2 s");
-        let due: Vec<_> = w.take_due(t0 + 3 * s).iter().map(|(m, a)| (m.seq, *a)).collect();
+        let due: Vec<_> = w
+            .take_due(t0 + 3 * s)
+            .iter()
+            .map(|(m, a)| (m.seq, *a))
+            .collect();
         assert_eq!(due, [(1, 2), (2, 2)]);
         assert_eq!(w.next_due(), Some(t0 + 7 * s), "capped at 4 s");
         assert_eq!(w.ack(1, &[]), 1);

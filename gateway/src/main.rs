@@ -6,15 +6,19 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use qim_gateway::Gateway;
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_gateway::config::Config;
 use qim_gateway::server::secret_path;
 use qim_gateway::tls::{self, DevCertSpec};
-use qim_gateway::Gateway;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "qim-gateway", version, about = "qim: QUIC instant-messaging gateway")]
+#[command(
+    name = "qim-gateway",
+    version,
+    about = "qim: QUIC instant-messaging gateway"
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, short, env = "QIM_CONFIG", global = true)]
@@ -77,9 +81,16 @@ impl Cli {
             overrides.push(format!("admin.listen=\"{listen}\""));
         }
         if let Some(dir) = &self.data_dir {
-            overrides.push(format!("server.data_dir={}", toml_string(&dir.display().to_string())));
+            overrides.push(format!(
+                "server.data_dir={}",
+                toml_string(&dir.display().to_string())
+            ));
         }
-        Ok(Config::load(self.config.as_deref(), std::env::vars(), &overrides)?)
+        Ok(Config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &overrides,
+        )?)
     }
 }
 
@@ -112,12 +123,23 @@ fn main() -> Result<()> {
                 None => DevCertSpec::default(),
             };
             let paths = tls::write_dev_certs(out, &spec)?;
-            println!("CA certificate (give to clients): {}", paths.ca_cert.display());
-            println!("server chain:                     {}", paths.server_cert.display());
-            println!("server key:                       {}", paths.server_key.display());
-            println!("use with: --set tls.cert={} --set tls.key={}",
+            println!(
+                "CA certificate (give to clients): {}",
+                paths.ca_cert.display()
+            );
+            println!(
+                "server chain:                     {}",
+                paths.server_cert.display()
+            );
+            println!(
+                "server key:                       {}",
+                paths.server_key.display()
+            );
+            println!(
+                "use with: --set tls.cert={} --set tls.key={}",
                 toml_string(&paths.server_cert.display().to_string()),
-                toml_string(&paths.server_key.display().to_string()));
+                toml_string(&paths.server_key.display().to_string())
+            );
             Ok(())
         }
         Some(Command::Config { example }) => {
@@ -165,13 +187,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

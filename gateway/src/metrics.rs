@@ -67,19 +67,67 @@ impl Metrics {
             store_latency: latency(),
             registry: Registry::default(),
         };
-        registry.register("connections", "QUIC connections accepted", m.connections.clone());
-        registry.register("connections_open", "Connections open now", m.connections_open.clone());
-        registry.register("sessions_open", "Logged-in sessions now", m.sessions_open.clone());
-        registry.register("logins_refused", "Logins refused by code", m.logins_refused.clone());
-        registry.register("protocol_errors", "Connections closed for protocol errors", m.protocol_errors.clone());
+        registry.register(
+            "connections",
+            "QUIC connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "sessions_open",
+            "Logged-in sessions now",
+            m.sessions_open.clone(),
+        );
+        registry.register(
+            "logins_refused",
+            "Logins refused by code",
+            m.logins_refused.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "Connections closed for protocol errors",
+            m.protocol_errors.clone(),
+        );
         registry.register("sends", "Sends stored and acknowledged", m.sends.clone());
-        registry.register("send_refusals", "Sends refused by code", m.send_refusals.clone());
-        registry.register("deliveries", "Deliveries written (first attempt)", m.deliveries.clone());
-        registry.register("retransmits", "Deliveries retransmitted", m.retransmits.clone());
-        registry.register("delivery_acks", "Deliveries acknowledged", m.delivery_acks.clone());
-        registry.register("heartbeat_timeouts", "Sessions closed for missed heartbeats", m.heartbeat_timeouts.clone());
-        registry.register("ack_latency_seconds", "Send arrival to ack written", m.ack_latency.clone());
-        registry.register("store_append_seconds", "Store append batch duration", m.store_latency.clone());
+        registry.register(
+            "send_refusals",
+            "Sends refused by code",
+            m.send_refusals.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Deliveries written (first attempt)",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "retransmits",
+            "Deliveries retransmitted",
+            m.retransmits.clone(),
+        );
+        registry.register(
+            "delivery_acks",
+            "Deliveries acknowledged",
+            m.delivery_acks.clone(),
+        );
+        registry.register(
+            "heartbeat_timeouts",
+            "Sessions closed for missed heartbeats",
+            m.heartbeat_timeouts.clone(),
+        );
+        registry.register(
+            "ack_latency_seconds",
+            "Send arrival to ack written",
+            m.ack_latency.clone(),
+        );
+        registry.register(
+            "store_append_seconds",
+            "Store append batch duration",
+            m.store_latency.clone(),
+        );
         Metrics { registry, ..m }
     }
 

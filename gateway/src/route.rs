@@ -85,16 +85,14 @@ impl Feed {
     pub(crate) fn recent_from(&self, seq: u64, max: usize) -> Vec<Arc<StoredMessage>> {
         let recent = lock(&self.recent);
         let start = recent.partition_point(|m| m.seq < seq);
-        let mut out = Vec::new();
-        let mut want = seq;
-        for m in recent.iter().skip(start).take(max) {
-            if m.seq != want {
-                break;
-            }
-            out.push(Arc::clone(m));
-            want += 1;
-        }
-        out
+        recent
+            .iter()
+            .skip(start)
+            .take(max)
+            .zip(seq..)
+            .take_while(|(m, want)| m.seq == *want)
+            .map(|(m, _)| Arc::clone(m))
+            .collect()
     }
 }
 
@@ -188,7 +186,10 @@ mod tests {
         assert_eq!(*head.borrow(), 4);
         let seqs: Vec<u64> = feed.recent_from(1, 10).iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [1, 2], "stops at the gap before 4");
-        assert!(feed.recent_from(3, 10).is_empty(), "3 must come from the store");
+        assert!(
+            feed.recent_from(3, 10).is_empty(),
+            "3 must come from the store"
+        );
         routes.publish(msg("alice", 1));
         assert_eq!(routes.online_users(), 1, "offline users get no feed");
     }

@@ -104,7 +104,9 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,7 +134,8 @@ impl Gateway {
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
             _ => {
-                let (paths, created) = tls::ensure_dev_certs(&data_dir.join("certs"), &DevCertSpec::default())?;
+                let (paths, created) =
+                    tls::ensure_dev_certs(&data_dir.join("certs"), &DevCertSpec::default())?;
                 if created {
                     info!(ca = %paths.ca_cert.display(), "created development certificates");
                 }
@@ -140,10 +143,11 @@ impl Gateway {
             }
         };
         let (secret, dev) = secret_path(&config);
-        let (tokens, created) = TokenKey::load_or_create(&secret).map_err(|source| StartError::Secret {
-            path: secret.clone(),
-            source,
-        })?;
+        let (tokens, created) =
+            TokenKey::load_or_create(&secret).map_err(|source| StartError::Secret {
+                path: secret.clone(),
+                source,
+            })?;
         if created {
             info!(path = %secret.display(), "created a development token secret");
         }
@@ -246,7 +250,10 @@ impl Gateway {
             }
         }
 
-        info!(sessions = connections.len(), "shutting down: refusing new connections, draining");
+        info!(
+            sessions = connections.len(),
+            "shutting down: refusing new connections, draining"
+        );
         endpoint.set_server_config(None);
         ctx.draining.send_replace(true);
         let drain = Duration::from_millis(ctx.config.shutdown.drain_ms) + Duration::from_secs(1);
@@ -255,7 +262,10 @@ impl Gateway {
         })
         .await;
         if drained.is_err() {
-            warn!(left = connections.len(), "drain timed out; closing the rest");
+            warn!(
+                left = connections.len(),
+                "drain timed out; closing the rest"
+            );
             connections.abort_all();
         }
         endpoint.close(ErrorCode::ShuttingDown.to_quic().into(), b"shutting down");

@@ -215,7 +215,10 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     };
     if !qim_proto::ids::is_valid_id(&hello.device_id) {
         return Err(refuse(
-            Fault::new(ErrorCode::InvalidArgument, "device_id must be 1-64 of [A-Za-z0-9._@-]"),
+            Fault::new(
+                ErrorCode::InvalidArgument,
+                "device_id must be 1-64 of [A-Za-z0-9._@-]",
+            ),
             control_send,
         ));
     }
@@ -322,8 +325,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
                 }
             }
         });
-        let control_ctx = Arc::clone(ctx);
-        tasks.spawn(async move { read_control(&control_ctx, &mut control_recv).await });
+        tasks.spawn(async move { read_control(&mut control_recv).await });
 
         let streams = Streams {
             ctx: Arc::clone(ctx),
@@ -398,25 +400,21 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-async fn read_control(ctx: &Ctx, control: &mut FramedRecv) -> StreamEnd {
-    loop {
-        match control.next::<v1::ClientControl>().await {
-            Ok(Some(v1::ClientControl {
-                kind: Some(client_control::Kind::Bye(_)),
-            })) => return StreamEnd::Bye,
-            Ok(Some(_)) => {
-                return StreamEnd::Fault(Fault::new(
-                    ErrorCode::ProtocolViolation,
-                    "only Bye may follow Hello",
-                ));
-            }
-            // The client finished its side of the control stream; it may
-            // still use the others.
-            Ok(None) => return StreamEnd::Done,
-            Err(e) => {
-                debug!(error = %e, max_frame = ctx.config.limits.max_frame_bytes, "control stream ended");
-                return Fault::from_recv(e).into();
-            }
+async fn read_control(control: &mut FramedRecv) -> StreamEnd {
+    match control.next::<v1::ClientControl>().await {
+        Ok(Some(v1::ClientControl {
+            kind: Some(client_control::Kind::Bye(_)),
+        })) => StreamEnd::Bye,
+        Ok(Some(_)) => StreamEnd::Fault(Fault::new(
+            ErrorCode::ProtocolViolation,
+            "only Bye may follow Hello",
+        )),
+        // The client finished its side of the control stream; it may still
+        // use the others.
+        Ok(None) => StreamEnd::Done,
+        Err(e) => {
+            debug!(error = %e, "control stream ended");
+            Fault::from_recv(e).into()
         }
     }
 }
@@ -656,10 +654,16 @@ impl Streams {
             ));
         }
         if send.body.len() > self.ctx.config.limits.max_body_bytes as usize {
-            return Err(refuse(ErrorCode::MessageTooLarge, "body exceeds limits.max_body_bytes"));
+            return Err(refuse(
+                ErrorCode::MessageTooLarge,
+                "body exceeds limits.max_body_bytes",
+            ));
         }
         if send.kind.len() > qim_proto::ids::MAX_ID_LEN {
-            return Err(refuse(ErrorCode::InvalidArgument, "kind is longer than 64 bytes"));
+            return Err(refuse(
+                ErrorCode::InvalidArgument,
+                "kind is longer than 64 bytes",
+            ));
         }
         let recipient = match send.to.as_ref().and_then(|p| p.target.as_ref()) {
             Some(v1::peer::Target::User(user)) if qim_proto::ids::is_valid_id(user) => user.clone(),
@@ -669,7 +673,12 @@ impl Streams {
                     "group messaging is not enabled on this server",
                 ));
             }
-            _ => return Err(refuse(ErrorCode::InvalidRecipient, "recipient is not a valid user id")),
+            _ => {
+                return Err(refuse(
+                    ErrorCode::InvalidRecipient,
+                    "recipient is not a valid user id",
+                ));
+            }
         };
         Ok(NewMessage {
             inbox: recipient,
@@ -696,7 +705,11 @@ impl Streams {
                 message: "unknown or empty request".into(),
             }),
         };
-        if send.send(&v1::RpcResponse { kind: Some(kind) }).await.is_ok() {
+        if send
+            .send(&v1::RpcResponse { kind: Some(kind) })
+            .await
+            .is_ok()
+        {
             send.finish();
         }
         StreamEnd::Done
@@ -710,7 +723,11 @@ impl Streams {
         let user = &self.session.user;
         let read = async {
             let head = self.ctx.store.inbox_head(user).await?;
-            let entries = self.ctx.store.read_inbox(user, request.after_seq, limit).await?;
+            let entries = self
+                .ctx
+                .store
+                .read_inbox(user, request.after_seq, limit)
+                .await?;
             Ok::<_, qim_storage::StoreError>((head, entries))
         };
         match read.await {

@@ -33,7 +33,10 @@ impl Bystanders {
 
     async fn still_chatting(&mut self) {
         let body = format!("still here {}", self.sent);
-        self.alice.send("bob".into(), body.clone()).await.expect("bystander send acked");
+        self.alice
+            .send("bob".into(), body.clone())
+            .await
+            .expect("bystander send acked");
         self.sent += 1;
         let got = take(&self.bob, 1).await;
         assert_eq!(got[0].seq, self.sent as u64);
@@ -51,26 +54,59 @@ async fn wrong_and_expired_tokens_are_refused_with_their_codes() {
         .mint("mallory", unix_now() + 60)
         .expect("mint");
     let err = Client::connect(config.clone()).await.expect_err("refused");
-    assert!(matches!(err, Error::Auth { code: ErrorCode::BadToken, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Auth {
+                code: ErrorCode::BadToken,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     config.token = gw.key.mint("mallory", unix_now() - 1).expect("mint");
     let err = Client::connect(config.clone()).await.expect_err("refused");
-    assert!(matches!(err, Error::Auth { code: ErrorCode::TokenExpired, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Auth {
+                code: ErrorCode::TokenExpired,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     config.token = "garbage".into();
     let err = Client::connect(config).await.expect_err("refused");
-    assert!(matches!(err, Error::Auth { code: ErrorCode::BadToken, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Auth {
+                code: ErrorCode::BadToken,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     // On the wire: a Refusal frame, then a close with the same code.
     let (raw, _send, _recv, reply) = Raw::hello(&gw, "qim1.eve.1.AAAA", "eve-phone", 0).await;
     match reply.and_then(|r| r.kind) {
-        Some(v1::server_control::Kind::Refusal(r)) => assert_eq!(r.code, ErrorCode::BadToken as i32),
+        Some(v1::server_control::Kind::Refusal(r)) => {
+            assert_eq!(r.code, ErrorCode::BadToken as i32)
+        }
         other => panic!("expected a Refusal, got {other:?}"),
     }
     assert_eq!(raw.closed_with().await, ErrorCode::BadToken);
 
     by.still_chatting().await;
-    assert!(gw.metric("qim_logins_refused_total{code=\"TOKEN_EXPIRED\"}").await >= 1.0);
+    assert!(
+        gw.metric("qim_logins_refused_total{code=\"TOKEN_EXPIRED\"}")
+            .await
+            >= 1.0
+    );
     gw.stop().await;
 }
 
@@ -115,13 +151,19 @@ async fn unknown_or_misused_streams_close_the_connection_with_their_codes() {
 
     let bad = Raw::login(&gw, "mallory", "m-1", 0).await;
     let mut stream = bad.raw.conn.open_uni().await.expect("open");
-    stream.write_all(&[b'Q', b'I', b'M', 1, 99]).await.expect("write");
+    stream
+        .write_all(&[b'Q', b'I', b'M', 1, 99])
+        .await
+        .expect("write");
     assert_eq!(bad.raw.closed_with().await, ErrorCode::UnknownStreamKind);
     by.still_chatting().await;
 
     let bad = Raw::login(&gw, "mallory", "m-2", 0).await;
     let mut stream = bad.raw.conn.open_uni().await.expect("open");
-    stream.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\n")
+        .await
+        .expect("write");
     assert_eq!(bad.raw.closed_with().await, ErrorCode::BadPreamble);
     by.still_chatting().await;
 
@@ -164,21 +206,58 @@ async fn refused_sends_get_typed_nacks_and_the_session_goes_on() {
         })
         .await
         .expect_err("too large");
-    assert!(matches!(err, Error::Rejected { code: ErrorCode::MessageTooLarge, retryable: false, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Rejected {
+                code: ErrorCode::MessageTooLarge,
+                retryable: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     // The SDK refuses bad recipients itself; on the wire the server does.
-    let err = carol.send("no such user!".into(), "hi".into()).await.expect_err("bad recipient");
-    assert!(matches!(err, Error::Rejected { code: ErrorCode::InvalidRecipient, .. }), "{err:?}");
+    let err = carol
+        .send("no such user!".into(), "hi".into())
+        .await
+        .expect_err("bad recipient");
+    assert!(
+        matches!(
+            err,
+            Error::Rejected {
+                code: ErrorCode::InvalidRecipient,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let raw = Raw::login(&gw, "dave", "dave-raw", 0).await;
     let (mut acks, _) = raw.raw.server_streams().await;
     let mut chat = raw.raw.open_uni(StreamKind::Chat).await;
-    chat.send(&common::send_frame("c1", "not valid!", b"x")).await.expect("write");
-    chat.send(&common::send_frame("", "bob", b"x")).await.expect("write");
+    chat.send(&common::send_frame("c1", "not valid!", b"x"))
+        .await
+        .expect("write");
+    chat.send(&common::send_frame("", "bob", b"x"))
+        .await
+        .expect("write");
     let mut group = common::send_frame("c3", "bob", b"x");
-    group.to = Some(v1::Peer { target: Some(v1::peer::Target::Group("g1".into())) });
+    group.to = Some(v1::Peer {
+        target: Some(v1::peer::Target::Group("g1".into())),
+    });
     chat.send(&group).await.expect("write");
-    for expected in [ErrorCode::InvalidRecipient, ErrorCode::InvalidArgument, ErrorCode::InvalidRecipient] {
-        match acks.next::<v1::ServerAck>().await.expect("frame").and_then(|a| a.kind) {
+    for expected in [
+        ErrorCode::InvalidRecipient,
+        ErrorCode::InvalidArgument,
+        ErrorCode::InvalidRecipient,
+    ] {
+        match acks
+            .next::<v1::ServerAck>()
+            .await
+            .expect("frame")
+            .and_then(|a| a.kind)
+        {
             Some(v1::server_ack::Kind::Nack(n)) => {
                 assert_eq!(n.code, expected as i32);
                 assert!(!n.retryable);
@@ -188,7 +267,10 @@ async fn refused_sends_get_typed_nacks_and_the_session_goes_on() {
     }
 
     // Carol's session still works, and nothing reached bob but the bystanders' chat.
-    carol.send("bob".into(), "fine".into()).await.expect("acked");
+    carol
+        .send("bob".into(), "fine".into())
+        .await
+        .expect("acked");
     let got = take(&by.bob, 1).await;
     assert_eq!(text(&got[0]), "fine");
     by.sent += 1;
@@ -218,10 +300,17 @@ async fn a_client_that_stops_beating_is_closed_within_the_bound() {
     let took = started.elapsed();
     let bound = Duration::from_millis(u64::from(interval * missed)) + Duration::from_millis(500);
     assert!(took <= bound, "closed after {took:?}, bound {bound:?}");
-    assert!(took >= Duration::from_millis(u64::from(interval * missed)), "not before the bound: {took:?}");
+    assert!(
+        took >= Duration::from_millis(u64::from(interval * missed)),
+        "not before the bound: {took:?}"
+    );
 
     assert_eq!(beating.state(), qim_sdk::ConnectionState::Connected);
-    assert_eq!(beating.stats().sessions, 1, "the beating client was never dropped");
+    assert_eq!(
+        beating.stats().sessions,
+        1,
+        "the beating client was never dropped"
+    );
     by.still_chatting().await;
     assert!(gw.metric("qim_heartbeat_timeouts_total").await >= 1.0);
     gw.stop().await;

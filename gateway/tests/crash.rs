@@ -80,15 +80,25 @@ fn outgoing(id: String, body: String) -> OutgoingMessage {
 async fn acked_messages_survive_kill_9_and_stay_idempotent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = start(dir.path()).await;
-    let alice = Client::connect(node.config(dir.path(), "alice", "alice-phone")).await.expect("connect");
+    let alice = Client::connect(node.config(dir.path(), "alice", "alice-phone"))
+        .await
+        .expect("connect");
     const N: usize = 300;
-    let sends = (0..N).map(|i| Box::pin(alice.send_message(outgoing(format!("c{i}"), format!("m{i}"))))).collect();
-    let receipts: Vec<SendReceipt> = join_in_order(sends).await.into_iter().map(|r| r.expect("acked")).collect();
+    let sends = (0..N)
+        .map(|i| Box::pin(alice.send_message(outgoing(format!("c{i}"), format!("m{i}")))))
+        .collect();
+    let receipts: Vec<SendReceipt> = join_in_order(sends)
+        .await
+        .into_iter()
+        .map(|r| r.expect("acked"))
+        .collect();
     alice.close().await;
     node.kill9().await;
 
     let node = start(dir.path()).await;
-    let bob = Client::connect(node.config(dir.path(), "bob", "bob-phone")).await.expect("connect");
+    let bob = Client::connect(node.config(dir.path(), "bob", "bob-phone"))
+        .await
+        .expect("connect");
     let got = take(&bob, N).await;
     for (i, (m, receipt)) in got.iter().zip(&receipts).enumerate() {
         assert_eq!(m.seq, receipt.seq);
@@ -98,8 +108,13 @@ async fn acked_messages_survive_kill_9_and_stay_idempotent() {
     assert_quiet(&bob, Duration::from_millis(300)).await;
 
     // The idempotency keys survived too: resending stores nothing new.
-    let alice = Client::connect(node.config(dir.path(), "alice", "alice-phone")).await.expect("connect");
-    let again = alice.send_message(outgoing("c7".into(), "m7".into())).await.expect("acked");
+    let alice = Client::connect(node.config(dir.path(), "alice", "alice-phone"))
+        .await
+        .expect("connect");
+    let again = alice
+        .send_message(outgoing("c7".into(), "m7".into()))
+        .await
+        .expect("acked");
     assert_eq!(again, receipts[7]);
     assert_quiet(&bob, Duration::from_millis(300)).await;
 }
@@ -109,7 +124,9 @@ async fn a_kill_9_during_traffic_loses_no_acked_message() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = start(dir.path()).await;
     let alice = std::sync::Arc::new(
-        Client::connect(node.config(dir.path(), "alice", "alice-phone")).await.expect("connect"),
+        Client::connect(node.config(dir.path(), "alice", "alice-phone"))
+            .await
+            .expect("connect"),
     );
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
     // Eight senders keep messages in flight until the kill.
@@ -120,7 +137,10 @@ async fn a_kill_9_during_traffic_loses_no_acked_message() {
         senders.push(tokio::spawn(async move {
             for i in 0.. {
                 let body = format!("s{s}-{i}");
-                match alice.send_message(outgoing(body.clone(), body.clone())).await {
+                match alice
+                    .send_message(outgoing(body.clone(), body.clone()))
+                    .await
+                {
                     Ok(receipt) => {
                         let _ = acked.send((receipt, body));
                     }
@@ -132,7 +152,12 @@ async fn a_kill_9_during_traffic_loses_no_acked_message() {
     drop(acked_tx);
     let mut acked = Vec::new();
     while acked.len() < 200 {
-        acked.push(tokio::time::timeout(PATIENCE, acked_rx.recv()).await.expect("traffic flows").expect("acks"));
+        acked.push(
+            tokio::time::timeout(PATIENCE, acked_rx.recv())
+                .await
+                .expect("traffic flows")
+                .expect("acks"),
+        );
     }
     node.kill9().await;
     alice.close().await;
@@ -144,13 +169,23 @@ async fn a_kill_9_during_traffic_loses_no_acked_message() {
     }
 
     let node = start(dir.path()).await;
-    let bob = Client::connect(node.config(dir.path(), "bob", "bob-phone")).await.expect("connect");
+    let bob = Client::connect(node.config(dir.path(), "bob", "bob-phone"))
+        .await
+        .expect("connect");
     let highest = acked.iter().map(|(r, _)| r.seq).max().expect("some acked");
     let got = take(&bob, highest as usize).await;
     let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=highest).collect::<Vec<_>>(), "gap-free, in order, once");
+    assert_eq!(
+        seqs,
+        (1..=highest).collect::<Vec<_>>(),
+        "gap-free, in order, once"
+    );
     for (receipt, body) in &acked {
         let m = &got[receipt.seq as usize - 1];
-        assert_eq!((&m.msg_id, text(m)), (&receipt.msg_id, body.clone()), "acked message {body} is intact");
+        assert_eq!(
+            (&m.msg_id, text(m)),
+            (&receipt.msg_id, body.clone()),
+            "acked message {body} is intact"
+        );
     }
 }

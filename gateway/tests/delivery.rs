@@ -28,13 +28,26 @@ async fn many_messages_in_flight_arrive_in_order_exactly_once_both_ways() {
 
     // All sends are in flight at once; a send joins the outbox when first
     // polled, and `join_in_order` polls them in index order.
-    let from_alice = join_in_order((0..N).map(|i| Box::pin(alice.send_message(outgoing("bob", format!("a{i}"))))).collect());
-    let from_bob = join_in_order((0..N).map(|i| Box::pin(bob.send_message(outgoing("alice", format!("b{i}"))))).collect());
-    let (alice_receipts, bob_receipts) = tokio::time::timeout(PATIENCE, async { tokio::join!(from_alice, from_bob) })
-        .await
-        .expect("all sends acked");
+    let from_alice = join_in_order(
+        (0..N)
+            .map(|i| Box::pin(alice.send_message(outgoing("bob", format!("a{i}")))))
+            .collect(),
+    );
+    let from_bob = join_in_order(
+        (0..N)
+            .map(|i| Box::pin(bob.send_message(outgoing("alice", format!("b{i}")))))
+            .collect(),
+    );
+    let (alice_receipts, bob_receipts) =
+        tokio::time::timeout(PATIENCE, async { tokio::join!(from_alice, from_bob) })
+            .await
+            .expect("all sends acked");
     for (i, receipt) in alice_receipts.into_iter().enumerate() {
-        assert_eq!(receipt.expect("acked").seq, i as u64 + 1, "send order is inbox order");
+        assert_eq!(
+            receipt.expect("acked").seq,
+            i as u64 + 1,
+            "send order is inbox order"
+        );
     }
     assert!(bob_receipts.iter().all(Result::is_ok));
 
@@ -62,7 +75,10 @@ async fn an_offline_recipient_gets_exactly_what_was_sent_when_it_connects() {
     let alice = gw.client("alice", "alice-phone").await;
     const N: usize = 200;
     for i in 0..N {
-        alice.send("carol".into(), format!("m{i}")).await.expect("acked while carol is offline");
+        alice
+            .send("carol".into(), format!("m{i}"))
+            .await
+            .expect("acked while carol is offline");
     }
     let carol = gw.client("carol", "carol-phone").await;
     let got = take(&carol, N).await;
@@ -79,15 +95,25 @@ async fn every_device_has_its_own_cursor() {
     let phone = gw.client("bob", "bob-phone").await;
     let laptop = gw.client("bob", "bob-laptop").await;
     for i in 0..10 {
-        alice.send("bob".into(), format!("first {i}")).await.expect("acked");
+        alice
+            .send("bob".into(), format!("first {i}"))
+            .await
+            .expect("acked");
     }
     let on_phone = take(&phone, 10).await;
-    assert_eq!(take(&laptop, 10).await, on_phone, "both devices get the same messages");
+    assert_eq!(
+        take(&laptop, 10).await,
+        on_phone,
+        "both devices get the same messages"
+    );
     let processed = phone.last_taken_seq();
     phone.close().await;
 
     for i in 0..10 {
-        alice.send("bob".into(), format!("second {i}")).await.expect("acked");
+        alice
+            .send("bob".into(), format!("second {i}"))
+            .await
+            .expect("acked");
     }
     assert_eq!(take(&laptop, 10).await.len(), 10, "the laptop stays live");
 
@@ -112,11 +138,20 @@ async fn a_resend_after_a_lost_ack_is_stored_once() {
     let alice = Raw::login(&gw, "alice", "alice-raw", 0).await;
     let (mut acks, _deliveries) = alice.raw.server_streams().await;
     let mut chat = alice.raw.open_uni(StreamKind::Chat).await;
-    chat.send(&send_frame("only-once", "bob", b"hello")).await.expect("send");
-    chat.send(&send_frame("only-once", "bob", b"hello")).await.expect("resend");
+    chat.send(&send_frame("only-once", "bob", b"hello"))
+        .await
+        .expect("send");
+    chat.send(&send_frame("only-once", "bob", b"hello"))
+        .await
+        .expect("resend");
     let mut receipts = Vec::new();
     for _ in 0..2 {
-        match acks.next::<v1::ServerAck>().await.expect("ack frame").and_then(|a| a.kind) {
+        match acks
+            .next::<v1::ServerAck>()
+            .await
+            .expect("ack frame")
+            .and_then(|a| a.kind)
+        {
             Some(server_ack::Kind::Ack(ack)) => receipts.push(ack),
             other => panic!("expected an ack, got {other:?}"),
         }
@@ -151,9 +186,16 @@ async fn an_unacked_delivery_is_retransmitted_until_acked_then_never_again() {
     let bob = Raw::login(&gw, "bob", "bob-raw", 0).await;
     let (_acks, mut deliveries) = bob.raw.server_streams().await;
     let alice = gw.client("alice", "alice-phone").await;
-    let receipt = alice.send("bob".into(), "are you there?".into()).await.expect("acked");
+    let receipt = alice
+        .send("bob".into(), "are you there?".into())
+        .await
+        .expect("acked");
 
-    let first = deliveries.next::<v1::Deliver>().await.expect("frame").expect("deliver");
+    let first = deliveries
+        .next::<v1::Deliver>()
+        .await
+        .expect("frame")
+        .expect("deliver");
     assert_eq!((first.seq, first.attempt), (receipt.seq, 0));
     // Withhold the ack: the same delivery comes back, twice.
     for attempt in 1..=2 {
@@ -178,7 +220,11 @@ async fn an_unacked_delivery_is_retransmitted_until_acked_then_never_again() {
     let quiet_after = tokio::time::Instant::now() + Duration::from_millis(100);
     let extra = tokio::time::timeout(Duration::from_millis(1500), async {
         loop {
-            let d = deliveries.next::<v1::Deliver>().await.expect("frame").expect("deliver");
+            let d = deliveries
+                .next::<v1::Deliver>()
+                .await
+                .expect("frame")
+                .expect("deliver");
             if tokio::time::Instant::now() > quiet_after {
                 return d;
             }
@@ -196,21 +242,37 @@ async fn clients_reconnect_and_resume_across_a_gateway_restart() {
     let alice = gw.client("alice", "alice-phone").await;
     let bob = gw.client("bob", "bob-phone").await;
     for i in 0..5 {
-        alice.send("bob".into(), format!("before {i}")).await.expect("acked");
+        alice
+            .send("bob".into(), format!("before {i}"))
+            .await
+            .expect("acked");
     }
     assert_eq!(take(&bob, 5).await.len(), 5);
 
     // Graceful restart on the same port and data: both clients get GoAway,
     // reconnect with backoff, and resume.
     let gw = gw.restart().await;
-    let sends = join_in_order((0..5).map(|i| Box::pin(alice.send("bob".into(), format!("after {i}")))).collect());
-    for receipt in tokio::time::timeout(PATIENCE, sends).await.expect("acked after reconnect") {
+    let sends = join_in_order(
+        (0..5)
+            .map(|i| Box::pin(alice.send("bob".into(), format!("after {i}"))))
+            .collect(),
+    );
+    for receipt in tokio::time::timeout(PATIENCE, sends)
+        .await
+        .expect("acked after reconnect")
+    {
         receipt.expect("acked");
     }
     let rest = take(&bob, 5).await;
-    assert_eq!(rest.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
+    assert_eq!(
+        rest.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [6, 7, 8, 9, 10]
+    );
     assert_eq!(text(&rest[0]), "after 0");
-    assert!(bob.stats().sessions >= 2 && alice.stats().sessions >= 2, "both reconnected");
+    assert!(
+        bob.stats().sessions >= 2 && alice.stats().sessions >= 2,
+        "both reconnected"
+    );
     assert_quiet(&bob, Duration::from_millis(300)).await;
     gw.stop().await;
 }
@@ -235,7 +297,10 @@ async fn a_second_login_of_a_device_replaces_the_first() {
     .expect("the replaced client stops");
     assert!(matches!(
         sdk.last_error(),
-        Some(qim_sdk::Error::Rejected { code: v1::ErrorCode::Replaced, .. })
+        Some(qim_sdk::Error::Rejected {
+            code: v1::ErrorCode::Replaced,
+            ..
+        })
     ));
     gw.stop().await;
 }

@@ -5,8 +5,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use qim_proto::frame::{FrameDecoder, put_len};
 use qim_proto::v1;
 

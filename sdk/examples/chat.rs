@@ -51,7 +51,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -59,23 +61,35 @@ async fn main() -> Result<()> {
         Some(token) => token,
         None => {
             let key = qim_gateway::auth::TokenKey::load(&args.dev_secret).with_context(|| {
-                format!("no --token and no development secret at {}", args.dev_secret.display())
+                format!(
+                    "no --token and no development secret at {}",
+                    args.dev_secret.display()
+                )
             })?;
             key.mint(&args.user, qim_gateway::auth::unix_now() + 24 * 3600)?
         }
     };
-    let ca = std::fs::read(&args.ca).with_context(|| format!("reading CA {}", args.ca.display()))?;
+    let ca =
+        std::fs::read(&args.ca).with_context(|| format!("reading CA {}", args.ca.display()))?;
     let device = args.device.unwrap_or_else(|| format!("{}-cli", args.user));
     let mut config = ClientConfig::new(args.server, token, device, ca);
     config.server_name = args.server_name;
     config.resume_from = args.resume_from;
     let client = std::sync::Arc::new(Client::connect(config).await?);
-    println!("logged in as {}. Write `@peer text`, or plain text to the last peer; /quit to leave.", client.user_id());
+    println!(
+        "logged in as {}. Write `@peer text`, or plain text to the last peer; /quit to leave.",
+        client.user_id()
+    );
 
     let receiver = std::sync::Arc::clone(&client);
     tokio::spawn(async move {
         while let Some(m) = receiver.next_message().await {
-            println!("[{}] {}: {}", m.seq, m.from_user, String::from_utf8_lossy(&m.body));
+            println!(
+                "[{}] {}: {}",
+                m.seq,
+                m.from_user,
+                String::from_utf8_lossy(&m.body)
+            );
         }
     });
     let mut states = client.watch_state();

@@ -228,7 +228,9 @@ fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
         .max_concurrent_uni_streams(4u32.into())
         .max_concurrent_bidi_streams(0u32.into())
         .keep_alive_interval(None)
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000))));
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            300_000,
+        ))));
     quic.transport_config(Arc::new(transport));
     Ok(quic)
 }
@@ -246,7 +248,9 @@ impl Client {
     /// that the client reconnects by itself whenever the connection drops.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         if !qim_proto::ids::is_valid_id(&config.device_id) {
-            return Err(Error::Config("device_id must be 1-64 of [A-Za-z0-9._@-]".into()));
+            return Err(Error::Config(
+                "device_id must be 1-64 of [A-Za-z0-9._@-]".into(),
+            ));
         }
         let quic = client_config(&config)?;
         let addr = resolve(&config.server).await?;
@@ -255,8 +259,8 @@ impl Client {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
         endpoint.set_default_client_config(quic);
         let shared = Arc::new(Shared {
             send_slots: Arc::new(Semaphore::new(config.max_pending_sends.max(1))),
@@ -332,10 +336,11 @@ impl Client {
             None => new_client_msg_id(),
         };
         let deadline = Instant::now() + shared.config.send_timeout;
-        let _slot = tokio::time::timeout_at(deadline, Arc::clone(&shared.send_slots).acquire_owned())
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(|_| Error::Closed)?;
+        let _slot =
+            tokio::time::timeout_at(deadline, Arc::clone(&shared.send_slots).acquire_owned())
+                .await
+                .map_err(|_| Error::Timeout)?
+                .map_err(|_| Error::Closed)?;
         let (tx, rx) = oneshot::channel();
         let send = v1::Send {
             client_msg_id: client_msg_id.clone(),
@@ -379,7 +384,10 @@ impl Client {
 
     /// [`next_message`](Client::next_message) with a time limit.
     pub async fn next_message_timeout(&self, limit: Duration) -> Option<IncomingMessage> {
-        tokio::time::timeout(limit, self.next_message()).await.ok().flatten()
+        tokio::time::timeout(limit, self.next_message())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The current connection state.
@@ -434,7 +442,8 @@ impl Client {
         if let Some(driver) = driver {
             let _ = driver.await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
     }
 }
 
@@ -462,7 +471,10 @@ async fn establish(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Established
             .connect(addr, &config.server_name)
             .map_err(|e| Error::Config(format!("connect: {e}")))?;
         let conn = connecting.await.map_err(|e| Error::from_connection(&e))?;
-        let (send, recv) = conn.open_bi().await.map_err(|e| Error::from_connection(&e))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::from_connection(&e))?;
         let max_frame = qim_proto::DEFAULT_MAX_FRAME;
         let mut control_send = FramedSend::new(send, StreamKind::Control, max_frame);
         let mut control_recv = FramedRecv::new(recv, max_frame);
@@ -480,7 +492,11 @@ async fn establish(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Established
         let reply = match control_recv.next::<v1::ServerControl>().await {
             Ok(reply) => reply,
             // A refusal closes the connection right after; its code is what counts.
-            Err(e) => return Err(conn.close_reason().map_or_else(|| e.into(), |c| Error::from_connection(&c))),
+            Err(e) => {
+                return Err(conn
+                    .close_reason()
+                    .map_or_else(|| e.into(), |c| Error::from_connection(&c)));
+            }
         };
         match reply.and_then(|r| r.kind) {
             Some(server_control::Kind::Welcome(welcome)) => Ok(Established {
@@ -593,7 +609,11 @@ fn backoff(config: &ClientConfig, failures: u32) -> Duration {
 
 fn jitter(up_to: Duration) -> Duration {
     let ms = up_to.as_millis() as u64;
-    Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
+    Duration::from_millis(if ms == 0 {
+        0
+    } else {
+        rand::rng().random_range(0..=ms)
+    })
 }
 
 async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionEnd {
@@ -642,7 +662,11 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         FramedSend::new(acks, StreamKind::Ack, max_frame),
     ));
     tasks.spawn(read_control(control_recv));
-    tasks.spawn(accept_server_streams(Arc::clone(shared), conn.clone(), max_frame));
+    tasks.spawn(accept_server_streams(
+        Arc::clone(shared),
+        conn.clone(),
+        max_frame,
+    ));
 
     let mut closing = shared.closing.subscribe();
     let end = tokio::select! {
@@ -679,7 +703,10 @@ async fn heartbeat(
     interval_ms: u32,
 ) -> Result<SessionEnd, Error> {
     let interval = Duration::from_millis(u64::from(interval_ms));
-    let pong_timeout = shared.config.pong_timeout.min(interval.max(Duration::from_millis(500)));
+    let pong_timeout = shared
+        .config
+        .pong_timeout
+        .min(interval.max(Duration::from_millis(500)));
     let mut n = 0u64;
     loop {
         n += 1;
@@ -699,7 +726,11 @@ async fn heartbeat(
     }
 }
 
-async fn write_chat(shared: Arc<Shared>, mut stream: FramedSend, generation: u64) -> Result<SessionEnd, Error> {
+async fn write_chat(
+    shared: Arc<Shared>,
+    mut stream: FramedSend,
+    generation: u64,
+) -> Result<SessionEnd, Error> {
     let ack_timeout = shared.config.ack_timeout;
     loop {
         let notified = shared.outbox_changed.notified();
@@ -887,9 +918,17 @@ fn accept(shared: &Shared, message: IncomingMessage) -> Option<(u64, u64)> {
 }
 
 /// Fetches missing seqs `(after, up_to]` over an rpc stream.
-async fn pull_gap(shared: &Shared, conn: &quinn::Connection, after: u64, up_to: u64) -> Result<(), Error> {
+async fn pull_gap(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    after: u64,
+    up_to: u64,
+) -> Result<(), Error> {
     debug!(after, up_to, "pulling gap");
-    let (send, recv) = conn.open_bi().await.map_err(|e| Error::from_connection(&e))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::from_connection(&e))?;
     let mut send = FramedSend::new(send, StreamKind::Rpc, qim_proto::DEFAULT_MAX_FRAME);
     let mut recv = FramedRecv::new(recv, qim_proto::DEFAULT_MAX_FRAME);
     let limit = u32::try_from(up_to - after).unwrap_or(u32::MAX).min(500);
@@ -904,7 +943,8 @@ async fn pull_gap(shared: &Shared, conn: &quinn::Connection, after: u64, up_to: 
     match recv.next::<v1::RpcResponse>().await?.and_then(|r| r.kind) {
         Some(v1::rpc_response::Kind::Sync(sync)) => {
             for entry in sync.entries {
-                let message = IncomingMessage::from_wire(entry.seq, entry.message.unwrap_or_default());
+                let message =
+                    IncomingMessage::from_wire(entry.seq, entry.message.unwrap_or_default());
                 accept(shared, message);
             }
             Ok(())

@@ -73,7 +73,12 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Settings with defaults for everything but the essentials.
-    pub fn new(server: impl Into<String>, token: impl Into<String>, device_id: impl Into<String>, ca_pem: Vec<u8>) -> Self {
+    pub fn new(
+        server: impl Into<String>,
+        token: impl Into<String>,
+        device_id: impl Into<String>,
+        ca_pem: Vec<u8>,
+    ) -> Self {
         Self {
             server: server.into(),
             server_name: "localhost".to_owned(),

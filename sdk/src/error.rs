@@ -66,7 +66,9 @@ impl Error {
             Error::Network(_) | Error::Timeout => true,
             // REPLACED means another live client uses this device id:
             // reconnecting would only evict it in turn.
-            Error::Rejected { retryable, code, .. } => *retryable || *code == ErrorCode::NoError,
+            Error::Rejected {
+                retryable, code, ..
+            } => *retryable || *code == ErrorCode::NoError,
             Error::Auth { .. } | Error::Tls(_) | Error::Config(_) | Error::Closed => false,
         }
     }

@@ -57,7 +57,12 @@ impl Outbox {
 
     /// What to write now on connection `generation`, in order: everything not
     /// yet written on it, and whatever waited `ack_timeout` for its ack.
-    pub(crate) fn due(&mut self, generation: u64, now: Instant, ack_timeout: Duration) -> Vec<v1::Send> {
+    pub(crate) fn due(
+        &mut self,
+        generation: u64,
+        now: Instant,
+        ack_timeout: Duration,
+    ) -> Vec<v1::Send> {
         let mut out = Vec::new();
         for p in self.entries.values_mut() {
             if p.not_before.is_some_and(|t| t > now) {
@@ -158,8 +163,8 @@ mod tests {
         sends.iter().map(|s| s.client_msg_id.as_str()).collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn resends_in_order_on_reconnect_and_after_ack_timeout() {
+    #[test]
+    fn resends_in_order_on_reconnect_and_after_ack_timeout() {
         let t = Duration::from_secs(5);
         let mut ob = Outbox::default();
         let (w1, mut r1) = oneshot::channel();
@@ -169,9 +174,17 @@ mod tests {
         let now = Instant::now();
         assert_eq!(ids(&ob.due(1, now, t)), ["a", "b"]);
         assert!(ob.due(1, now, t).is_empty(), "written once per connection");
-        assert_eq!(ids(&ob.due(2, now, t)), ["a", "b"], "all again on a new connection");
+        assert_eq!(
+            ids(&ob.due(2, now, t)),
+            ["a", "b"],
+            "all again on a new connection"
+        );
         assert_eq!(ob.next_due(t), Some(now + t));
-        assert_eq!(ids(&ob.due(2, now + t, t)), ["a", "b"], "again after the ack timeout");
+        assert_eq!(
+            ids(&ob.due(2, now + t, t)),
+            ["a", "b"],
+            "again after the ack timeout"
+        );
         ob.acked(&v1::SendAck {
             client_msg_id: "a".into(),
             msg_id: "m".into(),
@@ -183,8 +196,8 @@ mod tests {
         assert_eq!(ob.len(), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn refusals_retry_or_fail() {
+    #[test]
+    fn refusals_retry_or_fail() {
         let mut ob = Outbox::default();
         let (w1, _r1) = oneshot::channel();
         let (w2, mut r2) = oneshot::channel();
@@ -213,7 +226,11 @@ mod tests {
         );
         assert!(matches!(
             r2.try_recv().expect("resolved"),
-            Err(Error::Rejected { code: v1::ErrorCode::MessageTooLarge, retryable: false, .. })
+            Err(Error::Rejected {
+                code: v1::ErrorCode::MessageTooLarge,
+                retryable: false,
+                ..
+            })
         ));
         assert!(ob.due(1, now, t).is_empty(), "not before the retry delay");
         assert_eq!(ids(&ob.due(1, now + Duration::from_secs(1), t)), ["a"]);

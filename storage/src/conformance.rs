@@ -76,7 +76,9 @@ pub async fn seqs_are_consecutive_per_inbox(backend: &dyn Backend) {
 pub async fn batch_order_and_fields_survive(backend: &dyn Backend) {
     let store = backend.open().await;
     let (inbox, sender) = (unique("in"), unique("s"));
-    let batch: Vec<_> = (0..50).map(|i| message(&inbox, &sender, &format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..50)
+        .map(|i| message(&inbox, &sender, &format!("m{i}")))
+        .collect();
     let sent = batch.clone();
     let out = store.append(batch).await.expect("append");
     let seqs: Vec<u64> = out.iter().map(|a| a.message.seq).collect();
@@ -145,7 +147,9 @@ pub async fn client_msg_id_is_idempotent(backend: &dyn Backend) {
 pub async fn reads_page_by_seq(backend: &dyn Backend) {
     let store = backend.open().await;
     let (inbox, sender) = (unique("in"), unique("s"));
-    let batch = (1..=25).map(|i| message(&inbox, &sender, &format!("{i}"))).collect();
+    let batch = (1..=25)
+        .map(|i| message(&inbox, &sender, &format!("{i}")))
+        .collect();
     store.append(batch).await.expect("append");
     let page = |after, limit| {
         let store = Arc::clone(&store);
@@ -169,19 +173,34 @@ pub async fn reads_page_by_seq(backend: &dyn Backend) {
 
     let empty = unique("nobody");
     assert_eq!(store.inbox_head(&empty).await.expect("head"), 0);
-    assert!(store.read_inbox(&empty, 0, 10).await.expect("read").is_empty());
+    assert!(
+        store
+            .read_inbox(&empty, 0, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
 }
 
 /// Cursors are kept per device.
 pub async fn cursors_are_per_device(backend: &dyn Backend) {
     let store = backend.open().await;
     let inbox = unique("in");
-    assert_eq!(store.load_cursor(&inbox, "phone").await.expect("load"), None);
+    assert_eq!(
+        store.load_cursor(&inbox, "phone").await.expect("load"),
+        None
+    );
     store.save_cursor(&inbox, "phone", 5).await.expect("save");
     store.save_cursor(&inbox, "laptop", 2).await.expect("save");
     store.save_cursor(&inbox, "phone", 7).await.expect("save");
-    assert_eq!(store.load_cursor(&inbox, "phone").await.expect("load"), Some(7));
-    assert_eq!(store.load_cursor(&inbox, "laptop").await.expect("load"), Some(2));
+    assert_eq!(
+        store.load_cursor(&inbox, "phone").await.expect("load"),
+        Some(7)
+    );
+    assert_eq!(
+        store.load_cursor(&inbox, "laptop").await.expect("load"),
+        Some(2)
+    );
 }
 
 /// Concurrent appends to one inbox get unique, gap-free seqs, and each
@@ -209,7 +228,10 @@ pub async fn concurrent_appends_never_share_a_seq(backend: &dyn Backend) {
     let mut all = Vec::new();
     for task in tasks {
         let seqs = task.await.expect("task");
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a sender's order is kept");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "a sender's order is kept"
+        );
         all.extend(seqs);
     }
     all.sort_unstable();
@@ -231,8 +253,14 @@ pub async fn data_survives_reopen(backend: &dyn Backend) {
     }
     let store = backend.open().await;
     assert_eq!(store.inbox_head(&inbox).await.expect("head"), 10);
-    assert_eq!(store.read_inbox(&inbox, 0, 100).await.expect("read").len(), 10);
-    assert_eq!(store.load_cursor(&inbox, "phone").await.expect("load"), Some(4));
+    assert_eq!(
+        store.read_inbox(&inbox, 0, 100).await.expect("read").len(),
+        10
+    );
+    assert_eq!(
+        store.load_cursor(&inbox, "phone").await.expect("load"),
+        Some(4)
+    );
     let again = store
         .append(vec![
             message_with_id(&inbox, &sender, "c3", "3 again"),

@@ -108,7 +108,11 @@ impl EmbeddedStore {
         })
     }
 
-    async fn submit<T>(&self, op: Op, rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn submit<T>(
+        &self,
+        op: Op,
+        rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         self.ops.send(op).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -230,7 +234,12 @@ impl Writer {
             }
             self.commit(appends);
             for reply in flushes {
-                let _ = reply.send(self.tables.db.persist(PersistMode::SyncAll).map_err(unavailable));
+                let _ = reply.send(
+                    self.tables
+                        .db
+                        .persist(PersistMode::SyncAll)
+                        .map_err(unavailable),
+                );
             }
         }
     }
@@ -301,7 +310,12 @@ impl Writer {
                 duplicate: true,
             });
         }
-        if let Some(msg_key) = self.tables.idempotency.get(&idem_key).map_err(unavailable)? {
+        if let Some(msg_key) = self
+            .tables
+            .idempotency
+            .get(&idem_key)
+            .map_err(unavailable)?
+        {
             let value = self
                 .tables
                 .messages
@@ -324,7 +338,11 @@ impl Writer {
         let msg_id = new_msg_id(new.server_time_ms);
         let stored = StoredMessage::from_new(new, seq, msg_id);
         let key = message_key(&stored.inbox, seq);
-        batch.insert(&self.tables.messages, key.clone(), stored.message.encode_to_vec());
+        batch.insert(
+            &self.tables.messages,
+            key.clone(),
+            stored.message.encode_to_vec(),
+        );
         batch.insert(&self.tables.idempotency, idem_key.clone(), key);
         pending.insert(idem_key, stored.clone());
         Ok(Appended {

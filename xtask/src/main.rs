@@ -1,1 +1,199 @@
-fn main(){}
+//! `cargo xtask`: everything a developer or CI runs, in Rust.
+//!
+//! - `cargo xtask test`: the whole test suite (unit, property, conformance,
+//!   integration with real QUIC and the real SDK, the gateway binary under
+//!   `kill -9`), then a short run of every fuzz target. Ends with one
+//!   `qim: N passed, N failed` line.
+//! - `cargo xtask certs`: development CA and server certificate into `certs/`.
+//! - `cargo xtask fuzz --seconds N`: every fuzz target for N seconds.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "qim developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run every test, then each fuzz target briefly.
+    Test {
+        /// Seconds per fuzz target after the tests (0: none).
+        #[arg(long, default_value_t = 5)]
+        fuzz_seconds: u64,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Make a development CA and server certificate in certs/.
+    Certs,
+    /// Run every fuzz target (installs cargo-fuzz if needed).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "envelope_decode", "preamble"];
+
+fn main() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    match Cli::parse().command {
+        Task::Test {
+            fuzz_seconds,
+            cargo_args,
+        } => test(&root, fuzz_seconds, &cargo_args),
+        Task::Certs => run(Command::new(cargo())
+            .current_dir(&root)
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "qim-gateway",
+                "--",
+                "certs",
+                "--out",
+                "certs",
+            ])
+            .args(["--spec", "certs/dev-certs.toml"])),
+        Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
+    }
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root)
+        .args([
+            "test",
+            "--workspace",
+            "--features",
+            "qim-storage/conformance",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().context("cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            passed += count(summary, " passed");
+            failed += count(summary, " failed");
+        }
+    }
+    let status = child.wait()?;
+    let mut fuzz_failed = false;
+    if status.success() && fuzz_seconds > 0 {
+        match fuzz(root, fuzz_seconds, None) {
+            Ok(()) => passed += FUZZ_TARGETS.len() as u64,
+            Err(e) => {
+                eprintln!("fuzzing failed: {e:#}");
+                failed += 1;
+                fuzz_failed = true;
+            }
+        }
+    }
+    println!("qim: {passed} passed, {failed} failed");
+    if !status.success() || fuzz_failed || failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// The number before `what` in a `cargo test` summary.
+fn count(summary: &str, what: &str) -> u64 {
+    summary
+        .split(';')
+        .find(|part| part.ends_with(what))
+        .and_then(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .split(' ')
+                .next()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    let installed = Command::new(cargo())
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!("installing cargo-fuzz (once)");
+        run(Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    Ok(())
+}
+
+fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
+    ensure_cargo_fuzz()?;
+    let targets: Vec<&str> = match only {
+        Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!("unknown fuzz target {t}; known: {FUZZ_TARGETS:?}"),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    // Share the build cache when one is configured (CI keeps it outside
+    // the clone).
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("fuzz"));
+    for target in targets {
+        eprintln!("fuzzing {target} for {seconds} s");
+        let mut cmd = Command::new(cargo());
+        cmd.current_dir(root.join("fuzz"))
+            .args(["fuzz", "run", target, "--sanitizer", "none"]);
+        if let Some(dir) = &target_dir {
+            cmd.arg("--target-dir").arg(dir);
+        }
+        cmd.arg("--").arg(format!("-max_total_time={seconds}"));
+        // A fuzz run's own target dir must not be the workspace's.
+        cmd.env_remove("CARGO_TARGET_DIR");
+        run(&mut cmd)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn reads_cargo_test_summaries() {
+        let s = "ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s";
+        assert_eq!(count(s, " passed"), 12);
+        assert_eq!(count(s, " failed"), 0);
+        let s = "FAILED. 3 passed; 2 failed; 0 ignored";
+        assert_eq!(count(s, " passed"), 3);
+        assert_eq!(count(s, " failed"), 2);
+    }
+}

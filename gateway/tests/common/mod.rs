@@ -44,7 +44,9 @@ impl TestGateway {
 
     async fn start_in(dir: tempfile::TempDir, config: Config) -> Self {
         config.validate().expect("test config is valid");
-        let gateway = qim_gateway::Gateway::bind(config.clone()).await.expect("bind");
+        let gateway = qim_gateway::Gateway::bind(config.clone())
+            .await
+            .expect("bind");
         let info = gateway.info().clone();
         let ca_pem = std::fs::read(info.dev_ca.as_ref().expect("dev CA")).expect("read CA");
         let key = gateway.token_key();
@@ -69,14 +71,21 @@ impl TestGateway {
     }
 
     pub fn client_config(&self, user: &str, device: &str) -> ClientConfig {
-        let mut config = ClientConfig::new(self.addr.to_string(), self.token(user), device, self.ca_pem.clone());
+        let mut config = ClientConfig::new(
+            self.addr.to_string(),
+            self.token(user),
+            device,
+            self.ca_pem.clone(),
+        );
         config.reconnect_min = Duration::from_millis(50);
         config.reconnect_max = Duration::from_millis(500);
         config
     }
 
     pub async fn client(&self, user: &str, device: &str) -> Client {
-        Client::connect(self.client_config(user, device)).await.expect("connect")
+        Client::connect(self.client_config(user, device))
+            .await
+            .expect("connect")
     }
 
     /// Stops gracefully and starts again on the same UDP port and data
@@ -101,15 +110,21 @@ impl TestGateway {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task).await.expect("gateway stops").expect("gateway task");
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("gateway stops")
+                .expect("gateway task");
         }
     }
 
     /// GET a path on the admin port: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(self.admin).await.expect("admin connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let mut stream = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin connect");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
@@ -118,7 +133,10 @@ impl TestGateway {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .expect("status code");
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -158,7 +176,11 @@ pub async fn take(client: &Client, n: usize) -> Vec<qim_sdk::IncomingMessage> {
 /// expected has arrived, to catch duplicates).
 pub async fn assert_quiet(client: &Client, window: Duration) {
     if let Some(extra) = client.next_message_timeout(window).await {
-        panic!("unexpected extra message: seq {} {:?}", extra.seq, String::from_utf8_lossy(&extra.body));
+        panic!(
+            "unexpected extra message: seq {} {:?}",
+            extra.seq,
+            String::from_utf8_lossy(&extra.body)
+        );
     }
 }
 
@@ -195,7 +217,8 @@ impl Raw {
             .with_no_client_auth();
         tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
         let conn = endpoint
             .connect(gw.addr, "localhost")
@@ -206,7 +229,12 @@ impl Raw {
     }
 
     /// Connects and sends Hello; returns the server's first control frame.
-    pub async fn hello(gw: &TestGateway, token: &str, device: &str, resume_from: u64) -> (Raw, FramedSend, FramedRecv, Option<v1::ServerControl>) {
+    pub async fn hello(
+        gw: &TestGateway,
+        token: &str,
+        device: &str,
+        resume_from: u64,
+    ) -> (Raw, FramedSend, FramedRecv, Option<v1::ServerControl>) {
         let raw = Raw::connect(gw).await;
         let (send, recv) = raw.conn.open_bi().await.expect("open control");
         let mut control_send = FramedSend::new(send, StreamKind::Control, 64 * 1024);
@@ -223,12 +251,17 @@ impl Raw {
             })
             .await
             .expect("send hello");
-        let reply = control_recv.next::<v1::ServerControl>().await.ok().flatten();
+        let reply = control_recv
+            .next::<v1::ServerControl>()
+            .await
+            .ok()
+            .flatten();
         (raw, control_send, control_recv, reply)
     }
 
     pub async fn login(gw: &TestGateway, user: &str, device: &str, resume_from: u64) -> RawSession {
-        let (raw, control_send, control_recv, reply) = Raw::hello(gw, &gw.token(user), device, resume_from).await;
+        let (raw, control_send, control_recv, reply) =
+            Raw::hello(gw, &gw.token(user), device, resume_from).await;
         let welcome = match reply.and_then(|r| r.kind) {
             Some(v1::server_control::Kind::Welcome(w)) => w,
             other => panic!("expected Welcome, got {other:?}"),
@@ -270,7 +303,9 @@ impl Raw {
             .await
             .expect("server closes the connection");
         match reason {
-            quinn::ConnectionError::ApplicationClosed(close) => ErrorCode::from_quic(close.error_code.into_inner()),
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                ErrorCode::from_quic(close.error_code.into_inner())
+            }
             other => panic!("closed without an application code: {other}"),
         }
     }
