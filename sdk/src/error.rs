@@ -80,8 +80,16 @@ impl Error {
                 let code = ErrorCode::from_quic(close.error_code.into_inner());
                 Error::from_code(code, String::from_utf8_lossy(&close.reason).into_owned())
             }
-            quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("CRYPTO") => {
+            // TLS alerts travel as QUIC crypto errors, 0x100 + alert.
+            quinn::ConnectionError::TransportError(t)
+                if (0x100..0x200).contains(&u64::from(t.code)) =>
+            {
                 Error::Tls(t.to_string())
+            }
+            quinn::ConnectionError::ConnectionClosed(c)
+                if (0x100..0x200).contains(&u64::from(c.error_code)) =>
+            {
+                Error::Tls(c.to_string())
             }
             quinn::ConnectionError::LocallyClosed => Error::Closed,
             other => Error::Network(other.to_string()),
