@@ -86,7 +86,7 @@ section! {
         listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 4433)),
         /// Directory of the embedded store, development certificates and the development token secret.
         data_dir: PathBuf = PathBuf::from("qim-data"),
-        /// Connections held at once; further handshakes are refused with SERVER_BUSY.
+        /// Connections held at once; further connection attempts are refused (QUIC CONNECTION_REFUSED) and counted as SERVER_BUSY.
         max_connections: usize = 250_000,
         /// Name clients use to verify the certificate (printed at start-up).
         public_name: String = "localhost".to_owned(),

@@ -304,3 +304,27 @@ async fn a_second_login_of_a_device_replaces_the_first() {
     ));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_clients_to_move_and_drains_without_waiting_out_the_deadline() {
+    let gw = TestGateway::start_with(|c| c.shutdown.drain_ms = 5_000).await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let bob = gw.client("bob", "bob-phone").await;
+    alice.send("bob".into(), "before shutdown".into()).await.expect("acked");
+    assert_eq!(take(&bob, 1).await.len(), 1);
+    let mut states = bob.watch_state();
+
+    let started = tokio::time::Instant::now();
+    gw.stop().await;
+    // Both clients left on GoAway, so the drain ended long before its
+    // deadline; they are reconnecting, not stopped.
+    assert!(started.elapsed() < Duration::from_secs(4), "drain took {:?}", started.elapsed());
+    tokio::time::timeout(PATIENCE, async {
+        while states.current() == qim_sdk::ConnectionState::Connected {
+            states.changed().await;
+        }
+    })
+    .await
+    .expect("bob notices");
+    assert_ne!(bob.state(), qim_sdk::ConnectionState::Closed, "a GoAway is not the end");
+}
