@@ -21,6 +21,10 @@ use tokio::time::Instant;
 use crate::route::Feed;
 use crate::server::Ctx;
 
+/// A device's cursor is saved at most this often while acks flow, and when
+/// its ack stream ends: it is advisory, clients resume from their own seq.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
+
 /// An unacknowledged delivery.
 #[derive(Debug)]
 struct Slot {
@@ -143,6 +147,7 @@ impl Delivery {
         );
         let mut head = self.feed.subscribe();
         let mut cursor = self.next.saturating_sub(1);
+        let (mut saved, mut saved_at) = (cursor, Instant::now());
         loop {
             let newest = *head.borrow_and_update();
             self.fill(&mut window, newest).await?;
@@ -154,16 +159,18 @@ impl Delivery {
                     }
                 }
                 ack = self.acks.recv() => {
-                    let Some(ack) = ack else { return Ok(()) };
+                    let Some(ack) = ack else {
+                        if cursor > saved {
+                            self.save_cursor(cursor).await;
+                        }
+                        return Ok(());
+                    };
                     let acked = window.ack(ack.up_to_seq, &ack.seqs);
                     self.ctx.metrics.delivery_acks.inc_by(acked as u64);
-                    let up_to = ack.up_to_seq.min(self.next.saturating_sub(1));
-                    if up_to > cursor {
-                        cursor = up_to;
-                        // Cursors are advisory; a failed save is logged, not fatal.
-                        if let Err(e) = self.ctx.store.save_cursor(&self.user, &self.device, cursor).await {
-                            tracing::warn!(user = %self.user, error = %e, "saving delivery cursor failed");
-                        }
+                    cursor = cursor.max(ack.up_to_seq.min(self.next.saturating_sub(1)));
+                    if cursor > saved && saved_at.elapsed() >= CURSOR_SAVE_EVERY {
+                        self.save_cursor(cursor).await;
+                        (saved, saved_at) = (cursor, Instant::now());
                     }
                 }
                 () = sleep_until_opt(due) => {
@@ -175,6 +182,18 @@ impl Delivery {
                     self.stream.flush().await?;
                 }
             }
+        }
+    }
+
+    async fn save_cursor(&self, cursor: u64) {
+        // Cursors are advisory; a failed save is logged, not fatal.
+        if let Err(e) = self
+            .ctx
+            .store
+            .save_cursor(&self.user, &self.device, cursor)
+            .await
+        {
+            tracing::warn!(user = %self.user, error = %e, "saving delivery cursor failed");
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prost::Message as _;
 use qim_proto::io::{FramedRecv, FramedSend, RecvError, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, client_control, rpc_request, rpc_response, server_ack};
@@ -334,6 +335,8 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
             server_acks: server_acks_tx,
         };
         let mut draining = ctx.draining.subscribe();
+        // A session that logs in while the gateway already drains must see it.
+        draining.mark_changed();
         let mut drain_deadline: Option<Instant> = None;
         loop {
             let beat_deadline = session.heartbeat_deadline(ctx.config.heartbeat.max_missed);
@@ -434,8 +437,8 @@ async fn write_server_acks(
             next = rx.try_recv().ok();
         }
         if let Err(e) = stream.flush().await {
-            debug!(error = %e, "ack stream closed");
-            return StreamEnd::Done;
+            // Without an ack stream the session cannot work: end it.
+            return StreamEnd::Fault(Fault::new(ErrorCode::NoError, format!("ack stream: {e}")));
         }
     }
     StreamEnd::Done
@@ -601,9 +604,10 @@ impl Streams {
                             seq: a.message.seq,
                             server_time_ms: a.message.message.server_time_ms,
                         };
-                        if !a.duplicate {
-                            self.ctx.routes.publish(Arc::new(a.message));
-                        }
+                        // Duplicates too: the first attempt's task may have
+                        // been aborted (its connection died) between the
+                        // commit and its publish. The feed ignores seqs it has.
+                        self.ctx.routes.publish(Arc::new(a.message));
                         server_ack::Kind::Ack(ack)
                     }
                     None => self.nack(
@@ -731,10 +735,25 @@ impl Streams {
             Ok::<_, qim_storage::StoreError>((head, entries))
         };
         match read.await {
-            Ok((head, entries)) => rpc_response::Kind::Sync(v1::SyncResponse {
-                entries: entries.into_iter().map(entry).collect(),
-                inbox_head: head,
-            }),
+            Ok((head, entries)) => {
+                // Fill the response up to the frame limit; the client asks
+                // again for the rest.
+                let budget = (self.ctx.config.limits.max_frame_bytes as usize).saturating_sub(64);
+                let mut used = 0;
+                let entries = entries
+                    .into_iter()
+                    .map(entry)
+                    .take_while(|e| {
+                        let len = e.encoded_len();
+                        used += len + prost::length_delimiter_len(len) + 1;
+                        used <= budget
+                    })
+                    .collect();
+                rpc_response::Kind::Sync(v1::SyncResponse {
+                    entries,
+                    inbox_head: head,
+                })
+            }
             Err(e) => {
                 warn!(user = %user, error = %e, "sync read failed");
                 rpc_response::Kind::Error(v1::RpcError {

@@ -338,10 +338,13 @@ async fn a_server_the_client_cannot_verify_is_refused_as_tls() {
     let gw = TestGateway::start().await;
     // Another development CA: the gateway's chain does not lead to it.
     let other = tempfile::tempdir().expect("temp dir");
-    let paths = qim_gateway::tls::write_dev_certs(other.path(), &Default::default()).expect("certs");
+    let paths =
+        qim_gateway::tls::write_dev_certs(other.path(), &Default::default()).expect("certs");
     let mut config = gw.client_config("alice", "alice-phone");
     config.ca_pem = std::fs::read(paths.ca_cert).expect("ca");
-    let err = Client::connect(config.clone()).await.expect_err("untrusted server");
+    let err = Client::connect(config.clone())
+        .await
+        .expect_err("untrusted server");
     assert!(matches!(err, Error::Tls(_)), "{err:?}");
 
     // The right CA but the wrong name.

@@ -310,7 +310,10 @@ async fn shutdown_tells_clients_to_move_and_drains_without_waiting_out_the_deadl
     let gw = TestGateway::start_with(|c| c.shutdown.drain_ms = 5_000).await;
     let alice = gw.client("alice", "alice-phone").await;
     let bob = gw.client("bob", "bob-phone").await;
-    alice.send("bob".into(), "before shutdown".into()).await.expect("acked");
+    alice
+        .send("bob".into(), "before shutdown".into())
+        .await
+        .expect("acked");
     assert_eq!(take(&bob, 1).await.len(), 1);
     let mut states = bob.watch_state();
 
@@ -318,7 +321,11 @@ async fn shutdown_tells_clients_to_move_and_drains_without_waiting_out_the_deadl
     gw.stop().await;
     // Both clients left on GoAway, so the drain ended long before its
     // deadline; they are reconnecting, not stopped.
-    assert!(started.elapsed() < Duration::from_secs(4), "drain took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "drain took {:?}",
+        started.elapsed()
+    );
     tokio::time::timeout(PATIENCE, async {
         while states.current() == qim_sdk::ConnectionState::Connected {
             states.changed().await;
@@ -326,5 +333,85 @@ async fn shutdown_tells_clients_to_move_and_drains_without_waiting_out_the_deadl
     })
     .await
     .expect("bob notices");
-    assert_ne!(bob.state(), qim_sdk::ConnectionState::Closed, "a GoAway is not the end");
+    assert_ne!(
+        bob.state(),
+        qim_sdk::ConnectionState::Closed,
+        "a GoAway is not the end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_pages_stay_under_the_frame_limit() {
+    let gw = TestGateway::start().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let big = "x".repeat(40 * 1024);
+    for _ in 0..3 {
+        alice.send("bob".into(), big.clone()).await.expect("acked");
+    }
+    let bob = Raw::login(&gw, "bob", "bob-raw", 3).await;
+    let mut after = 0;
+    let mut pages = Vec::new();
+    while after < 3 {
+        let (send, recv) = bob.raw.conn.open_bi().await.expect("rpc");
+        let mut send = qim_proto::io::FramedSend::new(send, StreamKind::Rpc, 64 * 1024);
+        let mut recv = qim_proto::io::FramedRecv::new(recv, 64 * 1024);
+        send.send(&v1::RpcRequest {
+            kind: Some(v1::rpc_request::Kind::Sync(v1::SyncRequest {
+                after_seq: after,
+                limit: 100,
+            })),
+        })
+        .await
+        .expect("request");
+        let page = match recv
+            .next::<v1::RpcResponse>()
+            .await
+            .expect("response")
+            .and_then(|r| r.kind)
+        {
+            Some(v1::rpc_response::Kind::Sync(page)) => page,
+            other => panic!("expected a sync page, got {other:?}"),
+        };
+        assert_eq!(page.inbox_head, 3);
+        assert!(!page.entries.is_empty(), "every page makes progress");
+        after = page.entries.last().map_or(after, |e| e.seq);
+        pages.push(page.entries.len());
+    }
+    assert_eq!(
+        pages,
+        [1, 1, 1],
+        "two 40 KiB messages never share a 64 KiB frame"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ahead_of_the_server_follows_the_server() {
+    let gw = TestGateway::start().await;
+    let mut config = gw.client_config("bob", "bob-phone");
+    // As after the server's data was reset while the app kept its seq.
+    config.resume_from = 1000;
+    let bob = qim_sdk::Client::connect(config).await.expect("connect");
+    let alice = gw.client("alice", "alice-phone").await;
+    alice.send("bob".into(), "new".into()).await.expect("acked");
+    let got = take(&bob, 1).await;
+    assert_eq!((got[0].seq, text(&got[0])), (1, "new".to_owned()));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_the_app_stops_waiting_for_leaves_the_outbox() {
+    let gw = TestGateway::start().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    // Polled once (queued), then dropped by the zero timeout.
+    let abandoned =
+        tokio::time::timeout(Duration::ZERO, alice.send("bob".into(), "maybe".into())).await;
+    assert!(abandoned.is_err());
+    assert_eq!(alice.pending_sends(), 0);
+    alice
+        .send("bob".into(), "surely".into())
+        .await
+        .expect("acked");
+    assert_eq!(alice.pending_sends(), 0);
+    gw.stop().await;
 }

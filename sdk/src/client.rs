@@ -148,6 +148,9 @@ struct Shared {
     taken: AtomicU64,
     taken_changed: Notify,
     closing: watch::Sender<bool>,
+    /// The server's limits from the last Welcome.
+    max_body: AtomicU64,
+    max_frame: AtomicU64,
     generation: AtomicU64,
     sessions: AtomicU64,
     duplicates: AtomicU64,
@@ -280,6 +283,8 @@ impl Client {
             queue_shrank: Notify::new(),
             taken_changed: Notify::new(),
             closing: watch::Sender::new(false),
+            max_body: AtomicU64::new(u64::MAX),
+            max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
             generation: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -314,8 +319,15 @@ impl Client {
     /// it for good.
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<SendReceipt, Error> {
         let shared = &self.shared;
-        if *shared.closing.borrow() {
-            return Err(Error::Closed);
+        if *shared.closing.borrow() || *shared.state.borrow() == ConnectionState::Closed {
+            return Err(self.last_error().unwrap_or(Error::Closed));
+        }
+        if message.body.len() as u64 > shared.max_body.load(Ordering::Relaxed) {
+            return Err(Error::Rejected {
+                code: ErrorCode::MessageTooLarge,
+                message: "body exceeds the server's max_body_bytes".into(),
+                retryable: false,
+            });
         }
         if !qim_proto::ids::is_valid_id(&message.to) {
             return Err(Error::Rejected {
@@ -352,14 +364,20 @@ impl Client {
         };
         lock(&shared.outbox).add(send, tx);
         shared.outbox_changed.notify_one();
-        match tokio::time::timeout_at(deadline, rx).await {
+        // If this future is dropped or times out, the send leaves the outbox.
+        let guard = Abandon {
+            shared,
+            client_msg_id: Some(client_msg_id),
+        };
+        let result = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => {
-                lock(&shared.outbox).abandon(&client_msg_id);
-                Err(Error::Timeout)
-            }
+            Err(_) => Err(Error::Timeout),
+        };
+        if result.is_ok() {
+            guard.disarm();
         }
+        result
     }
 
     /// The next received message, in seq order, each exactly once; `None`
@@ -447,6 +465,27 @@ impl Client {
     }
 }
 
+/// Removes a send from the outbox unless disarmed (its caller stopped
+/// waiting: timed out or dropped the future).
+struct Abandon<'a> {
+    shared: &'a Shared,
+    client_msg_id: Option<String>,
+}
+
+impl Abandon<'_> {
+    fn disarm(mut self) {
+        self.client_msg_id = None;
+    }
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.client_msg_id.take() {
+            lock(&self.shared.outbox).abandon(&id);
+        }
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         self.shared.closing.send_replace(true);
@@ -515,7 +554,30 @@ async fn establish(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Established
     let established = tokio::time::timeout(config.connect_timeout, attempt)
         .await
         .map_err(|_| Error::Network("connect timed out".into()))??;
-    *lock(&shared.user_id) = established.welcome.user_id.clone();
+    let welcome = &established.welcome;
+    *lock(&shared.user_id) = welcome.user_id.clone();
+    if let Some(limits) = &welcome.limits {
+        shared
+            .max_body
+            .store(u64::from(limits.max_body_bytes), Ordering::Relaxed);
+        shared
+            .max_frame
+            .store(u64::from(limits.max_frame_bytes), Ordering::Relaxed);
+    }
+    {
+        let mut received = lock(&shared.received);
+        if welcome.inbox_head < received.inbox.released() {
+            // The server has less than this client saw (its data was reset,
+            // or resume_from was wrong). Follow the server, or every new
+            // message would be dropped as already seen.
+            warn!(
+                head = welcome.inbox_head,
+                released = received.inbox.released(),
+                "server inbox is behind this client; resyncing from the server's head"
+            );
+            received.inbox = Inbox::new(welcome.inbox_head);
+        }
+    }
     shared.sessions.fetch_add(1, Ordering::Relaxed);
     Ok(established)
 }
@@ -545,8 +607,16 @@ async fn drive(shared: Arc<Shared>, first: Established) {
         };
         let delay = match established {
             Ok(established) => {
-                failures = 0;
-                match run_session(&shared, established).await {
+                let started = Instant::now();
+                let end = run_session(&shared, established).await;
+                // A session that dies young counts as a failed attempt, so a
+                // server that drops us right after login is not hammered.
+                failures = if started.elapsed() >= STABLE_SESSION {
+                    0
+                } else {
+                    failures.saturating_add(1)
+                };
+                match end {
                     SessionEnd::Closed => break,
                     SessionEnd::GoAway(within) => {
                         info!(?within, "server draining; reconnecting");
@@ -555,7 +625,11 @@ async fn drive(shared: Arc<Shared>, first: Established) {
                     SessionEnd::Lost(e) if e.is_transient() => {
                         info!(error = %e, "connection lost; reconnecting");
                         *lock(&shared.last_error) = Some(e);
-                        Duration::ZERO
+                        if failures == 0 {
+                            Duration::ZERO
+                        } else {
+                            backoff(&shared.config, failures)
+                        }
                     }
                     SessionEnd::Lost(e) => {
                         stop(&shared, e);
@@ -585,6 +659,9 @@ async fn drive(shared: Arc<Shared>, first: Established) {
     }
     stop(&shared, Error::Closed);
 }
+
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Ends the client for good with `error`.
 fn stop(shared: &Shared, error: Error) {
@@ -742,11 +819,18 @@ async fn write_chat(
         };
         if !due.is_empty() {
             for send in &due {
-                stream.queue(send).map_err(|e| Error::Rejected {
-                    code: ErrorCode::MessageTooLarge,
-                    message: e.to_string(),
-                    retryable: false,
-                })?;
+                if let Err(e) = stream.queue(send) {
+                    // Only this send fails; the others and the session go on.
+                    lock(&shared.outbox).refused(
+                        &v1::SendNack {
+                            client_msg_id: send.client_msg_id.clone(),
+                            code: ErrorCode::MessageTooLarge as i32,
+                            retryable: false,
+                            message: e.to_string(),
+                        },
+                        now,
+                    );
+                }
             }
             stream.flush().await?;
             continue;
@@ -894,8 +978,11 @@ async fn read_deliveries(
             shared.retransmits.fetch_add(1, Ordering::Relaxed);
         }
         let message = IncomingMessage::from_wire(deliver.seq, deliver.message.unwrap_or_default());
-        if let Some((after, up_to)) = accept(&shared, message) {
-            pull_gap(&shared, &conn, after, up_to).await?;
+        let mut gap = accept(&shared, message);
+        while let Some((after, up_to)) = gap {
+            // Each pull may return less than asked (frame limit); go on
+            // until the gap is closed or the server has nothing more.
+            gap = pull_gap(&shared, &conn, after, up_to).await?;
         }
     }
 }
@@ -917,20 +1004,23 @@ fn accept(shared: &Shared, message: IncomingMessage) -> Option<(u64, u64)> {
     accepted.gap
 }
 
-/// Fetches missing seqs `(after, up_to]` over an rpc stream.
+/// Fetches missing seqs `(after, up_to]` over an rpc stream; returns the
+/// gap still open afterwards, if the pull made progress.
 async fn pull_gap(
     shared: &Shared,
     conn: &quinn::Connection,
     after: u64,
     up_to: u64,
-) -> Result<(), Error> {
+) -> Result<Option<(u64, u64)>, Error> {
     debug!(after, up_to, "pulling gap");
+    let max_frame = usize::try_from(shared.max_frame.load(Ordering::Relaxed))
+        .unwrap_or(qim_proto::DEFAULT_MAX_FRAME);
     let (send, recv) = conn
         .open_bi()
         .await
         .map_err(|e| Error::from_connection(&e))?;
-    let mut send = FramedSend::new(send, StreamKind::Rpc, qim_proto::DEFAULT_MAX_FRAME);
-    let mut recv = FramedRecv::new(recv, qim_proto::DEFAULT_MAX_FRAME);
+    let mut send = FramedSend::new(send, StreamKind::Rpc, max_frame);
+    let mut recv = FramedRecv::new(recv, max_frame);
     let limit = u32::try_from(up_to - after).unwrap_or(u32::MAX).min(500);
     send.send(&v1::RpcRequest {
         kind: Some(v1::rpc_request::Kind::Sync(v1::SyncRequest {
@@ -942,12 +1032,14 @@ async fn pull_gap(
     send.finish();
     match recv.next::<v1::RpcResponse>().await?.and_then(|r| r.kind) {
         Some(v1::rpc_response::Kind::Sync(sync)) => {
+            let mut gap = None;
+            let progressed = !sync.entries.is_empty();
             for entry in sync.entries {
                 let message =
                     IncomingMessage::from_wire(entry.seq, entry.message.unwrap_or_default());
-                accept(shared, message);
+                gap = accept(shared, message);
             }
-            Ok(())
+            Ok(if progressed { gap } else { None })
         }
         Some(v1::rpc_response::Kind::Error(e)) => Err(Error::from_code(
             ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),

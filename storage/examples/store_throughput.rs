@@ -56,7 +56,10 @@ async fn main() {
     for i in 0..reads {
         let inbox = format!("user{}", i % 200);
         let head = store.inbox_head(&inbox).await.expect("head");
-        let page = store.read_inbox(&inbox, head.saturating_sub(100), 100).await.expect("read");
+        let page = store
+            .read_inbox(&inbox, head.saturating_sub(100), 100)
+            .await
+            .expect("read");
         assert!(!page.is_empty());
     }
     println!(

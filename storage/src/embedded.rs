@@ -16,11 +16,18 @@
 //! inbox head and its last 100 messages.
 //!
 //! # Group commit
-//! A single writer thread owns sequence assignment. It takes every append
-//! request that is waiting (up to [`MAX_BATCH`] messages), writes them in one
-//! atomic fjall batch, syncs the journal once (`PersistMode::SyncAll`), and
-//! only then answers each caller. Under load, one fsync covers hundreds of
-//! messages; with one caller, latency is one fsync.
+//! A single writer thread owns sequence assignment and every write. It takes
+//! every request that is waiting (up to [`MAX_BATCH`] messages), writes them
+//! in one atomic fjall batch committed with `PersistMode::SyncAll`, and only
+//! then answers each caller. fjall syncs the journal *before* it applies the
+//! batch to the memtables, so nothing is readable before it is durable: a
+//! reader can never see a seq that a crash could take back and reissue. Under
+//! load, one fsync covers hundreds of messages; with one caller, latency is
+//! one fsync. Cursor updates ride along with the next group (coalesced per
+//! device) and never make async callers wait on the journal lock.
+//!
+//! If one append cannot be staged (an unreadable record), only that append
+//! fails; its staged seqs are rolled back and the rest of the group commits.
 //!
 //! # Keys
 //! - `messages`: `[len u8][inbox][seq u64 BE]` → protobuf `v1.Message`. The
@@ -56,6 +63,8 @@ type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 
 enum Op {
     Append(Vec<NewMessage>, Reply),
+    /// Committed with the next group, without a sync of its own.
+    Cursor(Vec<u8>, u64, oneshot::Sender<Result<(), StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -160,13 +169,20 @@ impl MessageStore for EmbeddedStore {
         let Some(first) = after_seq.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let range = message_key(inbox, first)..=message_key(inbox, u64::MAX);
-        let mut out = Vec::with_capacity(limit.min(256));
-        for guard in self.tables.messages.range(range).take(limit) {
-            let (key, value) = guard.into_inner().map_err(unavailable)?;
-            out.push(decode_message(inbox, &key, &value)?);
-        }
-        Ok(out)
+        let messages = self.tables.messages.clone();
+        let inbox = inbox.to_owned();
+        // A catch-up page may touch disk: keep it off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let range = message_key(&inbox, first)..=message_key(&inbox, u64::MAX);
+            let mut out = Vec::with_capacity(limit.min(256));
+            for guard in messages.range(range).take(limit) {
+                let (key, value) = guard.into_inner().map_err(unavailable)?;
+                out.push(decode_message(&inbox, &key, &value)?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
     }
 
     async fn inbox_head(&self, inbox: &str) -> Result<u64, StoreError> {
@@ -176,10 +192,9 @@ impl MessageStore for EmbeddedStore {
 
     async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError> {
         check_key_part(inbox)?;
-        self.tables
-            .cursors
-            .insert(cursor_key(inbox, device), seq.to_be_bytes().to_vec())
-            .map_err(unavailable)
+        let (tx, rx) = oneshot::channel();
+        self.submit(Op::Cursor(cursor_key(inbox, device), seq, tx), rx)
+            .await
     }
 
     async fn load_cursor(&self, inbox: &str, device: &str) -> Result<Option<u64>, StoreError> {
@@ -223,6 +238,8 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
             let mut appends: Vec<(Vec<NewMessage>, Reply)> = Vec::new();
+            let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
+            let mut cursor_replies = Vec::new();
             let mut flushes = Vec::new();
             let mut count = 0;
             let mut next = Some(first);
@@ -232,13 +249,20 @@ impl Writer {
                         count += batch.len();
                         appends.push((batch, reply));
                     }
+                    Op::Cursor(key, seq, reply) => {
+                        cursors.insert(key, seq);
+                        cursor_replies.push(reply);
+                    }
                     Op::Flush(reply) => flushes.push(reply),
                 }
                 if count < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
             }
-            self.commit(appends);
+            let cursors_saved = self.commit(appends, cursors, !flushes.is_empty());
+            for reply in cursor_replies {
+                let _ = reply.send(cursors_saved.clone());
+            }
             for reply in flushes {
                 let _ = reply.send(
                     self.tables
@@ -250,63 +274,107 @@ impl Writer {
         }
     }
 
-    /// Writes every waiting append in one batch and one sync, then answers.
-    fn commit(&mut self, appends: Vec<(Vec<NewMessage>, Reply)>) {
-        if appends.is_empty() {
-            return;
+    /// Writes every waiting request in one batch, durable before visible,
+    /// then answers.
+    fn commit(
+        &mut self,
+        appends: Vec<(Vec<NewMessage>, Reply)>,
+        cursors: HashMap<Vec<u8>, u64>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        if appends.is_empty() && cursors.is_empty() {
+            return Ok(());
         }
         if self.heads.len() > MAX_CACHED_HEADS {
             self.heads.clear();
         }
         let mut batch = self.tables.db.batch();
-        // Idempotency keys written by this batch, not yet visible on disk.
+        for (key, seq) in cursors {
+            batch.insert(&self.tables.cursors, key, seq.to_be_bytes().to_vec());
+        }
+        // Idempotency keys written by this group, not yet on disk.
         let mut pending: HashMap<Vec<u8>, StoredMessage> = HashMap::new();
-        let mut results = Vec::with_capacity(appends.len());
-        let mut failed = None;
+        let mut staged = Vec::with_capacity(appends.len());
         for (messages, reply) in appends {
-            let mut out = Vec::with_capacity(messages.len());
-            for new in messages {
-                match self.stage(&mut batch, &mut pending, new) {
-                    Ok(appended) => out.push(appended),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+            match self.stage_append(&mut batch, &mut pending, messages) {
+                Ok(out) => staged.push((out, reply)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "append refused; the rest of the group goes on");
+                    let _ = reply.send(Err(e));
                 }
-            }
-            results.push((out, reply));
-            if failed.is_some() {
-                break;
             }
         }
-        let outcome = match failed {
-            Some(e) => Err(e),
-            None => batch
-                .commit()
-                .and_then(|()| self.tables.db.persist(PersistMode::SyncAll))
-                .map_err(unavailable),
-        };
-        match outcome {
+        let durable = !staged.is_empty() || sync;
+        let batch = batch.durability(durable.then_some(PersistMode::SyncAll));
+        match batch.commit().map_err(unavailable) {
             Ok(()) => {
-                for (out, reply) in results {
+                for (out, reply) in staged {
                     let _ = reply.send(Ok(out));
                 }
+                Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "store commit failed; nothing of the batch is acknowledged");
+                tracing::error!(error = %e, "store commit failed; nothing of the group is acknowledged");
                 // Seqs staged in memory were not written: reload from disk.
                 self.heads.clear();
-                for (_, reply) in results {
+                for (_, reply) in staged {
                     let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
                 }
+                Err(StoreError::Unavailable(e.to_string()))
             }
         }
     }
 
-    fn stage(
+    /// Stages one caller's messages; on failure nothing of them is staged
+    /// and the heads they moved are put back.
+    fn stage_append(
         &mut self,
         batch: &mut fjall::OwnedWriteBatch,
         pending: &mut HashMap<Vec<u8>, StoredMessage>,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut inserts = Vec::new();
+        let mut undo_heads: Vec<(String, Option<u64>)> = Vec::new();
+        let mut new_keys = Vec::new();
+        let mut out = Vec::with_capacity(messages.len());
+        let mut result = Ok(());
+        for new in messages {
+            match self.stage(pending, &mut inserts, &mut undo_heads, &mut new_keys, new) {
+                Ok(appended) => out.push(appended),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            for (inbox, head) in undo_heads.into_iter().rev() {
+                match head {
+                    Some(head) => self.heads.insert(inbox, head),
+                    None => self.heads.remove(&inbox),
+                };
+            }
+            for key in new_keys {
+                pending.remove(&key);
+            }
+            return Err(e);
+        }
+        for (table, key, value) in inserts {
+            let keyspace = match table {
+                Table::Messages => &self.tables.messages,
+                Table::Idempotency => &self.tables.idempotency,
+            };
+            batch.insert(keyspace, key, value);
+        }
+        Ok(out)
+    }
+
+    fn stage(
+        &mut self,
+        pending: &mut HashMap<Vec<u8>, StoredMessage>,
+        inserts: &mut Vec<(Table, Vec<u8>, Vec<u8>)>,
+        undo_heads: &mut Vec<(String, Option<u64>)>,
+        new_keys: &mut Vec<Vec<u8>>,
         new: NewMessage,
     ) -> Result<Appended, StoreError> {
         let idem_key = idempotency_key(&new.sender, &new.client_msg_id);
@@ -335,27 +403,32 @@ impl Writer {
                 duplicate: true,
             });
         }
-        let head = match self.heads.get(&new.inbox) {
-            Some(head) => *head,
+        let cached = self.heads.get(&new.inbox).copied();
+        let head = match cached {
+            Some(head) => head,
             None => read_head(&self.tables.messages, &new.inbox)?,
         };
         let seq = head + 1;
+        undo_heads.push((new.inbox.clone(), cached));
         self.heads.insert(new.inbox.clone(), seq);
         let msg_id = new_msg_id(new.server_time_ms);
         let stored = StoredMessage::from_new(new, seq, msg_id);
         let key = message_key(&stored.inbox, seq);
-        batch.insert(
-            &self.tables.messages,
-            key.clone(),
-            stored.message.encode_to_vec(),
-        );
-        batch.insert(&self.tables.idempotency, idem_key.clone(), key);
-        pending.insert(idem_key, stored.clone());
+        inserts.push((Table::Messages, key.clone(), stored.message.encode_to_vec()));
+        inserts.push((Table::Idempotency, idem_key.clone(), key));
+        pending.insert(idem_key.clone(), stored.clone());
+        new_keys.push(idem_key);
         Ok(Appended {
             message: stored,
             duplicate: false,
         })
     }
+}
+
+/// Which keyspace a staged insert goes to.
+enum Table {
+    Messages,
+    Idempotency,
 }
 
 fn check_key_part(part: &str) -> Result<(), StoreError> {

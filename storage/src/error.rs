@@ -1,7 +1,7 @@
 use thiserror::Error;
 
 /// Why a storage operation failed.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The backend cannot serve now (IO error, server unreachable); the

@@ -53,10 +53,11 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The newest seq of `inbox`, 0 when empty.
     async fn inbox_head(&self, inbox: &str) -> Result<u64, StoreError>;
 
-    /// Records that `device` of `inbox` has processed up to `seq`.
+    /// Records that `device` of `inbox` has processed up to `seq`; visible
+    /// to `load_cursor` when this returns.
     ///
-    /// Cursors are advisory (clients send their own resume point); they are
-    /// written without a disk sync.
+    /// Cursors are advisory (clients send their own resume point), so they
+    /// need no disk sync of their own.
     async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError>;
 
     /// The last cursor saved for `device` of `inbox`.
