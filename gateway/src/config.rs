@@ -148,6 +148,14 @@ section! {
         max_body_bytes: u32 = 48 * 1024,
         /// Sends stored in one batch per chat stream; bounds the work one client can queue.
         max_inflight_sends: u32 = 512,
+        /// Sends a session may make per second, sustained (0: unlimited); more get a retryable RATE_LIMITED nack.
+        sends_per_second: u32 = 500,
+        /// Sends a session may make in a burst above the sustained rate.
+        sends_burst: u32 = 1000,
+        /// Pings and rpc requests a session may make per second (0: unlimited); a flood closes the connection with RATE_LIMITED.
+        requests_per_second: u32 = 50,
+        /// Pings and rpc requests allowed in a burst.
+        requests_burst: u32 = 100,
     }
 }
 

@@ -11,6 +11,7 @@
 //!   sans-IO core (unacked window, retransmit timers with backoff).
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
+//! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
 //! - [`auth`]: HMAC-signed login tokens.
 //! - [`tls`]: certificates, including development ones made with rcgen.
 //! - [`config`]: typed, layered, validated configuration.
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod delivery;
+pub mod limit;
 pub mod metrics;
 mod route;
 pub mod server;

@@ -6,8 +6,8 @@
 //! heartbeat deadline, and ends the session on a kick, a protocol fault, a
 //! missed heartbeat or the drain deadline, always with a typed close code.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::unix_now;
 use crate::delivery::Delivery;
+use crate::limit::Bucket;
 use crate::server::Ctx;
 
 /// Why a connection is closed by the server: a code for the client and a
@@ -45,6 +46,10 @@ impl Fault {
     fn from_recv(e: RecvError) -> Option<Self> {
         e.code().map(|code| Fault::new(code, e.to_string()))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How a stream task ended.
@@ -72,6 +77,10 @@ pub(crate) struct Session {
     /// The interval the client announced with its last Ping, clamped.
     beat_interval_ms: AtomicU64,
     started: Instant,
+    /// Sends allowed, shared by the session's chat streams.
+    sends: Mutex<Bucket>,
+    /// Pings and rpc requests allowed.
+    requests: Mutex<Bucket>,
 }
 
 impl Session {
@@ -86,6 +95,18 @@ impl Session {
             .store(u64::from(interval), Ordering::Relaxed);
         let since = self.started.elapsed().as_millis() as u64;
         self.last_beat_ms.store(since, Ordering::Relaxed);
+    }
+
+    /// Takes a request token; a flood ends the session.
+    fn request_allowed(&self) -> Result<(), Fault> {
+        if lock(&self.requests).take(Instant::now()) {
+            Ok(())
+        } else {
+            Err(Fault::new(
+                ErrorCode::RateLimited,
+                "pings or rpc requests above limits.requests_per_second",
+            ))
+        }
     }
 
     /// When the session is closed if no Ping arrives first.
@@ -250,6 +271,16 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
         last_beat_ms: AtomicU64::new(0),
         beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
         started: Instant::now(),
+        sends: Mutex::new(Bucket::new(
+            ctx.config.limits.sends_per_second,
+            ctx.config.limits.sends_burst,
+            Instant::now(),
+        )),
+        requests: Mutex::new(Bucket::new(
+            ctx.config.limits.requests_per_second,
+            ctx.config.limits.requests_burst,
+            Instant::now(),
+        )),
     });
 
     let outcome: Result<(), Fault> = async {
@@ -500,6 +531,9 @@ impl Streams {
         loop {
             match recv.next::<v1::Ping>().await {
                 Ok(Some(ping)) => {
+                    if let Err(fault) = self.session.request_allowed() {
+                        return StreamEnd::Fault(fault);
+                    }
                     self.session.beat(ping.next_within_ms, &self.ctx);
                     let pong = v1::Pong {
                         n: ping.n,
@@ -564,7 +598,17 @@ impl Streams {
         let now = qim_proto::now_ms();
         let mut verdicts: Vec<Result<String, v1::SendNack>> = Vec::with_capacity(sends.len());
         let mut batch = Vec::with_capacity(sends.len());
+        let mut limited = 0;
         for send in sends {
+            if !lock(&self.session.sends).take(Instant::now()) {
+                limited += 1;
+                verdicts.push(Err(self.nack(
+                    send.client_msg_id,
+                    ErrorCode::RateLimited,
+                    "sends above limits.sends_per_second; retry later",
+                )));
+                continue;
+            }
             match self.validate(send, now) {
                 Ok(new) => {
                     verdicts.push(Ok(new.client_msg_id.clone()));
@@ -572,6 +616,9 @@ impl Streams {
                 }
                 Err(nack) => verdicts.push(Err(nack)),
             }
+        }
+        if limited > 0 {
+            warn!(user = %self.session.user, device = %self.session.device, refused = limited, "sends rate-limited");
         }
         let stored = if batch.is_empty() {
             Ok(Vec::new())
@@ -610,11 +657,11 @@ impl Streams {
                         self.ctx.routes.publish(Arc::new(a.message));
                         server_ack::Kind::Ack(ack)
                     }
-                    None => self.nack(
+                    None => server_ack::Kind::Nack(self.nack(
                         client_msg_id,
                         ErrorCode::Internal,
                         "store returned fewer results than sends",
-                    ),
+                    )),
                 },
                 (Ok(client_msg_id), Err(e)) => {
                     let code = if e.is_retryable() {
@@ -622,7 +669,7 @@ impl Streams {
                     } else {
                         ErrorCode::Internal
                     };
-                    self.nack(client_msg_id, code, &e.to_string())
+                    server_ack::Kind::Nack(self.nack(client_msg_id, code, &e.to_string()))
                 }
             };
             acks.push(v1::ServerAck { kind: Some(kind) });
@@ -630,27 +677,21 @@ impl Streams {
         acks
     }
 
-    fn nack(&self, client_msg_id: String, code: ErrorCode, message: &str) -> server_ack::Kind {
+    /// A refusal of one send, counted and logged.
+    fn nack(&self, client_msg_id: String, code: ErrorCode, message: &str) -> v1::SendNack {
         self.ctx.metrics.send_refused(code);
-        server_ack::Kind::Nack(v1::SendNack {
+        debug!(user = %self.session.user, ?code, message, "send refused");
+        v1::SendNack {
             client_msg_id,
             code: code as i32,
             retryable: code.is_retryable(),
             message: message.to_owned(),
-        })
+        }
     }
 
     fn validate(&self, send: v1::Send, now: i64) -> Result<NewMessage, v1::SendNack> {
-        let refuse = |code: ErrorCode, message: &str| {
-            self.ctx.metrics.send_refused(code);
-            debug!(user = %self.session.user, ?code, message, "send refused");
-            v1::SendNack {
-                client_msg_id: send.client_msg_id.clone(),
-                code: code as i32,
-                retryable: code.is_retryable(),
-                message: message.to_owned(),
-            }
-        };
+        let refuse =
+            |code: ErrorCode, message: &str| self.nack(send.client_msg_id.clone(), code, message);
         if !qim_proto::ids::is_valid_client_msg_id(&send.client_msg_id) {
             return Err(refuse(
                 ErrorCode::InvalidArgument,
@@ -702,6 +743,9 @@ impl Streams {
             Ok(None) => return StreamEnd::Done,
             Err(e) => return Fault::from_recv(e).into(),
         };
+        if let Err(fault) = self.session.request_allowed() {
+            return StreamEnd::Fault(fault);
+        }
         let kind = match request.kind {
             Some(rpc_request::Kind::Sync(sync)) => self.sync(sync).await,
             None => rpc_response::Kind::Error(v1::RpcError {

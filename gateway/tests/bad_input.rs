@@ -354,3 +354,74 @@ async fn a_server_the_client_cannot_verify_is_refused_as_tls() {
     assert!(matches!(err, Error::Tls(_)), "{err:?}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_are_refused_with_rate_limited() {
+    let gw = TestGateway::start_with(|c| {
+        c.limits.sends_per_second = 1;
+        c.limits.sends_burst = 10;
+        c.limits.requests_per_second = 1;
+        c.limits.requests_burst = 5;
+    })
+    .await;
+    let mut by = Bystanders::new(&gw).await;
+
+    // A send flood: the burst is stored, the rest refused as retryable.
+    let flooder = Raw::login(&gw, "mallory", "m-1", 0).await;
+    let (mut acks, _) = flooder.raw.server_streams().await;
+    let mut chat = flooder.raw.open_uni(StreamKind::Chat).await;
+    for i in 0..30 {
+        chat.queue(&common::send_frame(&format!("f{i}"), "victim", b"spam"))
+            .expect("queue");
+    }
+    chat.flush().await.expect("write");
+    let (mut stored, mut limited) = (0, 0);
+    for _ in 0..30 {
+        match acks
+            .next::<v1::ServerAck>()
+            .await
+            .expect("frame")
+            .and_then(|a| a.kind)
+        {
+            Some(v1::server_ack::Kind::Ack(_)) => stored += 1,
+            Some(v1::server_ack::Kind::Nack(n)) => {
+                assert_eq!(n.code, ErrorCode::RateLimited as i32);
+                assert!(n.retryable);
+                limited += 1;
+            }
+            None => panic!("empty ack"),
+        }
+    }
+    assert!(
+        (10..=12).contains(&stored),
+        "the burst (and what refilled meanwhile) is stored: {stored}"
+    );
+    assert_eq!(stored + limited, 30);
+    by.still_chatting().await;
+
+    // A ping flood ends the session.
+    let pinger = Raw::login(&gw, "mallory", "m-2", 0).await;
+    let (send, _recv) = pinger.raw.conn.open_bi().await.expect("open");
+    let mut beats = qim_proto::io::FramedSend::new(send, StreamKind::Heartbeat, 1024);
+    for n in 0..50 {
+        beats
+            .queue(&v1::Ping {
+                n,
+                sent_at_ms: 0,
+                next_within_ms: 0,
+            })
+            .expect("queue");
+    }
+    beats.flush().await.expect("write");
+    assert_eq!(pinger.raw.closed_with().await, ErrorCode::RateLimited);
+    by.still_chatting().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_validation_adds_a_retry_and_clients_still_get_in() {
+    let gw = TestGateway::start_with(|c| c.quic.validate_addresses = true).await;
+    let mut by = Bystanders::new(&gw).await;
+    by.still_chatting().await;
+    gw.stop().await;
+}

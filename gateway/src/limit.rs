@@ -1,0 +1,69 @@
+//! Token buckets that keep one client from flooding the gateway. Sans-IO:
+//! time is passed in, so tests need no clock.
+
+use tokio::time::Instant;
+
+/// `rate` tokens per second, holding at most `burst`.
+#[derive(Debug)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket; `rate == 0` means unlimited.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn allows_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10, 5, t0);
+        assert_eq!((0..8).filter(|_| b.take(t0)).count(), 5, "the burst");
+        assert!(!b.take(t0));
+        assert!(
+            b.take(t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!b.take(t0 + Duration::from_millis(150)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            (0..8).filter(|_| b.take(later)).count(),
+            5,
+            "refills to the burst, no more"
+        );
+        let mut unlimited = Bucket::new(0, 1, t0);
+        assert!((0..10_000).all(|_| unlimited.take(t0)));
+    }
+}
