@@ -1,7 +1,7 @@
 //! The delivery engine of one device session.
 //!
 //! [`Window`] is the sans-IO core: which deliveries are unacknowledged and
-//! when each is due again, with time passed in. [`Delivery`] is the thin
+//! when each is due again, with time passed in. `Delivery` is the thin
 //! async driver: it fills the window from the user's feed (or the store when
 //! catching up), writes `Deliver` frames in seq order on the delivery stream,
 //! retransmits what is due with doubling timeouts, and saves the device's
