@@ -2,6 +2,8 @@
 //! gateway and the SDK share. A thin driver over [`crate::frame`] and
 //! [`crate::preamble`].
 
+use std::future::Future as _;
+
 use bytes::BytesMut;
 use prost::Message;
 use quinn::{RecvStream, SendStream};
@@ -120,10 +122,28 @@ impl FramedRecv {
         }
     }
 
-    /// The next message if one is already buffered, without waiting; lets a
-    /// reader batch what arrived together.
+    /// The next message if its bytes have already arrived, without waiting;
+    /// lets a reader batch everything that is there.
+    ///
+    /// quinn hands out received data one segment per read, so this also
+    /// takes segments quinn already holds: it polls `read_chunk` once with a
+    /// no-op waker (the read is cancel-safe, and the next [`next`](Self::next)
+    /// registers the real waker).
     pub fn try_next<M: Message + Default>(&mut self) -> Result<Option<M>, RecvError> {
-        Ok(self.decoder.decode_message(&mut self.buf)?)
+        loop {
+            if let Some(msg) = self.decoder.decode_message(&mut self.buf)? {
+                return Ok(Some(msg));
+            }
+            let limit = self.decoder.max() + frame::MAX_HEADER;
+            let read = std::pin::pin!(self.stream.read_chunk(limit, true));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match read.poll(&mut cx) {
+                std::task::Poll::Ready(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk.bytes),
+                // Nothing more yet, or the end: `next` reports either.
+                std::task::Poll::Ready(Ok(None)) | std::task::Poll::Pending => return Ok(None),
+                std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+            }
+        }
     }
 
     /// Asks the peer to stop sending on this stream, with a reason.

@@ -815,7 +815,7 @@ async fn write_chat(
         let (due, wake) = {
             let mut outbox = lock(&shared.outbox);
             let due = outbox.due(generation, now, ack_timeout);
-            (due, outbox.next_due(ack_timeout))
+            (due, outbox.next_due())
         };
         if !due.is_empty() {
             for send in &due {

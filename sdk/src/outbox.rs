@@ -2,7 +2,7 @@
 //! Each keeps its `client_msg_id` for every attempt, so the server stores it
 //! once however often it is sent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use qim_proto::v1;
@@ -16,19 +16,30 @@ pub(crate) type Waiter = oneshot::Sender<Result<SendReceipt, Error>>;
 struct Pending {
     send: v1::Send,
     waiters: Vec<Waiter>,
-    /// Connection generation it was last written on (0: not yet).
-    sent_on: u64,
-    sent_at: Instant,
+    /// When it was last written, on the outbox's current connection.
+    sent_at: Option<Instant>,
     /// After a retryable refusal: not before this.
     not_before: Option<Instant>,
     refusals: u32,
 }
 
+/// Sends in order, with what is due kept separately so that finding it costs
+/// only what is due, not the whole outbox (a sender may keep thousands in
+/// flight).
 #[derive(Default)]
 pub(crate) struct Outbox {
     next: u64,
     entries: BTreeMap<u64, Pending>,
     index: HashMap<String, u64>,
+    /// The connection the bookkeeping below refers to.
+    generation: u64,
+    /// Not yet written on `generation`, by order.
+    unsent: BTreeSet<u64>,
+    /// `(due, order)` of written sends in write order, so due times only
+    /// grow; entries acked since are skipped when they come up.
+    timeouts: VecDeque<(Instant, u64)>,
+    /// `(not before, order)` of refused sends waiting to be retried.
+    retries: BTreeSet<(Instant, u64)>,
 }
 
 impl Outbox {
@@ -47,12 +58,12 @@ impl Outbox {
             Pending {
                 send,
                 waiters: vec![waiter],
-                sent_on: 0,
-                sent_at: Instant::now(),
+                sent_at: None,
                 not_before: None,
                 refusals: 0,
             },
         );
+        self.unsent.insert(self.next);
     }
 
     /// What to write now on connection `generation`, in order: everything not
@@ -63,15 +74,43 @@ impl Outbox {
         now: Instant,
         ack_timeout: Duration,
     ) -> Vec<v1::Send> {
-        let mut out = Vec::new();
-        for p in self.entries.values_mut() {
-            if p.not_before.is_some_and(|t| t > now) {
-                continue;
+        if generation != self.generation {
+            // A new connection: everything goes again, in order.
+            self.generation = generation;
+            self.timeouts.clear();
+            self.unsent = self
+                .entries
+                .iter()
+                .filter(|(_, p)| p.not_before.is_none())
+                .map(|(order, _)| *order)
+                .collect();
+        }
+        while let Some(&(due, order)) = self.timeouts.front() {
+            if due > now {
+                break;
             }
-            if p.sent_on != generation || p.sent_at + ack_timeout <= now {
-                p.sent_on = generation;
-                p.sent_at = now;
+            self.timeouts.pop_front();
+            if let Some(p) = self.entries.get(&order) {
+                if p.sent_at.is_some_and(|at| at + ack_timeout == due) {
+                    self.unsent.insert(order);
+                }
+            }
+        }
+        while let Some(&(at, order)) = self.retries.first() {
+            if at > now {
+                break;
+            }
+            self.retries.pop_first();
+            if let Some(p) = self.entries.get_mut(&order) {
                 p.not_before = None;
+                self.unsent.insert(order);
+            }
+        }
+        let mut out = Vec::with_capacity(self.unsent.len());
+        for order in std::mem::take(&mut self.unsent) {
+            if let Some(p) = self.entries.get_mut(&order) {
+                p.sent_at = Some(now);
+                self.timeouts.push_back((now + ack_timeout, order));
                 out.push(p.send.clone());
             }
         }
@@ -79,16 +118,20 @@ impl Outbox {
     }
 
     /// When something becomes due without a new send.
-    pub(crate) fn next_due(&self, ack_timeout: Duration) -> Option<Instant> {
-        self.entries
-            .values()
-            .map(|p| p.not_before.unwrap_or(p.sent_at + ack_timeout))
-            .min()
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        let timeout = self.timeouts.front().map(|(due, _)| *due);
+        let retry = self.retries.first().map(|(at, _)| *at);
+        timeout.into_iter().chain(retry).min()
     }
 
     fn take(&mut self, client_msg_id: &str) -> Option<Pending> {
         let order = self.index.remove(client_msg_id)?;
-        self.entries.remove(&order)
+        self.unsent.remove(&order);
+        let p = self.entries.remove(&order)?;
+        if let Some(at) = p.not_before {
+            self.retries.remove(&(at, order));
+        }
+        Some(p)
     }
 
     /// The server acked: resolve every waiter.
@@ -110,13 +153,19 @@ impl Outbox {
     pub(crate) fn refused(&mut self, nack: &v1::SendNack, now: Instant) {
         let code = v1::ErrorCode::try_from(nack.code).unwrap_or(v1::ErrorCode::Unspecified);
         if nack.retryable {
-            if let Some(order) = self.index.get(&nack.client_msg_id) {
-                if let Some(p) = self.entries.get_mut(order) {
-                    p.refusals = p.refusals.saturating_add(1);
-                    let delay = Duration::from_millis(100 << p.refusals.min(6));
-                    p.not_before = Some(now + delay);
-                    p.sent_on = 0;
+            let Some(&order) = self.index.get(&nack.client_msg_id) else {
+                return;
+            };
+            if let Some(p) = self.entries.get_mut(&order) {
+                if let Some(at) = p.not_before.take() {
+                    self.retries.remove(&(at, order));
                 }
+                p.refusals = p.refusals.saturating_add(1);
+                let at = now + Duration::from_millis(100 << p.refusals.min(6));
+                p.not_before = Some(at);
+                p.sent_at = None;
+                self.unsent.remove(&order);
+                self.retries.insert((at, order));
             }
             return;
         }
@@ -128,7 +177,7 @@ impl Outbox {
         }
     }
 
-    /// Gives up on a send (its caller timed out).
+    /// Gives up on a send (its caller stopped waiting).
     pub(crate) fn abandon(&mut self, client_msg_id: &str) {
         self.take(client_msg_id);
     }
@@ -136,6 +185,9 @@ impl Outbox {
     /// Fails every send (the client closed or can never log in again).
     pub(crate) fn fail_all(&mut self, error: &Error) {
         self.index.clear();
+        self.unsent.clear();
+        self.timeouts.clear();
+        self.retries.clear();
         for (_, p) in std::mem::take(&mut self.entries) {
             for w in p.waiters {
                 let _ = w.send(Err(error.clone()));
@@ -179,7 +231,7 @@ mod tests {
             ["a", "b"],
             "all again on a new connection"
         );
-        assert_eq!(ob.next_due(t), Some(now + t));
+        assert_eq!(ob.next_due(), Some(now + t));
         assert_eq!(
             ids(&ob.due(2, now + t, t)),
             ["a", "b"],
