@@ -148,7 +148,7 @@ section! {
         max_body_bytes: u32 = 48 * 1024,
         /// Sends stored in one batch per chat stream; bounds the work one client can queue.
         max_inflight_sends: u32 = 512,
-        /// Sends a session may make per second, sustained (0: unlimited); more get a retryable RATE_LIMITED nack.
+        /// Sends a session may make per second, sustained (0: unlimited). A faster sender is slowed down (its chat stream waits), which keeps its messages in order.
         sends_per_second: u32 = 500,
         /// Sends a session may make in a burst above the sustained rate.
         sends_burst: u32 = 1000,

@@ -37,4 +37,4 @@ mod session;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{Gateway, StartError, StartInfo};
+pub use server::{Gateway, RunError, StartError, StartInfo};

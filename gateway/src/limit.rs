@@ -26,18 +26,31 @@ impl Bucket {
 
     /// Takes one token if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_up_to(1, now) == 1
+    }
+
+    /// Takes up to `n` tokens; returns how many it took.
+    pub fn take_up_to(&mut self, n: usize, now: Instant) -> usize {
         if self.rate == 0.0 {
-            return true;
+            return n;
         }
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        // Whole tokens only; `tokens` is at most `burst`, a u32.
+        let taken = (self.tokens.floor() as usize).min(n);
+        self.tokens -= taken as f64;
+        taken
+    }
+
+    /// How long until one token is there (zero if one is).
+    pub fn wait(&self, now: Instant) -> std::time::Duration {
+        if self.rate == 0.0 {
+            return std::time::Duration::ZERO;
         }
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        let missing = 1.0 - (self.tokens + elapsed * self.rate);
+        std::time::Duration::from_secs_f64((missing / self.rate).max(0.0))
     }
 }
 
@@ -65,5 +78,21 @@ mod tests {
         );
         let mut unlimited = Bucket::new(0, 1, t0);
         assert!((0..10_000).all(|_| unlimited.take(t0)));
+        assert_eq!(unlimited.take_up_to(500, t0), 500);
+    }
+
+    #[test]
+    fn batches_take_what_is_there_and_say_how_long_to_wait() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(100, 10, t0);
+        assert_eq!(b.take_up_to(25, t0), 10);
+        assert_eq!(b.take_up_to(25, t0), 0);
+        let wait = b.wait(t0);
+        assert!(
+            wait > Duration::from_millis(9) && wait <= Duration::from_millis(10),
+            "{wait:?}"
+        );
+        assert_eq!(b.take_up_to(25, t0 + Duration::from_millis(50)), 5);
+        assert_eq!(b.wait(t0 + Duration::from_secs(1)), Duration::ZERO);
     }
 }

@@ -178,7 +178,7 @@ fn serve(config: Config) -> Result<()> {
         println!("  try it:          cargo run -p qim-sdk --example chat -- --server 127.0.0.1:{port} --user alice");
         // One machine-readable line for scripts and tests.
         println!("READY quic={} admin={}", info.quic_addr, info.admin_addr);
-        gateway.run(shutdown_signal()).await;
+        gateway.run(shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub sends: Counter,
     /// Sends refused, by code.
     pub send_refusals: ByCode,
+    /// Times a chat stream waited because its session sent too fast.
+    pub sends_throttled: Counter,
     /// Deliveries written (first attempts).
     pub deliveries: Counter,
     /// Deliveries written again after the retransmit timeout.
@@ -59,6 +61,7 @@ impl Metrics {
             protocol_errors: ByCode::default(),
             sends: Counter::default(),
             send_refusals: ByCode::default(),
+            sends_throttled: Counter::default(),
             deliveries: Counter::default(),
             retransmits: Counter::default(),
             delivery_acks: Counter::default(),
@@ -97,6 +100,11 @@ impl Metrics {
             "send_refusals",
             "Sends refused by code",
             m.send_refusals.clone(),
+        );
+        registry.register(
+            "sends_throttled",
+            "Chat stream waits for sending too fast",
+            m.sends_throttled.clone(),
         );
         registry.register(
             "deliveries",

@@ -58,6 +58,15 @@ pub enum StartError {
     Quic(String),
 }
 
+/// Why a running gateway stopped on its own.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The store failed in a way only a restart repairs.
+    #[error("store failed: {0}")]
+    StoreFailed(String),
+}
+
 /// State shared by every connection of this gateway.
 pub(crate) struct Ctx {
     pub(crate) config: Config,
@@ -67,6 +76,8 @@ pub(crate) struct Ctx {
     pub(crate) tokens: TokenKey,
     /// Flips to true when the gateway starts draining.
     pub(crate) draining: watch::Sender<bool>,
+    /// Set when the store failed for good: the gateway drains and stops.
+    pub(crate) fatal: watch::Sender<Option<String>>,
     /// Distinguishes this process's session ids from another run's.
     pub(crate) node_tag: String,
     next_session: AtomicU64,
@@ -180,6 +191,7 @@ impl Gateway {
             metrics: Arc::new(Metrics::new()),
             tokens,
             draining: watch::Sender::new(false),
+            fatal: watch::Sender::new(None),
             node_tag: format!("{:08x}", rand::random::<u32>()),
             next_session: AtomicU64::new(1),
             config,
@@ -202,8 +214,10 @@ impl Gateway {
         self.ctx.tokens.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+    /// Serves until `shutdown` resolves, then drains and returns. Returns an
+    /// error when it stopped because the store failed for good (after
+    /// draining too): the process should exit and be restarted.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
         let Gateway {
             ctx,
             endpoint,
@@ -223,10 +237,15 @@ impl Gateway {
 
         let limit = Arc::new(Semaphore::new(ctx.config.server.max_connections));
         let mut connections = JoinSet::new();
+        let mut fatal = ctx.fatal.subscribe();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = fatal.changed() => {
+                    tracing::error!(reason = ?*fatal.borrow(), "store failed; draining and stopping");
+                    break;
+                }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
@@ -276,6 +295,10 @@ impl Gateway {
         let _ = admin_stop.send(());
         let _ = admin_task.await;
         info!("gateway stopped");
+        match ctx.fatal.borrow().clone() {
+            Some(reason) => Err(RunError::StoreFailed(reason)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! heartbeat deadline, and ends the session on a kick, a protocol fault, a
 //! missed heartbeat or the drain deadline, always with a typed close code.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -566,21 +567,41 @@ impl Streams {
 
     async fn chat(self, mut recv: FramedRecv) -> StreamEnd {
         let max_batch = self.ctx.config.limits.max_inflight_sends as usize;
+        // Sends read but not yet stored, in order; bounded by `max_batch`.
+        let mut backlog: VecDeque<v1::Send> = VecDeque::new();
+        let mut throttled = false;
         loop {
-            let first = match recv.next::<v1::Send>().await {
-                Ok(Some(send)) => send,
-                Ok(None) => return StreamEnd::Done,
-                Err(e) => return Fault::from_recv(e).into(),
-            };
+            if backlog.is_empty() {
+                match recv.next::<v1::Send>().await {
+                    Ok(Some(send)) => backlog.push_back(send),
+                    Ok(None) => return StreamEnd::Done,
+                    Err(e) => return Fault::from_recv(e).into(),
+                }
+            }
             let arrived = Instant::now();
-            let mut sends = vec![first];
-            while sends.len() < max_batch {
+            while backlog.len() < max_batch {
                 match recv.try_next::<v1::Send>() {
-                    Ok(Some(send)) => sends.push(send),
+                    Ok(Some(send)) => backlog.push_back(send),
                     Ok(None) => break,
                     Err(e) => return Fault::from_recv(e).into(),
                 }
             }
+            // Over the send rate, wait instead of refusing: refusals would
+            // be retried after later sends and break the sender's order.
+            // While this stream waits, QUIC flow control holds the client.
+            let allowed = lock(&self.session.sends).take_up_to(backlog.len(), Instant::now());
+            if allowed == 0 {
+                if !throttled {
+                    warn!(user = %self.session.user, device = %self.session.device, "sending faster than limits.sends_per_second; slowing the chat stream");
+                    throttled = true;
+                }
+                self.ctx.metrics.sends_throttled.inc();
+                let wait = lock(&self.session.sends).wait(Instant::now());
+                tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                continue;
+            }
+            throttled = false;
+            let sends: Vec<v1::Send> = backlog.drain(..allowed).collect();
             for ack in self.store_batch(sends).await {
                 if self.server_acks.send(ack).await.is_err() {
                     return StreamEnd::Done;
@@ -598,17 +619,7 @@ impl Streams {
         let now = qim_proto::now_ms();
         let mut verdicts: Vec<Result<String, v1::SendNack>> = Vec::with_capacity(sends.len());
         let mut batch = Vec::with_capacity(sends.len());
-        let mut limited = 0;
         for send in sends {
-            if !lock(&self.session.sends).take(Instant::now()) {
-                limited += 1;
-                verdicts.push(Err(self.nack(
-                    send.client_msg_id,
-                    ErrorCode::RateLimited,
-                    "sends above limits.sends_per_second; retry later",
-                )));
-                continue;
-            }
             match self.validate(send, now) {
                 Ok(new) => {
                     verdicts.push(Ok(new.client_msg_id.clone()));
@@ -616,9 +627,6 @@ impl Streams {
                 }
                 Err(nack) => verdicts.push(Err(nack)),
             }
-        }
-        if limited > 0 {
-            warn!(user = %self.session.user, device = %self.session.device, refused = limited, "sends rate-limited");
         }
         let stored = if batch.is_empty() {
             Ok(Vec::new())
@@ -635,6 +643,9 @@ impl Streams {
             Ok(appended) => Ok(appended.into_iter()),
             Err(e) => {
                 warn!(user = %self.session.user, error = %e, "store append failed; sends refused as retryable");
+                if e.is_fatal() {
+                    self.ctx.fatal.send_replace(Some(e.to_string()));
+                }
                 Err(e)
             }
         };

@@ -393,9 +393,17 @@ async fn a_client_ahead_of_the_server_follows_the_server() {
     config.resume_from = 1000;
     let bob = qim_sdk::Client::connect(config).await.expect("connect");
     let alice = gw.client("alice", "alice-phone").await;
-    alice.send("bob".into(), "new".into()).await.expect("acked");
-    let got = take(&bob, 1).await;
-    assert_eq!((got[0].seq, text(&got[0])), (1, "new".to_owned()));
+    // More than one delivery window: bob must ack as he goes.
+    for i in 0..300 {
+        alice
+            .send("bob".into(), format!("new {i}"))
+            .await
+            .expect("acked");
+    }
+    let got = take(&bob, 300).await;
+    assert_eq!((got[0].seq, text(&got[0])), (1, "new 0".to_owned()));
+    assert_eq!(got[299].seq, 300);
+    assert_eq!(bob.last_taken_seq(), 300);
     gw.stop().await;
 }
 

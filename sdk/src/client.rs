@@ -155,7 +155,6 @@ struct Shared {
     sessions: AtomicU64,
     duplicates: AtomicU64,
     retransmits: AtomicU64,
-    resent: AtomicU64,
 }
 
 /// A qim client: one user on one device.
@@ -289,7 +288,6 @@ impl Client {
             sessions: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             retransmits: AtomicU64::new(0),
-            resent: AtomicU64::new(0),
         });
         let first = establish(&shared, addr).await?;
         let driver = tokio::spawn(drive(Arc::clone(&shared), first));
@@ -362,12 +360,14 @@ impl Client {
             body: message.body.into(),
             kind: message.kind,
         };
-        lock(&shared.outbox).add(send, tx);
+        let waiter = lock(&shared.outbox).add(send, tx);
         shared.outbox_changed.notify_one();
-        // If this future is dropped or times out, the send leaves the outbox.
+        // If this future is dropped or times out, this caller's interest in
+        // the send ends (and the send with it, if nobody else waits).
         let guard = Abandon {
             shared,
             client_msg_id: Some(client_msg_id),
+            waiter,
         };
         let result = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
@@ -447,7 +447,7 @@ impl Client {
             sessions: s.sessions.load(Ordering::Relaxed),
             duplicates_dropped: s.duplicates.load(Ordering::Relaxed),
             retransmits_received: s.retransmits.load(Ordering::Relaxed),
-            sends_resent: s.resent.load(Ordering::Relaxed),
+            sends_resent: lock(&s.outbox).resent(),
         }
     }
 
@@ -470,6 +470,7 @@ impl Client {
 struct Abandon<'a> {
     shared: &'a Shared,
     client_msg_id: Option<String>,
+    waiter: u64,
 }
 
 impl Abandon<'_> {
@@ -481,7 +482,7 @@ impl Abandon<'_> {
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.client_msg_id.take() {
-            lock(&self.shared.outbox).abandon(&id);
+            lock(&self.shared.outbox).abandon(&id, self.waiter);
         }
     }
 }
@@ -576,6 +577,8 @@ async fn establish(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Established
                 "server inbox is behind this client; resyncing from the server's head"
             );
             received.inbox = Inbox::new(welcome.inbox_head);
+            received.queue.retain(|m| m.seq <= welcome.inbox_head);
+            shared.taken.fetch_min(welcome.inbox_head, Ordering::AcqRel);
         }
     }
     shared.sessions.fetch_add(1, Ordering::Relaxed);
@@ -837,9 +840,7 @@ async fn write_chat(
         }
         tokio::select! {
             () = notified => {}
-            () = sleep_until_opt(wake) => {
-                shared.resent.fetch_add(1, Ordering::Relaxed);
-            }
+            () = sleep_until_opt(wake) => {}
         }
     }
 }

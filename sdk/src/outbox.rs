@@ -15,7 +15,8 @@ pub(crate) type Waiter = oneshot::Sender<Result<SendReceipt, Error>>;
 
 struct Pending {
     send: v1::Send,
-    waiters: Vec<Waiter>,
+    /// Callers waiting for the outcome, by waiter id.
+    waiters: Vec<(u64, Waiter)>,
     /// When it was last written, on the outbox's current connection.
     sent_at: Option<Instant>,
     /// After a retryable refusal: not before this.
@@ -40,15 +41,21 @@ pub(crate) struct Outbox {
     timeouts: VecDeque<(Instant, u64)>,
     /// `(not before, order)` of refused sends waiting to be retried.
     retries: BTreeSet<(Instant, u64)>,
+    next_waiter: u64,
+    /// Sends written again (after an ack timeout or on a new connection).
+    resent: u64,
 }
 
 impl Outbox {
-    /// Queues a send (or joins the one with the same id).
-    pub(crate) fn add(&mut self, send: v1::Send, waiter: Waiter) {
+    /// Queues a send (or joins the one with the same id); returns the
+    /// waiter's id for [`abandon`](Self::abandon).
+    pub(crate) fn add(&mut self, send: v1::Send, waiter: Waiter) -> u64 {
+        self.next_waiter += 1;
+        let id = self.next_waiter;
         if let Some(order) = self.index.get(&send.client_msg_id) {
             if let Some(p) = self.entries.get_mut(order) {
-                p.waiters.push(waiter);
-                return;
+                p.waiters.push((id, waiter));
+                return id;
             }
         }
         self.next += 1;
@@ -57,13 +64,14 @@ impl Outbox {
             self.next,
             Pending {
                 send,
-                waiters: vec![waiter],
+                waiters: vec![(id, waiter)],
                 sent_at: None,
                 not_before: None,
                 refusals: 0,
             },
         );
         self.unsent.insert(self.next);
+        id
     }
 
     /// What to write now on connection `generation`, in order: everything not
@@ -84,16 +92,19 @@ impl Outbox {
                 .filter(|(_, p)| p.not_before.is_none())
                 .map(|(order, _)| *order)
                 .collect();
+            self.resent += self
+                .unsent
+                .iter()
+                .filter(|o| self.entries.get(o).is_some_and(|p| p.sent_at.is_some()))
+                .count() as u64;
         }
         while let Some(&(due, order)) = self.timeouts.front() {
             if due > now {
                 break;
             }
             self.timeouts.pop_front();
-            if let Some(p) = self.entries.get(&order) {
-                if p.sent_at.is_some_and(|at| at + ack_timeout == due) {
-                    self.unsent.insert(order);
-                }
+            if self.is_current(order, due, ack_timeout) && self.unsent.insert(order) {
+                self.resent += 1;
             }
         }
         while let Some(&(at, order)) = self.retries.first() {
@@ -114,7 +125,27 @@ impl Outbox {
                 out.push(p.send.clone());
             }
         }
+        // Drop timeouts of sends acked since, so the writer does not wake
+        // for them.
+        while let Some(&(due, order)) = self.timeouts.front() {
+            if self.is_current(order, due, ack_timeout) {
+                break;
+            }
+            self.timeouts.pop_front();
+        }
         out
+    }
+
+    /// Whether a timeout entry still stands for the send's last write.
+    fn is_current(&self, order: u64, due: Instant, ack_timeout: Duration) -> bool {
+        self.entries
+            .get(&order)
+            .is_some_and(|p| p.sent_at.is_some_and(|at| at + ack_timeout == due))
+    }
+
+    /// Sends written more than once so far.
+    pub(crate) fn resent(&self) -> u64 {
+        self.resent
     }
 
     /// When something becomes due without a new send.
@@ -143,7 +174,7 @@ impl Outbox {
                 seq: ack.seq,
                 server_time_ms: ack.server_time_ms,
             };
-            for w in p.waiters {
+            for (_, w) in p.waiters {
                 let _ = w.send(Ok(receipt.clone()));
             }
         }
@@ -171,15 +202,24 @@ impl Outbox {
         }
         if let Some(p) = self.take(&nack.client_msg_id) {
             let error = Error::from_code(code, nack.message.clone());
-            for w in p.waiters {
+            for (_, w) in p.waiters {
                 let _ = w.send(Err(error.clone()));
             }
         }
     }
 
-    /// Gives up on a send (its caller stopped waiting).
-    pub(crate) fn abandon(&mut self, client_msg_id: &str) {
-        self.take(client_msg_id);
+    /// One caller stopped waiting; the send is dropped when nobody waits.
+    pub(crate) fn abandon(&mut self, client_msg_id: &str, waiter: u64) {
+        let Some(&order) = self.index.get(client_msg_id) else {
+            return;
+        };
+        let Some(p) = self.entries.get_mut(&order) else {
+            return;
+        };
+        p.waiters.retain(|(id, _)| *id != waiter);
+        if p.waiters.is_empty() {
+            self.take(client_msg_id);
+        }
     }
 
     /// Fails every send (the client closed or can never log in again).
@@ -189,7 +229,7 @@ impl Outbox {
         self.timeouts.clear();
         self.retries.clear();
         for (_, p) in std::mem::take(&mut self.entries) {
-            for w in p.waiters {
+            for (_, w) in p.waiters {
                 let _ = w.send(Err(error.clone()));
             }
         }
@@ -286,5 +326,42 @@ mod tests {
         ));
         assert!(ob.due(1, now, t).is_empty(), "not before the retry delay");
         assert_eq!(ids(&ob.due(1, now + Duration::from_secs(1), t)), ["a"]);
+    }
+
+    #[test]
+    fn one_caller_giving_up_leaves_the_others_waiting() {
+        let mut ob = Outbox::default();
+        let (w1, _r1) = oneshot::channel();
+        let (w2, mut r2) = oneshot::channel();
+        let first = ob.add(send("same"), w1);
+        ob.add(send("same"), w2);
+        assert_eq!(ob.len(), 1, "one send, two callers");
+        ob.abandon("same", first);
+        assert_eq!(ob.len(), 1, "the second caller still waits");
+        ob.acked(&v1::SendAck {
+            client_msg_id: "same".into(),
+            msg_id: "m".into(),
+            seq: 1,
+            server_time_ms: 0,
+        });
+        assert!(r2.try_recv().expect("resolved").is_ok());
+        assert_eq!(ob.len(), 0);
+    }
+
+    #[test]
+    fn acked_sends_leave_no_wakeups_behind() {
+        let t = Duration::from_secs(5);
+        let mut ob = Outbox::default();
+        let (w, _r) = oneshot::channel();
+        ob.add(send("a"), w);
+        let now = Instant::now();
+        ob.due(1, now, t);
+        ob.acked(&v1::SendAck {
+            client_msg_id: "a".into(),
+            ..Default::default()
+        });
+        assert!(ob.due(1, now, t).is_empty());
+        assert_eq!(ob.next_due(), None);
+        assert_eq!(ob.resent(), 0);
     }
 }

@@ -28,6 +28,10 @@
 //!
 //! If one append cannot be staged (an unreadable record), only that append
 //! fails; its staged seqs are rolled back and the rest of the group commits.
+//! If a commit itself fails, fjall refuses all further writes (its journal
+//! may be torn): the store then answers every write with
+//! [`StoreError::Failed`], and the gateway drains and exits so a restart
+//! replays the journal.
 //!
 //! # Keys
 //! - `messages`: `[len u8][inbox][seq u64 BE]` → protobuf `v1.Message`. The
@@ -223,6 +227,8 @@ impl MessageStore for EmbeddedStore {
 /// Owns sequence assignment and all message writes.
 struct Writer {
     tables: Tables,
+    /// Set when a commit failed; every later write fails with it.
+    failed: Option<String>,
     /// Newest seq per inbox, loaded from disk on first use.
     heads: HashMap<String, u64>,
 }
@@ -231,6 +237,7 @@ impl Writer {
     fn new(tables: Tables) -> Self {
         Self {
             tables,
+            failed: None,
             heads: HashMap::new(),
         }
     }
@@ -258,6 +265,19 @@ impl Writer {
                 if count < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
+            }
+            if let Some(reason) = &self.failed {
+                let error = StoreError::Failed(reason.clone());
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for reply in cursor_replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for reply in flushes {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                continue;
             }
             let cursors_saved = self.commit(appends, cursors, !flushes.is_empty());
             for reply in cursor_replies {
@@ -314,13 +334,13 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "store commit failed; nothing of the group is acknowledged");
-                // Seqs staged in memory were not written: reload from disk.
-                self.heads.clear();
+                tracing::error!(error = %e, "store commit failed; nothing of the group is acknowledged, and the store takes no more writes until restarted");
+                let error = StoreError::Failed(e.to_string());
+                self.failed = Some(e.to_string());
                 for (_, reply) in staged {
-                    let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                    let _ = reply.send(Err(error.clone()));
                 }
-                Err(StoreError::Unavailable(e.to_string()))
+                Err(error)
             }
         }
     }

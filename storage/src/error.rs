@@ -17,11 +17,25 @@ pub enum StoreError {
     /// The store was shut down.
     #[error("store closed")]
     Closed,
+    /// The backend failed in a way only a restart repairs (a durable commit
+    /// failed and the embedded database refuses further writes). The
+    /// operation may succeed on a restarted or another node.
+    #[error("store failed, restart required: {0}")]
+    Failed(String),
 }
 
 impl StoreError {
-    /// Whether the same operation may succeed later.
+    /// Whether the same operation may succeed later (here or elsewhere).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Closed)
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Closed | StoreError::Failed(_)
+        )
+    }
+
+    /// Whether this store instance can no longer write; the process should
+    /// drain and restart.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StoreError::Failed(_))
     }
 }

@@ -51,9 +51,14 @@ impl TestGateway {
         let ca_pem = std::fs::read(info.dev_ca.as_ref().expect("dev CA")).expect("read CA");
         let key = gateway.token_key();
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(gateway.run(async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            let stopped = gateway
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            stopped.expect("the gateway stops only when told to");
+        });
         TestGateway {
             addr: info.quic_addr,
             admin: info.admin_addr,
