@@ -49,47 +49,26 @@ async fn wrong_and_expired_tokens_are_refused_with_their_codes() {
     let gw = TestGateway::start().await;
     let mut by = Bystanders::new(&gw).await;
 
-    let mut config = gw.client_config("mallory", "m-phone");
-    config.token = qim_gateway::auth::TokenKey::new(b"not the server's secret")
-        .mint("mallory", unix_now() + 60)
-        .expect("mint");
-    let err = Client::connect(config.clone()).await.expect_err("refused");
-    assert!(
-        matches!(
-            err,
-            Error::Auth {
-                code: ErrorCode::BadToken,
-                ..
-            }
+    let foreign = qim_gateway::auth::TokenKey::new(b"not the server's secret");
+    let cases = [
+        (
+            foreign.mint("mallory", unix_now() + 60).expect("mint"),
+            ErrorCode::BadToken,
         ),
-        "{err:?}"
-    );
-
-    config.token = gw.key.mint("mallory", unix_now() - 1).expect("mint");
-    let err = Client::connect(config.clone()).await.expect_err("refused");
-    assert!(
-        matches!(
-            err,
-            Error::Auth {
-                code: ErrorCode::TokenExpired,
-                ..
-            }
+        (
+            gw.key.mint("mallory", unix_now() - 1).expect("mint"),
+            ErrorCode::TokenExpired,
         ),
-        "{err:?}"
-    );
-
-    config.token = "garbage".into();
-    let err = Client::connect(config).await.expect_err("refused");
-    assert!(
-        matches!(
-            err,
-            Error::Auth {
-                code: ErrorCode::BadToken,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+        ("garbage".to_owned(), ErrorCode::BadToken),
+    ];
+    for (token, expected) in cases {
+        let mut config = gw.client_config("mallory", "m-phone");
+        config.token = token;
+        match Client::connect(config).await {
+            Err(Error::Auth { code, .. }) => assert_eq!(code, expected),
+            other => panic!("expected an auth refusal with {expected:?}, got {other:?}"),
+        }
+    }
 
     // On the wire: a Refusal frame, then a close with the same code.
     let (raw, _send, _recv, reply) = Raw::hello(&gw, "qim1.eve.1.AAAA", "eve-phone", 0).await;
@@ -110,36 +89,73 @@ async fn wrong_and_expired_tokens_are_refused_with_their_codes() {
     gw.stop().await;
 }
 
+/// A logged-in raw client writes `bytes` on a new uni stream (after the
+/// preamble of `kind`, when given); the gateway must close it with `code`.
+async fn closes_with(
+    gw: &TestGateway,
+    device: &str,
+    kind: Option<StreamKind>,
+    bytes: &[u8],
+    code: ErrorCode,
+) {
+    let bad = Raw::login(gw, "mallory", device, 0).await;
+    match kind {
+        Some(kind) => bad
+            .raw
+            .open_uni(kind)
+            .await
+            .send_raw(bytes)
+            .await
+            .expect("write"),
+        None => {
+            let mut stream = bad.raw.conn.open_uni().await.expect("open");
+            stream.write_all(bytes).await.expect("write");
+        }
+    }
+    assert_eq!(bad.raw.closed_with().await, code);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_frames_close_the_connection_with_their_codes() {
     let gw = TestGateway::start().await;
     let mut by = Bystanders::new(&gw).await;
 
-    // A frame declaring 10 MiB.
-    let bad = Raw::login(&gw, "mallory", "m-1", 0).await;
-    let mut chat = bad.raw.open_uni(StreamKind::Chat).await;
-    let mut forged = BytesMut::new();
-    put_len(10 * 1024 * 1024, &mut forged);
-    forged.extend_from_slice(&[0u8; 64]);
-    chat.send_raw(&forged).await.expect("write");
-    assert_eq!(bad.raw.closed_with().await, ErrorCode::FrameTooLarge);
+    let mut oversized = BytesMut::new();
+    put_len(10 * 1024 * 1024, &mut oversized);
+    oversized.extend_from_slice(&[0u8; 64]);
+    closes_with(
+        &gw,
+        "m-1",
+        Some(StreamKind::Chat),
+        &oversized,
+        ErrorCode::FrameTooLarge,
+    )
+    .await;
     by.still_chatting().await;
 
     // A frame whose body is not a Send.
-    let bad = Raw::login(&gw, "mallory", "m-2", 0).await;
-    let mut chat = bad.raw.open_uni(StreamKind::Chat).await;
     let mut garbage = BytesMut::new();
     put_len(8, &mut garbage);
     garbage.extend_from_slice(&[0xff; 8]);
-    chat.send_raw(&garbage).await.expect("write");
-    assert_eq!(bad.raw.closed_with().await, ErrorCode::MalformedFrame);
+    closes_with(
+        &gw,
+        "m-2",
+        Some(StreamKind::Chat),
+        &garbage,
+        ErrorCode::MalformedFrame,
+    )
+    .await;
     by.still_chatting().await;
 
     // A length prefix longer than any varint.
-    let bad = Raw::login(&gw, "mallory", "m-3", 0).await;
-    let mut acks = bad.raw.open_uni(StreamKind::Ack).await;
-    acks.send_raw(&[0xff; 12]).await.expect("write");
-    assert_eq!(bad.raw.closed_with().await, ErrorCode::MalformedFrame);
+    closes_with(
+        &gw,
+        "m-3",
+        Some(StreamKind::Ack),
+        &[0xff; 12],
+        ErrorCode::MalformedFrame,
+    )
+    .await;
     by.still_chatting().await;
     gw.stop().await;
 }
@@ -149,22 +165,23 @@ async fn unknown_or_misused_streams_close_the_connection_with_their_codes() {
     let gw = TestGateway::start().await;
     let mut by = Bystanders::new(&gw).await;
 
-    let bad = Raw::login(&gw, "mallory", "m-1", 0).await;
-    let mut stream = bad.raw.conn.open_uni().await.expect("open");
-    stream
-        .write_all(&[b'Q', b'I', b'M', 1, 99])
-        .await
-        .expect("write");
-    assert_eq!(bad.raw.closed_with().await, ErrorCode::UnknownStreamKind);
+    closes_with(
+        &gw,
+        "m-1",
+        None,
+        &[b'Q', b'I', b'M', 1, 99],
+        ErrorCode::UnknownStreamKind,
+    )
+    .await;
     by.still_chatting().await;
-
-    let bad = Raw::login(&gw, "mallory", "m-2", 0).await;
-    let mut stream = bad.raw.conn.open_uni().await.expect("open");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\n")
-        .await
-        .expect("write");
-    assert_eq!(bad.raw.closed_with().await, ErrorCode::BadPreamble);
+    closes_with(
+        &gw,
+        "m-2",
+        None,
+        b"GET / HTTP/1.1\r\n",
+        ErrorCode::BadPreamble,
+    )
+    .await;
     by.still_chatting().await;
 
     // A Delivery stream is the server's to open.
