@@ -12,7 +12,7 @@
 //! Through this backend, with the gateway's pattern (32 concurrent callers
 //! appending batches of 16 messages of 200 bytes, each batch durable before
 //! it returns), `cargo run --release -p qim-storage --example
-//! store_throughput` measured ≈ 140k messages/s, and ≈ 110 µs to read an
+//! store_throughput` measured ≈ 125k messages/s, and ≈ 135 µs to read an
 //! inbox head and its last 100 messages.
 //!
 //! # Group commit
