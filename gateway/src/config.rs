@@ -200,6 +200,30 @@ section! {
 }
 
 section! {
+    /// Where messages, sequences and routes live. With neither redis nor cql set, the embedded store under server.data_dir is used (single node). With both, the node joins a cluster: routes, presence, sequence counters and cross-node queues in Redis, messages in ScyllaDB/Cassandra.
+    "store" => Store {
+        /// Redis URL, e.g. "redis://127.0.0.1:6379" (a Redis Cluster: "redis-cluster://host:port?node=host2:port2").
+        redis: Option<String> = None,
+        /// CQL contact points, comma separated, e.g. "127.0.0.1:9042" (ScyllaDB or Cassandra).
+        cql: Option<String> = None,
+        /// CQL keyspace of the messages, created by `qim-gateway migrate`.
+        keyspace: String = "qim".to_owned(),
+    }
+}
+
+section! {
+    /// Cluster membership and routing (only with store.redis and store.cql).
+    "cluster" => Cluster {
+        /// This node's id in the registry; unset: derived from the public address.
+        node_id: Option<String> = None,
+        /// Address clients are sent to for this node ("host:port"); unset: server.public_name and the bound port.
+        advertise: Option<String> = None,
+        /// How the route endpoint picks a node for a user: "consistent-hash", "least-connections", "random" or "round-robin".
+        strategy: String = "consistent-hash".to_owned(),
+    }
+}
+
+section! {
     /// Logging.
     "log" => Log {
         /// tracing filter directives, e.g. "info" or "qim_gateway=debug,info"; RUST_LOG overrides.
@@ -221,6 +245,8 @@ pub struct Config {
     pub quic: Quic,
     pub admin: Admin,
     pub shutdown: Shutdown,
+    pub store: Store,
+    pub cluster: Cluster,
     pub log: Log,
 }
 
@@ -243,6 +269,8 @@ impl Config {
         Quic::write_example(&mut out);
         Admin::write_example(&mut out);
         Shutdown::write_example(&mut out);
+        Store::write_example(&mut out);
+        Cluster::write_example(&mut out);
         Log::write_example(&mut out);
         out
     }
@@ -325,6 +353,17 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert and tls.key go together");
+        }
+        if self.store.redis.is_some() != self.store.cql.is_some() {
+            return invalid("store.redis and store.cql go together (a cluster needs both)");
+        }
+        if !matches!(
+            self.cluster.strategy.as_str(),
+            "consistent-hash" | "least-connections" | "random" | "round-robin"
+        ) {
+            return invalid(
+                "cluster.strategy must be consistent-hash, least-connections, random or round-robin",
+            );
         }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");

@@ -35,6 +35,12 @@ struct Cli {
     /// Data directory (server.data_dir).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Redis URL of the cluster (store.redis).
+    #[arg(long, global = true)]
+    redis: Option<String>,
+    /// CQL contact points of the cluster, comma separated (store.cql).
+    #[arg(long, global = true)]
+    cql: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -85,6 +91,12 @@ impl Cli {
                 "server.data_dir={}",
                 toml_string(&dir.display().to_string())
             ));
+        }
+        if let Some(url) = &self.redis {
+            overrides.push(format!("store.redis={}", toml_string(url)));
+        }
+        if let Some(points) = &self.cql {
+            overrides.push(format!("store.cql={}", toml_string(points)));
         }
         Ok(Config::load(
             self.config.as_deref(),
