@@ -75,7 +75,10 @@ where
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut pause = Duration::from_millis(10);
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
@@ -325,11 +328,7 @@ async fn cql_unreachable_refuses_sends_and_recovers() {
     };
 
     let got = take(&bob, 11).await;
-    let from_alice: Vec<String> = got
-        .iter()
-        .filter(|m| m.from_user == a)
-        .map(text)
-        .collect();
+    let from_alice: Vec<String> = got.iter().filter(|m| m.from_user == a).map(text).collect();
     assert_eq!(
         from_alice,
         (10..20).map(|i| format!("m{i}")).collect::<Vec<_>>(),

@@ -12,7 +12,7 @@
 //!    writes the message at the claimed seq with the claimed id: the gap is
 //!    filled, the seq is not reused.
 //! 3. The new messages of each inbox get consecutive seqs in batch order
-//!    from [`seq`] (Redis counter floored by the CQL high-water mark).
+//!    from `seq.rs` (Redis counter floored by the CQL high-water mark).
 //! 4. Each message claims its key with an LWT (`INSERT ... IF NOT EXISTS`
 //!    at `LOCAL_SERIAL`): of two nodes storing the same resend at once,
 //!    exactly one wins; the loser answers with the winner's message (and
@@ -24,7 +24,7 @@
 //!
 //! # Invariants
 //! - A seq is never issued twice for an inbox, whatever Redis loses (see
-//!   [`seq`] for the argument and its one assumption).
+//!   `seq.rs` for the argument and its one assumption).
 //! - A `(sender, client_msg_id)` is stored at most once, cluster-wide.
 //! - Seqs of an inbox may have gaps (failed writes, races on resends); they
 //!   never go backwards and a batch's messages to one inbox keep its order.
