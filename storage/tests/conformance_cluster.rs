@@ -201,3 +201,93 @@ async fn reads_cross_bucket_boundaries() {
     assert_eq!(page, (start + 4..=start + 8).collect::<Vec<_>>());
     assert_eq!(store.inbox_head(&inbox).await.expect("head"), start + 20);
 }
+
+/// A message whose seq was claimed but whose write failed is stored by the
+/// client's resend: at the claimed seq while the claim is young, at a new
+/// seq once clients may have skipped the empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_stores_a_message_whose_first_write_failed() {
+    use fred::interfaces::KeysInterface as _;
+    use qim_storage::conformance::{message, message_with_id, unique};
+    let backend = Cluster::new();
+    let store = ClusterStore::connect(&backend.options)
+        .await
+        .expect("connect");
+    let redis = store.redis().clone();
+    let (inbox, sender) = (unique("in"), unique("s"));
+    store
+        .append(vec![message(&inbox, &sender, "first")])
+        .await
+        .expect("append");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    // Seq 2 claimed a minute ago, seq 3 just now; neither written.
+    for (seq, id, written) in [
+        (2i64, "lost-old", now_us - 60_000_000),
+        (3, "lost-new", now_us),
+    ] {
+        store
+            .cql_session()
+            .query_unpaged(
+                "INSERT INTO idempotency (sender, client_msg_id, inbox, seq, msg_id) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                (&sender, id, &inbox, seq, format!("{id:0>32}"), written),
+            )
+            .await
+            .expect("claim");
+    }
+    store
+        .cql_session()
+        .query_unpaged(
+            "UPDATE inbox_heads SET reserved = 3 WHERE inbox = ?",
+            (&inbox,),
+        )
+        .await
+        .expect("mark");
+    let prefix = &backend.options.key_prefix;
+    for key in [
+        format!("{prefix}seq:{{{inbox}}}"),
+        format!("{prefix}seqres:{{{inbox}}}"),
+    ] {
+        let _: () = redis.set(key, 3, None, None, false).await.expect("set");
+    }
+
+    let young = store
+        .append(vec![message_with_id(&inbox, &sender, "lost-new", "three")])
+        .await
+        .expect("resend");
+    assert!(young[0].duplicate);
+    assert_eq!(young[0].message.seq, 3, "a young claim is filled in place");
+    let old = store
+        .append(vec![message_with_id(&inbox, &sender, "lost-old", "two")])
+        .await
+        .expect("resend");
+    assert!(old[0].duplicate);
+    assert_eq!(old[0].message.seq, 4, "an old claim moves to a new seq");
+    assert_eq!(
+        old[0].message.message.msg_id,
+        format!("{:0>32}", "lost-old")
+    );
+    let again = store
+        .append(vec![message_with_id(&inbox, &sender, "lost-old", "two")])
+        .await
+        .expect("resend");
+    assert_eq!(again[0].message, old[0].message, "stored once");
+    let read: Vec<(u64, String)> = store
+        .read_inbox(&inbox, 0, 10)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| (m.seq, String::from_utf8_lossy(&m.message.body).into_owned()))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (1, "first".to_owned()),
+            (3, "three".to_owned()),
+            (4, "two".to_owned())
+        ]
+    );
+}

@@ -9,8 +9,10 @@
 //!    (`LOCAL_QUORUM`). A hit is a resend: its stored message is returned
 //!    with `duplicate = true`. If the claim exists but the message row does
 //!    not (the first attempt failed between claim and write), the resend
-//!    writes the message at the claimed seq with the claimed id: the gap is
-//!    filled, the seq is not reused.
+//!    stores the message with the claimed id: at the claimed seq within
+//!    [`FILL_WINDOW_MIN`] of the claim (the gap is filled), else at a new
+//!    seq, moving the claim with an LWT (clients may have skipped the old
+//!    seq by then).
 //! 3. The new messages of each inbox get consecutive seqs in batch order
 //!    from `seq.rs` (Redis counter floored by the CQL high-water mark).
 //! 4. Each message claims its key with an LWT (`INSERT ... IF NOT EXISTS`
@@ -114,7 +116,16 @@ pub struct ClusterStore {
     cql: Arc<Cql>,
     redis: Client,
     seqs: seq::Sequences,
+    /// How long a claimed seq may still receive its message (see
+    /// [`FILL_WINDOW_MIN`]).
+    fill_window: Duration,
 }
+
+/// A claimed seq whose message is missing is filled by a resend only within
+/// this long (or three CQL request timeouts, if longer) of the claim; later
+/// resends get a new seq. Clients skip a gap only after it has been empty
+/// for longer (the SDK's `gap_skip_after`, 30 s).
+pub const FILL_WINDOW_MIN: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for ClusterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,7 +161,13 @@ impl ClusterStore {
             options.key_prefix.clone(),
             options.seq_headroom,
         );
-        Ok(ClusterStore { cql, redis, seqs })
+        let fill_window = FILL_WINDOW_MIN.max(options.cql.request_timeout * 3);
+        Ok(ClusterStore {
+            cql,
+            redis,
+            seqs,
+            fill_window,
+        })
     }
 
     /// The Redis client (shared with the cluster's routing).
@@ -164,7 +181,10 @@ impl ClusterStore {
     }
 
     /// The answer for a resend whose key is claimed: the stored message,
-    /// written now from the resend if the first attempt never wrote it.
+    /// or, if the first attempt never wrote it, the resend written now: at
+    /// the claimed seq while the claim is younger than the fill window, at a
+    /// new seq (the claim moved with an LWT) after that, since by then
+    /// clients may have skipped the empty seq as a permanent gap.
     async fn resend(&self, new: &NewMessage, claim: Claim) -> Result<StoredMessage, StoreError> {
         if let Some(stored) = self.cql.read_one(&claim.inbox, claim.seq).await? {
             return Ok(stored);
@@ -175,10 +195,39 @@ impl ClusterStore {
                 new.sender, new.client_msg_id
             )));
         }
-        let mut fresh = new.clone();
-        fresh.inbox = claim.inbox.clone();
-        let stored = StoredMessage::from_new(fresh, claim.seq, claim.msg_id);
-        tracing::info!(inbox = %stored.inbox, seq = stored.seq, "filling a claimed seq from a resend");
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let age_us = now_us.saturating_sub(claim.written_us);
+        let window_us = i64::try_from(self.fill_window.as_micros()).unwrap_or(i64::MAX);
+        let seq = if age_us < window_us {
+            claim.seq
+        } else {
+            let seq = self.seqs.allocate(&claim.inbox, 1).await?;
+            if !self
+                .cql
+                .move_claim(&new.sender, &new.client_msg_id, claim.seq, seq)
+                .await?
+            {
+                // Another node moved or filled it first; answer from there.
+                let moved = self
+                    .cql
+                    .read_claim(&new.sender, &new.client_msg_id, true)
+                    .await?;
+                if let Some(moved) = moved
+                    && let Some(stored) = self.cql.read_one(&moved.inbox, moved.seq).await?
+                {
+                    return Ok(stored);
+                }
+                return Err(StoreError::Unavailable(format!(
+                    "message {}/{} is being stored by another node",
+                    new.sender, new.client_msg_id
+                )));
+            }
+            seq
+        };
+        let stored = StoredMessage::from_new(new.clone(), seq, claim.msg_id);
+        tracing::info!(inbox = %stored.inbox, seq, "storing a resend whose first write failed");
         self.cql.insert_message(&stored).await?;
         Ok(stored)
     }
@@ -218,6 +267,7 @@ impl ClusterStore {
             inbox: stored.inbox.clone(),
             seq,
             msg_id: stored.message.msg_id.clone(),
+            written_us: 0,
         };
         match self.cql.claim(&m.sender, &m.client_msg_id, &claim).await? {
             None => {

@@ -28,15 +28,18 @@
 //! default), so after a Redis loss counting resumes right after the last
 //! seq handed out. A seq is left unused (a gap in the inbox) only when:
 //! - a message's idempotency claim or write failed after its seq was handed
-//!   out (the store is failing; the send is refused as retryable, and the
-//!   client's resend gets a new seq — unless its claim had landed, in which
-//!   case the resend fills the original seq, see `cluster`),
+//!   out (the store is failing; the send is refused as retryable and the
+//!   client's resend gets a new seq; if the claim had landed, the resend
+//!   fills the claimed seq within the fill window, see `cluster`),
 //! - two nodes raced on the same resend (the loser's seq is unused),
 //! - a node died between raising the mark and allocating, and Redis then
 //!   lost its data, or `headroom > 0` and Redis lost its data (up to
 //!   `headroom` seqs).
 //!
-//! Readers must therefore tolerate gaps.
+//! Readers must therefore tolerate gaps: the gateway's catch-up reads skip
+//! them, and the SDK skips a gap that the server keeps confirming empty for
+//! its `gap_skip_after` (30 s, longer than the fill window), so a permanent
+//! gap never holds back the messages after it.
 //!
 //! # What this does not cover
 //! A Redis that comes back with an *older* counter than it handed out (an

@@ -172,6 +172,9 @@ pub(crate) struct Claim {
     pub(crate) inbox: String,
     pub(crate) seq: u64,
     pub(crate) msg_id: String,
+    /// When the claim's seq was written (microseconds since the epoch, the
+    /// cell's write time); 0 for a claim not read back from CQL.
+    pub(crate) written_us: i64,
 }
 
 /// The prepared statements over one session and keyspace.
@@ -189,6 +192,7 @@ pub(crate) struct Cql {
     claim: PreparedStatement,
     claim_read: PreparedStatement,
     claim_read_serial: PreparedStatement,
+    claim_move: PreparedStatement,
     cursor_save: PreparedStatement,
     cursor_load: PreparedStatement,
 }
@@ -277,15 +281,21 @@ impl Cql {
             )
             .await?,
             claim_read: prepare(
-                "SELECT inbox, seq, msg_id FROM idempotency WHERE sender = ? AND client_msg_id = ?",
+                "SELECT inbox, seq, msg_id, WRITETIME(seq) FROM idempotency WHERE sender = ? AND client_msg_id = ?",
                 LocalQuorum,
                 true,
             )
             .await?,
             claim_read_serial: prepare(
-                "SELECT inbox, seq, msg_id FROM idempotency WHERE sender = ? AND client_msg_id = ?",
+                "SELECT inbox, seq, msg_id, WRITETIME(seq) FROM idempotency WHERE sender = ? AND client_msg_id = ?",
                 LocalSerial,
                 true,
+            )
+            .await?,
+            claim_move: prepare(
+                "UPDATE idempotency USING TTL ? SET seq = ? WHERE sender = ? AND client_msg_id = ? IF seq = ?",
+                LocalQuorum,
+                false,
             )
             .await?,
             cursor_save: prepare(
@@ -515,8 +525,8 @@ impl Cql {
             .await?
             .into_rows_result()
             .map_err(corrupt)?;
-        let Some((inbox, seq, msg_id)) = rows
-            .maybe_first_row::<(Option<String>, Option<i64>, Option<String>)>()
+        let Some((inbox, seq, msg_id, written)) = rows
+            .maybe_first_row::<(Option<String>, Option<i64>, Option<String>, Option<i64>)>()
             .map_err(corrupt)?
         else {
             return Ok(None);
@@ -526,11 +536,36 @@ impl Cql {
                 inbox,
                 seq: seq_from_cql(seq)?,
                 msg_id,
+                written_us: written.unwrap_or(0),
             })),
             _ => Err(corrupt(format!(
                 "incomplete idempotency row {sender}/{client_msg_id}"
             ))),
         }
+    }
+
+    /// Moves the claim of `(sender, client_msg_id)` from seq `from` to
+    /// `to`; false when it no longer points at `from`.
+    pub(crate) async fn move_claim(
+        &self,
+        sender: &str,
+        client_msg_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .exec(
+                &self.claim_move,
+                (
+                    self.ttl,
+                    seq_to_cql(to)?,
+                    sender,
+                    client_msg_id,
+                    seq_to_cql(from)?,
+                ),
+            )
+            .await?;
+        applied(result)
     }
 
     pub(crate) async fn save_cursor(
