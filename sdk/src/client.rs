@@ -127,6 +127,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Received {
     inbox: Inbox,
     queue: VecDeque<IncomingMessage>,
+    /// The gap (by its `after`) the server has confirmed empty, and since
+    /// when; skipped after `gap_skip_after`.
+    empty_gap: Option<(u64, Instant)>,
 }
 
 /// State shared by the handle and the driver, outliving connections.
@@ -144,6 +147,8 @@ struct Shared {
     queue_grew: Notify,
     /// Wakes the delivery reader when the app made room.
     queue_shrank: Notify,
+    /// Wakes the gap watcher when a gap was confirmed empty.
+    gap_confirmed: Notify,
     /// Highest seq the app has taken: what the device acks.
     taken: AtomicU64,
     taken_changed: Notify,
@@ -269,6 +274,7 @@ impl Client {
             received: Mutex::new(Received {
                 inbox: Inbox::new(config.resume_from),
                 queue: VecDeque::new(),
+                empty_gap: None,
             }),
             taken: AtomicU64::new(config.resume_from),
             config,
@@ -280,6 +286,7 @@ impl Client {
             outbox_changed: Notify::new(),
             queue_grew: Notify::new(),
             queue_shrank: Notify::new(),
+            gap_confirmed: Notify::new(),
             taken_changed: Notify::new(),
             closing: watch::Sender::new(false),
             max_body: AtomicU64::new(u64::MAX),
@@ -747,6 +754,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         conn.clone(),
         max_frame,
     ));
+    tasks.spawn(watch_gaps(Arc::clone(shared), conn.clone()));
 
     let mut closing = shared.closing.subscribe();
     let end = tokio::select! {
@@ -1005,6 +1013,72 @@ fn accept(shared: &Shared, message: IncomingMessage) -> Option<(u64, u64)> {
     accepted.gap
 }
 
+/// Records that the server confirmed seqs `(after, empty_up_to]` empty.
+/// Once the same gap has stayed empty for `gap_skip_after`, skips it and
+/// returns the next gap to pull, if any; otherwise returns `None`.
+fn note_empty_gap(shared: &Shared, after: u64, empty_up_to: u64) -> Option<(u64, u64)> {
+    let now = Instant::now();
+    let mut received = lock(&shared.received);
+    match received.empty_gap {
+        Some((since_after, since))
+            if since_after == after
+                && now.duration_since(since) >= shared.config.gap_skip_after =>
+        {
+            warn!(
+                after,
+                up_to = empty_up_to,
+                "skipping inbox seqs the server confirms empty"
+            );
+            received.empty_gap = None;
+            let ready = received.inbox.skip_to(empty_up_to);
+            let grew = !ready.is_empty();
+            received.queue.extend(ready);
+            let next = received.inbox.gap();
+            drop(received);
+            if grew {
+                shared.queue_grew.notify_waiters();
+                shared.queue_grew.notify_one();
+            }
+            next
+        }
+        Some((since_after, _)) if since_after == after => None,
+        _ => {
+            received.empty_gap = Some((after, now));
+            drop(received);
+            shared.gap_confirmed.notify_one();
+            None
+        }
+    }
+}
+
+/// Pulls a gap again once it has been confirmed empty for
+/// `gap_skip_after`, so a gap is skipped even when nothing else arrives.
+async fn watch_gaps(shared: Arc<Shared>, conn: quinn::Connection) -> Result<SessionEnd, Error> {
+    loop {
+        let confirmed = shared.gap_confirmed.notified();
+        let due = lock(&shared.received)
+            .empty_gap
+            .map(|(_, since)| since + shared.config.gap_skip_after);
+        match due {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => {
+                confirmed.await;
+                continue;
+            }
+        }
+        let mut gap = lock(&shared.received).inbox.gap();
+        while let Some((after, up_to)) = gap {
+            gap = pull_gap(&shared, &conn, after, up_to).await?;
+        }
+        // Forget a confirmation that no longer matches the open gap.
+        let mut received = lock(&shared.received);
+        let current = received.inbox.gap().map(|(after, _)| after);
+        if received.empty_gap.map(|(after, _)| after) != current {
+            received.empty_gap = None;
+        }
+    }
+}
+
 /// Fetches missing seqs `(after, up_to]` over an rpc stream; returns the
 /// gap still open afterwards, if the pull made progress.
 async fn pull_gap(
@@ -1033,6 +1107,18 @@ async fn pull_gap(
     send.finish();
     match recv.next::<v1::RpcResponse>().await?.and_then(|r| r.kind) {
         Some(v1::rpc_response::Kind::Sync(sync)) => {
+            // The server has nothing in (after, first returned - 1], or
+            // nothing at all after `after`: the gap is empty for now.
+            let empty_up_to = match sync.entries.first() {
+                Some(first) if first.seq > after + 1 => Some((first.seq - 1).min(up_to)),
+                Some(_) => None,
+                None => Some(up_to),
+            };
+            if let Some(empty_up_to) = empty_up_to
+                && let Some(gap) = note_empty_gap(shared, after, empty_up_to)
+            {
+                return Ok(Some(gap));
+            }
             let mut gap = None;
             let progressed = !sync.entries.is_empty();
             for entry in sync.entries {

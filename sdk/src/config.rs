@@ -69,6 +69,12 @@ pub struct ClientConfig {
     /// Received messages buffered for the app; when full, the client stops
     /// reading and the server holds the rest.
     pub inbox_buffer: usize,
+    /// A gap in the inbox seqs that the server keeps confirming empty for
+    /// this long is skipped. A send whose store write failed after its seq
+    /// was assigned leaves that seq empty forever; without this the messages
+    /// after it would be held back for good. Must be well above the
+    /// server's store timeout, so a write still in flight is never skipped.
+    pub gap_skip_after: Duration,
 }
 
 impl ClientConfig {
@@ -95,6 +101,7 @@ impl ClientConfig {
             reconnect_max: Duration::from_secs(30),
             max_pending_sends: 4096,
             inbox_buffer: 4096,
+            gap_skip_after: Duration::from_secs(30),
         }
     }
 }

@@ -41,6 +41,27 @@ impl Inbox {
         self.released
     }
 
+    /// The gap before the first held message, if any: seqs `(after, up_to]`.
+    pub(crate) fn gap(&self) -> Option<(u64, u64)> {
+        self.held
+            .keys()
+            .next()
+            .map(|&first| (self.released, first - 1))
+    }
+
+    /// Gives up on every seq up to `up_to` (the server has confirmed them
+    /// empty) and releases what is then in order.
+    pub(crate) fn skip_to(&mut self, up_to: u64) -> Vec<IncomingMessage> {
+        self.released = self.released.max(up_to);
+        self.held = self.held.split_off(&(self.released + 1));
+        let mut ready = Vec::new();
+        while let Some(next) = self.held.remove(&(self.released + 1)) {
+            self.released = next.seq;
+            ready.push(next);
+        }
+        ready
+    }
+
     pub(crate) fn accept(&mut self, message: IncomingMessage) -> Accepted {
         let seq = message.seq;
         if seq <= self.released || self.held.contains_key(&seq) {
@@ -57,11 +78,7 @@ impl Inbox {
             self.released = next.seq;
             ready.push(next);
         }
-        let gap = self
-            .held
-            .keys()
-            .next()
-            .map(|&first| (self.released, first - 1));
+        let gap = self.gap();
         Accepted {
             ready,
             gap,
@@ -83,6 +100,22 @@ mod tests {
 
     fn seqs(a: &Accepted) -> Vec<u64> {
         a.ready.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn skipping_a_gap_releases_what_follows_it() {
+        let mut inbox = Inbox::new(3);
+        assert!(inbox.accept(m(6)).ready.is_empty());
+        assert!(inbox.accept(m(7)).ready.is_empty());
+        assert_eq!(inbox.gap(), Some((3, 5)));
+        let ready: Vec<u64> = inbox.skip_to(5).iter().map(|m| m.seq).collect();
+        assert_eq!(ready, [6, 7]);
+        assert_eq!(inbox.released(), 7);
+        assert_eq!(inbox.gap(), None);
+        assert!(
+            inbox.accept(m(4)).duplicate,
+            "a skipped seq that turns up late is dropped"
+        );
     }
 
     #[test]

@@ -8,6 +8,20 @@
 //!   [`StoredMessage`], [`Appended`]).
 //! - [`embedded`]: the default single-node backend, a durable fjall database
 //!   under the data directory with group commit.
+//! - [`cluster`]: [`ClusterStore`], the backend of a gateway cluster:
+//!   per-inbox seq counters in Redis floored by a durable high-water mark,
+//!   messages, idempotency keys and cursors in ScyllaDB/Cassandra.
+//! - [`cql`]: the CQL schema ([`cql::migrate`], run by `qim-gateway
+//!   migrate`), its partition sizing, and the prepared statements.
+//!
+//! # Public API of the cluster backend (stable)
+//! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
+//!   Redis + CQL; [`ClusterStore::redis`] and [`ClusterStore::cql_session`]
+//!   share the connections with routing code.
+//! - [`cluster::connect_redis`]: a `fred` client configured like the
+//!   store's (bounded command timeouts, endless reconnect).
+//! - [`cql::CqlOptions`], [`cql::connect`], [`cql::migrate`],
+//!   [`cql::connect_and_migrate`], [`cql::SCHEMA_VERSION`].
 //! - `conformance` (feature `conformance`): checks every backend must pass,
 //!   run unchanged against each one by [`conformance_tests!`].
 //!
@@ -21,6 +35,8 @@
 
 use async_trait::async_trait;
 
+pub mod cluster;
+pub mod cql;
 pub mod embedded;
 mod error;
 pub mod model;
@@ -28,6 +44,7 @@ pub mod model;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use cluster::ClusterStore;
 pub use error::StoreError;
 pub use model::{Appended, NewMessage, StoredMessage};
 
