@@ -151,7 +151,10 @@ async fn redis_restart_with_data_lost_during_traffic() {
     let gw = cluster_gateway(&redis.url(), &cql_addr).await;
     let (a, b) = (unique("alice"), unique("bob"));
     let alice = gw.client(&a, "alice-phone").await;
-    let bob = gw.client(&b, "bob-phone").await;
+    // Skips a seq lost with Redis quickly (the default waits 30 s).
+    let mut bob_config = gw.client_config(&b, "bob-phone");
+    bob_config.gap_skip_after = Duration::from_millis(500);
+    let bob = qim_sdk::Client::connect(bob_config).await.expect("bob");
     const N: usize = 120;
 
     let (progress_tx, mut progress) = watch::channel(0usize);
@@ -192,10 +195,12 @@ async fn redis_restart_with_data_lost_during_traffic() {
         seqs.windows(2).all(|w| w[0] < w[1]),
         "seqs rise in send order, none reused: {seqs:?}"
     );
-    assert_eq!(
-        seqs,
-        (1..=N as u64).collect::<Vec<_>>(),
-        "counting resumed at the durable mark, without gaps"
+    // A seq may be skipped (Redis died, or a command timed out, after
+    // counting it but before its answer arrived), never reused; counting
+    // resumed at the durable mark, not far beyond it.
+    assert!(
+        *seqs.last().expect("seqs") < 2 * N as u64,
+        "counting resumed at the durable mark: {seqs:?}"
     );
     let got = take(&bob, N).await;
     for (i, m) in got.iter().enumerate() {

@@ -20,7 +20,10 @@
 //! - `outbox`: sends waiting for acks, resent with the same `client_msg_id`
 //!   after an ack timeout and on every reconnect.
 //! - `inbox`: the sans-IO receive order: dedup by seq, release in order,
-//!   report gaps (pulled over an rpc stream).
+//!   report gaps (pulled over an rpc stream). A gap the server keeps
+//!   confirming empty for `ClientConfig::gap_skip_after` is skipped: seqs
+//!   may have permanent holes (a store write that failed after the seq was
+//!   assigned), which must not hold back the messages after them.
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees

@@ -110,8 +110,20 @@ pub(crate) fn up() -> Result<Started> {
         start_redis(&cache)?;
         started.redis = true;
     }
+    let cassandra_pid = read_pid(&cache.join("run/cassandra/cassandra.pid")).filter(|p| alive(*p));
     if cql_ready(CQL_ADDR) {
         println!("cassandra already running at {CQL_ADDR}");
+    } else if let Some(pid) = cassandra_pid {
+        // Started by an earlier `up` that is still starting: wait for it,
+        // do not start a second one (the caller that started it stops it).
+        println!("cassandra starting (pid {pid}); waiting");
+        let log = cache.join("run/cassandra/logs/system.log");
+        wait_for("cassandra", CQL_START_TIMEOUT, || {
+            if !alive(pid) {
+                bail!("cassandra exited during start-up; see {}", log.display());
+            }
+            Ok(cql_ready(CQL_ADDR))
+        })?;
     } else {
         let lib = install_cassandra(&cache)?;
         start_cassandra(&cache, &lib)?;

@@ -32,6 +32,9 @@
 //!   client's resend gets a new seq; if the claim had landed, the resend
 //!   fills the claimed seq within the fill window, see `cluster`),
 //! - two nodes raced on the same resend (the loser's seq is unused),
+//! - Redis died (or the command timed out) after counting an allocation but
+//!   before its answer arrived: the caller cannot know, refuses the send,
+//!   and those seqs stay unused,
 //! - a node died between raising the mark and allocating, and Redis then
 //!   lost its data, or `headroom > 0` and Redis lost its data (up to
 //!   `headroom` seqs).
