@@ -224,6 +224,18 @@ section! {
 }
 
 section! {
+    /// Instant-messaging features: conversations, read state, message operations.
+    "im" => Im {
+        /// Put a copy of every one-to-one message in the sender's own inbox too, so the sender's other devices see what was sent and the sender's conversation list shows it. Doubles the writes per message.
+        sync_sent: bool = false,
+        /// Milliseconds after sending within which a sender may recall a message (RECALL_WINDOW_PASSED after).
+        recall_window_ms: u64 = 120_000,
+        /// Users a message may mention at most.
+        max_mentions: u32 = 50,
+    }
+}
+
+section! {
     /// Logging.
     "log" => Log {
         /// tracing filter directives, e.g. "info" or "qim_gateway=debug,info"; RUST_LOG overrides.
@@ -247,6 +259,7 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub store: Store,
     pub cluster: Cluster,
+    pub im: Im,
     pub log: Log,
 }
 
@@ -271,6 +284,7 @@ impl Config {
         Shutdown::write_example(&mut out);
         Store::write_example(&mut out);
         Cluster::write_example(&mut out);
+        Im::write_example(&mut out);
         Log::write_example(&mut out);
         out
     }

@@ -9,6 +9,9 @@
 //!   heartbeat, chat, ack and rpc streams, each in its own task.
 //! - [`delivery`]: the per-device delivery engine; [`delivery::Window`] is its
 //!   sans-IO core (unacked window, retransmit timers with backoff).
+//! - `conversations`: chat sends as posts (one copy per inbox) and the IM
+//!   rpc requests: conversation list, read state, flags, recall, edit,
+//!   delete-for-me.
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
@@ -28,6 +31,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+mod conversations;
 pub mod delivery;
 pub mod limit;
 pub mod metrics;

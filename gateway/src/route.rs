@@ -80,6 +80,16 @@ impl Feed {
         self.raise_head(seq);
     }
 
+    /// Replaces the ring's copy of a message rewritten in the store
+    /// (recall, edit), so devices served from the ring see the new form.
+    fn replace(&self, message: Arc<StoredMessage>) {
+        let mut recent = lock(&self.recent);
+        let at = recent.partition_point(|m| m.seq < message.seq);
+        if let Some(slot) = recent.get_mut(at).filter(|m| m.seq == message.seq) {
+            *slot = message;
+        }
+    }
+
     /// Up to `max` consecutive messages starting at `seq`, if the ring holds
     /// `seq`; empty otherwise.
     pub(crate) fn recent_from(&self, seq: u64, max: usize) -> Vec<Arc<StoredMessage>> {
@@ -154,6 +164,14 @@ impl Routes {
         let feed = lock(&self.users).get(&message.inbox).cloned();
         if let Some(feed) = feed {
             feed.push(message);
+        }
+    }
+
+    /// Refreshes a rewritten message in its inbox's feed, if online.
+    pub(crate) fn replace(&self, message: Arc<StoredMessage>) {
+        let feed = lock(&self.users).get(&message.inbox).cloned();
+        if let Some(feed) = feed {
+            feed.replace(message);
         }
     }
 

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
-use qim_storage::MessageStore;
 use qim_storage::embedded::EmbeddedStore;
+use qim_storage::{ConversationStore, MessageStore};
 use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -71,6 +71,9 @@ pub enum RunError {
 pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) store: Arc<dyn MessageStore>,
+    /// Conversations and message operations; `None` when the store has none
+    /// (IM requests are then refused with UNSUPPORTED).
+    pub(crate) im: Option<Arc<dyn ConversationStore>>,
     pub(crate) routes: Routes,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tokens: TokenKey,
@@ -132,14 +135,25 @@ pub fn secret_path(config: &Config) -> (PathBuf, bool) {
 impl Gateway {
     /// Opens the embedded store under `server.data_dir` and binds.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
-        let store = EmbeddedStore::open(&config.server.data_dir.join("store"))?;
-        Self::bind_with_store(config, Arc::new(store)).await
+        let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
+        let im: Arc<dyn ConversationStore> = store.clone();
+        Self::bind_with_stores(config, store, Some(im)).await
     }
 
-    /// Binds with a store chosen by the caller.
+    /// Binds with a store chosen by the caller, without IM features.
     pub async fn bind_with_store(
         config: Config,
         store: Arc<dyn MessageStore>,
+    ) -> Result<Gateway, StartError> {
+        Self::bind_with_stores(config, store, None).await
+    }
+
+    /// Binds with a message store and, for IM features, a conversation
+    /// store (usually the same backend).
+    pub async fn bind_with_stores(
+        config: Config,
+        store: Arc<dyn MessageStore>,
+        im: Option<Arc<dyn ConversationStore>>,
     ) -> Result<Gateway, StartError> {
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
@@ -187,6 +201,7 @@ impl Gateway {
         };
         let ctx = Arc::new(Ctx {
             store,
+            im,
             routes: Routes::default(),
             metrics: Arc::new(Metrics::new()),
             tokens,

@@ -619,11 +619,18 @@ impl Streams {
         let now = qim_proto::now_ms();
         let mut verdicts: Vec<Result<String, v1::SendNack>> = Vec::with_capacity(sends.len());
         let mut batch = Vec::with_capacity(sends.len());
-        for send in sends {
+        for mut send in sends {
+            let extras = match crate::conversations::Extras::take(&mut send, &self.ctx) {
+                Ok(extras) => extras,
+                Err((code, message)) => {
+                    verdicts.push(Err(self.nack(send.client_msg_id, code, message)));
+                    continue;
+                }
+            };
             match self.validate(send, now) {
                 Ok(new) => {
                     verdicts.push(Ok(new.client_msg_id.clone()));
-                    batch.push(new);
+                    batch.push((new, extras));
                 }
                 Err(nack) => verdicts.push(Err(nack)),
             }
@@ -632,7 +639,7 @@ impl Streams {
             Ok(Vec::new())
         } else {
             let started = Instant::now();
-            let result = self.ctx.store.append(batch).await;
+            let result = crate::conversations::store(&self.ctx, batch).await;
             self.ctx
                 .metrics
                 .store_latency
@@ -759,6 +766,7 @@ impl Streams {
         }
         let kind = match request.kind {
             Some(rpc_request::Kind::Sync(sync)) => self.sync(sync).await,
+            Some(im) => crate::conversations::rpc(&self.ctx, &self.session.user, im).await,
             None => rpc_response::Kind::Error(v1::RpcError {
                 code: ErrorCode::InvalidArgument as i32,
                 message: "unknown or empty request".into(),

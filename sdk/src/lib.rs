@@ -21,6 +21,9 @@
 //!   after an ack timeout and on every reconnect.
 //! - `inbox`: the sans-IO receive order: dedup by seq, release in order,
 //!   report gaps (pulled over an rpc stream).
+//! - `im`: conversations ([`Conversation`]), read state, recall, edit,
+//!   delete-for-me, replies and mentions; changes from other devices arrive
+//!   as [`Event`]s in the message stream.
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees
@@ -36,6 +39,7 @@
 mod client;
 mod config;
 mod error;
+mod im;
 mod inbox;
 mod outbox;
 
@@ -45,4 +49,5 @@ pub use client::{
 };
 pub use config::{ClientConfig, Platform};
 pub use error::Error;
+pub use im::{Conversation, ConversationPage, Event, MessageExtras, Peer, Quote};
 pub use qim_proto::v1::ErrorCode;

@@ -6,6 +6,9 @@
 //!   needs, not a database.
 //! - [`model`]: the records that cross the trait ([`NewMessage`],
 //!   [`StoredMessage`], [`Appended`]).
+//! - [`conversations`]: [`ConversationStore`], posts with one copy per
+//!   inbox, conversation lists with exact unread counts, read cursors,
+//!   recall, edit and delete-for-me, with the atomicity each backend owes.
 //! - [`embedded`]: the default single-node backend, a durable fjall database
 //!   under the data directory with group commit.
 //! - `conformance` (feature `conformance`): checks every backend must pass,
@@ -21,6 +24,7 @@
 
 use async_trait::async_trait;
 
+pub mod conversations;
 pub mod embedded;
 mod error;
 pub mod model;
@@ -28,6 +32,7 @@ pub mod model;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use conversations::ConversationStore;
 pub use error::StoreError;
 pub use model::{Appended, NewMessage, StoredMessage};
 
