@@ -236,6 +236,16 @@ section! {
 }
 
 section! {
+    /// Groups.
+    "groups" => Groups {
+        /// Groups with more members than this switch from write diffusion (a copy per member inbox) to read diffusion (one group log, pushed to online members, pulled by the rest). The switch is for good.
+        read_diffusion_threshold: u32 = 500,
+        /// Members a group may have at creation.
+        max_members: u32 = 100_000,
+    }
+}
+
+section! {
     /// Logging.
     "log" => Log {
         /// tracing filter directives, e.g. "info" or "qim_gateway=debug,info"; RUST_LOG overrides.
@@ -260,6 +270,7 @@ pub struct Config {
     pub store: Store,
     pub cluster: Cluster,
     pub im: Im,
+    pub groups: Groups,
     pub log: Log,
 }
 
@@ -285,6 +296,7 @@ impl Config {
         Store::write_example(&mut out);
         Cluster::write_example(&mut out);
         Im::write_example(&mut out);
+        Groups::write_example(&mut out);
         Log::write_example(&mut out);
         out
     }
@@ -378,6 +390,9 @@ impl Config {
             return invalid(
                 "cluster.strategy must be consistent-hash, least-connections, random or round-robin",
             );
+        }
+        if self.groups.max_members == 0 {
+            return invalid("groups.max_members must be above 0");
         }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");

@@ -17,6 +17,7 @@ use qim_storage::conversations::{ConversationOp, OpError, PREVIEW_BYTES, Post};
 use qim_storage::{Appended, NewMessage, StoreError, StoredMessage};
 use tracing::{debug, warn};
 
+use crate::groups::GroupRpc;
 use crate::server::Ctx;
 
 /// Conversations per page when the request names no limit.
@@ -74,26 +75,35 @@ impl Extras {
     }
 }
 
+/// A send the store refused (group rules), with its wire code.
+pub(crate) type Refused = (ErrorCode, String);
+
 /// Stores validated sends in order. With a conversation store, each is
 /// posted (addressee's copy first, whose seq is acknowledged; the sender's
-/// own copy when `im.sync_sent`), and copies other than the first are
-/// published here; the caller publishes the returned primary copies.
+/// own copy when `im.sync_sent`; a group's copies resolved by the store),
+/// and copies other than the first are published here; the caller
+/// publishes the returned primary copies.
 pub(crate) async fn store(
     ctx: &Ctx,
     batch: Vec<(NewMessage, Extras)>,
-) -> Result<Vec<Appended>, StoreError> {
+) -> Result<Vec<Result<Appended, Refused>>, StoreError> {
     let Some(im) = &ctx.im else {
-        return ctx
+        let appended = ctx
             .store
             .append(batch.into_iter().map(|(m, _)| m).collect())
-            .await;
+            .await?;
+        return Ok(appended.into_iter().map(Ok).collect());
     };
     let posts = batch
         .into_iter()
         .map(|(m, extras)| {
-            let mut inboxes = vec![m.inbox.clone()];
-            if ctx.config.im.sync_sent && m.sender != m.inbox {
-                inboxes.push(m.sender.clone());
+            let group = matches!(m.to.target, Some(v1::peer::Target::Group(_)));
+            let mut inboxes = Vec::new();
+            if !group {
+                inboxes.push(m.inbox.clone());
+                if ctx.config.im.sync_sent && m.sender != m.inbox {
+                    inboxes.push(m.sender.clone());
+                }
             }
             Post {
                 sender: m.sender,
@@ -113,17 +123,27 @@ pub(crate) async fn store(
     let posted = im.post(posts).await?;
     let mut out = Vec::with_capacity(posted.len());
     for p in posted {
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                out.push(Err(op_error(&e)));
+                continue;
+            }
+        };
         let mut copies = p.copies.into_iter();
         let Some(primary) = copies.next() else {
             return Err(StoreError::Corrupt("a post without copies".into()));
         };
+        if let Some(group) = primary.inbox.strip_prefix('#') {
+            ctx.group_push.publish(group, Arc::new(primary.clone()));
+        }
         for copy in copies {
             ctx.routes.publish(Arc::new(copy));
         }
-        out.push(Appended {
+        out.push(Ok(Appended {
             message: primary,
             duplicate: p.duplicate,
-        });
+        }));
     }
     Ok(out)
 }
@@ -139,6 +159,11 @@ pub(crate) fn op_error(e: &OpError) -> (ErrorCode, String) {
         OpError::NotSender => ErrorCode::PermissionDenied,
         OpError::WindowPassed => ErrorCode::RecallWindowPassed,
         OpError::Recalled => ErrorCode::AlreadyRecalled,
+        OpError::NotAMember => ErrorCode::NotAMember,
+        OpError::Muted => ErrorCode::Muted,
+        OpError::NotAllowed => ErrorCode::PermissionDenied,
+        OpError::Exists => ErrorCode::InvalidArgument,
+        OpError::Dissolved => ErrorCode::NotFound,
         _ => ErrorCode::Internal,
     };
     (code, e.to_string())
@@ -262,6 +287,18 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: rpc_request::Kind) -> rp
         },
         rpc_request::Kind::Sync(_) => {
             return error(ErrorCode::Internal, "sync is not an IM request");
+        }
+        rpc_request::Kind::CreateGroup(r) => {
+            return crate::groups::rpc(ctx, user, GroupRpc::Create(r)).await;
+        }
+        rpc_request::Kind::Group(r) => {
+            return crate::groups::rpc(ctx, user, GroupRpc::Change(r)).await;
+        }
+        rpc_request::Kind::Members(r) => {
+            return crate::groups::rpc(ctx, user, GroupRpc::Members(r)).await;
+        }
+        rpc_request::Kind::GroupSync(r) => {
+            return crate::groups::rpc(ctx, user, GroupRpc::Sync(r)).await;
         }
     };
     match im.apply(op).await {

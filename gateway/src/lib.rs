@@ -12,6 +12,8 @@
 //! - `conversations`: chat sends as posts (one copy per inbox) and the IM
 //!   rpc requests: conversation list, read state, flags, recall, edit,
 //!   delete-for-me.
+//! - `groups`: group requests, and the push of read-diffusion group logs
+//!   to online members (best effort, with nudges and pulls).
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod config;
 mod conversations;
 pub mod delivery;
+mod groups;
 pub mod limit;
 pub mod metrics;
 mod route;

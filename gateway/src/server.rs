@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
 use qim_storage::embedded::EmbeddedStore;
-use qim_storage::{ConversationStore, MessageStore};
+use qim_storage::{ConversationStore, GroupStore, MessageStore};
 use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -74,6 +74,10 @@ pub(crate) struct Ctx {
     /// Conversations and message operations; `None` when the store has none
     /// (IM requests are then refused with UNSUPPORTED).
     pub(crate) im: Option<Arc<dyn ConversationStore>>,
+    /// Groups; `None` when the store has none.
+    pub(crate) groups: Option<Arc<dyn GroupStore>>,
+    /// Pushes of read-diffusion group logs to online members.
+    pub(crate) group_push: crate::groups::GroupPush,
     pub(crate) routes: Routes,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tokens: TokenKey,
@@ -137,7 +141,8 @@ impl Gateway {
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
         let im: Arc<dyn ConversationStore> = store.clone();
-        Self::bind_with_stores(config, store, Some(im)).await
+        let groups: Arc<dyn GroupStore> = store.clone();
+        Self::bind_with_stores(config, store, Some(im), Some(groups)).await
     }
 
     /// Binds with a store chosen by the caller, without IM features.
@@ -145,15 +150,16 @@ impl Gateway {
         config: Config,
         store: Arc<dyn MessageStore>,
     ) -> Result<Gateway, StartError> {
-        Self::bind_with_stores(config, store, None).await
+        Self::bind_with_stores(config, store, None, None).await
     }
 
     /// Binds with a message store and, for IM features, a conversation
-    /// store (usually the same backend).
+    /// store and a group store (usually the same backend).
     pub async fn bind_with_stores(
         config: Config,
         store: Arc<dyn MessageStore>,
         im: Option<Arc<dyn ConversationStore>>,
+        groups: Option<Arc<dyn GroupStore>>,
     ) -> Result<Gateway, StartError> {
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
@@ -202,6 +208,8 @@ impl Gateway {
         let ctx = Arc::new(Ctx {
             store,
             im,
+            groups,
+            group_push: Default::default(),
             routes: Routes::default(),
             metrics: Arc::new(Metrics::new()),
             tokens,

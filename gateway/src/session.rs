@@ -359,6 +359,15 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
             }
         });
         tasks.spawn(async move { read_control(&mut control_recv).await });
+        let _group_push = crate::groups::attach(ctx, session_id, &user, conn.clone()).map(
+            |(guard, push)| {
+                tasks.spawn(async move {
+                    push.await;
+                    StreamEnd::Done
+                });
+                guard
+            },
+        );
 
         let streams = Streams {
             ctx: Arc::clone(ctx),
@@ -661,7 +670,10 @@ impl Streams {
             let kind = match (verdict, &mut stored) {
                 (Err(nack), _) => server_ack::Kind::Nack(nack),
                 (Ok(client_msg_id), Ok(appended)) => match appended.next() {
-                    Some(a) => {
+                    Some(Err((code, message))) => {
+                        server_ack::Kind::Nack(self.nack(client_msg_id, code, &message))
+                    }
+                    Some(Ok(a)) => {
                         self.ctx.metrics.sends.inc();
                         let ack = v1::SendAck {
                             client_msg_id,
@@ -730,10 +742,16 @@ impl Streams {
         }
         let recipient = match send.to.as_ref().and_then(|p| p.target.as_ref()) {
             Some(v1::peer::Target::User(user)) if qim_proto::ids::is_valid_id(user) => user.clone(),
+            Some(v1::peer::Target::Group(group))
+                if self.ctx.groups.is_some() && qim_proto::ids::is_valid_id(group) =>
+            {
+                // The store resolves the members.
+                String::new()
+            }
             Some(v1::peer::Target::Group(_)) => {
                 return Err(refuse(
                     ErrorCode::InvalidRecipient,
-                    "group messaging is not enabled on this server",
+                    "group messaging is not enabled on this server, or the group id is invalid",
                 ));
             }
             _ => {

@@ -82,6 +82,9 @@ pub struct IncomingMessage {
     pub edited_at_ms: i64,
     /// The sender recalled it; the body is gone.
     pub recalled: bool,
+    /// For a read-diffusion group's message: its seq in the group's log
+    /// (`seq` is then 0, the message is not in the inbox).
+    pub group_seq: u64,
 }
 
 impl IncomingMessage {
@@ -109,6 +112,7 @@ impl IncomingMessage {
             mentions_me,
             edited_at_ms: m.edited_at_ms,
             recalled: m.recalled,
+            group_seq: 0,
         }
     }
 
@@ -159,7 +163,7 @@ pub struct Stats {
     pub sends_resent: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -170,12 +174,14 @@ struct Received {
 }
 
 /// State shared by the handle and the driver, outliving connections.
-struct Shared {
-    config: ClientConfig,
+pub(crate) struct Shared {
+    pub(crate) config: ClientConfig,
     endpoint: quinn::Endpoint,
     state: watch::Sender<ConnectionState>,
     last_error: Mutex<Option<Error>>,
-    user_id: Mutex<String>,
+    pub(crate) user_id: Mutex<String>,
+    /// Order and dedup of each read-diffusion group's log.
+    pub(crate) groups: Mutex<std::collections::HashMap<String, Inbox>>,
     outbox: Mutex<Outbox>,
     outbox_changed: Notify,
     send_slots: Arc<Semaphore>,
@@ -325,6 +331,7 @@ impl Client {
             taken_changed: Notify::new(),
             closing: watch::Sender::new(false),
             conn: watch::Sender::new(None),
+            groups: Mutex::new(std::collections::HashMap::new()),
             max_body: AtomicU64::new(u64::MAX),
             max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
             generation: AtomicU64::new(0),
@@ -368,8 +375,7 @@ impl Client {
     }
 
     pub(crate) fn max_frame(&self) -> usize {
-        usize::try_from(self.shared.max_frame.load(Ordering::Relaxed))
-            .unwrap_or(qim_proto::DEFAULT_MAX_FRAME)
+        self.shared.max_frame()
     }
 
     /// The current connection, once there is one.
@@ -397,7 +403,19 @@ impl Client {
         message: OutgoingMessage,
         extras: MessageExtras,
     ) -> Result<SendReceipt, Error> {
+        let to = Peer::User(message.to.clone());
+        self.send_to_peer(to, message, extras).await
+    }
+
+    /// Sends `message` to `to` (`message.to` ignored).
+    pub(crate) async fn send_to_peer(
+        &self,
+        to: Peer,
+        message: OutgoingMessage,
+        extras: MessageExtras,
+    ) -> Result<SendReceipt, Error> {
         let shared = &self.shared;
+        let (Peer::User(to_id) | Peer::Group(to_id)) = &to;
         if *shared.closing.borrow() || *shared.state.borrow() == ConnectionState::Closed {
             return Err(self.last_error().unwrap_or(Error::Closed));
         }
@@ -408,7 +426,7 @@ impl Client {
                 retryable: false,
             });
         }
-        if !qim_proto::ids::is_valid_id(&message.to) {
+        if !qim_proto::ids::is_valid_id(to_id) {
             return Err(Error::Rejected {
                 code: ErrorCode::InvalidRecipient,
                 message: "recipient is not a valid user id".into(),
@@ -435,9 +453,7 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         let mut send = v1::Send {
             client_msg_id: client_msg_id.clone(),
-            to: Some(v1::Peer {
-                target: Some(v1::peer::Target::User(message.to)),
-            }),
+            to: Some(to.to_wire()),
             body: message.body.into(),
             kind: message.kind,
             ..Default::default()
@@ -1063,6 +1079,10 @@ async fn read_deliveries(
         let Some(deliver) = recv.next::<v1::Deliver>().await? else {
             return Err(Error::Network("delivery stream ended".into()));
         };
+        if !deliver.group.is_empty() {
+            crate::groups::on_deliver(&shared, &conn, deliver).await?;
+            continue;
+        }
         if deliver.attempt > 0 {
             shared.retransmits.fetch_add(1, Ordering::Relaxed);
         }
@@ -1079,6 +1099,23 @@ async fn read_deliveries(
             // until the gap is closed or the server has nothing more.
             gap = pull_gap(&shared, &conn, after, up_to).await?;
         }
+    }
+}
+
+/// Hands messages, already in order, to the app's queue.
+pub(crate) fn push_ready(shared: &Shared, ready: Vec<IncomingMessage>) {
+    if ready.is_empty() {
+        return;
+    }
+    lock(&shared.received).queue.extend(ready);
+    shared.queue_grew.notify_waiters();
+    shared.queue_grew.notify_one();
+}
+
+impl Shared {
+    pub(crate) fn max_frame(&self) -> usize {
+        usize::try_from(self.max_frame.load(Ordering::Relaxed))
+            .unwrap_or(qim_proto::DEFAULT_MAX_FRAME)
     }
 }
 

@@ -227,6 +227,10 @@ pub struct Conversation {
     pub muted: bool,
     /// Server time of the last activity.
     pub updated_ms: i64,
+    /// Read-diffusion groups: read up to this seq of the group's log.
+    pub group_read_seq: u64,
+    /// Read-diffusion groups: the newest seq of the group's log.
+    pub group_head: u64,
 }
 
 impl Conversation {
@@ -242,6 +246,8 @@ impl Conversation {
             pinned: c.pinned,
             muted: c.muted,
             updated_ms: c.updated_ms,
+            group_read_seq: c.group_read_seq,
+            group_head: c.group_head,
         }
     }
 }

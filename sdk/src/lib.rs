@@ -24,6 +24,8 @@
 //! - `im`: conversations ([`Conversation`]), read state, recall, edit,
 //!   delete-for-me, replies and mentions; changes from other devices arrive
 //!   as [`Event`]s in the message stream.
+//! - `groups`: create and change groups, members, sends to groups, and the
+//!   receive side of read-diffusion groups (per-group order, pulls).
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees
@@ -39,6 +41,7 @@
 mod client;
 mod config;
 mod error;
+mod groups;
 mod im;
 mod inbox;
 mod outbox;
@@ -49,5 +52,6 @@ pub use client::{
 };
 pub use config::{ClientConfig, Platform};
 pub use error::Error;
+pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
 pub use im::{Conversation, ConversationPage, Event, MessageExtras, Peer, Quote};
 pub use qim_proto::v1::ErrorCode;

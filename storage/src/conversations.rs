@@ -232,16 +232,38 @@ pub enum OpError {
     /// The message was recalled already.
     #[error("the message was recalled")]
     Recalled,
+    /// The user is not a member of the group.
+    #[error("not a member of the group")]
+    NotAMember,
+    /// The sender is muted in the group (or the whole group is).
+    #[error("muted in this group")]
+    Muted,
+    /// The user's role does not allow this.
+    #[error("not allowed for this role")]
+    NotAllowed,
+    /// The group id is taken.
+    #[error("the group exists already")]
+    Exists,
+    /// The group was dissolved.
+    #[error("the group was dissolved")]
+    Dissolved,
 }
 
 /// Conversations, read state and message operations (see the module docs
 /// for the contract every backend keeps).
 #[async_trait]
 pub trait ConversationStore: Send + Sync + 'static {
-    /// Posts a batch in order; one [`Posted`] per input once all are
-    /// durable. Each copy's conversation record is updated in the same
-    /// write.
-    async fn post(&self, batch: Vec<Post>) -> Result<Vec<Posted>, StoreError>;
+    /// Posts a batch in order; one result per input once all are durable.
+    /// Each copy's conversation record is updated in the same write.
+    ///
+    /// A post to a group with no `inboxes` is resolved against the group in
+    /// the same write (so membership changes and mode switches are
+    /// serialised with it): refused with [`OpError::NotAMember`],
+    /// [`OpError::Muted`], [`OpError::NotAllowed`] (`@all` by a member) or
+    /// [`OpError::Dissolved`]; otherwise copied to every member's inbox (the
+    /// sender's first) while the group is in write diffusion, or appended
+    /// once to the group's log (inbox [`group_log`]) in read diffusion.
+    async fn post(&self, batch: Vec<Post>) -> Result<Vec<Result<Posted, OpError>>, StoreError>;
 
     /// A page of `user`'s conversation list after `after` (empty: from the
     /// start), at most `limit` entries.
@@ -279,6 +301,12 @@ pub fn user(id: &str) -> v1::Peer {
     v1::Peer {
         target: Some(v1::peer::Target::User(id.to_owned())),
     }
+}
+
+/// The inbox name of a group's log in read diffusion: `#` and the group
+/// id (user ids never contain `#`).
+pub fn group_log(group: &str) -> String {
+    format!("#{group}")
 }
 
 /// A group peer.

@@ -77,6 +77,9 @@ enum Op {
 #[path = "embedded_im.rs"]
 mod im;
 
+#[path = "embedded_groups.rs"]
+mod groups;
+
 #[derive(Clone)]
 struct Tables {
     db: Database,
@@ -87,6 +90,9 @@ struct Tables {
     conv_order: Keyspace,
     conv_msgs: Keyspace,
     msg_ids: Keyspace,
+    groups: Keyspace,
+    members: Keyspace,
+    user_groups: Keyspace,
 }
 
 /// A durable single-node store in a directory.
@@ -125,6 +131,9 @@ impl EmbeddedStore {
             conv_order: keyspace("conv_order").map_err(unavailable)?,
             conv_msgs: keyspace("conv_msgs").map_err(unavailable)?,
             msg_ids: keyspace("msg_ids").map_err(unavailable)?,
+            groups: keyspace("groups").map_err(unavailable)?,
+            members: keyspace("members").map_err(unavailable)?,
+            user_groups: keyspace("user_groups").map_err(unavailable)?,
             db,
         };
         let (ops, rx) = mpsc::channel(QUEUE);

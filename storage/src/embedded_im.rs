@@ -24,13 +24,14 @@ use prost::Message as _;
 use qim_proto::v1;
 use tokio::sync::oneshot;
 
+use super::groups::{load_group, load_member};
 use super::{
     EmbeddedStore, Op, Writer, check_key_part, decode_message, idempotency_key, message_key,
     prefixed, read_head, split_message_key, unavailable,
 };
 use crate::conversations::{
     Applied, ConversationOp, ConversationPage, ConversationStore, OpError, Post, Posted,
-    conversation_of, peer_key, preview,
+    conversation_of, group_log, peer_key, preview,
 };
 use crate::model::new_msg_id;
 use crate::{StoreError, StoredMessage};
@@ -38,12 +39,20 @@ use crate::{StoreError, StoredMessage};
 /// Conversations returned per page at most.
 const MAX_PAGE: usize = 500;
 
-type PostReply = oneshot::Sender<Result<Vec<Posted>, StoreError>>;
+type PostReply = oneshot::Sender<Result<Vec<Result<Posted, OpError>>, StoreError>>;
+type GroupReply = oneshot::Sender<Result<v1::GroupInfo, OpError>>;
 
 /// A request for the writer thread.
 pub(super) enum Request {
     Post(Vec<Post>, PostReply),
     Apply(ConversationOp, oneshot::Sender<Result<Applied, OpError>>),
+    Group {
+        group: String,
+        by: String,
+        op: crate::groups::GroupOp,
+        threshold: u32,
+        reply: GroupReply,
+    },
 }
 
 impl Request {
@@ -55,17 +64,20 @@ impl Request {
             Request::Apply(_, reply) => {
                 let _ = reply.send(Err(OpError::Store(error)));
             }
+            Request::Group { reply, .. } => {
+                let _ = reply.send(Err(OpError::Store(error)));
+            }
         }
     }
 }
 
-fn conv_key(user: &str, convkey: &str) -> Vec<u8> {
+pub(super) fn conv_key(user: &str, convkey: &str) -> Vec<u8> {
     let mut key = prefixed(user, convkey.len());
     key.extend_from_slice(convkey.as_bytes());
     key
 }
 
-fn order_key(user: &str, conv: &v1::Conversation, convkey: &str) -> Vec<u8> {
+pub(super) fn order_key(user: &str, conv: &v1::Conversation, convkey: &str) -> Vec<u8> {
     let mut key = prefixed(user, 9 + convkey.len());
     key.push(if conv.pinned { 0 } else { 1 });
     key.extend_from_slice(&(!conv.last_seq).to_be_bytes());
@@ -141,6 +153,20 @@ impl Writer {
                     let result = match &self.failed {
                         Some(reason) => Err(OpError::Store(StoreError::Failed(reason.clone()))),
                         None => self.apply_op(op),
+                    };
+                    let _ = reply.send(result);
+                }
+                Request::Group {
+                    group,
+                    by,
+                    op,
+                    threshold,
+                    reply,
+                } => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    let result = match &self.failed {
+                        Some(reason) => Err(OpError::Store(StoreError::Failed(reason.clone()))),
+                        None => self.group_op(&group, &by, op, threshold),
                     };
                     let _ = reply.send(result);
                 }
@@ -221,7 +247,7 @@ impl Writer {
             let mut out = Vec::with_capacity(batch.len());
             for post in batch {
                 match self.stage_post(&mut stage, &mut pending, post) {
-                    Ok(posted) => out.push(posted),
+                    Ok(result) => out.push(result),
                     Err(e) => {
                         failure = Some(e);
                         break;
@@ -257,21 +283,13 @@ impl Writer {
         stage: &mut Stage,
         pending: &mut HashMap<Vec<u8>, Posted>,
         post: Post,
-    ) -> Result<Posted, StoreError> {
+    ) -> Result<Result<Posted, OpError>, StoreError> {
         check_key_part(&post.sender)?;
-        if post.inboxes.is_empty() {
-            return Err(StoreError::Invalid(
-                "a post needs at least one inbox".into(),
-            ));
-        }
-        for inbox in &post.inboxes {
-            check_key_part(inbox)?;
-        }
         let idem_key = idempotency_key(&post.sender, &post.client_msg_id);
         if let Some(original) = pending.get(&idem_key) {
             let mut original = original.clone();
             original.duplicate = true;
-            return Ok(original);
+            return Ok(Ok(original));
         }
         if let Some(msg_key) = self
             .tables
@@ -280,10 +298,20 @@ impl Writer {
             .map_err(unavailable)?
         {
             let copies = self.copies_of_key(&msg_key)?;
-            return Ok(Posted {
+            return Ok(Ok(Posted {
                 copies,
                 duplicate: true,
-            });
+            }));
+        }
+        let mut post = post;
+        if post.inboxes.is_empty() {
+            match self.group_inboxes(&post)? {
+                Ok(inboxes) => post.inboxes = inboxes,
+                Err(refused) => return Ok(Err(refused)),
+            }
+        }
+        for inbox in &post.inboxes {
+            check_key_part(inbox)?;
         }
         let msg_id = new_msg_id(post.server_time_ms);
         let message = post.to_message(msg_id.clone());
@@ -319,7 +347,7 @@ impl Writer {
             duplicate: false,
         };
         pending.insert(idem_key, posted.clone());
-        Ok(posted)
+        Ok(Ok(posted))
     }
 
     /// Every copy of the message stored under `msg_key` (the primary).
@@ -389,6 +417,10 @@ impl Writer {
     /// Records a new copy in its owner's conversation.
     fn touch(&self, stage: &mut Stage, stored: &StoredMessage) -> Result<(), StoreError> {
         let owner = &stored.inbox;
+        if owner.starts_with('#') {
+            // A group log has no conversations of its own.
+            return Ok(());
+        }
         let peer = conversation_of(owner, &stored.message);
         let unread = counts_as_unread(owner, &stored.message);
         let convkey = peer_key(&peer).ok_or_else(|| StoreError::Invalid("empty peer".into()))?;
@@ -478,6 +510,21 @@ impl Writer {
                 now_ms,
             } => {
                 check_key_part(&user)?;
+                if let Some(v1::peer::Target::Group(group)) = conversation.target.as_ref() {
+                    if let Some(info) = load_group(&self.tables.groups, group)? {
+                        if info.read_diffusion {
+                            let group = group.clone();
+                            return self.mark_group_read(
+                                stage,
+                                &user,
+                                &group,
+                                conversation,
+                                up_to_seq,
+                                now_ms,
+                            );
+                        }
+                    }
+                }
                 let convkey = peer_key(&conversation).ok_or(OpError::NotFound)?;
                 let Some(conv) = self.conv(stage, &user, &conversation, false)? else {
                     return Err(OpError::NotFound);
@@ -632,6 +679,63 @@ impl Writer {
                 })
             }
         }
+    }
+
+    /// `mark_read` of a read-diffusion group: `up_to_seq` is a seq of the
+    /// group's log; every write-diffused message before the switch counts as
+    /// read too.
+    fn mark_group_read(
+        &mut self,
+        stage: &mut Stage,
+        user: &str,
+        group: &str,
+        conversation: v1::Peer,
+        up_to_seq: u64,
+        now_ms: i64,
+    ) -> Result<Applied, OpError> {
+        let Some(member) = load_member(&self.tables.members, group, user)? else {
+            return Err(OpError::NotAMember);
+        };
+        let log = group_log(group);
+        let head = match self.heads.get(&log) {
+            Some(h) => *h,
+            None => read_head(&self.tables.messages, &log)?,
+        };
+        let Some(conv) = self.conv(stage, user, &conversation, true)? else {
+            return Err(OpError::NotFound);
+        };
+        let read = conv
+            .conv
+            .group_read_seq
+            .max(up_to_seq.min(head))
+            .max(member.joined_seq);
+        let changed = read != conv.conv.group_read_seq || conv.conv.unread != 0;
+        conv.conv.group_read_seq = read;
+        conv.conv.read_seq = conv.conv.last_seq;
+        conv.conv.unread = 0;
+        let mut snapshot = conv.conv.clone();
+        let unread = count_log_unread(&self.tables.messages, &log, user, read)?;
+        snapshot.unread = unread;
+        snapshot.group_head = head;
+        if !changed {
+            stage.convs.clear();
+            return Ok(Applied {
+                conversation: Some(snapshot),
+                ..Applied::default()
+            });
+        }
+        let event = v1::inbox_event::Kind::Read(v1::ReadState {
+            conversation: Some(conversation),
+            read_seq: read,
+            unread,
+        });
+        let stored = self.stage_event(stage, user, user, event, now_ms)?;
+        Ok(Applied {
+            event_seq: stored.seq,
+            events: vec![stored],
+            conversation: Some(snapshot),
+            ..Applied::default()
+        })
     }
 
     /// Marks the copy at `seq` as no longer unread (recalled or deleted),
@@ -837,6 +941,63 @@ impl Rewrite {
     }
 }
 
+/// Messages of a group log after `after` that count as unread for `user`.
+fn count_log_unread(
+    messages: &fjall::Keyspace,
+    log: &str,
+    user: &str,
+    after: u64,
+) -> Result<u32, StoreError> {
+    let Some(first) = after.checked_add(1) else {
+        return Ok(0);
+    };
+    let mut n: u32 = 0;
+    for guard in messages.range(message_key(log, first)..=message_key(log, u64::MAX)) {
+        let (_, value) = guard.into_inner().map_err(unavailable)?;
+        let m =
+            v1::Message::decode(value.as_ref()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if counts_as_unread(user, &m) {
+            n = n.saturating_add(1);
+        }
+    }
+    Ok(n)
+}
+
+impl EmbeddedStore {
+    /// Completes a read-diffusion group's conversation from its log: the
+    /// log's unread messages, head and newest message.
+    fn fill_group(&self, user: &str, conv: &mut v1::Conversation) -> Result<(), StoreError> {
+        let Some(v1::peer::Target::Group(group)) =
+            conv.peer.as_ref().and_then(|p| p.target.as_ref())
+        else {
+            return Ok(());
+        };
+        let Some(info) = load_group(&self.tables.groups, group)? else {
+            return Ok(());
+        };
+        if !info.read_diffusion {
+            return Ok(());
+        }
+        let joined =
+            load_member(&self.tables.members, group, user)?.map_or(u64::MAX, |m| m.joined_seq);
+        let log = group_log(group);
+        let head = read_head(&self.tables.messages, &log)?;
+        let after = conv.group_read_seq.max(joined);
+        conv.unread =
+            conv.unread
+                .saturating_add(count_log_unread(&self.tables.messages, &log, user, after)?);
+        conv.group_head = head;
+        if head > joined && head > 0 {
+            let key = message_key(&log, head);
+            if let Some(value) = self.tables.messages.get(&key).map_err(unavailable)? {
+                let m = decode_message(&log, &key, &value)?;
+                conv.last_message = Some(preview(&m.message));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn load_conv(
     conversations: &fjall::Keyspace,
     user: &str,
@@ -855,7 +1016,7 @@ fn load_conv(
 
 #[async_trait]
 impl ConversationStore for EmbeddedStore {
-    async fn post(&self, batch: Vec<Post>) -> Result<Vec<Posted>, StoreError> {
+    async fn post(&self, batch: Vec<Post>) -> Result<Vec<Result<Posted, OpError>>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -893,7 +1054,8 @@ impl ConversationStore for EmbeddedStore {
                 .get(9..)
                 .and_then(|k| std::str::from_utf8(k).ok())
                 .ok_or_else(|| StoreError::Corrupt("bad conversation order key".into()))?;
-            if let Some(conv) = load_conv(&self.tables.conversations, user, convkey)? {
+            if let Some(mut conv) = load_conv(&self.tables.conversations, user, convkey)? {
+                self.fill_group(user, &mut conv)?;
                 page.conversations.push(conv);
             }
             last = suffix.to_vec();
@@ -911,7 +1073,22 @@ impl ConversationStore for EmbeddedStore {
             return Ok(None);
         };
         check_key_part(&convkey)?;
-        load_conv(&self.tables.conversations, user, &convkey)
+        let mut conv = load_conv(&self.tables.conversations, user, &convkey)?;
+        if conv.is_none() && matches!(peer.target, Some(v1::peer::Target::Group(_))) {
+            // A read-diffusion group the member has not touched yet.
+            if let Some(v1::peer::Target::Group(g)) = &peer.target {
+                if load_member(&self.tables.members, g, user)?.is_some() {
+                    conv = Some(v1::Conversation {
+                        peer: Some(peer.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        if let Some(conv) = conv.as_mut() {
+            self.fill_group(user, conv)?;
+        }
+        Ok(conv)
     }
 
     async fn apply(&self, op: ConversationOp) -> Result<Applied, OpError> {

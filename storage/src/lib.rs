@@ -9,6 +9,8 @@
 //! - [`conversations`]: [`ConversationStore`], posts with one copy per
 //!   inbox, conversation lists with exact unread counts, read cursors,
 //!   recall, edit and delete-for-me, with the atomicity each backend owes.
+//! - [`groups`]: [`GroupStore`], members, roles, mutes, and the switch
+//!   from write to read diffusion.
 //! - [`embedded`]: the default single-node backend, a durable fjall database
 //!   under the data directory with group commit.
 //! - `conformance` (feature `conformance`): checks every backend must pass,
@@ -27,6 +29,7 @@ use async_trait::async_trait;
 pub mod conversations;
 pub mod embedded;
 mod error;
+pub mod groups;
 pub mod model;
 
 #[cfg(feature = "conformance")]
@@ -34,6 +37,7 @@ pub mod conformance;
 
 pub use conversations::ConversationStore;
 pub use error::StoreError;
+pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 
 /// Messages, inboxes, idempotency keys and delivery cursors.
