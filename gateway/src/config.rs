@@ -232,6 +232,8 @@ section! {
         recall_window_ms: u64 = 120_000,
         /// Users a message may mention at most.
         max_mentions: u32 = 50,
+        /// Who may message whom one to one: "allow" (anyone not blocked) or "friends" (NOT_FRIENDS otherwise).
+        direct_policy: String = "allow".to_owned(),
     }
 }
 
@@ -390,6 +392,9 @@ impl Config {
             return invalid(
                 "cluster.strategy must be consistent-hash, least-connections, random or round-robin",
             );
+        }
+        if !matches!(self.im.direct_policy.as_str(), "allow" | "friends") {
+            return invalid("im.direct_policy must be allow or friends");
         }
         if self.groups.max_members == 0 {
             return invalid("groups.max_members must be above 0");

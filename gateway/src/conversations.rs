@@ -94,7 +94,25 @@ pub(crate) async fn store(
             .await?;
         return Ok(appended.into_iter().map(Ok).collect());
     };
-    let posts = batch
+    // One-to-one sends pass the contact policy first.
+    let mut verdicts: Vec<Option<Refused>> = Vec::with_capacity(batch.len());
+    let mut passed = Vec::with_capacity(batch.len());
+    for (m, extras) in batch {
+        let group = matches!(m.to.target, Some(v1::peer::Target::Group(_)));
+        let verdict = if group {
+            Ok(())
+        } else {
+            crate::contacts::check_direct(ctx, &m.sender, &m.inbox).await
+        };
+        match verdict {
+            Ok(()) => {
+                verdicts.push(None);
+                passed.push((m, extras));
+            }
+            Err(refused) => verdicts.push(Some(refused)),
+        }
+    }
+    let posts: Vec<Post> = passed
         .into_iter()
         .map(|(m, extras)| {
             let group = matches!(m.to.target, Some(v1::peer::Target::Group(_)));
@@ -120,9 +138,21 @@ pub(crate) async fn store(
             }
         })
         .collect();
-    let posted = im.post(posts).await?;
-    let mut out = Vec::with_capacity(posted.len());
-    for p in posted {
+    let posted = if posts.is_empty() {
+        Vec::new()
+    } else {
+        im.post(posts).await?
+    };
+    let mut out = Vec::with_capacity(verdicts.len());
+    let mut posted = posted.into_iter();
+    for verdict in verdicts {
+        if let Some(refused) = verdict {
+            out.push(Err(refused));
+            continue;
+        }
+        let Some(p) = posted.next() else {
+            return Err(StoreError::Corrupt("fewer post results than posts".into()));
+        };
         let p = match p {
             Ok(p) => p,
             Err(e) => {
@@ -164,6 +194,7 @@ pub(crate) fn op_error(e: &OpError) -> (ErrorCode, String) {
         OpError::NotAllowed => ErrorCode::PermissionDenied,
         OpError::Exists => ErrorCode::InvalidArgument,
         OpError::Dissolved => ErrorCode::NotFound,
+        OpError::Blocked => ErrorCode::Blocked,
         _ => ErrorCode::Internal,
     };
     (code, e.to_string())
@@ -300,6 +331,7 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: rpc_request::Kind) -> rp
         rpc_request::Kind::GroupSync(r) => {
             return crate::groups::rpc(ctx, user, GroupRpc::Sync(r)).await;
         }
+        rpc_request::Kind::Contacts(r) => return crate::contacts::rpc(ctx, user, r).await,
     };
     match im.apply(op).await {
         Ok(applied) => {

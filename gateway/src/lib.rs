@@ -12,6 +12,8 @@
 //! - `conversations`: chat sends as posts (one copy per inbox) and the IM
 //!   rpc requests: conversation list, read state, flags, recall, edit,
 //!   delete-for-me.
+//! - `contacts`: friend requests, friends, blocks, and the direct-message
+//!   policy checked on every one-to-one send.
 //! - `groups`: group requests, and the push of read-diffusion group logs
 //!   to online members (best effort, with nudges and pulls).
 //! - `route`: in-process routes (online users, sessions per device, a feed
@@ -33,6 +35,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+mod contacts;
 mod conversations;
 pub mod delivery;
 mod groups;
@@ -44,4 +47,4 @@ mod session;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{Gateway, RunError, StartError, StartInfo};
+pub use server::{Gateway, ImStores, RunError, StartError, StartInfo};

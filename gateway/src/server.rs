@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
 use qim_storage::embedded::EmbeddedStore;
-use qim_storage::{ConversationStore, GroupStore, MessageStore};
+use qim_storage::{ContactStore, ConversationStore, GroupStore, MessageStore};
 use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -67,6 +67,17 @@ pub enum RunError {
     StoreFailed(String),
 }
 
+/// The stores behind IM features; a backend usually implements all three.
+#[derive(Clone)]
+pub struct ImStores {
+    /// Conversations, read state, message operations.
+    pub conversations: Arc<dyn ConversationStore>,
+    /// Groups.
+    pub groups: Arc<dyn GroupStore>,
+    /// Friends and blocks.
+    pub contacts: Arc<dyn ContactStore>,
+}
+
 /// State shared by every connection of this gateway.
 pub(crate) struct Ctx {
     pub(crate) config: Config,
@@ -76,6 +87,8 @@ pub(crate) struct Ctx {
     pub(crate) im: Option<Arc<dyn ConversationStore>>,
     /// Groups; `None` when the store has none.
     pub(crate) groups: Option<Arc<dyn GroupStore>>,
+    /// Friends and blocks; `None` when the store has none.
+    pub(crate) contacts: Option<Arc<dyn ContactStore>>,
     /// Pushes of read-diffusion group logs to online members.
     pub(crate) group_push: crate::groups::GroupPush,
     pub(crate) routes: Routes,
@@ -140,9 +153,12 @@ impl Gateway {
     /// Opens the embedded store under `server.data_dir` and binds.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
-        let im: Arc<dyn ConversationStore> = store.clone();
-        let groups: Arc<dyn GroupStore> = store.clone();
-        Self::bind_with_stores(config, store, Some(im), Some(groups)).await
+        let im = ImStores {
+            conversations: store.clone(),
+            groups: store.clone(),
+            contacts: store.clone(),
+        };
+        Self::bind_with_stores(config, store, Some(im)).await
     }
 
     /// Binds with a store chosen by the caller, without IM features.
@@ -150,17 +166,20 @@ impl Gateway {
         config: Config,
         store: Arc<dyn MessageStore>,
     ) -> Result<Gateway, StartError> {
-        Self::bind_with_stores(config, store, None, None).await
+        Self::bind_with_stores(config, store, None).await
     }
 
-    /// Binds with a message store and, for IM features, a conversation
-    /// store and a group store (usually the same backend).
+    /// Binds with a message store and, for IM features, the IM stores
+    /// (usually the same backend).
     pub async fn bind_with_stores(
         config: Config,
         store: Arc<dyn MessageStore>,
-        im: Option<Arc<dyn ConversationStore>>,
-        groups: Option<Arc<dyn GroupStore>>,
+        im: Option<ImStores>,
     ) -> Result<Gateway, StartError> {
+        let (conversations, groups, contacts) = match im {
+            Some(s) => (Some(s.conversations), Some(s.groups), Some(s.contacts)),
+            None => (None, None, None),
+        };
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
@@ -207,8 +226,9 @@ impl Gateway {
         };
         let ctx = Arc::new(Ctx {
             store,
-            im,
+            im: conversations,
             groups,
+            contacts,
             group_push: Default::default(),
             routes: Routes::default(),
             metrics: Arc::new(Metrics::new()),

@@ -428,3 +428,135 @@ async fn replies_quote_and_mentions_are_flagged_for_the_mentioned() {
     assert!(!take(&bob, 1).await[0].mentions_me);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friend_requests_blocks_and_the_friends_only_policy() {
+    let gw = TestGateway::start_with(|c| c.im.direct_policy = "friends".into()).await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let bob = gw.client("bob", "bob-phone").await;
+    let code = |e: qim_sdk::Error| match e {
+        qim_sdk::Error::Rejected {
+            code, retryable, ..
+        } => (code, retryable),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let err = alice
+        .send("bob".into(), "hi stranger".into())
+        .await
+        .expect_err("not friends");
+    assert_eq!(code(err), (ErrorCode::NotFriends, false));
+
+    let mine = alice
+        .request_friend("bob".into(), "it's alice from work".into())
+        .await
+        .expect("request");
+    assert_eq!(mine.outgoing, ["bob"]);
+    let event = take(&bob, 1).await.remove(0);
+    assert_eq!(
+        event.event,
+        Some(Event::FriendRequest {
+            from: "alice".into(),
+            message: "it's alice from work".into()
+        })
+    );
+    let pending = bob.contacts().await.expect("contacts");
+    assert_eq!(pending.incoming.len(), 1);
+    assert_eq!(
+        (
+            pending.incoming[0].user.as_str(),
+            pending.incoming[0].message.as_str()
+        ),
+        ("alice", "it's alice from work")
+    );
+    let accepted = bob.accept_friend("alice".into()).await.expect("accept");
+    assert_eq!(accepted.friends, ["alice"]);
+    assert_eq!(
+        take(&alice, 1).await.remove(0).event,
+        Some(Event::FriendResponse {
+            from: "bob".into(),
+            accepted: true
+        })
+    );
+    assert_eq!(alice.contacts().await.expect("contacts").friends, ["bob"]);
+    alice
+        .send("bob".into(), "hi friend".into())
+        .await
+        .expect("friends may write");
+    assert_eq!(text(&take(&bob, 1).await[0]), "hi friend");
+
+    // A rejected request leaves no friendship.
+    let carol = gw.client("carol", "carol-phone").await;
+    carol
+        .request_friend("bob".into(), "hello?".into())
+        .await
+        .expect("request");
+    take(&bob, 1).await;
+    let after = bob.reject_friend("carol".into()).await.expect("reject");
+    assert!(after.incoming.is_empty() && !after.friends.contains(&"carol".to_owned()));
+    assert_eq!(
+        take(&carol, 1).await.remove(0).event,
+        Some(Event::FriendResponse {
+            from: "bob".into(),
+            accepted: false
+        })
+    );
+    let err = bob
+        .accept_friend("carol".into())
+        .await
+        .expect_err("nothing to accept");
+    assert_eq!(code(err).0, ErrorCode::NotFound);
+
+    // Blocking refuses the blocked user's messages, typed, and ends the friendship.
+    let blocked = bob.block("alice".into()).await.expect("block");
+    assert_eq!(blocked.blocked, ["alice"]);
+    assert!(blocked.friends.is_empty());
+    let err = alice
+        .send("bob".into(), "are you there?".into())
+        .await
+        .expect_err("blocked");
+    assert_eq!(code(err), (ErrorCode::Blocked, false));
+    let err = alice
+        .request_friend("bob".into(), "again".into())
+        .await
+        .expect_err("blocked");
+    assert_eq!(code(err).0, ErrorCode::Blocked);
+    assert_quiet(&bob, Duration::from_millis(200)).await;
+    bob.unblock("alice".into()).await.expect("unblock");
+    let err = alice
+        .send("bob".into(), "still not friends".into())
+        .await
+        .expect_err("policy");
+    assert_eq!(code(err).0, ErrorCode::NotFriends);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_open_policy_only_blocks_refuse() {
+    let gw = TestGateway::start().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let bob = gw.client("bob", "bob-phone").await;
+    alice
+        .send("bob".into(), "hi".into())
+        .await
+        .expect("anyone may write");
+    bob.block("alice".into()).await.expect("block");
+    let err = alice
+        .send("bob".into(), "hi again".into())
+        .await
+        .expect_err("blocked");
+    assert!(
+        matches!(
+            err,
+            qim_sdk::Error::Rejected {
+                code: ErrorCode::Blocked,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    bob.send("alice".into(), "I can still write".into())
+        .await
+        .expect("blocks are one-way");
+    assert_eq!(take(&bob, 1).await.len(), 1);
+    gw.stop().await;
+}

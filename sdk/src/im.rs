@@ -160,6 +160,20 @@ pub enum Event {
         /// Its seq in this inbox.
         seq: u64,
     },
+    /// `from` asks this user to be friends.
+    FriendRequest {
+        /// Who asks.
+        from: String,
+        /// Their message.
+        message: String,
+    },
+    /// `from` answered this user's friend request.
+    FriendResponse {
+        /// Who answered.
+        from: String,
+        /// Accepted or rejected.
+        accepted: bool,
+    },
     /// This user changed a conversation's flags.
     Flags {
         /// The conversation.
@@ -198,6 +212,14 @@ impl Event {
                 conversation: Peer::from_wire(r.conversation.as_ref()),
                 msg_id: r.msg_id,
                 seq: r.seq,
+            },
+            Kind::FriendRequest(r) => Event::FriendRequest {
+                from: r.from,
+                message: r.message,
+            },
+            Kind::FriendResponse(r) => Event::FriendResponse {
+                from: r.from,
+                accepted: r.accepted,
             },
             Kind::Flags(r) => Event::Flags {
                 conversation: Peer::from_wire(r.conversation.as_ref()),

@@ -24,6 +24,7 @@
 //! - `im`: conversations ([`Conversation`]), read state, recall, edit,
 //!   delete-for-me, replies and mentions; changes from other devices arrive
 //!   as [`Event`]s in the message stream.
+//! - `contacts`: friend requests, friends, blocks.
 //! - `groups`: create and change groups, members, sends to groups, and the
 //!   receive side of read-diffusion groups (per-group order, pulls).
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
@@ -40,6 +41,7 @@
 
 mod client;
 mod config;
+mod contacts;
 mod error;
 mod groups;
 mod im;
@@ -51,6 +53,7 @@ pub use client::{
     new_client_msg_id,
 };
 pub use config::{ClientConfig, Platform};
+pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
 pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
 pub use im::{Conversation, ConversationPage, Event, MessageExtras, Peer, Quote};

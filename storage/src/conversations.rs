@@ -247,6 +247,9 @@ pub enum OpError {
     /// The group was dissolved.
     #[error("the group was dissolved")]
     Dissolved,
+    /// The other user has blocked this one.
+    #[error("blocked by the recipient")]
+    Blocked,
 }
 
 /// Conversations, read state and message operations (see the module docs

@@ -80,6 +80,9 @@ mod im;
 #[path = "embedded_groups.rs"]
 mod groups;
 
+#[path = "embedded_contacts.rs"]
+mod contacts;
+
 #[derive(Clone)]
 struct Tables {
     db: Database,
@@ -93,6 +96,8 @@ struct Tables {
     groups: Keyspace,
     members: Keyspace,
     user_groups: Keyspace,
+    contacts: Keyspace,
+    blocks: Keyspace,
 }
 
 /// A durable single-node store in a directory.
@@ -134,6 +139,8 @@ impl EmbeddedStore {
             groups: keyspace("groups").map_err(unavailable)?,
             members: keyspace("members").map_err(unavailable)?,
             user_groups: keyspace("user_groups").map_err(unavailable)?,
+            contacts: keyspace("contacts").map_err(unavailable)?,
+            blocks: keyspace("blocks").map_err(unavailable)?,
             db,
         };
         let (ops, rx) = mpsc::channel(QUEUE);

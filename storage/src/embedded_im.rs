@@ -53,6 +53,12 @@ pub(super) enum Request {
         threshold: u32,
         reply: GroupReply,
     },
+    Contact {
+        user: String,
+        op: crate::contacts::ContactOp,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<Applied, OpError>>,
+    },
 }
 
 impl Request {
@@ -65,6 +71,9 @@ impl Request {
                 let _ = reply.send(Err(OpError::Store(error)));
             }
             Request::Group { reply, .. } => {
+                let _ = reply.send(Err(OpError::Store(error)));
+            }
+            Request::Contact { reply, .. } => {
                 let _ = reply.send(Err(OpError::Store(error)));
             }
         }
@@ -136,8 +145,8 @@ struct Conv {
 }
 
 /// One atomic write of the IM layer.
-struct Stage {
-    batch: fjall::OwnedWriteBatch,
+pub(super) struct Stage {
+    pub(super) batch: fjall::OwnedWriteBatch,
     convs: HashMap<(String, String), Conv>,
 }
 
@@ -170,12 +179,25 @@ impl Writer {
                     };
                     let _ = reply.send(result);
                 }
+                Request::Contact {
+                    user,
+                    op,
+                    now_ms,
+                    reply,
+                } => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    let result = match &self.failed {
+                        Some(reason) => Err(OpError::Store(StoreError::Failed(reason.clone()))),
+                        None => self.contact_op(&user, op, now_ms),
+                    };
+                    let _ = reply.send(result);
+                }
             }
         }
         self.commit_posts(posts);
     }
 
-    fn new_stage(&self) -> Stage {
+    pub(super) fn new_stage(&self) -> Stage {
         Stage {
             batch: self.tables.db.batch(),
             convs: HashMap::new(),
@@ -192,7 +214,7 @@ impl Writer {
     }
 
     /// Writes the stage durably; on failure the store takes no more writes.
-    fn commit_stage(&mut self, mut stage: Stage) -> Result<(), StoreError> {
+    pub(super) fn commit_stage(&mut self, mut stage: Stage) -> Result<(), StoreError> {
         for ((user, convkey), conv) in stage.convs.drain() {
             let order = order_key(&user, &conv.conv, &convkey);
             if let Some(old) = conv.on_disk_order {
@@ -219,7 +241,7 @@ impl Writer {
 
     /// A staging error leaves seq heads advanced for nothing: forget them,
     /// they are reloaded from disk.
-    fn abandon_stage(&mut self) {
+    pub(super) fn abandon_stage(&mut self) {
         self.heads.clear();
     }
 
@@ -443,7 +465,7 @@ impl Writer {
     }
 
     /// Appends an event to `inbox` in the stage.
-    fn stage_event(
+    pub(super) fn stage_event(
         &mut self,
         stage: &mut Stage,
         inbox: &str,

@@ -9,6 +9,7 @@
 //! - [`conversations`]: [`ConversationStore`], posts with one copy per
 //!   inbox, conversation lists with exact unread counts, read cursors,
 //!   recall, edit and delete-for-me, with the atomicity each backend owes.
+//! - [`contacts`]: [`ContactStore`], friend requests, friends, blocks.
 //! - [`groups`]: [`GroupStore`], members, roles, mutes, and the switch
 //!   from write to read diffusion.
 //! - [`embedded`]: the default single-node backend, a durable fjall database
@@ -26,6 +27,7 @@
 
 use async_trait::async_trait;
 
+pub mod contacts;
 pub mod conversations;
 pub mod embedded;
 mod error;
@@ -35,6 +37,7 @@ pub mod model;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use contacts::ContactStore;
 pub use conversations::ConversationStore;
 pub use error::StoreError;
 pub use groups::GroupStore;
