@@ -234,6 +234,8 @@ section! {
         max_mentions: u32 = 50,
         /// Who may message whom one to one: "allow" (anyone not blocked) or "friends" (NOT_FRIENDS otherwise).
         direct_policy: String = "allow".to_owned(),
+        /// Which devices of a user may be online together: "unlimited", "one-per-platform-class" (mobile, desktop, web: a login kicks the older session of its class) or "single" (a login kicks every other device). Kicked sessions are closed with KICKED and do not reconnect on their own; the same device logging in again only replaces its own earlier session.
+        device_policy: String = "unlimited".to_owned(),
     }
 }
 
@@ -392,6 +394,12 @@ impl Config {
             return invalid(
                 "cluster.strategy must be consistent-hash, least-connections, random or round-robin",
             );
+        }
+        if !matches!(
+            self.im.device_policy.as_str(),
+            "unlimited" | "one-per-platform-class" | "single"
+        ) {
+            return invalid("im.device_policy must be unlimited, one-per-platform-class or single");
         }
         if !matches!(self.im.direct_policy.as_str(), "allow" | "friends") {
             return invalid("im.direct_policy must be allow or friends");

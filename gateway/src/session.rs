@@ -174,6 +174,7 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: Own
 struct Login {
     user: String,
     device: String,
+    platform: i32,
     resume_from: u64,
     control_send: FramedSend,
     control_recv: FramedRecv,
@@ -248,6 +249,7 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     Ok(Login {
         user: claims.user_id,
         device: hello.device_id,
+        platform: hello.platform,
         resume_from: hello.resume_from,
         control_send,
         control_recv,
@@ -258,13 +260,19 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
     let Login {
         user,
         device,
+        platform,
         resume_from,
         mut control_send,
         mut control_recv,
     } = login;
     let max_frame = ctx.config.limits.max_frame_bytes as usize;
     let session_id = ctx.next_session_id();
-    let (feed, mut kicked) = ctx.routes.attach(&user, &device, session_id);
+    let policy = crate::route::DevicePolicy::parse(&ctx.config.im.device_policy)
+        .unwrap_or(crate::route::DevicePolicy::Unlimited);
+    let class = crate::route::platform_class(platform);
+    let (feed, mut kicked) = ctx
+        .routes
+        .attach_with_policy(&user, &device, session_id, class, policy);
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
         user: user.clone(),
@@ -404,7 +412,12 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
                 }
                 code = &mut kicked => {
                     let code = code.unwrap_or(ErrorCode::Kicked);
-                    return Err(Fault::new(code, "session ended by the server"));
+                    let reason = match code {
+                        ErrorCode::Replaced => "this device logged in again",
+                        ErrorCode::Kicked => "another device logged in (im.device_policy)",
+                        _ => "session ended by the server",
+                    };
+                    return Err(Fault::new(code, reason));
                 }
                 changed = draining.changed(), if drain_deadline.is_none() => {
                     if changed.is_ok() && *draining.borrow() {

@@ -560,3 +560,118 @@ async fn with_the_open_policy_only_blocks_refuse() {
     assert_eq!(take(&bob, 1).await.len(), 1);
     gw.stop().await;
 }
+
+async fn device(gw: &TestGateway, user: &str, device: &str, platform: qim_sdk::Platform) -> Client {
+    let mut config = gw.client_config(user, device);
+    config.platform = platform;
+    Client::connect(config).await.expect("connect")
+}
+
+/// Waits until `client` stopped for good; returns why.
+async fn stopped(client: &Client) -> qim_sdk::Error {
+    let mut state = client.watch_state();
+    tokio::time::timeout(common::PATIENCE, async {
+        while state.current() != qim_sdk::ConnectionState::Closed {
+            state.changed().await;
+        }
+    })
+    .await
+    .expect("the client stops");
+    client.last_error().expect("a reason")
+}
+
+fn kicked(e: &qim_sdk::Error) -> bool {
+    matches!(
+        e,
+        qim_sdk::Error::Rejected {
+            code: ErrorCode::Kicked,
+            retryable: false,
+            ..
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_policies_unlimited_one_per_class_and_single() {
+    use qim_sdk::Platform;
+    // Unlimited: every device stays and gets every message.
+    let gw = TestGateway::start().await;
+    let a = device(&gw, "bob", "android", Platform::Android).await;
+    let i = device(&gw, "bob", "iphone", Platform::Ios).await;
+    let d = device(&gw, "bob", "desk", Platform::Desktop).await;
+    let alice = gw.client("alice", "alice-phone").await;
+    alice
+        .send("bob".into(), "to all".into())
+        .await
+        .expect("send");
+    for c in [&a, &i, &d] {
+        assert_eq!(text(&take(c, 1).await[0]), "to all");
+    }
+    gw.stop().await;
+
+    // One per platform class: the newer phone kicks the older, the desktop stays.
+    let gw =
+        TestGateway::start_with(|c| c.im.device_policy = "one-per-platform-class".into()).await;
+    let a = device(&gw, "bob", "android", Platform::Android).await;
+    let d = device(&gw, "bob", "desk", Platform::Desktop).await;
+    let i = device(&gw, "bob", "iphone", Platform::Ios).await;
+    let why = stopped(&a).await;
+    assert!(kicked(&why), "{why:?}");
+    let alice = gw.client("alice", "alice-phone").await;
+    alice
+        .send("bob".into(), "after the kick".into())
+        .await
+        .expect("send");
+    assert_eq!(text(&take(&i, 1).await[0]), "after the kick");
+    assert_eq!(text(&take(&d, 1).await[0]), "after the kick");
+    // The kicked device does not come back on its own.
+    assert_eq!(a.state(), qim_sdk::ConnectionState::Closed);
+    assert_eq!(a.stats().sessions, 1);
+    assert!(
+        a.next_message_timeout(Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    assert_eq!(i.state(), qim_sdk::ConnectionState::Connected);
+    gw.stop().await;
+
+    // Single: any new device kicks every other.
+    let gw = TestGateway::start_with(|c| c.im.device_policy = "single".into()).await;
+    let d = device(&gw, "bob", "desk", Platform::Desktop).await;
+    let w = device(&gw, "bob", "browser", Platform::Web).await;
+    assert!(kicked(&stopped(&d).await));
+    let alice = gw.client("alice", "alice-phone").await;
+    alice
+        .send("bob".into(), "only one".into())
+        .await
+        .expect("send");
+    assert_eq!(text(&take(&w, 1).await[0]), "only one");
+    assert_eq!(d.stats().sessions, 1);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reconnecting_after_a_blip_is_not_kicked_by_its_own_earlier_session() {
+    let gw = TestGateway::start_with(|c| c.im.device_policy = "single".into()).await;
+    // The session from before the blip is still open on the server.
+    let before = common::Raw::login(&gw, "bob", "phone", 0).await;
+    // The same device reconnects.
+    let mut config = gw.client_config("bob", "phone");
+    config.platform = qim_sdk::Platform::Android;
+    let phone = Client::connect(config).await.expect("reconnect");
+    assert_eq!(
+        before.raw.closed_with().await,
+        ErrorCode::Replaced,
+        "only the stale session ends"
+    );
+    let alice = gw.client("alice", "alice-phone").await;
+    alice
+        .send("bob".into(), "still here".into())
+        .await
+        .expect("send");
+    assert_eq!(text(&take(&phone, 1).await[0]), "still here");
+    assert_eq!(phone.state(), qim_sdk::ConnectionState::Connected);
+    assert_eq!(phone.stats().sessions, 1, "never kicked, never reconnected");
+    assert!(phone.last_error().is_none());
+    gw.stop().await;
+}
