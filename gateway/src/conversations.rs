@@ -32,6 +32,14 @@ pub(crate) struct Extras {
 }
 
 impl Extras {
+    /// Puts checked extras back into a send (for a scheduled send, stored
+    /// whole).
+    pub(crate) fn put_back(self, send: &mut v1::Send) {
+        send.reply_to = self.reply_to;
+        send.mentions = self.mentions;
+        send.mention_all = self.mention_all;
+    }
+
     /// Takes the extras out of `send`, checked; a refusal names its code.
     pub(crate) fn take(
         send: &mut v1::Send,
@@ -221,7 +229,12 @@ fn valid_msg_id(id: &str) -> bool {
 }
 
 /// Answers an IM rpc request of `user`.
-pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: rpc_request::Kind) -> rpc_response::Kind {
+pub(crate) async fn rpc(
+    ctx: &Ctx,
+    user: &str,
+    device: &str,
+    request: rpc_request::Kind,
+) -> rpc_response::Kind {
     let Some(im) = &ctx.im else {
         return error(
             ErrorCode::Unsupported,
@@ -332,6 +345,10 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: rpc_request::Kind) -> rp
             return crate::groups::rpc(ctx, user, GroupRpc::Sync(r)).await;
         }
         rpc_request::Kind::Contacts(r) => return crate::contacts::rpc(ctx, user, r).await,
+        rpc_request::Kind::Schedule(r) => {
+            return crate::schedule::schedule(ctx, user, device, r).await;
+        }
+        rpc_request::Kind::CancelSchedule(r) => return crate::schedule::cancel(ctx, user, r).await,
     };
     match im.apply(op).await {
         Ok(applied) => {

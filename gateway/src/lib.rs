@@ -16,6 +16,8 @@
 //!   policy checked on every one-to-one send.
 //! - `groups`: group requests, and the push of read-diffusion group logs
 //!   to online members (best effort, with nudges and pulls).
+//! - `schedule`: scheduled sends: requests, and the task that posts them
+//!   when due (also after a restart).
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
@@ -42,6 +44,7 @@ mod groups;
 pub mod limit;
 pub mod metrics;
 mod route;
+mod schedule;
 pub mod server;
 mod session;
 pub mod tls;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
 use qim_storage::embedded::EmbeddedStore;
-use qim_storage::{ContactStore, ConversationStore, GroupStore, MessageStore};
+use qim_storage::{ContactStore, ConversationStore, GroupStore, MessageStore, ScheduleStore};
 use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -76,6 +76,8 @@ pub struct ImStores {
     pub groups: Arc<dyn GroupStore>,
     /// Friends and blocks.
     pub contacts: Arc<dyn ContactStore>,
+    /// Scheduled sends.
+    pub schedules: Arc<dyn ScheduleStore>,
 }
 
 /// State shared by every connection of this gateway.
@@ -89,6 +91,10 @@ pub(crate) struct Ctx {
     pub(crate) groups: Option<Arc<dyn GroupStore>>,
     /// Friends and blocks; `None` when the store has none.
     pub(crate) contacts: Option<Arc<dyn ContactStore>>,
+    /// Scheduled sends; `None` when the store has none.
+    pub(crate) schedules: Option<Arc<dyn ScheduleStore>>,
+    /// Wakes the scheduler when an entry was added.
+    pub(crate) schedule_wake: tokio::sync::Notify,
     /// Pushes of read-diffusion group logs to online members.
     pub(crate) group_push: crate::groups::GroupPush,
     pub(crate) routes: Routes,
@@ -157,6 +163,7 @@ impl Gateway {
             conversations: store.clone(),
             groups: store.clone(),
             contacts: store.clone(),
+            schedules: store.clone(),
         };
         Self::bind_with_stores(config, store, Some(im)).await
     }
@@ -176,9 +183,14 @@ impl Gateway {
         store: Arc<dyn MessageStore>,
         im: Option<ImStores>,
     ) -> Result<Gateway, StartError> {
-        let (conversations, groups, contacts) = match im {
-            Some(s) => (Some(s.conversations), Some(s.groups), Some(s.contacts)),
-            None => (None, None, None),
+        let (conversations, groups, contacts, schedules) = match im {
+            Some(s) => (
+                Some(s.conversations),
+                Some(s.groups),
+                Some(s.contacts),
+                Some(s.schedules),
+            ),
+            None => (None, None, None, None),
         };
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
@@ -229,6 +241,8 @@ impl Gateway {
             im: conversations,
             groups,
             contacts,
+            schedules,
+            schedule_wake: tokio::sync::Notify::new(),
             group_push: Default::default(),
             routes: Routes::default(),
             metrics: Arc::new(Metrics::new()),
@@ -278,6 +292,7 @@ impl Gateway {
             }
         });
 
+        let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&ctx)));
         let limit = Arc::new(Semaphore::new(ctx.config.server.max_connections));
         let mut connections = JoinSet::new();
         let mut fatal = ctx.fatal.subscribe();
@@ -318,6 +333,7 @@ impl Gateway {
         );
         endpoint.set_server_config(None);
         ctx.draining.send_replace(true);
+        let _ = scheduler.await;
         let drain = Duration::from_millis(ctx.config.shutdown.drain_ms) + Duration::from_secs(1);
         let drained = tokio::time::timeout(drain, async {
             while connections.join_next().await.is_some() {}

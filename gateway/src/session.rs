@@ -797,7 +797,10 @@ impl Streams {
         }
         let kind = match request.kind {
             Some(rpc_request::Kind::Sync(sync)) => self.sync(sync).await,
-            Some(im) => crate::conversations::rpc(&self.ctx, &self.session.user, im).await,
+            Some(im) => {
+                crate::conversations::rpc(&self.ctx, &self.session.user, &self.session.device, im)
+                    .await
+            }
             None => rpc_response::Kind::Error(v1::RpcError {
                 code: ErrorCode::InvalidArgument as i32,
                 message: "unknown or empty request".into(),

@@ -389,6 +389,48 @@ impl Client {
         .map(|(seq, _)| seq)
     }
 
+    /// Schedules a text message to `to` for `deliver_at_ms` (server time,
+    /// milliseconds since the Unix epoch). Stored durably by the server and
+    /// delivered once at that time, also across server restarts. Returns
+    /// the schedule id for [`cancel_scheduled`](Client::cancel_scheduled).
+    pub async fn schedule(
+        &self,
+        to: Peer,
+        text: String,
+        deliver_at_ms: i64,
+    ) -> Result<String, Error> {
+        let send = v1::Send {
+            client_msg_id: crate::client::new_client_msg_id(),
+            to: Some(to.to_wire()),
+            body: text.into_bytes().into(),
+            kind: "text".into(),
+            ..Default::default()
+        };
+        match self
+            .rpc(rpc_request::Kind::Schedule(v1::ScheduleRequest {
+                send: Some(send),
+                deliver_at_ms,
+            }))
+            .await?
+        {
+            rpc_response::Kind::Schedule(s) => Ok(s.schedule_id),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Cancels a scheduled message; `NOT_FOUND` once it was delivered.
+    pub async fn cancel_scheduled(&self, schedule_id: String) -> Result<(), Error> {
+        match self
+            .rpc(rpc_request::Kind::CancelSchedule(
+                v1::CancelScheduleRequest { schedule_id },
+            ))
+            .await?
+        {
+            rpc_response::Kind::Schedule(_) => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// Deletes the message at `seq` of this user's inbox for this user only.
     pub async fn delete_for_me(&self, seq: u64) -> Result<u64, Error> {
         self.op(rpc_request::Kind::Delete(v1::DeleteRequest {

@@ -83,6 +83,9 @@ mod groups;
 #[path = "embedded_contacts.rs"]
 mod contacts;
 
+#[path = "embedded_schedule.rs"]
+mod schedule;
+
 #[derive(Clone)]
 struct Tables {
     db: Database,
@@ -98,6 +101,8 @@ struct Tables {
     user_groups: Keyspace,
     contacts: Keyspace,
     blocks: Keyspace,
+    scheduled: Keyspace,
+    schedule_ids: Keyspace,
 }
 
 /// A durable single-node store in a directory.
@@ -141,6 +146,8 @@ impl EmbeddedStore {
             user_groups: keyspace("user_groups").map_err(unavailable)?,
             contacts: keyspace("contacts").map_err(unavailable)?,
             blocks: keyspace("blocks").map_err(unavailable)?,
+            scheduled: keyspace("scheduled").map_err(unavailable)?,
+            schedule_ids: keyspace("schedule_ids").map_err(unavailable)?,
             db,
         };
         let (ops, rx) = mpsc::channel(QUEUE);

@@ -59,6 +59,7 @@ pub(super) enum Request {
         now_ms: i64,
         reply: oneshot::Sender<Result<Applied, OpError>>,
     },
+    Schedule(super::schedule::Request),
 }
 
 impl Request {
@@ -76,6 +77,7 @@ impl Request {
             Request::Contact { reply, .. } => {
                 let _ = reply.send(Err(OpError::Store(error)));
             }
+            Request::Schedule(request) => request.fail(error),
         }
     }
 }
@@ -192,6 +194,13 @@ impl Writer {
                     };
                     let _ = reply.send(result);
                 }
+                Request::Schedule(request) => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    match &self.failed {
+                        Some(reason) => request.fail(StoreError::Failed(reason.clone())),
+                        None => self.schedule_op(request),
+                    }
+                }
             }
         }
         self.commit_posts(posts);
@@ -300,7 +309,7 @@ impl Writer {
         }
     }
 
-    fn stage_post(
+    pub(super) fn stage_post(
         &mut self,
         stage: &mut Stage,
         pending: &mut HashMap<Vec<u8>, Posted>,

@@ -12,6 +12,7 @@
 //! - [`contacts`]: [`ContactStore`], friend requests, friends, blocks.
 //! - [`groups`]: [`GroupStore`], members, roles, mutes, and the switch
 //!   from write to read diffusion.
+//! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
 //! - [`embedded`]: the default single-node backend, a durable fjall database
 //!   under the data directory with group commit.
 //! - `conformance` (feature `conformance`): checks every backend must pass,
@@ -33,6 +34,7 @@ pub mod embedded;
 mod error;
 pub mod groups;
 pub mod model;
+pub mod schedule;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -42,6 +44,7 @@ pub use conversations::ConversationStore;
 pub use error::StoreError;
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
+pub use schedule::ScheduleStore;
 
 /// Messages, inboxes, idempotency keys and delivery cursors.
 #[async_trait]
