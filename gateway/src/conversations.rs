@@ -233,6 +233,7 @@ pub(crate) async fn rpc(
     ctx: &Ctx,
     user: &str,
     device: &str,
+    session_id: u64,
     request: rpc_request::Kind,
 ) -> rpc_response::Kind {
     let Some(im) = &ctx.im else {
@@ -349,6 +350,13 @@ pub(crate) async fn rpc(
             return crate::schedule::schedule(ctx, user, device, r).await;
         }
         rpc_request::Kind::CancelSchedule(r) => return crate::schedule::cancel(ctx, user, r).await,
+        rpc_request::Kind::Typing(r) => return crate::presence::typing(ctx, user, r).await,
+        rpc_request::Kind::Presence(r) => {
+            return crate::presence::presence(ctx, user, session_id, r).await;
+        }
+        rpc_request::Kind::OnlineTime(r) => {
+            return crate::presence::online_time(ctx, user, r).await;
+        }
     };
     match im.apply(op).await {
         Ok(applied) => {

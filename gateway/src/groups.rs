@@ -43,12 +43,14 @@ pub(crate) const PUSH_QUEUE: usize = 256;
 /// Members a create or invite may name at once.
 const MAX_USERS_PER_REQUEST: usize = 5_000;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One frame for a session's group stream.
-enum Push {
+/// One frame for a session's push stream.
+pub(crate) enum Push {
+    /// A signal (typing, presence), never stored.
+    Signal(v1::Signal),
     Message {
         group: Arc<str>,
         from: u64,
@@ -61,8 +63,8 @@ enum Push {
 }
 
 /// A session's end of the push.
-struct Sub {
-    user: String,
+pub(crate) struct Sub {
+    pub(crate) user: String,
     tx: mpsc::Sender<Push>,
     /// Groups whose pushes were dropped (queue full): nudge them.
     lagged: Mutex<HashSet<(Arc<str>, u64)>>,
@@ -70,10 +72,13 @@ struct Sub {
 }
 
 impl Sub {
-    fn offer(&self, push: Push) {
+    /// Queues a push; when the queue is full a group push becomes a nudge
+    /// and a signal is dropped (signals are best effort by nature).
+    pub(crate) fn offer(&self, push: Push) {
         if let Err(mpsc::error::TrySendError::Full(push)) = self.tx.try_send(push) {
             let (group, from) = match push {
                 Push::Message { group, from, .. } | Push::Nudge { group, from } => (group, from),
+                Push::Signal(_) => return,
             };
             lock(&self.lagged).insert((group, from));
             self.wake.notify_one();
@@ -87,37 +92,59 @@ type Following = (Arc<Sub>, u64);
 /// Online sessions by user, and which read-diffusion groups each follows.
 #[derive(Default)]
 pub(crate) struct GroupPush {
-    inner: Mutex<Registry>,
+    pub(crate) inner: Mutex<Registry>,
 }
 
 #[derive(Default)]
-struct Registry {
+pub(crate) struct Registry {
     /// Sessions of each online user.
-    sessions: HashMap<String, HashMap<u64, Arc<Sub>>>,
+    pub(crate) sessions: HashMap<String, HashMap<u64, Arc<Sub>>>,
+    /// Sessions subscribed to each user's presence.
+    pub(crate) watchers: HashMap<String, HashMap<u64, Arc<Sub>>>,
     /// Subscribed sessions of each group, with the member's first seq.
     groups: HashMap<Arc<str>, HashMap<u64, Following>>,
 }
 
-/// Unregisters a session when dropped.
+/// Unregisters a session when dropped (and records its end).
 pub(crate) struct Attached {
     push: Arc<Ctx>,
     session_id: u64,
     user: String,
+    device: String,
+    started_ms: i64,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        let mut r = lock(&self.push.group_push.inner);
-        if let Some(sessions) = r.sessions.get_mut(&self.user) {
-            sessions.remove(&self.session_id);
-            if sessions.is_empty() {
-                r.sessions.remove(&self.user);
+        let went_offline = {
+            let mut r = lock(&self.push.group_push.inner);
+            let mut last = false;
+            if let Some(sessions) = r.sessions.get_mut(&self.user) {
+                sessions.remove(&self.session_id);
+                if sessions.is_empty() {
+                    r.sessions.remove(&self.user);
+                    last = true;
+                }
             }
-        }
-        r.groups.retain(|_, subs| {
-            subs.remove(&self.session_id);
-            !subs.is_empty()
-        });
+            r.groups.retain(|_, subs| {
+                subs.remove(&self.session_id);
+                !subs.is_empty()
+            });
+            r.watchers.retain(|_, subs| {
+                subs.remove(&self.session_id);
+                !subs.is_empty()
+            });
+            last
+        };
+        let now = qim_proto::now_ms();
+        crate::presence::session_ended(
+            &self.push,
+            &self.user,
+            &self.device,
+            self.started_ms,
+            now,
+            went_offline,
+        );
     }
 }
 
@@ -184,7 +211,7 @@ impl GroupPush {
         }
     }
 
-    fn online(&self, user: &str) -> bool {
+    pub(crate) fn online(&self, user: &str) -> bool {
         lock(&self.inner).sessions.contains_key(user)
     }
 }
@@ -195,6 +222,7 @@ pub(crate) fn attach(
     ctx: &Arc<Ctx>,
     session_id: u64,
     user: &str,
+    device: &str,
     conn: quinn::Connection,
 ) -> Option<(
     Attached,
@@ -208,15 +236,20 @@ pub(crate) fn attach(
         lagged: Mutex::new(HashSet::new()),
         wake: Notify::new(),
     });
-    lock(&ctx.group_push.inner)
-        .sessions
-        .entry(user.to_owned())
-        .or_default()
-        .insert(session_id, Arc::clone(&sub));
+    let first = {
+        let mut r = lock(&ctx.group_push.inner);
+        let sessions = r.sessions.entry(user.to_owned()).or_default();
+        sessions.insert(session_id, Arc::clone(&sub));
+        sessions.len() == 1
+    };
+    let started_ms = qim_proto::now_ms();
+    crate::presence::session_started(ctx, user, device, started_ms, first);
     let guard = Attached {
         push: Arc::clone(ctx),
         session_id,
         user: user.to_owned(),
+        device: device.to_owned(),
+        started_ms,
     };
     let ctx = Arc::clone(ctx);
     let user = user.to_owned();
@@ -281,6 +314,10 @@ async fn write(
     push: Push,
 ) -> Result<(), String> {
     let deliver = match push {
+        Push::Signal(signal) => v1::Deliver {
+            signal: Some(signal),
+            ..Default::default()
+        },
         Push::Message {
             group,
             from,
@@ -291,6 +328,7 @@ async fn write(
             attempt: 0,
             group: group.to_string(),
             group_from: from,
+            signal: None,
         },
         Push::Nudge { group, from } => {
             let head = ctx
@@ -304,6 +342,7 @@ async fn write(
                 attempt: 0,
                 group: group.to_string(),
                 group_from: from,
+                signal: None,
             }
         }
     };

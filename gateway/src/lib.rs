@@ -18,6 +18,8 @@
 //!   to online members (best effort, with nudges and pulls).
 //! - `schedule`: scheduled sends: requests, and the task that posts them
 //!   when due (also after a restart).
+//! - `presence`: online/offline over a user's devices, last seen,
+//!   subscriptions, online-time records, typing; pushed as signals.
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
@@ -43,6 +45,7 @@ pub mod delivery;
 mod groups;
 pub mod limit;
 pub mod metrics;
+mod presence;
 mod route;
 mod schedule;
 pub mod server;

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
 use qim_storage::embedded::EmbeddedStore;
-use qim_storage::{ContactStore, ConversationStore, GroupStore, MessageStore, ScheduleStore};
+use qim_storage::{
+    ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, ScheduleStore,
+};
 use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -78,6 +80,8 @@ pub struct ImStores {
     pub contacts: Arc<dyn ContactStore>,
     /// Scheduled sends.
     pub schedules: Arc<dyn ScheduleStore>,
+    /// Session records.
+    pub presence: Arc<dyn PresenceStore>,
 }
 
 /// State shared by every connection of this gateway.
@@ -91,6 +95,8 @@ pub(crate) struct Ctx {
     pub(crate) groups: Option<Arc<dyn GroupStore>>,
     /// Friends and blocks; `None` when the store has none.
     pub(crate) contacts: Option<Arc<dyn ContactStore>>,
+    /// Session records; `None` when the store has none.
+    pub(crate) presence: Option<Arc<dyn PresenceStore>>,
     /// Scheduled sends; `None` when the store has none.
     pub(crate) schedules: Option<Arc<dyn ScheduleStore>>,
     /// Wakes the scheduler when an entry was added.
@@ -164,6 +170,7 @@ impl Gateway {
             groups: store.clone(),
             contacts: store.clone(),
             schedules: store.clone(),
+            presence: store.clone(),
         };
         Self::bind_with_stores(config, store, Some(im)).await
     }
@@ -183,14 +190,15 @@ impl Gateway {
         store: Arc<dyn MessageStore>,
         im: Option<ImStores>,
     ) -> Result<Gateway, StartError> {
-        let (conversations, groups, contacts, schedules) = match im {
+        let (conversations, groups, contacts, schedules, presence) = match im {
             Some(s) => (
                 Some(s.conversations),
                 Some(s.groups),
                 Some(s.contacts),
                 Some(s.schedules),
+                Some(s.presence),
             ),
-            None => (None, None, None, None),
+            None => (None, None, None, None, None),
         };
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
@@ -242,6 +250,7 @@ impl Gateway {
             groups,
             contacts,
             schedules,
+            presence,
             schedule_wake: tokio::sync::Notify::new(),
             group_push: Default::default(),
             routes: Routes::default(),

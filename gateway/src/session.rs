@@ -73,6 +73,8 @@ impl From<Option<Fault>> for StreamEnd {
 pub(crate) struct Session {
     pub(crate) user: String,
     pub(crate) device: String,
+    /// This node's id of the session.
+    pub(crate) id: u64,
     /// Milliseconds since `started` of the last Ping.
     last_beat_ms: AtomicU64,
     /// The interval the client announced with its last Ping, clamped.
@@ -277,6 +279,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
     let session = Arc::new(Session {
         user: user.clone(),
         device: device.clone(),
+        id: session_id,
         last_beat_ms: AtomicU64::new(0),
         beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
         started: Instant::now(),
@@ -367,7 +370,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
             }
         });
         tasks.spawn(async move { read_control(&mut control_recv).await });
-        let _group_push = crate::groups::attach(ctx, session_id, &user, conn.clone()).map(
+        let _group_push = crate::groups::attach(ctx, session_id, &user, &device, conn.clone()).map(
             |(guard, push)| {
                 tasks.spawn(async move {
                     push.await;
@@ -798,8 +801,14 @@ impl Streams {
         let kind = match request.kind {
             Some(rpc_request::Kind::Sync(sync)) => self.sync(sync).await,
             Some(im) => {
-                crate::conversations::rpc(&self.ctx, &self.session.user, &self.session.device, im)
-                    .await
+                crate::conversations::rpc(
+                    &self.ctx,
+                    &self.session.user,
+                    &self.session.device,
+                    self.session.id,
+                    im,
+                )
+                .await
             }
             None => rpc_response::Kind::Error(v1::RpcError {
                 code: ErrorCode::InvalidArgument as i32,

@@ -675,3 +675,107 @@ async fn a_device_reconnecting_after_a_blip_is_not_kicked_by_its_own_earlier_ses
     assert!(phone.last_error().is_none());
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_of_friends_is_pushed_within_a_second_and_typing_is_never_stored() {
+    use qim_sdk::{PresenceStatus, Signal};
+    let gw = TestGateway::start().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let phone = gw.client("bob", "bob-phone").await;
+    alice
+        .request_friend("bob".into(), "hi".into())
+        .await
+        .expect("request");
+    phone.accept_friend("alice".into()).await.expect("accept");
+    take(&phone, 1).await;
+    take(&alice, 1).await;
+    let quiet = Duration::from_millis(200);
+    let status = alice
+        .subscribe_presence(vec!["bob".into()])
+        .await
+        .expect("subscribe");
+    assert!(status[0].online);
+    phone.close().await;
+    match alice.next_signal(common::PATIENCE).await {
+        Some(Signal::Presence(p)) => assert!(!p.online && p.last_seen_ms > 0, "{p:?}"),
+        other => panic!("expected bob offline, got {other:?}"),
+    }
+    let now = alice.presence(vec!["bob".into()]).await.expect("presence");
+    assert!(!now[0].online && now[0].last_seen_ms > 0, "{now:?}");
+
+    let started = std::time::Instant::now();
+    let phone = gw.client("bob", "bob-phone").await;
+    let signal = alice
+        .next_signal(Duration::from_secs(1))
+        .await
+        .expect("within a second");
+    assert_eq!(
+        signal,
+        Signal::Presence(PresenceStatus {
+            user: "bob".into(),
+            online: true,
+            last_seen_ms: 0
+        })
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Aggregated over devices: a second device on and off changes nothing.
+    let laptop = gw.client("bob", "bob-laptop").await;
+    assert_eq!(alice.next_signal(quiet).await, None);
+    laptop.close().await;
+    assert_eq!(alice.next_signal(quiet).await, None);
+    phone.close().await;
+    match alice.next_signal(common::PATIENCE).await {
+        Some(Signal::Presence(p)) => assert!(!p.online && p.last_seen_ms > 0, "{p:?}"),
+        other => panic!("expected bob offline, got {other:?}"),
+    }
+
+    // Only friends see presence.
+    let carol = gw.client("carol", "carol-phone").await;
+    let err = carol
+        .presence(vec!["bob".into()])
+        .await
+        .expect_err("not a friend");
+    assert!(matches!(
+        err,
+        qim_sdk::Error::Rejected {
+            code: ErrorCode::PermissionDenied,
+            ..
+        }
+    ));
+
+    // Online time: each session's start and end.
+    let phone = gw.client("bob", "bob-phone").await;
+    let spans = phone.online_time(0, i64::MAX).await.expect("online time");
+    let laptop_spans: Vec<_> = spans.iter().filter(|s| s.device == "bob-laptop").collect();
+    assert_eq!(laptop_spans.len(), 1);
+    assert!(laptop_spans[0].end_ms >= laptop_spans[0].start_ms && laptop_spans[0].end_ms > 0);
+    assert!(spans.iter().filter(|s| s.device == "bob-phone").count() >= 2);
+
+    // Typing reaches the online recipient and is never stored.
+    let history = take(&phone, 1).await;
+    assert!(matches!(
+        history[0].event,
+        Some(Event::FriendRequest { .. })
+    ));
+    alice
+        .typing(Peer::User("bob".into()), true)
+        .await
+        .expect("typing");
+    assert_eq!(
+        phone.next_signal(common::PATIENCE).await,
+        Some(Signal::Typing {
+            conversation: user("alice"),
+            from: "alice".into(),
+            typing: true
+        })
+    );
+    assert_quiet(&phone, quiet).await;
+    let later = gw.client("bob", "bob-tablet").await;
+    assert_eq!(
+        later.next_signal(quiet).await,
+        None,
+        "not stored for later devices"
+    );
+    gw.stop().await;
+}

@@ -180,6 +180,9 @@ pub(crate) struct Shared {
     state: watch::Sender<ConnectionState>,
     last_error: Mutex<Option<Error>>,
     pub(crate) user_id: Mutex<String>,
+    /// Signals (typing, presence) for the app; bounded by `MAX_SIGNALS`.
+    pub(crate) signals: Mutex<crate::presence::Signals>,
+    pub(crate) signal_arrived: Notify,
     /// Order and dedup of each read-diffusion group's log.
     pub(crate) groups: Mutex<std::collections::HashMap<String, Inbox>>,
     outbox: Mutex<Outbox>,
@@ -332,6 +335,8 @@ impl Client {
             closing: watch::Sender::new(false),
             conn: watch::Sender::new(None),
             groups: Mutex::new(std::collections::HashMap::new()),
+            signals: Mutex::new(VecDeque::new()),
+            signal_arrived: Notify::new(),
             max_body: AtomicU64::new(u64::MAX),
             max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
             generation: AtomicU64::new(0),
@@ -368,6 +373,10 @@ impl Client {
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<SendReceipt, Error> {
         self.send_message_with(message, MessageExtras::default())
             .await
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     pub(crate) fn config(&self) -> &ClientConfig {
@@ -1079,6 +1088,10 @@ async fn read_deliveries(
         let Some(deliver) = recv.next::<v1::Deliver>().await? else {
             return Err(Error::Network("delivery stream ended".into()));
         };
+        if let Some(signal) = deliver.signal {
+            crate::presence::push_signal(&shared, signal);
+            continue;
+        }
         if !deliver.group.is_empty() {
             crate::groups::on_deliver(&shared, &conn, deliver).await?;
             continue;

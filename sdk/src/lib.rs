@@ -27,6 +27,8 @@
 //! - `contacts`: friend requests, friends, blocks.
 //! - `groups`: create and change groups, members, sends to groups, and the
 //!   receive side of read-diffusion groups (per-group order, pulls).
+//! - `presence`: presence of friends (queried, subscribed), online time,
+//!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees
@@ -47,6 +49,7 @@ mod groups;
 mod im;
 mod inbox;
 mod outbox;
+mod presence;
 
 pub use client::{
     Client, ConnectionState, IncomingMessage, OutgoingMessage, SendReceipt, StateWatcher, Stats,
@@ -57,4 +60,5 @@ pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
 pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
 pub use im::{Conversation, ConversationPage, Event, MessageExtras, Peer, Quote};
+pub use presence::{PresenceStatus, SessionSpan, Signal};
 pub use qim_proto::v1::ErrorCode;

@@ -86,6 +86,9 @@ mod contacts;
 #[path = "embedded_schedule.rs"]
 mod schedule;
 
+#[path = "embedded_presence.rs"]
+mod presence;
+
 #[derive(Clone)]
 struct Tables {
     db: Database,
@@ -103,6 +106,8 @@ struct Tables {
     blocks: Keyspace,
     scheduled: Keyspace,
     schedule_ids: Keyspace,
+    sessions_log: Keyspace,
+    last_seen: Keyspace,
 }
 
 /// A durable single-node store in a directory.
@@ -148,6 +153,8 @@ impl EmbeddedStore {
             blocks: keyspace("blocks").map_err(unavailable)?,
             scheduled: keyspace("scheduled").map_err(unavailable)?,
             schedule_ids: keyspace("schedule_ids").map_err(unavailable)?,
+            sessions_log: keyspace("sessions_log").map_err(unavailable)?,
+            last_seen: keyspace("last_seen").map_err(unavailable)?,
             db,
         };
         let (ops, rx) = mpsc::channel(QUEUE);

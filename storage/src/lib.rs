@@ -12,6 +12,8 @@
 //! - [`contacts`]: [`ContactStore`], friend requests, friends, blocks.
 //! - [`groups`]: [`GroupStore`], members, roles, mutes, and the switch
 //!   from write to read diffusion.
+//! - [`presence`]: [`PresenceStore`], session records for last seen and
+//!   online time.
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
 //! - [`embedded`]: the default single-node backend, a durable fjall database
 //!   under the data directory with group commit.
@@ -34,6 +36,7 @@ pub mod embedded;
 mod error;
 pub mod groups;
 pub mod model;
+pub mod presence;
 pub mod schedule;
 
 #[cfg(feature = "conformance")]
@@ -44,6 +47,7 @@ pub use conversations::ConversationStore;
 pub use error::StoreError;
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
+pub use presence::PresenceStore;
 pub use schedule::ScheduleStore;
 
 /// Messages, inboxes, idempotency keys and delivery cursors.
