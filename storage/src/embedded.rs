@@ -71,7 +71,7 @@ enum Op {
     Cursor(Vec<u8>, u64, oneshot::Sender<Result<(), StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
     /// Posts and conversation operations (`embedded_im`).
-    Im(im::Request),
+    Im(Box<im::Request>),
 }
 
 #[path = "embedded_im.rs"]
@@ -307,7 +307,7 @@ impl Writer {
                     Op::Flush(reply) => flushes.push(reply),
                     Op::Im(request) => {
                         count += 1;
-                        ims.push(request);
+                        ims.push(*request);
                     }
                 }
                 if count < MAX_BATCH {

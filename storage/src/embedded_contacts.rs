@@ -178,12 +178,12 @@ impl ContactStore for EmbeddedStore {
     ) -> Result<Applied, OpError> {
         let (reply, rx) = oneshot::channel();
         self.ops
-            .send(Op::Im(Request::Contact {
+            .send(Op::Im(Box::new(Request::Contact {
                 user: user.to_owned(),
                 op,
                 now_ms,
                 reply,
-            }))
+            })))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

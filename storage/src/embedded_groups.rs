@@ -344,13 +344,13 @@ impl GroupStore for EmbeddedStore {
     ) -> Result<v1::GroupInfo, OpError> {
         let (reply, rx) = oneshot::channel();
         self.ops
-            .send(Op::Im(Request::Group {
+            .send(Op::Im(Box::new(Request::Group {
                 group: group.to_owned(),
                 by: by.to_owned(),
                 op,
                 threshold,
                 reply,
-            }))
+            })))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

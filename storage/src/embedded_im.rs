@@ -1052,7 +1052,8 @@ impl ConversationStore for EmbeddedStore {
             return Ok(Vec::new());
         }
         let (tx, rx) = oneshot::channel();
-        self.submit(Op::Im(Request::Post(batch, tx)), rx).await
+        self.submit(Op::Im(Box::new(Request::Post(batch, tx))), rx)
+            .await
     }
 
     async fn conversations(
@@ -1125,7 +1126,7 @@ impl ConversationStore for EmbeddedStore {
     async fn apply(&self, op: ConversationOp) -> Result<Applied, OpError> {
         let (tx, rx) = oneshot::channel();
         self.ops
-            .send(Op::Im(Request::Apply(op, tx)))
+            .send(Op::Im(Box::new(Request::Apply(op, tx))))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -24,7 +24,10 @@ type Fired = Result<Option<Result<Posted, OpError>>, StoreError>;
 
 /// A schedule request for the writer.
 pub(super) enum Request {
-    Add(v1::ScheduledSend, oneshot::Sender<Result<(), StoreError>>),
+    Add(
+        Box<v1::ScheduledSend>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     Cancel(String, String, oneshot::Sender<Result<(), OpError>>),
     Fire(String, i64, oneshot::Sender<Fired>),
 }
@@ -152,7 +155,7 @@ impl EmbeddedStore {
         rx: oneshot::Receiver<T>,
     ) -> Result<T, StoreError> {
         self.ops
-            .send(Op::Im(ImRequest::Schedule(request)))
+            .send(Op::Im(Box::new(ImRequest::Schedule(request))))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
@@ -166,7 +169,8 @@ impl ScheduleStore for EmbeddedStore {
             return Err(StoreError::Invalid("schedule id of 1 to 255 bytes".into()));
         }
         let (tx, rx) = oneshot::channel();
-        self.schedule_request(Request::Add(entry, tx), rx).await?
+        self.schedule_request(Request::Add(Box::new(entry), tx), rx)
+            .await?
     }
 
     async fn cancel(&self, user: &str, id: &str) -> Result<(), OpError> {
