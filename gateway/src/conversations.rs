@@ -163,6 +163,14 @@ pub(crate) async fn store(
         };
         let p = match p {
             Ok(p) => p,
+            // A group that does not exist (any more) is a bad recipient.
+            Err(OpError::NotFound | OpError::Dissolved) => {
+                out.push(Err((
+                    ErrorCode::InvalidRecipient,
+                    "no such group, or it was dissolved".into(),
+                )));
+                continue;
+            }
             Err(e) => {
                 out.push(Err(op_error(&e)));
                 continue;
@@ -351,6 +359,7 @@ pub(crate) async fn rpc(
         }
         rpc_request::Kind::CancelSchedule(r) => return crate::schedule::cancel(ctx, user, r).await,
         rpc_request::Kind::Typing(r) => return crate::presence::typing(ctx, user, r).await,
+        rpc_request::Kind::History(r) => return history(ctx, im.as_ref(), user, r).await,
         rpc_request::Kind::Presence(r) => {
             return crate::presence::presence(ctx, user, session_id, r).await;
         }
@@ -379,6 +388,58 @@ pub(crate) async fn rpc(
             } else {
                 debug!(user, ?code, "conversation operation refused");
             }
+            error(code, message)
+        }
+    }
+}
+
+async fn history(
+    ctx: &Ctx,
+    im: &dyn qim_storage::ConversationStore,
+    user: &str,
+    r: v1::HistoryRequest,
+) -> rpc_response::Kind {
+    use qim_storage::conversations::HistoryAnchor;
+    let Some(peer) = valid_peer(&r.conversation) else {
+        return error(
+            ErrorCode::InvalidArgument,
+            "conversation is not a valid peer",
+        );
+    };
+    let anchor = match (r.seq, r.time_ms) {
+        (0, 0) => HistoryAnchor::End,
+        (0, t) => HistoryAnchor::Time(t),
+        (s, _) => HistoryAnchor::Seq(s),
+    };
+    let limit = match r.limit {
+        0 => 100,
+        n => n as usize,
+    };
+    match im.history(user, &peer, anchor, r.forward, limit).await {
+        Ok(page) => {
+            // Fill up to the frame limit; `more` tells the client to go on.
+            let budget = (ctx.config.limits.max_frame_bytes as usize).saturating_sub(64);
+            let mut used = 0;
+            let total = page.entries.len();
+            let entries: Vec<v1::InboxEntry> = page
+                .entries
+                .into_iter()
+                .map(|m| v1::InboxEntry {
+                    seq: m.seq,
+                    message: Some(m.message),
+                })
+                .take_while(|e| {
+                    use prost::Message as _;
+                    let len = e.encoded_len();
+                    used += len + prost::length_delimiter_len(len) + 1;
+                    used <= budget
+                })
+                .collect();
+            let more = page.more || entries.len() < total;
+            rpc_response::Kind::History(v1::HistoryResponse { entries, more })
+        }
+        Err(e) => {
+            let (code, message) = op_error(&e);
             error(code, message)
         }
     }

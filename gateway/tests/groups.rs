@@ -174,7 +174,7 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         .send_group(g.clone(), "anyone?".into())
         .await
         .expect_err("dissolved");
-    assert_eq!(rejected(&err), Some(ErrorCode::NotFound));
+    assert_eq!(rejected(&err), Some(ErrorCode::InvalidRecipient));
     gw.stop().await;
 }
 
@@ -250,6 +250,17 @@ async fn read_diffusion_group_of_2000_delivers_to_200_online_once_in_order() {
         0,
         "own messages are never unread"
     );
+
+    // History pages over the group's log.
+    let page = online[1]
+        .history(peer.clone(), qim_sdk::HistoryAnchor::End, false, 30)
+        .await
+        .expect("history");
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (71..=100).rev().collect::<Vec<u64>>()
+    );
+    assert!(page.more);
 
     // An offline member catches up by pulling, from where it joined.
     let late = gw.client(&members[MEMBERS - 2], "phone").await;

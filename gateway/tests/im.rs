@@ -779,3 +779,111 @@ async fn presence_of_friends_is_pushed_within_a_second_and_typing_is_never_store
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
+    use qim_sdk::HistoryAnchor;
+    let gw = TestGateway::start_with(|c| {
+        c.limits.sends_per_second = 0;
+    })
+    .await;
+    let alice = gw.client("alice", "alice-phone").await;
+    const N: usize = 10_000;
+    let started = std::time::Instant::now();
+    let mut receipts = Vec::with_capacity(N);
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+        let sends = chunk
+            .iter()
+            .map(|i| {
+                Box::pin(alice.send_message(OutgoingMessage {
+                    to: "bob".into(),
+                    kind: "text".into(),
+                    body: format!("h{i}").into_bytes(),
+                    client_msg_id: None,
+                }))
+            })
+            .collect();
+        for r in common::join_in_order(sends).await {
+            receipts.push(r.expect("acked"));
+        }
+    }
+    eprintln!("{N} sends in {:?}", started.elapsed());
+    // Some chat in another conversation, interleaved in bob's inbox.
+    let carol = gw.client("carol", "carol-phone").await;
+    carol
+        .send("bob".into(), "other".into())
+        .await
+        .expect("send");
+
+    let bob = gw.client("bob", "bob-phone").await;
+    let started = std::time::Instant::now();
+    let (mut back, mut anchor) = (Vec::with_capacity(N), HistoryAnchor::End);
+    loop {
+        let page = bob
+            .history(user("alice"), anchor, false, 400)
+            .await
+            .expect("page");
+        let last = page.messages.last().map(|m| m.seq);
+        back.extend(page.messages);
+        match (page.more, last) {
+            (true, Some(seq)) => anchor = HistoryAnchor::Seq(seq),
+            _ => break,
+        }
+    }
+    let texts: Vec<String> = back.iter().rev().map(text).collect();
+    assert_eq!(texts.len(), N);
+    assert!(
+        texts.iter().enumerate().all(|(i, t)| *t == format!("h{i}")),
+        "every message once, newest first"
+    );
+    assert!(back.windows(2).all(|w| w[0].seq > w[1].seq));
+
+    let (mut fwd, mut anchor) = (Vec::with_capacity(N), HistoryAnchor::End);
+    loop {
+        let page = bob
+            .history(user("alice"), anchor, true, 400)
+            .await
+            .expect("page");
+        let last = page.messages.last().map(|m| m.seq);
+        fwd.extend(page.messages);
+        match (page.more, last) {
+            (true, Some(seq)) => anchor = HistoryAnchor::Seq(seq),
+            _ => break,
+        }
+    }
+    assert_eq!(fwd.len(), N);
+    assert!(
+        fwd.iter()
+            .enumerate()
+            .all(|(i, m)| text(m) == format!("h{i}"))
+    );
+    assert_eq!(
+        fwd.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        receipts.iter().map(|r| r.seq).collect::<Vec<_>>()
+    );
+    eprintln!("paged {N} both ways in {:?}", started.elapsed());
+
+    // From a time: the first message stored at or after it.
+    let t = receipts[5000].server_time_ms;
+    let page = bob
+        .history(user("alice"), HistoryAnchor::Time(t), true, 10)
+        .await
+        .expect("page");
+    assert!(page.messages[0].server_time_ms >= t);
+    let first = receipts
+        .iter()
+        .position(|r| r.server_time_ms >= t)
+        .expect("exists");
+    assert_eq!(page.messages[0].msg_id, receipts[first].msg_id);
+    // The other conversation holds only its own message.
+    let other = bob
+        .history(user("carol"), HistoryAnchor::End, false, 10)
+        .await
+        .expect("page");
+    assert_eq!(
+        other.messages.iter().map(text).collect::<Vec<_>>(),
+        ["other"]
+    );
+    assert!(!other.more);
+    gw.stop().await;
+}

@@ -230,6 +230,26 @@ impl Event {
     }
 }
 
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryAnchor {
+    /// The newest end (backward) or the oldest (forward).
+    End,
+    /// After (forward) or before (backward) this seq.
+    Seq(u64),
+    /// From this server time, milliseconds since the Unix epoch.
+    Time(i64),
+}
+
+/// A page of a conversation's history.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryPage {
+    /// In the direction asked.
+    pub messages: Vec<crate::IncomingMessage>,
+    /// More exist beyond the last.
+    pub more: bool,
+}
+
 /// One entry of the conversation list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Conversation {
@@ -427,6 +447,54 @@ impl Client {
             .await?
         {
             rpc_response::Kind::Schedule(_) => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// A page of `peer`'s history from `anchor`, forward (older to newer)
+    /// or backward; `more` says whether to go on from the last entry's
+    /// `seq` (in a read-diffusion group, a seq of the group's log).
+    pub async fn history(
+        &self,
+        peer: Peer,
+        anchor: HistoryAnchor,
+        forward: bool,
+        limit: u32,
+    ) -> Result<HistoryPage, Error> {
+        let (seq, time_ms) = match anchor {
+            HistoryAnchor::End => (0, 0),
+            HistoryAnchor::Seq(s) => (s, 0),
+            HistoryAnchor::Time(t) => (0, t),
+        };
+        match self
+            .rpc(rpc_request::Kind::History(v1::HistoryRequest {
+                conversation: Some(peer.to_wire()),
+                seq,
+                time_ms,
+                forward,
+                limit,
+            }))
+            .await?
+        {
+            rpc_response::Kind::History(h) => {
+                let me = self.user_id();
+                let device = self.config().device_id.clone();
+                Ok(HistoryPage {
+                    messages: h
+                        .entries
+                        .into_iter()
+                        .map(|e| {
+                            crate::IncomingMessage::from_wire(
+                                e.seq,
+                                e.message.unwrap_or_default(),
+                                &me,
+                                &device,
+                            )
+                        })
+                        .collect(),
+                    more: h.more,
+                })
+            }
             _ => Err(unexpected()),
         }
     }

@@ -59,6 +59,8 @@ pub use config::{ClientConfig, Platform};
 pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
 pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
-pub use im::{Conversation, ConversationPage, Event, MessageExtras, Peer, Quote};
+pub use im::{
+    Conversation, ConversationPage, Event, HistoryAnchor, HistoryPage, MessageExtras, Peer, Quote,
+};
 pub use presence::{PresenceStatus, SessionSpan, Signal};
 pub use qim_proto::v1::ErrorCode;

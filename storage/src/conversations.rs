@@ -199,6 +199,26 @@ pub enum ConversationOp {
     },
 }
 
+/// Where a history page starts (exclusive for a seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryAnchor {
+    /// The newest (backward) or oldest (forward) end.
+    End,
+    /// After (forward) or before (backward) this seq.
+    Seq(u64),
+    /// At or after (forward) / at or before (backward) this server time.
+    Time(i64),
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistoryPage {
+    /// Entries in the direction asked.
+    pub entries: Vec<StoredMessage>,
+    /// More exist beyond the last entry.
+    pub more: bool,
+}
+
 /// What an operation changed.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Applied {
@@ -286,6 +306,19 @@ pub trait ConversationStore: Send + Sync + 'static {
 
     /// Applies one operation atomically.
     async fn apply(&self, op: ConversationOp) -> Result<Applied, OpError>;
+
+    /// A page of `user`'s history with `peer` (see [`HistoryAnchor`]), at
+    /// most `limit` chat messages (events and deleted entries left out),
+    /// in the direction asked. For a read-diffusion group, the group log
+    /// after the member joined; otherwise the user's inbox copies.
+    async fn history(
+        &self,
+        user: &str,
+        peer: &v1::Peer,
+        anchor: HistoryAnchor,
+        forward: bool,
+        limit: usize,
+    ) -> Result<HistoryPage, OpError>;
 }
 
 /// The conversation a copy in `owner`'s inbox belongs to: the group for a

@@ -30,8 +30,8 @@ use super::{
     prefixed, read_head, split_message_key, unavailable,
 };
 use crate::conversations::{
-    Applied, ConversationOp, ConversationPage, ConversationStore, OpError, Post, Posted,
-    conversation_of, group_log, peer_key, preview,
+    Applied, ConversationOp, ConversationPage, ConversationStore, HistoryAnchor, HistoryPage,
+    OpError, Post, Posted, conversation_of, group_log, peer_key, preview,
 };
 use crate::model::new_msg_id;
 use crate::{StoreError, StoredMessage};
@@ -972,6 +972,56 @@ impl Rewrite {
     }
 }
 
+/// History entries read at most per page.
+const MAX_HISTORY: usize = 1000;
+
+/// Walks seqs of one history in the asked direction, reading each
+/// message, until the page is full (and one more shows there is more).
+fn walk(
+    keys: impl DoubleEndedIterator<Item = fjall::Guard>,
+    forward: bool,
+    anchor: HistoryAnchor,
+    limit: usize,
+    mut read: impl FnMut(&[u8], &[u8]) -> Result<Option<StoredMessage>, StoreError>,
+) -> Result<HistoryPage, StoreError> {
+    let keys: Box<dyn Iterator<Item = fjall::Guard>> = if forward {
+        Box::new(keys)
+    } else {
+        Box::new(keys.rev())
+    };
+    let mut page = HistoryPage::default();
+    for guard in keys {
+        let (key, value) = guard.into_inner().map_err(unavailable)?;
+        let Some(m) = read(&key, &value)? else {
+            continue;
+        };
+        if m.message.event.is_some() {
+            continue;
+        }
+        if let HistoryAnchor::Time(t) = anchor {
+            let before = m.message.server_time_ms < t;
+            if (forward && before) || (!forward && m.message.server_time_ms > t) {
+                continue;
+            }
+        }
+        if page.entries.len() == limit {
+            page.more = true;
+            break;
+        }
+        page.entries.push(m);
+    }
+    Ok(page)
+}
+
+/// The seq range `[lo, hi]` a page may come from, given the anchor.
+fn seq_bounds(anchor: HistoryAnchor, forward: bool, first: u64) -> Option<(u64, u64)> {
+    match anchor {
+        HistoryAnchor::Seq(s) if forward => Some((s.saturating_add(1).max(first), u64::MAX)),
+        HistoryAnchor::Seq(s) => (s > first).then(|| (first, s - 1)),
+        HistoryAnchor::End | HistoryAnchor::Time(_) => Some((first, u64::MAX)),
+    }
+}
+
 /// Messages of a group log after `after` that count as unread for `user`.
 fn count_log_unread(
     messages: &fjall::Keyspace,
@@ -1121,6 +1171,58 @@ impl ConversationStore for EmbeddedStore {
             self.fill_group(user, conv)?;
         }
         Ok(conv)
+    }
+
+    async fn history(
+        &self,
+        user: &str,
+        peer: &v1::Peer,
+        anchor: HistoryAnchor,
+        forward: bool,
+        limit: usize,
+    ) -> Result<HistoryPage, OpError> {
+        check_key_part(user)?;
+        let limit = limit.clamp(1, MAX_HISTORY);
+        if let Some(v1::peer::Target::Group(g)) = peer.target.as_ref() {
+            check_key_part(g)?;
+            if load_group(&self.tables.groups, g)?.is_some_and(|i| i.read_diffusion) {
+                let Some(member) = load_member(&self.tables.members, g, user)? else {
+                    return Err(OpError::NotAMember);
+                };
+                let log = group_log(g);
+                let Some((lo, hi)) = seq_bounds(anchor, forward, member.joined_seq + 1) else {
+                    return Ok(HistoryPage::default());
+                };
+                let keys = self
+                    .tables
+                    .messages
+                    .range(message_key(&log, lo)..=message_key(&log, hi));
+                return Ok(walk(keys, forward, anchor, limit, |key, value| {
+                    decode_message(&log, key, value).map(Some)
+                })?);
+            }
+        }
+        let convkey = peer_key(peer).ok_or(OpError::NotFound)?;
+        check_key_part(&convkey)?;
+        let Some((lo, hi)) = seq_bounds(anchor, forward, 1) else {
+            return Ok(HistoryPage::default());
+        };
+        let keys = self
+            .tables
+            .conv_msgs
+            .range(conv_msg_key(user, &convkey, lo)..=conv_msg_key(user, &convkey, hi));
+        let messages = self.tables.messages.clone();
+        Ok(walk(keys, forward, anchor, limit, |key, _| {
+            let seq: [u8; 8] = key[key.len() - 8..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("bad conversation index key".into()))?;
+            let seq = u64::from_be_bytes(seq);
+            let mkey = message_key(user, seq);
+            match messages.get(&mkey).map_err(unavailable)? {
+                Some(value) => decode_message(user, &mkey, &value).map(Some),
+                None => Ok(None),
+            }
+        })?)
     }
 
     async fn apply(&self, op: ConversationOp) -> Result<Applied, OpError> {
