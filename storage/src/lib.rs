@@ -41,6 +41,8 @@ pub mod schedule;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_im;
 
 pub use contacts::ContactStore;
 pub use conversations::ConversationStore;
