@@ -360,6 +360,20 @@ pub(crate) async fn rpc(
         rpc_request::Kind::CancelSchedule(r) => return crate::schedule::cancel(ctx, user, r).await,
         rpc_request::Kind::Typing(r) => return crate::presence::typing(ctx, user, r).await,
         rpc_request::Kind::History(r) => return history(ctx, im.as_ref(), user, r).await,
+        rpc_request::Kind::ReadCount(r) => {
+            if !valid_msg_id(&r.msg_id) {
+                return error(ErrorCode::InvalidArgument, "msg_id is not a message id");
+            }
+            return match im.read_count(user, &r.msg_id).await {
+                Ok((read, total)) => {
+                    rpc_response::Kind::ReadCount(v1::ReadCountResponse { read, total })
+                }
+                Err(e) => {
+                    let (code, message) = op_error(&e);
+                    error(code, message)
+                }
+            };
+        }
         rpc_request::Kind::Presence(r) => {
             return crate::presence::presence(ctx, user, session_id, r).await;
         }

@@ -48,7 +48,7 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         .expect_err("taken");
     assert_eq!(rejected(&err), Some(ErrorCode::InvalidArgument));
 
-    owner
+    let hello = owner
         .send_group(g.clone(), "hello team".into())
         .await
         .expect("send");
@@ -61,6 +61,24 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         assert_eq!(m.group_seq, 0, "write diffusion: an inbox message");
     }
     assert_eq!(unread(&bob, &peer).await, 1);
+    assert_eq!(
+        owner.read_count(hello.msg_id.clone()).await.expect("count"),
+        (0, 2)
+    );
+    let bob_copy = bob
+        .history(peer.clone(), qim_sdk::HistoryAnchor::End, false, 1)
+        .await
+        .expect("history");
+    bob.mark_read(peer.clone(), bob_copy.messages[0].seq)
+        .await
+        .expect("mark");
+    assert_eq!(unread(&bob, &peer).await, 0);
+    assert_eq!(
+        owner.read_count(hello.msg_id.clone()).await.expect("count"),
+        (1, 2),
+        "read by 1 of 2"
+    );
+    take(&bob, 1).await; // bob's own read event
 
     // Strangers, muted members and @all by a member are refused, typed.
     let err = dave
@@ -206,12 +224,14 @@ async fn read_diffusion_group_of_2000_delivers_to_200_online_once_in_order() {
     eprintln!("{ONLINE} clients connected in {:?}", started.elapsed());
 
     let started = std::time::Instant::now();
+    let mut sent = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {
         let receipt = owner
             .send_group(g.clone(), format!("g{i}"))
             .await
             .expect("send");
         assert_eq!(receipt.seq, i as u64 + 1, "one log, one seq per message");
+        sent.push(receipt);
     }
     let receivers = online.iter().map(|c| async move {
         let got = take(c, MESSAGES).await;
@@ -245,6 +265,11 @@ async fn read_diffusion_group_of_2000_delivers_to_200_online_once_in_order() {
     let c = online[0].mark_read(peer.clone(), 60).await.expect("mark");
     assert_eq!((c.unread, c.group_read_seq), (40, 60));
     assert_eq!(unread(&online[0], &peer).await, 40);
+    online[1].mark_read(peer.clone(), 100).await.expect("mark");
+    // Read counts from the members' cursors: "read by 2 of 1999".
+    let count = |i: usize| owner.read_count(sent[i].msg_id.clone());
+    assert_eq!(count(49).await.expect("count"), (2, MEMBERS as u32 - 1));
+    assert_eq!(count(79).await.expect("count"), (1, MEMBERS as u32 - 1));
     assert_eq!(
         unread(&owner, &peer).await,
         0,

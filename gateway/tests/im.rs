@@ -150,17 +150,30 @@ async fn unread_counts_stay_exact_across_offline_devices_and_reconnects() {
         Some(("a6".to_owned(), true))
     );
     let tablet = gw.client("alice", "alice-tablet").await;
-    let copies = take(&tablet, 7).await;
+    // Copies of what was sent, with bob's two read receipts in between.
+    let synced = take(&tablet, 9).await;
+    let copies: Vec<_> = synced.iter().filter(|m| m.event.is_none()).collect();
     assert!(
         copies
             .iter()
             .all(|m| m.outgoing && m.conversation == user("bob"))
     );
     assert_eq!(
-        copies.iter().map(text).collect::<Vec<_>>(),
+        copies.iter().map(|m| text(m)).collect::<Vec<_>>(),
         ["a0", "a1", "a2", "a3", "a4", "a5", "a6"]
     );
-    // The sending device itself does not get its own sends back.
+    // The sending device itself does not get its own sends back, only the
+    // read receipts: bob read up to a2, then a4.
+    let receipts: Vec<String> = take(&alice, 2)
+        .await
+        .into_iter()
+        .map(|m| match m.event {
+            Some(Event::ReadReceipt { reader, msg_id, .. }) if reader == "bob" => msg_id,
+            other => panic!("expected a read receipt, got {other:?}"),
+        })
+        .collect();
+    let sent: Vec<&qim_sdk::IncomingMessage> = copies.clone();
+    assert_eq!(receipts, [sent[2].msg_id.clone(), sent[4].msg_id.clone()]);
     assert_quiet(&alice, Duration::from_millis(200)).await;
 
     // Pinning moves a conversation to the top of the list and syncs.

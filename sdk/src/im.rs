@@ -174,6 +174,16 @@ pub enum Event {
         /// Accepted or rejected.
         accepted: bool,
     },
+    /// The other user of a one-to-one chat read this user's messages up
+    /// to `msg_id`: every message sent to them at or before `sent_ms`.
+    ReadReceipt {
+        /// Who read.
+        reader: String,
+        /// The newest message of this user they read.
+        msg_id: String,
+        /// When that message was sent.
+        sent_ms: i64,
+    },
     /// This user changed a conversation's flags.
     Flags {
         /// The conversation.
@@ -220,6 +230,11 @@ impl Event {
             Kind::FriendResponse(r) => Event::FriendResponse {
                 from: r.from,
                 accepted: r.accepted,
+            },
+            Kind::ReadReceipt(r) => Event::ReadReceipt {
+                reader: r.reader,
+                msg_id: r.msg_id,
+                sent_ms: r.sent_ms,
             },
             Kind::Flags(r) => Event::Flags {
                 conversation: Peer::from_wire(r.conversation.as_ref()),
@@ -495,6 +510,20 @@ impl Client {
                     more: h.more,
                 })
             }
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// How many members of the group have read a group message this user
+    /// sent: `(read, total)`, "read by 12 of 40".
+    pub async fn read_count(&self, msg_id: String) -> Result<(u32, u32), Error> {
+        match self
+            .rpc(rpc_request::Kind::ReadCount(v1::ReadCountRequest {
+                msg_id,
+            }))
+            .await?
+        {
+            rpc_response::Kind::ReadCount(r) => Ok((r.read, r.total)),
             _ => Err(unexpected()),
         }
     }

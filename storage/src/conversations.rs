@@ -135,7 +135,9 @@ pub struct ConversationPage {
 pub enum ConversationOp {
     /// Moves the read cursor up to `up_to_seq` (clamped to the
     /// conversation's `last_seq`) and recounts unread; appends a
-    /// `ReadState` event to the user's inbox when the cursor moved.
+    /// `ReadState` event to the user's inbox when the cursor moved, and in a
+    /// one-to-one chat a `ReadReceipt` to the other user's inbox (same
+    /// write).
     MarkRead {
         /// The reader.
         user: String,
@@ -306,6 +308,10 @@ pub trait ConversationStore: Send + Sync + 'static {
 
     /// Applies one operation atomically.
     async fn apply(&self, op: ConversationOp) -> Result<Applied, OpError>;
+
+    /// How many of the recipients of `msg_id` (sent by `user` to a group)
+    /// have read it, from their read cursors: `(read, total)`.
+    async fn read_count(&self, user: &str, msg_id: &str) -> Result<(u32, u32), OpError>;
 
     /// A page of `user`'s history with `peer` (see [`HistoryAnchor`]), at
     /// most `limit` chat messages (events and deleted entries left out),

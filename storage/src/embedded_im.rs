@@ -577,15 +577,47 @@ impl Writer {
                 conv.conv.read_seq = up_to;
                 conv.conv.unread = unread;
                 let snapshot = conv.conv.clone();
+                let other = match conversation.target.as_ref() {
+                    Some(v1::peer::Target::User(other)) if *other != user => Some(other.clone()),
+                    _ => None,
+                };
                 let event = v1::inbox_event::Kind::Read(v1::ReadState {
                     conversation: Some(conversation),
                     read_seq: up_to,
                     unread,
                 });
                 let stored = self.stage_event(stage, &user, &user, event, now_ms)?;
+                let mut events = vec![stored.clone()];
+                // A read receipt for the other user: the newest message of
+                // theirs read now.
+                if let Some(other) = other {
+                    let start = conv_msg_key(&user, &convkey, 1);
+                    let end = conv_msg_key(&user, &convkey, up_to);
+                    let mut newest = None;
+                    for guard in self.tables.conv_msgs.range(start..=end).rev() {
+                        let (key, _) = guard.into_inner().map_err(unavailable)?;
+                        let seq: [u8; 8] = key[key.len() - 8..].try_into().map_err(|_| {
+                            StoreError::Corrupt("bad conversation index key".into())
+                        })?;
+                        if let Some(m) = self.read_message(&user, u64::from_be_bytes(seq))? {
+                            if m.message.from_user == other && m.message.event.is_none() {
+                                newest = Some(m);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(m) = newest {
+                        let receipt = v1::inbox_event::Kind::ReadReceipt(v1::ReadReceipt {
+                            reader: user.clone(),
+                            msg_id: m.message.msg_id.clone(),
+                            sent_ms: m.message.server_time_ms,
+                        });
+                        events.push(self.stage_event(stage, &other, &user, receipt, now_ms)?);
+                    }
+                }
                 Ok(Applied {
                     event_seq: stored.seq,
-                    events: vec![stored],
+                    events,
                     conversation: Some(snapshot),
                     ..Applied::default()
                 })
@@ -1223,6 +1255,66 @@ impl ConversationStore for EmbeddedStore {
                 None => Ok(None),
             }
         })?)
+    }
+
+    async fn read_count(&self, user: &str, msg_id: &str) -> Result<(u32, u32), OpError> {
+        check_key_part(user)?;
+        let Some(index) = self
+            .tables
+            .msg_ids
+            .get(msg_id.as_bytes())
+            .map_err(unavailable)?
+        else {
+            return Err(OpError::NotFound);
+        };
+        let copies = decode_copies(&index)?;
+        let Some((first_inbox, first_seq)) = copies.first().cloned() else {
+            return Err(OpError::NotFound);
+        };
+        let key = message_key(&first_inbox, first_seq);
+        let Some(value) = self.tables.messages.get(&key).map_err(unavailable)? else {
+            return Err(OpError::NotFound);
+        };
+        let message = decode_message(&first_inbox, &key, &value)?.message;
+        if message.from_user != user {
+            return Err(OpError::NotSender);
+        }
+        let Some(v1::peer::Target::Group(g)) = message.to.as_ref().and_then(|p| p.target.as_ref())
+        else {
+            return Err(OpError::NotFound);
+        };
+        let convkey = format!("g:{g}");
+        let (mut read, mut total) = (0u32, 0u32);
+        if let Some(log_group) = first_inbox.strip_prefix('#') {
+            // Read diffusion: each member's cursor in the log.
+            let prefix = prefixed(log_group, 0);
+            for guard in self.tables.members.prefix(&prefix) {
+                let (_, value) = guard.into_inner().map_err(unavailable)?;
+                let m = v1::GroupMember::decode(value.as_ref())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if m.user == user || m.joined_seq >= first_seq {
+                    continue;
+                }
+                total += 1;
+                let conv = load_conv(&self.tables.conversations, &m.user, &convkey)?;
+                if conv.is_some_and(|c| c.group_read_seq >= first_seq) {
+                    read += 1;
+                }
+            }
+        } else {
+            // Write diffusion: each member's cursor against their copy.
+            for (inbox, seq) in copies {
+                if inbox == user {
+                    continue;
+                }
+                total += 1;
+                let conv = load_conv(&self.tables.conversations, &inbox, &convkey)?;
+                if conv.is_some_and(|c| c.read_seq >= seq) {
+                    read += 1;
+                }
+            }
+        }
+        Ok((read, total))
     }
 
     async fn apply(&self, op: ConversationOp) -> Result<Applied, OpError> {
