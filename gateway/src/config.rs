@@ -257,6 +257,34 @@ section! {
 }
 
 section! {
+    /// Instant-messaging features: conversations, read state, message operations.
+    "im" => Im {
+        /// Put a copy of every one-to-one message in the sender's own inbox too, so the sender's other devices see what was sent and the sender's conversation list shows it. Doubles the writes per message.
+        sync_sent: bool = false,
+        /// Milliseconds after sending within which a sender may recall a message (RECALL_WINDOW_PASSED after).
+        recall_window_ms: u64 = 120_000,
+        /// Users a message may mention at most.
+        max_mentions: u32 = 50,
+        /// Who may message whom one to one: "allow" (anyone not blocked) or "friends" (NOT_FRIENDS otherwise).
+        direct_policy: String = "allow".to_owned(),
+        /// Which devices of a user may be online together: "unlimited", "one-per-platform-class" (mobile, desktop, web: a login kicks the older session of its class) or "single" (a login kicks every other device). Kicked sessions are closed with KICKED and do not reconnect on their own; the same device logging in again only replaces its own earlier session.
+        device_policy: String = "unlimited".to_owned(),
+        /// How far ahead a message may be scheduled, in milliseconds.
+        max_schedule_ahead_ms: u64 = 30 * 24 * 3_600_000,
+    }
+}
+
+section! {
+    /// Groups.
+    "groups" => Groups {
+        /// Groups with more members than this switch from write diffusion (a copy per member inbox) to read diffusion (one group log, pushed to online members, pulled by the rest). The switch is for good.
+        read_diffusion_threshold: u32 = 500,
+        /// Members a group may have at creation.
+        max_members: u32 = 100_000,
+    }
+}
+
+section! {
     /// Logging.
     "log" => Log {
         /// tracing filter directives, e.g. "info" or "qim_gateway=debug,info"; RUST_LOG overrides.
@@ -280,6 +308,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub store: Store,
     pub cluster: Cluster,
+    pub im: Im,
+    pub groups: Groups,
     pub log: Log,
 }
 
@@ -304,6 +334,8 @@ impl Config {
         Shutdown::write_example(&mut out);
         Store::write_example(&mut out);
         Cluster::write_example(&mut out);
+        Im::write_example(&mut out);
+        Groups::write_example(&mut out);
         Log::write_example(&mut out);
         out
     }
@@ -421,6 +453,18 @@ impl Config {
             return invalid(
                 "cluster.strategy must be consistent-hash, least-connections, random or round-robin",
             );
+        }
+        if !matches!(
+            self.im.device_policy.as_str(),
+            "unlimited" | "one-per-platform-class" | "single"
+        ) {
+            return invalid("im.device_policy must be unlimited, one-per-platform-class or single");
+        }
+        if !matches!(self.im.direct_policy.as_str(), "allow" | "friends") {
+            return invalid("im.direct_policy must be allow or friends");
+        }
+        if self.groups.max_members == 0 {
+            return invalid("groups.max_members must be above 0");
         }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");

@@ -240,6 +240,7 @@ fn deliver(message: &StoredMessage, attempt: u32) -> v1::Deliver {
         seq: message.seq,
         message: Some(message.message.clone()),
         attempt,
+        ..Default::default()
     }
 }
 

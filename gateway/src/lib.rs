@@ -9,6 +9,17 @@
 //!   heartbeat, chat, ack and rpc streams, each in its own task.
 //! - [`delivery`]: the per-device delivery engine; [`delivery::Window`] is its
 //!   sans-IO core (unacked window, retransmit timers with backoff).
+//! - `conversations`: chat sends as posts (one copy per inbox) and the IM
+//!   rpc requests: conversation list, read state, flags, recall, edit,
+//!   delete-for-me.
+//! - `contacts`: friend requests, friends, blocks, and the direct-message
+//!   policy checked on every one-to-one send.
+//! - `groups`: group requests, and the push of read-diffusion group logs
+//!   to online members (best effort, with nudges and pulls).
+//! - `schedule`: scheduled sends: requests, and the task that posts them
+//!   when due (also after a restart).
+//! - `presence`: online/offline over a user's devices, last seen,
+//!   subscriptions, online-time records, typing; pushed as signals.
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
@@ -28,13 +39,18 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+mod contacts;
+mod conversations;
 pub mod delivery;
+mod groups;
 pub mod limit;
 pub mod metrics;
+mod presence;
 mod route;
+mod schedule;
 pub mod server;
 mod session;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{Gateway, RunError, StartError, StartInfo};
+pub use server::{Gateway, ImStores, RunError, StartError, StartInfo};

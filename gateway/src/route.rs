@@ -25,10 +25,47 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Which devices of a user may be online together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DevicePolicy {
+    /// Any number of devices.
+    Unlimited,
+    /// One device per platform class (mobile, desktop, web); a login kicks
+    /// the older session of its class.
+    OnePerClass,
+    /// One device in total; a login kicks every other device.
+    Single,
+}
+
+impl DevicePolicy {
+    /// From the config value (validated at start-up).
+    pub(crate) fn parse(s: &str) -> Option<DevicePolicy> {
+        match s {
+            "unlimited" => Some(DevicePolicy::Unlimited),
+            "one-per-platform-class" => Some(DevicePolicy::OnePerClass),
+            "single" => Some(DevicePolicy::Single),
+            _ => None,
+        }
+    }
+}
+
+/// Platform classes for [`DevicePolicy::OnePerClass`]; `None` (servers,
+/// unspecified) is never kicked by class.
+pub(crate) fn platform_class(platform: i32) -> Option<&'static str> {
+    use qim_proto::v1::Platform;
+    match Platform::try_from(platform).ok()? {
+        Platform::Android | Platform::Ios => Some("mobile"),
+        Platform::Desktop => Some("desktop"),
+        Platform::Web => Some("web"),
+        Platform::Server | Platform::Unspecified => None,
+    }
+}
+
 /// A session of one device, as the routes know it.
 struct Attached {
     session_id: u64,
     device_id: String,
+    class: Option<&'static str>,
     /// Ends the session with a reason (another login of the device, a kick).
     kick: oneshot::Sender<ErrorCode>,
 }
@@ -80,6 +117,16 @@ impl Feed {
         self.raise_head(seq);
     }
 
+    /// Replaces the ring's copy of a message rewritten in the store
+    /// (recall, edit), so devices served from the ring see the new form.
+    fn replace(&self, message: Arc<StoredMessage>) {
+        let mut recent = lock(&self.recent);
+        let at = recent.partition_point(|m| m.seq < message.seq);
+        if let Some(slot) = recent.get_mut(at).filter(|m| m.seq == message.seq) {
+            *slot = message;
+        }
+    }
+
     /// Up to `max` consecutive messages starting at `seq`, if the ring holds
     /// `seq`; empty otherwise.
     pub(crate) fn recent_from(&self, seq: u64, max: usize) -> Vec<Arc<StoredMessage>> {
@@ -106,11 +153,28 @@ impl Routes {
     /// Registers a session of `device_id` for `user`. An earlier session of
     /// the same device is told to end with `REPLACED`. Returns the user's
     /// feed and the receiver that ends this session when fired.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn attach(
         &self,
         user: &str,
         device_id: &str,
         session_id: u64,
+    ) -> (Arc<Feed>, oneshot::Receiver<ErrorCode>) {
+        self.attach_with_policy(user, device_id, session_id, None, DevicePolicy::Unlimited)
+    }
+
+    /// [`attach`](Routes::attach) under a device policy: besides an earlier
+    /// session of the same device (`REPLACED`, never a policy kick, so a
+    /// device reconnecting after a network blip is never kicked by its own
+    /// earlier session), sessions of other devices the policy excludes are
+    /// told to end with `KICKED`.
+    pub(crate) fn attach_with_policy(
+        &self,
+        user: &str,
+        device_id: &str,
+        session_id: u64,
+        class: Option<&'static str>,
+        policy: DevicePolicy,
     ) -> (Arc<Feed>, oneshot::Receiver<ErrorCode>) {
         let (kick, kicked) = oneshot::channel();
         let mut users = lock(&self.users);
@@ -124,9 +188,24 @@ impl Routes {
             let old = sessions.swap_remove(i);
             let _ = old.kick.send(ErrorCode::Replaced);
         }
+        let excluded = |s: &Attached| match policy {
+            DevicePolicy::Unlimited => false,
+            DevicePolicy::Single => true,
+            DevicePolicy::OnePerClass => class.is_some() && s.class == class,
+        };
+        let mut i = 0;
+        while i < sessions.len() {
+            if excluded(&sessions[i]) {
+                let old = sessions.swap_remove(i);
+                let _ = old.kick.send(ErrorCode::Kicked);
+            } else {
+                i += 1;
+            }
+        }
         sessions.push(Attached {
             session_id,
             device_id: device_id.to_owned(),
+            class,
             kick,
         });
         drop(sessions);
@@ -154,6 +233,14 @@ impl Routes {
         let feed = lock(&self.users).get(&message.inbox).cloned();
         if let Some(feed) = feed {
             feed.push(message);
+        }
+    }
+
+    /// Refreshes a rewritten message in its inbox's feed, if online.
+    pub(crate) fn replace(&self, message: Arc<StoredMessage>) {
+        let feed = lock(&self.users).get(&message.inbox).cloned();
+        if let Some(feed) = feed {
+            feed.replace(message);
         }
     }
 

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
 use qim_storage::embedded::EmbeddedStore;
-use qim_storage::{ClusterStore, MessageStore};
+use qim_storage::{
+    ClusterStore, ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore,
+    ScheduleStore,
+};
 use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -67,10 +70,40 @@ pub enum RunError {
     StoreFailed(String),
 }
 
+/// The stores behind IM features; a backend usually implements all three.
+#[derive(Clone)]
+pub struct ImStores {
+    /// Conversations, read state, message operations.
+    pub conversations: Arc<dyn ConversationStore>,
+    /// Groups.
+    pub groups: Arc<dyn GroupStore>,
+    /// Friends and blocks.
+    pub contacts: Arc<dyn ContactStore>,
+    /// Scheduled sends.
+    pub schedules: Arc<dyn ScheduleStore>,
+    /// Session records.
+    pub presence: Arc<dyn PresenceStore>,
+}
+
 /// State shared by every connection of this gateway.
 pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) store: Arc<dyn MessageStore>,
+    /// Conversations and message operations; `None` when the store has none
+    /// (IM requests are then refused with UNSUPPORTED).
+    pub(crate) im: Option<Arc<dyn ConversationStore>>,
+    /// Groups; `None` when the store has none.
+    pub(crate) groups: Option<Arc<dyn GroupStore>>,
+    /// Friends and blocks; `None` when the store has none.
+    pub(crate) contacts: Option<Arc<dyn ContactStore>>,
+    /// Session records; `None` when the store has none.
+    pub(crate) presence: Option<Arc<dyn PresenceStore>>,
+    /// Scheduled sends; `None` when the store has none.
+    pub(crate) schedules: Option<Arc<dyn ScheduleStore>>,
+    /// Wakes the scheduler when an entry was added.
+    pub(crate) schedule_wake: tokio::sync::Notify,
+    /// Pushes of read-diffusion group logs to online members.
+    pub(crate) group_push: crate::groups::GroupPush,
     pub(crate) routes: Routes,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tokens: TokenKey,
@@ -135,18 +168,48 @@ impl Gateway {
     /// `server.data_dir`.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         if let Some(options) = config.store.cluster_options() {
+            // The IM stores (conversations, groups, contacts, schedules,
+            // presence) have no CQL implementation yet: a cluster runs
+            // messaging without them and answers their rpcs UNSUPPORTED.
             let store = ClusterStore::connect(&options).await?;
             return Self::bind_with_store(config, Arc::new(store)).await;
         }
-        let store = EmbeddedStore::open(&config.server.data_dir.join("store"))?;
-        Self::bind_with_store(config, Arc::new(store)).await
+        let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
+        let im = ImStores {
+            conversations: store.clone(),
+            groups: store.clone(),
+            contacts: store.clone(),
+            schedules: store.clone(),
+            presence: store.clone(),
+        };
+        Self::bind_with_stores(config, store, Some(im)).await
     }
 
-    /// Binds with a store chosen by the caller.
+    /// Binds with a store chosen by the caller, without IM features.
     pub async fn bind_with_store(
         config: Config,
         store: Arc<dyn MessageStore>,
     ) -> Result<Gateway, StartError> {
+        Self::bind_with_stores(config, store, None).await
+    }
+
+    /// Binds with a message store and, for IM features, the IM stores
+    /// (usually the same backend).
+    pub async fn bind_with_stores(
+        config: Config,
+        store: Arc<dyn MessageStore>,
+        im: Option<ImStores>,
+    ) -> Result<Gateway, StartError> {
+        let (conversations, groups, contacts, schedules, presence) = match im {
+            Some(s) => (
+                Some(s.conversations),
+                Some(s.groups),
+                Some(s.contacts),
+                Some(s.schedules),
+                Some(s.presence),
+            ),
+            None => (None, None, None, None, None),
+        };
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
@@ -193,6 +256,13 @@ impl Gateway {
         };
         let ctx = Arc::new(Ctx {
             store,
+            im: conversations,
+            groups,
+            contacts,
+            schedules,
+            presence,
+            schedule_wake: tokio::sync::Notify::new(),
+            group_push: Default::default(),
             routes: Routes::default(),
             metrics: Arc::new(Metrics::new()),
             tokens,
@@ -241,6 +311,7 @@ impl Gateway {
             }
         });
 
+        let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&ctx)));
         let limit = Arc::new(Semaphore::new(ctx.config.server.max_connections));
         let mut connections = JoinSet::new();
         let mut fatal = ctx.fatal.subscribe();
@@ -281,6 +352,7 @@ impl Gateway {
         );
         endpoint.set_server_config(None);
         ctx.draining.send_replace(true);
+        let _ = scheduler.await;
         let drain = Duration::from_millis(ctx.config.shutdown.drain_ms) + Duration::from_secs(1);
         let drained = tokio::time::timeout(drain, async {
             while connections.join_next().await.is_some() {}

@@ -73,6 +73,8 @@ impl From<Option<Fault>> for StreamEnd {
 pub(crate) struct Session {
     pub(crate) user: String,
     pub(crate) device: String,
+    /// This node's id of the session.
+    pub(crate) id: u64,
     /// Milliseconds since `started` of the last Ping.
     last_beat_ms: AtomicU64,
     /// The interval the client announced with its last Ping, clamped.
@@ -174,6 +176,7 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: Own
 struct Login {
     user: String,
     device: String,
+    platform: i32,
     resume_from: u64,
     control_send: FramedSend,
     control_recv: FramedRecv,
@@ -248,6 +251,7 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     Ok(Login {
         user: claims.user_id,
         device: hello.device_id,
+        platform: hello.platform,
         resume_from: hello.resume_from,
         control_send,
         control_recv,
@@ -258,17 +262,24 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
     let Login {
         user,
         device,
+        platform,
         resume_from,
         mut control_send,
         mut control_recv,
     } = login;
     let max_frame = ctx.config.limits.max_frame_bytes as usize;
     let session_id = ctx.next_session_id();
-    let (feed, mut kicked) = ctx.routes.attach(&user, &device, session_id);
+    let policy = crate::route::DevicePolicy::parse(&ctx.config.im.device_policy)
+        .unwrap_or(crate::route::DevicePolicy::Unlimited);
+    let class = crate::route::platform_class(platform);
+    let (feed, mut kicked) = ctx
+        .routes
+        .attach_with_policy(&user, &device, session_id, class, policy);
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
         user: user.clone(),
         device: device.clone(),
+        id: session_id,
         last_beat_ms: AtomicU64::new(0),
         beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
         started: Instant::now(),
@@ -359,6 +370,15 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
             }
         });
         tasks.spawn(async move { read_control(&mut control_recv).await });
+        let _group_push = crate::groups::attach(ctx, session_id, &user, &device, conn.clone()).map(
+            |(guard, push)| {
+                tasks.spawn(async move {
+                    push.await;
+                    StreamEnd::Done
+                });
+                guard
+            },
+        );
 
         let streams = Streams {
             ctx: Arc::clone(ctx),
@@ -395,7 +415,12 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
                 }
                 code = &mut kicked => {
                     let code = code.unwrap_or(ErrorCode::Kicked);
-                    return Err(Fault::new(code, "session ended by the server"));
+                    let reason = match code {
+                        ErrorCode::Replaced => "this device logged in again",
+                        ErrorCode::Kicked => "another device logged in (im.device_policy)",
+                        _ => "session ended by the server",
+                    };
+                    return Err(Fault::new(code, reason));
                 }
                 changed = draining.changed(), if drain_deadline.is_none() => {
                     if changed.is_ok() && *draining.borrow() {
@@ -619,11 +644,18 @@ impl Streams {
         let now = qim_proto::now_ms();
         let mut verdicts: Vec<Result<String, v1::SendNack>> = Vec::with_capacity(sends.len());
         let mut batch = Vec::with_capacity(sends.len());
-        for send in sends {
+        for mut send in sends {
+            let extras = match crate::conversations::Extras::take(&mut send, &self.ctx) {
+                Ok(extras) => extras,
+                Err((code, message)) => {
+                    verdicts.push(Err(self.nack(send.client_msg_id, code, message)));
+                    continue;
+                }
+            };
             match self.validate(send, now) {
                 Ok(new) => {
                     verdicts.push(Ok(new.client_msg_id.clone()));
-                    batch.push(new);
+                    batch.push((new, extras));
                 }
                 Err(nack) => verdicts.push(Err(nack)),
             }
@@ -632,7 +664,7 @@ impl Streams {
             Ok(Vec::new())
         } else {
             let started = Instant::now();
-            let result = self.ctx.store.append(batch).await;
+            let result = crate::conversations::store(&self.ctx, batch).await;
             self.ctx
                 .metrics
                 .store_latency
@@ -654,7 +686,10 @@ impl Streams {
             let kind = match (verdict, &mut stored) {
                 (Err(nack), _) => server_ack::Kind::Nack(nack),
                 (Ok(client_msg_id), Ok(appended)) => match appended.next() {
-                    Some(a) => {
+                    Some(Err((code, message))) => {
+                        server_ack::Kind::Nack(self.nack(client_msg_id, code, &message))
+                    }
+                    Some(Ok(a)) => {
                         self.ctx.metrics.sends.inc();
                         let ack = v1::SendAck {
                             client_msg_id,
@@ -723,10 +758,16 @@ impl Streams {
         }
         let recipient = match send.to.as_ref().and_then(|p| p.target.as_ref()) {
             Some(v1::peer::Target::User(user)) if qim_proto::ids::is_valid_id(user) => user.clone(),
+            Some(v1::peer::Target::Group(group))
+                if self.ctx.groups.is_some() && qim_proto::ids::is_valid_id(group) =>
+            {
+                // The store resolves the members.
+                String::new()
+            }
             Some(v1::peer::Target::Group(_)) => {
                 return Err(refuse(
                     ErrorCode::InvalidRecipient,
-                    "group messaging is not enabled on this server",
+                    "group messaging is not enabled on this server, or the group id is invalid",
                 ));
             }
             _ => {
@@ -759,6 +800,16 @@ impl Streams {
         }
         let kind = match request.kind {
             Some(rpc_request::Kind::Sync(sync)) => self.sync(sync).await,
+            Some(im) => {
+                crate::conversations::rpc(
+                    &self.ctx,
+                    &self.session.user,
+                    &self.session.device,
+                    self.session.id,
+                    im,
+                )
+                .await
+            }
             None => rpc_response::Kind::Error(v1::RpcError {
                 code: ErrorCode::InvalidArgument as i32,
                 message: "unknown or empty request".into(),

@@ -189,3 +189,63 @@ async fn a_kill_9_during_traffic_loses_no_acked_message() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_message_survives_kill_9_and_arrives_on_time() {
+    use qim_sdk::Peer;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = start(dir.path()).await;
+    let alice = Client::connect(node.config(dir.path(), "alice", "alice-phone"))
+        .await
+        .expect("connect");
+    let now = qim_proto::now_ms();
+    // Overdue by the time the gateway is back: delivered at start-up.
+    let early_at = now + 200;
+    alice
+        .schedule(Peer::User("bob".into()), "early".into(), early_at)
+        .await
+        .expect("schedule");
+    // Still pending after the restart: delivered at its time.
+    let on_time_at = now + 3_000;
+    alice
+        .schedule(Peer::User("bob".into()), "on time".into(), on_time_at)
+        .await
+        .expect("schedule");
+    let cancelled = alice
+        .schedule(Peer::User("bob".into()), "cancelled".into(), now + 2_000)
+        .await
+        .expect("schedule");
+    alice
+        .cancel_scheduled(cancelled.clone())
+        .await
+        .expect("cancel");
+    let err = alice.cancel_scheduled(cancelled).await.expect_err("once");
+    assert!(matches!(
+        err,
+        qim_sdk::Error::Rejected {
+            code: qim_sdk::ErrorCode::NotFound,
+            ..
+        }
+    ));
+    alice.close().await;
+    node.kill9().await;
+
+    let node = start(dir.path()).await;
+    let bob = Client::connect(node.config(dir.path(), "bob", "bob-phone"))
+        .await
+        .expect("connect");
+    let first = take(&bob, 1).await.remove(0);
+    assert_eq!(text(&first), "early");
+    assert!(first.server_time_ms >= early_at);
+    let second = take(&bob, 1).await.remove(0);
+    let arrived = qim_proto::now_ms();
+    assert_eq!(text(&second), "on time");
+    assert!(second.server_time_ms >= on_time_at, "never early");
+    assert!(
+        arrived - on_time_at < 1_000,
+        "late by {} ms",
+        arrived - on_time_at
+    );
+    // The cancelled one's time has passed: it never comes.
+    assert_quiet(&bob, Duration::from_millis(300)).await;
+}

@@ -152,6 +152,7 @@ mod tests {
             }),
             body: body.into(),
             kind: "text".into(),
+            ..Default::default()
         }
     }
 
@@ -211,6 +212,7 @@ mod tests {
                     ..Default::default()
                 }),
                 attempt: 0,
+                ..Default::default()
             }).collect();
             for m in &sent {
                 encode(m, 4096, &mut wire).expect("fits");

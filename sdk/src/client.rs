@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::im::{Event, MessageExtras, Peer, Quote};
 use crate::inbox::Inbox;
 use crate::outbox::Outbox;
 use crate::{ClientConfig, Error};
@@ -62,10 +63,37 @@ pub struct IncomingMessage {
     pub body: Vec<u8>,
     /// When the server stored it, milliseconds since the Unix epoch.
     pub server_time_ms: i64,
+    /// The conversation it belongs to (the other user, or the group).
+    pub conversation: Peer,
+    /// Sent by this user (a copy from another of the user's devices).
+    pub outgoing: bool,
+    /// Set when this entry is a change to earlier state (read on another
+    /// device, a recall, an edit), not a chat message.
+    pub event: Option<Event>,
+    /// The message this one replies to.
+    pub reply_to: Option<Quote>,
+    /// Users mentioned.
+    pub mentions: Vec<String>,
+    /// `@all` was used.
+    pub mention_all: bool,
+    /// This user is mentioned (by name or `@all`): flag it.
+    pub mentions_me: bool,
+    /// When the sender last edited it; 0 when never.
+    pub edited_at_ms: i64,
+    /// The sender recalled it; the body is gone.
+    pub recalled: bool,
+    /// For a read-diffusion group's message: its seq in the group's log
+    /// (`seq` is then 0, the message is not in the inbox).
+    pub group_seq: u64,
 }
 
 impl IncomingMessage {
-    fn from_wire(seq: u64, m: v1::Message) -> Self {
+    pub(crate) fn from_wire(seq: u64, m: v1::Message, me: &str, my_device: &str) -> Self {
+        let conversation = Peer::conversation_of(me, &m);
+        let outgoing = !me.is_empty() && m.from_user == me;
+        let mentions_me =
+            !outgoing && (m.mention_all || m.mentions.iter().any(|u| !me.is_empty() && u == me));
+        let _ = my_device;
         Self {
             seq,
             msg_id: m.msg_id,
@@ -75,7 +103,23 @@ impl IncomingMessage {
             kind: m.kind,
             body: m.body.to_vec(),
             server_time_ms: m.server_time_ms,
+            conversation,
+            outgoing,
+            event: m.event.and_then(Event::from_wire),
+            reply_to: m.reply_to.map(Quote::from_wire),
+            mentions: m.mentions,
+            mention_all: m.mention_all,
+            mentions_me,
+            edited_at_ms: m.edited_at_ms,
+            recalled: m.recalled,
+            group_seq: 0,
         }
+    }
+
+    /// A copy of a message this very device sent: kept out of
+    /// `next_message` (the app has it from `send`), but acknowledged.
+    fn sent_here(&self, my_device: &str) -> bool {
+        self.outgoing && self.event.is_none() && self.from_device == my_device
     }
 }
 
@@ -119,7 +163,7 @@ pub struct Stats {
     pub sends_resent: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -133,12 +177,17 @@ struct Received {
 }
 
 /// State shared by the handle and the driver, outliving connections.
-struct Shared {
-    config: ClientConfig,
+pub(crate) struct Shared {
+    pub(crate) config: ClientConfig,
     endpoint: quinn::Endpoint,
     state: watch::Sender<ConnectionState>,
     last_error: Mutex<Option<Error>>,
-    user_id: Mutex<String>,
+    pub(crate) user_id: Mutex<String>,
+    /// Signals (typing, presence) for the app; bounded by `MAX_SIGNALS`.
+    pub(crate) signals: Mutex<crate::presence::Signals>,
+    pub(crate) signal_arrived: Notify,
+    /// Order and dedup of each read-diffusion group's log.
+    pub(crate) groups: Mutex<std::collections::HashMap<String, Inbox>>,
     outbox: Mutex<Outbox>,
     outbox_changed: Notify,
     send_slots: Arc<Semaphore>,
@@ -153,6 +202,8 @@ struct Shared {
     taken: AtomicU64,
     taken_changed: Notify,
     closing: watch::Sender<bool>,
+    /// The current connection, for rpc requests; `None` between sessions.
+    conn: watch::Sender<Option<quinn::Connection>>,
     /// The server's limits from the last Welcome.
     max_body: AtomicU64,
     max_frame: AtomicU64,
@@ -289,6 +340,10 @@ impl Client {
             gap_confirmed: Notify::new(),
             taken_changed: Notify::new(),
             closing: watch::Sender::new(false),
+            conn: watch::Sender::new(None),
+            groups: Mutex::new(std::collections::HashMap::new()),
+            signals: Mutex::new(VecDeque::new()),
+            signal_arrived: Notify::new(),
             max_body: AtomicU64::new(u64::MAX),
             max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
             generation: AtomicU64::new(0),
@@ -323,7 +378,60 @@ impl Client {
     /// `send_timeout`, and a typed [`Error::Rejected`] if the server refuses
     /// it for good.
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<SendReceipt, Error> {
+        self.send_message_with(message, MessageExtras::default())
+            .await
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+
+    pub(crate) fn max_frame(&self) -> usize {
+        self.shared.max_frame()
+    }
+
+    /// The current connection, once there is one.
+    pub(crate) async fn connection(&self) -> Result<quinn::Connection, Error> {
+        let mut rx = self.shared.conn.subscribe();
+        loop {
+            if let Some(conn) = rx.borrow_and_update().clone() {
+                return Ok(conn);
+            }
+            if *self.shared.state.borrow() == ConnectionState::Closed {
+                return Err(self.last_error().unwrap_or(Error::Closed));
+            }
+            let mut state = self.shared.state.subscribe();
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return Err(Error::Closed) },
+                _ = state.wait_for(|s| *s == ConnectionState::Closed) => {}
+            }
+        }
+    }
+
+    /// [`send_message`](Client::send_message) with a reply quote and
+    /// mentions.
+    pub(crate) async fn send_message_with(
+        &self,
+        message: OutgoingMessage,
+        extras: MessageExtras,
+    ) -> Result<SendReceipt, Error> {
+        let to = Peer::User(message.to.clone());
+        self.send_to_peer(to, message, extras).await
+    }
+
+    /// Sends `message` to `to` (`message.to` ignored).
+    pub(crate) async fn send_to_peer(
+        &self,
+        to: Peer,
+        message: OutgoingMessage,
+        extras: MessageExtras,
+    ) -> Result<SendReceipt, Error> {
         let shared = &self.shared;
+        let (Peer::User(to_id) | Peer::Group(to_id)) = &to;
         if *shared.closing.borrow() || *shared.state.borrow() == ConnectionState::Closed {
             return Err(self.last_error().unwrap_or(Error::Closed));
         }
@@ -334,7 +442,7 @@ impl Client {
                 retryable: false,
             });
         }
-        if !qim_proto::ids::is_valid_id(&message.to) {
+        if !qim_proto::ids::is_valid_id(to_id) {
             return Err(Error::Rejected {
                 code: ErrorCode::InvalidRecipient,
                 message: "recipient is not a valid user id".into(),
@@ -359,14 +467,14 @@ impl Client {
                 .map_err(|_| Error::Timeout)?
                 .map_err(|_| Error::Closed)?;
         let (tx, rx) = oneshot::channel();
-        let send = v1::Send {
+        let mut send = v1::Send {
             client_msg_id: client_msg_id.clone(),
-            to: Some(v1::Peer {
-                target: Some(v1::peer::Target::User(message.to)),
-            }),
+            to: Some(to.to_wire()),
             body: message.body.into(),
             kind: message.kind,
+            ..Default::default()
         };
+        extras.apply(&mut send);
         let waiter = lock(&shared.outbox).add(send, tx);
         shared.outbox_changed.notify_one();
         // If this future is dropped or times out, this caller's interest in
@@ -398,6 +506,9 @@ impl Client {
                 shared.taken.fetch_max(message.seq, Ordering::AcqRel);
                 shared.taken_changed.notify_one();
                 shared.queue_shrank.notify_one();
+                if message.sent_here(&shared.config.device_id) {
+                    continue;
+                }
                 return Some(message);
             }
             if *shared.state.borrow() == ConnectionState::Closed {
@@ -720,6 +831,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         .as_ref()
         .map_or(30_000, |h| h.interval_ms.max(100));
     shared.state.send_replace(ConnectionState::Connected);
+    shared.conn.send_replace(Some(conn.clone()));
     info!(user = %welcome.user_id, session = %welcome.session_id, head = welcome.inbox_head, "connected");
 
     let mut tasks: JoinSet<Result<SessionEnd, Error>> = JoinSet::new();
@@ -768,6 +880,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         }
     };
     tasks.abort_all();
+    shared.conn.send_replace(None);
     if let SessionEnd::Lost(_) | SessionEnd::GoAway(_) = end {
         conn.close(ErrorCode::NoError.to_quic().into(), b"reconnecting");
     }
@@ -983,16 +1096,47 @@ async fn read_deliveries(
         let Some(deliver) = recv.next::<v1::Deliver>().await? else {
             return Err(Error::Network("delivery stream ended".into()));
         };
+        if let Some(signal) = deliver.signal {
+            crate::presence::push_signal(&shared, signal);
+            continue;
+        }
+        if !deliver.group.is_empty() {
+            crate::groups::on_deliver(&shared, &conn, deliver).await?;
+            continue;
+        }
         if deliver.attempt > 0 {
             shared.retransmits.fetch_add(1, Ordering::Relaxed);
         }
-        let message = IncomingMessage::from_wire(deliver.seq, deliver.message.unwrap_or_default());
+        let me = lock(&shared.user_id).clone();
+        let message = IncomingMessage::from_wire(
+            deliver.seq,
+            deliver.message.unwrap_or_default(),
+            &me,
+            &shared.config.device_id,
+        );
         let mut gap = accept(&shared, message);
         while let Some((after, up_to)) = gap {
             // Each pull may return less than asked (frame limit); go on
             // until the gap is closed or the server has nothing more.
             gap = pull_gap(&shared, &conn, after, up_to).await?;
         }
+    }
+}
+
+/// Hands messages, already in order, to the app's queue.
+pub(crate) fn push_ready(shared: &Shared, ready: Vec<IncomingMessage>) {
+    if ready.is_empty() {
+        return;
+    }
+    lock(&shared.received).queue.extend(ready);
+    shared.queue_grew.notify_waiters();
+    shared.queue_grew.notify_one();
+}
+
+impl Shared {
+    pub(crate) fn max_frame(&self) -> usize {
+        usize::try_from(self.max_frame.load(Ordering::Relaxed))
+            .unwrap_or(qim_proto::DEFAULT_MAX_FRAME)
     }
 }
 
@@ -1121,9 +1265,14 @@ async fn pull_gap(
             }
             let mut gap = None;
             let progressed = !sync.entries.is_empty();
+            let me = lock(&shared.user_id).clone();
             for entry in sync.entries {
-                let message =
-                    IncomingMessage::from_wire(entry.seq, entry.message.unwrap_or_default());
+                let message = IncomingMessage::from_wire(
+                    entry.seq,
+                    entry.message.unwrap_or_default(),
+                    &me,
+                    &shared.config.device_id,
+                );
                 gap = accept(shared, message);
             }
             Ok(if progressed { gap } else { None })
@@ -1132,6 +1281,6 @@ async fn pull_gap(
             ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
             e.message,
         )),
-        None => Err(Error::Network("empty sync response".into())),
+        _ => Err(Error::Network("empty or unexpected sync response".into())),
     }
 }

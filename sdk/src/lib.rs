@@ -24,6 +24,14 @@
 //!   confirming empty for `ClientConfig::gap_skip_after` is skipped: seqs
 //!   may have permanent holes (a store write that failed after the seq was
 //!   assigned), which must not hold back the messages after them.
+//! - `im`: conversations ([`Conversation`]), read state, recall, edit,
+//!   delete-for-me, replies and mentions; changes from other devices arrive
+//!   as [`Event`]s in the message stream.
+//! - `contacts`: friend requests, friends, blocks.
+//! - `groups`: create and change groups, members, sends to groups, and the
+//!   receive side of read-diffusion groups (per-group order, pulls).
+//! - `presence`: presence of friends (queried, subscribed), online time,
+//!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees
@@ -38,14 +46,24 @@
 
 mod client;
 mod config;
+mod contacts;
 mod error;
+mod groups;
+mod im;
 mod inbox;
 mod outbox;
+mod presence;
 
 pub use client::{
     Client, ConnectionState, IncomingMessage, OutgoingMessage, SendReceipt, StateWatcher, Stats,
     new_client_msg_id,
 };
 pub use config::{ClientConfig, Platform};
+pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
+pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
+pub use im::{
+    Conversation, ConversationPage, Event, HistoryAnchor, HistoryPage, MessageExtras, Peer, Quote,
+};
+pub use presence::{PresenceStatus, SessionSpan, Signal};
 pub use qim_proto::v1::ErrorCode;

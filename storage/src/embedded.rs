@@ -70,7 +70,24 @@ enum Op {
     /// Committed with the next group, without a sync of its own.
     Cursor(Vec<u8>, u64, oneshot::Sender<Result<(), StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
+    /// Posts and conversation operations (`embedded_im`).
+    Im(Box<im::Request>),
 }
+
+#[path = "embedded_im.rs"]
+mod im;
+
+#[path = "embedded_groups.rs"]
+mod groups;
+
+#[path = "embedded_contacts.rs"]
+mod contacts;
+
+#[path = "embedded_schedule.rs"]
+mod schedule;
+
+#[path = "embedded_presence.rs"]
+mod presence;
 
 #[derive(Clone)]
 struct Tables {
@@ -78,6 +95,19 @@ struct Tables {
     messages: Keyspace,
     idempotency: Keyspace,
     cursors: Keyspace,
+    conversations: Keyspace,
+    conv_order: Keyspace,
+    conv_msgs: Keyspace,
+    msg_ids: Keyspace,
+    groups: Keyspace,
+    members: Keyspace,
+    user_groups: Keyspace,
+    contacts: Keyspace,
+    blocks: Keyspace,
+    scheduled: Keyspace,
+    schedule_ids: Keyspace,
+    sessions_log: Keyspace,
+    last_seen: Keyspace,
 }
 
 /// A durable single-node store in a directory.
@@ -112,6 +142,19 @@ impl EmbeddedStore {
             messages: keyspace("messages").map_err(unavailable)?,
             idempotency: keyspace("idempotency").map_err(unavailable)?,
             cursors: keyspace("cursors").map_err(unavailable)?,
+            conversations: keyspace("conversations").map_err(unavailable)?,
+            conv_order: keyspace("conv_order").map_err(unavailable)?,
+            conv_msgs: keyspace("conv_msgs").map_err(unavailable)?,
+            msg_ids: keyspace("msg_ids").map_err(unavailable)?,
+            groups: keyspace("groups").map_err(unavailable)?,
+            members: keyspace("members").map_err(unavailable)?,
+            user_groups: keyspace("user_groups").map_err(unavailable)?,
+            contacts: keyspace("contacts").map_err(unavailable)?,
+            blocks: keyspace("blocks").map_err(unavailable)?,
+            scheduled: keyspace("scheduled").map_err(unavailable)?,
+            schedule_ids: keyspace("schedule_ids").map_err(unavailable)?,
+            sessions_log: keyspace("sessions_log").map_err(unavailable)?,
+            last_seen: keyspace("last_seen").map_err(unavailable)?,
             db,
         };
         let (ops, rx) = mpsc::channel(QUEUE);
@@ -248,6 +291,7 @@ impl Writer {
             let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
             let mut cursor_replies = Vec::new();
             let mut flushes = Vec::new();
+            let mut ims = Vec::new();
             let mut count = 0;
             let mut next = Some(first);
             while let Some(op) = next.take() {
@@ -261,6 +305,10 @@ impl Writer {
                         cursor_replies.push(reply);
                     }
                     Op::Flush(reply) => flushes.push(reply),
+                    Op::Im(request) => {
+                        count += 1;
+                        ims.push(*request);
+                    }
                 }
                 if count < MAX_BATCH {
                     next = rx.try_recv().ok();
@@ -277,9 +325,13 @@ impl Writer {
                 for reply in flushes {
                     let _ = reply.send(Err(error.clone()));
                 }
+                for request in ims {
+                    request.fail(error.clone());
+                }
                 continue;
             }
             let cursors_saved = self.commit(appends, cursors, !flushes.is_empty());
+            self.commit_im(ims);
             for reply in cursor_replies {
                 let _ = reply.send(cursors_saved.clone());
             }

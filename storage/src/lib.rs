@@ -6,6 +6,15 @@
 //!   needs, not a database.
 //! - [`model`]: the records that cross the trait ([`NewMessage`],
 //!   [`StoredMessage`], [`Appended`]).
+//! - [`conversations`]: [`ConversationStore`], posts with one copy per
+//!   inbox, conversation lists with exact unread counts, read cursors,
+//!   recall, edit and delete-for-me, with the atomicity each backend owes.
+//! - [`contacts`]: [`ContactStore`], friend requests, friends, blocks.
+//! - [`groups`]: [`GroupStore`], members, roles, mutes, and the switch
+//!   from write to read diffusion.
+//! - [`presence`]: [`PresenceStore`], session records for last seen and
+//!   online time.
+//! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
 //! - [`embedded`]: the default single-node backend, a durable fjall database
 //!   under the data directory with group commit.
 //! - [`cluster`]: [`ClusterStore`], the backend of a gateway cluster:
@@ -37,16 +46,28 @@ use async_trait::async_trait;
 
 pub mod cluster;
 pub mod cql;
+pub mod contacts;
+pub mod conversations;
 pub mod embedded;
 mod error;
+pub mod groups;
 pub mod model;
+pub mod presence;
+pub mod schedule;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_im;
 
 pub use cluster::ClusterStore;
+pub use contacts::ContactStore;
+pub use conversations::ConversationStore;
 pub use error::StoreError;
+pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
+pub use presence::PresenceStore;
+pub use schedule::ScheduleStore;
 
 /// Messages, inboxes, idempotency keys and delivery cursors.
 #[async_trait]

@@ -49,6 +49,7 @@ impl StoredMessage {
                 kind: new.kind,
                 body: new.body,
                 server_time_ms: new.server_time_ms,
+                ..Default::default()
             },
             inbox: new.inbox,
         }

@@ -29,3 +29,22 @@ impl Backend for Embedded {
 }
 
 qim_storage::conformance_tests!(Embedded::new());
+
+#[async_trait]
+impl qim_storage::conformance_im::ImBackend for Embedded {
+    async fn open_im(&self) -> qim_storage::conformance_im::ImStores {
+        let store = Arc::new(EmbeddedStore::open(self.dir.path()).expect("open store"));
+        qim_storage::conformance_im::ImStores {
+            messages: store.clone(),
+            conversations: store.clone(),
+            groups: store.clone(),
+            contacts: store.clone(),
+            schedules: store,
+        }
+    }
+}
+
+mod im {
+    use super::Embedded;
+    qim_storage::im_conformance_tests!(Embedded::new());
+}

@@ -324,6 +324,7 @@ pub fn send_frame(client_msg_id: &str, to: &str, body: &[u8]) -> v1::Send {
         }),
         body: body.to_vec().into(),
         kind: "text".into(),
+        ..Default::default()
     }
 }
 

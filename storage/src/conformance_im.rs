@@ -1,0 +1,346 @@
+//! Checks every backend of the IM traits ([`ConversationStore`],
+//! [`GroupStore`], [`ContactStore`], [`ScheduleStore`]) must pass, run
+//! unchanged against each one with [`im_conformance_tests!`](crate::im_conformance_tests).
+//! Names carry a random suffix, so a shared database needs no cleanup.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use qim_proto::v1;
+
+use crate::MessageStore;
+use crate::conformance::unique;
+use crate::contacts::{ContactOp, ContactStore};
+use crate::conversations::{
+    ConversationOp, ConversationStore, HistoryAnchor, OpError, Post, group, group_log, user,
+};
+use crate::groups::{GroupOp, GroupStore};
+use crate::schedule::ScheduleStore;
+
+/// The IM stores of one backend instance.
+pub struct ImStores {
+    /// Messages (to read inboxes back).
+    pub messages: Arc<dyn MessageStore>,
+    /// Conversations.
+    pub conversations: Arc<dyn ConversationStore>,
+    /// Groups.
+    pub groups: Arc<dyn GroupStore>,
+    /// Contacts.
+    pub contacts: Arc<dyn ContactStore>,
+    /// Scheduled sends.
+    pub schedules: Arc<dyn ScheduleStore>,
+}
+
+/// Opens the backend under test.
+#[async_trait]
+pub trait ImBackend: Send + Sync {
+    /// Opens (or reopens) the stores.
+    async fn open_im(&self) -> ImStores;
+}
+
+fn post(from: &str, to: &str, inboxes: &[&str], body: &str) -> Post {
+    Post {
+        sender: from.to_owned(),
+        sender_device: "d".into(),
+        client_msg_id: unique("cm"),
+        to: user(to),
+        kind: "text".into(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        server_time_ms: qim_proto::now_ms(),
+        inboxes: inboxes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Post::default()
+    }
+}
+
+/// Copies share a msg_id; conversations count unread exactly; mark_read
+/// recounts, appends one event, and never moves back.
+pub async fn posts_update_conversations_and_mark_read_is_exact(backend: &dyn ImBackend) {
+    let s = backend.open_im().await;
+    let (a, b) = (unique("a"), unique("b"));
+    let mut seqs = Vec::new();
+    for i in 0..4 {
+        let out = s
+            .conversations
+            .post(vec![post(&a, &b, &[&b, &a], &format!("m{i}"))])
+            .await
+            .expect("post");
+        let posted = out.into_iter().next().expect("one").expect("posted");
+        assert_eq!(posted.copies.len(), 2);
+        assert_eq!(
+            posted.copies[0].message.msg_id,
+            posted.copies[1].message.msg_id
+        );
+        seqs.push(posted.copies[0].seq);
+    }
+    let conv = s
+        .conversations
+        .conversation(&b, &user(&a))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!((conv.unread, conv.last_seq), (4, seqs[3]));
+    let mine = s
+        .conversations
+        .conversation(&a, &user(&b))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(mine.unread, 0, "own messages are never unread");
+    let op = |up_to| ConversationOp::MarkRead {
+        user: b.clone(),
+        conversation: user(&a),
+        up_to_seq: up_to,
+        now_ms: 1,
+    };
+    let applied = s.conversations.apply(op(seqs[1])).await.expect("mark");
+    assert_eq!(applied.conversation.as_ref().map(|c| c.unread), Some(2));
+    assert_eq!(applied.events.len(), 1);
+    assert_eq!(
+        s.messages.inbox_head(&b).await.expect("head"),
+        applied.event_seq
+    );
+    let back = s.conversations.apply(op(seqs[0])).await.expect("mark");
+    assert_eq!(
+        back.conversation.map(|c| (c.read_seq, c.unread)),
+        Some((seqs[1], 2))
+    );
+    assert!(back.events.is_empty(), "no change, no event");
+    let page = s
+        .conversations
+        .conversations(&b, &[], 10)
+        .await
+        .expect("list");
+    assert_eq!(page.conversations.len(), 1);
+}
+
+/// A recall removes an unread copy from the count; only the sender
+/// recalls, once, within the window.
+pub async fn recall_is_exact_and_guarded(backend: &dyn ImBackend) {
+    let s = backend.open_im().await;
+    let (a, b) = (unique("a"), unique("b"));
+    let out = s
+        .conversations
+        .post(vec![post(&a, &b, &[&b], "x"), post(&a, &b, &[&b], "y")])
+        .await
+        .expect("post");
+    let first = out[0].as_ref().expect("posted").copies[0].clone();
+    let recall = |who: &str, window| ConversationOp::Recall {
+        user: who.to_owned(),
+        msg_id: first.message.msg_id.clone(),
+        now_ms: first.message.server_time_ms + 10,
+        window_ms: window,
+    };
+    assert!(matches!(
+        s.conversations.apply(recall(&b, 1000)).await,
+        Err(OpError::NotSender)
+    ));
+    assert!(matches!(
+        s.conversations.apply(recall(&a, 5)).await,
+        Err(OpError::WindowPassed)
+    ));
+    s.conversations
+        .apply(recall(&a, 1000))
+        .await
+        .expect("recall");
+    assert!(matches!(
+        s.conversations.apply(recall(&a, 1000)).await,
+        Err(OpError::Recalled)
+    ));
+    let conv = s
+        .conversations
+        .conversation(&b, &user(&a))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(conv.unread, 1);
+    let stored = s.messages.read_inbox(&b, 0, 10).await.expect("read");
+    assert!(stored[0].message.recalled && stored[0].message.body.is_empty());
+    let history = s
+        .conversations
+        .history(&b, &user(&a), HistoryAnchor::End, false, 10)
+        .await
+        .expect("history");
+    assert_eq!(history.entries.len(), 2);
+}
+
+/// Group posts resolve members in the same write: refusals are typed;
+/// past the threshold, posts go to the group log.
+pub async fn groups_check_members_and_switch_to_read_diffusion(backend: &dyn ImBackend) {
+    let s = backend.open_im().await;
+    let (g, owner, m1, m2, stranger) = (
+        unique("g"),
+        unique("o"),
+        unique("m1"),
+        unique("m2"),
+        unique("x"),
+    );
+    let create = GroupOp::Create {
+        name: "g".into(),
+        members: vec![m1.clone()],
+        now_ms: 1,
+    };
+    let info = s
+        .groups
+        .group_apply(&g, &owner, create, 2)
+        .await
+        .expect("create");
+    assert!(!info.read_diffusion);
+    let to_group = |from: &str| Post {
+        to: group(&g),
+        inboxes: Vec::new(),
+        ..post(from, "unused", &[], "hi")
+    };
+    let out = s
+        .conversations
+        .post(vec![to_group(&owner), to_group(&stranger)])
+        .await
+        .expect("post");
+    assert_eq!(
+        out[0].as_ref().expect("member").copies.len(),
+        2,
+        "write diffusion: a copy per member"
+    );
+    assert!(matches!(out[1], Err(OpError::NotAMember)));
+    let info = s
+        .groups
+        .group_apply(&g, &owner, GroupOp::Invite(vec![m2.clone()]), 2)
+        .await
+        .expect("invite");
+    assert!(info.read_diffusion && info.member_count == 3);
+    let out = s
+        .conversations
+        .post(vec![to_group(&m2)])
+        .await
+        .expect("post");
+    let copies = &out[0].as_ref().expect("posted").copies;
+    assert_eq!(
+        (copies.len(), copies[0].inbox.clone(), copies[0].seq),
+        (1, group_log(&g), 1)
+    );
+    s.groups
+        .group_apply(&g, &owner, GroupOp::MuteMember(m2.clone(), true), 2)
+        .await
+        .expect("mute");
+    let out = s
+        .conversations
+        .post(vec![to_group(&m2)])
+        .await
+        .expect("post");
+    assert!(matches!(out[0], Err(OpError::Muted)));
+    assert_eq!(
+        s.groups.members(&g, "", 10).await.expect("members").len(),
+        3
+    );
+}
+
+/// Contacts: a request and its acceptance make friends on both sides; a
+/// block is one-way.
+pub async fn contacts_requests_and_blocks(backend: &dyn ImBackend) {
+    let s = backend.open_im().await;
+    let (a, b) = (unique("a"), unique("b"));
+    let req = ContactOp::Request {
+        other: b.clone(),
+        message: "hi".into(),
+    };
+    let applied = s.contacts.contact_apply(&a, req, 1).await.expect("request");
+    assert_eq!(applied.events.len(), 1);
+    assert_eq!(applied.events[0].inbox, b);
+    s.contacts
+        .contact_apply(&b, ContactOp::Accept(a.clone()), 2)
+        .await
+        .expect("accept");
+    assert!(s.contacts.relation(&a, &b).await.expect("rel").friends);
+    assert!(s.contacts.relation(&b, &a).await.expect("rel").friends);
+    s.contacts
+        .contact_apply(&b, ContactOp::Block(a.clone()), 3)
+        .await
+        .expect("block");
+    let r = s.contacts.relation(&a, &b).await.expect("rel");
+    assert!(r.blocked && !r.friends);
+    assert!(
+        !s.contacts.relation(&b, &a).await.expect("rel").blocked,
+        "one-way"
+    );
+}
+
+/// A scheduled send fires once; a cancelled one never fires.
+pub async fn schedules_fire_once_and_cancel_wins(backend: &dyn ImBackend) {
+    let s = backend.open_im().await;
+    let (a, b) = (unique("a"), unique("b"));
+    let entry = |id: &str, at| v1::ScheduledSend {
+        id: id.to_owned(),
+        deliver_at_ms: at,
+        sender: a.clone(),
+        sender_device: "d".into(),
+        send: Some(v1::Send {
+            client_msg_id: unique("cm"),
+            to: Some(user(&b)),
+            body: Bytes::from_static(b"later"),
+            kind: "text".into(),
+            ..Default::default()
+        }),
+        inboxes: vec![b.clone()],
+    };
+    let (keep, drop) = (unique("keep"), unique("drop"));
+    s.schedules
+        .schedule(entry(&keep, 1_000))
+        .await
+        .expect("schedule");
+    s.schedules
+        .schedule(entry(&drop, 1_000))
+        .await
+        .expect("schedule");
+    assert!(
+        matches!(s.schedules.cancel(&b, &drop).await, Err(OpError::NotFound)),
+        "only the sender cancels"
+    );
+    s.schedules.cancel(&a, &drop).await.expect("cancel");
+    assert!(
+        s.schedules
+            .fire(&drop, 2_000)
+            .await
+            .expect("fire")
+            .is_none()
+    );
+    let fired = s
+        .schedules
+        .fire(&keep, 2_000)
+        .await
+        .expect("fire")
+        .expect("pending")
+        .expect("posted");
+    assert_eq!(fired.copies[0].inbox, b);
+    assert!(
+        s.schedules
+            .fire(&keep, 2_000)
+            .await
+            .expect("fire")
+            .is_none(),
+        "once"
+    );
+    assert_eq!(s.messages.inbox_head(&b).await.expect("head"), 1);
+}
+
+/// Runs every IM check against a backend: `im_conformance_tests!(MyBackend::new())`.
+#[macro_export]
+macro_rules! im_conformance_tests {
+    ($backend:expr) => {
+        $crate::im_conformance_tests!(@each $backend;
+            posts_update_conversations_and_mark_read_is_exact,
+            recall_is_exact_and_guarded,
+            groups_check_members_and_switch_to_read_diffusion,
+            contacts_requests_and_blocks,
+            schedules_fire_once_and_cancel_wins,
+        );
+    };
+    (@each $backend:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let backend = $backend;
+                $crate::conformance_im::$check(&backend).await;
+            }
+        )*
+    };
+}

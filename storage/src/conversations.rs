@@ -1,0 +1,377 @@
+//! Conversations, read state and message operations: the storage contract
+//! behind a user's conversation list, unread counts, recall, edit and
+//! delete-for-me.
+//!
+//! # The model
+//! Every user has one inbox (per-user seq, see [`MessageStore`](crate::MessageStore)).
+//! A chat message is *posted* ([`ConversationStore::post`]): one copy is
+//! appended to each inbox that should hold it (the addressee's, the sender's
+//! own for multi-device sync, each member's in a write-diffusion group), all
+//! copies sharing one `msg_id`. Each copy belongs to one **conversation** of
+//! the inbox's owner, derived from the message ([`conversation_of`]): a
+//! group's messages belong to the group, a one-to-one message to the other
+//! user.
+//!
+//! A conversation record ([`v1::Conversation`]) holds the newest message,
+//! its inbox seq (`last_seq`), the read cursor (`read_seq`), the unread
+//! count, and the pinned and muted flags. `unread` is, exactly, the number of
+//! copies in the conversation that
+//! - came from another user (a user's own messages are never unread),
+//! - are chat messages (events are never unread),
+//! - were neither recalled nor deleted for the user,
+//! - and have a seq above `read_seq`.
+//!
+//! Changes that other devices of the user must learn (read state, flags,
+//! recall, edit, delete) are appended to the affected inboxes as *events*
+//! (`v1::Message.event`): they take a seq like a message and flow through the
+//! same delivery guarantee (ordered, exactly once per device, also to devices
+//! that were offline).
+//!
+//! # Contract (every backend)
+//! - **Atomicity.** Each call below is one atomic, durable write: a post's
+//!   copies, their idempotency key, the `msg_id` index and the conversation
+//!   records they change; a `mark_read`'s cursor, unread count and event; a
+//!   recall's rewritten copies, unread decrements and events. After a crash
+//!   either all of it is visible or none. A CQL backend gets this with a
+//!   logged batch per inbox partition plus a per-user lightweight
+//!   transaction on the conversation row (or by serialising writes per user
+//!   on the owning node), and must never expose a seq before it is durable.
+//! - **Durable before visible.** As for `append`: a call returns only after
+//!   everything it wrote is durable; no reader sees a seq a crash could take
+//!   back.
+//! - **Idempotency.** `(sender, client_msg_id)` identifies a post; posting it
+//!   again returns the original copies with `duplicate = true` and writes
+//!   nothing. The key is shared with `MessageStore::append`.
+//! - **Seqs.** Copies and events take seqs from the same per-inbox counter as
+//!   `append`, strictly increasing, never reused.
+//! - **Ordering of the list.** Pinned conversations first, then by
+//!   `last_seq` descending (newest activity first); events do not move a
+//!   conversation.
+//! - **Read cursors never move backwards**; `mark_read` below the cursor
+//!   changes nothing and appends no event.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use qim_proto::v1;
+use thiserror::Error;
+
+use crate::{StoreError, StoredMessage};
+
+/// Bytes of a body kept in a conversation's `last_message` and in a quote.
+pub const PREVIEW_BYTES: usize = 256;
+
+/// A chat message to post: one logical message, one copy per inbox.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Post {
+    /// Sending user; with `client_msg_id`, the idempotency key.
+    pub sender: String,
+    /// Sending device.
+    pub sender_device: String,
+    /// The sender's id for the message.
+    pub client_msg_id: String,
+    /// The addressee as the sender wrote it.
+    pub to: v1::Peer,
+    /// Application content type.
+    pub kind: String,
+    /// Opaque body.
+    pub body: Bytes,
+    /// Server receive time, milliseconds since the Unix epoch.
+    pub server_time_ms: i64,
+    /// The message replied to, as quoted by the sender.
+    pub reply_to: Option<v1::Quote>,
+    /// Mentioned users.
+    pub mentions: Vec<String>,
+    /// `@all`.
+    pub mention_all: bool,
+    /// Inboxes that get a copy, without repeats; the first is the primary
+    /// copy, whose seq the sender's ack carries.
+    pub inboxes: Vec<String>,
+}
+
+impl Post {
+    /// The wire message every copy carries (without seq).
+    pub fn to_message(&self, msg_id: String) -> v1::Message {
+        v1::Message {
+            msg_id,
+            from_user: self.sender.clone(),
+            from_device: self.sender_device.clone(),
+            client_msg_id: self.client_msg_id.clone(),
+            to: Some(self.to.clone()),
+            kind: self.kind.clone(),
+            body: self.body.clone(),
+            server_time_ms: self.server_time_ms,
+            event: None,
+            reply_to: self.reply_to.clone(),
+            mentions: self.mentions.clone(),
+            mention_all: self.mention_all,
+            edited_at_ms: 0,
+            recalled: false,
+        }
+    }
+}
+
+/// The outcome of one post.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Posted {
+    /// Every copy, the primary first (for a duplicate: the copies stored
+    /// the first time).
+    pub copies: Vec<StoredMessage>,
+    /// True when `(sender, client_msg_id)` was already stored.
+    pub duplicate: bool,
+}
+
+/// One page of a conversation list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConversationPage {
+    /// Conversations in list order.
+    pub conversations: Vec<v1::Conversation>,
+    /// Where the next page starts; empty on the last page.
+    pub next: Vec<u8>,
+}
+
+/// A change to a conversation or a message, made by `user`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConversationOp {
+    /// Moves the read cursor up to `up_to_seq` (clamped to the
+    /// conversation's `last_seq`) and recounts unread; appends a
+    /// `ReadState` event to the user's inbox when the cursor moved, and in a
+    /// one-to-one chat a `ReadReceipt` to the other user's inbox (same
+    /// write).
+    MarkRead {
+        /// The reader.
+        user: String,
+        /// The conversation.
+        conversation: v1::Peer,
+        /// Inbox seq read up to.
+        up_to_seq: u64,
+        /// Now, milliseconds since the Unix epoch.
+        now_ms: i64,
+    },
+    /// Sets flags; appends a `ConversationFlags` event when one changed.
+    SetFlags {
+        /// The owner of the list.
+        user: String,
+        /// The conversation.
+        conversation: v1::Peer,
+        /// New pinned flag, if set.
+        pinned: Option<bool>,
+        /// New muted flag, if set.
+        muted: Option<bool>,
+        /// Now.
+        now_ms: i64,
+    },
+    /// Recalls a message `user` sent, in every copy: bodies removed,
+    /// `recalled` set, unread copies no longer counted, a `MessageRecalled`
+    /// event in every inbox that held a copy and in the sender's.
+    Recall {
+        /// The sender.
+        user: String,
+        /// The message.
+        msg_id: String,
+        /// Now.
+        now_ms: i64,
+        /// Recalls later than this after the message are refused.
+        window_ms: i64,
+    },
+    /// Replaces the body of a message `user` sent, in every copy, with a
+    /// `MessageEdited` event in every inbox that held a copy and in the
+    /// sender's.
+    Edit {
+        /// The sender.
+        user: String,
+        /// The message.
+        msg_id: String,
+        /// New content type.
+        kind: String,
+        /// New body.
+        body: Bytes,
+        /// Now.
+        now_ms: i64,
+    },
+    /// Deletes the message at `seq` of `user`'s inbox for `user` only, with
+    /// a `MessageDeleted` event for the user's other devices.
+    Delete {
+        /// The owner of the inbox.
+        user: String,
+        /// The message's seq in the inbox.
+        seq: u64,
+        /// Now.
+        now_ms: i64,
+    },
+}
+
+/// Where a history page starts (exclusive for a seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryAnchor {
+    /// The newest (backward) or oldest (forward) end.
+    End,
+    /// After (forward) or before (backward) this seq.
+    Seq(u64),
+    /// At or after (forward) / at or before (backward) this server time.
+    Time(i64),
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistoryPage {
+    /// Entries in the direction asked.
+    pub entries: Vec<StoredMessage>,
+    /// More exist beyond the last entry.
+    pub more: bool,
+}
+
+/// What an operation changed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Applied {
+    /// Events appended (to publish to their inboxes' devices).
+    pub events: Vec<StoredMessage>,
+    /// Stored copies rewritten in place (recall, edit, delete-for-me), so
+    /// caches of recent messages can be refreshed.
+    pub rewritten: Vec<StoredMessage>,
+    /// Seq of the event in the requester's own inbox; 0 when none.
+    pub event_seq: u64,
+    /// The requester's conversation after the operation, when it has one.
+    pub conversation: Option<v1::Conversation>,
+}
+
+/// Why an operation was refused.
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such conversation or message for this user.
+    #[error("not found")]
+    NotFound,
+    /// The user did not send the message.
+    #[error("only the sender may do this")]
+    NotSender,
+    /// The recall window has passed.
+    #[error("the recall window has passed")]
+    WindowPassed,
+    /// The message was recalled already.
+    #[error("the message was recalled")]
+    Recalled,
+    /// The user is not a member of the group.
+    #[error("not a member of the group")]
+    NotAMember,
+    /// The sender is muted in the group (or the whole group is).
+    #[error("muted in this group")]
+    Muted,
+    /// The user's role does not allow this.
+    #[error("not allowed for this role")]
+    NotAllowed,
+    /// The group id is taken.
+    #[error("the group exists already")]
+    Exists,
+    /// The group was dissolved.
+    #[error("the group was dissolved")]
+    Dissolved,
+    /// The other user has blocked this one.
+    #[error("blocked by the recipient")]
+    Blocked,
+}
+
+/// Conversations, read state and message operations (see the module docs
+/// for the contract every backend keeps).
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
+    /// Posts a batch in order; one result per input once all are durable.
+    /// Each copy's conversation record is updated in the same write.
+    ///
+    /// A post to a group with no `inboxes` is resolved against the group in
+    /// the same write (so membership changes and mode switches are
+    /// serialised with it): refused with [`OpError::NotAMember`],
+    /// [`OpError::Muted`], [`OpError::NotAllowed`] (`@all` by a member) or
+    /// [`OpError::Dissolved`]; otherwise copied to every member's inbox (the
+    /// sender's first) while the group is in write diffusion, or appended
+    /// once to the group's log (inbox [`group_log`]) in read diffusion.
+    async fn post(&self, batch: Vec<Post>) -> Result<Vec<Result<Posted, OpError>>, StoreError>;
+
+    /// A page of `user`'s conversation list after `after` (empty: from the
+    /// start), at most `limit` entries.
+    async fn conversations(
+        &self,
+        user: &str,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<ConversationPage, StoreError>;
+
+    /// One conversation of `user`, if it exists.
+    async fn conversation(
+        &self,
+        user: &str,
+        peer: &v1::Peer,
+    ) -> Result<Option<v1::Conversation>, StoreError>;
+
+    /// Applies one operation atomically.
+    async fn apply(&self, op: ConversationOp) -> Result<Applied, OpError>;
+
+    /// How many of the recipients of `msg_id` (sent by `user` to a group)
+    /// have read it, from their read cursors: `(read, total)`.
+    async fn read_count(&self, user: &str, msg_id: &str) -> Result<(u32, u32), OpError>;
+
+    /// A page of `user`'s history with `peer` (see [`HistoryAnchor`]), at
+    /// most `limit` chat messages (events and deleted entries left out),
+    /// in the direction asked. For a read-diffusion group, the group log
+    /// after the member joined; otherwise the user's inbox copies.
+    async fn history(
+        &self,
+        user: &str,
+        peer: &v1::Peer,
+        anchor: HistoryAnchor,
+        forward: bool,
+        limit: usize,
+    ) -> Result<HistoryPage, OpError>;
+}
+
+/// The conversation a copy in `owner`'s inbox belongs to: the group for a
+/// group message, otherwise the other user (the addressee for the sender's
+/// own copy).
+pub fn conversation_of(owner: &str, message: &v1::Message) -> v1::Peer {
+    match message.to.as_ref().and_then(|p| p.target.as_ref()) {
+        Some(v1::peer::Target::Group(g)) => group(g),
+        Some(v1::peer::Target::User(to)) if message.from_user == owner => user(to),
+        _ => user(&message.from_user),
+    }
+}
+
+/// A user peer.
+pub fn user(id: &str) -> v1::Peer {
+    v1::Peer {
+        target: Some(v1::peer::Target::User(id.to_owned())),
+    }
+}
+
+/// The inbox name of a group's log in read diffusion: `#` and the group
+/// id (user ids never contain `#`).
+pub fn group_log(group: &str) -> String {
+    format!("#{group}")
+}
+
+/// A group peer.
+pub fn group(id: &str) -> v1::Peer {
+    v1::Peer {
+        target: Some(v1::peer::Target::Group(id.to_owned())),
+    }
+}
+
+/// A stable string key for a peer: `u:<id>` or `g:<id>`; `None` for an
+/// empty peer.
+pub fn peer_key(peer: &v1::Peer) -> Option<String> {
+    match peer.target.as_ref()? {
+        v1::peer::Target::User(u) => Some(format!("u:{u}")),
+        v1::peer::Target::Group(g) => Some(format!("g:{g}")),
+    }
+}
+
+/// `message` with its body cut to [`PREVIEW_BYTES`] (for `last_message`).
+pub fn preview(message: &v1::Message) -> v1::Message {
+    let mut m = message.clone();
+    if m.body.len() > PREVIEW_BYTES {
+        m.body = m.body.slice(..PREVIEW_BYTES);
+    }
+    m
+}
