@@ -8,6 +8,8 @@
 //!   [`StoredMessage`], [`Appended`]).
 //! - [`embedded`]: the default single-node backend, a durable fjall database
 //!   under the data directory with group commit.
+//! - [`redis`]: cluster state in Redis through `fred` (routes, presence,
+//!   node registry, per-node delivery queues).
 //! - `conformance` (feature `conformance`): checks every backend must pass,
 //!   run unchanged against each one by [`conformance_tests!`].
 //!
@@ -24,6 +26,7 @@ use async_trait::async_trait;
 pub mod embedded;
 mod error;
 pub mod model;
+pub mod redis;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
