@@ -11,6 +11,8 @@
 //!   sans-IO core (unacked window, retransmit timers with backoff).
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
+//! - [`cluster`]: membership of a multi-node cluster (registry, routes and
+//!   cross-node queues in Redis) and the route endpoint's strategies.
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
 //! - [`auth`]: HMAC-signed login tokens.
 //! - [`tls`]: certificates, including development ones made with rcgen.
@@ -27,6 +29,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod limit;

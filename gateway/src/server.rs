@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::auth::TokenKey;
+use crate::cluster::{Cluster, Identity};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::route::Routes;
@@ -72,6 +73,10 @@ pub(crate) struct Ctx {
     pub(crate) config: Config,
     pub(crate) store: Arc<dyn MessageStore>,
     pub(crate) routes: Routes,
+    /// This node's membership of a cluster (with `store.redis`).
+    pub(crate) cluster: Option<Arc<Cluster>>,
+    /// How this node is known to clients and other nodes.
+    pub(crate) identity: Identity,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tokens: TokenKey,
     /// Flips to true when the gateway starts draining.
@@ -96,6 +101,12 @@ pub struct StartInfo {
     pub quic_addr: SocketAddr,
     /// The bound admin HTTP address.
     pub admin_addr: SocketAddr,
+    /// The bound public route endpoint (`cluster.route_listen`), if any.
+    pub route_addr: Option<SocketAddr>,
+    /// This node's id in the cluster registry.
+    pub node_id: String,
+    /// Whether the node joined a cluster (`store.redis` set).
+    pub clustered: bool,
     /// The development CA clients must trust, when development certificates
     /// are in use.
     pub dev_ca: Option<PathBuf>,
@@ -110,6 +121,7 @@ pub struct Gateway {
     ctx: Arc<Ctx>,
     endpoint: quinn::Endpoint,
     admin: tokio::net::TcpListener,
+    route: Option<tokio::net::TcpListener>,
     info: StartInfo,
 }
 
@@ -178,9 +190,25 @@ impl Gateway {
             addr: config.admin.listen,
             source,
         })?;
+        let (route, route_addr) = match config.cluster.route_listen {
+            Some(addr) => {
+                let bind_err = |source| StartError::Bind { addr, source };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err)?;
+                let bound = listener.local_addr().map_err(bind_err)?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
+        let identity = crate::cluster::identity(&config, quic_addr, route_addr.unwrap_or(admin_addr));
+        let cluster = Cluster::join(&config, identity.clone()).await?;
         let info = StartInfo {
             quic_addr,
             admin_addr,
+            route_addr,
+            node_id: identity.id.clone(),
+            clustered: cluster.is_some(),
             dev_ca,
             dev_secret: dev.then_some(secret),
             public_name: config.server.public_name.clone(),
@@ -188,6 +216,8 @@ impl Gateway {
         let ctx = Arc::new(Ctx {
             store,
             routes: Routes::default(),
+            cluster,
+            identity,
             metrics: Arc::new(Metrics::new()),
             tokens,
             draining: watch::Sender::new(false),
@@ -200,6 +230,7 @@ impl Gateway {
             ctx,
             endpoint,
             admin,
+            route,
             info,
         })
     }
@@ -222,6 +253,7 @@ impl Gateway {
             ctx,
             endpoint,
             admin,
+            route,
             info: _,
         } = self;
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -234,6 +266,20 @@ impl Gateway {
                 warn!(error = %e, "admin server failed");
             }
         });
+
+        let route_task = route.map(|listener| {
+            let app = crate::admin::route_app(crate::admin::AdminState::new(Arc::clone(&ctx)));
+            let mut draining = ctx.draining.subscribe();
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = draining.wait_for(|d| *d).await;
+                });
+                if let Err(e) = serve.await {
+                    warn!(error = %e, "route endpoint failed");
+                }
+            })
+        });
+        let cluster = ctx.cluster.as_ref().map(|c| c.start(&ctx));
 
         let limit = Arc::new(Semaphore::new(ctx.config.server.max_connections));
         let mut connections = JoinSet::new();
@@ -289,6 +335,12 @@ impl Gateway {
         }
         endpoint.close(ErrorCode::ShuttingDown.to_quic().into(), b"shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        if let Some(cluster) = cluster {
+            cluster.leave().await;
+        }
+        if let Some(task) = route_task {
+            let _ = task.await;
+        }
         if let Err(e) = ctx.store.flush().await {
             warn!(error = %e, "final store flush failed");
         }

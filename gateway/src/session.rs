@@ -265,6 +265,11 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
     let max_frame = ctx.config.limits.max_frame_bytes as usize;
     let session_id = ctx.next_session_id();
     let (feed, mut kicked) = ctx.routes.attach(&user, &device, session_id);
+    // Before the head is read: a message committed after this route is
+    // visible is handed here; one committed before is in the head.
+    if let Some(cluster) = &ctx.cluster {
+        cluster.attach(&user, &device, session_id).await;
+    }
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
         user: user.clone(),
@@ -424,6 +429,9 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
         close(ctx, conn, &user, &fault);
     }
     ctx.routes.detach(&user, session_id);
+    if let Some(cluster) = &ctx.cluster {
+        cluster.detach(&user, &device, session_id).await;
+    }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");
 }
@@ -650,6 +658,7 @@ impl Streams {
             }
         };
         let mut acks = Vec::with_capacity(verdicts.len());
+        let mut remote = Vec::new();
         for verdict in verdicts {
             let kind = match (verdict, &mut stored) {
                 (Err(nack), _) => server_ack::Kind::Nack(nack),
@@ -665,7 +674,11 @@ impl Streams {
                         // Duplicates too: the first attempt's task may have
                         // been aborted (its connection died) between the
                         // commit and its publish. The feed ignores seqs it has.
-                        self.ctx.routes.publish(Arc::new(a.message));
+                        let message = Arc::new(a.message);
+                        self.ctx.routes.publish(Arc::clone(&message));
+                        if self.ctx.cluster.is_some() {
+                            remote.push(message);
+                        }
                         server_ack::Kind::Ack(ack)
                     }
                     None => server_ack::Kind::Nack(self.nack(
@@ -684,6 +697,11 @@ impl Streams {
                 }
             };
             acks.push(v1::ServerAck { kind: Some(kind) });
+        }
+        if let Some(cluster) = &self.ctx.cluster {
+            for message in remote {
+                cluster.forward(message).await;
+            }
         }
         acks
     }
