@@ -1,11 +1,15 @@
 //! `cargo xtask`: everything a developer or CI runs, in Rust.
 //!
-//! - `cargo xtask test`: the whole test suite (unit, property, conformance,
+//! - `cargo xtask test`: starts the local services (`services up`), runs the
+//!   whole test suite (unit, property, conformance on every backend,
 //!   integration with real QUIC and the real SDK, the gateway binary under
-//!   `kill -9`), then a short run of every fuzz target. Ends with one
-//!   `qim: N passed, N failed` line.
+//!   `kill -9`) with `QIM_TEST_REDIS`/`QIM_TEST_CQL` pointing at them, then a
+//!   short run of every fuzz target, and stops the services it started.
+//!   Ends with one `qim: N passed, N failed` line.
 //! - `cargo xtask certs`: development CA and server certificate into `certs/`.
 //! - `cargo xtask fuzz --seconds N`: every fuzz target for N seconds.
+//! - `cargo xtask services up|down|status`: local Redis and Cassandra
+//!   (see `services`).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,6 +17,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod services;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "qim developer tasks")]
@@ -43,6 +49,12 @@ enum Task {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Local Redis and Cassandra for development and tests.
+    Services {
+        /// up | down | status
+        #[arg(value_enum)]
+        action: services::Action,
+    },
 }
 
 const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "envelope_decode", "preamble"];
@@ -71,6 +83,7 @@ fn main() -> Result<()> {
             ])
             .args(["--spec", "certs/dev-certs.toml"])),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
+        Task::Services { action } => services::run(action),
     }
 }
 
@@ -87,8 +100,26 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn test(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
+    // Tests of the Redis + CQL backend need the services; stop afterwards
+    // only what this run started.
+    let started = services::up()?;
+    let result = test_with_services(root, fuzz_seconds, extra);
+    if started.any()
+        && let Err(e) = services::down(started)
+    {
+        eprintln!("stopping services: {e:#}");
+    }
+    result
+}
+
+fn test_with_services(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
     let mut cmd = Command::new(cargo());
     cmd.current_dir(root)
+        .env(
+            "QIM_TEST_REDIS",
+            format!("redis://{}", services::REDIS_ADDR),
+        )
+        .env("QIM_TEST_CQL", services::CQL_ADDR)
         .args([
             "test",
             "--workspace",
