@@ -10,6 +10,20 @@
 //!   under the data directory with group commit.
 //! - [`redis`]: cluster state in Redis through `fred` (routes, presence,
 //!   node registry, per-node delivery queues).
+//! - [`cluster`]: [`ClusterStore`], the backend of a gateway cluster:
+//!   per-inbox seq counters in Redis floored by a durable high-water mark,
+//!   messages, idempotency keys and cursors in ScyllaDB/Cassandra.
+//! - [`cql`]: the CQL schema ([`cql::migrate`], run by `qim-gateway
+//!   migrate`), its partition sizing, and the prepared statements.
+//!
+//! # Public API of the cluster backend (stable)
+//! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
+//!   Redis + CQL; [`ClusterStore::redis`] and [`ClusterStore::cql_session`]
+//!   share the connections with routing code.
+//! - [`cluster::connect_redis`]: a `fred` client configured like the
+//!   store's (bounded command timeouts, endless reconnect).
+//! - [`cql::CqlOptions`], [`cql::connect`], [`cql::migrate`],
+//!   [`cql::connect_and_migrate`], [`cql::SCHEMA_VERSION`].
 //! - `conformance` (feature `conformance`): checks every backend must pass,
 //!   run unchanged against each one by [`conformance_tests!`].
 //!
@@ -23,6 +37,8 @@
 
 use async_trait::async_trait;
 
+pub mod cluster;
+pub mod cql;
 pub mod embedded;
 mod error;
 pub mod model;
@@ -31,6 +47,7 @@ pub mod redis;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use cluster::ClusterStore;
 pub use error::StoreError;
 pub use model::{Appended, NewMessage, StoredMessage};
 

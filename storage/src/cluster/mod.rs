@@ -1,0 +1,331 @@
+//! [`ClusterStore`]: the [`MessageStore`] of a gateway cluster. Sequence
+//! counters in Redis (through `fred`), everything durable in ScyllaDB or
+//! Cassandra (through `scylla`, see [`crate::cql`]).
+//!
+//! # Append, step by step
+//! For a batch (in order):
+//! 1. Duplicates inside the batch are answered from their first copy.
+//! 2. Each `(sender, client_msg_id)` is looked up in `idempotency`
+//!    (`LOCAL_QUORUM`). A hit is a resend: its stored message is returned
+//!    with `duplicate = true`. If the claim exists but the message row does
+//!    not (the first attempt failed between claim and write), the resend
+//!    writes the message at the claimed seq with the claimed id: the gap is
+//!    filled, the seq is not reused.
+//! 3. The new messages of each inbox get consecutive seqs in batch order
+//!    from [`seq`] (Redis counter floored by the CQL high-water mark).
+//! 4. Each message claims its key with an LWT (`INSERT ... IF NOT EXISTS`
+//!    at `LOCAL_SERIAL`): of two nodes storing the same resend at once,
+//!    exactly one wins; the loser answers with the winner's message (and
+//!    leaves its own seq unused).
+//! 5. The message rows are written at `LOCAL_QUORUM`; `append` returns only
+//!    when every row of the batch is written, so an acknowledged message is
+//!    durable on a quorum of replicas. Any error fails the whole call
+//!    (retryable [`StoreError::Unavailable`]); nothing of it may be acked.
+//!
+//! # Invariants
+//! - A seq is never issued twice for an inbox, whatever Redis loses (see
+//!   [`seq`] for the argument and its one assumption).
+//! - A `(sender, client_msg_id)` is stored at most once, cluster-wide.
+//! - Seqs of an inbox may have gaps (failed writes, races on resends); they
+//!   never go backwards and a batch's messages to one inbox keep its order.
+
+mod seq;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::Client;
+use fred::interfaces::ClientLike as _;
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use futures_util::StreamExt as _;
+use futures_util::stream;
+use scylla::client::session::Session;
+
+use crate::cql::{Claim, Cql, CqlOptions};
+use crate::model::{Appended, NewMessage, StoredMessage, new_msg_id};
+use crate::{MessageStore, StoreError};
+
+/// CQL requests one `append` keeps in flight.
+const CONCURRENCY: usize = 32;
+
+/// How to reach Redis and CQL.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Redis URL (`redis://host:port`, `rediss://` for TLS,
+    /// `redis-cluster://host:port?node=host2:port2` for a Redis Cluster).
+    pub redis_url: String,
+    /// Prefix of every Redis key this store writes (e.g. `qim:`); must not
+    /// contain `{`. Lets several deployments or tests share one Redis.
+    pub key_prefix: String,
+    /// The CQL side.
+    pub cql: CqlOptions,
+    /// Seqs reserved in CQL beyond what an allocation needs: fewer LWTs on
+    /// busy inboxes, but up to this many seqs skipped when Redis loses its
+    /// data. 0 by default (no gaps from a Redis loss).
+    pub seq_headroom: u64,
+    /// Time after which a Redis command fails as unavailable.
+    pub redis_timeout: Duration,
+}
+
+impl ClusterOptions {
+    /// Options with the defaults for everything but the addresses.
+    pub fn new(redis_url: impl Into<String>, cql: CqlOptions) -> Self {
+        ClusterOptions {
+            redis_url: redis_url.into(),
+            key_prefix: "qim:".to_owned(),
+            cql,
+            seq_headroom: 0,
+            redis_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+pub(crate) fn redis_error(e: fred::error::Error) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {e}"))
+}
+
+/// Connects a `fred` client to `url` that reconnects forever and fails a
+/// command after `timeout` instead of queueing it while Redis is away.
+pub async fn connect_redis(url: &str, timeout: Duration) -> Result<Client, StoreError> {
+    let config = RedisConfig::from_url(url)
+        .map_err(|e| StoreError::Invalid(format!("redis url {url}: {e}")))?;
+    let client = fred::types::Builder::from_config(config)
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+            c.max_command_attempts = 1;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .build()
+        .map_err(redis_error)?;
+    client.init().await.map_err(redis_error)?;
+    Ok(client)
+}
+
+/// Messages in CQL, seqs in Redis: the cluster [`MessageStore`].
+pub struct ClusterStore {
+    cql: Arc<Cql>,
+    redis: Client,
+    seqs: seq::Sequences,
+}
+
+impl std::fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterStore").finish_non_exhaustive()
+    }
+}
+
+impl ClusterStore {
+    /// Connects to Redis and CQL. The keyspace must have been migrated
+    /// ([`crate::cql::migrate`], `qim-gateway migrate`); a missing or older
+    /// schema is refused with [`StoreError::Invalid`].
+    pub async fn connect(options: &ClusterOptions) -> Result<Self, StoreError> {
+        if options.key_prefix.contains('{') {
+            return Err(StoreError::Invalid("redis key prefix must not contain '{'".into()));
+        }
+        let session = Arc::new(crate::cql::connect(&options.cql).await?);
+        Self::with_session(session, options).await
+    }
+
+    /// Like [`connect`](Self::connect) over an existing CQL session (its
+    /// keyspace is set to `options.cql.keyspace`).
+    pub async fn with_session(session: Arc<Session>, options: &ClusterOptions) -> Result<Self, StoreError> {
+        let cql = Arc::new(Cql::open(session, &options.cql).await?);
+        let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
+        let seqs = seq::Sequences::new(
+            redis.clone(),
+            Arc::clone(&cql),
+            options.key_prefix.clone(),
+            options.seq_headroom,
+        );
+        Ok(ClusterStore { cql, redis, seqs })
+    }
+
+    /// The Redis client (shared with the cluster's routing).
+    pub fn redis(&self) -> &Client {
+        &self.redis
+    }
+
+    /// The CQL session (keyspace set).
+    pub fn cql_session(&self) -> &Arc<Session> {
+        &self.cql.session
+    }
+
+    /// The answer for a resend whose key is claimed: the stored message,
+    /// written now from the resend if the first attempt never wrote it.
+    async fn resend(&self, new: &NewMessage, claim: Claim) -> Result<StoredMessage, StoreError> {
+        if let Some(stored) = self.cql.read_one(&claim.inbox, claim.seq).await? {
+            return Ok(stored);
+        }
+        if claim.inbox != new.inbox {
+            return Err(StoreError::Unavailable(format!(
+                "message {}/{} claimed for another inbox is not stored yet",
+                new.sender, new.client_msg_id
+            )));
+        }
+        let mut fresh = new.clone();
+        fresh.inbox = claim.inbox.clone();
+        let stored = StoredMessage::from_new(fresh, claim.seq, claim.msg_id);
+        tracing::info!(inbox = %stored.inbox, seq = stored.seq, "filling a claimed seq from a resend");
+        self.cql.insert_message(&stored).await?;
+        Ok(stored)
+    }
+}
+
+/// What happens to one input of a batch.
+enum Plan {
+    /// A copy of an earlier input of the same batch.
+    SameAs(usize),
+    /// Already stored (or claimed) before this batch.
+    Resend(Claim),
+    /// New: gets a seq.
+    New,
+}
+
+type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Runs `futures` at most [`CONCURRENCY`] at a time; results in input order.
+async fn bounded<T>(futures: Vec<Pending<'_, T>>) -> Result<Vec<T>, StoreError> {
+    stream::iter(futures)
+        .buffered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+impl ClusterStore {
+    /// Steps 4 and 5 for one new message.
+    async fn store_new(&self, m: &NewMessage, seq: u64) -> Result<(StoredMessage, bool), StoreError> {
+        let stored = StoredMessage::from_new(m.clone(), seq, new_msg_id(m.server_time_ms));
+        let claim = Claim {
+            inbox: stored.inbox.clone(),
+            seq,
+            msg_id: stored.message.msg_id.clone(),
+        };
+        match self.cql.claim(&m.sender, &m.client_msg_id, &claim).await? {
+            None => {
+                self.cql.insert_message(&stored).await?;
+                Ok((stored, false))
+            }
+            Some(theirs) => {
+                tracing::debug!(inbox = %m.inbox, seq, "lost a resend race; seq unused");
+                Ok((self.resend(m, theirs).await?, true))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl MessageStore for ClusterStore {
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        // 1: copies inside the batch.
+        let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(batch.len());
+        for (i, m) in batch.iter().enumerate() {
+            match first.get(&(m.sender.as_str(), m.client_msg_id.as_str())) {
+                Some(&j) => plans.push(Some(Plan::SameAs(j))),
+                None => {
+                    first.insert((&m.sender, &m.client_msg_id), i);
+                    plans.push(None);
+                }
+            }
+        }
+        // 2: earlier claims.
+        let mut unique = Vec::new();
+        let mut lookups: Vec<Pending<'_, Option<Claim>>> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            if plans[i].is_none() {
+                unique.push(i);
+                lookups.push(Box::pin(self.cql.read_claim(&m.sender, &m.client_msg_id, false)));
+            }
+        }
+        for (i, claim) in unique.into_iter().zip(bounded(lookups).await?) {
+            plans[i] = Some(match claim {
+                Some(c) => Plan::Resend(c),
+                None => Plan::New,
+            });
+        }
+
+        // 3: seqs per inbox, in batch order.
+        let mut per_inbox: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, p) in plans.iter().enumerate() {
+            if matches!(p, Some(Plan::New)) {
+                per_inbox.entry(batch[i].inbox.as_str()).or_default().push(i);
+            }
+        }
+        let inboxes: Vec<(&str, &Vec<usize>)> = per_inbox.iter().map(|(k, v)| (*k, v)).collect();
+        let mut allocations: Vec<Pending<'_, u64>> = Vec::new();
+        for (inbox, idx) in &inboxes {
+            allocations.push(Box::pin(self.seqs.allocate(inbox, idx.len() as u64)));
+        }
+        let mut seqs: Vec<u64> = vec![0; batch.len()];
+        for ((_, idx), first_seq) in inboxes.iter().zip(bounded(allocations).await?) {
+            for (k, &i) in idx.iter().enumerate() {
+                seqs[i] = first_seq + k as u64;
+            }
+        }
+
+        // 4 + 5: claim, then write; resends answered from the store.
+        let mut work: Vec<Pending<'_, Option<(StoredMessage, bool)>>> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            let seq = seqs[i];
+            work.push(match &plans[i] {
+                Some(Plan::New) => Box::pin(async move { self.store_new(m, seq).await.map(Some) }),
+                Some(Plan::Resend(claim)) => {
+                    let claim = claim.clone();
+                    Box::pin(async move { Ok(Some((self.resend(m, claim).await?, true))) })
+                }
+                Some(Plan::SameAs(_)) | None => Box::pin(async { Ok(None) }),
+            });
+        }
+        let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
+        for (i, result) in bounded(work).await?.into_iter().enumerate() {
+            let appended = match (result, &plans[i]) {
+                (Some((message, duplicate)), _) => Appended { message, duplicate },
+                (None, Some(Plan::SameAs(j))) => Appended {
+                    message: out[*j].message.clone(),
+                    duplicate: true,
+                },
+                (None, _) => {
+                    return Err(StoreError::Invalid("append planning failed".into()));
+                }
+            };
+            out.push(appended);
+        }
+        Ok(out)
+    }
+
+    async fn read_inbox(
+        &self,
+        inbox: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.cql.read_inbox(inbox, after_seq, limit).await
+    }
+
+    async fn inbox_head(&self, inbox: &str) -> Result<u64, StoreError> {
+        self.cql.inbox_head(inbox).await
+    }
+
+    async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError> {
+        self.cql.save_cursor(inbox, device, seq).await
+    }
+
+    async fn load_cursor(&self, inbox: &str, device: &str) -> Result<Option<u64>, StoreError> {
+        self.cql.load_cursor(inbox, device).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every acknowledged write is already on a quorum of replicas.
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The CQL schema and its migrations.
+//!
+//! Migrations are numbered from 1 and only ever appended. [`migrate`] reads
+//! the version recorded in `schema_version`, applies every later migration
+//! in order and records each one; every statement is `... IF NOT EXISTS`, so
+//! a migration interrupted half way, or two gateways migrating at once, is
+//! repaired by running `migrate` again. Gateways refuse to start against a
+//! keyspace whose version is not [`SCHEMA_VERSION`]
+//! ([`check_version`]).
+
+use scylla::client::session::Session;
+use scylla::statement::Statement;
+use scylla::statement::Consistency;
+
+use super::{CqlOptions, cql_error, valid_identifier};
+use crate::StoreError;
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Migration `n` is `MIGRATIONS[n - 1]`: its CQL statements, run in order.
+const MIGRATIONS: &[&[&str]] = &[&[
+    // Inbox messages: one partition per (inbox, bucket of SEQS_PER_BUCKET
+    // seqs), clustered by seq; `message` is the protobuf `v1.Message`.
+    "CREATE TABLE IF NOT EXISTS inbox_messages (
+        inbox text, bucket bigint, seq bigint, message blob,
+        PRIMARY KEY ((inbox, bucket), seq)
+    ) WITH CLUSTERING ORDER BY (seq ASC)",
+    // The durable high-water mark of each inbox's seqs: no seq above
+    // `reserved` was ever handed out. Raised with LWTs only.
+    "CREATE TABLE IF NOT EXISTS inbox_heads (inbox text PRIMARY KEY, reserved bigint)",
+    // (sender, client_msg_id) → where the message went; claimed with an LWT.
+    "CREATE TABLE IF NOT EXISTS idempotency (
+        sender text, client_msg_id text, inbox text, seq bigint, msg_id text,
+        PRIMARY KEY ((sender, client_msg_id))
+    )",
+    // Per-device delivery cursors of an inbox.
+    "CREATE TABLE IF NOT EXISTS device_cursors (
+        inbox text, device text, seq bigint,
+        PRIMARY KEY (inbox, device)
+    )",
+    // A user's conversation list: one row per peer (user or group) with the
+    // last message, the unread count and the read cursor. Unread count and
+    // read cursor live in one row, so one write changes both atomically.
+    "CREATE TABLE IF NOT EXISTS conversations (
+        owner text, peer text, peer_kind text,
+        last_seq bigint, last_msg_id text, last_message blob, last_time_ms bigint,
+        unread int, read_seq bigint,
+        PRIMARY KEY (owner, peer)
+    )",
+    // Group logs (read diffusion): partitioned like inboxes by (group,
+    // bucket of SEQS_PER_BUCKET group seqs), clustered by group seq.
+    "CREATE TABLE IF NOT EXISTS group_messages (
+        group_id text, bucket bigint, seq bigint, message blob,
+        PRIMARY KEY ((group_id, bucket), seq)
+    ) WITH CLUSTERING ORDER BY (seq ASC)",
+    // The durable high-water mark of each group log, as for inboxes.
+    "CREATE TABLE IF NOT EXISTS group_heads (group_id text PRIMARY KEY, reserved bigint)",
+    // Each member's read cursor in a group log.
+    "CREATE TABLE IF NOT EXISTS group_cursors (
+        group_id text, user_id text, read_seq bigint,
+        PRIMARY KEY (group_id, user_id)
+    )",
+]];
+
+const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+    component text PRIMARY KEY, version int, applied_at timestamp
+)";
+
+/// The component name in `schema_version`.
+const COMPONENT: &str = "qim";
+
+/// Creates the keyspace (with `options.replication`) if missing and brings
+/// its schema to [`SCHEMA_VERSION`]. Idempotent. Returns the version found
+/// before.
+pub async fn migrate(session: &Session, options: &CqlOptions) -> Result<i32, StoreError> {
+    let ks = &options.keyspace;
+    valid_identifier(ks)?;
+    run(
+        session,
+        &format!(
+            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
+            options.replication
+        ),
+    )
+    .await?;
+    session
+        .use_keyspace(ks, false)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("USE {ks}: {e}")))?;
+    run(session, VERSION_TABLE).await?;
+    let before = current_version(session).await?;
+    for (i, statements) in MIGRATIONS.iter().enumerate() {
+        let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        if version <= before {
+            continue;
+        }
+        for cql in *statements {
+            run(session, cql).await?;
+        }
+        let mut record = Statement::new(
+            "INSERT INTO schema_version (component, version, applied_at) VALUES (?, ?, toTimestamp(now()))",
+        );
+        record.set_consistency(Consistency::LocalQuorum);
+        session
+            .query_unpaged(record, (COMPONENT, version))
+            .await
+            .map_err(cql_error)?;
+        tracing::info!(keyspace = %ks, version, "CQL schema migrated");
+    }
+    Ok(before)
+}
+
+/// Fails unless the session's keyspace is at [`SCHEMA_VERSION`].
+pub async fn check_version(session: &Session, keyspace: &str) -> Result<(), StoreError> {
+    match current_version(session).await {
+        Ok(SCHEMA_VERSION) => Ok(()),
+        Ok(v) => Err(StoreError::Invalid(format!(
+            "keyspace {keyspace} has schema version {v}, this build needs {SCHEMA_VERSION}: run `qim-gateway migrate`"
+        ))),
+        Err(e) => Err(StoreError::Invalid(format!(
+            "keyspace {keyspace} has no qim schema ({e}): run `qim-gateway migrate`"
+        ))),
+    }
+}
+
+async fn current_version(session: &Session) -> Result<i32, StoreError> {
+    let mut read = Statement::new("SELECT version FROM schema_version WHERE component = ?");
+    read.set_consistency(Consistency::LocalQuorum);
+    let rows = session
+        .query_unpaged(read, (COMPONENT,))
+        .await
+        .map_err(cql_error)?
+        .into_rows_result()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let row = rows
+        .maybe_first_row::<(Option<i32>,)>()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(row.and_then(|(v,)| v).unwrap_or(0))
+}
+
+async fn run(session: &Session, cql: &str) -> Result<(), StoreError> {
+    session
+        .query_unpaged(cql, ())
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("{e} in: {cql}")))?;
+    Ok(())
+}
