@@ -54,3 +54,150 @@ impl Backend for Cluster {
 }
 
 qim_storage::conformance_tests!(Cluster::new());
+
+/// Two stores (two gateway nodes) append to one inbox while the Redis
+/// counter keys are deleted again and again (a Redis losing its data): no
+/// seq is issued twice and every acknowledged message is readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_loss_never_reissues_a_seq() {
+    use qim_storage::conformance::{message, unique};
+    let backend = Cluster::new();
+    let (a, b) = (backend.open().await, backend.open().await);
+    let inbox = unique("in");
+    let redis = qim_storage::cluster::connect_redis(
+        &backend.options.redis_url,
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .expect("redis");
+    let keys = vec![
+        format!("{}seq:{{{inbox}}}", backend.options.key_prefix),
+        format!("{}seqres:{{{inbox}}}", backend.options.key_prefix),
+    ];
+    // Each finished batch asks for a wipe: the counter is lost many times,
+    // between and during other appends.
+    let (wipe_tx, mut wipe_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let wiper = tokio::spawn(async move {
+        use fred::interfaces::KeysInterface as _;
+        let mut wipes = 0u32;
+        while wipe_rx.recv().await.is_some() {
+            let _: i64 = redis.del(keys.clone()).await.expect("del");
+            wipes += 1;
+        }
+        wipes
+    });
+    let mut tasks = Vec::new();
+    for (n, store) in [a, b].into_iter().enumerate() {
+        let inbox = inbox.clone();
+        let wipe = wipe_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let sender = unique(&format!("s{n}"));
+            let mut seqs = Vec::new();
+            for round in 0..20 {
+                let batch = (0..3)
+                    .map(|i| message(&inbox, &sender, &format!("{n}-{round}-{i}")))
+                    .collect();
+                let out = store.append(batch).await.expect("append");
+                seqs.extend(out.iter().map(|m| m.message.seq));
+                if round % 2 == n {
+                    wipe.send(()).expect("wiper");
+                }
+            }
+            (store, seqs)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut store = None;
+    for t in tasks {
+        let (s, seqs) = t.await.expect("task");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "a sender's order is kept"
+        );
+        all.extend(seqs);
+        store = Some(s);
+    }
+    drop(wipe_tx);
+    let wipes = wiper.await.expect("wiper");
+    assert_eq!(wipes, 20, "the counter was wiped during the appends");
+    let mut sorted = all.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 120, "no seq issued twice");
+    let store = store.expect("a store");
+    let read = store.read_inbox(&inbox, 0, 1000).await.expect("read");
+    let read_seqs: Vec<u64> = read.iter().map(|m| m.seq).collect();
+    assert_eq!(read_seqs, sorted, "every acknowledged message is stored");
+    assert_eq!(
+        store.inbox_head(&inbox).await.expect("head"),
+        *sorted.last().expect("seqs")
+    );
+}
+
+/// The same resend stored through two nodes at once is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resends_on_two_nodes_store_once() {
+    use qim_storage::conformance::{message_with_id, unique};
+    let backend = Cluster::new();
+    let (a, b) = (backend.open().await, backend.open().await);
+    let (inbox, sender) = (unique("in"), unique("s"));
+    for round in 0..10 {
+        let id = format!("cm-{round}");
+        let (ra, rb) = tokio::join!(
+            a.append(vec![message_with_id(&inbox, &sender, &id, "x")]),
+            b.append(vec![message_with_id(&inbox, &sender, &id, "x")]),
+        );
+        let (ra, rb) = (ra.expect("append a"), rb.expect("append b"));
+        assert_eq!(ra[0].message, rb[0].message, "both answer the same message");
+        assert!(
+            ra[0].duplicate != rb[0].duplicate,
+            "exactly one stored it (round {round})"
+        );
+    }
+    let read = a.read_inbox(&inbox, 0, 100).await.expect("read");
+    assert_eq!(read.len(), 10, "each resend stored once");
+}
+
+/// Reads and heads cross partition (bucket) boundaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_cross_bucket_boundaries() {
+    use qim_storage::conformance::{message, unique};
+    let backend = Cluster::new();
+    let store = ClusterStore::connect(&backend.options)
+        .await
+        .expect("connect");
+    let (inbox, sender) = (unique("in"), unique("s"));
+    // Start the inbox just below the end of its first bucket.
+    let start = cql::SEQS_PER_BUCKET - 6;
+    store
+        .cql_session()
+        .query_unpaged(
+            "INSERT INTO inbox_heads (inbox, reserved) VALUES (?, ?)",
+            (&inbox, start as i64),
+        )
+        .await
+        .expect("set mark");
+    let batch = (0..20)
+        .map(|i| message(&inbox, &sender, &format!("{i}")))
+        .collect();
+    let out = store.append(batch).await.expect("append");
+    let seqs: Vec<u64> = out.iter().map(|m| m.message.seq).collect();
+    assert_eq!(seqs, (start + 1..=start + 20).collect::<Vec<_>>());
+    let read: Vec<u64> = store
+        .read_inbox(&inbox, 0, 100)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(read, seqs, "one read spans both buckets");
+    let page: Vec<u64> = store
+        .read_inbox(&inbox, start + 3, 5)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(page, (start + 4..=start + 8).collect::<Vec<_>>());
+    assert_eq!(store.inbox_head(&inbox).await.expect("head"), start + 20);
+}

@@ -128,7 +128,9 @@ impl ClusterStore {
     /// schema is refused with [`StoreError::Invalid`].
     pub async fn connect(options: &ClusterOptions) -> Result<Self, StoreError> {
         if options.key_prefix.contains('{') {
-            return Err(StoreError::Invalid("redis key prefix must not contain '{'".into()));
+            return Err(StoreError::Invalid(
+                "redis key prefix must not contain '{'".into(),
+            ));
         }
         let session = Arc::new(crate::cql::connect(&options.cql).await?);
         Self::with_session(session, options).await
@@ -136,7 +138,10 @@ impl ClusterStore {
 
     /// Like [`connect`](Self::connect) over an existing CQL session (its
     /// keyspace is set to `options.cql.keyspace`).
-    pub async fn with_session(session: Arc<Session>, options: &ClusterOptions) -> Result<Self, StoreError> {
+    pub async fn with_session(
+        session: Arc<Session>,
+        options: &ClusterOptions,
+    ) -> Result<Self, StoreError> {
         let cql = Arc::new(Cql::open(session, &options.cql).await?);
         let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
         let seqs = seq::Sequences::new(
@@ -203,7 +208,11 @@ async fn bounded<T>(futures: Vec<Pending<'_, T>>) -> Result<Vec<T>, StoreError> 
 
 impl ClusterStore {
     /// Steps 4 and 5 for one new message.
-    async fn store_new(&self, m: &NewMessage, seq: u64) -> Result<(StoredMessage, bool), StoreError> {
+    async fn store_new(
+        &self,
+        m: &NewMessage,
+        seq: u64,
+    ) -> Result<(StoredMessage, bool), StoreError> {
         let stored = StoredMessage::from_new(m.clone(), seq, new_msg_id(m.server_time_ms));
         let claim = Claim {
             inbox: stored.inbox.clone(),
@@ -244,7 +253,11 @@ impl MessageStore for ClusterStore {
         for (i, m) in batch.iter().enumerate() {
             if plans[i].is_none() {
                 unique.push(i);
-                lookups.push(Box::pin(self.cql.read_claim(&m.sender, &m.client_msg_id, false)));
+                lookups.push(Box::pin(self.cql.read_claim(
+                    &m.sender,
+                    &m.client_msg_id,
+                    false,
+                )));
             }
         }
         for (i, claim) in unique.into_iter().zip(bounded(lookups).await?) {
@@ -258,7 +271,10 @@ impl MessageStore for ClusterStore {
         let mut per_inbox: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, p) in plans.iter().enumerate() {
             if matches!(p, Some(Plan::New)) {
-                per_inbox.entry(batch[i].inbox.as_str()).or_default().push(i);
+                per_inbox
+                    .entry(batch[i].inbox.as_str())
+                    .or_default()
+                    .push(i);
             }
         }
         let inboxes: Vec<(&str, &Vec<usize>)> = per_inbox.iter().map(|(k, v)| (*k, v)).collect();

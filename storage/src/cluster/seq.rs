@@ -135,13 +135,18 @@ impl Sequences {
                 .map_err(redis_error)?;
             match reply.as_slice() {
                 [2, last] => {
-                    let last = u64::try_from(*last)
-                        .map_err(|_| StoreError::Corrupt(format!("seq counter of {inbox}: {last}")))?;
+                    let last = u64::try_from(*last).map_err(|_| {
+                        StoreError::Corrupt(format!("seq counter of {inbox}: {last}"))
+                    })?;
                     return Ok(last + 1 - n);
                 }
                 [0] => {
                     let mark = self.cql.reserved_serial(inbox).await?;
-                    tracing::info!(inbox, mark, "seq counter missing in Redis; floored at the durable mark");
+                    tracing::info!(
+                        inbox,
+                        mark,
+                        "seq counter missing in Redis; floored at the durable mark"
+                    );
                     self.record(&keys, mark).await?;
                 }
                 [1, cur, res] => {

@@ -196,13 +196,15 @@ pub(crate) struct Cql {
 impl Cql {
     /// Prepares every statement on `session`, after checking the keyspace's
     /// schema version.
-    pub(crate) async fn open(session: Arc<Session>, options: &CqlOptions) -> Result<Self, StoreError> {
+    pub(crate) async fn open(
+        session: Arc<Session>,
+        options: &CqlOptions,
+    ) -> Result<Self, StoreError> {
         let ks = &options.keyspace;
         valid_identifier(ks)?;
-        session
-            .use_keyspace(ks, false)
-            .await
-            .map_err(|e| StoreError::Invalid(format!("keyspace {ks}: {e}: run `qim-gateway migrate`")))?;
+        session.use_keyspace(ks, false).await.map_err(|e| {
+            StoreError::Invalid(format!("keyspace {ks}: {e}: run `qim-gateway migrate`"))
+        })?;
         schema::check_version(&session, ks).await?;
         let prepare = |cql: &'static str, consistency: Consistency, idempotent: bool| {
             let session = Arc::clone(&session);
@@ -326,7 +328,11 @@ impl Cql {
     }
 
     /// The message at `seq` of `inbox`, if stored.
-    pub(crate) async fn read_one(&self, inbox: &str, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
+    pub(crate) async fn read_one(
+        &self,
+        inbox: &str,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
         let rows = self
             .exec(&self.read_one, (inbox, bucket(seq), seq_to_cql(seq)?))
             .await?
@@ -416,7 +422,11 @@ impl Cql {
         self.read_reserved(&self.head_read_serial, inbox).await
     }
 
-    async fn read_reserved(&self, statement: &PreparedStatement, inbox: &str) -> Result<u64, StoreError> {
+    async fn read_reserved(
+        &self,
+        statement: &PreparedStatement,
+        inbox: &str,
+    ) -> Result<u64, StoreError> {
         let rows = self
             .exec(statement, (inbox,))
             .await?
@@ -517,17 +527,28 @@ impl Cql {
                 seq: seq_from_cql(seq)?,
                 msg_id,
             })),
-            _ => Err(corrupt(format!("incomplete idempotency row {sender}/{client_msg_id}"))),
+            _ => Err(corrupt(format!(
+                "incomplete idempotency row {sender}/{client_msg_id}"
+            ))),
         }
     }
 
-    pub(crate) async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError> {
+    pub(crate) async fn save_cursor(
+        &self,
+        inbox: &str,
+        device: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
         self.exec(&self.cursor_save, (inbox, device, seq_to_cql(seq)?))
             .await?;
         Ok(())
     }
 
-    pub(crate) async fn load_cursor(&self, inbox: &str, device: &str) -> Result<Option<u64>, StoreError> {
+    pub(crate) async fn load_cursor(
+        &self,
+        inbox: &str,
+        device: &str,
+    ) -> Result<Option<u64>, StoreError> {
         let rows = self
             .exec(&self.cursor_load, (inbox, device))
             .await?

@@ -9,8 +9,8 @@
 //! ([`check_version`]).
 
 use scylla::client::session::Session;
-use scylla::statement::Statement;
 use scylla::statement::Consistency;
+use scylla::statement::Statement;
 
 use super::{CqlOptions, cql_error, valid_identifier};
 use crate::StoreError;
