@@ -208,6 +208,39 @@ section! {
         cql: Option<String> = None,
         /// CQL keyspace of the messages, created by `qim-gateway migrate`.
         keyspace: String = "qim".to_owned(),
+        /// Replication map `qim-gateway migrate` gives a new keyspace; production: e.g. "{'class': 'NetworkTopologyStrategy', 'dc1': 3}".
+        replication: String = "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+        /// Days messages and idempotency keys are kept in CQL (a TTL on each row); 0 keeps them forever.
+        retention_days: u32 = 0,
+        /// Prefix of every Redis key (lets deployments share a Redis); must not contain '{'.
+        key_prefix: String = "qim:".to_owned(),
+        /// Seqs reserved in CQL beyond each allocation: fewer LWTs on busy inboxes, but up to this many seqs skipped after Redis loses its data.
+        seq_headroom: u64 = 0,
+        /// Milliseconds before a Redis or CQL request fails (the send is then refused as retryable).
+        timeout_ms: u64 = 3_000,
+    }
+}
+
+impl Store {
+    /// The cluster store's options, when both `redis` and `cql` are set.
+    pub fn cluster_options(&self) -> Option<qim_storage::cluster::ClusterOptions> {
+        let (redis, cql) = (self.redis.as_ref()?, self.cql.as_ref()?);
+        let nodes = cql
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let timeout = std::time::Duration::from_millis(self.timeout_ms);
+        let mut cql = qim_storage::cql::CqlOptions::new(nodes, self.keyspace.clone());
+        cql.replication = self.replication.clone();
+        cql.retention_days = self.retention_days;
+        cql.request_timeout = timeout;
+        let mut options = qim_storage::cluster::ClusterOptions::new(redis.clone(), cql);
+        options.key_prefix = self.key_prefix.clone();
+        options.seq_headroom = self.seq_headroom;
+        options.redis_timeout = timeout;
+        Some(options)
     }
 }
 
@@ -368,6 +401,30 @@ impl Config {
         }
         if self.store.redis.is_some() != self.store.cql.is_some() {
             return invalid("store.redis and store.cql go together (a cluster needs both)");
+        }
+        if self.store.key_prefix.contains('{') {
+            return invalid("store.key_prefix must not contain '{'");
+        }
+        let ks = &self.store.keyspace;
+        if ks.is_empty()
+            || ks.len() > 48
+            || !ks.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return invalid(
+                "store.keyspace: letters, digits and _ only, starting with a letter, at most 48",
+            );
+        }
+        if self.store.timeout_ms == 0 {
+            return invalid("store.timeout_ms must be above 0");
+        }
+        if self
+            .store
+            .cql
+            .as_ref()
+            .is_some_and(|c| c.split(',').all(|n| n.trim().is_empty()))
+        {
+            return invalid("store.cql needs at least one host:port");
         }
         if !matches!(
             self.cluster.strategy.as_str(),

@@ -1,5 +1,6 @@
 //! `qim-gateway`: runs the gateway (the default), mints development tokens,
-//! makes development certificates, prints the example configuration.
+//! makes development certificates, creates or upgrades the CQL schema
+//! (`migrate`), prints the example configuration.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ enum Command {
         #[arg(long)]
         spec: Option<PathBuf>,
     },
+    /// Create or upgrade the CQL schema (store.cql, store.keyspace,
+    /// store.replication); safe to run again and from several nodes.
+    Migrate,
     /// Print the configuration.
     Config {
         /// Print a commented example with every default instead of the
@@ -154,6 +158,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Some(Command::Migrate) => migrate(cli.load_config()?),
         Some(Command::Config { example }) => {
             if *example {
                 print!("{}", Config::example());
@@ -193,6 +198,30 @@ fn serve(config: Config) -> Result<()> {
         gateway.run(shutdown_signal()).await?;
         Ok(())
     })
+}
+
+fn migrate(config: Config) -> Result<()> {
+    let options = config
+        .store
+        .cluster_options()
+        .context("migrate needs store.redis and store.cql (--redis, --cql)")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let before = runtime.block_on(qim_storage::cql::connect_and_migrate(&options.cql))?;
+    let now = qim_storage::cql::SCHEMA_VERSION;
+    if before == now {
+        println!(
+            "keyspace {} already at schema version {now}",
+            options.cql.keyspace
+        );
+    } else {
+        println!(
+            "keyspace {} migrated from schema version {before} to {now}",
+            options.cql.keyspace
+        );
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
-use qim_storage::MessageStore;
 use qim_storage::embedded::EmbeddedStore;
+use qim_storage::{ClusterStore, MessageStore};
 use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -142,8 +142,14 @@ pub fn secret_path(config: &Config) -> (PathBuf, bool) {
 }
 
 impl Gateway {
-    /// Opens the embedded store under `server.data_dir` and binds.
+    /// Opens the store and binds: the cluster store (Redis + CQL) when
+    /// `store.redis` and `store.cql` are set, else the embedded store under
+    /// `server.data_dir`.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        if let Some(options) = config.store.cluster_options() {
+            let store = ClusterStore::connect(&options).await?;
+            return Self::bind_with_store(config, Arc::new(store)).await;
+        }
         let store = EmbeddedStore::open(&config.server.data_dir.join("store"))?;
         Self::bind_with_store(config, Arc::new(store)).await
     }
