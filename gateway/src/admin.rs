@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::Json;
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -92,7 +92,10 @@ async fn route(
     Query(q): Query<UserQuery>,
 ) -> axum::response::Response {
     if !qim_proto::ids::is_valid_id(&q.user) {
-        return error(StatusCode::BAD_REQUEST, "user must be 1-64 of [A-Za-z0-9._@-]".into());
+        return error(
+            StatusCode::BAD_REQUEST,
+            "user must be 1-64 of [A-Za-z0-9._@-]".into(),
+        );
     }
     let ctx = &state.ctx;
     let Some(cluster) = &ctx.cluster else {
@@ -112,7 +115,10 @@ async fn route(
             strategy: cluster.strategy().name(),
         })
         .into_response(),
-        Ok(None) => error(StatusCode::SERVICE_UNAVAILABLE, "no node takes clients".into()),
+        Ok(None) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no node takes clients".into(),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "route lookup failed");
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -165,7 +171,10 @@ async fn presence(
     Query(q): Query<UserQuery>,
 ) -> axum::response::Response {
     if !qim_proto::ids::is_valid_id(&q.user) {
-        return error(StatusCode::BAD_REQUEST, "user must be 1-64 of [A-Za-z0-9._@-]".into());
+        return error(
+            StatusCode::BAD_REQUEST,
+            "user must be 1-64 of [A-Za-z0-9._@-]".into(),
+        );
     }
     let ctx = &state.ctx;
     let Some(cluster) = &ctx.cluster else {

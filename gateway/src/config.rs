@@ -444,7 +444,10 @@ impl Config {
         if !qim_proto::ids::is_valid_id(&c.key_prefix) {
             return invalid("cluster.key_prefix must be 1-64 of [A-Za-z0-9._@-]");
         }
-        if c.node_id.as_deref().is_some_and(|id| !qim_proto::ids::is_valid_id(id)) {
+        if c.node_id
+            .as_deref()
+            .is_some_and(|id| !qim_proto::ids::is_valid_id(id))
+        {
             return invalid("cluster.node_id must be 1-64 of [A-Za-z0-9._@-]");
         }
         if self.server.max_connections == 0 {

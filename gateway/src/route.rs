@@ -235,10 +235,16 @@ mod tests {
         sessions.sort();
         assert_eq!(
             sessions,
-            [("bob".into(), "laptop".into(), 2), ("bob".into(), "phone".into(), 3)]
+            [
+                ("bob".into(), "laptop".into(), 2),
+                ("bob".into(), "phone".into(), 3)
+            ]
         );
         routes.kick("bob", "laptop", 99, ErrorCode::Replaced);
-        assert!(laptop.try_recv().is_err(), "another session id is not kicked");
+        assert!(
+            laptop.try_recv().is_err(),
+            "another session id is not kicked"
+        );
         routes.kick("bob", "laptop", 2, ErrorCode::Replaced);
         assert_eq!(laptop.try_recv(), Ok(ErrorCode::Replaced));
         routes.detach("bob", 2);

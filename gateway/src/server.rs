@@ -207,7 +207,8 @@ impl Gateway {
             }
             None => (None, None),
         };
-        let identity = crate::cluster::identity(&config, quic_addr, route_addr.unwrap_or(admin_addr));
+        let identity =
+            crate::cluster::identity(&config, quic_addr, route_addr.unwrap_or(admin_addr));
         let cluster = Cluster::join(&config, identity.clone()).await?;
         let info = StartInfo {
             quic_addr,

@@ -75,13 +75,16 @@ struct Shared {
     prefix: String,
     /// Prefix of the store's seq counters.
     store_prefix: String,
+    /// Appended to user ids: the CQL keyspace is shared by every test of
+    /// this binary (and every run), inboxes must not be.
+    tag: String,
 }
 
 impl Shared {
     fn new() -> Shared {
         let dir = tempfile::tempdir().expect("tmp");
-        let certs = write_dev_certs(&dir.path().join("certs"), &DevCertSpec::default())
-            .expect("dev certs");
+        let certs =
+            write_dev_certs(&dir.path().join("certs"), &DevCertSpec::default()).expect("dev certs");
         let secret = dir.path().join("token-secret");
         let (tokens, _) = TokenKey::load_or_create(&secret).expect("secret");
         let tag = format!("{:08x}", rand::random::<u32>());
@@ -93,6 +96,7 @@ impl Shared {
             tokens,
             prefix: format!("qimtest-{tag}"),
             store_prefix: format!("qimtest:{tag}:"),
+            tag,
             dir,
         }
     }
@@ -117,14 +121,26 @@ impl Shared {
         config
     }
 
+    /// The id of test user `name` in this test.
+    fn user(&self, name: &str) -> String {
+        format!("{name}-{}", self.tag)
+    }
+
     async fn store(&self) -> Arc<dyn MessageStore> {
         let mut options = ClusterOptions::new(redis_url(), keyspace().await.clone());
         options.key_prefix = self.store_prefix.clone();
-        Arc::new(ClusterStore::connect(&options).await.expect("cluster store"))
+        Arc::new(
+            ClusterStore::connect(&options)
+                .await
+                .expect("cluster store"),
+        )
     }
 
     fn client_config(&self, addrs: &[SocketAddr], user: &str, device: &str) -> ClientConfig {
-        let token = self.tokens.mint(user, unix_now() + 3600).expect("mint");
+        let token = self
+            .tokens
+            .mint(&self.user(user), unix_now() + 3600)
+            .expect("mint");
         let mut config =
             ClientConfig::new(addrs[0].to_string(), token, device, self.ca_pem.clone());
         config.fallback_servers = addrs[1..].iter().map(ToString::to_string).collect();
@@ -297,7 +313,11 @@ fn check_inbox(device: &str, got: &[IncomingMessage], n: usize) {
     let mut next: HashMap<String, usize> = HashMap::new();
     for m in got {
         let body = text(m);
-        let i: usize = body.rsplit('-').next().and_then(|i| i.parse().ok()).expect("index");
+        let i: usize = body
+            .rsplit('-')
+            .next()
+            .and_then(|i| i.parse().ok())
+            .expect("index");
         let expected = next.entry(m.from_user.clone()).or_insert(0);
         assert_eq!(i, *expected, "{device}: {body} in its sender's order");
         *expected += 1;
@@ -321,9 +341,9 @@ async fn three_nodes_every_pair_chats_and_every_device_gets_everything_once_in_o
     const N: usize = 60;
     let mut sends = tokio::task::JoinSet::new();
     let senders = [
-        ("alice", Arc::clone(&alice)),
-        ("bob", Arc::clone(&bob)),
-        ("carol", Arc::clone(&carol)),
+        (shared.user("alice"), Arc::clone(&alice)),
+        (shared.user("bob"), Arc::clone(&bob)),
+        (shared.user("carol"), Arc::clone(&carol)),
     ];
     for (from, client) in &senders {
         for (recipient, _) in &senders {
@@ -381,7 +401,10 @@ async fn a_device_logging_in_on_another_node_replaces_its_older_session() {
     assert!(
         matches!(
             first.last_error(),
-            Some(qim_sdk::Error::Rejected { code: qim_proto::v1::ErrorCode::Replaced, .. })
+            Some(qim_sdk::Error::Rejected {
+                code: qim_proto::v1::ErrorCode::Replaced,
+                ..
+            })
         ),
         "ended with REPLACED: {:?}",
         first.last_error()
@@ -394,7 +417,12 @@ async fn a_device_logging_in_on_another_node_replaces_its_older_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_endpoint_answers_under_each_strategy() {
     let shared = Shared::new();
-    let strategies = ["consistent-hash", "least-connections", "random", "round-robin"];
+    let strategies = [
+        "consistent-hash",
+        "least-connections",
+        "random",
+        "round-robin",
+    ];
     let mut nodes = Vec::new();
     for (i, strategy) in strategies.iter().enumerate() {
         nodes.push(
@@ -428,14 +456,22 @@ async fn the_route_endpoint_answers_under_each_strategy() {
     }
     for id in &ids {
         let n = counts.get(id).copied().unwrap_or(0);
-        assert!((40..=180).contains(&n), "consistent hash gave {id} {n} of {USERS}");
+        assert!(
+            (40..=180).contains(&n),
+            "consistent hash gave {id} {n} of {USERS}"
+        );
     }
-    assert_eq!(route(admin("consistent-hash"), "u7").await, route(admin("consistent-hash"), "u7").await);
+    assert_eq!(
+        route(admin("consistent-hash"), "u7").await,
+        route(admin("consistent-hash"), "u7").await
+    );
 
     // Round robin: exactly even.
     let mut counts: HashMap<String, usize> = HashMap::new();
     for user in &users {
-        *counts.entry(route(admin("round-robin"), user).await).or_default() += 1;
+        *counts
+            .entry(route(admin("round-robin"), user).await)
+            .or_default() += 1;
     }
     assert_eq!(counts.len(), 4);
     assert!(counts.values().all(|&n| n == USERS / 4), "{counts:?}");
@@ -443,17 +479,26 @@ async fn the_route_endpoint_answers_under_each_strategy() {
     // Random: every node, none far from a quarter (expected 100, sd 8.7).
     let mut counts: HashMap<String, usize> = HashMap::new();
     for user in &users {
-        *counts.entry(route(admin("random"), user).await).or_default() += 1;
+        *counts
+            .entry(route(admin("random"), user).await)
+            .or_default() += 1;
     }
     assert_eq!(counts.len(), 4, "{counts:?}");
-    assert!(counts.values().all(|&n| (40..=160).contains(&n)), "{counts:?}");
+    assert!(
+        counts.values().all(|&n| (40..=160).contains(&n)),
+        "{counts:?}"
+    );
 
     // Least connections: load one node with clients; once its heartbeat
     // reports them, lookups go to the others.
     let busy = &nodes[0];
     let mut clients = Vec::new();
     for i in 0..3 {
-        clients.push(shared.client(&[busy.addr], &format!("load{i}"), "phone").await);
+        clients.push(
+            shared
+                .client(&[busy.addr], &format!("load{i}"), "phone")
+                .await,
+        );
     }
     wait_nodes(busy.admin, "the busy node reports its load", |n| {
         n.iter().any(|n| n.id == busy.id && n.connections >= 3)
@@ -463,7 +508,10 @@ async fn the_route_endpoint_answers_under_each_strategy() {
     for user in users.iter().take(9) {
         picked.push(route(admin("least-connections"), user).await);
     }
-    assert!(!picked.contains(&busy.id), "the loaded node is not picked: {picked:?}");
+    assert!(
+        !picked.contains(&busy.id),
+        "the loaded node is not picked: {picked:?}"
+    );
     picked.sort();
     picked.dedup();
     assert!(picked.len() >= 2, "spread over the idle nodes: {picked:?}");
@@ -495,7 +543,6 @@ async fn the_route_endpoint_answers_under_each_strategy() {
 struct Child {
     child: tokio::process::Child,
     addr: SocketAddr,
-    admin: SocketAddr,
 }
 
 async fn spawn_node(shared: &Shared, name: &str) -> Child {
@@ -507,19 +554,38 @@ async fn spawn_node(shared: &Shared, name: &str) -> Child {
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--redis", &redis_url(), "--cql", &cql_nodes()])
         .arg("--set")
-        .arg(format!("tls.cert={}", toml(&shared.cert.display().to_string())))
+        .arg(format!(
+            "tls.cert={}",
+            toml(&shared.cert.display().to_string())
+        ))
         .arg("--set")
-        .arg(format!("tls.key={}", toml(&shared.key.display().to_string())))
+        .arg(format!(
+            "tls.key={}",
+            toml(&shared.key.display().to_string())
+        ))
         .arg("--set")
-        .arg(format!("auth.secret_file={}", toml(&shared.secret.display().to_string())))
+        .arg(format!(
+            "auth.secret_file={}",
+            toml(&shared.secret.display().to_string())
+        ))
         .arg("--set")
         .arg(format!("store.keyspace={}", toml(KEYSPACE)))
         .arg("--set")
         .arg(format!("store.key_prefix={}", toml(&shared.store_prefix)))
         .arg("--set")
         .arg(format!("cluster.key_prefix={}", toml(&shared.prefix)))
-        .args(["--set", "cluster.node_ttl_ms=1500", "--set", "cluster.route_ttl_ms=3000"])
-        .args(["--set", "heartbeat.interval_ms=1000", "--set", "heartbeat.min_interval_ms=500"])
+        .args([
+            "--set",
+            "cluster.node_ttl_ms=1500",
+            "--set",
+            "cluster.route_ttl_ms=3000",
+        ])
+        .args([
+            "--set",
+            "heartbeat.interval_ms=1000",
+            "--set",
+            "heartbeat.min_interval_ms=500",
+        ])
         .args(["--set", "delivery.retransmit_initial_ms=1000"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -528,18 +594,11 @@ async fn spawn_node(shared: &Shared, name: &str) -> Child {
     let mut child = cmd.spawn().expect("spawn qim-gateway");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (addr, admin) = tokio::time::timeout(PATIENCE, async {
+    let addr = tokio::time::timeout(PATIENCE, async {
         while let Some(line) = lines.next_line().await.expect("stdout") {
             if let Some(rest) = line.strip_prefix("READY quic=") {
-                let mut parts = rest.split_whitespace();
-                let quic = parts.next().expect("quic").parse().expect("addr");
-                let admin = parts
-                    .next()
-                    .and_then(|a| a.strip_prefix("admin="))
-                    .expect("admin")
-                    .parse()
-                    .expect("addr");
-                return (quic, admin);
+                let quic = rest.split_whitespace().next().expect("quic");
+                return quic.parse::<SocketAddr>().expect("addr");
             }
         }
         panic!("gateway exited before READY");
@@ -547,7 +606,7 @@ async fn spawn_node(shared: &Shared, name: &str) -> Child {
     .await
     .expect("ready in time");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Child { child, addr, admin }
+    Child { child, addr }
 }
 
 fn toml_string(s: &str) -> String {
@@ -571,13 +630,18 @@ async fn kill_9_of_the_recipients_node_loses_nothing_and_the_dead_node_expires()
     // bob is on B, and knows C as a fallback.
     let bob = shared.client(&[b.addr, c.addr], "bob", "bob-phone").await;
     let alice = Arc::new(shared.client(&[a.addr], "alice", "alice-phone").await);
+    let bob_id = shared.user("bob");
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
     let sender = {
         let alice = Arc::clone(&alice);
+        let bob_id = bob_id.clone();
         tokio::spawn(async move {
             for i in 0.. {
                 let body = format!("alice-bob-{i}");
-                match alice.send_message(to("bob", body.clone(), body.clone())).await {
+                match alice
+                    .send_message(to(&bob_id, body.clone(), body.clone()))
+                    .await
+                {
                     Ok(receipt) => {
                         if acked_tx.send((receipt, body)).is_err() {
                             return;
@@ -609,9 +673,19 @@ async fn kill_9_of_the_recipients_node_loses_nothing_and_the_dead_node_expires()
     while let Ok(a) = acked_rx.try_recv() {
         acked.push(a);
     }
-    assert_eq!(acked.len(), 401, "every send was acked (A and the store stayed up)");
+    assert_eq!(
+        acked.len(),
+        401,
+        "every send was acked (A and the store stayed up)"
+    );
+    let highest = acked.iter().map(|(r, _)| r.seq).max().expect("acked") as usize;
     let rest = take(&bob, 401 - got.len()).await;
     got.extend(rest);
+    if highest != 401 {
+        let bodies: Vec<(u64, String)> = got.iter().map(|m| (m.seq, text(m))).collect();
+        let receipts: Vec<(u64, &String)> = acked.iter().map(|(r, b)| (r.seq, b)).collect();
+        panic!("receipts {receipts:?}\n got {bodies:?}");
+    }
     check_inbox("bob-phone", &got, 401);
     for (receipt, body) in &acked {
         let m = &got[receipt.seq as usize - 1];
@@ -629,7 +703,7 @@ async fn kill_9_of_the_recipients_node_loses_nothing_and_the_dead_node_expires()
     for i in 0..40 {
         assert_ne!(route(a.admin, &format!("u{i}")).await, b_id);
     }
-    let (_, presence) = http_get(c.admin, "/presence?user=bob").await;
+    let (_, presence) = http_get(c.admin, &format!("/presence?user={bob_id}")).await;
     assert!(presence.contains("\"online\":true"), "{presence}");
     let redis = qim_storage::redis::Redis::connect(&{
         let mut r = qim_storage::redis::RedisConfig::new(redis_url());
@@ -640,12 +714,18 @@ async fn kill_9_of_the_recipients_node_loses_nothing_and_the_dead_node_expires()
     .expect("redis");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let routes = redis.routes("bob", qim_proto::now_ms()).await.expect("routes");
+        let routes = redis
+            .routes(&bob_id, qim_proto::now_ms())
+            .await
+            .expect("routes");
         if routes.iter().all(|r| r.node != b_id) {
             assert_eq!(routes.len(), 1, "bob's one device, now on C: {routes:?}");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "routes on the dead node lapse");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "routes on the dead node lapse"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     redis.quit().await;

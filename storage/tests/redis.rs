@@ -85,16 +85,27 @@ async fn exercise(redis: &Redis) {
     // The replaced session neither refreshes nor removes its successor.
     let stale = vec![("bob".to_owned(), "phone".to_owned(), 1)];
     assert_eq!(
-        redis.refresh_routes("a", &stale, now, T).await.expect("refresh"),
+        redis
+            .refresh_routes("a", &stale, now, T)
+            .await
+            .expect("refresh"),
         0
     );
-    assert!(!redis.remove_route("bob", "phone", "a", 1, now).await.expect("remove"));
+    assert!(
+        !redis
+            .remove_route("bob", "phone", "a", 1, now)
+            .await
+            .expect("remove")
+    );
     assert_eq!(redis.routes("bob", now).await.expect("routes").len(), 2);
 
     // Refresh extends the owner's route past the old deadline.
     let mine = vec![("bob".to_owned(), "phone".to_owned(), 2)];
     assert_eq!(
-        redis.refresh_routes("c", &mine, now + T / 2, T).await.expect("refresh"),
+        redis
+            .refresh_routes("c", &mine, now + T / 2, T)
+            .await
+            .expect("refresh"),
         1
     );
     let later = redis.routes("bob", now + T + T / 5).await.expect("routes");
@@ -103,47 +114,112 @@ async fn exercise(redis: &Redis) {
         ["phone"],
         "the laptop route expired, the refreshed phone route lives"
     );
-    let presence = redis.presence("bob", now + T + T / 5).await.expect("presence");
+    let presence = redis
+        .presence("bob", now + T + T / 5)
+        .await
+        .expect("presence");
     assert!(presence.online());
     assert_eq!(presence.last_seen_ms, None);
 
     // The last session ending records last seen.
-    assert!(redis.remove_route("bob", "phone", "c", 2, now + T + T / 4).await.expect("remove"));
-    let presence = redis.presence("bob", now + T + T / 4).await.expect("presence");
+    assert!(
+        redis
+            .remove_route("bob", "phone", "c", 2, now + T + T / 4)
+            .await
+            .expect("remove")
+    );
+    let presence = redis
+        .presence("bob", now + T + T / 4)
+        .await
+        .expect("presence");
     assert!(!presence.online());
     assert_eq!(presence.last_seen_ms, Some(now + T + T / 4));
-    assert!(redis.routes_of(&["bob", "nobody"], now).await.expect("routes").iter().all(|r| r.is_empty() || r.len() == 1));
+    assert!(
+        redis
+            .routes_of(&["bob", "nobody"], now)
+            .await
+            .expect("routes")
+            .iter()
+            .all(|r| r.is_empty() || r.len() == 1)
+    );
 
     // Registry: nodes live until their deadline, and leave on deregister.
-    redis.heartbeat(&node("a", 5, now), now, 1_000).await.expect("beat");
-    redis.heartbeat(&node("b", 3, now), now, 2_000).await.expect("beat");
-    redis.heartbeat(&node("c", 1, now), now, 2_000).await.expect("beat");
-    let live: Vec<String> = redis.live_nodes(now).await.expect("live").into_iter().map(|n| n.id).collect();
+    redis
+        .heartbeat(&node("a", 5, now), now, 1_000)
+        .await
+        .expect("beat");
+    redis
+        .heartbeat(&node("b", 3, now), now, 2_000)
+        .await
+        .expect("beat");
+    redis
+        .heartbeat(&node("c", 1, now), now, 2_000)
+        .await
+        .expect("beat");
+    let live: Vec<String> = redis
+        .live_nodes(now)
+        .await
+        .expect("live")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
     assert_eq!(live, ["a", "b", "c"]);
-    assert_eq!(redis.live_nodes(now).await.expect("live")[0], node("a", 5, now));
-    let live: Vec<String> = redis.live_nodes(now + 1_000).await.expect("live").into_iter().map(|n| n.id).collect();
+    assert_eq!(
+        redis.live_nodes(now).await.expect("live")[0],
+        node("a", 5, now)
+    );
+    let live: Vec<String> = redis
+        .live_nodes(now + 1_000)
+        .await
+        .expect("live")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
     assert_eq!(live, ["b", "c"], "a missed its heartbeat");
     redis.deregister("b").await.expect("deregister");
-    let live: Vec<String> = redis.live_nodes(now + 1_000).await.expect("live").into_iter().map(|n| n.id).collect();
+    let live: Vec<String> = redis
+        .live_nodes(now + 1_000)
+        .await
+        .expect("live")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
     assert_eq!(live, ["c"]);
 
     // Queues: at-least-once; unacknowledged entries come back to a new
     // reader of the same node; acknowledged ones do not.
-    let config = QueueConfig { max_len: 1_000, ttl_ms: 60_000 };
+    let config = QueueConfig {
+        max_len: 1_000,
+        ttl_ms: 60_000,
+    };
     let handoffs = vec![
         ("x".to_owned(), Handoff::Message(message("bob", 1))),
         ("y".to_owned(), Handoff::Message(message("carol", 1))),
         ("x".to_owned(), Handoff::Message(message("bob", 2))),
         (
             "x".to_owned(),
-            Handoff::Kick { user: "bob".into(), device: "phone".into(), session: 9 },
+            Handoff::Kick {
+                user: "bob".into(),
+                device: "phone".into(),
+                session: 9,
+            },
         ),
     ];
     redis.push(&handoffs, config).await.expect("push");
     let mut x = redis.consumer("x").await.expect("consumer");
     let got = x.next(10, 100).await.expect("read");
-    let got: Vec<Handoff> = got.into_iter().map(|e| e.handoff.expect("decodes")).collect();
-    assert_eq!(got, [handoffs[0].1.clone(), handoffs[2].1.clone(), handoffs[3].1.clone()]);
+    let got: Vec<Handoff> = got
+        .into_iter()
+        .map(|e| e.handoff.expect("decodes"))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            handoffs[0].1.clone(),
+            handoffs[2].1.clone(),
+            handoffs[3].1.clone()
+        ]
+    );
     x.quit().await;
     let mut x = redis.consumer("x").await.expect("consumer");
     let again = x.next(10, 100).await.expect("read");
@@ -152,21 +228,33 @@ async fn exercise(redis: &Redis) {
     x.ack(&ids).await.expect("ack");
     x.quit().await;
     let mut x = redis.consumer("x").await.expect("consumer");
-    assert!(x.next(10, 100).await.expect("read").is_empty(), "acknowledged entries are gone");
+    assert!(
+        x.next(10, 100).await.expect("read").is_empty(),
+        "acknowledged entries are gone"
+    );
     redis
-        .push(&[("x".to_owned(), Handoff::Message(message("bob", 3)))], config)
+        .push(
+            &[("x".to_owned(), Handoff::Message(message("bob", 3)))],
+            config,
+        )
         .await
         .expect("push");
     let fresh = x.next(10, 1_000).await.expect("read");
     assert_eq!(fresh.len(), 1);
-    assert_eq!(fresh[0].handoff.as_ref().expect("decodes"), &Handoff::Message(message("bob", 3)));
+    assert_eq!(
+        fresh[0].handoff.as_ref().expect("decodes"),
+        &Handoff::Message(message("bob", 3))
+    );
     x.quit().await;
     let mut y = redis.consumer("y").await.expect("consumer");
     assert_eq!(y.next(10, 100).await.expect("read").len(), 1);
     y.quit().await;
 
     // Bounded: the queue is trimmed near max_len.
-    let small = QueueConfig { max_len: 200, ttl_ms: 60_000 };
+    let small = QueueConfig {
+        max_len: 200,
+        ttl_ms: 60_000,
+    };
     let many: Vec<(String, Handoff)> = (1..=2_000)
         .map(|seq| ("z".to_owned(), Handoff::Message(message("dave", seq))))
         .collect();
@@ -179,7 +267,11 @@ async fn exercise(redis: &Redis) {
         kept.len()
     );
     let last = kept.last().expect("some kept");
-    assert_eq!(last.handoff.as_ref().expect("decodes"), &Handoff::Message(message("dave", 2_000)), "the newest are kept");
+    assert_eq!(
+        last.handoff.as_ref().expect("decodes"),
+        &Handoff::Message(message("dave", 2_000)),
+        "the newest are kept"
+    );
     z.quit().await;
     redis.delete_queue("x").await.expect("delete");
     redis.delete_queue("y").await.expect("delete");
@@ -242,7 +334,14 @@ impl LocalCluster {
                 std::fs::create_dir_all(&node_dir).expect("dir");
                 Command::new("redis-server")
                     .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--cluster-enabled", "yes", "--save", "", "--appendonly", "no"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
                     .arg("--dir")
                     .arg(&node_dir)
                     .stdout(Stdio::null())
@@ -250,7 +349,11 @@ impl LocalCluster {
                     .expect("redis-server (apt-get install redis-server)")
             })
             .collect();
-        let cluster = LocalCluster { servers, dir, ports };
+        let cluster = LocalCluster {
+            servers,
+            dir,
+            ports,
+        };
         for port in &cluster.ports {
             wait_for_port(*port);
         }
@@ -323,14 +426,22 @@ async fn redis_cluster_of_three_masters() {
             .args(["-p", &port.to_string(), "dbsize"])
             .output()
             .expect("redis-cli");
-        keys_per_node.push(String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0));
+        keys_per_node.push(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0),
+        );
     }
     let mut many = Vec::new();
     for i in 0..60 {
         many.push(format!("user{i}"));
     }
     for user in &many {
-        redis.set_route(user, "phone", "a", 1, 0, 60_000).await.expect("set");
+        redis
+            .set_route(user, "phone", "a", 1, 0, 60_000)
+            .await
+            .expect("set");
     }
     let mut spread = 0;
     for port in &cluster.ports {
@@ -338,13 +449,24 @@ async fn redis_cluster_of_three_masters() {
             .args(["-p", &port.to_string(), "dbsize"])
             .output()
             .expect("redis-cli");
-        if String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0) > 0 {
+        if String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 0
+        {
             spread += 1;
         }
     }
-    assert_eq!(spread, 3, "60 users' routes land on all three masters ({keys_per_node:?} before)");
+    assert_eq!(
+        spread, 3,
+        "60 users' routes land on all three masters ({keys_per_node:?} before)"
+    );
     let users: Vec<&str> = many.iter().map(String::as_str).collect();
-    let routes = redis.routes_of(&users, 1).await.expect("routes across slots");
+    let routes = redis
+        .routes_of(&users, 1)
+        .await
+        .expect("routes across slots");
     assert!(routes.iter().all(|r| r.len() == 1));
     redis.quit().await;
 }

@@ -39,9 +39,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     let cql = services::CQL_ADDR.to_owned();
 
     let mut build = Command::new(crate::cargo());
-    build
-        .current_dir(root)
-        .args(["build", "-p", "qim-gateway"]);
+    build.current_dir(root).args(["build", "-p", "qim-gateway"]);
     if options.release {
         build.arg("--release");
     }
@@ -92,7 +90,10 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel();
     for i in 0..options.nodes {
         let quic = format!("127.0.0.1:{}", u32::from(options.base_port) + i as u32);
-        let admin = format!("127.0.0.1:{}", u32::from(options.admin_base_port) + i as u32);
+        let admin = format!(
+            "127.0.0.1:{}",
+            u32::from(options.admin_base_port) + i as u32
+        );
         let mut child = Command::new(&bin)
             .args(&common)
             .args(["--listen", &quic, "--admin-listen", &admin, "--data-dir"])
@@ -126,12 +127,23 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
         }
     }
     println!();
-    println!("qim cluster of {} nodes (strategy {}):", options.nodes, options.strategy);
+    println!(
+        "qim cluster of {} nodes (strategy {}):",
+        options.nodes, options.strategy
+    );
     for (i, line) in ready.iter().flatten().enumerate() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let quic = fields.get(1).and_then(|f| f.strip_prefix("quic=")).unwrap_or("?");
-        let admin = fields.get(2).and_then(|f| f.strip_prefix("admin=")).unwrap_or("?");
-        println!("  node-{i}: QUIC {quic}   admin/route http://{admin}   (GET /route?user=alice, /nodes)");
+        let quic = fields
+            .get(1)
+            .and_then(|f| f.strip_prefix("quic="))
+            .unwrap_or("?");
+        let admin = fields
+            .get(2)
+            .and_then(|f| f.strip_prefix("admin="))
+            .unwrap_or("?");
+        println!(
+            "  node-{i}: QUIC {quic}   admin/route http://{admin}   (GET /route?user=alice, /nodes)"
+        );
     }
     println!();
     println!(

@@ -175,7 +175,10 @@ impl Cluster {
             forward_rx: Mutex::new(Some(forward_rx)),
             draining: AtomicBool::new(false),
         };
-        cluster.redis.heartbeat(&cluster.info(0, 0), now_ms(), cluster.node_ttl_ms).await?;
+        cluster
+            .redis
+            .heartbeat(&cluster.info(0, 0), now_ms(), cluster.node_ttl_ms)
+            .await?;
         info!(node = %cluster.me.id, addr = %cluster.me.addr, strategy = strategy.name(), "joined the cluster");
         Ok(Some(Arc::new(cluster)))
     }
@@ -196,7 +199,9 @@ impl Cluster {
     async fn beat(&self, ctx: &Ctx) -> Result<(), StoreError> {
         let connections = ctx.metrics.connections_open.get().max(0) as u64;
         let info = self.info(connections, ctx.routes.online_users() as u64);
-        self.redis.heartbeat(&info, now_ms(), self.node_ttl_ms).await
+        self.redis
+            .heartbeat(&info, now_ms(), self.node_ttl_ms)
+            .await
     }
 
     /// Writes the route of a new session; tells the node of a replaced
@@ -205,7 +210,14 @@ impl Cluster {
     pub(crate) async fn attach(&self, user: &str, device: &str, session: u64) {
         let set = self
             .redis
-            .set_route(user, device, &self.me.id, session, now_ms(), self.route_ttl_ms)
+            .set_route(
+                user,
+                device,
+                &self.me.id,
+                session,
+                now_ms(),
+                self.route_ttl_ms,
+            )
             .await;
         match set {
             Ok(Some(prev)) if prev.node != self.me.id => {
@@ -367,7 +379,8 @@ impl Cluster {
                         device,
                         session,
                     }) => {
-                        ctx.routes.kick(&user, &device, session, ErrorCode::Replaced);
+                        ctx.routes
+                            .kick(&user, &device, session, ErrorCode::Replaced);
                     }
                     Ok(other) => debug!(?other, "hand-off of an unknown kind ignored"),
                     Err(e) => warn!(id = %entry.id, error = %e, "unreadable hand-off dropped"),

@@ -282,8 +282,10 @@ mod tests {
         let mut loaded = vec![node("a", 300), node("b", 0), node("c", 100)];
         let mut picker = Picker::seeded(Strategy::LeastConnections, 1);
         assert_eq!(picker.pick("first", &loaded).expect("node").id, "b");
-        let mut totals: HashMap<String, u64> =
-            loaded.iter().map(|n| (n.id.clone(), n.connections)).collect();
+        let mut totals: HashMap<String, u64> = loaded
+            .iter()
+            .map(|n| (n.id.clone(), n.connections))
+            .collect();
         *totals.get_mut("b").expect("b") += 1;
         for u in users().take(2_999) {
             let id = picker.pick(&u, &loaded).expect("node").id.clone();
@@ -308,7 +310,10 @@ mod tests {
     #[test]
     fn round_robin_is_exactly_even() {
         let three = nodes(&["a", "b", "c"]);
-        let c = counts(&assign(&mut Picker::seeded(Strategy::RoundRobin, 1), &three));
+        let c = counts(&assign(
+            &mut Picker::seeded(Strategy::RoundRobin, 1),
+            &three,
+        ));
         let mut sizes: Vec<usize> = c.values().copied().collect();
         sizes.sort();
         // 5000 = 1666 + 1667 + 1667.
@@ -324,15 +329,26 @@ mod tests {
         for (id, n) in counts(&first) {
             assert!((1_500..=1_834).contains(&n), "{id}: {n}");
         }
-        assert_eq!(first, assign(&mut Picker::seeded(Strategy::Random, 42), &three));
-        assert_ne!(first, assign(&mut Picker::seeded(Strategy::Random, 43), &three));
+        assert_eq!(
+            first,
+            assign(&mut Picker::seeded(Strategy::Random, 42), &three)
+        );
+        assert_ne!(
+            first,
+            assign(&mut Picker::seeded(Strategy::Random, 43), &three)
+        );
     }
 
     #[test]
     fn draining_nodes_are_skipped_and_no_node_is_none() {
         let mut two = nodes(&["a", "b"]);
         two[0].draining = true;
-        for strategy in ["consistent-hash", "least-connections", "random", "round-robin"] {
+        for strategy in [
+            "consistent-hash",
+            "least-connections",
+            "random",
+            "round-robin",
+        ] {
             let mut picker = Picker::seeded(strategy.parse().expect("strategy"), 7);
             assert_eq!(picker.strategy().name(), strategy);
             for u in users().take(50) {
