@@ -253,6 +253,18 @@ section! {
         advertise: Option<String> = None,
         /// How the route endpoint picks a node for a user: "consistent-hash", "least-connections", "random" or "round-robin".
         strategy: String = "consistent-hash".to_owned(),
+        /// Optional public TCP address of a listener serving only the route endpoint (GET /route?user=ID); the admin listener serves it too.
+        route_listen: Option<SocketAddr> = None,
+        /// Address of the route endpoint written to the registry ("host:port"); unset: route_listen (else admin.listen) with its bound port.
+        route_advertise: Option<String> = None,
+        /// Milliseconds a node stays in the registry without a heartbeat; heartbeats go every third of it.
+        node_ttl_ms: u64 = 10_000,
+        /// Milliseconds a user's route stays without a refresh; the node refreshes its sessions' routes every third of it.
+        route_ttl_ms: u64 = 60_000,
+        /// Cross-node hand-offs kept per node queue (approximately; the oldest are trimmed, their messages wait in the store).
+        queue_max_len: u64 = 100_000,
+        /// Prefix of every Redis key, so several clusters can share one Redis.
+        key_prefix: String = "qim".to_owned(),
     }
 }
 
@@ -465,6 +477,22 @@ impl Config {
         }
         if self.groups.max_members == 0 {
             return invalid("groups.max_members must be above 0");
+        }
+        let c = &self.cluster;
+        if c.node_ttl_ms < 300 || c.route_ttl_ms < 300 {
+            return invalid("cluster.node_ttl_ms and cluster.route_ttl_ms must be at least 300");
+        }
+        if c.queue_max_len < 100 {
+            return invalid("cluster.queue_max_len must be at least 100");
+        }
+        if !qim_proto::ids::is_valid_id(&c.key_prefix) {
+            return invalid("cluster.key_prefix must be 1-64 of [A-Za-z0-9._@-]");
+        }
+        if c.node_id
+            .as_deref()
+            .is_some_and(|id| !qim_proto::ids::is_valid_id(id))
+        {
+            return invalid("cluster.node_id must be 1-64 of [A-Za-z0-9._@-]");
         }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");

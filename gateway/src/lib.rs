@@ -22,6 +22,8 @@
 //!   subscriptions, online-time records, typing; pushed as signals.
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
+//! - [`cluster`]: membership of a multi-node cluster (registry, routes and
+//!   cross-node queues in Redis) and the route endpoint's strategies.
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
 //! - [`auth`]: HMAC-signed login tokens.
 //! - [`tls`]: certificates, including development ones made with rcgen.
@@ -38,6 +40,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod contacts;
 mod conversations;

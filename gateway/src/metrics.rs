@@ -38,6 +38,12 @@ pub struct Metrics {
     pub delivery_acks: Counter,
     /// Sessions closed for missed heartbeats.
     pub heartbeat_timeouts: Counter,
+    /// Messages handed to other nodes' queues (one per message and node).
+    pub handoffs_sent: Counter,
+    /// Messages that could not be handed to other nodes (they wait in the store).
+    pub handoffs_failed: Counter,
+    /// Messages other nodes handed to this one.
+    pub handoffs_received: Counter,
     /// Seconds from a Send frame's arrival to its ack being written.
     pub ack_latency: Histogram,
     /// Seconds a store append batch took.
@@ -66,6 +72,9 @@ impl Metrics {
             retransmits: Counter::default(),
             delivery_acks: Counter::default(),
             heartbeat_timeouts: Counter::default(),
+            handoffs_sent: Counter::default(),
+            handoffs_failed: Counter::default(),
+            handoffs_received: Counter::default(),
             ack_latency: latency(),
             store_latency: latency(),
             registry: Registry::default(),
@@ -125,6 +134,21 @@ impl Metrics {
             "heartbeat_timeouts",
             "Sessions closed for missed heartbeats",
             m.heartbeat_timeouts.clone(),
+        );
+        registry.register(
+            "handoffs_sent",
+            "Messages handed to other nodes",
+            m.handoffs_sent.clone(),
+        );
+        registry.register(
+            "handoffs_failed",
+            "Messages that could not be handed to other nodes",
+            m.handoffs_failed.clone(),
+        );
+        registry.register(
+            "handoffs_received",
+            "Messages handed over by other nodes",
+            m.handoffs_received.clone(),
         );
         registry.register(
             "ack_latency_seconds",

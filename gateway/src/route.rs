@@ -244,6 +244,33 @@ impl Routes {
         }
     }
 
+    /// Ends the session `session_id` of `device` of `user`, if it is here,
+    /// with `code` (a newer login of the device on another node).
+    pub(crate) fn kick(&self, user: &str, device_id: &str, session_id: u64, code: ErrorCode) {
+        let feed = lock(&self.users).get(user).cloned();
+        let Some(feed) = feed else { return };
+        let mut sessions = lock(&feed.sessions);
+        if let Some(i) = sessions
+            .iter()
+            .position(|s| s.session_id == session_id && s.device_id == device_id)
+        {
+            let old = sessions.swap_remove(i);
+            let _ = old.kick.send(code);
+        }
+    }
+
+    /// Every session here as `(user, device, session id)`.
+    pub(crate) fn sessions(&self) -> Vec<(String, String, u64)> {
+        let users = lock(&self.users);
+        let mut out = Vec::with_capacity(users.len());
+        for (user, feed) in users.iter() {
+            for s in lock(&feed.sessions).iter() {
+                out.push((user.clone(), s.device_id.clone(), s.session_id));
+            }
+        }
+        out
+    }
+
     /// Users with at least one session.
     pub(crate) fn online_users(&self) -> usize {
         lock(&self.users).len()
@@ -291,6 +318,22 @@ mod tests {
         assert!(laptop.try_recv().is_err(), "other devices stay");
         routes.detach("bob", 1);
         assert_eq!(routes.online_users(), 1);
+        let mut sessions = routes.sessions();
+        sessions.sort();
+        assert_eq!(
+            sessions,
+            [
+                ("bob".into(), "laptop".into(), 2),
+                ("bob".into(), "phone".into(), 3)
+            ]
+        );
+        routes.kick("bob", "laptop", 99, ErrorCode::Replaced);
+        assert!(
+            laptop.try_recv().is_err(),
+            "another session id is not kicked"
+        );
+        routes.kick("bob", "laptop", 2, ErrorCode::Replaced);
+        assert_eq!(laptop.try_recv(), Ok(ErrorCode::Replaced));
         routes.detach("bob", 2);
         routes.detach("bob", 3);
         assert_eq!(routes.online_users(), 0);

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::auth::TokenKey;
+use crate::cluster::{Cluster, Identity};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::route::Routes;
@@ -105,6 +106,10 @@ pub(crate) struct Ctx {
     /// Pushes of read-diffusion group logs to online members.
     pub(crate) group_push: crate::groups::GroupPush,
     pub(crate) routes: Routes,
+    /// This node's membership of a cluster (with `store.redis`).
+    pub(crate) cluster: Option<Arc<Cluster>>,
+    /// How this node is known to clients and other nodes.
+    pub(crate) identity: Identity,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tokens: TokenKey,
     /// Flips to true when the gateway starts draining.
@@ -129,6 +134,12 @@ pub struct StartInfo {
     pub quic_addr: SocketAddr,
     /// The bound admin HTTP address.
     pub admin_addr: SocketAddr,
+    /// The bound public route endpoint (`cluster.route_listen`), if any.
+    pub route_addr: Option<SocketAddr>,
+    /// This node's id in the cluster registry.
+    pub node_id: String,
+    /// Whether the node joined a cluster (`store.redis` set).
+    pub clustered: bool,
     /// The development CA clients must trust, when development certificates
     /// are in use.
     pub dev_ca: Option<PathBuf>,
@@ -143,6 +154,7 @@ pub struct Gateway {
     ctx: Arc<Ctx>,
     endpoint: quinn::Endpoint,
     admin: tokio::net::TcpListener,
+    route: Option<tokio::net::TcpListener>,
     info: StartInfo,
 }
 
@@ -247,9 +259,26 @@ impl Gateway {
             addr: config.admin.listen,
             source,
         })?;
+        let (route, route_addr) = match config.cluster.route_listen {
+            Some(addr) => {
+                let bind_err = |source| StartError::Bind { addr, source };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err)?;
+                let bound = listener.local_addr().map_err(bind_err)?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
+        let identity =
+            crate::cluster::identity(&config, quic_addr, route_addr.unwrap_or(admin_addr));
+        let cluster = Cluster::join(&config, identity.clone()).await?;
         let info = StartInfo {
             quic_addr,
             admin_addr,
+            route_addr,
+            node_id: identity.id.clone(),
+            clustered: cluster.is_some(),
             dev_ca,
             dev_secret: dev.then_some(secret),
             public_name: config.server.public_name.clone(),
@@ -264,6 +293,8 @@ impl Gateway {
             schedule_wake: tokio::sync::Notify::new(),
             group_push: Default::default(),
             routes: Routes::default(),
+            cluster,
+            identity,
             metrics: Arc::new(Metrics::new()),
             tokens,
             draining: watch::Sender::new(false),
@@ -276,6 +307,7 @@ impl Gateway {
             ctx,
             endpoint,
             admin,
+            route,
             info,
         })
     }
@@ -298,6 +330,7 @@ impl Gateway {
             ctx,
             endpoint,
             admin,
+            route,
             info: _,
         } = self;
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -312,6 +345,21 @@ impl Gateway {
         });
 
         let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&ctx)));
+
+        let route_task = route.map(|listener| {
+            let app = crate::admin::route_app(crate::admin::AdminState::new(Arc::clone(&ctx)));
+            let mut draining = ctx.draining.subscribe();
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = draining.wait_for(|d| *d).await;
+                });
+                if let Err(e) = serve.await {
+                    warn!(error = %e, "route endpoint failed");
+                }
+            })
+        });
+        let cluster = ctx.cluster.as_ref().map(|c| c.start(&ctx));
+
         let limit = Arc::new(Semaphore::new(ctx.config.server.max_connections));
         let mut connections = JoinSet::new();
         let mut fatal = ctx.fatal.subscribe();
@@ -367,6 +415,12 @@ impl Gateway {
         }
         endpoint.close(ErrorCode::ShuttingDown.to_quic().into(), b"shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        if let Some(cluster) = cluster {
+            cluster.leave().await;
+        }
+        if let Some(task) = route_task {
+            let _ = task.await;
+        }
         if let Err(e) = ctx.store.flush().await {
             warn!(error = %e, "final store flush failed");
         }

@@ -275,6 +275,11 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
     let (feed, mut kicked) = ctx
         .routes
         .attach_with_policy(&user, &device, session_id, class, policy);
+    // Before the head is read: a message committed after this route is
+    // visible is handed here; one committed before is in the head.
+    if let Some(cluster) = &ctx.cluster {
+        cluster.attach(&user, &device, session_id).await;
+    }
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
         user: user.clone(),
@@ -449,6 +454,9 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
         close(ctx, conn, &user, &fault);
     }
     ctx.routes.detach(&user, session_id);
+    if let Some(cluster) = &ctx.cluster {
+        cluster.detach(&user, &device, session_id).await;
+    }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");
 }
@@ -682,6 +690,7 @@ impl Streams {
             }
         };
         let mut acks = Vec::with_capacity(verdicts.len());
+        let mut remote = Vec::new();
         for verdict in verdicts {
             let kind = match (verdict, &mut stored) {
                 (Err(nack), _) => server_ack::Kind::Nack(nack),
@@ -700,7 +709,11 @@ impl Streams {
                         // Duplicates too: the first attempt's task may have
                         // been aborted (its connection died) between the
                         // commit and its publish. The feed ignores seqs it has.
-                        self.ctx.routes.publish(Arc::new(a.message));
+                        let message = Arc::new(a.message);
+                        self.ctx.routes.publish(Arc::clone(&message));
+                        if self.ctx.cluster.is_some() {
+                            remote.push(message);
+                        }
                         server_ack::Kind::Ack(ack)
                     }
                     None => server_ack::Kind::Nack(self.nack(
@@ -719,6 +732,11 @@ impl Streams {
                 }
             };
             acks.push(v1::ServerAck { kind: Some(kind) });
+        }
+        if let Some(cluster) = &self.ctx.cluster {
+            for message in remote {
+                cluster.forward(message).await;
+            }
         }
         acks
     }

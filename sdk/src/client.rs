@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -208,6 +208,9 @@ pub(crate) struct Shared {
     max_body: AtomicU64,
     max_frame: AtomicU64,
     generation: AtomicU64,
+    /// Which of the configured servers the next attempt goes to
+    /// ([`ClientConfig::server_at`]).
+    server: AtomicUsize,
     sessions: AtomicU64,
     duplicates: AtomicU64,
     retransmits: AtomicU64,
@@ -347,11 +350,29 @@ impl Client {
             max_body: AtomicU64::new(u64::MAX),
             max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
             generation: AtomicU64::new(0),
+            server: AtomicUsize::new(0),
             sessions: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             retransmits: AtomicU64::new(0),
         });
-        let first = establish(&shared, addr).await?;
+        // The servers in order: the first that logs in wins; a refusal
+        // that no other node would reverse (bad token) ends it at once.
+        let servers = 1 + shared.config.fallback_servers.len();
+        let mut first = establish(&shared, addr).await;
+        for i in 1..servers {
+            match &first {
+                Err(e) if e.is_transient() => {
+                    debug!(error = %e, "connect failed; trying the next server");
+                    shared.server.store(i, Ordering::Relaxed);
+                    first = match resolve(shared.config.server_at(i)).await {
+                        Ok(addr) => establish(&shared, addr).await,
+                        Err(e) => Err(e),
+                    };
+                }
+                _ => break,
+            }
+        }
+        let first = first?;
         let driver = tokio::spawn(drive(Arc::clone(&shared), first));
         Ok(Client {
             shared,
@@ -721,7 +742,13 @@ async fn drive(shared: Arc<Shared>, first: Established) {
     loop {
         let established = match next.take() {
             Some(e) => Ok(e),
-            None => match resolve(&shared.config.server).await {
+            None => match resolve(
+                shared
+                    .config
+                    .server_at(shared.server.load(Ordering::Relaxed)),
+            )
+            .await
+            {
                 Ok(addr) => establish(&shared, addr).await,
                 Err(e) => Err(e),
             },
@@ -741,10 +768,12 @@ async fn drive(shared: Arc<Shared>, first: Established) {
                     SessionEnd::Closed => break,
                     SessionEnd::GoAway(within) => {
                         info!(?within, "server draining; reconnecting");
+                        next_server(&shared);
                         jitter(within)
                     }
                     SessionEnd::Lost(e) if e.is_transient() => {
                         info!(error = %e, "connection lost; reconnecting");
+                        next_server(&shared);
                         *lock(&shared.last_error) = Some(e);
                         if failures == 0 {
                             Duration::ZERO
@@ -760,6 +789,7 @@ async fn drive(shared: Arc<Shared>, first: Established) {
             }
             Err(e) if e.is_transient() => {
                 debug!(error = %e, failures, "connect failed");
+                next_server(&shared);
                 *lock(&shared.last_error) = Some(e);
                 failures = failures.saturating_add(1);
                 backoff(&shared.config, failures)
@@ -779,6 +809,12 @@ async fn drive(shared: Arc<Shared>, first: Established) {
         }
     }
     stop(&shared, Error::Closed);
+}
+
+/// Points the next attempt at the next configured server (a no-op with
+/// one server).
+fn next_server(shared: &Shared) {
+    shared.server.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A session that lasted this long resets the reconnect backoff.

@@ -37,6 +37,12 @@ impl Platform {
 pub struct ClientConfig {
     /// Gateway address, `host:port`.
     pub server: String,
+    /// More gateway addresses (other nodes of a cluster), `host:port`. The
+    /// client tries `server` first; when a connection attempt fails or a
+    /// session is lost, the next attempt goes to the next address in the
+    /// list, round and round. Any node of a cluster serves any user. Empty
+    /// by default.
+    pub fallback_servers: Vec<String>,
     /// Name the server certificate must be valid for.
     pub server_name: String,
     /// PEM certificates of the CAs trusted to sign the server's certificate.
@@ -78,6 +84,15 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// The `i`-th address to try (`server` first, then the fallbacks,
+    /// cycling).
+    pub(crate) fn server_at(&self, i: usize) -> &str {
+        match i % (1 + self.fallback_servers.len()) {
+            0 => &self.server,
+            n => &self.fallback_servers[n - 1],
+        }
+    }
+
     /// Settings with defaults for everything but the essentials.
     pub fn new(
         server: impl Into<String>,
@@ -87,6 +102,7 @@ impl ClientConfig {
     ) -> Self {
         Self {
             server: server.into(),
+            fallback_servers: Vec::new(),
             server_name: "localhost".to_owned(),
             ca_pem,
             token: token.into(),

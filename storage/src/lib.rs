@@ -17,6 +17,8 @@
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
 //! - [`embedded`]: the default single-node backend, a durable fjall database
 //!   under the data directory with group commit.
+//! - [`redis`]: cluster state in Redis through `fred` (routes, presence,
+//!   node registry, per-node delivery queues).
 //! - [`cluster`]: [`ClusterStore`], the backend of a gateway cluster:
 //!   per-inbox seq counters in Redis floored by a durable high-water mark,
 //!   messages, idempotency keys and cursors in ScyllaDB/Cassandra.
@@ -54,6 +56,7 @@ pub mod groups;
 pub mod model;
 pub mod presence;
 pub mod schedule;
+pub mod redis;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

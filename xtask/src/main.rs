@@ -10,6 +10,8 @@
 //! - `cargo xtask fuzz --seconds N`: every fuzz target for N seconds.
 //! - `cargo xtask services up|down|status`: local Redis and Cassandra
 //!   (see `services`).
+//! - `cargo xtask cluster --nodes N`: a local gateway cluster on those
+//!   services (see `cluster`).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod services;
 
 #[derive(Parser)]
@@ -48,6 +51,24 @@ enum Task {
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
+    },
+    /// A local gateway cluster on the development services.
+    Cluster {
+        /// Gateway nodes to start.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Run release builds.
+        #[arg(long)]
+        release: bool,
+        /// QUIC port of the first node (the others follow).
+        #[arg(long, default_value_t = 4433)]
+        base_port: u16,
+        /// Admin/route HTTP port of the first node (the others follow).
+        #[arg(long, default_value_t = 9090)]
+        admin_base_port: u16,
+        /// Route endpoint strategy: consistent-hash, least-connections, random, round-robin.
+        #[arg(long, default_value = "consistent-hash")]
+        strategy: String,
     },
     /// Local Redis and Cassandra for development and tests.
     Services {
@@ -84,6 +105,22 @@ fn main() -> Result<()> {
             .args(["--spec", "certs/dev-certs.toml"])),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
         Task::Services { action } => services::run(action),
+        Task::Cluster {
+            nodes,
+            release,
+            base_port,
+            admin_base_port,
+            strategy,
+        } => cluster::run(
+            &root,
+            &cluster::Options {
+                nodes,
+                release,
+                base_port,
+                admin_base_port,
+                strategy,
+            },
+        ),
     }
 }
 
