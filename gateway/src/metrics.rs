@@ -38,6 +38,11 @@ pub struct Metrics {
     pub delivery_acks: Counter,
     /// Sessions closed for missed heartbeats.
     pub heartbeat_timeouts: Counter,
+    /// Handshakes that resumed an earlier TLS session.
+    pub tls_resumptions: Counter,
+    /// Sessions whose client moved to a new address (QUIC connection
+    /// migration: same connection, no new handshake).
+    pub migrations: Counter,
     /// Seconds from a Send frame's arrival to its ack being written.
     pub ack_latency: Histogram,
     /// Seconds a store append batch took.
@@ -66,6 +71,8 @@ impl Metrics {
             retransmits: Counter::default(),
             delivery_acks: Counter::default(),
             heartbeat_timeouts: Counter::default(),
+            tls_resumptions: Counter::default(),
+            migrations: Counter::default(),
             ack_latency: latency(),
             store_latency: latency(),
             registry: Registry::default(),
@@ -125,6 +132,16 @@ impl Metrics {
             "heartbeat_timeouts",
             "Sessions closed for missed heartbeats",
             m.heartbeat_timeouts.clone(),
+        );
+        registry.register(
+            "tls_resumptions",
+            "Handshakes that resumed a TLS session",
+            m.tls_resumptions.clone(),
+        );
+        registry.register(
+            "migrations",
+            "Sessions whose client address changed (connection migration)",
+            m.migrations.clone(),
         );
         registry.register(
             "ack_latency_seconds",

@@ -73,6 +73,9 @@ impl From<Option<Fault>> for StreamEnd {
 pub(crate) struct Session {
     pub(crate) user: String,
     pub(crate) device: String,
+    /// The client's address as last seen; it changes when the client
+    /// migrates the connection (new network), counted in `migrations`.
+    remote: Mutex<std::net::SocketAddr>,
     /// Milliseconds since `started` of the last Ping.
     last_beat_ms: AtomicU64,
     /// The interval the client announced with its last Ping, clamped.
@@ -130,13 +133,32 @@ fn close(ctx: &Ctx, conn: &quinn::Connection, user: &str, fault: &Fault) {
 }
 
 /// Serves one incoming connection from handshake to close.
+///
+/// 0-RTT: the connection is served as 0.5-RTT, so a resuming client's
+/// Hello sent as early data is answered before the handshake completes
+/// (one round trip saved on reconnect). Only the login is served early:
+/// [`run`] waits for the handshake before it accepts any other client
+/// stream, so sends, acks and rpc requests are never taken from
+/// replayable early data. The Hello itself is safe early: logging a
+/// device in twice is idempotent, and the session tickets are single-use
+/// (see `tls`), so a replayed first flight gets its early data refused.
 pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: OwnedSemaphorePermit) {
-    let conn = match incoming.await {
-        Ok(conn) => conn,
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
         Err(e) => {
             debug!(error = %e, "handshake failed");
             return;
         }
+    };
+    let (conn, handshake) = match connecting.into_0rtt() {
+        Ok((conn, handshake)) => (conn, Some(handshake)),
+        Err(connecting) => match connecting.await {
+            Ok(conn) => (conn, None),
+            Err(e) => {
+                debug!(error = %e, "handshake failed");
+                return;
+            }
+        },
     };
     ctx.metrics.connections.inc();
     ctx.metrics.connections_open.inc();
@@ -147,7 +169,7 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: Own
     .await
     .unwrap_or_else(|_| Err(Fault::new(ErrorCode::LoginTimeout, "no Hello in time").into()));
     match login {
-        Ok(login) => run(&ctx, &conn, login).await,
+        Ok(login) => run(&ctx, &conn, login, handshake).await,
         Err(LoginFailure { fault, control }) => {
             if let Some(mut control) = control {
                 ctx.metrics.login_refused(fault.code);
@@ -254,7 +276,12 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     })
 }
 
-async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
+async fn run(
+    ctx: &Arc<Ctx>,
+    conn: &quinn::Connection,
+    login: Login,
+    handshake: Option<quinn::ZeroRttAccepted>,
+) {
     let Login {
         user,
         device,
@@ -269,6 +296,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
     let session = Arc::new(Session {
         user: user.clone(),
         device: device.clone(),
+        remote: Mutex::new(conn.remote_address()),
         last_beat_ms: AtomicU64::new(0),
         beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
         started: Instant::now(),
@@ -360,7 +388,17 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
         });
         tasks.spawn(async move { read_control(&mut control_recv).await });
 
+        // Nothing but the Hello is taken from early data (see `serve`).
+        if let Some(handshake) = handshake {
+            // Resolves when the handshake completed (its value says whether
+            // early data was accepted) or failed.
+            let _ = handshake.await;
+            if let Some(reason) = conn.close_reason() {
+                return Err(Fault::new(ErrorCode::NoError, format!("handshake failed: {reason}")));
+            }
+        }
         let streams = Streams {
+            conn: conn.clone(),
             ctx: Arc::clone(ctx),
             session: Arc::clone(&session),
             delivery_acks: acks_tx,
@@ -479,6 +517,7 @@ async fn write_server_acks(
 /// What each stream task of a session needs.
 #[derive(Clone)]
 struct Streams {
+    conn: quinn::Connection,
     ctx: Arc<Ctx>,
     session: Arc<Session>,
     delivery_acks: mpsc::Sender<v1::DeliveryAck>,
@@ -536,6 +575,7 @@ impl Streams {
                         return StreamEnd::Fault(fault);
                     }
                     self.session.beat(ping.next_within_ms, &self.ctx);
+                    self.note_address();
                     let pong = v1::Pong {
                         n: ping.n,
                         sent_at_ms: ping.sent_at_ms,
@@ -548,6 +588,16 @@ impl Streams {
                 Ok(None) => return StreamEnd::Done,
                 Err(e) => return Fault::from_recv(e).into(),
             }
+        }
+    }
+
+    /// Counts a connection migration when the client's address changed.
+    fn note_address(&self) {
+        let now = self.conn.remote_address();
+        let before = std::mem::replace(&mut *lock(&self.session.remote), now);
+        if before != now {
+            info!(user = %self.session.user, device = %self.session.device, from = %before, to = %now, "client migrated the connection");
+            self.ctx.metrics.migrations.inc();
         }
     }
 

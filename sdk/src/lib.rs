@@ -21,6 +21,21 @@
 //!   after an ack timeout and on every reconnect.
 //! - `inbox`: the sans-IO receive order: dedup by seq, release in order,
 //!   report gaps (pulled over an rpc stream).
+//! - `outbox_store`: the journal that keeps unsent messages across app
+//!   restarts (with [`ClientConfig::data_dir`]).
+//! - [`heartbeat`]: the sans-IO adaptive heartbeat interval.
+//! - [`Events`]: `sending / sent / failed` per send, and connection losses.
+//!
+//! # Mobile behaviours
+//! - [`Client::start`] works offline; [`Client::enqueue`] queues a send
+//!   without waiting (durably with a data directory).
+//! - [`Client::network_changed`] migrates the QUIC connection to a new UDP
+//!   socket, and connects afresh only if the new path does not answer.
+//! - Reconnects resume the TLS session and send the login as 0-RTT early
+//!   data when the server allows it ([`ClientConfig::resumption`]).
+//! - The heartbeat interval adapts to what the network's NAT allows, within
+//!   the server's bounds; [`Client::set_foreground`] shortens it while the
+//!   app is in front.
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees
@@ -36,8 +51,11 @@
 mod client;
 mod config;
 mod error;
+mod events;
+pub mod heartbeat;
 mod inbox;
 mod outbox;
+mod outbox_store;
 
 pub use client::{
     Client, ConnectionState, IncomingMessage, OutgoingMessage, SendReceipt, StateWatcher, Stats,
@@ -45,4 +63,6 @@ pub use client::{
 };
 pub use config::{ClientConfig, Platform};
 pub use error::Error;
+pub use events::{ClientEvent, EVENT_BUFFER, Events, OutboxStatus};
+pub use outbox_store::OutboxStoreError;
 pub use qim_proto::v1::ErrorCode;
