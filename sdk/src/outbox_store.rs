@@ -91,10 +91,7 @@ fn record(tag: u8, payload: &[u8]) -> Vec<u8> {
 fn parse(bytes: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
-    loop {
-        let Some(header) = bytes.get(at..at + 5) else {
-            break;
-        };
+    while let Some(header) = bytes.get(at..at + 5) {
         let tag = header[0];
         let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
         if !matches!(tag, b'A' | b'D') || len > MAX_RECORD {

@@ -217,19 +217,11 @@ pub(crate) fn exports(source: &str) -> Vec<Export> {
                 out.push(Export::Callback(name.to_owned()));
             }
             let is_trait_fn = t.starts_with("fn ");
-            if let Some(name) = ident_after(t, "pub async fn ")
+            let method = ident_after(t, "pub async fn ")
                 .or_else(|| ident_after(t, "pub fn "))
-                .or_else(|| {
-                    if is_trait_fn {
-                        ident_after(t, "fn ")
-                    } else {
-                        None
-                    }
-                })
-            {
-                if name != "new" {
-                    out.push(Export::Method(lower_camel(name)));
-                }
+                .or_else(|| is_trait_fn.then(|| ident_after(t, "fn ")).flatten());
+            if let Some(name) = method.filter(|name| *name != "new") {
+                out.push(Export::Method(lower_camel(name)));
             }
             depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
             if depth == 0 && t.ends_with('}') {
