@@ -571,10 +571,18 @@ impl QimClient {
         let closed = on_runtime(async move {
             if let Some(client) = client {
                 client.close().await;
+                // The pumps end once the client is gone (the event channel
+                // closes with it).
+                drop(client);
             }
-            for pump in pumps {
+            for mut pump in pumps {
                 // Let the listener see the final state, then stop.
-                let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
+                if tokio::time::timeout(Duration::from_secs(1), &mut pump)
+                    .await
+                    .is_err()
+                {
+                    pump.abort();
+                }
             }
             Ok(())
         });

@@ -532,7 +532,9 @@ impl Client {
             shared.migrations.fetch_add(1, Ordering::Relaxed);
             shared.probe.notify_one();
         } else {
-            shared.reconnect_now.notify_one();
+            // Cut a backoff wait short; an attempt under way goes on (no
+            // permit is stored that would end its session later).
+            shared.reconnect_now.notify_waiters();
         }
         Ok(())
     }
@@ -554,7 +556,7 @@ impl Client {
             if lock(&shared.current).is_some() {
                 shared.probe.notify_one();
             } else {
-                shared.reconnect_now.notify_one();
+                shared.reconnect_now.notify_waiters();
             }
         }
     }
