@@ -239,3 +239,118 @@ async fn the_outbox_survives_a_restart_and_delivers_exactly_once() {
     dave.close().await;
     drop(black_hole);
 }
+
+/// A UDP relay between client and gateway that can refuse new client
+/// addresses: what a network that loses the migrated path looks like.
+struct Relay {
+    addr: std::net::SocketAddr,
+    accept_new: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: std::net::SocketAddr) -> Relay {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let front = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("relay bind"),
+        );
+        let addr = front.local_addr().expect("relay addr");
+        let accept_new = Arc::new(AtomicBool::new(true));
+        let accept = Arc::clone(&accept_new);
+        let task = tokio::spawn(async move {
+            let mut peers: HashMap<std::net::SocketAddr, Arc<tokio::net::UdpSocket>> =
+                HashMap::new();
+            let mut buf = vec![0u8; 65_536];
+            let mut back = tokio::task::JoinSet::new();
+            loop {
+                let Ok((n, from)) = front.recv_from(&mut buf).await else {
+                    return;
+                };
+                let socket = match peers.get(&from) {
+                    Some(s) => Arc::clone(s),
+                    None if accept.load(Ordering::SeqCst) => {
+                        let s = Arc::new(
+                            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                                .await
+                                .expect("bind"),
+                        );
+                        s.connect(upstream).await.expect("connect");
+                        let (s2, front2) = (Arc::clone(&s), Arc::clone(&front));
+                        back.spawn(async move {
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok(n) = s2.recv(&mut buf).await {
+                                let _ = front2.send_to(&buf[..n], from).await;
+                            }
+                        });
+                        peers.insert(from, Arc::clone(&s));
+                        s
+                    }
+                    None => continue,
+                };
+                let _ = socket.send(&buf[..n]).await;
+            }
+        });
+        Relay {
+            addr,
+            accept_new,
+            task,
+        }
+    }
+
+    fn accept_new(&self, yes: bool) {
+        self.accept_new
+            .store(yes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_fails_falls_back_to_a_new_connection() {
+    let gw = TestGateway::start().await;
+    let relay = Relay::start(gw.addr).await;
+    let mut config = gw.client_config("alice", "phone");
+    config.server = relay.addr.to_string();
+    config.migration_timeout = Duration::from_millis(300);
+    let alice = Client::connect(config).await.expect("connect");
+    let bob = gw.client("bob", "laptop").await;
+    let mut states = alice.watch_state();
+    alice
+        .send("bob".into(), "before".into())
+        .await
+        .expect("send");
+
+    // The new network drops the migrated path.
+    relay.accept_new(false);
+    alice.network_changed().expect("rebind");
+    loop {
+        let state = tokio::time::timeout(PATIENCE, states.changed())
+            .await
+            .expect("the client notices the dead path")
+            .expect("client alive");
+        if state != qim_sdk::ConnectionState::Connected {
+            break;
+        }
+    }
+    // Sent while the path is down; goes out on the new connection.
+    let pending = alice.enqueue(message("bob", "during")).expect("enqueue");
+    relay.accept_new(true);
+    let mut events = alice.events();
+    sent(&mut events, std::slice::from_ref(&pending)).await;
+    let got: Vec<String> = take(&bob, 2).await.iter().map(text).collect();
+    assert_eq!(got, ["before", "during"]);
+    assert_quiet(&bob, Duration::from_millis(200)).await;
+    let stats = alice.stats();
+    assert_eq!(stats.sessions, 2, "a fresh connection: {stats:?}");
+    assert_eq!(alice.state(), qim_sdk::ConnectionState::Connected);
+    alice.close().await;
+    bob.close().await;
+}
