@@ -124,7 +124,7 @@ section! {
         interval_ms: u32 = 30_000,
         /// Lowest interval an adaptive client may use.
         min_interval_ms: u32 = 10_000,
-        /// Highest interval an adaptive client may use.
+        /// Highest interval an adaptive client may use; clients are told at most 90% of quic.idle_timeout_ms.
         max_interval_ms: u32 = 300_000,
         /// Intervals without a Ping after which the server closes the session (HEARTBEAT_TIMEOUT).
         max_missed: u32 = 3,

@@ -93,7 +93,7 @@ impl Session {
         let interval = if announced_ms == 0 {
             hb.interval_ms
         } else {
-            announced_ms.clamp(hb.min_interval_ms, hb.max_interval_ms)
+            announced_ms.clamp(hb.min_interval_ms, max_interval_ms(ctx))
         };
         self.beat_interval_ms
             .store(u64::from(interval), Ordering::Relaxed);
@@ -119,6 +119,15 @@ impl Session {
         let interval = self.beat_interval_ms.load(Ordering::Relaxed);
         self.started + Duration::from_millis(last + interval * u64::from(max_missed))
     }
+}
+
+/// The longest heartbeat interval a client may use: the configured one,
+/// but below the QUIC idle timeout (a connection idle that long is gone,
+/// however patient the heartbeat), and never below the suggested one.
+fn max_interval_ms(ctx: &Ctx) -> u32 {
+    let hb = &ctx.config.heartbeat;
+    let idle = u32::try_from(ctx.config.quic.idle_timeout_ms / 10 * 9).unwrap_or(u32::MAX);
+    hb.max_interval_ms.min(idle).max(hb.interval_ms)
 }
 
 /// Closes `conn` with a fault, logging and counting it.
@@ -329,7 +338,7 @@ async fn run(
                 heartbeat: Some(v1::HeartbeatPolicy {
                     interval_ms: hb.interval_ms,
                     min_interval_ms: hb.min_interval_ms,
-                    max_interval_ms: hb.max_interval_ms,
+                    max_interval_ms: max_interval_ms(ctx),
                     max_missed: hb.max_missed,
                 }),
                 limits: Some(v1::Limits {
