@@ -30,7 +30,7 @@ fn summary(mut samples: Vec<Duration>) -> String {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     format!(
-        "median {:>7.0?}  p90 {:>7.0?}  min {:>7.0?}",
+        "median {:>9.2?}  p90 {:>9.2?}  min {:>9.2?}",
         at(0.5),
         at(0.9),
         at(0.0)
