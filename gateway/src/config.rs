@@ -100,6 +100,10 @@ section! {
         cert: Option<PathBuf> = None,
         /// PEM private key of the certificate.
         key: Option<PathBuf> = None,
+        /// TLS sessions kept in memory for resumption. Tickets are single-use (a replayed ticket, and so replayed 0-RTT data, is refused) and local to this node. 0 disables resumption and 0-RTT.
+        resumption_cache: usize = 65_536,
+        /// Accept 0-RTT early data from resuming clients. Only the login (Hello) is served before the handshake completes; every other client stream waits for it.
+        zero_rtt: bool = true,
     }
 }
 
@@ -120,7 +124,7 @@ section! {
         interval_ms: u32 = 30_000,
         /// Lowest interval an adaptive client may use.
         min_interval_ms: u32 = 10_000,
-        /// Highest interval an adaptive client may use.
+        /// Highest interval an adaptive client may use; clients are told at most 90% of quic.idle_timeout_ms.
         max_interval_ms: u32 = 300_000,
         /// Intervals without a Ping after which the server closes the session (HEARTBEAT_TIMEOUT).
         max_missed: u32 = 3,

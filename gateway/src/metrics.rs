@@ -44,6 +44,11 @@ pub struct Metrics {
     pub handoffs_failed: Counter,
     /// Messages other nodes handed to this one.
     pub handoffs_received: Counter,
+    /// Handshakes that resumed an earlier TLS session.
+    pub tls_resumptions: Counter,
+    /// Sessions whose client moved to a new address (QUIC connection
+    /// migration: same connection, no new handshake).
+    pub migrations: Counter,
     /// Seconds from a Send frame's arrival to its ack being written.
     pub ack_latency: Histogram,
     /// Seconds a store append batch took.
@@ -75,6 +80,8 @@ impl Metrics {
             handoffs_sent: Counter::default(),
             handoffs_failed: Counter::default(),
             handoffs_received: Counter::default(),
+            tls_resumptions: Counter::default(),
+            migrations: Counter::default(),
             ack_latency: latency(),
             store_latency: latency(),
             registry: Registry::default(),
@@ -149,6 +156,16 @@ impl Metrics {
             "handoffs_received",
             "Messages handed over by other nodes",
             m.handoffs_received.clone(),
+        );
+        registry.register(
+            "tls_resumptions",
+            "Handshakes that resumed a TLS session",
+            m.tls_resumptions.clone(),
+        );
+        registry.register(
+            "migrations",
+            "Sessions whose client address changed (connection migration)",
+            m.migrations.clone(),
         );
         registry.register(
             "ack_latency_seconds",

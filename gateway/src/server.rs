@@ -244,7 +244,8 @@ impl Gateway {
             info!(path = %secret.display(), "created a development token secret");
         }
 
-        let endpoint = bind_endpoint(&config, &cert, &key)?;
+        let metrics = Arc::new(Metrics::new());
+        let endpoint = bind_endpoint(&config, &cert, &key, &metrics)?;
         let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             addr: config.server.listen,
             source,
@@ -295,7 +296,7 @@ impl Gateway {
             routes: Routes::default(),
             cluster,
             identity,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             tokens,
             draining: watch::Sender::new(false),
             fatal: watch::Sender::new(None),
@@ -438,9 +439,15 @@ fn bind_endpoint(
     config: &Config,
     cert: &std::path::Path,
     key: &std::path::Path,
+    metrics: &Metrics,
 ) -> Result<quinn::Endpoint, StartError> {
     let q = &config.quic;
-    let rustls_config = tls::server_config(cert, key)?;
+    let resumption = tls::Resumption {
+        cache: config.tls.resumption_cache,
+        zero_rtt: config.tls.zero_rtt,
+        resumed: metrics.tls_resumptions.clone(),
+    };
+    let rustls_config = tls::server_config(cert, key, &resumption)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_config)
         .map_err(|e| StartError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -75,6 +75,9 @@ pub(crate) struct Session {
     pub(crate) device: String,
     /// This node's id of the session.
     pub(crate) id: u64,
+    /// The client's address as last seen; it changes when the client
+    /// migrates the connection (new network), counted in `migrations`.
+    remote: Mutex<std::net::SocketAddr>,
     /// Milliseconds since `started` of the last Ping.
     last_beat_ms: AtomicU64,
     /// The interval the client announced with its last Ping, clamped.
@@ -92,7 +95,7 @@ impl Session {
         let interval = if announced_ms == 0 {
             hb.interval_ms
         } else {
-            announced_ms.clamp(hb.min_interval_ms, hb.max_interval_ms)
+            announced_ms.clamp(hb.min_interval_ms, max_interval_ms(ctx))
         };
         self.beat_interval_ms
             .store(u64::from(interval), Ordering::Relaxed);
@@ -120,6 +123,15 @@ impl Session {
     }
 }
 
+/// The longest heartbeat interval a client may use: the configured one,
+/// but below the QUIC idle timeout (a connection idle that long is gone,
+/// however patient the heartbeat), and never below the suggested one.
+fn max_interval_ms(ctx: &Ctx) -> u32 {
+    let hb = &ctx.config.heartbeat;
+    let idle = u32::try_from(ctx.config.quic.idle_timeout_ms / 10 * 9).unwrap_or(u32::MAX);
+    hb.max_interval_ms.min(idle).max(hb.interval_ms)
+}
+
 /// Closes `conn` with a fault, logging and counting it.
 fn close(ctx: &Ctx, conn: &quinn::Connection, user: &str, fault: &Fault) {
     if matches!(fault.code, ErrorCode::NoError | ErrorCode::ShuttingDown) {
@@ -132,13 +144,32 @@ fn close(ctx: &Ctx, conn: &quinn::Connection, user: &str, fault: &Fault) {
 }
 
 /// Serves one incoming connection from handshake to close.
+///
+/// 0-RTT: the connection is served as 0.5-RTT, so a resuming client's
+/// Hello sent as early data is answered before the handshake completes
+/// (one round trip saved on reconnect). Only the login is served early:
+/// [`run`] waits for the handshake before it accepts any other client
+/// stream, so sends, acks and rpc requests are never taken from
+/// replayable early data. The Hello itself is safe early: logging a
+/// device in twice is idempotent, and the session tickets are single-use
+/// (see `tls`), so a replayed first flight gets its early data refused.
 pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: OwnedSemaphorePermit) {
-    let conn = match incoming.await {
-        Ok(conn) => conn,
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
         Err(e) => {
             debug!(error = %e, "handshake failed");
             return;
         }
+    };
+    let (conn, handshake) = match connecting.into_0rtt() {
+        Ok((conn, handshake)) => (conn, Some(handshake)),
+        Err(connecting) => match connecting.await {
+            Ok(conn) => (conn, None),
+            Err(e) => {
+                debug!(error = %e, "handshake failed");
+                return;
+            }
+        },
     };
     ctx.metrics.connections.inc();
     ctx.metrics.connections_open.inc();
@@ -149,7 +180,7 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: Own
     .await
     .unwrap_or_else(|_| Err(Fault::new(ErrorCode::LoginTimeout, "no Hello in time").into()));
     match login {
-        Ok(login) => run(&ctx, &conn, login).await,
+        Ok(login) => run(&ctx, &conn, login, handshake).await,
         Err(LoginFailure { fault, control }) => {
             if let Some(mut control) = control {
                 ctx.metrics.login_refused(fault.code);
@@ -258,7 +289,12 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     })
 }
 
-async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
+async fn run(
+    ctx: &Arc<Ctx>,
+    conn: &quinn::Connection,
+    login: Login,
+    handshake: Option<quinn::ZeroRttAccepted>,
+) {
     let Login {
         user,
         device,
@@ -285,6 +321,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
         user: user.clone(),
         device: device.clone(),
         id: session_id,
+        remote: Mutex::new(conn.remote_address()),
         last_beat_ms: AtomicU64::new(0),
         beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
         started: Instant::now(),
@@ -317,7 +354,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
                 heartbeat: Some(v1::HeartbeatPolicy {
                     interval_ms: hb.interval_ms,
                     min_interval_ms: hb.min_interval_ms,
-                    max_interval_ms: hb.max_interval_ms,
+                    max_interval_ms: max_interval_ms(ctx),
                     max_missed: hb.max_missed,
                 }),
                 limits: Some(v1::Limits {
@@ -385,7 +422,17 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login) {
             },
         );
 
+        // Nothing but the Hello is taken from early data (see `serve`).
+        if let Some(handshake) = handshake {
+            // Resolves when the handshake completed (its value says whether
+            // early data was accepted) or failed.
+            let _ = handshake.await;
+            if let Some(reason) = conn.close_reason() {
+                return Err(Fault::new(ErrorCode::NoError, format!("handshake failed: {reason}")));
+            }
+        }
         let streams = Streams {
+            conn: conn.clone(),
             ctx: Arc::clone(ctx),
             session: Arc::clone(&session),
             delivery_acks: acks_tx,
@@ -512,6 +559,7 @@ async fn write_server_acks(
 /// What each stream task of a session needs.
 #[derive(Clone)]
 struct Streams {
+    conn: quinn::Connection,
     ctx: Arc<Ctx>,
     session: Arc<Session>,
     delivery_acks: mpsc::Sender<v1::DeliveryAck>,
@@ -569,6 +617,7 @@ impl Streams {
                         return StreamEnd::Fault(fault);
                     }
                     self.session.beat(ping.next_within_ms, &self.ctx);
+                    self.note_address();
                     let pong = v1::Pong {
                         n: ping.n,
                         sent_at_ms: ping.sent_at_ms,
@@ -581,6 +630,16 @@ impl Streams {
                 Ok(None) => return StreamEnd::Done,
                 Err(e) => return Fault::from_recv(e).into(),
             }
+        }
+    }
+
+    /// Counts a connection migration when the client's address changed.
+    fn note_address(&self) {
+        let now = self.conn.remote_address();
+        let before = std::mem::replace(&mut *lock(&self.session.remote), now);
+        if before != now {
+            info!(user = %self.session.user, device = %self.session.device, from = %before, to = %now, "client migrated the connection");
+            self.ctx.metrics.migrations.inc();
         }
     }
 

@@ -175,8 +175,60 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(chain)
 }
 
-/// The rustls configuration of the QUIC server: TLS 1.3, ALPN `qim/1`.
-pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+/// The server's TLS session store: rustls's in-memory cache, counting the
+/// sessions resumed from it. Stateful tickets are taken from it on use, so
+/// each ticket resumes (and carries 0-RTT data) at most once: a replay of
+/// a client's first flight cannot resume, and its early data is refused.
+#[derive(Debug)]
+struct CountingSessionCache {
+    cache: Arc<rustls::server::ServerSessionMemoryCache>,
+    resumed: prometheus_client::metrics::counter::Counter,
+}
+
+impl rustls::server::StoresServerSessions for CountingSessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.cache.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let found = self.cache.get(key);
+        if found.is_some() {
+            self.resumed.inc();
+        }
+        found
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let found = self.cache.take(key);
+        if found.is_some() {
+            self.resumed.inc();
+        }
+        found
+    }
+
+    fn can_cache(&self) -> bool {
+        self.cache.can_cache()
+    }
+}
+
+/// Session resumption and 0-RTT settings of the server.
+#[derive(Debug, Clone)]
+pub struct Resumption {
+    /// Sessions kept (0: no resumption, no 0-RTT).
+    pub cache: usize,
+    /// Whether resuming clients may send 0-RTT data.
+    pub zero_rtt: bool,
+    /// Counts resumed handshakes.
+    pub resumed: prometheus_client::metrics::counter::Counter,
+}
+
+/// The rustls configuration of the QUIC server: TLS 1.3, ALPN `qim/1`,
+/// session resumption and 0-RTT as configured.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    resumption: &Resumption,
+) -> Result<rustls::ServerConfig, TlsError> {
     let chain = load_chain(cert)?;
     let key_bytes = std::fs::read(key).map_err(io_err(key))?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Pem {
@@ -189,5 +241,19 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    if resumption.cache == 0 {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    } else {
+        config.session_storage = Arc::new(CountingSessionCache {
+            cache: rustls::server::ServerSessionMemoryCache::new(resumption.cache),
+            resumed: resumption.resumed.clone(),
+        });
+        if resumption.zero_rtt {
+            // QUIC allows only 0 or u32::MAX; the stream flow-control
+            // windows bound what a client can actually send early.
+            config.max_early_data_size = u32::MAX;
+        }
+    }
     Ok(config)
 }

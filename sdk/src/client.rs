@@ -18,14 +18,17 @@ use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, server_ack, server_control};
 use rand::Rng as _;
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::im::{Event, MessageExtras, Peer, Quote};
+use crate::events::{ClientEvent, EVENT_BUFFER, Events};
+use crate::heartbeat::{AdaptiveHeartbeat, HeartbeatBounds};
 use crate::inbox::Inbox;
 use crate::outbox::Outbox;
+use crate::outbox_store::OutboxStore;
 use crate::{ClientConfig, Error};
 
 /// Where the connection stands.
@@ -161,6 +164,12 @@ pub struct Stats {
     pub retransmits_received: u64,
     /// Sends written more than once.
     pub sends_resent: u64,
+    /// Logins sent as 0-RTT early data that the server accepted (resumed
+    /// TLS sessions).
+    pub zero_rtt_accepted: u64,
+    /// Network changes that kept the connection (migrated it to a new
+    /// socket) instead of connecting afresh.
+    pub migrations: u64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,6 +223,21 @@ pub(crate) struct Shared {
     sessions: AtomicU64,
     duplicates: AtomicU64,
     retransmits: AtomicU64,
+    zero_rtt: AtomicU64,
+    migrations: AtomicU64,
+    /// Outbox and connection events for the app.
+    events: broadcast::Sender<ClientEvent>,
+    /// The subscription made before anything was published (restored
+    /// sends), handed to the first [`Client::events`] call.
+    first_events: Mutex<Option<broadcast::Receiver<ClientEvent>>>,
+    /// The heartbeat interval, learnt across connections.
+    heartbeat: Mutex<AdaptiveHeartbeat>,
+    /// Wakes the heartbeat task to ping now (network change, foreground).
+    probe: Notify,
+    /// Ends the current session (or backoff wait) to connect afresh now.
+    reconnect_now: Notify,
+    /// The current session's connection and its Welcome session id.
+    current: Mutex<Option<(quinn::Connection, String)>>,
 }
 
 /// A qim client: one user on one device.
@@ -280,6 +304,13 @@ fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    // The endpoint keeps this config (and so rustls's in-memory session
+    // store) for the client's life: every reconnect can resume.
+    if config.resumption {
+        tls.enable_early_data = true;
+    } else {
+        tls.resumption = rustls::client::Resumption::disabled();
+    }
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| Error::Config(e.to_string()))?;
     let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
@@ -296,6 +327,15 @@ fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
     Ok(quic)
 }
 
+/// The wildcard address of one family, port 0.
+fn any_addr(ipv6: bool) -> SocketAddr {
+    if ipv6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 async fn resolve(server: &str) -> Result<SocketAddr, Error> {
     tokio::net::lookup_host(server)
         .await
@@ -308,21 +348,81 @@ impl Client {
     /// Connects and logs in. Returns once the first login succeeded; after
     /// that the client reconnects by itself whenever the connection drops.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        let shared = Self::prepare(config).await?;
+        // The servers in order: the first that logs in wins; a refusal
+        // that no other node would reverse (bad token) ends it at once.
+        let servers = 1 + shared.config.fallback_servers.len();
+        let mut first = match resolve(shared.config.server_at(0)).await {
+            Ok(addr) => establish(&shared, addr).await,
+            Err(e) => Err(e),
+        };
+        for i in 1..servers {
+            match &first {
+                Err(e) if e.is_transient() => {
+                    debug!(error = %e, "connect failed; trying the next server");
+                    shared.server.store(i, Ordering::Relaxed);
+                    first = match resolve(shared.config.server_at(i)).await {
+                        Ok(addr) => establish(&shared, addr).await,
+                        Err(e) => Err(e),
+                    };
+                }
+                _ => break,
+            }
+        }
+        let first = first?;
+        let driver = tokio::spawn(drive(Arc::clone(&shared), Some(first)));
+        Ok(Client {
+            shared,
+            driver: Mutex::new(Some(driver)),
+        })
+    }
+
+    /// Starts a client without waiting for the network: it connects (and
+    /// reconnects) in the background, and sends made meanwhile wait in the
+    /// outbox. What phones want at app start, when the network may be
+    /// down. Fails only on unusable settings or data directory; a refused
+    /// login shows as state `Closed` with [`last_error`](Client::last_error).
+    pub async fn start(config: ClientConfig) -> Result<Client, Error> {
+        let shared = Self::prepare(config).await?;
+        let driver = tokio::spawn(drive(Arc::clone(&shared), None));
+        Ok(Client {
+            shared,
+            driver: Mutex::new(Some(driver)),
+        })
+    }
+
+    async fn prepare(config: ClientConfig) -> Result<Arc<Shared>, Error> {
         if !qim_proto::ids::is_valid_id(&config.device_id) {
             return Err(Error::Config(
                 "device_id must be 1-64 of [A-Za-z0-9._@-]".into(),
             ));
         }
         let quic = client_config(&config)?;
-        let addr = resolve(&config.server).await?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        // The address family follows the server's; an unresolvable server
+        // is an IPv4 guess here, and the driver resolves again per attempt.
+        let ipv6 = match resolve(&config.server).await {
+            Ok(addr) => addr.is_ipv6(),
+            Err(_) => false,
         };
-        let mut endpoint = quinn::Endpoint::client(bind)
+        let mut endpoint = quinn::Endpoint::client(any_addr(ipv6))
             .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
         endpoint.set_default_client_config(quic);
+        let (events, first_events) = broadcast::channel(EVENT_BUFFER);
+        let (store, restored) = match &config.data_dir {
+            Some(dir) => {
+                let (store, restored) =
+                    OutboxStore::open(dir).map_err(|e| Error::Storage(e.to_string()))?;
+                if !restored.is_empty() {
+                    info!(
+                        pending = restored.len(),
+                        "restored unsent messages from the outbox journal"
+                    );
+                }
+                (Some(store), restored)
+            }
+            None => (None, Vec::new()),
+        };
+        let outbox = Outbox::new(store, restored, events.clone());
         let shared = Arc::new(Shared {
             send_slots: Arc::new(Semaphore::new(config.max_pending_sends.max(1))),
             received: Mutex::new(Received {
@@ -336,7 +436,7 @@ impl Client {
             state: watch::Sender::new(ConnectionState::Connecting),
             last_error: Mutex::new(None),
             user_id: Mutex::new(String::new()),
-            outbox: Mutex::new(Outbox::default()),
+            outbox: Mutex::new(outbox),
             outbox_changed: Notify::new(),
             queue_grew: Notify::new(),
             queue_shrank: Notify::new(),
@@ -354,30 +454,16 @@ impl Client {
             sessions: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             retransmits: AtomicU64::new(0),
+            zero_rtt: AtomicU64::new(0),
+            migrations: AtomicU64::new(0),
+            events,
+            first_events: Mutex::new(Some(first_events)),
+            heartbeat: Mutex::new(AdaptiveHeartbeat::new(HeartbeatBounds::from_wire(None))),
+            probe: Notify::new(),
+            reconnect_now: Notify::new(),
+            current: Mutex::new(None),
         });
-        // The servers in order: the first that logs in wins; a refusal
-        // that no other node would reverse (bad token) ends it at once.
-        let servers = 1 + shared.config.fallback_servers.len();
-        let mut first = establish(&shared, addr).await;
-        for i in 1..servers {
-            match &first {
-                Err(e) if e.is_transient() => {
-                    debug!(error = %e, "connect failed; trying the next server");
-                    shared.server.store(i, Ordering::Relaxed);
-                    first = match resolve(shared.config.server_at(i)).await {
-                        Ok(addr) => establish(&shared, addr).await,
-                        Err(e) => Err(e),
-                    };
-                }
-                _ => break,
-            }
-        }
-        let first = first?;
-        let driver = tokio::spawn(drive(Arc::clone(&shared), first));
-        Ok(Client {
-            shared,
-            driver: Mutex::new(Some(driver)),
-        })
+        Ok(shared)
     }
 
     /// Sends a text message to `to` and waits for the server's ack.
@@ -451,6 +537,69 @@ impl Client {
         message: OutgoingMessage,
         extras: MessageExtras,
     ) -> Result<SendReceipt, Error> {
+        let send = self.check(to, message, extras)?;
+        let shared = &self.shared;
+        let client_msg_id = send.client_msg_id.clone();
+        let deadline = Instant::now() + shared.config.send_timeout;
+        let _slot =
+            tokio::time::timeout_at(deadline, Arc::clone(&shared.send_slots).acquire_owned())
+                .await
+                .map_err(|_| Error::Timeout)?
+                .map_err(|_| Error::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let waiter = lock(&shared.outbox).add(send, Some(tx))?;
+        shared.outbox_changed.notify_one();
+        // If this future is dropped or times out, this caller's interest in
+        // the send ends (and the send with it, if nobody else waits and
+        // there is no data directory).
+        let guard = Abandon {
+            shared,
+            client_msg_id: Some(client_msg_id),
+            waiter,
+        };
+        let result = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout),
+        };
+        if result.is_ok() {
+            guard.disarm();
+        }
+        result
+    }
+
+    /// Queues a message without waiting for the server; returns its
+    /// `client_msg_id` once it is queued (with a data directory: saved on
+    /// disk, so it is sent even if the app is killed now). Its progress
+    /// (`Sending`, `Sent`, `Failed`) comes through [`events`](Client::events).
+    /// Works offline; the send goes out on the next connection.
+    pub fn enqueue(&self, message: OutgoingMessage) -> Result<String, Error> {
+        let shared = &self.shared;
+        let to = Peer::User(message.to.clone());
+        let send = self.check(to, message, MessageExtras::default())?;
+        let client_msg_id = send.client_msg_id.clone();
+        {
+            let mut outbox = lock(&shared.outbox);
+            if outbox.len() >= shared.config.max_pending_sends.max(1) {
+                return Err(Error::Rejected {
+                    code: ErrorCode::RateLimited,
+                    message: "outbox is full (max_pending_sends)".into(),
+                    retryable: true,
+                });
+            }
+            outbox.add(send, None)?;
+        }
+        shared.outbox_changed.notify_one();
+        Ok(client_msg_id)
+    }
+
+    /// Validates a message and gives it its wire form and id.
+    fn check(
+        &self,
+        to: Peer,
+        message: OutgoingMessage,
+        extras: MessageExtras,
+    ) -> Result<v1::Send, Error> {
         let shared = &self.shared;
         let (Peer::User(to_id) | Peer::Group(to_id)) = &to;
         if *shared.closing.borrow() || *shared.state.borrow() == ConnectionState::Closed {
@@ -481,39 +630,120 @@ impl Client {
             }
             None => new_client_msg_id(),
         };
-        let deadline = Instant::now() + shared.config.send_timeout;
-        let _slot =
-            tokio::time::timeout_at(deadline, Arc::clone(&shared.send_slots).acquire_owned())
-                .await
-                .map_err(|_| Error::Timeout)?
-                .map_err(|_| Error::Closed)?;
-        let (tx, rx) = oneshot::channel();
         let mut send = v1::Send {
-            client_msg_id: client_msg_id.clone(),
+            client_msg_id,
             to: Some(to.to_wire()),
             body: message.body.into(),
             kind: message.kind,
             ..Default::default()
         };
         extras.apply(&mut send);
-        let waiter = lock(&shared.outbox).add(send, tx);
-        shared.outbox_changed.notify_one();
-        // If this future is dropped or times out, this caller's interest in
-        // the send ends (and the send with it, if nobody else waits).
-        let guard = Abandon {
-            shared,
-            client_msg_id: Some(client_msg_id),
-            waiter,
-        };
-        let result = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Timeout),
-        };
-        if result.is_ok() {
-            guard.disarm();
+        Ok(send)
+    }
+
+    /// Outbox and connection events. The first subscription also sees what
+    /// happened since the client started (e.g. the `Sending` of sends
+    /// restored from the data directory); later ones start now.
+    pub fn events(&self) -> Events {
+        let rx = lock(&self.shared.first_events)
+            .take()
+            .unwrap_or_else(|| self.shared.events.subscribe());
+        Events { rx }
+    }
+
+    /// Tells the client the device's network changed (Wi-Fi to cellular, a
+    /// new address). The client moves its connection to a fresh UDP socket
+    /// (QUIC connection migration: same connection and session, nothing
+    /// resent, no new handshake) and pings over the new path; if no pong
+    /// comes within `migration_timeout`, it drops the connection and
+    /// connects afresh with backoff. While disconnected, it retries now
+    /// instead of waiting out the backoff.
+    pub fn network_changed(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let ipv6 = shared
+            .endpoint
+            .local_addr()
+            .map(|a| a.is_ipv6())
+            .unwrap_or(false);
+        let socket = std::net::UdpSocket::bind(any_addr(ipv6))
+            .map_err(|e| Error::Network(format!("binding a new UDP socket: {e}")))?;
+        shared
+            .endpoint
+            .rebind(socket)
+            .map_err(|e| Error::Network(format!("rebinding the endpoint: {e}")))?;
+        lock(&shared.heartbeat).network_changed();
+        if lock(&shared.current).is_some() {
+            info!(local = ?shared.endpoint.local_addr().ok(), "network changed; migrating the connection");
+            shared.migrations.fetch_add(1, Ordering::Relaxed);
+            shared.probe.notify_one();
+        } else {
+            // Cut a backoff wait short; an attempt under way goes on (no
+            // permit is stored that would end its session later).
+            shared.reconnect_now.notify_waiters();
         }
-        result
+        Ok(())
+    }
+
+    /// The app moved to the foreground (`true`) or the background. In the
+    /// background the heartbeat uses the longest interval the network has
+    /// allowed (saving battery); in the foreground at most the server's
+    /// suggested one, and coming to the foreground checks the connection at
+    /// once (and ends a reconnect backoff).
+    pub fn set_foreground(&self, foreground: bool) {
+        let shared = &self.shared;
+        let was = {
+            let mut hb = lock(&shared.heartbeat);
+            let was = hb.is_foreground();
+            hb.set_foreground(foreground);
+            was
+        };
+        if foreground && !was {
+            if lock(&shared.current).is_some() {
+                shared.probe.notify_one();
+            } else {
+                shared.reconnect_now.notify_waiters();
+            }
+        }
+    }
+
+    /// The heartbeat interval in use now.
+    pub fn heartbeat_interval(&self) -> Duration {
+        lock(&self.shared.heartbeat).interval()
+    }
+
+    /// Drops the current connection and connects again at once (a fresh
+    /// handshake, resumed when the server allows). Returns when logged in
+    /// again, or the error of the attempt.
+    pub async fn reconnect(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let before = shared.sessions.load(Ordering::Acquire);
+        let mut state = shared.state.subscribe();
+        shared.reconnect_now.notify_one();
+        let wait = state.wait_for(|s| {
+            (*s == ConnectionState::Connected && shared.sessions.load(Ordering::Acquire) > before)
+                || *s == ConnectionState::Closed
+        });
+        match tokio::time::timeout(shared.config.connect_timeout * 2, wait).await {
+            Ok(Ok(s)) if *s == ConnectionState::Connected => Ok(()),
+            Ok(_) => Err(self.last_error().unwrap_or(Error::Closed)),
+            Err(_) => Err(self
+                .last_error()
+                .unwrap_or_else(|| Error::Network("reconnect timed out".into()))),
+        }
+    }
+
+    /// The server's id of the current session (from its Welcome); empty
+    /// while disconnected. Unchanged by a connection migration.
+    pub fn session_id(&self) -> String {
+        lock(&self.shared.current)
+            .as_ref()
+            .map(|(_, id)| id.clone())
+            .unwrap_or_default()
+    }
+
+    /// The local UDP address the client sends from.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.endpoint.local_addr().ok()
     }
 
     /// The next received message, in seq order, each exactly once; `None`
@@ -587,6 +817,8 @@ impl Client {
             duplicates_dropped: s.duplicates.load(Ordering::Relaxed),
             retransmits_received: s.retransmits.load(Ordering::Relaxed),
             sends_resent: lock(&s.outbox).resent(),
+            zero_rtt_accepted: s.zero_rtt.load(Ordering::Relaxed),
+            migrations: s.migrations.load(Ordering::Relaxed),
         }
     }
 
@@ -640,7 +872,58 @@ struct Established {
     welcome: v1::Welcome,
 }
 
-/// Connects and logs in once.
+/// Sends Hello on a new control stream and reads the reply.
+async fn login(shared: &Shared, conn: &quinn::Connection) -> Result<Established, Error> {
+    let config = &shared.config;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::from_connection(&e))?;
+    let max_frame = qim_proto::DEFAULT_MAX_FRAME;
+    let mut control_send = FramedSend::new(send, StreamKind::Control, max_frame);
+    let mut control_recv = FramedRecv::new(recv, max_frame);
+    let resume_from = lock(&shared.received).inbox.released();
+    let hello = v1::ClientControl {
+        kind: Some(v1::client_control::Kind::Hello(v1::Hello {
+            token: config.token.clone(),
+            device_id: config.device_id.clone(),
+            platform: config.platform.to_wire() as i32,
+            sdk_version: env!("CARGO_PKG_VERSION").to_owned(),
+            resume_from,
+        })),
+    };
+    control_send.send(&hello).await?;
+    let reply = match control_recv.next::<v1::ServerControl>().await {
+        Ok(reply) => reply,
+        // A refusal closes the connection right after; its code is what counts.
+        Err(e) => {
+            return Err(conn
+                .close_reason()
+                .map_or_else(|| e.into(), |c| Error::from_connection(&c)));
+        }
+    };
+    match reply.and_then(|r| r.kind) {
+        Some(server_control::Kind::Welcome(welcome)) => Ok(Established {
+            conn: conn.clone(),
+            control_send,
+            control_recv,
+            welcome,
+        }),
+        Some(server_control::Kind::Refusal(r)) => Err(Error::from_code(
+            ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Unspecified),
+            r.message,
+        )),
+        _ => Err(Error::Network("login: unexpected reply".into())),
+    }
+}
+
+/// Connects and logs in once. With a resumable TLS session the Hello goes
+/// out as 0-RTT early data, in the first flight; if the server rejects the
+/// early data, the login is repeated once the handshake completed.
+///
+/// Only the Hello is ever sent early: the other streams open after the
+/// Welcome. A replayed Hello could at most log the same device in again,
+/// and the gateway's single-use session tickets refuse replays anyway.
 async fn establish(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Established, Error> {
     let config = &shared.config;
     shared.state.send_replace(ConnectionState::Connecting);
@@ -649,46 +932,32 @@ async fn establish(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Established
             .endpoint
             .connect(addr, &config.server_name)
             .map_err(|e| Error::Config(format!("connect: {e}")))?;
-        let conn = connecting.await.map_err(|e| Error::from_connection(&e))?;
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| Error::from_connection(&e))?;
-        let max_frame = qim_proto::DEFAULT_MAX_FRAME;
-        let mut control_send = FramedSend::new(send, StreamKind::Control, max_frame);
-        let mut control_recv = FramedRecv::new(recv, max_frame);
-        let resume_from = lock(&shared.received).inbox.released();
-        let hello = v1::ClientControl {
-            kind: Some(v1::client_control::Kind::Hello(v1::Hello {
-                token: config.token.clone(),
-                device_id: config.device_id.clone(),
-                platform: config.platform.to_wire() as i32,
-                sdk_version: env!("CARGO_PKG_VERSION").to_owned(),
-                resume_from,
-            })),
-        };
-        control_send.send(&hello).await?;
-        let reply = match control_recv.next::<v1::ServerControl>().await {
-            Ok(reply) => reply,
-            // A refusal closes the connection right after; its code is what counts.
-            Err(e) => {
-                return Err(conn
-                    .close_reason()
-                    .map_or_else(|| e.into(), |c| Error::from_connection(&c)));
+        match connecting.into_0rtt() {
+            Ok((conn, mut accepted)) => {
+                let early = login(shared, &conn);
+                tokio::pin!(early);
+                let (ok, result) = tokio::select! {
+                    // The handshake completed first: if the server took the
+                    // early data, the Hello is on its way; if not, it is lost.
+                    ok = &mut accepted => if ok { (true, Some(early.await)) } else { (false, None) },
+                    result = &mut early => (accepted.await, Some(result)),
+                };
+                match (ok, result) {
+                    (true, Some(Ok(established))) => {
+                        shared.zero_rtt.fetch_add(1, Ordering::Relaxed);
+                        Ok(established)
+                    }
+                    (true, Some(Err(e))) => Err(e),
+                    _ => {
+                        debug!("0-RTT rejected; logging in again");
+                        login(shared, &conn).await
+                    }
+                }
             }
-        };
-        match reply.and_then(|r| r.kind) {
-            Some(server_control::Kind::Welcome(welcome)) => Ok(Established {
-                conn,
-                control_send,
-                control_recv,
-                welcome,
-            }),
-            Some(server_control::Kind::Refusal(r)) => Err(Error::from_code(
-                ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Unspecified),
-                r.message,
-            )),
-            _ => Err(Error::Network("login: unexpected reply".into())),
+            Err(connecting) => {
+                let conn = connecting.await.map_err(|e| Error::from_connection(&e))?;
+                login(shared, &conn).await
+            }
         }
     };
     let established = tokio::time::timeout(config.connect_timeout, attempt)
@@ -720,7 +989,20 @@ async fn establish(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Established
             shared.taken.fetch_min(welcome.inbox_head, Ordering::AcqRel);
         }
     }
-    shared.sessions.fetch_add(1, Ordering::Relaxed);
+    {
+        let bounds = HeartbeatBounds::from_wire(welcome.heartbeat.as_ref());
+        let mut hb = lock(&shared.heartbeat);
+        if hb.bounds() != bounds {
+            // Another server policy: what was learnt under the old one may
+            // not hold.
+            let foreground = hb.is_foreground();
+            *hb = AdaptiveHeartbeat::new(bounds);
+            hb.set_foreground(foreground);
+        }
+    }
+    *lock(&shared.current) = Some((established.conn.clone(), welcome.session_id.clone()));
+    shared.sessions.fetch_add(1, Ordering::Release);
+    shared.state.send_replace(ConnectionState::Connected);
     Ok(established)
 }
 
@@ -732,26 +1014,30 @@ enum SessionEnd {
     GoAway(Duration),
     /// The connection failed.
     Lost(Error),
+    /// The app asked for a fresh connection now.
+    Reconnect,
 }
 
 /// Keeps a session up until the client closes or can never log in again.
-async fn drive(shared: Arc<Shared>, first: Established) {
-    let mut next = Some(first);
+async fn drive(shared: Arc<Shared>, first: Option<Established>) {
+    let mut next = first;
     let mut failures: u32 = 0;
     let mut closing = shared.closing.subscribe();
     loop {
         let established = match next.take() {
             Some(e) => Ok(e),
-            None => match resolve(
-                shared
-                    .config
-                    .server_at(shared.server.load(Ordering::Relaxed)),
-            )
-            .await
-            {
-                Ok(addr) => establish(&shared, addr).await,
-                Err(e) => Err(e),
-            },
+            None => {
+                let attempt = async {
+                    let addr =
+                        resolve(shared.config.server_at(shared.server.load(Ordering::Relaxed)))
+                            .await?;
+                    establish(&shared, addr).await
+                };
+                tokio::select! {
+                    result = attempt => result,
+                    () = closed(&mut closing) => break,
+                }
+            }
         };
         let delay = match established {
             Ok(established) => {
@@ -766,6 +1052,10 @@ async fn drive(shared: Arc<Shared>, first: Established) {
                 };
                 match end {
                     SessionEnd::Closed => break,
+                    SessionEnd::Reconnect => {
+                        failures = 0;
+                        Duration::ZERO
+                    }
                     SessionEnd::GoAway(within) => {
                         info!(?within, "server draining; reconnecting");
                         next_server(&shared);
@@ -774,6 +1064,13 @@ async fn drive(shared: Arc<Shared>, first: Established) {
                     SessionEnd::Lost(e) if e.is_transient() => {
                         info!(error = %e, "connection lost; reconnecting");
                         next_server(&shared);
+                        if lock(&shared.heartbeat).on_loss(std::time::Instant::now()) {
+                            info!(
+                                interval = ?lock(&shared.heartbeat).interval(),
+                                "connection died while idle; heartbeat interval shortened"
+                            );
+                        }
+                        let _ = shared.events.send(ClientEvent::ConnectionLost(e.clone()));
                         *lock(&shared.last_error) = Some(e);
                         if failures == 0 {
                             Duration::ZERO
@@ -790,6 +1087,7 @@ async fn drive(shared: Arc<Shared>, first: Established) {
             Err(e) if e.is_transient() => {
                 debug!(error = %e, failures, "connect failed");
                 next_server(&shared);
+                let _ = shared.events.send(ClientEvent::ConnectionLost(e.clone()));
                 *lock(&shared.last_error) = Some(e);
                 failures = failures.saturating_add(1);
                 backoff(&shared.config, failures)
@@ -802,9 +1100,13 @@ async fn drive(shared: Arc<Shared>, first: Established) {
         if *closing.borrow() {
             break;
         }
+        if delay.is_zero() {
+            continue;
+        }
         shared.state.send_replace(ConnectionState::Backoff);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
+            () = shared.reconnect_now.notified() => {}
             () = closed(&mut closing) => break,
         }
     }
@@ -822,6 +1124,7 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Ends the client for good with `error`.
 fn stop(shared: &Shared, error: Error) {
+    *lock(&shared.current) = None;
     if error != Error::Closed {
         warn!(error = %error, "client stopped");
         *lock(&shared.last_error) = Some(error.clone());
@@ -862,10 +1165,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         .limits
         .as_ref()
         .map_or(qim_proto::DEFAULT_MAX_FRAME, |l| l.max_frame_bytes as usize);
-    let interval = welcome
-        .heartbeat
-        .as_ref()
-        .map_or(30_000, |h| h.interval_ms.max(100));
+    *lock(&shared.current) = Some((conn.clone(), welcome.session_id.clone()));
     shared.state.send_replace(ConnectionState::Connected);
     shared.conn.send_replace(Some(conn.clone()));
     info!(user = %welcome.user_id, session = %welcome.session_id, head = welcome.inbox_head, "connected");
@@ -885,7 +1185,6 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         Arc::clone(shared),
         FramedSend::new(hb_send, StreamKind::Heartbeat, max_frame),
         FramedRecv::new(hb_recv, max_frame),
-        interval,
     ));
     tasks.spawn(write_chat(
         Arc::clone(shared),
@@ -907,6 +1206,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     let mut closing = shared.closing.subscribe();
     let end = tokio::select! {
         joined = next_end(&mut tasks) => joined,
+        () = shared.reconnect_now.notified() => SessionEnd::Reconnect,
         () = closed(&mut closing) => {
             let bye = v1::ClientControl { kind: Some(v1::client_control::Kind::Bye(v1::Bye {})) };
             let _ = control_send.send(&bye).await;
@@ -917,7 +1217,8 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     };
     tasks.abort_all();
     shared.conn.send_replace(None);
-    if let SessionEnd::Lost(_) | SessionEnd::GoAway(_) = end {
+    *lock(&shared.current) = None;
+    if let SessionEnd::Lost(_) | SessionEnd::GoAway(_) | SessionEnd::Reconnect = end {
         conn.close(ErrorCode::NoError.to_quic().into(), b"reconnecting");
     }
     end
@@ -933,33 +1234,53 @@ async fn next_end(tasks: &mut JoinSet<Result<SessionEnd, Error>>) -> SessionEnd 
     }
 }
 
+/// Pings at the adaptive interval, announcing it to the server, and fails
+/// the session when a pong is late. A probe (network change, foreground)
+/// pings at once; after a network change the pong must come within
+/// `migration_timeout`, or the migrated path is taken as broken.
 async fn heartbeat(
     shared: Arc<Shared>,
     mut send: FramedSend,
     mut recv: FramedRecv,
-    interval_ms: u32,
 ) -> Result<SessionEnd, Error> {
-    let interval = Duration::from_millis(u64::from(interval_ms));
-    let pong_timeout = shared
-        .config
-        .pong_timeout
-        .min(interval.max(Duration::from_millis(500)));
     let mut n = 0u64;
+    let mut probing = false;
     loop {
         n += 1;
+        let interval = lock(&shared.heartbeat).interval();
         let ping = v1::Ping {
             n,
             sent_at_ms: qim_proto::now_ms(),
-            next_within_ms: interval_ms,
+            next_within_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
         };
         send.send(&ping).await?;
+        let pong_timeout = if probing {
+            shared.config.migration_timeout
+        } else {
+            shared
+                .config
+                .pong_timeout
+                .min(interval.max(Duration::from_millis(500)))
+        };
         match tokio::time::timeout(pong_timeout, recv.next::<v1::Pong>()).await {
-            Ok(Ok(Some(_))) => {}
+            Ok(Ok(Some(_))) => lock(&shared.heartbeat).on_pong(std::time::Instant::now()),
             Ok(Ok(None)) => return Err(Error::Network("heartbeat stream closed".into())),
             Ok(Err(e)) => return Err(e.into()),
+            Err(_) if probing => {
+                return Err(Error::Network(
+                    "the connection did not answer over the new network path".into(),
+                ));
+            }
             Err(_) => return Err(Error::Network("no pong in time".into())),
         }
-        tokio::time::sleep(interval).await;
+        if probing {
+            debug!("network path validated; connection migrated");
+        }
+        probing = false;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shared.probe.notified() => probing = true,
+        }
     }
 }
 

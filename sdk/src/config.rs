@@ -1,5 +1,6 @@
 //! Client settings, with defaults for phones on real networks.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The device platform reported at login.
@@ -81,6 +82,18 @@ pub struct ClientConfig {
     /// after it would be held back for good. Must be well above the
     /// server's store timeout, so a write still in flight is never skipped.
     pub gap_skip_after: Duration,
+    /// Directory for the client's own files (the persistent outbox). With
+    /// it, sends survive the app being killed and go out on the next start
+    /// with the same `client_msg_id`; without it, pending sends live in
+    /// memory only. One directory per user and device.
+    pub data_dir: Option<PathBuf>,
+    /// Resume TLS sessions on reconnect and send the login in 0-RTT when
+    /// the server allows it (saves a round trip and the certificate check).
+    pub resumption: bool,
+    /// After [`Client::network_changed`](crate::Client::network_changed),
+    /// how long the migrated connection has to answer a ping before the
+    /// client gives up on it and connects afresh.
+    pub migration_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -118,6 +131,9 @@ impl ClientConfig {
             max_pending_sends: 4096,
             inbox_buffer: 4096,
             gap_skip_after: Duration::from_secs(30),
+            data_dir: None,
+            resumption: true,
+            migration_timeout: Duration::from_secs(3),
         }
     }
 }

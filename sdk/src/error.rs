@@ -44,6 +44,10 @@ pub enum Error {
     /// The client was closed.
     #[error("client closed")]
     Closed,
+    /// The client's data directory (the persistent outbox) could not be
+    /// read or written.
+    #[error("local storage: {0}")]
+    Storage(String),
 }
 
 impl Error {
@@ -69,7 +73,11 @@ impl Error {
             Error::Rejected {
                 retryable, code, ..
             } => *retryable || *code == ErrorCode::NoError,
-            Error::Auth { .. } | Error::Tls(_) | Error::Config(_) | Error::Closed => false,
+            Error::Auth { .. }
+            | Error::Tls(_)
+            | Error::Config(_)
+            | Error::Closed
+            | Error::Storage(_) => false,
         }
     }
 

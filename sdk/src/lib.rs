@@ -32,6 +32,21 @@
 //!   receive side of read-diffusion groups (per-group order, pulls).
 //! - `presence`: presence of friends (queried, subscribed), online time,
 //!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
+//! - `outbox_store`: the journal that keeps unsent messages across app
+//!   restarts (with [`ClientConfig::data_dir`]).
+//! - [`heartbeat`]: the sans-IO adaptive heartbeat interval.
+//! - [`Events`]: `sending / sent / failed` per send, and connection losses.
+//!
+//! # Mobile behaviours
+//! - [`Client::start`] works offline; [`Client::enqueue`] queues a send
+//!   without waiting (durably with a data directory).
+//! - [`Client::network_changed`] migrates the QUIC connection to a new UDP
+//!   socket, and connects afresh only if the new path does not answer.
+//! - Reconnects resume the TLS session and send the login as 0-RTT early
+//!   data when the server allows it ([`ClientConfig::resumption`]).
+//! - The heartbeat interval adapts to what the network's NAT allows, within
+//!   the server's bounds; [`Client::set_foreground`] shortens it while the
+//!   app is in front.
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees
@@ -48,11 +63,14 @@ mod client;
 mod config;
 mod contacts;
 mod error;
+mod events;
 mod groups;
 mod im;
 mod inbox;
 mod outbox;
+mod outbox_store;
 mod presence;
+pub mod heartbeat;
 
 pub use client::{
     Client, ConnectionState, IncomingMessage, OutgoingMessage, SendReceipt, StateWatcher, Stats,
@@ -66,4 +84,6 @@ pub use im::{
     Conversation, ConversationPage, Event, HistoryAnchor, HistoryPage, MessageExtras, Peer, Quote,
 };
 pub use presence::{PresenceStatus, SessionSpan, Signal};
+pub use events::{ClientEvent, EVENT_BUFFER, Events, OutboxStatus};
+pub use outbox_store::OutboxStoreError;
 pub use qim_proto::v1::ErrorCode;

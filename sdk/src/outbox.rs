@@ -1,14 +1,23 @@
 //! Sends waiting for the server's ack, in the order the app made them.
 //! Each keeps its `client_msg_id` for every attempt, so the server stores it
 //! once however often it is sent.
+//!
+//! With a data directory, every pending send is also in the
+//! [`OutboxStore`] journal: added before the app is told it is queued,
+//! marked done on ack or final refusal, and kept (not failed) when the
+//! client closes, so the next client on the same directory sends it.
+//! Every change of a send's state is published as a [`ClientEvent`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use qim_proto::v1;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
+use tracing::warn;
 
+use crate::events::{ClientEvent, OutboxStatus};
+use crate::outbox_store::OutboxStore;
 use crate::{Error, SendReceipt};
 
 pub(crate) type Waiter = oneshot::Sender<Result<SendReceipt, Error>>;
@@ -44,27 +53,72 @@ pub(crate) struct Outbox {
     next_waiter: u64,
     /// Sends written again (after an ack timeout or on a new connection).
     resent: u64,
+    /// The journal, when the client has a data directory.
+    store: Option<OutboxStore>,
+    /// Where state changes are published.
+    events: Option<broadcast::Sender<ClientEvent>>,
 }
 
 impl Outbox {
-    /// Queues a send (or joins the one with the same id); returns the
-    /// waiter's id for [`abandon`](Self::abandon).
-    pub(crate) fn add(&mut self, send: v1::Send, waiter: Waiter) -> u64 {
+    /// An outbox publishing to `events`, journaled in `store` if given,
+    /// starting with the sends `restored` from it (which nobody waits for).
+    pub(crate) fn new(
+        store: Option<OutboxStore>,
+        restored: Vec<v1::Send>,
+        events: broadcast::Sender<ClientEvent>,
+    ) -> Self {
+        let mut outbox = Outbox {
+            store,
+            events: Some(events),
+            ..Outbox::default()
+        };
+        for send in restored {
+            outbox.insert(send, None);
+        }
+        outbox
+    }
+
+    fn publish(&self, client_msg_id: &str, status: OutboxStatus) {
+        if let Some(events) = &self.events {
+            // No subscriber is fine: nobody is listening.
+            let _ = events.send(ClientEvent::Outbox {
+                client_msg_id: client_msg_id.to_owned(),
+                status,
+            });
+        }
+    }
+
+    /// Queues a send (or joins the one with the same id), saving it in the
+    /// journal first; returns the waiter's id for
+    /// [`abandon`](Self::abandon), if a waiter was given.
+    pub(crate) fn add(&mut self, send: v1::Send, waiter: Option<Waiter>) -> Result<u64, Error> {
+        if !self.index.contains_key(&send.client_msg_id) {
+            if let Some(store) = &mut self.store {
+                store
+                    .add(&send)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+            }
+        }
+        Ok(self.insert(send, waiter))
+    }
+
+    fn insert(&mut self, send: v1::Send, waiter: Option<Waiter>) -> u64 {
         self.next_waiter += 1;
         let id = self.next_waiter;
         if let Some(order) = self.index.get(&send.client_msg_id) {
             if let Some(p) = self.entries.get_mut(order) {
-                p.waiters.push((id, waiter));
+                p.waiters.extend(waiter.map(|w| (id, w)));
                 return id;
             }
         }
         self.next += 1;
         self.index.insert(send.client_msg_id.clone(), self.next);
+        self.publish(&send.client_msg_id, OutboxStatus::Sending);
         self.entries.insert(
             self.next,
             Pending {
                 send,
-                waiters: vec![(id, waiter)],
+                waiters: waiter.map(|w| (id, w)).into_iter().collect(),
                 sent_at: None,
                 not_before: None,
                 refusals: 0,
@@ -72,6 +126,19 @@ impl Outbox {
         );
         self.unsent.insert(self.next);
         id
+    }
+
+    /// Marks a send finished in the journal (compacting now and then).
+    fn finished(&mut self, client_msg_id: &str) {
+        let Some(store) = &mut self.store else { return };
+        if let Err(e) = store.done(client_msg_id) {
+            // The send is resent on the next start; the server dedups it.
+            warn!(error = %e, "outbox journal: recording a finished send failed");
+        }
+        let entries = &self.entries;
+        if let Err(e) = store.maybe_compact(|| entries.values().map(|p| p.send.clone()).collect()) {
+            warn!(error = %e, "outbox journal: compaction failed");
+        }
     }
 
     /// What to write now on connection `generation`, in order: everything not
@@ -174,6 +241,8 @@ impl Outbox {
                 seq: ack.seq,
                 server_time_ms: ack.server_time_ms,
             };
+            self.finished(&ack.client_msg_id);
+            self.publish(&ack.client_msg_id, OutboxStatus::Sent(receipt.clone()));
             for (_, w) in p.waiters {
                 let _ = w.send(Ok(receipt.clone()));
             }
@@ -202,13 +271,17 @@ impl Outbox {
         }
         if let Some(p) = self.take(&nack.client_msg_id) {
             let error = Error::from_code(code, nack.message.clone());
+            self.finished(&nack.client_msg_id);
+            self.publish(&nack.client_msg_id, OutboxStatus::Failed(error.clone()));
             for (_, w) in p.waiters {
                 let _ = w.send(Err(error.clone()));
             }
         }
     }
 
-    /// One caller stopped waiting; the send is dropped when nobody waits.
+    /// One caller stopped waiting; without a journal the send is dropped
+    /// (and reported failed with `Timeout`) when nobody waits. With one it
+    /// stays queued: the app was told it would be sent.
     pub(crate) fn abandon(&mut self, client_msg_id: &str, waiter: u64) {
         let Some(&order) = self.index.get(client_msg_id) else {
             return;
@@ -217,18 +290,24 @@ impl Outbox {
             return;
         };
         p.waiters.retain(|(id, _)| *id != waiter);
-        if p.waiters.is_empty() {
+        if p.waiters.is_empty() && self.store.is_none() {
             self.take(client_msg_id);
+            self.publish(client_msg_id, OutboxStatus::Failed(Error::Timeout));
         }
     }
 
-    /// Fails every send (the client closed or can never log in again).
+    /// The client stops: every waiter gets `error`. Without a journal the
+    /// sends fail; with one they stay on disk for the next client.
     pub(crate) fn fail_all(&mut self, error: &Error) {
         self.index.clear();
         self.unsent.clear();
         self.timeouts.clear();
         self.retries.clear();
+        let persistent = self.store.is_some();
         for (_, p) in std::mem::take(&mut self.entries) {
+            if !persistent {
+                self.publish(&p.send.client_msg_id, OutboxStatus::Failed(error.clone()));
+            }
             for (_, w) in p.waiters {
                 let _ = w.send(Err(error.clone()));
             }
@@ -261,8 +340,8 @@ mod tests {
         let mut ob = Outbox::default();
         let (w1, mut r1) = oneshot::channel();
         let (w2, _r2) = oneshot::channel();
-        ob.add(send("a"), w1);
-        ob.add(send("b"), w2);
+        ob.add(send("a"), Some(w1)).expect("add");
+        ob.add(send("b"), Some(w2)).expect("add");
         let now = Instant::now();
         assert_eq!(ids(&ob.due(1, now, t)), ["a", "b"]);
         assert!(ob.due(1, now, t).is_empty(), "written once per connection");
@@ -293,8 +372,8 @@ mod tests {
         let mut ob = Outbox::default();
         let (w1, _r1) = oneshot::channel();
         let (w2, mut r2) = oneshot::channel();
-        ob.add(send("a"), w1);
-        ob.add(send("b"), w2);
+        ob.add(send("a"), Some(w1)).expect("add");
+        ob.add(send("b"), Some(w2)).expect("add");
         let now = Instant::now();
         let t = Duration::from_secs(60);
         ob.due(1, now, t);
@@ -333,8 +412,8 @@ mod tests {
         let mut ob = Outbox::default();
         let (w1, _r1) = oneshot::channel();
         let (w2, mut r2) = oneshot::channel();
-        let first = ob.add(send("same"), w1);
-        ob.add(send("same"), w2);
+        let first = ob.add(send("same"), Some(w1)).expect("add");
+        ob.add(send("same"), Some(w2)).expect("add");
         assert_eq!(ob.len(), 1, "one send, two callers");
         ob.abandon("same", first);
         assert_eq!(ob.len(), 1, "the second caller still waits");
@@ -353,7 +432,7 @@ mod tests {
         let t = Duration::from_secs(5);
         let mut ob = Outbox::default();
         let (w, _r) = oneshot::channel();
-        ob.add(send("a"), w);
+        ob.add(send("a"), Some(w)).expect("add");
         let now = Instant::now();
         ob.due(1, now, t);
         ob.acked(&v1::SendAck {

@@ -12,6 +12,12 @@
 //!   (see `services`).
 //! - `cargo xtask cluster --nodes N`: a local gateway cluster on those
 //!   services (see `cluster`).
+//! - `cargo xtask bindings`: Kotlin and Swift bindings of the SDK and the
+//!   host's native library (`bindings.rs`); `test` also runs the Kotlin
+//!   tests on the JVM (`kotlin.rs`).
+
+mod bindings;
+mod kotlin;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -76,6 +82,19 @@ enum Task {
         #[arg(value_enum)]
         action: services::Action,
     },
+    /// Generate the Kotlin and Swift bindings and copy the native library.
+    Bindings {
+        /// Output directory (default: <target dir>/bindings).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Build the library in release mode.
+        #[arg(long)]
+        release: bool,
+        /// Then run the Kotlin tests on the JVM against a live gateway
+        /// (what `cargo xtask test` runs after `cargo test`).
+        #[arg(long)]
+        test: bool,
+    },
 }
 
 const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "envelope_decode", "preamble"];
@@ -121,6 +140,18 @@ fn main() -> Result<()> {
                 strategy,
             },
         ),
+        Task::Bindings { out, release, test } => {
+            let out = out.unwrap_or_else(|| bindings::target_dir(&root).join("bindings"));
+            bindings::bindings(&root, &out, release, false)?;
+            if test {
+                let (passed, failed) = kotlin::test(&root)?;
+                println!("kotlin: {passed} passed, {failed} failed");
+                if failed > 0 {
+                    bail!("kotlin tests failed");
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -177,6 +208,18 @@ fn test_with_services(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Resul
         }
     }
     let status = child.wait()?;
+    if status.success() {
+        match kotlin::test(root) {
+            Ok((p, f)) => {
+                passed += p;
+                failed += f;
+            }
+            Err(e) => {
+                eprintln!("kotlin tests could not run: {e:#}");
+                failed += 1;
+            }
+        }
+    }
     let mut fuzz_failed = false;
     if status.success() && fuzz_seconds > 0 {
         match fuzz(root, fuzz_seconds, None) {

@@ -1,0 +1,240 @@
+// Tests of the generated Kotlin bindings against a live qim-gateway.
+// `cargo xtask test` compiles this with the generated qim_sdk_ffi.kt and runs
+// `MainKt <scenario>` once per scenario, with the gateway address, CA and
+// tokens in the environment (see xtask/src/kotlin.rs). A scenario passes
+// when the JVM exits 0.
+
+import java.io.File
+import kotlin.system.exitProcess
+import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withTimeout
+import uniffi.qim_sdk_ffi.ClientListener
+import uniffi.qim_sdk_ffi.ClientOptions
+import uniffi.qim_sdk_ffi.ConnectionState
+import uniffi.qim_sdk_ffi.Message
+import uniffi.qim_sdk_ffi.OutboxStatus
+import uniffi.qim_sdk_ffi.Platform
+import uniffi.qim_sdk_ffi.QimClient
+import uniffi.qim_sdk_ffi.QimException
+
+const val PATIENCE_MS = 20_000L
+
+/// Records everything the client reports, for the test to wait on.
+class Recorder : ClientListener {
+    val messages = Channel<Message>(Channel.UNLIMITED)
+    val states = Channel<ConnectionState>(Channel.UNLIMITED)
+    val outbox = Channel<Pair<String, OutboxStatus>>(Channel.UNLIMITED)
+    val errors = Channel<QimException>(Channel.UNLIMITED)
+
+    override fun onMessage(message: Message) {
+        messages.trySend(message)
+    }
+
+    override fun onStateChanged(state: ConnectionState) {
+        states.trySend(state)
+    }
+
+    override fun onOutboxStatus(clientMsgId: String, status: OutboxStatus) {
+        outbox.trySend(clientMsgId to status)
+    }
+
+    override fun onError(error: QimException) {
+        errors.trySend(error)
+    }
+}
+
+fun env(name: String): String = System.getenv(name) ?: throw IllegalStateException("$name is not set")
+
+fun check(condition: Boolean, what: () -> String) {
+    if (!condition) throw AssertionError(what())
+}
+
+suspend fun <T> Channel<T>.next(what: String): T =
+    try {
+        withTimeout(PATIENCE_MS) { receive() }
+    } catch (e: kotlinx.coroutines.TimeoutCancellationException) {
+        throw AssertionError("timed out waiting for $what")
+    }
+
+/// Asserts nothing more arrives for a while (catches duplicates).
+suspend fun Channel<Message>.quiet(ms: Long) {
+    val extra = try {
+        withTimeout(ms) { receive() }
+    } catch (e: kotlinx.coroutines.TimeoutCancellationException) {
+        null
+    }
+    check(extra == null) { "unexpected extra message: ${extra?.text}" }
+}
+
+fun options(
+    user: String,
+    device: String,
+    server: String = env("QIM_SERVER"),
+    dataDir: String? = null,
+    resumeFrom: ULong = 0uL,
+) = ClientOptions(
+    server = server,
+    serverName = "localhost",
+    caPem = File(env("QIM_CA")).readBytes(),
+    token = env("QIM_TOKEN_" + user.uppercase()),
+    deviceId = device,
+    platform = Platform.ANDROID,
+    resumeFrom = resumeFrom,
+    dataDir = dataDir,
+    resumption = true,
+)
+
+suspend fun connected(user: String, device: String, resumeFrom: ULong = 0uL): Pair<QimClient, Recorder> {
+    val client = QimClient(options(user, device, resumeFrom = resumeFrom))
+    val recorder = Recorder()
+    client.setListener(recorder)
+    client.connect()
+    check(client.state() == ConnectionState.CONNECTED) { "$user is not connected: ${client.state()}" }
+    return client to recorder
+}
+
+/// Two clients chat both ways, errors are typed, and a network change keeps
+/// the session.
+suspend fun chat() {
+    val (alice, aliceEvents) = connected("alice", "alice-phone")
+    val (bob, bobEvents) = connected("bob", "bob-phone")
+    check(alice.userId() == "alice") { "user id ${alice.userId()}" }
+
+    val receipts = (1..5).map { alice.send("bob", "hello bob $it") }
+    check(receipts.zipWithNext().all { (a, b) -> a.seq < b.seq }) { "receipt seqs not increasing" }
+    for ((i, receipt) in receipts.withIndex()) {
+        val m = bobEvents.messages.next("bob's message ${i + 1}")
+        check(m.text == "hello bob ${i + 1}") { "bob got '${m.text}'" }
+        check(m.fromUser == "alice" && m.seq == receipt.seq) { "bob got ${m.fromUser}/${m.seq}" }
+    }
+    bob.send("alice", "hi alice")
+    val reply = aliceEvents.messages.next("alice's reply")
+    check(reply.text == "hi alice" && reply.fromUser == "bob") { "alice got '${reply.text}'" }
+
+    // A send's progress reaches the listener.
+    val id = alice.enqueue("bob", "queued")
+    var sent = false
+    while (!sent) {
+        val (msgId, status) = aliceEvents.outbox.next("outbox status of $id")
+        if (msgId == id && status is OutboxStatus.Sent) sent = true
+    }
+    check(bobEvents.messages.next("queued message").text == "queued") { "queued message" }
+
+    // Typed errors become exceptions.
+    try {
+        alice.send("not a valid id!", "x")
+        throw AssertionError("an invalid recipient was accepted")
+    } catch (e: QimException.Rejected) {
+        check(e.code == "INVALID_RECIPIENT") { "code ${e.code}" }
+    }
+    val impostor = QimClient(options("alice", "alice-tablet").copy(token = "qim1.alice.1.bad"))
+    try {
+        impostor.connect()
+        throw AssertionError("a bad token logged in")
+    } catch (e: QimException.Auth) {
+        check(e.code == "BAD_TOKEN" || e.code == "TOKEN_EXPIRED") { "code ${e.code}" }
+    }
+
+    // Network change: the connection migrates, the session stays.
+    val session = alice.sessionId()
+    alice.setForeground(false)
+    alice.networkChanged()
+    alice.send("bob", "after the move")
+    check(bobEvents.messages.next("message after the move").text == "after the move") { "after move" }
+    bob.send("alice", "still there?")
+    check(aliceEvents.messages.next("reply after the move").text == "still there?") { "reply after move" }
+    val stats = alice.stats()
+    check(alice.sessionId() == session) { "session changed: $session -> ${alice.sessionId()}" }
+    check(stats.migrations == 1uL && stats.sessions == 1uL) { "stats $stats" }
+    alice.setForeground(true)
+
+    alice.disconnect()
+    bob.disconnect()
+    check(alice.state() == ConnectionState.CLOSED) { "alice not closed" }
+    bobEvents.messages.quiet(300)
+}
+
+/// Bob goes offline, alice sends, bob comes back from where he stopped.
+suspend fun offlineCatchUp() {
+    val (alice, _) = connected("alice", "alice-laptop")
+    val (bob, bobEvents) = connected("bob", "bob-tablet")
+    alice.send("bob", "while online")
+    // A new device gets bob's whole inbox first; wait for the newest.
+    var first = bobEvents.messages.next("online message")
+    while (first.text != "while online") first = bobEvents.messages.next("online message")
+    bob.disconnect()
+    val texts = (1..3).map { "missed $it" }
+    for (t in texts) alice.send("bob", t)
+    val (bobAgain, again) = connected("bob", "bob-tablet", resumeFrom = first.seq)
+    for (t in texts) {
+        val m = again.messages.next(t)
+        check(m.text == t) { "expected '$t', got '${m.text}'" }
+    }
+    again.messages.quiet(300)
+    check(bobAgain.lastSeq() == first.seq + 3uL) { "last seq ${bobAgain.lastSeq()}" }
+    alice.disconnect()
+    bobAgain.disconnect()
+}
+
+/// First process: offline (the server address swallows packets), queue
+/// messages, exit. Their ids go to QIM_OUTBOX_IDS.
+suspend fun outboxWrite() {
+    val carol = QimClient(options("carol", "carol-phone", dataDir = env("QIM_DATA_DIR")))
+    val events = Recorder()
+    carol.setListener(events)
+    carol.start()
+    val ids = (1..3).map { carol.enqueue("dave", "offline $it") }
+    for (id in ids) {
+        val (msgId, status) = events.outbox.next("Sending of $id")
+        check(msgId == id && status is OutboxStatus.Sending) { "expected Sending for $id, got $msgId $status" }
+    }
+    check(carol.state() != ConnectionState.CONNECTED) { "carol should be offline" }
+    File(env("QIM_OUTBOX_IDS")).writeText(ids.joinToString("\n"))
+    carol.disconnect()
+}
+
+/// Second process: same data directory, server reachable: the queued
+/// messages are sent, reported Sent, and dave gets each exactly once.
+suspend fun outboxDeliver() {
+    val ids = File(env("QIM_OUTBOX_IDS")).readLines().filter { it.isNotBlank() }
+    check(ids.size == 3) { "ids file: $ids" }
+    val (dave, daveEvents) = connected("dave", "dave-phone")
+    val carol = QimClient(options("carol", "carol-phone", dataDir = env("QIM_DATA_DIR")))
+    val events = Recorder()
+    carol.setListener(events)
+    carol.connect()
+    val sent = mutableSetOf<String>()
+    while (sent.size < ids.size) {
+        val (msgId, status) = events.outbox.next("Sent statuses")
+        if (status is OutboxStatus.Sent) sent.add(msgId)
+    }
+    check(sent == ids.toSet()) { "sent $sent, queued $ids" }
+    for (i in 1..3) {
+        val m = daveEvents.messages.next("offline message $i")
+        check(m.text == "offline $i" && m.clientMsgId == ids[i - 1]) { "dave got '${m.text}' ${m.clientMsgId}" }
+    }
+    daveEvents.messages.quiet(500)
+    carol.disconnect()
+    dave.disconnect()
+}
+
+fun main(args: Array<String>) {
+    val scenario = args.firstOrNull() ?: "chat"
+    try {
+        runBlocking {
+            when (scenario) {
+                "chat" -> chat()
+                "offline-catch-up" -> offlineCatchUp()
+                "outbox-write" -> outboxWrite()
+                "outbox-deliver" -> outboxDeliver()
+                else -> throw IllegalArgumentException("unknown scenario $scenario")
+            }
+        }
+    } catch (e: Throwable) {
+        System.err.println("kotlin scenario $scenario failed: $e")
+        e.printStackTrace()
+        exitProcess(1)
+    }
+    exitProcess(0)
+}

@@ -1,0 +1,682 @@
+//! The qim client SDK for Kotlin (Android, JVM) and Swift (iOS, macOS),
+//! through uniffi proc-macros. `cargo xtask bindings` builds the native
+//! library and generates the Kotlin and Swift sources from it.
+//!
+//! # Layout
+//! - [`QimClient`]: the object apps hold. Async methods become Kotlin
+//!   `suspend` functions and Swift `async` functions.
+//! - [`ClientListener`]: implemented by the app (Kotlin interface, Swift
+//!   protocol); receives messages, connection states, send progress and
+//!   connection errors.
+//! - Records and enums ([`ClientOptions`], [`Message`], [`SendReceipt`],
+//!   [`OutboxStatus`], …) mirror `qim-sdk`'s types with only strings,
+//!   numbers, byte arrays and options, so no Rust-only type crosses.
+//! - [`QimError`]: the typed error (a Kotlin exception, a Swift `Error`),
+//!   mapped from `qim_sdk::Error` in one place.
+//!
+//! # Threads
+//! The crate owns one tokio runtime (two worker threads, started on first
+//! use). Every async method runs on it and the foreign side only awaits a
+//! completion, so no call blocks the caller's thread (the main/UI thread on
+//! a phone). Listener methods are called from the runtime's threads, one
+//! at a time per kind of event, in order; they should return quickly (hand
+//! work to the app's own executor).
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use qim_sdk::{Client, ClientEvent};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+uniffi::setup_scaffolding!();
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The runtime every client of the process shares.
+fn runtime() -> Result<&'static Runtime, QimError> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("qim-sdk")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| QimError::Config {
+            reason: format!("starting the SDK runtime: {e}"),
+        })
+}
+
+/// Runs `future` on the SDK runtime and waits for it without blocking the
+/// caller's thread.
+async fn on_runtime<T: Send + 'static>(
+    future: impl std::future::Future<Output = Result<T, QimError>> + Send + 'static,
+) -> Result<T, QimError> {
+    match runtime()?.spawn(future).await {
+        Ok(result) => result,
+        Err(e) => Err(QimError::Closed {
+            reason: format!("SDK task failed: {e}"),
+        }),
+    }
+}
+
+/// Why a call failed. Kotlin: `QimException` subclasses; Swift: `QimError`
+/// cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+#[non_exhaustive]
+pub enum QimError {
+    /// The token was refused (bad or expired): get a new one from your
+    /// backend. The client stops reconnecting.
+    #[error("login refused ({code}): {reason}")]
+    Auth {
+        /// `BAD_TOKEN` or `TOKEN_EXPIRED`.
+        code: String,
+        /// The server's explanation.
+        reason: String,
+    },
+    /// The server refused the request.
+    #[error("refused ({code}): {reason}")]
+    Rejected {
+        /// The wire error code name, e.g. `MESSAGE_TOO_LARGE`.
+        code: String,
+        /// The server's explanation.
+        reason: String,
+        /// Whether the same request may succeed later.
+        retryable: bool,
+    },
+    /// The server could not be reached or the connection broke.
+    #[error("network: {reason}")]
+    Network {
+        /// What failed.
+        reason: String,
+    },
+    /// The server's certificate did not verify.
+    #[error("tls: {reason}")]
+    Tls {
+        /// What failed.
+        reason: String,
+    },
+    /// The options are unusable (or the SDK could not start).
+    #[error("config: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// No answer in time; a send may still be delivered later.
+    #[error("timed out")]
+    Timeout,
+    /// The client is closed (or was never connected).
+    #[error("closed: {reason}")]
+    Closed {
+        /// Why.
+        reason: String,
+    },
+    /// The data directory could not be used.
+    #[error("storage: {reason}")]
+    Storage {
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl From<qim_sdk::Error> for QimError {
+    fn from(e: qim_sdk::Error) -> Self {
+        use qim_sdk::Error as E;
+        match e {
+            E::Auth { code, message } => QimError::Auth {
+                code: code.as_str_name().to_owned(),
+                reason: message,
+            },
+            E::Rejected {
+                code,
+                message,
+                retryable,
+            } => QimError::Rejected {
+                code: code.as_str_name().to_owned(),
+                reason: message,
+                retryable,
+            },
+            E::Network(reason) => QimError::Network { reason },
+            E::Tls(reason) => QimError::Tls { reason },
+            E::Config(reason) => QimError::Config { reason },
+            E::Timeout => QimError::Timeout,
+            E::Closed => QimError::Closed {
+                reason: "client closed".into(),
+            },
+            E::Storage(reason) => QimError::Storage { reason },
+            other => QimError::Network {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The device platform reported at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Platform {
+    /// Android.
+    Android,
+    /// iOS / iPadOS.
+    Ios,
+    /// Desktop (also the JVM).
+    Desktop,
+}
+
+/// How to connect.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ClientOptions {
+    /// Gateway address, `host:port`.
+    pub server: String,
+    /// Name the server certificate must be valid for.
+    pub server_name: String,
+    /// PEM certificates of the CAs trusted for the server's certificate.
+    pub ca_pem: Vec<u8>,
+    /// Login token from your backend.
+    pub token: String,
+    /// Stable id of this installation (1–64 of `[A-Za-z0-9._@-]`).
+    pub device_id: String,
+    /// Reported platform.
+    pub platform: Platform,
+    /// The highest message seq the app already stored; the server sends
+    /// what came after it.
+    #[uniffi(default = 0)]
+    pub resume_from: u64,
+    /// Directory for the SDK's files (the persistent outbox); one per user
+    /// and device. Without it, unsent messages do not survive the process.
+    #[uniffi(default = None)]
+    pub data_dir: Option<String>,
+    /// Resume TLS sessions and log in with 0-RTT on reconnect.
+    #[uniffi(default = true)]
+    pub resumption: bool,
+}
+
+impl ClientOptions {
+    fn to_config(&self) -> qim_sdk::ClientConfig {
+        let mut config = qim_sdk::ClientConfig::new(
+            self.server.clone(),
+            self.token.clone(),
+            self.device_id.clone(),
+            self.ca_pem.clone(),
+        );
+        config.server_name = self.server_name.clone();
+        config.platform = match self.platform {
+            Platform::Android => qim_sdk::Platform::Android,
+            Platform::Ios => qim_sdk::Platform::Ios,
+            Platform::Desktop => qim_sdk::Platform::Desktop,
+        };
+        config.resume_from = self.resume_from;
+        config.data_dir = self.data_dir.as_ref().map(Into::into);
+        config.resumption = self.resumption;
+        config.reconnect_min = Duration::from_millis(200);
+        config
+    }
+}
+
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ConnectionState {
+    /// Connecting or logging in.
+    Connecting,
+    /// Logged in.
+    Connected,
+    /// Waiting before the next attempt.
+    Backoff,
+    /// Closed by the app, or stopped for good (e.g. the token was refused).
+    Closed,
+}
+
+impl From<qim_sdk::ConnectionState> for ConnectionState {
+    fn from(s: qim_sdk::ConnectionState) -> Self {
+        match s {
+            qim_sdk::ConnectionState::Connecting => ConnectionState::Connecting,
+            qim_sdk::ConnectionState::Connected => ConnectionState::Connected,
+            qim_sdk::ConnectionState::Backoff => ConnectionState::Backoff,
+            _ => ConnectionState::Closed,
+        }
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Message {
+    /// Position in this user's inbox: persist it, pass it as `resume_from`.
+    pub seq: u64,
+    /// The server's id.
+    pub msg_id: String,
+    /// Sender.
+    pub from_user: String,
+    /// Sender's device.
+    pub from_device: String,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    /// Content type, e.g. `text`.
+    pub kind: String,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// The body as UTF-8 (invalid bytes replaced), for text messages.
+    pub text: String,
+    /// When the server stored it, ms since the Unix epoch.
+    pub server_time_ms: i64,
+}
+
+impl From<qim_sdk::IncomingMessage> for Message {
+    fn from(m: qim_sdk::IncomingMessage) -> Self {
+        Message {
+            text: String::from_utf8_lossy(&m.body).into_owned(),
+            seq: m.seq,
+            msg_id: m.msg_id,
+            from_user: m.from_user,
+            from_device: m.from_device,
+            client_msg_id: m.client_msg_id,
+            kind: m.kind,
+            body: m.body,
+            server_time_ms: m.server_time_ms,
+        }
+    }
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct OutgoingMessage {
+    /// Recipient user id.
+    pub to: String,
+    /// Content type.
+    #[uniffi(default = "text")]
+    pub kind: String,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Idempotency key; a fresh one when `None`.
+    #[uniffi(default = None)]
+    pub client_msg_id: Option<String>,
+}
+
+impl From<OutgoingMessage> for qim_sdk::OutgoingMessage {
+    fn from(m: OutgoingMessage) -> Self {
+        qim_sdk::OutgoingMessage {
+            to: m.to,
+            kind: m.kind,
+            body: m.body,
+            client_msg_id: m.client_msg_id,
+        }
+    }
+}
+
+/// The server stored a message.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SendReceipt {
+    /// The id it was sent with.
+    pub client_msg_id: String,
+    /// The server's id.
+    pub msg_id: String,
+    /// Its seq in the recipient's inbox.
+    pub seq: u64,
+    /// When the server stored it.
+    pub server_time_ms: i64,
+}
+
+impl From<qim_sdk::SendReceipt> for SendReceipt {
+    fn from(r: qim_sdk::SendReceipt) -> Self {
+        SendReceipt {
+            client_msg_id: r.client_msg_id,
+            msg_id: r.msg_id,
+            seq: r.seq,
+            server_time_ms: r.server_time_ms,
+        }
+    }
+}
+
+/// Where a send stands.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum OutboxStatus {
+    /// Queued (saved, with a data directory); sent whenever connected.
+    Sending,
+    /// Stored by the server.
+    Sent {
+        /// The server's receipt.
+        receipt: SendReceipt,
+    },
+    /// Refused for good, or given up.
+    Failed {
+        /// The error.
+        error: QimError,
+    },
+}
+
+/// Counters for diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ClientStats {
+    /// Logins completed (first and reconnects).
+    pub sessions: u64,
+    /// Logins sent as accepted 0-RTT early data.
+    pub zero_rtt_accepted: u64,
+    /// Network changes handled by migrating the connection.
+    pub migrations: u64,
+    /// Sends written more than once.
+    pub sends_resent: u64,
+    /// Duplicate deliveries dropped.
+    pub duplicates_dropped: u64,
+}
+
+/// What the app implements to hear from the client. Called from SDK
+/// threads; return quickly.
+#[uniffi::export(with_foreign)]
+pub trait ClientListener: Send + Sync {
+    /// A message, in seq order, each once. It counts as received when this
+    /// returns: store it (with its seq) here.
+    fn on_message(&self, message: Message);
+    /// The connection state changed.
+    fn on_state_changed(&self, state: ConnectionState);
+    /// A send changed state.
+    fn on_outbox_status(&self, client_msg_id: String, status: OutboxStatus);
+    /// A connection dropped with this error (the client reconnects by
+    /// itself unless the state becomes `Closed`).
+    fn on_error(&self, error: QimError);
+}
+
+/// A qim client: one user on one device.
+#[derive(uniffi::Object)]
+pub struct QimClient {
+    config: qim_sdk::ClientConfig,
+    listener: Mutex<Option<Arc<dyn ClientListener>>>,
+    client: Mutex<Option<Arc<Client>>>,
+    /// The tasks feeding the listener; aborted on close.
+    pumps: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for QimClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QimClient")
+            .field("server", &self.config.server)
+            .field("device_id", &self.config.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QimClient {
+    fn client(&self) -> Result<Arc<Client>, QimError> {
+        lock(&self.client).clone().ok_or_else(|| QimError::Closed {
+            reason: "not connected: call connect() or start() first".into(),
+        })
+    }
+
+    /// Starts the tasks that feed the listener.
+    fn attach(&self, client: Arc<Client>, rt: &Runtime) {
+        let listener = lock(&self.listener).clone();
+        let mut pumps = lock(&self.pumps);
+        if let Some(listener) = listener {
+            let (c, l) = (Arc::clone(&client), Arc::clone(&listener));
+            pumps.push(rt.spawn(async move {
+                while let Some(message) = c.next_message().await {
+                    l.on_message(message.into());
+                }
+            }));
+            let (c, l) = (Arc::clone(&client), Arc::clone(&listener));
+            pumps.push(rt.spawn(async move {
+                let mut states = c.watch_state();
+                l.on_state_changed(states.current().into());
+                while let Some(state) = states.changed().await {
+                    l.on_state_changed(state.into());
+                    if state == qim_sdk::ConnectionState::Closed {
+                        break;
+                    }
+                }
+            }));
+            let mut events = client.events();
+            pumps.push(rt.spawn(async move {
+                while let Some(event) = events.next().await {
+                    match event {
+                        ClientEvent::Outbox {
+                            client_msg_id,
+                            status,
+                        } => {
+                            let status = match status {
+                                qim_sdk::OutboxStatus::Sending => OutboxStatus::Sending,
+                                qim_sdk::OutboxStatus::Sent(r) => {
+                                    OutboxStatus::Sent { receipt: r.into() }
+                                }
+                                qim_sdk::OutboxStatus::Failed(e) => {
+                                    OutboxStatus::Failed { error: e.into() }
+                                }
+                                _ => continue,
+                            };
+                            listener.on_outbox_status(client_msg_id, status);
+                        }
+                        ClientEvent::ConnectionLost(e) => listener.on_error(e.into()),
+                        _ => {}
+                    }
+                }
+            }));
+        }
+        *lock(&self.client) = Some(client);
+    }
+
+    async fn open(&self, wait_for_login: bool) -> Result<(), QimError> {
+        if lock(&self.client).is_some() {
+            return Err(QimError::Config {
+                reason: "already connected; disconnect() first".into(),
+            });
+        }
+        let rt = runtime()?;
+        let config = self.config.clone();
+        let client = on_runtime(async move {
+            let client = if wait_for_login {
+                Client::connect(config).await?
+            } else {
+                Client::start(config).await?
+            };
+            Ok(Arc::new(client))
+        })
+        .await?;
+        self.attach(client, rt);
+        Ok(())
+    }
+}
+
+#[uniffi::export]
+impl QimClient {
+    /// A client with these options; nothing connects yet.
+    #[uniffi::constructor]
+    pub fn new(options: ClientOptions) -> Result<Arc<Self>, QimError> {
+        if options.ca_pem.is_empty() {
+            return Err(QimError::Config {
+                reason: "ca_pem is empty".into(),
+            });
+        }
+        Ok(Arc::new(QimClient {
+            config: options.to_config(),
+            listener: Mutex::new(None),
+            client: Mutex::new(None),
+            pumps: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Sets the listener; takes effect at the next `connect`/`start`.
+    pub fn set_listener(&self, listener: Arc<dyn ClientListener>) {
+        *lock(&self.listener) = Some(listener);
+    }
+
+    /// Connects and logs in; returns once logged in (or with the error of
+    /// the first attempt). Afterwards the client reconnects by itself.
+    pub async fn connect(&self) -> Result<(), QimError> {
+        self.open(true).await
+    }
+
+    /// Starts without waiting for the network: connects in the background,
+    /// and `enqueue`d messages wait in the outbox until then.
+    pub async fn start(&self) -> Result<(), QimError> {
+        self.open(false).await
+    }
+
+    /// Sends a text message; returns when the server stored it.
+    pub async fn send(&self, to: String, text: String) -> Result<SendReceipt, QimError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.send(to, text).await?.into()) }).await
+    }
+
+    /// Sends a message; returns when the server stored it.
+    pub async fn send_message(&self, message: OutgoingMessage) -> Result<SendReceipt, QimError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.send_message(message.into()).await?.into()) }).await
+    }
+
+    /// Queues a text message without waiting for the server (works
+    /// offline); returns its `client_msg_id` once saved. Progress comes to
+    /// the listener's `on_outbox_status`.
+    pub async fn enqueue(&self, to: String, text: String) -> Result<String, QimError> {
+        let client = self.client()?;
+        on_runtime(async move {
+            Ok(client.enqueue(qim_sdk::OutgoingMessage {
+                to,
+                kind: "text".into(),
+                body: text.into_bytes(),
+                client_msg_id: None,
+            })?)
+        })
+        .await
+    }
+
+    /// The device's network changed: migrate the connection to a new
+    /// socket (reconnect if the new path does not answer).
+    pub async fn network_changed(&self) -> Result<(), QimError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.network_changed()?) }).await
+    }
+
+    /// The app moved to the foreground (`true`) or the background.
+    pub fn set_foreground(&self, foreground: bool) {
+        if let Ok(client) = self.client() {
+            client.set_foreground(foreground);
+        }
+    }
+
+    /// Drops the connection and connects again now.
+    pub async fn reconnect(&self) -> Result<(), QimError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.reconnect().await?) }).await
+    }
+
+    /// Says goodbye to the server and stops (named `disconnect` because
+    /// `close` is taken by Kotlin's `AutoCloseable`, which frees the native
+    /// object). Unsent messages stay in the data directory (if any) for the
+    /// next client; the object can `connect` again.
+    pub async fn disconnect(&self) {
+        let client = lock(&self.client).take();
+        let pumps = std::mem::take(&mut *lock(&self.pumps));
+        let closed = on_runtime(async move {
+            if let Some(client) = client {
+                client.close().await;
+                // The pumps end once the client is gone (the event channel
+                // closes with it).
+                drop(client);
+            }
+            for mut pump in pumps {
+                // Let the listener see the final state, then stop.
+                if tokio::time::timeout(Duration::from_secs(1), &mut pump)
+                    .await
+                    .is_err()
+                {
+                    pump.abort();
+                }
+            }
+            Ok(())
+        });
+        let _ = closed.await;
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        lock(&self.client)
+            .as_ref()
+            .map_or(ConnectionState::Closed, |c| c.state().into())
+    }
+
+    /// The logged-in user ("" before the first login).
+    pub fn user_id(&self) -> String {
+        lock(&self.client)
+            .as_ref()
+            .map(|c| c.user_id())
+            .unwrap_or_default()
+    }
+
+    /// The server's id of the current session ("" while disconnected).
+    pub fn session_id(&self) -> String {
+        lock(&self.client)
+            .as_ref()
+            .map(|c| c.session_id())
+            .unwrap_or_default()
+    }
+
+    /// The highest seq handed to the listener.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.client)
+            .as_ref()
+            .map_or(self.config.resume_from, |c| c.last_taken_seq())
+    }
+
+    /// Diagnostic counters.
+    pub fn stats(&self) -> ClientStats {
+        let s = lock(&self.client)
+            .as_ref()
+            .map(|c| c.stats())
+            .unwrap_or_default();
+        ClientStats {
+            sessions: s.sessions,
+            zero_rtt_accepted: s.zero_rtt_accepted,
+            migrations: s.migrations,
+            sends_resent: s.sends_resent,
+            duplicates_dropped: s.duplicates_dropped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdk_errors_map_to_typed_ffi_errors() {
+        let e: QimError = qim_sdk::Error::from_code(qim_sdk::ErrorCode::BadToken, "bad").into();
+        assert_eq!(
+            e,
+            QimError::Auth {
+                code: "BAD_TOKEN".into(),
+                reason: "bad".into()
+            }
+        );
+        let e: QimError =
+            qim_sdk::Error::from_code(qim_sdk::ErrorCode::StoreUnavailable, "later").into();
+        assert!(matches!(
+            e,
+            QimError::Rejected {
+                retryable: true,
+                ..
+            }
+        ));
+        assert_eq!(QimError::from(qim_sdk::Error::Timeout), QimError::Timeout);
+    }
+
+    #[test]
+    fn a_client_without_a_ca_is_refused() {
+        let options = ClientOptions {
+            server: "127.0.0.1:1".into(),
+            server_name: "localhost".into(),
+            ca_pem: Vec::new(),
+            token: "t".into(),
+            device_id: "d".into(),
+            platform: Platform::Desktop,
+            resume_from: 0,
+            data_dir: None,
+            resumption: true,
+        };
+        assert!(matches!(
+            QimClient::new(options),
+            Err(QimError::Config { .. })
+        ));
+    }
+}

@@ -1,0 +1,281 @@
+//! The Kotlin tests of the generated bindings, run by `cargo xtask test`:
+//! compile the generated Kotlin with `sdk-ffi/kotlin-tests/*.kt` and run
+//! them on the JVM against a live `qim-gateway` started here.
+//!
+//! The Kotlin compiler (the `kotlin-compiler` npm package) and JNA (Maven
+//! Central) are fetched once into `$HOME/.cache/qim/` — outside the clone,
+//! so a fresh CI checkout reuses them — and compiled classes are cached by
+//! a hash of their sources.
+//!
+//! Scenarios (each a JVM run of `MainKt <scenario>`): two clients chat,
+//! typed errors, network change; a client goes offline and catches up; a
+//! client process queues messages while offline and exits, and a second
+//! process on the same data directory delivers them exactly once.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash as _, Hasher as _};
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::bindings::{self, target_dir};
+use crate::{cargo, run};
+
+const KOTLIN_VERSION: &str = "2.4.20";
+const JNA_VERSION: &str = "5.14.0";
+
+fn cache_dir() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".cache").join("qim"))
+}
+
+/// The Kotlin compiler distribution, fetched with `npm pack` once.
+fn kotlin_home() -> Result<PathBuf> {
+    let dir = cache_dir()?.join("kotlin").join(KOTLIN_VERSION);
+    let home = dir.join("package");
+    if home.join("bin").join("kotlinc").exists() {
+        return Ok(home);
+    }
+    eprintln!("fetching the Kotlin compiler {KOTLIN_VERSION} (npm, once)");
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("npm")
+        .current_dir(&dir)
+        .args(["pack", "--silent"])
+        .arg(format!("kotlin-compiler@{KOTLIN_VERSION}")))?;
+    let tgz = dir.join(format!("kotlin-compiler-{KOTLIN_VERSION}.tgz"));
+    run(Command::new("tar").current_dir(&dir).arg("xzf").arg(&tgz))?;
+    std::fs::remove_file(&tgz)?;
+    if !home.join("bin").join("kotlinc").exists() {
+        bail!("the kotlin-compiler package has no bin/kotlinc");
+    }
+    Ok(home)
+}
+
+/// JNA, fetched from Maven Central with `mvn` once.
+fn jna_jar() -> Result<PathBuf> {
+    let dir = cache_dir()?.join("jna");
+    let jar = dir.join(format!("jna-{JNA_VERSION}.jar"));
+    if jar.exists() {
+        return Ok(jar);
+    }
+    eprintln!("fetching JNA {JNA_VERSION} (Maven Central, once)");
+    run(Command::new("mvn")
+        .args(["-q", "-B", "dependency:copy"])
+        .arg(format!("-Dartifact=net.java.dev.jna:jna:{JNA_VERSION}"))
+        .arg(format!("-DoutputDirectory={}", dir.display())))?;
+    if !jar.exists() {
+        bail!("mvn did not produce {}", jar.display());
+    }
+    Ok(jar)
+}
+
+fn classpath(parts: &[&Path]) -> String {
+    parts
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Compiles the generated bindings and the tests; reuses an earlier
+/// compilation of the same sources.
+fn compile(root: &Path, generated: &Path, kotlin: &Path, jna: &Path) -> Result<PathBuf> {
+    let tests_dir = root.join("sdk-ffi").join("kotlin-tests");
+    let mut sources = vec![generated.to_path_buf()];
+    let mut tests: Vec<PathBuf> = std::fs::read_dir(&tests_dir)
+        .with_context(|| format!("reading {}", tests_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "kt"))
+        .collect();
+    tests.sort();
+    sources.extend(tests);
+    let mut hasher = DefaultHasher::new();
+    KOTLIN_VERSION.hash(&mut hasher);
+    for source in &sources {
+        std::fs::read(source)?.hash(&mut hasher);
+    }
+    let out = target_dir(root)
+        .join("kotlin-tests")
+        .join(format!("{:016x}", hasher.finish()));
+    if out.join("MainKt.class").exists() {
+        return Ok(out);
+    }
+    let coroutines = kotlin.join("lib").join("kotlinx-coroutines-core-jvm.jar");
+    eprintln!("compiling the Kotlin bindings and tests");
+    let started = Instant::now();
+    let tmp = out.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    run(Command::new(kotlin.join("bin").join("kotlinc"))
+        .args(&sources)
+        .args(["-nowarn", "-jvm-target", "17", "-cp"])
+        .arg(classpath(&[jna, &coroutines]))
+        .arg("-d")
+        .arg(&tmp))?;
+    std::fs::rename(&tmp, &out)?;
+    eprintln!("compiled in {:.0?}", started.elapsed());
+    Ok(out)
+}
+
+/// A `qim-gateway` process on 127.0.0.1 with its own data directory.
+struct Gateway {
+    child: Child,
+    quic: String,
+    binary: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl Gateway {
+    fn start(binary: &Path, data_dir: &Path) -> Result<Gateway> {
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting qim-gateway")?;
+        let stdout = child.stdout.take().context("gateway stdout")?;
+        let mut quic = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("READY quic=") {
+                quic = rest.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+        }
+        let Some(quic) = quic else {
+            let _ = child.kill();
+            bail!("qim-gateway exited before it was ready");
+        };
+        Ok(Gateway {
+            child,
+            quic,
+            binary: binary.to_owned(),
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    fn token(&self, user: &str) -> Result<String> {
+        let out = Command::new(&self.binary)
+            .args(["token", "--user", user])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .context("qim-gateway token")?;
+        if !out.status.success() {
+            bail!("qim-gateway token failed");
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs every Kotlin scenario; returns (passed, failed).
+pub(crate) fn test(root: &Path) -> Result<(u64, u64)> {
+    let started = Instant::now();
+    let out = target_dir(root).join("bindings");
+    let generated = bindings::bindings(root, &out, false, true)?;
+    run(Command::new(cargo()).current_dir(root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "qim-gateway",
+        "--bin",
+        "qim-gateway",
+    ]))?;
+    let gateway_bin = target_dir(root).join("debug").join("qim-gateway");
+    let kotlin = kotlin_home()?;
+    let jna = jna_jar()?;
+    let classes = compile(root, &generated.kotlin, &kotlin, &jna)?;
+
+    let work = std::env::temp_dir().join(format!("qim-kotlin-tests-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let result = run_scenarios(&work, &gateway_bin, &kotlin, &jna, &classes, &generated);
+    let _ = std::fs::remove_dir_all(&work);
+    let counts = result?;
+    eprintln!("kotlin tests took {:.1?}", started.elapsed());
+    Ok(counts)
+}
+
+fn run_scenarios(
+    work: &Path,
+    gateway_bin: &Path,
+    kotlin: &Path,
+    jna: &Path,
+    classes: &Path,
+    generated: &bindings::Bindings,
+) -> Result<(u64, u64)> {
+    let gateway = Gateway::start(gateway_bin, &work.join("gateway"))?;
+    let ca = work.join("gateway").join("certs").join("ca.pem");
+    let stdlib = kotlin.join("lib").join("kotlin-stdlib.jar");
+    let coroutines = kotlin.join("lib").join("kotlinx-coroutines-core-jvm.jar");
+    let cp = classpath(&[classes, jna, &coroutines, &stdlib]);
+    let mut env: Vec<(String, String)> = vec![
+        ("QIM_CA".into(), ca.display().to_string()),
+        ("QIM_SERVER".into(), gateway.quic.clone()),
+    ];
+    for user in ["alice", "bob", "carol", "dave"] {
+        env.push((
+            format!("QIM_TOKEN_{}", user.to_uppercase()),
+            gateway.token(user)?,
+        ));
+    }
+    // A UDP port that swallows everything: "offline" for the first outbox run.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let outbox_dir = work.join("carol-phone");
+    let ids_file = work.join("outbox-ids");
+    let scenarios: [(&str, Vec<(String, String)>); 4] = [
+        ("chat", vec![]),
+        ("offline-catch-up", vec![]),
+        (
+            "outbox-write",
+            vec![
+                ("QIM_SERVER".into(), dead.local_addr()?.to_string()),
+                ("QIM_DATA_DIR".into(), outbox_dir.display().to_string()),
+                ("QIM_OUTBOX_IDS".into(), ids_file.display().to_string()),
+            ],
+        ),
+        (
+            "outbox-deliver",
+            vec![
+                ("QIM_DATA_DIR".into(), outbox_dir.display().to_string()),
+                ("QIM_OUTBOX_IDS".into(), ids_file.display().to_string()),
+            ],
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, extra) in scenarios {
+        let t = Instant::now();
+        let status = Command::new("java")
+            .arg(format!(
+                "-Djna.library.path={}",
+                generated.native_dir.display()
+            ))
+            .args(["-cp", &cp, "MainKt", name])
+            .envs(env.iter().cloned())
+            .envs(extra)
+            .env("RUST_LOG", "warn")
+            .status()
+            .context("running java")?;
+        if status.success() {
+            println!("kotlin {name} ... ok ({:.1?})", t.elapsed());
+            passed += 1;
+        } else {
+            println!("kotlin {name} ... FAILED ({status})");
+            failed += 1;
+        }
+    }
+    drop(dead);
+    Ok((passed, failed))
+}
