@@ -6,6 +6,13 @@
 //!   `qim: N passed, N failed` line.
 //! - `cargo xtask certs`: development CA and server certificate into `certs/`.
 //! - `cargo xtask fuzz --seconds N`: every fuzz target for N seconds.
+//! - `cargo xtask loadtest <scenario>`: a release gateway and the load
+//!   generator (see `loadtest`).
+//! - `cargo xtask bench`: the benchmark suite against raw quinn and
+//!   Mosquitto (see `bench`).
+
+mod bench;
+mod loadtest;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -43,6 +50,10 @@ enum Task {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Load test a gateway with `qim-loadgen`.
+    Loadtest(loadtest::LoadtestArgs),
+    /// The benchmark suite: raw quinn echo, qim, Mosquitto QoS 1.
+    Bench(bench::BenchArgs),
 }
 
 const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "envelope_decode", "preamble"];
@@ -71,6 +82,8 @@ fn main() -> Result<()> {
             ])
             .args(["--spec", "certs/dev-certs.toml"])),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
+        Task::Loadtest(args) => loadtest::loadtest(&root, args),
+        Task::Bench(args) => bench::bench(&root, args),
     }
 }
 
@@ -109,6 +122,11 @@ fn test(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    if status.success() {
+        let (p, f) = loadtest::smoke(root);
+        passed += p;
+        failed += f;
+    }
     let mut fuzz_failed = false;
     if status.success() && fuzz_seconds > 0 {
         match fuzz(root, fuzz_seconds, None) {
