@@ -175,7 +175,8 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(chain)
 }
 
-/// The rustls configuration of the QUIC server: TLS 1.3, ALPN `qim/1`.
+/// The rustls configuration of the QUIC server: TLS 1.3, ALPN `qim/1`,
+/// session tickets for resumption.
 pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let chain = load_chain(cert)?;
     let key_bytes = std::fs::read(key).map_err(io_err(key))?;
@@ -189,5 +190,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    // Stateless session tickets: a reconnecting client resumes without the
+    // certificate signature and chain check, however many clients there
+    // are (the default in-memory session cache holds only 256).
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(config)
 }
