@@ -208,9 +208,13 @@ async fn run(command: Command) -> Result<Option<serde_json::Value>> {
             chat::run(target, endpoints, args, &id, gateway.connect_concurrency).await?
         }
         Command::Reconnect { gateway, args } => {
-            let (target, endpoints) = connect_side(&gateway, args.resumption, args.n + 16)?;
+            let (target, endpoints) = connect_side(&gateway, false, 0)?;
             let id = run_id(&gateway.run_id);
-            reconnect::run(target, endpoints, args, &id, gateway.connect_concurrency).await?
+            let ca = std::fs::read(&gateway.ca)?;
+            let resumption = args.resumption;
+            let per_client = move || qim::client_config(&ca, resumption, 4);
+            let concurrency = gateway.connect_concurrency;
+            reconnect::run(target, endpoints, args, &id, concurrency, per_client).await?
         }
         Command::EchoServer { listen, dir } => {
             echo::serve(listen, &dir).await?;

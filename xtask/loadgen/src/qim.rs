@@ -159,10 +159,24 @@ pub(crate) async fn login(
     device: &str,
     resume_from: u64,
 ) -> Result<Session> {
-    let conn = endpoint
-        .connect(target.addr, &target.server_name)?
-        .await
-        .context("handshake")?;
+    login_with(endpoint, None, target, user, device, resume_from).await
+}
+
+/// [`login`] with a client configuration of its own (e.g. a TLS session
+/// cache of one client, as a phone has).
+pub(crate) async fn login_with(
+    endpoint: &quinn::Endpoint,
+    config: Option<quinn::ClientConfig>,
+    target: &Target,
+    user: &str,
+    device: &str,
+    resume_from: u64,
+) -> Result<Session> {
+    let connecting = match config {
+        Some(config) => endpoint.connect_with(config, target.addr, &target.server_name)?,
+        None => endpoint.connect(target.addr, &target.server_name)?,
+    };
+    let conn = connecting.await.context("handshake")?;
     let (send, recv) = conn.open_bi().await?;
     let max = qim_proto::DEFAULT_MAX_FRAME;
     let mut control_send = FramedSend::new(send, StreamKind::Control, max);

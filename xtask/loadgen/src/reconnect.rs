@@ -4,9 +4,10 @@
 //! message again. Measures the time until every client is back and synced
 //! and checks that none lost its message.
 //!
-//! "With resumption" means TLS session resumption on the reconnect (the
-//! client keeps session tickets); the protocol-level resume (`resume_from`
-//! in Hello) is always used.
+//! "With resumption" means TLS session resumption on the reconnect: each
+//! client keeps its own session tickets, as a phone does (a cache shared by
+//! all simulated clients would hold a few tickets per server name only).
+//! The protocol-level resume (`resume_from` in Hello) is always used.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use qim_proto::v1::{self, ErrorCode, server_ack};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::qim::{Endpoints, Session, Target, login};
+use crate::qim::{Endpoints, Session, Target, login, login_with};
 use crate::stats;
 
 /// Parameters of the reconnect storm.
@@ -36,20 +37,23 @@ async fn login_all(
     target: &Target,
     endpoints: &Arc<Endpoints>,
     users: &[String],
+    configs: &[Option<quinn::ClientConfig>],
     concurrency: usize,
 ) -> Result<Vec<Session>> {
     let logins = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, user) in users.iter().enumerate() {
-        let (target, endpoints, logins, user) = (
+        let (target, endpoints, logins, user, config) = (
             target.clone(),
             Arc::clone(endpoints),
             Arc::clone(&logins),
             user.clone(),
+            configs[i].clone(),
         );
         tasks.spawn(async move {
             let _permit = logins.acquire_owned().await?;
-            anyhow::Ok((i, login(endpoints.pick(), &target, &user, "d", 0).await?))
+            let s = login_with(endpoints.pick(), config, &target, &user, "d", 0).await?;
+            anyhow::Ok((i, s))
         });
     }
     let mut sessions: Vec<Option<Session>> = (0..users.len()).map(|_| None).collect();
@@ -64,16 +68,23 @@ async fn login_all(
 }
 
 /// Runs the reconnect storm.
+///
+/// `client_config` makes one client's configuration (with its own session
+/// cache when resumption is on).
 pub(crate) async fn run(
     target: Target,
     endpoints: Arc<Endpoints>,
     args: ReconnectArgs,
     run_id: &str,
     concurrency: usize,
+    client_config: impl Fn() -> Result<quinn::ClientConfig>,
 ) -> Result<Value> {
     let users: Vec<String> = (0..args.n).map(|i| format!("{run_id}-k{i}")).collect();
+    let configs: Vec<Option<quinn::ClientConfig>> = (0..args.n)
+        .map(|_| client_config().map(Some))
+        .collect::<Result<_>>()?;
     let t = Instant::now();
-    let sessions = login_all(&target, &endpoints, &users, concurrency).await?;
+    let sessions = login_all(&target, &endpoints, &users, &configs, concurrency).await?;
     eprintln!("reconnect: {} online in {:.1?}", args.n, t.elapsed());
 
     // One message for each, delivered now (the clients do not ack it).
@@ -126,15 +137,16 @@ pub(crate) async fn run(
     let logins = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, user) in users.iter().enumerate() {
-        let (target, endpoints, logins, user) = (
+        let (target, endpoints, logins, user, config) = (
             target.clone(),
             Arc::clone(&endpoints),
             Arc::clone(&logins),
             user.clone(),
+            configs[i].clone(),
         );
         tasks.spawn(async move {
             let permit = logins.acquire_owned().await?;
-            let session = login(endpoints.pick(), &target, &user, "d", 0).await?;
+            let session = login_with(endpoints.pick(), config, &target, &user, "d", 0).await?;
             let handshake = storm.elapsed();
             drop(permit);
             let mut deliveries = session.server_streams().await?.deliveries;
