@@ -265,6 +265,29 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     };
 
     let mut results: Vec<Value> = Vec::new();
+    // Connections first, on fresh servers: memory a chat run touched stays
+    // with the allocator and would hide what idle connections cost.
+    let conn_args = |pid: u32| {
+        vec![
+            "--n".to_owned(),
+            s(&a.connections),
+            "--hold-seconds".into(),
+            "10".into(),
+            "--pid".into(),
+            s(&pid),
+        ]
+    };
+    let mut args = vec!["connections".to_owned()];
+    args.extend(gw.loadgen_args());
+    args.extend(conn_args(gw.pid()));
+    results.push(lg(args)?);
+    let mut args = vec![
+        "mqtt-connections".to_owned(),
+        "--port".into(),
+        s(&mqtt_port),
+    ];
+    args.extend(conn_args(_mosquitto.0.id()));
+    results.push(lg(args)?);
     for &pairs in &a.pairs {
         let mut ping_pong = echo(pairs, 1)?;
         ping_pong["system"] = json!("quinn-echo");
@@ -310,27 +333,6 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     results.push(qim_chat(a.latency_pairs, rate)?);
     results.push(mqtt_chat(a.latency_pairs, rate)?);
 
-    let conn_args = |pid: u32| {
-        vec![
-            "--n".to_owned(),
-            s(&a.connections),
-            "--hold-seconds".into(),
-            "10".into(),
-            "--pid".into(),
-            s(&pid),
-        ]
-    };
-    let mut args = vec!["connections".to_owned()];
-    args.extend(gw.loadgen_args());
-    args.extend(conn_args(gw.pid()));
-    results.push(lg(args)?);
-    let mut args = vec![
-        "mqtt-connections".to_owned(),
-        "--port".into(),
-        s(&mqtt_port),
-    ];
-    args.extend(conn_args(_mosquitto.0.id()));
-    results.push(lg(args)?);
     drop(gw);
 
     let command = format!(

@@ -135,7 +135,7 @@ fn throughput(results: &[Value], path: &Path) -> Result<()> {
             .or_default()
             .push((conns, rate));
     }
-    let (mut max_conns, mut max_rate) = (2.0f64, 1.0f64);
+    let (mut max_conns, mut max_rate) = (2.0f64, 2000.0f64);
     for points in by_system.values_mut() {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         for (c, r) in points.iter() {
@@ -153,13 +153,16 @@ fn throughput(results: &[Value], path: &Path) -> Result<()> {
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(80)
-        .build_cartesian_2d((1.0..max_conns * 1.5).log_scale(), 0.0..max_rate * 1.15)?;
+        .build_cartesian_2d(
+            (1.0..max_conns * 1.5).log_scale(),
+            (1000.0..max_rate * 1.5).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_desc("connections")
         .y_desc("messages per second")
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{:.0}k", y / 1000.0))
+        .y_label_formatter(&|y: &f64| format!("{:.0}k", y / 1000.0))
         .label_style(("sans-serif", 15))
         .draw()?;
     for (i, (system, points)) in by_system.into_iter().enumerate() {

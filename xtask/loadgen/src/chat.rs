@@ -89,8 +89,7 @@ pub(crate) fn summarize(
     system: &str,
     args: &ChatArgs,
     start: Instant,
-    sent: u64,
-    acked: u64,
+    (sent, acked): (u64, u64),
     received: Vec<Received>,
     mut errors: Vec<String>,
     strict: bool,
@@ -226,7 +225,13 @@ pub(crate) async fn run(
         errors.extend(e);
     }
     Ok(summarize(
-        "qim", &args, start, sent, acked, received, errors, true,
+        "qim",
+        &args,
+        start,
+        (sent, acked),
+        received,
+        errors,
+        true,
     ))
 }
 
