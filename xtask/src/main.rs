@@ -15,9 +15,15 @@
 //! - `cargo xtask bindings`: Kotlin and Swift bindings of the SDK and the
 //!   host's native library (`bindings.rs`); `test` also runs the Kotlin
 //!   tests on the JVM (`kotlin.rs`).
+//! - `cargo xtask loadtest <scenario>`: a release gateway and the load
+//!   generator (see `loadtest`).
+//! - `cargo xtask bench`: the benchmark suite against raw quinn and
+//!   Mosquitto (see `bench`).
 
+mod bench;
 mod bindings;
 mod kotlin;
+mod loadtest;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -95,6 +101,10 @@ enum Task {
         #[arg(long)]
         test: bool,
     },
+    /// Load test a gateway with `qim-loadgen`.
+    Loadtest(loadtest::LoadtestArgs),
+    /// The benchmark suite: raw quinn echo, qim, Mosquitto QoS 1.
+    Bench(bench::BenchArgs),
 }
 
 const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "envelope_decode", "preamble"];
@@ -152,6 +162,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Loadtest(args) => loadtest::loadtest(&root, args),
+        Task::Bench(args) => bench::bench(&root, args),
     }
 }
 
@@ -219,6 +231,9 @@ fn test_with_services(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Resul
                 failed += 1;
             }
         }
+        let (p, f) = loadtest::smoke(root);
+        passed += p;
+        failed += f;
     }
     let mut fuzz_failed = false;
     if status.success() && fuzz_seconds > 0 {

@@ -1,0 +1,287 @@
+//! A lean qim client: just the protocol, no SDK state. Many of these share a
+//! few quinn client endpoints (UDP sockets), so a load generator holds
+//! hundreds of thousands of connections.
+//!
+//! A [`Session`] is a logged-in connection: the control stream after
+//! Welcome. Scenarios open the streams they need on it (heartbeat, chat,
+//! ack) and take the server's two uni streams (ack, delivery) with
+//! [`Session::server_streams`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use qim_gateway::auth::{TokenKey, unix_now};
+use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
+use qim_proto::preamble::StreamKind;
+use qim_proto::v1::{self, client_control, server_control};
+
+/// Where the gateway is and how to log in to it.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) server_name: String,
+    pub(crate) tokens: TokenKey,
+}
+
+impl Target {
+    /// Reads the token secret file the gateway verifies with.
+    pub(crate) fn new(addr: SocketAddr, server_name: String, secret: &Path) -> Result<Self> {
+        let tokens =
+            TokenKey::load(secret).with_context(|| format!("token secret {}", secret.display()))?;
+        Ok(Self {
+            addr,
+            server_name,
+            tokens,
+        })
+    }
+
+    /// A token for `user`, valid for a day.
+    pub(crate) fn token(&self, user: &str) -> Result<String> {
+        Ok(self.tokens.mint(user, unix_now() + 86_400)?)
+    }
+}
+
+/// A UDP socket with large kernel buffers: at thousands of busy
+/// connections the ~208 KB default drops packets.
+pub(crate) fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_recv_buffer_size(buffer)?;
+    socket.set_send_buffer_size(buffer)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The TLS and transport settings of a qim client (or echo client).
+/// `resumption`: keep up to `sessions` TLS session tickets and resume with
+/// them on the next connection to the same server.
+pub(crate) fn client_config(
+    ca_pem: &[u8],
+    resumption: bool,
+    sessions: usize,
+) -> Result<quinn::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert?)?;
+    }
+    if roots.is_empty() {
+        bail!("the CA file holds no certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.resumption = if resumption {
+        rustls::client::Resumption::in_memory_sessions(sessions.max(16))
+    } else {
+        rustls::client::Resumption::disabled()
+    };
+    tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        // The server opens two uni streams (ack, delivery) and no bidi.
+        .max_concurrent_uni_streams(4u32.into())
+        .max_concurrent_bidi_streams(0u32.into())
+        .keep_alive_interval(None)
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            300_000,
+        ))));
+    quic.transport_config(Arc::new(transport));
+    Ok(quic)
+}
+
+/// A few client endpoints that connections are spread over, round robin.
+pub(crate) struct Endpoints {
+    endpoints: Vec<quinn::Endpoint>,
+    next: AtomicUsize,
+}
+
+impl Endpoints {
+    /// Binds `n` UDP sockets on the loopback or unspecified address.
+    pub(crate) fn bind(n: usize, towards: SocketAddr, config: quinn::ClientConfig) -> Result<Self> {
+        let local: SocketAddr = if towards.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoints = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let socket = udp_socket(local, 8 << 20)?;
+            let mut endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?;
+            endpoint.set_default_client_config(config.clone());
+            endpoints.push(endpoint);
+        }
+        Ok(Self {
+            endpoints,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next endpoint in turn.
+    pub(crate) fn pick(&self) -> &quinn::Endpoint {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        &self.endpoints[i]
+    }
+}
+
+/// A logged-in connection.
+pub(crate) struct Session {
+    pub(crate) conn: quinn::Connection,
+    /// Kept so the control stream stays open for the session's life.
+    pub(crate) _control_send: FramedSend,
+    pub(crate) _control_recv: FramedRecv,
+    pub(crate) welcome: v1::Welcome,
+    pub(crate) max_frame: usize,
+}
+
+/// Connects, sends Hello and waits for Welcome.
+pub(crate) async fn login(
+    endpoint: &quinn::Endpoint,
+    target: &Target,
+    user: &str,
+    device: &str,
+    resume_from: u64,
+) -> Result<Session> {
+    login_with(endpoint, None, target, user, device, resume_from).await
+}
+
+/// [`login`] with a client configuration of its own (e.g. a TLS session
+/// cache of one client, as a phone has).
+pub(crate) async fn login_with(
+    endpoint: &quinn::Endpoint,
+    config: Option<quinn::ClientConfig>,
+    target: &Target,
+    user: &str,
+    device: &str,
+    resume_from: u64,
+) -> Result<Session> {
+    let connecting = match config {
+        Some(config) => endpoint.connect_with(config, target.addr, &target.server_name)?,
+        None => endpoint.connect(target.addr, &target.server_name)?,
+    };
+    let conn = connecting.await.context("handshake")?;
+    let (send, recv) = conn.open_bi().await?;
+    let max = qim_proto::DEFAULT_MAX_FRAME;
+    let mut control_send = FramedSend::new(send, StreamKind::Control, max);
+    let mut control_recv = FramedRecv::new(recv, max);
+    let hello = v1::ClientControl {
+        kind: Some(client_control::Kind::Hello(v1::Hello {
+            token: target.token(user)?,
+            device_id: device.to_owned(),
+            platform: v1::Platform::Server as i32,
+            sdk_version: concat!("qim-loadgen/", env!("CARGO_PKG_VERSION")).to_owned(),
+            resume_from,
+        })),
+    };
+    control_send.send(&hello).await?;
+    let welcome = match control_recv.next::<v1::ServerControl>().await? {
+        Some(v1::ServerControl {
+            kind: Some(server_control::Kind::Welcome(welcome)),
+        }) => welcome,
+        Some(v1::ServerControl {
+            kind: Some(server_control::Kind::Refusal(r)),
+        }) => bail!("login refused: {:?} {}", r.code(), r.message),
+        other => bail!("expected Welcome, got {other:?}"),
+    };
+    let max_frame = welcome
+        .limits
+        .as_ref()
+        .map_or(max, |l| l.max_frame_bytes as usize);
+    Ok(Session {
+        conn,
+        _control_send: control_send,
+        _control_recv: control_recv,
+        welcome,
+        max_frame,
+    })
+}
+
+/// The two streams the server opens on every session.
+pub(crate) struct ServerStreams {
+    /// `ServerAck` frames for this client's sends.
+    pub(crate) acks: FramedRecv,
+    /// `Deliver` frames of this user's inbox.
+    pub(crate) deliveries: FramedRecv,
+}
+
+impl Session {
+    /// Accepts the server's ack and delivery streams.
+    pub(crate) async fn server_streams(&self) -> Result<ServerStreams> {
+        let (mut acks, mut deliveries) = (None, None);
+        while acks.is_none() || deliveries.is_none() {
+            let mut stream = self.conn.accept_uni().await?;
+            let recv = |s| FramedRecv::new(s, self.max_frame);
+            match read_preamble(&mut stream).await? {
+                StreamKind::Ack => acks = Some(recv(stream)),
+                StreamKind::Delivery => deliveries = Some(recv(stream)),
+                other => bail!("unexpected server stream {other:?}"),
+            }
+        }
+        Ok(ServerStreams {
+            acks: acks.context("ack stream")?,
+            deliveries: deliveries.context("delivery stream")?,
+        })
+    }
+
+    /// Opens a client uni stream of `kind`.
+    pub(crate) async fn open_uni(&self, kind: StreamKind) -> Result<FramedSend> {
+        Ok(FramedSend::new(
+            self.conn.open_uni().await?,
+            kind,
+            self.max_frame,
+        ))
+    }
+
+    /// The heartbeat interval the server asked for.
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(
+            self.welcome
+                .heartbeat
+                .as_ref()
+                .map_or(30_000, |h| u64::from(h.interval_ms.max(100))),
+        )
+    }
+
+    /// Pings on a heartbeat stream every `interval` until the connection
+    /// ends; counts pongs. Ends with the connection.
+    pub(crate) async fn heartbeat(&self, interval: Duration, first_after: Duration) -> Result<()> {
+        let (send, recv) = self.conn.open_bi().await?;
+        let mut send = FramedSend::new(send, StreamKind::Heartbeat, self.max_frame);
+        let mut recv = FramedRecv::new(recv, self.max_frame);
+        let announce = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
+        let mut n = 0u64;
+        let mut next = tokio::time::Instant::now() + first_after;
+        loop {
+            n += 1;
+            let ping = v1::Ping {
+                n,
+                sent_at_ms: qim_proto::now_ms(),
+                next_within_ms: announce,
+            };
+            send.send(&ping).await?;
+            match recv.next::<v1::Pong>().await? {
+                Some(pong) if pong.n == n => {}
+                other => bail!("expected Pong {n}, got {other:?}"),
+            }
+            tokio::time::sleep_until(next).await;
+            next += interval;
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! `cargo xtask loadtest <scenario>`: a release gateway (embedded store, its
+//! own data directory, random ports, development certificates and token
+//! secret) and the load generator `qim-loadgen` in a separate process; or
+//! the load generator alone against `--gateway host:port`.
+//!
+//! Also the pieces `cargo xtask bench` and the smoke run of `cargo xtask
+//! test` share: building, starting a gateway and reading a `RESULT` line.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Arguments of `cargo xtask loadtest`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct LoadtestArgs {
+    /// connections | chat | reconnect | fanout
+    scenario: String,
+    /// Use this running gateway instead of starting one (needs --ca and
+    /// --secret).
+    #[arg(long)]
+    gateway: Option<String>,
+    /// CA of the gateway given with --gateway.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Token secret file of the gateway given with --gateway.
+    #[arg(long)]
+    secret: Option<PathBuf>,
+    /// Extra gateway settings (`section.field=value`, repeatable) for the
+    /// gateway started here.
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Build and run debug binaries (quicker to build, slower to run).
+    #[arg(long)]
+    debug: bool,
+    /// Arguments for the scenario, after `--` (see `qim-loadgen <scenario>
+    /// --help`), e.g. `-- --pairs 64 --seconds 10`.
+    #[arg(last = true)]
+    loadgen_args: Vec<String>,
+}
+
+/// Where the built binaries are.
+pub(crate) struct Binaries {
+    pub(crate) gateway: PathBuf,
+    pub(crate) loadgen: PathBuf,
+}
+
+/// Builds the gateway and the load generator.
+pub(crate) fn build(root: &Path, release: bool) -> Result<Binaries> {
+    let mut cmd = Command::new(crate::cargo());
+    cmd.current_dir(root)
+        .args(["build", "-p", "qim-gateway", "-p", "qim-loadgen"]);
+    if release {
+        cmd.arg("--release");
+    }
+    crate::run(&mut cmd)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join(if release { "release" } else { "debug" });
+    Ok(Binaries {
+        gateway: dir.join("qim-gateway"),
+        loadgen: dir.join("qim-loadgen"),
+    })
+}
+
+/// A gateway process started for a run; killed when dropped.
+pub(crate) struct RunningGateway {
+    child: Child,
+    /// Its QUIC address.
+    pub(crate) addr: String,
+    /// Its data directory (certificates, token secret, store).
+    pub(crate) data_dir: PathBuf,
+}
+
+impl RunningGateway {
+    /// Starts `qim-gateway` on random ports with sends unthrottled (a load
+    /// generator sends far above one person's rate) and waits for READY.
+    pub(crate) fn start(binary: &Path, data_dir: &Path, set: &[String]) -> Result<Self> {
+        if data_dir.exists() {
+            std::fs::remove_dir_all(data_dir)?;
+        }
+        std::fs::create_dir_all(data_dir)?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--set", "limits.sends_per_second=0"])
+            .args(["--set", "log.filter=\"warn\""]);
+        for s in set {
+            cmd.args(["--set", s]);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(std::fs::File::create(data_dir.join("gateway.log"))?);
+        let mut child = cmd.spawn().with_context(|| format!("{binary:?}"))?;
+        let stdout = child.stdout.take().context("gateway stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!(
+                    "gateway exited before READY; see {}",
+                    data_dir.join("gateway.log").display()
+                );
+            };
+            if let Some(rest) = line?.strip_prefix("READY quic=") {
+                break rest.split(' ').next().unwrap_or_default().to_owned();
+            }
+        };
+        // Keep draining stdout so the gateway never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    /// The process id (for memory and CPU readings).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Arguments that point `qim-loadgen` at this gateway.
+    pub(crate) fn loadgen_args(&self) -> Vec<String> {
+        vec![
+            "--gateway".into(),
+            self.addr.clone(),
+            "--ca".into(),
+            self.data_dir.join("certs/ca.pem").display().to_string(),
+            "--secret".into(),
+            self.data_dir.join("token-secret").display().to_string(),
+        ]
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `qim-loadgen` with `args`, echoing its output, and returns the
+/// parsed `RESULT` line (also when the run failed its checks).
+pub(crate) fn loadgen(binary: &Path, args: &[String]) -> Result<serde_json::Value> {
+    eprintln!("$ qim-loadgen {}", args.join(" "));
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{binary:?}"))?;
+    let stdout = child.stdout.take().context("loadgen stdout")?;
+    let mut result = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        match line.strip_prefix("RESULT ") {
+            Some(json) => result = Some(serde_json::from_str(json)?),
+            None => println!("{line}"),
+        }
+    }
+    let status = child.wait()?;
+    match result {
+        Some(r) => Ok(r),
+        None => bail!(
+            "qim-loadgen {} printed no result ({status})",
+            args.join(" ")
+        ),
+    }
+}
+
+/// `cargo xtask loadtest`.
+pub(crate) fn loadtest(root: &Path, a: LoadtestArgs) -> Result<()> {
+    if a.scenario == "fanout" {
+        bail!("fan-out needs groups, which the gateway does not have yet");
+    }
+    if !["connections", "chat", "reconnect"].contains(&a.scenario.as_str()) {
+        bail!(
+            "unknown scenario {:?}: connections | chat | reconnect",
+            a.scenario
+        );
+    }
+    let bins = build(root, !a.debug)?;
+    let mut args = vec![a.scenario.clone()];
+    let gateway = match &a.gateway {
+        Some(addr) => {
+            let (Some(ca), Some(secret)) = (&a.ca, &a.secret) else {
+                bail!("--gateway needs --ca and --secret");
+            };
+            args.extend([
+                "--gateway".into(),
+                addr.clone(),
+                "--ca".into(),
+                ca.display().to_string(),
+                "--secret".into(),
+                secret.display().to_string(),
+            ]);
+            None
+        }
+        None => {
+            let dir = root.join("target/loadtest/gateway");
+            let gw = RunningGateway::start(&bins.gateway, &dir, &a.set)?;
+            eprintln!(
+                "gateway {} (pid {}) data {}",
+                gw.addr,
+                gw.pid(),
+                dir.display()
+            );
+            args.extend(gw.loadgen_args());
+            if a.scenario == "connections" {
+                args.extend(["--pid".into(), gw.pid().to_string()]);
+            }
+            Some(gw)
+        }
+    };
+    args.extend(a.loadgen_args.iter().cloned());
+    let result = loadgen(&bins.loadgen, &args)?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    drop(gateway);
+    if result["ok"].as_bool() != Some(true) {
+        bail!("{} failed: {}", a.scenario, result["errors"]);
+    }
+    Ok(())
+}
+
+/// The smoke run inside `cargo xtask test`: a few hundred connections and
+/// messages on debug builds, correctness only. Returns (passed, failed).
+pub(crate) fn smoke(root: &Path) -> (u64, u64) {
+    match smoke_runs(root) {
+        Ok(results) => {
+            let mut counts = (0, 0);
+            for (name, r) in results {
+                if r["ok"].as_bool() == Some(true) {
+                    println!("loadtest smoke {name} ... ok");
+                    counts.0 += 1;
+                } else {
+                    println!("loadtest smoke {name} ... FAILED: {}", r["errors"]);
+                    counts.1 += 1;
+                }
+            }
+            counts
+        }
+        Err(e) => {
+            println!("loadtest smoke ... FAILED: {e:#}");
+            (0, 1)
+        }
+    }
+}
+
+fn smoke_runs(root: &Path) -> Result<Vec<(&'static str, serde_json::Value)>> {
+    let bins = build(root, false)?;
+    let gw = RunningGateway::start(&bins.gateway, &root.join("target/loadtest/smoke"), &[])?;
+    let run = |scenario: &str, extra: &[&str]| {
+        let mut args = vec![scenario.to_owned()];
+        args.extend(gw.loadgen_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        loadgen(&bins.loadgen, &args)
+    };
+    let pid = gw.pid().to_string();
+    Ok(vec![
+        (
+            "chat",
+            run(
+                "chat",
+                &["--pairs", "10", "--messages", "40", "--seconds", "30"],
+            )?,
+        ),
+        (
+            "connections",
+            run(
+                "connections",
+                &["--n", "300", "--hold-seconds", "1", "--pid", &pid],
+            )?,
+        ),
+        ("reconnect", run("reconnect", &["--n", "100"])?),
+    ])
+}
