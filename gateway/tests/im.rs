@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::{TestGateway, assert_quiet, take, text};
 use qim_sdk::{
-    Client, Conversation, ErrorCode, Event, MessageExtras, OutgoingMessage, Peer, Quote,
+    Client, ClientConfig, Conversation, ErrorCode, Event, MessageExtras, OutgoingMessage, Peer,
+    Quote,
 };
 
 async fn im_gateway() -> TestGateway {
@@ -899,4 +900,150 @@ async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
     );
     assert!(!other.more);
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_store_keeps_history_and_search_offline() {
+    use qim_sdk::HistoryAnchor;
+    let gw = im_gateway().await;
+    let store_dir = tempfile::tempdir().expect("temp dir");
+    let store = store_dir.path().join("bob").join("local.db");
+    let mut config = gw.client_config("bob", "bob-phone");
+    config.local_store = Some(store.clone());
+    let bob = Client::connect(config).await.expect("connect");
+    let alice = gw.client("alice", "alice-phone").await;
+    let carol = gw.client("carol", "carol-phone").await;
+    for i in 0..30 {
+        let fruit = if i % 10 == 3 { " banana" } else { "" };
+        alice
+            .send("bob".into(), format!("alpha {i}{fruit}"))
+            .await
+            .expect("send");
+    }
+    carol
+        .send("bob".into(), "carol says banana".into())
+        .await
+        .expect("send");
+    let got = take(&bob, 31).await;
+    let sent = bob
+        .send("alice".into(), "bob answers cherry".into())
+        .await
+        .expect("send");
+
+    // A recall, an edit and a delete-for-me change the local copies.
+    let recalled = got
+        .iter()
+        .find(|m| text(m) == "alpha 13 banana")
+        .expect("13");
+    alice.recall(recalled.msg_id.clone()).await.expect("recall");
+    alice
+        .edit(got[5].msg_id.clone(), "alpha 5 kiwi".into())
+        .await
+        .expect("edit");
+    let deleted = got
+        .iter()
+        .find(|m| text(m) == "alpha 23 banana")
+        .expect("23");
+    bob.delete_for_me(deleted.seq).await.expect("delete");
+    let events = take(&bob, 3).await;
+    assert!(events.iter().all(|m| m.event.is_some()), "{events:?}");
+    bob.close().await;
+    gw.stop().await;
+
+    // Offline, on the same store: no server at all.
+    let mut config = ClientConfig::new("127.0.0.1:9", "no-token", "bob-phone", Vec::new());
+    config.local_store = Some(store);
+    let offline = Client::open_offline(config).expect("open offline");
+    assert!(offline.conversations(None, 10).await.is_err(), "no network");
+
+    let texts =
+        |page: &qim_sdk::HistoryPage| -> Vec<String> { page.messages.iter().map(text).collect() };
+    // alice's conversation: 30 received (one deleted, one recalled) + 1 sent.
+    let newest = offline
+        .local_history(user("alice"), HistoryAnchor::End, false, 3)
+        .expect("history");
+    assert_eq!(
+        texts(&newest),
+        ["bob answers cherry", "alpha 29", "alpha 28"],
+        "backward from the newest end, the sent message included"
+    );
+    assert!(newest.more);
+    assert!(newest.messages[0].outgoing);
+    assert_eq!(newest.messages[0].msg_id, sent.msg_id);
+    // Page backward from seq to the oldest end, then forward again.
+    let mut backward = Vec::new();
+    let mut anchor = HistoryAnchor::Seq(newest.messages[2].seq);
+    loop {
+        let page = offline
+            .local_history(user("alice"), anchor, false, 7)
+            .expect("history");
+        backward.extend(page.messages.iter().map(|m| (m.seq, text(m))));
+        if !page.more {
+            break;
+        }
+        anchor = HistoryAnchor::Seq(page.messages.last().expect("a page").seq);
+    }
+    let expected: Vec<(u64, String)> = got[..30]
+        .iter()
+        .rev()
+        .skip(2)
+        .filter(|m| m.msg_id != deleted.msg_id)
+        .map(|m| {
+            let t = if m.msg_id == recalled.msg_id {
+                String::new()
+            } else if m.msg_id == got[5].msg_id {
+                "alpha 5 kiwi".into()
+            } else {
+                text(m)
+            };
+            (m.seq, t)
+        })
+        .collect();
+    assert_eq!(backward, expected, "every page, no gap, no duplicate");
+    let oldest = offline
+        .local_history(user("alice"), HistoryAnchor::End, true, 2)
+        .expect("history");
+    assert_eq!(texts(&oldest), ["alpha 0", "alpha 1"]);
+    let recalled_copy = offline
+        .local_history(user("alice"), HistoryAnchor::Seq(recalled.seq - 1), true, 1)
+        .expect("history")
+        .messages
+        .remove(0);
+    assert!(recalled_copy.recalled && recalled_copy.body.is_empty());
+    assert!(
+        offline
+            .local_history(user("alice"), HistoryAnchor::Seq(deleted.seq), false, 1)
+            .is_err(),
+        "a message deleted for me is gone locally"
+    );
+    let carols = offline
+        .local_history(user("carol"), HistoryAnchor::End, false, 10)
+        .expect("history");
+    assert_eq!(texts(&carols), ["carol says banana"]);
+
+    // Keyword search, newest first: the recalled and the deleted banana are
+    // not found; edits are searched by their new text.
+    let found = offline.search("BANANA", 10).expect("search");
+    assert_eq!(
+        texts_of(&found),
+        ["carol says banana", "alpha 3 banana"],
+        "case-insensitive, recalled and deleted left out"
+    );
+    assert_eq!(
+        texts_of(&offline.search("kiwi", 10).expect("search")),
+        ["alpha 5 kiwi"]
+    );
+    assert!(offline.search("alpha 5", 10).expect("search").len() == 1);
+    assert!(
+        offline
+            .search("\"unbalanced* OR", 10)
+            .expect("search")
+            .is_empty()
+    );
+    assert_eq!(offline.search("alpha", 5).expect("search").len(), 5);
+    offline.close().await;
+}
+
+fn texts_of(messages: &[qim_sdk::IncomingMessage]) -> Vec<String> {
+    messages.iter().map(text).collect()
 }

@@ -211,6 +211,8 @@ pub(crate) struct Shared {
     sessions: AtomicU64,
     duplicates: AtomicU64,
     retransmits: AtomicU64,
+    /// This device's copy of what it received, when configured.
+    pub(crate) local: Option<crate::local_store::LocalStore>,
 }
 
 /// A qim client: one user on one device.
@@ -320,37 +322,7 @@ impl Client {
         let mut endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
         endpoint.set_default_client_config(quic);
-        let shared = Arc::new(Shared {
-            send_slots: Arc::new(Semaphore::new(config.max_pending_sends.max(1))),
-            received: Mutex::new(Received {
-                inbox: Inbox::new(config.resume_from),
-                queue: VecDeque::new(),
-                empty_gap: None,
-            }),
-            taken: AtomicU64::new(config.resume_from),
-            config,
-            endpoint,
-            state: watch::Sender::new(ConnectionState::Connecting),
-            last_error: Mutex::new(None),
-            user_id: Mutex::new(String::new()),
-            outbox: Mutex::new(Outbox::default()),
-            outbox_changed: Notify::new(),
-            queue_grew: Notify::new(),
-            queue_shrank: Notify::new(),
-            gap_confirmed: Notify::new(),
-            taken_changed: Notify::new(),
-            closing: watch::Sender::new(false),
-            conn: watch::Sender::new(None),
-            groups: Mutex::new(std::collections::HashMap::new()),
-            signals: Mutex::new(VecDeque::new()),
-            signal_arrived: Notify::new(),
-            max_body: AtomicU64::new(u64::MAX),
-            max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
-            generation: AtomicU64::new(0),
-            sessions: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            retransmits: AtomicU64::new(0),
-        });
+        let shared = new_shared(config, endpoint)?;
         let first = establish(&shared, addr).await?;
         let driver = tokio::spawn(drive(Arc::clone(&shared), first));
         Ok(Client {
@@ -359,6 +331,59 @@ impl Client {
         })
     }
 
+    /// A client that never connects: only the local store
+    /// ([`local_history`](Client::local_history), [`search`](Client::search))
+    /// works; network calls fail with [`Error::Closed`]. For reading what
+    /// this device received while there is no network or no login.
+    pub fn open_offline(config: ClientConfig) -> Result<Client, Error> {
+        let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())
+            .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
+        let shared = new_shared(config, endpoint)?;
+        shared.state.send_replace(ConnectionState::Closed);
+        Ok(Client {
+            shared,
+            driver: Mutex::new(None),
+        })
+    }
+}
+
+fn new_shared(config: ClientConfig, endpoint: quinn::Endpoint) -> Result<Arc<Shared>, Error> {
+    let local = crate::local_store::LocalStore::from_config(&config)?;
+    Ok(Arc::new(Shared {
+        send_slots: Arc::new(Semaphore::new(config.max_pending_sends.max(1))),
+        received: Mutex::new(Received {
+            inbox: Inbox::new(config.resume_from),
+            queue: VecDeque::new(),
+            empty_gap: None,
+        }),
+        taken: AtomicU64::new(config.resume_from),
+        config,
+        endpoint,
+        state: watch::Sender::new(ConnectionState::Connecting),
+        last_error: Mutex::new(None),
+        user_id: Mutex::new(String::new()),
+        outbox: Mutex::new(Outbox::default()),
+        outbox_changed: Notify::new(),
+        queue_grew: Notify::new(),
+        queue_shrank: Notify::new(),
+        gap_confirmed: Notify::new(),
+        taken_changed: Notify::new(),
+        closing: watch::Sender::new(false),
+        conn: watch::Sender::new(None),
+        groups: Mutex::new(std::collections::HashMap::new()),
+        signals: Mutex::new(VecDeque::new()),
+        signal_arrived: Notify::new(),
+        max_body: AtomicU64::new(u64::MAX),
+        max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
+        generation: AtomicU64::new(0),
+        sessions: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        retransmits: AtomicU64::new(0),
+        local,
+    }))
+}
+
+impl Client {
     /// Sends a text message to `to` and waits for the server's ack.
     pub async fn send(&self, to: String, text: String) -> Result<SendReceipt, Error> {
         self.send_message(OutgoingMessage {
@@ -467,6 +492,11 @@ impl Client {
                 .map_err(|_| Error::Timeout)?
                 .map_err(|_| Error::Closed)?;
         let (tx, rx) = oneshot::channel();
+        // What the local store keeps of it once stored.
+        let sent = shared
+            .local
+            .as_ref()
+            .map(|_| (message.kind.clone(), message.body.clone()));
         let mut send = v1::Send {
             client_msg_id: client_msg_id.clone(),
             to: Some(to.to_wire()),
@@ -489,8 +519,18 @@ impl Client {
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout),
         };
-        if result.is_ok() {
+        if let Ok(receipt) = &result {
             guard.disarm();
+            if let (Some(local), Some((kind, body))) = (&shared.local, sent) {
+                local.record_sent(
+                    &self.user_id(),
+                    &shared.config.device_id,
+                    to,
+                    kind,
+                    body,
+                    receipt,
+                );
+            }
         }
         result
     }
@@ -508,6 +548,9 @@ impl Client {
                 shared.queue_shrank.notify_one();
                 if message.sent_here(&shared.config.device_id) {
                     continue;
+                }
+                if let Some(local) = &shared.local {
+                    local.record(&message);
                 }
                 return Some(message);
             }

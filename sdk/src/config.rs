@@ -1,5 +1,6 @@
 //! Client settings, with defaults for phones on real networks.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The device platform reported at login.
@@ -75,6 +76,12 @@ pub struct ClientConfig {
     /// after it would be held back for good. Must be well above the
     /// server's store timeout, so a write still in flight is never skipped.
     pub gap_skip_after: Duration,
+    /// SQLite file of this device's local store (created if missing):
+    /// what `next_message` hands out is kept there for
+    /// [`Client::local_history`](crate::Client::local_history) and
+    /// [`Client::search`](crate::Client::search) without a connection.
+    /// `None` (the default): no local store.
+    pub local_store: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -102,6 +109,7 @@ impl ClientConfig {
             max_pending_sends: 4096,
             inbox_buffer: 4096,
             gap_skip_after: Duration::from_secs(30),
+            local_store: None,
         }
     }
 }

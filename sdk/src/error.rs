@@ -44,6 +44,9 @@ pub enum Error {
     /// The client was closed.
     #[error("client closed")]
     Closed,
+    /// The local store could not be opened or read.
+    #[error("local store: {0}")]
+    LocalStore(String),
 }
 
 impl Error {
@@ -69,7 +72,11 @@ impl Error {
             Error::Rejected {
                 retryable, code, ..
             } => *retryable || *code == ErrorCode::NoError,
-            Error::Auth { .. } | Error::Tls(_) | Error::Config(_) | Error::Closed => false,
+            Error::Auth { .. }
+            | Error::Tls(_)
+            | Error::Config(_)
+            | Error::Closed
+            | Error::LocalStore(_) => false,
         }
     }
 

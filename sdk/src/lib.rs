@@ -32,6 +32,9 @@
 //!   receive side of read-diffusion groups (per-group order, pulls).
 //! - `presence`: presence of friends (queried, subscribed), online time,
 //!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
+//! - `local_store`: with [`ClientConfig::local_store`] set, what the app
+//!   received is kept in SQLite for [`Client::local_history`] and
+//!   [`Client::search`] (full text), which work offline.
 //! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees
@@ -51,6 +54,7 @@ mod error;
 mod groups;
 mod im;
 mod inbox;
+mod local_store;
 mod outbox;
 mod presence;
 

@@ -45,9 +45,9 @@
 use async_trait::async_trait;
 
 pub mod cluster;
-pub mod cql;
 pub mod contacts;
 pub mod conversations;
+pub mod cql;
 pub mod embedded;
 mod error;
 pub mod groups;
