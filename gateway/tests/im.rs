@@ -1047,3 +1047,88 @@ async fn the_local_store_keeps_history_and_search_offline() {
 fn texts_of(messages: &[qim_sdk::IncomingMessage]) -> Vec<String> {
     messages.iter().map(text).collect()
 }
+
+/// Delivery receipts `alice` gets, until one names `until` (copies of
+/// her own sends skipped).
+async fn receipts_until(alice: &Client, until: &str) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    loop {
+        let m = alice
+            .next_message_timeout(common::PATIENCE)
+            .await
+            .expect("a delivery receipt");
+        match m.event {
+            Some(Event::DeliveryReceipt {
+                recipient, msg_id, ..
+            }) => {
+                let done = msg_id == until;
+                got.push((recipient, msg_id));
+                if done {
+                    return got;
+                }
+            }
+            // Copies of its sends from its other devices.
+            None if m.outgoing => {}
+            other => panic!("expected a delivery receipt, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_receipts_tell_the_sender_what_reached_a_device() {
+    let gw = im_gateway().await;
+    let alice = gw.client("alice", "alice-phone").await;
+    // Sent while bob is offline: no receipt yet.
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(
+            alice
+                .send("bob".into(), format!("m{i}"))
+                .await
+                .expect("send"),
+        );
+    }
+    let phone = gw.client("bob", "bob-phone").await;
+    assert_eq!(chats(&take(&phone, 3).await).len(), 3);
+    let receipts = receipts_until(&alice, &sent[2].msg_id).await;
+    let order: Vec<usize> = receipts
+        .iter()
+        .map(|(who, id)| {
+            assert_eq!(who, "bob");
+            sent.iter()
+                .position(|s| s.msg_id == *id)
+                .expect("one of alice's")
+        })
+        .collect();
+    assert!(
+        order.is_sorted_by(|a, b| a < b),
+        "receipts move forward: {order:?}"
+    );
+
+    // bob's second device receiving the same messages sends no receipt
+    // again: the next one alice gets is for the next message.
+    let laptop = gw.client("bob", "bob-laptop").await;
+    assert_eq!(chats(&take(&laptop, 3).await).len(), 3);
+    let next = alice.send("bob".into(), "m3".into()).await.expect("send");
+    take(&phone, 1).await;
+    assert_eq!(
+        receipts_until(&alice, &next.msg_id).await,
+        [("bob".to_owned(), next.msg_id.clone())]
+    );
+
+    // A sender offline at delivery gets the receipt when it connects.
+    alice.close().await;
+    let from_carol = {
+        let carol = gw.client("carol", "carol-phone").await;
+        let r = carol.send("bob".into(), "c0".into()).await.expect("send");
+        carol.close().await;
+        r
+    };
+    take(&phone, 1).await;
+    let carol = gw.client("carol", "carol-laptop").await;
+    assert_eq!(
+        receipts_until(&carol, &from_carol.msg_id).await,
+        [("bob".to_owned(), from_carol.msg_id.clone())]
+    );
+    gw.stop().await;
+}

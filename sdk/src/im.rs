@@ -184,6 +184,17 @@ pub enum Event {
         /// When that message was sent.
         sent_ms: i64,
     },
+    /// A device of the other user of a one-to-one chat received this
+    /// user's messages up to `msg_id`: every message sent to them at or
+    /// before `sent_ms`.
+    DeliveryReceipt {
+        /// Who received.
+        recipient: String,
+        /// The newest message of this user received.
+        msg_id: String,
+        /// When that message was sent.
+        sent_ms: i64,
+    },
     /// This user changed a conversation's flags.
     Flags {
         /// The conversation.
@@ -233,6 +244,11 @@ impl Event {
             },
             Kind::ReadReceipt(r) => Event::ReadReceipt {
                 reader: r.reader,
+                msg_id: r.msg_id,
+                sent_ms: r.sent_ms,
+            },
+            Kind::DeliveryReceipt(r) => Event::DeliveryReceipt {
+                recipient: r.recipient,
                 msg_id: r.msg_id,
                 sent_ms: r.sent_ms,
             },

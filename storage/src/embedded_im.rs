@@ -622,6 +622,25 @@ impl Writer {
                     ..Applied::default()
                 })
             }
+            ConversationOp::Delivered {
+                recipient,
+                sender,
+                msg_id,
+                sent_ms,
+                now_ms,
+            } => {
+                check_key_part(&recipient)?;
+                let receipt = v1::inbox_event::Kind::DeliveryReceipt(v1::DeliveryReceipt {
+                    recipient: recipient.clone(),
+                    msg_id,
+                    sent_ms,
+                });
+                let stored = self.stage_event(stage, &sender, &recipient, receipt, now_ms)?;
+                Ok(Applied {
+                    events: vec![stored],
+                    ..Applied::default()
+                })
+            }
             ConversationOp::SetFlags {
                 user,
                 conversation,
