@@ -1132,3 +1132,91 @@ async fn delivery_receipts_tell_the_sender_what_reached_a_device() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_across_the_retention_boundary_says_older_messages_expired() {
+    use qim_sdk::HistoryAnchor;
+    const RETENTION_MS: u64 = 1_500;
+    let gw = TestGateway::start_with(|c| c.im.history_retention_ms = RETENTION_MS).await;
+    let alice = gw.client("alice", "alice-phone").await;
+    let bob = gw.client("bob", "bob-phone").await;
+    let mut old = Vec::new();
+    for i in 0..3 {
+        old.push(
+            alice
+                .send("bob".into(), format!("old{i}"))
+                .await
+                .expect("send"),
+        );
+    }
+    let page = bob
+        .history(user("alice"), HistoryAnchor::End, false, 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        (texts_of(&page.messages).len(), page.more, page.expired),
+        (3, false, false),
+        "within the retention: all there"
+    );
+    // Wait (bounded) until the retention has passed for the old messages.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let page = bob
+            .history(user("alice"), HistoryAnchor::End, false, 10)
+            .await
+            .expect("history");
+        if page.messages.is_empty() {
+            assert!(page.expired, "no silent gap: {page:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut new = Vec::new();
+    for i in 0..3 {
+        new.push(
+            alice
+                .send("bob".into(), format!("new{i}"))
+                .await
+                .expect("send"),
+        );
+    }
+    // Backward: the fresh messages page normally, the last page says the
+    // rest expired.
+    let first = bob
+        .history(user("alice"), HistoryAnchor::End, false, 2)
+        .await
+        .expect("history");
+    assert_eq!(texts_of(&first.messages), ["new2", "new1"]);
+    assert!(first.more && !first.expired);
+    let second = bob
+        .history(
+            user("alice"),
+            HistoryAnchor::Seq(first.messages[1].seq),
+            false,
+            2,
+        )
+        .await
+        .expect("history");
+    assert_eq!(texts_of(&second.messages), ["new0"]);
+    assert!(second.expired, "the boundary is reported: {second:?}");
+    assert!(!second.more);
+    // Forward from the oldest end or from an expired seq: expired ones
+    // skipped and reported.
+    for anchor in [HistoryAnchor::End, HistoryAnchor::Seq(old[0].seq)] {
+        let forward = bob
+            .history(user("alice"), anchor, true, 10)
+            .await
+            .expect("history");
+        assert_eq!(texts_of(&forward.messages), ["new0", "new1", "new2"]);
+        assert!(forward.expired && !forward.more, "{forward:?}");
+    }
+    // Forward from a fresh message: nothing expired on that side.
+    let after = bob
+        .history(user("alice"), HistoryAnchor::Seq(new[0].seq), true, 10)
+        .await
+        .expect("history");
+    assert_eq!(texts_of(&after.messages), ["new1", "new2"]);
+    assert!(!after.expired);
+    gw.stop().await;
+}

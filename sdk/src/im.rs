@@ -279,6 +279,11 @@ pub struct HistoryPage {
     pub messages: Vec<crate::IncomingMessage>,
     /// More exist beyond the last.
     pub more: bool,
+    /// The server no longer has the messages in the direction asked (older
+    /// than its retention): backward, nothing older than the last message
+    /// is left; forward, expired messages before the first were skipped.
+    /// A boundary, not a gap.
+    pub expired: bool,
 }
 
 /// One entry of the conversation list.
@@ -524,6 +529,7 @@ impl Client {
                         })
                         .collect(),
                     more: h.more,
+                    expired: h.expired,
                 })
             }
             _ => Err(unexpected()),

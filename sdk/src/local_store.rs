@@ -313,7 +313,11 @@ impl LocalStore {
             .map_err(store_err)?;
         let more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
-        Ok(HistoryPage { messages, more })
+        Ok(HistoryPage {
+            messages,
+            more,
+            expired: false,
+        })
     }
 
     /// Messages whose text holds every word of `query`, newest first.

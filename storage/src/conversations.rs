@@ -234,6 +234,10 @@ pub struct HistoryPage {
     pub entries: Vec<StoredMessage>,
     /// More exist beyond the last entry.
     pub more: bool,
+    /// Messages in the direction asked are older than the retention and
+    /// no longer readable (see [`HistoryPage`] in the wire protocol): a
+    /// boundary, not a gap.
+    pub expired: bool,
 }
 
 /// What an operation changed.
