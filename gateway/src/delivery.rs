@@ -192,7 +192,8 @@ impl Delivery {
         }
     }
 
-    /// Delivery receipts for acknowledged one-to-one messages: per sender,
+    /// With `im.delivery_receipts`, delivery receipts for acknowledged
+    /// one-to-one messages: per sender,
     /// one receipt naming the newest message acknowledged. Only messages
     /// above the inbox's receipt mark are counted, so the user's other
     /// devices on this node acknowledging the same messages send none
@@ -203,6 +204,9 @@ impl Delivery {
         let Some(im) = &self.ctx.im else {
             return;
         };
+        if !self.ctx.config.im.delivery_receipts {
+            return;
+        }
         let Some(newest) = acked.iter().map(|m| m.seq).max() else {
             return;
         };

@@ -1076,7 +1076,11 @@ async fn receipts_until(alice: &Client, until: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_receipts_tell_the_sender_what_reached_a_device() {
-    let gw = im_gateway().await;
+    let gw = TestGateway::start_with(|c| {
+        c.im.sync_sent = true;
+        c.im.delivery_receipts = true;
+    })
+    .await;
     let alice = gw.client("alice", "alice-phone").await;
     // Sent while bob is offline: no receipt yet.
     let mut sent = Vec::new();
