@@ -285,6 +285,10 @@ section! {
         direct_policy: String = "allow".to_owned(),
         /// Which devices of a user may be online together: "unlimited", "one-per-platform-class" (mobile, desktop, web: a login kicks the older session of its class) or "single" (a login kicks every other device). Kicked sessions are closed with KICKED and do not reconnect on their own; the same device logging in again only replaces its own earlier session.
         device_policy: String = "unlimited".to_owned(),
+        /// Send the sender of a one-to-one message a delivery receipt (an inbox event naming the newest message received) when a device of the recipient acknowledges it. One extra inbox write per sender per acknowledged batch.
+        delivery_receipts: bool = false,
+        /// Milliseconds messages stay readable in conversation history on the embedded store; older ones are answered as expired (the history page says so instead of leaving a silent gap). 0 keeps them forever. The cluster store uses store.retention_days.
+        history_retention_ms: u64 = 0,
         /// How far ahead a message may be scheduled, in milliseconds.
         max_schedule_ahead_ms: u64 = 30 * 24 * 3_600_000,
     }

@@ -450,7 +450,13 @@ async fn history(
                 })
                 .collect();
             let more = page.more || entries.len() < total;
-            rpc_response::Kind::History(v1::HistoryResponse { entries, more })
+            // Cut by the frame budget: the boundary was not reached.
+            let expired = page.expired && entries.len() == total;
+            rpc_response::Kind::History(v1::HistoryResponse {
+                entries,
+                more,
+                expired,
+            })
         }
         Err(e) => {
             let (code, message) = op_error(&e);

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use qim_proto::io::{FramedSend, SendError};
 use qim_proto::v1;
+use qim_storage::conversations::ConversationOp;
 use qim_storage::{StoreError, StoredMessage};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -83,15 +84,20 @@ impl Window {
         );
     }
 
-    /// Removes everything up to `up_to` and the listed seqs; returns how many
-    /// were removed.
-    pub fn ack(&mut self, up_to: u64, seqs: &[u64]) -> usize {
-        let before = self.slots.len();
-        self.slots = self.slots.split_off(&up_to.saturating_add(1));
+    /// Removes everything up to `up_to` and the listed seqs; returns the
+    /// removed messages, in seq order.
+    pub fn ack(&mut self, up_to: u64, seqs: &[u64]) -> Vec<Arc<StoredMessage>> {
+        let rest = self.slots.split_off(&up_to.saturating_add(1));
+        let mut acked: Vec<_> = std::mem::replace(&mut self.slots, rest)
+            .into_values()
+            .map(|s| s.message)
+            .collect();
         for seq in seqs {
-            self.slots.remove(seq);
+            if let Some(slot) = self.slots.remove(seq) {
+                acked.push(slot.message);
+            }
         }
-        before - self.slots.len()
+        acked
     }
 
     /// When the next retransmission is due.
@@ -166,7 +172,8 @@ impl Delivery {
                         return Ok(());
                     };
                     let acked = window.ack(ack.up_to_seq, &ack.seqs);
-                    self.ctx.metrics.delivery_acks.inc_by(acked as u64);
+                    self.ctx.metrics.delivery_acks.inc_by(acked.len() as u64);
+                    self.receipts(&acked);
                     cursor = cursor.max(ack.up_to_seq.min(self.next.saturating_sub(1)));
                     if cursor > saved && saved_at.elapsed() >= CURSOR_SAVE_EVERY {
                         self.save_cursor(cursor).await;
@@ -183,6 +190,75 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// With `im.delivery_receipts`, delivery receipts for acknowledged
+    /// one-to-one messages: per sender,
+    /// one receipt naming the newest message acknowledged. Only messages
+    /// above the inbox's receipt mark are counted, so the user's other
+    /// devices on this node acknowledging the same messages send none
+    /// again (a device on another node may: receipts name a position, so
+    /// a repeat is harmless). Written by a task of its own, so a slow
+    /// store never holds back delivery.
+    fn receipts(&self, acked: &[Arc<StoredMessage>]) {
+        let Some(im) = &self.ctx.im else {
+            return;
+        };
+        if !self.ctx.config.im.delivery_receipts {
+            return;
+        }
+        let Some(newest) = acked.iter().map(|m| m.seq).max() else {
+            return;
+        };
+        let mark = self.feed.receipted_up_to(newest);
+        let mut newest_by_sender: std::collections::BTreeMap<&str, &StoredMessage> =
+            std::collections::BTreeMap::new();
+        for m in acked {
+            let direct = matches!(
+                m.message.to.as_ref().and_then(|p| p.target.as_ref()),
+                Some(v1::peer::Target::User(to)) if *to == self.user
+            );
+            if m.seq <= mark
+                || !direct
+                || m.message.event.is_some()
+                || m.message.from_user == self.user
+            {
+                continue;
+            }
+            let slot = newest_by_sender
+                .entry(m.message.from_user.as_str())
+                .or_insert(m);
+            if m.seq > slot.seq {
+                *slot = m;
+            }
+        }
+        if newest_by_sender.is_empty() {
+            return;
+        }
+        let now_ms = qim_proto::now_ms();
+        let ops: Vec<ConversationOp> = newest_by_sender
+            .into_values()
+            .map(|m| ConversationOp::Delivered {
+                recipient: self.user.clone(),
+                sender: m.message.from_user.clone(),
+                msg_id: m.message.msg_id.clone(),
+                sent_ms: m.message.server_time_ms,
+                now_ms,
+            })
+            .collect();
+        let (im, ctx) = (Arc::clone(im), Arc::clone(&self.ctx));
+        tokio::spawn(async move {
+            for op in ops {
+                match im.apply(op).await {
+                    Ok(applied) => {
+                        for event in applied.events {
+                            ctx.routes.publish(Arc::new(event));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "delivery receipt not stored"),
+                }
+            }
+        });
     }
 
     async fn save_cursor(&self, cursor: u64) {
@@ -286,10 +362,10 @@ mod tests {
             .collect();
         assert_eq!(due, [(1, 2), (2, 2)]);
         assert_eq!(w.next_due(), Some(t0 + 7 * s), "capped at 4 s");
-        assert_eq!(w.ack(1, &[]), 1);
+        assert_eq!(w.ack(1, &[]).len(), 1);
         let due: Vec<_> = w.take_due(t0 + 7 * s).iter().map(|(m, _)| m.seq).collect();
         assert_eq!(due, [2]);
-        assert_eq!(w.ack(0, &[2]), 1);
+        assert_eq!(w.ack(0, &[2]).len(), 1);
         assert!(w.is_empty());
         assert_eq!(w.next_due(), None);
         assert!(w.take_due(t0 + 100 * s).is_empty(), "nothing after the ack");
@@ -303,10 +379,10 @@ mod tests {
             w.sent(msg(seq), t0);
         }
         assert_eq!(w.free(), 0);
-        assert_eq!(w.ack(4, &[100]), 0);
-        assert_eq!(w.ack(6, &[]), 2);
+        assert_eq!(w.ack(4, &[100]).len(), 0);
+        assert_eq!(w.ack(6, &[]).len(), 2);
         assert_eq!(w.len(), 1);
-        assert_eq!(w.ack(u64::MAX, &[]), 1);
+        assert_eq!(w.ack(u64::MAX, &[]).len(), 1);
         assert_eq!(w.free(), 3);
     }
 }

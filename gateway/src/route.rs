@@ -75,6 +75,8 @@ pub(crate) struct Feed {
     head: watch::Sender<u64>,
     recent: Mutex<VecDeque<Arc<StoredMessage>>>,
     sessions: Mutex<Vec<Attached>>,
+    /// Highest seq whose delivery receipt was sent from this node.
+    receipted: std::sync::atomic::AtomicU64,
 }
 
 impl Feed {
@@ -83,7 +85,14 @@ impl Feed {
             head: watch::Sender::new(0),
             recent: Mutex::new(VecDeque::with_capacity(16)),
             sessions: Mutex::new(Vec::new()),
+            receipted: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Raises the receipt mark to `seq`; returns the mark before.
+    pub(crate) fn receipted_up_to(&self, seq: u64) -> u64 {
+        self.receipted
+            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Watches the newest seq known for this inbox.

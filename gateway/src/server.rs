@@ -187,6 +187,7 @@ impl Gateway {
             return Self::bind_with_store(config, Arc::new(store)).await;
         }
         let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
+        store.set_history_retention_ms(config.im.history_retention_ms);
         let im = ImStores {
             conversations: store.clone(),
             groups: store.clone(),

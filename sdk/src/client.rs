@@ -238,6 +238,8 @@ pub(crate) struct Shared {
     reconnect_now: Notify,
     /// The current session's connection and its Welcome session id.
     current: Mutex<Option<(quinn::Connection, String)>>,
+    /// This device's copy of what it received, when configured.
+    pub(crate) local: Option<crate::local_store::LocalStore>,
 }
 
 /// A qim client: one user on one device.
@@ -407,65 +409,90 @@ impl Client {
         let mut endpoint = quinn::Endpoint::client(any_addr(ipv6))
             .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
         endpoint.set_default_client_config(quic);
-        let (events, first_events) = broadcast::channel(EVENT_BUFFER);
-        let (store, restored) = match &config.data_dir {
-            Some(dir) => {
-                let (store, restored) =
-                    OutboxStore::open(dir).map_err(|e| Error::Storage(e.to_string()))?;
-                if !restored.is_empty() {
-                    info!(
-                        pending = restored.len(),
-                        "restored unsent messages from the outbox journal"
-                    );
-                }
-                (Some(store), restored)
-            }
-            None => (None, Vec::new()),
-        };
-        let outbox = Outbox::new(store, restored, events.clone());
-        let shared = Arc::new(Shared {
-            send_slots: Arc::new(Semaphore::new(config.max_pending_sends.max(1))),
-            received: Mutex::new(Received {
-                inbox: Inbox::new(config.resume_from),
-                queue: VecDeque::new(),
-                empty_gap: None,
-            }),
-            taken: AtomicU64::new(config.resume_from),
-            config,
-            endpoint,
-            state: watch::Sender::new(ConnectionState::Connecting),
-            last_error: Mutex::new(None),
-            user_id: Mutex::new(String::new()),
-            outbox: Mutex::new(outbox),
-            outbox_changed: Notify::new(),
-            queue_grew: Notify::new(),
-            queue_shrank: Notify::new(),
-            gap_confirmed: Notify::new(),
-            taken_changed: Notify::new(),
-            closing: watch::Sender::new(false),
-            conn: watch::Sender::new(None),
-            groups: Mutex::new(std::collections::HashMap::new()),
-            signals: Mutex::new(VecDeque::new()),
-            signal_arrived: Notify::new(),
-            max_body: AtomicU64::new(u64::MAX),
-            max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
-            generation: AtomicU64::new(0),
-            server: AtomicUsize::new(0),
-            sessions: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            retransmits: AtomicU64::new(0),
-            zero_rtt: AtomicU64::new(0),
-            migrations: AtomicU64::new(0),
-            events,
-            first_events: Mutex::new(Some(first_events)),
-            heartbeat: Mutex::new(AdaptiveHeartbeat::new(HeartbeatBounds::from_wire(None))),
-            probe: Notify::new(),
-            reconnect_now: Notify::new(),
-            current: Mutex::new(None),
-        });
-        Ok(shared)
+        new_shared(config, endpoint)
     }
 
+    /// A client that never connects: only the local store
+    /// ([`local_history`](Client::local_history), [`search`](Client::search))
+    /// works; network calls fail with [`Error::Closed`]. For reading what
+    /// this device received while there is no network or no login.
+    pub fn open_offline(config: ClientConfig) -> Result<Client, Error> {
+        let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())
+            .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
+        let shared = new_shared(config, endpoint)?;
+        shared.state.send_replace(ConnectionState::Closed);
+        Ok(Client {
+            shared,
+            driver: Mutex::new(None),
+        })
+    }
+}
+
+/// The state a client's tasks share, with the outbox restored from
+/// `config.data_dir` and the local store opened.
+fn new_shared(config: ClientConfig, endpoint: quinn::Endpoint) -> Result<Arc<Shared>, Error> {
+    let (events, first_events) = broadcast::channel(EVENT_BUFFER);
+    let (store, restored) = match &config.data_dir {
+        Some(dir) => {
+            let (store, restored) =
+                OutboxStore::open(dir).map_err(|e| Error::Storage(e.to_string()))?;
+            if !restored.is_empty() {
+                info!(
+                    pending = restored.len(),
+                    "restored unsent messages from the outbox journal"
+                );
+            }
+            (Some(store), restored)
+        }
+        None => (None, Vec::new()),
+    };
+    let outbox = Outbox::new(store, restored, events.clone());
+    let local = crate::local_store::LocalStore::from_config(&config)?;
+    let shared = Arc::new(Shared {
+        send_slots: Arc::new(Semaphore::new(config.max_pending_sends.max(1))),
+        received: Mutex::new(Received {
+            inbox: Inbox::new(config.resume_from),
+            queue: VecDeque::new(),
+            empty_gap: None,
+        }),
+        taken: AtomicU64::new(config.resume_from),
+        config,
+        endpoint,
+        state: watch::Sender::new(ConnectionState::Connecting),
+        last_error: Mutex::new(None),
+        user_id: Mutex::new(String::new()),
+        outbox: Mutex::new(outbox),
+        outbox_changed: Notify::new(),
+        queue_grew: Notify::new(),
+        queue_shrank: Notify::new(),
+        gap_confirmed: Notify::new(),
+        taken_changed: Notify::new(),
+        closing: watch::Sender::new(false),
+        conn: watch::Sender::new(None),
+        groups: Mutex::new(std::collections::HashMap::new()),
+        signals: Mutex::new(VecDeque::new()),
+        signal_arrived: Notify::new(),
+        max_body: AtomicU64::new(u64::MAX),
+        max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
+        generation: AtomicU64::new(0),
+        server: AtomicUsize::new(0),
+        sessions: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        retransmits: AtomicU64::new(0),
+        zero_rtt: AtomicU64::new(0),
+        migrations: AtomicU64::new(0),
+        events,
+        first_events: Mutex::new(Some(first_events)),
+        heartbeat: Mutex::new(AdaptiveHeartbeat::new(HeartbeatBounds::from_wire(None))),
+        probe: Notify::new(),
+        reconnect_now: Notify::new(),
+        current: Mutex::new(None),
+        local,
+    });
+    Ok(shared)
+}
+
+impl Client {
     /// Sends a text message to `to` and waits for the server's ack.
     pub async fn send(&self, to: String, text: String) -> Result<SendReceipt, Error> {
         self.send_message(OutgoingMessage {
@@ -537,8 +564,13 @@ impl Client {
         message: OutgoingMessage,
         extras: MessageExtras,
     ) -> Result<SendReceipt, Error> {
-        let send = self.check(to, message, extras)?;
         let shared = &self.shared;
+        // What the local store keeps of it once stored.
+        let sent = shared
+            .local
+            .as_ref()
+            .map(|_| (to.clone(), message.kind.clone(), message.body.clone()));
+        let send = self.check(to, message, extras)?;
         let client_msg_id = send.client_msg_id.clone();
         let deadline = Instant::now() + shared.config.send_timeout;
         let _slot =
@@ -562,8 +594,18 @@ impl Client {
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout),
         };
-        if result.is_ok() {
+        if let Ok(receipt) = &result {
             guard.disarm();
+            if let (Some(local), Some((to, kind, body))) = (&shared.local, sent) {
+                local.record_sent(
+                    &self.user_id(),
+                    &shared.config.device_id,
+                    to,
+                    kind,
+                    body,
+                    receipt,
+                );
+            }
         }
         result
     }
@@ -759,6 +801,9 @@ impl Client {
                 shared.queue_shrank.notify_one();
                 if message.sent_here(&shared.config.device_id) {
                     continue;
+                }
+                if let Some(local) = &shared.local {
+                    local.record(&message);
                 }
                 return Some(message);
             }

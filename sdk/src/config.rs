@@ -94,6 +94,12 @@ pub struct ClientConfig {
     /// how long the migrated connection has to answer a ping before the
     /// client gives up on it and connects afresh.
     pub migration_timeout: Duration,
+    /// SQLite file of this device's local store (created if missing):
+    /// what `next_message` hands out is kept there for
+    /// [`Client::local_history`](crate::Client::local_history) and
+    /// [`Client::search`](crate::Client::search) without a connection.
+    /// `None` (the default): no local store.
+    pub local_store: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -134,6 +140,7 @@ impl ClientConfig {
             data_dir: None,
             resumption: true,
             migration_timeout: Duration::from_secs(3),
+            local_store: None,
         }
     }
 }

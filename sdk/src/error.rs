@@ -44,7 +44,7 @@ pub enum Error {
     /// The client was closed.
     #[error("client closed")]
     Closed,
-    /// The client's data directory (the persistent outbox) could not be
+    /// The client's data directory (the persistent outbox) or the local store could not be
     /// read or written.
     #[error("local storage: {0}")]
     Storage(String),

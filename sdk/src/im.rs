@@ -184,6 +184,17 @@ pub enum Event {
         /// When that message was sent.
         sent_ms: i64,
     },
+    /// A device of the other user of a one-to-one chat received this
+    /// user's messages up to `msg_id`: every message sent to them at or
+    /// before `sent_ms`.
+    DeliveryReceipt {
+        /// Who received.
+        recipient: String,
+        /// The newest message of this user received.
+        msg_id: String,
+        /// When that message was sent.
+        sent_ms: i64,
+    },
     /// This user changed a conversation's flags.
     Flags {
         /// The conversation.
@@ -236,6 +247,11 @@ impl Event {
                 msg_id: r.msg_id,
                 sent_ms: r.sent_ms,
             },
+            Kind::DeliveryReceipt(r) => Event::DeliveryReceipt {
+                recipient: r.recipient,
+                msg_id: r.msg_id,
+                sent_ms: r.sent_ms,
+            },
             Kind::Flags(r) => Event::Flags {
                 conversation: Peer::from_wire(r.conversation.as_ref()),
                 pinned: r.pinned,
@@ -263,6 +279,11 @@ pub struct HistoryPage {
     pub messages: Vec<crate::IncomingMessage>,
     /// More exist beyond the last.
     pub more: bool,
+    /// The server no longer has the messages in the direction asked (older
+    /// than its retention): backward, nothing older than the last message
+    /// is left; forward, expired messages before the first were skipped.
+    /// A boundary, not a gap.
+    pub expired: bool,
 }
 
 /// One entry of the conversation list.
@@ -508,6 +529,7 @@ impl Client {
                         })
                         .collect(),
                     more: h.more,
+                    expired: h.expired,
                 })
             }
             _ => Err(unexpected()),

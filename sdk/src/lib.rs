@@ -36,6 +36,9 @@
 //!   restarts (with [`ClientConfig::data_dir`]).
 //! - [`heartbeat`]: the sans-IO adaptive heartbeat interval.
 //! - [`Events`]: `sending / sent / failed` per send, and connection losses.
+//! - `local_store`: with [`ClientConfig::local_store`] set, what the app
+//!   received is kept in SQLite for [`Client::local_history`] and
+//!   [`Client::search`] (full text), which work offline.
 //!
 //! # Mobile behaviours
 //! - [`Client::start`] works offline; [`Client::enqueue`] queues a send
@@ -68,6 +71,7 @@ mod groups;
 pub mod heartbeat;
 mod im;
 mod inbox;
+mod local_store;
 mod outbox;
 mod outbox_store;
 mod presence;

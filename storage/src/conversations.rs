@@ -148,6 +148,21 @@ pub enum ConversationOp {
         /// Now, milliseconds since the Unix epoch.
         now_ms: i64,
     },
+    /// A device of `recipient` acknowledged `msg_id` from `sender` (a
+    /// one-to-one message): appends a `DeliveryReceipt` to the sender's
+    /// inbox.
+    Delivered {
+        /// Whose device received it.
+        recipient: String,
+        /// Who sent it; gets the receipt.
+        sender: String,
+        /// The newest message of `sender` acknowledged.
+        msg_id: String,
+        /// When it was sent.
+        sent_ms: i64,
+        /// Now, milliseconds since the Unix epoch.
+        now_ms: i64,
+    },
     /// Sets flags; appends a `ConversationFlags` event when one changed.
     SetFlags {
         /// The owner of the list.
@@ -219,6 +234,10 @@ pub struct HistoryPage {
     pub entries: Vec<StoredMessage>,
     /// More exist beyond the last entry.
     pub more: bool,
+    /// Messages in the direction asked are older than the retention and
+    /// no longer readable (see [`HistoryPage`] in the wire protocol): a
+    /// boundary, not a gap.
+    pub expired: bool,
 }
 
 /// What an operation changed.

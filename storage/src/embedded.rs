@@ -115,6 +115,8 @@ pub struct EmbeddedStore {
     tables: Tables,
     ops: mpsc::Sender<Op>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Milliseconds messages stay readable in history; 0: forever.
+    pub(crate) history_retention_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -167,7 +169,27 @@ impl EmbeddedStore {
             tables,
             ops,
             writer: std::sync::Mutex::new(Some(writer)),
+            history_retention_ms: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Sets how long messages stay readable in conversation history
+    /// (milliseconds; 0: forever). History pages stop at older messages and
+    /// say so ([`HistoryPage::expired`](crate::conversations::HistoryPage::expired)).
+    pub fn set_history_retention_ms(&self, ms: u64) {
+        self.history_retention_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Messages stored before this time (ms since the epoch) are expired.
+    pub(crate) fn history_cutoff_ms(&self) -> i64 {
+        match self
+            .history_retention_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => i64::MIN,
+            ms => qim_proto::now_ms().saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)),
+        }
     }
 
     async fn submit<T>(

@@ -622,6 +622,25 @@ impl Writer {
                     ..Applied::default()
                 })
             }
+            ConversationOp::Delivered {
+                recipient,
+                sender,
+                msg_id,
+                sent_ms,
+                now_ms,
+            } => {
+                check_key_part(&recipient)?;
+                let receipt = v1::inbox_event::Kind::DeliveryReceipt(v1::DeliveryReceipt {
+                    recipient: recipient.clone(),
+                    msg_id,
+                    sent_ms,
+                });
+                let stored = self.stage_event(stage, &sender, &recipient, receipt, now_ms)?;
+                Ok(Applied {
+                    events: vec![stored],
+                    ..Applied::default()
+                })
+            }
             ConversationOp::SetFlags {
                 user,
                 conversation,
@@ -1014,6 +1033,7 @@ fn walk(
     forward: bool,
     anchor: HistoryAnchor,
     limit: usize,
+    cutoff_ms: i64,
     mut read: impl FnMut(&[u8], &[u8]) -> Result<Option<StoredMessage>, StoreError>,
 ) -> Result<HistoryPage, StoreError> {
     let keys: Box<dyn Iterator<Item = fjall::Guard>> = if forward {
@@ -1029,6 +1049,14 @@ fn walk(
         };
         if m.message.event.is_some() {
             continue;
+        }
+        if m.message.server_time_ms < cutoff_ms {
+            // Past the retention: backward, everything older is too.
+            page.expired = true;
+            if forward {
+                continue;
+            }
+            break;
         }
         if let HistoryAnchor::Time(t) = anchor {
             let before = m.message.server_time_ms < t;
@@ -1215,6 +1243,7 @@ impl ConversationStore for EmbeddedStore {
     ) -> Result<HistoryPage, OpError> {
         check_key_part(user)?;
         let limit = limit.clamp(1, MAX_HISTORY);
+        let cutoff_ms = self.history_cutoff_ms();
         if let Some(v1::peer::Target::Group(g)) = peer.target.as_ref() {
             check_key_part(g)?;
             if load_group(&self.tables.groups, g)?.is_some_and(|i| i.read_diffusion) {
@@ -1229,9 +1258,14 @@ impl ConversationStore for EmbeddedStore {
                     .tables
                     .messages
                     .range(message_key(&log, lo)..=message_key(&log, hi));
-                return Ok(walk(keys, forward, anchor, limit, |key, value| {
-                    decode_message(&log, key, value).map(Some)
-                })?);
+                return Ok(walk(
+                    keys,
+                    forward,
+                    anchor,
+                    limit,
+                    cutoff_ms,
+                    |key, value| decode_message(&log, key, value).map(Some),
+                )?);
             }
         }
         let convkey = peer_key(peer).ok_or(OpError::NotFound)?;
@@ -1244,7 +1278,7 @@ impl ConversationStore for EmbeddedStore {
             .conv_msgs
             .range(conv_msg_key(user, &convkey, lo)..=conv_msg_key(user, &convkey, hi));
         let messages = self.tables.messages.clone();
-        Ok(walk(keys, forward, anchor, limit, |key, _| {
+        Ok(walk(keys, forward, anchor, limit, cutoff_ms, |key, _| {
             let seq: [u8; 8] = key[key.len() - 8..]
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("bad conversation index key".into()))?;
