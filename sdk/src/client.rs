@@ -23,9 +23,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::im::{Event, MessageExtras, Peer, Quote};
 use crate::events::{ClientEvent, EVENT_BUFFER, Events};
 use crate::heartbeat::{AdaptiveHeartbeat, HeartbeatBounds};
+use crate::im::{Event, MessageExtras, Peer, Quote};
 use crate::inbox::Inbox;
 use crate::outbox::Outbox;
 use crate::outbox_store::OutboxStore;
@@ -1028,9 +1028,12 @@ async fn drive(shared: Arc<Shared>, first: Option<Established>) {
             Some(e) => Ok(e),
             None => {
                 let attempt = async {
-                    let addr =
-                        resolve(shared.config.server_at(shared.server.load(Ordering::Relaxed)))
-                            .await?;
+                    let addr = resolve(
+                        shared
+                            .config
+                            .server_at(shared.server.load(Ordering::Relaxed)),
+                    )
+                    .await?;
                     establish(&shared, addr).await
                 };
                 tokio::select! {

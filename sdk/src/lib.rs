@@ -65,12 +65,12 @@ mod contacts;
 mod error;
 mod events;
 mod groups;
+pub mod heartbeat;
 mod im;
 mod inbox;
 mod outbox;
 mod outbox_store;
 mod presence;
-pub mod heartbeat;
 
 pub use client::{
     Client, ConnectionState, IncomingMessage, OutgoingMessage, SendReceipt, StateWatcher, Stats,
@@ -79,11 +79,11 @@ pub use client::{
 pub use config::{ClientConfig, Platform};
 pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
+pub use events::{ClientEvent, EVENT_BUFFER, Events, OutboxStatus};
 pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
 pub use im::{
     Conversation, ConversationPage, Event, HistoryAnchor, HistoryPage, MessageExtras, Peer, Quote,
 };
-pub use presence::{PresenceStatus, SessionSpan, Signal};
-pub use events::{ClientEvent, EVENT_BUFFER, Events, OutboxStatus};
 pub use outbox_store::OutboxStoreError;
+pub use presence::{PresenceStatus, SessionSpan, Signal};
 pub use qim_proto::v1::ErrorCode;

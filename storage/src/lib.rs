@@ -47,16 +47,16 @@
 use async_trait::async_trait;
 
 pub mod cluster;
-pub mod cql;
 pub mod contacts;
 pub mod conversations;
+pub mod cql;
 pub mod embedded;
 mod error;
 pub mod groups;
 pub mod model;
 pub mod presence;
-pub mod schedule;
 pub mod redis;
+pub mod schedule;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
