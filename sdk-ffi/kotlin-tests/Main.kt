@@ -12,8 +12,12 @@ import kotlinx.coroutines.withTimeout
 import uniffi.qim_sdk_ffi.ClientListener
 import uniffi.qim_sdk_ffi.ClientOptions
 import uniffi.qim_sdk_ffi.ConnectionState
+import uniffi.qim_sdk_ffi.Conversation
+import uniffi.qim_sdk_ffi.HistoryAnchor
 import uniffi.qim_sdk_ffi.Message
+import uniffi.qim_sdk_ffi.MessageEvent
 import uniffi.qim_sdk_ffi.OutboxStatus
+import uniffi.qim_sdk_ffi.Peer
 import uniffi.qim_sdk_ffi.Platform
 import uniffi.qim_sdk_ffi.QimClient
 import uniffi.qim_sdk_ffi.QimException
@@ -219,6 +223,91 @@ suspend fun outboxDeliver() {
     dave.disconnect()
 }
 
+/// Every conversation of the client, page by page.
+suspend fun QimClient.allConversations(): List<Conversation> {
+    val out = mutableListOf<Conversation>()
+    var after: ByteArray? = null
+    do {
+        val page = conversations(after, 2u)
+        out.addAll(page.conversations)
+        after = page.next
+    } while (after != null)
+    return out
+}
+
+suspend fun QimClient.conversationWith(peer: Peer): Conversation? = allConversations().find { it.peer == peer }
+
+/// Waits for a message matching `accept`, skipping the others (a new
+/// device first gets the user's whole inbox).
+suspend fun Channel<Message>.until(what: String, accept: (Message) -> Boolean): Message {
+    while (true) {
+        val m = next(what)
+        if (accept(m)) return m
+    }
+}
+
+/// Unread counts: alice sends bob three messages, bob's conversation list
+/// shows them unread, bob marks them read, the count drops to zero and
+/// bob's other device hears of it.
+suspend fun unread() {
+    val alice = Peer.User("alice")
+    val (bob, bobEvents) = connected("bob", "bob-watch")
+    val (bobTablet, tabletEvents) = connected("bob", "bob-desk")
+    val (sender, _) = connected("alice", "alice-desk")
+
+    // Start from a read conversation, whatever earlier scenarios left.
+    val hello = sender.send("bob", "unread baseline")
+    bobEvents.messages.until("baseline") { it.msgId == hello.msgId }
+    val baseline = bob.markRead(alice, hello.seq)
+    check(baseline.unread == 0u && baseline.readSeq == hello.seq) { "baseline $baseline" }
+
+    val texts = (1..3).map { "unread $it" }
+    val receipts = texts.map { sender.send("bob", it) }
+    val got = texts.map { t -> bobEvents.messages.until(t) { it.event == null && it.text == t } }
+    for ((m, receipt) in got.zip(receipts)) {
+        check(m.seq == receipt.seq && m.conversation == alice && !m.outgoing) { "bob got $m" }
+        check(!m.recalled && m.editedAtMs == 0L && m.replyTo == null && !m.mentionsMe) { "plain message $m" }
+    }
+    val before = bob.conversationWith(alice) ?: throw AssertionError("no conversation with alice")
+    check(before.unread == 3u) { "unread ${before.unread}, expected 3" }
+    check(before.readSeq == hello.seq && before.lastSeq == got.last().seq) { "cursor $before" }
+    check(before.lastMessage?.text == "unread 3") { "last message ${before.lastMessage?.text}" }
+    check(!before.pinned && !before.muted && before.updatedMs > 0L) { "flags $before" }
+
+    // History, newest first, pages of two.
+    val page = bob.history(alice, HistoryAnchor.End, false, 2u)
+    check(page.messages.map { it.text } == listOf("unread 3", "unread 2") && page.more) { "history ${page.messages.map { it.text }}" }
+    val older = bob.history(alice, HistoryAnchor.Seq(page.messages.last().seq), false, 1u)
+    check(older.messages.map { it.text } == listOf("unread 1")) { "older ${older.messages.map { it.text }}" }
+
+    val marked = bob.markRead(alice, got.last().seq)
+    check(marked.unread == 0u && marked.readSeq == got.last().seq) { "after markRead $marked" }
+    val after = bob.conversationWith(alice) ?: throw AssertionError("conversation with alice gone")
+    check(after.unread == 0u && after.readSeq == got.last().seq) { "after markRead, listed $after" }
+
+    // The other device hears of the read.
+    val read = tabletEvents.messages.until("read event on bob's other device") {
+        val e = it.event
+        e is MessageEvent.Read && e.readSeq == got.last().seq
+    }
+    val event = read.event as MessageEvent.Read
+    check(event.conversation == alice && event.unread == 0u) { "read event $event" }
+    val seen = bobTablet.conversationWith(alice) ?: throw AssertionError("tablet has no conversation")
+    check(seen.unread == 0u) { "tablet unread ${seen.unread}" }
+
+    // Typed errors for bad input.
+    try {
+        bob.markRead(Peer.User("not a valid id!"), 1uL)
+        throw AssertionError("markRead of an invalid peer was accepted")
+    } catch (e: QimException.Rejected) {
+        check(e.code == "INVALID_ARGUMENT") { "code ${e.code}" }
+    }
+
+    sender.disconnect()
+    bob.disconnect()
+    bobTablet.disconnect()
+}
+
 fun main(args: Array<String>) {
     val scenario = args.firstOrNull() ?: "chat"
     try {
@@ -228,6 +317,7 @@ fun main(args: Array<String>) {
                 "offline-catch-up" -> offlineCatchUp()
                 "outbox-write" -> outboxWrite()
                 "outbox-deliver" -> outboxDeliver()
+                "unread" -> unread()
                 else -> throw IllegalArgumentException("unknown scenario $scenario")
             }
         }

@@ -242,7 +242,228 @@ impl From<qim_sdk::ConnectionState> for ConnectionState {
     }
 }
 
-/// A received message.
+/// Who a conversation is with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum Peer {
+    /// A one-to-one conversation with this user.
+    User {
+        /// The other user's id.
+        id: String,
+    },
+    /// A group.
+    Group {
+        /// The group's id.
+        id: String,
+    },
+}
+
+impl From<qim_sdk::Peer> for Peer {
+    fn from(p: qim_sdk::Peer) -> Self {
+        match p {
+            qim_sdk::Peer::User(id) => Peer::User { id },
+            qim_sdk::Peer::Group(id) => Peer::Group { id },
+        }
+    }
+}
+
+impl From<Peer> for qim_sdk::Peer {
+    fn from(p: Peer) -> Self {
+        match p {
+            Peer::User { id } => qim_sdk::Peer::User(id),
+            Peer::Group { id } => qim_sdk::Peer::Group(id),
+        }
+    }
+}
+
+/// A quoted message in a reply.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Quote {
+    /// The quoted message's id.
+    pub msg_id: String,
+    /// Its sender.
+    pub from_user: String,
+    /// Its content type.
+    pub kind: String,
+    /// The start of its body (the server keeps 256 bytes).
+    pub excerpt: Vec<u8>,
+}
+
+impl From<qim_sdk::Quote> for Quote {
+    fn from(q: qim_sdk::Quote) -> Self {
+        Quote {
+            msg_id: q.msg_id,
+            from_user: q.from_user,
+            kind: q.kind,
+            excerpt: q.excerpt,
+        }
+    }
+}
+
+/// A change to earlier state carried by an inbox entry instead of a chat
+/// message (see [`Message::event`]).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum MessageEvent {
+    /// This user read `conversation` up to `read_seq` (on some device).
+    Read {
+        /// The conversation.
+        conversation: Peer,
+        /// Read up to this inbox seq.
+        read_seq: u64,
+        /// Unread messages left.
+        unread: u32,
+    },
+    /// The sender recalled a message: drop its body from the UI.
+    Recalled {
+        /// The conversation.
+        conversation: Peer,
+        /// The recalled message.
+        msg_id: String,
+        /// Its seq in this inbox (0 when this inbox held no copy).
+        seq: u64,
+        /// Who recalled it.
+        by_user: String,
+    },
+    /// The sender edited a message.
+    Edited {
+        /// The conversation.
+        conversation: Peer,
+        /// The edited message.
+        msg_id: String,
+        /// Its seq in this inbox (0 when this inbox held no copy).
+        seq: u64,
+        /// New content type.
+        kind: String,
+        /// New body.
+        body: Vec<u8>,
+        /// When it was edited, ms since the Unix epoch.
+        edited_at_ms: i64,
+    },
+    /// This user deleted a message for themselves (on some device).
+    Deleted {
+        /// The conversation.
+        conversation: Peer,
+        /// The message.
+        msg_id: String,
+        /// Its seq in this inbox.
+        seq: u64,
+    },
+    /// `from_user` asks this user to be friends.
+    FriendRequest {
+        /// Who asks.
+        from_user: String,
+        /// Their message.
+        message: String,
+    },
+    /// `from_user` answered this user's friend request.
+    FriendResponse {
+        /// Who answered.
+        from_user: String,
+        /// Accepted or rejected.
+        accepted: bool,
+    },
+    /// The other user of a one-to-one chat read this user's messages up to
+    /// `msg_id` (every message sent to them at or before `sent_ms`).
+    ReadReceipt {
+        /// Who read.
+        reader: String,
+        /// The newest message of this user they read.
+        msg_id: String,
+        /// When that message was sent.
+        sent_ms: i64,
+    },
+    /// This user changed a conversation's flags (on some device).
+    Flags {
+        /// The conversation.
+        conversation: Peer,
+        /// Pinned now.
+        pinned: bool,
+        /// Muted now.
+        muted: bool,
+    },
+    /// A kind of change this version of the SDK does not know; ignore it.
+    Other,
+}
+
+impl From<qim_sdk::Event> for MessageEvent {
+    fn from(e: qim_sdk::Event) -> Self {
+        use qim_sdk::Event as E;
+        match e {
+            E::Read {
+                conversation,
+                read_seq,
+                unread,
+            } => MessageEvent::Read {
+                conversation: conversation.into(),
+                read_seq,
+                unread,
+            },
+            E::Recalled {
+                conversation,
+                msg_id,
+                seq,
+                by_user,
+            } => MessageEvent::Recalled {
+                conversation: conversation.into(),
+                msg_id,
+                seq,
+                by_user,
+            },
+            E::Edited {
+                conversation,
+                msg_id,
+                seq,
+                kind,
+                body,
+                edited_at_ms,
+            } => MessageEvent::Edited {
+                conversation: conversation.into(),
+                msg_id,
+                seq,
+                kind,
+                body,
+                edited_at_ms,
+            },
+            E::Deleted {
+                conversation,
+                msg_id,
+                seq,
+            } => MessageEvent::Deleted {
+                conversation: conversation.into(),
+                msg_id,
+                seq,
+            },
+            E::FriendRequest { from, message } => MessageEvent::FriendRequest {
+                from_user: from,
+                message,
+            },
+            E::FriendResponse { from, accepted } => MessageEvent::FriendResponse {
+                from_user: from,
+                accepted,
+            },
+            E::ReadReceipt {
+                reader,
+                msg_id,
+                sent_ms,
+            } => MessageEvent::ReadReceipt {
+                reader,
+                msg_id,
+                sent_ms,
+            },
+            E::Flags {
+                conversation,
+                pinned,
+                muted,
+            } => MessageEvent::Flags {
+                conversation: conversation.into(),
+                pinned,
+                muted,
+            },
+            _ => MessageEvent::Other,
+        }
+    }
+}
+
+/// A received message, or (when `event` is set) a change to earlier state.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct Message {
     /// Position in this user's inbox: persist it, pass it as `resume_from`.
@@ -263,6 +484,29 @@ pub struct Message {
     pub text: String,
     /// When the server stored it, ms since the Unix epoch.
     pub server_time_ms: i64,
+    /// The conversation it belongs to (the other user, or the group).
+    pub conversation: Peer,
+    /// Sent by this user (a copy from another of the user's devices).
+    pub outgoing: bool,
+    /// Set when this entry is a change to earlier state (read on another
+    /// device, a recall, an edit), not a chat message.
+    pub event: Option<MessageEvent>,
+    /// The message this one replies to.
+    pub reply_to: Option<Quote>,
+    /// Users mentioned.
+    pub mentions: Vec<String>,
+    /// `@all` was used.
+    pub mention_all: bool,
+    /// This user is mentioned (by name or `@all`): flag it.
+    pub mentions_me: bool,
+    /// When the sender last edited it, ms since the Unix epoch; 0 when
+    /// never.
+    pub edited_at_ms: i64,
+    /// The sender recalled it; the body is gone.
+    pub recalled: bool,
+    /// For a read-diffusion group's message: its seq in the group's log
+    /// (`seq` is then 0).
+    pub group_seq: u64,
 }
 
 impl From<qim_sdk::IncomingMessage> for Message {
@@ -277,8 +521,105 @@ impl From<qim_sdk::IncomingMessage> for Message {
             kind: m.kind,
             body: m.body,
             server_time_ms: m.server_time_ms,
+            conversation: m.conversation.into(),
+            outgoing: m.outgoing,
+            event: m.event.map(Into::into),
+            reply_to: m.reply_to.map(Into::into),
+            mentions: m.mentions,
+            mention_all: m.mention_all,
+            mentions_me: m.mentions_me,
+            edited_at_ms: m.edited_at_ms,
+            recalled: m.recalled,
+            group_seq: m.group_seq,
         }
     }
+}
+
+/// One entry of the conversation list.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Conversation {
+    /// Who the conversation is with.
+    pub peer: Peer,
+    /// The newest message (body cut to 256 bytes).
+    pub last_message: Option<Message>,
+    /// Inbox seq of the newest message.
+    pub last_seq: u64,
+    /// Read up to this inbox seq.
+    pub read_seq: u64,
+    /// Messages from others after `read_seq`, not recalled or deleted.
+    pub unread: u32,
+    /// Pinned to the top of the list.
+    pub pinned: bool,
+    /// Muted (no notifications; unread still counts).
+    pub muted: bool,
+    /// Server time of the last activity, ms since the Unix epoch.
+    pub updated_ms: i64,
+    /// Read-diffusion groups: read up to this seq of the group's log.
+    pub group_read_seq: u64,
+    /// Read-diffusion groups: the newest seq of the group's log.
+    pub group_head: u64,
+}
+
+impl From<qim_sdk::Conversation> for Conversation {
+    fn from(c: qim_sdk::Conversation) -> Self {
+        Conversation {
+            peer: c.peer.into(),
+            last_message: c.last_message.map(Into::into),
+            last_seq: c.last_seq,
+            read_seq: c.read_seq,
+            unread: c.unread,
+            pinned: c.pinned,
+            muted: c.muted,
+            updated_ms: c.updated_ms,
+            group_read_seq: c.group_read_seq,
+            group_head: c.group_head,
+        }
+    }
+}
+
+/// A page of the conversation list.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ConversationPage {
+    /// Pinned first, then newest activity first.
+    pub conversations: Vec<Conversation>,
+    /// Pass to the next `conversations` call; `None` on the last page.
+    pub next: Option<Vec<u8>>,
+}
+
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum HistoryAnchor {
+    /// The newest end (backward) or the oldest (forward).
+    End,
+    /// After (forward) or before (backward) this inbox seq.
+    Seq {
+        /// The seq.
+        seq: u64,
+    },
+    /// From this server time, ms since the Unix epoch.
+    Time {
+        /// The time.
+        ms: i64,
+    },
+}
+
+impl From<HistoryAnchor> for qim_sdk::HistoryAnchor {
+    fn from(a: HistoryAnchor) -> Self {
+        match a {
+            HistoryAnchor::End => qim_sdk::HistoryAnchor::End,
+            HistoryAnchor::Seq { seq } => qim_sdk::HistoryAnchor::Seq(seq),
+            HistoryAnchor::Time { ms } => qim_sdk::HistoryAnchor::Time(ms),
+        }
+    }
+}
+
+/// A page of a conversation's history.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct HistoryPage {
+    /// In the direction asked.
+    pub messages: Vec<Message>,
+    /// More exist beyond the last.
+    pub more: bool,
 }
 
 /// A message to send.
@@ -541,6 +882,55 @@ impl QimClient {
         .await
     }
 
+    /// A page of this user's conversation list (pinned first, then newest
+    /// activity first): start with `after = None` and pass the previous
+    /// page's `next`. `limit` 0 means the server's default page size.
+    pub async fn conversations(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<ConversationPage, QimError> {
+        let client = self.client()?;
+        on_runtime(async move {
+            let page = client.conversations(after, limit).await?;
+            Ok(ConversationPage {
+                conversations: page.conversations.into_iter().map(Into::into).collect(),
+                next: page.next,
+            })
+        })
+        .await
+    }
+
+    /// Marks the conversation with `peer` read up to inbox seq `up_to_seq`
+    /// and returns it with its new unread count. The user's other devices
+    /// get a message whose `event` is `MessageEvent.Read`.
+    pub async fn mark_read(&self, peer: Peer, up_to_seq: u64) -> Result<Conversation, QimError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.mark_read(peer.into(), up_to_seq).await?.into()) }).await
+    }
+
+    /// A page of the conversation with `peer`, from `anchor`: newest first
+    /// when `forward` is false, oldest first when true.
+    pub async fn history(
+        &self,
+        peer: Peer,
+        anchor: HistoryAnchor,
+        forward: bool,
+        limit: u32,
+    ) -> Result<HistoryPage, QimError> {
+        let client = self.client()?;
+        on_runtime(async move {
+            let page = client
+                .history(peer.into(), anchor.into(), forward, limit)
+                .await?;
+            Ok(HistoryPage {
+                messages: page.messages.into_iter().map(Into::into).collect(),
+                more: page.more,
+            })
+        })
+        .await
+    }
+
     /// The device's network changed: migrate the connection to a new
     /// socket (reconnect if the new path does not answer).
     pub async fn network_changed(&self) -> Result<(), QimError> {
@@ -659,6 +1049,45 @@ mod tests {
             }
         ));
         assert_eq!(QimError::from(qim_sdk::Error::Timeout), QimError::Timeout);
+    }
+
+    #[test]
+    fn im_fields_and_events_cross_the_ffi() {
+        let m = qim_sdk::IncomingMessage {
+            seq: 7,
+            body: b"hi".to_vec(),
+            conversation: qim_sdk::Peer::Group("g1".into()),
+            mentions_me: true,
+            reply_to: Some(qim_sdk::Quote {
+                msg_id: "m1".into(),
+                ..Default::default()
+            }),
+            event: Some(qim_sdk::Event::Read {
+                conversation: qim_sdk::Peer::User("bob".into()),
+                read_seq: 5,
+                unread: 2,
+            }),
+            ..Default::default()
+        };
+        let m = Message::from(m);
+        assert_eq!(m.conversation, Peer::Group { id: "g1".into() });
+        assert_eq!(m.text, "hi");
+        assert!(m.mentions_me);
+        assert_eq!(m.reply_to.map(|q| q.msg_id), Some("m1".to_owned()));
+        assert_eq!(
+            m.event,
+            Some(MessageEvent::Read {
+                conversation: Peer::User { id: "bob".into() },
+                read_seq: 5,
+                unread: 2
+            })
+        );
+        let peer: qim_sdk::Peer = Peer::User { id: "alice".into() }.into();
+        assert_eq!(peer, qim_sdk::Peer::User("alice".into()));
+        assert_eq!(
+            qim_sdk::HistoryAnchor::from(HistoryAnchor::Seq { seq: 3 }),
+            qim_sdk::HistoryAnchor::Seq(3)
+        );
     }
 
     #[test]
