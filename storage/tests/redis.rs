@@ -193,9 +193,18 @@ async fn exercise(redis: &Redis) {
         ttl_ms: 60_000,
     };
     let handoffs = vec![
-        ("x".to_owned(), Handoff::Message(message("bob", 1))),
-        ("y".to_owned(), Handoff::Message(message("carol", 1))),
-        ("x".to_owned(), Handoff::Message(message("bob", 2))),
+        (
+            "x".to_owned(),
+            Handoff::Message(Box::new(message("bob", 1))),
+        ),
+        (
+            "y".to_owned(),
+            Handoff::Message(Box::new(message("carol", 1))),
+        ),
+        (
+            "x".to_owned(),
+            Handoff::Message(Box::new(message("bob", 2))),
+        ),
         (
             "x".to_owned(),
             Handoff::Kick {
@@ -234,7 +243,10 @@ async fn exercise(redis: &Redis) {
     );
     redis
         .push(
-            &[("x".to_owned(), Handoff::Message(message("bob", 3)))],
+            &[(
+                "x".to_owned(),
+                Handoff::Message(Box::new(message("bob", 3))),
+            )],
             config,
         )
         .await
@@ -243,7 +255,7 @@ async fn exercise(redis: &Redis) {
     assert_eq!(fresh.len(), 1);
     assert_eq!(
         fresh[0].handoff.as_ref().expect("decodes"),
-        &Handoff::Message(message("bob", 3))
+        &Handoff::Message(Box::new(message("bob", 3)))
     );
     x.quit().await;
     let mut y = redis.consumer("y").await.expect("consumer");
@@ -256,7 +268,12 @@ async fn exercise(redis: &Redis) {
         ttl_ms: 60_000,
     };
     let many: Vec<(String, Handoff)> = (1..=2_000)
-        .map(|seq| ("z".to_owned(), Handoff::Message(message("dave", seq))))
+        .map(|seq| {
+            (
+                "z".to_owned(),
+                Handoff::Message(Box::new(message("dave", seq))),
+            )
+        })
         .collect();
     redis.push(&many, small).await.expect("push");
     let mut z = redis.consumer("z").await.expect("consumer");
@@ -269,7 +286,7 @@ async fn exercise(redis: &Redis) {
     let last = kept.last().expect("some kept");
     assert_eq!(
         last.handoff.as_ref().expect("decodes"),
-        &Handoff::Message(message("dave", 2_000)),
+        &Handoff::Message(Box::new(message("dave", 2_000))),
         "the newest are kept"
     );
     z.quit().await;

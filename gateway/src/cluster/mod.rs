@@ -372,7 +372,7 @@ impl Cluster {
                 match entry.handoff {
                     Ok(Handoff::Message(message)) => {
                         ctx.metrics.handoffs_received.inc();
-                        ctx.routes.publish(Arc::new(message));
+                        ctx.routes.publish(Arc::from(message));
                     }
                     Ok(Handoff::Kick {
                         user,
@@ -452,7 +452,7 @@ impl Cluster {
                     nodes.sort_unstable();
                     nodes.dedup();
                     for node in nodes {
-                        handoffs.push((node.to_owned(), Handoff::Message((**m).clone())));
+                        handoffs.push((node.to_owned(), Handoff::Message(Box::new((**m).clone()))));
                     }
                 }
                 self.redis.push(&handoffs, self.queue).await?;

@@ -56,7 +56,7 @@ impl Default for QueueConfig {
 #[non_exhaustive]
 pub enum Handoff {
     /// A message was stored for a user with a session on the target node.
-    Message(StoredMessage),
+    Message(Box<StoredMessage>),
     /// A device logged in elsewhere: end its session `session` on the
     /// target node (with REPLACED).
     Kick {
@@ -117,11 +117,11 @@ impl Handoff {
                 let message = entry
                     .message
                     .ok_or_else(|| StoreError::Corrupt("hand-off without message".into()))?;
-                Ok(Handoff::Message(StoredMessage {
+                Ok(Handoff::Message(Box::new(StoredMessage {
                     inbox,
                     seq: entry.seq,
                     message,
-                }))
+                })))
             }
             "x" => Ok(Handoff::Kick {
                 user: text("i")?,
@@ -370,7 +370,7 @@ mod tests {
             },
         };
         for handoff in [
-            Handoff::Message(message),
+            Handoff::Message(Box::new(message)),
             Handoff::Kick {
                 user: "bob".into(),
                 device: "phone".into(),
