@@ -2,7 +2,7 @@
 //! counting allocator measures the peak while garbage is decoded.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -12,21 +12,37 @@ use qim_proto::v1;
 
 struct Counting;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+static CURRENT: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+std::thread_local! {
+    /// Whether this thread's allocations count: only the measuring thread's
+    /// do, so the test harness and the other test's thread cannot raise the
+    /// peak of a measurement.
+    static MEASURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn measuring() -> bool {
+    MEASURING.try_with(std::cell::Cell::get).unwrap_or(false)
+}
 
 // SAFETY: forwards to the system allocator and only counts sizes.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-        PEAK.fetch_max(now, Ordering::SeqCst);
+        if measuring() {
+            let size = layout.size() as isize;
+            let now = CURRENT.fetch_add(size, Ordering::SeqCst) + size;
+            PEAK.fetch_max(now, Ordering::SeqCst);
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
+        if measuring() {
+            CURRENT.fetch_sub(layout.size() as isize, Ordering::SeqCst);
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -35,14 +51,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Runs `f` and returns the peak bytes allocated above the level at entry.
+/// Runs `f` and returns the peak bytes it allocated on this thread above
+/// the level at entry (freeing older blocks counts as negative).
 fn peak_during(f: impl FnOnce()) -> usize {
     // The counters are process-wide: measure one test at a time.
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let base = CURRENT.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
+    CURRENT.store(0, Ordering::SeqCst);
+    PEAK.store(0, Ordering::SeqCst);
+    MEASURING.with(|m| m.set(true));
     f();
-    PEAK.load(Ordering::SeqCst).saturating_sub(base)
+    MEASURING.with(|m| m.set(false));
+    PEAK.load(Ordering::SeqCst).max(0) as usize
 }
 
 const MAX: usize = 4096;

@@ -95,7 +95,15 @@ pub async fn posts_update_conversations_and_mark_read_is_exact(backend: &dyn ImB
     };
     let applied = s.conversations.apply(op(seqs[1])).await.expect("mark");
     assert_eq!(applied.conversation.as_ref().map(|c| c.unread), Some(2));
-    assert_eq!(applied.events.len(), 1);
+    // The read state for b's other devices, in b's inbox, and a read
+    // receipt for a (whose message was read), in a's inbox.
+    assert_eq!(applied.events.len(), 2, "read event and read receipt");
+    assert_eq!(applied.events[0].inbox, b);
+    assert_eq!(applied.events[1].inbox, a);
+    assert_eq!(
+        s.messages.inbox_head(&a).await.expect("head"),
+        applied.events[1].seq
+    );
     assert_eq!(
         s.messages.inbox_head(&b).await.expect("head"),
         applied.event_seq
