@@ -181,6 +181,39 @@ suspend fun offlineCatchUp() {
     bobAgain.disconnect()
 }
 
+/// Reconnects with a resumed TLS session (the login goes as 0-RTT early
+/// data) and without: both deliver everything sent while reconnecting.
+suspend fun resumption() {
+    val (alice, _) = connected("alice", "alice-watch")
+    for (resume in listOf(true, false)) {
+        val device = if (resume) "bob-resumes" else "bob-full"
+        val bob = QimClient(options("bob", device).copy(resumption = resume))
+        val bobEvents = Recorder()
+        bob.setListener(bobEvents)
+        bob.connect()
+        alice.send("bob", "before $device")
+        var m = bobEvents.messages.next("first message of $device")
+        while (m.text != "before $device") m = bobEvents.messages.next("first message of $device")
+        for (round in 1..3) {
+            bob.reconnect()
+            val text = "round $round of $device"
+            alice.send("bob", text)
+            val got = bobEvents.messages.next(text)
+            check(got.text == text) { "expected '$text', got '${got.text}'" }
+        }
+        bobEvents.messages.quiet(300)
+        val stats = bob.stats()
+        check(stats.sessions == 4uL) { "$device sessions ${stats.sessions}" }
+        if (resume) {
+            check(stats.zeroRttAccepted == 3uL) { "resumed reconnects accepted as 0-RTT: ${stats.zeroRttAccepted}" }
+        } else {
+            check(stats.zeroRttAccepted == 0uL) { "0-RTT without resumption: ${stats.zeroRttAccepted}" }
+        }
+        bob.disconnect()
+    }
+    alice.disconnect()
+}
+
 /// First process: offline (the server address swallows packets), queue
 /// messages, exit. Their ids go to QIM_OUTBOX_IDS.
 suspend fun outboxWrite() {
@@ -318,6 +351,7 @@ fun main(args: Array<String>) {
                 "outbox-write" -> outboxWrite()
                 "outbox-deliver" -> outboxDeliver()
                 "unread" -> unread()
+                "resumption" -> resumption()
                 else -> throw IllegalArgumentException("unknown scenario $scenario")
             }
         }
