@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PATIENCE, assert_quiet, take, text};
+use common::{PATIENCE, assert_quiet, http_get, take, text};
 use qim_gateway::Config;
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_gateway::cluster::strategy::{Picker, Strategy};
@@ -215,26 +215,6 @@ impl Drop for Node {
             let _ = stop.send(());
         }
     }
-}
-
-/// GET on an HTTP address: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// The value of `"field":"…"` or `"field":N` in a flat JSON object.
