@@ -258,18 +258,12 @@ async fn live_nodes(admin: SocketAddr) -> Vec<NodeInfo> {
 
 /// Waits until `/nodes` on `admin` satisfies `ok`.
 async fn wait_nodes(admin: SocketAddr, what: &str, ok: impl Fn(&[NodeInfo]) -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let ok = &ok;
+    common::poll_until(what, || async move {
         let nodes = live_nodes(admin).await;
-        if ok(&nodes) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: nodes are {nodes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ok(&nodes).then_some(())
+    })
+    .await
 }
 
 fn to(user: &str, id: String, body: String) -> OutgoingMessage {
@@ -704,22 +698,15 @@ async fn kill_9_of_the_recipients_node_loses_nothing_and_the_dead_node_expires()
     })
     .await
     .expect("redis");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let routes = common::poll_until("routes on the dead node lapse", || async {
         let routes = redis
             .routes(&bob_id, qim_proto::now_ms())
             .await
             .expect("routes");
-        if routes.iter().all(|r| r.node != b_id) {
-            assert_eq!(routes.len(), 1, "bob's one device, now on C: {routes:?}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "routes on the dead node lapse"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        routes.iter().all(|r| r.node != b_id).then_some(routes)
+    })
+    .await;
+    assert_eq!(routes.len(), 1, "bob's one device, now on C: {routes:?}");
     redis.quit().await;
     alice.close().await;
     bob.close().await;

@@ -1163,19 +1163,15 @@ async fn history_across_the_retention_boundary_says_older_messages_expired() {
         "within the retention: all there"
     );
     // Wait (bounded) until the retention has passed for the old messages.
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    loop {
+    let page = common::poll_until("the old messages expire", || async {
         let page = bob
             .history(user("alice"), HistoryAnchor::End, false, 10)
             .await
             .expect("history");
-        if page.messages.is_empty() {
-            assert!(page.expired, "no silent gap: {page:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never expired");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        page.messages.is_empty().then_some(page)
+    })
+    .await;
+    assert!(page.expired, "no silent gap: {page:?}");
     let mut new = Vec::new();
     for i in 0..3 {
         new.push(

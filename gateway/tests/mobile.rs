@@ -12,18 +12,12 @@ use qim_sdk::{Client, ClientEvent, OutboxStatus, OutgoingMessage};
 /// Waits until a gateway metric satisfies `ok` (metrics are updated by the
 /// gateway's tasks, a moment after the client sees the effect).
 async fn wait_metric(gw: &TestGateway, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let ok = &ok;
+    common::poll_until(name, || async move {
         let value = gw.metric(name).await;
-        if ok(value) {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} stayed at {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ok(value).then_some(value)
+    })
+    .await
 }
 
 fn message(to: &str, body: &str) -> OutgoingMessage {
