@@ -71,19 +71,20 @@ pub enum RunError {
     StoreFailed(String),
 }
 
-/// The stores behind IM features; a backend usually implements all three.
-#[derive(Clone)]
+/// The stores behind IM features; a backend usually implements all of
+/// them. A store left `None` turns its rpcs into UNSUPPORTED answers.
+#[derive(Clone, Default)]
 pub struct ImStores {
     /// Conversations, read state, message operations.
-    pub conversations: Arc<dyn ConversationStore>,
+    pub conversations: Option<Arc<dyn ConversationStore>>,
     /// Groups.
-    pub groups: Arc<dyn GroupStore>,
+    pub groups: Option<Arc<dyn GroupStore>>,
     /// Friends and blocks.
-    pub contacts: Arc<dyn ContactStore>,
+    pub contacts: Option<Arc<dyn ContactStore>>,
     /// Scheduled sends.
-    pub schedules: Arc<dyn ScheduleStore>,
+    pub schedules: Option<Arc<dyn ScheduleStore>>,
     /// Session records.
-    pub presence: Arc<dyn PresenceStore>,
+    pub presence: Option<Arc<dyn PresenceStore>>,
 }
 
 /// State shared by every connection of this gateway.
@@ -180,22 +181,26 @@ impl Gateway {
     /// `server.data_dir`.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         if let Some(options) = config.store.cluster_options() {
-            // The IM stores (conversations, groups, contacts, schedules,
-            // presence) have no CQL implementation yet: a cluster runs
-            // messaging without them and answers their rpcs UNSUPPORTED.
-            let store = ClusterStore::connect(&options).await?;
-            return Self::bind_with_store(config, Arc::new(store)).await;
+            let store = Arc::new(ClusterStore::connect(&options).await?);
+            let im = ImStores {
+                conversations: None,
+                groups: None,
+                contacts: None,
+                schedules: None,
+                presence: None,
+            };
+            return Self::bind_with_stores(config, store, im).await;
         }
         let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
         store.set_history_retention_ms(config.im.history_retention_ms);
         let im = ImStores {
-            conversations: store.clone(),
-            groups: store.clone(),
-            contacts: store.clone(),
-            schedules: store.clone(),
-            presence: store.clone(),
+            conversations: Some(store.clone()),
+            groups: Some(store.clone()),
+            contacts: Some(store.clone()),
+            schedules: Some(store.clone()),
+            presence: Some(store.clone()),
         };
-        Self::bind_with_stores(config, store, Some(im)).await
+        Self::bind_with_stores(config, store, im).await
     }
 
     /// Binds with a store chosen by the caller, without IM features.
@@ -203,7 +208,7 @@ impl Gateway {
         config: Config,
         store: Arc<dyn MessageStore>,
     ) -> Result<Gateway, StartError> {
-        Self::bind_with_stores(config, store, None).await
+        Self::bind_with_stores(config, store, ImStores::default()).await
     }
 
     /// Binds with a message store and, for IM features, the IM stores
@@ -211,18 +216,15 @@ impl Gateway {
     pub async fn bind_with_stores(
         config: Config,
         store: Arc<dyn MessageStore>,
-        im: Option<ImStores>,
+        im: ImStores,
     ) -> Result<Gateway, StartError> {
-        let (conversations, groups, contacts, schedules, presence) = match im {
-            Some(s) => (
-                Some(s.conversations),
-                Some(s.groups),
-                Some(s.contacts),
-                Some(s.schedules),
-                Some(s.presence),
-            ),
-            None => (None, None, None, None, None),
-        };
+        let ImStores {
+            conversations,
+            groups,
+            contacts,
+            schedules,
+            presence,
+        } = im;
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),

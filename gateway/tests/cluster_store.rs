@@ -13,35 +13,17 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PATIENCE, Raw, TestGateway, assert_quiet, send_frame, take, text};
+use common::{
+    PATIENCE, Raw, TestGateway, assert_quiet, required_env, send_frame, take, text, unique,
+};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, server_ack};
 use qim_storage::cql::{self, CqlOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// One keyspace for this test binary; users and key prefixes are unique
-/// per test.
-const KEYSPACE: &str = "qim_gateway_test";
-
-fn required_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: these tests need the local services \
-             (`cargo xtask services up`, then QIM_TEST_REDIS=redis://127.0.0.1:6390 \
-             QIM_TEST_CQL=127.0.0.1:9042; `cargo xtask test` sets both)"
-        )
-    })
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}{:08x}", rand::random::<u32>())
-}
-
 async fn migrate(cql_addr: &str) {
-    cql::connect_and_migrate(&CqlOptions::new(vec![cql_addr.to_owned()], KEYSPACE))
-        .await
-        .expect("migrate the test keyspace");
+    common::migrate_test_keyspace(cql_addr).await;
 }
 
 /// A gateway on the cluster store at `redis` and `cql`.
@@ -50,7 +32,7 @@ async fn cluster_gateway(redis: &str, cql: &str) -> TestGateway {
     TestGateway::start_with(move |c| {
         c.store.redis = Some(redis);
         c.store.cql = Some(cql);
-        c.store.keyspace = KEYSPACE.to_owned();
+        c.store.keyspace = common::CLUSTER_KEYSPACE.to_owned();
         c.store.key_prefix = unique("qimtest:");
         c.store.key_prefix.push(':');
         c.store.timeout_ms = 1_000;
@@ -374,12 +356,18 @@ async fn a_permanent_gap_does_not_wedge_a_device() {
     assert_eq!(take(&bob, 3).await.len(), 3);
 
     // Seqs 4 and 5 handed out, never written: what a failed write leaves.
-    let session = cql::connect(&CqlOptions::new(vec![cql_addr.clone()], KEYSPACE))
-        .await
-        .expect("cql");
+    let session = cql::connect(&CqlOptions::new(
+        vec![cql_addr.clone()],
+        common::CLUSTER_KEYSPACE,
+    ))
+    .await
+    .expect("cql");
     session
         .query_unpaged(
-            format!("UPDATE {KEYSPACE}.inbox_heads SET reserved = 5 WHERE inbox = ?"),
+            format!(
+                "UPDATE {}.inbox_heads SET reserved = 5 WHERE inbox = ?",
+                common::CLUSTER_KEYSPACE
+            ),
             (&b,),
         )
         .await

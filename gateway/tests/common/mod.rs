@@ -19,6 +19,71 @@ use tokio::task::JoinHandle;
 /// Generous bound for anything that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The store a test gateway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded store in the gateway's temp directory.
+    Embedded,
+    /// Redis (`QIM_TEST_REDIS`) and CQL (`QIM_TEST_CQL`), as started by
+    /// `cargo xtask services up`; keyspace [`CLUSTER_KEYSPACE`], a fresh
+    /// Redis key prefix per gateway.
+    Cluster,
+}
+
+/// The keyspace of every cluster-backed test gateway; users and key
+/// prefixes are unique per test, so tests share it without cleanup.
+pub const CLUSTER_KEYSPACE: &str = "qim_gateway_test";
+
+/// A service address the test needs; fails (never skips) when unset.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these tests need the local services \
+             (`cargo xtask services up`, then QIM_TEST_REDIS=redis://127.0.0.1:6390 \
+             QIM_TEST_CQL=127.0.0.1:9042; `cargo xtask test` sets both)"
+        )
+    })
+}
+
+/// `name` with a random suffix.
+pub fn unique(name: &str) -> String {
+    format!("{name}{:08x}", rand::random::<u32>())
+}
+
+/// Creates or upgrades [`CLUSTER_KEYSPACE`] at `cql_addr` (idempotent).
+pub async fn migrate_test_keyspace(cql_addr: &str) {
+    qim_storage::cql::connect_and_migrate(&qim_storage::cql::CqlOptions::new(
+        vec![cql_addr.to_owned()],
+        CLUSTER_KEYSPACE,
+    ))
+    .await
+    .expect("migrate the test keyspace");
+}
+
+/// Runs each named `async fn(Backend)` as two tests, `embedded::<name>` and
+/// `cluster::<name>`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($check:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check($crate::common::Backend::Embedded).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check($crate::common::Backend::Cluster).await;
+                }
+            )*
+        }
+    };
+}
+
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -33,6 +98,27 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
+    }
+
+    /// A gateway on `backend`, with `adjust` applied to the test config.
+    pub async fn start_on(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        match backend {
+            Backend::Embedded => Self::start_with(adjust).await,
+            Backend::Cluster => {
+                let redis = required_env("QIM_TEST_REDIS");
+                let cql = required_env("QIM_TEST_CQL");
+                migrate_test_keyspace(&cql).await;
+                Self::start_with(move |c| {
+                    c.store.redis = Some(redis);
+                    c.store.cql = Some(cql);
+                    c.store.keyspace = CLUSTER_KEYSPACE.to_owned();
+                    c.store.key_prefix = unique("qimtest:");
+                    c.store.key_prefix.push(':');
+                    adjust(c);
+                })
+                .await
+            }
+        }
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
