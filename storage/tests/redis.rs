@@ -10,6 +10,8 @@ use bytes::Bytes;
 use qim_proto::v1;
 use qim_storage::StoredMessage;
 use qim_storage::redis::queue::{Handoff, QueueConfig};
+use qim_storage::redis::routes::{RouteRemoval, RouteSet};
+use qim_storage::redis::signals::Signal;
 use qim_storage::redis::{Redis, RedisConfig, nodes::NodeInfo};
 
 fn shared_url() -> String {
@@ -58,22 +60,28 @@ async fn exercise(redis: &Redis) {
     let now = qim_proto::now_ms();
     const T: i64 = 100_000;
     // Routes: a second login of a device returns the route it replaced.
+    // The first device is "first" (bob came online); later ones are not.
     assert_eq!(
         redis
             .set_route("bob", "phone", "a", 1, now, T)
             .await
             .expect("set"),
-        None
+        RouteSet {
+            replaced: None,
+            first: true
+        }
     );
-    redis
+    let laptop = redis
         .set_route("bob", "laptop", "b", 7, now, T)
         .await
         .expect("set");
-    let replaced = redis
+    assert!(!laptop.first && laptop.replaced.is_none());
+    let again = redis
         .set_route("bob", "phone", "c", 2, now, T)
         .await
-        .expect("set")
-        .expect("replaced a live route");
+        .expect("set");
+    assert!(!again.first);
+    let replaced = again.replaced.expect("replaced a live route");
     assert_eq!((replaced.node.as_str(), replaced.session), ("a", 1));
     let routes = redis.routes("bob", now).await.expect("routes");
     let nodes: Vec<(&str, &str)> = routes
@@ -91,13 +99,48 @@ async fn exercise(redis: &Redis) {
             .expect("refresh"),
         0
     );
-    assert!(
-        !redis
+    assert_eq!(
+        redis
             .remove_route("bob", "phone", "a", 1, now)
             .await
-            .expect("remove")
+            .expect("remove"),
+        RouteRemoval::NotMine
     );
     assert_eq!(redis.routes("bob", now).await.expect("routes").len(), 2);
+
+    // Of two devices, the first to leave is Removed, the second Last.
+    for (device, session) in [("phone", 1), ("laptop", 2)] {
+        redis
+            .set_route("dora", device, "a", session, now, T)
+            .await
+            .expect("set");
+    }
+    let leaves = [
+        redis.remove_route("dora", "phone", "a", 1, now).await,
+        redis.remove_route("dora", "laptop", "a", 2, now).await,
+    ];
+    assert_eq!(
+        leaves.map(|r| r.expect("remove")),
+        [RouteRemoval::Removed, RouteRemoval::Last]
+    );
+
+    // Signals: a subscriber hears what is published, with its origin.
+    let mut signals = redis.subscribe_signals().await.expect("subscribe");
+    let signal = Signal::Presence(v1::PresenceStatus {
+        user: "dora".into(),
+        online: false,
+        last_seen_ms: now,
+    });
+    redis
+        .publish_signal("node-a", &signal)
+        .await
+        .expect("publish");
+    let (origin, heard) = tokio::time::timeout(Duration::from_secs(5), signals.next())
+        .await
+        .expect("the signal arrives")
+        .expect("subscription open");
+    assert_eq!((origin.as_str(), heard), ("node-a", signal));
+    signals.quit().await;
 
     // Refresh extends the owner's route past the old deadline.
     let mine = vec![("bob".to_owned(), "phone".to_owned(), 2)];
@@ -122,11 +165,12 @@ async fn exercise(redis: &Redis) {
     assert_eq!(presence.last_seen_ms, None);
 
     // The last session ending records last seen.
-    assert!(
+    assert_eq!(
         redis
             .remove_route("bob", "phone", "c", 2, now + T + T / 4)
             .await
-            .expect("remove")
+            .expect("remove"),
+        RouteRemoval::Last
     );
     let presence = redis
         .presence("bob", now + T + T / 4)

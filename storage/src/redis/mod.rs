@@ -13,6 +13,9 @@
 //! - [`queue`]: each node's delivery queue, a Redis Stream read through a
 //!   consumer group: at-least-once hand-off (an entry is acknowledged only
 //!   after the local delivery path has it), bounded by `MAXLEN ~`.
+//! - [`signals`]: what every node may need to hear at once and nobody needs
+//!   later (presence changes, typing, read-diffusion group log entries),
+//!   over one pub/sub channel: at most once, never stored.
 //!
 //! # Keys (prefix `P`, one Redis Cluster hash slot per `{…}` tag)
 //! | key | type | holds |
@@ -22,6 +25,7 @@
 //! | `{P:nodes}:alive` | sorted set | node id scored by its deadline (ms) |
 //! | `{P:nodes}:info` | hash | node id → address and load figures |
 //! | `{P:q:NODE}` | stream | hand-offs for that node |
+//! | `{P:signals}` | pub/sub channel | signals for every node |
 //!
 //! Every multi-key operation (each is one Lua script) touches keys of one
 //! tag only, so the same code runs against a single Redis and a Redis
@@ -47,6 +51,7 @@ pub mod nodes;
 pub mod presence;
 pub mod queue;
 pub mod routes;
+pub mod signals;
 
 /// How to reach Redis and where qim's keys live.
 #[derive(Debug, Clone)]
@@ -82,6 +87,7 @@ pub struct Redis {
     client: fred::clients::Client,
     prefix: String,
     timeout: Duration,
+    config: RedisConfig,
 }
 
 impl std::fmt::Debug for Redis {
@@ -114,6 +120,7 @@ impl Redis {
             client,
             prefix: config.prefix.clone(),
             timeout: config.command_timeout,
+            config: config.clone(),
         })
     }
 
@@ -135,23 +142,29 @@ impl Redis {
     }
 }
 
-fn build(config: &RedisConfig) -> Result<fred::clients::Client, StoreError> {
+fn builder(config: &RedisConfig) -> Result<Builder, StoreError> {
     let parsed = Config::from_url(&config.url)
         .map_err(|e| StoreError::Invalid(format!("redis url {:?}: {e}", config.url)))?;
     let timeout = config.command_timeout;
-    Builder::from_config(parsed)
+    let mut builder = Builder::from_config(parsed);
+    builder
         .with_performance_config(|p| p.default_command_timeout = timeout)
         .with_connection_config(|c| {
             c.connection_timeout = timeout;
             c.internal_command_timeout = timeout;
             c.max_command_attempts = 2;
         })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Ok(builder)
+}
+
+fn build(config: &RedisConfig) -> Result<fred::clients::Client, StoreError> {
+    builder(config)?
         .build()
         .map_err(|e| StoreError::Invalid(format!("redis client: {e}")))
 }
 
-async fn init(client: &fred::clients::Client, timeout: Duration) -> Result<(), StoreError> {
+async fn init(client: &impl fred::interfaces::ClientLike, timeout: Duration) -> Result<(), StoreError> {
     // `init` keeps retrying under the reconnect policy; bound the first
     // connection so a wrong address fails start-up instead of hanging it.
     let connected = tokio::time::timeout(timeout * 2, client.init()).await;

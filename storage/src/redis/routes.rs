@@ -45,23 +45,28 @@ fn check(parts: &[&str]) -> Result<(), StoreError> {
     }
 }
 
-/// Sets the route, drops expired entries, returns the previous live value.
-/// KEYS[1] routes hash; ARGV: device, value, now_ms, key ttl ms.
+/// Sets the route, drops expired entries, returns the previous live value
+/// of the device ('' when none) and how many other devices had a live
+/// route before. KEYS[1] routes hash; ARGV: device, value, now_ms, key ttl
+/// ms.
 const SET: &str = r#"
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local all = redis.call('HGETALL', KEYS[1])
 local now = tonumber(ARGV[3])
+local others = 0
+local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local exp = tonumber(string.match(all[i + 1], '|(%d+)$'))
-  if exp == nil or exp <= now then redis.call('HDEL', KEYS[1], all[i]) end
+  if exp == nil or exp <= now then redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] ~= ARGV[1] then others = others + 1 end
 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local live = ''
 if prev then
   local exp = tonumber(string.match(prev, '|(%d+)$'))
-  if exp ~= nil and exp > now then return prev end
+  if exp ~= nil and exp > now then live = prev end
 end
-return false
+return {live, others}
 "#;
 
 /// Renews the route if it is still this session's or absent (e.g. Redis
@@ -81,8 +86,8 @@ return 1
 
 /// Removes the route if it is this session's, and records last seen when
 /// no live route remains. KEYS[1] routes hash, KEYS[2] seen key; ARGV:
-/// device, `node|session|` prefix, now_ms, seen ttl ms. Returns 1 when
-/// removed.
+/// device, `node|session|` prefix, now_ms, seen ttl ms. Returns 0 when not
+/// removed, 1 when removed, 2 when removed and no live route remains.
 const REMOVE: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur or string.sub(cur, 1, #ARGV[2]) ~= ARGV[2] then return 0 end
@@ -94,9 +99,34 @@ for i = 1, #all, 2 do
   local exp = tonumber(string.match(all[i + 1], '|(%d+)$'))
   if exp ~= nil and exp > now then live = true end
 end
-if not live then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) end
+if not live then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  return 2
+end
 return 1
 "#;
+
+/// What writing a route found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteSet {
+    /// The live route of the same device it replaced (a second login of
+    /// the device, here or elsewhere).
+    pub replaced: Option<Route>,
+    /// The user had no live route before: they just came online.
+    pub first: bool,
+}
+
+/// What removing a route did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteRemoval {
+    /// The route belongs to another session (or is gone): left alone.
+    NotMine,
+    /// Removed; the user has other live routes.
+    Removed,
+    /// Removed, and it was the user's last live route: they went offline
+    /// (last seen recorded).
+    Last,
+}
 
 fn encode(node: &str, session: u64, expires_ms: i64) -> String {
     format!("{node}|{session}|{expires_ms}")
@@ -136,7 +166,10 @@ impl Redis {
 
     /// Records that `device` of `user` has session `session` on `node`
     /// until `now_ms + ttl_ms`. Returns the live route it replaced, if any
-    /// (the same device logged in elsewhere, or again here).
+    /// (the same device logged in elsewhere, or again here), and whether
+    /// the user had no live route at all before (decided inside one script,
+    /// so of two devices logging in at once on two nodes exactly one is
+    /// first).
     pub async fn set_route(
         &self,
         user: &str,
@@ -145,10 +178,10 @@ impl Redis {
         session: u64,
         now_ms: i64,
         ttl_ms: i64,
-    ) -> Result<Option<Route>, StoreError> {
+    ) -> Result<RouteSet, StoreError> {
         check(&[user, device, node])?;
         let value = encode(node, session, now_ms + ttl_ms);
-        let prev: Option<String> = self
+        let (prev, others): (String, i64) = self
             .client
             .eval(
                 SET,
@@ -162,7 +195,13 @@ impl Redis {
             )
             .await
             .map_err(unavailable)?;
-        Ok(prev.and_then(|v| decode(device.to_owned(), &v)))
+        let replaced = (!prev.is_empty())
+            .then(|| decode(device.to_owned(), &prev))
+            .flatten();
+        Ok(RouteSet {
+            first: replaced.is_none() && others == 0,
+            replaced,
+        })
     }
 
     /// Renews the routes of this node's live sessions (`(user, device,
@@ -211,7 +250,7 @@ impl Redis {
 
     /// Removes the route of `device` if it still belongs to `session` on
     /// `node`; when the user has no live route left, records `now_ms` as
-    /// last seen. Returns whether a route was removed.
+    /// last seen.
     pub async fn remove_route(
         &self,
         user: &str,
@@ -219,7 +258,7 @@ impl Redis {
         node: &str,
         session: u64,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<RouteRemoval, StoreError> {
         check(&[user, device, node])?;
         let removed: i64 = self
             .client
@@ -235,7 +274,11 @@ impl Redis {
             )
             .await
             .map_err(unavailable)?;
-        Ok(removed == 1)
+        Ok(match removed {
+            0 => RouteRemoval::NotMine,
+            1 => RouteRemoval::Removed,
+            _ => RouteRemoval::Last,
+        })
     }
 
     /// The live routes of `user`.
