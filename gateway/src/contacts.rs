@@ -94,7 +94,7 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: v1::ContactRequest) -> r
         match contacts.contact_apply(user, op, qim_proto::now_ms()).await {
             Ok(applied) => {
                 for event in applied.events {
-                    ctx.routes.publish(Arc::new(event));
+                    crate::cluster::deliver(ctx, Arc::new(event)).await;
                 }
             }
             Err(e) => {

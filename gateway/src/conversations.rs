@@ -181,10 +181,10 @@ pub(crate) async fn store(
             return Err(StoreError::Corrupt("a post without copies".into()));
         };
         if let Some(group) = primary.inbox.strip_prefix('#') {
-            ctx.group_push.publish(group, Arc::new(primary.clone()));
+            crate::cluster::deliver_group(ctx, group, Arc::new(primary.clone())).await;
         }
         for copy in copies {
-            ctx.routes.publish(Arc::new(copy));
+            crate::cluster::deliver(ctx, Arc::new(copy)).await;
         }
         out.push(Ok(Appended {
             message: primary,
@@ -244,12 +244,15 @@ pub(crate) async fn rpc(
     session_id: u64,
     request: rpc_request::Kind,
 ) -> rpc_response::Kind {
-    let Some(im) = &ctx.im else {
-        return error(
+    // Groups, contacts, schedules and presence have stores of their own
+    // (each handler checks its own); the rest needs conversations.
+    let no_conversations = || {
+        error(
             ErrorCode::Unsupported,
             "this server's store has no conversations",
-        );
+        )
     };
+    let im = ctx.im.as_ref();
     let now_ms = qim_proto::now_ms();
     let op = match request {
         rpc_request::Kind::Conversations(r) => {
@@ -259,6 +262,9 @@ pub(crate) async fn rpc(
             let limit = match r.limit {
                 0 => DEFAULT_PAGE,
                 n => n as usize,
+            };
+            let Some(im) = im else {
+                return no_conversations();
             };
             return match im.conversations(user, &r.after, limit).await {
                 Ok(page) => rpc_response::Kind::Conversations(v1::ConversationsResponse {
@@ -359,11 +365,19 @@ pub(crate) async fn rpc(
         }
         rpc_request::Kind::CancelSchedule(r) => return crate::schedule::cancel(ctx, user, r).await,
         rpc_request::Kind::Typing(r) => return crate::presence::typing(ctx, user, r).await,
-        rpc_request::Kind::History(r) => return history(ctx, im.as_ref(), user, r).await,
+        rpc_request::Kind::History(r) => {
+            let Some(im) = im else {
+                return no_conversations();
+            };
+            return history(ctx, im.as_ref(), user, r).await;
+        }
         rpc_request::Kind::ReadCount(r) => {
             if !valid_msg_id(&r.msg_id) {
                 return error(ErrorCode::InvalidArgument, "msg_id is not a message id");
             }
+            let Some(im) = im else {
+                return no_conversations();
+            };
             return match im.read_count(user, &r.msg_id).await {
                 Ok((read, total)) => {
                     rpc_response::Kind::ReadCount(v1::ReadCountResponse { read, total })
@@ -381,12 +395,15 @@ pub(crate) async fn rpc(
             return crate::presence::online_time(ctx, user, r).await;
         }
     };
+    let Some(im) = im else {
+        return no_conversations();
+    };
     match im.apply(op).await {
         Ok(applied) => {
             for copy in applied.rewritten {
                 ctx.routes.replace(Arc::new(copy));
             }
-            publish(ctx, applied.events);
+            publish(ctx, applied.events).await;
             rpc_response::Kind::Op(v1::OpResponse {
                 event_seq: applied.event_seq,
                 conversation: applied.conversation,
@@ -465,9 +482,9 @@ async fn history(
     }
 }
 
-/// Hands durable events to their inboxes' feeds.
-fn publish(ctx: &Ctx, events: Vec<StoredMessage>) {
+/// Hands durable events to their inboxes' sessions, on any node.
+async fn publish(ctx: &Ctx, events: Vec<StoredMessage>) {
     for event in events {
-        ctx.routes.publish(Arc::new(event));
+        crate::cluster::deliver(ctx, Arc::new(event)).await;
     }
 }

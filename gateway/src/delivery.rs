@@ -252,7 +252,7 @@ impl Delivery {
                 match im.apply(op).await {
                     Ok(applied) => {
                         for event in applied.events {
-                            ctx.routes.publish(Arc::new(event));
+                            crate::cluster::deliver(&ctx, Arc::new(event)).await;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "delivery receipt not stored"),

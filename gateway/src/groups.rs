@@ -216,8 +216,10 @@ impl GroupPush {
     }
 }
 
-/// Registers a session and starts following its read-diffusion groups;
-/// the returned task writes the pushes. Dropping the guard unregisters.
+/// Registers a session (for group pushes, presence and typing) and starts
+/// following its read-diffusion groups; the returned task writes the
+/// pushes. Dropping the guard unregisters. `None` when the server has none
+/// of those features.
 pub(crate) fn attach(
     ctx: &Arc<Ctx>,
     session_id: u64,
@@ -228,7 +230,10 @@ pub(crate) fn attach(
     Attached,
     impl std::future::Future<Output = ()> + Send + 'static,
 )> {
-    let groups = ctx.groups.as_ref()?.clone();
+    if ctx.groups.is_none() && ctx.contacts.is_none() && ctx.presence.is_none() {
+        return None;
+    }
+    let groups = ctx.groups.clone();
     let (tx, rx) = mpsc::channel(PUSH_QUEUE);
     let sub = Arc::new(Sub {
         user: user.to_owned(),
@@ -254,19 +259,21 @@ pub(crate) fn attach(
     let ctx = Arc::clone(ctx);
     let user = user.to_owned();
     let task = async move {
-        match groups.user_groups(&user).await {
-            Ok(list) => {
-                for group in list {
-                    if let Ok(Some(info)) = groups.group(&group).await {
-                        if info.read_diffusion && !info.dissolved {
-                            ctx.group_push
-                                .follow(&ctx, groups.as_ref(), &group, &user)
-                                .await;
+        if let Some(groups) = groups {
+            match groups.user_groups(&user).await {
+                Ok(list) => {
+                    for group in list {
+                        if let Ok(Some(info)) = groups.group(&group).await {
+                            if info.read_diffusion && !info.dissolved {
+                                ctx.group_push
+                                    .follow(&ctx, groups.as_ref(), &group, &user)
+                                    .await;
+                            }
                         }
                     }
                 }
+                Err(e) => warn!(user, error = %e, "listing the user's groups failed"),
             }
-            Err(e) => warn!(user, error = %e, "listing the user's groups failed"),
         }
         write_pushes(ctx, conn, sub, rx).await;
     };

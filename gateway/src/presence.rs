@@ -4,13 +4,24 @@
 //! [`v1::Signal`]s pushed to online sessions only (never resent).
 //!
 //! # Single node and cluster
-//! Live status comes from this node's session registry
-//! ([`GroupPush`](crate::groups::GroupPush)): a user is online while they have
-//! a session here. The functions [`session_started`], [`session_ended`] and
-//! [`status`] are the seam a cluster backs with Redis (a key per device
-//! with a TTL refreshed by heartbeats, and a pub/sub channel per user for
-//! changes that each node fans out to its local watchers); the rest of the
-//! module does not change. Session records (start, end) go to the
+//! On a single node, live status comes from the session registry
+//! ([`GroupPush`](crate::groups::GroupPush)): a user is online while they
+//! have a session here, and the first session on / last session off is
+//! the transition that is pushed.
+//!
+//! In a cluster, the transitions come from the routes in Redis: the
+//! script that writes a session's route tells whether the user had no live
+//! route anywhere (came online), the one that removes it whether none is
+//! left (went offline), each decided atomically, so of two devices logging
+//! in at once on two nodes exactly one announces it. The node that sees a
+//! transition pushes it to its own watchers and publishes it on the
+//! cluster's signal channel ([`qim_storage::redis::signals`]); every other
+//! node pushes it to the watchers it holds. Typing goes the same way. A
+//! query ([`status`]) reads the routes. A node that dies takes its routes
+//! with it one route TTL later: queries then say offline, but no push
+//! announces it (nobody saw the transition happen).
+//!
+//! Session records (start, end) go to the
 //! [`PresenceStore`](qim_storage::PresenceStore) for last seen and
 //! statistics.
 //!
@@ -39,7 +50,8 @@ fn error(code: ErrorCode, message: impl Into<String>) -> rpc_response::Kind {
     })
 }
 
-/// A session started; `first` when the user has no other session.
+/// A session started; `first` when the user has no other session on this
+/// node (in a cluster the transition comes from [`transition`] instead).
 pub(crate) fn session_started(
     ctx: &Arc<Ctx>,
     user: &str,
@@ -47,8 +59,8 @@ pub(crate) fn session_started(
     start_ms: i64,
     first: bool,
 ) {
-    if first {
-        notify(ctx, user, true, 0);
+    if first && ctx.cluster.is_none() {
+        notify_local(ctx, &change(user, true, 0));
     }
     record(ctx, user, device, start_ms, 0);
 }
@@ -62,10 +74,31 @@ pub(crate) fn session_ended(
     end_ms: i64,
     last: bool,
 ) {
-    if last {
-        notify(ctx, user, false, end_ms);
+    if last && ctx.cluster.is_none() {
+        notify_local(ctx, &change(user, false, end_ms));
     }
     record(ctx, user, device, start_ms, end_ms);
+}
+
+/// A cluster-wide transition of `user` (first route written, last route
+/// removed) seen by this node: pushed to the watchers here and announced
+/// to the other nodes.
+pub(crate) async fn transition(ctx: &Ctx, user: &str, online: bool, at_ms: i64) {
+    let status = change(user, online, if online { 0 } else { at_ms });
+    notify_local(ctx, &status);
+    if let Some(cluster) = &ctx.cluster {
+        cluster
+            .signal(&qim_storage::redis::signals::Signal::Presence(status))
+            .await;
+    }
+}
+
+fn change(user: &str, online: bool, last_seen_ms: i64) -> v1::PresenceStatus {
+    v1::PresenceStatus {
+        user: user.to_owned(),
+        online,
+        last_seen_ms,
+    }
 }
 
 fn record(ctx: &Arc<Ctx>, user: &str, device: &str, start_ms: i64, end_ms: i64) {
@@ -83,29 +116,52 @@ fn record(ctx: &Arc<Ctx>, user: &str, device: &str, start_ms: i64, end_ms: i64) 
     }
 }
 
-fn notify(ctx: &Ctx, user: &str, online: bool, last_seen_ms: i64) {
+/// Pushes a presence change to the sessions on this node that watch the
+/// user.
+pub(crate) fn notify_local(ctx: &Ctx, status: &v1::PresenceStatus) {
     let watchers: Vec<Arc<crate::groups::Sub>> = lock(&ctx.group_push.inner)
         .watchers
-        .get(user)
+        .get(&status.user)
         .map(|w| w.values().cloned().collect())
         .unwrap_or_default();
     let signal = v1::Signal {
-        kind: Some(v1::signal::Kind::Presence(v1::PresenceStatus {
-            user: user.to_owned(),
-            online,
-            last_seen_ms,
-        })),
+        kind: Some(v1::signal::Kind::Presence(status.clone())),
     };
     for w in watchers {
         w.offer(Push::Signal(signal.clone()));
     }
 }
 
+/// Offers `signal` to every session on this node of each of `users`.
+pub(crate) fn offer_to_users(ctx: &Ctx, users: &[String], signal: &v1::Signal) {
+    let subs: Vec<Arc<crate::groups::Sub>> = {
+        let r = lock(&ctx.group_push.inner);
+        users
+            .iter()
+            .filter_map(|u| r.sessions.get(u))
+            .flat_map(|s| s.values().cloned())
+            .collect()
+    };
+    for sub in subs {
+        sub.offer(Push::Signal(signal.clone()));
+    }
+}
+
 /// A user's presence now.
 pub(crate) async fn status(ctx: &Ctx, user: &str) -> v1::PresenceStatus {
-    let online = ctx.group_push.online(user);
+    let (online, seen) = match &ctx.cluster {
+        Some(cluster) => match cluster.presence(user).await {
+            Ok(p) => (p.online(), p.last_seen_ms.unwrap_or(0)),
+            Err(e) => {
+                warn!(user, error = %e, "reading presence from the cluster failed");
+                (false, 0)
+            }
+        },
+        None => (ctx.group_push.online(user), 0),
+    };
     let last_seen_ms = match (&ctx.presence, online) {
-        (Some(store), false) => store.last_seen(user).await.unwrap_or(0),
+        (Some(store), false) => store.last_seen(user).await.unwrap_or(0).max(seen),
+        (None, false) => seen,
         _ => 0,
     };
     v1::PresenceStatus {
@@ -237,16 +293,14 @@ pub(crate) async fn typing(
             typing: request.typing,
         })),
     };
-    let subs: Vec<Arc<crate::groups::Sub>> = {
-        let r = lock(&ctx.group_push.inner);
-        targets
-            .iter()
-            .filter_map(|u| r.sessions.get(u))
-            .flat_map(|s| s.values().cloned())
-            .collect()
-    };
-    for sub in subs {
-        sub.offer(Push::Signal(signal.clone()));
+    offer_to_users(ctx, &targets, &signal);
+    if let Some(cluster) = &ctx.cluster {
+        cluster
+            .signal(&qim_storage::redis::signals::Signal::ToUsers {
+                users: targets,
+                signal,
+            })
+            .await;
     }
     rpc_response::Kind::Op(v1::OpResponse::default())
 }

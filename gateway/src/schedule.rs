@@ -198,8 +198,11 @@ async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<(), qim_storag
                     debug!(id = %entry.id, late_ms = qim_proto::now_ms() - entry.deliver_at_ms, "scheduled send posted");
                     for copy in posted.copies {
                         match copy.inbox.strip_prefix('#') {
-                            Some(group) => ctx.group_push.publish(group, Arc::new(copy.clone())),
-                            None => ctx.routes.publish(Arc::new(copy)),
+                            Some(group) => {
+                                crate::cluster::deliver_group(ctx, group, Arc::new(copy.clone()))
+                                    .await
+                            }
+                            None => crate::cluster::deliver(ctx, Arc::new(copy)).await,
                         }
                     }
                 }

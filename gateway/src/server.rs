@@ -185,9 +185,9 @@ impl Gateway {
             let im = ImStores {
                 conversations: None,
                 groups: None,
-                contacts: None,
+                contacts: Some(store.clone()),
                 schedules: None,
-                presence: None,
+                presence: Some(store.clone()),
             };
             return Self::bind_with_stores(config, store, im).await;
         }

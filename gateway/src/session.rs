@@ -313,8 +313,10 @@ async fn run(
         .attach_with_policy(&user, &device, session_id, class, policy);
     // Before the head is read: a message committed after this route is
     // visible is handed here; one committed before is in the head.
-    if let Some(cluster) = &ctx.cluster {
-        cluster.attach(&user, &device, session_id).await;
+    if let Some(cluster) = &ctx.cluster
+        && cluster.attach(&user, &device, session_id).await
+    {
+        crate::presence::transition(ctx, &user, true, qim_proto::now_ms()).await;
     }
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
@@ -501,8 +503,10 @@ async fn run(
         close(ctx, conn, &user, &fault);
     }
     ctx.routes.detach(&user, session_id);
-    if let Some(cluster) = &ctx.cluster {
-        cluster.detach(&user, &device, session_id).await;
+    if let Some(cluster) = &ctx.cluster
+        && cluster.detach(&user, &device, session_id).await
+    {
+        crate::presence::transition(ctx, &user, false, qim_proto::now_ms()).await;
     }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");

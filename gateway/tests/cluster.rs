@@ -176,6 +176,20 @@ impl Node {
         let gateway = qim_gateway::Gateway::bind_with_store(config, shared.store().await)
             .await
             .expect("bind");
+        Self::run(gateway)
+    }
+
+    /// A node on the full cluster backend (`Gateway::bind` with Redis and
+    /// CQL configured), IM stores included.
+    async fn start_im(shared: &Shared, name: &str) -> Node {
+        keyspace().await;
+        let mut config = shared.config(name);
+        config.store.key_prefix = shared.store_prefix.clone();
+        config.validate().expect("valid config");
+        Self::run(qim_gateway::Gateway::bind(config).await.expect("bind"))
+    }
+
+    fn run(gateway: qim_gateway::Gateway) -> Node {
         let info = gateway.info().clone();
         assert!(info.clustered);
         let (stop, stopped) = oneshot::channel();
@@ -215,6 +229,91 @@ impl Drop for Node {
             let _ = stop.send(());
         }
     }
+}
+
+/// The next presence change `client` is told of, within `within`.
+async fn presence_change(client: &Client, within: Duration) -> qim_sdk::PresenceStatus {
+    match client.next_signal(within).await {
+        Some(qim_sdk::Signal::Presence(p)) => p,
+        other => panic!("expected a presence change within {within:?}, got {other:?}"),
+    }
+}
+
+/// Presence and typing across nodes: alice on node a watches bob, whose
+/// devices come and go on nodes b and a; each transition of his aggregate
+/// reaches her within a second, the second device changes nothing, and
+/// typing crosses nodes without being stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_cross_nodes_within_a_second() {
+    let shared = Shared::new();
+    let a = Node::start_im(&shared, "a").await;
+    let b = Node::start_im(&shared, "b").await;
+    let (alice_id, bob_id) = (shared.user("alice"), shared.user("bob"));
+    let alice = shared.client(&[a.addr], "alice", "alice-phone").await;
+    let phone = shared.client(&[b.addr], "bob", "bob-phone").await;
+    alice
+        .request_friend(bob_id.clone(), "hi".into())
+        .await
+        .expect("request across nodes");
+    // The request event is handed to bob's node and pushed live.
+    let request = take(&phone, 1).await;
+    assert!(matches!(
+        request[0].event,
+        Some(qim_sdk::Event::FriendRequest { .. })
+    ));
+    phone.accept_friend(alice_id.clone()).await.expect("accept");
+    take(&alice, 1).await;
+
+    let status = alice
+        .subscribe_presence(vec![bob_id.clone()])
+        .await
+        .expect("subscribe");
+    assert!(status[0].online, "bob is online on the other node");
+    let second = Duration::from_secs(1);
+    phone.close().await;
+    let off = presence_change(&alice, second).await;
+    assert!(
+        off.user == bob_id && !off.online && off.last_seen_ms > 0,
+        "{off:?}"
+    );
+    let phone = shared.client(&[b.addr], "bob", "bob-phone").await;
+    let on = presence_change(&alice, second).await;
+    assert!(on.user == bob_id && on.online, "{on:?}");
+    // A new client instance (no local state) syncs the inbox again.
+    let again = take(&phone, 1).await;
+    assert!(matches!(
+        again[0].event,
+        Some(qim_sdk::Event::FriendRequest { .. })
+    ));
+
+    // A second device (on alice's node) and its leaving change nothing.
+    let laptop = shared.client(&[a.addr], "bob", "bob-laptop").await;
+    let quiet = Duration::from_millis(300);
+    assert_eq!(alice.next_signal(quiet).await, None);
+    laptop.close().await;
+    assert_eq!(alice.next_signal(quiet).await, None);
+    let now = alice.presence(vec![bob_id.clone()]).await.expect("query");
+    assert!(now[0].online, "the phone is still on: {now:?}");
+
+    // Typing from node a reaches bob on node b, and is never stored.
+    alice
+        .typing(qim_sdk::Peer::User(bob_id.clone()), true)
+        .await
+        .expect("typing");
+    match phone.next_signal(second).await {
+        Some(qim_sdk::Signal::Typing { from, typing, .. }) => {
+            assert!(from == alice_id && typing);
+        }
+        other => panic!("expected typing, got {other:?}"),
+    }
+    assert_quiet(&phone, quiet).await;
+
+    phone.close().await;
+    let off = presence_change(&alice, second).await;
+    assert!(!off.online && off.last_seen_ms > 0, "{off:?}");
+    alice.close().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// The value of `"field":"…"` or `"field":N` in a flat JSON object.

@@ -346,6 +346,17 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> Result<HistoryPage, OpError>;
 }
 
+/// An event as stored in an inbox (it takes a seq there like a message).
+pub fn event_message(from_user: &str, event: v1::inbox_event::Kind, now_ms: i64) -> v1::Message {
+    v1::Message {
+        msg_id: crate::model::new_msg_id(now_ms),
+        from_user: from_user.to_owned(),
+        server_time_ms: now_ms,
+        event: Some(v1::InboxEvent { kind: Some(event) }),
+        ..Default::default()
+    }
+}
+
 /// The conversation a copy in `owner`'s inbox belongs to: the group for a
 /// group message, otherwise the other user (the addressee for the sender's
 /// own copy).

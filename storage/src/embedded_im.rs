@@ -487,13 +487,7 @@ impl Writer {
         let stored = StoredMessage {
             inbox: inbox.to_owned(),
             seq,
-            message: v1::Message {
-                msg_id: new_msg_id(now_ms),
-                from_user: from_user.to_owned(),
-                server_time_ms: now_ms,
-                event: Some(v1::InboxEvent { kind: Some(event) }),
-                ..Default::default()
-            },
+            message: crate::conversations::event_message(from_user, event, now_ms),
         };
         stage.batch.insert(
             &self.tables.messages,

@@ -291,3 +291,34 @@ async fn a_resend_stores_a_message_whose_first_write_failed() {
         ]
     );
 }
+
+#[async_trait]
+impl qim_storage::conformance_im::ImBackend for Cluster {
+    async fn open_im(&self) -> qim_storage::conformance_im::ImStores {
+        cql::connect_and_migrate(&self.options.cql)
+            .await
+            .expect("migrate the test keyspace");
+        let store = Arc::new(
+            ClusterStore::connect(&self.options)
+                .await
+                .expect("connect to Redis and CQL"),
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let embedded = Arc::new(
+            qim_storage::embedded::EmbeddedStore::open(&dir.keep())
+                .expect("open the embedded store"),
+        );
+        qim_storage::conformance_im::ImStores {
+            messages: store.clone(),
+            conversations: embedded.clone(),
+            groups: embedded.clone(),
+            contacts: store,
+            schedules: embedded,
+        }
+    }
+}
+
+mod im {
+    use super::Cluster;
+    qim_storage::im_conformance_tests!(@each Cluster::new(); contacts_requests_and_blocks);
+}

@@ -48,6 +48,8 @@ use qim_proto::v1::ErrorCode;
 use qim_storage::redis::nodes::NodeInfo;
 use qim_storage::redis::presence::Presence;
 use qim_storage::redis::queue::{Handoff, QueueConfig};
+use qim_storage::redis::routes::RouteRemoval;
+use qim_storage::redis::signals::Signal;
 use qim_storage::redis::{Redis, RedisConfig};
 use qim_storage::{StoreError, StoredMessage};
 use tokio::sync::{mpsc, watch};
@@ -71,6 +73,31 @@ const READ_BATCH: u64 = 512;
 
 /// How long a queue read blocks waiting for entries.
 const READ_BLOCK_MS: u64 = 1_000;
+
+/// Hands a durable inbox message (a copy, an event) to the sessions of its
+/// inbox: on this node at once, on the others through the forwarder (waits
+/// while the forwarder's queue is full).
+pub(crate) async fn deliver(ctx: &Ctx, message: Arc<StoredMessage>) {
+    ctx.routes.publish(Arc::clone(&message));
+    if let Some(cluster) = &ctx.cluster {
+        cluster.forward(message).await;
+    }
+}
+
+/// Hands a durable entry of a read-diffusion group's log to the sessions
+/// that follow the group: on this node at once, on the others through the
+/// signal channel (at most once: a member that missed it pulls it).
+pub(crate) async fn deliver_group(ctx: &Ctx, group: &str, message: Arc<StoredMessage>) {
+    ctx.group_push.publish(group, Arc::clone(&message));
+    if let Some(cluster) = &ctx.cluster {
+        cluster
+            .signal(&Signal::GroupEntry {
+                group: group.to_owned(),
+                message: Box::new((*message).clone()),
+            })
+            .await;
+    }
+}
 
 /// How a node is known: its id and where clients and route lookups reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,8 +233,9 @@ impl Cluster {
 
     /// Writes the route of a new session; tells the node of a replaced
     /// session elsewhere to end it. Failures are logged: the next refresh
-    /// writes the route again.
-    pub(crate) async fn attach(&self, user: &str, device: &str, session: u64) {
+    /// writes the route again. Returns whether the user just came online
+    /// (no live route anywhere before this one).
+    pub(crate) async fn attach(&self, user: &str, device: &str, session: u64) -> bool {
         let set = self
             .redis
             .set_route(
@@ -220,32 +248,49 @@ impl Cluster {
             )
             .await;
         match set {
-            Ok(Some(prev)) if prev.node != self.me.id => {
-                debug!(user, device, node = %prev.node, "device moved here; kicking its older session");
-                let kick = Handoff::Kick {
-                    user: user.to_owned(),
-                    device: device.to_owned(),
-                    session: prev.session,
-                };
-                if let Err(e) = self.redis.push(&[(prev.node, kick)], self.queue).await {
-                    warn!(user, device, error = %e, "could not kick the older session on another node");
+            Ok(set) => {
+                if let Some(prev) = set.replaced.filter(|prev| prev.node != self.me.id) {
+                    debug!(user, device, node = %prev.node, "device moved here; kicking its older session");
+                    let kick = Handoff::Kick {
+                        user: user.to_owned(),
+                        device: device.to_owned(),
+                        session: prev.session,
+                    };
+                    if let Err(e) = self.redis.push(&[(prev.node, kick)], self.queue).await {
+                        warn!(user, device, error = %e, "could not kick the older session on another node");
+                    }
                 }
+                set.first
             }
-            Ok(_) => {}
             Err(e) => {
-                warn!(user, device, error = %e, "writing the route failed; the next refresh retries")
+                warn!(user, device, error = %e, "writing the route failed; the next refresh retries");
+                false
             }
         }
     }
 
-    /// Removes the route of an ended session (if still its own).
-    pub(crate) async fn detach(&self, user: &str, device: &str, session: u64) {
-        if let Err(e) = self
+    /// Removes the route of an ended session (if still its own). Returns
+    /// whether it was the user's last live route anywhere (they went
+    /// offline).
+    pub(crate) async fn detach(&self, user: &str, device: &str, session: u64) -> bool {
+        match self
             .redis
             .remove_route(user, device, &self.me.id, session, now_ms())
             .await
         {
-            warn!(user, device, error = %e, "removing the route failed; it expires with its TTL");
+            Ok(removal) => removal == RouteRemoval::Last,
+            Err(e) => {
+                warn!(user, device, error = %e, "removing the route failed; it expires with its TTL");
+                false
+            }
+        }
+    }
+
+    /// Announces `signal` to every other node (at most once; failures are
+    /// logged, signals are never resent).
+    pub(crate) async fn signal(&self, signal: &Signal) {
+        if let Err(e) = self.redis.publish_signal(&self.me.id, signal).await {
+            warn!(error = %e, "publishing a signal to the other nodes failed");
         }
     }
 
@@ -283,6 +328,7 @@ impl Cluster {
         let mut tasks = JoinSet::new();
         tasks.spawn(Arc::clone(self).heartbeats(Arc::clone(ctx), stopped.clone()));
         tasks.spawn(Arc::clone(self).read_queue(Arc::clone(ctx), stopped.clone()));
+        tasks.spawn(Arc::clone(self).read_signals(Arc::clone(ctx), stopped.clone()));
         if let Some(rx) = lock(&self.forward_rx).take() {
             tasks.spawn(Arc::clone(self).forwarder(Arc::clone(ctx), rx, stopped));
         }
@@ -394,6 +440,46 @@ impl Cluster {
             }
         }
         consumer.quit().await;
+    }
+
+    /// Hands the signals other nodes publish to this node's sessions.
+    async fn read_signals(self: Arc<Self>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut signals = loop {
+            match self.redis.subscribe_signals().await {
+                Ok(s) => break s,
+                Err(e) => {
+                    warn!(error = %e, "cannot subscribe to cluster signals yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                next = signals.next() => next,
+                _ = stop.changed() => break,
+            };
+            let Some((origin, signal)) = next else { break };
+            if origin == self.me.id {
+                // Published here: this node's sessions had it already.
+                continue;
+            }
+            match signal {
+                Signal::Presence(status) => crate::presence::notify_local(&ctx, &status),
+                Signal::ToUsers { users, signal } => {
+                    crate::presence::offer_to_users(&ctx, &users, &signal)
+                }
+                Signal::GroupEntry { group, message } => {
+                    ctx.group_push.publish(&group, Arc::from(message))
+                }
+                other => debug!(?other, "signal of an unknown kind ignored"),
+            }
+        }
+        signals.quit().await;
     }
 
     async fn forwarder(

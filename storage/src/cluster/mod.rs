@@ -31,6 +31,8 @@
 //! - Seqs of an inbox may have gaps (failed writes, races on resends); they
 //!   never go backwards and a batch's messages to one inbox keep its order.
 
+mod contacts;
+mod presence;
 mod seq;
 
 use std::collections::HashMap;
@@ -114,7 +116,11 @@ pub async fn connect_redis(url: &str, timeout: Duration) -> Result<Client, Store
 /// Messages in CQL, seqs in Redis: the cluster [`MessageStore`].
 pub struct ClusterStore {
     cql: Arc<Cql>,
+    /// Contacts, schedules and session records.
+    social: Arc<crate::cql::social::Social>,
     redis: Client,
+    /// Prefix of this store's Redis keys.
+    prefix: String,
     seqs: seq::Sequences,
     /// How long a claimed seq may still receive its message (see
     /// [`FILL_WINDOW_MIN`]).
@@ -153,7 +159,8 @@ impl ClusterStore {
         session: Arc<Session>,
         options: &ClusterOptions,
     ) -> Result<Self, StoreError> {
-        let cql = Arc::new(Cql::open(session, &options.cql).await?);
+        let cql = Arc::new(Cql::open(Arc::clone(&session), &options.cql).await?);
+        let social = Arc::new(crate::cql::social::Social::open(session).await?);
         let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
         let seqs = seq::Sequences::new(
             redis.clone(),
@@ -164,7 +171,9 @@ impl ClusterStore {
         let fill_window = FILL_WINDOW_MIN.max(options.cql.request_timeout * 3);
         Ok(ClusterStore {
             cql,
+            social,
             redis,
+            prefix: options.key_prefix.clone(),
             seqs,
             fill_window,
         })

@@ -44,6 +44,7 @@
 //! `USING TTL`; high-water marks never expire (seqs must never restart).
 
 pub mod schema;
+pub(crate) mod social;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,9 +2,11 @@
 //!
 //! Migrations are numbered from 1 and only ever appended. [`migrate`] reads
 //! the version recorded in `schema_version`, applies every later migration
-//! in order and records each one; every statement is `... IF NOT EXISTS`, so
-//! a migration interrupted half way, or two gateways migrating at once, is
-//! repaired by running `migrate` again. Gateways refuse to start against a
+//! in order and records each one. Every statement is idempotent (`... IF
+//! NOT EXISTS`) and `migrate` runs the statements of recorded migrations
+//! again too (a no-op for what exists), so a migration interrupted half
+//! way, two gateways migrating at once, or a keyspace missing a table its
+//! version promises is repaired by running `migrate` again. Gateways refuse to start against a
 //! keyspace whose version is not [`SCHEMA_VERSION`]
 //! ([`check_version`]).
 
@@ -16,52 +18,88 @@ use super::{CqlOptions, cql_error, valid_identifier};
 use crate::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `n` is `MIGRATIONS[n - 1]`: its CQL statements, run in order.
-const MIGRATIONS: &[&[&str]] = &[&[
-    // Inbox messages: one partition per (inbox, bucket of SEQS_PER_BUCKET
-    // seqs), clustered by seq; `message` is the protobuf `v1.Message`.
-    "CREATE TABLE IF NOT EXISTS inbox_messages (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        // Inbox messages: one partition per (inbox, bucket of SEQS_PER_BUCKET
+        // seqs), clustered by seq; `message` is the protobuf `v1.Message`.
+        "CREATE TABLE IF NOT EXISTS inbox_messages (
         inbox text, bucket bigint, seq bigint, message blob,
         PRIMARY KEY ((inbox, bucket), seq)
     ) WITH CLUSTERING ORDER BY (seq ASC)",
-    // The durable high-water mark of each inbox's seqs: no seq above
-    // `reserved` was ever handed out. Raised with LWTs only.
-    "CREATE TABLE IF NOT EXISTS inbox_heads (inbox text PRIMARY KEY, reserved bigint)",
-    // (sender, client_msg_id) → where the message went; claimed with an LWT.
-    "CREATE TABLE IF NOT EXISTS idempotency (
+        // The durable high-water mark of each inbox's seqs: no seq above
+        // `reserved` was ever handed out. Raised with LWTs only.
+        "CREATE TABLE IF NOT EXISTS inbox_heads (inbox text PRIMARY KEY, reserved bigint)",
+        // (sender, client_msg_id) → where the message went; claimed with an LWT.
+        "CREATE TABLE IF NOT EXISTS idempotency (
         sender text, client_msg_id text, inbox text, seq bigint, msg_id text,
         PRIMARY KEY ((sender, client_msg_id))
     )",
-    // Per-device delivery cursors of an inbox.
-    "CREATE TABLE IF NOT EXISTS device_cursors (
+        // Per-device delivery cursors of an inbox.
+        "CREATE TABLE IF NOT EXISTS device_cursors (
         inbox text, device text, seq bigint,
         PRIMARY KEY (inbox, device)
     )",
-    // A user's conversation list: one row per peer (user or group) with the
-    // last message, the unread count and the read cursor. Unread count and
-    // read cursor live in one row, so one write changes both atomically.
-    "CREATE TABLE IF NOT EXISTS conversations (
+        // A user's conversation list: one row per peer (user or group) with the
+        // last message, the unread count and the read cursor. Unread count and
+        // read cursor live in one row, so one write changes both atomically.
+        "CREATE TABLE IF NOT EXISTS conversations (
         owner text, peer text, peer_kind text,
         last_seq bigint, last_msg_id text, last_message blob, last_time_ms bigint,
         unread int, read_seq bigint,
         PRIMARY KEY (owner, peer)
     )",
-    // Group logs (read diffusion): partitioned like inboxes by (group,
-    // bucket of SEQS_PER_BUCKET group seqs), clustered by group seq.
-    "CREATE TABLE IF NOT EXISTS group_messages (
+        // Group logs (read diffusion): partitioned like inboxes by (group,
+        // bucket of SEQS_PER_BUCKET group seqs), clustered by group seq.
+        "CREATE TABLE IF NOT EXISTS group_messages (
         group_id text, bucket bigint, seq bigint, message blob,
         PRIMARY KEY ((group_id, bucket), seq)
     ) WITH CLUSTERING ORDER BY (seq ASC)",
-    // The durable high-water mark of each group log, as for inboxes.
-    "CREATE TABLE IF NOT EXISTS group_heads (group_id text PRIMARY KEY, reserved bigint)",
-    // Each member's read cursor in a group log.
-    "CREATE TABLE IF NOT EXISTS group_cursors (
+        // The durable high-water mark of each group log, as for inboxes.
+        "CREATE TABLE IF NOT EXISTS group_heads (group_id text PRIMARY KEY, reserved bigint)",
+        // Each member's read cursor in a group log.
+        "CREATE TABLE IF NOT EXISTS group_cursors (
         group_id text, user_id text, read_seq bigint,
         PRIMARY KEY (group_id, user_id)
     )",
-]];
+    ],
+    &[
+        // Contacts, schedules and presence.
+        //
+        // `owner`'s side of a relation with `other`: 1 friend, 2 request sent,
+        // 3 request received (with when and the requester's message).
+        "CREATE TABLE IF NOT EXISTS contacts (
+        owner text, other text, state int, at_ms bigint, message text,
+        PRIMARY KEY (owner, other)
+    )",
+        // `owner` blocked `other`.
+        "CREATE TABLE IF NOT EXISTS blocks (owner text, other text, PRIMARY KEY (owner, other))",
+        // Pending scheduled sends by id: the entry (a `v1.ScheduledSend`), its
+        // state (0 pending, 1 being posted since `claimed_ms`). Cancel and fire
+        // are LWTs on this row, so exactly one of them wins.
+        "CREATE TABLE IF NOT EXISTS schedules (
+        id text PRIMARY KEY, owner text, due_ms bigint, entry blob,
+        state int, claimed_ms bigint
+    )",
+        // The same entries by delivery time, spread over a fixed number of
+        // shards (partitions) so no partition holds every pending entry.
+        "CREATE TABLE IF NOT EXISTS schedules_due (
+        shard int, due_ms bigint, id text,
+        PRIMARY KEY (shard, due_ms, id)
+    ) WITH CLUSTERING ORDER BY (due_ms ASC, id ASC)",
+        // Session records (online-time statistics): end_ms 0 while open or
+        // when the node died.
+        "CREATE TABLE IF NOT EXISTS sessions (
+        user_id text, start_ms bigint, device text, end_ms bigint,
+        PRIMARY KEY (user_id, start_ms, device)
+    ) WITH CLUSTERING ORDER BY (start_ms ASC, device ASC)",
+        // When each user's last ended session ended; written with the end time
+        // as the write timestamp, so the latest end wins whatever the order.
+        "CREATE TABLE IF NOT EXISTS last_seen (user_id text PRIMARY KEY, at_ms bigint)",
+    ],
+];
 
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
     component text PRIMARY KEY, version int, applied_at timestamp
@@ -92,11 +130,14 @@ pub async fn migrate(session: &Session, options: &CqlOptions) -> Result<i32, Sto
     let before = current_version(session).await?;
     for (i, statements) in MIGRATIONS.iter().enumerate() {
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        if version <= before {
-            continue;
-        }
+        // Statements of recorded migrations run again too: each is
+        // idempotent (and a no-op on what exists), so a keyspace that
+        // lacks part of what its version promises is repaired.
         for cql in *statements {
             run(session, cql).await?;
+        }
+        if version <= before {
+            continue;
         }
         let mut record = Statement::new(
             "INSERT INTO schema_version (component, version, applied_at) VALUES (?, ?, toTimestamp(now()))",

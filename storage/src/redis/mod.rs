@@ -164,7 +164,10 @@ fn build(config: &RedisConfig) -> Result<fred::clients::Client, StoreError> {
         .map_err(|e| StoreError::Invalid(format!("redis client: {e}")))
 }
 
-async fn init(client: &impl fred::interfaces::ClientLike, timeout: Duration) -> Result<(), StoreError> {
+async fn init(
+    client: &impl fred::interfaces::ClientLike,
+    timeout: Duration,
+) -> Result<(), StoreError> {
     // `init` keeps retrying under the reconnect policy; bound the first
     // connection so a wrong address fails start-up instead of hanging it.
     let connected = tokio::time::timeout(timeout * 2, client.init()).await;

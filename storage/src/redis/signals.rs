@@ -252,6 +252,9 @@ mod tests {
             assert_eq!(back, signal);
         }
         assert!(decode(&[0xff, 0xff, 0xff]).is_err());
-        assert!(decode(&[]).is_err(), "an envelope without a body is refused");
+        assert!(
+            decode(&[]).is_err(),
+            "an envelope without a body is refused"
+        );
     }
 }

@@ -1,0 +1,340 @@
+//! The cluster backend's [`ContactStore`]: relations in CQL, one change at
+//! a time per pair of users.
+//!
+//! # How a change stays atomic
+//! A change reads both users' rows, decides, and writes. Two changes of the
+//! same pair on two nodes (alice's request crossing bob's) must not
+//! interleave, so each holds a short lease on the pair in Redis
+//! ([`PairLock`]: `SET NX PX` with a random token, released by a script
+//! that deletes only its own token). Everything the change writes (both
+//! rows and the events appended to the users' inboxes) goes into one
+//! logged batch, so after a crash either all of it is applied or none
+//! (the batch log replays it).
+//!
+//! The lease lasts [`LEASE`], far longer than a change (a handful of CQL
+//! requests, each bounded by the request timeout); a node that dies
+//! holding it delays that pair's next change by at most the lease. Event
+//! seqs come from the inbox counters like messages; a batch that fails
+//! leaves a gap that clients skip.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::interfaces::{KeysInterface as _, LuaInterface as _};
+use fred::types::{Expiration, SetOptions};
+use qim_proto::v1;
+
+use super::{ClusterStore, redis_error};
+use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
+use crate::conversations::{Applied, OpError, event_message};
+use crate::cql::social::Row;
+use crate::{StoreError, StoredMessage};
+
+const FRIEND: i32 = 1;
+const SENT: i32 = 2;
+const RECEIVED: i32 = 3;
+
+/// How long a pair's lease lasts unless released.
+pub(crate) const LEASE: Duration = Duration::from_secs(10);
+
+/// How long a change waits for a pair's lease before failing (retryable).
+const LEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Deletes the lease only if it still holds the caller's token.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+fn check_id(id: &str) -> Result<(), StoreError> {
+    if qim_proto::ids::is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("{id:?} is not a valid id")))
+    }
+}
+
+/// A held lease on a pair of users; release it with [`PairLock::release`].
+pub(crate) struct PairLock {
+    key: String,
+    token: String,
+}
+
+impl ClusterStore {
+    fn pair_key(&self, a: &str, b: &str) -> String {
+        let (x, y) = if a <= b { (a, b) } else { (b, a) };
+        format!("{{{}c:{x}:{y}}}:lock", self.prefix)
+    }
+
+    /// Takes the lease on the pair `(a, b)`, waiting up to [`LEASE_WAIT`].
+    pub(crate) async fn lock_pair(&self, a: &str, b: &str) -> Result<PairLock, StoreError> {
+        let key = self.pair_key(a, b);
+        let token = format!("{:032x}", rand::random::<u128>());
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let taken: Option<String> = self
+                .redis
+                .set(
+                    &key,
+                    token.as_str(),
+                    Some(Expiration::PX(LEASE.as_millis() as i64)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(redis_error)?;
+            if taken.is_some() {
+                return Ok(PairLock { key, token });
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "contacts of {a} and {b} are being changed elsewhere"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Gives a lease back (if it is still ours; it expires anyway).
+    pub(crate) async fn unlock_pair(&self, lock: PairLock) {
+        let released: Result<i64, _> = self
+            .redis
+            .eval(RELEASE, vec![lock.key], vec![lock.token])
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "releasing a contacts lease failed; it expires");
+        }
+    }
+
+    async fn contact_state(&self, owner: &str, other: &str) -> Result<Option<i32>, StoreError> {
+        let rows = self
+            .social
+            .exec(&self.social.contact_read, (owner, other))
+            .await?
+            .into_rows_result()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(rows
+            .maybe_first_row::<(Option<i32>,)>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .and_then(|(s,)| s))
+    }
+
+    async fn blocks(&self, owner: &str, other: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .social
+            .exec(&self.social.block_read, (owner, other))
+            .await?
+            .into_rows_result()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(rows.rows_num() > 0)
+    }
+
+    /// An event for `inbox` (from `from`), with its seq.
+    pub(crate) async fn new_event(
+        &self,
+        inbox: &str,
+        from: &str,
+        event: v1::inbox_event::Kind,
+        now_ms: i64,
+    ) -> Result<StoredMessage, StoreError> {
+        let seq = self.seqs.allocate(inbox, 1).await?;
+        Ok(StoredMessage {
+            inbox: inbox.to_owned(),
+            seq,
+            message: event_message(from, event, now_ms),
+        })
+    }
+
+    fn put(&self, owner: &str, other: &str, state: i32, at_ms: i64, message: &str) -> Row {
+        (
+            self.social.contact_put.clone(),
+            Box::new((
+                owner.to_owned(),
+                other.to_owned(),
+                state,
+                at_ms,
+                message.to_owned(),
+            )),
+        )
+    }
+
+    fn delete(&self, owner: &str, other: &str) -> Row {
+        (
+            self.social.contact_delete.clone(),
+            Box::new((owner.to_owned(), other.to_owned())),
+        )
+    }
+
+    /// Decides and writes one change while holding the pair's lease.
+    async fn contact_change(
+        &self,
+        user: &str,
+        other: &str,
+        op: ContactOp,
+        now_ms: i64,
+    ) -> Result<Applied, OpError> {
+        let mut rows: Vec<Row> = Vec::new();
+        let mut events: Vec<(&str, v1::inbox_event::Kind)> = Vec::new();
+        let answer = |accepted: bool| {
+            v1::inbox_event::Kind::FriendResponse(v1::FriendResponseEvent {
+                from: user.to_owned(),
+                accepted,
+            })
+        };
+        match op {
+            ContactOp::Request { message, .. } => {
+                if self.blocks(other, user).await? {
+                    return Err(OpError::Blocked);
+                }
+                match self.contact_state(user, other).await? {
+                    Some(FRIEND) => {}
+                    Some(RECEIVED) => {
+                        // They asked first: this accepts.
+                        rows.push(self.put(user, other, FRIEND, 0, ""));
+                        rows.push(self.put(other, user, FRIEND, 0, ""));
+                        events.push((other, answer(true)));
+                    }
+                    _ => {
+                        rows.push(self.put(user, other, SENT, 0, ""));
+                        rows.push(self.put(other, user, RECEIVED, now_ms, &message));
+                        events.push((
+                            other,
+                            v1::inbox_event::Kind::FriendRequest(v1::FriendRequestEvent {
+                                from: user.to_owned(),
+                                message,
+                            }),
+                        ));
+                    }
+                }
+            }
+            ContactOp::Accept(_) | ContactOp::Reject(_) => {
+                if self.contact_state(user, other).await? != Some(RECEIVED) {
+                    return Err(OpError::NotFound);
+                }
+                let accepted = matches!(op, ContactOp::Accept(_));
+                if accepted {
+                    rows.push(self.put(user, other, FRIEND, 0, ""));
+                    rows.push(self.put(other, user, FRIEND, 0, ""));
+                } else {
+                    rows.push(self.delete(user, other));
+                    rows.push(self.delete(other, user));
+                }
+                events.push((other, answer(accepted)));
+            }
+            ContactOp::Remove(_) => {
+                if self.contact_state(user, other).await? != Some(FRIEND) {
+                    return Err(OpError::NotFound);
+                }
+                rows.push(self.delete(user, other));
+                rows.push(self.delete(other, user));
+            }
+            ContactOp::Block(_) => {
+                rows.push((
+                    self.social.block_put.clone(),
+                    Box::new((user.to_owned(), other.to_owned())),
+                ));
+                rows.push(self.delete(user, other));
+                rows.push(self.delete(other, user));
+            }
+            ContactOp::Unblock(_) => {
+                rows.push((
+                    self.social.block_delete.clone(),
+                    Box::new((user.to_owned(), other.to_owned())),
+                ));
+            }
+        }
+        let mut applied = Applied::default();
+        for (inbox, event) in events {
+            let stored = self.new_event(inbox, user, event, now_ms).await?;
+            rows.push(self.cql.message_row(&stored)?);
+            applied.events.push(stored);
+        }
+        self.social.batch(rows).await?;
+        Ok(applied)
+    }
+}
+
+fn target(op: &ContactOp) -> &str {
+    match op {
+        ContactOp::Request { other, .. } => other,
+        ContactOp::Accept(o)
+        | ContactOp::Reject(o)
+        | ContactOp::Remove(o)
+        | ContactOp::Block(o)
+        | ContactOp::Unblock(o) => o,
+    }
+}
+
+#[async_trait]
+impl ContactStore for ClusterStore {
+    async fn contact_apply(
+        &self,
+        user: &str,
+        op: ContactOp,
+        now_ms: i64,
+    ) -> Result<Applied, OpError> {
+        let other = target(&op).to_owned();
+        check_id(user)?;
+        check_id(&other)?;
+        if matches!(op, ContactOp::Request { .. }) && other == user {
+            return Err(OpError::NotAllowed);
+        }
+        let lock = self.lock_pair(user, &other).await?;
+        let result = self.contact_change(user, &other, op, now_ms).await;
+        self.unlock_pair(lock).await;
+        result
+    }
+
+    async fn contacts(&self, user: &str) -> Result<v1::ContactsResponse, StoreError> {
+        check_id(user)?;
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+        let limit = i32::try_from(3 * MAX_CONTACTS).unwrap_or(i32::MAX);
+        let rows = self
+            .social
+            .exec(&self.social.contacts_of, (user, limit))
+            .await?
+            .into_rows_result()
+            .map_err(|e| corrupt(&e))?;
+        let mut out = v1::ContactsResponse::default();
+        for row in rows
+            .rows::<(String, Option<i32>, Option<i64>, Option<String>)>()
+            .map_err(|e| corrupt(&e))?
+        {
+            let (other, state, at_ms, message) = row.map_err(|e| corrupt(&e))?;
+            match state {
+                Some(FRIEND) => out.friends.push(other),
+                Some(SENT) => out.outgoing.push(other),
+                Some(RECEIVED) => out.incoming.push(v1::PendingRequest {
+                    user: other,
+                    message: message.unwrap_or_default(),
+                    at_ms: at_ms.unwrap_or(0),
+                }),
+                _ => return Err(StoreError::Corrupt("bad contact state".into())),
+            }
+        }
+        let limit = i32::try_from(MAX_CONTACTS).unwrap_or(i32::MAX);
+        let rows = self
+            .social
+            .exec(&self.social.blocks_of, (user, limit))
+            .await?
+            .into_rows_result()
+            .map_err(|e| corrupt(&e))?;
+        for row in rows.rows::<(String,)>().map_err(|e| corrupt(&e))? {
+            out.blocked.push(row.map_err(|e| corrupt(&e))?.0);
+        }
+        Ok(out)
+    }
+
+    async fn relation(&self, from: &str, to: &str) -> Result<Relation, StoreError> {
+        check_id(from)?;
+        check_id(to)?;
+        let (state, blocked) =
+            tokio::try_join!(self.contact_state(from, to), self.blocks(to, from))?;
+        Ok(Relation {
+            friends: state == Some(FRIEND),
+            blocked,
+        })
+    }
+}
