@@ -23,6 +23,9 @@ use crate::server::Ctx;
 /// Delay before retrying after a store error in the scheduler.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How often a cluster node looks for due entries at least.
+const CLUSTER_POLL: Duration = Duration::from_secs(1);
+
 fn error(code: ErrorCode, message: impl Into<String>) -> rpc_response::Kind {
     rpc_response::Kind::Error(v1::RpcError {
         code: code as i32,
@@ -154,10 +157,16 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
     loop {
         let woken = ctx.schedule_wake.notified();
         let wait = match fire_due(&ctx, store.as_ref()).await {
-            Ok(()) => match store.next_due().await {
+            Ok(fired) => match store.next_due().await {
                 Ok(Some(at)) => {
                     let ms = at.saturating_sub(qim_proto::now_ms()).max(0);
-                    Some(Duration::from_millis(ms as u64))
+                    if ms == 0 && fired == 0 {
+                        // Due but not ours to fire now (another node is
+                        // posting it, or its claim has not gone stale yet).
+                        Some(RETRY)
+                    } else {
+                        Some(Duration::from_millis(ms as u64))
+                    }
                 }
                 Ok(None) => None,
                 Err(e) => {
@@ -169,6 +178,13 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
                 warn!(error = %e, "posting scheduled sends failed; retrying");
                 Some(RETRY)
             }
+        };
+        // In a cluster, entries scheduled through other nodes wake nobody
+        // here: look at least every CLUSTER_POLL.
+        let wait = match (&ctx.cluster, wait) {
+            (Some(_), Some(w)) => Some(w.min(CLUSTER_POLL)),
+            (Some(_), None) => Some(CLUSTER_POLL),
+            (None, w) => w,
         };
         tokio::select! {
             () = woken => {}
@@ -185,16 +201,19 @@ async fn sleep_opt(wait: Option<Duration>) {
     }
 }
 
-async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<(), qim_storage::StoreError> {
+/// Fires every due entry; returns how many this node posted or dropped.
+async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<usize, qim_storage::StoreError> {
+    let mut fired = 0;
     loop {
         let now = qim_proto::now_ms();
         let due = store.due(now).await?;
         if due.is_empty() {
-            return Ok(());
+            return Ok(fired);
         }
         for entry in due {
             match store.fire(&entry.id, qim_proto::now_ms()).await? {
                 Some(Ok(posted)) => {
+                    fired += 1;
                     debug!(id = %entry.id, late_ms = qim_proto::now_ms() - entry.deliver_at_ms, "scheduled send posted");
                     for copy in posted.copies {
                         match copy.inbox.strip_prefix('#') {
@@ -207,6 +226,7 @@ async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<(), qim_storag
                     }
                 }
                 Some(Err(refused)) => {
+                    fired += 1;
                     warn!(id = %entry.id, sender = %entry.sender, error = %refused, "scheduled send refused at delivery time; dropped");
                 }
                 None => {}

@@ -116,7 +116,72 @@ pub struct EmbeddedStore {
     ops: mpsc::Sender<Op>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Milliseconds messages stay readable in history; 0: forever.
-    pub(crate) history_retention_ms: std::sync::atomic::AtomicU64,
+    pub(crate) history_retention_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the retention sweeper thread was started.
+    sweeper: std::sync::atomic::AtomicBool,
+}
+
+/// How often expired messages are deleted: a tenth of the retention,
+/// between a second and ten minutes.
+pub fn sweep_interval(retention_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis((retention_ms / 10).clamp(1_000, 600_000))
+}
+
+/// The time before which messages are expired under `retention` (ms;
+/// `i64::MIN` when kept forever).
+fn cutoff_ms(retention: &std::sync::atomic::AtomicU64) -> i64 {
+    match retention.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => i64::MIN,
+        ms => qim_proto::now_ms().saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)),
+    }
+}
+
+/// The sweeper thread: every `every`, deletes what expired, until the
+/// store is closed (it holds only a weak handle, so it never keeps the
+/// store open).
+fn sweeper(
+    ops: mpsc::WeakSender<Op>,
+    retention: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    every: std::time::Duration,
+) {
+    loop {
+        std::thread::sleep(every);
+        let Some(ops) = ops.upgrade() else {
+            return;
+        };
+        let cutoff_ms = cutoff_ms(&retention);
+        if cutoff_ms == i64::MIN {
+            continue;
+        }
+        let mut from = None;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            let request = im::Request::Sweep {
+                cutoff_ms,
+                from: from.take(),
+                reply: tx,
+            };
+            if ops.blocking_send(Op::Im(Box::new(request))).is_err() {
+                return;
+            }
+            match rx.blocking_recv() {
+                Ok(Ok((deleted, next))) => {
+                    if deleted > 0 {
+                        tracing::debug!(deleted, "expired messages deleted");
+                    }
+                    match next {
+                        Some(next) => from = Some(next),
+                        None => break,
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "deleting expired messages failed");
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -169,27 +234,69 @@ impl EmbeddedStore {
             tables,
             ops,
             writer: std::sync::Mutex::new(Some(writer)),
-            history_retention_ms: std::sync::atomic::AtomicU64::new(0),
+            history_retention_ms: Default::default(),
+            sweeper: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Sets how long messages stay readable in conversation history
-    /// (milliseconds; 0: forever). History pages stop at older messages and
-    /// say so ([`HistoryPage::expired`](crate::conversations::HistoryPage::expired)).
+    /// Sets how long messages are kept (milliseconds; 0: forever). History
+    /// pages stop at older messages and say so
+    /// ([`HistoryPage::expired`](crate::conversations::HistoryPage::expired)),
+    /// and a background thread deletes them from disk every
+    /// [`sweep_interval`] ([`sweep_expired`](Self::sweep_expired)).
     pub fn set_history_retention_ms(&self, ms: u64) {
         self.history_retention_ms
             .store(ms, std::sync::atomic::Ordering::Relaxed);
+        if ms > 0
+            && !self
+                .sweeper
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let ops = self.ops.downgrade();
+            let retention = std::sync::Arc::clone(&self.history_retention_ms);
+            let every = sweep_interval(ms);
+            let spawned = std::thread::Builder::new()
+                .name("qim-store-sweeper".into())
+                .spawn(move || sweeper(ops, retention, every));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start the retention sweeper");
+            }
+        }
+    }
+
+    /// Deletes every message older than the retention from disk now (see
+    /// the writer's sweep for what is kept); returns how many. Runs in
+    /// steps of at most a thousand messages, each one durable commit, so
+    /// writes of other callers go on in between.
+    pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
+        let cutoff_ms = self.history_cutoff_ms();
+        if cutoff_ms == i64::MIN {
+            return Ok(0);
+        }
+        let mut total = 0;
+        let mut from = None;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.ops
+                .send(Op::Im(Box::new(im::Request::Sweep {
+                    cutoff_ms,
+                    from,
+                    reply: tx,
+                })))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            let (deleted, next) = rx.await.map_err(|_| StoreError::Closed)??;
+            total += deleted;
+            match next {
+                Some(next) => from = Some(next),
+                None => return Ok(total),
+            }
+        }
     }
 
     /// Messages stored before this time (ms since the epoch) are expired.
     pub(crate) fn history_cutoff_ms(&self) -> i64 {
-        match self
-            .history_retention_ms
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => i64::MIN,
-            ms => qim_proto::now_ms().saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)),
-        }
+        cutoff_ms(&self.history_retention_ms)
     }
 
     async fn submit<T>(

@@ -60,7 +60,20 @@ pub(super) enum Request {
         reply: oneshot::Sender<Result<Applied, OpError>>,
     },
     Schedule(super::schedule::Request),
+    /// Deletes expired messages (see [`Writer::sweep`]).
+    Sweep {
+        cutoff_ms: i64,
+        from: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<Swept, StoreError>>,
+    },
 }
+
+/// What one sweep step deleted, and where the next one starts (`None`:
+/// the whole store was looked at).
+pub(super) type Swept = (usize, Option<Vec<u8>>);
+
+/// Messages one sweep step deletes at most (one commit).
+const SWEEP_STEP: usize = 1000;
 
 impl Request {
     pub(super) fn fail(self, error: StoreError) {
@@ -78,6 +91,9 @@ impl Request {
                 let _ = reply.send(Err(OpError::Store(error)));
             }
             Request::Schedule(request) => request.fail(error),
+            Request::Sweep { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
         }
     }
 }
@@ -201,9 +217,128 @@ impl Writer {
                         None => self.schedule_op(request),
                     }
                 }
+                Request::Sweep {
+                    cutoff_ms,
+                    from,
+                    reply,
+                } => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    let result = match &self.failed {
+                        Some(reason) => Err(StoreError::Failed(reason.clone())),
+                        None => self.sweep(cutoff_ms, from),
+                    };
+                    let _ = reply.send(result);
+                }
             }
         }
         self.commit_posts(posts);
+    }
+
+    /// Deletes messages stored before `cutoff_ms`, inbox by inbox in key
+    /// order from `from`, at most [`SWEEP_STEP`] in one durable commit.
+    ///
+    /// - An inbox's newest message is never deleted: it holds the inbox's
+    ///   head, from which the next seq is counted (deleting it would let a
+    ///   seq be issued twice).
+    /// - Within an inbox, deletion stops at the first message that is not
+    ///   expired (seqs follow time).
+    /// - A deleted copy that counted as unread is taken off its
+    ///   conversation's unread count; its conversation index entry stays
+    ///   (marked read), so history knows something was there and answers
+    ///   "older messages expired" rather than leaving a silent gap.
+    /// - Its idempotency key goes too: a resend after the retention is a
+    ///   new message.
+    pub(super) fn sweep(
+        &mut self,
+        cutoff_ms: i64,
+        from: Option<Vec<u8>>,
+    ) -> Result<Swept, StoreError> {
+        use std::ops::Bound;
+        let t = self.tables.clone();
+        let mut stage = self.new_stage();
+        let mut deleted = 0;
+        let mut start = from.map_or(Bound::Unbounded, Bound::Included);
+        let next = loop {
+            let Some(guard) = t.messages.range((start.clone(), Bound::Unbounded)).next() else {
+                break None;
+            };
+            let (first, _) = guard.into_inner().map_err(unavailable)?;
+            let len = usize::from(*first.first().unwrap_or(&0));
+            if first.len() != 1 + len + 8 {
+                return Err(StoreError::Corrupt("bad message key".into()));
+            }
+            let prefix = first[..1 + len].to_vec();
+            let inbox = String::from_utf8_lossy(&prefix[1..]).into_owned();
+            let mut end = prefix.clone();
+            end.extend_from_slice(&[0xff; 8]);
+            let newest = t
+                .messages
+                .prefix(&prefix)
+                .next_back()
+                .map(|g| g.into_inner().map(|(k, _)| k))
+                .transpose()
+                .map_err(unavailable)?;
+            let mut resume = None;
+            for guard in t.messages.prefix(&prefix) {
+                let (key, value) = guard.into_inner().map_err(unavailable)?;
+                if Some(&key) == newest.as_ref() {
+                    break;
+                }
+                if deleted == SWEEP_STEP {
+                    resume = Some(key.to_vec());
+                    break;
+                }
+                let m = decode_message(&inbox, &key, &value)?;
+                if m.message.server_time_ms >= cutoff_ms {
+                    break;
+                }
+                stage.batch.remove(&t.messages, key.to_vec());
+                if m.message.event.is_none() && !m.message.client_msg_id.is_empty() {
+                    stage.batch.remove(
+                        &t.idempotency,
+                        super::idempotency_key(&m.message.from_user, &m.message.client_msg_id),
+                    );
+                }
+                if !inbox.starts_with('#') {
+                    self.expire_copy(&mut stage, &m)?;
+                }
+                deleted += 1;
+            }
+            if let Some(resume) = resume {
+                break Some(resume);
+            }
+            start = Bound::Excluded(end);
+        };
+        if deleted > 0 {
+            self.commit_stage(stage)?;
+        }
+        Ok((deleted, next))
+    }
+
+    /// An expired copy leaves its conversation's unread count.
+    fn expire_copy(&self, stage: &mut Stage, m: &StoredMessage) -> Result<(), StoreError> {
+        let peer = conversation_of(&m.inbox, &m.message);
+        let Some(convkey) = peer_key(&peer) else {
+            return Ok(());
+        };
+        let key = conv_msg_key(&m.inbox, &convkey, m.seq);
+        let was_unread = self
+            .tables
+            .conv_msgs
+            .get(&key)
+            .map_err(unavailable)?
+            .as_deref()
+            == Some(&[1][..]);
+        if !was_unread {
+            return Ok(());
+        }
+        stage.batch.insert(&self.tables.conv_msgs, key, vec![0]);
+        if let Some(conv) = self.conv(stage, &m.inbox, &peer, false)? {
+            if m.seq > conv.conv.read_seq {
+                conv.conv.unread = conv.conv.unread.saturating_sub(1);
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn new_stage(&self) -> Stage {
@@ -1039,7 +1174,12 @@ fn walk(
     for guard in keys {
         let (key, value) = guard.into_inner().map_err(unavailable)?;
         let Some(m) = read(&key, &value)? else {
-            continue;
+            // Indexed but gone: deleted by the retention sweep.
+            page.expired = true;
+            if forward {
+                continue;
+            }
+            break;
         };
         if m.message.event.is_some() {
             continue;

@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use super::im::Request as ImRequest;
 use super::{EmbeddedStore, Op, Writer, unavailable};
 use crate::StoreError;
-use crate::conversations::{OpError, Post, Posted};
-use crate::schedule::{MAX_DUE, ScheduleStore};
+use crate::conversations::{OpError, Posted};
+use crate::schedule::{MAX_DUE, ScheduleStore, to_post};
 
 type Fired = Result<Option<Result<Posted, OpError>>, StoreError>;
 
@@ -57,23 +57,6 @@ fn at_key(at: i64, id: &str) -> Vec<u8> {
 
 fn decode(bytes: &[u8]) -> Result<v1::ScheduledSend, StoreError> {
     v1::ScheduledSend::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn to_post(entry: v1::ScheduledSend, now_ms: i64) -> Post {
-    let send = entry.send.unwrap_or_default();
-    Post {
-        sender: entry.sender,
-        sender_device: entry.sender_device,
-        client_msg_id: send.client_msg_id,
-        to: send.to.unwrap_or_default(),
-        kind: send.kind,
-        body: send.body,
-        server_time_ms: now_ms,
-        reply_to: send.reply_to,
-        mentions: send.mentions,
-        mention_all: send.mention_all,
-        inboxes: entry.inboxes,
-    }
 }
 
 impl Writer {

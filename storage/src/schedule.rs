@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use qim_proto::v1;
 
 use crate::StoreError;
-use crate::conversations::{OpError, Posted};
+use crate::conversations::{OpError, Post, Posted};
 
 /// Entries returned by one [`ScheduleStore::due`] call at most.
 pub const MAX_DUE: usize = 1000;
@@ -42,4 +42,22 @@ pub trait ScheduleStore: Send + Sync + 'static {
         id: &str,
         now_ms: i64,
     ) -> Result<Option<Result<Posted, OpError>>, StoreError>;
+}
+
+/// The post a scheduled send makes when it fires at `now_ms`.
+pub fn to_post(entry: v1::ScheduledSend, now_ms: i64) -> Post {
+    let send = entry.send.unwrap_or_default();
+    Post {
+        sender: entry.sender,
+        sender_device: entry.sender_device,
+        client_msg_id: send.client_msg_id,
+        to: send.to.unwrap_or_default(),
+        kind: send.kind,
+        body: send.body,
+        server_time_ms: now_ms,
+        reply_to: send.reply_to,
+        mentions: send.mentions,
+        mention_all: send.mention_all,
+        inboxes: entry.inboxes,
+    }
 }

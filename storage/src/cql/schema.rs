@@ -86,7 +86,7 @@ const MIGRATIONS: &[&[&str]] = &[
         // The same entries by delivery time, spread over a fixed number of
         // shards (partitions) so no partition holds every pending entry.
         "CREATE TABLE IF NOT EXISTS schedules_due (
-        shard int, due_ms bigint, id text,
+        shard int, due_ms bigint, id text, written_ms bigint,
         PRIMARY KEY (shard, due_ms, id)
     ) WITH CLUSTERING ORDER BY (due_ms ASC, id ASC)",
         // Session records (online-time statistics): end_ms 0 while open or

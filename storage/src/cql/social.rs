@@ -141,7 +141,7 @@ impl Social {
             )
             .await?,
             schedule_due_put: prepare(
-                "INSERT INTO schedules_due (shard, due_ms, id) VALUES (?, ?, ?)",
+                "INSERT INTO schedules_due (shard, due_ms, id, written_ms) VALUES (?, ?, ?, ?)",
                 LocalQuorum,
                 true,
             )
@@ -183,7 +183,7 @@ impl Social {
             )
             .await?,
             schedules_due: prepare(
-                "SELECT due_ms, id FROM schedules_due WHERE shard = ? AND due_ms <= ? LIMIT ?",
+                "SELECT due_ms, id, written_ms FROM schedules_due WHERE shard = ? AND due_ms <= ? LIMIT ?",
                 LocalQuorum,
                 true,
             )
