@@ -314,7 +314,9 @@ async fn run(
     // Before the head is read: a message committed after this route is
     // visible is handed here; one committed before is in the head.
     if let Some(cluster) = &ctx.cluster
-        && cluster.attach(&user, &device, session_id).await
+        && cluster
+            .attach(&user, &device, session_id, class, policy)
+            .await
     {
         crate::presence::transition(ctx, &user, true, qim_proto::now_ms()).await;
     }

@@ -182,8 +182,13 @@ impl Node {
     /// A node on the full cluster backend (`Gateway::bind` with Redis and
     /// CQL configured), IM stores included.
     async fn start_im(shared: &Shared, name: &str) -> Node {
+        Self::start_im_with(shared, name, |_| {}).await
+    }
+
+    async fn start_im_with(shared: &Shared, name: &str, adjust: impl FnOnce(&mut Config)) -> Node {
         keyspace().await;
         let mut config = shared.config(name);
+        adjust(&mut config);
         config.store.key_prefix = shared.store_prefix.clone();
         config.validate().expect("valid config");
         Self::run(qim_gateway::Gateway::bind(config).await.expect("bind"))
@@ -312,6 +317,72 @@ async fn presence_and_typing_cross_nodes_within_a_second() {
     let off = presence_change(&alice, second).await;
     assert!(!off.online && off.last_seen_ms > 0, "{off:?}");
     alice.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Waits until `client` stopped for good; returns why.
+async fn stopped(client: &Client) -> qim_sdk::Error {
+    let mut state = client.watch_state();
+    tokio::time::timeout(PATIENCE, async {
+        while state.current() != ConnectionState::Closed {
+            state.changed().await;
+        }
+    })
+    .await
+    .expect("the client stops");
+    client.last_error().expect("a reason")
+}
+
+/// One device per platform class holds across nodes: bob's iPhone logging
+/// in on node b kicks his Android phone on node a (KICKED, for good), his
+/// desktop on node a stays, and both live devices get what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_policy_kicks_across_nodes() {
+    let shared = Shared::new();
+    let policy = |c: &mut Config| c.im.device_policy = "one-per-platform-class".into();
+    let a = Node::start_im_with(&shared, "a", policy).await;
+    let b = Node::start_im_with(&shared, "b", policy).await;
+    let device = |addr: SocketAddr, name: &str, platform: qim_sdk::Platform| {
+        let mut config = shared.client_config(&[addr], "bob", name);
+        config.platform = platform;
+        Client::connect(config)
+    };
+    let android = device(a.addr, "android", qim_sdk::Platform::Android)
+        .await
+        .expect("connect");
+    let desk = device(a.addr, "desk", qim_sdk::Platform::Desktop)
+        .await
+        .expect("connect");
+    let iphone = device(b.addr, "iphone", qim_sdk::Platform::Ios)
+        .await
+        .expect("connect");
+    let why = stopped(&android).await;
+    assert!(
+        matches!(
+            why,
+            qim_sdk::Error::Rejected {
+                code: qim_proto::v1::ErrorCode::Kicked,
+                retryable: false,
+                ..
+            }
+        ),
+        "{why:?}"
+    );
+    let alice = shared.client(&[b.addr], "alice", "alice-phone").await;
+    alice
+        .send_message(to(
+            &shared.user("bob"),
+            "p1".into(),
+            "after the kick".into(),
+        ))
+        .await
+        .expect("send");
+    assert_eq!(text(&take(&iphone, 1).await[0]), "after the kick");
+    assert_eq!(text(&take(&desk, 1).await[0]), "after the kick");
+    assert_eq!(android.state(), ConnectionState::Closed);
+    assert_eq!(android.stats().sessions, 1, "never came back on its own");
+    assert_eq!(desk.state(), ConnectionState::Connected);
     a.stop().await;
     b.stop().await;
 }

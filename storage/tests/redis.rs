@@ -63,24 +63,32 @@ async fn exercise(redis: &Redis) {
     // The first device is "first" (bob came online); later ones are not.
     assert_eq!(
         redis
-            .set_route("bob", "phone", "a", 1, now, T)
+            .set_route("bob", "phone", "a", 1, "mobile", now, T)
             .await
             .expect("set"),
         RouteSet {
             replaced: None,
-            first: true
+            first: true,
+            others: Vec::new(),
         }
     );
     let laptop = redis
-        .set_route("bob", "laptop", "b", 7, now, T)
+        .set_route("bob", "laptop", "b", 7, "desktop", now, T)
         .await
         .expect("set");
     assert!(!laptop.first && laptop.replaced.is_none());
     let again = redis
-        .set_route("bob", "phone", "c", 2, now, T)
+        .set_route("bob", "phone", "c", 2, "mobile", now, T)
         .await
         .expect("set");
     assert!(!again.first);
+    // The other devices' live routes, with their class (for policies).
+    let others: Vec<(&str, &str, &str)> = again
+        .others
+        .iter()
+        .map(|r| (r.device.as_str(), r.node.as_str(), r.class.as_str()))
+        .collect();
+    assert_eq!(others, [("laptop", "b", "desktop")]);
     let replaced = again.replaced.expect("replaced a live route");
     assert_eq!((replaced.node.as_str(), replaced.session), ("a", 1));
     let routes = redis.routes("bob", now).await.expect("routes");
@@ -111,7 +119,7 @@ async fn exercise(redis: &Redis) {
     // Of two devices, the first to leave is Removed, the second Last.
     for (device, session) in [("phone", 1), ("laptop", 2)] {
         redis
-            .set_route("dora", device, "a", session, now, T)
+            .set_route("dora", device, "a", session, "", now, T)
             .await
             .expect("set");
     }
@@ -153,9 +161,12 @@ async fn exercise(redis: &Redis) {
     );
     let later = redis.routes("bob", now + T + T / 5).await.expect("routes");
     assert_eq!(
-        later.iter().map(|r| r.device.as_str()).collect::<Vec<_>>(),
-        ["phone"],
-        "the laptop route expired, the refreshed phone route lives"
+        later
+            .iter()
+            .map(|r| (r.device.as_str(), r.class.as_str()))
+            .collect::<Vec<_>>(),
+        [("phone", "mobile")],
+        "the laptop route expired, the refreshed phone route lives and keeps its class"
     );
     let presence = redis
         .presence("bob", now + T + T / 5)
@@ -255,6 +266,7 @@ async fn exercise(redis: &Redis) {
                 user: "bob".into(),
                 device: "phone".into(),
                 session: 9,
+                policy: false,
             },
         ),
     ];
@@ -352,7 +364,9 @@ async fn bad_input_is_refused_with_a_typed_error() {
     for bad in ["", "has space", "{tag}", "a|b", "x:y"] {
         assert!(
             matches!(
-                redis.set_route(bad, "phone", "a", 1, 0, 1_000).await,
+                redis
+                    .set_route(bad, "phone", "a", 1, "mobile", 0, 1_000)
+                    .await,
                 Err(qim_storage::StoreError::Invalid(_))
             ),
             "{bad:?}"
@@ -500,7 +514,7 @@ async fn redis_cluster_of_three_masters() {
     }
     for user in &many {
         redis
-            .set_route(user, "phone", "a", 1, 0, 60_000)
+            .set_route(user, "phone", "a", 1, "mobile", 0, 60_000)
             .await
             .expect("set");
     }

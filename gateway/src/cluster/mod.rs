@@ -232,10 +232,20 @@ impl Cluster {
     }
 
     /// Writes the route of a new session; tells the node of a replaced
-    /// session elsewhere to end it. Failures are logged: the next refresh
-    /// writes the route again. Returns whether the user just came online
-    /// (no live route anywhere before this one).
-    pub(crate) async fn attach(&self, user: &str, device: &str, session: u64) -> bool {
+    /// session elsewhere to end it (REPLACED), and the nodes of other
+    /// devices' sessions the device policy excludes to end those (KICKED;
+    /// this node's own are ended by [`Routes`](crate::route::Routes)).
+    /// Failures are logged: the next refresh writes the route again.
+    /// Returns whether the user just came online (no live route anywhere
+    /// before this one).
+    pub(crate) async fn attach(
+        &self,
+        user: &str,
+        device: &str,
+        session: u64,
+        class: Option<&str>,
+        policy: crate::route::DevicePolicy,
+    ) -> bool {
         let set = self
             .redis
             .set_route(
@@ -243,21 +253,50 @@ impl Cluster {
                 device,
                 &self.me.id,
                 session,
+                class.unwrap_or(""),
                 now_ms(),
                 self.route_ttl_ms,
             )
             .await;
         match set {
             Ok(set) => {
+                let mut kicks = Vec::new();
                 if let Some(prev) = set.replaced.filter(|prev| prev.node != self.me.id) {
                     debug!(user, device, node = %prev.node, "device moved here; kicking its older session");
-                    let kick = Handoff::Kick {
-                        user: user.to_owned(),
-                        device: device.to_owned(),
-                        session: prev.session,
+                    kicks.push((
+                        prev.node,
+                        Handoff::Kick {
+                            user: user.to_owned(),
+                            device: device.to_owned(),
+                            session: prev.session,
+                            policy: false,
+                        },
+                    ));
+                }
+                for other in set.others {
+                    let excluded = match policy {
+                        crate::route::DevicePolicy::Unlimited => false,
+                        crate::route::DevicePolicy::Single => true,
+                        crate::route::DevicePolicy::OnePerClass => {
+                            class.is_some_and(|c| c == other.class)
+                        }
                     };
-                    if let Err(e) = self.redis.push(&[(prev.node, kick)], self.queue).await {
-                        warn!(user, device, error = %e, "could not kick the older session on another node");
+                    if excluded && other.node != self.me.id {
+                        debug!(user, device = %other.device, node = %other.node, "device policy: kicking another device's session");
+                        kicks.push((
+                            other.node,
+                            Handoff::Kick {
+                                user: user.to_owned(),
+                                device: other.device,
+                                session: other.session,
+                                policy: true,
+                            },
+                        ));
+                    }
+                }
+                if !kicks.is_empty() {
+                    if let Err(e) = self.redis.push(&kicks, self.queue).await {
+                        warn!(user, device, error = %e, "could not kick sessions on other nodes");
                     }
                 }
                 set.first
@@ -424,9 +463,14 @@ impl Cluster {
                         user,
                         device,
                         session,
+                        policy,
                     }) => {
-                        ctx.routes
-                            .kick(&user, &device, session, ErrorCode::Replaced);
+                        let code = if policy {
+                            ErrorCode::Kicked
+                        } else {
+                            ErrorCode::Replaced
+                        };
+                        ctx.routes.kick(&user, &device, session, code);
                     }
                     Ok(other) => debug!(?other, "hand-off of an unknown kind ignored"),
                     Err(e) => warn!(id = %entry.id, error = %e, "unreadable hand-off dropped"),

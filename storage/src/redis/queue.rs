@@ -57,8 +57,9 @@ impl Default for QueueConfig {
 pub enum Handoff {
     /// A message was stored for a user with a session on the target node.
     Message(Box<StoredMessage>),
-    /// A device logged in elsewhere: end its session `session` on the
-    /// target node (with REPLACED).
+    /// End session `session` of a device on the target node: with
+    /// REPLACED when the same device logged in elsewhere, with KICKED when
+    /// another device's login excludes it under the device policy.
     Kick {
         /// The user.
         user: String,
@@ -66,6 +67,8 @@ pub enum Handoff {
         device: String,
         /// The session on the target node.
         session: u64,
+        /// A device-policy kick (KICKED) rather than a replacement.
+        policy: bool,
     },
 }
 
@@ -87,11 +90,13 @@ impl Handoff {
                 user,
                 device,
                 session,
+                policy,
             } => vec![
                 ("k", Value::from("x")),
                 ("i", Value::from(user.clone())),
                 ("v", Value::from(device.clone())),
                 ("s", Value::from(session.to_string())),
+                ("p", Value::from(if *policy { "1" } else { "0" })),
             ],
         }
     }
@@ -129,6 +134,8 @@ impl Handoff {
                 session: text("s")?
                     .parse()
                     .map_err(|_| StoreError::Corrupt("hand-off kick session".into()))?,
+                // Entries written before the field existed are replacements.
+                policy: text("p").is_ok_and(|p| p == "1"),
             }),
             other => Err(StoreError::Corrupt(format!("hand-off kind {other:?}"))),
         }
@@ -375,6 +382,7 @@ mod tests {
                 user: "bob".into(),
                 device: "phone".into(),
                 session: 3,
+                policy: true,
             },
         ] {
             let fields = handoff

@@ -1,7 +1,7 @@
 //! Routes: which node holds the session of each device of a user.
 //!
 //! One hash per user, `{P:u:USER}:routes`, maps a device to
-//! `node|session|expires_ms`. A node writes a route when a device logs in,
+//! `node|session|class|expires_ms`. A node writes a route when a device logs in,
 //! refreshes the routes of its live sessions well within the TTL, and
 //! removes a route when its session ends. Expired entries are ignored by
 //! readers and dropped by the next write; the whole hash expires when no
@@ -28,6 +28,9 @@ pub struct Route {
     pub node: String,
     /// The session's id on that node.
     pub session: u64,
+    /// The device's platform class (`mobile`, `desktop`, `web`; empty when
+    /// none), for device policies across nodes.
+    pub class: String,
     /// When the route lapses unless refreshed (ms since the Unix epoch).
     pub expires_ms: i64,
 }
@@ -46,18 +49,21 @@ fn check(parts: &[&str]) -> Result<(), StoreError> {
 }
 
 /// Sets the route, drops expired entries, returns the previous live value
-/// of the device ('' when none) and how many other devices had a live
-/// route before. KEYS[1] routes hash; ARGV: device, value, now_ms, key ttl
-/// ms.
+/// of the device ('' when none) and the live routes of the user's other
+/// devices before (device, value, device, value, ...). KEYS[1] routes
+/// hash; ARGV: device, value, now_ms, key ttl ms.
 const SET: &str = r#"
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
 local now = tonumber(ARGV[3])
-local others = 0
+local others = {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local exp = tonumber(string.match(all[i + 1], '|(%d+)$'))
   if exp == nil or exp <= now then redis.call('HDEL', KEYS[1], all[i])
-  elseif all[i] ~= ARGV[1] then others = others + 1 end
+  elseif all[i] ~= ARGV[1] then
+    others[#others + 1] = all[i]
+    others[#others + 1] = all[i + 1]
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -69,17 +75,20 @@ end
 return {live, others}
 "#;
 
-/// Renews the route if it is still this session's or absent (e.g. Redis
-/// lost it). KEYS[1] routes hash; ARGV: device, `node|session|` prefix,
-/// value, now_ms, key ttl ms. Returns 1 when written.
+/// Renews the route if it is still this session's (keeping its class) or
+/// absent (e.g. Redis lost it; written without a class then). KEYS[1]
+/// routes hash; ARGV: device, `node|session|` prefix, value, now_ms, key
+/// ttl ms, new expiry. Returns 1 when written.
 const REFRESH: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local value = ARGV[3]
 if cur then
   local exp = tonumber(string.match(cur, '|(%d+)$'))
   local mine = string.sub(cur, 1, #ARGV[2]) == ARGV[2]
   if not mine and exp ~= nil and exp > tonumber(ARGV[4]) then return 0 end
+  if mine then value = string.gsub(cur, '|%d+$', '|' .. ARGV[6]) end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 "#;
@@ -114,6 +123,8 @@ pub struct RouteSet {
     pub replaced: Option<Route>,
     /// The user had no live route before: they just came online.
     pub first: bool,
+    /// The live routes of the user's other devices before this one.
+    pub others: Vec<Route>,
 }
 
 /// What removing a route did.
@@ -128,24 +139,29 @@ pub enum RouteRemoval {
     Last,
 }
 
-fn encode(node: &str, session: u64, expires_ms: i64) -> String {
-    format!("{node}|{session}|{expires_ms}")
+fn encode(node: &str, session: u64, class: &str, expires_ms: i64) -> String {
+    format!("{node}|{session}|{class}|{expires_ms}")
 }
 
 fn owner(node: &str, session: u64) -> String {
     format!("{node}|{session}|")
 }
 
+/// Reads `node|session|class|expires_ms` (or the older
+/// `node|session|expires_ms`, without a class).
 pub(crate) fn decode(device: String, value: &str) -> Option<Route> {
-    let mut parts = value.splitn(3, '|');
-    let node = parts.next()?.to_owned();
-    let session = parts.next()?.parse().ok()?;
-    let expires_ms = parts.next()?.parse().ok()?;
+    let parts: Vec<&str> = value.split('|').collect();
+    let (node, session, class, expires) = match parts[..] {
+        [node, session, class, expires] => (node, session, class, expires),
+        [node, session, expires] => (node, session, "", expires),
+        _ => return None,
+    };
     Some(Route {
         device,
-        node,
-        session,
-        expires_ms,
+        node: node.to_owned(),
+        session: session.parse().ok()?,
+        class: class.to_owned(),
+        expires_ms: expires.parse().ok()?,
     })
 }
 
@@ -170,18 +186,25 @@ impl Redis {
     /// the user had no live route at all before (decided inside one script,
     /// so of two devices logging in at once on two nodes exactly one is
     /// first).
+    #[allow(clippy::too_many_arguments)]
     pub async fn set_route(
         &self,
         user: &str,
         device: &str,
         node: &str,
         session: u64,
+        class: &str,
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<RouteSet, StoreError> {
         check(&[user, device, node])?;
-        let value = encode(node, session, now_ms + ttl_ms);
-        let (prev, others): (String, i64) = self
+        if !class.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(StoreError::Invalid(format!(
+                "{class:?} is not a platform class"
+            )));
+        }
+        let value = encode(node, session, class, now_ms + ttl_ms);
+        let (prev, others): (String, Vec<String>) = self
             .client
             .eval(
                 SET,
@@ -198,9 +221,17 @@ impl Redis {
         let replaced = (!prev.is_empty())
             .then(|| decode(device.to_owned(), &prev))
             .flatten();
+        let others: Vec<Route> = others
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [device, value] => decode(device.clone(), value),
+                _ => None,
+            })
+            .collect();
         Ok(RouteSet {
-            first: replaced.is_none() && others == 0,
+            first: replaced.is_none() && others.is_empty(),
             replaced,
+            others,
         })
     }
 
@@ -233,9 +264,10 @@ impl Redis {
                         vec![
                             device.clone(),
                             owner(node, *session),
-                            encode(node, *session, now_ms + ttl_ms),
+                            encode(node, *session, "", now_ms + ttl_ms),
                             now_ms.to_string(),
                             ttl_ms.to_string(),
+                            (now_ms + ttl_ms).to_string(),
                         ],
                     )
                 });
@@ -329,19 +361,22 @@ mod tests {
 
     #[test]
     fn route_values_round_trip_and_garbage_is_skipped() {
-        let r = decode("phone".into(), &encode("n-1", 42, 1_000)).expect("decodes");
+        let r = decode("phone".into(), &encode("n-1", 42, "mobile", 1_000)).expect("decodes");
         assert_eq!(
             r,
             Route {
                 device: "phone".into(),
                 node: "n-1".into(),
                 session: 42,
+                class: "mobile".into(),
                 expires_ms: 1_000
             }
         );
+        let old = decode("phone".into(), "n-1|42|1000").expect("the older form decodes");
+        assert_eq!((old.class.as_str(), old.expires_ms), ("", 1_000));
         assert!(decode("x".into(), "n|notanumber|5").is_none());
         assert!(decode("x".into(), "garbage").is_none());
-        assert!(encode("n-1", 42, 7).starts_with(&owner("n-1", 42)));
-        assert!(!encode("n-1", 421, 7).starts_with(&owner("n-1", 42)));
+        assert!(encode("n-1", 42, "", 7).starts_with(&owner("n-1", 42)));
+        assert!(!encode("n-1", 421, "web", 7).starts_with(&owner("n-1", 42)));
     }
 }
