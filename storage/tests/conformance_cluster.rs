@@ -18,6 +18,9 @@ const KEYSPACE: &str = "qim_conformance";
 
 struct Cluster {
     options: ClusterOptions,
+    /// Holds the embedded store standing in for the contact and schedule
+    /// stores, which the IM checks run here do not use.
+    dir: tempfile::TempDir,
 }
 
 fn required_env(name: &str) -> String {
@@ -35,7 +38,10 @@ impl Cluster {
         let cql = CqlOptions::new(vec![required_env("QIM_TEST_CQL")], KEYSPACE);
         let mut options = ClusterOptions::new(required_env("QIM_TEST_REDIS"), cql);
         options.key_prefix = format!("qimtest:{:08x}:", rand::random::<u32>());
-        Self { options }
+        Self {
+            options,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 }
 
@@ -54,6 +60,41 @@ impl Backend for Cluster {
 }
 
 qim_storage::conformance_tests!(Cluster::new());
+
+#[async_trait]
+impl qim_storage::conformance_im::ImBackend for Cluster {
+    async fn open_im(&self) -> qim_storage::conformance_im::ImStores {
+        cql::connect_and_migrate(&self.options.cql)
+            .await
+            .expect("migrate the test keyspace");
+        let store = Arc::new(
+            ClusterStore::connect(&self.options)
+                .await
+                .expect("connect to Redis and CQL"),
+        );
+        let unused = Arc::new(
+            qim_storage::embedded::EmbeddedStore::open(self.dir.path()).expect("open store"),
+        );
+        qim_storage::conformance_im::ImStores {
+            messages: store.clone(),
+            conversations: store.clone(),
+            groups: store,
+            contacts: unused.clone(),
+            schedules: unused,
+        }
+    }
+}
+
+/// The IM checks of the stores the cluster backend has (contacts and
+/// schedules are not among them).
+mod im {
+    use super::Cluster;
+    qim_storage::im_conformance_tests!(@each Cluster::new();
+        posts_update_conversations_and_mark_read_is_exact,
+        recall_is_exact_and_guarded,
+        groups_check_members_and_switch_to_read_diffusion,
+    );
+}
 
 /// Two stores (two gateway nodes) append to one inbox while the Redis
 /// counter keys are deleted again and again (a Redis losing its data): no
@@ -163,6 +204,9 @@ async fn concurrent_resends_on_two_nodes_store_once() {
 async fn reads_cross_bucket_boundaries() {
     use qim_storage::conformance::{message, unique};
     let backend = Cluster::new();
+    cql::connect_and_migrate(&backend.options.cql)
+        .await
+        .expect("migrate the test keyspace");
     let store = ClusterStore::connect(&backend.options)
         .await
         .expect("connect");
@@ -210,6 +254,9 @@ async fn a_resend_stores_a_message_whose_first_write_failed() {
     use fred::interfaces::KeysInterface as _;
     use qim_storage::conformance::{message, message_with_id, unique};
     let backend = Cluster::new();
+    cql::connect_and_migrate(&backend.options.cql)
+        .await
+        .expect("migrate the test keyspace");
     let store = ClusterStore::connect(&backend.options)
         .await
         .expect("connect");

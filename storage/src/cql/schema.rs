@@ -16,52 +16,99 @@ use super::{CqlOptions, cql_error, valid_identifier};
 use crate::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `n` is `MIGRATIONS[n - 1]`: its CQL statements, run in order.
-const MIGRATIONS: &[&[&str]] = &[&[
-    // Inbox messages: one partition per (inbox, bucket of SEQS_PER_BUCKET
-    // seqs), clustered by seq; `message` is the protobuf `v1.Message`.
-    "CREATE TABLE IF NOT EXISTS inbox_messages (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        // Inbox messages: one partition per (inbox, bucket of SEQS_PER_BUCKET
+        // seqs), clustered by seq; `message` is the protobuf `v1.Message`.
+        "CREATE TABLE IF NOT EXISTS inbox_messages (
         inbox text, bucket bigint, seq bigint, message blob,
         PRIMARY KEY ((inbox, bucket), seq)
     ) WITH CLUSTERING ORDER BY (seq ASC)",
-    // The durable high-water mark of each inbox's seqs: no seq above
-    // `reserved` was ever handed out. Raised with LWTs only.
-    "CREATE TABLE IF NOT EXISTS inbox_heads (inbox text PRIMARY KEY, reserved bigint)",
-    // (sender, client_msg_id) → where the message went; claimed with an LWT.
-    "CREATE TABLE IF NOT EXISTS idempotency (
+        // The durable high-water mark of each inbox's seqs: no seq above
+        // `reserved` was ever handed out. Raised with LWTs only.
+        "CREATE TABLE IF NOT EXISTS inbox_heads (inbox text PRIMARY KEY, reserved bigint)",
+        // (sender, client_msg_id) → where the message went; claimed with an LWT.
+        "CREATE TABLE IF NOT EXISTS idempotency (
         sender text, client_msg_id text, inbox text, seq bigint, msg_id text,
         PRIMARY KEY ((sender, client_msg_id))
     )",
-    // Per-device delivery cursors of an inbox.
-    "CREATE TABLE IF NOT EXISTS device_cursors (
+        // Per-device delivery cursors of an inbox.
+        "CREATE TABLE IF NOT EXISTS device_cursors (
         inbox text, device text, seq bigint,
         PRIMARY KEY (inbox, device)
     )",
-    // A user's conversation list: one row per peer (user or group) with the
-    // last message, the unread count and the read cursor. Unread count and
-    // read cursor live in one row, so one write changes both atomically.
-    "CREATE TABLE IF NOT EXISTS conversations (
+        // A user's conversation list: one row per peer (user or group) with the
+        // last message, the unread count and the read cursor. Unread count and
+        // read cursor live in one row, so one write changes both atomically.
+        "CREATE TABLE IF NOT EXISTS conversations (
         owner text, peer text, peer_kind text,
         last_seq bigint, last_msg_id text, last_message blob, last_time_ms bigint,
         unread int, read_seq bigint,
         PRIMARY KEY (owner, peer)
     )",
-    // Group logs (read diffusion): partitioned like inboxes by (group,
-    // bucket of SEQS_PER_BUCKET group seqs), clustered by group seq.
-    "CREATE TABLE IF NOT EXISTS group_messages (
+        // Group logs (read diffusion): partitioned like inboxes by (group,
+        // bucket of SEQS_PER_BUCKET group seqs), clustered by group seq.
+        "CREATE TABLE IF NOT EXISTS group_messages (
         group_id text, bucket bigint, seq bigint, message blob,
         PRIMARY KEY ((group_id, bucket), seq)
     ) WITH CLUSTERING ORDER BY (seq ASC)",
-    // The durable high-water mark of each group log, as for inboxes.
-    "CREATE TABLE IF NOT EXISTS group_heads (group_id text PRIMARY KEY, reserved bigint)",
-    // Each member's read cursor in a group log.
-    "CREATE TABLE IF NOT EXISTS group_cursors (
+        // The durable high-water mark of each group log, as for inboxes.
+        "CREATE TABLE IF NOT EXISTS group_heads (group_id text PRIMARY KEY, reserved bigint)",
+        // Each member's read cursor in a group log.
+        "CREATE TABLE IF NOT EXISTS group_cursors (
         group_id text, user_id text, read_seq bigint,
         PRIMARY KEY (group_id, user_id)
     )",
-]];
+    ],
+    &[
+        // Conversations and groups (see `cluster::conversations` and
+        // `cluster::groups` for how they are written).
+        //
+        // A user's conversations: flags, the read cursor (written with the
+        // cursor as its write timestamp, so the highest cursor wins whatever
+        // the order of writes), the time the conversation was created and the
+        // server time of its oldest message (written with a timestamp that
+        // falls as the time grows, so the oldest wins): the history's
+        // retention boundary once older copies have expired.
+        "CREATE TABLE IF NOT EXISTS im_conversations (
+        owner text, peer text, created_ms bigint, read_seq bigint,
+        pinned boolean, muted boolean, oldest_ms bigint,
+        PRIMARY KEY (owner, peer)
+    )",
+        // Every copy of a conversation in its owner's inbox, newest first.
+        "CREATE TABLE IF NOT EXISTS im_conv_messages (
+        owner text, peer text, seq bigint,
+        PRIMARY KEY ((owner, peer), seq)
+    ) WITH CLUSTERING ORDER BY (seq DESC)",
+        // The copies that count as unread above the read cursor (from someone
+        // else, not recalled, not deleted): unread = the rows above the cursor.
+        "CREATE TABLE IF NOT EXISTS im_conv_unread (
+        owner text, peer text, seq bigint,
+        PRIMARY KEY ((owner, peer), seq)
+    ) WITH CLUSTERING ORDER BY (seq DESC)",
+        // Where the copies of a posted message are, the primary at pos 0.
+        "CREATE TABLE IF NOT EXISTS im_msg_copies (
+        msg_id text, pos int, inbox text, seq bigint,
+        PRIMARY KEY (msg_id, pos)
+    )",
+        // A group and its members in one partition: the group record and its
+        // version (static, changed by lightweight transactions only) and one
+        // row per member.
+        "CREATE TABLE IF NOT EXISTS im_groups (
+        group_id text, info blob static, version bigint static,
+        user_id text, member blob,
+        PRIMARY KEY (group_id, user_id)
+    )",
+        // The groups a user may be in (a superset: checked against im_groups).
+        "CREATE TABLE IF NOT EXISTS im_user_groups (
+        user_id text, group_id text,
+        PRIMARY KEY (user_id, group_id)
+    )",
+    ],
+];
 
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
     component text PRIMARY KEY, version int, applied_at timestamp
