@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{PATIENCE, assert_quiet, join_in_order, take, text};
+use common::{Backend, PATIENCE, assert_quiet, join_in_order, take, text};
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_sdk::{Client, ClientConfig, OutgoingMessage, SendReceipt};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -21,10 +21,31 @@ struct Node {
 }
 
 async fn start(dir: &Path) -> Node {
+    start_on(dir, &[]).await
+}
+
+/// The `--set` arguments that put a gateway on the cluster store, with
+/// a key prefix of its own (keep them to restart the same "cluster").
+async fn cluster_args() -> Vec<String> {
+    let cql = common::required_env("QIM_TEST_CQL");
+    common::migrate_test_keyspace(&cql).await;
+    [
+        format!("store.redis={}", common::required_env("QIM_TEST_REDIS")),
+        format!("store.cql={cql}"),
+        format!("store.keyspace={}", common::CLUSTER_KEYSPACE),
+        format!("store.key_prefix={}:", common::unique("qimtest:")),
+    ]
+    .into_iter()
+    .flat_map(|s| ["--set".to_owned(), s])
+    .collect()
+}
+
+async fn start_on(dir: &Path, extra: &[String]) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qim-gateway"))
         .arg("--data-dir")
         .arg(dir)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -190,29 +211,36 @@ async fn a_kill_9_during_traffic_loses_no_acked_message() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scheduled_message_survives_kill_9_and_arrives_on_time() {
+/// On both backends: with the cluster store, the schedule lives in CQL
+/// and the restarted node finds it there.
+async fn a_scheduled_message_survives_kill_9_and_arrives_on_time(backend: Backend) {
     use qim_sdk::Peer;
     let dir = tempfile::tempdir().expect("temp dir");
-    let node = start(dir.path()).await;
-    let alice = Client::connect(node.config(dir.path(), "alice", "alice-phone"))
+    let extra = match backend {
+        Backend::Embedded => Vec::new(),
+        Backend::Cluster => cluster_args().await,
+    };
+    // Users unique per run: the cluster keyspace is shared.
+    let (alice_id, bob_id) = (common::unique("alice"), common::unique("bob"));
+    let node = start_on(dir.path(), &extra).await;
+    let alice = Client::connect(node.config(dir.path(), &alice_id, "alice-phone"))
         .await
         .expect("connect");
     let now = qim_proto::now_ms();
     // Overdue by the time the gateway is back: delivered at start-up.
     let early_at = now + 200;
     alice
-        .schedule(Peer::User("bob".into()), "early".into(), early_at)
+        .schedule(Peer::User(bob_id.clone()), "early".into(), early_at)
         .await
         .expect("schedule");
     // Still pending after the restart: delivered at its time.
     let on_time_at = now + 3_000;
     alice
-        .schedule(Peer::User("bob".into()), "on time".into(), on_time_at)
+        .schedule(Peer::User(bob_id.clone()), "on time".into(), on_time_at)
         .await
         .expect("schedule");
     let cancelled = alice
-        .schedule(Peer::User("bob".into()), "cancelled".into(), now + 2_000)
+        .schedule(Peer::User(bob_id.clone()), "cancelled".into(), now + 2_000)
         .await
         .expect("schedule");
     alice
@@ -230,8 +258,8 @@ async fn a_scheduled_message_survives_kill_9_and_arrives_on_time() {
     alice.close().await;
     node.kill9().await;
 
-    let node = start(dir.path()).await;
-    let bob = Client::connect(node.config(dir.path(), "bob", "bob-phone"))
+    let node = start_on(dir.path(), &extra).await;
+    let bob = Client::connect(node.config(dir.path(), &bob_id, "bob-phone"))
         .await
         .expect("connect");
     let first = take(&bob, 1).await.remove(0);
@@ -249,3 +277,5 @@ async fn a_scheduled_message_survives_kill_9_and_arrives_on_time() {
     // The cancelled one's time has passed: it never comes.
     assert_quiet(&bob, Duration::from_millis(300)).await;
 }
+
+on_both_backends!(a_scheduled_message_survives_kill_9_and_arrives_on_time);

@@ -346,17 +346,6 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> Result<HistoryPage, OpError>;
 }
 
-/// An event as stored in an inbox (it takes a seq there like a message).
-pub fn event_message(from_user: &str, event: v1::inbox_event::Kind, now_ms: i64) -> v1::Message {
-    v1::Message {
-        msg_id: crate::model::new_msg_id(now_ms),
-        from_user: from_user.to_owned(),
-        server_time_ms: now_ms,
-        event: Some(v1::InboxEvent { kind: Some(event) }),
-        ..Default::default()
-    }
-}
-
 /// The conversation a copy in `owner`'s inbox belongs to: the group for a
 /// group message, otherwise the other user (the addressee for the sender's
 /// own copy).
@@ -404,4 +393,220 @@ pub fn preview(message: &v1::Message) -> v1::Message {
         m.body = m.body.slice(..PREVIEW_BYTES);
     }
     m
+}
+
+/// Whether a copy in `owner`'s inbox counts as unread above the read
+/// cursor: a chat message from someone else, not recalled.
+pub(crate) fn counts_as_unread(owner: &str, message: &v1::Message) -> bool {
+    message.event.is_none() && !message.recalled && message.from_user != owner
+}
+
+/// An event message (`v1::Message.event`) from `from_user`, without seq.
+pub(crate) fn event_message(
+    from_user: &str,
+    event: v1::inbox_event::Kind,
+    now_ms: i64,
+) -> v1::Message {
+    v1::Message {
+        msg_id: crate::model::new_msg_id(now_ms),
+        from_user: from_user.to_owned(),
+        server_time_ms: now_ms,
+        event: Some(v1::InboxEvent { kind: Some(event) }),
+        ..Default::default()
+    }
+}
+
+/// How recall and edit change every copy of a message.
+pub(crate) enum Rewrite {
+    /// Delete for everyone.
+    Recall,
+    /// New content.
+    Edit {
+        /// New content type.
+        kind: String,
+        /// New body.
+        body: Bytes,
+    },
+}
+
+impl Rewrite {
+    /// The rewrite a `Recall` or `Edit` op asks for, after checking it
+    /// against the original (`None` for other ops).
+    pub(crate) fn checked(op: &ConversationOp, original: &v1::Message) -> Result<Self, OpError> {
+        if original.recalled {
+            return Err(OpError::Recalled);
+        }
+        match op {
+            ConversationOp::Recall {
+                now_ms, window_ms, ..
+            } => {
+                if now_ms.saturating_sub(original.server_time_ms) > *window_ms {
+                    return Err(OpError::WindowPassed);
+                }
+                Ok(Rewrite::Recall)
+            }
+            ConversationOp::Edit { kind, body, .. } => Ok(Rewrite::Edit {
+                kind: kind.clone(),
+                body: body.clone(),
+            }),
+            _ => Err(OpError::NotFound),
+        }
+    }
+
+    /// Rewrites one stored copy in place.
+    pub(crate) fn apply(&self, message: &mut v1::Message, now_ms: i64) {
+        match self {
+            Rewrite::Recall => {
+                message.recalled = true;
+                message.body = Bytes::new();
+                message.mentions.clear();
+                message.mention_all = false;
+                message.reply_to = None;
+            }
+            Rewrite::Edit { kind, body } => {
+                message.kind = kind.clone();
+                message.body = body.clone();
+                message.edited_at_ms = now_ms;
+            }
+        }
+    }
+
+    /// The event telling the owner of `copy` (in `conversation`).
+    pub(crate) fn event(
+        &self,
+        conversation: v1::Peer,
+        copy: &StoredMessage,
+    ) -> v1::inbox_event::Kind {
+        match self {
+            Rewrite::Recall => v1::inbox_event::Kind::Recalled(v1::MessageRecalled {
+                conversation: Some(conversation),
+                msg_id: copy.message.msg_id.clone(),
+                seq: copy.seq,
+                by_user: copy.message.from_user.clone(),
+            }),
+            Rewrite::Edit { kind, body } => v1::inbox_event::Kind::Edited(v1::MessageEdited {
+                conversation: Some(conversation),
+                msg_id: copy.message.msg_id.clone(),
+                seq: copy.seq,
+                kind: kind.clone(),
+                body: body.clone(),
+                edited_at_ms: copy.message.edited_at_ms,
+            }),
+        }
+    }
+
+    /// The event for a sender who holds no copy (their other devices still
+    /// learn; seq 0: not in their inbox), from the events already made.
+    pub(crate) fn sender_event(
+        &self,
+        user: &str,
+        msg_id: &str,
+        events: &[StoredMessage],
+    ) -> v1::inbox_event::Kind {
+        let to = first_to(events);
+        let placeholder = StoredMessage {
+            inbox: user.to_owned(),
+            seq: 0,
+            message: v1::Message {
+                msg_id: msg_id.to_owned(),
+                from_user: user.to_owned(),
+                to: to.clone(),
+                ..Default::default()
+            },
+        };
+        self.event(to.unwrap_or_default(), &placeholder)
+    }
+}
+
+/// The sender's conversation for the first rewrite event: the group, or in
+/// a one-to-one chat the recipient holding the copy.
+fn first_to(events: &[StoredMessage]) -> Option<v1::Peer> {
+    let first = events.first()?;
+    let conversation = match first.message.event.as_ref()?.kind.as_ref()? {
+        v1::inbox_event::Kind::Recalled(r) => r.conversation.as_ref(),
+        v1::inbox_event::Kind::Edited(e) => e.conversation.as_ref(),
+        _ => None,
+    };
+    match conversation?.target.as_ref()? {
+        v1::peer::Target::Group(g) => Some(group(g)),
+        v1::peer::Target::User(_) => Some(user(&first.inbox)),
+    }
+}
+
+/// Delete-for-me: the tombstone that replaces the copy at `seq` (so the
+/// inbox keeps no gap) and the event for the owner's other devices.
+pub(crate) fn tombstone(
+    message: &v1::Message,
+    conversation: v1::Peer,
+    seq: u64,
+) -> (v1::Message, v1::MessageDeleted) {
+    let deleted = v1::MessageDeleted {
+        conversation: Some(conversation),
+        msg_id: message.msg_id.clone(),
+        seq,
+    };
+    let stone = v1::Message {
+        msg_id: message.msg_id.clone(),
+        from_user: message.from_user.clone(),
+        to: message.to.clone(),
+        server_time_ms: message.server_time_ms,
+        event: Some(v1::InboxEvent {
+            kind: Some(v1::inbox_event::Kind::Deleted(deleted.clone())),
+        }),
+        ..Default::default()
+    };
+    (stone, deleted)
+}
+
+/// The seq range `[lo, hi]` a history page may come from, given the
+/// anchor and the first seq readable.
+pub(crate) fn seq_bounds(anchor: HistoryAnchor, forward: bool, first: u64) -> Option<(u64, u64)> {
+    match anchor {
+        HistoryAnchor::Seq(s) if forward => Some((s.saturating_add(1).max(first), u64::MAX)),
+        HistoryAnchor::Seq(s) => (s > first).then(|| (first, s - 1)),
+        HistoryAnchor::End | HistoryAnchor::Time(_) => Some((first, u64::MAX)),
+    }
+}
+
+/// Whether a history walk goes on after [`history_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// Look at the next entry.
+    Next,
+    /// The page is complete.
+    Done,
+}
+
+/// Adds one entry, met in the direction asked, to a history page: events
+/// are left out, entries older than `cutoff_ms` mark the page expired (and
+/// end a backward walk), a time anchor skips entries on its wrong side, and
+/// one entry beyond `limit` sets `more`.
+pub(crate) fn history_step(
+    page: &mut HistoryPage,
+    m: StoredMessage,
+    forward: bool,
+    anchor: HistoryAnchor,
+    limit: usize,
+    cutoff_ms: i64,
+) -> Walk {
+    if m.message.event.is_some() {
+        return Walk::Next;
+    }
+    if m.message.server_time_ms < cutoff_ms {
+        // Past the retention: backward, everything older is too.
+        page.expired = true;
+        return if forward { Walk::Next } else { Walk::Done };
+    }
+    if let HistoryAnchor::Time(t) = anchor {
+        let t_ms = m.message.server_time_ms;
+        if (forward && t_ms < t) || (!forward && t_ms > t) {
+            return Walk::Next;
+        }
+    }
+    if page.entries.len() == limit {
+        page.more = true;
+        return Walk::Done;
+    }
+    page.entries.push(m);
+    Walk::Next
 }

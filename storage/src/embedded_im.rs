@@ -31,7 +31,8 @@ use super::{
 };
 use crate::conversations::{
     Applied, ConversationOp, ConversationPage, ConversationStore, HistoryAnchor, HistoryPage,
-    OpError, Post, Posted, conversation_of, group_log, peer_key, preview,
+    OpError, Post, Posted, Rewrite, Walk, conversation_of, counts_as_unread, event_message,
+    group_log, history_step, peer_key, preview, seq_bounds, tombstone,
 };
 use crate::model::new_msg_id;
 use crate::{StoreError, StoredMessage};
@@ -149,10 +150,6 @@ fn decode_copies(mut bytes: &[u8]) -> Result<Vec<(String, u64)>, StoreError> {
         bytes = &rest[len + 8..];
     }
     Ok(out)
-}
-
-fn counts_as_unread(owner: &str, message: &v1::Message) -> bool {
-    message.event.is_none() && !message.recalled && message.from_user != owner
 }
 
 /// A conversation record being changed, with where it sat in the list on
@@ -622,7 +619,7 @@ impl Writer {
         let stored = StoredMessage {
             inbox: inbox.to_owned(),
             seq,
-            message: crate::conversations::event_message(from_user, event, now_ms),
+            message: event_message(from_user, event, now_ms),
         };
         stage.batch.insert(
             &self.tables.messages,
@@ -810,35 +807,9 @@ impl Writer {
                     ..Applied::default()
                 })
             }
-            ConversationOp::Recall {
-                user,
-                msg_id,
-                now_ms,
-                window_ms,
-            } => self.rewrite(stage, &user, &msg_id, now_ms, |original| {
-                if original.recalled {
-                    return Err(OpError::Recalled);
-                }
-                if now_ms.saturating_sub(original.server_time_ms) > window_ms {
-                    return Err(OpError::WindowPassed);
-                }
-                Ok(Rewrite::Recall)
-            }),
-            ConversationOp::Edit {
-                user,
-                msg_id,
-                kind,
-                body,
-                now_ms,
-            } => self.rewrite(stage, &user, &msg_id, now_ms, move |original| {
-                if original.recalled {
-                    return Err(OpError::Recalled);
-                }
-                Ok(Rewrite::Edit {
-                    kind: kind.clone(),
-                    body: body.clone(),
-                })
-            }),
+            op @ (ConversationOp::Recall { .. } | ConversationOp::Edit { .. }) => {
+                self.rewrite(stage, &op)
+            }
             ConversationOp::Delete { user, seq, now_ms } => {
                 check_key_part(&user)?;
                 let Some(mut stored) = self.read_message(&user, seq)? else {
@@ -849,22 +820,8 @@ impl Writer {
                 }
                 let peer = conversation_of(&user, &stored.message);
                 let convkey = peer_key(&peer).ok_or(OpError::NotFound)?;
-                let deleted = v1::MessageDeleted {
-                    conversation: Some(peer.clone()),
-                    msg_id: stored.message.msg_id.clone(),
-                    seq,
-                };
-                // The entry becomes a tombstone, so the inbox keeps no gap.
-                stored.message = v1::Message {
-                    msg_id: stored.message.msg_id.clone(),
-                    from_user: stored.message.from_user.clone(),
-                    to: stored.message.to.clone(),
-                    server_time_ms: stored.message.server_time_ms,
-                    event: Some(v1::InboxEvent {
-                        kind: Some(v1::inbox_event::Kind::Deleted(deleted.clone())),
-                    }),
-                    ..Default::default()
-                };
+                let (stone, deleted) = tombstone(&stored.message, peer.clone(), seq);
+                stored.message = stone;
                 stage.batch.insert(
                     &self.tables.messages,
                     message_key(&user, seq),
@@ -983,14 +940,22 @@ impl Writer {
 
     /// Recall and edit: rewrites every copy of `msg_id` and tells every
     /// inbox that held one, and the sender's.
-    fn rewrite(
-        &mut self,
-        stage: &mut Stage,
-        user: &str,
-        msg_id: &str,
-        now_ms: i64,
-        check: impl FnOnce(&v1::Message) -> Result<Rewrite, OpError>,
-    ) -> Result<Applied, OpError> {
+    fn rewrite(&mut self, stage: &mut Stage, op: &ConversationOp) -> Result<Applied, OpError> {
+        let (user, msg_id, now_ms) = match op {
+            ConversationOp::Recall {
+                user,
+                msg_id,
+                now_ms,
+                ..
+            }
+            | ConversationOp::Edit {
+                user,
+                msg_id,
+                now_ms,
+                ..
+            } => (user.as_str(), msg_id.as_str(), *now_ms),
+            _ => return Err(OpError::NotFound),
+        };
         check_key_part(user)?;
         let Some(index) = self
             .tables
@@ -1013,24 +978,11 @@ impl Writer {
         if first.message.from_user != user {
             return Err(OpError::NotSender);
         }
-        let rewrite = check(&first.message)?;
+        let rewrite = Rewrite::checked(op, &first.message)?;
         let mut applied = Applied::default();
         let mut sender_told = false;
         for mut copy in stored {
-            match &rewrite {
-                Rewrite::Recall => {
-                    copy.message.recalled = true;
-                    copy.message.body = Default::default();
-                    copy.message.mentions.clear();
-                    copy.message.mention_all = false;
-                    copy.message.reply_to = None;
-                }
-                Rewrite::Edit { kind, body } => {
-                    copy.message.kind = kind.clone();
-                    copy.message.body = body.clone();
-                    copy.message.edited_at_ms = now_ms;
-                }
-            }
+            rewrite.apply(&mut copy.message, now_ms);
             stage.batch.insert(
                 &self.tables.messages,
                 message_key(&copy.inbox, copy.seq),
@@ -1077,78 +1029,13 @@ impl Writer {
         }
         if !sender_told {
             // Without a copy of their own, the sender's other devices still
-            // learn (seq 0: not in this inbox).
-            let to = first_to(&applied);
-            let placeholder = StoredMessage {
-                inbox: user.to_owned(),
-                seq: 0,
-                message: v1::Message {
-                    msg_id: msg_id.to_owned(),
-                    from_user: user.to_owned(),
-                    to: to.clone(),
-                    ..Default::default()
-                },
-            };
-            let peer = to.unwrap_or_default();
-            let event = rewrite.event(peer, &placeholder);
+            // learn.
+            let event = rewrite.sender_event(user, msg_id, &applied.events);
             let event = self.stage_event(stage, user, user, event, now_ms)?;
             applied.event_seq = event.seq;
             applied.events.push(event);
         }
         Ok(applied)
-    }
-}
-
-/// The addressee of the first rewritten copy (from its event).
-fn first_to(applied: &Applied) -> Option<v1::Peer> {
-    let event = applied
-        .events
-        .first()?
-        .message
-        .event
-        .as_ref()?
-        .kind
-        .as_ref()?;
-    let from = &applied.events.first()?.inbox;
-    match event {
-        // The event sits in a recipient's inbox; for a one-to-one chat the
-        // sender's conversation is that recipient.
-        v1::inbox_event::Kind::Recalled(r) => peer_for_sender(r.conversation.as_ref(), from),
-        v1::inbox_event::Kind::Edited(e) => peer_for_sender(e.conversation.as_ref(), from),
-        _ => None,
-    }
-}
-
-fn peer_for_sender(conversation: Option<&v1::Peer>, recipient: &str) -> Option<v1::Peer> {
-    match conversation?.target.as_ref()? {
-        v1::peer::Target::Group(g) => Some(crate::conversations::group(g)),
-        v1::peer::Target::User(_) => Some(crate::conversations::user(recipient)),
-    }
-}
-
-enum Rewrite {
-    Recall,
-    Edit { kind: String, body: bytes::Bytes },
-}
-
-impl Rewrite {
-    fn event(&self, conversation: v1::Peer, copy: &StoredMessage) -> v1::inbox_event::Kind {
-        match self {
-            Rewrite::Recall => v1::inbox_event::Kind::Recalled(v1::MessageRecalled {
-                conversation: Some(conversation),
-                msg_id: copy.message.msg_id.clone(),
-                seq: copy.seq,
-                by_user: copy.message.from_user.clone(),
-            }),
-            Rewrite::Edit { kind, body } => v1::inbox_event::Kind::Edited(v1::MessageEdited {
-                conversation: Some(conversation),
-                msg_id: copy.message.msg_id.clone(),
-                seq: copy.seq,
-                kind: kind.clone(),
-                body: body.clone(),
-                edited_at_ms: copy.message.edited_at_ms,
-            }),
-        }
     }
 }
 
@@ -1181,39 +1068,11 @@ fn walk(
             }
             break;
         };
-        if m.message.event.is_some() {
-            continue;
-        }
-        if m.message.server_time_ms < cutoff_ms {
-            // Past the retention: backward, everything older is too.
-            page.expired = true;
-            if forward {
-                continue;
-            }
+        if history_step(&mut page, m, forward, anchor, limit, cutoff_ms) == Walk::Done {
             break;
         }
-        if let HistoryAnchor::Time(t) = anchor {
-            let before = m.message.server_time_ms < t;
-            if (forward && before) || (!forward && m.message.server_time_ms > t) {
-                continue;
-            }
-        }
-        if page.entries.len() == limit {
-            page.more = true;
-            break;
-        }
-        page.entries.push(m);
     }
     Ok(page)
-}
-
-/// The seq range `[lo, hi]` a page may come from, given the anchor.
-fn seq_bounds(anchor: HistoryAnchor, forward: bool, first: u64) -> Option<(u64, u64)> {
-    match anchor {
-        HistoryAnchor::Seq(s) if forward => Some((s.saturating_add(1).max(first), u64::MAX)),
-        HistoryAnchor::Seq(s) => (s > first).then(|| (first, s - 1)),
-        HistoryAnchor::End | HistoryAnchor::Time(_) => Some((first, u64::MAX)),
-    }
 }
 
 /// Messages of a group log after `after` that count as unread for `user`.

@@ -55,6 +55,33 @@ impl Backend for Cluster {
 
 qim_storage::conformance_tests!(Cluster::new());
 
+#[async_trait]
+impl qim_storage::conformance_im::ImBackend for Cluster {
+    async fn open_im(&self) -> qim_storage::conformance_im::ImStores {
+        cql::connect_and_migrate(&self.options.cql)
+            .await
+            .expect("migrate the test keyspace");
+        let store = Arc::new(
+            ClusterStore::connect(&self.options)
+                .await
+                .expect("connect to Redis and CQL"),
+        );
+        qim_storage::conformance_im::ImStores {
+            messages: store.clone(),
+            conversations: store.clone(),
+            groups: store.clone(),
+            contacts: store.clone(),
+            schedules: store,
+        }
+    }
+}
+
+/// Every IM check, unchanged, on the cluster backend.
+mod im {
+    use super::Cluster;
+    qim_storage::im_conformance_tests!(Cluster::new());
+}
+
 /// Two stores (two gateway nodes) append to one inbox while the Redis
 /// counter keys are deleted again and again (a Redis losing its data): no
 /// seq is issued twice and every acknowledged message is readable.
@@ -163,6 +190,9 @@ async fn concurrent_resends_on_two_nodes_store_once() {
 async fn reads_cross_bucket_boundaries() {
     use qim_storage::conformance::{message, unique};
     let backend = Cluster::new();
+    cql::connect_and_migrate(&backend.options.cql)
+        .await
+        .expect("migrate the test keyspace");
     let store = ClusterStore::connect(&backend.options)
         .await
         .expect("connect");
@@ -210,6 +240,9 @@ async fn a_resend_stores_a_message_whose_first_write_failed() {
     use fred::interfaces::KeysInterface as _;
     use qim_storage::conformance::{message, message_with_id, unique};
     let backend = Cluster::new();
+    cql::connect_and_migrate(&backend.options.cql)
+        .await
+        .expect("migrate the test keyspace");
     let store = ClusterStore::connect(&backend.options)
         .await
         .expect("connect");
@@ -290,35 +323,4 @@ async fn a_resend_stores_a_message_whose_first_write_failed() {
             (4, "two".to_owned())
         ]
     );
-}
-
-#[async_trait]
-impl qim_storage::conformance_im::ImBackend for Cluster {
-    async fn open_im(&self) -> qim_storage::conformance_im::ImStores {
-        cql::connect_and_migrate(&self.options.cql)
-            .await
-            .expect("migrate the test keyspace");
-        let store = Arc::new(
-            ClusterStore::connect(&self.options)
-                .await
-                .expect("connect to Redis and CQL"),
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let embedded = Arc::new(
-            qim_storage::embedded::EmbeddedStore::open(&dir.keep())
-                .expect("open the embedded store"),
-        );
-        qim_storage::conformance_im::ImStores {
-            messages: store.clone(),
-            conversations: embedded.clone(),
-            groups: embedded.clone(),
-            contacts: store,
-            schedules: embedded,
-        }
-    }
-}
-
-mod im {
-    use super::Cluster;
-    qim_storage::im_conformance_tests!(@each Cluster::new(); contacts_requests_and_blocks);
 }

@@ -25,10 +25,10 @@ use fred::types::{Expiration, SetOptions};
 use qim_proto::v1;
 
 use super::{ClusterStore, redis_error};
+use crate::StoreError;
 use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
-use crate::conversations::{Applied, OpError, event_message};
+use crate::conversations::{Applied, OpError};
 use crate::cql::social::Row;
-use crate::{StoreError, StoredMessage};
 
 const FRIEND: i32 = 1;
 const SENT: i32 = 2;
@@ -131,23 +131,7 @@ impl ClusterStore {
         Ok(rows.rows_num() > 0)
     }
 
-    /// An event for `inbox` (from `from`), with its seq.
-    pub(crate) async fn new_event(
-        &self,
-        inbox: &str,
-        from: &str,
-        event: v1::inbox_event::Kind,
-        now_ms: i64,
-    ) -> Result<StoredMessage, StoreError> {
-        let seq = self.seqs.allocate(inbox, 1).await?;
-        Ok(StoredMessage {
-            inbox: inbox.to_owned(),
-            seq,
-            message: event_message(from, event, now_ms),
-        })
-    }
-
-    fn put(&self, owner: &str, other: &str, state: i32, at_ms: i64, message: &str) -> Row {
+    fn contact_row(&self, owner: &str, other: &str, state: i32, at_ms: i64, message: &str) -> Row {
         (
             self.social.contact_put.clone(),
             Box::new((
@@ -160,7 +144,7 @@ impl ClusterStore {
         )
     }
 
-    fn delete(&self, owner: &str, other: &str) -> Row {
+    fn contact_delete_row(&self, owner: &str, other: &str) -> Row {
         (
             self.social.contact_delete.clone(),
             Box::new((owner.to_owned(), other.to_owned())),
@@ -192,13 +176,13 @@ impl ClusterStore {
                     Some(FRIEND) => {}
                     Some(RECEIVED) => {
                         // They asked first: this accepts.
-                        rows.push(self.put(user, other, FRIEND, 0, ""));
-                        rows.push(self.put(other, user, FRIEND, 0, ""));
+                        rows.push(self.contact_row(user, other, FRIEND, 0, ""));
+                        rows.push(self.contact_row(other, user, FRIEND, 0, ""));
                         events.push((other, answer(true)));
                     }
                     _ => {
-                        rows.push(self.put(user, other, SENT, 0, ""));
-                        rows.push(self.put(other, user, RECEIVED, now_ms, &message));
+                        rows.push(self.contact_row(user, other, SENT, 0, ""));
+                        rows.push(self.contact_row(other, user, RECEIVED, now_ms, &message));
                         events.push((
                             other,
                             v1::inbox_event::Kind::FriendRequest(v1::FriendRequestEvent {
@@ -215,11 +199,11 @@ impl ClusterStore {
                 }
                 let accepted = matches!(op, ContactOp::Accept(_));
                 if accepted {
-                    rows.push(self.put(user, other, FRIEND, 0, ""));
-                    rows.push(self.put(other, user, FRIEND, 0, ""));
+                    rows.push(self.contact_row(user, other, FRIEND, 0, ""));
+                    rows.push(self.contact_row(other, user, FRIEND, 0, ""));
                 } else {
-                    rows.push(self.delete(user, other));
-                    rows.push(self.delete(other, user));
+                    rows.push(self.contact_delete_row(user, other));
+                    rows.push(self.contact_delete_row(other, user));
                 }
                 events.push((other, answer(accepted)));
             }
@@ -227,16 +211,16 @@ impl ClusterStore {
                 if self.contact_state(user, other).await? != Some(FRIEND) {
                     return Err(OpError::NotFound);
                 }
-                rows.push(self.delete(user, other));
-                rows.push(self.delete(other, user));
+                rows.push(self.contact_delete_row(user, other));
+                rows.push(self.contact_delete_row(other, user));
             }
             ContactOp::Block(_) => {
                 rows.push((
                     self.social.block_put.clone(),
                     Box::new((user.to_owned(), other.to_owned())),
                 ));
-                rows.push(self.delete(user, other));
-                rows.push(self.delete(other, user));
+                rows.push(self.contact_delete_row(user, other));
+                rows.push(self.contact_delete_row(other, user));
             }
             ContactOp::Unblock(_) => {
                 rows.push((
@@ -247,7 +231,7 @@ impl ClusterStore {
         }
         let mut applied = Applied::default();
         for (inbox, event) in events {
-            let stored = self.new_event(inbox, user, event, now_ms).await?;
+            let stored = self.event(inbox, user, event, now_ms).await?;
             rows.push(self.cql.message_row(&stored)?);
             applied.events.push(stored);
         }

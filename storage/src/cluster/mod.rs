@@ -32,7 +32,10 @@
 //!   never go backwards and a batch's messages to one inbox keep its order.
 
 mod contacts;
+mod conversations;
+mod groups;
 mod presence;
+mod schedule;
 mod seq;
 
 use std::collections::HashMap;
@@ -125,6 +128,11 @@ pub struct ClusterStore {
     /// How long a claimed seq may still receive its message (see
     /// [`FILL_WINDOW_MIN`]).
     fill_window: Duration,
+    /// Milliseconds messages stay readable in history; 0: as long as the
+    /// CQL retention keeps them.
+    history_retention_ms: std::sync::atomic::AtomicU64,
+    /// The CQL retention (`retention_days`) in milliseconds; 0: forever.
+    retention_ms: i64,
 }
 
 /// A claimed seq whose message is missing is filled by a resend only within
@@ -176,6 +184,8 @@ impl ClusterStore {
             prefix: options.key_prefix.clone(),
             seqs,
             fill_window,
+            history_retention_ms: std::sync::atomic::AtomicU64::new(0),
+            retention_ms: i64::from(options.cql.retention_days) * 86_400_000,
         })
     }
 

@@ -29,20 +29,20 @@ use prost::Message as _;
 use qim_proto::v1;
 
 use super::ClusterStore;
+use crate::StoreError;
 use crate::conversations::{ConversationStore, OpError, Posted};
 use crate::cql::social::{Row, applied, decode_schedule};
 use crate::schedule::{MAX_DUE, ScheduleStore, to_post};
-use crate::StoreError;
 
 /// Partitions of the time index.
-pub const SHARDS: i32 = 8;
+pub(crate) const SHARDS: i32 = 8;
 
 /// A claim older than this is taken over (the claiming node is presumed
 /// dead; posting again is harmless).
-pub const RECLAIM_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const RECLAIM_AFTER: Duration = Duration::from_secs(60);
 
 /// An index row without an entry is removed once it is this old.
-pub const ORPHAN_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const ORPHAN_AFTER: Duration = Duration::from_secs(60);
 
 /// `state` of a pending entry (1: being posted).
 const PENDING: i32 = 0;
@@ -105,15 +105,26 @@ impl ClusterStore {
     }
 
     /// Takes the claim on `id` if it is pending, or over a stale claim.
-    async fn claim_schedule(&self, id: &str, found: &Entry, now_ms: i64) -> Result<bool, StoreError> {
+    async fn claim_schedule(
+        &self,
+        id: &str,
+        found: &Entry,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let result = if found.state == PENDING {
             self.social
                 .exec(&self.social.schedule_claim, (now_ms, id))
                 .await?
         } else if found.claimed_ms < now_ms - ms(RECLAIM_AFTER) {
-            tracing::info!(id, "taking over a scheduled send claimed by a node that did not finish");
+            tracing::info!(
+                id,
+                "taking over a scheduled send claimed by a node that did not finish"
+            );
             self.social
-                .exec(&self.social.schedule_reclaim, (now_ms, id, found.claimed_ms))
+                .exec(
+                    &self.social.schedule_reclaim,
+                    (now_ms, id, found.claimed_ms),
+                )
                 .await?
         } else {
             return Ok(false);
@@ -202,8 +213,7 @@ impl ScheduleStore for ClusterStore {
             }
             match self.read_schedule(&id).await? {
                 Some(found)
-                    if found.state == PENDING
-                        || found.claimed_ms < now_ms - ms(RECLAIM_AFTER) =>
+                    if found.state == PENDING || found.claimed_ms < now_ms - ms(RECLAIM_AFTER) =>
                 {
                     out.push(found.entry);
                 }

@@ -43,6 +43,7 @@
 //! With `retention_days > 0`, messages and idempotency keys are written
 //! `USING TTL`; high-water marks never expire (seqs must never restart).
 
+pub(crate) mod im;
 pub mod schema;
 pub(crate) mod social;
 
@@ -196,6 +197,7 @@ pub(crate) struct Cql {
     claim_move: PreparedStatement,
     cursor_save: PreparedStatement,
     cursor_load: PreparedStatement,
+    im: im::ImStatements,
 }
 
 impl Cql {
@@ -311,6 +313,7 @@ impl Cql {
                 true,
             )
             .await?,
+            im: im::ImStatements::prepare(&session).await?,
             session,
         })
     }

@@ -66,6 +66,49 @@ const MIGRATIONS: &[&[&str]] = &[
     )",
     ],
     &[
+        // Conversations and groups (see `cluster::conversations` and
+        // `cluster::groups` for how they are written).
+        //
+        // A user's conversations: flags, the read cursor (written with the
+        // cursor as its write timestamp, so the highest cursor wins whatever
+        // the order of writes), the time the conversation was created and the
+        // server time of its oldest message (written with a timestamp that
+        // falls as the time grows, so the oldest wins): the history's
+        // retention boundary once older copies have expired.
+        "CREATE TABLE IF NOT EXISTS im_conversations (
+        owner text, peer text, created_ms bigint, read_seq bigint,
+        pinned boolean, muted boolean, oldest_ms bigint,
+        PRIMARY KEY (owner, peer)
+    )",
+        // Every copy of a conversation in its owner's inbox, newest first.
+        "CREATE TABLE IF NOT EXISTS im_conv_messages (
+        owner text, peer text, seq bigint,
+        PRIMARY KEY ((owner, peer), seq)
+    ) WITH CLUSTERING ORDER BY (seq DESC)",
+        // The copies that count as unread above the read cursor (from someone
+        // else, not recalled, not deleted): unread = the rows above the cursor.
+        "CREATE TABLE IF NOT EXISTS im_conv_unread (
+        owner text, peer text, seq bigint,
+        PRIMARY KEY ((owner, peer), seq)
+    ) WITH CLUSTERING ORDER BY (seq DESC)",
+        // Where the copies of a posted message are, the primary at pos 0.
+        "CREATE TABLE IF NOT EXISTS im_msg_copies (
+        msg_id text, pos int, inbox text, seq bigint,
+        PRIMARY KEY (msg_id, pos)
+    )",
+        // A group and its members in one partition: the group record and its
+        // version (static, changed by lightweight transactions only) and one
+        // row per member.
+        "CREATE TABLE IF NOT EXISTS im_groups (
+        group_id text, info blob static, version bigint static,
+        user_id text, member blob,
+        PRIMARY KEY (group_id, user_id)
+    )",
+        // The groups a user may be in (a superset: checked against im_groups).
+        "CREATE TABLE IF NOT EXISTS im_user_groups (
+        user_id text, group_id text,
+        PRIMARY KEY (user_id, group_id)
+    )",
         // Contacts, schedules and presence.
         //
         // `owner`'s side of a relation with `other`: 1 friend, 2 request sent,
@@ -84,7 +127,9 @@ const MIGRATIONS: &[&[&str]] = &[
         state int, claimed_ms bigint
     )",
         // The same entries by delivery time, spread over a fixed number of
-        // shards (partitions) so no partition holds every pending entry.
+        // shards (partitions) so no partition holds every pending entry;
+        // `written_ms` tells an index row left by a crash from one being
+        // written.
         "CREATE TABLE IF NOT EXISTS schedules_due (
         shard int, due_ms bigint, id text, written_ms bigint,
         PRIMARY KEY (shard, due_ms, id)
