@@ -30,6 +30,7 @@ use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, group_request, rpc_response};
 use qim_storage::conversations::group_log;
 use qim_storage::groups::GroupOp;
+use qim_storage::redis::signals::{FollowChange, Signal};
 use qim_storage::{GroupStore, StoredMessage};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, warn};
@@ -487,24 +488,28 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: GroupRpc) -> rpc_respons
     let leaving = matches!(op, GroupOp::Leave | GroupOp::Remove(_));
     match groups.group_apply(&group, user, op, threshold).await {
         Ok(info) => {
-            let push = &ctx.group_push;
-            if info.dissolved {
-                lock(&push.inner).groups.remove(group.as_str());
+            let change = if info.dissolved {
+                Some(FollowChange::Dissolved)
             } else if leaving {
-                for u in &touched {
-                    push.unfollow(&group, u);
-                }
+                Some(FollowChange::Leave(touched))
             } else if info.read_diffusion {
-                let switched = before.is_some_and(|b| !b.read_diffusion);
-                if switched {
-                    // Every online member starts following now.
-                    follow_all(ctx, groups.as_ref(), &group).await;
+                if before.is_some_and(|b| !b.read_diffusion) {
+                    Some(FollowChange::All)
                 } else {
-                    for u in &touched {
-                        if push.online(u) {
-                            push.follow(ctx, groups.as_ref(), &group, u).await;
-                        }
-                    }
+                    Some(FollowChange::Join(touched))
+                }
+            } else {
+                None
+            };
+            if let Some(change) = change {
+                refollow(ctx, &group, &change).await;
+                if let Some(cluster) = &ctx.cluster {
+                    cluster
+                        .signal(&Signal::GroupFollow {
+                            group: group.clone(),
+                            change,
+                        })
+                        .await;
                 }
             }
             rpc_response::Kind::Group(v1::GroupResponse { group: Some(info) })
@@ -513,6 +518,32 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: GroupRpc) -> rpc_respons
             let (code, message) = op_error(&e);
             debug!(user, group, ?code, "group operation refused");
             error(code, message)
+        }
+    }
+}
+
+/// Makes this node's sessions follow a read-diffusion group, or stop, as
+/// `change` says (for a change made here, or announced by another node).
+pub(crate) async fn refollow(ctx: &Ctx, group: &str, change: &FollowChange) {
+    let Some(groups) = &ctx.groups else { return };
+    let push = &ctx.group_push;
+    match change {
+        FollowChange::Dissolved => {
+            lock(&push.inner).groups.remove(group);
+        }
+        FollowChange::Leave(users) => {
+            for u in users {
+                push.unfollow(group, u);
+            }
+        }
+        // Every online member starts following now.
+        FollowChange::All => follow_all(ctx, groups.as_ref(), group).await,
+        FollowChange::Join(users) => {
+            for u in users {
+                if push.online(u) {
+                    push.follow(ctx, groups.as_ref(), group, u).await;
+                }
+            }
         }
     }
 }

@@ -776,7 +776,9 @@ impl Streams {
                         // commit and its publish. The feed ignores seqs it has.
                         let message = Arc::new(a.message);
                         self.ctx.routes.publish(Arc::clone(&message));
-                        if self.ctx.cluster.is_some() {
+                        // A group log entry went to its followers already
+                        // (`conversations::post`); inbox copies go on.
+                        if self.ctx.cluster.is_some() && !message.inbox.starts_with('#') {
                             remote.push(message);
                         }
                         server_ack::Kind::Ack(ack)

@@ -321,6 +321,93 @@ async fn presence_and_typing_cross_nodes_within_a_second() {
     b.stop().await;
 }
 
+/// Groups across nodes in both delivery modes: the sender is on node a,
+/// the members on node b. Write-diffusion copies reach them through the
+/// node queues, read-diffusion log entries through the signal channel;
+/// either way each member gets every message once, in order, live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_reach_members_on_other_nodes_in_both_modes() {
+    let shared = Shared::new();
+    let threshold = |c: &mut Config| c.groups.read_diffusion_threshold = 4;
+    let a = Node::start_im_with(&shared, "a", threshold).await;
+    let b = Node::start_im_with(&shared, "b", threshold).await;
+    let owner = shared.client(&[a.addr], "owner", "o").await;
+    let names = ["m1", "m2", "m3", "m4", "m5"];
+    let mut members = Vec::new();
+    for name in names {
+        members.push(shared.client(&[b.addr], name, "phone").await);
+    }
+    let ids = |n: usize| {
+        names[..n]
+            .iter()
+            .map(|m| shared.user(m))
+            .collect::<Vec<_>>()
+    };
+    let small = shared.user("small");
+    let big = shared.user("big");
+    let info = owner
+        .create_group(small.clone(), "Small".into(), ids(2))
+        .await
+        .expect("create");
+    assert!(!info.read_diffusion, "3 members: write diffusion");
+    let info = owner
+        .create_group(big.clone(), "Big".into(), ids(5))
+        .await
+        .expect("create");
+    assert!(info.read_diffusion, "6 members: read diffusion");
+    const N: usize = 20;
+    for i in 0..N {
+        owner
+            .send_group(small.clone(), format!("s{i}"))
+            .await
+            .expect("send");
+        owner
+            .send_group(big.clone(), format!("b{i}"))
+            .await
+            .expect("send");
+    }
+    for (k, member) in members.iter().enumerate() {
+        let want_small = k < 2;
+        let n = if want_small { 2 * N } else { N };
+        let got = take(member, n).await;
+        let of = |g: &str| {
+            got.iter()
+                .filter(|m| m.conversation == qim_sdk::Peer::Group(g.to_owned()))
+                .map(text)
+                .collect::<Vec<_>>()
+        };
+        let bigs: Vec<String> = (0..N).map(|i| format!("b{i}")).collect();
+        assert_eq!(
+            of(&big),
+            bigs,
+            "member {k}: the read-diffusion log, in order"
+        );
+        if want_small {
+            let smalls: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
+            assert_eq!(of(&small), smalls, "member {k}: the copies, in order");
+        }
+        assert_quiet(member, Duration::from_millis(100)).await;
+    }
+    // A member removed through node a stops receiving on node b at once.
+    owner
+        .change_group(
+            big.clone(),
+            qim_sdk::GroupChange::Remove(vec![shared.user("m5")]),
+        )
+        .await
+        .expect("remove");
+    owner
+        .send_group(big.clone(), "after".into())
+        .await
+        .expect("send");
+    for member in &members[..4] {
+        assert_eq!(text(&take(member, 1).await[0]), "after");
+    }
+    assert_quiet(&members[4], Duration::from_millis(300)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Waits until `client` stopped for good; returns why.
 async fn stopped(client: &Client) -> qim_sdk::Error {
     let mut state = client.watch_state();

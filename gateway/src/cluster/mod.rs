@@ -76,8 +76,13 @@ const READ_BLOCK_MS: u64 = 1_000;
 
 /// Hands a durable inbox message (a copy, an event) to the sessions of its
 /// inbox: on this node at once, on the others through the forwarder (waits
-/// while the forwarder's queue is full).
+/// while the forwarder's queue is full). A group log entry is handed to
+/// its followers instead ([`deliver_group`]).
 pub(crate) async fn deliver(ctx: &Ctx, message: Arc<StoredMessage>) {
+    if let Some(group) = message.inbox.strip_prefix('#') {
+        let group = group.to_owned();
+        return deliver_group(ctx, &group, message).await;
+    }
     ctx.routes.publish(Arc::clone(&message));
     if let Some(cluster) = &ctx.cluster {
         cluster.forward(message).await;
@@ -520,6 +525,9 @@ impl Cluster {
                 Signal::GroupEntry { group, message } => {
                     ctx.group_push.publish(&group, Arc::from(message))
                 }
+                Signal::GroupFollow { group, change } => {
+                    crate::groups::refollow(&ctx, &group, &change).await
+                }
                 other => debug!(?other, "signal of an unknown kind ignored"),
             }
         }
@@ -562,7 +570,13 @@ impl Cluster {
     /// node holding one of their sessions. Retries twice, then gives up on
     /// the batch (the messages are durable; see the module docs).
     async fn hand_off(&self, ctx: &Ctx, batch: &[Arc<StoredMessage>]) {
-        let mut inboxes: Vec<&str> = batch.iter().map(|m| m.inbox.as_str()).collect();
+        // Only user inboxes have routes; anything else (a group's log,
+        // which travels as a signal) must not fail the batch's lookup.
+        let mut inboxes: Vec<&str> = batch
+            .iter()
+            .map(|m| m.inbox.as_str())
+            .filter(|inbox| qim_proto::ids::is_valid_id(inbox))
+            .collect();
         inboxes.sort_unstable();
         inboxes.dedup();
         let mut delay = Duration::from_millis(50);

@@ -239,7 +239,18 @@ pub async fn take(client: &Client, n: usize) -> Vec<qim_sdk::IncomingMessage> {
         match tokio::time::timeout(PATIENCE, client.next_message()).await {
             Ok(Some(m)) => out.push(m),
             Ok(None) => panic!("client closed after {} of {n} messages", out.len()),
-            Err(_) => panic!("only {} of {n} messages arrived", out.len()),
+            Err(_) => panic!(
+                "only {} of {n} messages arrived: {:?}",
+                out.len(),
+                out.iter()
+                    .map(|m: &qim_sdk::IncomingMessage| (
+                        m.seq,
+                        m.group_seq,
+                        text(m),
+                        m.event.is_some()
+                    ))
+                    .collect::<Vec<_>>()
+            ),
         }
     }
     out

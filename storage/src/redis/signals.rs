@@ -8,6 +8,10 @@
 //!   pushes it to the sessions it holds of those users.
 //! - **Group log entries** of read-diffusion groups: each node pushes the
 //!   entry to the sessions it holds that follow the group.
+//! - **Group follower changes** (members joined or left, the group switched
+//!   to read diffusion or was dissolved): each node makes the sessions it
+//!   holds follow or stop following the group, so a removed member stops
+//!   receiving on every node at once.
 //!
 //! All of it travels over one Redis pub/sub channel, `{P:signals}`, which
 //! every node subscribes to with a dedicated connection (a
@@ -54,6 +58,26 @@ pub enum Signal {
         /// The entry (inbox: the group's log).
         message: Box<StoredMessage>,
     },
+    /// Who follows a read-diffusion group changed.
+    GroupFollow {
+        /// The group.
+        group: String,
+        /// How.
+        change: FollowChange,
+    },
+}
+
+/// A change of a read-diffusion group's followers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowChange {
+    /// The group was dissolved: nobody follows it.
+    Dissolved,
+    /// These users left or were removed.
+    Leave(Vec<String>),
+    /// These users joined (or the group was created with them).
+    Join(Vec<String>),
+    /// The group switched to read diffusion: every online member follows.
+    All,
 }
 
 /// The wire form of a [`Signal`] on the channel.
@@ -62,7 +86,7 @@ struct Envelope {
     /// The publishing node.
     #[prost(string, tag = "1")]
     origin: String,
-    #[prost(oneof = "Body", tags = "2, 3, 4")]
+    #[prost(oneof = "Body", tags = "2, 3, 4, 5")]
     body: Option<Body>,
 }
 
@@ -74,6 +98,19 @@ enum Body {
     ToUsers(ToUsers),
     #[prost(message, tag = "4")]
     GroupEntry(GroupEntry),
+    #[prost(message, tag = "5")]
+    GroupFollow(GroupFollow),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct GroupFollow {
+    #[prost(string, tag = "1")]
+    group: String,
+    /// 0 dissolved, 1 leave, 2 join, 3 all.
+    #[prost(int32, tag = "2")]
+    kind: i32,
+    #[prost(string, repeated, tag = "3")]
+    users: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -109,6 +146,19 @@ fn encode(origin: &str, signal: &Signal) -> Vec<u8> {
                 message: Some(message.message.clone()),
             }),
         }),
+        Signal::GroupFollow { group, change } => {
+            let (kind, users) = match change {
+                FollowChange::Dissolved => (0, Vec::new()),
+                FollowChange::Leave(u) => (1, u.clone()),
+                FollowChange::Join(u) => (2, u.clone()),
+                FollowChange::All => (3, Vec::new()),
+            };
+            Body::GroupFollow(GroupFollow {
+                group: group.clone(),
+                kind,
+                users,
+            })
+        }
     };
     Envelope {
         origin: origin.to_owned(),
@@ -137,6 +187,16 @@ fn decode(bytes: &[u8]) -> Result<(String, Signal), StoreError> {
                 }),
             }
         }
+        Body::GroupFollow(f) => Signal::GroupFollow {
+            group: f.group,
+            change: match f.kind {
+                0 => FollowChange::Dissolved,
+                1 => FollowChange::Leave(f.users),
+                2 => FollowChange::Join(f.users),
+                3 => FollowChange::All,
+                _ => return Err(corrupt("unknown follow change")),
+            },
+        },
     };
     Ok((envelope.origin, signal))
 }
@@ -244,6 +304,14 @@ mod tests {
                         ..Default::default()
                     },
                 }),
+            },
+            Signal::GroupFollow {
+                group: "g1".into(),
+                change: FollowChange::Leave(vec!["bob".into()]),
+            },
+            Signal::GroupFollow {
+                group: "g1".into(),
+                change: FollowChange::All,
             },
         ];
         for signal in signals {
