@@ -330,6 +330,34 @@ pub async fn schedules_fire_once_and_cancel_wins(backend: &dyn ImBackend) {
     assert_eq!(s.messages.inbox_head(&b).await.expect("head"), 1);
 }
 
+/// A delivery receipt is appended once per (recipient, msg_id), however
+/// many devices acknowledge the message.
+pub async fn delivery_receipts_are_appended_once(backend: &dyn ImBackend) {
+    let s = backend.open_im().await;
+    let (a, b) = (unique("a"), unique("b"));
+    let posted = s
+        .conversations
+        .post(vec![post(&a, &b, &[&b], "hi")])
+        .await
+        .expect("post")
+        .remove(0)
+        .expect("posted");
+    let msg_id = posted.copies[0].message.msg_id.clone();
+    let delivered = || ConversationOp::Delivered {
+        recipient: b.clone(),
+        sender: a.clone(),
+        msg_id: msg_id.clone(),
+        sent_ms: 1,
+        now_ms: qim_proto::now_ms(),
+    };
+    let first = s.conversations.apply(delivered()).await.expect("receipt");
+    assert_eq!(first.events.len(), 1);
+    assert_eq!(first.events[0].inbox, a);
+    let again = s.conversations.apply(delivered()).await.expect("receipt");
+    assert!(again.events.is_empty(), "a second device adds no receipt");
+    assert_eq!(s.messages.inbox_head(&a).await.expect("head"), 1);
+}
+
 /// Runs every IM check against a backend: `im_conformance_tests!(MyBackend::new())`.
 #[macro_export]
 macro_rules! im_conformance_tests {
@@ -340,6 +368,7 @@ macro_rules! im_conformance_tests {
             groups_check_members_and_switch_to_read_diffusion,
             contacts_requests_and_blocks,
             schedules_fire_once_and_cancel_wins,
+            delivery_receipts_are_appended_once,
         );
     };
     (@each $backend:expr; $($check:ident),* $(,)?) => {

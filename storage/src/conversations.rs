@@ -150,7 +150,8 @@ pub enum ConversationOp {
     },
     /// A device of `recipient` acknowledged `msg_id` from `sender` (a
     /// one-to-one message): appends a `DeliveryReceipt` to the sender's
-    /// inbox.
+    /// inbox, once per `(recipient, msg_id)`: the same message reaching
+    /// another device of the recipient (on any node) appends nothing.
     Delivered {
         /// Whose device received it.
         recipient: String,

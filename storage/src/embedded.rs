@@ -108,6 +108,8 @@ struct Tables {
     schedule_ids: Keyspace,
     sessions_log: Keyspace,
     last_seen: Keyspace,
+    /// `[len][recipient][msg_id]` → empty: a delivery receipt was appended.
+    receipts: Keyspace,
 }
 
 /// A durable single-node store in a directory.
@@ -222,6 +224,7 @@ impl EmbeddedStore {
             schedule_ids: keyspace("schedule_ids").map_err(unavailable)?,
             sessions_log: keyspace("sessions_log").map_err(unavailable)?,
             last_seen: keyspace("last_seen").map_err(unavailable)?,
+            receipts: keyspace("receipts").map_err(unavailable)?,
             db,
         };
         let (ops, rx) = mpsc::channel(QUEUE);

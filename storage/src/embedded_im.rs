@@ -756,6 +756,17 @@ impl Writer {
                 now_ms,
             } => {
                 check_key_part(&recipient)?;
+                let mut key = super::prefixed(&recipient, msg_id.len());
+                key.extend_from_slice(msg_id.as_bytes());
+                if self
+                    .tables
+                    .receipts
+                    .contains_key(&key)
+                    .map_err(unavailable)?
+                {
+                    return Ok(Applied::default());
+                }
+                stage.batch.insert(&self.tables.receipts, key, Vec::new());
                 let receipt = v1::inbox_event::Kind::DeliveryReceipt(v1::DeliveryReceipt {
                     recipient: recipient.clone(),
                     msg_id,

@@ -1081,6 +1081,18 @@ impl ConversationStore for ClusterStore {
                 sent_ms,
                 now_ms,
             } => {
+                // Once per (recipient, msg_id), whichever device and node
+                // acknowledged it first.
+                let claimed = self
+                    .social
+                    .exec(
+                        &self.social.receipt_claim,
+                        (recipient.as_str(), msg_id.as_str()),
+                    )
+                    .await?;
+                if !crate::cql::social::applied(claimed)? {
+                    return Ok(Applied::default());
+                }
                 let receipt = v1::inbox_event::Kind::DeliveryReceipt(v1::DeliveryReceipt {
                     recipient: recipient.clone(),
                     msg_id,

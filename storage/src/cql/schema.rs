@@ -143,6 +143,13 @@ const MIGRATIONS: &[&[&str]] = &[
         // When each user's last ended session ended; written with the end time
         // as the write timestamp, so the latest end wins whatever the order.
         "CREATE TABLE IF NOT EXISTS last_seen (user_id text PRIMARY KEY, at_ms bigint)",
+        // Delivery receipts already appended, per (recipient, msg_id), for
+        // 30 days: another device (or node) acknowledging the same message
+        // appends no second receipt.
+        "CREATE TABLE IF NOT EXISTS im_receipts (
+        recipient text, msg_id text,
+        PRIMARY KEY ((recipient, msg_id))
+    )",
     ],
 ];
 

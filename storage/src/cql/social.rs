@@ -42,6 +42,7 @@ pub(crate) struct Social {
     pub(crate) schedule_delete: PreparedStatement,
     pub(crate) schedule_due_delete: PreparedStatement,
     pub(crate) schedules_due: PreparedStatement,
+    pub(crate) receipt_claim: PreparedStatement,
 }
 
 impl Social {
@@ -186,6 +187,12 @@ impl Social {
                 "SELECT due_ms, id, written_ms FROM schedules_due WHERE shard = ? AND due_ms <= ? LIMIT ?",
                 LocalQuorum,
                 true,
+            )
+            .await?,
+            receipt_claim: prepare(
+                "INSERT INTO im_receipts (recipient, msg_id) VALUES (?, ?) IF NOT EXISTS USING TTL 2592000",
+                LocalQuorum,
+                false,
             )
             .await?,
             session,
