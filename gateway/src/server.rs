@@ -182,9 +182,10 @@ impl Gateway {
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         if let Some(options) = config.store.cluster_options() {
             let store = Arc::new(ClusterStore::connect(&options).await?);
+            store.set_history_retention_ms(config.im.history_retention_ms);
             let im = ImStores {
-                conversations: None,
-                groups: None,
+                conversations: Some(store.clone()),
+                groups: Some(store.clone()),
                 contacts: None,
                 schedules: None,
                 presence: None,

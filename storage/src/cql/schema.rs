@@ -1,10 +1,12 @@
 //! The CQL schema and its migrations.
 //!
 //! Migrations are numbered from 1 and only ever appended. [`migrate`] reads
-//! the version recorded in `schema_version`, applies every later migration
-//! in order and records each one; every statement is `... IF NOT EXISTS`, so
-//! a migration interrupted half way, or two gateways migrating at once, is
-//! repaired by running `migrate` again. Gateways refuse to start against a
+//! the version recorded in `schema_version`, applies the recorded migration
+//! again and every later one in order, and records each one; every
+//! statement is `... IF NOT EXISTS`, so a migration interrupted half way,
+//! two gateways migrating at once, or a keyspace migrated by another build
+//! whose migration of the same number had fewer statements is repaired by
+//! running `migrate` again. Gateways refuse to start against a
 //! keyspace whose version is not [`SCHEMA_VERSION`]
 //! ([`check_version`]).
 
@@ -139,7 +141,10 @@ pub async fn migrate(session: &Session, options: &CqlOptions) -> Result<i32, Sto
     let before = current_version(session).await?;
     for (i, statements) in MIGRATIONS.iter().enumerate() {
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        if version <= before {
+        // The migration recorded last runs again (its statements are
+        // idempotent): a keyspace migrated by a build whose migration of
+        // that number had fewer statements gets the rest.
+        if version < before {
             continue;
         }
         for cql in *statements {
