@@ -287,7 +287,7 @@ section! {
         device_policy: String = "unlimited".to_owned(),
         /// Send the sender of a one-to-one message a delivery receipt (an inbox event naming the newest message received) when a device of the recipient acknowledges it. One extra inbox write per sender per acknowledged batch.
         delivery_receipts: bool = false,
-        /// Milliseconds messages stay readable in conversation history on the embedded store; older ones are answered as expired (the history page says so instead of leaving a silent gap). 0 keeps them forever. The cluster store uses store.retention_days.
+        /// Milliseconds messages stay readable in conversation history; older ones are answered as expired (the history page says so instead of leaving a silent gap). 0 keeps them forever (on the cluster store: as long as store.retention_days keeps them, whichever is shorter).
         history_retention_ms: u64 = 0,
         /// How far ahead a message may be scheduled, in milliseconds.
         max_schedule_ahead_ms: u64 = 30 * 24 * 3_600_000,

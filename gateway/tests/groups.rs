@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{PATIENCE, TestGateway, assert_quiet, take, text};
+use common::{Backend, PATIENCE, TestGateway, assert_quiet, take, text};
 use qim_sdk::{Client, ErrorCode, GroupChange, GroupRole, MessageExtras, OutgoingMessage, Peer};
 
 fn rejected(err: &qim_sdk::Error) -> Option<ErrorCode> {
@@ -28,17 +28,19 @@ async fn unread(client: &Client, peer: &Peer) -> u32 {
         .map_or(0, |c| c.unread)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
-    let gw = TestGateway::start().await;
-    let owner = gw.client("owner", "o1").await;
-    let bob = gw.client("bob", "b1").await;
-    let carol = gw.client("carol", "c1").await;
-    let dave = gw.client("dave", "d1").await;
-    let g = "team".to_owned();
+async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving(backend: Backend) {
+    let gw = TestGateway::start_on(backend, |_| {}).await;
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let owner = gw.client(&n("owner"), "o1").await;
+    let bob = gw.client(&n("bob"), "b1").await;
+    let carol = gw.client(&n("carol"), "c1").await;
+    let dave = gw.client(&n("dave"), "d1").await;
+    let g = n("team");
     let peer = Peer::Group(g.clone());
     let info = owner
-        .create_group(g.clone(), "Team".into(), vec!["bob".into(), "carol".into()])
+        .create_group(g.clone(), "Team".into(), vec![n("bob"), n("carol")])
         .await
         .expect("create");
     assert_eq!((info.member_count, info.read_diffusion), (3, false));
@@ -87,7 +89,7 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         .expect_err("stranger");
     assert_eq!(rejected(&err), Some(ErrorCode::NotAMember));
     owner
-        .change_group(g.clone(), GroupChange::MuteMember("carol".into(), true))
+        .change_group(g.clone(), GroupChange::MuteMember(n("carol"), true))
         .await
         .expect("mute");
     let err = carol
@@ -96,7 +98,7 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         .expect_err("muted");
     assert_eq!(rejected(&err), Some(ErrorCode::Muted));
     let err = bob
-        .change_group(g.clone(), GroupChange::MuteMember("owner".into(), true))
+        .change_group(g.clone(), GroupChange::MuteMember(n("owner"), true))
         .await
         .expect_err("members do not mute");
     assert_eq!(rejected(&err), Some(ErrorCode::PermissionDenied));
@@ -129,10 +131,7 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         .expect_err("@all is for admins");
     assert_eq!(rejected(&err), Some(ErrorCode::PermissionDenied));
     owner
-        .change_group(
-            g.clone(),
-            GroupChange::SetRole("bob".into(), GroupRole::Admin),
-        )
+        .change_group(g.clone(), GroupChange::SetRole(n("bob"), GroupRole::Admin))
         .await
         .expect("promote");
     bob.send_group_with(g.clone(), all, everyone)
@@ -140,7 +139,7 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         .expect("admin @all");
     let m = take(&carol, 1).await.remove(0);
     assert!(m.mentions_me && m.mention_all);
-    assert_eq!(take(&owner, 1).await[0].from_user, "bob");
+    assert_eq!(take(&owner, 1).await[0].from_user, n("bob"));
 
     // Members page by user id.
     let (first, next) = owner
@@ -148,8 +147,8 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         .await
         .expect("page");
     assert_eq!(
-        first.iter().map(|m| m.user.as_str()).collect::<Vec<_>>(),
-        ["bob", "carol"]
+        first.iter().map(|m| m.user.clone()).collect::<Vec<_>>(),
+        [n("bob"), n("carol")]
     );
     assert_eq!(first[0].role, GroupRole::Admin);
     let (rest, _) = owner
@@ -157,13 +156,13 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
         .await
         .expect("page");
     assert_eq!(
-        rest.iter().map(|m| m.user.as_str()).collect::<Vec<_>>(),
-        ["owner"]
+        rest.iter().map(|m| m.user.clone()).collect::<Vec<_>>(),
+        [n("owner")]
     );
 
     // A removed member gets nothing after the removal and cannot send.
     owner
-        .change_group(g.clone(), GroupChange::Remove(vec!["carol".into()]))
+        .change_group(g.clone(), GroupChange::Remove(vec![n("carol")]))
         .await
         .expect("remove");
     owner
@@ -198,15 +197,15 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving() {
 
 /// Read diffusion at size: 2,000 members, 200 of them connected with the
 /// real SDK, 100 messages.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_diffusion_group_of_2000_delivers_to_200_online_once_in_order() {
-    let gw = TestGateway::start_with(|c| c.groups.read_diffusion_threshold = 100).await;
+async fn read_diffusion_group_of_2000_delivers_to_200_online_once_in_order(backend: Backend) {
+    let gw = TestGateway::start_on(backend, |c| c.groups.read_diffusion_threshold = 100).await;
     const MEMBERS: usize = 2000;
     const ONLINE: usize = 200;
     const MESSAGES: usize = 100;
-    let g = "big".to_owned();
-    let owner = gw.client("owner", "o1").await;
-    let members: Vec<String> = (0..MEMBERS - 1).map(|i| format!("m{i:04}")).collect();
+    let run = common::unique("-");
+    let g = format!("big{run}");
+    let owner = gw.client(&format!("owner{run}"), "o1").await;
+    let members: Vec<String> = (0..MEMBERS - 1).map(|i| format!("m{i:04}{run}")).collect();
     let info = owner
         .create_group(g.clone(), "Big".into(), members.clone())
         .await
@@ -233,6 +232,7 @@ async fn read_diffusion_group_of_2000_delivers_to_200_online_once_in_order() {
         assert_eq!(receipt.seq, i as u64 + 1, "one log, one seq per message");
         sent.push(receipt);
     }
+    let group_peer = &Peer::Group(g.clone());
     let receivers = online.iter().map(|c| async move {
         let got = take(c, MESSAGES).await;
         let seqs: Vec<u64> = got.iter().map(|m| m.group_seq).collect();
@@ -243,7 +243,7 @@ async fn read_diffusion_group_of_2000_delivers_to_200_online_once_in_order() {
         );
         assert!(
             got.iter()
-                .all(|m| m.seq == 0 && m.conversation == Peer::Group("big".into()))
+                .all(|m| m.seq == 0 && m.conversation == *group_peer)
         );
         assert_eq!(text(&got[MESSAGES - 1]), format!("g{}", MESSAGES - 1));
     });
@@ -310,12 +310,12 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(
     common::join_in_order(set).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_crossing_the_threshold_while_sending_loses_and_doubles_nothing() {
-    let gw = TestGateway::start_with(|c| c.groups.read_diffusion_threshold = 5).await;
-    let g = "growing".to_owned();
-    let owner = gw.client("owner", "o1").await;
-    let early: Vec<String> = (0..3).map(|i| format!("early{i}")).collect();
+async fn a_group_crossing_the_threshold_while_sending_loses_and_doubles_nothing(backend: Backend) {
+    let gw = TestGateway::start_on(backend, |c| c.groups.read_diffusion_threshold = 5).await;
+    let run = common::unique("-");
+    let g = format!("growing{run}");
+    let owner = gw.client(&format!("owner{run}"), "o1").await;
+    let early: Vec<String> = (0..3).map(|i| format!("early{i}{run}")).collect();
     owner
         .create_group(g.clone(), "Growing".into(), early.clone())
         .await
@@ -345,7 +345,10 @@ async fn a_group_crossing_the_threshold_while_sending_loses_and_doubles_nothing(
         // passes 5 members (the threshold) on the third invite.
         for i in 0..6 {
             owner
-                .change_group(g.clone(), GroupChange::Invite(vec![format!("late{i}")]))
+                .change_group(
+                    g.clone(),
+                    GroupChange::Invite(vec![format!("late{i}{run}")]),
+                )
                 .await
                 .expect("invite");
         }
@@ -393,3 +396,9 @@ async fn a_group_crossing_the_threshold_while_sending_loses_and_doubles_nothing(
 fn num(t: &str) -> usize {
     t.trim_start_matches('n').parse().expect("n<i>")
 }
+
+on_both_backends!(
+    members_send_muted_and_strangers_are_refused_removed_stop_receiving,
+    read_diffusion_group_of_2000_delivers_to_200_online_once_in_order,
+    a_group_crossing_the_threshold_while_sending_loses_and_doubles_nothing,
+);

@@ -7,14 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, assert_quiet, take, text};
+use common::{Backend, TestGateway, assert_quiet, take, text};
 use qim_sdk::{
     Client, ClientConfig, Conversation, ErrorCode, Event, MessageExtras, OutgoingMessage, Peer,
     Quote,
 };
 
-async fn im_gateway() -> TestGateway {
-    TestGateway::start_with(|c| c.im.sync_sent = true).await
+async fn im_gateway(backend: Backend) -> TestGateway {
+    TestGateway::start_on(backend, |c| c.im.sync_sent = true).await
 }
 
 async fn conversation(client: &Client, peer: &Peer) -> Conversation {
@@ -40,40 +40,39 @@ fn chats(messages: &[qim_sdk::IncomingMessage]) -> Vec<(u64, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unread_counts_stay_exact_across_offline_devices_and_reconnects() {
-    let gw = im_gateway().await;
-    let alice = gw.client("alice", "alice-phone").await;
+async fn unread_counts_stay_exact_across_offline_devices_and_reconnects(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let gw = im_gateway(backend).await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
     // Bob is offline while alice and carol write.
     for i in 0..5 {
-        alice
-            .send("bob".into(), format!("a{i}"))
-            .await
-            .expect("send");
+        alice.send(n("bob"), format!("a{i}")).await.expect("send");
     }
-    let carol = gw.client("carol", "carol-phone").await;
-    carol.send("bob".into(), "c0".into()).await.expect("send");
+    let carol = gw.client(&n("carol"), "carol-phone").await;
+    carol.send(n("bob"), "c0".into()).await.expect("send");
 
-    let phone = gw.client("bob", "bob-phone").await;
+    let phone = gw.client(&n("bob"), "bob-phone").await;
     let list = phone.all_conversations().await.expect("list");
     assert_eq!(
         list.iter()
             .map(|c| (c.peer.clone(), c.unread))
             .collect::<Vec<_>>(),
-        [(user("carol"), 1), (user("alice"), 5)],
+        [(user(&n("carol")), 1), (user(&n("alice")), 5)],
         "newest activity first, unread counted while offline"
     );
-    let from_alice = conversation(&phone, &user("alice")).await;
+    let from_alice = conversation(&phone, &user(&n("alice"))).await;
     let last = from_alice.last_message.expect("last message");
     assert_eq!(
-        (text(&last), last.from_user.as_str()),
-        ("a4".to_owned(), "alice")
+        (text(&last), last.from_user.clone()),
+        ("a4".to_owned(), n("alice"))
     );
 
     let got = take(&phone, 6).await;
     let alice_seqs: Vec<u64> = got
         .iter()
-        .filter(|m| m.from_user == "alice")
+        .filter(|m| m.from_user == n("alice"))
         .map(|m| m.seq)
         .collect();
     assert_eq!(alice_seqs.len(), 5);
@@ -81,23 +80,23 @@ async fn unread_counts_stay_exact_across_offline_devices_and_reconnects() {
 
     // Reading part of a conversation leaves the rest unread, exactly.
     let read = phone
-        .mark_read(user("alice"), alice_seqs[2])
+        .mark_read(user(&n("alice")), alice_seqs[2])
         .await
         .expect("mark");
     assert_eq!((read.read_seq, read.unread), (alice_seqs[2], 2));
     // Never backwards.
     let again = phone
-        .mark_read(user("alice"), alice_seqs[0])
+        .mark_read(user(&n("alice")), alice_seqs[0])
         .await
         .expect("mark");
     assert_eq!((again.read_seq, again.unread), (alice_seqs[2], 2));
     let read = phone
-        .mark_read(user("alice"), alice_seqs[4])
+        .mark_read(user(&n("alice")), alice_seqs[4])
         .await
         .expect("mark");
     assert_eq!(read.unread, 0);
     assert_eq!(
-        conversation(&phone, &user("carol")).await.unread,
+        conversation(&phone, &user(&n("carol"))).await.unread,
         1,
         "other conversations untouched"
     );
@@ -106,14 +105,14 @@ async fn unread_counts_stay_exact_across_offline_devices_and_reconnects() {
     let events = take(&phone, 2).await;
     assert!(matches!(
         &events[1].event,
-        Some(Event::Read { conversation, read_seq, unread: 0 }) if *conversation == user("alice") && *read_seq == alice_seqs[4]
+        Some(Event::Read { conversation, read_seq, unread: 0 }) if *conversation == user(&n("alice")) && *read_seq == alice_seqs[4]
     ));
 
     // A second device that connects afterwards sees the read state, both in
     // the list and as events after the messages.
-    let laptop = gw.client("bob", "bob-laptop").await;
-    assert_eq!(conversation(&laptop, &user("alice")).await.unread, 0);
-    assert_eq!(conversation(&laptop, &user("carol")).await.unread, 1);
+    let laptop = gw.client(&n("bob"), "bob-laptop").await;
+    assert_eq!(conversation(&laptop, &user(&n("alice"))).await.unread, 0);
+    assert_eq!(conversation(&laptop, &user(&n("carol"))).await.unread, 1);
     let synced = take(&laptop, 8).await;
     assert_eq!(chats(&synced).len(), 6);
     let reads: Vec<(u64, u32)> = synced
@@ -131,33 +130,33 @@ async fn unread_counts_stay_exact_across_offline_devices_and_reconnects() {
     // Exact across a reconnect and new messages.
     phone.close().await;
     laptop.close().await;
-    alice.send("bob".into(), "a5".into()).await.expect("send");
-    alice.send("bob".into(), "a6".into()).await.expect("send");
-    let phone = gw.client("bob", "bob-phone").await;
-    let c = conversation(&phone, &user("alice")).await;
+    alice.send(n("bob"), "a5".into()).await.expect("send");
+    alice.send(n("bob"), "a6".into()).await.expect("send");
+    let phone = gw.client(&n("bob"), "bob-phone").await;
+    let c = conversation(&phone, &user(&n("alice"))).await;
     assert_eq!((c.unread, c.read_seq), (2, alice_seqs[4]));
     assert_eq!(
         phone.all_conversations().await.expect("list")[0].peer,
-        user("alice"),
+        user(&n("alice")),
         "alice is newest again"
     );
 
     // The sender's side: its own conversation has the messages, none unread,
     // and the sender's other device got copies of what was sent.
-    let a = conversation(&alice, &user("bob")).await;
+    let a = conversation(&alice, &user(&n("bob"))).await;
     assert_eq!(a.unread, 0);
     assert_eq!(
         a.last_message.map(|m| (text(&m), m.outgoing)),
         Some(("a6".to_owned(), true))
     );
-    let tablet = gw.client("alice", "alice-tablet").await;
+    let tablet = gw.client(&n("alice"), "alice-tablet").await;
     // Copies of what was sent, with bob's two read receipts in between.
     let synced = take(&tablet, 9).await;
     let copies: Vec<_> = synced.iter().filter(|m| m.event.is_none()).collect();
     assert!(
         copies
             .iter()
-            .all(|m| m.outgoing && m.conversation == user("bob"))
+            .all(|m| m.outgoing && m.conversation == user(&n("bob")))
     );
     assert_eq!(
         copies.iter().map(|m| text(m)).collect::<Vec<_>>(),
@@ -169,7 +168,7 @@ async fn unread_counts_stay_exact_across_offline_devices_and_reconnects() {
         .await
         .into_iter()
         .map(|m| match m.event {
-            Some(Event::ReadReceipt { reader, msg_id, .. }) if reader == "bob" => msg_id,
+            Some(Event::ReadReceipt { reader, msg_id, .. }) if reader == n("bob") => msg_id,
             other => panic!("expected a read receipt, got {other:?}"),
         })
         .collect();
@@ -179,14 +178,14 @@ async fn unread_counts_stay_exact_across_offline_devices_and_reconnects() {
 
     // Pinning moves a conversation to the top of the list and syncs.
     let pinned = phone
-        .set_flags(user("carol"), Some(true), None)
+        .set_flags(user(&n("carol")), Some(true), None)
         .await
         .expect("pin");
     assert!(pinned.pinned);
     let list = phone.all_conversations().await.expect("list");
-    assert_eq!(list[0].peer, user("carol"));
+    assert_eq!(list[0].peer, user(&n("carol")));
     let err = phone
-        .mark_read(user("nobody"), 5)
+        .mark_read(user(&n("nobody")), 5)
         .await
         .expect_err("no such conversation");
     assert!(
@@ -202,17 +201,17 @@ async fn unread_counts_stay_exact_across_offline_devices_and_reconnects() {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conversation_list_pages_in_order() {
-    let gw = im_gateway().await;
-    let bob = gw.client("bob", "bob-phone").await;
+async fn conversation_list_pages_in_order(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let gw = im_gateway(backend).await;
+    let bob = gw.client(&n("bob"), "bob-phone").await;
     const N: usize = 25;
     let mut senders = Vec::new();
     for i in 0..N {
-        let c = gw.client(&format!("u{i}"), "d").await;
-        c.send("bob".into(), format!("from u{i}"))
-            .await
-            .expect("send");
+        let c = gw.client(&format!("u{i}{run}"), "d").await;
+        c.send(n("bob"), format!("from u{i}")).await.expect("send");
         senders.push(c);
     }
     let mut seen = Vec::new();
@@ -226,27 +225,24 @@ async fn conversation_list_pages_in_order() {
             None => break,
         }
     }
-    let expected: Vec<Peer> = (0..N).rev().map(|i| user(&format!("u{i}"))).collect();
+    let expected: Vec<Peer> = (0..N).rev().map(|i| user(&format!("u{i}{run}"))).collect();
     assert_eq!(seen, expected, "every conversation once, newest first");
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recall_and_edit_reach_online_and_offline_recipients() {
-    let gw = TestGateway::start_with(|c| c.im.sync_sent = true).await;
-    let alice = gw.client("alice", "alice-phone").await;
-    let bob = gw.client("bob", "bob-phone").await;
+async fn recall_and_edit_reach_online_and_offline_recipients(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let gw = TestGateway::start_on(backend, |c| c.im.sync_sent = true).await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
+    let bob = gw.client(&n("bob"), "bob-phone").await;
     let mut receipts = Vec::new();
     for i in 0..3 {
-        receipts.push(
-            alice
-                .send("bob".into(), format!("m{i}"))
-                .await
-                .expect("send"),
-        );
+        receipts.push(alice.send(n("bob"), format!("m{i}")).await.expect("send"));
     }
     let got = take(&bob, 3).await;
-    assert_eq!(conversation(&bob, &user("alice")).await.unread, 3);
+    assert_eq!(conversation(&bob, &user(&n("alice"))).await.unread, 3);
 
     // Recall of an unread message: the online device gets the event, the
     // unread count drops.
@@ -257,11 +253,11 @@ async fn recall_and_edit_reach_online_and_offline_recipients() {
     assert!(
         matches!(
             &event.event,
-            Some(Event::Recalled { msg_id, seq, by_user, .. }) if *msg_id == recalled_id && *seq == got[1].seq && by_user == "alice"
+            Some(Event::Recalled { msg_id, seq, by_user, .. }) if *msg_id == recalled_id && *seq == got[1].seq && *by_user == n("alice")
         ),
         "{event:?}"
     );
-    let c = conversation(&bob, &user("alice")).await;
+    let c = conversation(&bob, &user(&n("alice"))).await;
     assert_eq!(c.unread, 2);
 
     // Edit: the new text and the edited flag.
@@ -283,7 +279,7 @@ async fn recall_and_edit_reach_online_and_offline_recipients() {
         }
         other => panic!("expected an edit, got {other:?}"),
     }
-    let c = conversation(&bob, &user("alice")).await;
+    let c = conversation(&bob, &user(&n("alice"))).await;
     let last = c.last_message.expect("last");
     assert_eq!(
         (text(&last), last.edited_at_ms > 0),
@@ -333,7 +329,7 @@ async fn recall_and_edit_reach_online_and_offline_recipients() {
 
     // A device that was offline sees the stored messages already changed,
     // then the events.
-    let laptop = gw.client("bob", "bob-laptop").await;
+    let laptop = gw.client(&n("bob"), "bob-laptop").await;
     let synced = take(&laptop, 5).await;
     assert_eq!(synced[0].body, b"m0");
     assert!(synced[1].recalled && synced[1].body.is_empty());
@@ -345,31 +341,30 @@ async fn recall_and_edit_reach_online_and_offline_recipients() {
     assert!(matches!(synced[4].event, Some(Event::Edited { .. })));
 
     // The sender's other device learns too.
-    let tablet = gw.client("alice", "alice-tablet").await;
+    let tablet = gw.client(&n("alice"), "alice-tablet").await;
     let mine = take(&tablet, 5).await;
     assert!(mine[1].recalled);
     assert!(matches!(mine[3].event, Some(Event::Recalled { .. })));
 
     // Delete for me: only bob's copy changes; unread drops if it was unread.
     bob.delete_for_me(got[0].seq).await.expect("delete");
-    let c = conversation(&bob, &user("alice")).await;
+    let c = conversation(&bob, &user(&n("alice"))).await;
     assert_eq!(c.unread, 1, "m0 deleted, m1 recalled: only m2 is unread");
     assert!(matches!(
         take(&laptop, 1).await.pop().map(|m| m.event),
         Some(Some(Event::Deleted { .. }))
     ));
-    assert_eq!(conversation(&alice, &user("bob")).await.unread, 0);
+    assert_eq!(conversation(&alice, &user(&n("bob"))).await.unread, 0);
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recall_after_the_window_is_refused() {
-    let gw = TestGateway::start_with(|c| c.im.recall_window_ms = 0).await;
-    let alice = gw.client("alice", "alice-phone").await;
-    let receipt = alice
-        .send("bob".into(), "too late".into())
-        .await
-        .expect("send");
+async fn recall_after_the_window_is_refused(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let gw = TestGateway::start_on(backend, |c| c.im.recall_window_ms = 0).await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
+    let receipt = alice.send(n("bob"), "too late".into()).await.expect("send");
     // The window is zero: any recall once the server clock has moved on
     // comes too late.
     while qim_proto::now_ms() <= receipt.server_time_ms {
@@ -390,25 +385,27 @@ async fn recall_after_the_window_is_refused() {
         ),
         "{err:?}"
     );
-    let bob = gw.client("bob", "bob-phone").await;
+    let bob = gw.client(&n("bob"), "bob-phone").await;
     let got = take(&bob, 1).await;
     assert!(!got[0].recalled);
     assert_eq!(text(&got[0]), "too late");
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_quote_and_mentions_are_flagged_for_the_mentioned() {
-    let gw = im_gateway().await;
-    let alice = gw.client("alice", "alice-phone").await;
-    let bob = gw.client("bob", "bob-phone").await;
+async fn replies_quote_and_mentions_are_flagged_for_the_mentioned(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let gw = im_gateway(backend).await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
+    let bob = gw.client(&n("bob"), "bob-phone").await;
     alice
-        .send("bob".into(), "question?".into())
+        .send(n("bob"), "question?".into())
         .await
         .expect("send");
     let question = take(&bob, 1).await.remove(0);
     let reply = OutgoingMessage {
-        to: "alice".into(),
+        to: n("alice"),
         kind: "text".into(),
         body: b"answer, @alice".to_vec(),
         client_msg_id: None,
@@ -418,11 +415,11 @@ async fn replies_quote_and_mentions_are_flagged_for_the_mentioned() {
         MessageExtras {
             reply_to: Some(Quote {
                 msg_id: question.msg_id.clone(),
-                from_user: "alice".into(),
+                from_user: n("alice"),
                 kind: "text".into(),
                 excerpt: question.body.repeat(100),
             }),
-            mentions: vec!["alice".into()],
+            mentions: vec![n("alice")],
             mention_all: false,
         },
     )
@@ -433,10 +430,10 @@ async fn replies_quote_and_mentions_are_flagged_for_the_mentioned() {
     assert_eq!(quote.msg_id, question.msg_id);
     assert_eq!(quote.excerpt.len(), 256, "excerpts are cut to 256 bytes");
     assert!(got.mentions_me);
-    assert_eq!(got.mentions, ["alice"]);
+    assert_eq!(got.mentions, [n("alice")]);
 
     alice
-        .send("bob".into(), "no mention".into())
+        .send(n("bob"), "no mention".into())
         .await
         .expect("send");
     assert!(!take(&bob, 1).await[0].mentions_me);
@@ -794,14 +791,16 @@ async fn presence_of_friends_is_pushed_within_a_second_and_typing_is_never_store
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
+async fn history_pages_over_10000_messages_both_ways_and_from_a_time(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
     use qim_sdk::HistoryAnchor;
-    let gw = TestGateway::start_with(|c| {
+    let gw = TestGateway::start_on(backend, |c| {
         c.limits.sends_per_second = 0;
     })
     .await;
-    let alice = gw.client("alice", "alice-phone").await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
     const N: usize = 10_000;
     let started = std::time::Instant::now();
     let mut receipts = Vec::with_capacity(N);
@@ -810,7 +809,7 @@ async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
             .iter()
             .map(|i| {
                 Box::pin(alice.send_message(OutgoingMessage {
-                    to: "bob".into(),
+                    to: n("bob"),
                     kind: "text".into(),
                     body: format!("h{i}").into_bytes(),
                     client_msg_id: None,
@@ -823,18 +822,15 @@ async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
     }
     eprintln!("{N} sends in {:?}", started.elapsed());
     // Some chat in another conversation, interleaved in bob's inbox.
-    let carol = gw.client("carol", "carol-phone").await;
-    carol
-        .send("bob".into(), "other".into())
-        .await
-        .expect("send");
+    let carol = gw.client(&n("carol"), "carol-phone").await;
+    carol.send(n("bob"), "other".into()).await.expect("send");
 
-    let bob = gw.client("bob", "bob-phone").await;
+    let bob = gw.client(&n("bob"), "bob-phone").await;
     let started = std::time::Instant::now();
     let (mut back, mut anchor) = (Vec::with_capacity(N), HistoryAnchor::End);
     loop {
         let page = bob
-            .history(user("alice"), anchor, false, 400)
+            .history(user(&n("alice")), anchor, false, 400)
             .await
             .expect("page");
         let last = page.messages.last().map(|m| m.seq);
@@ -855,7 +851,7 @@ async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
     let (mut fwd, mut anchor) = (Vec::with_capacity(N), HistoryAnchor::End);
     loop {
         let page = bob
-            .history(user("alice"), anchor, true, 400)
+            .history(user(&n("alice")), anchor, true, 400)
             .await
             .expect("page");
         let last = page.messages.last().map(|m| m.seq);
@@ -880,7 +876,7 @@ async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
     // From a time: the first message stored at or after it.
     let t = receipts[5000].server_time_ms;
     let page = bob
-        .history(user("alice"), HistoryAnchor::Time(t), true, 10)
+        .history(user(&n("alice")), HistoryAnchor::Time(t), true, 10)
         .await
         .expect("page");
     assert!(page.messages[0].server_time_ms >= t);
@@ -891,7 +887,7 @@ async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
     assert_eq!(page.messages[0].msg_id, receipts[first].msg_id);
     // The other conversation holds only its own message.
     let other = bob
-        .history(user("carol"), HistoryAnchor::End, false, 10)
+        .history(user(&n("carol")), HistoryAnchor::End, false, 10)
         .await
         .expect("page");
     assert_eq!(
@@ -905,7 +901,7 @@ async fn history_pages_over_10000_messages_both_ways_and_from_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_store_keeps_history_and_search_offline() {
     use qim_sdk::HistoryAnchor;
-    let gw = im_gateway().await;
+    let gw = im_gateway(Backend::Embedded).await;
     let store_dir = tempfile::tempdir().expect("temp dir");
     let store = store_dir.path().join("bob").join("local.db");
     let mut config = gw.client_config("bob", "bob-phone");
@@ -1074,31 +1070,28 @@ async fn receipts_until(alice: &Client, until: &str) -> Vec<(String, String)> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivery_receipts_tell_the_sender_what_reached_a_device() {
-    let gw = TestGateway::start_with(|c| {
+async fn delivery_receipts_tell_the_sender_what_reached_a_device(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let gw = TestGateway::start_on(backend, |c| {
         c.im.sync_sent = true;
         c.im.delivery_receipts = true;
     })
     .await;
-    let alice = gw.client("alice", "alice-phone").await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
     // Sent while bob is offline: no receipt yet.
     let mut sent = Vec::new();
     for i in 0..3 {
-        sent.push(
-            alice
-                .send("bob".into(), format!("m{i}"))
-                .await
-                .expect("send"),
-        );
+        sent.push(alice.send(n("bob"), format!("m{i}")).await.expect("send"));
     }
-    let phone = gw.client("bob", "bob-phone").await;
+    let phone = gw.client(&n("bob"), "bob-phone").await;
     assert_eq!(chats(&take(&phone, 3).await).len(), 3);
     let receipts = receipts_until(&alice, &sent[2].msg_id).await;
     let order: Vec<usize> = receipts
         .iter()
         .map(|(who, id)| {
-            assert_eq!(who, "bob");
+            assert_eq!(who, &n("bob"));
             sent.iter()
                 .position(|s| s.msg_id == *id)
                 .expect("one of alice's")
@@ -1111,50 +1104,47 @@ async fn delivery_receipts_tell_the_sender_what_reached_a_device() {
 
     // bob's second device receiving the same messages sends no receipt
     // again: the next one alice gets is for the next message.
-    let laptop = gw.client("bob", "bob-laptop").await;
+    let laptop = gw.client(&n("bob"), "bob-laptop").await;
     assert_eq!(chats(&take(&laptop, 3).await).len(), 3);
-    let next = alice.send("bob".into(), "m3".into()).await.expect("send");
+    let next = alice.send(n("bob"), "m3".into()).await.expect("send");
     take(&phone, 1).await;
     assert_eq!(
         receipts_until(&alice, &next.msg_id).await,
-        [("bob".to_owned(), next.msg_id.clone())]
+        [(n("bob"), next.msg_id.clone())]
     );
 
     // A sender offline at delivery gets the receipt when it connects.
     alice.close().await;
     let from_carol = {
-        let carol = gw.client("carol", "carol-phone").await;
-        let r = carol.send("bob".into(), "c0".into()).await.expect("send");
+        let carol = gw.client(&n("carol"), "carol-phone").await;
+        let r = carol.send(n("bob"), "c0".into()).await.expect("send");
         carol.close().await;
         r
     };
     take(&phone, 1).await;
-    let carol = gw.client("carol", "carol-laptop").await;
+    let carol = gw.client(&n("carol"), "carol-laptop").await;
     assert_eq!(
         receipts_until(&carol, &from_carol.msg_id).await,
-        [("bob".to_owned(), from_carol.msg_id.clone())]
+        [(n("bob"), from_carol.msg_id.clone())]
     );
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_across_the_retention_boundary_says_older_messages_expired() {
+async fn history_across_the_retention_boundary_says_older_messages_expired(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
     use qim_sdk::HistoryAnchor;
     const RETENTION_MS: u64 = 1_500;
-    let gw = TestGateway::start_with(|c| c.im.history_retention_ms = RETENTION_MS).await;
-    let alice = gw.client("alice", "alice-phone").await;
-    let bob = gw.client("bob", "bob-phone").await;
+    let gw = TestGateway::start_on(backend, |c| c.im.history_retention_ms = RETENTION_MS).await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
+    let bob = gw.client(&n("bob"), "bob-phone").await;
     let mut old = Vec::new();
     for i in 0..3 {
-        old.push(
-            alice
-                .send("bob".into(), format!("old{i}"))
-                .await
-                .expect("send"),
-        );
+        old.push(alice.send(n("bob"), format!("old{i}")).await.expect("send"));
     }
     let page = bob
-        .history(user("alice"), HistoryAnchor::End, false, 10)
+        .history(user(&n("alice")), HistoryAnchor::End, false, 10)
         .await
         .expect("history");
     assert_eq!(
@@ -1165,7 +1155,7 @@ async fn history_across_the_retention_boundary_says_older_messages_expired() {
     // Wait (bounded) until the retention has passed for the old messages.
     let page = common::poll_until("the old messages expire", || async {
         let page = bob
-            .history(user("alice"), HistoryAnchor::End, false, 10)
+            .history(user(&n("alice")), HistoryAnchor::End, false, 10)
             .await
             .expect("history");
         page.messages.is_empty().then_some(page)
@@ -1174,24 +1164,19 @@ async fn history_across_the_retention_boundary_says_older_messages_expired() {
     assert!(page.expired, "no silent gap: {page:?}");
     let mut new = Vec::new();
     for i in 0..3 {
-        new.push(
-            alice
-                .send("bob".into(), format!("new{i}"))
-                .await
-                .expect("send"),
-        );
+        new.push(alice.send(n("bob"), format!("new{i}")).await.expect("send"));
     }
     // Backward: the fresh messages page normally, the last page says the
     // rest expired.
     let first = bob
-        .history(user("alice"), HistoryAnchor::End, false, 2)
+        .history(user(&n("alice")), HistoryAnchor::End, false, 2)
         .await
         .expect("history");
     assert_eq!(texts_of(&first.messages), ["new2", "new1"]);
     assert!(first.more && !first.expired);
     let second = bob
         .history(
-            user("alice"),
+            user(&n("alice")),
             HistoryAnchor::Seq(first.messages[1].seq),
             false,
             2,
@@ -1205,7 +1190,7 @@ async fn history_across_the_retention_boundary_says_older_messages_expired() {
     // skipped and reported.
     for anchor in [HistoryAnchor::End, HistoryAnchor::Seq(old[0].seq)] {
         let forward = bob
-            .history(user("alice"), anchor, true, 10)
+            .history(user(&n("alice")), anchor, true, 10)
             .await
             .expect("history");
         assert_eq!(texts_of(&forward.messages), ["new0", "new1", "new2"]);
@@ -1213,10 +1198,21 @@ async fn history_across_the_retention_boundary_says_older_messages_expired() {
     }
     // Forward from a fresh message: nothing expired on that side.
     let after = bob
-        .history(user("alice"), HistoryAnchor::Seq(new[0].seq), true, 10)
+        .history(user(&n("alice")), HistoryAnchor::Seq(new[0].seq), true, 10)
         .await
         .expect("history");
     assert_eq!(texts_of(&after.messages), ["new1", "new2"]);
     assert!(!after.expired);
     gw.stop().await;
 }
+
+on_both_backends!(
+    unread_counts_stay_exact_across_offline_devices_and_reconnects,
+    conversation_list_pages_in_order,
+    recall_and_edit_reach_online_and_offline_recipients,
+    recall_after_the_window_is_refused,
+    replies_quote_and_mentions_are_flagged_for_the_mentioned,
+    history_pages_over_10000_messages_both_ways_and_from_a_time,
+    delivery_receipts_tell_the_sender_what_reached_a_device,
+    history_across_the_retention_boundary_says_older_messages_expired,
+);

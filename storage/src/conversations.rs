@@ -431,6 +431,25 @@ pub(crate) enum Rewrite {
 }
 
 impl Rewrite {
+    /// The sender, message and time of a `Recall` or `Edit` op.
+    pub(crate) fn target(op: &ConversationOp) -> Result<(&str, &str, i64), OpError> {
+        match op {
+            ConversationOp::Recall {
+                user,
+                msg_id,
+                now_ms,
+                ..
+            }
+            | ConversationOp::Edit {
+                user,
+                msg_id,
+                now_ms,
+                ..
+            } => Ok((user.as_str(), msg_id.as_str(), *now_ms)),
+            _ => Err(OpError::NotFound),
+        }
+    }
+
     /// The rewrite a `Recall` or `Edit` op asks for, after checking it
     /// against the original (`None` for other ops).
     pub(crate) fn checked(op: &ConversationOp, original: &v1::Message) -> Result<Self, OpError> {

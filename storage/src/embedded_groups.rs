@@ -11,14 +11,16 @@
 use async_trait::async_trait;
 use fjall::PersistMode;
 use prost::Message as _;
-use qim_proto::v1::{self, GroupRole};
+use std::collections::HashMap;
+
+use qim_proto::v1;
 use tokio::sync::oneshot;
 
 use super::im::Request;
 use super::{EmbeddedStore, Op, Writer, check_key_part, prefixed, read_head, unavailable};
 use crate::StoreError;
 use crate::conversations::{OpError, Post, group_log};
-use crate::groups::{GroupOp, GroupStore};
+use crate::groups::{GroupOp, GroupStore, check_post, plan};
 
 /// Members listed per page at most.
 const MAX_MEMBERS_PAGE: usize = 1000;
@@ -60,18 +62,6 @@ pub(super) fn load_member(
     }
 }
 
-fn role(m: &v1::GroupMember) -> GroupRole {
-    GroupRole::try_from(m.role).unwrap_or(GroupRole::Member)
-}
-
-fn rank(r: GroupRole) -> u8 {
-    match r {
-        GroupRole::Member => 0,
-        GroupRole::Admin => 1,
-        GroupRole::Owner => 2,
-    }
-}
-
 impl Writer {
     /// Where a group post goes: refused, every member's inbox (the sender's
     /// first), or the group's log.
@@ -88,18 +78,9 @@ impl Writer {
         let Some(info) = load_group(&self.tables.groups, group)? else {
             return Ok(Err(OpError::NotFound));
         };
-        if info.dissolved {
-            return Ok(Err(OpError::Dissolved));
-        }
-        let Some(member) = load_member(&self.tables.members, group, &post.sender)? else {
-            return Ok(Err(OpError::NotAMember));
-        };
-        let role = role(&member);
-        if member.muted || (info.muted_all && role == GroupRole::Member) {
-            return Ok(Err(OpError::Muted));
-        }
-        if post.mention_all && role == GroupRole::Member {
-            return Ok(Err(OpError::NotAllowed));
+        let member = load_member(&self.tables.members, group, &post.sender)?;
+        if let Err(refused) = check_post(&info, member.as_ref(), post.mention_all) {
+            return Ok(Err(refused));
         }
         if info.read_diffusion {
             return Ok(Ok(vec![group_log(group)]));
@@ -125,61 +106,37 @@ impl Writer {
     ) -> Result<v1::GroupInfo, OpError> {
         check_key_part(group)?;
         check_key_part(by)?;
-        let mut batch = self.tables.db.batch();
         let existing = load_group(&self.tables.groups, group)?;
+        let mut members = HashMap::new();
+        if existing.is_some() {
+            for guard in self.tables.members.prefix(prefixed(group, 0)) {
+                let (_, value) = guard.into_inner().map_err(unavailable)?;
+                let m: v1::GroupMember = decode(&value)?;
+                members.insert(m.user.clone(), m);
+            }
+        }
         let log_head = match self.heads.get(&group_log(group)) {
             Some(head) => *head,
             None => read_head(&self.tables.messages, &group_log(group))?,
         };
-        let mut info = match (&op, existing) {
-            (GroupOp::Create { .. }, Some(_)) => return Err(OpError::Exists),
-            (GroupOp::Create { name, now_ms, .. }, None) => v1::GroupInfo {
-                id: group.to_owned(),
-                name: name.clone(),
-                owner: by.to_owned(),
-                created_ms: *now_ms,
-                ..Default::default()
-            },
-            (_, None) => return Err(OpError::NotFound),
-            (_, Some(info)) if info.dissolved => return Err(OpError::Dissolved),
-            (_, Some(info)) => info,
-        };
-        let by_member = load_member(&self.tables.members, group, by)?;
-        let by_rank = by_member.as_ref().map(|m| rank(role(m)));
-        let need = |min: GroupRole| -> Result<(), OpError> {
-            match by_rank {
-                None => Err(OpError::NotAMember),
-                Some(r) if r < rank(min) => Err(OpError::NotAllowed),
-                Some(_) => Ok(()),
-            }
-        };
-        let add = |batch: &mut fjall::OwnedWriteBatch,
-                   info: &mut v1::GroupInfo,
-                   user: &str,
-                   role: GroupRole|
-         -> Result<(), OpError> {
-            check_key_part(user)?;
-            if load_member(&self.tables.members, group, user)?.is_some() {
-                return Ok(());
-            }
-            let m = v1::GroupMember {
-                user: user.to_owned(),
-                role: role as i32,
-                muted: false,
-                joined_seq: log_head,
-            };
+        let change = plan(group, by, &op, threshold, existing, members, log_head)?;
+        let mut batch = self.tables.db.batch();
+        for m in &change.put {
+            check_key_part(&m.user)?;
             batch.insert(
                 &self.tables.members,
-                member_key(group, user),
+                member_key(group, &m.user),
                 m.encode_to_vec(),
             );
+        }
+        let convkey = format!("g:{group}");
+        for user in &change.added {
             batch.insert(
                 &self.tables.user_groups,
                 user_group_key(user, group),
                 Vec::new(),
             );
             // The group shows in the member's conversation list from now on.
-            let convkey = format!("g:{group}");
             let record = super::im::conv_key(user, &convkey);
             if !self
                 .tables
@@ -189,7 +146,7 @@ impl Writer {
             {
                 let conv = v1::Conversation {
                     peer: Some(crate::conversations::group(group)),
-                    updated_ms: info.created_ms,
+                    updated_ms: change.info.created_ms,
                     ..Default::default()
                 };
                 batch.insert(
@@ -199,129 +156,15 @@ impl Writer {
                 );
                 batch.insert(&self.tables.conversations, record, conv.encode_to_vec());
             }
-            info.member_count += 1;
-            Ok(())
-        };
-        let remove = |batch: &mut fjall::OwnedWriteBatch, info: &mut v1::GroupInfo, user: &str| {
+        }
+        for user in &change.removed {
             batch.remove(&self.tables.members, member_key(group, user));
             batch.remove(&self.tables.user_groups, user_group_key(user, group));
-            info.member_count = info.member_count.saturating_sub(1);
-        };
-        match op {
-            GroupOp::Create { mut members, .. } => {
-                add(&mut batch, &mut info, by, GroupRole::Owner)?;
-                members.sort();
-                members.dedup();
-                members.retain(|m| m != by);
-                for user in &members {
-                    add(&mut batch, &mut info, user, GroupRole::Member)?;
-                }
-            }
-            GroupOp::Rename(name) => {
-                need(GroupRole::Admin)?;
-                info.name = name;
-            }
-            GroupOp::Dissolve => {
-                need(GroupRole::Owner)?;
-                info.dissolved = true;
-                let mut users = Vec::new();
-                for guard in self.tables.members.prefix(prefixed(group, 0)) {
-                    let (_, value) = guard.into_inner().map_err(unavailable)?;
-                    users.push(decode::<v1::GroupMember>(&value)?.user);
-                }
-                for user in users {
-                    remove(&mut batch, &mut info, &user);
-                }
-            }
-            GroupOp::Join => add(&mut batch, &mut info, by, GroupRole::Member)?,
-            GroupOp::Leave => {
-                need(GroupRole::Member)?;
-                if by_rank == Some(rank(GroupRole::Owner)) && info.member_count > 1 {
-                    // Hand the group over first.
-                    return Err(OpError::NotAllowed);
-                }
-                remove(&mut batch, &mut info, by);
-            }
-            GroupOp::Invite(mut users) => {
-                need(GroupRole::Member)?;
-                users.sort();
-                users.dedup();
-                for user in &users {
-                    add(&mut batch, &mut info, user, GroupRole::Member)?;
-                }
-            }
-            GroupOp::Remove(mut users) => {
-                need(GroupRole::Admin)?;
-                users.sort();
-                users.dedup();
-                for user in &users {
-                    let Some(target) = load_member(&self.tables.members, group, user)? else {
-                        continue;
-                    };
-                    if Some(rank(role(&target))) >= by_rank {
-                        return Err(OpError::NotAllowed);
-                    }
-                    remove(&mut batch, &mut info, user);
-                }
-            }
-            GroupOp::SetRole(user, new_role) => {
-                need(GroupRole::Owner)?;
-                let Some(mut target) = load_member(&self.tables.members, group, &user)? else {
-                    return Err(OpError::NotAMember);
-                };
-                if user == by {
-                    return Err(OpError::NotAllowed);
-                }
-                target.role = new_role as i32;
-                if new_role == GroupRole::Owner {
-                    if let Some(mut me) = by_member {
-                        me.role = GroupRole::Admin as i32;
-                        batch.insert(
-                            &self.tables.members,
-                            member_key(group, by),
-                            me.encode_to_vec(),
-                        );
-                    }
-                    info.owner = user.clone();
-                }
-                batch.insert(
-                    &self.tables.members,
-                    member_key(group, &user),
-                    target.encode_to_vec(),
-                );
-            }
-            GroupOp::MuteMember(user, muted) => {
-                need(GroupRole::Admin)?;
-                let Some(mut target) = load_member(&self.tables.members, group, &user)? else {
-                    return Err(OpError::NotAMember);
-                };
-                if Some(rank(role(&target))) >= by_rank {
-                    return Err(OpError::NotAllowed);
-                }
-                target.muted = muted;
-                batch.insert(
-                    &self.tables.members,
-                    member_key(group, &user),
-                    target.encode_to_vec(),
-                );
-            }
-            GroupOp::MuteAll(muted) => {
-                need(GroupRole::Admin)?;
-                info.muted_all = muted;
-            }
-        }
-        if !info.read_diffusion && info.member_count > threshold {
-            info.read_diffusion = true;
-            tracing::info!(
-                group,
-                members = info.member_count,
-                "group switches to read diffusion"
-            );
         }
         batch.insert(
             &self.tables.groups,
             group.as_bytes().to_vec(),
-            info.encode_to_vec(),
+            change.info.encode_to_vec(),
         );
         let batch = batch.durability(Some(PersistMode::SyncAll));
         if let Err(e) = batch.commit() {
@@ -329,7 +172,7 @@ impl Writer {
             self.failed = Some(e.to_string());
             return Err(OpError::Store(StoreError::Failed(e.to_string())));
         }
-        Ok(info)
+        Ok(change.info)
     }
 }
 

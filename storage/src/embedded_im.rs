@@ -952,21 +952,7 @@ impl Writer {
     /// Recall and edit: rewrites every copy of `msg_id` and tells every
     /// inbox that held one, and the sender's.
     fn rewrite(&mut self, stage: &mut Stage, op: &ConversationOp) -> Result<Applied, OpError> {
-        let (user, msg_id, now_ms) = match op {
-            ConversationOp::Recall {
-                user,
-                msg_id,
-                now_ms,
-                ..
-            }
-            | ConversationOp::Edit {
-                user,
-                msg_id,
-                now_ms,
-                ..
-            } => (user.as_str(), msg_id.as_str(), *now_ms),
-            _ => return Err(OpError::NotFound),
-        };
+        let (user, msg_id, now_ms) = Rewrite::target(op)?;
         check_key_part(user)?;
         let Some(index) = self
             .tables

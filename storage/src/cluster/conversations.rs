@@ -72,6 +72,7 @@ use crate::conversations::{
 };
 use crate::cql::Claim;
 use crate::cql::im::{ConvRow, Writes};
+use crate::groups::check_post;
 use crate::model::new_msg_id;
 use crate::{StoreError, StoredMessage};
 
@@ -83,6 +84,9 @@ const MAX_HISTORY: usize = 1000;
 
 /// Reads one history page keeps in flight.
 const READS: usize = 64;
+
+/// Retries of a post's claim and writes after its seqs were taken.
+const RETRIES: usize = 2;
 
 /// Rounds a group post retries when the group changed under it.
 const GROUP_ROUNDS: usize = 16;
@@ -173,18 +177,9 @@ impl ClusterStore {
             let Some((info, version)) = self.cql.group(g, false).await? else {
                 return Ok(Err(OpError::NotFound));
             };
-            if info.dissolved {
-                return Ok(Err(OpError::Dissolved));
-            }
-            let Some(member) = self.cql.member(g, &post.sender).await? else {
-                return Ok(Err(OpError::NotAMember));
-            };
-            let role = v1::GroupRole::try_from(member.role).unwrap_or(v1::GroupRole::Member);
-            if member.muted || (info.muted_all && role == v1::GroupRole::Member) {
-                return Ok(Err(OpError::Muted));
-            }
-            if post.mention_all && role == v1::GroupRole::Member {
-                return Ok(Err(OpError::NotAllowed));
+            let member = self.cql.member(g, &post.sender).await?;
+            if let Err(refused) = check_post(&info, member.as_ref(), post.mention_all) {
+                return Ok(Err(refused));
             }
             let inboxes = if info.read_diffusion {
                 vec![group_log(g)]
@@ -247,15 +242,43 @@ impl ClusterStore {
             msg_id: msg_id.clone(),
             written_us: 0,
         };
-        if let Some(theirs) = self
-            .cql
-            .claim(&post.sender, &post.client_msg_id, &claim)
-            .await?
-        {
-            tracing::debug!(sender = %post.sender, "lost a resend race; seqs unused");
-            return self.resend_post(post, theirs).await;
+        // Seqs are taken: a failure now would leave them as gaps, so
+        // transient failures are retried here (both steps are idempotent).
+        let mut tries = 0;
+        let theirs = loop {
+            match self
+                .cql
+                .claim(&post.sender, &post.client_msg_id, &claim)
+                .await
+            {
+                Ok(theirs) => break theirs,
+                Err(e) if e.is_retryable() && tries < RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "retrying an idempotency claim");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        match theirs {
+            // Our own claim, applied by an attempt whose answer was lost.
+            Some(theirs) if theirs.msg_id == msg_id => {}
+            Some(theirs) => {
+                tracing::debug!(sender = %post.sender, "lost a resend race; seqs unused");
+                return self.resend_post(post, theirs).await;
+            }
+            None => {}
         }
-        self.write_post(&msg_id, &copies).await?;
+        let mut tries = 0;
+        loop {
+            match self.write_post(&msg_id, &copies).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && tries < RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "retrying a post's writes");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(Posted {
             copies,
             duplicate: false,
@@ -672,21 +695,7 @@ impl ClusterStore {
     /// Recall and edit: rewrites every copy of the message and tells every
     /// inbox that held one, and the sender's, in one batch.
     async fn rewrite(&self, op: &ConversationOp) -> Result<Applied, OpError> {
-        let (user_id, msg_id, now_ms) = match op {
-            ConversationOp::Recall {
-                user,
-                msg_id,
-                now_ms,
-                ..
-            }
-            | ConversationOp::Edit {
-                user,
-                msg_id,
-                now_ms,
-                ..
-            } => (user.as_str(), msg_id.as_str(), *now_ms),
-            _ => return Err(OpError::NotFound),
-        };
+        let (user_id, msg_id, now_ms) = Rewrite::target(op)?;
         let index = self.cql.copies(msg_id).await?;
         let reads: Vec<Pending<'_, Option<StoredMessage>>> = index
             .iter()

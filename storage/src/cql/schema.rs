@@ -6,9 +6,9 @@
 //! NOT EXISTS`) and `migrate` runs the statements of recorded migrations
 //! again too (a no-op for what exists), so a migration interrupted half
 //! way, two gateways migrating at once, or a keyspace missing a table its
-//! version promises is repaired by running `migrate` again. Gateways refuse to start against a
-//! keyspace whose version is not [`SCHEMA_VERSION`]
-//! ([`check_version`]).
+//! version promises is repaired by running `migrate` again. Gateways
+//! refuse to start against a keyspace whose version is not
+//! [`SCHEMA_VERSION`] ([`check_version`]).
 
 use scylla::client::session::Session;
 use scylla::statement::Consistency;
