@@ -440,11 +440,13 @@ async fn replies_quote_and_mentions_are_flagged_for_the_mentioned(backend: Backe
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn friend_requests_blocks_and_the_friends_only_policy() {
-    let gw = TestGateway::start_with(|c| c.im.direct_policy = "friends".into()).await;
-    let alice = gw.client("alice", "alice-phone").await;
-    let bob = gw.client("bob", "bob-phone").await;
+async fn friend_requests_blocks_and_the_friends_only_policy(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let gw = TestGateway::start_on(backend, |c| c.im.direct_policy = "friends".into()).await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
+    let bob = gw.client(&n("bob"), "bob-phone").await;
     let code = |e: qim_sdk::Error| match e {
         qim_sdk::Error::Rejected {
             code, retryable, ..
@@ -452,21 +454,21 @@ async fn friend_requests_blocks_and_the_friends_only_policy() {
         other => panic!("expected a refusal, got {other:?}"),
     };
     let err = alice
-        .send("bob".into(), "hi stranger".into())
+        .send(n("bob"), "hi stranger".into())
         .await
         .expect_err("not friends");
     assert_eq!(code(err), (ErrorCode::NotFriends, false));
 
     let mine = alice
-        .request_friend("bob".into(), "it's alice from work".into())
+        .request_friend(n("bob"), "it's alice from work".into())
         .await
         .expect("request");
-    assert_eq!(mine.outgoing, ["bob"]);
+    assert_eq!(mine.outgoing, [n("bob")]);
     let event = take(&bob, 1).await.remove(0);
     assert_eq!(
         event.event,
         Some(Event::FriendRequest {
-            from: "alice".into(),
+            from: n("alice"),
             message: "it's alice from work".into()
         })
     );
@@ -477,82 +479,87 @@ async fn friend_requests_blocks_and_the_friends_only_policy() {
             pending.incoming[0].user.as_str(),
             pending.incoming[0].message.as_str()
         ),
-        ("alice", "it's alice from work")
+        (n("alice").as_str(), "it's alice from work")
     );
-    let accepted = bob.accept_friend("alice".into()).await.expect("accept");
-    assert_eq!(accepted.friends, ["alice"]);
+    let accepted = bob.accept_friend(n("alice")).await.expect("accept");
+    assert_eq!(accepted.friends, [n("alice")]);
     assert_eq!(
         take(&alice, 1).await.remove(0).event,
         Some(Event::FriendResponse {
-            from: "bob".into(),
+            from: n("bob"),
             accepted: true
         })
     );
-    assert_eq!(alice.contacts().await.expect("contacts").friends, ["bob"]);
+    assert_eq!(
+        alice.contacts().await.expect("contacts").friends,
+        [n("bob")]
+    );
     alice
-        .send("bob".into(), "hi friend".into())
+        .send(n("bob"), "hi friend".into())
         .await
         .expect("friends may write");
     assert_eq!(text(&take(&bob, 1).await[0]), "hi friend");
 
     // A rejected request leaves no friendship.
-    let carol = gw.client("carol", "carol-phone").await;
+    let carol = gw.client(&n("carol"), "carol-phone").await;
     carol
-        .request_friend("bob".into(), "hello?".into())
+        .request_friend(n("bob"), "hello?".into())
         .await
         .expect("request");
     take(&bob, 1).await;
-    let after = bob.reject_friend("carol".into()).await.expect("reject");
-    assert!(after.incoming.is_empty() && !after.friends.contains(&"carol".to_owned()));
+    let after = bob.reject_friend(n("carol")).await.expect("reject");
+    assert!(after.incoming.is_empty() && !after.friends.contains(&n("carol")));
     assert_eq!(
         take(&carol, 1).await.remove(0).event,
         Some(Event::FriendResponse {
-            from: "bob".into(),
+            from: n("bob"),
             accepted: false
         })
     );
     let err = bob
-        .accept_friend("carol".into())
+        .accept_friend(n("carol"))
         .await
         .expect_err("nothing to accept");
     assert_eq!(code(err).0, ErrorCode::NotFound);
 
     // Blocking refuses the blocked user's messages, typed, and ends the friendship.
-    let blocked = bob.block("alice".into()).await.expect("block");
-    assert_eq!(blocked.blocked, ["alice"]);
+    let blocked = bob.block(n("alice")).await.expect("block");
+    assert_eq!(blocked.blocked, [n("alice")]);
     assert!(blocked.friends.is_empty());
     let err = alice
-        .send("bob".into(), "are you there?".into())
+        .send(n("bob"), "are you there?".into())
         .await
         .expect_err("blocked");
     assert_eq!(code(err), (ErrorCode::Blocked, false));
     let err = alice
-        .request_friend("bob".into(), "again".into())
+        .request_friend(n("bob"), "again".into())
         .await
         .expect_err("blocked");
     assert_eq!(code(err).0, ErrorCode::Blocked);
     assert_quiet(&bob, Duration::from_millis(200)).await;
-    bob.unblock("alice".into()).await.expect("unblock");
+    bob.unblock(n("alice")).await.expect("unblock");
     let err = alice
-        .send("bob".into(), "still not friends".into())
+        .send(n("bob"), "still not friends".into())
         .await
         .expect_err("policy");
     assert_eq!(code(err).0, ErrorCode::NotFriends);
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_open_policy_only_blocks_refuse() {
-    let gw = TestGateway::start().await;
-    let alice = gw.client("alice", "alice-phone").await;
-    let bob = gw.client("bob", "bob-phone").await;
+async fn with_the_open_policy_only_blocks_refuse(backend: Backend) {
+    // Names unique per run: cluster tests share one keyspace.
+    let run = common::unique("-");
+    let n = |name: &str| format!("{name}{run}");
+    let gw = TestGateway::start_on(backend, |_| {}).await;
+    let alice = gw.client(&n("alice"), "alice-phone").await;
+    let bob = gw.client(&n("bob"), "bob-phone").await;
     alice
-        .send("bob".into(), "hi".into())
+        .send(n("bob"), "hi".into())
         .await
         .expect("anyone may write");
-    bob.block("alice".into()).await.expect("block");
+    bob.block(n("alice")).await.expect("block");
     let err = alice
-        .send("bob".into(), "hi again".into())
+        .send(n("bob"), "hi again".into())
         .await
         .expect_err("blocked");
     assert!(
@@ -565,7 +572,7 @@ async fn with_the_open_policy_only_blocks_refuse() {
         ),
         "{err:?}"
     );
-    bob.send("alice".into(), "I can still write".into())
+    bob.send(n("alice"), "I can still write".into())
         .await
         .expect("blocks are one-way");
     assert_eq!(take(&bob, 1).await.len(), 1);
@@ -1215,4 +1222,6 @@ on_both_backends!(
     history_pages_over_10000_messages_both_ways_and_from_a_time,
     delivery_receipts_tell_the_sender_what_reached_a_device,
     history_across_the_retention_boundary_says_older_messages_expired,
+    friend_requests_blocks_and_the_friends_only_policy,
+    with_the_open_policy_only_blocks_refuse,
 );
