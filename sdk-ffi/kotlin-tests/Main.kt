@@ -443,6 +443,26 @@ suspend fun groups() {
     check(ginaEvents.messages.chat(1, band, "iris's message")[0].text == "iris here") { "gina missed iris" }
     check(hugoEvents.messages.chat(1, band, "iris's message")[0].text == "iris here") { "hugo missed iris" }
 
+    // A mention is flagged for the one mentioned; @all is for admins only.
+    gina.changeGroup("band", GroupChange.MuteMember("hugo", false))
+    val shout = OutgoingMessage("", "text", "hugo, your solo".toByteArray(), null)
+    gina.sendGroupWith("band", shout, MessageExtras(null, listOf("hugo"), false))
+    val mention = hugoEvents.messages.chat(1, band, "mention")[0]
+    check(mention.text == "hugo, your solo" && mention.mentionsMe && mention.mentions == listOf("hugo")) { "mention $mention" }
+    check(!irisEvents.messages.chat(1, band, "mention of hugo")[0].mentionsMe) { "iris flagged for hugo's mention" }
+    expectRejected("PERMISSION_DENIED", "@all by a member") {
+        hugo.sendGroupWith("band", OutgoingMessage("", "text", "everyone!".toByteArray(), null), MessageExtras(null, listOf(), true))
+    }
+
+    // The whole group muted: only admins (and the owner) send.
+    check(gina.changeGroup("band", GroupChange.MuteAll(true)).mutedAll) { "not muted all" }
+    expectRejected("MUTED", "a send in a muted group") { hugo.sendGroup("band", "hello?") }
+    gina.sendGroup("band", "quiet please")
+    check(hugoEvents.messages.chat(1, band, "owner's send in a muted group")[0].text == "quiet please") { "owner muted" }
+    check(irisEvents.messages.chat(1, band, "owner's send in a muted group")[0].text == "quiet please") { "owner muted" }
+    check(!gina.changeGroup("band", GroupChange.MuteAll(false)).mutedAll) { "still muted all" }
+    gina.changeGroup("band", GroupChange.MuteMember("hugo", true))
+
     // Members, two per page, with roles and mutes.
     val first = gina.groupMembers("band", null, 2u)
     check(first.members.size == 2 && first.next != null) { "first page $first" }
@@ -470,8 +490,10 @@ suspend fun groups() {
     val renamed = hugo.changeGroup("band", GroupChange.Rename("The quartet"))
     check(renamed.name == "The quartet") { "renamed $renamed" }
     expectRejected("PERMISSION_DENIED", "dissolving by an admin") { hugo.changeGroup("band", GroupChange.Dissolve) }
+    check(hugo.changeGroup("band", GroupChange.Leave).memberCount == 1u) { "hugo did not leave" }
+    expectRejected("NOT_A_MEMBER", "a send after leaving") { hugo.sendGroup("band", "one more") }
     check(gina.changeGroup("band", GroupChange.Dissolve).dissolved) { "not dissolved" }
-    check(hugo.groupInfo("band").dissolved) { "hugo sees the group alive" }
+    check(gina.groupInfo("band").dissolved) { "the group is still alive" }
 
     gina.disconnect()
     hugo.disconnect()
@@ -487,7 +509,7 @@ suspend fun recallEdit() {
     val kate = Peer.User("kate")
     val store = File.createTempFile("liam-local", ".sqlite")
     store.delete()
-    val (sender, _) = connected("kate", "kate-phone")
+    val (sender, kateEvents) = connected("kate", "kate-phone")
     val (liam, liamEvents) = connected("liam", "liam-phone", localStore = store.path)
 
     // Sent first, recalled last: once the window has passed.
@@ -512,9 +534,10 @@ suspend fun recallEdit() {
     // A reply that quotes it and mentions kate.
     val quote = Quote(original.msgId, original.fromUser, original.kind, original.body)
     val reply = OutgoingMessage("kate", "text", "see you there".toByteArray(), null)
-    liam.sendWith(reply, MessageExtras(quote, listOf("kate"), false))
-    // (kate's reading of replies is covered by the SDK's tests; here the
-    // send must go through with its extras.)
+    val replied = liam.sendWith(reply, MessageExtras(quote, listOf("kate"), false))
+    val got = kateEvents.messages.until("the reply") { it.msgId == replied.msgId }
+    check(got.text == "see you there" && got.mentionsMe) { "reply $got" }
+    check(got.replyTo?.msgId == sent.msgId && got.replyTo?.fromUser == "kate") { "quote ${got.replyTo}" }
 
     // Recall within the window.
     val wrong = sender.send("liam", "wrong chat, sorry")
@@ -583,12 +606,18 @@ suspend fun contacts() {
     mona.send("nick", "before the block")
     check(nickEvents.messages.chat(1, Peer.User("mona"), "message before the block")[0].text == "before the block") { "before block" }
     val blocked = nick.block("mona")
-    check(blocked.blocked == listOf("mona")) { "nick's block list $blocked" }
+    check(blocked.blocked == listOf("mona") && blocked.friends.isEmpty()) { "blocking must end the friendship: $blocked" }
     expectRejected("BLOCKED", "a message from a blocked user") { mona.send("nick", "are you there?") }
     check(nick.unblock("mona").blocked.isEmpty()) { "still blocked" }
     mona.send("nick", "after the unblock")
     val next = nickEvents.messages.chat(1, Peer.User("mona"), "message after the unblock")[0]
     check(next.text == "after the unblock") { "nick got '${next.text}' (the refused message must never arrive)" }
+
+    // Friends again, then no longer.
+    mona.requestFriend("nick", "friends again?")
+    check(nick.acceptFriend("mona").friends == listOf("mona")) { "not friends again" }
+    check(mona.removeFriend("nick").friends.isEmpty()) { "mona still has friends" }
+    check(nick.contacts().friends.isEmpty()) { "nick still lists mona" }
 
     mona.disconnect()
     nick.disconnect()
