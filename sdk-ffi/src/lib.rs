@@ -12,7 +12,18 @@
 //!   [`OutboxStatus`], …) mirror `qim-sdk`'s types with only strings,
 //!   numbers, byte arrays and options, so no Rust-only type crosses.
 //! - [`QimError`]: the typed error (a Kotlin exception, a Swift `Error`),
-//!   mapped from `qim_sdk::Error` in one place.
+//!   mapped from `qim_sdk::Error` in one place. A refusal keeps the wire
+//!   code's name (`BLOCKED`, `MUTED`, `NOT_A_MEMBER`,
+//!   `RECALL_WINDOW_PASSED`, `KICKED`, …) so apps can tell them apart.
+//! - The IM features, each in its own module with its records and its
+//!   `QimClient` methods: `im` (replies, mentions, recall, edit,
+//!   delete-for-me, flags, scheduled sends, the local store), `groups`,
+//!   `contacts` and `presence` (presence, online time, typing; pushed
+//!   signals reach [`ClientListener::on_signal`]).
+//!
+//! # Conversions
+//! Each SDK type has one `From` impl to its record here (and back where
+//! the app passes it in); methods only call the SDK and convert.
 //!
 //! # Threads
 //! The crate owns one tokio runtime (two worker threads, started on first
@@ -22,6 +33,8 @@
 //! at a time per kind of event, in order; they should return quickly (hand
 //! work to the app's own executor).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -29,7 +42,22 @@ use qim_sdk::{Client, ClientEvent};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+mod contacts;
+mod groups;
+mod im;
+mod presence;
+
+pub use contacts::{ContactList, IncomingFriendRequest};
+pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole, MemberPage, ReadCount};
+pub use im::MessageExtras;
+pub use presence::{PresenceStatus, SessionSpan, Signal};
+
 uniffi::setup_scaffolding!();
+
+/// `Vec<T>` to `Vec<U>` through `U: From<T>`.
+fn list<T, U: From<T>>(items: Vec<T>) -> Vec<U> {
+    items.into_iter().map(U::from).collect()
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -80,10 +108,15 @@ pub enum QimError {
         /// The server's explanation.
         reason: String,
     },
-    /// The server refused the request.
+    /// The server refused the request, or ended the session (`KICKED`: a
+    /// newer device took over under the server's device policy;
+    /// `REPLACED`: this device logged in elsewhere).
     #[error("refused ({code}): {reason}")]
     Rejected {
-        /// The wire error code name, e.g. `MESSAGE_TOO_LARGE`.
+        /// The wire error code name, e.g. `MESSAGE_TOO_LARGE`, `BLOCKED`,
+        /// `NOT_FRIENDS`, `MUTED`, `NOT_A_MEMBER`, `PERMISSION_DENIED`,
+        /// `RECALL_WINDOW_PASSED`, `ALREADY_RECALLED`, `NOT_FOUND`,
+        /// `KICKED`.
         code: String,
         /// The server's explanation.
         reason: String,
@@ -194,6 +227,11 @@ pub struct ClientOptions {
     /// Resume TLS sessions and log in with 0-RTT on reconnect.
     #[uniffi(default = true)]
     pub resumption: bool,
+    /// SQLite file keeping what this device received, for `localHistory`
+    /// and `search` offline (created if missing). Without it those calls
+    /// fail with `Config`.
+    #[uniffi(default = None)]
+    pub local_store: Option<String>,
 }
 
 impl ClientOptions {
@@ -213,6 +251,7 @@ impl ClientOptions {
         config.resume_from = self.resume_from;
         config.data_dir = self.data_dir.as_ref().map(Into::into);
         config.resumption = self.resumption;
+        config.local_store = self.local_store.as_ref().map(Into::into);
         config.reconnect_min = Duration::from_millis(200);
         config
     }
@@ -291,6 +330,17 @@ pub struct Quote {
 impl From<qim_sdk::Quote> for Quote {
     fn from(q: qim_sdk::Quote) -> Self {
         Quote {
+            msg_id: q.msg_id,
+            from_user: q.from_user,
+            kind: q.kind,
+            excerpt: q.excerpt,
+        }
+    }
+}
+
+impl From<Quote> for qim_sdk::Quote {
+    fn from(q: Quote) -> Self {
+        qim_sdk::Quote {
             msg_id: q.msg_id,
             from_user: q.from_user,
             kind: q.kind,
@@ -586,6 +636,15 @@ pub struct ConversationPage {
     pub next: Option<Vec<u8>>,
 }
 
+impl From<qim_sdk::ConversationPage> for ConversationPage {
+    fn from(page: qim_sdk::ConversationPage) -> Self {
+        ConversationPage {
+            conversations: list(page.conversations),
+            next: page.next,
+        }
+    }
+}
+
 /// Where a history page starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum HistoryAnchor {
@@ -620,6 +679,20 @@ pub struct HistoryPage {
     pub messages: Vec<Message>,
     /// More exist beyond the last.
     pub more: bool,
+    /// The server no longer keeps the messages beyond (its retention
+    /// passed): a boundary, not a gap. Backward: nothing older is left;
+    /// forward: expired messages before the first were skipped.
+    pub expired: bool,
+}
+
+impl From<qim_sdk::HistoryPage> for HistoryPage {
+    fn from(page: qim_sdk::HistoryPage) -> Self {
+        HistoryPage {
+            messages: list(page.messages),
+            more: page.more,
+            expired: page.expired,
+        }
+    }
 }
 
 /// A message to send.
@@ -716,8 +789,14 @@ pub trait ClientListener: Send + Sync {
     /// A send changed state.
     fn on_outbox_status(&self, client_msg_id: String, status: OutboxStatus);
     /// A connection dropped with this error (the client reconnects by
-    /// itself unless the state becomes `Closed`).
+    /// itself unless the state becomes `Closed`). When the client stops
+    /// for good on its own (token refused, `KICKED` by a newer device,
+    /// `REPLACED`), this comes with the reason just before the `Closed`
+    /// state.
     fn on_error(&self, error: QimError);
+    /// Typing or a subscribed contact's presence changed: pushed to this
+    /// session only, never stored, never replayed.
+    fn on_signal(&self, signal: Signal);
 }
 
 /// A qim client: one user on one device.
@@ -728,6 +807,9 @@ pub struct QimClient {
     client: Mutex<Option<Arc<Client>>>,
     /// The tasks feeding the listener; aborted on close.
     pumps: Mutex<Vec<JoinHandle<()>>>,
+    /// Set while the app closes the client, so the listener is not told
+    /// the close was an error.
+    closing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for QimClient {
@@ -746,6 +828,19 @@ impl QimClient {
         })
     }
 
+    /// Runs an SDK call with this client on the SDK runtime and converts
+    /// its result: the body of every method that is one SDK call.
+    async fn call<T, U, F, Fut>(&self, call: F) -> Result<U, QimError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, qim_sdk::Error>> + Send + 'static,
+        T: Into<U> + Send + 'static,
+    {
+        let client = self.client()?;
+        let value = on_runtime(async move { Ok(call(client).await?) }).await?;
+        Ok(value.into())
+    }
+
     /// Starts the tasks that feed the listener.
     fn attach(&self, client: Arc<Client>, rt: &Runtime) {
         let listener = lock(&self.listener).clone();
@@ -758,16 +853,26 @@ impl QimClient {
                 }
             }));
             let (c, l) = (Arc::clone(&client), Arc::clone(&listener));
+            let closing = Arc::clone(&self.closing);
             pumps.push(rt.spawn(async move {
                 let mut states = c.watch_state();
                 l.on_state_changed(states.current().into());
                 while let Some(state) = states.changed().await {
+                    if state == qim_sdk::ConnectionState::Closed {
+                        // Stopped for good: say why, unless the app closed it.
+                        if let Some(e) = c.last_error().filter(|_| !closing.load(Ordering::SeqCst))
+                        {
+                            l.on_error(e.into());
+                        }
+                    }
                     l.on_state_changed(state.into());
                     if state == qim_sdk::ConnectionState::Closed {
                         break;
                     }
                 }
             }));
+            let (c, l) = (Arc::clone(&client), Arc::clone(&listener));
+            pumps.push(rt.spawn(presence::pump_signals(c, l)));
             let mut events = client.events();
             pumps.push(rt.spawn(async move {
                 while let Some(event) = events.next().await {
@@ -804,6 +909,7 @@ impl QimClient {
             });
         }
         let rt = runtime()?;
+        self.closing.store(false, Ordering::SeqCst);
         let config = self.config.clone();
         let client = on_runtime(async move {
             let client = if wait_for_login {
@@ -834,6 +940,7 @@ impl QimClient {
             listener: Mutex::new(None),
             client: Mutex::new(None),
             pumps: Mutex::new(Vec::new()),
+            closing: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -856,28 +963,27 @@ impl QimClient {
 
     /// Sends a text message; returns when the server stored it.
     pub async fn send(&self, to: String, text: String) -> Result<SendReceipt, QimError> {
-        let client = self.client()?;
-        on_runtime(async move { Ok(client.send(to, text).await?.into()) }).await
+        self.call(move |c| async move { c.send(to, text).await })
+            .await
     }
 
     /// Sends a message; returns when the server stored it.
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<SendReceipt, QimError> {
-        let client = self.client()?;
-        on_runtime(async move { Ok(client.send_message(message.into()).await?.into()) }).await
+        self.call(move |c| async move { c.send_message(message.into()).await })
+            .await
     }
 
     /// Queues a text message without waiting for the server (works
     /// offline); returns its `client_msg_id` once saved. Progress comes to
     /// the listener's `on_outbox_status`.
     pub async fn enqueue(&self, to: String, text: String) -> Result<String, QimError> {
-        let client = self.client()?;
-        on_runtime(async move {
-            Ok(client.enqueue(qim_sdk::OutgoingMessage {
+        self.call(move |c| async move {
+            c.enqueue(qim_sdk::OutgoingMessage {
                 to,
                 kind: "text".into(),
                 body: text.into_bytes(),
                 client_msg_id: None,
-            })?)
+            })
         })
         .await
     }
@@ -890,23 +996,16 @@ impl QimClient {
         after: Option<Vec<u8>>,
         limit: u32,
     ) -> Result<ConversationPage, QimError> {
-        let client = self.client()?;
-        on_runtime(async move {
-            let page = client.conversations(after, limit).await?;
-            Ok(ConversationPage {
-                conversations: page.conversations.into_iter().map(Into::into).collect(),
-                next: page.next,
-            })
-        })
-        .await
+        self.call(move |c| async move { c.conversations(after, limit).await })
+            .await
     }
 
     /// Marks the conversation with `peer` read up to inbox seq `up_to_seq`
     /// and returns it with its new unread count. The user's other devices
     /// get a message whose `event` is `MessageEvent.Read`.
     pub async fn mark_read(&self, peer: Peer, up_to_seq: u64) -> Result<Conversation, QimError> {
-        let client = self.client()?;
-        on_runtime(async move { Ok(client.mark_read(peer.into(), up_to_seq).await?.into()) }).await
+        self.call(move |c| async move { c.mark_read(peer.into(), up_to_seq).await })
+            .await
     }
 
     /// A page of the conversation with `peer`, from `anchor`: newest first
@@ -918,24 +1017,16 @@ impl QimClient {
         forward: bool,
         limit: u32,
     ) -> Result<HistoryPage, QimError> {
-        let client = self.client()?;
-        on_runtime(async move {
-            let page = client
-                .history(peer.into(), anchor.into(), forward, limit)
-                .await?;
-            Ok(HistoryPage {
-                messages: page.messages.into_iter().map(Into::into).collect(),
-                more: page.more,
-            })
-        })
+        self.call(
+            move |c| async move { c.history(peer.into(), anchor.into(), forward, limit).await },
+        )
         .await
     }
 
     /// The device's network changed: migrate the connection to a new
     /// socket (reconnect if the new path does not answer).
     pub async fn network_changed(&self) -> Result<(), QimError> {
-        let client = self.client()?;
-        on_runtime(async move { Ok(client.network_changed()?) }).await
+        self.call(move |c| async move { c.network_changed() }).await
     }
 
     /// The app moved to the foreground (`true`) or the background.
@@ -947,8 +1038,7 @@ impl QimClient {
 
     /// Drops the connection and connects again now.
     pub async fn reconnect(&self) -> Result<(), QimError> {
-        let client = self.client()?;
-        on_runtime(async move { Ok(client.reconnect().await?) }).await
+        self.call(move |c| async move { c.reconnect().await }).await
     }
 
     /// Says goodbye to the server and stops (named `disconnect` because
@@ -956,6 +1046,7 @@ impl QimClient {
     /// object). Unsent messages stay in the data directory (if any) for the
     /// next client; the object can `connect` again.
     pub async fn disconnect(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         let client = lock(&self.client).take();
         let pumps = std::mem::take(&mut *lock(&self.pumps));
         let closed = on_runtime(async move {
@@ -1091,6 +1182,74 @@ mod tests {
     }
 
     #[test]
+    fn im_records_cross_the_ffi() {
+        let e: QimError =
+            qim_sdk::Error::from_code(qim_sdk::ErrorCode::RecallWindowPassed, "late").into();
+        assert!(
+            matches!(e, QimError::Rejected { ref code, retryable: false, .. } if code == "RECALL_WINDOW_PASSED"),
+            "{e:?}"
+        );
+        let page = MemberPage::from((
+            vec![qim_sdk::GroupMember {
+                user: "gina".into(),
+                role: qim_sdk::GroupRole::Owner,
+                muted: true,
+            }],
+            Some("gina".to_owned()),
+        ));
+        assert_eq!(page.members[0].role, GroupRole::Owner);
+        assert!(page.members[0].muted);
+        assert_eq!(page.next.as_deref(), Some("gina"));
+        assert_eq!(
+            qim_sdk::GroupChange::from(GroupChange::SetRole {
+                user: "hugo".into(),
+                role: GroupRole::Admin
+            }),
+            qim_sdk::GroupChange::SetRole("hugo".into(), qim_sdk::GroupRole::Admin)
+        );
+        assert_eq!(
+            qim_sdk::GroupChange::from(GroupChange::MuteAll { muted: false }),
+            qim_sdk::GroupChange::MuteAll(false)
+        );
+        let contacts = ContactList::from(qim_sdk::Contacts {
+            friends: vec!["nick".into()],
+            incoming: vec![qim_sdk::FriendRequest {
+                user: "rita".into(),
+                message: "hi".into(),
+                at_ms: 5,
+            }],
+            ..Default::default()
+        });
+        assert_eq!(contacts.incoming[0].user, "rita");
+        assert_eq!(contacts.friends, vec!["nick".to_owned()]);
+        let signal = Signal::from(qim_sdk::Signal::Typing {
+            conversation: qim_sdk::Peer::Group("band".into()),
+            from: "olga".into(),
+            typing: true,
+        });
+        assert_eq!(
+            signal,
+            Signal::Typing {
+                conversation: Peer::Group { id: "band".into() },
+                from_user: "olga".into(),
+                typing: true
+            }
+        );
+        let extras = qim_sdk::MessageExtras::from(MessageExtras {
+            reply_to: Some(Quote {
+                msg_id: "m1".into(),
+                from_user: "kate".into(),
+                kind: "text".into(),
+                excerpt: b"hi".to_vec(),
+            }),
+            mentions: vec!["kate".into()],
+            mention_all: false,
+        });
+        assert_eq!(extras.reply_to.map(|q| q.msg_id), Some("m1".to_owned()));
+        assert_eq!(ReadCount::from((1, 2)), ReadCount { read: 1, total: 2 });
+    }
+
+    #[test]
     fn a_client_without_a_ca_is_refused() {
         let options = ClientOptions {
             server: "127.0.0.1:1".into(),
@@ -1102,6 +1261,7 @@ mod tests {
             resume_from: 0,
             data_dir: None,
             resumption: true,
+            local_store: None,
         };
         assert!(matches!(
             QimClient::new(options),

@@ -79,9 +79,10 @@ pub(crate) fn bindings(root: &Path, out: &Path, release: bool, quiet: bool) -> R
 
     let kotlin = sources.join("uniffi").join(LIB).join(format!("{LIB}.kt"));
     let swift = sources.join(format!("{LIB}.swift"));
-    let exports = exports(&std::fs::read_to_string(
-        root.join("sdk-ffi").join("src").join("lib.rs"),
-    )?);
+    let exports = ffi_sources(&root.join("sdk-ffi").join("src"))?
+        .iter()
+        .flat_map(|source| exports(source))
+        .collect::<Vec<_>>();
     check_complete(&exports, &std::fs::read_to_string(&kotlin)?, Lang::Kotlin)?;
     check_complete(&exports, &std::fs::read_to_string(&swift)?, Lang::Swift)?;
     for header in [format!("{LIB}FFI.h"), format!("{LIB}FFI.modulemap")] {
@@ -125,6 +126,21 @@ iOS / macOS (needs Xcode):
     -library target/aarch64-apple-darwin/release/libqim_sdk_ffi.a -headers headers \
     -output QimSdkFFI.xcframework
   # add QimSdkFFI.xcframework and sources/qim_sdk_ffi.swift to the Xcode project or a Swift package"#
+}
+
+/// The FFI crate's modules (`src/*.rs`, not the bindgen binary), in name
+/// order.
+fn ffi_sources(dir: &Path) -> Result<Vec<String>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .collect()
 }
 
 /// An item the Rust side exports, and how each language spells it.
@@ -260,7 +276,7 @@ fn check_complete(exports: &[Export], generated: &str, lang: Lang) -> Result<()>
         Lang::Swift => "Swift",
     };
     if exports.len() < 10 {
-        bail!("found only {} exports in sdk-ffi/src/lib.rs", exports.len());
+        bail!("found only {} exports in sdk-ffi/src", exports.len());
     }
     if !missing.is_empty() {
         bail!("generated {lang} lacks: {}", missing.join(", "));

@@ -10,7 +10,13 @@
 //! Scenarios (each a JVM run of `MainKt <scenario>`): two clients chat,
 //! typed errors, network change; a client goes offline and catches up; a
 //! client process queues messages while offline and exits, and a second
-//! process on the same data directory delivers them exactly once.
+//! process on the same data directory delivers them exactly once; and the
+//! IM features (groups, recall and edit, contacts, presence and typing,
+//! scheduled sends, a device kicked by the single-device policy). Each
+//! scenario has users of its own, so they do not see each other's traffic.
+//! All run against one gateway with a short recall window, except the kick
+//! scenario, which gets a gateway of its own with `im.device_policy =
+//! "single"`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
@@ -25,6 +31,22 @@ use crate::bindings::{self, target_dir};
 use crate::{cargo, run};
 
 const KOTLIN_VERSION: &str = "2.4.20";
+
+/// The shared gateway's recall window (`im.recall_window_ms`): long enough
+/// for a recall right after a send on a loaded machine, short enough to
+/// wait out in the test of a late recall.
+const RECALL_WINDOW_MS: u64 = 2_000;
+
+/// Users with a token in the environment (`QIM_TOKEN_<USER>`).
+const USERS: &[&str] = &[
+    "alice", "bob", "carol", "dave", // chat, catch-up, resumption, unread, outbox
+    "gina", "hugo", "iris", // groups
+    "kate", "liam", // recall and edit
+    "mona", "nick", "rita", // contacts
+    "olga", "paul", // presence and typing
+    "sam", "tina", // scheduled sends
+    "uma",  // kicked
+];
 const JNA_VERSION: &str = "5.14.0";
 
 fn cache_dir() -> Result<PathBuf> {
@@ -128,11 +150,14 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(binary: &Path, data_dir: &Path) -> Result<Gateway> {
+    /// Starts a gateway with `settings` (`section.field=value`) over the
+    /// defaults.
+    fn start(binary: &Path, data_dir: &Path, settings: &[String]) -> Result<Gateway> {
         let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(settings.iter().flat_map(|s| ["--set", s.as_str()]))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -170,6 +195,23 @@ impl Gateway {
             bail!("qim-gateway token failed");
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// What a scenario needs to reach this gateway: its address, CA and a
+    /// token per user.
+    fn env(&self) -> Result<Vec<(String, String)>> {
+        let ca = self.data_dir.join("certs").join("ca.pem");
+        let mut env = vec![
+            ("QIM_CA".to_owned(), ca.display().to_string()),
+            ("QIM_SERVER".to_owned(), self.quic.clone()),
+        ];
+        for user in USERS {
+            env.push((
+                format!("QIM_TOKEN_{}", user.to_uppercase()),
+                self.token(user)?,
+            ));
+        }
+        Ok(env)
     }
 }
 
@@ -216,26 +258,26 @@ fn run_scenarios(
     classes: &Path,
     generated: &bindings::Bindings,
 ) -> Result<(u64, u64)> {
-    let gateway = Gateway::start(gateway_bin, &work.join("gateway"))?;
-    let ca = work.join("gateway").join("certs").join("ca.pem");
+    let gateway = Gateway::start(
+        gateway_bin,
+        &work.join("gateway"),
+        &[format!("im.recall_window_ms={RECALL_WINDOW_MS}")],
+    )?;
+    let single = Gateway::start(
+        gateway_bin,
+        &work.join("gateway-single"),
+        &["im.device_policy=single".to_owned()],
+    )?;
     let stdlib = kotlin.join("lib").join("kotlin-stdlib.jar");
     let coroutines = kotlin.join("lib").join("kotlinx-coroutines-core-jvm.jar");
     let cp = classpath(&[classes, jna, &coroutines, &stdlib]);
-    let mut env: Vec<(String, String)> = vec![
-        ("QIM_CA".into(), ca.display().to_string()),
-        ("QIM_SERVER".into(), gateway.quic.clone()),
-    ];
-    for user in ["alice", "bob", "carol", "dave"] {
-        env.push((
-            format!("QIM_TOKEN_{}", user.to_uppercase()),
-            gateway.token(user)?,
-        ));
-    }
+    let mut env = gateway.env()?;
+    env.push(("QIM_RECALL_WINDOW_MS".into(), RECALL_WINDOW_MS.to_string()));
     // A UDP port that swallows everything: "offline" for the first outbox run.
     let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let outbox_dir = work.join("carol-phone");
     let ids_file = work.join("outbox-ids");
-    let scenarios: [(&str, Vec<(String, String)>); 6] = [
+    let scenarios: [(&str, Vec<(String, String)>); 12] = [
         ("chat", vec![]),
         ("offline-catch-up", vec![]),
         ("resumption", vec![]),
@@ -255,9 +297,22 @@ fn run_scenarios(
                 ("QIM_OUTBOX_IDS".into(), ids_file.display().to_string()),
             ],
         ),
+        ("groups", vec![]),
+        ("recall-edit", vec![]),
+        ("contacts", vec![]),
+        ("presence-typing", vec![]),
+        ("scheduled", vec![]),
+        // Later entries override the shared gateway's address and tokens.
+        ("kicked", single.env()?),
     ];
+    // QIM_KOTLIN_SCENARIOS=groups,contacts runs only those (by name).
+    let only = std::env::var("QIM_KOTLIN_SCENARIOS").ok();
+    let selected = |name: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|s| s.trim() == name))
+    };
     let (mut passed, mut failed) = (0, 0);
-    for (name, extra) in scenarios {
+    for (name, extra) in scenarios.into_iter().filter(|(name, _)| selected(name)) {
         let t = Instant::now();
         let status = Command::new("java")
             .arg(format!(
