@@ -97,7 +97,7 @@ enum Body {
     #[prost(message, tag = "3")]
     ToUsers(ToUsers),
     #[prost(message, tag = "4")]
-    GroupEntry(GroupEntry),
+    GroupEntry(Box<GroupEntry>),
     #[prost(message, tag = "5")]
     GroupFollow(GroupFollow),
 }
@@ -138,14 +138,14 @@ fn encode(origin: &str, signal: &Signal) -> Vec<u8> {
             users: users.clone(),
             signal: Some(signal.clone()),
         }),
-        Signal::GroupEntry { group, message } => Body::GroupEntry(GroupEntry {
+        Signal::GroupEntry { group, message } => Body::GroupEntry(Box::new(GroupEntry {
             group: group.clone(),
             inbox: message.inbox.clone(),
             entry: Some(v1::InboxEntry {
                 seq: message.seq,
                 message: Some(message.message.clone()),
             }),
-        }),
+        })),
         Signal::GroupFollow { group, change } => {
             let (kind, users) = match change {
                 FollowChange::Dissolved => (0, Vec::new()),
