@@ -417,6 +417,29 @@ pub(crate) fn event_message(
     }
 }
 
+/// The event a delivery receipt appends to the sender's inbox.
+pub(crate) fn delivery_receipt(
+    recipient: &str,
+    msg_id: String,
+    sent_ms: i64,
+) -> v1::inbox_event::Kind {
+    v1::inbox_event::Kind::DeliveryReceipt(v1::DeliveryReceipt {
+        recipient: recipient.to_owned(),
+        msg_id,
+        sent_ms,
+    })
+}
+
+impl Applied {
+    /// An outcome that only appended `events`.
+    pub(crate) fn appended(events: Vec<StoredMessage>) -> Self {
+        Applied {
+            events,
+            ..Applied::default()
+        }
+    }
+}
+
 /// How recall and edit change every copy of a message.
 pub(crate) enum Rewrite {
     /// Delete for everyone.

@@ -767,16 +767,9 @@ impl Writer {
                     return Ok(Applied::default());
                 }
                 stage.batch.insert(&self.tables.receipts, key, Vec::new());
-                let receipt = v1::inbox_event::Kind::DeliveryReceipt(v1::DeliveryReceipt {
-                    recipient: recipient.clone(),
-                    msg_id,
-                    sent_ms,
-                });
+                let receipt = crate::conversations::delivery_receipt(&recipient, msg_id, sent_ms);
                 let stored = self.stage_event(stage, &sender, &recipient, receipt, now_ms)?;
-                Ok(Applied {
-                    events: vec![stored],
-                    ..Applied::default()
-                })
+                Ok(Applied::appended(vec![stored]))
             }
             ConversationOp::SetFlags {
                 user,

@@ -1102,17 +1102,10 @@ impl ConversationStore for ClusterStore {
                 if !crate::cql::social::applied(claimed)? {
                     return Ok(Applied::default());
                 }
-                let receipt = v1::inbox_event::Kind::DeliveryReceipt(v1::DeliveryReceipt {
-                    recipient: recipient.clone(),
-                    msg_id,
-                    sent_ms,
-                });
+                let receipt = crate::conversations::delivery_receipt(&recipient, msg_id, sent_ms);
                 let stored = self.event(&sender, &recipient, receipt, now_ms).await?;
                 self.cql.insert_message(&stored).await?;
-                Ok(Applied {
-                    events: vec![stored],
-                    ..Applied::default()
-                })
+                Ok(Applied::appended(vec![stored]))
             }
             ConversationOp::SetFlags {
                 user,
