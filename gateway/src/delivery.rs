@@ -140,6 +140,9 @@ pub(crate) struct Delivery {
     pub(crate) acks: mpsc::Receiver<v1::DeliveryAck>,
     /// The next seq to send for the first time.
     pub(crate) next: u64,
+    /// The task writing the last delivery receipts: the next one waits for
+    /// it, so a sender gets receipts in the order messages were acked.
+    pub(crate) receipts_tail: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Delivery {
@@ -199,8 +202,9 @@ impl Delivery {
     /// devices on this node acknowledging the same messages send none
     /// again (a device on another node may: receipts name a position, so
     /// a repeat is harmless). Written by a task of its own, so a slow
-    /// store never holds back delivery.
-    fn receipts(&self, acked: &[Arc<StoredMessage>]) {
+    /// store never holds back delivery; each such task waits for the one
+    /// before, so receipts keep their order.
+    fn receipts(&mut self, acked: &[Arc<StoredMessage>]) {
         let Some(im) = &self.ctx.im else {
             return;
         };
@@ -247,7 +251,11 @@ impl Delivery {
             })
             .collect();
         let (im, ctx) = (Arc::clone(im), Arc::clone(&self.ctx));
-        tokio::spawn(async move {
+        let previous = self.receipts_tail.take();
+        self.receipts_tail = Some(tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
             for op in ops {
                 match im.apply(op).await {
                     Ok(applied) => {
@@ -258,7 +266,7 @@ impl Delivery {
                     Err(e) => tracing::warn!(error = %e, "delivery receipt not stored"),
                 }
             }
-        });
+        }));
     }
 
     async fn save_cursor(&self, cursor: u64) {

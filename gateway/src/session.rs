@@ -405,6 +405,7 @@ async fn run(
             stream: delivery_stream,
             acks: acks_rx,
             next: resume_from + 1,
+            receipts_tail: None,
         };
         tasks.spawn(async move {
             match delivery.run().await {

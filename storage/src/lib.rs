@@ -21,7 +21,10 @@
 //!   node registry, per-node delivery queues).
 //! - [`cluster`]: [`ClusterStore`], the backend of a gateway cluster:
 //!   per-inbox seq counters in Redis floored by a durable high-water mark,
-//!   messages, idempotency keys and cursors in ScyllaDB/Cassandra.
+//!   messages, idempotency keys and cursors in ScyllaDB/Cassandra, and
+//!   its [`ConversationStore`] and [`GroupStore`] (conversations with
+//!   unread counts kept exact without transactions, groups changed by
+//!   lightweight transactions that posts are ordered with).
 //! - [`cql`]: the CQL schema ([`cql::migrate`], run by `qim-gateway
 //!   migrate`), its partition sizing, and the prepared statements.
 //!
@@ -33,6 +36,8 @@
 //!   store's (bounded command timeouts, endless reconnect).
 //! - [`cql::CqlOptions`], [`cql::connect`], [`cql::migrate`],
 //!   [`cql::connect_and_migrate`], [`cql::SCHEMA_VERSION`].
+//! - [`ClusterStore::set_history_retention_ms`]: how long history stays
+//!   readable (besides `retention_days`).
 //! - `conformance` (feature `conformance`): checks every backend must pass,
 //!   run unchanged against each one by [`conformance_tests!`].
 //!

@@ -30,8 +30,10 @@ use crate::model::StoredMessage;
 /// 1 MiB, qim's development server 640 KiB).
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// Timestamps of `oldest_ms` cells: `OLDEST_BASE - ms`, so older wins.
-const OLDEST_BASE: i64 = 4_000_000_000_000_000;
+/// Timestamps of `oldest_ms` cells: `OLDEST_BASE - ms`, so older wins
+/// (positive until the year 2286, and below current microsecond clocks, so
+/// no guardrail on future timestamps applies).
+const OLDEST_BASE: i64 = 10_000_000_000_000;
 
 type Values = Box<dyn SerializeRow + Send + Sync>;
 

@@ -1,5 +1,5 @@
 //! The CQL half of the cluster backend: messages, idempotency keys, inbox
-//! high-water marks, cursors, conversations and group logs in ScyllaDB or
+//! high-water marks, cursors, conversations and groups in ScyllaDB or
 //! Apache Cassandra, through the `scylla` driver with prepared statements.
 //!
 //! # Partitions and their sizes
@@ -28,7 +28,10 @@
 //! read is one query when it fits in a bucket, two when it straddles one.
 //! Reads after a long-expired seq walk the empty buckets in between (one
 //! cheap query each; at most `reserved / 4096`, ≈ 250 per million messages).
-//! Group logs (`group_messages`) use the same scheme with group seqs.
+//! A read-diffusion group's log is an inbox named `#<group>` in the same
+//! table, with its own seqs (the v1 tables `group_messages` and
+//! `group_heads` are not used). Conversations and groups (migration 2) are
+//! described in the `im` module.
 //!
 //! # Consistency
 //! Every write and read a delivery guarantee depends on runs at
