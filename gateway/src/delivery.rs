@@ -137,7 +137,7 @@ pub(crate) struct Delivery {
     pub(crate) user: String,
     pub(crate) device: String,
     pub(crate) stream: FramedSend,
-    pub(crate) acks: mpsc::Receiver<v1::DeliveryAck>,
+    pub(crate) acks: mpsc::Receiver<Box<v1::DeliveryAck>>,
     /// The next seq to send for the first time.
     pub(crate) next: u64,
     /// The task writing the last delivery receipts: the next one waits for

@@ -66,7 +66,9 @@ pub(crate) enum Push {
 /// A session's end of the push.
 pub(crate) struct Sub {
     pub(crate) user: String,
-    tx: mpsc::Sender<Push>,
+    /// Boxed: the channel allocates its first block of slots up front, for
+    /// every session, and most sessions never see a push.
+    tx: mpsc::Sender<Box<Push>>,
     /// Groups whose pushes were dropped (queue full): nudge them.
     lagged: Mutex<HashSet<(Arc<str>, u64)>>,
     wake: Notify,
@@ -76,8 +78,8 @@ impl Sub {
     /// Queues a push; when the queue is full a group push becomes a nudge
     /// and a signal is dropped (signals are best effort by nature).
     pub(crate) fn offer(&self, push: Push) {
-        if let Err(mpsc::error::TrySendError::Full(push)) = self.tx.try_send(push) {
-            let (group, from) = match push {
+        if let Err(mpsc::error::TrySendError::Full(push)) = self.tx.try_send(Box::new(push)) {
+            let (group, from) = match *push {
                 Push::Message { group, from, .. } | Push::Nudge { group, from } => (group, from),
                 Push::Signal(_) => return,
             };
@@ -286,14 +288,14 @@ async fn write_pushes(
     ctx: Arc<Ctx>,
     conn: quinn::Connection,
     sub: Arc<Sub>,
-    mut rx: mpsc::Receiver<Push>,
+    mut rx: mpsc::Receiver<Box<Push>>,
 ) {
     let max_frame = ctx.config.limits.max_frame_bytes as usize;
     let mut stream: Option<FramedSend> = None;
     loop {
         let push = tokio::select! {
             push = rx.recv() => match push {
-                Some(push) => push,
+                Some(push) => *push,
                 None => return,
             },
             () = sub.wake.notified() => {

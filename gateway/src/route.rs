@@ -115,7 +115,14 @@ impl Feed {
         let seq = message.seq;
         {
             let mut recent = lock(&self.recent);
-            let at = recent.partition_point(|m| m.seq < seq);
+            // Messages nearly always arrive in seq order: append without a
+            // search (a binary search over the ring costs a cache miss per
+            // probe, each element behind its own Arc).
+            let at = match recent.back() {
+                Some(last) if last.seq < seq => recent.len(),
+                None => 0,
+                Some(_) => recent.partition_point(|m| m.seq < seq),
+            };
             if recent.get(at).is_none_or(|m| m.seq != seq) {
                 recent.insert(at, message);
                 if recent.len() > RECENT {
@@ -140,7 +147,12 @@ impl Feed {
     /// `seq`; empty otherwise.
     pub(crate) fn recent_from(&self, seq: u64, max: usize) -> Vec<Arc<StoredMessage>> {
         let recent = lock(&self.recent);
-        let start = recent.partition_point(|m| m.seq < seq);
+        // The ring is usually gapless: try the slot the seq would have.
+        let guess = recent
+            .front()
+            .and_then(|f| usize::try_from(seq.checked_sub(f.seq)?).ok())
+            .filter(|&i| recent.get(i).is_some_and(|m| m.seq == seq));
+        let start = guess.unwrap_or_else(|| recent.partition_point(|m| m.seq < seq));
         recent
             .iter()
             .skip(start)

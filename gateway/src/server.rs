@@ -466,7 +466,14 @@ fn bind_endpoint(
         .max_idle_timeout(Some(idle))
         // Liveness is the heartbeat stream's job; QUIC keep-alives would
         // only wake phones.
-        .keep_alive_interval(None);
+        .keep_alive_interval(None)
+        .enable_segmentation_offload(q.segmentation_offload)
+        .datagram_receive_buffer_size(
+            (q.datagram_receive_buffer > 0).then_some(q.datagram_receive_buffer),
+        );
+    if !q.mtu_discovery {
+        transport.mtu_discovery_config(None);
+    }
     server.transport_config(Arc::new(transport));
     server.migration(true);
 

@@ -394,6 +394,9 @@ async fn run(
         let delivery_stream = open(StreamKind::Delivery).await?;
 
         let mut tasks: JoinSet<StreamEnd> = JoinSet::new();
+        // Channel items are boxed: a tokio channel allocates its first
+        // block of 32 slots up front, and most sessions are idle (32
+        // pointers instead of 32 acks per channel and session).
         let (acks_tx, acks_rx) = mpsc::channel(64);
         let (server_acks_tx, server_acks_rx) = mpsc::channel(1024);
         tasks.spawn(write_server_acks(ack_stream, server_acks_rx));
@@ -545,12 +548,12 @@ async fn read_control(control: &mut FramedRecv) -> StreamEnd {
 /// batching what is waiting into one write.
 async fn write_server_acks(
     mut stream: FramedSend,
-    mut rx: mpsc::Receiver<v1::ServerAck>,
+    mut rx: mpsc::Receiver<Box<v1::ServerAck>>,
 ) -> StreamEnd {
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(ack) = next {
-            if let Err(e) = stream.queue(&ack) {
+            if let Err(e) = stream.queue(&*ack) {
                 return StreamEnd::Fault(Fault::new(ErrorCode::Internal, e.to_string()));
             }
             next = rx.try_recv().ok();
@@ -569,8 +572,8 @@ struct Streams {
     conn: quinn::Connection,
     ctx: Arc<Ctx>,
     session: Arc<Session>,
-    delivery_acks: mpsc::Sender<v1::DeliveryAck>,
-    server_acks: mpsc::Sender<v1::ServerAck>,
+    delivery_acks: mpsc::Sender<Box<v1::DeliveryAck>>,
+    server_acks: mpsc::Sender<Box<v1::ServerAck>>,
 }
 
 impl Streams {
@@ -654,7 +657,7 @@ impl Streams {
         loop {
             match recv.next::<v1::DeliveryAck>().await {
                 Ok(Some(ack)) => {
-                    if self.delivery_acks.send(ack).await.is_err() {
+                    if self.delivery_acks.send(Box::new(ack)).await.is_err() {
                         return StreamEnd::Done;
                     }
                 }
@@ -702,7 +705,7 @@ impl Streams {
             throttled = false;
             let sends: Vec<v1::Send> = backlog.drain(..allowed).collect();
             for ack in self.store_batch(sends).await {
-                if self.server_acks.send(ack).await.is_err() {
+                if self.server_acks.send(Box::new(ack)).await.is_err() {
                     return StreamEnd::Done;
                 }
             }

@@ -44,6 +44,10 @@ pub(crate) struct BenchArgs {
     /// Do not rewrite BENCHMARKS.md or docs/bench/.
     #[arg(long)]
     no_write: bool,
+    /// Use the release `qim-gateway` and `qim-loadgen` in this directory
+    /// instead of building them.
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
 }
 
 /// A child process killed when dropped.
@@ -219,7 +223,13 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     if !Path::new(FONT).exists() {
         apt_install("fonts-dejavu-core")?;
     }
-    let bins = build(root, true)?;
+    let bins = match &a.bin_dir {
+        Some(dir) => crate::loadtest::Binaries {
+            gateway: dir.join("qim-gateway"),
+            loadgen: dir.join("qim-loadgen"),
+        },
+        None => build(root, true)?,
+    };
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     let machine_before = machine();

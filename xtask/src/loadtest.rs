@@ -3,6 +3,14 @@
 //! secret) and the load generator `qim-loadgen` in a separate process; or
 //! the load generator alone against `--gateway host:port`.
 //!
+//! With `--cluster --nodes N`: N release gateways on the Redis + CQL
+//! backend (the development services, started if they are not up), sharing
+//! one CA and token secret, each with its own data directory and random
+//! ports; Redis key prefixes are new for every run and the messages go to
+//! the `qim_loadtest` keyspace. The load generator spreads the users over
+//! the nodes (a hash of the user id picks one), so most chat pairs and
+//! group members cross nodes.
+//!
 //! Also the pieces `cargo xtask bench` and the smoke run of `cargo xtask
 //! test` share: building, starting a gateway and reading a `RESULT` line.
 
@@ -34,6 +42,17 @@ pub(crate) struct LoadtestArgs {
     /// Build and run debug binaries (quicker to build, slower to run).
     #[arg(long)]
     debug: bool,
+    /// Use the `qim-gateway` and `qim-loadgen` binaries in this directory
+    /// instead of building them (e.g. to compare two builds).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Run a cluster on the Redis + CQL backend instead of one node on the
+    /// embedded store.
+    #[arg(long)]
+    cluster: bool,
+    /// Nodes of the cluster (with --cluster).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
     /// Arguments for the scenario, after `--` (see `qim-loadgen <scenario>
     /// --help`), e.g. `-- --pairs 64 --seconds 10`.
     #[arg(last = true)]
@@ -78,15 +97,28 @@ impl RunningGateway {
     /// Starts `qim-gateway` on random ports with sends unthrottled (a load
     /// generator sends far above one person's rate) and waits for READY.
     pub(crate) fn start(binary: &Path, data_dir: &Path, set: &[String]) -> Result<Self> {
+        Self::start_with(binary, data_dir, &[], set)
+    }
+
+    /// [`Self::start`] with extra command-line arguments (`extra`, e.g. the
+    /// cluster backends) ahead of the settings.
+    fn start_with(
+        binary: &Path,
+        data_dir: &Path,
+        extra: &[String],
+        set: &[String],
+    ) -> Result<Self> {
         if data_dir.exists() {
             std::fs::remove_dir_all(data_dir)?;
         }
         std::fs::create_dir_all(data_dir)?;
         let mut cmd = Command::new(binary);
-        cmd.arg("--data-dir")
+        cmd.args(extra)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--set", "limits.sends_per_second=0"])
+            .args(["--set", "limits.requests_per_second=0"])
             .args(["--set", "log.filter=\"warn\""]);
         for s in set {
             cmd.args(["--set", s]);
@@ -142,6 +174,104 @@ impl Drop for RunningGateway {
     }
 }
 
+/// The nodes of a cluster started for a run (Redis + CQL backend); killed
+/// when dropped.
+pub(crate) struct RunningCluster {
+    nodes: Vec<RunningGateway>,
+    dir: PathBuf,
+}
+
+impl RunningCluster {
+    /// Brings the services up, makes a CA, server certificate and token
+    /// secret shared by the nodes under `dir`, migrates the `qim_loadtest`
+    /// keyspace and starts `n` nodes.
+    pub(crate) fn start(binary: &Path, dir: &Path, n: usize, set: &[String]) -> Result<Self> {
+        if n == 0 || n > 16 {
+            bail!("--nodes must be 1..=16");
+        }
+        crate::services::up()?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let certs = dir.join("certs");
+        crate::run(
+            Command::new(binary)
+                .args(["certs", "--out"])
+                .arg(&certs)
+                .stdout(Stdio::null()),
+        )?;
+        // Fresh Redis keys for every run, so nodes and routes of an earlier
+        // run are never seen; the keyspace is shared (users are new too).
+        let run = format!("lt{:08x}", std::process::id() ^ unix_nanos());
+        let quote = |p: &Path| format!("\"{}\"", p.display());
+        let mut common: Vec<String> = vec![
+            "--redis".into(),
+            format!("redis://{}", crate::services::REDIS_ADDR),
+            "--cql".into(),
+            crate::services::CQL_ADDR.into(),
+        ];
+        for s in [
+            "store.keyspace=\"qim_loadtest\"".to_owned(),
+            format!("store.key_prefix=\"{run}:\""),
+            format!("cluster.key_prefix=\"{run}\""),
+            format!("tls.cert={}", quote(&certs.join("server.pem"))),
+            format!("tls.key={}", quote(&certs.join("server.key"))),
+            format!("auth.secret_file={}", quote(&dir.join("token-secret"))),
+        ] {
+            common.extend(["--set".into(), s]);
+        }
+        // Creates the shared secret before the nodes race to.
+        crate::run(
+            Command::new(binary)
+                .args(&common)
+                .args(["token", "--user", "loadtest"])
+                .stdout(Stdio::null()),
+        )?;
+        crate::run(Command::new(binary).args(&common).arg("migrate"))?;
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut extra = common.clone();
+            extra.extend(["--set".into(), format!("cluster.node_id=\"{run}-{i}\"")]);
+            nodes.push(RunningGateway::start_with(
+                binary,
+                &dir.join(format!("node-{i}")),
+                &extra,
+                set,
+            )?);
+        }
+        Ok(Self {
+            nodes,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Arguments that point `qim-loadgen` at every node.
+    pub(crate) fn loadgen_args(&self) -> Vec<String> {
+        let addrs: Vec<&str> = self.nodes.iter().map(|n| n.addr.as_str()).collect();
+        vec![
+            "--gateway".into(),
+            addrs.join(","),
+            "--ca".into(),
+            self.dir.join("certs/ca.pem").display().to_string(),
+            "--secret".into(),
+            self.dir.join("token-secret").display().to_string(),
+        ]
+    }
+
+    /// The nodes' process ids, comma separated.
+    pub(crate) fn pids(&self) -> String {
+        let pids: Vec<String> = self.nodes.iter().map(|n| n.pid().to_string()).collect();
+        pids.join(",")
+    }
+}
+
+fn unix_nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
 /// Runs `qim-loadgen` with `args`, echoing its output, and returns the
 /// parsed `RESULT` line (also when the run failed its checks).
 pub(crate) fn loadgen(binary: &Path, args: &[String]) -> Result<serde_json::Value> {
@@ -172,18 +302,36 @@ pub(crate) fn loadgen(binary: &Path, args: &[String]) -> Result<serde_json::Valu
 
 /// `cargo xtask loadtest`.
 pub(crate) fn loadtest(root: &Path, a: LoadtestArgs) -> Result<()> {
-    if a.scenario == "fanout" {
-        bail!("fan-out needs groups, which the gateway does not have yet");
-    }
-    if !["connections", "chat", "reconnect"].contains(&a.scenario.as_str()) {
+    if !["connections", "chat", "reconnect", "fanout"].contains(&a.scenario.as_str()) {
         bail!(
-            "unknown scenario {:?}: connections | chat | reconnect",
+            "unknown scenario {:?}: connections | chat | reconnect | fanout",
             a.scenario
         );
     }
-    let bins = build(root, !a.debug)?;
+    let bins = match &a.bin_dir {
+        Some(dir) => Binaries {
+            gateway: dir.join("qim-gateway"),
+            loadgen: dir.join("qim-loadgen"),
+        },
+        None => build(root, !a.debug)?,
+    };
     let mut args = vec![a.scenario.clone()];
+    let mut cluster = None;
     let gateway = match &a.gateway {
+        Some(_) if a.cluster => bail!("--cluster starts its own nodes; drop --gateway"),
+        None if a.cluster => {
+            let dir = root.join("target/loadtest/cluster");
+            let c = RunningCluster::start(&bins.gateway, &dir, a.nodes, &a.set)?;
+            for node in &c.nodes {
+                eprintln!("node {} (pid {})", node.addr, node.pid());
+            }
+            args.extend(c.loadgen_args());
+            if a.scenario == "connections" {
+                args.extend(["--pid".into(), c.pids()]);
+            }
+            cluster = Some(c);
+            None
+        }
         Some(addr) => {
             let (Some(ca), Some(secret)) = (&a.ca, &a.secret) else {
                 bail!("--gateway needs --ca and --secret");
@@ -218,6 +366,7 @@ pub(crate) fn loadtest(root: &Path, a: LoadtestArgs) -> Result<()> {
     let result = loadgen(&bins.loadgen, &args)?;
     println!("{}", serde_json::to_string_pretty(&result)?);
     drop(gateway);
+    drop(cluster);
     if result["ok"].as_bool() != Some(true) {
         bail!("{} failed: {}", a.scenario, result["errors"]);
     }
@@ -250,7 +399,13 @@ pub(crate) fn smoke(root: &Path) -> (u64, u64) {
 
 fn smoke_runs(root: &Path) -> Result<Vec<(&'static str, serde_json::Value)>> {
     let bins = build(root, false)?;
-    let gw = RunningGateway::start(&bins.gateway, &root.join("target/loadtest/smoke"), &[])?;
+    // A low read-diffusion threshold, so the fan-out smoke covers both
+    // group paths with a few members.
+    let gw = RunningGateway::start(
+        &bins.gateway,
+        &root.join("target/loadtest/smoke"),
+        &["groups.read_diffusion_threshold=12".into()],
+    )?;
     let run = |scenario: &str, extra: &[&str]| {
         let mut args = vec![scenario.to_owned()];
         args.extend(gw.loadgen_args());
@@ -274,5 +429,19 @@ fn smoke_runs(root: &Path) -> Result<Vec<(&'static str, serde_json::Value)>> {
             )?,
         ),
         ("reconnect", run("reconnect", &["--n", "100"])?),
+        (
+            "fanout write diffusion",
+            run(
+                "fanout",
+                &["--members", "8", "--senders", "2", "--messages", "20"],
+            )?,
+        ),
+        (
+            "fanout read diffusion",
+            run(
+                "fanout",
+                &["--members", "30", "--senders", "2", "--messages", "20"],
+            )?,
+        ),
     ])
 }

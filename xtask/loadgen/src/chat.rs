@@ -55,6 +55,18 @@ impl ChatArgs {
         })
     }
 
+    /// Where sender `i`'s schedule starts: at a fixed rate the senders are
+    /// spread evenly over one interval, so the offered load is smooth
+    /// rather than every sender's message `n` falling due at the same
+    /// instant (bursts of one message per sender).
+    pub(crate) fn phased(&self, start: Instant, i: usize) -> Instant {
+        if self.rate > 0.0 {
+            start + Duration::from_secs_f64(i as f64 / self.rate)
+        } else {
+            start
+        }
+    }
+
     /// Whether sender may send its message `n` at `now`.
     pub(crate) fn more(&self, start: Instant, n: u64) -> bool {
         (self.messages == 0 || n < self.messages)
@@ -191,7 +203,7 @@ pub(crate) async fn run(
         pairs.spawn(async move {
             let (expect_tx, expect_rx) = watch::channel(None);
             let receiving = tokio::spawn(receive(receiver, expect_rx));
-            let sending = send(&sender, &args, &to, start).await;
+            let sending = send(&sender, &args, &to, args.phased(start, p)).await;
             let (sent, acked, errors) = match sending {
                 Ok((sent, acked)) => (sent, acked, Vec::new()),
                 Err(e) => (0, 0, vec![format!("sender {p}: {e:#}")]),

@@ -25,9 +25,10 @@ pub(crate) struct ConnArgs {
     /// Heartbeat interval announced and used, in ms (0: the server's).
     #[arg(long, default_value_t = 0)]
     pub(crate) heartbeat_ms: u64,
-    /// Process id of the server, to read its memory and CPU.
-    #[arg(long)]
-    pub(crate) pid: Option<u32>,
+    /// Process ids of the server (a cluster's nodes comma separated), to
+    /// read their memory and CPU (summed).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) pid: Vec<u32>,
 }
 
 /// Memory and CPU readings at one moment.
@@ -43,13 +44,16 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Reads `/proc` now.
-    pub(crate) fn take(pid: Option<u32>) -> Self {
+    pub(crate) fn take(pids: &[u32]) -> Self {
         let me = stats::own_pid();
         Self {
-            server_rss_kib: pid.and_then(|p| stats::status_kib(p, "VmRSS")).unwrap_or(0),
+            server_rss_kib: pids
+                .iter()
+                .filter_map(|&p| stats::status_kib(p, "VmRSS"))
+                .sum(),
             own_rss_kib: stats::status_kib(me, "VmRSS").unwrap_or(0),
             available_kib: stats::mem_available_kib().unwrap_or(0),
-            server_cpu: pid.and_then(stats::cpu_time).unwrap_or_default(),
+            server_cpu: pids.iter().filter_map(|&p| stats::cpu_time(p)).sum(),
             own_cpu: stats::cpu_time(me).unwrap_or_default(),
             at: Instant::now(),
         }
@@ -86,7 +90,7 @@ pub(crate) async fn run(
     run_id: &str,
     connect_concurrency: usize,
 ) -> Result<Value> {
-    let before = Snapshot::take(args.pid);
+    let before = Snapshot::take(&args.pid);
     let logins = Arc::new(Semaphore::new(connect_concurrency.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let up = Arc::new(AtomicU64::new(0));
@@ -161,9 +165,9 @@ pub(crate) async fn run(
     eprintln!("connections: {connected} up in {ramp:.1?}, {failed} failed; holding");
     // Let the last handshakes' transient buffers go before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let at_up = Snapshot::take(args.pid);
+    let at_up = Snapshot::take(&args.pid);
     tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)).await;
-    let after = Snapshot::take(args.pid);
+    let after = Snapshot::take(&args.pid);
     let dropped = lost.load(Ordering::Relaxed);
     if dropped > 0 {
         errors.push(format!("{dropped} connections lost while held"));

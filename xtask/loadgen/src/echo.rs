@@ -94,10 +94,10 @@ pub(crate) async fn run(
     eprintln!("echo: {connections} connections up");
     let start = Instant::now() + Duration::from_millis(200);
     let mut tasks = tokio::task::JoinSet::new();
-    for conn in conns {
+    for (i, conn) in conns.into_iter().enumerate() {
         let args = args.clone();
         tasks.spawn(async move {
-            let r = one(&conn, &args, start).await;
+            let r = one(&conn, &args, args.phased(start, i)).await;
             conn.close(0u32.into(), b"done");
             r
         });

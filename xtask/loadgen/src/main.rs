@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`qim`]: a lean client (login, streams, heartbeat) — connections share
 //!   a few quinn endpoints (UDP sockets), so 100k+ fit in one process.
-//! - [`connections`], [`chat`], [`reconnect`]: the qim scenarios.
+//! - [`connections`], [`chat`], [`reconnect`], [`fanout`]: the qim
+//!   scenarios.
 //! - [`echo`]: the raw quinn echo baseline (server and client).
 //! - [`mqtt`]: the chat and connections scenarios against an MQTT broker
 //!   with QoS 1.
@@ -19,6 +20,7 @@ mod charts;
 mod chat;
 mod connections;
 mod echo;
+mod fanout;
 mod mqtt;
 mod qim;
 mod reconnect;
@@ -44,9 +46,10 @@ struct Cli {
 /// How to reach and log in to a qim gateway.
 #[derive(clap::Args, Clone, Debug)]
 struct GatewayArgs {
-    /// The gateway's QUIC address.
-    #[arg(long)]
-    gateway: SocketAddr,
+    /// The gateway's QUIC address; a cluster's nodes comma separated
+    /// (each user goes to one of them, picked by a hash of its id).
+    #[arg(long, value_delimiter = ',', required = true)]
+    gateway: Vec<SocketAddr>,
     /// PEM CA the gateway's certificate is verified against.
     #[arg(long)]
     ca: PathBuf,
@@ -103,6 +106,14 @@ enum Command {
         gateway: GatewayArgs,
         #[command(flatten)]
         args: reconnect::ReconnectArgs,
+    },
+    /// A group of M online members; senders post; every member gets
+    /// every message once, in order.
+    Fanout {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[command(flatten)]
+        args: fanout::FanoutArgs,
     },
     /// Serve the raw quinn echo baseline.
     EchoServer {
@@ -189,9 +200,9 @@ fn connect_side(
     sessions: usize,
 ) -> Result<(qim::Target, Arc<qim::Endpoints>)> {
     let ca = std::fs::read(&g.ca).with_context(|| g.ca.display().to_string())?;
-    let target = qim::Target::new(g.gateway, g.server_name.clone(), &g.secret)?;
+    let target = qim::Target::new(g.gateway.clone(), g.server_name.clone(), &g.secret)?;
     let config = qim::client_config(&ca, resumption, sessions)?;
-    let endpoints = qim::Endpoints::bind(g.endpoints, g.gateway, config)?;
+    let endpoints = qim::Endpoints::bind(g.endpoints, target.addrs[0], config)?;
     Ok((target, Arc::new(endpoints)))
 }
 
@@ -215,6 +226,11 @@ async fn run(command: Command) -> Result<Option<serde_json::Value>> {
             let per_client = move || qim::client_config(&ca, resumption, 4);
             let concurrency = gateway.connect_concurrency;
             reconnect::run(target, endpoints, args, &id, concurrency, per_client).await?
+        }
+        Command::Fanout { gateway, args } => {
+            let (target, endpoints) = connect_side(&gateway, true, 256)?;
+            let id = run_id(&gateway.run_id);
+            fanout::run(target, endpoints, args, &id, gateway.connect_concurrency).await?
         }
         Command::EchoServer { listen, dir } => {
             echo::serve(listen, &dir).await?;

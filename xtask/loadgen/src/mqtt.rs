@@ -121,6 +121,7 @@ async fn pair(
     connected(&mut tx_loop).await?;
     ready.add_permits(1);
     let start = go.wait_for(|s| s.is_some()).await?.context("start time")?;
+    let start = args.phased(start, p);
 
     let (expect_tx, mut expect_rx) = watch::channel(None::<u64>);
     let receiving = tokio::spawn(async move {
@@ -250,7 +251,7 @@ pub(crate) async fn connections(
     run_id: &str,
     concurrency: usize,
 ) -> Result<Value> {
-    let before = Snapshot::take(args.pid);
+    let before = Snapshot::take(&args.pid);
     let keep_alive = Duration::from_millis(if args.heartbeat_ms == 0 {
         30_000
     } else {
@@ -316,9 +317,9 @@ pub(crate) async fn connections(
     let ramp = started.elapsed();
     eprintln!("mqtt connections: {up} up in {ramp:.1?}, {failed} failed; holding");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let at_up = Snapshot::take(args.pid);
+    let at_up = Snapshot::take(&args.pid);
     tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)).await;
-    let after = Snapshot::take(args.pid);
+    let after = Snapshot::take(&args.pid);
     let dropped = lost.load(Ordering::Relaxed);
     if dropped > 0 {
         errors.push(format!("{dropped} connections lost while held"));

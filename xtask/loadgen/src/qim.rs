@@ -19,24 +19,41 @@ use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, client_control, server_control};
 
-/// Where the gateway is and how to log in to it.
+/// Where the gateway is (one node, or the nodes of a cluster) and how to
+/// log in to it.
 #[derive(Clone)]
 pub(crate) struct Target {
-    pub(crate) addr: SocketAddr,
+    /// The gateway's QUIC addresses; a user always goes to the same one
+    /// (a hash of the user id picks it), so a cluster's nodes share the
+    /// load and a reconnect returns to the node it left.
+    pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) server_name: String,
     pub(crate) tokens: TokenKey,
 }
 
 impl Target {
-    /// Reads the token secret file the gateway verifies with.
-    pub(crate) fn new(addr: SocketAddr, server_name: String, secret: &Path) -> Result<Self> {
+    /// Reads the token secret file the gateway verifies with (every node
+    /// of a cluster shares it).
+    pub(crate) fn new(addrs: Vec<SocketAddr>, server_name: String, secret: &Path) -> Result<Self> {
+        if addrs.is_empty() {
+            bail!("no gateway address");
+        }
         let tokens =
             TokenKey::load(secret).with_context(|| format!("token secret {}", secret.display()))?;
         Ok(Self {
-            addr,
+            addrs,
             server_name,
             tokens,
         })
+    }
+
+    /// The node `user` connects to.
+    pub(crate) fn addr_for(&self, user: &str) -> SocketAddr {
+        // FNV-1a: stable across runs and processes.
+        let h = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.addrs[(h % self.addrs.len() as u64) as usize]
     }
 
     /// A token for `user`, valid for a day.
@@ -172,9 +189,10 @@ pub(crate) async fn login_with(
     device: &str,
     resume_from: u64,
 ) -> Result<Session> {
+    let addr = target.addr_for(user);
     let connecting = match config {
-        Some(config) => endpoint.connect_with(config, target.addr, &target.server_name)?,
-        None => endpoint.connect(target.addr, &target.server_name)?,
+        Some(config) => endpoint.connect_with(config, addr, &target.server_name)?,
+        None => endpoint.connect(addr, &target.server_name)?,
     };
     let conn = connecting.await.context("handshake")?;
     let (send, recv) = conn.open_bi().await?;
