@@ -109,11 +109,29 @@ enum Task {
 
 const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "envelope_decode", "preamble"];
 
-fn main() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The checkout this run is for: the nearest directory from the current
+/// one up that holds `xtask/` and a workspace `Cargo.toml`. Not the
+/// compile-time manifest path: with a build cache shared between checkouts
+/// (`CARGO_TARGET_DIR`), `cargo xtask` may run a binary another checkout
+/// built, and the run must still read and write this checkout.
+fn workspace_root() -> Result<PathBuf> {
+    let cwd = std::env::current_dir().context("current directory")?;
+    for dir in cwd.ancestors() {
+        let manifest = dir.join("Cargo.toml");
+        if dir.join("xtask").is_dir()
+            && std::fs::read_to_string(&manifest).is_ok_and(|m| m.contains("[workspace]"))
+        {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace root")?
-        .to_path_buf();
+        .to_path_buf())
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root()?;
     match Cli::parse().command {
         Task::Test {
             fuzz_seconds,
