@@ -8,6 +8,12 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use qim_gateway::Gateway;
+
+/// A thread-caching allocator: glibc malloc was 23–36% of the gateway's
+/// CPU under load (BENCHMARKS.md), with many small short-lived buffers per
+/// message handed between tasks on different threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_gateway::config::Config;
 use qim_gateway::server::secret_path;
