@@ -96,19 +96,8 @@ pub(crate) struct ImStatements {
 
 impl ImStatements {
     pub(crate) async fn prepare(session: &Arc<Session>) -> Result<Self, StoreError> {
-        let prepare = |cql: &'static str, consistency: Consistency, idempotent: bool| {
-            let session = Arc::clone(session);
-            async move {
-                let mut p = session
-                    .prepare(cql)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("preparing {cql}: {e}")))?;
-                p.set_consistency(consistency);
-                p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-                p.set_is_idempotent(idempotent);
-                Ok::<_, StoreError>(p)
-            }
-        };
+        let prepare =
+            |cql, consistency, idempotent| super::prepare(session, cql, consistency, idempotent);
         use Consistency::{LocalQuorum as Q, LocalSerial as S};
         Ok(ImStatements {
             conv_insert: prepare(

@@ -182,6 +182,24 @@ pub(crate) struct Claim {
     pub(crate) written_us: i64,
 }
 
+/// Prepares `cql` with its consistency (serial consistency `LOCAL_SERIAL`
+/// for the LWTs) and whether a retry may run it twice.
+pub(crate) async fn prepare(
+    session: &Session,
+    cql: &'static str,
+    consistency: Consistency,
+    idempotent: bool,
+) -> Result<PreparedStatement, StoreError> {
+    let mut p = session
+        .prepare(cql)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("preparing {cql}: {e}")))?;
+    p.set_consistency(consistency);
+    p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    p.set_is_idempotent(idempotent);
+    Ok(p)
+}
+
 /// The prepared statements over one session and keyspace.
 pub(crate) struct Cql {
     pub(crate) session: Arc<Session>,
@@ -216,19 +234,8 @@ impl Cql {
             StoreError::Invalid(format!("keyspace {ks}: {e}: run `qim-gateway migrate`"))
         })?;
         schema::check_version(&session, ks).await?;
-        let prepare = |cql: &'static str, consistency: Consistency, idempotent: bool| {
-            let session = Arc::clone(&session);
-            async move {
-                let mut p = session
-                    .prepare(cql)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("preparing {cql}: {e}")))?;
-                p.set_consistency(consistency);
-                p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-                p.set_is_idempotent(idempotent);
-                Ok::<_, StoreError>(p)
-            }
-        };
+        let prepare =
+            |cql, consistency, idempotent| prepare(&session, cql, consistency, idempotent);
         use Consistency::{LocalQuorum, LocalSerial};
         Ok(Cql {
             ttl: options.ttl_seconds(),

@@ -49,19 +49,8 @@ impl Social {
     /// Prepares every statement (the keyspace is already in use).
     pub(crate) async fn open(session: Arc<Session>) -> Result<Self, StoreError> {
         use Consistency::{LocalQuorum, LocalSerial};
-        let prepare = |cql: &'static str, consistency: Consistency, idempotent: bool| {
-            let session = Arc::clone(&session);
-            async move {
-                let mut p = session
-                    .prepare(cql)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("preparing {cql}: {e}")))?;
-                p.set_consistency(consistency);
-                p.set_serial_consistency(Some(scylla::statement::SerialConsistency::LocalSerial));
-                p.set_is_idempotent(idempotent);
-                Ok::<_, StoreError>(p)
-            }
-        };
+        let prepare =
+            |cql, consistency, idempotent| super::prepare(&session, cql, consistency, idempotent);
         Ok(Social {
             contact_read: prepare(
                 "SELECT state FROM contacts WHERE owner = ? AND other = ?",
