@@ -301,7 +301,7 @@ async fn write_pushes(
             () = sub.wake.notified() => {
                 let lagged: Vec<(Arc<str>, u64)> = lock(&sub.lagged).drain().collect();
                 for (group, from) in lagged {
-                    if let Err(e) = write(&ctx, &conn, &mut stream, max_frame, Push::Nudge { group, from }).await {
+                    if let Err(e) = Box::pin(write(&ctx, &conn, &mut stream, max_frame, Push::Nudge { group, from })).await {
                         debug!(error = %e, "group stream ended");
                         return;
                     }
@@ -309,7 +309,9 @@ async fn write_pushes(
                 continue;
             }
         };
-        if let Err(e) = write(&ctx, &conn, &mut stream, max_frame, push).await {
+        // Boxed: the writing future is a kilobyte, and this task waits for
+        // pushes for the whole life of every session.
+        if let Err(e) = Box::pin(write(&ctx, &conn, &mut stream, max_frame, push)).await {
             debug!(error = %e, "group stream ended");
             return;
         }

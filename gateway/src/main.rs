@@ -12,6 +12,7 @@ use qim_gateway::Gateway;
 /// A thread-caching allocator: glibc malloc was 23–36% of the gateway's
 /// CPU under load (BENCHMARKS.md), with many small short-lived buffers per
 /// message handed between tasks on different threads.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use qim_gateway::auth::{TokenKey, unix_now};

@@ -387,7 +387,7 @@ impl Gateway {
                     }
                     match Arc::clone(&limit).try_acquire_owned() {
                         Ok(permit) => {
-                            connections.spawn(crate::session::serve(Arc::clone(&ctx), incoming, permit));
+                            connections.spawn(crate::session::serve(Arc::clone(&ctx), Box::new(incoming), permit));
                         }
                         Err(_) => {
                             warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");

@@ -17,6 +17,7 @@ use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, client_control, rpc_request, rpc_response, server_ack};
 use qim_storage::{NewMessage, StoredMessage};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use futures_util::FutureExt as _;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -153,8 +154,15 @@ fn close(ctx: &Ctx, conn: &quinn::Connection, user: &str, fault: &Fault) {
 /// replayable early data. The Hello itself is safe early: logging a
 /// device in twice is idempotent, and the session tickets are single-use
 /// (see `tls`), so a replayed first flight gets its early data refused.
-pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: quinn::Incoming, _permit: OwnedSemaphorePermit) {
-    let connecting = match incoming.accept() {
+///
+/// `incoming` comes boxed: the future keeps room for its arguments for its
+/// whole life, and a `quinn::Incoming` is large.
+pub(crate) async fn serve(
+    ctx: Arc<Ctx>,
+    incoming: Box<quinn::Incoming>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let connecting = match (*incoming).accept() {
         Ok(connecting) => connecting,
         Err(e) => {
             debug!(error = %e, "handshake failed");
@@ -313,12 +321,14 @@ async fn run(
         .attach_with_policy(&user, &device, session_id, class, policy);
     // Before the head is read: a message committed after this route is
     // visible is handed here; one committed before is in the head.
+    // The one-off calls around the session's life are boxed (here and
+    // below): a future's size is that of its largest await point, and the
+    // store and cluster calls are kilobytes each, which every idle session
+    // would otherwise carry for its whole life.
     if let Some(cluster) = &ctx.cluster
-        && cluster
-            .attach(&user, &device, session_id, class, policy)
-            .await
+        && Box::pin(cluster.attach(&user, &device, session_id, class, policy)).await
     {
-        crate::presence::transition(ctx, &user, true, qim_proto::now_ms()).await;
+        Box::pin(crate::presence::transition(ctx, &user, true, qim_proto::now_ms())).await;
     }
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
@@ -344,7 +354,7 @@ async fn run(
     let outcome: Result<(), Fault> = async {
         // Reading the head after attaching: anything stored before is read
         // here, anything after is published to the feed.
-        let head = ctx.store.inbox_head(&user).await.map_err(|e| {
+        let head = Box::pin(ctx.store.inbox_head(&user)).await.map_err(|e| {
             Fault::new(ErrorCode::StoreUnavailable, format!("reading inbox head: {e}"))
         })?;
         feed.raise_head(head);
@@ -410,22 +420,20 @@ async fn run(
             next: resume_from + 1,
             receipts_tail: None,
         };
-        tasks.spawn(async move {
-            match delivery.run().await {
-                Ok(()) => StreamEnd::Done,
-                Err(e) => {
-                    debug!(error = %e, "delivery ended");
-                    StreamEnd::Fault(Fault::new(ErrorCode::NoError, e.to_string()))
-                }
+        // `map`, not `async move { f.await }`: a wrapping block keeps its
+        // captured future and the awaited one side by side (twice the size
+        // for the whole session).
+        tasks.spawn(delivery.run().map(|ended| match ended {
+            Ok(()) => StreamEnd::Done,
+            Err(e) => {
+                debug!(error = %e, "delivery ended");
+                StreamEnd::Fault(Fault::new(ErrorCode::NoError, e.to_string()))
             }
-        });
+        }));
         tasks.spawn(async move { read_control(&mut control_recv).await });
         let _group_push = crate::groups::attach(ctx, session_id, &user, &device, conn.clone()).map(
             |(guard, push)| {
-                tasks.spawn(async move {
-                    push.await;
-                    StreamEnd::Done
-                });
+                tasks.spawn(push.map(|()| StreamEnd::Done));
                 guard
             },
         );
@@ -510,9 +518,9 @@ async fn run(
     }
     ctx.routes.detach(&user, session_id);
     if let Some(cluster) = &ctx.cluster
-        && cluster.detach(&user, &device, session_id).await
+        && Box::pin(cluster.detach(&user, &device, session_id)).await
     {
-        crate::presence::transition(ctx, &user, false, qim_proto::now_ms()).await;
+        Box::pin(crate::presence::transition(ctx, &user, false, qim_proto::now_ms())).await;
     }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");
@@ -594,7 +602,10 @@ impl Streams {
             }
             StreamKind::Rpc => {
                 let send = FramedSend::without_preamble(send, max);
-                self.rpc(send, FramedRecv::new(recv, max)).await
+                // Boxed: the rpc handlers make a future of kilobytes, and
+                // this task also serves the heartbeat stream, which lives
+                // as long as the session.
+                Box::pin(self.rpc(send, FramedRecv::new(recv, max))).await
             }
             other => StreamEnd::Fault(Fault::new(
                 ErrorCode::ProtocolViolation,
@@ -704,7 +715,9 @@ impl Streams {
             }
             throttled = false;
             let sends: Vec<v1::Send> = backlog.drain(..allowed).collect();
-            for ack in self.store_batch(sends).await {
+            // Boxed so an idle chat stream does not carry the store's
+            // future (one allocation per batch, not per message).
+            for ack in Box::pin(self.store_batch(sends)).await {
                 if self.server_acks.send(Box::new(ack)).await.is_err() {
                     return StreamEnd::Done;
                 }
