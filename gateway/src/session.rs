@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use prost::Message as _;
 use qim_proto::io::{FramedRecv, FramedSend, RecvError, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, client_control, rpc_request, rpc_response, server_ack};
 use qim_storage::{NewMessage, StoredMessage};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use futures_util::FutureExt as _;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -328,7 +328,13 @@ async fn run(
     if let Some(cluster) = &ctx.cluster
         && Box::pin(cluster.attach(&user, &device, session_id, class, policy)).await
     {
-        Box::pin(crate::presence::transition(ctx, &user, true, qim_proto::now_ms())).await;
+        Box::pin(crate::presence::transition(
+            ctx,
+            &user,
+            true,
+            qim_proto::now_ms(),
+        ))
+        .await;
     }
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
@@ -520,7 +526,13 @@ async fn run(
     if let Some(cluster) = &ctx.cluster
         && Box::pin(cluster.detach(&user, &device, session_id)).await
     {
-        Box::pin(crate::presence::transition(ctx, &user, false, qim_proto::now_ms())).await;
+        Box::pin(crate::presence::transition(
+            ctx,
+            &user,
+            false,
+            qim_proto::now_ms(),
+        ))
+        .await;
     }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");

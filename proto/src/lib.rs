@@ -23,6 +23,8 @@ pub mod preamble;
 
 #[cfg(feature = "quinn")]
 pub mod io;
+#[cfg(feature = "quinn")]
+pub mod tls;
 
 /// Generated protobuf types of protocol version 1.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -299,7 +299,7 @@ fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
     if roots.is_empty() {
         return Err(Error::Config("ca_pem holds no certificate".into()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(qim_proto::tls::crypto_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Config(e.to_string()))?

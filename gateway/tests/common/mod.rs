@@ -293,7 +293,7 @@ impl Raw {
         for cert in CertificateDer::pem_slice_iter(&gw.ca_pem) {
             roots.add(cert.expect("pem")).expect("root");
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(qim_proto::tls::crypto_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("tls13")

@@ -93,7 +93,7 @@ pub(crate) fn client_config(
     if roots.is_empty() {
         bail!("the CA file holds no certificate");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(qim_proto::tls::crypto_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
