@@ -54,6 +54,7 @@ mod schedule;
 pub mod server;
 mod session;
 pub mod tls;
+mod udp;
 
 pub use config::Config;
 pub use server::{Gateway, ImStores, RunError, StartError, StartInfo};

@@ -499,11 +499,11 @@ fn bind_endpoint(
     );
     socket.bind(&addr.into()).map_err(bind_err)?;
     let socket: std::net::UdpSocket = socket.into();
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(bind_err)
+    let runtime: Arc<dyn quinn::Runtime> = if q.receive_thread {
+        crate::udp::EndpointRuntime::start().map_err(bind_err)?
+    } else {
+        Arc::new(quinn::TokioRuntime)
+    };
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+        .map_err(bind_err)
 }
