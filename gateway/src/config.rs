@@ -188,8 +188,8 @@ section! {
         mtu_discovery: bool = true,
         /// Bytes of unreliable QUIC datagrams buffered per connection (0: datagrams off; qim does not use them).
         datagram_receive_buffer: usize = 0,
-        /// Read the UDP socket on a thread of its own (quinn's endpoint driver), so datagrams are taken off the socket while every worker is busy instead of overflowing its buffer; off: on the shared runtime.
-        receive_thread: bool = true,
+        /// Read the UDP socket on a thread of its own (quinn's endpoint driver), so datagrams are taken off the socket while every worker is busy instead of overflowing its buffer. On 2 cores shared with the load generator it ended the socket's drops in a reconnect storm but gained no speed (BENCHMARKS.md); for machines with a core to spare.
+        receive_thread: bool = false,
     }
 }
 
