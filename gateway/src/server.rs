@@ -504,6 +504,11 @@ fn bind_endpoint(
     } else {
         Arc::new(quinn::TokioRuntime)
     };
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
-        .map_err(bind_err)
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)
 }
