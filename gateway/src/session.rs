@@ -309,7 +309,7 @@ async fn run(
         platform,
         resume_from,
         mut control_send,
-        mut control_recv,
+        control_recv,
     } = login;
     let max_frame = ctx.config.limits.max_frame_bytes as usize;
     let session_id = ctx.next_session_id();
@@ -436,7 +436,7 @@ async fn run(
                 StreamEnd::Fault(Fault::new(ErrorCode::NoError, e.to_string()))
             }
         }));
-        tasks.spawn(async move { read_control(&mut control_recv).await });
+        tasks.spawn(read_control(control_recv));
         let _group_push = crate::groups::attach(ctx, session_id, &user, &device, conn.clone()).map(
             |(guard, push)| {
                 tasks.spawn(push.map(|()| StreamEnd::Done));
@@ -545,7 +545,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-async fn read_control(control: &mut FramedRecv) -> StreamEnd {
+async fn read_control(mut control: FramedRecv) -> StreamEnd {
     match control.next::<v1::ClientControl>().await {
         Ok(Some(v1::ClientControl {
             kind: Some(client_control::Kind::Bye(_)),
