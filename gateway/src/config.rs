@@ -100,7 +100,7 @@ section! {
         cert: Option<PathBuf> = None,
         /// PEM private key of the certificate.
         key: Option<PathBuf> = None,
-        /// TLS sessions kept in memory for resumption. Tickets are single-use (a replayed ticket, and so replayed 0-RTT data, is refused) and local to this node. 0 disables resumption and 0-RTT.
+        /// TLS sessions kept in memory for resumption: one single-use ticket per handshake (a replayed ticket, and so replayed 0-RTT data, is refused), local to this node. Keep it above the number of clients that may reconnect at once: beyond it the oldest tickets are evicted before they are used, and those clients make full handshakes. 0 disables resumption and 0-RTT.
         resumption_cache: usize = 65_536,
         /// Accept 0-RTT early data from resuming clients. Only the login (Hello) is served before the handshake completes; every other client stream waits for it.
         zero_rtt: bool = true,
