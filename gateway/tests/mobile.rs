@@ -149,6 +149,43 @@ async fn reconnects_resume_with_0rtt_and_deliver_everything_either_way() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_cache_of_n_sessions_resumes_n_clients() {
+    // Four tickets for four phones. Handing out two tickets per handshake
+    // would keep only the last two phones' tickets, and each full
+    // handshake on reconnect would evict the next phone's ticket.
+    const PHONES: usize = 4;
+    let gw = TestGateway::start_with(|c| c.tls.resumption_cache = PHONES).await;
+    let mut phones = Vec::new();
+    for i in 0..PHONES {
+        let mut config = gw.client_config(&format!("phone{i}"), "phone");
+        config.resumption = true;
+        let phone = Client::connect(config).await.expect("connect");
+        // An acked send: the handshake is complete, so its ticket is in.
+        phone
+            .send("sink".into(), "hello".into())
+            .await
+            .expect("send");
+        phones.push(phone);
+    }
+    for phone in &phones {
+        phone.reconnect().await.expect("reconnect");
+        phone
+            .send("sink".into(), "again".into())
+            .await
+            .expect("send");
+    }
+    for phone in &phones {
+        let stats = phone.stats();
+        assert_eq!(stats.zero_rtt_accepted, 1, "{stats:?}");
+    }
+    let resumed = wait_metric(&gw, "qim_tls_resumptions_total", |v| v >= PHONES as f64).await;
+    assert_eq!(resumed, PHONES as f64);
+    for phone in phones {
+        phone.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_survives_a_restart_and_delivers_exactly_once() {
     let gw = TestGateway::start().await;
     let dave = gw.client("dave", "phone").await;
