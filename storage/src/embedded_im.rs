@@ -325,13 +325,7 @@ impl Writer {
             return Ok(());
         };
         let key = conv_msg_key(&m.inbox, &convkey, m.seq);
-        let was_unread = self
-            .tables
-            .conv_msgs
-            .get(&key)
-            .map_err(unavailable)?
-            .as_deref()
-            == Some(&[1][..]);
+        let was_unread = self.counts_as_unread(&key)?;
         if !was_unread {
             return Ok(());
         }
@@ -345,10 +339,19 @@ impl Writer {
     }
 
     pub(super) fn new_stage(&self) -> Stage {
-        Stage {
-            batch: self.tables.db.batch(),
-            convs: HashMap::new(),
-        }
+        self.new_stage_for(0)
+    }
+
+    /// Whether the conversation entry at `key` is a copy that counts as
+    /// unread (its value is `[1]`).
+    fn counts_as_unread(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self
+            .tables
+            .conv_msgs
+            .get(key)
+            .map_err(unavailable)?
+            .as_deref()
+            == Some(&[1][..]))
     }
 
     /// A stage sized for `posts` posts: a batch grows one entry at a time,
@@ -942,13 +945,7 @@ impl Writer {
         replacement: Option<&v1::Message>,
     ) -> Result<(), StoreError> {
         let key = conv_msg_key(owner, convkey, seq);
-        let was_unread = self
-            .tables
-            .conv_msgs
-            .get(&key)
-            .map_err(unavailable)?
-            .as_deref()
-            == Some(&[1][..]);
+        let was_unread = self.counts_as_unread(&key)?;
         stage.batch.insert(&self.tables.conv_msgs, key, vec![0]);
         if let Some(conv) = self.conv(stage, owner, peer, false)? {
             if was_unread && seq > conv.conv.read_seq {
