@@ -357,6 +357,10 @@ async fn run(
         )),
     });
 
+    // Outlives the session body: the connection is closed (with its code)
+    // before the streams are dropped, which would finish them first and let
+    // the client take the end for a network failure.
+    let mut tasks: JoinSet<StreamEnd> = JoinSet::new();
     let outcome: Result<(), Fault> = async {
         // Reading the head after attaching: anything stored before is read
         // here, anything after is published to the feed.
@@ -409,7 +413,6 @@ async fn run(
         let ack_stream = open(StreamKind::Ack).await?;
         let delivery_stream = open(StreamKind::Delivery).await?;
 
-        let mut tasks: JoinSet<StreamEnd> = JoinSet::new();
         // Channel items are boxed: a tokio channel allocates its first
         // block of 32 slots up front, and most sessions are idle (32
         // pointers instead of 32 acks per channel and session).
@@ -522,6 +525,7 @@ async fn run(
     if let Err(fault) = outcome {
         close(ctx, conn, &user, &fault);
     }
+    drop(tasks);
     ctx.routes.detach(&user, session_id);
     if let Some(cluster) = &ctx.cluster
         && Box::pin(cluster.detach(&user, &device, session_id)).await
