@@ -281,8 +281,18 @@ async fn clients_reconnect_and_resume_across_a_gateway_restart() {
 async fn a_second_login_of_a_device_replaces_the_first() {
     let gw = TestGateway::start().await;
     let first = Raw::login(&gw, "bob", "bob-phone", 0).await;
+    let (_, mut first_deliveries) = first.raw.server_streams().await;
     let _second = Raw::login(&gw, "bob", "bob-phone", 0).await;
     assert_eq!(first.raw.closed_with().await, v1::ErrorCode::Replaced);
+    // The connection was closed before its streams were dropped: a stream
+    // the client saw end first would look like a network failure.
+    assert!(
+        matches!(
+            first_deliveries.next::<v1::Deliver>().await,
+            Err(qim_proto::io::RecvError::ConnectionLost(_))
+        ),
+        "the delivery stream ends with the connection, not before it"
+    );
 
     // The SDK stops for good instead of evicting the other login in turn.
     let sdk = gw.client("carol", "carol-phone").await;
@@ -424,4 +434,113 @@ async fn a_send_the_app_stops_waiting_for_leaves_the_outbox() {
         .expect("acked");
     assert_eq!(alice.pending_sends(), 0);
     gw.stop().await;
+}
+
+/// A server whose close lags behind a stream it finished (a reordered or
+/// lost packet) still stops a replaced client: the SDK waits briefly for the
+/// close and its code instead of reconnecting on the finished stream, which
+/// would evict the device that replaced it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_that_lags_a_finished_stream_still_stops_a_replaced_client() {
+    use qim_proto::io::{FramedRecv, FramedSend};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = qim_gateway::tls::write_dev_certs(dir.path(), &Default::default()).expect("certs");
+    let tls = qim_gateway::tls::server_config(
+        &certs.server_cert,
+        &certs.server_key,
+        &qim_gateway::tls::Resumption {
+            cache: 0,
+            zero_rtt: false,
+            resumed: Default::default(),
+        },
+    )
+    .expect("tls");
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("endpoint");
+    let addr = endpoint.local_addr().expect("local addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+
+    // The scripted server: Welcome, its two streams, then the delivery
+    // stream finishes and the REPLACED close follows 300 ms later.
+    let server = tokio::spawn({
+        let connections = Arc::clone(&connections);
+        async move {
+            let mut held = Vec::new();
+            while let Some(incoming) = endpoint.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let Ok(conn) = incoming.await else { continue };
+                let Ok((send, mut recv)) = conn.accept_bi().await else {
+                    continue;
+                };
+                let _control = qim_proto::io::read_preamble(&mut recv).await;
+                let mut control_recv = FramedRecv::new(recv, 64 * 1024);
+                let mut control_send = FramedSend::without_preamble(send, 64 * 1024);
+                let _hello = control_recv.next::<v1::ClientControl>().await;
+                let welcome = v1::ServerControl {
+                    kind: Some(v1::server_control::Kind::Welcome(v1::Welcome {
+                        user_id: "bob".into(),
+                        session_id: "scripted-1".into(),
+                        ..Default::default()
+                    })),
+                };
+                control_send.send(&welcome).await.expect("welcome");
+                let mut acks = FramedSend::new(
+                    conn.open_uni().await.expect("ack stream"),
+                    StreamKind::Ack,
+                    64 * 1024,
+                );
+                acks.flush().await.expect("ack preamble");
+                let mut deliveries = FramedSend::new(
+                    conn.open_uni().await.expect("delivery stream"),
+                    StreamKind::Delivery,
+                    64 * 1024,
+                );
+                deliveries.flush().await.expect("delivery preamble");
+                deliveries.finish();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                conn.close(
+                    v1::ErrorCode::Replaced.to_quic().into(),
+                    b"this device logged in again",
+                );
+                held.push((conn, control_send, acks));
+            }
+        }
+    });
+
+    let mut config = qim_sdk::ClientConfig::new(
+        addr.to_string(),
+        "token",
+        "bob-phone",
+        std::fs::read(&certs.ca_cert).expect("ca"),
+    );
+    config.reconnect_min = Duration::from_millis(10);
+    let client = qim_sdk::Client::connect(config).await.expect("connect");
+    let mut states = client.watch_state();
+    tokio::time::timeout(PATIENCE, async {
+        while states.current() != qim_sdk::ConnectionState::Closed {
+            states.changed().await;
+        }
+    })
+    .await
+    .expect("the replaced client stops");
+    assert!(
+        matches!(
+            client.last_error(),
+            Some(qim_sdk::Error::Rejected {
+                code: v1::ErrorCode::Replaced,
+                ..
+            })
+        ),
+        "stopped with {:?}",
+        client.last_error()
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "no reconnect");
+    server.abort();
 }

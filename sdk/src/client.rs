@@ -1059,6 +1059,11 @@ enum SessionEnd {
     GoAway(Duration),
     /// The connection failed.
     Lost(Error),
+    /// The server ended one of the session's streams and did not close the
+    /// connection. It ends them only when it closes, so the close and its
+    /// code (e.g. REPLACED, which must stop the client) are awaited briefly
+    /// before this counts as a network failure (see `closed_by_peer`).
+    PeerFinished(&'static str),
     /// The app asked for a fresh connection now.
     Reconnect,
 }
@@ -1109,23 +1114,13 @@ async fn drive(shared: Arc<Shared>, first: Option<Established>) {
                         next_server(&shared);
                         jitter(within)
                     }
-                    SessionEnd::Lost(e) if e.is_transient() => {
-                        info!(error = %e, "connection lost; reconnecting");
-                        next_server(&shared);
-                        if lock(&shared.heartbeat).on_loss(std::time::Instant::now()) {
-                            info!(
-                                interval = ?lock(&shared.heartbeat).interval(),
-                                "connection died while idle; heartbeat interval shortened"
-                            );
-                        }
-                        let _ = shared.events.send(ClientEvent::ConnectionLost(e.clone()));
-                        *lock(&shared.last_error) = Some(e);
-                        if failures == 0 {
-                            Duration::ZERO
-                        } else {
-                            backoff(&shared.config, failures)
-                        }
-                    }
+                    SessionEnd::Lost(e) if e.is_transient() => lost(&shared, e, failures),
+                    // No close followed (see `closed_by_peer`).
+                    SessionEnd::PeerFinished(stream) => lost(
+                        &shared,
+                        Error::Network(format!("the server ended the {stream} stream")),
+                        failures,
+                    ),
                     SessionEnd::Lost(e) => {
                         stop(&shared, e);
                         return;
@@ -1159,6 +1154,26 @@ async fn drive(shared: Arc<Shared>, first: Option<Established>) {
         }
     }
     stop(&shared, Error::Closed);
+}
+
+/// Records a connection lost to a transient failure; returns the delay
+/// before the next attempt.
+fn lost(shared: &Shared, e: Error, failures: u32) -> Duration {
+    info!(error = %e, "connection lost; reconnecting");
+    next_server(shared);
+    if lock(&shared.heartbeat).on_loss(std::time::Instant::now()) {
+        info!(
+            interval = ?lock(&shared.heartbeat).interval(),
+            "connection died while idle; heartbeat interval shortened"
+        );
+    }
+    let _ = shared.events.send(ClientEvent::ConnectionLost(e.clone()));
+    *lock(&shared.last_error) = Some(e);
+    if failures == 0 {
+        Duration::ZERO
+    } else {
+        backoff(&shared.config, failures)
+    }
 }
 
 /// Points the next attempt at the next configured server (a no-op with
@@ -1264,12 +1279,39 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         }
     };
     tasks.abort_all();
+    let end = match end {
+        SessionEnd::PeerFinished(stream) => closed_by_peer(&conn, stream).await,
+        SessionEnd::Lost(e) if e.is_transient() => match conn.close_reason() {
+            // Whatever failed first, the server's close code says why.
+            Some(reason) => SessionEnd::Lost(Error::from_connection(&reason)),
+            None => SessionEnd::Lost(e),
+        },
+        end => end,
+    };
     shared.conn.send_replace(None);
     *lock(&shared.current) = None;
-    if let SessionEnd::Lost(_) | SessionEnd::GoAway(_) | SessionEnd::Reconnect = end {
+    if let SessionEnd::Lost(_)
+    | SessionEnd::PeerFinished(_)
+    | SessionEnd::GoAway(_)
+    | SessionEnd::Reconnect = end
+    {
         conn.close(ErrorCode::NoError.to_quic().into(), b"reconnecting");
     }
     end
+}
+
+/// How long a stream the server finished may wait for the server's close.
+const PEER_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The session's end once the server finished `stream`: its close, which
+/// carries the reason, normally arrives right behind (the packets may even
+/// be reordered), so it is awaited briefly before the end counts as a
+/// plain network failure.
+async fn closed_by_peer(conn: &quinn::Connection, stream: &'static str) -> SessionEnd {
+    match tokio::time::timeout(PEER_CLOSE_GRACE, conn.closed()).await {
+        Ok(reason) => SessionEnd::Lost(Error::from_connection(&reason)),
+        Err(_) => SessionEnd::PeerFinished(stream),
+    }
 }
 
 /// The first session task to end decides how the session ends.
@@ -1312,7 +1354,7 @@ async fn heartbeat(
         };
         match tokio::time::timeout(pong_timeout, recv.next::<v1::Pong>()).await {
             Ok(Ok(Some(_))) => lock(&shared.heartbeat).on_pong(std::time::Instant::now()),
-            Ok(Ok(None)) => return Err(Error::Network("heartbeat stream closed".into())),
+            Ok(Ok(None)) => return Ok(SessionEnd::PeerFinished("heartbeat")),
             Ok(Err(e)) => return Err(e.into()),
             Err(_) if probing => {
                 return Err(Error::Network(
@@ -1479,7 +1521,7 @@ async fn read_server_acks(shared: Arc<Shared>, mut recv: FramedRecv) -> Result<S
             None => {}
         }
     }
-    Err(Error::Network("ack stream ended".into()))
+    Ok(SessionEnd::PeerFinished("ack"))
 }
 
 async fn read_deliveries(
@@ -1499,7 +1541,7 @@ async fn read_deliveries(
             shrank.await;
         }
         let Some(deliver) = recv.next::<v1::Deliver>().await? else {
-            return Err(Error::Network("delivery stream ended".into()));
+            return Ok(SessionEnd::PeerFinished("delivery"));
         };
         if let Some(signal) = deliver.signal {
             crate::presence::push_signal(&shared, signal);
