@@ -78,7 +78,8 @@ pub(crate) fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::Ud
 
 /// The TLS and transport settings of a qim client (or echo client).
 /// `resumption`: keep up to `sessions` TLS session tickets and resume with
-/// them on the next connection to the same server.
+/// them on the next connection to the same server, sending the login as
+/// 0-RTT early data as the SDK does.
 pub(crate) fn client_config(
     ca_pem: &[u8],
     resumption: bool,
@@ -99,6 +100,7 @@ pub(crate) fn client_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.resumption = if resumption {
+        tls.enable_early_data = true;
         rustls::client::Resumption::in_memory_sessions(sessions.max(16))
     } else {
         rustls::client::Resumption::disabled()
@@ -166,6 +168,8 @@ pub(crate) struct Session {
     pub(crate) _control_recv: FramedRecv,
     pub(crate) welcome: v1::Welcome,
     pub(crate) max_frame: usize,
+    /// The login went out as 0-RTT early data and the server took it.
+    pub(crate) zero_rtt: bool,
 }
 
 /// Connects, sends Hello and waits for Welcome.
@@ -194,7 +198,52 @@ pub(crate) async fn login_with(
         Some(config) => endpoint.connect_with(config, addr, &target.server_name)?,
         None => endpoint.connect(addr, &target.server_name)?,
     };
-    let conn = connecting.await.context("handshake")?;
+    // As the SDK does: with a session ticket the Hello goes out as 0-RTT
+    // early data; if the server refuses the early data, it goes again.
+    let (conn, (control_send, control_recv, welcome), zero_rtt) = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => {
+            let early = hello(&conn, target, user, device, resume_from);
+            tokio::pin!(early, accepted);
+            let (taken, result) = tokio::select! {
+                taken = &mut accepted => if taken { (true, Some(early.await)) } else { (false, None) },
+                result = &mut early => (accepted.await, Some(result)),
+            };
+            match (taken, result) {
+                (true, Some(result)) => (conn.clone(), result?, true),
+                _ => {
+                    let result = hello(&conn, target, user, device, resume_from).await?;
+                    (conn.clone(), result, false)
+                }
+            }
+        }
+        Err(connecting) => {
+            let conn = connecting.await.context("handshake")?;
+            let result = hello(&conn, target, user, device, resume_from).await?;
+            (conn, result, false)
+        }
+    };
+    let max_frame = welcome
+        .limits
+        .as_ref()
+        .map_or(qim_proto::DEFAULT_MAX_FRAME, |l| l.max_frame_bytes as usize);
+    Ok(Session {
+        conn,
+        _control_send: control_send,
+        _control_recv: control_recv,
+        welcome,
+        max_frame,
+        zero_rtt,
+    })
+}
+
+/// Opens the control stream, sends Hello and waits for Welcome.
+async fn hello(
+    conn: &quinn::Connection,
+    target: &Target,
+    user: &str,
+    device: &str,
+    resume_from: u64,
+) -> Result<(FramedSend, FramedRecv, v1::Welcome)> {
     let (send, recv) = conn.open_bi().await?;
     let max = qim_proto::DEFAULT_MAX_FRAME;
     let mut control_send = FramedSend::new(send, StreamKind::Control, max);
@@ -218,17 +267,7 @@ pub(crate) async fn login_with(
         }) => bail!("login refused: {:?} {}", r.code(), r.message),
         other => bail!("expected Welcome, got {other:?}"),
     };
-    let max_frame = welcome
-        .limits
-        .as_ref()
-        .map_or(max, |l| l.max_frame_bytes as usize);
-    Ok(Session {
-        conn,
-        _control_send: control_send,
-        _control_recv: control_recv,
-        welcome,
-        max_frame,
-    })
+    Ok((control_send, control_recv, welcome))
 }
 
 /// The two streams the server opens on every session.

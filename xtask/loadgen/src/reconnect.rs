@@ -7,7 +7,9 @@
 //! "With resumption" means TLS session resumption on the reconnect: each
 //! client keeps its own session tickets, as a phone does (a cache shared by
 //! all simulated clients would hold a few tickets per server name only).
-//! The protocol-level resume (`resume_from` in Hello) is always used.
+//! The protocol-level resume (`resume_from` in Hello) is always used, and
+//! with resumption the Hello goes out as 0-RTT early data, as the SDK sends
+//! it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -189,8 +191,9 @@ pub(crate) async fn run(
     if failed > 0 {
         errors.push(format!("{failed} clients did not come back synced"));
     }
+    let zero_rtt = back.iter().filter(|s| s.zero_rtt).count();
     eprintln!(
-        "reconnect: {} back and synced in {last_synced:.2?}",
+        "reconnect: {} back and synced in {last_synced:.2?} ({zero_rtt} logged in with 0-RTT)",
         back.len()
     );
     for s in &back {
@@ -202,6 +205,7 @@ pub(crate) async fn run(
         "connections": args.n,
         "tls_resumption": args.resumption,
         "back": back.len(),
+        "zero_rtt_logins": zero_rtt,
         "failed": failed,
         "all_logged_in_s": last_handshake.as_secs_f64(),
         "all_synced_s": last_synced.as_secs_f64(),
