@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PATIENCE, assert_quiet, http_get, take, text};
+use common::{PATIENCE, assert_quiet, http_get, stopped, take, text};
 use qim_gateway::Config;
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_gateway::cluster::strategy::{Picker, Strategy};
@@ -408,19 +408,6 @@ async fn group_messages_reach_members_on_other_nodes_in_both_modes() {
     b.stop().await;
 }
 
-/// Waits until `client` stopped for good; returns why.
-async fn stopped(client: &Client) -> qim_sdk::Error {
-    let mut state = client.watch_state();
-    tokio::time::timeout(PATIENCE, async {
-        while state.current() != ConnectionState::Closed {
-            state.changed().await;
-        }
-    })
-    .await
-    .expect("the client stops");
-    client.last_error().expect("a reason")
-}
-
 /// One device per platform class holds across nodes: bob's iPhone logging
 /// in on node b kicks his Android phone on node a (KICKED, for good), his
 /// desktop on node a stays, and both live devices get what follows.
@@ -620,25 +607,17 @@ async fn a_device_logging_in_on_another_node_replaces_its_older_session() {
     let a = Node::start(&shared, "a", |_| {}).await;
     let b = Node::start(&shared, "b", |_| {}).await;
     let first = shared.client(&[a.addr], "dave", "dave-phone").await;
-    let mut state = first.watch_state();
     let second = shared.client(&[b.addr], "dave", "dave-phone").await;
-    tokio::time::timeout(PATIENCE, async {
-        while state.current() != ConnectionState::Closed {
-            state.changed().await;
-        }
-    })
-    .await
-    .expect("the older session ends");
+    let error = stopped(&first).await;
     assert!(
         matches!(
-            first.last_error(),
-            Some(qim_sdk::Error::Rejected {
+            error,
+            qim_sdk::Error::Rejected {
                 code: qim_proto::v1::ErrorCode::Replaced,
                 ..
-            })
+            }
         ),
-        "ended with REPLACED: {:?}",
-        first.last_error()
+        "ended with REPLACED: {error:?}"
     );
     // The newer session stays: it comes up (the driver reports Connected
     // right after `connect` returns) and is not refused.

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, Raw, TestGateway, assert_quiet, join_in_order, send_frame, take, text};
+use common::{
+    PATIENCE, Raw, TestGateway, assert_quiet, join_in_order, send_frame, stopped, take, text,
+};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, server_ack};
 use qim_sdk::OutgoingMessage;
@@ -297,20 +299,12 @@ async fn a_second_login_of_a_device_replaces_the_first() {
     // The SDK stops for good instead of evicting the other login in turn.
     let sdk = gw.client("carol", "carol-phone").await;
     let _evictor = Raw::login(&gw, "carol", "carol-phone", 0).await;
-    let mut states = sdk.watch_state();
-    tokio::time::timeout(PATIENCE, async {
-        while states.current() != qim_sdk::ConnectionState::Closed {
-            states.changed().await;
-        }
-    })
-    .await
-    .expect("the replaced client stops");
     assert!(matches!(
-        sdk.last_error(),
-        Some(qim_sdk::Error::Rejected {
+        stopped(&sdk).await,
+        qim_sdk::Error::Rejected {
             code: v1::ErrorCode::Replaced,
             ..
-        })
+        }
     ));
     gw.stop().await;
 }
@@ -522,24 +516,16 @@ async fn a_close_that_lags_a_finished_stream_still_stops_a_replaced_client() {
     );
     config.reconnect_min = Duration::from_millis(10);
     let client = qim_sdk::Client::connect(config).await.expect("connect");
-    let mut states = client.watch_state();
-    tokio::time::timeout(PATIENCE, async {
-        while states.current() != qim_sdk::ConnectionState::Closed {
-            states.changed().await;
-        }
-    })
-    .await
-    .expect("the replaced client stops");
+    let error = stopped(&client).await;
     assert!(
         matches!(
-            client.last_error(),
-            Some(qim_sdk::Error::Rejected {
+            error,
+            qim_sdk::Error::Rejected {
                 code: v1::ErrorCode::Replaced,
                 ..
-            })
+            }
         ),
-        "stopped with {:?}",
-        client.last_error()
+        "stopped with {error:?}"
     );
     assert_eq!(connections.load(Ordering::SeqCst), 1, "no reconnect");
     server.abort();

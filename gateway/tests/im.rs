@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestGateway, assert_quiet, take, text};
+use common::{Backend, TestGateway, assert_quiet, stopped, take, text};
 use qim_sdk::{
     Client, ClientConfig, Conversation, ErrorCode, Event, MessageExtras, OutgoingMessage, Peer,
     Quote,
@@ -583,19 +583,6 @@ async fn device(gw: &TestGateway, user: &str, device: &str, platform: qim_sdk::P
     let mut config = gw.client_config(user, device);
     config.platform = platform;
     Client::connect(config).await.expect("connect")
-}
-
-/// Waits until `client` stopped for good; returns why.
-async fn stopped(client: &Client) -> qim_sdk::Error {
-    let mut state = client.watch_state();
-    tokio::time::timeout(common::PATIENCE, async {
-        while state.current() != qim_sdk::ConnectionState::Closed {
-            state.changed().await;
-        }
-    })
-    .await
-    .expect("the client stops");
-    client.last_error().expect("a reason")
 }
 
 fn kicked(e: &qim_sdk::Error) -> bool {

@@ -233,6 +233,19 @@ impl Drop for TestGateway {
 }
 
 /// Takes `n` messages, failing if they do not come in time.
+/// Waits until `client` stopped for good; returns why.
+pub async fn stopped(client: &Client) -> qim_sdk::Error {
+    let mut state = client.watch_state();
+    tokio::time::timeout(PATIENCE, async {
+        while state.current() != qim_sdk::ConnectionState::Closed {
+            state.changed().await;
+        }
+    })
+    .await
+    .expect("the client stops");
+    client.last_error().expect("a reason")
+}
+
 pub async fn take(client: &Client, n: usize) -> Vec<qim_sdk::IncomingMessage> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
