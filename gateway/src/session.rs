@@ -328,13 +328,7 @@ async fn run(
     if let Some(cluster) = &ctx.cluster
         && Box::pin(cluster.attach(&user, &device, session_id, class, policy)).await
     {
-        Box::pin(crate::presence::transition(
-            ctx,
-            &user,
-            true,
-            qim_proto::now_ms(),
-        ))
-        .await;
+        announce(ctx, &user, true).await;
     }
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
@@ -530,16 +524,22 @@ async fn run(
     if let Some(cluster) = &ctx.cluster
         && Box::pin(cluster.detach(&user, &device, session_id)).await
     {
-        Box::pin(crate::presence::transition(
-            ctx,
-            &user,
-            false,
-            qim_proto::now_ms(),
-        ))
-        .await;
+        announce(ctx, &user, false).await;
     }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");
+}
+
+/// Tells the cluster that `user` came online or went offline (boxed, like
+/// the other one-off calls around a session's life).
+async fn announce(ctx: &Ctx, user: &str, online: bool) {
+    Box::pin(crate::presence::transition(
+        ctx,
+        user,
+        online,
+        qim_proto::now_ms(),
+    ))
+    .await;
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

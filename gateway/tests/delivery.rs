@@ -498,6 +498,8 @@ async fn a_close_that_lags_a_finished_stream_still_stops_a_replaced_client() {
                 );
                 deliveries.flush().await.expect("delivery preamble");
                 deliveries.finish();
+                // The lag under test, not a wait for an event: the close
+                // follows the finished stream 300 ms later.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 conn.close(
                     v1::ErrorCode::Replaced.to_quic().into(),
