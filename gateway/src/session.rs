@@ -973,9 +973,17 @@ impl Streams {
                         used <= budget
                     })
                     .collect();
+                // The head was read before the entries: every seq up to
+                // it that the read skipped was already settled.
+                let settled_through = if self.ctx.store.gaps_below_head_are_final() {
+                    head
+                } else {
+                    0
+                };
                 rpc_response::Kind::Sync(v1::SyncResponse {
                     entries,
                     inbox_head: head,
+                    settled_through,
                 })
             }
             Err(e) => {

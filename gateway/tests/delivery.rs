@@ -344,6 +344,85 @@ async fn shutdown_tells_clients_to_move_and_drains_without_waiting_out_the_deadl
     );
 }
 
+/// One sync request over rpc: the inbox after `after`.
+async fn sync(session: &common::RawSession, after: u64) -> v1::SyncResponse {
+    let (send, recv) = session.raw.conn.open_bi().await.expect("rpc");
+    let mut send = qim_proto::io::FramedSend::new(send, StreamKind::Rpc, 64 * 1024);
+    let mut recv = qim_proto::io::FramedRecv::new(recv, 64 * 1024);
+    send.send(&v1::RpcRequest {
+        kind: Some(v1::rpc_request::Kind::Sync(v1::SyncRequest {
+            after_seq: after,
+            limit: 100,
+        })),
+    })
+    .await
+    .expect("request");
+    match recv
+        .next::<v1::RpcResponse>()
+        .await
+        .expect("response")
+        .and_then(|r| r.kind)
+    {
+        Some(v1::rpc_response::Kind::Sync(page)) => page,
+        other => panic!("expected a sync page, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_back_after_the_retention_does_not_wait_out_the_expired_gap() {
+    let gw = TestGateway::start_with(|c| c.im.history_retention_ms = 1_500).await;
+    let alice = gw.client("alice", "alice-phone").await;
+    for i in 0..3 {
+        alice
+            .send("bob".into(), format!("old {i}"))
+            .await
+            .expect("acked");
+    }
+    // Watch bob's inbox until the sweeper has deleted what expired (it
+    // keeps each inbox's newest message).
+    let probe = Raw::login(&gw, "bob", "bob-probe", 3).await;
+    let page = common::poll_until("the expired messages are swept", || async {
+        let page = sync(&probe, 0).await;
+        (page.entries.first().map(|e| e.seq) == Some(3)).then_some(page)
+    })
+    .await;
+    assert_eq!(
+        page.settled_through, 3,
+        "the embedded store says seqs 1 and 2 are gone for good"
+    );
+    for i in 0..3 {
+        alice
+            .send("bob".into(), format!("new {i}"))
+            .await
+            .expect("acked");
+    }
+    // A phone of bob's that was offline all along: it resumes from 0, and
+    // seqs 1 and 2 will never come. It must not hold the rest back for its
+    // gap_skip_after.
+    let config = gw.client_config("bob", "bob-phone");
+    let patience = Duration::from_secs(10);
+    assert!(
+        config.gap_skip_after > patience,
+        "waiting cannot pass this test"
+    );
+    let bob = qim_sdk::Client::connect(config).await.expect("connect");
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("new 2") {
+        let m = tokio::time::timeout(patience, bob.next_message())
+            .await
+            .unwrap_or_else(|_| panic!("held back behind the expired gap; got {got:?}"))
+            .expect("a message");
+        got.push(text(&m));
+    }
+    // "old 2" may have been swept too by now, once it was no longer the newest.
+    let new = ["new 0", "new 1", "new 2"];
+    assert!(
+        got == new || got == ["old 2", "new 0", "new 1", "new 2"],
+        "the retained messages, in order, once: {got:?}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_pages_stay_under_the_frame_limit() {
     let gw = TestGateway::start().await;
@@ -356,26 +435,7 @@ async fn sync_pages_stay_under_the_frame_limit() {
     let mut after = 0;
     let mut pages = Vec::new();
     while after < 3 {
-        let (send, recv) = bob.raw.conn.open_bi().await.expect("rpc");
-        let mut send = qim_proto::io::FramedSend::new(send, StreamKind::Rpc, 64 * 1024);
-        let mut recv = qim_proto::io::FramedRecv::new(recv, 64 * 1024);
-        send.send(&v1::RpcRequest {
-            kind: Some(v1::rpc_request::Kind::Sync(v1::SyncRequest {
-                after_seq: after,
-                limit: 100,
-            })),
-        })
-        .await
-        .expect("request");
-        let page = match recv
-            .next::<v1::RpcResponse>()
-            .await
-            .expect("response")
-            .and_then(|r| r.kind)
-        {
-            Some(v1::rpc_response::Kind::Sync(page)) => page,
-            other => panic!("expected a sync page, got {other:?}"),
-        };
+        let page = sync(&bob, after).await;
         assert_eq!(page.inbox_head, 3);
         assert!(!page.entries.is_empty(), "every page makes progress");
         after = page.entries.last().map_or(after, |e| e.seq);

@@ -1605,32 +1605,36 @@ fn accept(shared: &Shared, message: IncomingMessage) -> Option<(u64, u64)> {
 }
 
 /// Records that the server confirmed seqs `(after, empty_up_to]` empty.
-/// Once the same gap has stayed empty for `gap_skip_after`, skips it and
+/// Once the same gap has stayed empty for `gap_skip_after`, or at once when
+/// the server says those seqs are `settled` (gone for good), skips it and
 /// returns the next gap to pull, if any; otherwise returns `None`.
-fn note_empty_gap(shared: &Shared, after: u64, empty_up_to: u64) -> Option<(u64, u64)> {
+fn note_empty_gap(
+    shared: &Shared,
+    after: u64,
+    empty_up_to: u64,
+    settled: bool,
+) -> Option<(u64, u64)> {
     let now = Instant::now();
     let mut received = lock(&shared.received);
+    let waited = |since_after: u64, since: Instant| {
+        since_after == after && now.duration_since(since) >= shared.config.gap_skip_after
+    };
     match received.empty_gap {
-        Some((since_after, since))
-            if since_after == after
-                && now.duration_since(since) >= shared.config.gap_skip_after =>
-        {
+        _ if settled => {
+            info!(
+                after,
+                up_to = empty_up_to,
+                "skipping inbox seqs the server says are gone (expired)"
+            );
+            skip_gap(shared, received, empty_up_to)
+        }
+        Some((since_after, since)) if waited(since_after, since) => {
             warn!(
                 after,
                 up_to = empty_up_to,
                 "skipping inbox seqs the server confirms empty"
             );
-            received.empty_gap = None;
-            let ready = received.inbox.skip_to(empty_up_to);
-            let grew = !ready.is_empty();
-            received.queue.extend(ready);
-            let next = received.inbox.gap();
-            drop(received);
-            if grew {
-                shared.queue_grew.notify_waiters();
-                shared.queue_grew.notify_one();
-            }
-            next
+            skip_gap(shared, received, empty_up_to)
         }
         Some((since_after, _)) if since_after == after => None,
         _ => {
@@ -1640,6 +1644,26 @@ fn note_empty_gap(shared: &Shared, after: u64, empty_up_to: u64) -> Option<(u64,
             None
         }
     }
+}
+
+/// Gives up on the seqs up to `empty_up_to`, releases what is then in
+/// order, and returns the next gap to pull, if any.
+fn skip_gap(
+    shared: &Shared,
+    mut received: MutexGuard<'_, Received>,
+    empty_up_to: u64,
+) -> Option<(u64, u64)> {
+    received.empty_gap = None;
+    let ready = received.inbox.skip_to(empty_up_to);
+    let grew = !ready.is_empty();
+    received.queue.extend(ready);
+    let next = received.inbox.gap();
+    drop(received);
+    if grew {
+        shared.queue_grew.notify_waiters();
+        shared.queue_grew.notify_one();
+    }
+    next
 }
 
 /// Pulls a gap again once it has been confirmed empty for
@@ -1705,10 +1729,13 @@ async fn pull_gap(
                 Some(_) => None,
                 None => Some(up_to),
             };
-            if let Some(empty_up_to) = empty_up_to
-                && let Some(gap) = note_empty_gap(shared, after, empty_up_to)
-            {
-                return Ok(Some(gap));
+            if let Some(empty_up_to) = empty_up_to {
+                // Settled seqs are gone for good (expired, or never
+                // written): no point waiting for them to fill.
+                let settled = sync.settled_through >= empty_up_to;
+                if let Some(gap) = note_empty_gap(shared, after, empty_up_to, settled) {
+                    return Ok(Some(gap));
+                }
             }
             let mut gap = None;
             let progressed = !sync.entries.is_empty();

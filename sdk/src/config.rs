@@ -81,6 +81,8 @@ pub struct ClientConfig {
     /// was assigned leaves that seq empty forever; without this the messages
     /// after it would be held back for good. Must be well above the
     /// server's store timeout, so a write still in flight is never skipped.
+    /// Seqs the server says are settled (expired past its retention, or
+    /// never written) are skipped without waiting.
     pub gap_skip_after: Duration,
     /// Directory for the client's own files (the persistent outbox). With
     /// it, sends survive the app being killed and go out on the next start

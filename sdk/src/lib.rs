@@ -23,7 +23,9 @@
 //!   report gaps (pulled over an rpc stream). A gap the server keeps
 //!   confirming empty for `ClientConfig::gap_skip_after` is skipped: seqs
 //!   may have permanent holes (a store write that failed after the seq was
-//!   assigned), which must not hold back the messages after them.
+//!   assigned), which must not hold back the messages after them. A gap
+//!   the server says is settled (`SyncResponse.settled_through`: expired or
+//!   never written, as the embedded store knows) is skipped at once.
 //! - `im`: conversations ([`Conversation`]), read state, recall, edit,
 //!   delete-for-me, replies and mentions; changes from other devices arrive
 //!   as [`Event`]s in the message stream.

@@ -369,6 +369,13 @@ impl MessageStore for EmbeddedStore {
         read_head(&self.tables.messages, inbox)
     }
 
+    /// One writer assigns seqs and commits them atomically, so a seq at or
+    /// below the head is readable or gone: expired and swept (the sweeper
+    /// keeps each inbox's newest message, so the head never moves back).
+    fn gaps_below_head_are_final(&self) -> bool {
+        true
+    }
+
     async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError> {
         check_key_part(inbox)?;
         let (tx, rx) = oneshot::channel();

@@ -401,6 +401,13 @@ impl MessageStore for ClusterStore {
         self.cql.inbox_head(inbox).await
     }
 
+    /// No: seqs are handed out before their rows are written, from any
+    /// node, so a seq below the head may still be filled within the fill
+    /// window (see the `seq` module); clients wait before skipping.
+    fn gaps_below_head_are_final(&self) -> bool {
+        false
+    }
+
     async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError> {
         self.cql.save_cursor(inbox, device, seq).await
     }
