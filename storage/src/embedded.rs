@@ -33,6 +33,11 @@
 //! [`StoreError::Failed`], and the gateway drains and exits so a restart
 //! replays the journal.
 //!
+//! # Freeing flushed memtables
+//! fjall frees a flushed memtable while holding locks every commit takes;
+//! a thread of ours keeps a reference to each memtable so the freeing
+//! happens there instead (`embedded_reaper.rs`).
+//!
 //! # Keys
 //! - `messages`: `[len u8][inbox][seq u64 BE]` → protobuf `v1.Message`. The
 //!   length prefix keeps inbox `ab` from sharing a prefix with `abc`; the
@@ -89,6 +94,9 @@ mod schedule;
 #[path = "embedded_presence.rs"]
 mod presence;
 
+#[path = "embedded_reaper.rs"]
+mod reaper;
+
 #[derive(Clone)]
 struct Tables {
     db: Database,
@@ -117,6 +125,8 @@ pub struct EmbeddedStore {
     tables: Tables,
     ops: mpsc::Sender<Op>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Frees flushed memtables outside fjall's locks (stopped first on drop).
+    reaper: Option<reaper::Reaper>,
     /// Milliseconds messages stay readable in history; 0: forever.
     pub(crate) history_retention_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Whether the retention sweeper thread was started.
@@ -233,10 +243,12 @@ impl EmbeddedStore {
             .name("qim-store-writer".into())
             .spawn(move || Writer::new(writer_tables).run(rx))
             .map_err(unavailable)?;
+        let reaper = reaper::Reaper::start(&tables.db).map_err(unavailable)?;
         Ok(Self {
             tables,
             ops,
             writer: std::sync::Mutex::new(Some(writer)),
+            reaper: Some(reaper),
             history_retention_ms: Default::default(),
             sweeper: std::sync::atomic::AtomicBool::new(false),
         })
@@ -314,6 +326,7 @@ impl EmbeddedStore {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
+        drop(self.reaper.take());
         // Closing the queue ends the writer after it has answered everything.
         let (closed, _) = mpsc::channel(1);
         self.ops = closed;
