@@ -426,6 +426,8 @@ struct Writer {
     failed: Option<String>,
     /// Newest seq per inbox, loaded from disk on first use.
     heads: HashMap<String, u64>,
+    /// Emptied maps kept for the next commit.
+    scratch: im::Scratch,
 }
 
 impl Writer {
@@ -434,6 +436,7 @@ impl Writer {
             tables,
             failed: None,
             heads: HashMap::new(),
+            scratch: im::Scratch::default(),
         }
     }
 
