@@ -230,6 +230,8 @@ section! {
         seq_headroom: u64 = 0,
         /// Milliseconds before a Redis or CQL request fails (the send is then refused as retryable).
         timeout_ms: u64 = 3_000,
+        /// Milliseconds after which a seq handed out but never stored (a failed write) or expired counts as gone for good: sync then tells a client to skip it at once instead of waiting its gap_skip_after. At least the fill window (10 s, or three timeout_ms if longer), during which a resend may still fill it.
+        gap_settle_ms: u64 = 30_000,
     }
 }
 
@@ -252,6 +254,7 @@ impl Store {
         options.key_prefix = self.key_prefix.clone();
         options.seq_headroom = self.seq_headroom;
         options.redis_timeout = timeout;
+        options.gap_settle = std::time::Duration::from_millis(self.gap_settle_ms);
         Some(options)
     }
 }
@@ -466,6 +469,14 @@ impl Config {
         if self.store.timeout_ms == 0 {
             return invalid("store.timeout_ms must be above 0");
         }
+        let fill_window_ms = u64::try_from(qim_storage::cluster::FILL_WINDOW_MIN.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(self.store.timeout_ms.saturating_mul(3));
+        if self.store.gap_settle_ms < fill_window_ms {
+            return invalid(
+                "store.gap_settle_ms must be at least the fill window (10000, or 3 × store.timeout_ms)",
+            );
+        }
         if self
             .store
             .cql
@@ -612,5 +623,24 @@ mod tests {
             Config::load(None, [], &["nodot=1".to_owned()]),
             Err(ConfigError::Override(_))
         ));
+        // A settle window inside the fill window could skip a seq that a
+        // resend still fills.
+        let settle = |settle: u64, timeout: u64| {
+            Config::load(
+                None,
+                [],
+                &[
+                    format!("store.gap_settle_ms={settle}"),
+                    format!("store.timeout_ms={timeout}"),
+                ],
+            )
+        };
+        assert!(matches!(settle(9_999, 1_000), Err(ConfigError::Invalid(_))));
+        assert!(settle(10_000, 1_000).is_ok());
+        assert!(matches!(
+            settle(20_000, 8_000),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(settle(24_000, 8_000).is_ok());
     }
 }

@@ -949,17 +949,20 @@ impl Streams {
             n => n.min(500),
         } as usize;
         let user = &self.session.user;
+        let store = &self.ctx.store;
         let read = async {
-            let head = self.ctx.store.inbox_head(user).await?;
-            let entries = self
-                .ctx
-                .store
-                .read_inbox(user, request.after_seq, limit)
-                .await?;
-            Ok::<_, qim_storage::StoreError>((head, entries))
+            let head = store.inbox_head(user).await?;
+            // Before the entries: a seq settled by now that the read does
+            // not find will never come.
+            let settled_through = store.settled_through(user, head).await.unwrap_or_else(|e| {
+                debug!(user = %user, error = %e, "reading the settled seq failed; none settled");
+                0
+            });
+            let entries = store.read_inbox(user, request.after_seq, limit).await?;
+            Ok::<_, qim_storage::StoreError>((head, settled_through, entries))
         };
         match read.await {
-            Ok((head, entries)) => {
+            Ok((head, settled_through, entries)) => {
                 // Fill the response up to the frame limit; the client asks
                 // again for the rest.
                 let budget = (self.ctx.config.limits.max_frame_bytes as usize).saturating_sub(64);
@@ -973,13 +976,6 @@ impl Streams {
                         used <= budget
                     })
                     .collect();
-                // The head was read before the entries: every seq up to
-                // it that the read skipped was already settled.
-                let settled_through = if self.ctx.store.gaps_below_head_are_final() {
-                    head
-                } else {
-                    0
-                };
                 rpc_response::Kind::Sync(v1::SyncResponse {
                     entries,
                     inbox_head: head,

@@ -28,6 +28,15 @@ async fn migrate(cql_addr: &str) {
 
 /// A gateway on the cluster store at `redis` and `cql`.
 async fn cluster_gateway(redis: &str, cql: &str) -> TestGateway {
+    cluster_gateway_with(redis, cql, |_| {}).await
+}
+
+/// [`cluster_gateway`] with more settings.
+async fn cluster_gateway_with(
+    redis: &str,
+    cql: &str,
+    more: impl FnOnce(&mut qim_gateway::config::Config),
+) -> TestGateway {
     let (redis, cql) = (redis.to_owned(), cql.to_owned());
     TestGateway::start_with(move |c| {
         c.store.redis = Some(redis);
@@ -36,6 +45,7 @@ async fn cluster_gateway(redis: &str, cql: &str) -> TestGateway {
         c.store.key_prefix = unique("qimtest:");
         c.store.key_prefix.push(':');
         c.store.timeout_ms = 1_000;
+        more(c);
     })
     .await
 }
@@ -329,13 +339,51 @@ async fn cql_unreachable_refuses_sends_and_recovers() {
     gw.stop().await;
 }
 
+/// Hands out the seqs of `inbox` up to `last` without storing them: what a
+/// node that died between allocating and writing leaves (the CQL mark
+/// raised, the Redis counter moved on).
+async fn hand_out_unwritten(
+    gw: &TestGateway,
+    cql_addr: &str,
+    redis_url: &str,
+    inbox: &str,
+    last: u64,
+) {
+    use fred::interfaces::KeysInterface as _;
+    let session = cql::connect(&CqlOptions::new(
+        vec![cql_addr.to_owned()],
+        common::CLUSTER_KEYSPACE,
+    ))
+    .await
+    .expect("cql");
+    session
+        .query_unpaged(
+            format!(
+                "UPDATE {}.inbox_heads SET reserved = ? WHERE inbox = ?",
+                common::CLUSTER_KEYSPACE
+            ),
+            (i64::try_from(last).expect("seq"), inbox),
+        )
+        .await
+        .expect("raise the mark");
+    let redis = qim_storage::cluster::connect_redis(redis_url, Duration::from_secs(2))
+        .await
+        .expect("redis");
+    let prefix = &gw.config.store.key_prefix;
+    for key in [
+        format!("{prefix}seq:{{{inbox}}}"),
+        format!("{prefix}seqres:{{{inbox}}}"),
+    ] {
+        let _: () = redis.set(key, last, None, None, false).await.expect("set");
+    }
+}
+
 /// A seq that will never be stored (its write failed after the seq was
 /// handed out) does not hold back the messages after it: the SDK skips a gap
 /// the server keeps confirming empty, on an online device and on one that
 /// catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_gap_does_not_wedge_a_device() {
-    use fred::interfaces::KeysInterface as _;
     let cql_addr = required_env("QIM_TEST_CQL");
     let redis_url = required_env("QIM_TEST_REDIS");
     migrate(&cql_addr).await;
@@ -356,32 +404,7 @@ async fn a_permanent_gap_does_not_wedge_a_device() {
     assert_eq!(take(&bob, 3).await.len(), 3);
 
     // Seqs 4 and 5 handed out, never written: what a failed write leaves.
-    let session = cql::connect(&CqlOptions::new(
-        vec![cql_addr.clone()],
-        common::CLUSTER_KEYSPACE,
-    ))
-    .await
-    .expect("cql");
-    session
-        .query_unpaged(
-            format!(
-                "UPDATE {}.inbox_heads SET reserved = 5 WHERE inbox = ?",
-                common::CLUSTER_KEYSPACE
-            ),
-            (&b,),
-        )
-        .await
-        .expect("raise the mark");
-    let redis = qim_storage::cluster::connect_redis(&redis_url, Duration::from_secs(2))
-        .await
-        .expect("redis");
-    let prefix = &gw.config.store.key_prefix;
-    for key in [
-        format!("{prefix}seq:{{{b}}}"),
-        format!("{prefix}seqres:{{{b}}}"),
-    ] {
-        let _: () = redis.set(key, 5, None, None, false).await.expect("set");
-    }
+    hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, 5).await;
     let receipt = alice
         .send(b.clone(), "after the gap".into())
         .await
@@ -399,5 +422,80 @@ async fn a_permanent_gap_does_not_wedge_a_device() {
     alice.close().await;
     bob.close().await;
     laptop.close().await;
+    gw.stop().await;
+}
+
+/// Once the seqs of a gap were handed out longer ago than the settle
+/// window, sync says so, and a device catching up skips the gap at once
+/// instead of waiting its `gap_skip_after`; a younger gap is not called
+/// settled (a resend may still fill it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_older_than_the_settle_window_is_skipped_at_once() {
+    let cql_addr = required_env("QIM_TEST_CQL");
+    let redis_url = required_env("QIM_TEST_REDIS");
+    migrate(&cql_addr).await;
+    // The shortest window allowed: the fill window of a 1 s store timeout.
+    let settle = qim_storage::cluster::FILL_WINDOW_MIN;
+    let gw = cluster_gateway_with(&redis_url, &cql_addr, move |c| {
+        c.store.gap_settle_ms = u64::try_from(settle.as_millis()).expect("ms");
+    })
+    .await;
+    let (a, b) = (unique("alice"), unique("bob"));
+    let alice = gw.client(&a, "alice-phone").await;
+    for i in 0..3 {
+        alice.send(b.clone(), format!("m{i}")).await.expect("acked");
+    }
+    hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, 5).await;
+    let after = alice
+        .send(b.clone(), "after the gap".into())
+        .await
+        .expect("acked");
+    assert_eq!(after.seq, 6);
+    let started = std::time::Instant::now();
+
+    let probe = Raw::login(&gw, &b, "bob-probe", 6).await;
+    let young = probe.sync(0).await;
+    assert!(
+        started.elapsed() < settle,
+        "this check must run within the window"
+    );
+    assert_eq!(
+        (young.inbox_head, young.settled_through),
+        (6, 0),
+        "seqs handed out moments ago are not settled"
+    );
+    let page = common::poll_until("the gap settles", || async {
+        let page = probe.sync(0).await;
+        (page.settled_through >= 5).then_some(page)
+    })
+    .await;
+    assert!(
+        started.elapsed() >= settle - Duration::from_millis(500),
+        "settled only once the window passed, after {:?}",
+        started.elapsed()
+    );
+    let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 6]);
+
+    // A phone of bob's that was offline all along, with the default
+    // gap_skip_after: it must not sit out the gap.
+    let config = gw.client_config(&b, "bob-phone");
+    let patience = Duration::from_secs(5);
+    assert!(
+        config.gap_skip_after > patience,
+        "waiting cannot pass this test"
+    );
+    let phone = qim_sdk::Client::connect(config).await.expect("phone");
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let m = tokio::time::timeout(patience, phone.next_message())
+            .await
+            .unwrap_or_else(|_| panic!("held back behind the settled gap; got {got:?}"))
+            .expect("a message");
+        got.push(m.seq);
+    }
+    assert_eq!(got, [1, 2, 3, 6]);
+    phone.close().await;
+    alice.close().await;
     gw.stop().await;
 }

@@ -344,30 +344,6 @@ async fn shutdown_tells_clients_to_move_and_drains_without_waiting_out_the_deadl
     );
 }
 
-/// One sync request over rpc: the inbox after `after`.
-async fn sync(session: &common::RawSession, after: u64) -> v1::SyncResponse {
-    let (send, recv) = session.raw.conn.open_bi().await.expect("rpc");
-    let mut send = qim_proto::io::FramedSend::new(send, StreamKind::Rpc, 64 * 1024);
-    let mut recv = qim_proto::io::FramedRecv::new(recv, 64 * 1024);
-    send.send(&v1::RpcRequest {
-        kind: Some(v1::rpc_request::Kind::Sync(v1::SyncRequest {
-            after_seq: after,
-            limit: 100,
-        })),
-    })
-    .await
-    .expect("request");
-    match recv
-        .next::<v1::RpcResponse>()
-        .await
-        .expect("response")
-        .and_then(|r| r.kind)
-    {
-        Some(v1::rpc_response::Kind::Sync(page)) => page,
-        other => panic!("expected a sync page, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_back_after_the_retention_does_not_wait_out_the_expired_gap() {
     let gw = TestGateway::start_with(|c| c.im.history_retention_ms = 1_500).await;
@@ -382,7 +358,7 @@ async fn a_device_back_after_the_retention_does_not_wait_out_the_expired_gap() {
     // keeps each inbox's newest message).
     let probe = Raw::login(&gw, "bob", "bob-probe", 3).await;
     let page = common::poll_until("the expired messages are swept", || async {
-        let page = sync(&probe, 0).await;
+        let page = probe.sync(0).await;
         (page.entries.first().map(|e| e.seq) == Some(3)).then_some(page)
     })
     .await;
@@ -435,7 +411,7 @@ async fn sync_pages_stay_under_the_frame_limit() {
     let mut after = 0;
     let mut pages = Vec::new();
     while after < 3 {
-        let page = sync(&bob, after).await;
+        let page = bob.sync(after).await;
         assert_eq!(page.inbox_head, 3);
         assert!(!page.entries.is_empty(), "every page makes progress");
         after = page.entries.last().map_or(after, |e| e.seq);

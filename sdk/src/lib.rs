@@ -25,7 +25,8 @@
 //!   may have permanent holes (a store write that failed after the seq was
 //!   assigned), which must not hold back the messages after them. A gap
 //!   the server says is settled (`SyncResponse.settled_through`: expired or
-//!   never written, as the embedded store knows) is skipped at once.
+//!   never written: at once on the embedded store, a window after the seqs
+//!   were handed out on the cluster store) is skipped at once.
 //! - `im`: conversations ([`Conversation`]), read state, recall, edit,
 //!   delete-for-me, replies and mentions; changes from other devices arrive
 //!   as [`Event`]s in the message stream.

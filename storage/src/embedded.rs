@@ -385,8 +385,8 @@ impl MessageStore for EmbeddedStore {
     /// One writer assigns seqs and commits them atomically, so a seq at or
     /// below the head is readable or gone: expired and swept (the sweeper
     /// keeps each inbox's newest message, so the head never moves back).
-    fn gaps_below_head_are_final(&self) -> bool {
-        true
+    async fn settled_through(&self, _inbox: &str, head: u64) -> Result<u64, StoreError> {
+        Ok(head)
     }
 
     async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError> {

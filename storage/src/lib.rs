@@ -99,13 +99,15 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The newest seq of `inbox`, 0 when empty.
     async fn inbox_head(&self, inbox: &str) -> Result<u64, StoreError>;
 
-    /// Whether a seq at or below an inbox's head that a read does not
-    /// return is gone for good (expired, or never written), rather than
-    /// possibly still being written. True only for a backend whose seqs
-    /// become readable together and in order; the gateway then tells a
-    /// client that pulls such a gap to skip it at once.
-    fn gaps_below_head_are_final(&self) -> bool {
-        false
+    /// Up to which seq of `inbox` a seq that a read started after this
+    /// call does not return is gone for good (expired, or never written)
+    /// rather than possibly still being written; `head` is the inbox head
+    /// read just before. The gateway tells a client that pulls such a gap
+    /// to skip it at once. 0 (the default): nothing is known to be settled,
+    /// clients wait before skipping.
+    async fn settled_through(&self, inbox: &str, head: u64) -> Result<u64, StoreError> {
+        let _ = (inbox, head);
+        Ok(0)
     }
 
     /// Records that `device` of `inbox` has processed up to `seq`; visible

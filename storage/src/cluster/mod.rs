@@ -76,6 +76,11 @@ pub struct ClusterOptions {
     pub seq_headroom: u64,
     /// Time after which a Redis command fails as unavailable.
     pub redis_timeout: Duration,
+    /// A missing seq handed out longer ago than this is settled: sync tells
+    /// clients to skip it at once instead of waiting. At least the fill
+    /// window ([`FILL_WINDOW_MIN`], or three CQL request timeouts if
+    /// longer), or a client could skip a seq that a resend still fills.
+    pub gap_settle: Duration,
 }
 
 impl ClusterOptions {
@@ -87,6 +92,7 @@ impl ClusterOptions {
             cql,
             seq_headroom: 0,
             redis_timeout: Duration::from_secs(2),
+            gap_settle: Duration::from_secs(30),
         }
     }
 }
@@ -169,14 +175,21 @@ impl ClusterStore {
     ) -> Result<Self, StoreError> {
         let cql = Arc::new(Cql::open(Arc::clone(&session), &options.cql).await?);
         let social = Arc::new(crate::cql::social::Social::open(session).await?);
+        let fill_window = FILL_WINDOW_MIN.max(options.cql.request_timeout * 3);
+        if options.gap_settle < fill_window {
+            return Err(StoreError::Invalid(format!(
+                "the gap settle window ({:?}) must be at least the fill window ({fill_window:?})",
+                options.gap_settle
+            )));
+        }
         let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
         let seqs = seq::Sequences::new(
             redis.clone(),
             Arc::clone(&cql),
             options.key_prefix.clone(),
             options.seq_headroom,
+            options.gap_settle,
         );
-        let fill_window = FILL_WINDOW_MIN.max(options.cql.request_timeout * 3);
         Ok(ClusterStore {
             cql,
             social,
@@ -401,11 +414,12 @@ impl MessageStore for ClusterStore {
         self.cql.inbox_head(inbox).await
     }
 
-    /// No: seqs are handed out before their rows are written, from any
-    /// node, so a seq below the head may still be filled within the fill
-    /// window (see the `seq` module); clients wait before skipping.
-    fn gaps_below_head_are_final(&self) -> bool {
-        false
+    /// Seqs are handed out before their rows are written, from any node,
+    /// so a seq below the head may still be filled within the fill window:
+    /// only those handed out longer ago than the settle window are settled
+    /// (see the `seq` module).
+    async fn settled_through(&self, inbox: &str, head: u64) -> Result<u64, StoreError> {
+        Ok(self.seqs.settled(inbox).await?.min(head))
     }
 
     async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError> {

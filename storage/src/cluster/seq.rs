@@ -44,6 +44,16 @@
 //! its `gap_skip_after` (30 s, longer than the fill window), so a permanent
 //! gap never holds back the messages after it.
 //!
+//! A gap also becomes *settled* once its seqs were handed out longer ago
+//! than the settle window (`gap_settle`, 30 s by default, at least the fill
+//! window): a third key per inbox, the settle record, keeps when seqs were
+//! handed out ([`SETTLED`]), and a sync tells the client that every missing
+//! seq up to there is gone for good, so it skips the gap at once. That is
+//! what a device back after messages expired (or after a failed write long
+//! ago) needs: without it, it waited `gap_skip_after` before seeing anything
+//! newer. A Redis that lost its data knows nothing settled until the window
+//! has passed again; clients then fall back to waiting.
+//!
 //! # What this does not cover
 //! A Redis that comes back with an *older* counter than it handed out (an
 //! RDB/AOF restore of a stale snapshot, or promotion of a lagging replica
@@ -63,8 +73,9 @@ use super::redis_error;
 use crate::StoreError;
 use crate::cql::Cql;
 
-/// Hands out `n` seqs if the durable reservation covers them.
-/// KEYS: counter, res. ARGV: n.
+/// Hands out `n` seqs if the durable reservation covers them, and keeps
+/// the inbox's settle record (see [`SETTLED`]).
+/// KEYS: counter, res, settle record. ARGV: n, settle window (ms).
 /// Returns `{0}` (counter missing), `{1, counter, res}` (reservation too
 /// small) or `{2, last}` (seqs `last - n + 1 ..= last` are ours).
 const ALLOC: &str = r"
@@ -74,7 +85,38 @@ local res = tonumber(redis.call('GET', KEYS[2]) or '0')
 local last = tonumber(cur) + tonumber(ARGV[1])
 if last > res then return {1, tonumber(cur), res} end
 redis.call('SET', KEYS[1], last)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = tonumber(redis.call('HGET', KEYS[3], 'at') or '-1')
+if at < 0 or now - at >= tonumber(ARGV[2]) then
+  if at >= 0 then
+    redis.call('HSET', KEYS[3], 'pat', at, 'pseq', redis.call('HGET', KEYS[3], 'seq'))
+  end
+  redis.call('HSET', KEYS[3], 'at', now, 'seq', last)
+end
+redis.call('HSET', KEYS[3], 'last', now)
 return {2, last}
+";
+
+/// The highest seq of an inbox handed out at least the settle window ago:
+/// every seq up to it whose message is not stored by now never will be
+/// (its write failed or its row expired). The settle record holds when
+/// the last allocation happened (`last`) and two checkpoints `(at, seq)`:
+/// "every seq up to `seq` was handed out by `at`", the newer one replaced
+/// only once it is a window old, so the older one always is.
+/// KEYS: counter, settle record. ARGV: settle window (ms). Returns the seq
+/// (0 when nothing is known, e.g. after Redis lost its data).
+const SETTLED: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local r = redis.call('HMGET', KEYS[2], 'last', 'at', 'seq', 'pat', 'pseq')
+if r[1] and now - tonumber(r[1]) >= window then
+  return tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+if r[2] and now - tonumber(r[2]) >= window then return tonumber(r[3]) end
+if r[4] and now - tonumber(r[4]) >= window then return tonumber(r[5]) end
+return 0
 ";
 
 /// Records a durable CQL mark: sets the counter to it if the counter is
@@ -100,29 +142,59 @@ pub(crate) struct Sequences {
     cql: Arc<Cql>,
     prefix: String,
     headroom: u64,
+    /// Milliseconds after which a seq handed out is settled (see [`SETTLED`]).
+    settle_window_ms: u64,
     alloc: Script,
     floor: Script,
+    settled: Script,
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Sequences {
-    pub(crate) fn new(redis: Client, cql: Arc<Cql>, prefix: String, headroom: u64) -> Self {
+    pub(crate) fn new(
+        redis: Client,
+        cql: Arc<Cql>,
+        prefix: String,
+        headroom: u64,
+        settle_window: std::time::Duration,
+    ) -> Self {
         Sequences {
             redis,
             cql,
             prefix,
             headroom,
+            settle_window_ms: u64::try_from(settle_window.as_millis()).unwrap_or(u64::MAX),
             alloc: Script::from_lua(ALLOC),
             floor: Script::from_lua(FLOOR),
+            settled: Script::from_lua(SETTLED),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
-    fn keys(&self, inbox: &str) -> Vec<String> {
-        vec![
+    /// The counter, `res` and the settle record of `inbox`.
+    fn keys(&self, inbox: &str) -> [String; 3] {
+        [
             format!("{}seq:{{{inbox}}}", self.prefix),
             format!("{}seqres:{{{inbox}}}", self.prefix),
+            format!("{}seqset:{{{inbox}}}", self.prefix),
         ]
+    }
+
+    /// The highest seq of `inbox` handed out at least the settle window
+    /// ago (0 if unknown): any seq up to it that a read started after this
+    /// call does not find is gone for good.
+    pub(crate) async fn settled(&self, inbox: &str) -> Result<u64, StoreError> {
+        let [counter, _, record] = self.keys(inbox);
+        let settled: i64 = self
+            .settled
+            .evalsha_with_reload(
+                &self.redis,
+                vec![counter, record],
+                vec![self.settle_window_ms.to_string()],
+            )
+            .await
+            .map_err(redis_error)?;
+        Ok(u64::try_from(settled).unwrap_or(0))
     }
 
     /// Hands out `n` consecutive seqs of `inbox`; returns the first.
@@ -136,7 +208,11 @@ impl Sequences {
         for _ in 0..MAX_ROUNDS {
             let reply: Vec<i64> = self
                 .alloc
-                .evalsha_with_reload(&self.redis, keys.clone(), vec![n.to_string()])
+                .evalsha_with_reload(
+                    &self.redis,
+                    keys.to_vec(),
+                    vec![n.to_string(), self.settle_window_ms.to_string()],
+                )
                 .await
                 .map_err(redis_error)?;
             match reply.as_slice() {
@@ -177,7 +253,7 @@ impl Sequences {
     async fn record(&self, keys: &[String], mark: u64) -> Result<(), StoreError> {
         let _: i64 = self
             .floor
-            .evalsha_with_reload(&self.redis, keys.to_vec(), vec![mark.to_string()])
+            .evalsha_with_reload(&self.redis, keys[..2].to_vec(), vec![mark.to_string()])
             .await
             .map_err(redis_error)?;
         Ok(())
