@@ -182,9 +182,9 @@ section! {
         receive_window: u32 = 1024 * 1024,
         /// Require address validation (a Retry round trip) before a handshake; use on untrusted networks.
         validate_addresses: bool = false,
-        /// Send several packets of a connection in one syscall (UDP GSO). Faster for bulk sends, but each connection keeps a transmit buffer as large as its biggest burst (up to 10 packets, ≈ 14 KiB) for its life; off keeps it at one packet.
+        /// Send several packets of a connection in one syscall (UDP GSO). Faster for bulk sends, but each connection keeps a transmit buffer as large as its biggest burst (up to 10 packets, ≈ 14 KiB) for its life; off keeps it at one packet (2.3 KiB less per idle connection in BENCHMARKS.md's sixth pass).
         segmentation_offload: bool = true,
-        /// Probe for a path MTU above 1200 bytes (larger packets, and a larger transmit buffer per connection).
+        /// Probe for a path MTU above 1200 bytes (larger packets, and a larger transmit buffer per connection: 1.1 KiB more per idle connection with segmentation_offload off).
         mtu_discovery: bool = true,
         /// Bytes of unreliable QUIC datagrams buffered per connection (0: datagrams off; qim does not use them).
         datagram_receive_buffer: usize = 0,
