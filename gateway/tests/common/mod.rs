@@ -281,6 +281,38 @@ pub async fn assert_quiet(client: &Client, window: Duration) {
     }
 }
 
+/// Connects a device of `user` that was offline all along, with the
+/// default `gap_skip_after`, and takes its messages until `done` says so,
+/// each within 5 s: far below `gap_skip_after`, so a device that sits out
+/// a gap in its inbox fails (the panic names the messages it got).
+pub async fn catch_up_without_waiting(
+    gw: &TestGateway,
+    user: &str,
+    device: &str,
+    done: impl Fn(&[qim_sdk::IncomingMessage]) -> bool,
+) -> Vec<qim_sdk::IncomingMessage> {
+    let config = gw.client_config(user, device);
+    let patience = Duration::from_secs(5);
+    assert!(
+        config.gap_skip_after > patience,
+        "waiting cannot pass this check"
+    );
+    let client = qim_sdk::Client::connect(config).await.expect("connect");
+    let mut got = Vec::new();
+    while !done(&got) {
+        let m = tokio::time::timeout(patience, client.next_message())
+            .await
+            .unwrap_or_else(|_| {
+                let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+                panic!("held back behind a gap; got seqs {seqs:?}")
+            })
+            .expect("a message");
+        got.push(m);
+    }
+    client.close().await;
+    got
+}
+
 pub fn text(m: &qim_sdk::IncomingMessage) -> String {
     String::from_utf8_lossy(&m.body).into_owned()
 }
