@@ -469,10 +469,10 @@ impl Config {
         if self.store.timeout_ms == 0 {
             return invalid("store.timeout_ms must be above 0");
         }
-        let fill_window_ms = u64::try_from(qim_storage::cluster::FILL_WINDOW_MIN.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(self.store.timeout_ms.saturating_mul(3));
-        if self.store.gap_settle_ms < fill_window_ms {
+        let fill_window = qim_storage::cluster::fill_window(std::time::Duration::from_millis(
+            self.store.timeout_ms,
+        ));
+        if u128::from(self.store.gap_settle_ms) < fill_window.as_millis() {
             return invalid(
                 "store.gap_settle_ms must be at least the fill window (10000, or 3 × store.timeout_ms)",
             );

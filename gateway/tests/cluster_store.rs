@@ -435,7 +435,7 @@ async fn a_gap_older_than_the_settle_window_is_skipped_at_once() {
     let redis_url = required_env("QIM_TEST_REDIS");
     migrate(&cql_addr).await;
     // The shortest window allowed: the fill window of a 1 s store timeout.
-    let settle = qim_storage::cluster::FILL_WINDOW_MIN;
+    let settle = qim_storage::cluster::fill_window(Duration::from_millis(1_000));
     let gw = cluster_gateway_with(&redis_url, &cql_addr, move |c| {
         c.store.gap_settle_ms = u64::try_from(settle.as_millis()).expect("ms");
     })

@@ -147,6 +147,12 @@ pub struct ClusterStore {
 /// for longer (the SDK's `gap_skip_after`, 30 s).
 pub const FILL_WINDOW_MIN: Duration = Duration::from_secs(10);
 
+/// The fill window for CQL requests that time out after `request_timeout`:
+/// [`FILL_WINDOW_MIN`], or three request timeouts if longer.
+pub fn fill_window(request_timeout: Duration) -> Duration {
+    FILL_WINDOW_MIN.max(request_timeout.saturating_mul(3))
+}
+
 impl std::fmt::Debug for ClusterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterStore").finish_non_exhaustive()
@@ -173,15 +179,15 @@ impl ClusterStore {
         session: Arc<Session>,
         options: &ClusterOptions,
     ) -> Result<Self, StoreError> {
-        let cql = Arc::new(Cql::open(Arc::clone(&session), &options.cql).await?);
-        let social = Arc::new(crate::cql::social::Social::open(session).await?);
-        let fill_window = FILL_WINDOW_MIN.max(options.cql.request_timeout * 3);
+        let fill_window = fill_window(options.cql.request_timeout);
         if options.gap_settle < fill_window {
             return Err(StoreError::Invalid(format!(
                 "the gap settle window ({:?}) must be at least the fill window ({fill_window:?})",
                 options.gap_settle
             )));
         }
+        let cql = Arc::new(Cql::open(Arc::clone(&session), &options.cql).await?);
+        let social = Arc::new(crate::cql::social::Social::open(session).await?);
         let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
         let seqs = seq::Sequences::new(
             redis.clone(),
