@@ -18,7 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 /// What the admin handlers read.
 #[derive(Clone)]

@@ -81,7 +81,7 @@ impl TokenKey {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                crate::tls::write_private(path, URL_SAFE_NO_PAD.encode(secret).as_bytes())?;
+                crate::secrets::write_private(path, URL_SAFE_NO_PAD.encode(secret).as_bytes())?;
                 Ok((Self::new(&secret), true))
             }
             Err(e) => Err(e),
@@ -135,13 +135,7 @@ impl TokenKey {
     }
 }
 
-/// Current unix time in seconds.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::secrets::unix_now;
 
 #[cfg(test)]
 mod tests {

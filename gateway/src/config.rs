@@ -84,9 +84,11 @@ section! {
     "server" => Server {
         /// UDP address of the QUIC endpoint.
         listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 4433)),
-        /// Directory of the embedded store, development certificates and the development token secret.
+        /// Directory of the embedded store, development certificates and the development token
+        /// secret.
         data_dir: PathBuf = PathBuf::from("qim-data"),
-        /// Connections held at once; further connection attempts are refused (QUIC CONNECTION_REFUSED) and counted as SERVER_BUSY.
+        /// Connections held at once; further connection attempts are refused (QUIC
+        /// CONNECTION_REFUSED) and counted as SERVER_BUSY.
         max_connections: usize = 250_000,
         /// Name clients use to verify the certificate (printed at start-up).
         public_name: String = "localhost".to_owned(),
@@ -100,9 +102,14 @@ section! {
         cert: Option<PathBuf> = None,
         /// PEM private key of the certificate.
         key: Option<PathBuf> = None,
-        /// TLS sessions kept in memory for resumption: one single-use ticket per handshake (a replayed ticket, and so replayed 0-RTT data, is refused), local to this node. Keep it above the number of clients that may reconnect at once: beyond it the oldest tickets are evicted before they are used, and those clients make full handshakes. 0 disables resumption and 0-RTT.
+        /// TLS sessions kept in memory for resumption: one single-use ticket per handshake (a
+        /// replayed ticket, and so replayed 0-RTT data, is refused), local to this node. Keep it
+        /// above the number of clients that may reconnect at once: beyond it the oldest tickets are
+        /// evicted before they are used, and those clients make full handshakes. 0 disables
+        /// resumption and 0-RTT.
         resumption_cache: usize = 65_536,
-        /// Accept 0-RTT early data from resuming clients. Only the login (Hello) is served before the handshake completes; every other client stream waits for it.
+        /// Accept 0-RTT early data from resuming clients. Only the login (Hello) is served before
+        /// the handshake completes; every other client stream waits for it.
         zero_rtt: bool = true,
     }
 }
@@ -110,7 +117,8 @@ section! {
 section! {
     /// Login.
     "auth" => Auth {
-        /// File with the base64url token secret shared with your token issuer. Unset: data_dir/token-secret, created on first start (development only).
+        /// File with the base64url token secret shared with your token issuer. Unset:
+        /// data_dir/token-secret, created on first start (development only).
         secret_file: Option<PathBuf> = None,
         /// Milliseconds a client has after the handshake to send a valid Hello.
         login_timeout_ms: u64 = 10_000,
@@ -124,7 +132,8 @@ section! {
         interval_ms: u32 = 30_000,
         /// Lowest interval an adaptive client may use.
         min_interval_ms: u32 = 10_000,
-        /// Highest interval an adaptive client may use; clients are told at most 90% of quic.idle_timeout_ms.
+        /// Highest interval an adaptive client may use; clients are told at most 90% of
+        /// quic.idle_timeout_ms.
         max_interval_ms: u32 = 300_000,
         /// Intervals without a Ping after which the server closes the session (HEARTBEAT_TIMEOUT).
         max_missed: u32 = 3,
@@ -152,11 +161,13 @@ section! {
         max_body_bytes: u32 = 48 * 1024,
         /// Sends stored in one batch per chat stream; bounds the work one client can queue.
         max_inflight_sends: u32 = 512,
-        /// Sends a session may make per second, sustained (0: unlimited). A faster sender is slowed down (its chat stream waits), which keeps its messages in order.
+        /// Sends a session may make per second, sustained (0: unlimited). A faster sender is slowed
+        /// down (its chat stream waits), which keeps its messages in order.
         sends_per_second: u32 = 500,
         /// Sends a session may make in a burst above the sustained rate.
         sends_burst: u32 = 1000,
-        /// Pings and rpc requests a session may make per second (0: unlimited); a flood closes the connection with RATE_LIMITED.
+        /// Pings and rpc requests a session may make per second (0: unlimited); a flood closes the
+        /// connection with RATE_LIMITED.
         requests_per_second: u32 = 50,
         /// Pings and rpc requests allowed in a burst.
         requests_burst: u32 = 100,
@@ -168,11 +179,13 @@ section! {
     "quic" => Quic {
         /// Idle timeout in milliseconds; must exceed heartbeat.interval_ms * heartbeat.max_missed.
         idle_timeout_ms: u64 = 120_000,
-        /// UDP socket receive buffer in bytes (the kernel default of ~208 KB drops packets under load).
+        /// UDP socket receive buffer in bytes (the kernel default of ~208 KB drops packets under
+        /// load).
         udp_recv_buffer: usize = 4 * 1024 * 1024,
         /// UDP socket send buffer in bytes.
         udp_send_buffer: usize = 4 * 1024 * 1024,
-        /// Client-opened bidi streams at once (control, heartbeat, rpc requests). quinn preallocates state for the whole window.
+        /// Client-opened bidi streams at once (control, heartbeat, rpc requests). quinn
+        /// preallocates state for the whole window.
         max_bidi_streams: u32 = 8,
         /// Client-opened uni streams at once (chat, ack).
         max_uni_streams: u32 = 4,
@@ -180,15 +193,24 @@ section! {
         stream_receive_window: u32 = 256 * 1024,
         /// Flow-control window per connection, in bytes.
         receive_window: u32 = 1024 * 1024,
-        /// Require address validation (a Retry round trip) before a handshake; use on untrusted networks.
+        /// Require address validation (a Retry round trip) before a handshake; use on untrusted
+        /// networks.
         validate_addresses: bool = false,
-        /// Send several packets of a connection in one syscall (UDP GSO). Faster for bulk sends, but each connection keeps a transmit buffer as large as its biggest burst (up to 10 packets, ≈ 14 KiB) for its life; off keeps it at one packet (2.3 KiB less per idle connection in BENCHMARKS.md's sixth pass).
+        /// Send several packets of a connection in one syscall (UDP GSO). Faster for bulk sends,
+        /// but each connection keeps a transmit buffer as large as its biggest burst (up to 10
+        /// packets, ≈ 14 KiB) for its life; off keeps it at one packet (2.3 KiB less per idle
+        /// connection in BENCHMARKS.md's sixth pass).
         segmentation_offload: bool = true,
-        /// Probe for a path MTU above 1200 bytes (larger packets, and a larger transmit buffer per connection: 1.1 KiB more per idle connection with segmentation_offload off).
+        /// Probe for a path MTU above 1200 bytes (larger packets, and a larger transmit buffer per
+        /// connection: 1.1 KiB more per idle connection with segmentation_offload off).
         mtu_discovery: bool = true,
-        /// Bytes of unreliable QUIC datagrams buffered per connection (0: datagrams off; qim does not use them).
+        /// Bytes of unreliable QUIC datagrams buffered per connection (0: datagrams off; qim does
+        /// not use them).
         datagram_receive_buffer: usize = 0,
-        /// Read the UDP socket on a thread of its own (quinn's endpoint driver), so datagrams are taken off the socket while every worker is busy instead of overflowing its buffer. On 2 cores shared with the load generator it ended the socket's drops in a reconnect storm but gained no speed (BENCHMARKS.md); for machines with a core to spare.
+        /// Read the UDP socket on a thread of its own (quinn's endpoint driver), so datagrams are
+        /// taken off the socket while every worker is busy instead of overflowing its buffer. On 2
+        /// cores shared with the load generator it ended the socket's drops in a reconnect storm
+        /// but gained no speed (BENCHMARKS.md); for machines with a core to spare.
         receive_thread: bool = false,
     }
 }
@@ -212,25 +234,36 @@ section! {
 }
 
 section! {
-    /// Where messages, sequences and routes live. With neither redis nor cql set, the embedded store under server.data_dir is used (single node). With both, the node joins a cluster: routes, presence, sequence counters and cross-node queues in Redis, messages in ScyllaDB/Cassandra.
+    /// Where messages, sequences and routes live. With neither redis nor cql set, the embedded
+    /// store under server.data_dir is used (single node). With both, the node joins a cluster:
+    /// routes, presence, sequence counters and cross-node queues in Redis, messages in
+    /// ScyllaDB/Cassandra.
     "store" => Store {
-        /// Redis URL, e.g. "redis://127.0.0.1:6379" (a Redis Cluster: "redis-cluster://host:port?node=host2:port2").
+        /// Redis URL, e.g. "redis://127.0.0.1:6379" (a Redis Cluster:
+        /// "redis-cluster://host:port?node=host2:port2").
         redis: Option<String> = None,
         /// CQL contact points, comma separated, e.g. "127.0.0.1:9042" (ScyllaDB or Cassandra).
         cql: Option<String> = None,
         /// CQL keyspace of the messages, created by `qim-gateway migrate`.
         keyspace: String = "qim".to_owned(),
-        /// Replication map `qim-gateway migrate` gives a new keyspace; production: e.g. "{'class': 'NetworkTopologyStrategy', 'dc1': 3}".
+        /// Replication map `qim-gateway migrate` gives a new keyspace; production: e.g. "{'class':
+        /// 'NetworkTopologyStrategy', 'dc1': 3}".
         replication: String = "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
-        /// Days messages and idempotency keys are kept in CQL (a TTL on each row); 0 keeps them forever.
+        /// Days messages and idempotency keys are kept in CQL (a TTL on each row); 0 keeps them
+        /// forever.
         retention_days: u32 = 0,
         /// Prefix of every Redis key (lets deployments share a Redis); must not contain '{'.
         key_prefix: String = "qim:".to_owned(),
-        /// Seqs reserved in CQL beyond each allocation: fewer LWTs on busy inboxes, but up to this many seqs skipped after Redis loses its data.
+        /// Seqs reserved in CQL beyond each allocation: fewer LWTs on busy inboxes, but up to this
+        /// many seqs skipped after Redis loses its data.
         seq_headroom: u64 = 0,
-        /// Milliseconds before a Redis or CQL request fails (the send is then refused as retryable).
+        /// Milliseconds before a Redis or CQL request fails (the send is then refused as
+        /// retryable).
         timeout_ms: u64 = 3_000,
-        /// Milliseconds after which a seq handed out but never stored (a failed write) or expired counts as gone for good: sync then tells a client to skip it at once instead of waiting its gap_skip_after. At least the fill window (10 s, or three timeout_ms if longer), during which a resend may still fill it.
+        /// Milliseconds after which a seq handed out but never stored (a failed write) or expired
+        /// counts as gone for good: sync then tells a client to skip it at once instead of waiting
+        /// its gap_skip_after. At least the fill window (10 s, or three timeout_ms if longer),
+        /// during which a resend may still fill it.
         gap_settle_ms: u64 = 30_000,
     }
 }
@@ -264,19 +297,26 @@ section! {
     "cluster" => Cluster {
         /// This node's id in the registry; unset: derived from the public address.
         node_id: Option<String> = None,
-        /// Address clients are sent to for this node ("host:port"); unset: server.public_name and the bound port.
+        /// Address clients are sent to for this node ("host:port"); unset: server.public_name and
+        /// the bound port.
         advertise: Option<String> = None,
-        /// How the route endpoint picks a node for a user: "consistent-hash", "least-connections", "random" or "round-robin".
+        /// How the route endpoint picks a node for a user: "consistent-hash", "least-connections",
+        /// "random" or "round-robin".
         strategy: String = "consistent-hash".to_owned(),
-        /// Optional public TCP address of a listener serving only the route endpoint (GET /route?user=ID); the admin listener serves it too.
+        /// Optional public TCP address of a listener serving only the route endpoint (GET
+        /// /route?user=ID); the admin listener serves it too.
         route_listen: Option<SocketAddr> = None,
-        /// Address of the route endpoint written to the registry ("host:port"); unset: route_listen (else admin.listen) with its bound port.
+        /// Address of the route endpoint written to the registry ("host:port"); unset: route_listen
+        /// (else admin.listen) with its bound port.
         route_advertise: Option<String> = None,
-        /// Milliseconds a node stays in the registry without a heartbeat; heartbeats go every third of it.
+        /// Milliseconds a node stays in the registry without a heartbeat; heartbeats go every third
+        /// of it.
         node_ttl_ms: u64 = 10_000,
-        /// Milliseconds a user's route stays without a refresh; the node refreshes its sessions' routes every third of it.
+        /// Milliseconds a user's route stays without a refresh; the node refreshes its sessions'
+        /// routes every third of it.
         route_ttl_ms: u64 = 60_000,
-        /// Cross-node hand-offs kept per node queue (approximately; the oldest are trimmed, their messages wait in the store).
+        /// Cross-node hand-offs kept per node queue (approximately; the oldest are trimmed, their
+        /// messages wait in the store).
         queue_max_len: u64 = 100_000,
         /// Prefix of every Redis key, so several clusters can share one Redis.
         key_prefix: String = "qim".to_owned(),
@@ -286,19 +326,32 @@ section! {
 section! {
     /// Instant-messaging features: conversations, read state, message operations.
     "im" => Im {
-        /// Put a copy of every one-to-one message in the sender's own inbox too, so the sender's other devices see what was sent and the sender's conversation list shows it. Doubles the writes per message.
+        /// Put a copy of every one-to-one message in the sender's own inbox too, so the sender's
+        /// other devices see what was sent and the sender's conversation list shows it. Doubles the
+        /// writes per message.
         sync_sent: bool = false,
-        /// Milliseconds after sending within which a sender may recall a message (RECALL_WINDOW_PASSED after).
+        /// Milliseconds after sending within which a sender may recall a message
+        /// (RECALL_WINDOW_PASSED after).
         recall_window_ms: u64 = 120_000,
         /// Users a message may mention at most.
         max_mentions: u32 = 50,
-        /// Who may message whom one to one: "allow" (anyone not blocked) or "friends" (NOT_FRIENDS otherwise).
+        /// Who may message whom one to one: "allow" (anyone not blocked) or "friends" (NOT_FRIENDS
+        /// otherwise).
         direct_policy: String = "allow".to_owned(),
-        /// Which devices of a user may be online together: "unlimited", "one-per-platform-class" (mobile, desktop, web: a login kicks the older session of its class) or "single" (a login kicks every other device). Kicked sessions are closed with KICKED and do not reconnect on their own; the same device logging in again only replaces its own earlier session.
+        /// Which devices of a user may be online together: "unlimited", "one-per-platform-class"
+        /// (mobile, desktop, web: a login kicks the older session of its class) or "single" (a
+        /// login kicks every other device). Kicked sessions are closed with KICKED and do not
+        /// reconnect on their own; the same device logging in again only replaces its own earlier
+        /// session.
         device_policy: String = "unlimited".to_owned(),
-        /// Send the sender of a one-to-one message a delivery receipt (an inbox event naming the newest message received) when a device of the recipient acknowledges it. One extra inbox write per sender per acknowledged batch.
+        /// Send the sender of a one-to-one message a delivery receipt (an inbox event naming the
+        /// newest message received) when a device of the recipient acknowledges it. One extra inbox
+        /// write per sender per acknowledged batch.
         delivery_receipts: bool = false,
-        /// Milliseconds messages stay readable in conversation history; older ones are answered as expired (the history page says so instead of leaving a silent gap). 0 keeps them forever (on the cluster store: as long as store.retention_days keeps them, whichever is shorter).
+        /// Milliseconds messages stay readable in conversation history; older ones are answered as
+        /// expired (the history page says so instead of leaving a silent gap). 0 keeps them forever
+        /// (on the cluster store: as long as store.retention_days keeps them, whichever is
+        /// shorter).
         history_retention_ms: u64 = 0,
         /// How far ahead a message may be scheduled, in milliseconds.
         max_schedule_ahead_ms: u64 = 30 * 24 * 3_600_000,
@@ -308,7 +361,9 @@ section! {
 section! {
     /// Groups.
     "groups" => Groups {
-        /// Groups with more members than this switch from write diffusion (a copy per member inbox) to read diffusion (one group log, pushed to online members, pulled by the rest). The switch is for good.
+        /// Groups with more members than this switch from write diffusion (a copy per member inbox)
+        /// to read diffusion (one group log, pushed to online members, pulled by the rest). The
+        /// switch is for good.
         read_diffusion_threshold: u32 = 500,
         /// Members a group may have at creation.
         max_members: u32 = 100_000,

@@ -12,15 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qim_proto::io::{FramedSend, SendError};
-use qim_proto::v1;
+use qim_proto::v1::{self, rpc_response};
 use qim_storage::conversations::ConversationOp;
 use qim_storage::{StoreError, StoredMessage};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::{debug, warn};
 
+use crate::ctx::Ctx;
+use crate::deadline::sleep_until_opt;
+use crate::reply::{Reply, fill_frame};
 use crate::route::Feed;
-use crate::server::Ctx;
 
 /// A device's cursor is saved at most this often while acks flow, and when
 /// its ack stream ends: it is advisory, clients resume from their own seq.
@@ -205,9 +208,6 @@ impl Delivery {
     /// store never holds back delivery; each such task waits for the one
     /// before, so receipts keep their order.
     fn receipts(&mut self, acked: &[Arc<StoredMessage>]) {
-        let Some(im) = &self.ctx.im else {
-            return;
-        };
         if !self.ctx.config.im.delivery_receipts {
             return;
         }
@@ -250,19 +250,15 @@ impl Delivery {
                 now_ms,
             })
             .collect();
-        let (im, ctx) = (Arc::clone(im), Arc::clone(&self.ctx));
+        let ctx = Arc::clone(&self.ctx);
         let previous = self.receipts_tail.take();
         self.receipts_tail = Some(tokio::spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
             for op in ops {
-                match im.apply(op).await {
-                    Ok(applied) => {
-                        for event in applied.events {
-                            crate::cluster::deliver(&ctx, Arc::new(event)).await;
-                        }
-                    }
+                match ctx.stores.conversations.apply(op).await {
+                    Ok(applied) => ctx.fanout.deliver_all(applied.events).await,
                     Err(e) => tracing::warn!(error = %e, "delivery receipt not stored"),
                 }
             }
@@ -273,7 +269,8 @@ impl Delivery {
         // Cursors are advisory; a failed save is logged, not fatal.
         if let Err(e) = self
             .ctx
-            .store
+            .stores
+            .messages
             .save_cursor(&self.user, &self.device, cursor)
             .await
         {
@@ -289,7 +286,8 @@ impl Delivery {
             if batch.is_empty() {
                 batch = self
                     .ctx
-                    .store
+                    .stores
+                    .messages
                     .read_inbox(&self.user, self.next - 1, want)
                     .await?
                     .into_iter()
@@ -328,11 +326,44 @@ fn deliver(message: &StoredMessage, attempt: u32) -> v1::Deliver {
     }
 }
 
-async fn sleep_until_opt(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
+/// Entries per gap pull when the request names no limit, and at most.
+const DEFAULT_SYNC: u32 = 100;
+const MAX_SYNC: u32 = 500;
+
+/// Answers a gap pull of `user`'s inbox: the entries after a seq, the
+/// head, and up to where missing seqs are settled.
+pub(crate) async fn sync(ctx: &Ctx, user: &str, request: v1::SyncRequest) -> Reply {
+    let limit = match request.limit {
+        0 => DEFAULT_SYNC,
+        n => n.min(MAX_SYNC),
+    } as usize;
+    let store = &ctx.stores.messages;
+    let head = store
+        .inbox_head(user)
+        .await
+        .inspect_err(|e| warn!(user, error = %e, "sync read failed"))?;
+    // Before the entries: a seq settled by now that the read does not find
+    // will never come.
+    let settled_through = store.settled_through(user, head).await.unwrap_or_else(|e| {
+        debug!(user, error = %e, "reading the settled seq failed; none settled");
+        0
+    });
+    let entries = store
+        .read_inbox(user, request.after_seq, limit)
+        .await
+        .inspect_err(|e| warn!(user, error = %e, "sync read failed"))?;
+    let entries = entries.into_iter().map(|m| v1::InboxEntry {
+        seq: m.seq,
+        message: Some(m.message),
+    });
+    // Fill the response up to the frame limit; the client asks again for
+    // the rest.
+    let (entries, _) = fill_frame(entries, ctx.config.limits.max_frame_bytes);
+    Ok(rpc_response::Kind::Sync(v1::SyncResponse {
+        entries,
+        inbox_head: head,
+        settled_through,
+    }))
 }
 
 #[cfg(test)]

@@ -3,34 +3,57 @@
 //! device of its recipient in seq order until each device acknowledges it.
 //!
 //! # Layout
+//! Dependencies point down this list; no file imports one above it.
+//!
+//! The top, which runs connections:
 //! - [`server`]: binding the endpoint and admin port, the accept loop,
 //!   graceful shutdown (GoAway, drain, store flush).
 //! - `session`: one connection: login on the control stream, then the
 //!   heartbeat, chat, ack and rpc streams, each in its own task.
-//! - [`delivery`]: the per-device delivery engine; [`delivery::Window`] is its
-//!   sans-IO core (unacked window, retransmit timers with backoff).
-//! - `conversations`: chat sends as posts (one copy per inbox) and the IM
-//!   rpc requests: conversation list, read state, flags, recall, edit,
-//!   delete-for-me.
-//! - `contacts`: friend requests, friends, blocks, and the direct-message
-//!   policy checked on every one-to-one send.
-//! - `groups`: group requests, and the push of read-diffusion group logs
-//!   to online members (best effort, with nudges and pulls).
+//! - `rpc`: the dispatch of one rpc request to the feature it names.
+//!
+//! The features, leaves that import only the ground floor and storage:
+//! - `conversations`: the conversation list, read state, flags, recall,
+//!   edit, delete-for-me, history, read counts.
+//! - `groups`: group requests and pulls of read-diffusion group logs.
+//! - `contacts`: friend requests, friends, blocks.
 //! - `schedule`: scheduled sends: requests, and the task that posts them
 //!   when due (also after a restart).
 //! - `presence`: online/offline over a user's devices, last seen,
 //!   subscriptions, online-time records, typing; pushed as signals.
+//! - [`admin`]: the admin HTTP router (health, metrics, cluster views).
+//!
+//! The ground floor, which every feature imports and which imports no
+//! feature:
+//! - `ctx`: the state every session and feature shares (`Ctx`).
+//! - `post`: a send validated, checked, stored as one post and published;
+//!   used by chat streams and checked the same way for scheduled sends.
+//! - `fanout`: the only way a durable entry reaches sessions, on this node
+//!   and on the others (and how signals cross nodes).
+//! - `push`: the per-session registry of best-effort pushes: group log
+//!   entries, presence changes, typing.
+//! - `policy`: who may reach whom (blocks, `im.direct_policy`).
+//! - `reply`: the feature error type, mapped to wire codes in one place,
+//!   and the frame budget of paged answers.
+//! - [`delivery`]: the per-device delivery engine; [`delivery::Window`] is
+//!   its sans-IO core (unacked window, retransmit timers with backoff); and
+//!   the inbox sync that gap pulls ask.
 //! - `route`: in-process routes (online users, sessions per device, a feed
 //!   of new messages per online user).
 //! - [`cluster`]: membership of a multi-node cluster (registry, routes and
-//!   cross-node queues in Redis) and the route endpoint's strategies.
+//!   cross-node queues in Redis) and the route endpoint's strategies; it
+//!   carries entries and signals between nodes and knows nothing of
+//!   sessions.
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
-//! - [`auth`]: HMAC-signed login tokens.
-//! - [`tls`]: certificates, including development ones made with rcgen.
-//! - [`config`]: typed, layered, validated configuration.
-//! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP router.
+//! - [`auth`]: HMAC-signed login tokens; [`tls`]: certificates, including
+//!   development ones made with rcgen; `secrets`: what both write and
+//!   read (owner-only files, the wall clock).
+//! - [`config`]: typed, layered, validated configuration; [`metrics`]:
+//!   Prometheus metrics.
+//! - `mutex`, `deadline`, `udp`: a poison-tolerant lock, an optional
+//!   deadline, the endpoint's receive thread.
 //!
-//! # Invariants
+//! //! # Invariants
 //! - A `SendAck` is written only after the store's `append` returned, i.e.
 //!   after the message is durable; a store error becomes a retryable
 //!   `SendNack`.
@@ -44,17 +67,28 @@ pub mod cluster;
 pub mod config;
 mod contacts;
 mod conversations;
+mod ctx;
+mod deadline;
 pub mod delivery;
+mod fanout;
 mod groups;
 pub mod limit;
 pub mod metrics;
+mod mutex;
+mod policy;
+mod post;
 mod presence;
+mod push;
+mod reply;
 mod route;
+mod rpc;
 mod schedule;
+mod secrets;
 pub mod server;
 mod session;
 pub mod tls;
 mod udp;
 
 pub use config::Config;
-pub use server::{Gateway, ImStores, RunError, StartError, StartInfo};
+pub use qim_storage::Stores;
+pub use server::{Gateway, RunError, StartError, StartInfo};

@@ -10,20 +10,16 @@
 //! it is already durable (publish happens only after the store's commit).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use qim_proto::v1::ErrorCode;
 use qim_storage::StoredMessage;
 use tokio::sync::{oneshot, watch};
 
+use crate::mutex::lock;
+
 /// Newest messages kept in memory per online user.
 const RECENT: usize = 512;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these short locks cannot leave them half-updated
-    // in a way later users could observe; carry on with the data.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Which devices of a user may be online together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,13 +12,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qim_proto::v1::{self, ErrorCode, rpc_response};
+use qim_proto::v1::{self, rpc_response};
 use qim_storage::ScheduleStore;
 use qim_storage::model::new_msg_id;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::conversations::{Extras, op_error};
-use crate::server::Ctx;
+use crate::ctx::Ctx;
+use crate::deadline::sleep_until_opt;
+use crate::post::{Extras, Target, check_send, direct_inboxes};
+use crate::reply::{Refusal, Reply};
 
 /// Delay before retrying after a store error in the scheduler.
 const RETRY: Duration = Duration::from_secs(1);
@@ -26,76 +29,33 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often a cluster node looks for due entries at least.
 const CLUSTER_POLL: Duration = Duration::from_secs(1);
 
-fn error(code: ErrorCode, message: impl Into<String>) -> rpc_response::Kind {
-    rpc_response::Kind::Error(v1::RpcError {
-        code: code as i32,
-        message: message.into(),
-    })
-}
-
 /// Answers a schedule request of `user` on `device`.
 pub(crate) async fn schedule(
     ctx: &Ctx,
     user: &str,
     device: &str,
     request: v1::ScheduleRequest,
-) -> rpc_response::Kind {
-    let Some(store) = &ctx.schedules else {
-        return error(
-            ErrorCode::Unsupported,
-            "this server's store has no scheduled messages",
-        );
-    };
+) -> Reply {
     let Some(mut send) = request.send else {
-        return error(ErrorCode::InvalidArgument, "no send to schedule");
+        return Err(Refusal::invalid("no send to schedule"));
     };
     let now = qim_proto::now_ms();
     let ahead = i64::try_from(ctx.config.im.max_schedule_ahead_ms).unwrap_or(i64::MAX);
     if request.deliver_at_ms > now.saturating_add(ahead) {
-        return error(
-            ErrorCode::InvalidArgument,
+        return Err(Refusal::invalid(
             "deliver_at_ms beyond im.max_schedule_ahead_ms",
-        );
-    }
-    if !qim_proto::ids::is_valid_client_msg_id(&send.client_msg_id) {
-        return error(
-            ErrorCode::InvalidArgument,
-            "client_msg_id must be 1-64 printable ASCII bytes",
-        );
-    }
-    if send.body.len() > ctx.config.limits.max_body_bytes as usize {
-        return error(
-            ErrorCode::MessageTooLarge,
-            "body exceeds limits.max_body_bytes",
-        );
-    }
-    if send.kind.len() > qim_proto::ids::MAX_ID_LEN {
-        return error(ErrorCode::InvalidArgument, "kind is longer than 64 bytes");
+        ));
     }
     // Checked now; kept in the send for delivery.
-    let extras = match Extras::take(&mut send, ctx) {
-        Ok(extras) => extras,
-        Err((code, message)) => return error(code, message),
-    };
+    let extras = Extras::take(&mut send, ctx)?;
+    let target = check_send(ctx, &send);
     extras.put_back(&mut send);
-    let inboxes = match send.to.as_ref().and_then(|p| p.target.as_ref()) {
-        Some(v1::peer::Target::User(to)) if qim_proto::ids::is_valid_id(to) => {
-            if let Err((code, message)) = crate::contacts::check_direct(ctx, user, to).await {
-                return error(code, message);
-            }
-            let mut inboxes = vec![to.clone()];
-            if ctx.config.im.sync_sent && to != user {
-                inboxes.push(user.to_owned());
-            }
-            inboxes
+    let inboxes = match target? {
+        Target::User(to) => {
+            crate::policy::check_direct(ctx, user, &to).await?;
+            direct_inboxes(ctx, user, &to)
         }
-        Some(v1::peer::Target::Group(g)) if qim_proto::ids::is_valid_id(g) => Vec::new(),
-        _ => {
-            return error(
-                ErrorCode::InvalidRecipient,
-                "recipient is not a valid user or group id",
-            );
-        }
+        Target::Group => Vec::new(),
     };
     let entry = v1::ScheduledSend {
         id: new_msg_id(now),
@@ -109,50 +69,33 @@ pub(crate) async fn schedule(
         schedule_id: entry.id.clone(),
         deliver_at_ms: entry.deliver_at_ms,
     };
-    match store.schedule(entry).await {
-        Ok(()) => {
-            ctx.schedule_wake.notify_one();
-            rpc_response::Kind::Schedule(reply)
-        }
-        Err(e) => {
-            warn!(user, error = %e, "storing a scheduled send failed");
-            error(ErrorCode::StoreUnavailable, e.to_string())
-        }
-    }
+    ctx.stores
+        .schedules
+        .schedule(entry)
+        .await
+        .inspect_err(|e| warn!(user, error = %e, "storing a scheduled send failed"))?;
+    ctx.schedule_wake.notify_one();
+    Ok(rpc_response::Kind::Schedule(reply))
 }
 
 /// Answers a cancel request of `user`.
-pub(crate) async fn cancel(
-    ctx: &Ctx,
-    user: &str,
-    request: v1::CancelScheduleRequest,
-) -> rpc_response::Kind {
-    let Some(store) = &ctx.schedules else {
-        return error(
-            ErrorCode::Unsupported,
-            "this server's store has no scheduled messages",
-        );
-    };
+pub(crate) async fn cancel(ctx: &Ctx, user: &str, request: v1::CancelScheduleRequest) -> Reply {
     if request.schedule_id.is_empty() || request.schedule_id.len() > 64 {
-        return error(ErrorCode::InvalidArgument, "bad schedule id");
+        return Err(Refusal::invalid("bad schedule id"));
     }
-    match store.cancel(user, &request.schedule_id).await {
-        Ok(()) => rpc_response::Kind::Schedule(v1::ScheduleResponse {
-            schedule_id: request.schedule_id,
-            deliver_at_ms: 0,
-        }),
-        Err(e) => {
-            let (code, message) = op_error(&e);
-            error(code, message)
-        }
-    }
+    ctx.stores
+        .schedules
+        .cancel(user, &request.schedule_id)
+        .await?;
+    Ok(rpc_response::Kind::Schedule(v1::ScheduleResponse {
+        schedule_id: request.schedule_id,
+        deliver_at_ms: 0,
+    }))
 }
 
 /// Posts scheduled sends when due, until the gateway drains.
 pub(crate) async fn run(ctx: Arc<Ctx>) {
-    let Some(store) = ctx.schedules.clone() else {
-        return;
-    };
+    let store = Arc::clone(&ctx.stores.schedules);
     let mut draining = ctx.draining.subscribe();
     loop {
         let woken = ctx.schedule_wake.notified();
@@ -188,16 +131,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
         };
         tokio::select! {
             () = woken => {}
-            () = sleep_opt(wait) => {}
+            () = sleep_until_opt(wait.map(|w| Instant::now() + w)) => {}
             _ = draining.wait_for(|d| *d) => return,
         }
-    }
-}
-
-async fn sleep_opt(wait: Option<Duration>) {
-    match wait {
-        Some(wait) => tokio::time::sleep(wait).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -215,15 +151,7 @@ async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<usize, qim_sto
                 Some(Ok(posted)) => {
                     fired += 1;
                     debug!(id = %entry.id, late_ms = qim_proto::now_ms() - entry.deliver_at_ms, "scheduled send posted");
-                    for copy in posted.copies {
-                        match copy.inbox.strip_prefix('#') {
-                            Some(group) => {
-                                crate::cluster::deliver_group(ctx, group, Arc::new(copy.clone()))
-                                    .await
-                            }
-                            None => crate::cluster::deliver(ctx, Arc::new(copy)).await,
-                        }
-                    }
+                    ctx.fanout.deliver_all(posted.copies).await;
                 }
                 Some(Err(refused)) => {
                     fired += 1;

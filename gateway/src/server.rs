@@ -10,25 +10,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
 use qim_storage::embedded::EmbeddedStore;
-use qim_storage::{
-    ClusterStore, ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore,
-    ScheduleStore,
-};
+use qim_storage::{ClusterStore, Stores};
 use thiserror::Error;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::auth::TokenKey;
-use crate::cluster::{Cluster, Identity};
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
+use crate::ctx::{Ctx, Parts};
 use crate::metrics::Metrics;
-use crate::route::Routes;
 use crate::tls::{self, DevCertSpec, TlsError};
 
 /// Why the gateway could not start.
@@ -69,63 +65,6 @@ pub enum RunError {
     /// The store failed in a way only a restart repairs.
     #[error("store failed: {0}")]
     StoreFailed(String),
-}
-
-/// The stores behind IM features; a backend usually implements all of
-/// them. A store left `None` turns its rpcs into UNSUPPORTED answers.
-#[derive(Clone, Default)]
-pub struct ImStores {
-    /// Conversations, read state, message operations.
-    pub conversations: Option<Arc<dyn ConversationStore>>,
-    /// Groups.
-    pub groups: Option<Arc<dyn GroupStore>>,
-    /// Friends and blocks.
-    pub contacts: Option<Arc<dyn ContactStore>>,
-    /// Scheduled sends.
-    pub schedules: Option<Arc<dyn ScheduleStore>>,
-    /// Session records.
-    pub presence: Option<Arc<dyn PresenceStore>>,
-}
-
-/// State shared by every connection of this gateway.
-pub(crate) struct Ctx {
-    pub(crate) config: Config,
-    pub(crate) store: Arc<dyn MessageStore>,
-    /// Conversations and message operations; `None` when the store has none
-    /// (IM requests are then refused with UNSUPPORTED).
-    pub(crate) im: Option<Arc<dyn ConversationStore>>,
-    /// Groups; `None` when the store has none.
-    pub(crate) groups: Option<Arc<dyn GroupStore>>,
-    /// Friends and blocks; `None` when the store has none.
-    pub(crate) contacts: Option<Arc<dyn ContactStore>>,
-    /// Session records; `None` when the store has none.
-    pub(crate) presence: Option<Arc<dyn PresenceStore>>,
-    /// Scheduled sends; `None` when the store has none.
-    pub(crate) schedules: Option<Arc<dyn ScheduleStore>>,
-    /// Wakes the scheduler when an entry was added.
-    pub(crate) schedule_wake: tokio::sync::Notify,
-    /// Pushes of read-diffusion group logs to online members.
-    pub(crate) group_push: crate::groups::GroupPush,
-    pub(crate) routes: Routes,
-    /// This node's membership of a cluster (with `store.redis`).
-    pub(crate) cluster: Option<Arc<Cluster>>,
-    /// How this node is known to clients and other nodes.
-    pub(crate) identity: Identity,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) tokens: TokenKey,
-    /// Flips to true when the gateway starts draining.
-    pub(crate) draining: watch::Sender<bool>,
-    /// Set when the store failed for good: the gateway drains and stops.
-    pub(crate) fatal: watch::Sender<Option<String>>,
-    /// Distinguishes this process's session ids from another run's.
-    pub(crate) node_tag: String,
-    next_session: AtomicU64,
-}
-
-impl Ctx {
-    pub(crate) fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 /// Where a started gateway can be reached, for logs, tests and tools.
@@ -180,52 +119,21 @@ impl Gateway {
     /// `store.redis` and `store.cql` are set, else the embedded store under
     /// `server.data_dir`.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
-        if let Some(options) = config.store.cluster_options() {
+        let retention = config.im.history_retention_ms;
+        let stores = if let Some(options) = config.store.cluster_options() {
             let store = Arc::new(ClusterStore::connect(&options).await?);
-            store.set_history_retention_ms(config.im.history_retention_ms);
-            let im = ImStores {
-                conversations: Some(store.clone()),
-                groups: Some(store.clone()),
-                contacts: Some(store.clone()),
-                schedules: Some(store.clone()),
-                presence: Some(store.clone()),
-            };
-            return Self::bind_with_stores(config, store, im).await;
-        }
-        let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
-        store.set_history_retention_ms(config.im.history_retention_ms);
-        let im = ImStores {
-            conversations: Some(store.clone()),
-            groups: Some(store.clone()),
-            contacts: Some(store.clone()),
-            schedules: Some(store.clone()),
-            presence: Some(store.clone()),
+            store.set_history_retention_ms(retention);
+            Stores::new(store)
+        } else {
+            let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
+            store.set_history_retention_ms(retention);
+            Stores::new(store)
         };
-        Self::bind_with_stores(config, store, im).await
+        Self::bind_with_stores(config, stores).await
     }
 
-    /// Binds with a store chosen by the caller, without IM features.
-    pub async fn bind_with_store(
-        config: Config,
-        store: Arc<dyn MessageStore>,
-    ) -> Result<Gateway, StartError> {
-        Self::bind_with_stores(config, store, ImStores::default()).await
-    }
-
-    /// Binds with a message store and, for IM features, the IM stores
-    /// (usually the same backend).
-    pub async fn bind_with_stores(
-        config: Config,
-        store: Arc<dyn MessageStore>,
-        im: ImStores,
-    ) -> Result<Gateway, StartError> {
-        let ImStores {
-            conversations,
-            groups,
-            contacts,
-            schedules,
-            presence,
-        } = im;
+    /// Binds with stores chosen by the caller (usually one backend's).
+    pub async fn bind_with_stores(config: Config, stores: Stores) -> Result<Gateway, StartError> {
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
@@ -275,8 +183,7 @@ impl Gateway {
             }
             None => (None, None),
         };
-        let identity =
-            crate::cluster::identity(&config, quic_addr, route_addr.unwrap_or(admin_addr));
+        let identity = cluster::identity(&config, quic_addr, route_addr.unwrap_or(admin_addr));
         let cluster = Cluster::join(&config, identity.clone()).await?;
         let info = StartInfo {
             quic_addr,
@@ -288,26 +195,14 @@ impl Gateway {
             dev_secret: dev.then_some(secret),
             public_name: config.server.public_name.clone(),
         };
-        let ctx = Arc::new(Ctx {
-            store,
-            im: conversations,
-            groups,
-            contacts,
-            schedules,
-            presence,
-            schedule_wake: tokio::sync::Notify::new(),
-            group_push: Default::default(),
-            routes: Routes::default(),
+        let ctx = Arc::new(Ctx::new(Parts {
+            config,
+            stores,
             cluster,
             identity,
             metrics,
             tokens,
-            draining: watch::Sender::new(false),
-            fatal: watch::Sender::new(None),
-            node_tag: format!("{:08x}", rand::random::<u32>()),
-            next_session: AtomicU64::new(1),
-            config,
-        });
+        }));
         Ok(Gateway {
             ctx,
             endpoint,
@@ -363,7 +258,22 @@ impl Gateway {
                 }
             })
         });
-        let cluster = ctx.cluster.as_ref().map(|c| c.start(&ctx));
+        let cluster = ctx.cluster.as_ref().map(|c| {
+            let mut running = c.start(cluster::Local {
+                routes: Arc::clone(&ctx.routes),
+                metrics: Arc::clone(&ctx.metrics),
+                draining: ctx.draining.subscribe(),
+            });
+            let inbound = running.inbound();
+            let ctx = Arc::clone(&ctx);
+            let receiver = tokio::spawn(async move {
+                if let Some(inbound) = inbound {
+                    let groups = Arc::clone(&ctx.stores.groups);
+                    ctx.fanout.receive(groups, inbound).await;
+                }
+            });
+            (running, receiver)
+        });
 
         let limit = Arc::new(Semaphore::new(ctx.config.server.max_connections));
         let mut connections = JoinSet::new();
@@ -420,13 +330,14 @@ impl Gateway {
         }
         endpoint.close(ErrorCode::ShuttingDown.to_quic().into(), b"shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        if let Some(cluster) = cluster {
+        if let Some((cluster, receiver)) = cluster {
             cluster.leave().await;
+            let _ = receiver.await;
         }
         if let Some(task) = route_task {
             let _ = task.await;
         }
-        if let Err(e) = ctx.store.flush().await {
+        if let Err(e) = ctx.stores.messages.flush().await {
             warn!(error = %e, "final store flush failed");
         }
         let _ = admin_stop.send(());

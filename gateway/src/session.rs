@@ -8,24 +8,28 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use prost::Message as _;
 use qim_proto::io::{FramedRecv, FramedSend, RecvError, read_preamble};
 use qim_proto::preamble::StreamKind;
-use qim_proto::v1::{self, ErrorCode, client_control, rpc_request, rpc_response, server_ack};
-use qim_storage::{NewMessage, StoredMessage};
+use qim_proto::v1::{self, ErrorCode, client_control};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::auth::unix_now;
+use crate::ctx::Ctx;
+use crate::deadline::sleep_until_opt;
 use crate::delivery::Delivery;
 use crate::limit::Bucket;
-use crate::server::Ctx;
+use crate::mutex::lock;
+use crate::post::{Sender, post_sends};
+use crate::presence;
+use crate::push;
+use crate::rpc::{Caller, dispatch};
 
 /// Why a connection is closed by the server: a code for the client and a
 /// reason for the log.
@@ -43,15 +47,17 @@ impl Fault {
         }
     }
 
+    /// The connection is gone or the client left: the session ends
+    /// without blame (`NO_ERROR`).
+    fn gone(reason: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NoError, reason)
+    }
+
     /// A read failure: the peer's fault has a code; a lost transport ends the
     /// session quietly (`None`).
     fn from_recv(e: RecvError) -> Option<Self> {
         e.code().map(|code| Fault::new(code, e.to_string()))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How a stream task ended.
@@ -241,10 +247,10 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     let (send, mut recv) = conn
         .accept_bi()
         .await
-        .map_err(|e| Fault::new(ErrorCode::NoError, format!("closed before login: {e}")))?;
-    let kind = read_preamble(&mut recv).await.map_err(|e| {
-        Fault::from_recv(e).unwrap_or_else(|| Fault::new(ErrorCode::NoError, "closed during login"))
-    })?;
+        .map_err(|e| Fault::gone(format!("closed before login: {e}")))?;
+    let kind = read_preamble(&mut recv)
+        .await
+        .map_err(|e| Fault::from_recv(e).unwrap_or_else(|| Fault::gone("closed during login")))?;
     if kind != StreamKind::Control {
         return Err(Fault::new(
             ErrorCode::ProtocolViolation,
@@ -269,8 +275,7 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
             ));
         }
         Err(e) => {
-            let fault = Fault::from_recv(e)
-                .unwrap_or_else(|| Fault::new(ErrorCode::NoError, "closed during login"));
+            let fault = Fault::from_recv(e).unwrap_or_else(|| Fault::gone("closed during login"));
             return Err(refuse(fault, control_send));
         }
     };
@@ -325,11 +330,10 @@ async fn run(
     // below): a future's size is that of its largest await point, and the
     // store and cluster calls are kilobytes each, which every idle session
     // would otherwise carry for its whole life.
-    if let Some(cluster) = &ctx.cluster
-        && Box::pin(cluster.attach(&user, &device, session_id, class, policy)).await
-    {
-        announce(ctx, &user, true).await;
-    }
+    let came_online = match &ctx.cluster {
+        Some(cluster) => Box::pin(cluster.attach(&user, &device, session_id, class, policy)).await,
+        None => false,
+    };
     ctx.metrics.sessions_open.inc();
     let session = Arc::new(Session {
         user: user.clone(),
@@ -355,10 +359,14 @@ async fn run(
     // before the streams are dropped, which would finish them first and let
     // the client take the end for a network failure.
     let mut tasks: JoinSet<StreamEnd> = JoinSet::new();
+    // The session's place in the push registry, once it has one.
+    let mut registered: Option<push::Registration> = None;
+    let started_ms = qim_proto::now_ms();
     let outcome: Result<(), Fault> = async {
+        let registered = &mut registered;
         // Reading the head after attaching: anything stored before is read
         // here, anything after is published to the feed.
-        let head = Box::pin(ctx.store.inbox_head(&user)).await.map_err(|e| {
+        let head = Box::pin(ctx.stores.messages.inbox_head(&user)).await.map_err(|e| {
             Fault::new(ErrorCode::StoreUnavailable, format!("reading inbox head: {e}"))
         })?;
         feed.raise_head(head);
@@ -387,14 +395,14 @@ async fn run(
         control_send
             .send(&welcome)
             .await
-            .map_err(|e| Fault::new(ErrorCode::NoError, format!("sending Welcome: {e}")))?;
+            .map_err(|e| Fault::gone(format!("sending Welcome: {e}")))?;
         info!(user = %user, device = %device, session_id, resume_from, head, "session started");
 
         let open = |kind| {
             let conn = conn.clone();
             async move {
                 let fault = |e: &dyn std::fmt::Display| {
-                    Fault::new(ErrorCode::NoError, format!("opening {kind:?}: {e}"))
+                    Fault::gone(format!("opening {kind:?}: {e}"))
                 };
                 let stream = conn.open_uni().await.map_err(|e| fault(&e))?;
                 let mut stream = FramedSend::new(stream, kind, max_frame);
@@ -430,16 +438,21 @@ async fn run(
             Ok(()) => StreamEnd::Done,
             Err(e) => {
                 debug!(error = %e, "delivery ended");
-                StreamEnd::Fault(Fault::new(ErrorCode::NoError, e.to_string()))
+                StreamEnd::Fault(Fault::gone(e.to_string()))
             }
         }));
         tasks.spawn(read_control(control_recv));
-        let _group_push = crate::groups::attach(ctx, session_id, &user, &device, conn.clone()).map(
-            |(guard, push)| {
-                tasks.spawn(push.map(|()| StreamEnd::Done));
-                guard
-            },
-        );
+        let writer = push::Writer {
+            conn: conn.clone(),
+            max_frame,
+            store: Arc::clone(&ctx.stores.messages),
+            groups: Arc::clone(&ctx.stores.groups),
+            metrics: Arc::clone(&ctx.metrics),
+        };
+        let (registration, first, pushes) = ctx.push.attach(session_id, &user, writer);
+        *registered = Some(registration);
+        tasks.spawn(pushes.map(|()| StreamEnd::Done));
+        Box::pin(presence::session_started(ctx, &user, &device, started_ms, first, came_online)).await;
 
         // Nothing but the Hello is taken from early data (see `serve`).
         if let Some(handshake) = handshake {
@@ -447,7 +460,7 @@ async fn run(
             // early data was accepted) or failed.
             let _ = handshake.await;
             if let Some(reason) = conn.close_reason() {
-                return Err(Fault::new(ErrorCode::NoError, format!("handshake failed: {reason}")));
+                return Err(Fault::gone(format!("handshake failed: {reason}")));
             }
         }
         let streams = Streams {
@@ -466,15 +479,15 @@ async fn run(
             tokio::select! {
                 bi = conn.accept_bi() => match bi {
                     Ok((send, recv)) => { tasks.spawn(streams.clone().bidi(send, recv)); }
-                    Err(e) => return Err(Fault::new(ErrorCode::NoError, e.to_string())),
+                    Err(e) => return Err(Fault::gone(e.to_string())),
                 },
                 uni = conn.accept_uni() => match uni {
                     Ok(recv) => { tasks.spawn(streams.clone().uni(recv)); }
-                    Err(e) => return Err(Fault::new(ErrorCode::NoError, e.to_string())),
+                    Err(e) => return Err(Fault::gone(e.to_string())),
                 },
                 Some(ended) = tasks.join_next() => match ended {
                     Ok(StreamEnd::Done) => {}
-                    Ok(StreamEnd::Bye) => return Err(Fault::new(ErrorCode::NoError, "client said bye")),
+                    Ok(StreamEnd::Bye) => return Err(Fault::gone("client said bye")),
                     Ok(StreamEnd::Fault(fault)) => return Err(fault),
                     Err(e) => return Err(Fault::new(ErrorCode::Internal, format!("stream task failed: {e}"))),
                 },
@@ -520,33 +533,25 @@ async fn run(
         close(ctx, conn, &user, &fault);
     }
     drop(tasks);
+    let last = registered.map(push::Registration::end);
     ctx.routes.detach(&user, session_id);
-    if let Some(cluster) = &ctx.cluster
-        && Box::pin(cluster.detach(&user, &device, session_id)).await
-    {
-        announce(ctx, &user, false).await;
+    let went_offline = match &ctx.cluster {
+        Some(cluster) => Box::pin(cluster.detach(&user, &device, session_id)).await,
+        None => false,
+    };
+    if let Some(last) = last {
+        Box::pin(presence::session_ended(
+            ctx,
+            &user,
+            &device,
+            started_ms,
+            last,
+            went_offline,
+        ))
+        .await;
     }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");
-}
-
-/// Tells the cluster that `user` came online or went offline (boxed, like
-/// the other one-off calls around a session's life).
-async fn announce(ctx: &Ctx, user: &str, online: bool) {
-    Box::pin(crate::presence::transition(
-        ctx,
-        user,
-        online,
-        qim_proto::now_ms(),
-    ))
-    .await;
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn read_control(mut control: FramedRecv) -> StreamEnd {
@@ -584,7 +589,7 @@ async fn write_server_acks(
         }
         if let Err(e) = stream.flush().await {
             // Without an ack stream the session cannot work: end it.
-            return StreamEnd::Fault(Fault::new(ErrorCode::NoError, format!("ack stream: {e}")));
+            return StreamEnd::Fault(Fault::gone(format!("ack stream: {e}")));
         }
     }
     StreamEnd::Done
@@ -733,7 +738,11 @@ impl Streams {
             let sends: Vec<v1::Send> = backlog.drain(..allowed).collect();
             // Boxed so an idle chat stream does not carry the store's
             // future (one allocation per batch, not per message).
-            for ack in Box::pin(self.store_batch(sends)).await {
+            let sender = Sender {
+                user: &self.session.user,
+                device: &self.session.device,
+            };
+            for ack in Box::pin(post_sends(&self.ctx, &sender, sends)).await {
                 if self.server_acks.send(Box::new(ack)).await.is_err() {
                     return StreamEnd::Done;
                 }
@@ -745,168 +754,6 @@ impl Streams {
         }
     }
 
-    /// Validates and stores a batch of sends in order; one ack or nack each.
-    async fn store_batch(&self, sends: Vec<v1::Send>) -> Vec<v1::ServerAck> {
-        let now = qim_proto::now_ms();
-        let mut verdicts: Vec<Result<String, v1::SendNack>> = Vec::with_capacity(sends.len());
-        let mut batch = Vec::with_capacity(sends.len());
-        for mut send in sends {
-            let extras = match crate::conversations::Extras::take(&mut send, &self.ctx) {
-                Ok(extras) => extras,
-                Err((code, message)) => {
-                    verdicts.push(Err(self.nack(send.client_msg_id, code, message)));
-                    continue;
-                }
-            };
-            match self.validate(send, now) {
-                Ok(new) => {
-                    verdicts.push(Ok(new.client_msg_id.clone()));
-                    batch.push((new, extras));
-                }
-                Err(nack) => verdicts.push(Err(nack)),
-            }
-        }
-        let stored = if batch.is_empty() {
-            Ok(Vec::new())
-        } else {
-            let started = Instant::now();
-            let result = crate::conversations::store(&self.ctx, batch).await;
-            self.ctx
-                .metrics
-                .store_latency
-                .observe(started.elapsed().as_secs_f64());
-            result
-        };
-        let mut stored = match stored {
-            Ok(appended) => Ok(appended.into_iter()),
-            Err(e) => {
-                warn!(user = %self.session.user, error = %e, "store append failed; sends refused as retryable");
-                if e.is_fatal() {
-                    self.ctx.fatal.send_replace(Some(e.to_string()));
-                }
-                Err(e)
-            }
-        };
-        let mut acks = Vec::with_capacity(verdicts.len());
-        let mut remote = Vec::new();
-        for verdict in verdicts {
-            let kind = match (verdict, &mut stored) {
-                (Err(nack), _) => server_ack::Kind::Nack(nack),
-                (Ok(client_msg_id), Ok(appended)) => match appended.next() {
-                    Some(Err((code, message))) => {
-                        server_ack::Kind::Nack(self.nack(client_msg_id, code, &message))
-                    }
-                    Some(Ok(a)) => {
-                        self.ctx.metrics.sends.inc();
-                        let ack = v1::SendAck {
-                            client_msg_id,
-                            msg_id: a.message.message.msg_id.clone(),
-                            seq: a.message.seq,
-                            server_time_ms: a.message.message.server_time_ms,
-                        };
-                        // Duplicates too: the first attempt's task may have
-                        // been aborted (its connection died) between the
-                        // commit and its publish. The feed ignores seqs it has.
-                        let message = Arc::new(a.message);
-                        self.ctx.routes.publish(Arc::clone(&message));
-                        // A group log entry went to its followers already
-                        // (`conversations::post`); inbox copies go on.
-                        if self.ctx.cluster.is_some() && !message.inbox.starts_with('#') {
-                            remote.push(message);
-                        }
-                        server_ack::Kind::Ack(ack)
-                    }
-                    None => server_ack::Kind::Nack(self.nack(
-                        client_msg_id,
-                        ErrorCode::Internal,
-                        "store returned fewer results than sends",
-                    )),
-                },
-                (Ok(client_msg_id), Err(e)) => {
-                    let code = if e.is_retryable() {
-                        ErrorCode::StoreUnavailable
-                    } else {
-                        ErrorCode::Internal
-                    };
-                    server_ack::Kind::Nack(self.nack(client_msg_id, code, &e.to_string()))
-                }
-            };
-            acks.push(v1::ServerAck { kind: Some(kind) });
-        }
-        if let Some(cluster) = &self.ctx.cluster {
-            for message in remote {
-                cluster.forward(message).await;
-            }
-        }
-        acks
-    }
-
-    /// A refusal of one send, counted and logged.
-    fn nack(&self, client_msg_id: String, code: ErrorCode, message: &str) -> v1::SendNack {
-        self.ctx.metrics.send_refused(code);
-        debug!(user = %self.session.user, ?code, message, "send refused");
-        v1::SendNack {
-            client_msg_id,
-            code: code as i32,
-            retryable: code.is_retryable(),
-            message: message.to_owned(),
-        }
-    }
-
-    fn validate(&self, send: v1::Send, now: i64) -> Result<NewMessage, v1::SendNack> {
-        let refuse =
-            |code: ErrorCode, message: &str| self.nack(send.client_msg_id.clone(), code, message);
-        if !qim_proto::ids::is_valid_client_msg_id(&send.client_msg_id) {
-            return Err(refuse(
-                ErrorCode::InvalidArgument,
-                "client_msg_id must be 1-64 printable ASCII bytes",
-            ));
-        }
-        if send.body.len() > self.ctx.config.limits.max_body_bytes as usize {
-            return Err(refuse(
-                ErrorCode::MessageTooLarge,
-                "body exceeds limits.max_body_bytes",
-            ));
-        }
-        if send.kind.len() > qim_proto::ids::MAX_ID_LEN {
-            return Err(refuse(
-                ErrorCode::InvalidArgument,
-                "kind is longer than 64 bytes",
-            ));
-        }
-        let recipient = match send.to.as_ref().and_then(|p| p.target.as_ref()) {
-            Some(v1::peer::Target::User(user)) if qim_proto::ids::is_valid_id(user) => user.clone(),
-            Some(v1::peer::Target::Group(group))
-                if self.ctx.groups.is_some() && qim_proto::ids::is_valid_id(group) =>
-            {
-                // The store resolves the members.
-                String::new()
-            }
-            Some(v1::peer::Target::Group(_)) => {
-                return Err(refuse(
-                    ErrorCode::InvalidRecipient,
-                    "group messaging is not enabled on this server, or the group id is invalid",
-                ));
-            }
-            _ => {
-                return Err(refuse(
-                    ErrorCode::InvalidRecipient,
-                    "recipient is not a valid user id",
-                ));
-            }
-        };
-        Ok(NewMessage {
-            inbox: recipient,
-            sender: self.session.user.clone(),
-            sender_device: self.session.device.clone(),
-            client_msg_id: send.client_msg_id,
-            to: send.to.unwrap_or_default(),
-            kind: send.kind,
-            body: send.body,
-            server_time_ms: now,
-        })
-    }
-
     async fn rpc(self, mut send: FramedSend, mut recv: FramedRecv) -> StreamEnd {
         let request = match recv.next::<v1::RpcRequest>().await {
             Ok(Some(request)) => request,
@@ -916,23 +763,12 @@ impl Streams {
         if let Err(fault) = self.session.request_allowed() {
             return StreamEnd::Fault(fault);
         }
-        let kind = match request.kind {
-            Some(rpc_request::Kind::Sync(sync)) => self.sync(sync).await,
-            Some(im) => {
-                crate::conversations::rpc(
-                    &self.ctx,
-                    &self.session.user,
-                    &self.session.device,
-                    self.session.id,
-                    im,
-                )
-                .await
-            }
-            None => rpc_response::Kind::Error(v1::RpcError {
-                code: ErrorCode::InvalidArgument as i32,
-                message: "unknown or empty request".into(),
-            }),
+        let caller = Caller {
+            user: &self.session.user,
+            device: &self.session.device,
+            session_id: self.session.id,
         };
+        let kind = dispatch(&self.ctx, &caller, request).await;
         if send
             .send(&v1::RpcResponse { kind: Some(kind) })
             .await
@@ -941,61 +777,5 @@ impl Streams {
             send.finish();
         }
         StreamEnd::Done
-    }
-
-    async fn sync(&self, request: v1::SyncRequest) -> rpc_response::Kind {
-        let limit = match request.limit {
-            0 => 100,
-            n => n.min(500),
-        } as usize;
-        let user = &self.session.user;
-        let store = &self.ctx.store;
-        let read = async {
-            let head = store.inbox_head(user).await?;
-            // Before the entries: a seq settled by now that the read does
-            // not find will never come.
-            let settled_through = store.settled_through(user, head).await.unwrap_or_else(|e| {
-                debug!(user = %user, error = %e, "reading the settled seq failed; none settled");
-                0
-            });
-            let entries = store.read_inbox(user, request.after_seq, limit).await?;
-            Ok::<_, qim_storage::StoreError>((head, settled_through, entries))
-        };
-        match read.await {
-            Ok((head, settled_through, entries)) => {
-                // Fill the response up to the frame limit; the client asks
-                // again for the rest.
-                let budget = (self.ctx.config.limits.max_frame_bytes as usize).saturating_sub(64);
-                let mut used = 0;
-                let entries = entries
-                    .into_iter()
-                    .map(entry)
-                    .take_while(|e| {
-                        let len = e.encoded_len();
-                        used += len + prost::length_delimiter_len(len) + 1;
-                        used <= budget
-                    })
-                    .collect();
-                rpc_response::Kind::Sync(v1::SyncResponse {
-                    entries,
-                    inbox_head: head,
-                    settled_through,
-                })
-            }
-            Err(e) => {
-                warn!(user = %user, error = %e, "sync read failed");
-                rpc_response::Kind::Error(v1::RpcError {
-                    code: ErrorCode::StoreUnavailable as i32,
-                    message: e.to_string(),
-                })
-            }
-        }
-    }
-}
-
-fn entry(m: StoredMessage) -> v1::InboxEntry {
-    v1::InboxEntry {
-        seq: m.seq,
-        message: Some(m.message),
     }
 }

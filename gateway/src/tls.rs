@@ -95,18 +95,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     }
 }
 
-/// Writes a file readable by its owner only.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
-}
-
 fn current_year() -> i32 {
-    let secs = crate::auth::unix_now();
+    let secs = crate::secrets::unix_now();
     1970 + i32::try_from(secs / 31_556_952).unwrap_or(0)
 }
 
@@ -142,7 +132,7 @@ pub fn write_dev_certs(dir: &Path, spec: &DevCertSpec) -> Result<DevCertPaths, T
     std::fs::write(&paths.ca_cert, &ca_pem).map_err(io_err(&paths.ca_cert))?;
     std::fs::write(&paths.server_cert, format!("{}{}", cert.pem(), ca_pem))
         .map_err(io_err(&paths.server_cert))?;
-    write_private(&paths.server_key, key.serialize_pem().as_bytes())
+    crate::secrets::write_private(&paths.server_key, key.serialize_pem().as_bytes())
         .map_err(io_err(&paths.server_key))?;
     // The CA key is not kept: a development CA signs this one server only.
     Ok(paths)

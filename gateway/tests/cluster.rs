@@ -20,7 +20,7 @@ use qim_gateway::auth::{TokenKey, unix_now};
 use qim_gateway::cluster::strategy::{Picker, Strategy};
 use qim_gateway::tls::{DevCertSpec, write_dev_certs};
 use qim_sdk::{Client, ClientConfig, ConnectionState, IncomingMessage, OutgoingMessage};
-use qim_storage::MessageStore;
+use qim_storage::Stores;
 use qim_storage::cluster::{ClusterOptions, ClusterStore};
 use qim_storage::cql::{self, CqlOptions};
 use qim_storage::redis::nodes::NodeInfo;
@@ -126,14 +126,14 @@ impl Shared {
         format!("{name}-{}", self.tag)
     }
 
-    async fn store(&self) -> Arc<dyn MessageStore> {
+    async fn stores(&self) -> Stores {
         let mut options = ClusterOptions::new(redis_url(), keyspace().await.clone());
         options.key_prefix = self.store_prefix.clone();
-        Arc::new(
+        Stores::new(Arc::new(
             ClusterStore::connect(&options)
                 .await
                 .expect("cluster store"),
-        )
+        ))
     }
 
     fn client_config(&self, addrs: &[SocketAddr], user: &str, device: &str) -> ClientConfig {
@@ -173,7 +173,7 @@ impl Node {
         let mut config = shared.config(name);
         adjust(&mut config);
         config.validate().expect("valid config");
-        let gateway = qim_gateway::Gateway::bind_with_store(config, shared.store().await)
+        let gateway = qim_gateway::Gateway::bind_with_stores(config, shared.stores().await)
             .await
             .expect("bind");
         Self::run(gateway)

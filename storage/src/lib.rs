@@ -62,6 +62,7 @@ pub mod model;
 pub mod presence;
 pub mod redis;
 pub mod schedule;
+mod stores;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -70,12 +71,13 @@ pub mod conformance_im;
 
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;
-pub use conversations::ConversationStore;
+pub use conversations::{ConversationStore, OpError};
 pub use error::StoreError;
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 pub use presence::PresenceStore;
 pub use schedule::ScheduleStore;
+pub use stores::Stores;
 
 /// Messages, inboxes, idempotency keys and delivery cursors.
 #[async_trait]

@@ -57,7 +57,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::server::Ctx;
+use crate::metrics::Metrics;
+use crate::mutex::lock;
+use crate::route::{DevicePolicy, Routes};
 use strategy::{Picker, Strategy};
 
 /// Messages waiting for the forwarder; when full, storing chat streams
@@ -68,41 +70,15 @@ pub const FORWARD_QUEUE: usize = 4096;
 /// queue write each).
 const FORWARD_BATCH: usize = 512;
 
+/// Entries and signals from other nodes waiting for the fan-out; when
+/// full, the readers wait (the queue's entries stay in Redis meanwhile).
+const INBOUND_QUEUE: usize = 1024;
+
 /// Hand-offs read from the node's queue per round.
 const READ_BATCH: u64 = 512;
 
 /// How long a queue read blocks waiting for entries.
 const READ_BLOCK_MS: u64 = 1_000;
-
-/// Hands a durable inbox message (a copy, an event) to the sessions of its
-/// inbox: on this node at once, on the others through the forwarder (waits
-/// while the forwarder's queue is full). A group log entry is handed to
-/// its followers instead ([`deliver_group`]).
-pub(crate) async fn deliver(ctx: &Ctx, message: Arc<StoredMessage>) {
-    if let Some(group) = message.inbox.strip_prefix('#') {
-        let group = group.to_owned();
-        return deliver_group(ctx, &group, message).await;
-    }
-    ctx.routes.publish(Arc::clone(&message));
-    if let Some(cluster) = &ctx.cluster {
-        cluster.forward(message).await;
-    }
-}
-
-/// Hands a durable entry of a read-diffusion group's log to the sessions
-/// that follow the group: on this node at once, on the others through the
-/// signal channel (at most once: a member that missed it pulls it).
-pub(crate) async fn deliver_group(ctx: &Ctx, group: &str, message: Arc<StoredMessage>) {
-    ctx.group_push.publish(group, Arc::clone(&message));
-    if let Some(cluster) = &ctx.cluster {
-        cluster
-            .signal(&Signal::GroupEntry {
-                group: group.to_owned(),
-                message: Box::new((*message).clone()),
-            })
-            .await;
-    }
-}
 
 /// How a node is known: its id and where clients and route lookups reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,10 +149,6 @@ fn now_ms() -> i64 {
     qim_proto::now_ms()
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Cluster {
     /// Connects to Redis and registers this node, when `store.redis` is set.
     pub(crate) async fn join(
@@ -228,9 +200,9 @@ impl Cluster {
         }
     }
 
-    async fn beat(&self, ctx: &Ctx) -> Result<(), StoreError> {
-        let connections = ctx.metrics.connections_open.get().max(0) as u64;
-        let info = self.info(connections, ctx.routes.online_users() as u64);
+    async fn beat(&self, local: &Local) -> Result<(), StoreError> {
+        let connections = local.metrics.connections_open.get().max(0) as u64;
+        let info = self.info(connections, local.routes.online_users() as u64);
         self.redis
             .heartbeat(&info, now_ms(), self.node_ttl_ms)
             .await
@@ -249,7 +221,7 @@ impl Cluster {
         device: &str,
         session: u64,
         class: Option<&str>,
-        policy: crate::route::DevicePolicy,
+        policy: DevicePolicy,
     ) -> bool {
         let set = self
             .redis
@@ -280,11 +252,9 @@ impl Cluster {
                 }
                 for other in set.others {
                     let excluded = match policy {
-                        crate::route::DevicePolicy::Unlimited => false,
-                        crate::route::DevicePolicy::Single => true,
-                        crate::route::DevicePolicy::OnePerClass => {
-                            class.is_some_and(|c| c == other.class)
-                        }
+                        DevicePolicy::Unlimited => false,
+                        DevicePolicy::Single => true,
+                        DevicePolicy::OnePerClass => class.is_some_and(|c| c == other.class),
                     };
                     if excluded && other.node != self.me.id {
                         debug!(user, device = %other.device, node = %other.node, "device policy: kicking another device's session");
@@ -366,27 +336,32 @@ impl Cluster {
         self.redis.presence(user, now_ms()).await
     }
 
-    /// Starts the heartbeat, queue reader and forwarder tasks.
-    pub(crate) fn start(self: &Arc<Self>, ctx: &Arc<Ctx>) -> Running {
+    /// Starts the heartbeat, queue reader, signal reader and forwarder
+    /// tasks. What other nodes send this node comes out of the returned
+    /// [`Running::inbound`], for the fan-out to hand to local sessions.
+    pub(crate) fn start(self: &Arc<Self>, local: Local) -> Running {
         let (stop, stopped) = watch::channel(false);
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        let local = Arc::new(local);
         let mut tasks = JoinSet::new();
-        tasks.spawn(Arc::clone(self).heartbeats(Arc::clone(ctx), stopped.clone()));
-        tasks.spawn(Arc::clone(self).read_queue(Arc::clone(ctx), stopped.clone()));
-        tasks.spawn(Arc::clone(self).read_signals(Arc::clone(ctx), stopped.clone()));
+        tasks.spawn(Arc::clone(self).heartbeats(Arc::clone(&local), stopped.clone()));
+        tasks.spawn(Arc::clone(self).read_queue(inbound_tx.clone(), stopped.clone()));
+        tasks.spawn(Arc::clone(self).read_signals(inbound_tx, stopped.clone()));
         if let Some(rx) = lock(&self.forward_rx).take() {
-            tasks.spawn(Arc::clone(self).forwarder(Arc::clone(ctx), rx, stopped));
+            tasks.spawn(Arc::clone(self).forwarder(local, rx, stopped));
         }
         Running {
             cluster: Arc::clone(self),
             stop,
             tasks,
+            inbound: Some(inbound),
         }
     }
 
-    async fn heartbeats(self: Arc<Self>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    async fn heartbeats(self: Arc<Self>, local: Arc<Local>, mut stop: watch::Receiver<bool>) {
         let beat_every = Duration::from_millis((self.node_ttl_ms / 3) as u64);
         let refresh_every = Duration::from_millis((self.route_ttl_ms / 3) as u64);
-        let mut draining = ctx.draining.subscribe();
+        let mut draining = local.draining.clone();
         let mut refreshed = tokio::time::Instant::now();
         let mut failing = false;
         loop {
@@ -399,9 +374,9 @@ impl Cluster {
                 }
                 _ = stop.changed() => return,
             }
-            let mut result = self.beat(&ctx).await;
+            let mut result = self.beat(&local).await;
             if result.is_ok() && refreshed.elapsed() >= refresh_every {
-                let sessions = ctx.routes.sessions();
+                let sessions = local.routes.sessions();
                 result = self
                     .redis
                     .refresh_routes(&self.me.id, &sessions, now_ms(), self.route_ttl_ms)
@@ -426,7 +401,11 @@ impl Cluster {
         }
     }
 
-    async fn read_queue(self: Arc<Self>, ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
+    async fn read_queue(
+        self: Arc<Self>,
+        inbound: mpsc::Sender<Inbound>,
+        stop: watch::Receiver<bool>,
+    ) {
         let mut backoff = Duration::from_millis(100);
         let mut consumer = loop {
             match self.redis.consumer(&self.me.id).await {
@@ -461,8 +440,13 @@ impl Cluster {
             for entry in entries {
                 match entry.handoff {
                     Ok(Handoff::Message(message)) => {
-                        ctx.metrics.handoffs_received.inc();
-                        ctx.routes.publish(Arc::from(message));
+                        if inbound
+                            .send(Inbound::Entry(Arc::from(message)))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
                     }
                     Ok(Handoff::Kick {
                         user,
@@ -475,7 +459,15 @@ impl Cluster {
                         } else {
                             ErrorCode::Replaced
                         };
-                        ctx.routes.kick(&user, &device, session, code);
+                        let kick = Inbound::Kick {
+                            user,
+                            device,
+                            session,
+                            code,
+                        };
+                        if inbound.send(kick).await.is_err() {
+                            break;
+                        }
                     }
                     Ok(other) => debug!(?other, "hand-off of an unknown kind ignored"),
                     Err(e) => warn!(id = %entry.id, error = %e, "unreadable hand-off dropped"),
@@ -492,7 +484,11 @@ impl Cluster {
     }
 
     /// Hands the signals other nodes publish to this node's sessions.
-    async fn read_signals(self: Arc<Self>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    async fn read_signals(
+        self: Arc<Self>,
+        inbound: mpsc::Sender<Inbound>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut backoff = Duration::from_millis(100);
         let mut signals = loop {
             match self.redis.subscribe_signals().await {
@@ -517,18 +513,8 @@ impl Cluster {
                 // Published here: this node's sessions had it already.
                 continue;
             }
-            match signal {
-                Signal::Presence(status) => crate::presence::notify_local(&ctx, &status),
-                Signal::ToUsers { users, signal } => {
-                    crate::presence::offer_to_users(&ctx, &users, &signal)
-                }
-                Signal::GroupEntry { group, message } => {
-                    ctx.group_push.publish(&group, Arc::from(message))
-                }
-                Signal::GroupFollow { group, change } => {
-                    crate::groups::refollow(&ctx, &group, &change).await
-                }
-                other => debug!(?other, "signal of an unknown kind ignored"),
+            if inbound.send(Inbound::Signal(signal)).await.is_err() {
+                break;
             }
         }
         signals.quit().await;
@@ -536,7 +522,7 @@ impl Cluster {
 
     async fn forwarder(
         self: Arc<Self>,
-        ctx: Arc<Ctx>,
+        local: Arc<Local>,
         mut rx: mpsc::Receiver<Arc<StoredMessage>>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -553,7 +539,7 @@ impl Cluster {
                     Err(_) => break,
                 }
             }
-            self.hand_off(&ctx, &batch).await;
+            self.hand_off(&local.metrics, &batch).await;
         }
         // Stopping: what was stored before is handed off still.
         rx.close();
@@ -562,14 +548,14 @@ impl Cluster {
             rest.push(m);
         }
         for chunk in rest.chunks(FORWARD_BATCH) {
-            self.hand_off(&ctx, chunk).await;
+            self.hand_off(&local.metrics, chunk).await;
         }
     }
 
     /// Looks up the recipients' routes and queues a hand-off for each other
     /// node holding one of their sessions. Retries twice, then gives up on
     /// the batch (the messages are durable; see the module docs).
-    async fn hand_off(&self, ctx: &Ctx, batch: &[Arc<StoredMessage>]) {
+    async fn hand_off(&self, metrics: &Metrics, batch: &[Arc<StoredMessage>]) {
         // Only user inboxes have routes; anything else (a group's log,
         // which travels as a signal) must not fail the batch's lookup.
         let mut inboxes: Vec<&str> = batch
@@ -605,7 +591,7 @@ impl Cluster {
             .await;
             match result {
                 Ok(sent) => {
-                    ctx.metrics.handoffs_sent.inc_by(sent as u64);
+                    metrics.handoffs_sent.inc_by(sent as u64);
                     return;
                 }
                 Err(e) if attempt < 3 => {
@@ -615,11 +601,39 @@ impl Cluster {
                 }
                 Err(e) => {
                     warn!(error = %e, messages = batch.len(), "hand-off failed; recipients on other nodes get these with their next message or reconnect");
-                    ctx.metrics.handoffs_failed.inc_by(batch.len() as u64);
+                    metrics.handoffs_failed.inc_by(batch.len() as u64);
                 }
             }
         }
     }
+}
+
+/// What the cluster tasks read of this node.
+pub(crate) struct Local {
+    /// Sessions here, for route refreshes and the registry's load figures.
+    pub(crate) routes: Arc<Routes>,
+    /// Open connections, and the hand-off counters.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Flips to true when the gateway starts draining.
+    pub(crate) draining: watch::Receiver<bool>,
+}
+
+/// What another node sent this node, for its local sessions.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A durable inbox entry for sessions here.
+    Entry(Arc<StoredMessage>),
+    /// End a session here (its device logged in elsewhere, or the device
+    /// policy excludes it).
+    Kick {
+        user: String,
+        device: String,
+        session: u64,
+        code: ErrorCode,
+    },
+    /// A signal published by another node (presence, typing, a group log
+    /// entry, a change of who follows a group).
+    Signal(Signal),
 }
 
 /// The cluster tasks of a running gateway.
@@ -627,9 +641,15 @@ pub(crate) struct Running {
     cluster: Arc<Cluster>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    inbound: Option<mpsc::Receiver<Inbound>>,
 }
 
 impl Running {
+    /// What other nodes send this node (taken once).
+    pub(crate) fn inbound(&mut self) -> Option<mpsc::Receiver<Inbound>> {
+        self.inbound.take()
+    }
+
     /// Stops the tasks (handing off what is queued), then leaves the
     /// registry and deletes this node's queue.
     pub(crate) async fn leave(mut self) {

@@ -1,0 +1,113 @@
+//! What every session and feature of this gateway shares: the
+//! configuration, the stores, the fan-out of durable entries, the push
+//! registry, the routes of this node's sessions, and the lifecycle flags.
+//!
+//! `Ctx` is built once by [`Gateway::bind`](crate::Gateway::bind) and
+//! handed to sessions, rpc handlers and the scheduler as an `Arc`. The
+//! cluster's background tasks take only the parts they read
+//! ([`cluster::Local`](crate::cluster::Local)), not the whole context.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use qim_storage::{StoreError, Stores};
+use tokio::sync::{Notify, watch};
+
+use crate::auth::TokenKey;
+use crate::cluster::{Cluster, Identity};
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+use crate::push::Registry;
+use crate::route::Routes;
+
+/// State shared by every connection of this gateway.
+pub(crate) struct Ctx {
+    pub(crate) config: Config,
+    /// Every store, from one backend instance.
+    pub(crate) stores: Stores,
+    /// The only way a durable entry reaches sessions (here and elsewhere).
+    pub(crate) fanout: Fanout,
+    /// Best-effort pushes to this node's sessions: group logs, presence,
+    /// typing.
+    pub(crate) push: Arc<Registry>,
+    /// This node's sessions by user and device, with their feeds.
+    pub(crate) routes: Arc<Routes>,
+    /// Wakes the scheduler when an entry was added.
+    pub(crate) schedule_wake: Notify,
+    /// This node's membership of a cluster (with `store.redis`).
+    pub(crate) cluster: Option<Arc<Cluster>>,
+    /// How this node is known to clients and other nodes.
+    pub(crate) identity: Identity,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Verifies login tokens.
+    pub(crate) tokens: TokenKey,
+    /// Flips to true when the gateway starts draining.
+    pub(crate) draining: watch::Sender<bool>,
+    /// Set when the store failed for good: the gateway drains and stops.
+    pub(crate) fatal: watch::Sender<Option<String>>,
+    /// Distinguishes this process's session ids from another run's.
+    pub(crate) node_tag: String,
+    next_session: AtomicU64,
+}
+
+/// The parts a [`Ctx`] is made of.
+pub(crate) struct Parts {
+    pub(crate) config: Config,
+    pub(crate) stores: Stores,
+    pub(crate) cluster: Option<Arc<Cluster>>,
+    pub(crate) identity: Identity,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tokens: TokenKey,
+}
+
+impl Ctx {
+    /// The shared state of a gateway about to serve.
+    pub(crate) fn new(parts: Parts) -> Self {
+        let Parts {
+            config,
+            stores,
+            cluster,
+            identity,
+            metrics,
+            tokens,
+        } = parts;
+        let routes = Arc::new(Routes::default());
+        let push = Arc::new(Registry::default());
+        let fanout = Fanout::new(
+            Arc::clone(&routes),
+            Arc::clone(&push),
+            cluster.clone(),
+            Arc::clone(&metrics),
+        );
+        Self {
+            config,
+            stores,
+            fanout,
+            push,
+            routes,
+            schedule_wake: Notify::new(),
+            cluster,
+            identity,
+            metrics,
+            tokens,
+            draining: watch::Sender::new(false),
+            fatal: watch::Sender::new(None),
+            node_tag: format!("{:08x}", rand::random::<u32>()),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// A new session id, unique in this process.
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Notes a store failure: one only a restart repairs makes the gateway
+    /// drain and stop.
+    pub(crate) fn store_failed(&self, e: &StoreError) {
+        if e.is_fatal() {
+            self.fatal.send_replace(Some(e.to_string()));
+        }
+    }
+}

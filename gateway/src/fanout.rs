@@ -1,0 +1,167 @@
+//! The only way a durable entry reaches sessions, on this node and on the
+//! others.
+//!
+//! Every entry a store call made durable (a chat copy, an event, a
+//! scheduled send when it fires, a read-diffusion group's log entry) is
+//! handed to [`Fanout::deliver`] after the call returned:
+//! - an inbox entry goes to the feed of its inbox here ([`Routes`]), whose
+//!   device sessions deliver it with acks and retransmits, and, in a
+//!   cluster, to the forwarder that queues it for the nodes holding a
+//!   session of that inbox;
+//! - a group log entry (inbox `#<group>`) goes to the sessions here that
+//!   follow the group ([`Registry::publish_group`]), and to the other nodes
+//!   as a signal (best effort: a member that missed it pulls it).
+//!
+//! Signals (presence changes, typing, who follows a group) cross nodes here
+//! too, best effort. What other nodes send comes back through
+//! [`Fanout::receive`], which hands it to the same local halves. Entries are published only after they
+//! are durable, so a session that misses one reads it from the store.
+
+use std::sync::Arc;
+
+use qim_proto::v1;
+use qim_storage::redis::signals::{FollowChange, Signal};
+use qim_storage::{GroupStore, StoredMessage};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::cluster::{Cluster, Inbound};
+use crate::metrics::Metrics;
+use crate::push::Registry;
+use crate::route::Routes;
+
+/// Where durable entries go.
+pub(crate) struct Fanout {
+    /// Device sessions on this node, by inbox.
+    routes: Arc<Routes>,
+    /// Best-effort pushes on this node (group logs, presence, typing).
+    push: Arc<Registry>,
+    /// The other nodes, in a cluster.
+    cluster: Option<Arc<Cluster>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Fanout {
+    /// The fan-out over this node's sessions and, with `cluster`, the
+    /// other nodes.
+    pub(crate) fn new(
+        routes: Arc<Routes>,
+        push: Arc<Registry>,
+        cluster: Option<Arc<Cluster>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            routes,
+            push,
+            cluster,
+            metrics,
+        }
+    }
+
+    /// Hands a durable entry to the sessions of its inbox, here and on the
+    /// other nodes. Waits while the cluster forwarder's queue is full
+    /// (backpressure to whoever stores entries).
+    pub(crate) async fn deliver(&self, entry: Arc<StoredMessage>) {
+        if let Some(group) = entry.inbox.strip_prefix('#') {
+            self.push.publish_group(group, Arc::clone(&entry));
+            if let Some(cluster) = &self.cluster {
+                cluster
+                    .signal(&Signal::GroupEntry {
+                        group: group.to_owned(),
+                        message: Box::new((*entry).clone()),
+                    })
+                    .await;
+            }
+            return;
+        }
+        self.routes.publish(Arc::clone(&entry));
+        if let Some(cluster) = &self.cluster {
+            cluster.forward(entry).await;
+        }
+    }
+
+    /// [`deliver`](Self::deliver) for each entry, in order.
+    pub(crate) async fn deliver_all(&self, entries: impl IntoIterator<Item = StoredMessage>) {
+        for entry in entries {
+            self.deliver(Arc::new(entry)).await;
+        }
+    }
+
+    /// Replaces an entry the sessions here may hold in memory with its
+    /// rewritten form (an edit, a recall), so a retransmit or a catch-up
+    /// from memory sends the new one. Other nodes read it from the store.
+    pub(crate) fn replace(&self, entry: StoredMessage) {
+        self.routes.replace(Arc::new(entry));
+    }
+
+    /// Pushes a presence change to the watchers here and on the other
+    /// nodes (best effort, never stored).
+    pub(crate) async fn presence(&self, status: v1::PresenceStatus) {
+        self.push.notify_presence(&status);
+        if let Some(cluster) = &self.cluster {
+            cluster.signal(&Signal::Presence(status)).await;
+        }
+    }
+
+    /// Offers a signal (typing) to every session of `users`, here and on
+    /// the other nodes (best effort, never stored).
+    pub(crate) async fn signal_users(&self, users: Vec<String>, signal: v1::Signal) {
+        self.push.offer_to_users(&users, &signal);
+        if let Some(cluster) = &self.cluster {
+            cluster.signal(&Signal::ToUsers { users, signal }).await;
+        }
+    }
+
+    /// Makes the sessions here and on the other nodes follow a
+    /// read-diffusion group's log, or stop, as `change` says.
+    pub(crate) async fn refollow(
+        &self,
+        groups: &dyn GroupStore,
+        group: &str,
+        change: FollowChange,
+    ) {
+        self.push.refollow(groups, group, &change).await;
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .signal(&Signal::GroupFollow {
+                    group: group.to_owned(),
+                    change,
+                })
+                .await;
+        }
+    }
+
+    /// Hands what other nodes send to this node's sessions, until the
+    /// cluster stops.
+    pub(crate) async fn receive(
+        &self,
+        groups: Arc<dyn GroupStore>,
+        mut inbound: mpsc::Receiver<Inbound>,
+    ) {
+        while let Some(item) = inbound.recv().await {
+            match item {
+                Inbound::Entry(entry) => {
+                    self.metrics.handoffs_received.inc();
+                    self.routes.publish(entry);
+                }
+                Inbound::Kick {
+                    user,
+                    device,
+                    session,
+                    code,
+                } => self.routes.kick(&user, &device, session, code),
+                Inbound::Signal(Signal::Presence(status)) => self.push.notify_presence(&status),
+                Inbound::Signal(Signal::ToUsers { users, signal }) => {
+                    self.push.offer_to_users(&users, &signal);
+                }
+                Inbound::Signal(Signal::GroupEntry { group, message }) => {
+                    self.push.publish_group(&group, Arc::from(message));
+                }
+                Inbound::Signal(Signal::GroupFollow { group, change }) => {
+                    self.push.refollow(groups.as_ref(), &group, &change).await;
+                }
+                Inbound::Signal(other) => debug!(?other, "signal of an unknown kind ignored"),
+            }
+        }
+    }
+}

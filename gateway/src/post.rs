@@ -1,0 +1,271 @@
+//! A send becomes a post: validated, checked against the rules between
+//! sender and recipient, stored with one copy per inbox in one atomic
+//! store call, then handed to the fan-out. Chat streams post their sends
+//! here ([`post_sends`]); scheduled sends are checked here when they are
+//! scheduled ([`Extras`], [`check_send`]).
+//!
+//! # Invariants
+//! - A send is acknowledged only from the result of the store call, i.e.
+//!   after it is durable; a store error refuses the whole batch as
+//!   retryable.
+//! - Copies are handed to the fan-out after the store call returned,
+//!   duplicates too: the first attempt's session may have ended between
+//!   its commit and its fan-out; feeds ignore seqs they have.
+//! - A batch keeps its order: sends are stored in the order they arrived.
+
+use qim_proto::v1::{self, ErrorCode, server_ack};
+use qim_storage::conversations::{PREVIEW_BYTES, Post};
+use qim_storage::{OpError, StoreError, StoredMessage};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::ctx::Ctx;
+use crate::reply::Refusal;
+
+/// Who sends: a logged-in user on one device.
+pub(crate) struct Sender<'a> {
+    pub(crate) user: &'a str,
+    pub(crate) device: &'a str,
+}
+
+/// The parts of a `Send` beyond the plain message: reply quote, mentions.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    reply_to: Option<v1::Quote>,
+    mentions: Vec<String>,
+    mention_all: bool,
+}
+
+impl Extras {
+    /// Puts checked extras back into a send (for a scheduled send, stored
+    /// whole).
+    pub(crate) fn put_back(self, send: &mut v1::Send) {
+        send.reply_to = self.reply_to;
+        send.mentions = self.mentions;
+        send.mention_all = self.mention_all;
+    }
+
+    /// Takes the extras out of `send`, checked.
+    pub(crate) fn take(send: &mut v1::Send, ctx: &Ctx) -> Result<Extras, Refusal> {
+        let mentions = std::mem::take(&mut send.mentions);
+        if mentions.len() > ctx.config.im.max_mentions as usize {
+            return Err(Refusal::invalid("too many mentions"));
+        }
+        if !mentions.iter().all(|m| qim_proto::ids::is_valid_id(m)) {
+            return Err(Refusal::invalid("a mention is not a valid user id"));
+        }
+        let reply_to = match send.reply_to.take() {
+            Some(mut quote) => {
+                if quote.msg_id.is_empty() || quote.msg_id.len() > qim_proto::ids::MAX_ID_LEN {
+                    return Err(Refusal::invalid("reply_to.msg_id is not a message id"));
+                }
+                if quote.from_user.len() > qim_proto::ids::MAX_ID_LEN
+                    || quote.kind.len() > qim_proto::ids::MAX_ID_LEN
+                {
+                    return Err(Refusal::invalid("reply_to field too long"));
+                }
+                if quote.excerpt.len() > PREVIEW_BYTES {
+                    quote.excerpt = quote.excerpt.slice(..PREVIEW_BYTES);
+                }
+                Some(quote)
+            }
+            None => None,
+        };
+        Ok(Extras {
+            reply_to,
+            mentions,
+            mention_all: std::mem::take(&mut send.mention_all),
+        })
+    }
+}
+
+/// Where a send goes.
+pub(crate) enum Target {
+    /// One user's inbox (and the sender's own with `im.sync_sent`).
+    User(String),
+    /// A group; the store resolves the members.
+    Group,
+}
+
+/// Checks what every send must be, wherever it comes from: its id, body
+/// size, kind and recipient.
+pub(crate) fn check_send(ctx: &Ctx, send: &v1::Send) -> Result<Target, Refusal> {
+    if !qim_proto::ids::is_valid_client_msg_id(&send.client_msg_id) {
+        return Err(Refusal::invalid(
+            "client_msg_id must be 1-64 printable ASCII bytes",
+        ));
+    }
+    if send.body.len() > ctx.config.limits.max_body_bytes as usize {
+        return Err(Refusal::new(
+            ErrorCode::MessageTooLarge,
+            "body exceeds limits.max_body_bytes",
+        ));
+    }
+    if send.kind.len() > qim_proto::ids::MAX_ID_LEN {
+        return Err(Refusal::invalid("kind is longer than 64 bytes"));
+    }
+    match send.to.as_ref().and_then(|p| p.target.as_ref()) {
+        Some(v1::peer::Target::User(user)) if qim_proto::ids::is_valid_id(user) => {
+            Ok(Target::User(user.clone()))
+        }
+        Some(v1::peer::Target::Group(group)) if qim_proto::ids::is_valid_id(group) => {
+            Ok(Target::Group)
+        }
+        Some(v1::peer::Target::Group(_)) => Err(Refusal::new(
+            ErrorCode::InvalidRecipient,
+            "the group id is invalid",
+        )),
+        _ => Err(Refusal::new(
+            ErrorCode::InvalidRecipient,
+            "recipient is not a valid user id",
+        )),
+    }
+}
+
+/// The inboxes a one-to-one send is copied to: the recipient's, and the
+/// sender's own with `im.sync_sent`.
+pub(crate) fn direct_inboxes(ctx: &Ctx, sender: &str, recipient: &str) -> Vec<String> {
+    let mut inboxes = vec![recipient.to_owned()];
+    if ctx.config.im.sync_sent && sender != recipient {
+        inboxes.push(sender.to_owned());
+    }
+    inboxes
+}
+
+/// Validates, checks and stores a batch of sends in order, hands the
+/// copies to the fan-out, and answers each with an ack or a nack.
+pub(crate) async fn post_sends(
+    ctx: &Ctx,
+    sender: &Sender<'_>,
+    sends: Vec<v1::Send>,
+) -> Vec<v1::ServerAck> {
+    let now = qim_proto::now_ms();
+    // One verdict per send, in order; the posts that passed, in order.
+    let mut verdicts: Vec<Result<String, (String, Refusal)>> = Vec::with_capacity(sends.len());
+    let mut posts = Vec::with_capacity(sends.len());
+    for send in sends {
+        let id = send.client_msg_id.clone();
+        match admit(ctx, sender, send, now).await {
+            Ok(post) => {
+                verdicts.push(Ok(id));
+                posts.push(post);
+            }
+            Err(refusal) => verdicts.push(Err((id, refusal))),
+        }
+    }
+    let stored = if posts.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let started = Instant::now();
+        let result = ctx.stores.conversations.post(posts).await;
+        ctx.metrics
+            .store_latency
+            .observe(started.elapsed().as_secs_f64());
+        result
+    };
+    let mut stored = match stored {
+        Ok(posted) => Ok(posted.into_iter()),
+        Err(e) => {
+            warn!(user = %sender.user, error = %e, "store append failed; sends refused as retryable");
+            ctx.store_failed(&e);
+            Err(e)
+        }
+    };
+    let mut acks = Vec::with_capacity(verdicts.len());
+    for verdict in verdicts {
+        let outcome = match (verdict, &mut stored) {
+            (Err((id, refusal)), _) => Err((id, refusal)),
+            (Ok(id), Ok(posted)) => match posted.next() {
+                Some(Ok(p)) => match published(ctx, p.copies).await {
+                    Some(primary) => Ok((id, primary)),
+                    None => Err((
+                        id,
+                        Refusal::from(StoreError::Corrupt("a post without copies".into())),
+                    )),
+                },
+                // A group that does not exist (any more) is a bad recipient.
+                Some(Err(OpError::NotFound | OpError::Dissolved)) => Err((
+                    id,
+                    Refusal::new(
+                        ErrorCode::InvalidRecipient,
+                        "no such group, or it was dissolved",
+                    ),
+                )),
+                Some(Err(e)) => Err((id, Refusal::from(e))),
+                None => Err((
+                    id,
+                    Refusal::from(StoreError::Corrupt(
+                        "the store returned fewer results than sends".into(),
+                    )),
+                )),
+            },
+            (Ok(id), Err(e)) => Err((id, Refusal::from(e.clone()))),
+        };
+        let kind = match outcome {
+            Ok((client_msg_id, primary)) => {
+                ctx.metrics.sends.inc();
+                server_ack::Kind::Ack(v1::SendAck {
+                    client_msg_id,
+                    msg_id: primary.message.msg_id.clone(),
+                    seq: primary.seq,
+                    server_time_ms: primary.message.server_time_ms,
+                })
+            }
+            Err((client_msg_id, refusal)) => {
+                server_ack::Kind::Nack(nack(ctx, sender, client_msg_id, refusal))
+            }
+        };
+        acks.push(v1::ServerAck { kind: Some(kind) });
+    }
+    acks
+}
+
+/// A send checked and made into a post, or why not.
+async fn admit(
+    ctx: &Ctx,
+    sender: &Sender<'_>,
+    mut send: v1::Send,
+    now: i64,
+) -> Result<Post, Refusal> {
+    let extras = Extras::take(&mut send, ctx)?;
+    let inboxes = match check_send(ctx, &send)? {
+        Target::User(recipient) => {
+            crate::policy::check_direct(ctx, sender.user, &recipient).await?;
+            direct_inboxes(ctx, sender.user, &recipient)
+        }
+        Target::Group => Vec::new(),
+    };
+    Ok(Post {
+        sender: sender.user.to_owned(),
+        sender_device: sender.device.to_owned(),
+        client_msg_id: send.client_msg_id,
+        to: send.to.unwrap_or_default(),
+        kind: send.kind,
+        body: send.body,
+        server_time_ms: now,
+        reply_to: extras.reply_to,
+        mentions: extras.mentions,
+        mention_all: extras.mention_all,
+        inboxes,
+    })
+}
+
+/// Hands a post's copies to the fan-out; returns the primary one (the
+/// addressee's copy, or the group log's entry), whose seq is acknowledged.
+async fn published(ctx: &Ctx, copies: Vec<StoredMessage>) -> Option<StoredMessage> {
+    let primary = copies.first()?.clone();
+    ctx.fanout.deliver_all(copies).await;
+    Some(primary)
+}
+
+/// A refusal of one send, counted and logged.
+fn nack(ctx: &Ctx, sender: &Sender<'_>, client_msg_id: String, refusal: Refusal) -> v1::SendNack {
+    ctx.metrics.send_refused(refusal.code);
+    debug!(user = %sender.user, code = ?refusal.code, message = %refusal.message, "send refused");
+    v1::SendNack {
+        client_msg_id,
+        code: refusal.code as i32,
+        retryable: refusal.code.is_retryable(),
+        message: refusal.message,
+    }
+}

@@ -1,0 +1,466 @@
+//! Best-effort pushes to live sessions: entries of read-diffusion group
+//! logs, presence changes and typing. The [`Registry`] knows every session
+//! on this node, which groups each follows and whose presence each
+//! watches; each session has a bounded queue and a task that writes its
+//! pushes on a server uni stream of its own.
+//!
+//! # Push and pull
+//! A read-diffusion group's messages are stored once in the group's log;
+//! [`Registry::publish_group`] hands each one to every following session,
+//! which writes it on its push stream (kind Delivery, `Deliver.group` set,
+//! `seq` the group's seq). When a session's queue ([`PUSH_QUEUE`]) is full
+//! the entry is dropped for that session and a *nudge* ("the group's log is
+//! at seq N") is sent instead once the queue has room, so a hot group costs
+//! a slow member one small frame, and the SDK pulls the range. Every push
+//! carries the member's first readable seq, so a client always knows where
+//! to start. Signals (presence, typing) are dropped when the queue is full:
+//! they are never stored or resent.
+//!
+//! # Invariants
+//! - A session is subscribed to a group before the group's head is read for
+//!   its first nudge, so every entry is either pushed or at most the head
+//!   the nudge names (and pulled): none is missed.
+//! - A session leaves the registry when it ends ([`Registration::end`]), or
+//!   when its registration is dropped if the session task was aborted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use qim_proto::io::FramedSend;
+use qim_proto::preamble::StreamKind;
+use qim_proto::v1;
+use qim_storage::conversations::group_log;
+use qim_storage::redis::signals::FollowChange;
+use qim_storage::{GroupStore, MessageStore, StoredMessage};
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+use crate::mutex::lock;
+
+/// Pushes queued per session before the session falls back to nudges.
+pub(crate) const PUSH_QUEUE: usize = 256;
+
+/// Members listed per page when every online member starts following.
+const FOLLOW_PAGE: usize = 1000;
+
+/// One frame for a session's push stream.
+pub(crate) enum Item {
+    /// A signal (typing, presence), never stored.
+    Signal(v1::Signal),
+    /// An entry of a read-diffusion group's log.
+    Entry {
+        group: Arc<str>,
+        from: u64,
+        message: Arc<StoredMessage>,
+    },
+    /// "The group's log has news": the session pulls it.
+    Nudge { group: Arc<str>, from: u64 },
+}
+
+/// A session's end of the push.
+pub(crate) struct Sub {
+    user: String,
+    /// Boxed: the channel allocates its first block of slots up front, for
+    /// every session, and most sessions never see a push.
+    tx: mpsc::Sender<Box<Item>>,
+    /// Groups whose pushes were dropped (queue full): nudge them.
+    lagged: Mutex<HashSet<(Arc<str>, u64)>>,
+    wake: Notify,
+}
+
+impl Sub {
+    /// Queues a push; when the queue is full a group push becomes a nudge
+    /// and a signal is dropped (signals are best effort by nature).
+    fn offer(&self, item: Item) {
+        if let Err(mpsc::error::TrySendError::Full(item)) = self.tx.try_send(Box::new(item)) {
+            let (group, from) = match *item {
+                Item::Entry { group, from, .. } | Item::Nudge { group, from } => (group, from),
+                Item::Signal(_) => return,
+            };
+            lock(&self.lagged).insert((group, from));
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A session following a group, with the member's first readable seq.
+type Following = (Arc<Sub>, u64);
+
+#[derive(Default)]
+struct Tables {
+    /// Sessions of each online user.
+    sessions: HashMap<String, HashMap<u64, Arc<Sub>>>,
+    /// Sessions subscribed to each user's presence.
+    watchers: HashMap<String, HashMap<u64, Arc<Sub>>>,
+    /// Subscribed sessions of each group, with the member's first seq.
+    groups: HashMap<Arc<str>, HashMap<u64, Following>>,
+}
+
+/// The sessions on this node and what each is pushed.
+#[derive(Default)]
+pub(crate) struct Registry {
+    tables: Mutex<Tables>,
+}
+
+/// A session's place in the registry; [`end`](Registration::end) it when
+/// the session ends (dropping it unregisters too, quietly).
+pub(crate) struct Registration {
+    registry: Arc<Registry>,
+    session_id: u64,
+    user: String,
+    ended: bool,
+}
+
+impl Registration {
+    /// Unregisters the session; returns whether it was the user's last on
+    /// this node.
+    pub(crate) fn end(mut self) -> bool {
+        self.ended = true;
+        self.registry.remove(&self.user, self.session_id)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.registry.remove(&self.user, self.session_id);
+        }
+    }
+}
+
+/// What a session's push writer needs.
+pub(crate) struct Writer {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) max_frame: usize,
+    /// To read a group's head for a nudge.
+    pub(crate) store: Arc<dyn MessageStore>,
+    pub(crate) groups: Arc<dyn GroupStore>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    /// Registers a session. Returns its registration, whether it is the
+    /// user's first session on this node, and the task that follows the
+    /// user's read-diffusion groups and then writes the session's pushes.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        session_id: u64,
+        user: &str,
+        writer: Writer,
+    ) -> (
+        Registration,
+        bool,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        let sub = Arc::new(Sub {
+            user: user.to_owned(),
+            tx,
+            lagged: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        });
+        let first = {
+            let mut t = lock(&self.tables);
+            let sessions = t.sessions.entry(user.to_owned()).or_default();
+            sessions.insert(session_id, Arc::clone(&sub));
+            sessions.len() == 1
+        };
+        let registration = Registration {
+            registry: Arc::clone(self),
+            session_id,
+            user: user.to_owned(),
+            ended: false,
+        };
+        let registry = Arc::clone(self);
+        let user = user.to_owned();
+        let task = async move {
+            registry.follow_groups_of(&writer, &user).await;
+            write_pushes(writer, sub, rx).await;
+        };
+        (registration, first, task)
+    }
+
+    /// Removes a session everywhere; returns whether it was the user's last.
+    fn remove(&self, user: &str, session_id: u64) -> bool {
+        let mut t = lock(&self.tables);
+        let mut last = false;
+        if let Some(sessions) = t.sessions.get_mut(user) {
+            sessions.remove(&session_id);
+            if sessions.is_empty() {
+                t.sessions.remove(user);
+                last = true;
+            }
+        }
+        t.groups.retain(|_, subs| {
+            subs.remove(&session_id);
+            !subs.is_empty()
+        });
+        t.watchers.retain(|_, subs| {
+            subs.remove(&session_id);
+            !subs.is_empty()
+        });
+        last
+    }
+
+    /// Whether `user` has a session on this node.
+    pub(crate) fn online(&self, user: &str) -> bool {
+        lock(&self.tables).sessions.contains_key(user)
+    }
+
+    /// Pushes a stored log entry of `group` to its following sessions.
+    pub(crate) fn publish_group(&self, group: &str, message: Arc<StoredMessage>) {
+        let subs: Vec<Following> = match lock(&self.tables).groups.get(group) {
+            Some(subs) => subs.values().cloned().collect(),
+            None => return,
+        };
+        let group: Arc<str> = Arc::from(group);
+        for (sub, from) in subs {
+            sub.offer(Item::Entry {
+                group: Arc::clone(&group),
+                from,
+                message: Arc::clone(&message),
+            });
+        }
+    }
+
+    /// Pushes a presence change to the sessions that watch its user.
+    pub(crate) fn notify_presence(&self, status: &v1::PresenceStatus) {
+        let watchers: Vec<Arc<Sub>> = lock(&self.tables)
+            .watchers
+            .get(&status.user)
+            .map(|w| w.values().cloned().collect())
+            .unwrap_or_default();
+        let signal = v1::Signal {
+            kind: Some(v1::signal::Kind::Presence(status.clone())),
+        };
+        for w in watchers {
+            w.offer(Item::Signal(signal.clone()));
+        }
+    }
+
+    /// Offers `signal` to every session of each of `users`.
+    pub(crate) fn offer_to_users(&self, users: &[String], signal: &v1::Signal) {
+        let subs: Vec<Arc<Sub>> = {
+            let t = lock(&self.tables);
+            users
+                .iter()
+                .filter_map(|u| t.sessions.get(u))
+                .flat_map(|s| s.values().cloned())
+                .collect()
+        };
+        for sub in subs {
+            sub.offer(Item::Signal(signal.clone()));
+        }
+    }
+
+    /// Makes session `session_id` of `viewer` watch (or stop watching)
+    /// the presence of `users`.
+    pub(crate) fn watch(&self, viewer: &str, session_id: u64, users: &[String], watch: bool) {
+        let mut t = lock(&self.tables);
+        let sub = t
+            .sessions
+            .get(viewer)
+            .and_then(|s| s.get(&session_id))
+            .cloned();
+        for user in users {
+            if !watch {
+                if let Some(w) = t.watchers.get_mut(user) {
+                    w.remove(&session_id);
+                }
+            } else if let Some(sub) = &sub {
+                t.watchers
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(session_id, Arc::clone(sub));
+            }
+        }
+    }
+
+    /// Makes this node's sessions follow a read-diffusion group, or stop, as
+    /// `change` says (for a change made here, or announced by another node).
+    pub(crate) async fn refollow(
+        &self,
+        groups: &dyn GroupStore,
+        group: &str,
+        change: &FollowChange,
+    ) {
+        match change {
+            FollowChange::Dissolved => {
+                lock(&self.tables).groups.remove(group);
+            }
+            FollowChange::Leave(users) => {
+                for u in users {
+                    self.unfollow(group, u);
+                }
+            }
+            // Every online member starts following now.
+            FollowChange::All => self.follow_all(groups, group).await,
+            FollowChange::Join(users) => {
+                for u in users {
+                    if self.online(u) {
+                        self.follow(groups, group, u).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes every session of `user` here to `group` and nudges them
+    /// with the current head (read after subscribing).
+    async fn follow(&self, groups: &dyn GroupStore, group: &str, user: &str) {
+        let member = match groups.member(group, user).await {
+            Ok(Some(m)) => m,
+            _ => return,
+        };
+        let key: Arc<str> = Arc::from(group);
+        let subs: Vec<Arc<Sub>> = {
+            let mut t = lock(&self.tables);
+            let Some(sessions) = t.sessions.get(user) else {
+                return;
+            };
+            let sessions: Vec<(u64, Arc<Sub>)> = sessions
+                .iter()
+                .map(|(id, s)| (*id, Arc::clone(s)))
+                .collect();
+            let entry = t.groups.entry(Arc::clone(&key)).or_default();
+            for (id, sub) in &sessions {
+                entry.insert(*id, (Arc::clone(sub), member.joined_seq));
+            }
+            sessions.into_iter().map(|(_, s)| s).collect()
+        };
+        for sub in subs {
+            sub.offer(Item::Nudge {
+                group: Arc::clone(&key),
+                from: member.joined_seq,
+            });
+        }
+    }
+
+    /// Stops pushing `group` to `user`'s sessions, at once.
+    fn unfollow(&self, group: &str, user: &str) {
+        let mut t = lock(&self.tables);
+        if let Some(subs) = t.groups.get_mut(group) {
+            subs.retain(|_, (sub, _)| sub.user != user);
+            if subs.is_empty() {
+                t.groups.remove(group);
+            }
+        }
+    }
+
+    async fn follow_all(&self, groups: &dyn GroupStore, group: &str) {
+        let mut after = String::new();
+        loop {
+            let page = match groups.members(group, &after, FOLLOW_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(group, error = %e, "listing members to follow failed");
+                    return;
+                }
+            };
+            let Some(last) = page.last() else { return };
+            after = last.user.clone();
+            for m in &page {
+                if self.online(&m.user) {
+                    self.follow(groups, group, &m.user).await;
+                }
+            }
+            if page.len() < FOLLOW_PAGE {
+                return;
+            }
+        }
+    }
+
+    /// A new session follows every read-diffusion group of its user.
+    async fn follow_groups_of(&self, writer: &Writer, user: &str) {
+        let groups = writer.groups.as_ref();
+        match groups.user_groups(user).await {
+            Ok(list) => {
+                for group in list {
+                    if let Ok(Some(info)) = groups.group(&group).await
+                        && info.read_diffusion
+                        && !info.dissolved
+                    {
+                        self.follow(groups, &group, user).await;
+                    }
+                }
+            }
+            Err(e) => warn!(user, error = %e, "listing the user's groups failed"),
+        }
+    }
+}
+
+/// Writes a session's pushes on its push stream, opened at the first.
+async fn write_pushes(writer: Writer, sub: Arc<Sub>, mut rx: mpsc::Receiver<Box<Item>>) {
+    let mut stream: Option<FramedSend> = None;
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => *item,
+                None => return,
+            },
+            () = sub.wake.notified() => {
+                let lagged: Vec<(Arc<str>, u64)> = lock(&sub.lagged).drain().collect();
+                for (group, from) in lagged {
+                    if let Err(e) = Box::pin(write(&writer, &mut stream, Item::Nudge { group, from })).await {
+                        debug!(error = %e, "push stream ended");
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
+        // Boxed: the writing future is a kilobyte, and this task waits for
+        // pushes for the whole life of every session.
+        if let Err(e) = Box::pin(write(&writer, &mut stream, item)).await {
+            debug!(error = %e, "push stream ended");
+            return;
+        }
+    }
+}
+
+async fn write(writer: &Writer, stream: &mut Option<FramedSend>, item: Item) -> Result<(), String> {
+    let deliver = match item {
+        Item::Signal(signal) => v1::Deliver {
+            signal: Some(signal),
+            ..Default::default()
+        },
+        Item::Entry {
+            group,
+            from,
+            message,
+        } => v1::Deliver {
+            seq: message.seq,
+            message: Some(message.message.clone()),
+            attempt: 0,
+            group: group.to_string(),
+            group_from: from,
+            signal: None,
+        },
+        Item::Nudge { group, from } => {
+            let head = writer
+                .store
+                .inbox_head(&group_log(&group))
+                .await
+                .map_err(|e| e.to_string())?;
+            v1::Deliver {
+                seq: head,
+                message: None,
+                attempt: 0,
+                group: group.to_string(),
+                group_from: from,
+                signal: None,
+            }
+        }
+    };
+    if stream.is_none() {
+        let s = writer.conn.open_uni().await.map_err(|e| e.to_string())?;
+        *stream = Some(FramedSend::new(s, StreamKind::Delivery, writer.max_frame));
+    }
+    let Some(s) = stream.as_mut() else {
+        return Err("no push stream".into());
+    };
+    s.send(&deliver).await.map_err(|e| e.to_string())?;
+    writer.metrics.deliveries.inc();
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! How the gateway answers a user's request or send it will not carry out:
+//! the feature error type [`Refusal`], the one place where store and
+//! operation errors become wire codes, and the frame budget that paged
+//! answers fill up to.
+//!
+//! # Invariants
+//! - Every refusal carries an [`ErrorCode`] the client can act on and a
+//!   message for people. Store failures are logged here with their detail;
+//!   the client is told only that the store is unavailable (retryable) or
+//!   that the server failed, never the internal error text.
+
+use qim_proto::v1::{self, ErrorCode, rpc_response};
+use qim_storage::{OpError, StoreError};
+use thiserror::Error;
+use tracing::warn;
+
+/// Why a request or a send was refused: a wire code and a message.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{code:?}: {message}")]
+pub(crate) struct Refusal {
+    /// What the client sees and acts on (retry, fix the input, give up).
+    pub(crate) code: ErrorCode,
+    /// For people; never internal error text.
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    /// A refusal with `code`.
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Input the server cannot take (`INVALID_ARGUMENT`).
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+
+    /// The rpc answer that carries this refusal.
+    pub(crate) fn into_rpc(self) -> rpc_response::Kind {
+        rpc_response::Kind::Error(v1::RpcError {
+            code: self.code as i32,
+            message: self.message,
+        })
+    }
+}
+
+impl From<StoreError> for Refusal {
+    /// A store failure: retryable when the store says so. The detail goes
+    /// to the log only.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(message) => Refusal::invalid(message),
+            e if e.is_retryable() => {
+                warn!(error = %e, "store unavailable; request refused as retryable");
+                Refusal::new(
+                    ErrorCode::StoreUnavailable,
+                    "the store is unavailable; retry",
+                )
+            }
+            e => {
+                warn!(error = %e, "store failed; request refused");
+                Refusal::new(ErrorCode::Internal, "the server failed to carry this out")
+            }
+        }
+    }
+}
+
+impl From<OpError> for Refusal {
+    /// The one place [`OpError`] meets [`ErrorCode`].
+    fn from(e: OpError) -> Self {
+        let code = match &e {
+            OpError::Store(_) => ErrorCode::Internal,
+            OpError::NotFound => ErrorCode::NotFound,
+            OpError::NotSender => ErrorCode::PermissionDenied,
+            OpError::WindowPassed => ErrorCode::RecallWindowPassed,
+            OpError::Recalled => ErrorCode::AlreadyRecalled,
+            OpError::NotAMember => ErrorCode::NotAMember,
+            OpError::Muted => ErrorCode::Muted,
+            OpError::NotAllowed => ErrorCode::PermissionDenied,
+            OpError::Exists => ErrorCode::InvalidArgument,
+            OpError::Dissolved => ErrorCode::NotFound,
+            OpError::Blocked => ErrorCode::Blocked,
+            _ => ErrorCode::Internal,
+        };
+        match e {
+            OpError::Store(store) => store.into(),
+            other => Refusal::new(code, other.to_string()),
+        }
+    }
+}
+
+/// What an rpc handler returns: the answer, or why there is none.
+pub(crate) type Reply = Result<rpc_response::Kind, Refusal>;
+
+/// The wire form of a handler's reply.
+pub(crate) fn answer(reply: Reply) -> rpc_response::Kind {
+    reply.unwrap_or_else(Refusal::into_rpc)
+}
+
+/// Bytes of a response frame kept free for everything but its entries.
+const FRAME_OVERHEAD: usize = 64;
+
+/// The leading `items` that fit one response frame of `max_frame_bytes`
+/// (as repeated fields of the response); the client asks again for the
+/// rest. The second value says whether items were cut.
+pub(crate) fn fill_frame<T: prost::Message>(
+    items: impl IntoIterator<Item = T>,
+    max_frame_bytes: u32,
+) -> (Vec<T>, bool) {
+    let budget = (max_frame_bytes as usize).saturating_sub(FRAME_OVERHEAD);
+    let mut used = 0;
+    let mut kept = Vec::new();
+    for item in items {
+        let len = item.encoded_len();
+        // Tag byte, length prefix, body.
+        used += len + prost::length_delimiter_len(len) + 1;
+        if used > budget {
+            return (kept, true);
+        }
+        kept.push(item);
+    }
+    (kept, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn a_response_keeps_what_fits_the_frame_and_says_it_cut() {
+        let entries: Vec<v1::InboxEntry> = (1..=100)
+            .map(|seq| v1::InboxEntry {
+                seq,
+                message: Some(v1::Message {
+                    body: vec![b'x'; 100].into(),
+                    ..Default::default()
+                }),
+            })
+            .collect();
+        let (kept, cut) = fill_frame(entries.clone(), 2_000);
+        assert!(cut);
+        assert!(!kept.is_empty() && kept.len() < 100);
+        let response = v1::SyncResponse {
+            entries: kept,
+            ..Default::default()
+        };
+        assert!(response.encoded_len() <= 2_000);
+        let (all, cut) = fill_frame(entries, 1 << 20);
+        assert_eq!((all.len(), cut), (100, false));
+    }
+
+    #[test]
+    fn store_failures_do_not_reach_the_client() {
+        let r = Refusal::from(StoreError::Unavailable("10.0.0.7:9042 timed out".into()));
+        assert_eq!(r.code, ErrorCode::StoreUnavailable);
+        assert!(!r.message.contains("10.0.0.7"));
+        let r = Refusal::from(OpError::NotAMember);
+        assert_eq!(r.code, ErrorCode::NotAMember);
+    }
+}
