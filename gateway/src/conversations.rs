@@ -10,18 +10,19 @@
 //!   delivery path, in seq order, exactly once, also devices that connect
 //!   later.
 
-use qim_proto::v1::{self, ErrorCode, rpc_response};
+use qim_proto::v1::{self, rpc_response};
 use qim_storage::conversations::{ConversationOp, HistoryAnchor};
 use tracing::{debug, warn};
 
 use crate::ctx::Ctx;
-use crate::reply::{Refusal, Reply, fill_frame};
+use crate::post::check_content;
+use crate::reply::{Refusal, Reply, entries_in_frame, page_size};
 
 /// Conversations per page when the request names no limit.
-const DEFAULT_PAGE: usize = 50;
+const DEFAULT_PAGE: u32 = 50;
 
 /// History entries per page when the request names no limit.
-const DEFAULT_HISTORY_PAGE: usize = 100;
+const DEFAULT_HISTORY_PAGE: u32 = 100;
 
 fn valid_peer(peer: &Option<v1::Peer>) -> Result<v1::Peer, Refusal> {
     let valid = peer.as_ref().and_then(|peer| {
@@ -46,10 +47,7 @@ pub(crate) async fn list(ctx: &Ctx, user: &str, r: v1::ConversationsRequest) -> 
     if r.after.len() > 1024 {
         return Err(Refusal::invalid("page token too long"));
     }
-    let limit = match r.limit {
-        0 => DEFAULT_PAGE,
-        n => n as usize,
-    };
+    let limit = page_size(r.limit, DEFAULT_PAGE, u32::MAX);
     let page = ctx
         .stores
         .conversations
@@ -64,69 +62,66 @@ pub(crate) async fn list(ctx: &Ctx, user: &str, r: v1::ConversationsRequest) -> 
     ))
 }
 
-/// Marks a conversation read up to a seq.
-pub(crate) async fn mark_read(ctx: &Ctx, user: &str, r: v1::MarkReadRequest) -> Reply {
-    let op = ConversationOp::MarkRead {
-        user: user.to_owned(),
-        conversation: valid_peer(&r.conversation)?,
-        up_to_seq: r.up_to_seq,
-        now_ms: qim_proto::now_ms(),
-    };
-    apply(ctx, user, op).await
+/// The requests that change a conversation or a message, each one store
+/// call.
+pub(crate) enum Change {
+    /// Read up to a seq.
+    MarkRead(v1::MarkReadRequest),
+    /// Pin or mute.
+    SetFlags(v1::SetFlagsRequest),
+    /// Recall a message the user sent, within `im.recall_window_ms`.
+    Recall(v1::RecallRequest),
+    /// Edit a message the user sent.
+    Edit(v1::EditRequest),
+    /// Delete a copy from the user's own inbox (for all their devices).
+    Delete(v1::DeleteRequest),
 }
 
-/// Pins or mutes a conversation.
-pub(crate) async fn set_flags(ctx: &Ctx, user: &str, r: v1::SetFlagsRequest) -> Reply {
-    let op = ConversationOp::SetFlags {
-        user: user.to_owned(),
-        conversation: valid_peer(&r.conversation)?,
-        pinned: r.pinned,
-        muted: r.muted,
-        now_ms: qim_proto::now_ms(),
-    };
-    apply(ctx, user, op).await
-}
-
-/// Recalls a message the user sent, within `im.recall_window_ms`.
-pub(crate) async fn recall(ctx: &Ctx, user: &str, r: v1::RecallRequest) -> Reply {
-    valid_msg_id(&r.msg_id)?;
-    let op = ConversationOp::Recall {
-        user: user.to_owned(),
-        msg_id: r.msg_id,
-        now_ms: qim_proto::now_ms(),
-        window_ms: i64::try_from(ctx.config.im.recall_window_ms).unwrap_or(i64::MAX),
-    };
-    apply(ctx, user, op).await
-}
-
-/// Edits a message the user sent.
-pub(crate) async fn edit(ctx: &Ctx, user: &str, r: v1::EditRequest) -> Reply {
-    valid_msg_id(&r.msg_id)?;
-    if r.body.len() > ctx.config.limits.max_body_bytes as usize {
-        return Err(Refusal::new(
-            ErrorCode::MessageTooLarge,
-            "body exceeds limits.max_body_bytes",
-        ));
-    }
-    if r.kind.len() > qim_proto::ids::MAX_ID_LEN {
-        return Err(Refusal::invalid("kind is longer than 64 bytes"));
-    }
-    let op = ConversationOp::Edit {
-        user: user.to_owned(),
-        msg_id: r.msg_id,
-        kind: r.kind,
-        body: r.body,
-        now_ms: qim_proto::now_ms(),
-    };
-    apply(ctx, user, op).await
-}
-
-/// Deletes a copy from the user's own inbox (for all their devices).
-pub(crate) async fn delete(ctx: &Ctx, user: &str, r: v1::DeleteRequest) -> Reply {
-    let op = ConversationOp::Delete {
-        user: user.to_owned(),
-        seq: r.seq,
-        now_ms: qim_proto::now_ms(),
+/// Applies a change of `user`'s in one store call, then hands its events
+/// to the fan-out.
+pub(crate) async fn change(ctx: &Ctx, user: &str, change: Change) -> Reply {
+    let owner = user.to_owned();
+    let now_ms = qim_proto::now_ms();
+    let op = match change {
+        Change::MarkRead(r) => ConversationOp::MarkRead {
+            user: owner,
+            conversation: valid_peer(&r.conversation)?,
+            up_to_seq: r.up_to_seq,
+            now_ms,
+        },
+        Change::SetFlags(r) => ConversationOp::SetFlags {
+            user: owner,
+            conversation: valid_peer(&r.conversation)?,
+            pinned: r.pinned,
+            muted: r.muted,
+            now_ms,
+        },
+        Change::Recall(r) => {
+            valid_msg_id(&r.msg_id)?;
+            let window_ms = i64::try_from(ctx.config.im.recall_window_ms).unwrap_or(i64::MAX);
+            ConversationOp::Recall {
+                user: owner,
+                msg_id: r.msg_id,
+                now_ms,
+                window_ms,
+            }
+        }
+        Change::Edit(r) => {
+            valid_msg_id(&r.msg_id)?;
+            check_content(ctx, &r.body, &r.kind)?;
+            ConversationOp::Edit {
+                user: owner,
+                msg_id: r.msg_id,
+                kind: r.kind,
+                body: r.body,
+                now_ms,
+            }
+        }
+        Change::Delete(r) => ConversationOp::Delete {
+            user: owner,
+            seq: r.seq,
+            now_ms,
+        },
     };
     apply(ctx, user, op).await
 }
@@ -175,21 +170,14 @@ pub(crate) async fn history(ctx: &Ctx, user: &str, r: v1::HistoryRequest) -> Rep
         (0, t) => HistoryAnchor::Time(t),
         (s, _) => HistoryAnchor::Seq(s),
     };
-    let limit = match r.limit {
-        0 => DEFAULT_HISTORY_PAGE,
-        n => n as usize,
-    };
+    let limit = page_size(r.limit, DEFAULT_HISTORY_PAGE, u32::MAX);
     let page = ctx
         .stores
         .conversations
         .history(user, &peer, anchor, r.forward, limit)
         .await?;
-    let entries = page.entries.into_iter().map(|m| v1::InboxEntry {
-        seq: m.seq,
-        message: Some(m.message),
-    });
     // Fill up to the frame limit; `more` tells the client to go on.
-    let (entries, cut) = fill_frame(entries, ctx.config.limits.max_frame_bytes);
+    let (entries, cut) = entries_in_frame(page.entries, ctx.config.limits.max_frame_bytes);
     Ok(rpc_response::Kind::History(v1::HistoryResponse {
         entries,
         more: page.more || cut,

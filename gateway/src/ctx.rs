@@ -51,27 +51,16 @@ pub(crate) struct Ctx {
     next_session: AtomicU64,
 }
 
-/// The parts a [`Ctx`] is made of.
-pub(crate) struct Parts {
-    pub(crate) config: Config,
-    pub(crate) stores: Stores,
-    pub(crate) cluster: Option<Arc<Cluster>>,
-    pub(crate) identity: Identity,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) tokens: TokenKey,
-}
-
 impl Ctx {
     /// The shared state of a gateway about to serve.
-    pub(crate) fn new(parts: Parts) -> Self {
-        let Parts {
-            config,
-            stores,
-            cluster,
-            identity,
-            metrics,
-            tokens,
-        } = parts;
+    pub(crate) fn new(
+        config: Config,
+        stores: Stores,
+        cluster: Option<Arc<Cluster>>,
+        identity: Identity,
+        metrics: Arc<Metrics>,
+        tokens: TokenKey,
+    ) -> Self {
         let routes = Arc::new(Routes::default());
         let push = Arc::new(Registry::default());
         let fanout = Fanout::new(

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::ctx::Ctx;
 use crate::deadline::sleep_until_opt;
-use crate::reply::{Reply, fill_frame};
+use crate::reply::{Reply, entries_in_frame, page_size};
 use crate::route::Feed;
 
 /// A device's cursor is saved at most this often while acks flow, and when
@@ -333,10 +333,7 @@ const MAX_SYNC: u32 = 500;
 /// Answers a gap pull of `user`'s inbox: the entries after a seq, the
 /// head, and up to where missing seqs are settled.
 pub(crate) async fn sync(ctx: &Ctx, user: &str, request: v1::SyncRequest) -> Reply {
-    let limit = match request.limit {
-        0 => DEFAULT_SYNC,
-        n => n.min(MAX_SYNC),
-    } as usize;
+    let limit = page_size(request.limit, DEFAULT_SYNC, MAX_SYNC);
     let store = &ctx.stores.messages;
     let head = store
         .inbox_head(user)
@@ -352,13 +349,9 @@ pub(crate) async fn sync(ctx: &Ctx, user: &str, request: v1::SyncRequest) -> Rep
         .read_inbox(user, request.after_seq, limit)
         .await
         .inspect_err(|e| warn!(user, error = %e, "sync read failed"))?;
-    let entries = entries.into_iter().map(|m| v1::InboxEntry {
-        seq: m.seq,
-        message: Some(m.message),
-    });
     // Fill the response up to the frame limit; the client asks again for
     // the rest.
-    let (entries, _) = fill_frame(entries, ctx.config.limits.max_frame_bytes);
+    let (entries, _) = entries_in_frame(entries, ctx.config.limits.max_frame_bytes);
     Ok(rpc_response::Kind::Sync(v1::SyncResponse {
         entries,
         inbox_head: head,

@@ -19,13 +19,13 @@ use qim_storage::redis::signals::FollowChange;
 use tracing::debug;
 
 use crate::ctx::Ctx;
-use crate::reply::{Refusal, Reply, fill_frame};
+use crate::reply::{Refusal, Reply, entries_in_frame, page_size};
 
 /// Members a create or invite may name at once.
 const MAX_USERS_PER_REQUEST: usize = 5_000;
 
 /// Members listed per page when the request names no limit.
-const DEFAULT_MEMBERS_PAGE: usize = 100;
+const DEFAULT_MEMBERS_PAGE: u32 = 100;
 
 /// Log entries per pull when the request names no limit, and at most.
 const DEFAULT_PULL: u32 = 100;
@@ -100,10 +100,7 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: GroupRpc) -> Reply {
             (r.group, op)
         }
         GroupRpc::Members(r) => {
-            let limit = match r.limit {
-                0 => DEFAULT_MEMBERS_PAGE,
-                n => n as usize,
-            };
+            let limit = page_size(r.limit, DEFAULT_MEMBERS_PAGE, u32::MAX);
             if groups.member(&r.group, user).await?.is_none() {
                 return Err(Refusal::new(
                     ErrorCode::NotAMember,
@@ -174,20 +171,13 @@ async fn sync(ctx: &Ctx, user: &str, r: v1::GroupSyncRequest) -> Reply {
             "not a member of the group",
         ));
     };
-    let limit = match r.limit {
-        0 => DEFAULT_PULL,
-        n => n.min(MAX_PULL),
-    } as usize;
+    let limit = page_size(r.limit, DEFAULT_PULL, MAX_PULL);
     let log = group_log(&r.group);
     let after = r.after_seq.max(member.joined_seq);
     let messages = &ctx.stores.messages;
     let head = messages.inbox_head(&log).await?;
     let entries = messages.read_inbox(&log, after, limit).await?;
-    let entries = entries.into_iter().map(|m| v1::InboxEntry {
-        seq: m.seq,
-        message: Some(m.message),
-    });
-    let (entries, _) = fill_frame(entries, ctx.config.limits.max_frame_bytes);
+    let (entries, _) = entries_in_frame(entries, ctx.config.limits.max_frame_bytes);
     Ok(rpc_response::Kind::GroupSync(v1::GroupSyncResponse {
         entries,
         head,

@@ -95,15 +95,7 @@ pub(crate) fn check_send(ctx: &Ctx, send: &v1::Send) -> Result<Target, Refusal> 
             "client_msg_id must be 1-64 printable ASCII bytes",
         ));
     }
-    if send.body.len() > ctx.config.limits.max_body_bytes as usize {
-        return Err(Refusal::new(
-            ErrorCode::MessageTooLarge,
-            "body exceeds limits.max_body_bytes",
-        ));
-    }
-    if send.kind.len() > qim_proto::ids::MAX_ID_LEN {
-        return Err(Refusal::invalid("kind is longer than 64 bytes"));
-    }
+    check_content(ctx, &send.body, &send.kind)?;
     match send.to.as_ref().and_then(|p| p.target.as_ref()) {
         Some(v1::peer::Target::User(user)) if qim_proto::ids::is_valid_id(user) => {
             Ok(Target::User(user.clone()))
@@ -120,6 +112,21 @@ pub(crate) fn check_send(ctx: &Ctx, send: &v1::Send) -> Result<Target, Refusal> 
             "recipient is not a valid user id",
         )),
     }
+}
+
+/// Checks a message's content (a send's or an edit's): the body within
+/// `limits.max_body_bytes`, the kind an id-sized string.
+pub(crate) fn check_content(ctx: &Ctx, body: &[u8], kind: &str) -> Result<(), Refusal> {
+    if body.len() > ctx.config.limits.max_body_bytes as usize {
+        return Err(Refusal::new(
+            ErrorCode::MessageTooLarge,
+            "body exceeds limits.max_body_bytes",
+        ));
+    }
+    if kind.len() > qim_proto::ids::MAX_ID_LEN {
+        return Err(Refusal::invalid("kind is longer than 64 bytes"));
+    }
+    Ok(())
 }
 
 /// The inboxes a one-to-one send is copied to: the recipient's, and the

@@ -10,7 +10,7 @@
 //!   that the server failed, never the internal error text.
 
 use qim_proto::v1::{self, ErrorCode, rpc_response};
-use qim_storage::{OpError, StoreError};
+use qim_storage::{OpError, StoreError, StoredMessage};
 use thiserror::Error;
 use tracing::warn;
 
@@ -100,13 +100,36 @@ pub(crate) fn answer(reply: Reply) -> rpc_response::Kind {
     reply.unwrap_or_else(Refusal::into_rpc)
 }
 
+/// The page size of a paged request: `default` when it names none (0), at
+/// most `max`.
+pub(crate) fn page_size(requested: u32, default: u32, max: u32) -> usize {
+    let size = match requested {
+        0 => default,
+        n => n.min(max),
+    };
+    size as usize
+}
+
+/// Stored messages as the entries of one response frame: the leading ones
+/// that fit, and whether any were cut.
+pub(crate) fn entries_in_frame(
+    messages: Vec<StoredMessage>,
+    max_frame_bytes: u32,
+) -> (Vec<v1::InboxEntry>, bool) {
+    let entries = messages.into_iter().map(|m| v1::InboxEntry {
+        seq: m.seq,
+        message: Some(m.message),
+    });
+    fill_frame(entries, max_frame_bytes)
+}
+
 /// Bytes of a response frame kept free for everything but its entries.
 const FRAME_OVERHEAD: usize = 64;
 
 /// The leading `items` that fit one response frame of `max_frame_bytes`
 /// (as repeated fields of the response); the client asks again for the
 /// rest. The second value says whether items were cut.
-pub(crate) fn fill_frame<T: prost::Message>(
+fn fill_frame<T: prost::Message>(
     items: impl IntoIterator<Item = T>,
     max_frame_bytes: u32,
 ) -> (Vec<T>, bool) {

@@ -7,6 +7,7 @@
 
 use qim_proto::v1::{self, rpc_request, rpc_response};
 
+use crate::conversations::Change;
 use crate::ctx::Ctx;
 use crate::groups::GroupRpc;
 use crate::reply::{Refusal, Reply, answer};
@@ -37,11 +38,11 @@ async fn route(ctx: &Ctx, caller: &Caller<'_>, kind: rpc_request::Kind) -> Reply
     match kind {
         K::Sync(r) => delivery::sync(ctx, user, r).await,
         K::Conversations(r) => conversations::list(ctx, user, r).await,
-        K::MarkRead(r) => conversations::mark_read(ctx, user, r).await,
-        K::SetFlags(r) => conversations::set_flags(ctx, user, r).await,
-        K::Recall(r) => conversations::recall(ctx, user, r).await,
-        K::Edit(r) => conversations::edit(ctx, user, r).await,
-        K::Delete(r) => conversations::delete(ctx, user, r).await,
+        K::MarkRead(r) => conversations::change(ctx, user, Change::MarkRead(r)).await,
+        K::SetFlags(r) => conversations::change(ctx, user, Change::SetFlags(r)).await,
+        K::Recall(r) => conversations::change(ctx, user, Change::Recall(r)).await,
+        K::Edit(r) => conversations::change(ctx, user, Change::Edit(r)).await,
+        K::Delete(r) => conversations::change(ctx, user, Change::Delete(r)).await,
         K::History(r) => conversations::history(ctx, user, r).await,
         K::ReadCount(r) => conversations::read_count(ctx, user, r).await,
         K::CreateGroup(r) => groups::rpc(ctx, user, GroupRpc::Create(r)).await,

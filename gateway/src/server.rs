@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::auth::TokenKey;
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
-use crate::ctx::{Ctx, Parts};
+use crate::ctx::Ctx;
 use crate::metrics::Metrics;
 use crate::tls::{self, DevCertSpec, TlsError};
 
@@ -195,14 +195,7 @@ impl Gateway {
             dev_secret: dev.then_some(secret),
             public_name: config.server.public_name.clone(),
         };
-        let ctx = Arc::new(Ctx::new(Parts {
-            config,
-            stores,
-            cluster,
-            identity,
-            metrics,
-            tokens,
-        }));
+        let ctx = Arc::new(Ctx::new(config, stores, cluster, identity, metrics, tokens));
         Ok(Gateway {
             ctx,
             endpoint,
