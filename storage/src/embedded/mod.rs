@@ -36,7 +36,7 @@
 //! # Freeing flushed memtables
 //! fjall frees a flushed memtable while holding locks every commit takes;
 //! a thread of ours keeps a reference to each memtable so the freeing
-//! happens there instead (`embedded_reaper.rs`).
+//! happens there instead (`reaper.rs`).
 //!
 //! # Keys
 //! - `messages`: `[len u8][inbox][seq u64 BE]` → protobuf `v1.Message`. The
@@ -75,27 +75,16 @@ enum Op {
     /// Committed with the next group, without a sync of its own.
     Cursor(Vec<u8>, u64, oneshot::Sender<Result<(), StoreError>>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
-    /// Posts and conversation operations (`embedded_im`).
-    Im(Box<im::Request>),
+    /// Posts and conversation operations (`conversations.rs`).
+    Im(Box<conversations::Request>),
 }
 
-#[path = "embedded_im.rs"]
-mod im;
-
-#[path = "embedded_groups.rs"]
-mod groups;
-
-#[path = "embedded_contacts.rs"]
 mod contacts;
-
-#[path = "embedded_schedule.rs"]
-mod schedule;
-
-#[path = "embedded_presence.rs"]
+mod conversations;
+mod groups;
 mod presence;
-
-#[path = "embedded_reaper.rs"]
 mod reaper;
+mod schedule;
 
 #[derive(Clone)]
 struct Tables {
@@ -168,7 +157,7 @@ fn sweeper(
         let mut from = None;
         loop {
             let (tx, rx) = oneshot::channel();
-            let request = im::Request::Sweep {
+            let request = conversations::Request::Sweep {
                 cutoff_ms,
                 from: from.take(),
                 reply: tx,
@@ -293,7 +282,7 @@ impl EmbeddedStore {
         loop {
             let (tx, rx) = oneshot::channel();
             self.ops
-                .send(Op::Im(Box::new(im::Request::Sweep {
+                .send(Op::Im(Box::new(conversations::Request::Sweep {
                     cutoff_ms,
                     from,
                     reply: tx,
@@ -427,7 +416,7 @@ struct Writer {
     /// Newest seq per inbox, loaded from disk on first use.
     heads: HashMap<String, u64>,
     /// Emptied maps kept for the next commit.
-    scratch: im::Scratch,
+    scratch: conversations::Scratch,
 }
 
 impl Writer {
@@ -436,7 +425,7 @@ impl Writer {
             tables,
             failed: None,
             heads: HashMap::new(),
-            scratch: im::Scratch::default(),
+            scratch: conversations::Scratch::default(),
         }
     }
 

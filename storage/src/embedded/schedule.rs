@@ -14,7 +14,7 @@ use prost::Message as _;
 use qim_proto::v1;
 use tokio::sync::oneshot;
 
-use super::im::Request as ImRequest;
+use super::conversations::Request as ImRequest;
 use super::{EmbeddedStore, Op, Writer, unavailable};
 use crate::StoreError;
 use crate::conversations::{OpError, Posted};

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use qim_proto::v1;
 use tokio::sync::oneshot;
 
-use super::im::Request;
+use super::conversations::Request;
 use super::{EmbeddedStore, Op, Writer, check_key_part, prefixed, read_head, unavailable};
 use crate::StoreError;
 use crate::conversations::{OpError, Post, group_log};
@@ -137,7 +137,7 @@ impl Writer {
                 Vec::new(),
             );
             // The group shows in the member's conversation list from now on.
-            let record = super::im::conv_key(user, &convkey);
+            let record = super::conversations::conv_key(user, &convkey);
             if !self
                 .tables
                 .conversations
@@ -151,7 +151,7 @@ impl Writer {
                 };
                 batch.insert(
                     &self.tables.conv_order,
-                    super::im::order_key(user, &conv, &convkey),
+                    super::conversations::order_key(user, &conv, &convkey),
                     Vec::new(),
                 );
                 batch.insert(&self.tables.conversations, record, conv.encode_to_vec());

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use qim_proto::v1;
 use tokio::sync::oneshot;
 
-use super::im::Request;
+use super::conversations::Request;
 use super::{EmbeddedStore, Op, Writer, check_key_part, prefixed, unavailable};
 use crate::StoreError;
 use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
@@ -59,7 +59,7 @@ impl Writer {
 
     fn stage_contact(
         &mut self,
-        stage: &mut super::im::Stage,
+        stage: &mut super::conversations::Stage,
         user: &str,
         op: ContactOp,
         now_ms: i64,
@@ -67,7 +67,7 @@ impl Writer {
         let t = self.tables.clone();
         let mut applied = Applied::default();
         let answer = |this: &mut Writer,
-                      stage: &mut super::im::Stage,
+                      stage: &mut super::conversations::Stage,
                       applied: &mut Applied,
                       other: &str,
                       accepted: bool|
