@@ -25,9 +25,10 @@ use fred::types::{Expiration, SetOptions};
 use qim_proto::v1;
 
 use super::{ClusterStore, redis_error};
+use crate::OpError;
 use crate::StoreError;
 use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
-use crate::conversations::{Applied, OpError};
+use crate::conversations::Applied;
 use crate::cql::social::Row;
 
 const FRIEND: i32 = 1;

@@ -34,6 +34,8 @@
 mod contacts;
 mod conversations;
 mod groups;
+mod operations;
+mod posts;
 mod presence;
 mod schedule;
 mod seq;

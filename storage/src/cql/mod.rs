@@ -46,9 +46,11 @@
 //! With `retention_days > 0`, messages and idempotency keys are written
 //! `USING TTL`; high-water marks never expire (seqs must never restart).
 
+mod groups;
 pub(crate) mod im;
 pub mod schema;
 pub(crate) mod social;
+pub(crate) mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;
