@@ -24,12 +24,13 @@ use fred::interfaces::{KeysInterface as _, LuaInterface as _};
 use fred::types::{Expiration, SetOptions};
 use qim_proto::v1;
 
-use super::{ClusterStore, redis_error};
+use super::ClusterStore;
 use crate::OpError;
 use crate::StoreError;
 use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
 use crate::conversations::Applied;
 use crate::cql::social::Row;
+use crate::redis::unavailable;
 
 const FRIEND: i32 = 1;
 const SENT: i32 = 2;
@@ -84,7 +85,7 @@ impl ClusterStore {
                     false,
                 )
                 .await
-                .map_err(redis_error)?;
+                .map_err(unavailable)?;
             if taken.is_some() {
                 return Ok(PairLock { key, token });
             }
