@@ -16,7 +16,7 @@
 
 use fred::interfaces::LuaInterface as _;
 
-use super::{Redis, unavailable};
+use super::{Redis, is_key_part, unavailable};
 use crate::StoreError;
 
 /// Where a device's session is.
@@ -33,12 +33,6 @@ pub struct Route {
     pub class: String,
     /// When the route lapses unless refreshed (ms since the Unix epoch).
     pub expires_ms: i64,
-}
-
-/// Whether `s` may appear inside a key (user, device and node ids, the
-/// prefix): the id alphabet, which has no `{`, `}`, `|` or `:`.
-pub(crate) fn is_key_part(s: &str) -> bool {
-    qim_proto::ids::is_valid_id(s)
 }
 
 fn check(parts: &[&str]) -> Result<(), StoreError> {
