@@ -56,7 +56,8 @@ fn check_id(id: &str) -> Result<(), StoreError> {
     }
 }
 
-/// A held lease on a pair of users; release it with [`PairLock::release`].
+/// A held lease on a pair of users; release it with
+/// [`unlock_pair`](ClusterStore::unlock_pair).
 pub(crate) struct PairLock {
     key: String,
     token: String,
