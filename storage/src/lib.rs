@@ -37,9 +37,12 @@
 //!   transactions) and [`GroupStore`] (`groups.rs`: groups changed by
 //!   lightweight transactions that posts are ordered with).
 //! - [`cql`] (`cql/`): the CQL schema ([`cql::migrate`], run by `qim-gateway
-//!   migrate`), its partition sizing, and the prepared statements
-//!   (`im.rs`, `social.rs`), the IM writes' logged batches (`writes.rs`)
-//!   and group records (`groups.rs`).
+//!   migrate`, in `schema.rs`), its partition sizing, and the prepared
+//!   statements: messages in `mod.rs`, conversations and groups in `im.rs`
+//!   (read in `conversations.rs` and `groups.rs`, written through the
+//!   logged batches of `writes.rs`), contacts and schedules in `social.rs`;
+//!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
+//!   errors) are what the others share.
 //! - `conformance`, `conformance_im` (feature `conformance`): the checks
 //!   every backend must pass.
 //!

@@ -6,9 +6,10 @@ use qim_proto::v1;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::{Consistency, SerialConsistency};
 
+use super::Cql;
+use super::codec::{applied, cql_error, seq_from_cql};
 use super::im::decode_proto;
 use super::writes::Values;
-use super::{Cql, applied, cql_error, seq_from_cql};
 use crate::StoreError;
 
 impl Cql {

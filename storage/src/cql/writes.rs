@@ -16,7 +16,8 @@ use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{Cql, bucket, cql_error, seq_to_cql};
+use super::Cql;
+use super::codec::{bucket, cql_error, seq_to_cql};
 use crate::StoreError;
 use crate::model::StoredMessage;
 
