@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qim_proto::v1::ErrorCode;
-use qim_storage::embedded::EmbeddedStore;
-use qim_storage::{ClusterStore, Stores};
+use qim_storage::Stores;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -120,14 +119,9 @@ impl Gateway {
     /// `server.data_dir`.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         let retention = config.im.history_retention_ms;
-        let stores = if let Some(options) = config.store.cluster_options() {
-            let store = Arc::new(ClusterStore::connect(&options).await?);
-            store.set_history_retention_ms(retention);
-            Stores::new(store)
-        } else {
-            let store = Arc::new(EmbeddedStore::open(&config.server.data_dir.join("store"))?);
-            store.set_history_retention_ms(retention);
-            Stores::new(store)
+        let stores = match config.store.cluster_options() {
+            Some(options) => Stores::connect_cluster(&options, retention).await?,
+            None => Stores::open_embedded(&config.server.data_dir.join("store"), retention)?,
         };
         Self::bind_with_stores(config, stores).await
     }

@@ -1,42 +1,25 @@
-//! Checks every backend of the IM traits ([`ConversationStore`],
-//! [`GroupStore`], [`ContactStore`], [`ScheduleStore`]) must pass, run
+//! Checks every backend of the IM traits ([`ConversationStore`](crate::ConversationStore),
+//! [`GroupStore`](crate::GroupStore), [`ContactStore`](crate::ContactStore),
+//! [`ScheduleStore`](crate::ScheduleStore)) must pass, run
 //! unchanged against each one with [`im_conformance_tests!`](crate::im_conformance_tests).
 //! Names carry a random suffix, so a shared database needs no cleanup.
-
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use qim_proto::v1;
 
-use crate::MessageStore;
+use crate::OpError;
+use crate::Stores;
 use crate::conformance::unique;
-use crate::contacts::{ContactOp, ContactStore};
-use crate::conversations::{
-    ConversationOp, ConversationStore, HistoryAnchor, OpError, Post, group, group_log, user,
-};
-use crate::groups::{GroupOp, GroupStore};
-use crate::schedule::ScheduleStore;
-
-/// The IM stores of one backend instance.
-pub struct ImStores {
-    /// Messages (to read inboxes back).
-    pub messages: Arc<dyn MessageStore>,
-    /// Conversations.
-    pub conversations: Arc<dyn ConversationStore>,
-    /// Groups.
-    pub groups: Arc<dyn GroupStore>,
-    /// Contacts.
-    pub contacts: Arc<dyn ContactStore>,
-    /// Scheduled sends.
-    pub schedules: Arc<dyn ScheduleStore>,
-}
+use crate::contacts::ContactOp;
+use crate::conversations::{ConversationOp, HistoryAnchor, Post, group, group_log, user};
+use crate::groups::GroupOp;
 
 /// Opens the backend under test.
 #[async_trait]
 pub trait ImBackend: Send + Sync {
     /// Opens (or reopens) the stores.
-    async fn open_im(&self) -> ImStores;
+    async fn open_im(&self) -> Stores;
 }
 
 fn post(from: &str, to: &str, inboxes: &[&str], body: &str) -> Post {

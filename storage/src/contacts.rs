@@ -12,8 +12,9 @@
 use async_trait::async_trait;
 use qim_proto::v1;
 
+use crate::OpError;
 use crate::StoreError;
-use crate::conversations::{Applied, OpError};
+use crate::conversations::Applied;
 
 /// A change to `user`'s contacts.
 #[derive(Debug, Clone, PartialEq)]

@@ -53,8 +53,10 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use qim_proto::v1;
-use thiserror::Error;
 
+/// Also at [`crate::OpError`], where it is defined; kept here for callers
+/// that name it by this path.
+pub use crate::error::OpError;
 use crate::{StoreError, StoredMessage};
 
 /// Bytes of a body kept in a conversation's `last_message` and in a quote.
@@ -253,45 +255,6 @@ pub struct Applied {
     pub event_seq: u64,
     /// The requester's conversation after the operation, when it has one.
     pub conversation: Option<v1::Conversation>,
-}
-
-/// Why an operation was refused.
-#[derive(Debug, Clone, Error)]
-#[non_exhaustive]
-pub enum OpError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// No such conversation or message for this user.
-    #[error("not found")]
-    NotFound,
-    /// The user did not send the message.
-    #[error("only the sender may do this")]
-    NotSender,
-    /// The recall window has passed.
-    #[error("the recall window has passed")]
-    WindowPassed,
-    /// The message was recalled already.
-    #[error("the message was recalled")]
-    Recalled,
-    /// The user is not a member of the group.
-    #[error("not a member of the group")]
-    NotAMember,
-    /// The sender is muted in the group (or the whole group is).
-    #[error("muted in this group")]
-    Muted,
-    /// The user's role does not allow this.
-    #[error("not allowed for this role")]
-    NotAllowed,
-    /// The group id is taken.
-    #[error("the group exists already")]
-    Exists,
-    /// The group was dissolved.
-    #[error("the group was dissolved")]
-    Dissolved,
-    /// The other user has blocked this one.
-    #[error("blocked by the recipient")]
-    Blocked,
 }
 
 /// Conversations, read state and message operations (see the module docs

@@ -1,3 +1,6 @@
+//! The errors of the storage traits: [`StoreError`], a backend failing,
+//! and [`OpError`], an IM operation refused (or failing with the store).
+
 use thiserror::Error;
 
 /// Why a storage operation failed.
@@ -38,4 +41,44 @@ impl StoreError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, StoreError::Failed(_))
     }
+}
+
+/// Why an operation of the IM stores (conversations, groups, contacts,
+/// schedules) was refused, or that the store failed under it.
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such conversation or message for this user.
+    #[error("not found")]
+    NotFound,
+    /// The user did not send the message.
+    #[error("only the sender may do this")]
+    NotSender,
+    /// The recall window has passed.
+    #[error("the recall window has passed")]
+    WindowPassed,
+    /// The message was recalled already.
+    #[error("the message was recalled")]
+    Recalled,
+    /// The user is not a member of the group.
+    #[error("not a member of the group")]
+    NotAMember,
+    /// The sender is muted in the group (or the whole group is).
+    #[error("muted in this group")]
+    Muted,
+    /// The user's role does not allow this.
+    #[error("not allowed for this role")]
+    NotAllowed,
+    /// The group id is taken.
+    #[error("the group exists already")]
+    Exists,
+    /// The group was dissolved.
+    #[error("the group was dissolved")]
+    Dissolved,
+    /// The other user has blocked this one.
+    #[error("blocked by the recipient")]
+    Blocked,
 }

@@ -27,8 +27,8 @@
 use async_trait::async_trait;
 use qim_proto::v1;
 
+use crate::OpError;
 use crate::StoreError;
-use crate::conversations::OpError;
 
 /// A change to a group, made by `by`.
 #[derive(Debug, Clone, PartialEq)]

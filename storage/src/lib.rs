@@ -1,11 +1,13 @@
 //! Storage for qim: the traits the gateway needs, and their backends.
 //!
 //! # Layout
-//! - [`MessageStore`]: inbox append with idempotency and per-inbox sequence
-//!   numbers, inbox reads, per-device cursors. Describes what the gateway
-//!   needs, not a database.
+//! - [`MessageStore`] (here): inbox append with idempotency and per-inbox
+//!   sequence numbers, inbox reads, per-device cursors. Describes what the
+//!   gateway needs, not a database.
 //! - [`model`]: the records that cross the trait ([`NewMessage`],
 //!   [`StoredMessage`], [`Appended`]).
+//! - `error.rs`: [`StoreError`] (a backend failing) and [`OpError`] (an IM
+//!   operation refused, or the store failing under it).
 //! - [`conversations`]: [`ConversationStore`], posts with one copy per
 //!   inbox, conversation lists with exact unread counts, read cursors,
 //!   recall, edit and delete-for-me, with the atomicity each backend owes.
@@ -15,18 +17,34 @@
 //! - [`presence`]: [`PresenceStore`], session records for last seen and
 //!   online time.
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
-//! - [`embedded`]: the default single-node backend, a durable fjall database
-//!   under the data directory with group commit.
+//! - `stores.rs`: [`Stores`], every trait above as one backend instance
+//!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
+//!   [`Stores::new`] from any backend value).
+//! - [`embedded`] (`embedded/`): the default single-node backend, a durable
+//!   fjall database under the data directory with group commit. Its files
+//!   are named like `cluster/`'s (`conversations.rs` with `posts.rs` and
+//!   `operations.rs`, `groups.rs`, `contacts.rs`, `presence.rs`,
+//!   `schedule.rs`), plus what only it has: `tables.rs` (keyspaces and
+//!   keys), `writer.rs` (the writer thread every write goes through),
+//!   `sweeper.rs` (history retention) and `reaper.rs` (freeing memtables).
 //! - [`redis`]: cluster state in Redis through `fred` (routes, presence,
 //!   node registry, per-node delivery queues).
-//! - [`cluster`]: [`ClusterStore`], the backend of a gateway cluster:
-//!   per-inbox seq counters in Redis floored by a durable high-water mark,
-//!   messages, idempotency keys and cursors in ScyllaDB/Cassandra, and
-//!   its [`ConversationStore`] and [`GroupStore`] (conversations with
-//!   unread counts kept exact without transactions, groups changed by
+//! - [`cluster`] (`cluster/`): [`ClusterStore`], the backend of a gateway
+//!   cluster: per-inbox seq counters in Redis floored by a durable
+//!   high-water mark (`seq.rs`), messages, idempotency keys and cursors in
+//!   ScyllaDB/Cassandra, and its [`ConversationStore`] (`conversations.rs`,
+//!   `posts.rs`, `operations.rs`: unread counts kept exact without
+//!   transactions) and [`GroupStore`] (`groups.rs`: groups changed by
 //!   lightweight transactions that posts are ordered with).
-//! - [`cql`]: the CQL schema ([`cql::migrate`], run by `qim-gateway
-//!   migrate`), its partition sizing, and the prepared statements.
+//! - [`cql`] (`cql/`): the CQL schema ([`cql::migrate`], run by `qim-gateway
+//!   migrate`, in `schema.rs`), its partition sizing, and the prepared
+//!   statements: messages in `mod.rs`, conversations and groups in `im.rs`
+//!   (read in `conversations.rs` and `groups.rs`, written through the
+//!   logged batches of `writes.rs`), contacts and schedules in `social.rs`;
+//!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
+//!   errors) are what the others share.
+//! - `conformance`, `conformance_im` (feature `conformance`): the checks
+//!   every backend must pass.
 //!
 //! # Public API of the cluster backend (stable)
 //! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
@@ -37,7 +55,8 @@
 //! - [`cql::CqlOptions`], [`cql::connect`], [`cql::migrate`],
 //!   [`cql::connect_and_migrate`], [`cql::SCHEMA_VERSION`].
 //! - [`ClusterStore::set_history_retention_ms`]: how long history stays
-//!   readable (besides `retention_days`).
+//!   readable (besides `retention_days`); [`Stores::connect_cluster`]
+//!   connects and sets it in one call.
 //! - `conformance` (feature `conformance`): checks every backend must pass,
 //!   run unchanged against each one by [`conformance_tests!`].
 //!
@@ -71,8 +90,8 @@ pub mod conformance_im;
 
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;
-pub use conversations::{ConversationStore, OpError};
-pub use error::StoreError;
+pub use conversations::ConversationStore;
+pub use error::{OpError, StoreError};
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 pub use presence::PresenceStore;

@@ -13,8 +13,9 @@
 use async_trait::async_trait;
 use qim_proto::v1;
 
+use crate::OpError;
 use crate::StoreError;
-use crate::conversations::{OpError, Post, Posted};
+use crate::conversations::{Post, Posted};
 
 /// Entries returned by one [`ScheduleStore::due`] call at most.
 pub const MAX_DUE: usize = 1000;

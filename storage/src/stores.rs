@@ -1,30 +1,42 @@
-//! One bundle of every store trait, built from one backend instance.
+//! [`Stores`]: every store trait of one backend instance, in one value, so
+//! a caller picks the backend once and needs no concrete store type after.
 
+use std::path::Path;
 use std::sync::Arc;
 
+use crate::cluster::{ClusterOptions, ClusterStore};
+use crate::embedded::EmbeddedStore;
 use crate::{
     ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, ScheduleStore,
+    StoreError,
 };
 
-/// Every store the gateway uses, all from one backend instance.
+/// The stores of one backend instance (each field is the same backend,
+/// seen through one trait).
 #[derive(Clone)]
 pub struct Stores {
-    /// Inboxes, idempotency keys, cursors.
+    /// Inboxes, idempotency keys and delivery cursors.
     pub messages: Arc<dyn MessageStore>,
-    /// Conversations, read state, message operations.
+    /// Posts, conversation lists, read state and message operations.
     pub conversations: Arc<dyn ConversationStore>,
-    /// Groups.
+    /// Groups, members and roles.
     pub groups: Arc<dyn GroupStore>,
-    /// Friends and blocks.
+    /// Friends, requests and blocks.
     pub contacts: Arc<dyn ContactStore>,
     /// Scheduled sends.
     pub schedules: Arc<dyn ScheduleStore>,
-    /// Session records.
+    /// Session records (last seen, online time).
     pub presence: Arc<dyn PresenceStore>,
 }
 
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
 impl Stores {
-    /// The bundle of one backend that implements every trait.
+    /// Every store of `backend`, one value implementing all the traits.
     pub fn new<B>(backend: Arc<B>) -> Self
     where
         B: MessageStore
@@ -32,8 +44,7 @@ impl Stores {
             + GroupStore
             + ContactStore
             + ScheduleStore
-            + PresenceStore
-            + 'static,
+            + PresenceStore,
     {
         Self {
             messages: backend.clone(),
@@ -43,5 +54,26 @@ impl Stores {
             schedules: backend.clone(),
             presence: backend,
         }
+    }
+
+    /// The embedded store in `dir` ([`EmbeddedStore::open`]), keeping
+    /// history readable for `history_retention_ms` (0: forever; see
+    /// [`EmbeddedStore::set_history_retention_ms`]).
+    pub fn open_embedded(dir: &Path, history_retention_ms: u64) -> Result<Self, StoreError> {
+        let store = Arc::new(EmbeddedStore::open(dir)?);
+        store.set_history_retention_ms(history_retention_ms);
+        Ok(Self::new(store))
+    }
+
+    /// The cluster store ([`ClusterStore::connect`]), keeping history
+    /// readable for `history_retention_ms` (0: as long as the CQL
+    /// retention keeps it; see [`ClusterStore::set_history_retention_ms`]).
+    pub async fn connect_cluster(
+        options: &ClusterOptions,
+        history_retention_ms: u64,
+    ) -> Result<Self, StoreError> {
+        let store = Arc::new(ClusterStore::connect(options).await?);
+        store.set_history_retention_ms(history_retention_ms);
+        Ok(Self::new(store))
     }
 }

@@ -57,22 +57,13 @@ qim_storage::conformance_tests!(Cluster::new());
 
 #[async_trait]
 impl qim_storage::conformance_im::ImBackend for Cluster {
-    async fn open_im(&self) -> qim_storage::conformance_im::ImStores {
+    async fn open_im(&self) -> qim_storage::Stores {
         cql::connect_and_migrate(&self.options.cql)
             .await
             .expect("migrate the test keyspace");
-        let store = Arc::new(
-            ClusterStore::connect(&self.options)
-                .await
-                .expect("connect to Redis and CQL"),
-        );
-        qim_storage::conformance_im::ImStores {
-            messages: store.clone(),
-            conversations: store.clone(),
-            groups: store.clone(),
-            contacts: store.clone(),
-            schedules: store,
-        }
+        qim_storage::Stores::connect_cluster(&self.options, 0)
+            .await
+            .expect("connect to Redis and CQL")
     }
 }
 

@@ -32,15 +32,8 @@ qim_storage::conformance_tests!(Embedded::new());
 
 #[async_trait]
 impl qim_storage::conformance_im::ImBackend for Embedded {
-    async fn open_im(&self) -> qim_storage::conformance_im::ImStores {
-        let store = Arc::new(EmbeddedStore::open(self.dir.path()).expect("open store"));
-        qim_storage::conformance_im::ImStores {
-            messages: store.clone(),
-            conversations: store.clone(),
-            groups: store.clone(),
-            contacts: store.clone(),
-            schedules: store,
-        }
+    async fn open_im(&self) -> qim_storage::Stores {
+        qim_storage::Stores::open_embedded(self.dir.path(), 0).expect("open store")
     }
 }
 

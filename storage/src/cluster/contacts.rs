@@ -24,11 +24,13 @@ use fred::interfaces::{KeysInterface as _, LuaInterface as _};
 use fred::types::{Expiration, SetOptions};
 use qim_proto::v1;
 
-use super::{ClusterStore, redis_error};
+use super::ClusterStore;
+use crate::OpError;
 use crate::StoreError;
 use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
-use crate::conversations::{Applied, OpError};
+use crate::conversations::Applied;
 use crate::cql::social::Row;
+use crate::redis::unavailable;
 
 const FRIEND: i32 = 1;
 const SENT: i32 = 2;
@@ -54,7 +56,8 @@ fn check_id(id: &str) -> Result<(), StoreError> {
     }
 }
 
-/// A held lease on a pair of users; release it with [`PairLock::release`].
+/// A held lease on a pair of users; release it with
+/// [`unlock_pair`](ClusterStore::unlock_pair).
 pub(crate) struct PairLock {
     key: String,
     token: String,
@@ -83,7 +86,7 @@ impl ClusterStore {
                     false,
                 )
                 .await
-                .map_err(redis_error)?;
+                .map_err(unavailable)?;
             if taken.is_some() {
                 return Ok(PairLock { key, token });
             }

@@ -37,9 +37,10 @@ use async_trait::async_trait;
 use qim_proto::v1;
 
 use super::{ClusterStore, Pending, bounded};
+use crate::OpError;
 use crate::StoreError;
-use crate::conversations::{OpError, group_log};
-use crate::cql::im::Writes;
+use crate::conversations::group_log;
+use crate::cql::writes::Writes;
 use crate::groups::{GroupOp, GroupStore, plan};
 
 /// Members listed per page at most.

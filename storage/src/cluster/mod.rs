@@ -34,6 +34,8 @@
 mod contacts;
 mod conversations;
 mod groups;
+mod operations;
+mod posts;
 mod presence;
 mod schedule;
 mod seq;
@@ -54,6 +56,7 @@ use scylla::client::session::Session;
 
 use crate::cql::{Claim, Cql, CqlOptions};
 use crate::model::{Appended, NewMessage, StoredMessage, new_msg_id};
+use crate::redis::unavailable;
 use crate::{MessageStore, StoreError};
 
 /// CQL requests one `append` keeps in flight.
@@ -97,10 +100,6 @@ impl ClusterOptions {
     }
 }
 
-pub(crate) fn redis_error(e: fred::error::Error) -> StoreError {
-    StoreError::Unavailable(format!("Redis: {e}"))
-}
-
 /// Connects a `fred` client to `url` that reconnects forever and fails a
 /// command after `timeout` instead of queueing it while Redis is away.
 pub async fn connect_redis(url: &str, timeout: Duration) -> Result<Client, StoreError> {
@@ -117,8 +116,8 @@ pub async fn connect_redis(url: &str, timeout: Duration) -> Result<Client, Store
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
         .build()
-        .map_err(redis_error)?;
-    client.init().await.map_err(redis_error)?;
+        .map_err(unavailable)?;
+    client.init().await.map_err(unavailable)?;
     Ok(client)
 }
 

@@ -29,8 +29,9 @@ use prost::Message as _;
 use qim_proto::v1;
 
 use super::ClusterStore;
+use crate::OpError;
 use crate::StoreError;
-use crate::conversations::{ConversationStore, OpError, Posted};
+use crate::conversations::{ConversationStore, Posted};
 use crate::cql::social::{Row, applied, decode_schedule};
 use crate::schedule::{MAX_DUE, ScheduleStore, to_post};
 

@@ -69,9 +69,9 @@ use std::sync::Arc;
 use fred::clients::Client;
 use fred::types::scripts::Script;
 
-use super::redis_error;
 use crate::StoreError;
 use crate::cql::Cql;
+use crate::redis::unavailable;
 
 /// Hands out `n` seqs if the durable reservation covers them, and keeps
 /// the inbox's settle record (see [`SETTLED`]).
@@ -193,7 +193,7 @@ impl Sequences {
                 vec![self.settle_window_ms.to_string()],
             )
             .await
-            .map_err(redis_error)?;
+            .map_err(unavailable)?;
         Ok(u64::try_from(settled).unwrap_or(0))
     }
 
@@ -214,7 +214,7 @@ impl Sequences {
                     vec![n.to_string(), self.settle_window_ms.to_string()],
                 )
                 .await
-                .map_err(redis_error)?;
+                .map_err(unavailable)?;
             match reply.as_slice() {
                 [2, last] => {
                     let last = u64::try_from(*last).map_err(|_| {
@@ -255,7 +255,7 @@ impl Sequences {
             .floor
             .evalsha_with_reload(&self.redis, keys[..2].to_vec(), vec![mark.to_string()])
             .await
-            .map_err(redis_error)?;
+            .map_err(unavailable)?;
         Ok(())
     }
 }

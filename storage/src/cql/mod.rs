@@ -46,20 +46,21 @@
 //! With `retention_days > 0`, messages and idempotency keys are written
 //! `USING TTL`; high-water marks never expire (seqs must never restart).
 
+mod codec;
+mod conversations;
+mod groups;
 pub(crate) mod im;
+mod options;
 pub mod schema;
 pub(crate) mod social;
+pub(crate) mod writes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use prost::Message as _;
-use qim_proto::v1;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::ExecutionError;
 use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
@@ -67,48 +68,15 @@ use scylla::statement::{Consistency, SerialConsistency};
 use crate::StoreError;
 use crate::model::StoredMessage;
 
+pub use codec::SEQS_PER_BUCKET;
+use codec::{applied, bucket, corrupt, decode, prepare, seq_from_cql, seq_to_cql};
+pub(crate) use codec::{cql_error, valid_identifier};
+pub use options::CqlOptions;
 pub use schema::{SCHEMA_VERSION, migrate};
-
-/// Seqs per `inbox_messages` / `group_messages` partition.
-pub const SEQS_PER_BUCKET: u64 = 4096;
 
 /// Buckets `inbox_head` walks down from the high-water mark looking for the
 /// newest stored message (only writes that failed leave buckets empty).
 const HEAD_SEARCH_BUCKETS: u64 = 16;
-
-/// How to reach the CQL cluster and where the schema lives.
-#[derive(Debug, Clone)]
-pub struct CqlOptions {
-    /// Contact points, `host:port`.
-    pub nodes: Vec<String>,
-    /// Keyspace holding the tables.
-    pub keyspace: String,
-    /// The keyspace's replication map, used by [`migrate`] when it creates
-    /// the keyspace, e.g. `{'class': 'NetworkTopologyStrategy', 'dc1': 3}`.
-    pub replication: String,
-    /// Days messages and idempotency keys are kept; 0 keeps them forever.
-    pub retention_days: u32,
-    /// Time after which a CQL request fails as unavailable.
-    pub request_timeout: Duration,
-}
-
-impl CqlOptions {
-    /// Options for `nodes` and `keyspace` with the defaults of a single-node
-    /// development server (replication factor 1, no retention).
-    pub fn new(nodes: Vec<String>, keyspace: impl Into<String>) -> Self {
-        CqlOptions {
-            nodes,
-            keyspace: keyspace.into(),
-            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
-            retention_days: 0,
-            request_timeout: Duration::from_secs(5),
-        }
-    }
-
-    fn ttl_seconds(&self) -> i32 {
-        i32::try_from(u64::from(self.retention_days) * 86_400).unwrap_or(i32::MAX)
-    }
-}
 
 /// Connects a session to `options.nodes` with the keyspace unset.
 pub async fn connect(options: &CqlOptions) -> Result<Session, StoreError> {
@@ -135,42 +103,6 @@ pub async fn connect_and_migrate(options: &CqlOptions) -> Result<i32, StoreError
     migrate(&session, options).await
 }
 
-pub(crate) fn cql_error(e: ExecutionError) -> StoreError {
-    StoreError::Unavailable(format!("CQL: {e}"))
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
-
-/// Refuses keyspace names CQL would need quoting for.
-pub(crate) fn valid_identifier(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 48
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "keyspace {name:?}: letters, digits and _ only, starting with a letter, at most 48"
-        )))
-    }
-}
-
-fn seq_to_cql(seq: u64) -> Result<i64, StoreError> {
-    i64::try_from(seq).map_err(|_| StoreError::Invalid(format!("seq {seq} out of range")))
-}
-
-fn seq_from_cql(seq: i64) -> Result<u64, StoreError> {
-    u64::try_from(seq).map_err(|_| corrupt(format!("negative seq {seq}")))
-}
-
-fn bucket(seq: u64) -> i64 {
-    // seq / 4096 always fits in i64.
-    (seq / SEQS_PER_BUCKET) as i64
-}
-
 /// Where a claimed idempotency key points.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Claim {
@@ -180,24 +112,6 @@ pub(crate) struct Claim {
     /// When the claim's seq was written (microseconds since the epoch, the
     /// cell's write time); 0 for a claim not read back from CQL.
     pub(crate) written_us: i64,
-}
-
-/// Prepares `cql` with its consistency (serial consistency `LOCAL_SERIAL`
-/// for the LWTs) and whether a retry may run it twice.
-pub(crate) async fn prepare(
-    session: &Session,
-    cql: &'static str,
-    consistency: Consistency,
-    idempotent: bool,
-) -> Result<PreparedStatement, StoreError> {
-    let mut p = session
-        .prepare(cql)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("preparing {cql}: {e}")))?;
-    p.set_consistency(consistency);
-    p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-    p.set_is_idempotent(idempotent);
-    Ok(p)
 }
 
 /// The prepared statements over one session and keyspace.
@@ -608,26 +522,4 @@ impl Cql {
             _ => Ok(None),
         }
     }
-}
-
-/// The `[applied]` column of an LWT result.
-fn applied(result: QueryResult) -> Result<bool, StoreError> {
-    let rows = result.into_rows_result().map_err(corrupt)?;
-    let row = rows
-        .maybe_first_row::<scylla::value::Row>()
-        .map_err(corrupt)?;
-    Ok(row
-        .and_then(|r| r.columns.into_iter().next().flatten())
-        .and_then(|v| v.as_boolean())
-        .unwrap_or(false))
-}
-
-fn decode(inbox: &str, seq: u64, body: &[u8]) -> Result<StoredMessage, StoreError> {
-    let message = v1::Message::decode(Bytes::copy_from_slice(body))
-        .map_err(|e| corrupt(format!("message {inbox}/{seq}: {e}")))?;
-    Ok(StoredMessage {
-        inbox: inbox.to_owned(),
-        seq,
-        message,
-    })
 }

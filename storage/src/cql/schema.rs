@@ -14,7 +14,8 @@ use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::Statement;
 
-use super::{CqlOptions, cql_error, valid_identifier};
+use super::codec::{cql_error, valid_identifier};
+use super::options::CqlOptions;
 use crate::StoreError;
 
 /// The schema version this build reads and writes.

@@ -12,7 +12,8 @@ use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{Cql, bucket, corrupt, cql_error, seq_to_cql};
+use super::Cql;
+use super::codec::{bucket, corrupt, cql_error, prepare, seq_to_cql};
 use crate::{StoreError, StoredMessage};
 
 /// One row written by a batch, with its values.
@@ -50,7 +51,7 @@ impl Social {
     pub(crate) async fn open(session: Arc<Session>) -> Result<Self, StoreError> {
         use Consistency::{LocalQuorum, LocalSerial};
         let prepare =
-            |cql, consistency, idempotent| super::prepare(&session, cql, consistency, idempotent);
+            |cql, consistency, idempotent| prepare(&session, cql, consistency, idempotent);
         Ok(Social {
             contact_read: prepare(
                 "SELECT state FROM contacts WHERE owner = ? AND other = ?",
@@ -225,7 +226,7 @@ impl Social {
 pub(crate) fn applied(
     result: scylla::response::query_result::QueryResult,
 ) -> Result<bool, StoreError> {
-    super::applied(result)
+    super::codec::applied(result)
 }
 
 impl Cql {

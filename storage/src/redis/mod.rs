@@ -98,6 +98,12 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+/// Whether `s` may appear inside a key (user, device and node ids, the
+/// prefix): the id alphabet, which has no `{`, `}`, `|` or `:`.
+pub(crate) fn is_key_part(s: &str) -> bool {
+    qim_proto::ids::is_valid_id(s)
+}
+
 /// Maps a Redis failure to the store's error: every failure of the server
 /// or the connection may pass, so it is `Unavailable`.
 pub(crate) fn unavailable(e: fred::error::Error) -> StoreError {
@@ -109,7 +115,7 @@ impl Redis {
     /// timeout. After that the client reconnects by itself (exponential
     /// backoff up to 2 s) and commands fail while it is away.
     pub async fn connect(config: &RedisConfig) -> Result<Redis, StoreError> {
-        if !routes::is_key_part(&config.prefix) {
+        if !is_key_part(&config.prefix) {
             return Err(StoreError::Invalid(
                 "redis prefix must be 1-64 of [A-Za-z0-9._@-]".into(),
             ));

@@ -10,7 +10,7 @@
 
 use fred::interfaces::LuaInterface as _;
 
-use super::{Redis, routes, unavailable};
+use super::{Redis, is_key_part, unavailable};
 use crate::StoreError;
 
 /// A node as the registry knows it.
@@ -106,7 +106,7 @@ impl Redis {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<(), StoreError> {
-        if !routes::is_key_part(&info.id) {
+        if !is_key_part(&info.id) {
             return Err(StoreError::Invalid(format!(
                 "node id {:?} is not a valid id",
                 info.id

@@ -8,7 +8,7 @@
 
 use fred::interfaces::{HashesInterface as _, KeysInterface as _};
 
-use super::{Redis, routes, unavailable};
+use super::{Redis, is_key_part, routes, unavailable};
 use crate::StoreError;
 
 /// A user's presence, aggregated over their devices.
@@ -30,7 +30,7 @@ impl Presence {
 impl Redis {
     /// The presence of `user` at `now_ms`.
     pub async fn presence(&self, user: &str, now_ms: i64) -> Result<Presence, StoreError> {
-        if !routes::is_key_part(user) {
+        if !is_key_part(user) {
             return Err(StoreError::Invalid(format!("{user:?} is not a valid id")));
         }
         let pipeline = self.client.pipeline();

@@ -26,7 +26,7 @@ use fred::types::Value;
 use prost::Message as _;
 use qim_proto::v1;
 
-use super::{Redis, routes, unavailable};
+use super::{Redis, is_key_part, unavailable};
 use crate::{StoreError, StoredMessage};
 
 /// The consumer group every node reads its queue through.
@@ -169,7 +169,7 @@ impl Redis {
         let pipeline = self.client.pipeline();
         let mut touched: Vec<&str> = Vec::new();
         for (node, handoff) in handoffs {
-            if !routes::is_key_part(node) {
+            if !is_key_part(node) {
                 return Err(StoreError::Invalid(format!("node id {node:?}")));
             }
             let cap = ("MAXLEN", "~", config.max_len as i64, None);
@@ -204,7 +204,7 @@ impl Redis {
     /// A reader of `node`'s queue, on a connection of its own (its reads
     /// block).
     pub async fn consumer(&self, node: &str) -> Result<Consumer, StoreError> {
-        if !routes::is_key_part(node) {
+        if !is_key_part(node) {
             return Err(StoreError::Invalid(format!("node id {node:?}")));
         }
         Ok(Consumer {

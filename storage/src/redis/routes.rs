@@ -16,7 +16,7 @@
 
 use fred::interfaces::LuaInterface as _;
 
-use super::{Redis, unavailable};
+use super::{Redis, is_key_part, unavailable};
 use crate::StoreError;
 
 /// Where a device's session is.
@@ -35,12 +35,6 @@ pub struct Route {
     pub expires_ms: i64,
 }
 
-/// Whether `s` may appear inside a key (user, device and node ids, the
-/// prefix): the id alphabet, which has no `{`, `}`, `|` or `:`.
-pub(crate) fn is_key_part(s: &str) -> bool {
-    qim_proto::ids::is_valid_id(s)
-}
-
 fn check(parts: &[&str]) -> Result<(), StoreError> {
     match parts.iter().find(|p| !is_key_part(p)) {
         Some(bad) => Err(StoreError::Invalid(format!("{bad:?} is not a valid id"))),
@@ -50,7 +44,7 @@ fn check(parts: &[&str]) -> Result<(), StoreError> {
 
 /// Sets the route, drops expired entries, returns the previous live value
 /// of the device ('' when none) and the live routes of the user's other
-/// devices before (device, value, device, value, ...). KEYS[1] routes
+/// devices before (device, value, device, value, ...). `KEYS[1]` routes
 /// hash; ARGV: device, value, now_ms, key ttl ms.
 const SET: &str = r#"
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
@@ -76,7 +70,7 @@ return {live, others}
 "#;
 
 /// Renews the route if it is still this session's (keeping its class) or
-/// absent (e.g. Redis lost it; written without a class then). KEYS[1]
+/// absent (e.g. Redis lost it; written without a class then). `KEYS[1]`
 /// routes hash; ARGV: device, `node|session|` prefix, value, now_ms, key
 /// ttl ms, new expiry. Returns 1 when written.
 const REFRESH: &str = r#"
@@ -94,7 +88,7 @@ return 1
 "#;
 
 /// Removes the route if it is this session's, and records last seen when
-/// no live route remains. KEYS[1] routes hash, KEYS[2] seen key; ARGV:
+/// no live route remains. `KEYS[1]` routes hash, `KEYS[2]` seen key; ARGV:
 /// device, `node|session|` prefix, now_ms, seen ttl ms. Returns 0 when not
 /// removed, 1 when removed, 2 when removed and no live route remains.
 const REMOVE: &str = r#"

@@ -16,10 +16,12 @@ use std::collections::HashMap;
 use qim_proto::v1;
 use tokio::sync::oneshot;
 
-use super::im::Request;
-use super::{EmbeddedStore, Op, Writer, check_key_part, prefixed, read_head, unavailable};
+use super::EmbeddedStore;
+use super::tables::{check_key_part, conv_key, order_key, prefixed, read_head, unavailable};
+use super::writer::{Op, Request, Writer};
+use crate::OpError;
 use crate::StoreError;
-use crate::conversations::{OpError, Post, group_log};
+use crate::conversations::{Post, group_log};
 use crate::groups::{GroupOp, GroupStore, check_post, plan};
 
 /// Members listed per page at most.
@@ -137,7 +139,7 @@ impl Writer {
                 Vec::new(),
             );
             // The group shows in the member's conversation list from now on.
-            let record = super::im::conv_key(user, &convkey);
+            let record = conv_key(user, &convkey);
             if !self
                 .tables
                 .conversations
@@ -151,7 +153,7 @@ impl Writer {
                 };
                 batch.insert(
                     &self.tables.conv_order,
-                    super::im::order_key(user, &conv, &convkey),
+                    order_key(user, &conv, &convkey),
                     Vec::new(),
                 );
                 batch.insert(&self.tables.conversations, record, conv.encode_to_vec());

@@ -9,11 +9,13 @@ use async_trait::async_trait;
 use qim_proto::v1;
 use tokio::sync::oneshot;
 
-use super::im::Request;
-use super::{EmbeddedStore, Op, Writer, check_key_part, prefixed, unavailable};
+use super::EmbeddedStore;
+use super::tables::{check_key_part, prefixed, unavailable};
+use super::writer::{Op, Request, Stage, Writer};
+use crate::OpError;
 use crate::StoreError;
 use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
-use crate::conversations::{Applied, OpError};
+use crate::conversations::Applied;
 
 const FRIEND: u8 = 1;
 const SENT: u8 = 2;
@@ -59,7 +61,7 @@ impl Writer {
 
     fn stage_contact(
         &mut self,
-        stage: &mut super::im::Stage,
+        stage: &mut Stage,
         user: &str,
         op: ContactOp,
         now_ms: i64,
@@ -67,7 +69,7 @@ impl Writer {
         let t = self.tables.clone();
         let mut applied = Applied::default();
         let answer = |this: &mut Writer,
-                      stage: &mut super::im::Stage,
+                      stage: &mut Stage,
                       applied: &mut Applied,
                       other: &str,
                       accepted: bool|

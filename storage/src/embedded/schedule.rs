@@ -14,39 +14,13 @@ use prost::Message as _;
 use qim_proto::v1;
 use tokio::sync::oneshot;
 
-use super::im::Request as ImRequest;
-use super::{EmbeddedStore, Op, Writer, unavailable};
+use super::EmbeddedStore;
+use super::tables::unavailable;
+use super::writer::{Op, Request as ImRequest, ScheduleRequest as Request, Writer};
+use crate::OpError;
 use crate::StoreError;
-use crate::conversations::{OpError, Posted};
+use crate::conversations::Posted;
 use crate::schedule::{MAX_DUE, ScheduleStore, to_post};
-
-type Fired = Result<Option<Result<Posted, OpError>>, StoreError>;
-
-/// A schedule request for the writer.
-pub(super) enum Request {
-    Add(
-        Box<v1::ScheduledSend>,
-        oneshot::Sender<Result<(), StoreError>>,
-    ),
-    Cancel(String, String, oneshot::Sender<Result<(), OpError>>),
-    Fire(String, i64, oneshot::Sender<Fired>),
-}
-
-impl Request {
-    pub(super) fn fail(self, error: StoreError) {
-        match self {
-            Request::Add(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Request::Cancel(_, _, reply) => {
-                let _ = reply.send(Err(OpError::Store(error)));
-            }
-            Request::Fire(_, _, reply) => {
-                let _ = reply.send(Err(error));
-            }
-        }
-    }
-}
 
 fn at_key(at: i64, id: &str) -> Vec<u8> {
     // Flip the sign bit so negative times sort first, byte-wise.

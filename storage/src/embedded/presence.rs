@@ -10,7 +10,8 @@
 use async_trait::async_trait;
 use qim_proto::v1;
 
-use super::{EmbeddedStore, check_key_part, prefixed, unavailable};
+use super::EmbeddedStore;
+use super::tables::{check_key_part, prefixed, unavailable};
 use crate::StoreError;
 use crate::presence::{MAX_SPANS, PresenceStore};
 

@@ -1,0 +1,361 @@
+//! Posts on the cluster store: claims, seqs from the allocator, and the
+//! copies with their indexes in logged batches (see `conversations.rs` for
+//! the design, idempotency included).
+
+use std::collections::HashMap;
+
+use qim_proto::v1;
+
+use super::{ClusterStore, Pending, bounded};
+use crate::OpError;
+use crate::conversations::{Post, Posted, conversation_of, counts_as_unread, group_log, peer_key};
+use crate::cql::Claim;
+use crate::cql::writes::Writes;
+use crate::groups::check_post;
+use crate::model::new_msg_id;
+use crate::{StoreError, StoredMessage};
+
+/// Retries of a post's claim and writes after its seqs were taken.
+const RETRIES: usize = 2;
+
+/// Rounds a group post retries when the group changed under it.
+const GROUP_ROUNDS: usize = 16;
+
+/// What happens to one post of a batch.
+enum Plan {
+    SameAs(usize),
+    Resend(Claim),
+    Refused(OpError),
+    New,
+}
+
+impl ClusterStore {
+    /// [`ConversationStore::post`](crate::ConversationStore::post) of the
+    /// cluster store.
+    pub(super) async fn post_batch(
+        &self,
+        batch: Vec<Post>,
+    ) -> Result<Vec<Result<Posted, OpError>>, StoreError> {
+        // Copies inside the batch, then earlier claims.
+        let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(batch.len());
+        for (i, p) in batch.iter().enumerate() {
+            match first.get(&(p.sender.as_str(), p.client_msg_id.as_str())) {
+                Some(&j) => plans.push(Some(Plan::SameAs(j))),
+                None => {
+                    first.insert((&p.sender, &p.client_msg_id), i);
+                    plans.push(None);
+                }
+            }
+        }
+        let mut unique = Vec::new();
+        let mut lookups: Vec<Pending<'_, Option<Claim>>> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            if plans[i].is_none() {
+                unique.push(i);
+                lookups.push(Box::pin(self.cql.read_claim(
+                    &p.sender,
+                    &p.client_msg_id,
+                    false,
+                )));
+            }
+        }
+        for (i, claim) in unique.into_iter().zip(bounded(lookups).await?) {
+            plans[i] = Some(match claim {
+                Some(c) => Plan::Resend(c),
+                None => Plan::New,
+            });
+        }
+        // Group posts are resolved (and ordered with group changes) in
+        // batch order.
+        let mut posts = batch;
+        for (i, post) in posts.iter_mut().enumerate() {
+            if !matches!(plans[i], Some(Plan::New)) {
+                continue;
+            }
+            if post.inboxes.is_empty() {
+                match self.group_inboxes(post).await? {
+                    Ok(inboxes) => post.inboxes = inboxes,
+                    Err(refused) => plans[i] = Some(Plan::Refused(refused)),
+                }
+            }
+        }
+        // Seqs per inbox, in batch order.
+        let mut per_inbox: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+        for (i, post) in posts.iter().enumerate() {
+            if matches!(plans[i], Some(Plan::New)) {
+                for (k, inbox) in post.inboxes.iter().enumerate() {
+                    per_inbox.entry(inbox.as_str()).or_default().push((i, k));
+                }
+            }
+        }
+        let inboxes: Vec<(&str, &Vec<(usize, usize)>)> =
+            per_inbox.iter().map(|(k, v)| (*k, v)).collect();
+        let allocations: Vec<Pending<'_, u64>> = inboxes
+            .iter()
+            .map(|(inbox, idx)| {
+                Box::pin(self.seqs.allocate(inbox, idx.len() as u64)) as Pending<'_, _>
+            })
+            .collect();
+        let mut seqs: Vec<Vec<u64>> = posts.iter().map(|p| vec![0; p.inboxes.len()]).collect();
+        for ((_, idx), first_seq) in inboxes.iter().zip(bounded(allocations).await?) {
+            for (n, &(i, k)) in idx.iter().enumerate() {
+                seqs[i][k] = first_seq + n as u64;
+            }
+        }
+        // Claim and write; resends answered (and completed) from the store.
+        let work: Vec<Pending<'_, Option<Result<Posted, OpError>>>> = posts
+            .iter()
+            .enumerate()
+            .map(|(i, post)| {
+                let seqs = &seqs[i];
+                let fut: Pending<'_, _> = match plans[i].take() {
+                    Some(Plan::New) => Box::pin(async move {
+                        if post.inboxes.is_empty() {
+                            return Err(StoreError::Invalid(
+                                "a post needs at least one inbox".into(),
+                            ));
+                        }
+                        Ok(Some(Ok(self.store_post(post, seqs).await?)))
+                    }),
+                    Some(Plan::Resend(claim)) => {
+                        Box::pin(async move { Ok(Some(Ok(self.resend_post(post, claim).await?))) })
+                    }
+                    Some(Plan::Refused(e)) => Box::pin(async move { Ok(Some(Err(e))) }),
+                    Some(Plan::SameAs(j)) => {
+                        plans[i] = Some(Plan::SameAs(j));
+                        Box::pin(async { Ok(None) })
+                    }
+                    None => Box::pin(async { Ok(None) }),
+                };
+                fut
+            })
+            .collect();
+        let mut out: Vec<Result<Posted, OpError>> = Vec::with_capacity(posts.len());
+        for (i, result) in bounded(work).await?.into_iter().enumerate() {
+            let result = match (result, &plans[i]) {
+                (Some(r), _) => r,
+                (None, Some(Plan::SameAs(j))) => match &out[*j] {
+                    Ok(posted) => Ok(Posted {
+                        copies: posted.copies.clone(),
+                        duplicate: true,
+                    }),
+                    Err(e) => Err(e.clone()),
+                },
+                (None, _) => return Err(StoreError::Invalid("post planning failed".into())),
+            };
+            out.push(result);
+        }
+        Ok(out)
+    }
+
+    /// Where a group post goes: every member's inbox (the sender's first)
+    /// or the group's log, decided at a group version that a lightweight
+    /// transaction confirms, so the post is ordered with group changes.
+    async fn group_inboxes(&self, post: &Post) -> Result<Result<Vec<String>, OpError>, StoreError> {
+        let Some(v1::peer::Target::Group(g)) = post.to.target.as_ref() else {
+            return Err(StoreError::Invalid(
+                "a post needs at least one inbox".into(),
+            ));
+        };
+        for _ in 0..GROUP_ROUNDS {
+            let Some((info, version)) = self.cql.group(g, false).await? else {
+                return Ok(Err(OpError::NotFound));
+            };
+            let member = self.cql.member(g, &post.sender).await?;
+            if let Err(refused) = check_post(&info, member.as_ref(), post.mention_all) {
+                return Ok(Err(refused));
+            }
+            let inboxes = if info.read_diffusion {
+                vec![group_log(g)]
+            } else {
+                let mut inboxes = vec![post.sender.clone()];
+                for m in self.cql.members(g, "", usize::MAX >> 2).await? {
+                    if m.user != post.sender {
+                        inboxes.push(m.user);
+                    }
+                }
+                inboxes
+            };
+            if self.cql.group_check(g, version).await? {
+                return Ok(Ok(inboxes));
+            }
+            tracing::debug!(group = %g, "group changed under a post; resolving again");
+        }
+        Err(StoreError::Unavailable(format!(
+            "group {g} changes too fast to post"
+        )))
+    }
+
+    /// The rows of one new copy.
+    fn write_copy(&self, w: &mut Writes, copy: &StoredMessage) -> Result<(), StoreError> {
+        w.unit();
+        self.cql.w_message(w, copy)?;
+        if copy.inbox.starts_with('#') {
+            // A group log has no conversations of its own.
+            return Ok(());
+        }
+        let peer = conversation_of(&copy.inbox, &copy.message);
+        let key = peer_key(&peer).ok_or_else(|| StoreError::Invalid("empty peer".into()))?;
+        self.cql.w_copy(
+            w,
+            &copy.inbox,
+            &key,
+            copy.seq,
+            counts_as_unread(&copy.inbox, &copy.message),
+            copy.message.server_time_ms,
+        )
+    }
+
+    /// Stores a new post at `seqs` (one per inbox), after claiming its key.
+    async fn store_post(&self, post: &Post, seqs: &[u64]) -> Result<Posted, StoreError> {
+        let msg_id = new_msg_id(post.server_time_ms);
+        let message = post.to_message(msg_id.clone());
+        let copies: Vec<StoredMessage> = post
+            .inboxes
+            .iter()
+            .zip(seqs)
+            .map(|(inbox, &seq)| StoredMessage {
+                inbox: inbox.clone(),
+                seq,
+                message: message.clone(),
+            })
+            .collect();
+        let claim = Claim {
+            inbox: copies[0].inbox.clone(),
+            seq: copies[0].seq,
+            msg_id: msg_id.clone(),
+            written_us: 0,
+        };
+        // Seqs are taken: a failure now would leave them as gaps, so
+        // transient failures are retried here (both steps are idempotent).
+        let mut tries = 0;
+        let theirs = loop {
+            match self
+                .cql
+                .claim(&post.sender, &post.client_msg_id, &claim)
+                .await
+            {
+                Ok(theirs) => break theirs,
+                Err(e) if e.is_retryable() && tries < RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "retrying an idempotency claim");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        match theirs {
+            // Our own claim, applied by an attempt whose answer was lost.
+            Some(theirs) if theirs.msg_id == msg_id => {}
+            Some(theirs) => {
+                tracing::debug!(sender = %post.sender, "lost a resend race; seqs unused");
+                return self.resend_post(post, theirs).await;
+            }
+            None => {}
+        }
+        let mut tries = 0;
+        loop {
+            match self.write_post(&msg_id, &copies).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && tries < RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "retrying a post's writes");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Posted {
+            copies,
+            duplicate: false,
+        })
+    }
+
+    async fn write_post(&self, msg_id: &str, copies: &[StoredMessage]) -> Result<(), StoreError> {
+        let mut w = Writes::default();
+        let index: Vec<(String, u64)> = copies.iter().map(|c| (c.inbox.clone(), c.seq)).collect();
+        self.cql.w_copies(&mut w, msg_id, &index)?;
+        for copy in copies {
+            self.write_copy(&mut w, copy)?;
+        }
+        self.cql.commit(w).await
+    }
+
+    /// A resend of a claimed post: the stored copies, completed if the
+    /// first attempt failed part way (within the fill window, at the
+    /// claimed seqs; later, a post never written is stored at new seqs).
+    async fn resend_post(&self, post: &Post, claim: Claim) -> Result<Posted, StoreError> {
+        let index = self.cql.copies(&claim.msg_id).await?;
+        let index = if index.is_empty() {
+            vec![(claim.inbox.clone(), claim.seq)]
+        } else {
+            index
+        };
+        let reads: Vec<Pending<'_, Option<StoredMessage>>> = index
+            .iter()
+            .map(|(inbox, seq)| Box::pin(self.cql.read_one(inbox, *seq)) as Pending<'_, _>)
+            .collect();
+        let found = bounded(reads).await?;
+        if found.iter().all(Option::is_some) {
+            return Ok(Posted {
+                copies: found.into_iter().flatten().collect(),
+                duplicate: true,
+            });
+        }
+        if claim.inbox != post.inboxes.first().cloned().unwrap_or_default() {
+            return Err(StoreError::Unavailable(format!(
+                "post {}/{} claimed for another inbox is not stored yet",
+                post.sender, post.client_msg_id
+            )));
+        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let window_us = i64::try_from(self.fill_window.as_micros()).unwrap_or(i64::MAX);
+        let message = post.to_message(claim.msg_id.clone());
+        let young = now_us.saturating_sub(claim.written_us) < window_us;
+        let copies: Vec<StoredMessage> = if young || found.iter().any(Option::is_some) {
+            // Complete in place: the missing copies at their claimed seqs
+            // (only the primary is known when the index never landed).
+            let mut index = index;
+            if index.len() < post.inboxes.len() && found.iter().all(Option::is_none) {
+                for inbox in &post.inboxes[index.len()..] {
+                    index.push((inbox.clone(), self.seqs.allocate(inbox, 1).await?));
+                }
+            }
+            index
+                .into_iter()
+                .map(|(inbox, seq)| StoredMessage {
+                    inbox,
+                    seq,
+                    message: message.clone(),
+                })
+                .collect()
+        } else {
+            let mut copies = Vec::with_capacity(post.inboxes.len());
+            for inbox in &post.inboxes {
+                copies.push(StoredMessage {
+                    inbox: inbox.clone(),
+                    seq: self.seqs.allocate(inbox, 1).await?,
+                    message: message.clone(),
+                });
+            }
+            if !self
+                .cql
+                .move_claim(&post.sender, &post.client_msg_id, claim.seq, copies[0].seq)
+                .await?
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "post {}/{} is being stored by another node",
+                    post.sender, post.client_msg_id
+                )));
+            }
+            copies
+        };
+        tracing::info!(sender = %post.sender, "storing a resend whose first write failed");
+        self.write_post(&claim.msg_id, &copies).await?;
+        Ok(Posted {
+            copies,
+            duplicate: true,
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! Posts on the embedded store: the writer stages consecutive posts into
+//! one batch (one fsync), each copy with its conversation record, unread
+//! mark, idempotency key and `msg_id` index entry.
+
+use std::collections::HashMap;
+
+use prost::Message as _;
+
+use super::tables::{
+    check_key_part, conv_msg_key, decode_copies, decode_message, encode_copies, idempotency_key,
+    message_key, split_message_key, unavailable,
+};
+use super::writer::{PostReply, Stage, Writer};
+use crate::OpError;
+use crate::conversations::{Post, Posted, conversation_of, counts_as_unread, peer_key, preview};
+use crate::model::new_msg_id;
+use crate::{StoreError, StoredMessage};
+
+impl Writer {
+    pub(super) fn commit_posts(&mut self, posts: Vec<(Vec<Post>, PostReply)>) {
+        if posts.is_empty() {
+            return;
+        }
+        if let Some(reason) = &self.failed {
+            let error = StoreError::Failed(reason.clone());
+            for (_, reply) in posts {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        let mut stage = self.new_stage_for(posts.iter().map(|(batch, _)| batch.len()).sum());
+        let mut pending = std::mem::take(&mut self.scratch.posted);
+        let mut outs = Vec::with_capacity(posts.len());
+        let mut replies = Vec::with_capacity(posts.len());
+        let mut failure = None;
+        for (batch, reply) in posts {
+            replies.push(reply);
+            if failure.is_some() {
+                continue;
+            }
+            let mut out = Vec::with_capacity(batch.len());
+            for post in batch {
+                match self.stage_post(&mut stage, &mut pending, post) {
+                    Ok(result) => out.push(result),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            outs.push(out);
+        }
+        let result = match failure {
+            Some(e) => {
+                tracing::warn!(error = %e, "posts refused: staging failed");
+                self.abandon_stage();
+                Err(e)
+            }
+            None => self.commit_stage(stage),
+        };
+        pending.clear();
+        self.scratch.posted = pending;
+        match result {
+            Ok(()) => {
+                for (out, reply) in outs.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    pub(super) fn stage_post(
+        &mut self,
+        stage: &mut Stage,
+        pending: &mut HashMap<Vec<u8>, Posted>,
+        post: Post,
+    ) -> Result<Result<Posted, OpError>, StoreError> {
+        check_key_part(&post.sender)?;
+        let idem_key = idempotency_key(&post.sender, &post.client_msg_id);
+        if let Some(original) = pending.get(&idem_key) {
+            let mut original = original.clone();
+            original.duplicate = true;
+            return Ok(Ok(original));
+        }
+        if let Some(msg_key) = self
+            .tables
+            .idempotency
+            .get(&idem_key)
+            .map_err(unavailable)?
+        {
+            let copies = self.copies_of_key(&msg_key)?;
+            return Ok(Ok(Posted {
+                copies,
+                duplicate: true,
+            }));
+        }
+        let mut post = post;
+        if post.inboxes.is_empty() {
+            match self.group_inboxes(&post)? {
+                Ok(inboxes) => post.inboxes = inboxes,
+                Err(refused) => return Ok(Err(refused)),
+            }
+        }
+        for inbox in &post.inboxes {
+            check_key_part(inbox)?;
+        }
+        let msg_id = new_msg_id(post.server_time_ms);
+        let message = post.to_message(msg_id.clone());
+        let mut copies = Vec::with_capacity(post.inboxes.len());
+        for inbox in &post.inboxes {
+            let seq = self.next_seq(inbox)?;
+            let stored = StoredMessage {
+                inbox: inbox.clone(),
+                seq,
+                message: message.clone(),
+            };
+            stage.batch.insert(
+                &self.tables.messages,
+                message_key(inbox, seq),
+                stored.message.encode_to_vec(),
+            );
+            self.touch(stage, &stored)?;
+            copies.push(stored);
+        }
+        let index: Vec<(String, u64)> = copies.iter().map(|c| (c.inbox.clone(), c.seq)).collect();
+        stage.batch.insert(
+            &self.tables.idempotency,
+            idem_key.clone(),
+            message_key(&copies[0].inbox, copies[0].seq),
+        );
+        stage.batch.insert(
+            &self.tables.msg_ids,
+            msg_id.into_bytes(),
+            encode_copies(&index),
+        );
+        let posted = Posted {
+            copies,
+            duplicate: false,
+        };
+        pending.insert(idem_key, posted.clone());
+        Ok(Ok(posted))
+    }
+
+    /// Every copy of the message stored under `msg_key` (the primary).
+    fn copies_of_key(&self, msg_key: &[u8]) -> Result<Vec<StoredMessage>, StoreError> {
+        let (inbox, seq) = split_message_key(msg_key)?;
+        let primary = self
+            .read_message(&inbox, seq)?
+            .ok_or_else(|| StoreError::Corrupt("idempotency key without its message".into()))?;
+        let Some(index) = self
+            .tables
+            .msg_ids
+            .get(primary.message.msg_id.as_bytes())
+            .map_err(unavailable)?
+        else {
+            // Stored by `append`, which keeps one copy and no index.
+            return Ok(vec![primary]);
+        };
+        let mut out = Vec::new();
+        for (inbox, seq) in decode_copies(&index)? {
+            if let Some(copy) = self.read_message(&inbox, seq)? {
+                out.push(copy);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn read_message(
+        &self,
+        inbox: &str,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let key = message_key(inbox, seq);
+        match self.tables.messages.get(&key).map_err(unavailable)? {
+            Some(value) => Ok(Some(decode_message(inbox, &key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a new copy in its owner's conversation.
+    fn touch(&self, stage: &mut Stage, stored: &StoredMessage) -> Result<(), StoreError> {
+        let owner = &stored.inbox;
+        if owner.starts_with('#') {
+            // A group log has no conversations of its own.
+            return Ok(());
+        }
+        let peer = conversation_of(owner, &stored.message);
+        let unread = counts_as_unread(owner, &stored.message);
+        let convkey = peer_key(&peer).ok_or_else(|| StoreError::Invalid("empty peer".into()))?;
+        stage.batch.insert(
+            &self.tables.conv_msgs,
+            conv_msg_key(owner, &convkey, stored.seq),
+            vec![u8::from(unread)],
+        );
+        let Some(conv) = self.conv(stage, owner, &peer, true)? else {
+            return Ok(());
+        };
+        let c = &mut conv.conv;
+        c.last_message = Some(preview(&stored.message));
+        c.last_seq = stored.seq;
+        c.updated_ms = stored.message.server_time_ms;
+        if unread {
+            c.unread += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! The embedded backend's keyspaces, the keys of messages and
+//! conversations in them, and reading those records back. (Groups,
+//! contacts, schedules and presence describe their own keys.)
+//!
+//! # Keys
+//! - `messages`: `[len u8][inbox][seq u64 BE]` → protobuf `v1.Message`. The
+//!   length prefix keeps inbox `ab` from sharing a prefix with `abc`; the
+//!   big-endian seq makes a range scan return an inbox in seq order.
+//! - `idempotency`: `[len u8][sender][client_msg_id]` → the message key.
+//! - `cursors`: `[len u8][inbox][device]` → `u64 BE`.
+//! - `conversations`: `[len][user][convkey]` → protobuf `v1.Conversation`.
+//! - `conv_order`: `[len][user][0 = pinned | 1][!last_seq u64 BE][convkey]`
+//!   → empty; a prefix scan lists conversations in list order.
+//! - `conv_msgs`: `[len][user][len][convkey][seq u64 BE]` → one byte, 1 when
+//!   the copy counts as unread above the read cursor (from someone else,
+//!   not recalled or deleted), else 0. Unread counts are recounted from it.
+//! - `msg_ids`: `[msg_id]` → the copies, `([len][inbox][seq u64 BE])*`.
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use prost::Message as _;
+use qim_proto::v1;
+
+use crate::conversations::counts_as_unread;
+use crate::{StoreError, StoredMessage};
+
+/// The keyspaces of one database.
+#[derive(Clone)]
+pub(super) struct Tables {
+    pub(super) db: Database,
+    pub(super) messages: Keyspace,
+    pub(super) idempotency: Keyspace,
+    pub(super) cursors: Keyspace,
+    pub(super) conversations: Keyspace,
+    pub(super) conv_order: Keyspace,
+    pub(super) conv_msgs: Keyspace,
+    pub(super) msg_ids: Keyspace,
+    pub(super) groups: Keyspace,
+    pub(super) members: Keyspace,
+    pub(super) user_groups: Keyspace,
+    pub(super) contacts: Keyspace,
+    pub(super) blocks: Keyspace,
+    pub(super) scheduled: Keyspace,
+    pub(super) schedule_ids: Keyspace,
+    pub(super) sessions_log: Keyspace,
+    pub(super) last_seen: Keyspace,
+    /// `[len][recipient][msg_id]` → empty: a delivery receipt was appended.
+    pub(super) receipts: Keyspace,
+}
+
+impl Tables {
+    /// Opens (or creates) every keyspace of `db`.
+    pub(super) fn open(db: Database) -> Result<Self, StoreError> {
+        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Tables {
+            messages: keyspace("messages").map_err(unavailable)?,
+            idempotency: keyspace("idempotency").map_err(unavailable)?,
+            cursors: keyspace("cursors").map_err(unavailable)?,
+            conversations: keyspace("conversations").map_err(unavailable)?,
+            conv_order: keyspace("conv_order").map_err(unavailable)?,
+            conv_msgs: keyspace("conv_msgs").map_err(unavailable)?,
+            msg_ids: keyspace("msg_ids").map_err(unavailable)?,
+            groups: keyspace("groups").map_err(unavailable)?,
+            members: keyspace("members").map_err(unavailable)?,
+            user_groups: keyspace("user_groups").map_err(unavailable)?,
+            contacts: keyspace("contacts").map_err(unavailable)?,
+            blocks: keyspace("blocks").map_err(unavailable)?,
+            scheduled: keyspace("scheduled").map_err(unavailable)?,
+            schedule_ids: keyspace("schedule_ids").map_err(unavailable)?,
+            sessions_log: keyspace("sessions_log").map_err(unavailable)?,
+            last_seen: keyspace("last_seen").map_err(unavailable)?,
+            receipts: keyspace("receipts").map_err(unavailable)?,
+            db,
+        })
+    }
+}
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(super) fn check_key_part(part: &str) -> Result<(), StoreError> {
+    if part.is_empty() || part.len() > usize::from(u8::MAX) {
+        return Err(StoreError::Invalid(format!(
+            "id of {} bytes (1 to 255 allowed)",
+            part.len()
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn prefixed(part: &str, extra: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + part.len() + extra);
+    // Length checked by `check_key_part` at every entry point.
+    key.push(part.len() as u8);
+    key.extend_from_slice(part.as_bytes());
+    key
+}
+
+pub(super) fn message_key(inbox: &str, seq: u64) -> Vec<u8> {
+    let mut key = prefixed(inbox, 8);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(super) fn idempotency_key(sender: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut key = prefixed(sender, client_msg_id.len());
+    key.extend_from_slice(client_msg_id.as_bytes());
+    key
+}
+
+pub(super) fn cursor_key(inbox: &str, device: &str) -> Vec<u8> {
+    let mut key = prefixed(inbox, device.len());
+    key.extend_from_slice(device.as_bytes());
+    key
+}
+
+pub(super) fn split_message_key(key: &[u8]) -> Result<(String, u64), StoreError> {
+    let corrupt = || StoreError::Corrupt("bad message key".into());
+    let (&len, rest) = key.split_first().ok_or_else(corrupt)?;
+    let len = usize::from(len);
+    if rest.len() != len + 8 {
+        return Err(corrupt());
+    }
+    let inbox = std::str::from_utf8(&rest[..len]).map_err(|_| corrupt())?;
+    let seq: [u8; 8] = rest[len..].try_into().map_err(|_| corrupt())?;
+    Ok((inbox.to_owned(), u64::from_be_bytes(seq)))
+}
+
+pub(super) fn decode_message(
+    inbox: &str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<StoredMessage, StoreError> {
+    let (_, seq) = split_message_key(key)?;
+    let message = v1::Message::decode(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(StoredMessage {
+        inbox: inbox.to_owned(),
+        seq,
+        message,
+    })
+}
+
+pub(super) fn read_head(messages: &Keyspace, inbox: &str) -> Result<u64, StoreError> {
+    match messages.prefix(prefixed(inbox, 0)).next_back() {
+        None => Ok(0),
+        Some(guard) => {
+            let (key, _) = guard.into_inner().map_err(unavailable)?;
+            Ok(split_message_key(&key)?.1)
+        }
+    }
+}
+
+pub(super) fn conv_key(user: &str, convkey: &str) -> Vec<u8> {
+    let mut key = prefixed(user, convkey.len());
+    key.extend_from_slice(convkey.as_bytes());
+    key
+}
+
+pub(super) fn order_key(user: &str, conv: &v1::Conversation, convkey: &str) -> Vec<u8> {
+    let mut key = prefixed(user, 9 + convkey.len());
+    key.push(if conv.pinned { 0 } else { 1 });
+    key.extend_from_slice(&(!conv.last_seq).to_be_bytes());
+    key.extend_from_slice(convkey.as_bytes());
+    key
+}
+
+fn conv_msg_prefix(user: &str, convkey: &str) -> Vec<u8> {
+    let mut key = prefixed(user, 1 + convkey.len() + 8);
+    key.push(convkey.len() as u8);
+    key.extend_from_slice(convkey.as_bytes());
+    key
+}
+
+pub(super) fn conv_msg_key(user: &str, convkey: &str, seq: u64) -> Vec<u8> {
+    let mut key = conv_msg_prefix(user, convkey);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(super) fn encode_copies(copies: &[(String, u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (inbox, seq) in copies {
+        out.push(inbox.len() as u8);
+        out.extend_from_slice(inbox.as_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+    }
+    out
+}
+
+pub(super) fn decode_copies(mut bytes: &[u8]) -> Result<Vec<(String, u64)>, StoreError> {
+    let corrupt = || StoreError::Corrupt("bad msg_id index entry".into());
+    let mut out = Vec::new();
+    while let Some((&len, rest)) = bytes.split_first() {
+        let len = usize::from(len);
+        if rest.len() < len + 8 {
+            return Err(corrupt());
+        }
+        let inbox = std::str::from_utf8(&rest[..len]).map_err(|_| corrupt())?;
+        let seq: [u8; 8] = rest[len..len + 8].try_into().map_err(|_| corrupt())?;
+        out.push((inbox.to_owned(), u64::from_be_bytes(seq)));
+        bytes = &rest[len + 8..];
+    }
+    Ok(out)
+}
+
+pub(super) fn load_conv(
+    conversations: &fjall::Keyspace,
+    user: &str,
+    convkey: &str,
+) -> Result<Option<v1::Conversation>, StoreError> {
+    match conversations
+        .get(conv_key(user, convkey))
+        .map_err(unavailable)?
+    {
+        Some(value) => v1::Conversation::decode(value.as_ref())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(e.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// Messages of a group log after `after` that count as unread for `user`.
+pub(super) fn count_log_unread(
+    messages: &fjall::Keyspace,
+    log: &str,
+    user: &str,
+    after: u64,
+) -> Result<u32, StoreError> {
+    let Some(first) = after.checked_add(1) else {
+        return Ok(0);
+    };
+    let mut n: u32 = 0;
+    for guard in messages.range(message_key(log, first)..=message_key(log, u64::MAX)) {
+        let (_, value) = guard.into_inner().map_err(unavailable)?;
+        let m =
+            v1::Message::decode(value.as_ref()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if counts_as_unread(user, &m) {
+            n = n.saturating_add(1);
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,579 @@
+//! The writer thread: it owns sequence assignment and every write of the
+//! embedded store, and commits what is waiting in groups (see the group
+//! commit section of [the module](super)). Appends are staged here; the IM
+//! requests ([`Request`]) are staged into a [`Stage`] by the file of their
+//! concern (`posts.rs`, `operations.rs`, `groups.rs`, `contacts.rs`,
+//! `schedule.rs`, `sweeper.rs`).
+
+use std::collections::HashMap;
+
+use fjall::PersistMode;
+use prost::Message as _;
+use qim_proto::v1;
+use tokio::sync::{mpsc, oneshot};
+
+use super::tables::{
+    Tables, check_key_part, conv_key, decode_message, idempotency_key, load_conv, message_key,
+    order_key, read_head, split_message_key, unavailable,
+};
+use crate::OpError;
+use crate::StoreError;
+use crate::conversations::{Applied, ConversationOp, Post, Posted, event_message, peer_key};
+use crate::model::{Appended, NewMessage, StoredMessage, new_msg_id};
+
+/// Most messages committed by one disk sync.
+pub const MAX_BATCH: usize = 4096;
+
+/// Inbox heads cached by the writer before the cache is dropped and refilled
+/// from disk (bounds memory with many users).
+const MAX_CACHED_HEADS: usize = 1 << 20;
+
+/// Answers an append.
+pub(super) type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
+
+/// What the writer thread is asked to do.
+pub(super) enum Op {
+    Append(Vec<NewMessage>, Reply),
+    /// Committed with the next group, without a sync of its own.
+    Cursor(Vec<u8>, u64, oneshot::Sender<Result<(), StoreError>>),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+    /// Posts, conversation operations and the other IM requests.
+    Im(Box<Request>),
+}
+
+pub(super) type PostReply = oneshot::Sender<Result<Vec<Result<Posted, OpError>>, StoreError>>;
+type GroupReply = oneshot::Sender<Result<v1::GroupInfo, OpError>>;
+
+/// An IM request for the writer thread.
+pub(super) enum Request {
+    Post(Vec<Post>, PostReply),
+    Apply(ConversationOp, oneshot::Sender<Result<Applied, OpError>>),
+    Group {
+        group: String,
+        by: String,
+        op: crate::groups::GroupOp,
+        threshold: u32,
+        reply: GroupReply,
+    },
+    Contact {
+        user: String,
+        op: crate::contacts::ContactOp,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<Applied, OpError>>,
+    },
+    Schedule(ScheduleRequest),
+    /// Deletes expired messages (see [`Writer::sweep`]).
+    Sweep {
+        cutoff_ms: i64,
+        from: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<Swept, StoreError>>,
+    },
+}
+
+/// What one sweep step deleted, and where the next one starts (`None`:
+/// the whole store was looked at).
+pub(super) type Swept = (usize, Option<Vec<u8>>);
+
+impl Request {
+    pub(super) fn fail(self, error: StoreError) {
+        match self {
+            Request::Post(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Request::Apply(_, reply) => {
+                let _ = reply.send(Err(OpError::Store(error)));
+            }
+            Request::Group { reply, .. } => {
+                let _ = reply.send(Err(OpError::Store(error)));
+            }
+            Request::Contact { reply, .. } => {
+                let _ = reply.send(Err(OpError::Store(error)));
+            }
+            Request::Schedule(request) => request.fail(error),
+            Request::Sweep { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// A fired entry's post, `None` when it was gone already.
+type Fired = Result<Option<Result<Posted, OpError>>, StoreError>;
+
+/// A schedule request for the writer.
+pub(super) enum ScheduleRequest {
+    Add(
+        Box<v1::ScheduledSend>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
+    Cancel(String, String, oneshot::Sender<Result<(), OpError>>),
+    Fire(String, i64, oneshot::Sender<Fired>),
+}
+
+impl ScheduleRequest {
+    pub(super) fn fail(self, error: StoreError) {
+        match self {
+            ScheduleRequest::Add(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            ScheduleRequest::Cancel(_, _, reply) => {
+                let _ = reply.send(Err(OpError::Store(error)));
+            }
+            ScheduleRequest::Fire(_, _, reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// Owns sequence assignment and all message writes.
+pub(super) struct Writer {
+    pub(super) tables: Tables,
+    /// Set when a commit failed; every later write fails with it.
+    pub(super) failed: Option<String>,
+    /// Newest seq per inbox, loaded from disk on first use.
+    pub(super) heads: HashMap<String, u64>,
+    /// Emptied maps kept for the next commit.
+    pub(super) scratch: Scratch,
+}
+
+impl Writer {
+    pub(super) fn new(tables: Tables) -> Self {
+        Self {
+            tables,
+            failed: None,
+            heads: HashMap::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut appends: Vec<(Vec<NewMessage>, Reply)> = Vec::new();
+            let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
+            let mut cursor_replies = Vec::new();
+            let mut flushes = Vec::new();
+            let mut ims = Vec::new();
+            let mut count = 0;
+            let mut next = Some(first);
+            while let Some(op) = next.take() {
+                match op {
+                    Op::Append(batch, reply) => {
+                        count += batch.len();
+                        appends.push((batch, reply));
+                    }
+                    Op::Cursor(key, seq, reply) => {
+                        cursors.insert(key, seq);
+                        cursor_replies.push(reply);
+                    }
+                    Op::Flush(reply) => flushes.push(reply),
+                    Op::Im(request) => {
+                        count += 1;
+                        ims.push(*request);
+                    }
+                }
+                if count < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if let Some(reason) = &self.failed {
+                let error = StoreError::Failed(reason.clone());
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for reply in cursor_replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for reply in flushes {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for request in ims {
+                    request.fail(error.clone());
+                }
+                continue;
+            }
+            let cursors_saved = self.commit(appends, cursors, !flushes.is_empty());
+            self.commit_im(ims);
+            for reply in cursor_replies {
+                let _ = reply.send(cursors_saved.clone());
+            }
+            for reply in flushes {
+                let _ = reply.send(
+                    self.tables
+                        .db
+                        .persist(PersistMode::SyncAll)
+                        .map_err(unavailable),
+                );
+            }
+        }
+    }
+
+    /// Writes every waiting request in one batch, durable before visible,
+    /// then answers.
+    fn commit(
+        &mut self,
+        appends: Vec<(Vec<NewMessage>, Reply)>,
+        cursors: HashMap<Vec<u8>, u64>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        if appends.is_empty() && cursors.is_empty() {
+            return Ok(());
+        }
+        if self.heads.len() > MAX_CACHED_HEADS {
+            self.heads.clear();
+        }
+        let mut batch = self.tables.db.batch();
+        for (key, seq) in cursors {
+            batch.insert(&self.tables.cursors, key, seq.to_be_bytes().to_vec());
+        }
+        // Idempotency keys written by this group, not yet on disk.
+        let mut pending: HashMap<Vec<u8>, StoredMessage> = HashMap::new();
+        let mut staged = Vec::with_capacity(appends.len());
+        for (messages, reply) in appends {
+            match self.stage_append(&mut batch, &mut pending, messages) {
+                Ok(out) => staged.push((out, reply)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "append refused; the rest of the group goes on");
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        let durable = !staged.is_empty() || sync;
+        let batch = batch.durability(durable.then_some(PersistMode::SyncAll));
+        match batch.commit().map_err(unavailable) {
+            Ok(()) => {
+                for (out, reply) in staged {
+                    let _ = reply.send(Ok(out));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed; nothing of the group is acknowledged, and the store takes no more writes until restarted");
+                let error = StoreError::Failed(e.to_string());
+                self.failed = Some(e.to_string());
+                for (_, reply) in staged {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Stages one caller's messages; on failure nothing of them is staged
+    /// and the heads they moved are put back.
+    fn stage_append(
+        &mut self,
+        batch: &mut fjall::OwnedWriteBatch,
+        pending: &mut HashMap<Vec<u8>, StoredMessage>,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut inserts = Vec::new();
+        let mut undo_heads: Vec<(String, Option<u64>)> = Vec::new();
+        let mut new_keys = Vec::new();
+        let mut out = Vec::with_capacity(messages.len());
+        let mut result = Ok(());
+        for new in messages {
+            match self.stage(pending, &mut inserts, &mut undo_heads, &mut new_keys, new) {
+                Ok(appended) => out.push(appended),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            for (inbox, head) in undo_heads.into_iter().rev() {
+                match head {
+                    Some(head) => self.heads.insert(inbox, head),
+                    None => self.heads.remove(&inbox),
+                };
+            }
+            for key in new_keys {
+                pending.remove(&key);
+            }
+            return Err(e);
+        }
+        for (table, key, value) in inserts {
+            let keyspace = match table {
+                Table::Messages => &self.tables.messages,
+                Table::Idempotency => &self.tables.idempotency,
+            };
+            batch.insert(keyspace, key, value);
+        }
+        Ok(out)
+    }
+
+    fn stage(
+        &mut self,
+        pending: &mut HashMap<Vec<u8>, StoredMessage>,
+        inserts: &mut Vec<(Table, Vec<u8>, Vec<u8>)>,
+        undo_heads: &mut Vec<(String, Option<u64>)>,
+        new_keys: &mut Vec<Vec<u8>>,
+        new: NewMessage,
+    ) -> Result<Appended, StoreError> {
+        let idem_key = idempotency_key(&new.sender, &new.client_msg_id);
+        if let Some(original) = pending.get(&idem_key) {
+            return Ok(Appended {
+                message: original.clone(),
+                duplicate: true,
+            });
+        }
+        if let Some(msg_key) = self
+            .tables
+            .idempotency
+            .get(&idem_key)
+            .map_err(unavailable)?
+        {
+            let value = self
+                .tables
+                .messages
+                .get(&msg_key)
+                .map_err(unavailable)?
+                .ok_or_else(|| StoreError::Corrupt("idempotency key without its message".into()))?;
+            let (inbox, _) = split_message_key(&msg_key)?;
+            let original = decode_message(&inbox, &msg_key, &value)?;
+            return Ok(Appended {
+                message: original,
+                duplicate: true,
+            });
+        }
+        let cached = self.heads.get(&new.inbox).copied();
+        let head = match cached {
+            Some(head) => head,
+            None => read_head(&self.tables.messages, &new.inbox)?,
+        };
+        let seq = head + 1;
+        undo_heads.push((new.inbox.clone(), cached));
+        self.heads.insert(new.inbox.clone(), seq);
+        let msg_id = new_msg_id(new.server_time_ms);
+        let stored = StoredMessage::from_new(new, seq, msg_id);
+        let key = message_key(&stored.inbox, seq);
+        inserts.push((Table::Messages, key.clone(), stored.message.encode_to_vec()));
+        inserts.push((Table::Idempotency, idem_key.clone(), key));
+        pending.insert(idem_key.clone(), stored.clone());
+        new_keys.push(idem_key);
+        Ok(Appended {
+            message: stored,
+            duplicate: false,
+        })
+    }
+}
+
+/// Which keyspace a staged insert goes to.
+enum Table {
+    Messages,
+    Idempotency,
+}
+
+/// A conversation record being changed, with where it sat in the list on
+/// disk.
+pub(super) struct Conv {
+    pub(super) conv: v1::Conversation,
+    pub(super) on_disk_order: Option<Vec<u8>>,
+}
+
+/// Batch rows a one-to-one post usually writes: a message and a
+/// conversation entry in each of two inboxes (the recipient's and the
+/// sender's sync copy), unread and order rows, the idempotency key and the
+/// message id index.
+const ROWS_PER_POST: usize = 8;
+
+/// One atomic write of the IM layer.
+pub(super) struct Stage {
+    pub(super) batch: fjall::OwnedWriteBatch,
+    pub(super) convs: HashMap<(String, String), Conv>,
+}
+
+/// Maps the writer keeps from one commit to the next, emptied, so a commit
+/// does not allocate them afresh: new pages for them (zeroed by the kernel
+/// on first touch) were 7% of the writer thread's time at a fixed 38,772
+/// messages/s. (The batch's own vector cannot be kept: fjall consumes it.)
+#[derive(Default)]
+pub(super) struct Scratch {
+    pub(super) convs: HashMap<(String, String), Conv>,
+    pub(super) posted: HashMap<Vec<u8>, Posted>,
+}
+
+impl Writer {
+    /// Handles the IM requests of one group in arrival order.
+    pub(super) fn commit_im(&mut self, requests: Vec<Request>) {
+        let mut posts = Vec::new();
+        for request in requests {
+            match request {
+                Request::Post(batch, reply) => posts.push((batch, reply)),
+                Request::Apply(op, reply) => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    let result = match &self.failed {
+                        Some(reason) => Err(OpError::Store(StoreError::Failed(reason.clone()))),
+                        None => self.apply_op(op),
+                    };
+                    let _ = reply.send(result);
+                }
+                Request::Group {
+                    group,
+                    by,
+                    op,
+                    threshold,
+                    reply,
+                } => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    let result = match &self.failed {
+                        Some(reason) => Err(OpError::Store(StoreError::Failed(reason.clone()))),
+                        None => self.group_op(&group, &by, op, threshold),
+                    };
+                    let _ = reply.send(result);
+                }
+                Request::Contact {
+                    user,
+                    op,
+                    now_ms,
+                    reply,
+                } => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    let result = match &self.failed {
+                        Some(reason) => Err(OpError::Store(StoreError::Failed(reason.clone()))),
+                        None => self.contact_op(&user, op, now_ms),
+                    };
+                    let _ = reply.send(result);
+                }
+                Request::Schedule(request) => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    match &self.failed {
+                        Some(reason) => request.fail(StoreError::Failed(reason.clone())),
+                        None => self.schedule_op(request),
+                    }
+                }
+                Request::Sweep {
+                    cutoff_ms,
+                    from,
+                    reply,
+                } => {
+                    self.commit_posts(std::mem::take(&mut posts));
+                    let result = match &self.failed {
+                        Some(reason) => Err(StoreError::Failed(reason.clone())),
+                        None => self.sweep(cutoff_ms, from),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        self.commit_posts(posts);
+    }
+
+    pub(super) fn new_stage(&mut self) -> Stage {
+        self.new_stage_for(0)
+    }
+
+    /// A stage sized for `posts` posts: a batch grows one entry at a time,
+    /// and regrowing a group commit of hundreds of posts (a few rows per
+    /// copy) was 12% of the writer thread's time in a flat-out chat run.
+    pub(super) fn new_stage_for(&mut self, posts: usize) -> Stage {
+        Stage {
+            batch: fjall::OwnedWriteBatch::with_capacity(
+                self.tables.db.clone(),
+                posts.saturating_mul(ROWS_PER_POST),
+            ),
+            convs: std::mem::take(&mut self.scratch.convs),
+        }
+    }
+
+    pub(super) fn next_seq(&mut self, inbox: &str) -> Result<u64, StoreError> {
+        let head = match self.heads.get(inbox) {
+            Some(head) => *head,
+            None => read_head(&self.tables.messages, inbox)?,
+        };
+        self.heads.insert(inbox.to_owned(), head + 1);
+        Ok(head + 1)
+    }
+
+    /// Writes the stage durably; on failure the store takes no more writes.
+    pub(super) fn commit_stage(&mut self, stage: Stage) -> Result<(), StoreError> {
+        let Stage {
+            mut batch,
+            mut convs,
+        } = stage;
+        for ((user, convkey), conv) in convs.drain() {
+            let order = order_key(&user, &conv.conv, &convkey);
+            if let Some(old) = conv.on_disk_order {
+                if old != order {
+                    batch.remove(&self.tables.conv_order, old);
+                }
+            }
+            batch.insert(&self.tables.conv_order, order, Vec::new());
+            batch.insert(
+                &self.tables.conversations,
+                conv_key(&user, &convkey),
+                conv.conv.encode_to_vec(),
+            );
+        }
+        self.scratch.convs = convs;
+        let batch = batch.durability(Some(PersistMode::SyncAll));
+        batch.commit().map_err(|e| {
+            tracing::error!(error = %e, "store commit failed; the store takes no more writes until restarted");
+            self.failed = Some(e.to_string());
+            StoreError::Failed(e.to_string())
+        })
+    }
+
+    /// A staging error leaves seq heads advanced for nothing: forget them,
+    /// they are reloaded from disk.
+    pub(super) fn abandon_stage(&mut self) {
+        self.heads.clear();
+    }
+
+    /// The conversation record of `(user, convkey)`, loaded into the stage.
+    pub(super) fn conv<'s>(
+        &self,
+        stage: &'s mut Stage,
+        user: &str,
+        peer: &v1::Peer,
+        create: bool,
+    ) -> Result<Option<&'s mut Conv>, StoreError> {
+        let convkey = peer_key(peer).ok_or_else(|| StoreError::Invalid("empty peer".into()))?;
+        check_key_part(&convkey)?;
+        let id = (user.to_owned(), convkey.clone());
+        if !stage.convs.contains_key(&id) {
+            let loaded = load_conv(&self.tables.conversations, user, &convkey)?;
+            let conv = match loaded {
+                Some(conv) => Conv {
+                    on_disk_order: Some(order_key(user, &conv, &convkey)),
+                    conv,
+                },
+                None if create => Conv {
+                    conv: v1::Conversation {
+                        peer: Some(peer.clone()),
+                        ..Default::default()
+                    },
+                    on_disk_order: None,
+                },
+                None => return Ok(None),
+            };
+            stage.convs.insert(id.clone(), conv);
+        }
+        Ok(stage.convs.get_mut(&id))
+    }
+
+    /// Appends an event to `inbox` in the stage.
+    pub(super) fn stage_event(
+        &mut self,
+        stage: &mut Stage,
+        inbox: &str,
+        from_user: &str,
+        event: v1::inbox_event::Kind,
+        now_ms: i64,
+    ) -> Result<StoredMessage, StoreError> {
+        check_key_part(inbox)?;
+        let seq = self.next_seq(inbox)?;
+        let stored = StoredMessage {
+            inbox: inbox.to_owned(),
+            seq,
+            message: event_message(from_user, event, now_ms),
+        };
+        stage.batch.insert(
+            &self.tables.messages,
+            message_key(inbox, seq),
+            stored.message.encode_to_vec(),
+        );
+        Ok(stored)
+    }
+}
