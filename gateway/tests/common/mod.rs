@@ -216,12 +216,17 @@ impl TestGateway {
     /// A counter's value from /metrics (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.admin_get("/metrics").await;
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_in(&body, name)
     }
+}
+
+/// A counter's value in a /metrics page (0 when absent).
+pub fn metric_in(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 impl Drop for TestGateway {
@@ -358,10 +363,22 @@ impl RawSession {
 
 impl Raw {
     pub async fn connect(gw: &TestGateway) -> Raw {
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        Raw::connect_from(endpoint, gw.addr, &gw.ca_pem).await
+    }
+
+    /// Connects from `endpoint` (on a real or a simulated socket) to the
+    /// gateway at `addr`, trusting `ca_pem`.
+    pub async fn connect_from(
+        mut endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        ca_pem: &[u8],
+    ) -> Raw {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject as _;
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&gw.ca_pem) {
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
             roots.add(cert.expect("pem")).expect("root");
         }
         let provider = Arc::new(qim_proto::tls::crypto_provider());
@@ -372,11 +389,16 @@ impl Raw {
             .with_no_client_auth();
         tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        // The server's idle timeout governs, as for the SDK (which asks for
+        // more): a raw client that stays silent for a minute of simulated
+        // time meets the gateway's heartbeat deadline, not quinn's default.
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(None);
+        config.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(config);
         let conn = endpoint
-            .connect(gw.addr, "localhost")
+            .connect(addr, "localhost")
             .expect("connect")
             .await
             .expect("handshake");
@@ -390,8 +412,20 @@ impl Raw {
         device: &str,
         resume_from: u64,
     ) -> (Raw, FramedSend, FramedRecv, Option<v1::ServerControl>) {
-        let raw = Raw::connect(gw).await;
-        let (send, recv) = raw.conn.open_bi().await.expect("open control");
+        Raw::connect(gw)
+            .await
+            .say_hello(token, device, resume_from)
+            .await
+    }
+
+    /// Sends Hello; returns the server's first control frame.
+    pub async fn say_hello(
+        self,
+        token: &str,
+        device: &str,
+        resume_from: u64,
+    ) -> (Raw, FramedSend, FramedRecv, Option<v1::ServerControl>) {
+        let (send, recv) = self.conn.open_bi().await.expect("open control");
         let mut control_send = FramedSend::new(send, StreamKind::Control, 64 * 1024);
         let mut control_recv = FramedRecv::new(recv, 64 * 1024);
         control_send
@@ -411,12 +445,20 @@ impl Raw {
             .await
             .ok()
             .flatten();
-        (raw, control_send, control_recv, reply)
+        (self, control_send, control_recv, reply)
     }
 
     pub async fn login(gw: &TestGateway, user: &str, device: &str, resume_from: u64) -> RawSession {
+        Raw::connect(gw)
+            .await
+            .log_in(&gw.token(user), device, resume_from)
+            .await
+    }
+
+    /// Sends Hello with `token` and expects a Welcome.
+    pub async fn log_in(self, token: &str, device: &str, resume_from: u64) -> RawSession {
         let (raw, control_send, control_recv, reply) =
-            Raw::hello(gw, &gw.token(user), device, resume_from).await;
+            self.say_hello(token, device, resume_from).await;
         let welcome = match reply.and_then(|r| r.kind) {
             Some(v1::server_control::Kind::Welcome(w)) => w,
             other => panic!("expected Welcome, got {other:?}"),
