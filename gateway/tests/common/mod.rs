@@ -90,9 +90,54 @@ pub struct TestGateway {
     pub ca_pem: Vec<u8>,
     pub key: TokenKey,
     pub config: Config,
+    running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+/// A bound gateway running in a task until [`stop`](Running::stop)ped or
+/// dropped.
+pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    pub dir: tempfile::TempDir,
+}
+
+impl Running {
+    pub fn spawn(gateway: qim_gateway::Gateway) -> Running {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let stopped = gateway
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            stopped.expect("the gateway stops only when told to");
+        });
+        Running {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts the graceful shutdown and waits until `run` returned.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("gateway stops")
+                .expect("gateway task");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 impl TestGateway {
@@ -136,23 +181,13 @@ impl TestGateway {
         let info = gateway.info().clone();
         let ca_pem = std::fs::read(info.dev_ca.as_ref().expect("dev CA")).expect("read CA");
         let key = gateway.token_key();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let stopped = gateway
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            stopped.expect("the gateway stops only when told to");
-        });
         TestGateway {
             addr: info.quic_addr,
             admin: info.admin_addr,
             ca_pem,
             key,
             config,
-            stop: Some(stop),
-            task: Some(task),
+            running: Running::spawn(gateway),
             dir,
         }
     }
@@ -182,7 +217,7 @@ impl TestGateway {
     /// Stops gracefully and starts again on the same UDP port and data
     /// directory.
     pub async fn restart(mut self) -> TestGateway {
-        self.shutdown().await;
+        self.running.stop().await;
         let mut config = self.config.clone();
         config.server.listen = self.addr;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
@@ -193,19 +228,7 @@ impl TestGateway {
 
     /// Starts the graceful shutdown and waits until `run` returned.
     pub async fn stop(mut self) {
-        self.shutdown().await;
-    }
-
-    async fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
-                .await
-                .expect("gateway stops")
-                .expect("gateway task");
-        }
+        self.running.stop().await;
     }
 
     /// GET a path on the admin port: (status, body).
@@ -227,14 +250,6 @@ pub fn metric_in(page: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// Takes `n` messages, failing if they do not come in time.

@@ -18,10 +18,9 @@ use qim_proto::v1;
 use qim_sdk::{Client, ClientConfig, ConnectionState, SocketSource};
 use qim_storage::embedded::EmbeddedStore;
 use qim_storage::{Appended, MessageStore, NewMessage, StoreError, StoredMessage};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::common::{PATIENCE, Raw, RawSession};
+use crate::common::{Raw, RawSession, Running};
 use crate::net::{Net, SimSocket};
 
 /// The port the simulated gateway listens on.
@@ -65,13 +64,6 @@ impl Sim {
         let ca_pem = std::fs::read(gateway.info().dev_ca.as_ref().expect("dev CA")).expect("CA");
         let key = gateway.token_key();
         let admin = gateway.info().admin_addr;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let run = gateway.run(async {
-                let _ = stopped.await;
-            });
-            run.await.expect("the gateway stops only when told to");
-        });
         SimGateway {
             net: self.net.clone(),
             addr,
@@ -79,8 +71,7 @@ impl Sim {
             ca_pem,
             key,
             store,
-            stop: Some(stop),
-            task: Some(task),
+            running: Running::spawn(gateway),
             _dir: dir,
         }
     }
@@ -98,8 +89,7 @@ pub(crate) struct SimGateway {
     key: TokenKey,
     /// Its message store.
     pub(crate) store: Arc<HeldStore>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    running: Running,
     _dir: tempfile::TempDir,
 }
 
@@ -167,23 +157,7 @@ impl SimGateway {
 
     /// Starts the graceful shutdown and waits until `run` returned.
     pub(crate) async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
-                .await
-                .expect("gateway stops")
-                .expect("gateway task");
-        }
-    }
-}
-
-impl Drop for SimGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.running.stop().await;
     }
 }
 

@@ -12,10 +12,14 @@
 //! What it simulates: UDP between endpoints (latency, loss, partitions,
 //! NAT rebinding; see [`net::Net`]), and time. What it does not: the
 //! kernel's sockets (buffers, GSO/GRO, ECN, real MTUs), other processes
-//! (kill -9, restarts on the same port, a cluster of nodes), and the cluster
-//! store; those stay tested on real QUIC by the other test files. Wall-clock
-//! times (token expiry, `server_time_ms`, history retention) still follow the
-//! system clock.
+//! (kill -9, restarts on the same port, a cluster of nodes), the cluster
+//! store, and the IM features (the simulated gateway has the message store
+//! only; IM requests get UNSUPPORTED): those stay tested on real QUIC by the
+//! other test files. Wall-clock
+//! times (token expiry, `server_time_ms`, history retention, when a
+//! scheduled send is due) still follow the system clock, and so does the
+//! SDK's adaptive heartbeat, which learns from `std::time::Instant` (in a
+//! simulation it stays at the server's suggested interval).
 //!
 //! How time moves: each test is `#[tokio::test(start_paused = true)]`, a
 //! single-threaded runtime whose clock stands still while any task can run
