@@ -128,6 +128,27 @@ impl Gateway {
 
     /// Binds with stores chosen by the caller (usually one backend's).
     pub async fn bind_with_stores(config: Config, stores: Stores) -> Result<Gateway, StartError> {
+        Self::bind_inner(config, stores, None).await
+    }
+
+    /// Like [`bind_with_stores`](Gateway::bind_with_stores), but serves QUIC
+    /// on `socket` instead of binding `server.listen`: a socket the caller
+    /// made, such as one of an in-process network in tests. quinn runs on
+    /// tokio (its timers follow tokio's clock); `quic.receive_thread` and
+    /// the UDP buffer sizes do not apply.
+    pub async fn bind_on_socket(
+        config: Config,
+        stores: Stores,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> Result<Gateway, StartError> {
+        Self::bind_inner(config, stores, Some(socket)).await
+    }
+
+    async fn bind_inner(
+        config: Config,
+        stores: Stores,
+        socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    ) -> Result<Gateway, StartError> {
         let data_dir = &config.server.data_dir;
         let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
@@ -151,7 +172,7 @@ impl Gateway {
         }
 
         let metrics = Arc::new(Metrics::new());
-        let endpoint = bind_endpoint(&config, &cert, &key, &metrics)?;
+        let endpoint = bind_endpoint(&config, &cert, &key, &metrics, socket)?;
         let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             addr: config.server.listen,
             source,
@@ -342,6 +363,7 @@ fn bind_endpoint(
     cert: &std::path::Path,
     key: &std::path::Path,
     metrics: &Metrics,
+    socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
 ) -> Result<quinn::Endpoint, StartError> {
     let q = &config.quic;
     let resumption = tls::Resumption {
@@ -377,6 +399,15 @@ fn bind_endpoint(
 
     let addr = config.server.listen;
     let bind_err = |source| StartError::Bind { addr, source };
+    if let Some(socket) = socket {
+        return quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err);
+    }
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PATIENCE, assert_quiet, http_get, stopped, take, text};
+use common::{PATIENCE, Running, assert_quiet, http_get, stopped, take, text};
 use qim_gateway::Config;
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_gateway::cluster::strategy::{Picker, Strategy};
@@ -25,8 +25,7 @@ use qim_storage::cluster::{ClusterOptions, ClusterStore};
 use qim_storage::cql::{self, CqlOptions};
 use qim_storage::redis::nodes::NodeInfo;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::sync::{OnceCell, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::OnceCell;
 
 const KEYSPACE: &str = "qim_gateway_cluster";
 
@@ -164,8 +163,7 @@ struct Node {
     addr: SocketAddr,
     admin: SocketAddr,
     id: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    running: Running,
 }
 
 impl Node {
@@ -197,42 +195,16 @@ impl Node {
     fn run(gateway: qim_gateway::Gateway) -> Node {
         let info = gateway.info().clone();
         assert!(info.clustered);
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            gateway
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("runs until stopped");
-        });
         Node {
             addr: info.quic_addr,
             admin: info.admin_addr,
             id: info.node_id,
-            stop: Some(stop),
-            task: Some(task),
+            running: Running::spawn(gateway),
         }
     }
 
     async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
-                .await
-                .expect("stops")
-                .expect("task");
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.running.stop().await;
     }
 }
 

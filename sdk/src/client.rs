@@ -406,8 +406,18 @@ impl Client {
             Ok(addr) => addr.is_ipv6(),
             Err(_) => false,
         };
-        let mut endpoint = quinn::Endpoint::client(any_addr(ipv6))
-            .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
+        let mut endpoint = match &config.sockets {
+            Some(sockets) => sockets.bind(ipv6).and_then(|socket| {
+                quinn::Endpoint::new_with_abstract_socket(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+            }),
+            None => quinn::Endpoint::client(any_addr(ipv6)),
+        }
+        .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
         endpoint.set_default_client_config(quic);
         new_shared(config, endpoint)
     }
@@ -707,12 +717,20 @@ impl Client {
             .local_addr()
             .map(|a| a.is_ipv6())
             .unwrap_or(false);
-        let socket = std::net::UdpSocket::bind(any_addr(ipv6))
-            .map_err(|e| Error::Network(format!("binding a new UDP socket: {e}")))?;
-        shared
-            .endpoint
-            .rebind(socket)
-            .map_err(|e| Error::Network(format!("rebinding the endpoint: {e}")))?;
+        match &shared.config.sockets {
+            Some(sockets) => {
+                let socket = sockets
+                    .bind(ipv6)
+                    .map_err(|e| Error::Network(format!("binding a new UDP socket: {e}")))?;
+                shared.endpoint.rebind_abstract(socket)
+            }
+            None => {
+                let socket = std::net::UdpSocket::bind(any_addr(ipv6))
+                    .map_err(|e| Error::Network(format!("binding a new UDP socket: {e}")))?;
+                shared.endpoint.rebind(socket)
+            }
+        }
+        .map_err(|e| Error::Network(format!("rebinding the endpoint: {e}")))?;
         lock(&shared.heartbeat).network_changed();
         if lock(&shared.current).is_some() {
             info!(local = ?shared.endpoint.local_addr().ok(), "network changed; migrating the connection");

@@ -1,6 +1,7 @@
 //! Client settings, with defaults for phones on real networks.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The device platform reported at login.
@@ -102,6 +103,21 @@ pub struct ClientConfig {
     /// [`Client::search`](crate::Client::search) without a connection.
     /// `None` (the default): no local store.
     pub local_store: Option<PathBuf>,
+    /// Where the client's UDP sockets come from. `None` (the default):
+    /// sockets of the operating system on the wildcard address. Set it to
+    /// run the client over another datagram transport, such as an
+    /// in-process network in tests.
+    pub sockets: Option<Arc<dyn SocketSource>>,
+}
+
+/// Makes the UDP sockets of a client's QUIC endpoint (see
+/// [`ClientConfig::sockets`]). The endpoint's timers follow tokio's clock, so
+/// a client on such sockets also runs on a paused clock.
+pub trait SocketSource: Send + Sync + std::fmt::Debug {
+    /// A new socket, of the IPv6 family when `ipv6`: once when the client
+    /// starts, and again on each
+    /// [`Client::network_changed`](crate::Client::network_changed).
+    fn bind(&self, ipv6: bool) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>>;
 }
 
 impl ClientConfig {
@@ -143,6 +159,7 @@ impl ClientConfig {
             resumption: true,
             migration_timeout: Duration::from_secs(3),
             local_store: None,
+            sockets: None,
         }
     }
 }

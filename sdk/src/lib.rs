@@ -83,7 +83,7 @@ pub use client::{
     Client, ConnectionState, IncomingMessage, OutgoingMessage, SendReceipt, StateWatcher, Stats,
     new_client_msg_id,
 };
-pub use config::{ClientConfig, Platform};
+pub use config::{ClientConfig, Platform, SocketSource};
 pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
 pub use events::{ClientEvent, EVENT_BUFFER, Events, OutboxStatus};

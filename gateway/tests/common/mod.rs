@@ -90,9 +90,54 @@ pub struct TestGateway {
     pub ca_pem: Vec<u8>,
     pub key: TokenKey,
     pub config: Config,
+    running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+/// A bound gateway running in a task until [`stop`](Running::stop)ped or
+/// dropped.
+pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    pub dir: tempfile::TempDir,
+}
+
+impl Running {
+    pub fn spawn(gateway: qim_gateway::Gateway) -> Running {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let stopped = gateway
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            stopped.expect("the gateway stops only when told to");
+        });
+        Running {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts the graceful shutdown and waits until `run` returned.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("gateway stops")
+                .expect("gateway task");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 impl TestGateway {
@@ -136,23 +181,13 @@ impl TestGateway {
         let info = gateway.info().clone();
         let ca_pem = std::fs::read(info.dev_ca.as_ref().expect("dev CA")).expect("read CA");
         let key = gateway.token_key();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let stopped = gateway
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            stopped.expect("the gateway stops only when told to");
-        });
         TestGateway {
             addr: info.quic_addr,
             admin: info.admin_addr,
             ca_pem,
             key,
             config,
-            stop: Some(stop),
-            task: Some(task),
+            running: Running::spawn(gateway),
             dir,
         }
     }
@@ -182,7 +217,7 @@ impl TestGateway {
     /// Stops gracefully and starts again on the same UDP port and data
     /// directory.
     pub async fn restart(mut self) -> TestGateway {
-        self.shutdown().await;
+        self.running.stop().await;
         let mut config = self.config.clone();
         config.server.listen = self.addr;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
@@ -193,19 +228,7 @@ impl TestGateway {
 
     /// Starts the graceful shutdown and waits until `run` returned.
     pub async fn stop(mut self) {
-        self.shutdown().await;
-    }
-
-    async fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
-                .await
-                .expect("gateway stops")
-                .expect("gateway task");
-        }
+        self.running.stop().await;
     }
 
     /// GET a path on the admin port: (status, body).
@@ -216,20 +239,17 @@ impl TestGateway {
     /// A counter's value from /metrics (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.admin_get("/metrics").await;
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_in(&body, name)
     }
 }
 
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+/// A counter's value in a /metrics page (0 when absent).
+pub fn metric_in(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Takes `n` messages, failing if they do not come in time.
@@ -358,10 +378,22 @@ impl RawSession {
 
 impl Raw {
     pub async fn connect(gw: &TestGateway) -> Raw {
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        Raw::connect_from(endpoint, gw.addr, &gw.ca_pem).await
+    }
+
+    /// Connects from `endpoint` (on a real or a simulated socket) to the
+    /// gateway at `addr`, trusting `ca_pem`.
+    pub async fn connect_from(
+        mut endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        ca_pem: &[u8],
+    ) -> Raw {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject as _;
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&gw.ca_pem) {
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
             roots.add(cert.expect("pem")).expect("root");
         }
         let provider = Arc::new(qim_proto::tls::crypto_provider());
@@ -372,11 +404,16 @@ impl Raw {
             .with_no_client_auth();
         tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        // The server's idle timeout governs, as for the SDK (which asks for
+        // more): a raw client that stays silent for a minute of simulated
+        // time meets the gateway's heartbeat deadline, not quinn's default.
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(None);
+        config.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(config);
         let conn = endpoint
-            .connect(gw.addr, "localhost")
+            .connect(addr, "localhost")
             .expect("connect")
             .await
             .expect("handshake");
@@ -390,8 +427,20 @@ impl Raw {
         device: &str,
         resume_from: u64,
     ) -> (Raw, FramedSend, FramedRecv, Option<v1::ServerControl>) {
-        let raw = Raw::connect(gw).await;
-        let (send, recv) = raw.conn.open_bi().await.expect("open control");
+        Raw::connect(gw)
+            .await
+            .say_hello(token, device, resume_from)
+            .await
+    }
+
+    /// Sends Hello; returns the server's first control frame.
+    pub async fn say_hello(
+        self,
+        token: &str,
+        device: &str,
+        resume_from: u64,
+    ) -> (Raw, FramedSend, FramedRecv, Option<v1::ServerControl>) {
+        let (send, recv) = self.conn.open_bi().await.expect("open control");
         let mut control_send = FramedSend::new(send, StreamKind::Control, 64 * 1024);
         let mut control_recv = FramedRecv::new(recv, 64 * 1024);
         control_send
@@ -411,12 +460,20 @@ impl Raw {
             .await
             .ok()
             .flatten();
-        (raw, control_send, control_recv, reply)
+        (self, control_send, control_recv, reply)
     }
 
     pub async fn login(gw: &TestGateway, user: &str, device: &str, resume_from: u64) -> RawSession {
+        Raw::connect(gw)
+            .await
+            .log_in(&gw.token(user), device, resume_from)
+            .await
+    }
+
+    /// Sends Hello with `token` and expects a Welcome.
+    pub async fn log_in(self, token: &str, device: &str, resume_from: u64) -> RawSession {
         let (raw, control_send, control_recv, reply) =
-            Raw::hello(gw, &gw.token(user), device, resume_from).await;
+            self.say_hello(token, device, resume_from).await;
         let welcome = match reply.and_then(|r| r.kind) {
             Some(v1::server_control::Kind::Welcome(w)) => w,
             other => panic!("expected Welcome, got {other:?}"),

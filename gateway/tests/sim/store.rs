@@ -1,0 +1,297 @@
+//! The simulated gateway's store: the embedded store with every call
+//! [`held`] (no simulated time passes while it works), and a knob that
+//! leaves seqs empty for good, as a write that failed after its seq was
+//! handed out does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use qim_proto::v1;
+use qim_storage::contacts::{ContactOp, Relation};
+use qim_storage::conversations::{
+    Applied, ConversationOp, ConversationPage, HistoryAnchor, HistoryPage, Post, Posted,
+};
+use qim_storage::embedded::EmbeddedStore;
+use qim_storage::groups::GroupOp;
+use qim_storage::{
+    Appended, ContactStore, ConversationStore, GroupStore, MessageStore, NewMessage, OpError,
+    PresenceStore, ScheduleStore, StoreError, StoredMessage,
+};
+
+use crate::harness::held;
+
+/// The embedded store, held, with burned seqs.
+pub(crate) struct HeldStore {
+    inner: EmbeddedStore,
+    /// Per inbox: how many seqs the next write to it burns first.
+    burn: Mutex<HashMap<String, u64>>,
+    /// Burned seqs: stored to take the seq, never read back.
+    hidden: Mutex<HashSet<(String, u64)>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl HeldStore {
+    pub(crate) fn open(dir: &std::path::Path) -> HeldStore {
+        HeldStore {
+            inner: EmbeddedStore::open(dir).expect("open the store"),
+            burn: Mutex::default(),
+            hidden: Mutex::default(),
+        }
+    }
+
+    /// The next write to `inbox` first hands out `n` seqs that are never
+    /// written: the gap a node leaves when it dies between taking seqs and
+    /// writing them. Readers never see those seqs, and the store never
+    /// calls them settled.
+    pub(crate) fn burn_next(&self, inbox: &str, n: u64) {
+        lock(&self.burn).insert(inbox.to_owned(), n);
+    }
+
+    /// Burns the seqs asked for in the inboxes `message` is written to.
+    async fn burn(&self, message: &NewMessage, inboxes: &[String]) -> Result<(), StoreError> {
+        for inbox in inboxes {
+            let Some(n) = lock(&self.burn).remove(inbox) else {
+                continue;
+            };
+            let burned: Vec<NewMessage> = (0..n)
+                .map(|i| NewMessage {
+                    inbox: inbox.clone(),
+                    client_msg_id: format!("burned-{}-{i}", message.client_msg_id),
+                    ..message.clone()
+                })
+                .collect();
+            for appended in self.inner.append(burned).await? {
+                lock(&self.hidden).insert((appended.message.inbox, appended.message.seq));
+            }
+        }
+        Ok(())
+    }
+
+    fn first_hidden(&self, inbox: &str) -> Option<u64> {
+        lock(&self.hidden)
+            .iter()
+            .filter(|(i, _)| i == inbox)
+            .map(|&(_, seq)| seq)
+            .min()
+    }
+}
+
+#[async_trait]
+impl MessageStore for HeldStore {
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        held(async {
+            for message in &batch {
+                self.burn(message, std::slice::from_ref(&message.inbox))
+                    .await?;
+            }
+            self.inner.append(batch).await
+        })
+        .await
+    }
+
+    async fn read_inbox(
+        &self,
+        inbox: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut page = held(self.inner.read_inbox(inbox, after_seq, limit)).await?;
+        let hidden = lock(&self.hidden);
+        page.retain(|m| !hidden.contains(&(m.inbox.clone(), m.seq)));
+        Ok(page)
+    }
+
+    async fn inbox_head(&self, inbox: &str) -> Result<u64, StoreError> {
+        held(self.inner.inbox_head(inbox)).await
+    }
+
+    async fn settled_through(&self, inbox: &str, head: u64) -> Result<u64, StoreError> {
+        let settled = held(self.inner.settled_through(inbox, head)).await?;
+        Ok(match self.first_hidden(inbox) {
+            Some(seq) => settled.min(seq - 1),
+            None => settled,
+        })
+    }
+
+    async fn save_cursor(&self, inbox: &str, device: &str, seq: u64) -> Result<(), StoreError> {
+        held(self.inner.save_cursor(inbox, device, seq)).await
+    }
+
+    async fn load_cursor(&self, inbox: &str, device: &str) -> Result<Option<u64>, StoreError> {
+        held(self.inner.load_cursor(inbox, device)).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        held(self.inner.flush()).await
+    }
+}
+
+#[async_trait]
+impl ConversationStore for HeldStore {
+    async fn post(&self, batch: Vec<Post>) -> Result<Vec<Result<Posted, OpError>>, StoreError> {
+        held(async {
+            for post in &batch {
+                let message = NewMessage {
+                    inbox: String::new(),
+                    sender: post.sender.clone(),
+                    sender_device: post.sender_device.clone(),
+                    client_msg_id: post.client_msg_id.clone(),
+                    to: post.to.clone(),
+                    kind: post.kind.clone(),
+                    body: post.body.clone(),
+                    server_time_ms: post.server_time_ms,
+                };
+                self.burn(&message, &post.inboxes).await?;
+            }
+            self.inner.post(batch).await
+        })
+        .await
+    }
+
+    async fn conversations(
+        &self,
+        user: &str,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<ConversationPage, StoreError> {
+        held(self.inner.conversations(user, after, limit)).await
+    }
+
+    async fn conversation(
+        &self,
+        user: &str,
+        peer: &v1::Peer,
+    ) -> Result<Option<v1::Conversation>, StoreError> {
+        held(self.inner.conversation(user, peer)).await
+    }
+
+    async fn apply(&self, op: ConversationOp) -> Result<Applied, OpError> {
+        held(self.inner.apply(op)).await
+    }
+
+    async fn read_count(&self, user: &str, msg_id: &str) -> Result<(u32, u32), OpError> {
+        held(self.inner.read_count(user, msg_id)).await
+    }
+
+    async fn history(
+        &self,
+        user: &str,
+        peer: &v1::Peer,
+        anchor: HistoryAnchor,
+        forward: bool,
+        limit: usize,
+    ) -> Result<HistoryPage, OpError> {
+        held(self.inner.history(user, peer, anchor, forward, limit)).await
+    }
+}
+
+#[async_trait]
+impl GroupStore for HeldStore {
+    async fn group_apply(
+        &self,
+        group: &str,
+        by: &str,
+        op: GroupOp,
+        threshold: u32,
+    ) -> Result<v1::GroupInfo, OpError> {
+        held(self.inner.group_apply(group, by, op, threshold)).await
+    }
+
+    async fn group(&self, group: &str) -> Result<Option<v1::GroupInfo>, StoreError> {
+        held(self.inner.group(group)).await
+    }
+
+    async fn member(&self, group: &str, user: &str) -> Result<Option<v1::GroupMember>, StoreError> {
+        held(self.inner.member(group, user)).await
+    }
+
+    async fn members(
+        &self,
+        group: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<v1::GroupMember>, StoreError> {
+        held(self.inner.members(group, after, limit)).await
+    }
+
+    async fn user_groups(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        held(self.inner.user_groups(user)).await
+    }
+}
+
+#[async_trait]
+impl ContactStore for HeldStore {
+    async fn contact_apply(
+        &self,
+        user: &str,
+        op: ContactOp,
+        now_ms: i64,
+    ) -> Result<Applied, OpError> {
+        held(self.inner.contact_apply(user, op, now_ms)).await
+    }
+
+    async fn contacts(&self, user: &str) -> Result<v1::ContactsResponse, StoreError> {
+        held(self.inner.contacts(user)).await
+    }
+
+    async fn relation(&self, from: &str, to: &str) -> Result<Relation, StoreError> {
+        held(self.inner.relation(from, to)).await
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for HeldStore {
+    async fn schedule(&self, entry: v1::ScheduledSend) -> Result<(), StoreError> {
+        held(self.inner.schedule(entry)).await
+    }
+
+    async fn cancel(&self, user: &str, id: &str) -> Result<(), OpError> {
+        held(self.inner.cancel(user, id)).await
+    }
+
+    async fn due(&self, now_ms: i64) -> Result<Vec<v1::ScheduledSend>, StoreError> {
+        held(self.inner.due(now_ms)).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        held(self.inner.next_due()).await
+    }
+
+    async fn fire(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<Result<Posted, OpError>>, StoreError> {
+        held(self.inner.fire(id, now_ms)).await
+    }
+}
+
+#[async_trait]
+impl PresenceStore for HeldStore {
+    async fn record_session(
+        &self,
+        user: &str,
+        device: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<(), StoreError> {
+        held(self.inner.record_session(user, device, start_ms, end_ms)).await
+    }
+
+    async fn sessions(
+        &self,
+        user: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<v1::SessionSpan>, StoreError> {
+        held(self.inner.sessions(user, from_ms, to_ms)).await
+    }
+
+    async fn last_seen(&self, user: &str) -> Result<i64, StoreError> {
+        held(self.inner.last_seen(user)).await
+    }
+}
