@@ -388,7 +388,7 @@ suspend fun pollUntil(what: String, condition: suspend () -> Boolean) {
 
 /// Asserts that no message matching `unwanted` arrives for `ms` (others are
 /// skipped).
-suspend fun Channel<IncomingMessage>.noneFor(ms: Long, what: String, unwanted: (Message) -> Boolean) {
+suspend fun Channel<IncomingMessage>.noneFor(ms: Long, what: String, unwanted: (IncomingMessage) -> Boolean) {
     val end = System.currentTimeMillis() + ms
     while (true) {
         val left = end - System.currentTimeMillis()
@@ -403,7 +403,7 @@ suspend fun Channel<IncomingMessage>.noneFor(ms: Long, what: String, unwanted: (
 }
 
 /// The next `n` chat messages (not events) of `conversation`.
-suspend fun Channel<IncomingMessage>.chat(n: Int, conversation: Peer, what: String): List<Message> =
+suspend fun Channel<IncomingMessage>.chat(n: Int, conversation: Peer, what: String): List<IncomingMessage> =
     (1..n).map { until("$what ($it of $n)") { m -> m.event == null && m.conversation == conversation } }
 
 /// Groups: the owner creates a group and invites two members; everyone
