@@ -1,5 +1,6 @@
 // Tests of the generated Kotlin bindings against a live qim-gateway.
-// `cargo xtask test` compiles this with the generated qim_sdk_ffi.kt and runs
+// `cargo xtask test` compiles this with the generated qim_sdk_ffi.kt and
+// qim_sdk.kt (the SDK's own records and enums) and runs
 // `MainKt <scenario>` once per scenario, with the gateway address, CA and
 // tokens in the environment (see xtask/src/kotlin.rs). A scenario passes
 // when the JVM exits 0.
@@ -11,36 +12,39 @@ import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import uniffi.qim_sdk_ffi.ClientListener
-import uniffi.qim_sdk_ffi.ClientOptions
-import uniffi.qim_sdk_ffi.ConnectionState
-import uniffi.qim_sdk_ffi.Conversation
-import uniffi.qim_sdk_ffi.GroupChange
-import uniffi.qim_sdk_ffi.GroupRole
-import uniffi.qim_sdk_ffi.HistoryAnchor
-import uniffi.qim_sdk_ffi.Message
-import uniffi.qim_sdk_ffi.MessageEvent
-import uniffi.qim_sdk_ffi.MessageExtras
+import uniffi.qim_sdk_ffi.ClientConfig
+import uniffi.qim_sdk.ConnectionState
+import uniffi.qim_sdk.Conversation
+import uniffi.qim_sdk.GroupChange
+import uniffi.qim_sdk.GroupRole
+import uniffi.qim_sdk.HistoryAnchor
+import uniffi.qim_sdk.IncomingMessage
+import uniffi.qim_sdk.Event
+import uniffi.qim_sdk.MessageExtras
 import uniffi.qim_sdk_ffi.OutboxStatus
-import uniffi.qim_sdk_ffi.OutgoingMessage
-import uniffi.qim_sdk_ffi.Peer
-import uniffi.qim_sdk_ffi.Platform
+import uniffi.qim_sdk.OutgoingMessage
+import uniffi.qim_sdk.Peer
+import uniffi.qim_sdk.Platform
 import uniffi.qim_sdk_ffi.QimClient
 import uniffi.qim_sdk_ffi.QimException
-import uniffi.qim_sdk_ffi.Quote
+import uniffi.qim_sdk.Quote
 import uniffi.qim_sdk_ffi.ReadCount
-import uniffi.qim_sdk_ffi.Signal
+import uniffi.qim_sdk.Signal
 
 const val PATIENCE_MS = 20_000L
 
+/// The body as text (invalid UTF-8 replaced), for text messages.
+val IncomingMessage.text: String get() = body.decodeToString()
+
 /// Records everything the client reports, for the test to wait on.
 class Recorder : ClientListener {
-    val messages = Channel<Message>(Channel.UNLIMITED)
+    val messages = Channel<IncomingMessage>(Channel.UNLIMITED)
     val states = Channel<ConnectionState>(Channel.UNLIMITED)
     val outbox = Channel<Pair<String, OutboxStatus>>(Channel.UNLIMITED)
     val errors = Channel<QimException>(Channel.UNLIMITED)
     val signals = Channel<Signal>(Channel.UNLIMITED)
 
-    override fun onMessage(message: Message) {
+    override fun onMessage(message: IncomingMessage) {
         messages.trySend(message)
     }
 
@@ -75,7 +79,7 @@ suspend fun <T> Channel<T>.next(what: String): T =
     }
 
 /// Asserts nothing more arrives for a while (catches duplicates).
-suspend fun Channel<Message>.quiet(ms: Long) {
+suspend fun Channel<IncomingMessage>.quiet(ms: Long) {
     val extra = try {
         withTimeout(ms) { receive() }
     } catch (e: kotlinx.coroutines.TimeoutCancellationException) {
@@ -91,7 +95,7 @@ fun options(
     dataDir: String? = null,
     resumeFrom: ULong = 0uL,
     localStore: String? = null,
-) = ClientOptions(
+) = ClientConfig(
     server = server,
     serverName = "localhost",
     caPem = File(env("QIM_CA")).readBytes(),
@@ -341,9 +345,9 @@ suspend fun unread() {
     // The other device hears of the read.
     val read = tabletEvents.messages.until("read event on bob's other device") {
         val e = it.event
-        e is MessageEvent.Read && e.readSeq == got.last().seq
+        e is Event.Read && e.readSeq == got.last().seq
     }
-    val event = read.event as MessageEvent.Read
+    val event = read.event as Event.Read
     check(event.conversation == alice && event.unread == 0u) { "read event $event" }
     val seen = bobTablet.conversationWith(alice) ?: throw AssertionError("tablet has no conversation")
     check(seen.unread == 0u) { "tablet unread ${seen.unread}" }
@@ -384,7 +388,7 @@ suspend fun pollUntil(what: String, condition: suspend () -> Boolean) {
 
 /// Asserts that no message matching `unwanted` arrives for `ms` (others are
 /// skipped).
-suspend fun Channel<Message>.noneFor(ms: Long, what: String, unwanted: (Message) -> Boolean) {
+suspend fun Channel<IncomingMessage>.noneFor(ms: Long, what: String, unwanted: (IncomingMessage) -> Boolean) {
     val end = System.currentTimeMillis() + ms
     while (true) {
         val left = end - System.currentTimeMillis()
@@ -399,7 +403,7 @@ suspend fun Channel<Message>.noneFor(ms: Long, what: String, unwanted: (Message)
 }
 
 /// The next `n` chat messages (not events) of `conversation`.
-suspend fun Channel<Message>.chat(n: Int, conversation: Peer, what: String): List<Message> =
+suspend fun Channel<IncomingMessage>.chat(n: Int, conversation: Peer, what: String): List<IncomingMessage> =
     (1..n).map { until("$what ($it of $n)") { m -> m.event == null && m.conversation == conversation } }
 
 /// Groups: the owner creates a group and invites two members; everyone
@@ -520,8 +524,8 @@ suspend fun recallEdit() {
 
     // Edit.
     sender.edit(sent.msgId, "meet at the station")
-    val edit = liamEvents.messages.until("edit") { (it.event as? MessageEvent.Edited)?.msgId == sent.msgId }
-    val edited = edit.event as MessageEvent.Edited
+    val edit = liamEvents.messages.until("edit") { (it.event as? Event.Edited)?.msgId == sent.msgId }
+    val edited = edit.event as Event.Edited
     check(String(edited.body) == "meet at the station" && edited.editedAtMs > 0L) { "edit event $edited" }
     check(edited.seq == original.seq && edited.conversation == kate) { "edit event $edited" }
     val shown = liam.history(kate, HistoryAnchor.End, false, 20u).messages.first { it.msgId == sent.msgId && it.event == null }
@@ -543,8 +547,8 @@ suspend fun recallEdit() {
     val wrong = sender.send("liam", "wrong chat, sorry")
     sender.recall(wrong.msgId)
     liamEvents.messages.until("message later recalled") { it.msgId == wrong.msgId && it.event == null }
-    val recall = liamEvents.messages.until("recall") { (it.event as? MessageEvent.Recalled)?.msgId == wrong.msgId }
-    check((recall.event as MessageEvent.Recalled).byUser == "kate") { "recall event ${recall.event}" }
+    val recall = liamEvents.messages.until("recall") { (it.event as? Event.Recalled)?.msgId == wrong.msgId }
+    check((recall.event as Event.Recalled).byUser == "kate") { "recall event ${recall.event}" }
     val gone = liam.history(kate, HistoryAnchor.End, false, 20u).messages.first { it.msgId == wrong.msgId && it.event == null }
     check(gone.recalled && gone.body.isEmpty()) { "recalled message in history: $gone" }
     check(liam.search("wrong", 10u).isEmpty()) { "a recalled message is found by search" }
@@ -579,27 +583,27 @@ suspend fun contacts() {
 
     val asked = mona.requestFriend("nick", hello)
     check(asked.outgoing == listOf("nick") && asked.friends.isEmpty()) { "mona after asking: $asked" }
-    val request = nickEvents.messages.until("friend request") { it.event is MessageEvent.FriendRequest }
-    val event = request.event as MessageEvent.FriendRequest
-    check(event.fromUser == "mona" && event.message == hello) { "request event $event" }
+    val request = nickEvents.messages.until("friend request") { it.event is Event.FriendRequest }
+    val event = request.event as Event.FriendRequest
+    check(event.from == "mona" && event.message == hello) { "request event $event" }
     val pending = nick.contacts().incoming
     check(pending.size == 1 && pending[0].user == "mona" && pending[0].message == hello && pending[0].atMs > 0L) { "pending $pending" }
 
     val accepted = nick.acceptFriend("mona")
     check(accepted.friends == listOf("mona") && accepted.incoming.isEmpty()) { "nick after accepting: $accepted" }
-    val answer = monaEvents.messages.until("friend response") { it.event is MessageEvent.FriendResponse }
-    val response = answer.event as MessageEvent.FriendResponse
-    check(response.fromUser == "nick" && response.accepted) { "response $response" }
+    val answer = monaEvents.messages.until("friend response") { it.event is Event.FriendResponse }
+    val response = answer.event as Event.FriendResponse
+    check(response.from == "nick" && response.accepted) { "response $response" }
     val monas = mona.contacts()
     check(monas.friends == listOf("nick") && monas.outgoing.isEmpty()) { "mona's contacts $monas" }
 
     // Rejected.
     rita.requestFriend("nick", "add me?")
-    nickEvents.messages.until("rita's request") { (it.event as? MessageEvent.FriendRequest)?.fromUser == "rita" }
+    nickEvents.messages.until("rita's request") { (it.event as? Event.FriendRequest)?.from == "rita" }
     val rejected = nick.rejectFriend("rita")
     check(rejected.friends == listOf("mona") && rejected.incoming.isEmpty()) { "nick after rejecting: $rejected" }
-    val no = ritaEvents.messages.until("rejection") { it.event is MessageEvent.FriendResponse }
-    check(!(no.event as MessageEvent.FriendResponse).accepted) { "rejection ${no.event}" }
+    val no = ritaEvents.messages.until("rejection") { it.event is Event.FriendResponse }
+    check(!(no.event as Event.FriendResponse).accepted) { "rejection ${no.event}" }
     check(rita.contacts().friends.isEmpty()) { "rita has friends" }
 
     // Blocked.
@@ -636,23 +640,23 @@ suspend fun presenceTyping() {
     expectRejected("PERMISSION_DENIED", "presence of a stranger") { paul.presence(listOf("olga")) }
 
     olga.requestFriend("paul", "it's olga")
-    paulEvents.messages.until("olga's request") { it.event is MessageEvent.FriendRequest }
+    paulEvents.messages.until("olga's request") { it.event is Event.FriendRequest }
     paul.acceptFriend("olga")
     val now = paul.subscribePresence(listOf("olga"))
     check(now.size == 1 && now[0].user == "olga" && now[0].online) { "olga's presence $now" }
 
     olga.disconnect()
-    val off = paulEvents.signals.until("olga offline") { it is Signal.Presence && it.status.user == "olga" } as Signal.Presence
-    check(!off.status.online && off.status.lastSeenMs >= started) { "offline push ${off.status}" }
+    val off = paulEvents.signals.until("olga offline") { it is Signal.Presence && it.v1.user == "olga" } as Signal.Presence
+    check(!off.v1.online && off.v1.lastSeenMs >= started) { "offline push ${off.v1}" }
     val (olgaAgain, _) = connected("olga", "olga-phone")
-    val on = paulEvents.signals.until("olga online") { it is Signal.Presence && it.status.user == "olga" } as Signal.Presence
-    check(on.status.online) { "online push ${on.status}" }
+    val on = paulEvents.signals.until("olga online") { it is Signal.Presence && it.v1.user == "olga" } as Signal.Presence
+    check(on.v1.online) { "online push ${on.v1}" }
     check(paul.presence(listOf("olga")).single().online) { "queried presence" }
 
     // Typing: a signal, never a message.
     olgaAgain.typing(Peer.User("paul"), true)
     val typing = paulEvents.signals.until("typing") { it is Signal.Typing } as Signal.Typing
-    check(typing.conversation == olgaPeer && typing.fromUser == "olga" && typing.typing) { "typing $typing" }
+    check(typing.conversation == olgaPeer && typing.from == "olga" && typing.typing) { "typing $typing" }
     olgaAgain.typing(Peer.User("paul"), false)
     val stopped = paulEvents.signals.until("typing stopped") { it is Signal.Typing } as Signal.Typing
     check(!stopped.typing) { "stopped $stopped" }

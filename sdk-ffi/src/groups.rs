@@ -9,93 +9,9 @@
 //! keep the wire code: `NOT_A_MEMBER`, `MUTED`, `PERMISSION_DENIED`,
 //! `NOT_FOUND`.
 
-use crate::{MessageExtras, OutgoingMessage, QimClient, QimError, SendReceipt};
+use qim_sdk::{GroupChange, GroupInfo, GroupMember, MessageExtras, OutgoingMessage, SendReceipt};
 
-/// A member's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum GroupRole {
-    /// Sends and invites.
-    Member,
-    /// Also renames, mutes, removes members, uses `@all`.
-    Admin,
-    /// Also sets roles and dissolves.
-    Owner,
-}
-
-impl From<qim_sdk::GroupRole> for GroupRole {
-    fn from(r: qim_sdk::GroupRole) -> Self {
-        match r {
-            qim_sdk::GroupRole::Owner => GroupRole::Owner,
-            qim_sdk::GroupRole::Admin => GroupRole::Admin,
-            _ => GroupRole::Member,
-        }
-    }
-}
-
-impl From<GroupRole> for qim_sdk::GroupRole {
-    fn from(r: GroupRole) -> Self {
-        match r {
-            GroupRole::Owner => qim_sdk::GroupRole::Owner,
-            GroupRole::Admin => qim_sdk::GroupRole::Admin,
-            GroupRole::Member => qim_sdk::GroupRole::Member,
-        }
-    }
-}
-
-/// A group as the server describes it.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct GroupInfo {
-    /// Id.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// Owner's user id.
-    pub owner: String,
-    /// Members now.
-    pub member_count: u32,
-    /// Only admins may send.
-    pub muted_all: bool,
-    /// Dissolved.
-    pub dissolved: bool,
-    /// Messages live in one group log (pushed, pulled) instead of each
-    /// member's inbox: a large group.
-    pub read_diffusion: bool,
-}
-
-impl From<qim_sdk::GroupInfo> for GroupInfo {
-    fn from(g: qim_sdk::GroupInfo) -> Self {
-        GroupInfo {
-            id: g.id,
-            name: g.name,
-            owner: g.owner,
-            member_count: g.member_count,
-            muted_all: g.muted_all,
-            dissolved: g.dissolved,
-            read_diffusion: g.read_diffusion,
-        }
-    }
-}
-
-/// A member of a group.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct GroupMember {
-    /// User id.
-    pub user: String,
-    /// Role.
-    pub role: GroupRole,
-    /// Muted by an admin: their sends are refused with `MUTED`.
-    pub muted: bool,
-}
-
-impl From<qim_sdk::GroupMember> for GroupMember {
-    fn from(m: qim_sdk::GroupMember) -> Self {
-        GroupMember {
-            user: m.user,
-            role: m.role.into(),
-            muted: m.muted,
-        }
-    }
-}
+use crate::{QimClient, QimError};
 
 /// A page of a group's members, ordered by user id.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -108,10 +24,7 @@ pub struct MemberPage {
 
 impl From<(Vec<qim_sdk::GroupMember>, Option<String>)> for MemberPage {
     fn from((members, next): (Vec<qim_sdk::GroupMember>, Option<String>)) -> Self {
-        MemberPage {
-            members: crate::list(members),
-            next,
-        }
+        MemberPage { members, next }
     }
 }
 
@@ -127,68 +40,6 @@ pub struct ReadCount {
 impl From<(u32, u32)> for ReadCount {
     fn from((read, total): (u32, u32)) -> Self {
         ReadCount { read, total }
-    }
-}
-
-/// A change to a group; who may make it is in each variant.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum GroupChange {
-    /// New name (admins).
-    Rename {
-        /// The name.
-        name: String,
-    },
-    /// Dissolve the group (owner).
-    Dissolve,
-    /// Join it.
-    Join,
-    /// Leave it.
-    Leave,
-    /// Add users (members).
-    Invite {
-        /// User ids.
-        users: Vec<String>,
-    },
-    /// Remove users (admins): they stop receiving at once.
-    Remove {
-        /// User ids.
-        users: Vec<String>,
-    },
-    /// Set a member's role (owner); `Owner` hands the group over.
-    SetRole {
-        /// The member.
-        user: String,
-        /// The new role.
-        role: GroupRole,
-    },
-    /// Mute or unmute a member (admins).
-    MuteMember {
-        /// The member.
-        user: String,
-        /// Muted now.
-        muted: bool,
-    },
-    /// Mute or unmute everyone but admins (admins).
-    MuteAll {
-        /// Muted now.
-        muted: bool,
-    },
-}
-
-impl From<GroupChange> for qim_sdk::GroupChange {
-    fn from(c: GroupChange) -> Self {
-        use qim_sdk::GroupChange as G;
-        match c {
-            GroupChange::Rename { name } => G::Rename(name),
-            GroupChange::Dissolve => G::Dissolve,
-            GroupChange::Join => G::Join,
-            GroupChange::Leave => G::Leave,
-            GroupChange::Invite { users } => G::Invite(users),
-            GroupChange::Remove { users } => G::Remove(users),
-            GroupChange::SetRole { user, role } => G::SetRole(user, role.into()),
-            GroupChange::MuteMember { user, muted } => G::MuteMember(user, muted),
-            GroupChange::MuteAll { muted } => G::MuteAll(muted),
-        }
     }
 }
 
@@ -212,7 +63,7 @@ impl QimClient {
         group: String,
         change: GroupChange,
     ) -> Result<GroupInfo, QimError> {
-        self.call(move |c| async move { c.change_group(group, change.into()).await })
+        self.call(move |c| async move { c.change_group(group, change).await })
             .await
     }
 
@@ -251,11 +102,8 @@ impl QimClient {
         message: OutgoingMessage,
         extras: MessageExtras,
     ) -> Result<SendReceipt, QimError> {
-        self.call(move |c| async move {
-            c.send_group_with(group, message.into(), extras.into())
-                .await
-        })
-        .await
+        self.call(move |c| async move { c.send_group_with(group, message, extras).await })
+            .await
     }
 
     /// How many members have read a group message this user sent.

@@ -1,7 +1,7 @@
 //! Presence, online time and typing through the bindings.
 //!
 //! Pushed news (typing, a subscribed friend's presence change) is a
-//! [`Signal`] handed to `ClientListener.on_signal` by one task per client,
+//! [`qim_sdk::Signal`] handed to `ClientListener.on_signal` by one task per client,
 //! in arrival order. Signals go to online sessions only and are never
 //! stored or replayed: a subscription lasts as long as the session
 //! (subscribe again after a reconnect), and one missed while offline is
@@ -11,93 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qim_sdk::{Client, ConnectionState};
+use qim_sdk::{Client, ConnectionState, Peer, PresenceStatus, SessionSpan};
 
-use crate::{ClientListener, Peer, QimClient, QimError, list};
-
-/// A user's presence, over all their devices.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct PresenceStatus {
-    /// The user.
-    pub user: String,
-    /// At least one device online.
-    pub online: bool,
-    /// When the last session ended, ms since the Unix epoch (0: never, or
-    /// online now).
-    pub last_seen_ms: i64,
-}
-
-impl From<qim_sdk::PresenceStatus> for PresenceStatus {
-    fn from(p: qim_sdk::PresenceStatus) -> Self {
-        PresenceStatus {
-            user: p.user,
-            online: p.online,
-            last_seen_ms: p.last_seen_ms,
-        }
-    }
-}
-
-/// One session of this user (for online-time statistics).
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct SessionSpan {
-    /// The device.
-    pub device: String,
-    /// Start, ms since the Unix epoch.
-    pub start_ms: i64,
-    /// End; 0 while on (or when the server stopped without closing it).
-    pub end_ms: i64,
-}
-
-impl From<qim_sdk::SessionSpan> for SessionSpan {
-    fn from(s: qim_sdk::SessionSpan) -> Self {
-        SessionSpan {
-            device: s.device,
-            start_ms: s.start_ms,
-            end_ms: s.end_ms,
-        }
-    }
-}
-
-/// Ephemeral news pushed by the server.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum Signal {
-    /// Someone started or stopped typing in a conversation.
-    Typing {
-        /// The conversation, as this user sees it.
-        conversation: Peer,
-        /// Who types.
-        from_user: String,
-        /// Started (`true`) or stopped.
-        typing: bool,
-    },
-    /// A subscribed user's presence changed.
-    Presence {
-        /// Their presence now.
-        status: PresenceStatus,
-    },
-    /// A kind this version of the SDK does not know; ignore it.
-    Other,
-}
-
-impl From<qim_sdk::Signal> for Signal {
-    fn from(s: qim_sdk::Signal) -> Self {
-        match s {
-            qim_sdk::Signal::Typing {
-                conversation,
-                from,
-                typing,
-            } => Signal::Typing {
-                conversation: conversation.into(),
-                from_user: from,
-                typing,
-            },
-            qim_sdk::Signal::Presence(status) => Signal::Presence {
-                status: status.into(),
-            },
-            _ => Signal::Other,
-        }
-    }
-}
+use crate::{ClientListener, QimClient, QimError};
 
 /// Hands the client's signals to the listener until the client closes.
 pub(crate) async fn pump_signals(client: Arc<Client>, listener: Arc<dyn ClientListener>) {
@@ -109,7 +25,7 @@ pub(crate) async fn pump_signals(client: Arc<Client>, listener: Arc<dyn ClientLi
         tokio::select! {
             signal = client.next_signal(Duration::from_secs(3600)) => {
                 if let Some(signal) = signal {
-                    listener.on_signal(signal.into());
+                    listener.on_signal(signal);
                 }
             }
             state = states.changed() => {
@@ -125,7 +41,7 @@ pub(crate) async fn pump_signals(client: Arc<Client>, listener: Arc<dyn ClientLi
 impl QimClient {
     /// Friends' presence now (online, last seen).
     pub async fn presence(&self, users: Vec<String>) -> Result<Vec<PresenceStatus>, QimError> {
-        self.call(move |c| async move { c.presence(users).await.map(list::<_, PresenceStatus>) })
+        self.call(move |c| async move { c.presence(users).await })
             .await
     }
 
@@ -135,12 +51,8 @@ impl QimClient {
         &self,
         users: Vec<String>,
     ) -> Result<Vec<PresenceStatus>, QimError> {
-        self.call(move |c| async move {
-            c.subscribe_presence(users)
-                .await
-                .map(list::<_, PresenceStatus>)
-        })
-        .await
+        self.call(move |c| async move { c.subscribe_presence(users).await })
+            .await
     }
 
     /// Stops presence signals for `users`.
@@ -156,19 +68,15 @@ impl QimClient {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SessionSpan>, QimError> {
-        self.call(move |c| async move {
-            c.online_time(from_ms, to_ms)
-                .await
-                .map(list::<_, SessionSpan>)
-        })
-        .await
+        self.call(move |c| async move { c.online_time(from_ms, to_ms).await })
+            .await
     }
 
     /// Tells `to` (a user, or a group's members) that this user started or
     /// stopped typing. Reaches online sessions as `Signal.Typing`; never
     /// stored.
     pub async fn typing(&self, to: Peer, typing: bool) -> Result<(), QimError> {
-        self.call(move |c| async move { c.typing(to.into(), typing).await })
+        self.call(move |c| async move { c.typing(to, typing).await })
             .await
     }
 }

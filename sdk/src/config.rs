@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// The device platform reported at login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 #[non_exhaustive]
 pub enum Platform {
     /// Android phone or tablet.

@@ -7,9 +7,11 @@ use qim_proto::v1::{self, contact_request, rpc_request, rpc_response};
 
 use crate::Error;
 use crate::client::Client;
+use crate::rpc::unexpected;
 
 /// A friend request waiting for an answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct FriendRequest {
     /// Who asked.
     pub user: String,
@@ -21,6 +23,7 @@ pub struct FriendRequest {
 
 /// This user's contacts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct Contacts {
     /// Friends.
     pub friends: Vec<String>,
@@ -54,7 +57,7 @@ impl Client {
                     .collect(),
                 outgoing: c.outgoing,
             }),
-            _ => Err(Error::Network("unexpected rpc response".into())),
+            _ => Err(unexpected()),
         }
     }
 

@@ -1,29 +1,21 @@
 //! Groups in the client: create and change groups, list members, send to a
-//! group, and receive read-diffusion groups' logs.
+//! group.
 //!
-//! A write-diffusion group's messages arrive in the inbox like any message.
-//! A read-diffusion group's messages are pushed on a stream of their own
-//! with the group's seq (`Deliver.group`); this module keeps one
-//! [`Inbox`](crate::inbox::Inbox) per group (in order, deduplicated), pulls
-//! gaps and nudged ranges with `GroupSyncRequest`, and hands messages to the
-//! same queue as [`Client::next_message`] with
-//! [`IncomingMessage::group_seq`] set (and `seq` 0: they are not in the
-//! inbox). Cursors per group last as long as the client.
+//! A write-diffusion group's messages arrive in the inbox like any message;
+//! a read-diffusion group's are ordered per group by the receive path
+//! (`receive`) and reach [`Client::next_message`] with
+//! [`IncomingMessage::group_seq`](crate::IncomingMessage::group_seq) set.
 
-use qim_proto::io::{FramedRecv, FramedSend};
-use qim_proto::preamble::StreamKind;
-use qim_proto::v1::{self, ErrorCode, group_request, rpc_request, rpc_response};
-use tracing::debug;
+use qim_proto::v1::{self, group_request, rpc_request, rpc_response};
 
 use crate::Error;
-use crate::client::{
-    Client, IncomingMessage, OutgoingMessage, SendReceipt, Shared, lock, push_ready,
-};
-use crate::im::{MessageExtras, Peer};
-use crate::inbox::Inbox;
+use crate::client::Client;
+use crate::message::{MessageExtras, OutgoingMessage, Peer, SendReceipt};
+use crate::rpc::unexpected;
 
 /// A member's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 #[non_exhaustive]
 pub enum GroupRole {
     /// Sends and invites.
@@ -55,6 +47,7 @@ impl GroupRole {
 
 /// A group as the server describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct GroupInfo {
     /// Id.
     pub id: String,
@@ -88,6 +81,7 @@ impl GroupInfo {
 
 /// A member of a group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct GroupMember {
     /// User id.
     pub user: String,
@@ -99,6 +93,7 @@ pub struct GroupMember {
 
 /// A change to a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
 #[non_exhaustive]
 pub enum GroupChange {
     /// New name (admins).
@@ -142,10 +137,6 @@ impl GroupChange {
             GroupChange::MuteAll(false) => Op::UnmuteAll(true),
         }
     }
-}
-
-fn unexpected() -> Error {
-    Error::Network("unexpected rpc response".into())
 }
 
 impl Client {
@@ -250,119 +241,5 @@ impl Client {
         extras: MessageExtras,
     ) -> Result<SendReceipt, Error> {
         self.send_to_peer(Peer::Group(group), message, extras).await
-    }
-}
-
-/// Handles a `Deliver` of a read-diffusion group: a pushed message or a
-/// nudge. Pulls whatever is missing before returning.
-pub(crate) async fn on_deliver(
-    shared: &Shared,
-    conn: &quinn::Connection,
-    deliver: v1::Deliver,
-) -> Result<(), Error> {
-    let group = deliver.group;
-    let from = deliver.group_from;
-    let mut gap = match deliver.message {
-        None => {
-            let released = lock(&shared.groups)
-                .entry(group.clone())
-                .or_insert_with(|| Inbox::new(from))
-                .released();
-            (deliver.seq > released).then_some((released, deliver.seq))
-        }
-        Some(m) => {
-            let me = lock(&shared.user_id).clone();
-            let message = IncomingMessage::from_wire(deliver.seq, m, &me, &shared.config.device_id);
-            accept(shared, &group, from, message)
-        }
-    };
-    while let Some((after, up_to)) = gap {
-        gap = match pull(shared, conn, &group, after, up_to).await {
-            Ok(gap) => gap,
-            // Refused (no longer a member): stop following; the session goes on.
-            Err(e @ Error::Rejected { .. }) => {
-                debug!(group, error = %e, "group pull refused");
-                None
-            }
-            Err(e) => return Err(e),
-        };
-    }
-    Ok(())
-}
-
-fn accept(shared: &Shared, group: &str, from: u64, message: IncomingMessage) -> Option<(u64, u64)> {
-    let accepted = lock(&shared.groups)
-        .entry(group.to_owned())
-        .or_insert_with(|| Inbox::new(from))
-        .accept(message);
-    let ready = accepted
-        .ready
-        .into_iter()
-        .map(|mut m| {
-            m.group_seq = m.seq;
-            m.seq = 0;
-            m
-        })
-        .collect();
-    push_ready(shared, ready);
-    accepted.gap
-}
-
-/// Pulls `(after, up_to]` of a group's log; returns what is still missing
-/// if the pull made progress.
-async fn pull(
-    shared: &Shared,
-    conn: &quinn::Connection,
-    group: &str,
-    after: u64,
-    up_to: u64,
-) -> Result<Option<(u64, u64)>, Error> {
-    debug!(group, after, up_to, "pulling group log");
-    let max_frame = shared.max_frame();
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| Error::from_connection(&e))?;
-    let mut send = FramedSend::new(send, StreamKind::Rpc, max_frame);
-    let mut recv = FramedRecv::new(recv, max_frame);
-    let limit = u32::try_from(up_to - after).unwrap_or(u32::MAX).min(500);
-    send.send(&v1::RpcRequest {
-        kind: Some(rpc_request::Kind::GroupSync(v1::GroupSyncRequest {
-            group: group.to_owned(),
-            after_seq: after,
-            limit,
-        })),
-    })
-    .await?;
-    send.finish();
-    match recv.next::<v1::RpcResponse>().await?.and_then(|r| r.kind) {
-        Some(rpc_response::Kind::GroupSync(sync)) => {
-            let me = lock(&shared.user_id).clone();
-            let mut gap = None;
-            let mut last = after;
-            for entry in sync.entries {
-                last = last.max(entry.seq);
-                let message = IncomingMessage::from_wire(
-                    entry.seq,
-                    entry.message.unwrap_or_default(),
-                    &me,
-                    &shared.config.device_id,
-                );
-                gap = accept(shared, group, after, message);
-            }
-            if last == after {
-                return Ok(None);
-            }
-            // The nudged range may reach beyond what this page held.
-            let released = lock(&shared.groups)
-                .get(group)
-                .map_or(last, Inbox::released);
-            Ok(gap.or((released < up_to).then_some((released, up_to))))
-        }
-        Some(rpc_response::Kind::Error(e)) => Err(Error::from_code(
-            ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
-            e.message,
-        )),
-        _ => Err(Error::Network("unexpected group sync response".into())),
     }
 }

@@ -5,294 +5,28 @@
 //! Requests go over an rpc stream of the current connection (one stream per
 //! request); a request made while disconnected waits for the next
 //! connection up to `send_timeout`. Changes made on another device arrive
-//! as [`Event`]s in [`IncomingMessage::event`](crate::IncomingMessage::event)
+//! as [`Event`](crate::Event)s in [`IncomingMessage::event`]
 //! through [`Client::next_message`], in inbox order and exactly once, like
 //! messages.
 
-use qim_proto::io::{FramedRecv, FramedSend};
-use qim_proto::preamble::StreamKind;
-use qim_proto::v1::{self, ErrorCode, rpc_request, rpc_response};
+use qim_proto::v1::{self, rpc_request, rpc_response};
 
 use crate::Error;
-use crate::client::{Client, OutgoingMessage, SendReceipt};
-
-/// Who a conversation is with.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Peer {
-    /// A one-to-one conversation with this user.
-    User(String),
-    /// A group.
-    Group(String),
-}
-
-impl Default for Peer {
-    fn default() -> Self {
-        Peer::User(String::new())
-    }
-}
-
-impl Peer {
-    pub(crate) fn to_wire(&self) -> v1::Peer {
-        v1::Peer {
-            target: Some(match self {
-                Peer::User(u) => v1::peer::Target::User(u.clone()),
-                Peer::Group(g) => v1::peer::Target::Group(g.clone()),
-            }),
-        }
-    }
-
-    pub(crate) fn from_wire(peer: Option<&v1::Peer>) -> Peer {
-        match peer.and_then(|p| p.target.as_ref()) {
-            Some(v1::peer::Target::User(u)) => Peer::User(u.clone()),
-            Some(v1::peer::Target::Group(g)) => Peer::Group(g.clone()),
-            None => Peer::default(),
-        }
-    }
-
-    /// The conversation a message in `me`'s inbox belongs to.
-    pub(crate) fn conversation_of(me: &str, m: &v1::Message) -> Peer {
-        match m.to.as_ref().and_then(|p| p.target.as_ref()) {
-            Some(v1::peer::Target::Group(g)) => Peer::Group(g.clone()),
-            Some(v1::peer::Target::User(to)) if m.from_user == me => Peer::User(to.clone()),
-            _ => Peer::User(m.from_user.clone()),
-        }
-    }
-}
-
-/// A quoted message in a reply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Quote {
-    /// The quoted message's id.
-    pub msg_id: String,
-    /// Its sender.
-    pub from_user: String,
-    /// Its content type.
-    pub kind: String,
-    /// The start of its body (the server keeps 256 bytes).
-    pub excerpt: Vec<u8>,
-}
-
-impl Quote {
-    pub(crate) fn from_wire(q: v1::Quote) -> Quote {
-        Quote {
-            msg_id: q.msg_id,
-            from_user: q.from_user,
-            kind: q.kind,
-            excerpt: q.excerpt.to_vec(),
-        }
-    }
-
-    fn to_wire(&self) -> v1::Quote {
-        v1::Quote {
-            msg_id: self.msg_id.clone(),
-            from_user: self.from_user.clone(),
-            kind: self.kind.clone(),
-            excerpt: self.excerpt.clone().into(),
-        }
-    }
-}
-
-/// Reply and mentions of an outgoing message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageExtras {
-    /// The message replied to.
-    pub reply_to: Option<Quote>,
-    /// Users mentioned (`@user`).
-    pub mentions: Vec<String>,
-    /// `@all` (in groups, admins only).
-    pub mention_all: bool,
-}
-
-impl MessageExtras {
-    pub(crate) fn apply(&self, send: &mut v1::Send) {
-        send.reply_to = self.reply_to.as_ref().map(Quote::to_wire);
-        send.mentions = self.mentions.clone();
-        send.mention_all = self.mention_all;
-    }
-}
-
-/// A change made on another device or by another user, delivered in inbox
-/// order like a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// This user read `conversation` up to `read_seq` (on some device).
-    Read {
-        /// The conversation.
-        conversation: Peer,
-        /// Read up to this inbox seq.
-        read_seq: u64,
-        /// Unread messages left.
-        unread: u32,
-    },
-    /// The sender recalled the message at `seq` of this inbox.
-    Recalled {
-        /// The conversation.
-        conversation: Peer,
-        /// The recalled message.
-        msg_id: String,
-        /// Its seq in this inbox (0 when this inbox held no copy).
-        seq: u64,
-        /// Who recalled it.
-        by_user: String,
-    },
-    /// The sender edited the message at `seq` of this inbox.
-    Edited {
-        /// The conversation.
-        conversation: Peer,
-        /// The edited message.
-        msg_id: String,
-        /// Its seq in this inbox (0 when this inbox held no copy).
-        seq: u64,
-        /// New content type.
-        kind: String,
-        /// New body.
-        body: Vec<u8>,
-        /// When it was edited.
-        edited_at_ms: i64,
-    },
-    /// This user deleted the message at `seq` for themselves.
-    Deleted {
-        /// The conversation.
-        conversation: Peer,
-        /// The message.
-        msg_id: String,
-        /// Its seq in this inbox.
-        seq: u64,
-    },
-    /// `from` asks this user to be friends.
-    FriendRequest {
-        /// Who asks.
-        from: String,
-        /// Their message.
-        message: String,
-    },
-    /// `from` answered this user's friend request.
-    FriendResponse {
-        /// Who answered.
-        from: String,
-        /// Accepted or rejected.
-        accepted: bool,
-    },
-    /// The other user of a one-to-one chat read this user's messages up
-    /// to `msg_id`: every message sent to them at or before `sent_ms`.
-    ReadReceipt {
-        /// Who read.
-        reader: String,
-        /// The newest message of this user they read.
-        msg_id: String,
-        /// When that message was sent.
-        sent_ms: i64,
-    },
-    /// A device of the other user of a one-to-one chat received this
-    /// user's messages up to `msg_id`: every message sent to them at or
-    /// before `sent_ms`.
-    DeliveryReceipt {
-        /// Who received.
-        recipient: String,
-        /// The newest message of this user received.
-        msg_id: String,
-        /// When that message was sent.
-        sent_ms: i64,
-    },
-    /// This user changed a conversation's flags.
-    Flags {
-        /// The conversation.
-        conversation: Peer,
-        /// Pinned now.
-        pinned: bool,
-        /// Muted now.
-        muted: bool,
-    },
-}
-
-impl Event {
-    pub(crate) fn from_wire(e: v1::InboxEvent) -> Option<Event> {
-        use v1::inbox_event::Kind;
-        Some(match e.kind? {
-            Kind::Read(r) => Event::Read {
-                conversation: Peer::from_wire(r.conversation.as_ref()),
-                read_seq: r.read_seq,
-                unread: r.unread,
-            },
-            Kind::Recalled(r) => Event::Recalled {
-                conversation: Peer::from_wire(r.conversation.as_ref()),
-                msg_id: r.msg_id,
-                seq: r.seq,
-                by_user: r.by_user,
-            },
-            Kind::Edited(r) => Event::Edited {
-                conversation: Peer::from_wire(r.conversation.as_ref()),
-                msg_id: r.msg_id,
-                seq: r.seq,
-                kind: r.kind,
-                body: r.body.to_vec(),
-                edited_at_ms: r.edited_at_ms,
-            },
-            Kind::Deleted(r) => Event::Deleted {
-                conversation: Peer::from_wire(r.conversation.as_ref()),
-                msg_id: r.msg_id,
-                seq: r.seq,
-            },
-            Kind::FriendRequest(r) => Event::FriendRequest {
-                from: r.from,
-                message: r.message,
-            },
-            Kind::FriendResponse(r) => Event::FriendResponse {
-                from: r.from,
-                accepted: r.accepted,
-            },
-            Kind::ReadReceipt(r) => Event::ReadReceipt {
-                reader: r.reader,
-                msg_id: r.msg_id,
-                sent_ms: r.sent_ms,
-            },
-            Kind::DeliveryReceipt(r) => Event::DeliveryReceipt {
-                recipient: r.recipient,
-                msg_id: r.msg_id,
-                sent_ms: r.sent_ms,
-            },
-            Kind::Flags(r) => Event::Flags {
-                conversation: Peer::from_wire(r.conversation.as_ref()),
-                pinned: r.pinned,
-                muted: r.muted,
-            },
-        })
-    }
-}
-
-/// Where a history page starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HistoryAnchor {
-    /// The newest end (backward) or the oldest (forward).
-    End,
-    /// After (forward) or before (backward) this seq.
-    Seq(u64),
-    /// From this server time, milliseconds since the Unix epoch.
-    Time(i64),
-}
-
-/// A page of a conversation's history.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HistoryPage {
-    /// In the direction asked.
-    pub messages: Vec<crate::IncomingMessage>,
-    /// More exist beyond the last.
-    pub more: bool,
-    /// The server no longer has the messages in the direction asked (older
-    /// than its retention): backward, nothing older than the last message
-    /// is left; forward, expired messages before the first were skipped.
-    /// A boundary, not a gap.
-    pub expired: bool,
-}
+use crate::client::Client;
+use crate::message::{
+    HistoryAnchor, HistoryPage, IncomingMessage, MessageExtras, OutgoingMessage, Peer, SendReceipt,
+    new_client_msg_id,
+};
+use crate::rpc::unexpected;
 
 /// One entry of the conversation list.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct Conversation {
     /// Who the conversation is with.
     pub peer: Peer,
     /// The newest message (body cut to 256 bytes).
-    pub last_message: Option<crate::IncomingMessage>,
+    pub last_message: Option<IncomingMessage>,
     /// Inbox seq of the newest message.
     pub last_seq: u64,
     /// Read up to this inbox seq.
@@ -317,7 +51,7 @@ impl Conversation {
             peer: Peer::from_wire(c.peer.as_ref()),
             last_message: c
                 .last_message
-                .map(|m| crate::IncomingMessage::from_wire(c.last_seq, m, me, "")),
+                .map(|m| IncomingMessage::from_wire(c.last_seq, m, me, "")),
             last_seq: c.last_seq,
             read_seq: c.read_seq,
             unread: c.unread,
@@ -332,6 +66,7 @@ impl Conversation {
 
 /// A page of the conversation list.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
 pub struct ConversationPage {
     /// Pinned first, then newest activity first.
     pub conversations: Vec<Conversation>,
@@ -456,7 +191,7 @@ impl Client {
         deliver_at_ms: i64,
     ) -> Result<String, Error> {
         let send = v1::Send {
-            client_msg_id: crate::client::new_client_msg_id(),
+            client_msg_id: new_client_msg_id(),
             to: Some(to.to_wire()),
             body: text.into_bytes().into(),
             kind: "text".into(),
@@ -520,7 +255,7 @@ impl Client {
                         .entries
                         .into_iter()
                         .map(|e| {
-                            crate::IncomingMessage::from_wire(
+                            IncomingMessage::from_wire(
                                 e.seq,
                                 e.message.unwrap_or_default(),
                                 &me,
@@ -572,46 +307,4 @@ impl Client {
             _ => Err(unexpected()),
         }
     }
-
-    /// One request on its own rpc stream of the current connection,
-    /// waiting for a connection up to `send_timeout`.
-    pub(crate) async fn rpc(
-        &self,
-        request: rpc_request::Kind,
-    ) -> Result<rpc_response::Kind, Error> {
-        let timeout = self.config().send_timeout;
-        let conn = tokio::time::timeout(timeout, self.connection())
-            .await
-            .map_err(|_| Error::Timeout)??;
-        let max_frame = self.max_frame();
-        let exchange = async {
-            let (send, recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| Error::from_connection(&e))?;
-            let mut send = FramedSend::new(send, StreamKind::Rpc, max_frame);
-            let mut recv = FramedRecv::new(recv, max_frame);
-            send.send(&v1::RpcRequest {
-                kind: Some(request),
-            })
-            .await?;
-            send.finish();
-            recv.next::<v1::RpcResponse>()
-                .await?
-                .and_then(|r| r.kind)
-                .ok_or_else(|| Error::Network("empty rpc response".into()))
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(rpc_response::Kind::Error(e))) => Err(Error::from_code(
-                ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
-                e.message,
-            )),
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout),
-        }
-    }
-}
-
-fn unexpected() -> Error {
-    Error::Network("unexpected rpc response".into())
 }

@@ -15,33 +15,60 @@
 //! ```
 //!
 //! # Layout
-//! - [`Client`] (`client`): the handle and the driver task that keeps one
-//!   session up and reconnects with exponential backoff and jitter.
-//! - `outbox`: sends waiting for acks, resent with the same `client_msg_id`
-//!   after an ack timeout and on every reconnect.
-//! - `inbox`: the sans-IO receive order: dedup by seq, release in order,
-//!   report gaps (pulled over an rpc stream). A gap the server keeps
-//!   confirming empty for `ClientConfig::gap_skip_after` is skipped: seqs
-//!   may have permanent holes (a store write that failed after the seq was
-//!   assigned), which must not hold back the messages after them. A gap
-//!   the server says is settled (`SyncResponse.settled_through`: expired or
-//!   never written: at once on the embedded store, a window after the seqs
-//!   were handed out on the cluster store) is skipped at once.
-//! - `im`: conversations ([`Conversation`]), read state, recall, edit,
-//!   delete-for-me, replies and mentions; changes from other devices arrive
-//!   as [`Event`]s in the message stream.
-//! - `contacts`: friend requests, friends, blocks.
-//! - `groups`: create and change groups, members, sends to groups, and the
-//!   receive side of read-diffusion groups (per-group order, pulls).
-//! - `presence`: presence of friends (queried, subscribed), online time,
-//!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
-//! - `outbox_store`: the journal that keeps unsent messages across app
-//!   restarts (with [`ClientConfig::data_dir`]).
+//! The core, bottom up (each file imports only files above it in this
+//! list, never a feature module):
+//! - `error` ([`Error`]), `config` ([`ClientConfig`]), `sync` (the one
+//!   `lock` helper).
+//! - `message`: the public types of what is sent and received
+//!   ([`IncomingMessage`], [`OutgoingMessage`], [`SendReceipt`], [`Peer`],
+//!   [`Quote`], [`MessageExtras`], [`Event`], [`HistoryAnchor`],
+//!   [`HistoryPage`], [`Signal`], [`PresenceStatus`]) and their wire
+//!   mapping.
 //! - [`heartbeat`]: the sans-IO adaptive heartbeat interval.
-//! - [`Events`]: `sending / sent / failed` per send, and connection losses.
+//! - `inbox`: the sans-IO receive order: dedup by seq, release in order,
+//!   report gaps, and the gap-skip clock (`now` passed in). A gap the
+//!   server keeps confirming empty for [`ClientConfig::gap_skip_after`] is
+//!   skipped: seqs may have permanent holes (a store write that failed
+//!   after the seq was assigned), which must not hold back the messages
+//!   after them. A gap the server says is settled
+//!   (`SyncResponse.settled_through`: expired or never written: at once on
+//!   the embedded store, a window after the seqs were handed out on the
+//!   cluster store) is skipped at once.
+//! - `outbox_store`, `outbox`: sends waiting for acks, resent with the same
+//!   `client_msg_id` after an ack timeout and on every reconnect; the
+//!   journal keeps them across app restarts (with
+//!   [`ClientConfig::data_dir`]). `events` ([`Events`]): `sending / sent /
+//!   failed` per send, and connection losses.
 //! - `local_store`: with [`ClientConfig::local_store`] set, what the app
 //!   received is kept in SQLite for [`Client::local_history`] and
 //!   [`Client::search`] (full text), which work offline.
+//! - `shared`: the state the handle and the driver share across
+//!   connections ([`ConnectionState`], [`Stats`]).
+//! - `rpc`: the one rpc exchange (open a stream, one request, one
+//!   response, refusals mapped to [`Error`]), used by every request.
+//! - `receive`: the receive path: deliveries into inbox order, gap pulls
+//!   and skips, read-diffusion groups' logs in per-group order, signals.
+//! - `connect`: the QUIC endpoint (`bind_endpoint`, the one place it is
+//!   made) and TLS settings, one login, 0-RTT.
+//! - `driver`: keeps one session up, reconnects with exponential backoff
+//!   and jitter, runs the per-stream tasks of a session.
+//! - `client`: the public API, [`Client`] and its methods, and
+//!   `Client::rpc` (waits for a connection, then the rpc exchange).
+//!
+//! The features, leaves on top: each adds `impl Client` methods built on
+//! `Client::rpc` and `Client::send_to_peer` and its own types, and imports
+//! only `client`, `message`, `rpc` and `error`:
+//! - `im`: conversations ([`Conversation`]), read state, recall, edit,
+//!   delete-for-me, replies and mentions, schedules, history; changes from
+//!   other devices arrive as [`Event`]s in the message stream.
+//! - `contacts`: friend requests, friends, blocks.
+//! - `groups`: create and change groups, members, sends to groups (their
+//!   receive side is in `receive`).
+//! - `presence`: presence of friends (queried, subscribed), online time,
+//!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
+//!
+//! With the `ffi` feature, the public records and enums derive their
+//! uniffi bindings here (used as they are by `qim-sdk-ffi`).
 //!
 //! # Mobile behaviours
 //! - [`Client::start`] works offline; [`Client::enqueue`] queues a send
@@ -53,7 +80,6 @@
 //! - The heartbeat interval adapts to what the network's NAT allows, within
 //!   the server's bounds; [`Client::set_foreground`] shortens it while the
 //!   app is in front.
-//! - [`ClientConfig`], [`Error`]: settings and the small public error.
 //!
 //! # Guarantees
 //! - `send` resolves `Ok` only when the server has stored the message.
@@ -67,7 +93,9 @@
 
 mod client;
 mod config;
+mod connect;
 mod contacts;
+mod driver;
 mod error;
 mod events;
 mod groups;
@@ -75,22 +103,30 @@ pub mod heartbeat;
 mod im;
 mod inbox;
 mod local_store;
+mod message;
 mod outbox;
 mod outbox_store;
 mod presence;
+mod receive;
+mod rpc;
+mod shared;
+mod sync;
 
-pub use client::{
-    Client, ConnectionState, IncomingMessage, OutgoingMessage, SendReceipt, StateWatcher, Stats,
-    new_client_msg_id,
-};
+#[cfg(feature = "ffi")]
+uniffi::setup_scaffolding!();
+
+pub use client::{Client, StateWatcher};
 pub use config::{ClientConfig, Platform, SocketSource};
 pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
 pub use events::{ClientEvent, EVENT_BUFFER, Events, OutboxStatus};
 pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
-pub use im::{
-    Conversation, ConversationPage, Event, HistoryAnchor, HistoryPage, MessageExtras, Peer, Quote,
+pub use im::{Conversation, ConversationPage};
+pub use message::{
+    Event, HistoryAnchor, HistoryPage, IncomingMessage, MessageExtras, OutgoingMessage, Peer,
+    PresenceStatus, Quote, SendReceipt, Signal, new_client_msg_id,
 };
 pub use outbox_store::OutboxStoreError;
-pub use presence::{PresenceStatus, SessionSpan, Signal};
+pub use presence::SessionSpan;
 pub use qim_proto::v1::ErrorCode;
+pub use shared::{ConnectionState, Stats};

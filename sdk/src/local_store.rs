@@ -3,14 +3,14 @@
 //!
 //! Enabled by [`ClientConfig::local_store`](crate::ClientConfig::local_store).
 //! A message is recorded when it is handed to the app by
-//! [`Client::next_message`], and so are the changes to it: an edit replaces
+//! [`Client::next_message`](crate::Client::next_message), and so are the changes to it: an edit replaces
 //! the local text, a recall empties it, a delete-for-me removes the row.
 //!
 //! Invariants:
 //! - one row per `msg_id` (a message received again is ignored);
 //! - the full-text table `messages_fts` holds exactly the text of the rows
 //!   that are neither recalled nor deleted, under the same rowid, so a
-//!   recalled message is never found by [`Client::search`];
+//!   recalled message is never found by [`Client::search`](crate::Client::search);
 //! - a conversation's history is ordered by `(server_time_ms, rowid)`.
 //!
 //! Writes are small and synchronous (one row, WAL journal); a failed write
@@ -23,8 +23,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tracing::warn;
 
-use crate::client::{Client, IncomingMessage, lock};
-use crate::im::{Event, HistoryAnchor, HistoryPage, Peer};
+use crate::message::{Event, HistoryAnchor, HistoryPage, IncomingMessage, Peer, SendReceipt};
+use crate::sync::lock;
 use crate::{ClientConfig, Error};
 
 /// Longest page or search result returned at once.
@@ -161,7 +161,7 @@ impl LocalStore {
         to: Peer,
         kind: String,
         body: Vec<u8>,
-        receipt: &crate::SendReceipt,
+        receipt: &SendReceipt,
     ) {
         self.record(&IncomingMessage {
             msg_id: receipt.msg_id.clone(),
@@ -355,36 +355,4 @@ fn rowid_of(db: &Connection, msg_id: &str) -> rusqlite::Result<Option<i64>> {
         |r| r.get(0),
     )
     .optional()
-}
-
-impl Client {
-    /// A page of a conversation from this device's local store, without
-    /// the server (works offline): like [`history`](Client::history), over
-    /// the messages this device received. [`Error::Config`] when no
-    /// [`ClientConfig::local_store`] is set.
-    pub fn local_history(
-        &self,
-        conversation: Peer,
-        anchor: HistoryAnchor,
-        forward: bool,
-        limit: u32,
-    ) -> Result<HistoryPage, Error> {
-        self.local_store()?
-            .history(&conversation, anchor, forward, limit)
-    }
-
-    /// Received messages whose text holds every word of `query` (full-text,
-    /// case-insensitive, whole words), newest first, from this device's
-    /// local store (works offline). Recalled and deleted messages are never
-    /// found. [`Error::Config`] when no [`ClientConfig::local_store`] is set.
-    pub fn search(&self, query: &str, limit: u32) -> Result<Vec<IncomingMessage>, Error> {
-        self.local_store()?.search(query, limit)
-    }
-
-    fn local_store(&self) -> Result<&LocalStore, Error> {
-        self.shared()
-            .local
-            .as_ref()
-            .ok_or_else(|| Error::Config("no local_store configured".into()))
-    }
 }

@@ -15,8 +15,10 @@ pub(crate) const LIB: &str = "qim_sdk_ffi";
 
 /// What `bindings` produced.
 pub(crate) struct Bindings {
-    /// The generated Kotlin source.
-    pub(crate) kotlin: PathBuf,
+    /// The generated Kotlin sources: one per uniffi namespace, the FFI
+    /// crate's (`qim_sdk_ffi.kt`) and the SDK's own records and enums
+    /// (`qim_sdk.kt`, derived under `qim-sdk`'s `ffi` feature).
+    pub(crate) kotlin: Vec<PathBuf>,
     /// Directory holding the host's native library (for
     /// `-Djna.library.path`).
     pub(crate) native_dir: PathBuf,
@@ -101,6 +103,7 @@ pub(crate) fn bindings(root: &Path, out: &Path, release: bool, quiet: bool) -> R
         );
         println!("{}", cross_build_help());
     }
+    let kotlin = namespace_sources(&sources.join("uniffi"))?;
     Ok(Bindings { kotlin, native_dir })
 }
 
@@ -111,7 +114,8 @@ fn cross_build_help() -> &'static str {
 Android (needs the Android NDK and `cargo install cargo-ndk`):
   rustup target add aarch64-linux-android armv7-linux-androideabi x86_64-linux-android i686-linux-android
   cargo ndk -t arm64-v8a -t armeabi-v7a -t x86_64 -t x86 -o app/src/main/jniLibs build --release -p qim-sdk-ffi
-  # copy sources/uniffi/qim_sdk_ffi/qim_sdk_ffi.kt into the app; depend on net.java.dev.jna:jna:5.14.0@aar
+  # copy sources/uniffi/qim_sdk_ffi/qim_sdk_ffi.kt and sources/uniffi/qim_sdk/qim_sdk.kt into the app;
+  # depend on net.java.dev.jna:jna:5.14.0@aar
   # and org.jetbrains.kotlinx:kotlinx-coroutines-core
 
 iOS / macOS (needs Xcode):
@@ -119,13 +123,32 @@ iOS / macOS (needs Xcode):
   cargo build --release -p qim-sdk-ffi --target aarch64-apple-ios
   cargo build --release -p qim-sdk-ffi --target aarch64-apple-ios-sim
   cargo build --release -p qim-sdk-ffi --target aarch64-apple-darwin
-  mkdir -p headers && cp sources/qim_sdk_ffiFFI.h headers/ && cp sources/qim_sdk_ffiFFI.modulemap headers/module.modulemap
+  mkdir -p headers && cp sources/qim_sdk_ffiFFI.h sources/qim_sdkFFI.h headers/
+  cat sources/qim_sdk_ffiFFI.modulemap sources/qim_sdkFFI.modulemap > headers/module.modulemap
   xcodebuild -create-xcframework \
     -library target/aarch64-apple-ios/release/libqim_sdk_ffi.a -headers headers \
     -library target/aarch64-apple-ios-sim/release/libqim_sdk_ffi.a -headers headers \
     -library target/aarch64-apple-darwin/release/libqim_sdk_ffi.a -headers headers \
     -output QimSdkFFI.xcframework
-  # add QimSdkFFI.xcframework and sources/qim_sdk_ffi.swift to the Xcode project or a Swift package"#
+  # add QimSdkFFI.xcframework, sources/qim_sdk_ffi.swift and sources/qim_sdk.swift to the Xcode project
+  # or a Swift package"#
+}
+
+/// The Kotlin file of each namespace (`uniffi/<namespace>/<namespace>.kt`),
+/// in name order.
+fn namespace_sources(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let namespace = entry?.path();
+        if let Some(name) = namespace.file_name().and_then(|n| n.to_str()) {
+            let file = namespace.join(format!("{name}.kt"));
+            if file.exists() {
+                files.push(file);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// The FFI crate's modules (`src/*.rs`, not the bindgen binary), in name

@@ -104,9 +104,9 @@ fn classpath(parts: &[&Path]) -> String {
 
 /// Compiles the generated bindings and the tests; reuses an earlier
 /// compilation of the same sources.
-fn compile(root: &Path, generated: &Path, kotlin: &Path, jna: &Path) -> Result<PathBuf> {
+fn compile(root: &Path, generated: &[PathBuf], kotlin: &Path, jna: &Path) -> Result<PathBuf> {
     let tests_dir = root.join("sdk-ffi").join("kotlin-tests");
-    let mut sources = vec![generated.to_path_buf()];
+    let mut sources = generated.to_vec();
     let mut tests: Vec<PathBuf> = std::fs::read_dir(&tests_dir)
         .with_context(|| format!("reading {}", tests_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -1,0 +1,503 @@
+//! The connection driver: keeps one session up at a time and reconnects
+//! with exponential backoff and jitter when it drops. A session's tasks
+//! (heartbeat, chat writer, ack reader, ack writer, control reader, and
+//! the receive path's delivery reader and gap watcher) only move data
+//! between [`Shared`] and the connection's streams; when one fails the
+//! whole session is dropped and the driver starts a new one, which resends
+//! the outbox and resumes the inbox.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
+use qim_proto::preamble::StreamKind;
+use qim_proto::v1::{self, ErrorCode, server_ack, server_control};
+use rand::Rng as _;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::connect::{Established, establish, resolve};
+use crate::events::ClientEvent;
+use crate::receive;
+use crate::shared::{ConnectionState, Shared};
+use crate::sync::lock;
+use crate::{ClientConfig, Error};
+
+/// How a session ended.
+enum SessionEnd {
+    /// The app closed the client.
+    Closed,
+    /// The server is draining: reconnect within this bound.
+    GoAway(Duration),
+    /// The connection failed.
+    Lost(Error),
+    /// The server ended one of the session's streams and did not close the
+    /// connection. It ends them only when it closes, so the close and its
+    /// code (e.g. REPLACED, which must stop the client) are awaited briefly
+    /// before this counts as a network failure (see `closed_by_peer`).
+    PeerFinished(&'static str),
+    /// The app asked for a fresh connection now.
+    Reconnect,
+}
+
+/// Keeps a session up until the client closes or can never log in again.
+pub(crate) async fn drive(shared: Arc<Shared>, first: Option<Established>) {
+    let mut next = first;
+    let mut failures: u32 = 0;
+    let mut closing = shared.closing.subscribe();
+    loop {
+        let established = match next.take() {
+            Some(e) => Ok(e),
+            None => {
+                let attempt = async {
+                    let addr = resolve(
+                        shared
+                            .config
+                            .server_at(shared.server.load(Ordering::Relaxed)),
+                    )
+                    .await?;
+                    establish(&shared, addr).await
+                };
+                tokio::select! {
+                    result = attempt => result,
+                    () = closed(&mut closing) => break,
+                }
+            }
+        };
+        let delay = match established {
+            Ok(established) => {
+                let started = Instant::now();
+                let end = run_session(&shared, established).await;
+                // A session that dies young counts as a failed attempt, so a
+                // server that drops us right after login is not hammered.
+                failures = if started.elapsed() >= STABLE_SESSION {
+                    0
+                } else {
+                    failures.saturating_add(1)
+                };
+                match end {
+                    SessionEnd::Closed => break,
+                    SessionEnd::Reconnect => {
+                        failures = 0;
+                        Duration::ZERO
+                    }
+                    SessionEnd::GoAway(within) => {
+                        info!(?within, "server draining; reconnecting");
+                        next_server(&shared);
+                        jitter(within)
+                    }
+                    SessionEnd::Lost(e) if e.is_transient() => lost(&shared, e, failures),
+                    // No close followed (see `closed_by_peer`).
+                    SessionEnd::PeerFinished(stream) => lost(
+                        &shared,
+                        Error::Network(format!("the server ended the {stream} stream")),
+                        failures,
+                    ),
+                    SessionEnd::Lost(e) => {
+                        stop(&shared, e);
+                        return;
+                    }
+                }
+            }
+            Err(e) if e.is_transient() => {
+                debug!(error = %e, failures, "connect failed");
+                next_server(&shared);
+                let _ = shared.events.send(ClientEvent::ConnectionLost(e.clone()));
+                *lock(&shared.last_error) = Some(e);
+                failures = failures.saturating_add(1);
+                backoff(&shared.config, failures)
+            }
+            Err(e) => {
+                stop(&shared, e);
+                return;
+            }
+        };
+        if *closing.borrow() {
+            break;
+        }
+        if delay.is_zero() {
+            continue;
+        }
+        shared.state.send_replace(ConnectionState::Backoff);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.reconnect_now.notified() => {}
+            () = closed(&mut closing) => break,
+        }
+    }
+    stop(&shared, Error::Closed);
+}
+
+/// Records a connection lost to a transient failure; returns the delay
+/// before the next attempt.
+fn lost(shared: &Shared, e: Error, failures: u32) -> Duration {
+    info!(error = %e, "connection lost; reconnecting");
+    next_server(shared);
+    if lock(&shared.heartbeat).on_loss(std::time::Instant::now()) {
+        info!(
+            interval = ?lock(&shared.heartbeat).interval(),
+            "connection died while idle; heartbeat interval shortened"
+        );
+    }
+    let _ = shared.events.send(ClientEvent::ConnectionLost(e.clone()));
+    *lock(&shared.last_error) = Some(e);
+    if failures == 0 {
+        Duration::ZERO
+    } else {
+        backoff(&shared.config, failures)
+    }
+}
+
+/// Points the next attempt at the next configured server (a no-op with
+/// one server).
+fn next_server(shared: &Shared) {
+    shared.server.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// Ends the client for good with `error`.
+fn stop(shared: &Shared, error: Error) {
+    *lock(&shared.current) = None;
+    if error != Error::Closed {
+        warn!(error = %error, "client stopped");
+        *lock(&shared.last_error) = Some(error.clone());
+    }
+    lock(&shared.outbox).fail_all(&error);
+    shared.state.send_replace(ConnectionState::Closed);
+    shared.queue_grew.notify_waiters();
+}
+
+/// Exponential backoff with jitter: a random delay in [d/2, d], where d
+/// doubles per failure from `reconnect_min` up to `reconnect_max`.
+fn backoff(config: &ClientConfig, failures: u32) -> Duration {
+    let d = config
+        .reconnect_min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(config.reconnect_max);
+    d / 2 + jitter(d / 2)
+}
+
+fn jitter(up_to: Duration) -> Duration {
+    let ms = up_to.as_millis() as u64;
+    Duration::from_millis(if ms == 0 {
+        0
+    } else {
+        rand::rng().random_range(0..=ms)
+    })
+}
+
+async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionEnd {
+    let Established {
+        conn,
+        mut control_send,
+        control_recv,
+        welcome,
+    } = established;
+    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let max_frame = welcome
+        .limits
+        .as_ref()
+        .map_or(qim_proto::DEFAULT_MAX_FRAME, |l| l.max_frame_bytes as usize);
+    *lock(&shared.current) = Some((conn.clone(), welcome.session_id.clone()));
+    shared.state.send_replace(ConnectionState::Connected);
+    shared.conn.send_replace(Some(conn.clone()));
+    info!(user = %welcome.user_id, session = %welcome.session_id, head = welcome.inbox_head, "connected");
+
+    let mut tasks: JoinSet<Result<SessionEnd, Error>> = JoinSet::new();
+    let opened = async {
+        let (hb_send, hb_recv) = conn.open_bi().await?;
+        let chat = conn.open_uni().await?;
+        let acks = conn.open_uni().await?;
+        Ok::<_, quinn::ConnectionError>((hb_send, hb_recv, chat, acks))
+    };
+    let (hb_send, hb_recv, chat, acks) = match opened.await {
+        Ok(streams) => streams,
+        Err(e) => return SessionEnd::Lost(Error::from_connection(&e)),
+    };
+    tasks.spawn(heartbeat(
+        Arc::clone(shared),
+        FramedSend::new(hb_send, StreamKind::Heartbeat, max_frame),
+        FramedRecv::new(hb_recv, max_frame),
+    ));
+    tasks.spawn(write_chat(
+        Arc::clone(shared),
+        FramedSend::new(chat, StreamKind::Chat, max_frame),
+        generation,
+    ));
+    tasks.spawn(write_acks(
+        Arc::clone(shared),
+        FramedSend::new(acks, StreamKind::Ack, max_frame),
+    ));
+    tasks.spawn(read_control(control_recv));
+    tasks.spawn(accept_server_streams(
+        Arc::clone(shared),
+        conn.clone(),
+        max_frame,
+    ));
+    let (s, c) = (Arc::clone(shared), conn.clone());
+    tasks.spawn(async move { receive::watch_gaps(s, c).await.map(|never| match never {}) });
+
+    let mut closing = shared.closing.subscribe();
+    let end = tokio::select! {
+        joined = next_end(&mut tasks) => joined,
+        () = shared.reconnect_now.notified() => SessionEnd::Reconnect,
+        () = closed(&mut closing) => {
+            let bye = v1::ClientControl { kind: Some(v1::client_control::Kind::Bye(v1::Bye {})) };
+            let _ = control_send.send(&bye).await;
+            control_send.finish();
+            conn.close(ErrorCode::NoError.to_quic().into(), b"bye");
+            SessionEnd::Closed
+        }
+    };
+    tasks.abort_all();
+    let end = match end {
+        SessionEnd::PeerFinished(stream) => closed_by_peer(&conn, stream).await,
+        SessionEnd::Lost(e) if e.is_transient() => match conn.close_reason() {
+            // Whatever failed first, the server's close code says why.
+            Some(reason) => SessionEnd::Lost(Error::from_connection(&reason)),
+            None => SessionEnd::Lost(e),
+        },
+        end => end,
+    };
+    shared.conn.send_replace(None);
+    *lock(&shared.current) = None;
+    if let SessionEnd::Lost(_)
+    | SessionEnd::PeerFinished(_)
+    | SessionEnd::GoAway(_)
+    | SessionEnd::Reconnect = end
+    {
+        conn.close(ErrorCode::NoError.to_quic().into(), b"reconnecting");
+    }
+    end
+}
+
+/// How long a stream the server finished may wait for the server's close.
+const PEER_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The session's end once the server finished `stream`: its close, which
+/// carries the reason, normally arrives right behind (the packets may even
+/// be reordered), so it is awaited briefly before the end counts as a
+/// plain network failure.
+async fn closed_by_peer(conn: &quinn::Connection, stream: &'static str) -> SessionEnd {
+    match tokio::time::timeout(PEER_CLOSE_GRACE, conn.closed()).await {
+        Ok(reason) => SessionEnd::Lost(Error::from_connection(&reason)),
+        Err(_) => SessionEnd::PeerFinished(stream),
+    }
+}
+
+/// The first session task to end decides how the session ends.
+async fn next_end(tasks: &mut JoinSet<Result<SessionEnd, Error>>) -> SessionEnd {
+    match tasks.join_next().await {
+        Some(Ok(Ok(end))) => end,
+        Some(Ok(Err(e))) => SessionEnd::Lost(e),
+        Some(Err(e)) => SessionEnd::Lost(Error::Network(format!("session task failed: {e}"))),
+        None => SessionEnd::Lost(Error::Network("session ended".into())),
+    }
+}
+
+/// Pings at the adaptive interval, announcing it to the server, and fails
+/// the session when a pong is late. A probe (network change, foreground)
+/// pings at once; after a network change the pong must come within
+/// `migration_timeout`, or the migrated path is taken as broken.
+async fn heartbeat(
+    shared: Arc<Shared>,
+    mut send: FramedSend,
+    mut recv: FramedRecv,
+) -> Result<SessionEnd, Error> {
+    let mut n = 0u64;
+    let mut probing = false;
+    loop {
+        n += 1;
+        let interval = lock(&shared.heartbeat).interval();
+        let ping = v1::Ping {
+            n,
+            sent_at_ms: qim_proto::now_ms(),
+            next_within_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+        };
+        send.send(&ping).await?;
+        let pong_timeout = if probing {
+            shared.config.migration_timeout
+        } else {
+            shared
+                .config
+                .pong_timeout
+                .min(interval.max(Duration::from_millis(500)))
+        };
+        match tokio::time::timeout(pong_timeout, recv.next::<v1::Pong>()).await {
+            Ok(Ok(Some(_))) => lock(&shared.heartbeat).on_pong(std::time::Instant::now()),
+            Ok(Ok(None)) => return Ok(SessionEnd::PeerFinished("heartbeat")),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) if probing => {
+                return Err(Error::Network(
+                    "the connection did not answer over the new network path".into(),
+                ));
+            }
+            Err(_) => return Err(Error::Network("no pong in time".into())),
+        }
+        if probing {
+            debug!("network path validated; connection migrated");
+        }
+        probing = false;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shared.probe.notified() => probing = true,
+        }
+    }
+}
+
+async fn write_chat(
+    shared: Arc<Shared>,
+    mut stream: FramedSend,
+    generation: u64,
+) -> Result<SessionEnd, Error> {
+    let ack_timeout = shared.config.ack_timeout;
+    loop {
+        let notified = shared.outbox_changed.notified();
+        let now = Instant::now();
+        let (due, wake) = {
+            let mut outbox = lock(&shared.outbox);
+            let due = outbox.due(generation, now, ack_timeout);
+            (due, outbox.next_due())
+        };
+        if !due.is_empty() {
+            for send in &due {
+                if let Err(e) = stream.queue(send) {
+                    // Only this send fails; the others and the session go on.
+                    lock(&shared.outbox).refused(
+                        &v1::SendNack {
+                            client_msg_id: send.client_msg_id.clone(),
+                            code: ErrorCode::MessageTooLarge as i32,
+                            retryable: false,
+                            message: e.to_string(),
+                        },
+                        now,
+                    );
+                }
+            }
+            stream.flush().await?;
+            continue;
+        }
+        tokio::select! {
+            () = notified => {}
+            () = sleep_until_opt(wake) => {}
+        }
+    }
+}
+
+/// Resolves once the app closes the client.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_acks(shared: Arc<Shared>, mut stream: FramedSend) -> Result<SessionEnd, Error> {
+    let mut acked = 0;
+    loop {
+        let notified = shared.taken_changed.notified();
+        let taken = shared.taken.load(Ordering::Acquire);
+        if taken > acked {
+            stream
+                .send(&v1::DeliveryAck {
+                    up_to_seq: taken,
+                    seqs: Vec::new(),
+                })
+                .await?;
+            acked = taken;
+            continue;
+        }
+        notified.await;
+    }
+}
+
+async fn read_control(mut recv: FramedRecv) -> Result<SessionEnd, Error> {
+    loop {
+        match recv.next::<v1::ServerControl>().await? {
+            Some(v1::ServerControl {
+                kind: Some(server_control::Kind::GoAway(g)),
+            }) => {
+                return Ok(SessionEnd::GoAway(Duration::from_millis(u64::from(
+                    g.reconnect_within_ms,
+                ))));
+            }
+            Some(v1::ServerControl {
+                kind: Some(server_control::Kind::Refusal(r)),
+            }) => {
+                return Err(Error::from_code(
+                    ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Unspecified),
+                    r.message,
+                ));
+            }
+            Some(_) => {}
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// Accepts the server's ack and delivery streams and runs their readers.
+/// Each stream's preamble is read in its own task: quinn hands out streams
+/// in id order, and one that has not received data yet must not hold up the
+/// others.
+async fn accept_server_streams(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    max_frame: usize,
+) -> Result<SessionEnd, Error> {
+    let mut readers: JoinSet<Result<SessionEnd, Error>> = JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = conn.accept_uni() => {
+                let stream = stream.map_err(|e| Error::from_connection(&e))?;
+                readers.spawn(read_server_stream(Arc::clone(&shared), conn.clone(), stream, max_frame));
+            }
+            Some(ended) = readers.join_next() => {
+                return match ended {
+                    Ok(end) => end,
+                    Err(e) => Err(Error::Network(format!("reader failed: {e}"))),
+                };
+            }
+        }
+    }
+}
+
+async fn read_server_stream(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut stream: quinn::RecvStream,
+    max_frame: usize,
+) -> Result<SessionEnd, Error> {
+    let kind = read_preamble(&mut stream).await?;
+    let recv = FramedRecv::new(stream, max_frame);
+    match kind {
+        StreamKind::Ack => read_server_acks(shared, recv).await,
+        StreamKind::Delivery => receive::read_deliveries(shared, conn, recv)
+            .await
+            .map(|()| SessionEnd::PeerFinished("delivery")),
+        other => Err(Error::Network(format!("server opened a {other:?} stream"))),
+    }
+}
+
+async fn read_server_acks(shared: Arc<Shared>, mut recv: FramedRecv) -> Result<SessionEnd, Error> {
+    while let Some(ack) = recv.next::<v1::ServerAck>().await? {
+        match ack.kind {
+            Some(server_ack::Kind::Ack(ack)) => lock(&shared.outbox).acked(&ack),
+            Some(server_ack::Kind::Nack(nack)) => {
+                debug!(client_msg_id = %nack.client_msg_id, code = nack.code, "send refused");
+                lock(&shared.outbox).refused(&nack, Instant::now());
+                shared.outbox_changed.notify_one();
+            }
+            None => {}
+        }
+    }
+    Ok(SessionEnd::PeerFinished("ack"))
+}
