@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::connect::{bind_endpoint, establish, rebind, resolve};
+use crate::connect::{bind_endpoint, client_config, establish, rebind, resolve};
 use crate::driver::drive;
 use crate::events::Events;
 use crate::local_store::LocalStore;
@@ -119,13 +119,14 @@ impl Client {
                 "device_id must be 1-64 of [A-Za-z0-9._@-]".into(),
             ));
         }
+        let quic = client_config(&config)?;
         // The address family follows the server's; an unresolvable server
         // is an IPv4 guess here, and the driver resolves again per attempt.
         let ipv6 = match resolve(&config.server).await {
             Ok(addr) => addr.is_ipv6(),
             Err(_) => false,
         };
-        let endpoint = bind_endpoint(&config, ipv6)?;
+        let endpoint = bind_endpoint(&config, ipv6, Some(quic))?;
         Shared::new(config, endpoint)
     }
 
@@ -134,7 +135,7 @@ impl Client {
     /// works; network calls fail with [`Error::Closed`]. For reading what
     /// this device received while there is no network or no login.
     pub fn open_offline(config: ClientConfig) -> Result<Client, Error> {
-        let endpoint = bind_endpoint(&config, false)?;
+        let endpoint = bind_endpoint(&config, false, None)?;
         let shared = Shared::new(config, endpoint)?;
         shared.state.send_replace(ConnectionState::Closed);
         Ok(Client {

@@ -23,10 +23,14 @@ use crate::sync::lock;
 use crate::{ClientConfig, Error};
 
 /// The client's QUIC endpoint: a UDP socket on the wildcard address of the
-/// server's family (IPv6 when `ipv6`), with the TLS and transport settings
-/// of `config`.
-pub(crate) fn bind_endpoint(config: &ClientConfig, ipv6: bool) -> Result<quinn::Endpoint, Error> {
-    let quic = client_config(config)?;
+/// server's family (IPv6 when `ipv6`), or one from
+/// [`ClientConfig::sockets`], connecting with `quic` (the settings of
+/// [`client_config`]; `None` for a client that never connects).
+pub(crate) fn bind_endpoint(
+    config: &ClientConfig,
+    ipv6: bool,
+    quic: Option<quinn::ClientConfig>,
+) -> Result<quinn::Endpoint, Error> {
     let mut endpoint = match &config.sockets {
         Some(sockets) => sockets.bind(ipv6).and_then(|socket| {
             quinn::Endpoint::new_with_abstract_socket(
@@ -39,7 +43,9 @@ pub(crate) fn bind_endpoint(config: &ClientConfig, ipv6: bool) -> Result<quinn::
         None => quinn::Endpoint::client(any_addr(ipv6)),
     }
     .map_err(|e| Error::Network(format!("binding UDP: {e}")))?;
-    endpoint.set_default_client_config(quic);
+    if let Some(quic) = quic {
+        endpoint.set_default_client_config(quic);
+    }
     Ok(endpoint)
 }
 
@@ -55,7 +61,8 @@ pub(crate) fn rebind(config: &ClientConfig, endpoint: &quinn::Endpoint) -> Resul
     .map_err(|e| Error::Network(format!("rebinding the endpoint: {e}")))
 }
 
-fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
+/// The TLS and transport settings of a connection to the server.
+pub(crate) fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
