@@ -175,7 +175,8 @@ pub(crate) async fn post_sends(
         Err(e) => {
             warn!(user = %sender.user, error = %e, "store append failed; sends refused as retryable");
             ctx.store_failed(&e);
-            Err(e)
+            // Mapped once: every send of the batch gets the same refusal.
+            Err(Refusal::from(e))
         }
     };
     let mut acks = Vec::with_capacity(verdicts.len());
@@ -183,8 +184,8 @@ pub(crate) async fn post_sends(
         let outcome = match (verdict, &mut stored) {
             (Err((id, refusal)), _) => Err((id, refusal)),
             (Ok(id), Ok(posted)) => match posted.next() {
-                Some(Ok(p)) => match published(ctx, p.copies).await {
-                    Some(primary) => Ok((id, primary)),
+                Some(Ok(p)) => match published(ctx, id.clone(), p.copies).await {
+                    Some(ack) => Ok(ack),
                     None => Err((
                         id,
                         Refusal::from(StoreError::Corrupt("a post without copies".into())),
@@ -206,17 +207,12 @@ pub(crate) async fn post_sends(
                     )),
                 )),
             },
-            (Ok(id), Err(e)) => Err((id, Refusal::from(e.clone()))),
+            (Ok(id), Err(refusal)) => Err((id, refusal.clone())),
         };
         let kind = match outcome {
-            Ok((client_msg_id, primary)) => {
+            Ok(ack) => {
                 ctx.metrics.sends.inc();
-                server_ack::Kind::Ack(v1::SendAck {
-                    client_msg_id,
-                    msg_id: primary.message.msg_id.clone(),
-                    seq: primary.seq,
-                    server_time_ms: primary.message.server_time_ms,
-                })
+                server_ack::Kind::Ack(ack)
             }
             Err((client_msg_id, refusal)) => {
                 server_ack::Kind::Nack(nack(ctx, sender, client_msg_id, refusal))
@@ -257,12 +253,23 @@ async fn admit(
     })
 }
 
-/// Hands a post's copies to the fan-out; returns the primary one (the
-/// addressee's copy, or the group log's entry), whose seq is acknowledged.
-async fn published(ctx: &Ctx, copies: Vec<StoredMessage>) -> Option<StoredMessage> {
-    let primary = copies.first()?.clone();
+/// Hands a post's copies to the fan-out; returns the ack of the primary one
+/// (the addressee's copy, or the group log's entry), whose seq is
+/// acknowledged.
+async fn published(
+    ctx: &Ctx,
+    client_msg_id: String,
+    copies: Vec<StoredMessage>,
+) -> Option<v1::SendAck> {
+    let primary = copies.first()?;
+    let ack = v1::SendAck {
+        client_msg_id,
+        msg_id: primary.message.msg_id.clone(),
+        seq: primary.seq,
+        server_time_ms: primary.message.server_time_ms,
+    };
     ctx.fanout.deliver_all(copies).await;
-    Some(primary)
+    Some(ack)
 }
 
 /// A refusal of one send, counted and logged.

@@ -137,7 +137,8 @@ async fn a_send_without_an_ack_is_written_again_at_the_ack_timeout_and_stored_on
     let ack_timeout = gw.client_config("alice", "alice-phone").ack_timeout;
     let (alice, alice_host) = gw.client_on_host("alice", "alice-phone").await;
     let bob = gw.client("bob", "bob-phone").await;
-    // Past the login's first ping and pong; the next is due in 30 s.
+    // Simulated time: past the login's first ping and pong; the next is
+    // due in 30 s.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     sim.net().partition(alice_host, gw.addr.ip());
@@ -146,6 +147,7 @@ async fn a_send_without_an_ack_is_written_again_at_the_ack_timeout_and_stored_on
     let unacked = tokio::time::timeout(early, &mut send).await;
     assert!(unacked.is_err(), "no ack through a partition");
     assert_eq!(alice.stats().sends_resent, 0, "not before the ack timeout");
+    // Simulated time is the subject: step just past the ack timeout.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         alice.stats().sends_resent,

@@ -177,6 +177,7 @@ pub(crate) fn beat(conn: &quinn::Connection, every: Duration) -> JoinHandle<()> 
             {
                 return;
             }
+            // The beat's interval, on the simulated clock.
             tokio::time::sleep(every).await;
         }
     })

@@ -190,6 +190,7 @@ impl Net {
             drop(state);
             let net = self.clone();
             tokio::spawn(async move {
+                // The link's latency, on the simulated clock.
                 tokio::time::sleep(latency).await;
                 net.lock().deliver(to, datagram);
             });
