@@ -68,6 +68,7 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: GroupRpc) -> Reply {
                     return match groups.group(&r.group).await? {
                         Some(info) => Ok(rpc_response::Kind::Group(v1::GroupResponse {
                             group: Some(info),
+                            ..Default::default()
                         })),
                         None => Err(Refusal::new(ErrorCode::NotFound, "no such group")),
                     };
@@ -150,6 +151,7 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: GroupRpc) -> Reply {
             }
             Ok(rpc_response::Kind::Group(v1::GroupResponse {
                 group: Some(info),
+                ..Default::default()
             }))
         }
         Err(e) => {

@@ -281,5 +281,6 @@ fn nack(ctx: &Ctx, sender: &Sender<'_>, client_msg_id: String, refusal: Refusal)
         code: refusal.code as i32,
         retryable: refusal.code.is_retryable(),
         message: refusal.message,
+        retry_after_ms: refusal.retry_after_ms,
     }
 }

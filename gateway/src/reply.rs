@@ -22,6 +22,8 @@ pub(crate) struct Refusal {
     pub(crate) code: ErrorCode,
     /// For people; never internal error text.
     pub(crate) message: String,
+    /// When non-zero, how long the client should wait before retrying.
+    pub(crate) retry_after_ms: u32,
 }
 
 impl Refusal {
@@ -30,7 +32,15 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: 0,
         }
+    }
+
+    /// The same refusal, telling the client to wait `ms` before retrying.
+    #[allow(dead_code)] // the quota and cool-down refusals are its callers
+    pub(crate) fn retry_after(mut self, ms: u32) -> Self {
+        self.retry_after_ms = ms;
+        self
     }
 
     /// Input the server cannot take (`INVALID_ARGUMENT`).
@@ -43,6 +53,7 @@ impl Refusal {
         rpc_response::Kind::Error(v1::RpcError {
             code: self.code as i32,
             message: self.message,
+            retry_after_ms: self.retry_after_ms,
         })
     }
 }

@@ -390,6 +390,7 @@ async fn run(
                     max_inflight_sends: ctx.config.limits.max_inflight_sends,
                 }),
                 inbox_head: head,
+                token_expires_ms: 0,
             })),
         };
         control_send

@@ -374,6 +374,7 @@ async fn write_chat(
                             code: ErrorCode::MessageTooLarge as i32,
                             retryable: false,
                             message: e.to_string(),
+                            retry_after_ms: 0,
                         },
                         now,
                     );

@@ -151,6 +151,7 @@ impl Client {
             group,
             name,
             members,
+            ..Default::default()
         }))
         .await
     }
@@ -179,7 +180,7 @@ impl Client {
 
     async fn group_reply(&self, request: rpc_request::Kind) -> Result<GroupInfo, Error> {
         match self.rpc(request).await? {
-            rpc_response::Kind::Group(v1::GroupResponse { group: Some(g) }) => {
+            rpc_response::Kind::Group(v1::GroupResponse { group: Some(g), .. }) => {
                 Ok(GroupInfo::from_wire(g))
             }
             _ => Err(unexpected()),
@@ -199,6 +200,7 @@ impl Client {
                 group,
                 after,
                 limit,
+                list: v1::MemberList::Members as i32,
             }))
             .await?
         {

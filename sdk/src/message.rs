@@ -321,6 +321,45 @@ pub enum Event {
         /// Muted now.
         muted: bool,
     },
+    /// `by` invited this user to `group`.
+    GroupInvitation {
+        /// The group.
+        group: String,
+        /// Its name.
+        name: String,
+        /// Who invited.
+        by: String,
+    },
+    /// To a group's admins: `user` asks to join `group`.
+    JoinRequest {
+        /// The group.
+        group: String,
+        /// Who asks.
+        user: String,
+        /// Their message.
+        message: String,
+    },
+    /// An admin answered this user's request to join `group`.
+    JoinAnswer {
+        /// The group.
+        group: String,
+        /// Admitted.
+        accepted: bool,
+    },
+    /// A scheduled send of this user was refused when it fell due; nothing
+    /// was delivered.
+    ScheduleRefused {
+        /// The schedule.
+        schedule_id: String,
+        /// Its recipient.
+        to: Peer,
+        /// The send's id.
+        client_msg_id: String,
+        /// Why, as a wire error code (e.g. `BLOCKED`).
+        code: i32,
+        /// Why, in words.
+        message: String,
+    },
 }
 
 impl Event {
@@ -373,6 +412,27 @@ impl Event {
                 conversation: Peer::from_wire(r.conversation.as_ref()),
                 pinned: r.pinned,
                 muted: r.muted,
+            },
+            Kind::GroupInvitation(r) => Event::GroupInvitation {
+                group: r.group,
+                name: r.name,
+                by: r.by,
+            },
+            Kind::JoinRequest(r) => Event::JoinRequest {
+                group: r.group,
+                user: r.user,
+                message: r.message,
+            },
+            Kind::JoinAnswer(r) => Event::JoinAnswer {
+                group: r.group,
+                accepted: r.accepted,
+            },
+            Kind::ScheduleRefused(r) => Event::ScheduleRefused {
+                schedule_id: r.schedule_id,
+                to: Peer::from_wire(r.to.as_ref()),
+                client_msg_id: r.client_msg_id,
+                code: r.code,
+                message: r.message,
             },
         })
     }

@@ -383,6 +383,7 @@ mod tests {
                 code: v1::ErrorCode::StoreUnavailable as i32,
                 retryable: true,
                 message: String::new(),
+                retry_after_ms: 0,
             },
             now,
         );
@@ -392,6 +393,7 @@ mod tests {
                 code: v1::ErrorCode::MessageTooLarge as i32,
                 retryable: false,
                 message: "big".into(),
+                retry_after_ms: 0,
             },
             now,
         );

@@ -605,3 +605,70 @@ where
         pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
+
+/// Two users chatting through a whole attack: each sends a numbered
+/// message to the other at a steady pace until [`Bystanders::finish`],
+/// which asserts every message arrived at the other side once, in order.
+/// An attacker's test starts them before the attack and finishes them
+/// after it, so a hole that harms other users fails the test.
+pub struct Bystanders {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<(Client, usize)>>,
+    receivers: Vec<Client>,
+}
+
+impl Bystanders {
+    /// Starts `<prefix>-alice` and `<prefix>-bob` on `gw` (unique names).
+    pub async fn start(gw: &TestGateway) -> Bystanders {
+        let a = unique("bystander-a");
+        let b = unique("bystander-b");
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut receivers = Vec::new();
+        for (me, peer) in [(&a, &b), (&b, &a)] {
+            let sender = gw.client(me, "chat").await;
+            receivers.push(gw.client(peer, "read").await);
+            let peer = peer.clone();
+            let mut watch = watch.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut sent = 0usize;
+                loop {
+                    sender
+                        .send(peer.clone(), format!("bystander {sent}"))
+                        .await
+                        .expect("a bystander's send is acked");
+                    sent += 1;
+                    // Pace, not a wait for an outcome: about 20 messages a
+                    // second each way, until told to stop.
+                    tokio::select! {
+                        _ = watch.changed() => break,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                (sender, sent)
+            }));
+        }
+        Bystanders {
+            stop,
+            tasks,
+            receivers,
+        }
+    }
+
+    /// Stops the chat and asserts each side got every message of the
+    /// other, in order, once.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        for (task, receiver) in self.tasks.into_iter().zip(self.receivers) {
+            let (sender, sent) = task.await.expect("bystander task");
+            assert!(sent > 0, "the bystanders chatted");
+            let got = take(&receiver, sent).await;
+            let texts: Vec<String> = got.iter().map(text).collect();
+            let want: Vec<String> = (0..sent).map(|i| format!("bystander {i}")).collect();
+            assert_eq!(texts, want, "a bystander's messages, in order, once");
+            assert_quiet(&receiver, Duration::from_millis(300)).await;
+            sender.close().await;
+            receiver.close().await;
+        }
+    }
+}

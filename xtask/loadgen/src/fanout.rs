@@ -186,6 +186,7 @@ pub(crate) async fn run(
             group: group.clone(),
             name: "fan-out".into(),
             members: first,
+            ..Default::default()
         }),
     )
     .await?;
@@ -332,7 +333,9 @@ pub(crate) async fn run(
 /// One rpc on a bidi stream of its own; the group's info on success.
 async fn group_rpc(session: &Session, kind: rpc_request::Kind) -> Result<v1::GroupInfo> {
     match rpc(session, kind).await? {
-        rpc_response::Kind::Group(v1::GroupResponse { group: Some(info) }) => Ok(info),
+        rpc_response::Kind::Group(v1::GroupResponse {
+            group: Some(info), ..
+        }) => Ok(info),
         other => bail!("group rpc answered {other:?}"),
     }
 }
