@@ -6,8 +6,11 @@
 //! Dependencies point down this list; no file imports one above it.
 //!
 //! The top, which runs connections:
-//! - [`server`]: binding the endpoint and admin port, the accept loop,
-//!   graceful shutdown (GoAway, drain, store flush).
+//! - [`server`]: binding the endpoint and the admin listeners, the accept
+//!   loop, graceful shutdown (GoAway, drain, store flush).
+//! - `handshake`: a connection attempt until its handshake completed:
+//!   pending slots, the handshake bound, Retry under load, the connection
+//!   permit.
 //! - `session`: one connection: login on the control stream, then the
 //!   heartbeat, chat, ack and rpc streams, each in its own task.
 //! - `rpc`: the dispatch of one rpc request to the feature it names.
@@ -21,7 +24,9 @@
 //!   when due (also after a restart).
 //! - `presence`: online/offline over a user's devices, last seen,
 //!   subscriptions, online-time records, typing; pushed as signals.
-//! - [`admin`]: the admin HTTP router (health, metrics, cluster views).
+//! - [`admin`]: the admin HTTP routers: health, metrics and the route
+//!   endpoint without authentication; the admin API (`/v1/`, keys with
+//!   scopes, [`admin::keys`]) on a listener of its own.
 //!
 //! The ground floor, which every feature imports and which imports no
 //! feature:
@@ -44,7 +49,8 @@
 //!   cross-node queues in Redis) and the route endpoint's strategies; it
 //!   carries entries and signals between nodes and knows nothing of
 //!   sessions.
-//! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
+//! - [`limit`]: token buckets against floods (sends, pings, rpc requests),
+//!   and per remote address (route endpoint, failed admin logins).
 //! - [`auth`]: HMAC-signed login tokens; [`tls`]: certificates, including
 //!   development ones made with rcgen; `secrets`: what both write and
 //!   read (owner-only files, the wall clock).
@@ -72,6 +78,7 @@ mod deadline;
 pub mod delivery;
 mod fanout;
 mod groups;
+mod handshake;
 pub mod limit;
 pub mod metrics;
 mod mutex;

@@ -1,5 +1,10 @@
-//! Token buckets that keep one client from flooding the gateway. Sans-IO:
-//! time is passed in, so tests need no clock.
+//! Token buckets that keep one client from flooding the gateway, alone
+//! ([`Bucket`]) or one per remote address ([`PerAddress`]). Sans-IO: time is
+//! passed in, so tests need no clock.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -22,6 +27,25 @@ impl Bucket {
             tokens: burst,
             at: now,
         }
+    }
+
+    /// A full bucket refilled at `rate` tokens per second (fractions allowed,
+    /// e.g. 10 a minute); `rate == 0` means unlimited.
+    pub fn per_second(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: rate.max(0.0),
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Whether the bucket is full at `now` (it has been idle long enough
+    /// to forget).
+    fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.rate == 0.0 || self.tokens + elapsed * self.rate >= self.burst
     }
 
     /// Takes one token if there is one.
@@ -51,6 +75,76 @@ impl Bucket {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         let missing = 1.0 - (self.tokens + elapsed * self.rate);
         std::time::Duration::from_secs_f64((missing / self.rate).max(0.0))
+    }
+}
+
+/// One [`Bucket`] per remote IP address, for listeners anyone can reach
+/// (the route endpoint, failed admin API logins). It remembers at most
+/// `capacity` addresses: when full it forgets those whose bucket refilled,
+/// and if none did, an arbitrary one, so an attacker with many addresses
+/// costs memory in proportion to `capacity`, never more.
+#[derive(Debug)]
+pub struct PerAddress {
+    rate: f64,
+    burst: u32,
+    capacity: usize,
+    buckets: HashMap<IpAddr, Bucket>,
+}
+
+impl PerAddress {
+    /// `rate` tokens per second (fractions allowed), `burst` at most, for
+    /// up to `capacity` addresses at once.
+    pub fn new(rate: f64, burst: u32, capacity: usize) -> Self {
+        Self {
+            rate,
+            burst,
+            capacity: capacity.max(1),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes a token of `addr`'s bucket: `Ok` if there was one, else how
+    /// long until there is.
+    pub fn take(&mut self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let bucket = self.bucket(addr, now);
+        if bucket.take(now) {
+            Ok(())
+        } else {
+            Err(bucket.wait(now))
+        }
+    }
+
+    /// `Err` with the wait if `addr` has no token left, without taking one.
+    pub fn check(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        match self.buckets.get(&addr) {
+            Some(bucket) if bucket.wait(now) > Duration::ZERO => Err(bucket.wait(now)),
+            _ => Ok(()),
+        }
+    }
+
+    fn bucket(&mut self, addr: IpAddr, now: Instant) -> &mut Bucket {
+        if !self.buckets.contains_key(&addr) && self.buckets.len() >= self.capacity {
+            self.buckets.retain(|_, b| !b.is_full(now));
+            if self.buckets.len() >= self.capacity {
+                if let Some(any) = self.buckets.keys().next().copied() {
+                    self.buckets.remove(&any);
+                }
+            }
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(addr)
+            .or_insert_with(|| Bucket::per_second(rate, burst, now))
+    }
+
+    /// Addresses remembered now.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no address is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 }
 
@@ -94,5 +188,26 @@ mod tests {
         );
         assert_eq!(b.take_up_to(25, t0 + Duration::from_millis(50)), 5);
         assert_eq!(b.wait(t0 + Duration::from_secs(1)), Duration::ZERO);
+    }
+
+    #[test]
+    fn addresses_have_their_own_buckets_and_memory_is_bounded() {
+        let t0 = Instant::now();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let mut limits = PerAddress::new(1.0, 2, 3);
+        assert!(limits.take(a, t0).is_ok());
+        assert!(limits.take(a, t0).is_ok());
+        let wait = limits.take(a, t0).expect_err("a's burst is spent");
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+        assert!(limits.check(a, t0).is_err());
+        assert!(limits.take(b, t0).is_ok(), "b is not held back by a");
+        assert!(limits.check(b, t0).is_ok());
+        for i in 0..100u8 {
+            let _ = limits.take([192, 168, 0, i].into(), t0);
+        }
+        assert!(limits.len() <= 3, "at most the capacity is remembered");
+        let later = t0 + Duration::from_secs(10);
+        assert!(limits.take(a, later).is_ok(), "refilled");
     }
 }

@@ -192,7 +192,11 @@ fn serve(config: Config) -> Result<()> {
         let gateway = Gateway::bind(config).await?;
         let info = gateway.info().clone();
         let port = info.quic_addr.port();
-        println!("qim gateway listening on {} (QUIC, ALPN qim/1); admin http://{}", info.quic_addr, info.admin_addr);
+        println!("qim gateway listening on {} (QUIC, ALPN qim/1); health and metrics http://{}", info.quic_addr, info.admin_addr);
+        match info.api_addr {
+            Some(api) => println!("  admin API:       http://{api}/v1/ (keys from admin.keys_file)"),
+            None => println!("  admin API:       off (set admin.keys_file to turn it on)"),
+        }
         if let Some(ca) = &info.dev_ca {
             println!("  development CA:  {} (clients verify the server against it, name {:?})", ca.display(), info.public_name);
         }

@@ -1,4 +1,5 @@
-//! Prometheus metrics of one gateway, served on the admin port.
+//! Prometheus metrics of one gateway, served on the metrics listener
+//! (`admin.listen`).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +50,21 @@ pub struct Metrics {
     /// Sessions whose client moved to a new address (QUIC connection
     /// migration: same connection, no new handshake).
     pub migrations: Counter,
+    /// QUIC handshakes in progress now (`quic.max_pending_handshakes`).
+    pub handshakes_pending: Gauge,
+    /// Handshakes dropped for taking longer than `quic.handshake_timeout_ms`.
+    pub handshakes_timed_out: Counter,
+    /// Connection attempts answered with a QUIC Retry (address validation).
+    pub retries_sent: Counter,
+    /// Bytes of Send frames read from chat streams and not yet stored, over
+    /// all sessions (each stream holds at most `limits.chat_backlog_bytes`
+    /// plus one frame).
+    pub chat_backlog_bytes: Gauge,
+    /// Admin API requests refused, by reason (`unauthorized`, `forbidden`,
+    /// `rate_limited`).
+    pub admin_refusals: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Route endpoint requests refused for the per-address rate.
+    pub route_requests_limited: Counter,
     /// Seconds from a Send frame's arrival to its ack being written.
     pub ack_latency: Histogram,
     /// Seconds a store append batch took.
@@ -82,6 +98,12 @@ impl Metrics {
             handoffs_received: Counter::default(),
             tls_resumptions: Counter::default(),
             migrations: Counter::default(),
+            handshakes_pending: Gauge::default(),
+            handshakes_timed_out: Counter::default(),
+            retries_sent: Counter::default(),
+            chat_backlog_bytes: Gauge::default(),
+            admin_refusals: Family::default(),
+            route_requests_limited: Counter::default(),
             ack_latency: latency(),
             store_latency: latency(),
             registry: Registry::default(),
@@ -168,6 +190,36 @@ impl Metrics {
             m.migrations.clone(),
         );
         registry.register(
+            "handshakes_pending",
+            "QUIC handshakes in progress",
+            m.handshakes_pending.clone(),
+        );
+        registry.register(
+            "handshakes_timed_out",
+            "Handshakes dropped for exceeding quic.handshake_timeout_ms",
+            m.handshakes_timed_out.clone(),
+        );
+        registry.register(
+            "retries_sent",
+            "Connection attempts answered with a QUIC Retry",
+            m.retries_sent.clone(),
+        );
+        registry.register(
+            "chat_backlog_bytes",
+            "Bytes of Send frames read and not yet stored",
+            m.chat_backlog_bytes.clone(),
+        );
+        registry.register(
+            "admin_refusals",
+            "Admin API requests refused by reason",
+            m.admin_refusals.clone(),
+        );
+        registry.register(
+            "route_requests_limited",
+            "Route endpoint requests refused for the per-address rate",
+            m.route_requests_limited.clone(),
+        );
+        registry.register(
             "ack_latency_seconds",
             "Send arrival to ack written",
             m.ack_latency.clone(),
@@ -188,6 +240,13 @@ impl Metrics {
     /// Counts a connection closed for a protocol error.
     pub fn protocol_error(&self, code: ErrorCode) {
         self.protocol_errors.get_or_create(&code_label(code)).inc();
+    }
+
+    /// Counts a refused admin API request.
+    pub fn admin_refusal(&self, reason: &'static str) {
+        self.admin_refusals
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     /// Counts a refused send.

@@ -276,6 +276,19 @@ impl Routes {
         }
     }
 
+    /// Ends every session of `user` here with `code` (an admin's kick);
+    /// returns how many there were.
+    pub(crate) fn kick_user(&self, user: &str, code: ErrorCode) -> usize {
+        let feed = lock(&self.users).get(user).cloned();
+        let Some(feed) = feed else { return 0 };
+        let mut sessions = lock(&feed.sessions);
+        let kicked = sessions.len();
+        for old in sessions.drain(..) {
+            let _ = old.kick.send(code);
+        }
+        kicked
+    }
+
     /// Every session here as `(user, device, session id)`.
     pub(crate) fn sessions(&self) -> Vec<(String, String, u64)> {
         let users = lock(&self.users);

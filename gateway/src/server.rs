@@ -1,5 +1,5 @@
-//! The gateway: binding the QUIC endpoint and admin port, the accept loop,
-//! and graceful shutdown.
+//! The gateway: binding the QUIC endpoint and the admin listeners, the
+//! accept loop, and graceful shutdown.
 //!
 //! [`Gateway::bind`] opens the store and sockets (port 0 works, so tests run
 //! side by side); [`Gateway::run`] serves until the shutdown future resolves,
@@ -15,7 +15,6 @@ use std::time::Duration;
 use qim_proto::v1::ErrorCode;
 use qim_storage::Stores;
 use thiserror::Error;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -52,6 +51,9 @@ pub enum StartError {
         /// The failure.
         source: std::io::Error,
     },
+    /// The admin API's keys file was refused.
+    #[error("admin.keys_file: {0}")]
+    AdminKeys(#[from] crate::admin::KeysError),
     /// The QUIC configuration was refused.
     #[error("quic config: {0}")]
     Quic(String),
@@ -71,8 +73,12 @@ pub enum RunError {
 pub struct StartInfo {
     /// The bound QUIC (UDP) address.
     pub quic_addr: SocketAddr,
-    /// The bound admin HTTP address.
+    /// The bound health, metrics and route listener (`admin.listen`; no
+    /// authentication).
     pub admin_addr: SocketAddr,
+    /// The bound admin API (`admin.api_listen`), when `admin.keys_file` is
+    /// set.
+    pub api_addr: Option<SocketAddr>,
     /// The bound public route endpoint (`cluster.route_listen`), if any.
     pub route_addr: Option<SocketAddr>,
     /// This node's id in the cluster registry.
@@ -93,6 +99,8 @@ pub struct Gateway {
     ctx: Arc<Ctx>,
     endpoint: quinn::Endpoint,
     admin: tokio::net::TcpListener,
+    /// The admin API's listener and keys, when `admin.keys_file` is set.
+    api: Option<(tokio::net::TcpListener, Arc<crate::admin::ApiKeys>)>,
     route: Option<tokio::net::TcpListener>,
     info: StartInfo,
 }
@@ -187,6 +195,19 @@ impl Gateway {
             addr: config.admin.listen,
             source,
         })?;
+        let (api, api_addr) = match &config.admin.keys_file {
+            Some(path) => {
+                let keys = Arc::new(crate::admin::ApiKeys::load(path)?);
+                let addr = config.admin.api_listen;
+                let bind_err = |source| StartError::Bind { addr, source };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err)?;
+                let bound = listener.local_addr().map_err(bind_err)?;
+                (Some((listener, keys)), Some(bound))
+            }
+            None => (None, None),
+        };
         let (route, route_addr) = match config.cluster.route_listen {
             Some(addr) => {
                 let bind_err = |source| StartError::Bind { addr, source };
@@ -203,6 +224,7 @@ impl Gateway {
         let info = StartInfo {
             quic_addr,
             admin_addr,
+            api_addr,
             route_addr,
             node_id: identity.id.clone(),
             clustered: cluster.is_some(),
@@ -215,6 +237,7 @@ impl Gateway {
             ctx,
             endpoint,
             admin,
+            api,
             route,
             info,
         })
@@ -238,24 +261,44 @@ impl Gateway {
             ctx,
             endpoint,
             admin,
+            api,
             route,
             info: _,
         } = self;
-        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = crate::admin::app(crate::admin::AdminState::new(Arc::clone(&ctx)));
-        let admin_task = tokio::spawn(async move {
-            let serve = axum::serve(admin, app).with_graceful_shutdown(async {
-                let _ = admin_stopped.await;
-            });
-            if let Err(e) = serve.await {
-                warn!(error = %e, "admin server failed");
-            }
+        let keys = api.as_ref().map(|(_, keys)| Arc::clone(keys));
+        let admin_state = crate::admin::AdminState::new(Arc::clone(&ctx), keys);
+        let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+        let serve_http =
+            |listener: tokio::net::TcpListener, app: axum::Router, what: &'static str| {
+                let mut stopped = admin_stopped.clone();
+                tokio::spawn(async move {
+                    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    });
+                    if let Err(e) = serve.await {
+                        warn!(error = %e, listener = what, "admin HTTP failed");
+                    }
+                })
+            };
+        let admin_task = serve_http(
+            admin,
+            crate::admin::metrics_app(admin_state.clone()),
+            "metrics",
+        );
+        let api_task = api.map(|(listener, _)| {
+            serve_http(
+                listener,
+                crate::admin::api_app(admin_state.clone()),
+                "admin API",
+            )
         });
 
         let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&ctx)));
 
         let route_task = route.map(|listener| {
-            let app = crate::admin::route_app(crate::admin::AdminState::new(Arc::clone(&ctx)));
+            let app = crate::admin::route_app(admin_state.clone())
+                .into_make_service_with_connect_info::<SocketAddr>();
             let mut draining = ctx.draining.subscribe();
             tokio::spawn(async move {
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -283,7 +326,7 @@ impl Gateway {
             (running, receiver)
         });
 
-        let limit = Arc::new(Semaphore::new(ctx.config.server.max_connections));
+        let admission = crate::handshake::Admission::new(&ctx.config, Arc::clone(&ctx.metrics));
         let mut connections = JoinSet::new();
         let mut fatal = ctx.fatal.subscribe();
         tokio::pin!(shutdown);
@@ -297,21 +340,8 @@ impl Gateway {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    if ctx.config.quic.validate_addresses && !incoming.remote_address_validated() {
-                        if let Err(e) = incoming.retry() {
-                            warn!(error = %e, "address validation retry failed");
-                        }
-                        continue;
-                    }
-                    match Arc::clone(&limit).try_acquire_owned() {
-                        Ok(permit) => {
-                            connections.spawn(crate::session::serve(Arc::clone(&ctx), Box::new(incoming), permit));
-                        }
-                        Err(_) => {
-                            warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
-                            ctx.metrics.protocol_error(ErrorCode::ServerBusy);
-                            incoming.refuse();
-                        }
+                    if let Some((incoming, pending)) = admission.admit(incoming) {
+                        connections.spawn(crate::handshake::serve(Arc::clone(&ctx), incoming, pending));
                     }
                 }
             }
@@ -348,8 +378,11 @@ impl Gateway {
         if let Err(e) = ctx.stores.messages.flush().await {
             warn!(error = %e, "final store flush failed");
         }
-        let _ = admin_stop.send(());
+        let _ = admin_stop.send(true);
         let _ = admin_task.await;
+        if let Some(task) = api_task {
+            let _ = task.await;
+        }
         info!("gateway stopped");
         match ctx.fatal.borrow().clone() {
             Some(reason) => Err(RunError::StoreFailed(reason)),

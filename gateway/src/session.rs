@@ -15,7 +15,7 @@ use futures_util::FutureExt as _;
 use qim_proto::io::{FramedRecv, FramedSend, RecvError, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, client_control};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -31,32 +31,71 @@ use crate::presence;
 use crate::push;
 use crate::rpc::{Caller, dispatch};
 
-/// Why a connection is closed by the server: a code for the client and a
-/// reason for the log.
+/// Why a connection is closed by the server: a code and a fixed text for
+/// the client, and a reason for the log.
+///
+/// The client sees `code` and `message` only (in the close frame or the
+/// login Refusal); an error's own text (a store's, quinn's, a decoder's)
+/// goes to `reason`, which is logged and never sent.
 #[derive(Debug)]
 pub(crate) struct Fault {
     pub(crate) code: ErrorCode,
+    /// What the client is told: always a fixed text.
+    pub(crate) message: &'static str,
+    /// What the log says.
     pub(crate) reason: String,
 }
 
 impl Fault {
-    fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: &'static str) -> Self {
         Self {
             code,
-            reason: reason.into(),
+            message,
+            reason: message.to_owned(),
+        }
+    }
+
+    /// A fault whose detail (an error's text, a value the client sent) is
+    /// for the log only.
+    fn detailed(code: ErrorCode, message: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            code,
+            message,
+            reason: format!("{message}: {detail}"),
         }
     }
 
     /// The connection is gone or the client left: the session ends
     /// without blame (`NO_ERROR`).
     fn gone(reason: impl Into<String>) -> Self {
-        Self::new(ErrorCode::NoError, reason)
+        Self {
+            code: ErrorCode::NoError,
+            message: "session ended",
+            reason: reason.into(),
+        }
     }
 
     /// A read failure: the peer's fault has a code; a lost transport ends the
     /// session quietly (`None`).
     fn from_recv(e: RecvError) -> Option<Self> {
-        e.code().map(|code| Fault::new(code, e.to_string()))
+        e.code()
+            .map(|code| Fault::detailed(code, fixed_text(code), e))
+    }
+}
+
+/// The text a client is told with `code` where no more specific fixed text
+/// was written.
+fn fixed_text(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadToken => "the token was refused",
+        ErrorCode::TokenExpired => "the token expired",
+        ErrorCode::VersionTooOld => "this protocol version is too old; update the client",
+        ErrorCode::VersionTooNew => "this protocol version is newer than the server's",
+        ErrorCode::BadPreamble => "a stream did not start with a qim preamble",
+        ErrorCode::UnknownStreamKind => "a stream of an unknown kind",
+        ErrorCode::FrameTooLarge => "a frame above limits.max_frame_bytes",
+        ErrorCode::MalformedFrame => "a frame that does not decode",
+        other => other.as_str_name(),
     }
 }
 
@@ -147,61 +186,43 @@ fn close(ctx: &Ctx, conn: &quinn::Connection, user: &str, fault: &Fault) {
         warn!(user, remote = %conn.remote_address(), code = ?fault.code, reason = %fault.reason, "closing connection");
         ctx.metrics.protocol_error(fault.code);
     }
-    conn.close(fault.code.to_quic().into(), fault.reason.as_bytes());
+    conn.close(fault.code.to_quic().into(), fault.message.as_bytes());
 }
 
-/// Serves one incoming connection from handshake to close.
+/// Resolves when the connection's handshake completed (`true`) or failed;
+/// shared between the `handshake` module, which bounds it, and
+/// the session, which waits for it before taking any stream but the
+/// control stream.
+pub(crate) type Handshake =
+    futures_util::future::Shared<futures_util::future::BoxFuture<'static, bool>>;
+
+/// Serves one connection from its first stream to close: login, then the
+/// session.
 ///
 /// 0-RTT: the connection is served as 0.5-RTT, so a resuming client's
 /// Hello sent as early data is answered before the handshake completes
 /// (one round trip saved on reconnect). Only the login is served early:
-/// [`run`] waits for the handshake before it accepts any other client
+/// [`run`] waits for `handshake` before it accepts any other client
 /// stream, so sends, acks and rpc requests are never taken from
 /// replayable early data. The Hello itself is safe early: logging a
 /// device in twice is idempotent, and the session tickets are single-use
 /// (see `tls`), so a replayed first flight gets its early data refused.
-///
-/// `incoming` comes boxed: the future keeps room for its arguments for its
-/// whole life, and a `quinn::Incoming` is large.
-pub(crate) async fn serve(
-    ctx: Arc<Ctx>,
-    incoming: Box<quinn::Incoming>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let connecting = match (*incoming).accept() {
-        Ok(connecting) => connecting,
-        Err(e) => {
-            debug!(error = %e, "handshake failed");
-            return;
-        }
-    };
-    let (conn, handshake) = match connecting.into_0rtt() {
-        Ok((conn, handshake)) => (conn, Some(handshake)),
-        Err(connecting) => match connecting.await {
-            Ok(conn) => (conn, None),
-            Err(e) => {
-                debug!(error = %e, "handshake failed");
-                return;
-            }
-        },
-    };
-    ctx.metrics.connections.inc();
-    ctx.metrics.connections_open.inc();
+pub(crate) async fn serve(ctx: &Arc<Ctx>, conn: &quinn::Connection, handshake: Handshake) {
     let login = tokio::time::timeout(
         Duration::from_millis(ctx.config.auth.login_timeout_ms),
-        login(&ctx, &conn),
+        login(ctx, conn),
     )
     .await
     .unwrap_or_else(|_| Err(Fault::new(ErrorCode::LoginTimeout, "no Hello in time").into()));
     match login {
-        Ok(login) => run(&ctx, &conn, login, handshake).await,
+        Ok(login) => run(ctx, conn, login, handshake).await,
         Err(LoginFailure { fault, control }) => {
             if let Some(mut control) = control {
                 ctx.metrics.login_refused(fault.code);
                 let refusal = v1::ServerControl {
                     kind: Some(v1::server_control::Kind::Refusal(v1::Refusal {
                         code: fault.code as i32,
-                        message: fault.reason.clone(),
+                        message: fault.message.to_owned(),
                         retry_after_ms: 0,
                     })),
                 };
@@ -212,10 +233,9 @@ pub(crate) async fn serve(
                     let _ = tokio::time::timeout(Duration::from_secs(1), control.stopped()).await;
                 }
             }
-            close(&ctx, &conn, "", &fault);
+            close(ctx, conn, "", &fault);
         }
     }
-    ctx.metrics.connections_open.dec();
 }
 
 struct Login {
@@ -252,9 +272,10 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
         .await
         .map_err(|e| Fault::from_recv(e).unwrap_or_else(|| Fault::gone("closed during login")))?;
     if kind != StreamKind::Control {
-        return Err(Fault::new(
+        return Err(Fault::detailed(
             ErrorCode::ProtocolViolation,
-            format!("first stream is {kind:?}, not Control"),
+            "the first stream must be the control stream",
+            format_args!("{kind:?}"),
         )
         .into());
     }
@@ -281,7 +302,10 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     };
     let claims = match ctx.tokens.verify(&hello.token, unix_now()) {
         Ok(claims) => claims,
-        Err(e) => return Err(refuse(Fault::new(e.code(), e.to_string()), control_send)),
+        Err(e) => {
+            let fault = Fault::detailed(e.code(), fixed_text(e.code()), e);
+            return Err(refuse(fault, control_send));
+        }
     };
     if !qim_proto::ids::is_valid_id(&hello.device_id) {
         return Err(refuse(
@@ -302,12 +326,7 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     })
 }
 
-async fn run(
-    ctx: &Arc<Ctx>,
-    conn: &quinn::Connection,
-    login: Login,
-    handshake: Option<quinn::ZeroRttAccepted>,
-) {
+async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: Handshake) {
     let Login {
         user,
         device,
@@ -367,7 +386,11 @@ async fn run(
         // Reading the head after attaching: anything stored before is read
         // here, anything after is published to the feed.
         let head = Box::pin(ctx.stores.messages.inbox_head(&user)).await.map_err(|e| {
-            Fault::new(ErrorCode::StoreUnavailable, format!("reading inbox head: {e}"))
+            Fault::detailed(
+                ErrorCode::StoreUnavailable,
+                "the store is unavailable; reconnect later",
+                format_args!("reading the inbox head: {e}"),
+            )
         })?;
         feed.raise_head(head);
         let resume_from = resume_from.min(head);
@@ -456,13 +479,9 @@ async fn run(
         Box::pin(presence::session_started(ctx, &user, &device, started_ms, first, came_online)).await;
 
         // Nothing but the Hello is taken from early data (see `serve`).
-        if let Some(handshake) = handshake {
-            // Resolves when the handshake completed (its value says whether
-            // early data was accepted) or failed.
-            let _ = handshake.await;
-            if let Some(reason) = conn.close_reason() {
-                return Err(Fault::gone(format!("handshake failed: {reason}")));
-            }
+        let _ = handshake.await;
+        if let Some(reason) = conn.close_reason() {
+            return Err(Fault::gone(format!("handshake failed: {reason}")));
         }
         let streams = Streams {
             conn: conn.clone(),
@@ -490,7 +509,7 @@ async fn run(
                     Ok(StreamEnd::Done) => {}
                     Ok(StreamEnd::Bye) => return Err(Fault::gone("client said bye")),
                     Ok(StreamEnd::Fault(fault)) => return Err(fault),
-                    Err(e) => return Err(Fault::new(ErrorCode::Internal, format!("stream task failed: {e}"))),
+                    Err(e) => return Err(Fault::detailed(ErrorCode::Internal, "the server failed", format_args!("stream task: {e}"))),
                 },
                 () = tokio::time::sleep_until(beat_deadline) => {
                     if session.heartbeat_deadline(ctx.config.heartbeat.max_missed) <= Instant::now() {
@@ -502,7 +521,7 @@ async fn run(
                     let code = code.unwrap_or(ErrorCode::Kicked);
                     let reason = match code {
                         ErrorCode::Replaced => "this device logged in again",
-                        ErrorCode::Kicked => "another device logged in (im.device_policy)",
+                        ErrorCode::Kicked => "another device logged in (im.device_policy), or an admin ended the session",
                         _ => "session ended by the server",
                     };
                     return Err(Fault::new(code, reason));
@@ -584,7 +603,11 @@ async fn write_server_acks(
         let mut next = Some(first);
         while let Some(ack) = next {
             if let Err(e) = stream.queue(&*ack) {
-                return StreamEnd::Fault(Fault::new(ErrorCode::Internal, e.to_string()));
+                return StreamEnd::Fault(Fault::detailed(
+                    ErrorCode::Internal,
+                    "the server failed",
+                    format_args!("encoding an ack: {e}"),
+                ));
             }
             next = rx.try_recv().ok();
         }
@@ -629,9 +652,10 @@ impl Streams {
                 // as long as the session.
                 Box::pin(self.rpc(send, FramedRecv::new(recv, max))).await
             }
-            other => StreamEnd::Fault(Fault::new(
+            other => StreamEnd::Fault(Fault::detailed(
                 ErrorCode::ProtocolViolation,
-                format!("{other:?} is not a client bidi stream"),
+                "not a stream a client opens as bidirectional",
+                format_args!("{other:?}"),
             )),
         }
     }
@@ -645,9 +669,10 @@ impl Streams {
         match kind {
             StreamKind::Chat => self.chat(recv).await,
             StreamKind::Ack => self.delivery_acks(recv).await,
-            other => StreamEnd::Fault(Fault::new(
+            other => StreamEnd::Fault(Fault::detailed(
                 ErrorCode::ProtocolViolation,
-                format!("{other:?} is not a client uni stream"),
+                "not a stream a client opens as unidirectional",
+                format_args!("{other:?}"),
             )),
         }
     }
@@ -702,21 +727,25 @@ impl Streams {
 
     async fn chat(self, mut recv: FramedRecv) -> StreamEnd {
         let max_batch = self.ctx.config.limits.max_inflight_sends as usize;
-        // Sends read but not yet stored, in order; bounded by `max_batch`.
-        let mut backlog: VecDeque<v1::Send> = VecDeque::new();
+        let max_bytes = self.ctx.config.limits.chat_backlog_bytes as usize;
+        // Sends read but not yet stored, in order; at most `max_batch` of
+        // them and `max_bytes` (plus one frame) of them.
+        let mut backlog = Backlog::new(self.ctx.metrics.chat_backlog_bytes.clone());
         let mut throttled = false;
         loop {
-            if backlog.is_empty() {
+            if backlog.sends.is_empty() {
                 match recv.next::<v1::Send>().await {
-                    Ok(Some(send)) => backlog.push_back(send),
+                    Ok(Some(send)) => backlog.push(send),
                     Ok(None) => return StreamEnd::Done,
                     Err(e) => return Fault::from_recv(e).into(),
                 }
             }
             let arrived = Instant::now();
-            while backlog.len() < max_batch {
+            // Beyond the bounds the stream is not read: QUIC flow control
+            // then holds the client back.
+            while backlog.sends.len() < max_batch && backlog.bytes < max_bytes {
                 match recv.try_next::<v1::Send>() {
-                    Ok(Some(send)) => backlog.push_back(send),
+                    Ok(Some(send)) => backlog.push(send),
                     Ok(None) => break,
                     Err(e) => return Fault::from_recv(e).into(),
                 }
@@ -724,7 +753,7 @@ impl Streams {
             // Over the send rate, wait instead of refusing: refusals would
             // be retried after later sends and break the sender's order.
             // While this stream waits, QUIC flow control holds the client.
-            let allowed = lock(&self.session.sends).take_up_to(backlog.len(), Instant::now());
+            let allowed = lock(&self.session.sends).take_up_to(backlog.sends.len(), Instant::now());
             if allowed == 0 {
                 if !throttled {
                     warn!(user = %self.session.user, device = %self.session.device, "sending faster than limits.sends_per_second; slowing the chat stream");
@@ -736,14 +765,16 @@ impl Streams {
                 continue;
             }
             throttled = false;
-            let sends: Vec<v1::Send> = backlog.drain(..allowed).collect();
+            let (sends, bytes) = backlog.take(allowed);
             // Boxed so an idle chat stream does not carry the store's
             // future (one allocation per batch, not per message).
             let sender = Sender {
                 user: &self.session.user,
                 device: &self.session.device,
             };
-            for ack in Box::pin(post_sends(&self.ctx, &sender, sends)).await {
+            let acks = Box::pin(post_sends(&self.ctx, &sender, sends)).await;
+            backlog.stored(bytes);
+            for ack in acks {
                 if self.server_acks.send(Box::new(ack)).await.is_err() {
                     return StreamEnd::Done;
                 }
@@ -778,5 +809,52 @@ impl Streams {
             send.finish();
         }
         StreamEnd::Done
+    }
+}
+
+/// The sends a chat stream read and has not stored yet, with their size,
+/// which `qim_chat_backlog_bytes` adds up over all streams.
+struct Backlog {
+    sends: VecDeque<v1::Send>,
+    /// Encoded bytes of the sends waiting and of the batch being stored.
+    bytes: usize,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Backlog {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Self {
+            sends: VecDeque::new(),
+            bytes: 0,
+            gauge,
+        }
+    }
+
+    fn push(&mut self, send: v1::Send) {
+        let size = prost::Message::encoded_len(&send);
+        self.bytes += size;
+        self.gauge.inc_by(i64::try_from(size).unwrap_or(i64::MAX));
+        self.sends.push_back(send);
+    }
+
+    /// The first `n` sends, to store, and their size (still counted until
+    /// [`stored`](Backlog::stored)).
+    fn take(&mut self, n: usize) -> (Vec<v1::Send>, usize) {
+        let sends: Vec<v1::Send> = self.sends.drain(..n).collect();
+        let bytes = sends.iter().map(prost::Message::encoded_len).sum();
+        (sends, bytes)
+    }
+
+    /// `bytes` taken earlier are stored (or refused): no longer held.
+    fn stored(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        self.gauge.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        self.gauge
+            .dec_by(i64::try_from(self.bytes).unwrap_or(i64::MAX));
     }
 }

@@ -117,6 +117,9 @@ impl Shared {
         config.heartbeat.interval_ms = 1_000;
         config.heartbeat.min_interval_ms = 500;
         config.delivery.retransmit_initial_ms = 1_000;
+        config.admin.keys_file = Some(common::write_admin_keys(self.dir.path()));
+        // The tests ask the route endpoint in bulk from one address.
+        config.cluster.route_requests_per_second = 0;
         config
     }
 
@@ -162,6 +165,8 @@ impl Shared {
 struct Node {
     addr: SocketAddr,
     admin: SocketAddr,
+    /// The admin API.
+    api: SocketAddr,
     id: String,
     running: Running,
 }
@@ -198,6 +203,7 @@ impl Node {
         Node {
             addr: info.quic_addr,
             admin: info.admin_addr,
+            api: info.api_addr.expect("the admin API listens"),
             id: info.node_id,
             running: Running::spawn(gateway),
         }
@@ -451,9 +457,11 @@ async fn route(admin: SocketAddr, user: &str) -> String {
     json_field(&body, "node_id").expect("node_id")
 }
 
-/// `/nodes` on a node: the live nodes as the registry reports them.
-async fn live_nodes(admin: SocketAddr) -> Vec<NodeInfo> {
-    let (status, body) = http_get(admin, "/nodes").await;
+/// `/v1/nodes` on a node's admin API: the live nodes as the registry
+/// reports them.
+async fn live_nodes(api: SocketAddr) -> Vec<NodeInfo> {
+    let common::HttpResponse { status, body, .. } =
+        common::http_request(api, "GET", "/v1/nodes", Some(common::ADMIN_SECRET)).await;
     assert_eq!(status, 200, "{body}");
     body.split('{')
         .skip(1)
@@ -472,11 +480,11 @@ async fn live_nodes(admin: SocketAddr) -> Vec<NodeInfo> {
         .collect()
 }
 
-/// Waits until `/nodes` on `admin` satisfies `ok`.
-async fn wait_nodes(admin: SocketAddr, what: &str, ok: impl Fn(&[NodeInfo]) -> bool) {
+/// Waits until `/v1/nodes` on `api` satisfies `ok`.
+async fn wait_nodes(api: SocketAddr, what: &str, ok: impl Fn(&[NodeInfo]) -> bool) {
     let ok = &ok;
     common::poll_until(what, || async move {
-        let nodes = live_nodes(admin).await;
+        let nodes = live_nodes(api).await;
         ok(&nodes).then_some(())
     })
     .await
@@ -520,7 +528,7 @@ async fn three_nodes_every_pair_chats_and_every_device_gets_everything_once_in_o
     let a = Node::start(&shared, "a", |_| {}).await;
     let b = Node::start(&shared, "b", |_| {}).await;
     let c = Node::start(&shared, "c", |_| {}).await;
-    wait_nodes(a.admin, "three nodes registered", |n| n.len() == 3).await;
+    wait_nodes(a.api, "three nodes registered", |n| n.len() == 3).await;
 
     let alice = Arc::new(shared.client(&[a.addr], "alice", "alice-phone").await);
     let bob = Arc::new(shared.client(&[b.addr], "bob", "bob-phone").await);
@@ -630,8 +638,8 @@ async fn the_route_endpoint_answers_under_each_strategy() {
         .map(|(s, n)| (*s, n.admin))
         .collect();
     let admin = |s: &str| admins[s];
-    wait_nodes(nodes[0].admin, "four nodes", |n| n.len() == 4).await;
-    let registry = live_nodes(nodes[0].admin).await;
+    wait_nodes(nodes[0].api, "four nodes", |n| n.len() == 4).await;
+    let registry = live_nodes(nodes[0].api).await;
     let ids: Vec<String> = registry.iter().map(|n| n.id.clone()).collect();
 
     const USERS: usize = 400;
@@ -692,7 +700,7 @@ async fn the_route_endpoint_answers_under_each_strategy() {
                 .await,
         );
     }
-    wait_nodes(busy.admin, "the busy node reports its load", |n| {
+    wait_nodes(busy.api, "the busy node reports its load", |n| {
         n.iter().any(|n| n.id == busy.id && n.connections >= 3)
     })
     .await;
@@ -717,7 +725,7 @@ async fn the_route_endpoint_answers_under_each_strategy() {
     let gone = leaving.id.clone();
     leaving.stop().await;
     // Deregistered before `run` returned, not by TTL expiry.
-    let left = live_nodes(nodes[0].admin).await;
+    let left = live_nodes(nodes[0].api).await;
     assert!(
         left.len() == 3 && left.iter().all(|n| n.id != gone),
         "{left:?}"
@@ -813,8 +821,8 @@ async fn kill_9_of_the_recipients_node_loses_nothing_and_the_dead_node_expires()
     let a = Node::start(&shared, "a", |_| {}).await;
     let c = Node::start(&shared, "c", |_| {}).await;
     let mut b = spawn_node(&shared, "b").await;
-    wait_nodes(a.admin, "three nodes", |n| n.len() == 3).await;
-    let b_id = live_nodes(a.admin)
+    wait_nodes(a.api, "three nodes", |n| n.len() == 3).await;
+    let b_id = live_nodes(a.api)
         .await
         .into_iter()
         .find(|n| n.addr == b.addr.to_string())
@@ -890,14 +898,21 @@ async fn kill_9_of_the_recipients_node_loses_nothing_and_the_dead_node_expires()
 
     // The dead node leaves the registry and the route endpoint when its
     // TTL passes; its routes lapse too.
-    wait_nodes(a.admin, "the killed node expired", |n| {
+    wait_nodes(a.api, "the killed node expired", |n| {
         n.len() == 2 && n.iter().all(|n| n.id != b_id)
     })
     .await;
     for i in 0..40 {
         assert_ne!(route(a.admin, &format!("u{i}")).await, b_id);
     }
-    let (_, presence) = http_get(c.admin, &format!("/presence?user={bob_id}")).await;
+    let presence = common::http_request(
+        c.api,
+        "GET",
+        &format!("/v1/presence?user={bob_id}"),
+        Some(common::READ_SECRET),
+    )
+    .await
+    .body;
     assert!(presence.contains("\"online\":true"), "{presence}");
     let redis = qim_storage::redis::Redis::connect(&{
         let mut r = qim_storage::redis::RedisConfig::new(redis_url());

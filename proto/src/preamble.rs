@@ -54,7 +54,9 @@ pub enum PreambleError {
     /// The first three bytes are not `QIM`.
     #[error("bad stream magic")]
     BadMagic,
-    /// The version byte is not one this crate speaks.
+    /// The version byte is not one this crate speaks: older than
+    /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) (the peer must update)
+    /// or newer (the peer is ahead of this build).
     #[error("unsupported protocol version {0}")]
     UnsupportedVersion(u8),
     /// The kind byte names no known stream kind.
@@ -67,6 +69,9 @@ impl PreambleError {
     pub fn code(self) -> ErrorCode {
         match self {
             PreambleError::BadMagic => ErrorCode::BadPreamble,
+            PreambleError::UnsupportedVersion(v) if v > crate::PROTOCOL_VERSION => {
+                ErrorCode::VersionTooNew
+            }
             PreambleError::UnsupportedVersion(_) => ErrorCode::VersionTooOld,
             PreambleError::UnknownKind(_) => ErrorCode::UnknownStreamKind,
         }
@@ -112,6 +117,15 @@ mod tests {
         assert_eq!(
             decode([b'Q', b'I', b'M', 9, 1]),
             Err(PreambleError::UnsupportedVersion(9))
+        );
+        assert_eq!(
+            PreambleError::UnsupportedVersion(crate::PROTOCOL_VERSION + 1).code(),
+            ErrorCode::VersionTooNew,
+            "a newer peer is told so, not to update"
+        );
+        assert_eq!(
+            PreambleError::UnsupportedVersion(0).code(),
+            ErrorCode::VersionTooOld
         );
         assert_eq!(
             decode([b'Q', b'I', b'M', 1, 200]),

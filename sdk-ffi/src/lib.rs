@@ -118,7 +118,8 @@ pub enum QimError {
         /// The wire error code name, e.g. `MESSAGE_TOO_LARGE`, `BLOCKED`,
         /// `NOT_FRIENDS`, `MUTED`, `NOT_A_MEMBER`, `PERMISSION_DENIED`,
         /// `RECALL_WINDOW_PASSED`, `ALREADY_RECALLED`, `NOT_FOUND`,
-        /// `KICKED`.
+        /// `KICKED`, `VERSION_TOO_OLD` (update the app), `VERSION_TOO_NEW`
+        /// (the server is older than this SDK).
         code: String,
         /// The server's explanation.
         reason: String,
@@ -176,6 +177,11 @@ impl From<qim_sdk::Error> for QimError {
                 code: code.as_str_name().to_owned(),
                 reason: message,
                 retryable,
+            },
+            E::Version { code, message } => QimError::Rejected {
+                code: code.as_str_name().to_owned(),
+                reason: message,
+                retryable: false,
             },
             E::Network(reason) => QimError::Network { reason },
             E::Tls(reason) => QimError::Tls { reason },

@@ -17,6 +17,17 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
+    /// The server does not speak this client's protocol version:
+    /// `VersionTooOld` (update the app) or `VersionTooNew` (the server is
+    /// older than this client: connect to an updated server). The client
+    /// stops reconnecting.
+    #[error("protocol version refused ({code:?}): {message}")]
+    Version {
+        /// `VersionTooOld` or `VersionTooNew`.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
     /// The server refused the request; `retryable` says whether the same
     /// request may succeed later.
     #[error("refused ({code:?}): {message}")]
@@ -56,6 +67,7 @@ impl Error {
         let message = message.into();
         match code {
             ErrorCode::BadToken | ErrorCode::TokenExpired => Error::Auth { code, message },
+            ErrorCode::VersionTooOld | ErrorCode::VersionTooNew => Error::Version { code, message },
             code => Error::Rejected {
                 code,
                 retryable: code.is_retryable(),
@@ -74,6 +86,7 @@ impl Error {
                 retryable, code, ..
             } => *retryable || *code == ErrorCode::NoError,
             Error::Auth { .. }
+            | Error::Version { .. }
             | Error::Tls(_)
             | Error::Config(_)
             | Error::Closed
@@ -121,6 +134,26 @@ impl From<qim_proto::io::SendError> for Error {
                 Error::from_connection(&c)
             }
             other => Error::Network(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_protocol_version_is_its_own_error_and_final() {
+        for code in [ErrorCode::VersionTooOld, ErrorCode::VersionTooNew] {
+            let e = Error::from_code(code, "x");
+            assert_eq!(
+                e,
+                Error::Version {
+                    code,
+                    message: "x".into()
+                }
+            );
+            assert!(!e.is_transient(), "reconnecting cannot fix {code:?}");
         }
     }
 }

@@ -237,6 +237,17 @@ impl Config {
         {
             return invalid("cluster.node_id must be 1-64 of [A-Za-z0-9._@-]");
         }
+        if self.quic.handshake_timeout_ms == 0 || self.quic.max_pending_handshakes == 0 {
+            return invalid(
+                "quic.handshake_timeout_ms and quic.max_pending_handshakes must be above 0",
+            );
+        }
+        if self.limits.chat_backlog_bytes == 0 {
+            return invalid("limits.chat_backlog_bytes must be above 0");
+        }
+        if self.admin.auth_failures_per_minute == 0 {
+            return invalid("admin.auth_failures_per_minute must be above 0");
+        }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");
         }
@@ -249,6 +260,7 @@ impl Config {
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.data_dir = data_dir.into();
         config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin.api_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.shutdown.drain_ms = 2_000;
         config
     }

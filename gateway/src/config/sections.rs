@@ -133,6 +133,11 @@ section! {
         max_body_bytes: u32 = 48 * 1024,
         /// Sends stored in one batch per chat stream; bounds the work one client can queue.
         max_inflight_sends: u32 = 512,
+        /// Bytes of Send frames one chat stream reads ahead of the store (the batch being stored
+        /// and those waiting, e.g. while the session is over sends_per_second); beyond it the
+        /// stream is not read, and QUIC flow control holds the client back. At most this plus
+        /// one frame per stream.
+        chat_backlog_bytes: u32 = 256 * 1024,
         /// Sends a session may make per second, sustained (0: unlimited). A faster sender is slowed
         /// down (its chat stream waits), which keeps its messages in order.
         sends_per_second: u32 = 500,
@@ -179,6 +184,18 @@ section! {
         /// Bytes of unreliable QUIC datagrams buffered per connection (0: datagrams off; qim does
         /// not use them).
         datagram_receive_buffer: usize = 0,
+        /// Milliseconds a QUIC handshake may take, from the client's first packet to its completion;
+        /// a slower (or stalled, or spoofed) handshake is dropped and counted in
+        /// qim_handshakes_timed_out_total.
+        handshake_timeout_ms: u64 = 5_000,
+        /// Handshakes in progress at once; beyond it new connection attempts are refused. Only a
+        /// completed handshake takes one of server.max_connections.
+        max_pending_handshakes: usize = 4_096,
+        /// Above this many handshakes in progress, a connection attempt from an address not yet
+        /// validated is answered with a QUIC Retry (address validation), so spoofed source
+        /// addresses cannot hold handshake slots; counted in qim_retries_sent_total. 0: always (as
+        /// validate_addresses).
+        retry_above_pending: usize = 256,
         /// Read the UDP socket on a thread of its own (quinn's endpoint driver), so datagrams are
         /// taken off the socket while every worker is busy instead of overflowing its buffer. On 2
         /// cores shared with the load generator it ended the socket's drops in a reconnect storm
@@ -188,10 +205,21 @@ section! {
 }
 
 section! {
-    /// Admin HTTP: health and Prometheus metrics.
+    /// Admin HTTP, on two listeners: an unauthenticated one for health, Prometheus metrics and the
+    /// route endpoint (keep it on a private network), and the authenticated admin API (/v1/...)
+    /// that listens only when keys_file is set. See docs/security.md, "Admin API and metrics".
     "admin" => Admin {
-        /// TCP address of the admin HTTP server.
+        /// TCP address of the health, metrics and route listener (no authentication).
         listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)),
+        /// TCP address of the admin API (/v1/...); it listens only when keys_file is set.
+        api_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9091)),
+        /// TOML file of admin API keys: [[key]] tables with id, secret_sha256 (hex SHA-256 of the
+        /// secret) or secret (at least 32 characters), and scopes ("read", "sessions"). Unset: the
+        /// admin API does not listen.
+        keys_file: Option<PathBuf> = None,
+        /// Failed admin API authentications allowed per remote IP address per minute (also the
+        /// burst); beyond it the address is answered 429 with Retry-After, whatever key it sends.
+        auth_failures_per_minute: u32 = 10,
     }
 }
 
@@ -278,6 +306,11 @@ section! {
         /// Optional public TCP address of a listener serving only the route endpoint (GET
         /// /route?user=ID); the admin listener serves it too.
         route_listen: Option<SocketAddr> = None,
+        /// Route endpoint requests (GET /route) one remote IP address may make per second, on
+        /// either listener; beyond it the answer is 429 with Retry-After. 0: unlimited.
+        route_requests_per_second: u32 = 20,
+        /// Route endpoint requests one remote IP address may make in a burst.
+        route_requests_burst: u32 = 50,
         /// Address of the route endpoint written to the registry ("host:port"); unset: route_listen
         /// (else admin.listen) with its bound port.
         route_advertise: Option<String> = None,

@@ -84,9 +84,35 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The secret of the test gateways' admin key with every scope.
+pub const ADMIN_SECRET: &str = "qim-test-admin-key-all-scopes-0123456789";
+/// The secret of the test gateways' admin key with scope `read` only.
+pub const READ_SECRET: &str = "qim-test-admin-key-read-only-0123456789ab";
+
+/// Writes an admin keys file into `dir` with two keys: "ops"
+/// ([`ADMIN_SECRET`], every scope) and "dashboard" ([`READ_SECRET`],
+/// `read`); returns its path.
+pub fn write_admin_keys(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("admin-keys.toml");
+    std::fs::create_dir_all(dir).expect("keys dir");
+    std::fs::write(
+        &path,
+        format!(
+            "[[key]]\nid = \"ops\"\nsecret = \"{ADMIN_SECRET}\"\nscopes = [\"read\", \"sessions\"]\n\n\
+             [[key]]\nid = \"dashboard\"\nsecret = \"{READ_SECRET}\"\nscopes = [\"read\"]\n"
+        ),
+    )
+    .expect("write admin keys");
+    path
+}
+
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The health, metrics and route listener (no authentication).
     pub admin: SocketAddr,
+    /// The admin API, when the test config keeps `admin.keys_file`
+    /// ([`write_admin_keys`]'s keys, by default).
+    pub api: Option<SocketAddr>,
     pub ca_pem: Vec<u8>,
     pub key: TokenKey,
     pub config: Config,
@@ -169,8 +195,27 @@ impl TestGateway {
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::for_tests(dir.path());
+        config.admin.keys_file = Some(write_admin_keys(dir.path()));
         adjust(&mut config);
         Self::start_in(dir, config).await
+    }
+
+    /// A gateway on the stores `stores` makes (from the test config), e.g.
+    /// the embedded store behind a wrapper that fails on purpose.
+    pub async fn start_with_stores(
+        adjust: impl FnOnce(&mut Config),
+        stores: impl FnOnce(&Config) -> qim_gateway::Stores,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_tests(dir.path());
+        config.admin.keys_file = Some(write_admin_keys(dir.path()));
+        adjust(&mut config);
+        config.validate().expect("test config is valid");
+        let stores = stores(&config);
+        let gateway = qim_gateway::Gateway::bind_with_stores(config.clone(), stores)
+            .await
+            .expect("bind");
+        Self::run_bound(dir, config, gateway)
     }
 
     async fn start_in(dir: tempfile::TempDir, config: Config) -> Self {
@@ -178,12 +223,17 @@ impl TestGateway {
         let gateway = qim_gateway::Gateway::bind(config.clone())
             .await
             .expect("bind");
+        Self::run_bound(dir, config, gateway)
+    }
+
+    fn run_bound(dir: tempfile::TempDir, config: Config, gateway: qim_gateway::Gateway) -> Self {
         let info = gateway.info().clone();
         let ca_pem = std::fs::read(info.dev_ca.as_ref().expect("dev CA")).expect("read CA");
         let key = gateway.token_key();
         TestGateway {
             addr: info.quic_addr,
             admin: info.admin_addr,
+            api: info.api_addr,
             ca_pem,
             key,
             config,
@@ -231,9 +281,16 @@ impl TestGateway {
         self.running.stop().await;
     }
 
-    /// GET a path on the admin port: (status, body).
+    /// GET a path on the health and metrics listener: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path).await
+    }
+
+    /// GET a path of the admin API with the every-scope key: (status, body).
+    pub async fn api_get(&self, path: &str) -> (u16, String) {
+        let api = self.api.expect("the admin API listens");
+        let response = http_request(api, "GET", path, Some(ADMIN_SECRET)).await;
+        (response.status, response.body)
     }
 
     /// A counter's value from /metrics (0 when absent).
@@ -337,6 +394,33 @@ pub fn text(m: &qim_sdk::IncomingMessage) -> String {
     String::from_utf8_lossy(&m.body).into_owned()
 }
 
+/// The QUIC client settings of a raw client: TLS 1.3 trusting `ca_pem`,
+/// ALPN `qim/1`, no idle timeout of its own.
+pub fn quic_client_config(ca_pem: &[u8]) -> quinn::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(qim_proto::tls::crypto_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    // The server's idle timeout governs, as for the SDK (which asks for
+    // more): a raw client that stays silent for a minute of simulated
+    // time meets the gateway's heartbeat deadline, not quinn's default.
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(None);
+    config.transport_config(Arc::new(transport));
+    config
+}
+
 /// A client that speaks the wire protocol by hand.
 pub struct Raw {
     pub conn: quinn::Connection,
@@ -390,28 +474,7 @@ impl Raw {
         addr: SocketAddr,
         ca_pem: &[u8],
     ) -> Raw {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject as _;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            roots.add(cert.expect("pem")).expect("root");
-        }
-        let provider = Arc::new(qim_proto::tls::crypto_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("tls13")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        // The server's idle timeout governs, as for the SDK (which asks for
-        // more): a raw client that stays silent for a minute of simulated
-        // time meets the gateway's heartbeat deadline, not quinn's default.
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_idle_timeout(None);
-        config.transport_config(Arc::new(transport));
-        endpoint.set_default_client_config(config);
+        endpoint.set_default_client_config(quic_client_config(ca_pem));
         let conn = endpoint
             .connect(addr, "localhost")
             .expect("connect")
@@ -561,24 +624,74 @@ pub async fn join_in_order<F: std::future::Future + Unpin>(mut futures: Vec<F>) 
 
 /// GET `path` on an HTTP address (admin or route endpoint): (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let response = http_request(addr, "GET", path, None).await;
+    (response.status, response.body)
+}
+
+/// An HTTP answer as a test reads it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The header lines, lower-cased names: `name: value`.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// `method path` on an HTTP address, with `Authorization: Bearer <key>`
+/// when `key` is given, from 127.0.0.1.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+) -> HttpResponse {
+    http_request_from([127, 0, 0, 1].into(), addr, method, path, key).await
+}
+
+/// [`http_request`] from the local address `from` (any of 127.0.0.0/8 on
+/// loopback), so a test can be two remote addresses.
+pub async fn http_request_from(
+    from: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+) -> HttpResponse {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("http connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let socket = tokio::net::TcpSocket::new_v4().expect("tcp socket");
+    socket
+        .bind(std::net::SocketAddr::new(from, 0))
+        .expect("bind the client address");
+    let mut stream = socket.connect(addr).await.expect("http connect");
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
-    let status = response
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
+        .unwrap_or((response.clone(), String::new()));
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    HttpResponse { status, head, body }
 }
 
 /// Polls `check` until it yields a value, with a backoff from 10 ms to
