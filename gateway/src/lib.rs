@@ -13,6 +13,10 @@
 //!   permit.
 //! - `session`: one connection: login on the control stream, then the
 //!   heartbeat, chat, ack and rpc streams, each in its own task.
+//! - `chat`: a session's chat streams (sends read under the send rate and
+//!   a byte bound, stored in batches) and its ack stream.
+//! - `fault`: why a session or a stream ends: a code and a fixed text for
+//!   the client, the detail for the log.
 //! - `rpc`: the dispatch of one rpc request to the feature it names.
 //!
 //! The features, leaves that import only the ground floor and storage:
@@ -69,6 +73,7 @@
 
 pub mod admin;
 pub mod auth;
+mod chat;
 pub mod cluster;
 pub mod config;
 mod contacts;
@@ -77,6 +82,7 @@ mod ctx;
 mod deadline;
 pub mod delivery;
 mod fanout;
+mod fault;
 mod groups;
 mod handshake;
 pub mod limit;

@@ -63,7 +63,12 @@ impl From<StoreError> for Refusal {
     /// to the log only.
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Invalid(message) => Refusal::invalid(message),
+            // The store's text may name its internals (a key, a keyspace,
+            // a Redis client error): logged, not sent.
+            StoreError::Invalid(detail) => {
+                tracing::debug!(%detail, "store refused the input");
+                Refusal::invalid("the store refused this input")
+            }
             e if e.is_retryable() => {
                 warn!(error = %e, "store unavailable; request refused as retryable");
                 Refusal::new(
@@ -195,5 +200,8 @@ mod tests {
         assert!(!r.message.contains("10.0.0.7"));
         let r = Refusal::from(OpError::NotAMember);
         assert_eq!(r.code, ErrorCode::NotAMember);
+        let r = Refusal::from(StoreError::Invalid("keyspace qim_prod: no table".into()));
+        assert_eq!(r.code, ErrorCode::InvalidArgument);
+        assert!(!r.message.contains("qim_prod"), "{}", r.message);
     }
 }

@@ -6,13 +6,12 @@
 //! heartbeat deadline, and ends the session on a kick, a protocol fault, a
 //! missed heartbeat or the drain deadline, always with a typed close code.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use qim_proto::io::{FramedRecv, FramedSend, RecvError, read_preamble};
+use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, client_control};
 use tokio::sync::mpsc;
@@ -24,96 +23,12 @@ use crate::auth::unix_now;
 use crate::ctx::Ctx;
 use crate::deadline::sleep_until_opt;
 use crate::delivery::Delivery;
+use crate::fault::{Fault, StreamEnd, fixed_text};
 use crate::limit::Bucket;
 use crate::mutex::lock;
-use crate::post::{Sender, post_sends};
 use crate::presence;
 use crate::push;
 use crate::rpc::{Caller, dispatch};
-
-/// Why a connection is closed by the server: a code and a fixed text for
-/// the client, and a reason for the log.
-///
-/// The client sees `code` and `message` only (in the close frame or the
-/// login Refusal); an error's own text (a store's, quinn's, a decoder's)
-/// goes to `reason`, which is logged and never sent.
-#[derive(Debug)]
-pub(crate) struct Fault {
-    pub(crate) code: ErrorCode,
-    /// What the client is told: always a fixed text.
-    pub(crate) message: &'static str,
-    /// What the log says.
-    pub(crate) reason: String,
-}
-
-impl Fault {
-    fn new(code: ErrorCode, message: &'static str) -> Self {
-        Self {
-            code,
-            message,
-            reason: message.to_owned(),
-        }
-    }
-
-    /// A fault whose detail (an error's text, a value the client sent) is
-    /// for the log only.
-    fn detailed(code: ErrorCode, message: &'static str, detail: impl std::fmt::Display) -> Self {
-        Self {
-            code,
-            message,
-            reason: format!("{message}: {detail}"),
-        }
-    }
-
-    /// The connection is gone or the client left: the session ends
-    /// without blame (`NO_ERROR`).
-    fn gone(reason: impl Into<String>) -> Self {
-        Self {
-            code: ErrorCode::NoError,
-            message: "session ended",
-            reason: reason.into(),
-        }
-    }
-
-    /// A read failure: the peer's fault has a code; a lost transport ends the
-    /// session quietly (`None`).
-    fn from_recv(e: RecvError) -> Option<Self> {
-        e.code()
-            .map(|code| Fault::detailed(code, fixed_text(code), e))
-    }
-}
-
-/// The text a client is told with `code` where no more specific fixed text
-/// was written.
-fn fixed_text(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadToken => "the token was refused",
-        ErrorCode::TokenExpired => "the token expired",
-        ErrorCode::VersionTooOld => "this protocol version is too old; update the client",
-        ErrorCode::VersionTooNew => "this protocol version is newer than the server's",
-        ErrorCode::BadPreamble => "a stream did not start with a qim preamble",
-        ErrorCode::UnknownStreamKind => "a stream of an unknown kind",
-        ErrorCode::FrameTooLarge => "a frame above limits.max_frame_bytes",
-        ErrorCode::MalformedFrame => "a frame that does not decode",
-        other => other.as_str_name(),
-    }
-}
-
-/// How a stream task ended.
-enum StreamEnd {
-    /// The stream is done; the session goes on.
-    Done,
-    /// The client said Bye on the control stream.
-    Bye,
-    /// The session must end with this fault.
-    Fault(Fault),
-}
-
-impl From<Option<Fault>> for StreamEnd {
-    fn from(f: Option<Fault>) -> Self {
-        f.map_or(StreamEnd::Done, StreamEnd::Fault)
-    }
-}
 
 /// What a logged-in session knows about itself.
 pub(crate) struct Session {
@@ -444,7 +359,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
         // pointers instead of 32 acks per channel and session).
         let (acks_tx, acks_rx) = mpsc::channel(64);
         let (server_acks_tx, server_acks_rx) = mpsc::channel(1024);
-        tasks.spawn(write_server_acks(ack_stream, server_acks_rx));
+        tasks.spawn(crate::chat::write_server_acks(ack_stream, server_acks_rx));
         let delivery = Delivery {
             ctx: Arc::clone(ctx),
             feed: Arc::clone(&feed),
@@ -593,32 +508,6 @@ async fn read_control(mut control: FramedRecv) -> StreamEnd {
     }
 }
 
-/// Writes SendAck/SendNack frames from every chat stream of the session,
-/// batching what is waiting into one write.
-async fn write_server_acks(
-    mut stream: FramedSend,
-    mut rx: mpsc::Receiver<Box<v1::ServerAck>>,
-) -> StreamEnd {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(ack) = next {
-            if let Err(e) = stream.queue(&*ack) {
-                return StreamEnd::Fault(Fault::detailed(
-                    ErrorCode::Internal,
-                    "the server failed",
-                    format_args!("encoding an ack: {e}"),
-                ));
-            }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = stream.flush().await {
-            // Without an ack stream the session cannot work: end it.
-            return StreamEnd::Fault(Fault::gone(format!("ack stream: {e}")));
-        }
-    }
-    StreamEnd::Done
-}
-
 /// What each stream task of a session needs.
 #[derive(Clone)]
 struct Streams {
@@ -667,7 +556,16 @@ impl Streams {
         };
         let recv = FramedRecv::new(recv, self.max_frame());
         match kind {
-            StreamKind::Chat => self.chat(recv).await,
+            StreamKind::Chat => {
+                let stream = crate::chat::ChatStream {
+                    ctx: &self.ctx,
+                    user: &self.session.user,
+                    device: &self.session.device,
+                    sends: &self.session.sends,
+                    acks: &self.server_acks,
+                };
+                stream.serve(recv).await
+            }
             StreamKind::Ack => self.delivery_acks(recv).await,
             other => StreamEnd::Fault(Fault::detailed(
                 ErrorCode::ProtocolViolation,
@@ -725,67 +623,6 @@ impl Streams {
         }
     }
 
-    async fn chat(self, mut recv: FramedRecv) -> StreamEnd {
-        let max_batch = self.ctx.config.limits.max_inflight_sends as usize;
-        let max_bytes = self.ctx.config.limits.chat_backlog_bytes as usize;
-        // Sends read but not yet stored, in order; at most `max_batch` of
-        // them and `max_bytes` (plus one frame) of them.
-        let mut backlog = Backlog::new(self.ctx.metrics.chat_backlog_bytes.clone());
-        let mut throttled = false;
-        loop {
-            if backlog.sends.is_empty() {
-                match recv.next::<v1::Send>().await {
-                    Ok(Some(send)) => backlog.push(send),
-                    Ok(None) => return StreamEnd::Done,
-                    Err(e) => return Fault::from_recv(e).into(),
-                }
-            }
-            let arrived = Instant::now();
-            // Beyond the bounds the stream is not read: QUIC flow control
-            // then holds the client back.
-            while backlog.sends.len() < max_batch && backlog.bytes < max_bytes {
-                match recv.try_next::<v1::Send>() {
-                    Ok(Some(send)) => backlog.push(send),
-                    Ok(None) => break,
-                    Err(e) => return Fault::from_recv(e).into(),
-                }
-            }
-            // Over the send rate, wait instead of refusing: refusals would
-            // be retried after later sends and break the sender's order.
-            // While this stream waits, QUIC flow control holds the client.
-            let allowed = lock(&self.session.sends).take_up_to(backlog.sends.len(), Instant::now());
-            if allowed == 0 {
-                if !throttled {
-                    warn!(user = %self.session.user, device = %self.session.device, "sending faster than limits.sends_per_second; slowing the chat stream");
-                    throttled = true;
-                }
-                self.ctx.metrics.sends_throttled.inc();
-                let wait = lock(&self.session.sends).wait(Instant::now());
-                tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
-                continue;
-            }
-            throttled = false;
-            let (sends, bytes) = backlog.take(allowed);
-            // Boxed so an idle chat stream does not carry the store's
-            // future (one allocation per batch, not per message).
-            let sender = Sender {
-                user: &self.session.user,
-                device: &self.session.device,
-            };
-            let acks = Box::pin(post_sends(&self.ctx, &sender, sends)).await;
-            backlog.stored(bytes);
-            for ack in acks {
-                if self.server_acks.send(Box::new(ack)).await.is_err() {
-                    return StreamEnd::Done;
-                }
-            }
-            self.ctx
-                .metrics
-                .ack_latency
-                .observe(arrived.elapsed().as_secs_f64());
-        }
-    }
-
     async fn rpc(self, mut send: FramedSend, mut recv: FramedRecv) -> StreamEnd {
         let request = match recv.next::<v1::RpcRequest>().await {
             Ok(Some(request)) => request,
@@ -809,52 +646,5 @@ impl Streams {
             send.finish();
         }
         StreamEnd::Done
-    }
-}
-
-/// The sends a chat stream read and has not stored yet, with their size,
-/// which `qim_chat_backlog_bytes` adds up over all streams.
-struct Backlog {
-    sends: VecDeque<v1::Send>,
-    /// Encoded bytes of the sends waiting and of the batch being stored.
-    bytes: usize,
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl Backlog {
-    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
-        Self {
-            sends: VecDeque::new(),
-            bytes: 0,
-            gauge,
-        }
-    }
-
-    fn push(&mut self, send: v1::Send) {
-        let size = prost::Message::encoded_len(&send);
-        self.bytes += size;
-        self.gauge.inc_by(i64::try_from(size).unwrap_or(i64::MAX));
-        self.sends.push_back(send);
-    }
-
-    /// The first `n` sends, to store, and their size (still counted until
-    /// [`stored`](Backlog::stored)).
-    fn take(&mut self, n: usize) -> (Vec<v1::Send>, usize) {
-        let sends: Vec<v1::Send> = self.sends.drain(..n).collect();
-        let bytes = sends.iter().map(prost::Message::encoded_len).sum();
-        (sends, bytes)
-    }
-
-    /// `bytes` taken earlier are stored (or refused): no longer held.
-    fn stored(&mut self, bytes: usize) {
-        self.bytes -= bytes;
-        self.gauge.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-}
-
-impl Drop for Backlog {
-    fn drop(&mut self) {
-        self.gauge
-            .dec_by(i64::try_from(self.bytes).unwrap_or(i64::MAX));
     }
 }

@@ -142,7 +142,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
             .and_then(|f| f.strip_prefix("admin="))
             .unwrap_or("?");
         println!(
-            "  node-{i}: QUIC {quic}   admin/route http://{admin}   (GET /route?user=alice, /nodes)"
+            "  node-{i}: QUIC {quic}   health/metrics/route http://{admin}   (GET /route?user=alice, /metrics)"
         );
     }
     println!();
