@@ -125,7 +125,8 @@ pub fn api_app(state: AdminState) -> Router {
         .route("/v1/nodes", get(api::nodes))
         .route("/v1/presence", get(api::presence))
         .route_layer(scoped(Scope::Read));
-    // Routes that act on users' sessions and tokens.
+    // Routes that act on users' sessions and tokens (kick, token
+    // revocation): each needs scope "sessions".
     let sessions = Router::new()
         .route("/v1/users/{user}/kick", post(api::kick))
         .route_layer(scoped(Scope::Sessions));
