@@ -120,7 +120,10 @@ pub use config::{ClientConfig, Platform, SocketSource};
 pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
 pub use events::{ClientEvent, EVENT_BUFFER, Events, OutboxStatus};
-pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
+pub use groups::{
+    GroupAdds, GroupChange, GroupInfo, GroupInvitation, GroupList, GroupMember, GroupOutcome,
+    GroupRole, JoinPolicy, NewGroup,
+};
 pub use im::{Conversation, ConversationPage};
 pub use message::{
     Event, HistoryAnchor, HistoryPage, IncomingMessage, MessageExtras, OutgoingMessage, Peer,
