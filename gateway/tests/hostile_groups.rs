@@ -48,6 +48,22 @@ fn settings(policy: Option<JoinPolicy>, max: Option<u32>) -> GroupChange {
     }
 }
 
+/// `owner` sets the group's join policy.
+async fn set_policy(owner: &Client, group: &str, policy: JoinPolicy) {
+    owner
+        .change_group(group.to_owned(), settings(Some(policy), None))
+        .await
+        .expect("set the join policy");
+}
+
+/// `client` joins an open group.
+async fn join(client: &Client, group: &str) {
+    client
+        .change_group(group.to_owned(), GroupChange::Join)
+        .await
+        .expect("join an open group");
+}
+
 /// The next inbox entry of `client`, which must be an event.
 async fn next_event(client: &Client) -> Event {
     let entry = take(client, 1).await.remove(0);
@@ -105,22 +121,13 @@ async fn invite_only_and_rejoins_are_refused(backend: Backend) {
 
     // Open for a moment: mallory joins, is removed, and the group is
     // invite-only again: no rejoin.
-    owner
-        .change_group(g.clone(), settings(Some(JoinPolicy::Open), None))
-        .await
-        .expect("open");
-    mallory
-        .change_group(g.clone(), GroupChange::Join)
-        .await
-        .expect("join an open group");
+    set_policy(&owner, &g, JoinPolicy::Open).await;
+    join(&mallory, &g).await;
     owner
         .change_group(g.clone(), GroupChange::Remove(vec![mallory_id.clone()]))
         .await
         .expect("remove");
-    owner
-        .change_group(g.clone(), settings(Some(JoinPolicy::InviteOnly), None))
-        .await
-        .expect("invite-only");
+    set_policy(&owner, &g, JoinPolicy::InviteOnly).await;
     assert_eq!(
         code(mallory.change_group(g.clone(), GroupChange::Join).await),
         ErrorCode::InviteOnly
@@ -128,14 +135,8 @@ async fn invite_only_and_rejoins_are_refused(backend: Backend) {
 
     // Banned from an open group: removed at once, stops receiving, and
     // cannot join, ask, be added or invited until unbanned.
-    owner
-        .change_group(g.clone(), settings(Some(JoinPolicy::Open), None))
-        .await
-        .expect("open");
-    mallory
-        .change_group(g.clone(), GroupChange::Join)
-        .await
-        .expect("join");
+    set_policy(&owner, &g, JoinPolicy::Open).await;
+    join(&mallory, &g).await;
     owner
         .change_group(g.clone(), GroupChange::Ban(vec![mallory_id.clone()]))
         .await
@@ -159,10 +160,7 @@ async fn invite_only_and_rejoins_are_refused(backend: Backend) {
         ),
         ErrorCode::Banned
     );
-    owner
-        .change_group(g.clone(), settings(Some(JoinPolicy::Approval), None))
-        .await
-        .expect("approval");
+    set_policy(&owner, &g, JoinPolicy::Approval).await;
     assert_eq!(
         code(mallory.change_group(g.clone(), GroupChange::Join).await),
         ErrorCode::Banned
@@ -218,10 +216,7 @@ async fn the_member_limit_holds_on_every_path(backend: Backend) {
         ErrorCode::GroupFull,
         "invite"
     );
-    owner
-        .change_group(g.clone(), settings(Some(JoinPolicy::Open), None))
-        .await
-        .expect("open");
+    set_policy(&owner, &g, JoinPolicy::Open).await;
     assert_eq!(
         code(c.change_group(g.clone(), GroupChange::Join).await),
         ErrorCode::GroupFull,
@@ -234,11 +229,7 @@ async fn the_member_limit_holds_on_every_path(backend: Backend) {
         .expect("accept");
     assert_eq!(accepted.group.member_count, 3);
     assert_eq!(
-        code(
-            owner
-                .change_group(g.clone(), settings(None, Some(2)))
-                .await
-        ),
+        code(owner.change_group(g.clone(), settings(None, Some(2))).await),
         ErrorCode::InvalidArgument,
         "never below the members it has"
     );
@@ -258,7 +249,10 @@ async fn the_member_limit_holds_on_every_path(backend: Backend) {
     assert_eq!(
         code(
             owner
-                .change_group(g.clone(), GroupChange::Approve(vec![c_id.clone(), d_id.clone()]))
+                .change_group(
+                    g.clone(),
+                    GroupChange::Approve(vec![c_id.clone(), d_id.clone()])
+                )
                 .await
         ),
         ErrorCode::GroupFull,
@@ -331,9 +325,16 @@ async fn a_private_group_shows_nothing_to_outsiders(backend: Backend) {
 
     // Info, members and the log: the same NOT_FOUND as a missing group.
     for group in [g.clone(), unique("missing")] {
-        assert_eq!(code(mallory.group_info(group.clone()).await), ErrorCode::NotFound);
         assert_eq!(
-            code(mallory.group_members(group.clone(), String::new(), 10).await),
+            code(mallory.group_info(group.clone()).await),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(
+                mallory
+                    .group_members(group.clone(), String::new(), 10)
+                    .await
+            ),
             ErrorCode::NotFound
         );
     }
@@ -425,7 +426,10 @@ async fn blocks_and_consent_keep_users_out_of_groups(backend: Backend) {
         .request_friend(nora_id.clone(), "hi".into())
         .await
         .expect("request");
-    assert!(matches!(next_event(&nora).await, Event::FriendRequest { .. }));
+    assert!(matches!(
+        next_event(&nora).await,
+        Event::FriendRequest { .. }
+    ));
     nora.accept_friend(friend_id.clone()).await.expect("accept");
     let made = friend
         .create_group_with(NewGroup {
@@ -551,7 +555,9 @@ async fn a_member_does_no_admin_work(backend: Backend) {
         .expect("ask");
     assert!(asked.requested);
     match next_event(&owner).await {
-        Event::JoinRequest { group, user, .. } => assert_eq!((group, user), (g.clone(), eve_id.clone())),
+        Event::JoinRequest { group, user, .. } => {
+            assert_eq!((group, user), (g.clone(), eve_id.clone()))
+        }
         other => panic!("expected a join request, got {other:?}"),
     }
     for attack in [
@@ -574,7 +580,10 @@ async fn a_member_does_no_admin_work(backend: Backend) {
         );
     }
     assert_eq!(
-        code(eve.change_group(g.clone(), GroupChange::Approve(vec![eve_id.clone()])).await),
+        code(
+            eve.change_group(g.clone(), GroupChange::Approve(vec![eve_id.clone()]))
+                .await
+        ),
         ErrorCode::NotAMember,
         "nor does the asker approve itself"
     );

@@ -80,14 +80,22 @@ pub async fn groups_admit_by_policy_and_approval(backend: &dyn ImBackend) {
         unique("x"),
         unique("y"),
     );
-    apply(&s, &g, &owner, create(&[&m], &[], v1::JoinPolicy::InviteOnly, 0))
-        .await
-        .expect("create");
+    apply(
+        &s,
+        &g,
+        &owner,
+        create(&[&m], &[], v1::JoinPolicy::InviteOnly, 0),
+    )
+    .await
+    .expect("create");
     let refused = apply(&s, &g, &x, GroupOp::Join).await;
     assert!(matches!(refused, Err(OpError::InviteOnly)), "{refused:?}");
     assert!(!is_member(&s, &g, &x).await);
     let refused = apply(&s, &g, &m, policy(v1::JoinPolicy::Open)).await;
-    assert!(matches!(refused, Err(OpError::NotAllowed)), "a member sets no policy");
+    assert!(
+        matches!(refused, Err(OpError::NotAllowed)),
+        "a member sets no policy"
+    );
 
     apply(&s, &g, &owner, policy(v1::JoinPolicy::Open))
         .await
@@ -109,7 +117,10 @@ pub async fn groups_admit_by_policy_and_approval(backend: &dyn ImBackend) {
     ));
     assert_eq!(listed(&s, &g, List::Requested).await, [y.clone()]);
     let refused = apply(&s, &g, &m, GroupOp::Approve(users(&[&y]))).await;
-    assert!(matches!(refused, Err(OpError::NotAllowed)), "members do not approve");
+    assert!(
+        matches!(refused, Err(OpError::NotAllowed)),
+        "members do not approve"
+    );
     let approved = apply(&s, &g, &owner, GroupOp::Approve(users(&[&y])))
         .await
         .expect("approve");
@@ -134,11 +145,19 @@ pub async fn groups_admit_by_policy_and_approval(backend: &dyn ImBackend) {
 pub async fn groups_bans_survive_leave_and_block_every_path(backend: &dyn ImBackend) {
     let s = backend.open_im().await;
     let (g, owner, m, v) = (unique("g"), unique("o"), unique("m"), unique("v"));
-    apply(&s, &g, &owner, create(&[&m], &[&v], v1::JoinPolicy::Open, 0))
-        .await
-        .expect("create");
+    apply(
+        &s,
+        &g,
+        &owner,
+        create(&[&m], &[&v], v1::JoinPolicy::Open, 0),
+    )
+    .await
+    .expect("create");
     let refused = apply(&s, &g, &m, GroupOp::Ban(users(&[&owner]))).await;
-    assert!(matches!(refused, Err(OpError::NotAllowed)), "members do not ban");
+    assert!(
+        matches!(refused, Err(OpError::NotAllowed)),
+        "members do not ban"
+    );
     let banned = apply(&s, &g, &owner, GroupOp::Ban(users(&[&m, &v])))
         .await
         .expect("ban");
@@ -153,7 +172,10 @@ pub async fn groups_bans_survive_leave_and_block_every_path(backend: &dyn ImBack
         add: users(&[&m]),
         invite: Vec::new(),
     };
-    assert!(matches!(apply(&s, &g, &owner, add).await, Err(OpError::Banned)));
+    assert!(matches!(
+        apply(&s, &g, &owner, add).await,
+        Err(OpError::Banned)
+    ));
     let invite = GroupOp::Invite {
         add: Vec::new(),
         invite: users(&[&m]),
@@ -195,12 +217,26 @@ pub async fn groups_limit_members_and_invitations_on_every_path(backend: &dyn Im
         matches!(refused, Err(OpError::Store(StoreError::Invalid(_)))),
         "above the server's limit"
     );
-    let refused = apply(&s, &g, &owner, create(&[&a, &b, &c], &[], v1::JoinPolicy::Open, 3)).await;
+    let refused = apply(
+        &s,
+        &g,
+        &owner,
+        create(&[&a, &b, &c], &[], v1::JoinPolicy::Open, 3),
+    )
+    .await;
     assert!(matches!(refused, Err(OpError::GroupFull)), "{refused:?}");
-    let made = apply(&s, &g, &owner, create(&[&a], &[&b], v1::JoinPolicy::Open, 3))
-        .await
-        .expect("create");
-    assert_eq!((made.info.member_count, made.invited.clone()), (2, vec![b.clone()]));
+    let made = apply(
+        &s,
+        &g,
+        &owner,
+        create(&[&a], &[&b], v1::JoinPolicy::Open, 3),
+    )
+    .await
+    .expect("create");
+    assert_eq!(
+        (made.info.member_count, made.invited.clone()),
+        (2, vec![b.clone()])
+    );
     for op in [
         GroupOp::Invite {
             add: users(&[&c]),
@@ -221,16 +257,24 @@ pub async fn groups_limit_members_and_invitations_on_every_path(backend: &dyn Im
         .expect("an invitation holds its place");
     assert_eq!(accepted.info.member_count, 3);
     let refused = apply(&s, &g, &owner, max_members(2)).await;
-    assert!(matches!(refused, Err(OpError::Store(StoreError::Invalid(_)))));
+    assert!(matches!(
+        refused,
+        Err(OpError::Store(StoreError::Invalid(_)))
+    ));
 
-    apply(&s, &g, &owner, max_members(0)).await.expect("the server's");
+    apply(&s, &g, &owner, max_members(0))
+        .await
+        .expect("the server's");
     apply(&s, &g, &owner, policy(v1::JoinPolicy::Approval))
         .await
         .expect("approval");
     apply(&s, &g, &c, GroupOp::Join).await.expect("ask");
     apply(&s, &g, &d, GroupOp::Join).await.expect("ask");
     let refused = apply(&s, &g, &e, GroupOp::Join).await;
-    assert!(matches!(refused, Err(OpError::QuotaExceeded)), "requests are bounded");
+    assert!(
+        matches!(refused, Err(OpError::QuotaExceeded)),
+        "requests are bounded"
+    );
     apply(&s, &g, &owner, max_members(4)).await.expect("lower");
     let refused = apply(&s, &g, &owner, GroupOp::Approve(users(&[&c, &d]))).await;
     assert!(matches!(refused, Err(OpError::GroupFull)), "{refused:?}");
@@ -251,9 +295,14 @@ pub async fn groups_invitations_are_accepted_declined_and_bounded(backend: &dyn 
         unique("o"),
         unique("v"),
     );
-    let made = apply(&s, &g1, &owner, create(&[], &[&v], v1::JoinPolicy::InviteOnly, 0))
-        .await
-        .expect("create");
+    let made = apply(
+        &s,
+        &g1,
+        &owner,
+        create(&[], &[&v], v1::JoinPolicy::InviteOnly, 0),
+    )
+    .await
+    .expect("create");
     assert_eq!(made.invited, [v.clone()]);
     assert_eq!(made.events.len(), 1);
     assert_eq!(made.events[0].inbox, v, "the invitee is told");
@@ -261,11 +310,25 @@ pub async fn groups_invitations_are_accepted_declined_and_bounded(backend: &dyn 
     assert_eq!(listed(&s, &g1, List::Invited).await, [v.clone()]);
     let mine = s.groups.invitations(&v).await.expect("invitations");
     assert_eq!((mine.len(), mine[0].by.clone()), (1, owner.clone()));
-    apply(&s, &g2, &owner, create(&[], &[&v], v1::JoinPolicy::InviteOnly, 0))
-        .await
-        .expect("second");
-    let refused = apply(&s, &g3, &owner, create(&[], &[&v], v1::JoinPolicy::InviteOnly, 0)).await;
-    assert!(matches!(refused, Err(OpError::QuotaExceeded)), "{refused:?}");
+    apply(
+        &s,
+        &g2,
+        &owner,
+        create(&[], &[&v], v1::JoinPolicy::InviteOnly, 0),
+    )
+    .await
+    .expect("second");
+    let refused = apply(
+        &s,
+        &g3,
+        &owner,
+        create(&[], &[&v], v1::JoinPolicy::InviteOnly, 0),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(OpError::QuotaExceeded)),
+        "{refused:?}"
+    );
 
     apply(&s, &g1, &v, GroupOp::DeclineInvitation)
         .await
@@ -273,7 +336,10 @@ pub async fn groups_invitations_are_accepted_declined_and_bounded(backend: &dyn 
     let again = apply(&s, &g1, &v, GroupOp::DeclineInvitation).await;
     assert!(matches!(again, Err(OpError::NotFound)));
     let refused = apply(&s, &g1, &v, GroupOp::AcceptInvitation).await;
-    assert!(matches!(refused, Err(OpError::NotFound)), "declined is gone");
+    assert!(
+        matches!(refused, Err(OpError::NotFound)),
+        "declined is gone"
+    );
     // A join with a pending invitation accepts it, in an invite-only group.
     let joined = apply(&s, &g2, &v, GroupOp::Join).await.expect("accept");
     assert_eq!(joined.added, [v.clone()]);
@@ -292,13 +358,24 @@ pub async fn groups_owned_are_limited(backend: &dyn ImBackend) {
             .expect("create");
     }
     let refused = apply(&s, &g3, &owner, create(&[], &[], v1::JoinPolicy::Open, 0)).await;
-    assert!(matches!(refused, Err(OpError::QuotaExceeded)), "{refused:?}");
-    apply(&s, &theirs, &other, create(&[&owner], &[], v1::JoinPolicy::Open, 0))
-        .await
-        .expect("theirs");
+    assert!(
+        matches!(refused, Err(OpError::QuotaExceeded)),
+        "{refused:?}"
+    );
+    apply(
+        &s,
+        &theirs,
+        &other,
+        create(&[&owner], &[], v1::JoinPolicy::Open, 0),
+    )
+    .await
+    .expect("theirs");
     let hand_over = GroupOp::SetRole(owner.clone(), v1::GroupRole::Owner);
     let refused = apply(&s, &theirs, &other, hand_over).await;
-    assert!(matches!(refused, Err(OpError::QuotaExceeded)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(OpError::QuotaExceeded)),
+        "{refused:?}"
+    );
     apply(&s, &g1, &owner, GroupOp::Dissolve)
         .await
         .expect("dissolve");

@@ -87,7 +87,11 @@ impl GroupStore for ClusterStore {
             .iter()
             .map(|user| {
                 Box::pin(async move {
-                    let n = self.cql.invitation_index(user, MAX_INVITATIONS).await?.len();
+                    let n = self
+                        .cql
+                        .invitation_index(user, MAX_INVITATIONS)
+                        .await?
+                        .len();
                     Ok((user.clone(), u32::try_from(n).unwrap_or(u32::MAX)))
                 }) as Pending<'_, _>
             })
@@ -159,14 +163,7 @@ impl GroupStore for ClusterStore {
                 })
                 .collect();
             bounded(uninvited).await?;
-            return Ok(GroupApplied {
-                info: change.info,
-                added: change.added,
-                removed: change.removed,
-                invited: change.invited,
-                requested: change.requested,
-                events,
-            });
+            return Ok(change.applied(events));
         }
         Err(OpError::Store(StoreError::Unavailable(format!(
             "group {group} changes too fast"

@@ -82,9 +82,8 @@ impl Cql {
 
     /// The group's members and lists.
     pub(crate) async fn roster(&self, group: &str) -> Result<Roster, StoreError> {
-        let rows: Vec<(String, Option<Vec<u8>>)> = self
-            .rows(&self.im.group_rows, (group, i32::MAX))
-            .await?;
+        let rows: Vec<(String, Option<Vec<u8>>)> =
+            self.rows(&self.im.group_rows, (group, i32::MAX)).await?;
         let mut roster = Roster::default();
         for (key, value) in rows {
             let Some(value) = value else { continue };

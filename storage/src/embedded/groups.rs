@@ -187,11 +187,7 @@ impl Writer {
         let mut pending = HashMap::new();
         for user in op.invitees() {
             check_key_part(user)?;
-            let count = self
-                .tables
-                .invitations
-                .prefix(prefixed(user, 0))
-                .count();
+            let count = self.tables.invitations.prefix(prefixed(user, 0)).count();
             pending.insert(user.clone(), u32::try_from(count).unwrap_or(u32::MAX));
         }
         let input = PlanInput {
@@ -212,22 +208,7 @@ impl Writer {
             }
         };
         self.commit_stage(stage)?;
-        let GroupChange {
-            info,
-            added,
-            removed,
-            invited,
-            requested,
-            ..
-        } = change;
-        Ok(GroupApplied {
-            info,
-            added,
-            removed,
-            invited,
-            requested,
-            events,
-        })
+        Ok(change.applied(events))
     }
 
     /// Stages the rows of a planned change and its events.
@@ -444,7 +425,12 @@ impl GroupStore for EmbeddedStore {
 
     async fn group_adds(&self, user: &str) -> Result<Option<v1::GroupAdds>, StoreError> {
         check_key_part(user)?;
-        match self.tables.settings.get(user.as_bytes()).map_err(unavailable)? {
+        match self
+            .tables
+            .settings
+            .get(user.as_bytes())
+            .map_err(unavailable)?
+        {
             Some(v) => {
                 let settings: v1::SettingsResponse = decode(&v)?;
                 Ok(Some(settings.group_adds()))

@@ -83,6 +83,20 @@ pub(crate) struct GroupChange {
     pub(crate) requested: bool,
 }
 
+impl GroupChange {
+    /// What the change did, with the events the backend appended.
+    pub(crate) fn applied(self, events: Vec<crate::StoredMessage>) -> super::GroupApplied {
+        super::GroupApplied {
+            info: self.info,
+            added: self.added,
+            removed: self.removed,
+            invited: self.invited,
+            requested: self.requested,
+            events,
+        }
+    }
+}
+
 /// The member limit of a group: its own, at most the server's (0: the
 /// server's).
 fn capacity(info: &v1::GroupInfo, limits: &GroupLimits) -> usize {
@@ -196,7 +210,9 @@ impl Planner<'_> {
         let fresh: Vec<String> = users
             .iter()
             .filter(|u| {
-                *u != self.by && !self.roster.members.contains_key(*u) && !self.roster.has(List::Invited, u)
+                *u != self.by
+                    && !self.roster.members.contains_key(*u)
+                    && !self.roster.has(List::Invited, u)
             })
             .cloned()
             .collect();
@@ -221,10 +237,7 @@ impl Planner<'_> {
     /// Adds `users` directly (refusing banned ones), after checking room
     /// for them and for `invited` more invitations.
     fn add_and_invite(&mut self, add: &[String], invite: &[String]) -> Result<(), OpError> {
-        let add: Vec<String> = sorted(add)
-            .into_iter()
-            .filter(|u| u != self.by)
-            .collect();
+        let add: Vec<String> = sorted(add).into_iter().filter(|u| u != self.by).collect();
         let invite: Vec<String> = sorted(invite)
             .into_iter()
             .filter(|u| !add.contains(u))
@@ -320,7 +333,8 @@ impl Planner<'_> {
                             return Ok(());
                         }
                         self.room(1)?;
-                        if self.roster.count(List::Requested) >= self.limits.join_requests as usize {
+                        if self.roster.count(List::Requested) >= self.limits.join_requests as usize
+                        {
                             return Err(OpError::QuotaExceeded);
                         }
                         let entry = self.entry();
@@ -473,9 +487,7 @@ impl Planner<'_> {
     /// A member `user` (if one) ranks below `by`.
     fn check_outranks(&self, user: &str) -> Result<(), OpError> {
         match self.roster.members.get(user) {
-            Some(target) if Some(rank(role(target))) >= self.by_rank() => {
-                Err(OpError::NotAllowed)
-            }
+            Some(target) if Some(rank(role(target))) >= self.by_rank() => Err(OpError::NotAllowed),
             _ => Ok(()),
         }
     }
