@@ -101,7 +101,7 @@ pub async fn groups_admit_by_policy_and_approval(backend: &dyn ImBackend) {
         .await
         .expect("open");
     let joined = apply(&s, &g, &x, GroupOp::Join).await.expect("join");
-    assert_eq!(joined.added, [x.clone()]);
+    assert_eq!(joined.added, [x.as_str()]);
 
     apply(&s, &g, &owner, policy(v1::JoinPolicy::Approval))
         .await
@@ -115,7 +115,7 @@ pub async fn groups_admit_by_policy_and_approval(backend: &dyn ImBackend) {
         asked.events[0].message.event.as_ref().and_then(|e| e.kind.as_ref()),
         Some(v1::inbox_event::Kind::JoinRequest(r)) if r.user == y
     ));
-    assert_eq!(listed(&s, &g, List::Requested).await, [y.clone()]);
+    assert_eq!(listed(&s, &g, List::Requested).await, [y.as_str()]);
     let refused = apply(&s, &g, &m, GroupOp::Approve(users(&[&y]))).await;
     assert!(
         matches!(refused, Err(OpError::NotAllowed)),
@@ -124,7 +124,7 @@ pub async fn groups_admit_by_policy_and_approval(backend: &dyn ImBackend) {
     let approved = apply(&s, &g, &owner, GroupOp::Approve(users(&[&y])))
         .await
         .expect("approve");
-    assert_eq!(approved.added, [y.clone()]);
+    assert_eq!(approved.added, [y.as_str()]);
     assert_eq!(approved.events[0].inbox, y, "the asker hears the answer");
     assert!(listed(&s, &g, List::Requested).await.is_empty());
 
@@ -161,7 +161,7 @@ pub async fn groups_bans_survive_leave_and_block_every_path(backend: &dyn ImBack
     let banned = apply(&s, &g, &owner, GroupOp::Ban(users(&[&m, &v])))
         .await
         .expect("ban");
-    assert_eq!(banned.removed, [m.clone()]);
+    assert_eq!(banned.removed, [m.as_str()]);
     assert!(!is_member(&s, &g, &m).await);
     assert_eq!(listed(&s, &g, List::Banned).await.len(), 2);
     let refused = apply(&s, &g, &m, GroupOp::Join).await;
@@ -303,11 +303,11 @@ pub async fn groups_invitations_are_accepted_declined_and_bounded(backend: &dyn 
     )
     .await
     .expect("create");
-    assert_eq!(made.invited, [v.clone()]);
+    assert_eq!(made.invited, [v.as_str()]);
     assert_eq!(made.events.len(), 1);
     assert_eq!(made.events[0].inbox, v, "the invitee is told");
     assert!(!is_member(&s, &g1, &v).await);
-    assert_eq!(listed(&s, &g1, List::Invited).await, [v.clone()]);
+    assert_eq!(listed(&s, &g1, List::Invited).await, [v.as_str()]);
     let mine = s.groups.invitations(&v).await.expect("invitations");
     assert_eq!((mine.len(), mine[0].by.clone()), (1, owner.clone()));
     apply(
@@ -342,7 +342,7 @@ pub async fn groups_invitations_are_accepted_declined_and_bounded(backend: &dyn 
     );
     // A join with a pending invitation accepts it, in an invite-only group.
     let joined = apply(&s, &g2, &v, GroupOp::Join).await.expect("accept");
-    assert_eq!(joined.added, [v.clone()]);
+    assert_eq!(joined.added, [v.as_str()]);
     assert!(s.groups.invitations(&v).await.expect("none").is_empty());
 }
 
