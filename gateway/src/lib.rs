@@ -22,7 +22,11 @@
 //! The features, leaves that import only the ground floor and storage:
 //! - `conversations`: the conversation list, read state, flags, recall,
 //!   edit, delete-for-me, history, read counts.
-//! - `groups`: group requests and pulls of read-diffusion group logs.
+//! - `groups` (`groups/`): group requests and pulls of read-diffusion group
+//!   logs; `consent.rs` decides who is added and who invited (the invitee's
+//!   `GroupAdds` setting, blocks) and answers `SettingsRequest`; `read.rs`
+//!   is what a user may read of a group (private groups answer `NOT_FOUND`
+//!   to non-members) and answers `InvitationsRequest`.
 //! - `contacts`: friend requests, friends, blocks.
 //! - `schedule`: scheduled sends: requests, and the task that posts them
 //!   when due (also after a restart).

@@ -96,9 +96,13 @@ impl From<OpError> for Refusal {
             OpError::NotAMember => ErrorCode::NotAMember,
             OpError::Muted => ErrorCode::Muted,
             OpError::NotAllowed => ErrorCode::PermissionDenied,
-            OpError::Exists => ErrorCode::InvalidArgument,
+            OpError::Exists => ErrorCode::AlreadyExists,
             OpError::Dissolved => ErrorCode::NotFound,
             OpError::Blocked => ErrorCode::Blocked,
+            OpError::Banned => ErrorCode::Banned,
+            OpError::GroupFull => ErrorCode::GroupFull,
+            OpError::InviteOnly => ErrorCode::InviteOnly,
+            OpError::QuotaExceeded => ErrorCode::QuotaExceeded,
             _ => ErrorCode::Internal,
         };
         match e {

@@ -55,7 +55,9 @@ async fn route(ctx: &Ctx, caller: &Caller<'_>, kind: rpc_request::Kind) -> Reply
         K::Typing(r) => presence::typing(ctx, user, r).await,
         K::Presence(r) => presence::presence(ctx, user, caller.session_id, r).await,
         K::OnlineTime(r) => presence::online_time(ctx, user, r).await,
-        K::Settings(_) | K::Invitations(_) | K::Quota(_) => Err(Refusal::new(
+        K::Settings(r) => groups::settings(ctx, user, r).await,
+        K::Invitations(_) => groups::invitations(ctx, user).await,
+        K::Quota(_) => Err(Refusal::new(
             qim_proto::v1::ErrorCode::Unsupported,
             "not supported by this server",
         )),

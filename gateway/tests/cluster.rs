@@ -306,7 +306,11 @@ async fn presence_and_typing_cross_nodes_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_messages_reach_members_on_other_nodes_in_both_modes() {
     let shared = Shared::new();
-    let threshold = |c: &mut Config| c.groups.read_diffusion_threshold = 4;
+    // Members are added, not invited: the test is about delivery.
+    let threshold = |c: &mut Config| {
+        c.groups.read_diffusion_threshold = 4;
+        c.groups.default_adds = "anyone".into();
+    };
     let a = Node::start_im_with(&shared, "a", threshold).await;
     let b = Node::start_im_with(&shared, "b", threshold).await;
     let owner = shared.client(&[a.addr], "owner", "o").await;

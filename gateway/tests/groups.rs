@@ -39,6 +39,14 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving(bac
     let dave = gw.client(&n("dave"), "d1").await;
     let g = n("team");
     let peer = Peer::Group(g.clone());
+    // Bob and carol let anyone add them (the default is friends only).
+    for member in [&bob, &carol] {
+        let set = member
+            .group_adds(Some(qim_sdk::GroupAdds::Anyone))
+            .await
+            .expect("setting");
+        assert_eq!(set, qim_sdk::GroupAdds::Anyone);
+    }
     let info = owner
         .create_group(g.clone(), "Team".into(), vec![n("bob"), n("carol")])
         .await
@@ -48,7 +56,7 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving(bac
         .create_group(g.clone(), "again".into(), vec![])
         .await
         .expect_err("taken");
-    assert_eq!(rejected(&err), Some(ErrorCode::InvalidArgument));
+    assert_eq!(rejected(&err), Some(ErrorCode::AlreadyExists));
 
     let hello = owner
         .send_group(g.clone(), "hello team".into())
@@ -198,7 +206,11 @@ async fn members_send_muted_and_strangers_are_refused_removed_stop_receiving(bac
 /// Read diffusion at size: 2,000 members, 200 of them connected with the
 /// real SDK, 100 messages.
 async fn read_diffusion_group_of_2000_delivers_to_200_online_once_in_order(backend: Backend) {
-    let gw = TestGateway::start_on(backend, |c| c.groups.read_diffusion_threshold = 100).await;
+    let gw = TestGateway::start_on(backend, |c| {
+        c.groups.read_diffusion_threshold = 100;
+        c.groups.default_adds = "anyone".into();
+    })
+    .await;
     const MEMBERS: usize = 2000;
     const ONLINE: usize = 200;
     const MESSAGES: usize = 100;
@@ -311,7 +323,11 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(
 }
 
 async fn a_group_crossing_the_threshold_while_sending_loses_and_doubles_nothing(backend: Backend) {
-    let gw = TestGateway::start_on(backend, |c| c.groups.read_diffusion_threshold = 5).await;
+    let gw = TestGateway::start_on(backend, |c| {
+        c.groups.read_diffusion_threshold = 5;
+        c.groups.default_adds = "anyone".into();
+    })
+    .await;
     let run = common::unique("-");
     let g = format!("growing{run}");
     let owner = gw.client(&format!("owner{run}"), "o1").await;

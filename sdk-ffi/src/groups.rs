@@ -1,15 +1,23 @@
-//! Groups through the bindings: create, change (rename, dissolve, join,
-//! leave, invite, remove, roles, mutes), member pages, sends and read
-//! counts.
+//! Groups through the bindings: create (with a join policy, a member
+//! limit, public or private), change (rename, dissolve, join or ask to
+//! join, leave, invite, remove, roles, mutes, accept or decline an
+//! invitation, approve or deny join requests, ban and unban, settings),
+//! member, invitation, join-request and ban pages, the user's pending
+//! invitations and "who may add me" setting, sends and read counts.
 //!
 //! Group messages arrive through `ClientListener.on_message` like any
 //! message, with `conversation = Peer.Group(id)` (and, in a large
 //! read-diffusion group, `group_seq` set and `seq` 0; the SDK pulls what a
 //! nudge announces by itself, so nudges never reach the app). Refusals
 //! keep the wire code: `NOT_A_MEMBER`, `MUTED`, `PERMISSION_DENIED`,
-//! `NOT_FOUND`.
+//! `NOT_FOUND`, `INVITE_ONLY`, `BANNED`, `GROUP_FULL`, `BLOCKED`,
+//! `QUOTA_EXCEEDED`. Invitations, join requests and answers arrive through
+//! `on_message` as events.
 
-use qim_sdk::{GroupChange, GroupInfo, GroupMember, MessageExtras, OutgoingMessage, SendReceipt};
+use qim_sdk::{
+    GroupAdds, GroupChange, GroupInfo, GroupInvitation, GroupList, GroupMember, GroupOutcome,
+    MessageExtras, NewGroup, OutgoingMessage, SendReceipt,
+};
 
 use crate::{QimClient, QimError};
 
@@ -46,7 +54,7 @@ impl From<(u32, u32)> for ReadCount {
 #[uniffi::export]
 impl QimClient {
     /// Creates `group` (a new id) named `name`, with this user as owner and
-    /// `members` invited.
+    /// `members` added or invited (each by their own setting).
     pub async fn create_group(
         &self,
         group: String,
@@ -54,6 +62,52 @@ impl QimClient {
         members: Vec<String>,
     ) -> Result<GroupInfo, QimError> {
         self.call(move |c| async move { c.create_group(group, name, members).await })
+            .await
+    }
+
+    /// Creates a group with its join policy, member limit and visibility;
+    /// says who was invited instead of added.
+    pub async fn create_group_with(&self, new: NewGroup) -> Result<GroupOutcome, QimError> {
+        self.call(move |c| async move { c.create_group_with(new).await })
+            .await
+    }
+
+    /// Changes a group; says who was invited and whether a join became a
+    /// request waiting for an admin.
+    pub async fn update_group(
+        &self,
+        group: String,
+        change: GroupChange,
+    ) -> Result<GroupOutcome, QimError> {
+        self.call(move |c| async move { c.update_group(group, change).await })
+            .await
+    }
+
+    /// A page of one of a group's lists (join requests and bans: admins
+    /// only), after user id `after` (`None`: from the first).
+    pub async fn group_list(
+        &self,
+        group: String,
+        list: GroupList,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<MemberPage, QimError> {
+        self.call(move |c| async move {
+            c.group_list(group, list, after.unwrap_or_default(), limit)
+                .await
+        })
+        .await
+    }
+
+    /// This user's pending group invitations.
+    pub async fn group_invitations(&self) -> Result<Vec<GroupInvitation>, QimError> {
+        self.call(move |c| async move { c.group_invitations().await })
+            .await
+    }
+
+    /// Who may add this user to groups directly; `set` changes it first.
+    pub async fn group_adds(&self, set: Option<GroupAdds>) -> Result<GroupAdds, QimError> {
+        self.call(move |c| async move { c.group_adds(set).await })
             .await
     }
 

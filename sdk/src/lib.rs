@@ -62,8 +62,10 @@
 //!   delete-for-me, replies and mentions, schedules, history; changes from
 //!   other devices arrive as [`Event`]s in the message stream.
 //! - `contacts`: friend requests, friends, blocks.
-//! - `groups`: create and change groups, members, sends to groups (their
-//!   receive side is in `receive`).
+//! - `groups`: create and change groups (join policies, limits, public or
+//!   private), join requests, invitations, bans, member lists, the user's
+//!   "who may add me" setting, sends to groups (their receive side is in
+//!   `receive`).
 //! - `presence`: presence of friends (queried, subscribed), online time,
 //!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
 //!
@@ -120,7 +122,10 @@ pub use config::{ClientConfig, Platform, SocketSource};
 pub use contacts::{Contacts, FriendRequest};
 pub use error::Error;
 pub use events::{ClientEvent, EVENT_BUFFER, Events, OutboxStatus};
-pub use groups::{GroupChange, GroupInfo, GroupMember, GroupRole};
+pub use groups::{
+    GroupAdds, GroupChange, GroupInfo, GroupInvitation, GroupList, GroupMember, GroupOutcome,
+    GroupRole, JoinPolicy, NewGroup,
+};
 pub use im::{Conversation, ConversationPage};
 pub use message::{
     Event, HistoryAnchor, HistoryPage, IncomingMessage, MessageExtras, OutgoingMessage, Peer,

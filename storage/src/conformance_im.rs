@@ -13,7 +13,14 @@ use crate::Stores;
 use crate::conformance::unique;
 use crate::contacts::ContactOp;
 use crate::conversations::{ConversationOp, HistoryAnchor, Post, group, group_log, user};
-use crate::groups::GroupOp;
+use crate::groups::{GroupLimits, GroupOp};
+
+pub use crate::conformance_groups::{
+    group_adds_setting_is_durable, groups_admit_by_policy_and_approval,
+    groups_bans_survive_leave_and_block_every_path,
+    groups_invitations_are_accepted_declined_and_bounded,
+    groups_limit_members_and_invitations_on_every_path, groups_owned_are_limited,
+};
 
 /// Opens the backend under test.
 #[async_trait]
@@ -169,13 +176,19 @@ pub async fn groups_check_members_and_switch_to_read_diffusion(backend: &dyn ImB
     let create = GroupOp::Create {
         name: "g".into(),
         members: vec![m1.clone()],
+        invited: Vec::new(),
+        join_policy: v1::JoinPolicy::InviteOnly,
+        max_members: 0,
+        public: false,
         now_ms: 1,
     };
+    let limits = GroupLimits::with_threshold(2);
     let info = s
         .groups
-        .group_apply(&g, &owner, create, 2)
+        .group_apply(&g, &owner, create, limits)
         .await
-        .expect("create");
+        .expect("create")
+        .info;
     assert!(!info.read_diffusion);
     let to_group = |from: &str| Post {
         to: group(&g),
@@ -193,11 +206,16 @@ pub async fn groups_check_members_and_switch_to_read_diffusion(backend: &dyn ImB
         "write diffusion: a copy per member"
     );
     assert!(matches!(out[1], Err(OpError::NotAMember)));
+    let add = GroupOp::Invite {
+        add: vec![m2.clone()],
+        invite: Vec::new(),
+    };
     let info = s
         .groups
-        .group_apply(&g, &owner, GroupOp::Invite(vec![m2.clone()]), 2)
+        .group_apply(&g, &owner, add, limits)
         .await
-        .expect("invite");
+        .expect("invite")
+        .info;
     assert!(info.read_diffusion && info.member_count == 3);
     let out = s
         .conversations
@@ -210,7 +228,7 @@ pub async fn groups_check_members_and_switch_to_read_diffusion(backend: &dyn ImB
         (1, group_log(&g), 1)
     );
     s.groups
-        .group_apply(&g, &owner, GroupOp::MuteMember(m2.clone(), true), 2)
+        .group_apply(&g, &owner, GroupOp::MuteMember(m2.clone(), true), limits)
         .await
         .expect("mute");
     let out = s
@@ -352,6 +370,12 @@ macro_rules! im_conformance_tests {
             contacts_requests_and_blocks,
             schedules_fire_once_and_cancel_wins,
             delivery_receipts_are_appended_once,
+            groups_admit_by_policy_and_approval,
+            groups_bans_survive_leave_and_block_every_path,
+            groups_limit_members_and_invitations_on_every_path,
+            groups_invitations_are_accepted_declined_and_bounded,
+            groups_owned_are_limited,
+            group_adds_setting_is_durable,
         );
     };
     (@each $backend:expr; $($check:ident),* $(,)?) => {

@@ -81,4 +81,17 @@ pub enum OpError {
     /// The other user has blocked this one.
     #[error("blocked by the recipient")]
     Blocked,
+    /// The user is banned from the group.
+    #[error("banned from the group")]
+    Banned,
+    /// The group has no room for more members and invitations.
+    #[error("the group is full")]
+    GroupFull,
+    /// The group admits new members only by invitation.
+    #[error("the group is invite-only")]
+    InviteOnly,
+    /// A per-user or per-group amount is used up (groups owned, pending
+    /// invitations, pending join requests).
+    #[error("quota exceeded")]
+    QuotaExceeded,
 }

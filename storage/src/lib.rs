@@ -12,8 +12,11 @@
 //!   inbox, conversation lists with exact unread counts, read cursors,
 //!   recall, edit and delete-for-me, with the atomicity each backend owes.
 //! - [`contacts`]: [`ContactStore`], friend requests, friends, blocks.
-//! - [`groups`]: [`GroupStore`], members, roles, mutes, and the switch
-//!   from write to read diffusion.
+//! - [`groups`] (`groups/`): [`GroupStore`], members, roles, mutes, the
+//!   switch from write to read diffusion, and who may become a member (join
+//!   policies, join requests, invitations, bans, member limits, owned
+//!   groups, the group-adds setting); `plan.rs` holds the rules both
+//!   backends apply.
 //! - [`presence`]: [`PresenceStore`], session records for last seen and
 //!   online time.
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
@@ -43,8 +46,8 @@
 //!   logged batches of `writes.rs`), contacts and schedules in `social.rs`;
 //!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
 //!   errors) are what the others share.
-//! - `conformance`, `conformance_im` (feature `conformance`): the checks
-//!   every backend must pass.
+//! - `conformance`, `conformance_im`, `conformance_groups` (feature
+//!   `conformance`): the checks every backend must pass.
 //!
 //! # Public API of the cluster backend (stable)
 //! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
@@ -85,6 +88,8 @@ mod stores;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
 

@@ -261,7 +261,11 @@ fn run_scenarios(
     let gateway = Gateway::start(
         gateway_bin,
         &work.join("gateway"),
-        &[format!("im.recall_window_ms={RECALL_WINDOW_MS}")],
+        // The group checks add users who are not friends of the creator.
+        &[
+            format!("im.recall_window_ms={RECALL_WINDOW_MS}"),
+            "groups.default_adds=\"anyone\"".to_owned(),
+        ],
     )?;
     let single = Gateway::start(
         gateway_bin,

@@ -124,6 +124,9 @@ impl RunningGateway {
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--set", "limits.sends_per_second=0"])
             .args(["--set", "limits.requests_per_second=0"])
+            // The fan-out scenario fills groups with users who are not
+            // friends of the creator: they are added, not invited.
+            .args(["--set", "groups.default_adds=\"anyone\""])
             .args(["--set", "log.filter=\"warn\""]);
         for s in set {
             cmd.args(["--set", s]);

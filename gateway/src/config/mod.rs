@@ -221,6 +221,12 @@ impl Config {
         if self.groups.max_members == 0 {
             return invalid("groups.max_members must be above 0");
         }
+        if !matches!(
+            self.groups.default_adds.as_str(),
+            "anyone" | "contacts" | "nobody"
+        ) {
+            return invalid("groups.default_adds must be anyone, contacts or nobody");
+        }
         let c = &self.cluster;
         if c.node_ttl_ms < 300 || c.route_ttl_ms < 300 {
             return invalid("cluster.node_ttl_ms and cluster.route_ttl_ms must be at least 300");

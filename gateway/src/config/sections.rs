@@ -370,8 +370,16 @@ section! {
         /// to read diffusion (one group log, pushed to online members, pulled by the rest). The
         /// switch is for good.
         read_diffusion_threshold: u32 = 500,
-        /// Members a group may have at creation.
+        /// Members a group may have, pending invitations included; a group's own limit
+        /// (CreateGroupRequest.max_members, GroupSettings) is at most this.
         max_members: u32 = 100_000,
+        /// Who may add a user to a group without an invitation, for users who never chose
+        /// (SettingsRequest.group_adds): "anyone", "contacts" (friends add, others invite) or
+        /// "nobody" (every add is an invitation).
+        default_adds: String = "contacts".to_owned(),
+        /// Join requests one approval group may have waiting at once; more are refused with
+        /// QUOTA_EXCEEDED until admins answer some.
+        max_join_requests: u32 = 100,
     }
 }
 

@@ -13,7 +13,7 @@ use qim_storage::conversations::{
     Applied, ConversationOp, ConversationPage, HistoryAnchor, HistoryPage, Post, Posted,
 };
 use qim_storage::embedded::EmbeddedStore;
-use qim_storage::groups::GroupOp;
+use qim_storage::groups::{GroupApplied, GroupLimits, GroupOp, List, Listed};
 use qim_storage::{
     Appended, ContactStore, ConversationStore, GroupStore, MessageStore, NewMessage, OpError,
     PresenceStore, ScheduleStore, StoreError, StoredMessage,
@@ -196,9 +196,9 @@ impl GroupStore for HeldStore {
         group: &str,
         by: &str,
         op: GroupOp,
-        threshold: u32,
-    ) -> Result<v1::GroupInfo, OpError> {
-        held(self.inner.group_apply(group, by, op, threshold)).await
+        limits: GroupLimits,
+    ) -> Result<GroupApplied, OpError> {
+        held(self.inner.group_apply(group, by, op, limits)).await
     }
 
     async fn group(&self, group: &str) -> Result<Option<v1::GroupInfo>, StoreError> {
@@ -220,6 +220,37 @@ impl GroupStore for HeldStore {
 
     async fn user_groups(&self, user: &str) -> Result<Vec<String>, StoreError> {
         held(self.inner.user_groups(user)).await
+    }
+
+    async fn listed(
+        &self,
+        group: &str,
+        list: List,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        held(self.inner.listed(group, list, after, limit)).await
+    }
+
+    async fn listing(
+        &self,
+        group: &str,
+        list: List,
+        user: &str,
+    ) -> Result<Option<Listed>, StoreError> {
+        held(self.inner.listing(group, list, user)).await
+    }
+
+    async fn invitations(&self, user: &str) -> Result<Vec<v1::GroupInvitation>, StoreError> {
+        held(self.inner.invitations(user)).await
+    }
+
+    async fn group_adds(&self, user: &str) -> Result<Option<v1::GroupAdds>, StoreError> {
+        held(self.inner.group_adds(user)).await
+    }
+
+    async fn set_group_adds(&self, user: &str, adds: v1::GroupAdds) -> Result<(), StoreError> {
+        held(self.inner.set_group_adds(user, adds)).await
     }
 }
 

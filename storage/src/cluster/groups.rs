@@ -30,6 +30,22 @@
 //! out. The group conversations of added members are written after the
 //! transaction (a crash there leaves a member without the conversation
 //! row until the first message or read, which recreates it).
+//!
+//! # Lists, invitations and settings
+//! A group's lists (invited, join requests, banned) are rows of the same
+//! partition keyed `~<tag>:<user>` (after every user id), so they change in
+//! the same transaction as the members. Each user's invitation index
+//! (`im_user_invitations`) is a superset like `im_user_groups`: written
+//! before the transaction, cleaned after it, and
+//! [`GroupStore::invitations`] keeps only invitations the group still
+//! holds. The pending-invitation limit counts the index, so a stale entry
+//! counts against it until the invitation is answered or cleaned. The
+//! limits that span partitions (groups owned, invitations per user) are
+//! read before the transaction: concurrent changes may pass them by the
+//! number in flight. Events (invitations, join requests, answers) are
+//! written after the transaction with seqs of their inboxes; a crash
+//! between leaves the change without its events (the invitation or request
+//! is still listed).
 
 use std::collections::HashMap;
 
@@ -41,10 +57,14 @@ use crate::OpError;
 use crate::StoreError;
 use crate::conversations::group_log;
 use crate::cql::writes::Writes;
-use crate::groups::{GroupOp, GroupStore, plan};
+use crate::groups::{
+    GroupApplied, GroupLimits, GroupOp, GroupStore, List, Listed, MAX_MEMBERS_PAGE, PlanInput,
+    Roster, plan,
+};
 
-/// Members listed per page at most.
-const MAX_MEMBERS_PAGE: usize = 1000;
+/// Invitation index entries read per user at most (the limit per user is
+/// far below).
+const MAX_INVITATIONS: usize = 10_000;
 
 /// Rounds of read / conditional write before giving up under contention.
 const ROUNDS: usize = 32;
@@ -56,36 +76,62 @@ impl GroupStore for ClusterStore {
         group: &str,
         by: &str,
         op: GroupOp,
-        threshold: u32,
-    ) -> Result<v1::GroupInfo, OpError> {
+        limits: GroupLimits,
+    ) -> Result<GroupApplied, OpError> {
+        let owned = match op.new_owner(by) {
+            Some(owner) => self.owned(owner).await?,
+            None => 0,
+        };
+        let counts: Vec<Pending<'_, (String, u32)>> = op
+            .invitees()
+            .iter()
+            .map(|user| {
+                Box::pin(async move {
+                    let n = self
+                        .cql
+                        .invitation_index(user, MAX_INVITATIONS)
+                        .await?
+                        .len();
+                    Ok((user.clone(), u32::try_from(n).unwrap_or(u32::MAX)))
+                }) as Pending<'_, _>
+            })
+            .collect();
+        let pending: HashMap<String, u32> = bounded(counts).await?.into_iter().collect();
         for _ in 0..ROUNDS {
             let existing = self.cql.group(group, true).await?;
             let expected = existing.as_ref().map(|(_, version)| *version);
-            let members: HashMap<String, v1::GroupMember> = if existing.is_some() {
-                self.cql
-                    .members(group, "", usize::MAX >> 2)
-                    .await?
-                    .into_iter()
-                    .map(|m| (m.user.clone(), m))
-                    .collect()
+            let roster = if existing.is_some() {
+                self.cql.roster(group).await?
             } else {
-                HashMap::new()
+                Roster::default()
             };
             let log_head = self.cql.reserved(&group_log(group)).await?;
-            let existing = existing.map(|(info, _)| info);
-            let change = plan(group, by, &op, threshold, existing, members, log_head)?;
-            // The user index first: a superset, filtered on read.
+            let input = PlanInput {
+                existing: existing.map(|(info, _)| info),
+                log_head,
+                owned,
+                pending: pending.clone(),
+                now_ms: qim_proto::now_ms(),
+            };
+            let now_ms = input.now_ms;
+            let change = plan(group, by, &op, limits, roster, input)?;
+            // The user indexes first: supersets, filtered on read.
             let mut before = Writes::default();
             for user in &change.added {
                 before.unit();
                 self.cql.w_user_group(&mut before, user, group, true);
             }
             self.cql.commit(before).await?;
-            if !self
-                .cql
-                .group_write(group, expected, &change.info, &change.put, &change.removed)
-                .await?
-            {
+            let invited: Vec<Pending<'_, ()>> = change
+                .listed
+                .iter()
+                .filter(|(list, _, _)| *list == List::Invited)
+                .map(|(_, user, _)| {
+                    Box::pin(self.cql.index_invitation(user, group, true)) as Pending<'_, ()>
+                })
+                .collect();
+            bounded(invited).await?;
+            if !self.cql.group_write(group, expected, &change).await? {
                 tracing::debug!(group, "group changed concurrently; planning again");
                 continue;
             }
@@ -100,8 +146,24 @@ impl GroupStore for ClusterStore {
                 after.unit();
                 self.cql.w_user_group(&mut after, user, group, false);
             }
+            let mut events = Vec::with_capacity(change.events.len());
+            for (inbox, event) in &change.events {
+                let stored = self.event(inbox, by, event.clone(), now_ms).await?;
+                after.unit();
+                self.cql.w_message(&mut after, &stored)?;
+                events.push(stored);
+            }
             self.cql.commit(after).await?;
-            return Ok(change.info);
+            let uninvited: Vec<Pending<'_, ()>> = change
+                .unlisted
+                .iter()
+                .filter(|(list, _)| *list == List::Invited)
+                .map(|(_, user)| {
+                    Box::pin(self.cql.index_invitation(user, group, false)) as Pending<'_, ()>
+                })
+                .collect();
+            bounded(uninvited).await?;
+            return Ok(change.applied(events));
         }
         Err(OpError::Store(StoreError::Unavailable(format!(
             "group {group} changes too fast"
@@ -126,6 +188,57 @@ impl GroupStore for ClusterStore {
         self.cql.members(group, after, limit).await
     }
 
+    async fn listed(
+        &self,
+        group: &str,
+        list: List,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let limit = limit.clamp(1, MAX_MEMBERS_PAGE);
+        self.cql.listed(group, list, after, limit).await
+    }
+
+    async fn listing(
+        &self,
+        group: &str,
+        list: List,
+        user: &str,
+    ) -> Result<Option<Listed>, StoreError> {
+        Ok(self
+            .cql
+            .listing(group, list, user)
+            .await?
+            .map(|entry| Listed {
+                user: user.to_owned(),
+                by: entry.by,
+            }))
+    }
+
+    async fn invitations(&self, user: &str) -> Result<Vec<v1::GroupInvitation>, StoreError> {
+        let groups = self.cql.invitation_index(user, MAX_INVITATIONS).await?;
+        let checks: Vec<Pending<'_, Option<v1::GroupInvitation>>> = groups
+            .into_iter()
+            .map(|g| {
+                Box::pin(async move { self.cql.listing(&g, List::Invited, user).await })
+                    as Pending<'_, _>
+            })
+            .collect();
+        Ok(bounded(checks).await?.into_iter().flatten().collect())
+    }
+
+    async fn group_adds(&self, user: &str) -> Result<Option<v1::GroupAdds>, StoreError> {
+        Ok(self
+            .cql
+            .group_adds(user)
+            .await?
+            .map(|v| v1::GroupAdds::try_from(v).unwrap_or_default()))
+    }
+
+    async fn set_group_adds(&self, user: &str, adds: v1::GroupAdds) -> Result<(), StoreError> {
+        self.cql.set_group_adds(user, adds as i32).await
+    }
+
     async fn user_groups(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let groups = self.cql.user_groups(user).await?;
         let checks: Vec<Pending<'_, Option<String>>> = groups
@@ -136,5 +249,26 @@ impl GroupStore for ClusterStore {
             })
             .collect();
         Ok(bounded(checks).await?.into_iter().flatten().collect())
+    }
+}
+
+impl ClusterStore {
+    /// Groups `user` owns now.
+    async fn owned(&self, user: &str) -> Result<u32, StoreError> {
+        let groups = self.user_groups(user).await?;
+        let checks: Vec<Pending<'_, bool>> = groups
+            .into_iter()
+            .map(|g| {
+                Box::pin(async move {
+                    Ok(self
+                        .cql
+                        .group(&g, false)
+                        .await?
+                        .is_some_and(|(info, _)| info.owner == user && !info.dissolved))
+                }) as Pending<'_, _>
+            })
+            .collect();
+        let owned = bounded(checks).await?.into_iter().filter(|o| *o).count();
+        Ok(u32::try_from(owned).unwrap_or(u32::MAX))
     }
 }

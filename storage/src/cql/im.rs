@@ -41,6 +41,13 @@ pub(crate) struct ImStatements {
     pub(super) member_put: PreparedStatement,
     pub(super) member_delete: PreparedStatement,
     pub(super) members_after: PreparedStatement,
+    pub(super) group_rows: PreparedStatement,
+    pub(super) listed_range: PreparedStatement,
+    pub(super) invitation_put: PreparedStatement,
+    pub(super) invitation_delete: PreparedStatement,
+    pub(super) invitations: PreparedStatement,
+    pub(super) settings_put: PreparedStatement,
+    pub(super) settings_get: PreparedStatement,
     pub(super) user_group_put: PreparedStatement,
     pub(super) user_group_delete: PreparedStatement,
     pub(super) user_groups: PreparedStatement,
@@ -204,8 +211,51 @@ impl ImStatements {
                 true,
             )
             .await?,
+            // List entries are keyed `~<tag>:<user>`, after every user id.
             members_after: prepare(
-                "SELECT member FROM im_groups WHERE group_id = ? AND user_id > ? LIMIT ?",
+                "SELECT member FROM im_groups WHERE group_id = ? AND user_id > ? AND user_id < '~' LIMIT ?",
+                Q,
+                true,
+            )
+            .await?,
+            group_rows: prepare(
+                "SELECT user_id, member FROM im_groups WHERE group_id = ? LIMIT ?",
+                Q,
+                true,
+            )
+            .await?,
+            listed_range: prepare(
+                "SELECT user_id, member FROM im_groups WHERE group_id = ? AND user_id > ? AND user_id < ? LIMIT ?",
+                Q,
+                true,
+            )
+            .await?,
+            invitation_put: prepare(
+                "INSERT INTO im_user_invitations (user_id, group_id) VALUES (?, ?)",
+                Q,
+                true,
+            )
+            .await?,
+            invitation_delete: prepare(
+                "DELETE FROM im_user_invitations WHERE user_id = ? AND group_id = ?",
+                Q,
+                true,
+            )
+            .await?,
+            invitations: prepare(
+                "SELECT group_id FROM im_user_invitations WHERE user_id = ? LIMIT ?",
+                Q,
+                true,
+            )
+            .await?,
+            settings_put: prepare(
+                "UPDATE user_settings SET group_adds = ? WHERE user_id = ?",
+                Q,
+                true,
+            )
+            .await?,
+            settings_get: prepare(
+                "SELECT group_adds FROM user_settings WHERE user_id = ?",
                 Q,
                 true,
             )

@@ -19,7 +19,7 @@ use super::options::CqlOptions;
 use crate::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migration `n` is `MIGRATIONS[n - 1]`: its CQL statements, run in order.
 const MIGRATIONS: &[&[&str]] = &[
@@ -151,6 +151,17 @@ const MIGRATIONS: &[&[&str]] = &[
         recipient text, msg_id text,
         PRIMARY KEY ((recipient, msg_id))
     )",
+    ],
+    &[
+        // Group trust: each user's pending group invitations (a superset,
+        // checked against the group's `~i:` rows in im_groups, which also
+        // hold join requests `~r:` and bans `~b:`), and each user's
+        // settings (who may add them to groups).
+        "CREATE TABLE IF NOT EXISTS im_user_invitations (
+        user_id text, group_id text,
+        PRIMARY KEY (user_id, group_id)
+    )",
+        "CREATE TABLE IF NOT EXISTS user_settings (user_id text PRIMARY KEY, group_adds int)",
     ],
 ];
 

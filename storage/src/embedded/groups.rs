@@ -7,6 +7,11 @@
 //! - `groups`: `[group]` → protobuf `v1.GroupInfo`.
 //! - `members`: `[len][group][user]` → protobuf `v1.GroupMember`.
 //! - `user_groups`: `[len][user][group]` → empty.
+//! - `group_lists`: `[len][group][list tag][user]` → protobuf
+//!   `v1.GroupInvitation` (who put the user on the list).
+//! - `invitations`: `[len][user][group]` → protobuf `v1.GroupInvitation`,
+//!   written and deleted with the group's `Invited` entry.
+//! - `settings`: `[user]` → protobuf `v1.SettingsResponse`.
 
 use async_trait::async_trait;
 use fjall::PersistMode;
@@ -22,10 +27,22 @@ use super::writer::{Op, Request, Writer};
 use crate::OpError;
 use crate::StoreError;
 use crate::conversations::{Post, group_log};
-use crate::groups::{GroupOp, GroupStore, check_post, plan};
+use crate::groups::{
+    GroupApplied, GroupChange, GroupLimits, GroupOp, GroupStore, List, Listed, MAX_MEMBERS_PAGE,
+    PlanInput, Roster, check_post, plan,
+};
 
-/// Members listed per page at most.
-const MAX_MEMBERS_PAGE: usize = 1000;
+fn list_prefix(group: &str, list: List) -> Vec<u8> {
+    let mut key = prefixed(group, 1);
+    key.push(list.tag());
+    key
+}
+
+fn list_key(group: &str, list: List, user: &str) -> Vec<u8> {
+    let mut key = list_prefix(group, list);
+    key.extend_from_slice(user.as_bytes());
+    key
+}
 
 fn member_key(group: &str, user: &str) -> Vec<u8> {
     let mut key = prefixed(group, user.len());
@@ -98,31 +115,133 @@ impl Writer {
         Ok(Ok(inboxes))
     }
 
-    /// Applies one group change in a batch of its own.
+    /// The group's members and lists.
+    fn roster(&self, group: &str) -> Result<Roster, StoreError> {
+        let mut roster = Roster::default();
+        for guard in self.tables.members.prefix(prefixed(group, 0)) {
+            let (_, value) = guard.into_inner().map_err(unavailable)?;
+            let m: v1::GroupMember = decode(&value)?;
+            roster.members.insert(m.user.clone(), m);
+        }
+        let prefix = prefixed(group, 0);
+        for guard in self.tables.group_lists.prefix(&prefix) {
+            let (key, value) = guard.into_inner().map_err(unavailable)?;
+            let rest = &key[prefix.len()..];
+            let (Some(list), Ok(user)) = (
+                rest.first().copied().and_then(List::from_tag),
+                std::str::from_utf8(rest.get(1..).unwrap_or_default()),
+            ) else {
+                return Err(StoreError::Corrupt("bad group list key".into()));
+            };
+            roster
+                .lists
+                .insert((list, user.to_owned()), decode(&value)?);
+        }
+        Ok(roster)
+    }
+
+    /// Groups `user` owns now.
+    fn owned(&self, user: &str) -> Result<u32, StoreError> {
+        let prefix = prefixed(user, 0);
+        let mut owned = 0;
+        for guard in self.tables.user_groups.prefix(&prefix) {
+            let (key, _) = guard.into_inner().map_err(unavailable)?;
+            let group = std::str::from_utf8(&key[prefix.len()..])
+                .map_err(|_| StoreError::Corrupt("bad user group key".into()))?;
+            if load_group(&self.tables.groups, group)?
+                .is_some_and(|g| g.owner == user && !g.dissolved)
+            {
+                owned += 1;
+            }
+        }
+        Ok(owned)
+    }
+
+    /// Applies one group change, with the events it appends, in a batch of
+    /// its own.
     pub(super) fn group_op(
         &mut self,
         group: &str,
         by: &str,
         op: GroupOp,
-        threshold: u32,
-    ) -> Result<v1::GroupInfo, OpError> {
+        limits: GroupLimits,
+    ) -> Result<GroupApplied, OpError> {
         check_key_part(group)?;
         check_key_part(by)?;
         let existing = load_group(&self.tables.groups, group)?;
-        let mut members = HashMap::new();
-        if existing.is_some() {
-            for guard in self.tables.members.prefix(prefixed(group, 0)) {
-                let (_, value) = guard.into_inner().map_err(unavailable)?;
-                let m: v1::GroupMember = decode(&value)?;
-                members.insert(m.user.clone(), m);
-            }
-        }
+        let roster = match existing {
+            Some(_) => self.roster(group)?,
+            None => Roster::default(),
+        };
         let log_head = match self.heads.get(&group_log(group)) {
             Some(head) => *head,
             None => read_head(&self.tables.messages, &group_log(group))?,
         };
-        let change = plan(group, by, &op, threshold, existing, members, log_head)?;
-        let mut batch = self.tables.db.batch();
+        let owned = match op.new_owner(by) {
+            Some(owner) => {
+                check_key_part(owner)?;
+                self.owned(owner)?
+            }
+            None => 0,
+        };
+        let mut pending = HashMap::new();
+        for user in op.invitees() {
+            check_key_part(user)?;
+            let count = self.tables.invitations.prefix(prefixed(user, 0)).count();
+            pending.insert(user.clone(), u32::try_from(count).unwrap_or(u32::MAX));
+        }
+        let input = PlanInput {
+            existing,
+            log_head,
+            owned,
+            pending,
+            now_ms: qim_proto::now_ms(),
+        };
+        let now_ms = input.now_ms;
+        let change = plan(group, by, &op, limits, roster, input)?;
+        let mut stage = self.new_stage();
+        let events = match self.stage_group(&mut stage, group, by, &change, now_ms) {
+            Ok(events) => events,
+            Err(e) => {
+                self.abandon_stage();
+                return Err(e.into());
+            }
+        };
+        self.commit_stage(stage)?;
+        Ok(change.applied(events))
+    }
+
+    /// Stages the rows of a planned change and its events.
+    fn stage_group(
+        &mut self,
+        stage: &mut super::writer::Stage,
+        group: &str,
+        by: &str,
+        change: &GroupChange,
+        now_ms: i64,
+    ) -> Result<Vec<crate::StoredMessage>, StoreError> {
+        let batch = &mut stage.batch;
+        for (list, user, entry) in &change.listed {
+            check_key_part(user)?;
+            batch.insert(
+                &self.tables.group_lists,
+                list_key(group, *list, user),
+                entry.encode_to_vec(),
+            );
+            if *list == List::Invited {
+                batch.insert(
+                    &self.tables.invitations,
+                    user_group_key(user, group),
+                    entry.encode_to_vec(),
+                );
+            }
+        }
+        for (list, user) in &change.unlisted {
+            batch.remove(&self.tables.group_lists, list_key(group, *list, user));
+            if *list == List::Invited {
+                batch.remove(&self.tables.invitations, user_group_key(user, group));
+            }
+        }
         for m in &change.put {
             check_key_part(&m.user)?;
             batch.insert(
@@ -168,13 +287,11 @@ impl Writer {
             group.as_bytes().to_vec(),
             change.info.encode_to_vec(),
         );
-        let batch = batch.durability(Some(PersistMode::SyncAll));
-        if let Err(e) = batch.commit() {
-            tracing::error!(error = %e, "store commit failed; the store takes no more writes until restarted");
-            self.failed = Some(e.to_string());
-            return Err(OpError::Store(StoreError::Failed(e.to_string())));
+        let mut events = Vec::with_capacity(change.events.len());
+        for (inbox, event) in &change.events {
+            events.push(self.stage_event(stage, inbox, by, event.clone(), now_ms)?);
         }
-        Ok(change.info)
+        Ok(events)
     }
 }
 
@@ -185,15 +302,15 @@ impl GroupStore for EmbeddedStore {
         group: &str,
         by: &str,
         op: GroupOp,
-        threshold: u32,
-    ) -> Result<v1::GroupInfo, OpError> {
+        limits: GroupLimits,
+    ) -> Result<GroupApplied, OpError> {
         let (reply, rx) = oneshot::channel();
         self.ops
             .send(Op::Im(Box::new(Request::Group {
                 group: group.to_owned(),
                 by: by.to_owned(),
                 op,
-                threshold,
+                limits,
                 reply,
             })))
             .await
@@ -236,6 +353,107 @@ impl GroupStore for EmbeddedStore {
             out.push(decode(&value)?);
         }
         Ok(out)
+    }
+
+    async fn listed(
+        &self,
+        group: &str,
+        list: List,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        check_key_part(group)?;
+        let limit = limit.clamp(1, MAX_MEMBERS_PAGE);
+        let prefix = list_prefix(group, list);
+        let mut start = list_key(group, list, after);
+        if !after.is_empty() {
+            start.push(0);
+        }
+        let mut end = prefix.clone();
+        end.push(0xFF);
+        let mut out = Vec::new();
+        for guard in self.tables.group_lists.range(start..end).take(limit) {
+            let (key, value) = guard.into_inner().map_err(unavailable)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let user = std::str::from_utf8(&key[prefix.len()..])
+                .map_err(|_| StoreError::Corrupt("bad group list key".into()))?;
+            let entry: v1::GroupInvitation = decode(&value)?;
+            out.push(Listed {
+                user: user.to_owned(),
+                by: entry.by,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn listing(
+        &self,
+        group: &str,
+        list: List,
+        user: &str,
+    ) -> Result<Option<Listed>, StoreError> {
+        check_key_part(group)?;
+        check_key_part(user)?;
+        match self
+            .tables
+            .group_lists
+            .get(list_key(group, list, user))
+            .map_err(unavailable)?
+        {
+            Some(v) => {
+                let entry: v1::GroupInvitation = decode(&v)?;
+                Ok(Some(Listed {
+                    user: user.to_owned(),
+                    by: entry.by,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn invitations(&self, user: &str) -> Result<Vec<v1::GroupInvitation>, StoreError> {
+        check_key_part(user)?;
+        let mut out = Vec::new();
+        for guard in self.tables.invitations.prefix(prefixed(user, 0)) {
+            let (_, value) = guard.into_inner().map_err(unavailable)?;
+            out.push(decode(&value)?);
+        }
+        Ok(out)
+    }
+
+    async fn group_adds(&self, user: &str) -> Result<Option<v1::GroupAdds>, StoreError> {
+        check_key_part(user)?;
+        match self
+            .tables
+            .settings
+            .get(user.as_bytes())
+            .map_err(unavailable)?
+        {
+            Some(v) => {
+                let settings: v1::SettingsResponse = decode(&v)?;
+                Ok(Some(settings.group_adds()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn set_group_adds(&self, user: &str, adds: v1::GroupAdds) -> Result<(), StoreError> {
+        check_key_part(user)?;
+        let settings = v1::SettingsResponse {
+            group_adds: adds as i32,
+        };
+        let mut batch = self.tables.db.batch();
+        batch.insert(
+            &self.tables.settings,
+            user.as_bytes().to_vec(),
+            settings.encode_to_vec(),
+        );
+        batch
+            .durability(Some(PersistMode::SyncAll))
+            .commit()
+            .map_err(unavailable)
     }
 
     async fn user_groups(&self, user: &str) -> Result<Vec<String>, StoreError> {

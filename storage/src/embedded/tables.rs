@@ -45,6 +45,12 @@ pub(super) struct Tables {
     pub(super) last_seen: Keyspace,
     /// `[len][recipient][msg_id]` → empty: a delivery receipt was appended.
     pub(super) receipts: Keyspace,
+    /// A group's lists (see `groups.rs`).
+    pub(super) group_lists: Keyspace,
+    /// Each user's pending invitations (see `groups.rs`).
+    pub(super) invitations: Keyspace,
+    /// Each user's settings (see `groups.rs`).
+    pub(super) settings: Keyspace,
 }
 
 impl Tables {
@@ -69,6 +75,9 @@ impl Tables {
             sessions_log: keyspace("sessions_log").map_err(unavailable)?,
             last_seen: keyspace("last_seen").map_err(unavailable)?,
             receipts: keyspace("receipts").map_err(unavailable)?,
+            group_lists: keyspace("group_lists").map_err(unavailable)?,
+            invitations: keyspace("invitations").map_err(unavailable)?,
+            settings: keyspace("settings").map_err(unavailable)?,
             db,
         })
     }

@@ -42,7 +42,7 @@ pub(super) enum Op {
 }
 
 pub(super) type PostReply = oneshot::Sender<Result<Vec<Result<Posted, OpError>>, StoreError>>;
-type GroupReply = oneshot::Sender<Result<v1::GroupInfo, OpError>>;
+type GroupReply = oneshot::Sender<Result<crate::groups::GroupApplied, OpError>>;
 
 /// An IM request for the writer thread.
 pub(super) enum Request {
@@ -52,7 +52,7 @@ pub(super) enum Request {
         group: String,
         by: String,
         op: crate::groups::GroupOp,
-        threshold: u32,
+        limits: crate::groups::GroupLimits,
         reply: GroupReply,
     },
     Contact {
@@ -413,13 +413,13 @@ impl Writer {
                     group,
                     by,
                     op,
-                    threshold,
+                    limits,
                     reply,
                 } => {
                     self.commit_posts(std::mem::take(&mut posts));
                     let result = match &self.failed {
                         Some(reason) => Err(OpError::Store(StoreError::Failed(reason.clone()))),
-                        None => self.group_op(&group, &by, op, threshold),
+                        None => self.group_op(&group, &by, op, limits),
                     };
                     let _ = reply.send(result);
                 }
