@@ -21,6 +21,7 @@
 //!   when due (also after a restart).
 //! - `presence`: online/offline over a user's devices, last seen,
 //!   subscriptions, online-time records, typing; pushed as signals.
+//! - `usage`: the quota request (each quota's limit and usage).
 //! - [`admin`]: the admin HTTP router (health, metrics, cluster views).
 //!
 //! The ground floor, which every feature imports and which imports no
@@ -45,6 +46,9 @@
 //!   carries entries and signals between nodes and knows nothing of
 //!   sessions.
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
+//! - `quota`: per-user quotas on sends (inbox copies per second, weighted
+//!   by fan-out; stored bytes per UTC day, counted in the store) and the
+//!   refusal of writes while the embedded store's disk is nearly full.
 //! - [`auth`]: HMAC-signed login tokens; [`tls`]: certificates, including
 //!   development ones made with rcgen; `secrets`: what both write and
 //!   read (owner-only files, the wall clock).
@@ -79,6 +83,7 @@ mod policy;
 mod post;
 mod presence;
 mod push;
+mod quota;
 mod reply;
 mod route;
 mod rpc;
@@ -88,6 +93,7 @@ pub mod server;
 mod session;
 pub mod tls;
 mod udp;
+mod usage;
 
 pub use config::Config;
 pub use qim_storage::Stores;

@@ -37,7 +37,6 @@ impl Refusal {
     }
 
     /// The same refusal, telling the client to wait `ms` before retrying.
-    #[allow(dead_code)] // the quota and cool-down refusals are its callers
     pub(crate) fn retry_after(mut self, ms: u32) -> Self {
         self.retry_after_ms = ms;
         self
@@ -64,6 +63,14 @@ impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid(message) => Refusal::invalid(message),
+            StoreError::Full(detail) => {
+                tracing::debug!(detail, "store full; write refused as retryable");
+                Refusal::new(
+                    ErrorCode::StoreFull,
+                    "the server's disk is nearly full; retry later",
+                )
+                .retry_after(1_000)
+            }
             e if e.is_retryable() => {
                 warn!(error = %e, "store unavailable; request refused as retryable");
                 Refusal::new(
@@ -94,6 +101,7 @@ impl From<OpError> for Refusal {
             OpError::Exists => ErrorCode::InvalidArgument,
             OpError::Dissolved => ErrorCode::NotFound,
             OpError::Blocked => ErrorCode::Blocked,
+            OpError::Conflict => ErrorCode::IdempotencyConflict,
             _ => ErrorCode::Internal,
         };
         match e {
@@ -195,5 +203,11 @@ mod tests {
         assert!(!r.message.contains("10.0.0.7"));
         let r = Refusal::from(OpError::NotAMember);
         assert_eq!(r.code, ErrorCode::NotAMember);
+        let r = Refusal::from(StoreError::Full("/var/lib/qim: 3 bytes free".into()));
+        assert_eq!((r.code, r.retry_after_ms), (ErrorCode::StoreFull, 1_000));
+        assert!(r.code.is_retryable() && !r.message.contains("/var/lib"));
+        let r = Refusal::from(OpError::Conflict);
+        assert_eq!(r.code, ErrorCode::IdempotencyConflict);
+        assert!(!r.code.is_retryable());
     }
 }

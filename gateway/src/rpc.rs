@@ -11,7 +11,7 @@ use crate::conversations::Change;
 use crate::ctx::Ctx;
 use crate::groups::GroupRpc;
 use crate::reply::{Refusal, Reply, answer};
-use crate::{contacts, conversations, delivery, groups, presence, schedule};
+use crate::{contacts, conversations, delivery, groups, presence, schedule, usage};
 
 /// Who asks: the session's user, device and id.
 pub(crate) struct Caller<'a> {
@@ -55,7 +55,8 @@ async fn route(ctx: &Ctx, caller: &Caller<'_>, kind: rpc_request::Kind) -> Reply
         K::Typing(r) => presence::typing(ctx, user, r).await,
         K::Presence(r) => presence::presence(ctx, user, caller.session_id, r).await,
         K::OnlineTime(r) => presence::online_time(ctx, user, r).await,
-        K::Settings(_) | K::Invitations(_) | K::Quota(_) => Err(Refusal::new(
+        K::Quota(r) => usage::quota(ctx, user, r).await,
+        K::Settings(_) | K::Invitations(_) => Err(Refusal::new(
             qim_proto::v1::ErrorCode::Unsupported,
             "not supported by this server",
         )),

@@ -195,14 +195,7 @@ impl Writer {
                 refuse(full, appends, cursor_replies, ims);
                 // What is buffered is small (quota counts): the floor
                 // leaves room for it.
-                for reply in flushes {
-                    let _ = reply.send(
-                        self.tables
-                            .db
-                            .persist(PersistMode::SyncAll)
-                            .map_err(unavailable),
-                    );
-                }
+                self.persist(flushes);
                 continue;
             }
             let cursors_saved = self.commit(appends, cursors, !flushes.is_empty());
@@ -210,14 +203,22 @@ impl Writer {
             for reply in cursor_replies {
                 let _ = reply.send(cursors_saved.clone());
             }
-            for reply in flushes {
-                let _ = reply.send(
-                    self.tables
-                        .db
-                        .persist(PersistMode::SyncAll)
-                        .map_err(unavailable),
-                );
-            }
+            self.persist(flushes);
+        }
+    }
+
+    /// Syncs the journal for `flushes`, and answers them.
+    fn persist(&self, flushes: Vec<oneshot::Sender<Result<(), StoreError>>>) {
+        if flushes.is_empty() {
+            return;
+        }
+        let synced = self
+            .tables
+            .db
+            .persist(PersistMode::SyncAll)
+            .map_err(unavailable);
+        for reply in flushes {
+            let _ = reply.send(synced.clone());
         }
     }
 
