@@ -149,10 +149,17 @@ mod tests {
         let wait = b.try_take(200, t0).expect_err("100 left");
         assert_eq!(wait, Duration::from_secs(1), "100 missing at 100/s");
         assert_eq!(b.used(t0), 400, "a refused take takes nothing");
-        assert_eq!(b.try_take(10_000, t0 + Duration::from_secs(5)), Ok(()), "capped at the burst");
+        assert_eq!(
+            b.try_take(10_000, t0 + Duration::from_secs(5)),
+            Ok(()),
+            "capped at the burst"
+        );
         b.charge(300, t0 + Duration::from_secs(5));
         assert_eq!(b.used(t0 + Duration::from_secs(5)), 800);
-        assert!(b.try_take(1, t0 + Duration::from_secs(7)).is_err(), "still in debt");
+        assert!(
+            b.try_take(1, t0 + Duration::from_secs(7)).is_err(),
+            "still in debt"
+        );
         assert_eq!(b.try_take(1, t0 + Duration::from_secs(9)), Ok(()));
     }
 }

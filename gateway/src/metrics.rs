@@ -241,7 +241,9 @@ impl Metrics {
     /// Counts a request refused by the per-user quota `quota` (its config
     /// name, e.g. "stored_bytes_per_day").
     pub fn quota_refused(&self, quota: &'static str) {
-        self.quota_refusals.get_or_create(&vec![("quota", quota)]).inc();
+        self.quota_refusals
+            .get_or_create(&vec![("quota", quota)])
+            .inc();
     }
 
     /// The metrics in Prometheus text format.

@@ -212,11 +212,7 @@ impl Quotas {
             buckets.retain(|_, b| b.used(now) > 0);
         }
         let bucket = buckets.entry(user.to_owned()).or_insert_with(|| {
-            Bucket::new(
-                self.limits.copies_per_second,
-                self.limits.copies_burst,
-                now,
-            )
+            Bucket::new(self.limits.copies_per_second, self.limits.copies_burst, now)
         });
         f(bucket)
     }

@@ -130,6 +130,6 @@ pub use message::{
 };
 pub use outbox_store::OutboxStoreError;
 pub use presence::SessionSpan;
-pub use quota::Quota;
 pub use qim_proto::v1::ErrorCode;
+pub use quota::Quota;
 pub use shared::{ConnectionState, Stats};

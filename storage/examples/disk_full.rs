@@ -6,10 +6,11 @@
 //! `cargo run -p qim-storage --example disk_full -- DIR MIN_FREE_BYTES`
 //!
 //! With `MIN_FREE_BYTES` 0 (no floor) the failed write poisons fjall:
-//! `Failed`, every later write fails, and after a reopen on the still-full
-//! disk the first write fails again (the gateway's restart loop). With a
-//! floor (e.g. 16777216) the writes are refused `Full` before they reach
-//! fjall, and they succeed again once the ballast is gone, without a reopen.
+//! `Failed`, every later write fails until a reopen, and after a reopen on
+//! the still-full disk the writes fail again soon (the gateway's restart
+//! loop). With a floor (e.g. 16777216) the writes are refused `Full` before
+//! they reach fjall, and they succeed again once the ballast is gone,
+//! without a reopen.
 
 use std::path::PathBuf;
 
@@ -25,7 +26,11 @@ fn message(i: usize) -> NewMessage {
         client_msg_id: format!("m{i}"),
         to: v1::Peer::default(),
         kind: "blob".into(),
-        body: vec![b'x'; 16 * 1024].into(),
+        // Random, so compression does not shrink what it takes on disk.
+        body: (0..16 * 1024)
+            .map(|_| rand::random::<u8>())
+            .collect::<Vec<u8>>()
+            .into(),
         server_time_ms: 0,
     }
 }
@@ -80,12 +85,16 @@ async fn main() {
     match EmbeddedStore::open(&store_dir) {
         Ok(store) => {
             store.disk().set_min_free_bytes(min_free);
-            let after_reopen = store.append(vec![message(written)]).await.err();
-            println!("after a reopen on the full disk: {after_reopen:?}");
+            let (more, error) = fill(&store, written).await;
+            println!(
+                "after a reopen on the full disk: {} more messages, then {error:?} (fatal {})",
+                more - written,
+                error.is_fatal()
+            );
             let _ = std::fs::remove_file(&ballast);
             let freed = store.append(vec![message(written + 1)]).await;
             println!(
-                "after freeing {ballast_bytes} bytes: {:?}",
+                "after freeing {ballast_bytes} bytes, without a reopen: {:?}",
                 freed.map(|a| a.len())
             );
         }

@@ -181,7 +181,11 @@ async fn a_nearly_full_disk_refuses_writes_and_recovers_without_a_restart() {
         stores.quotas.charge_stored_bytes("alice", day, 1, 10).await,
         Err(StoreError::Full(_))
     ));
-    let read = stores.messages.read_inbox("bob", 0, 10).await.expect("read");
+    let read = stores
+        .messages
+        .read_inbox("bob", 0, 10)
+        .await
+        .expect("read");
     assert_eq!(read.len(), 1, "reads go on");
     assert_eq!(read[0].seq, before[0].message.seq);
     disk.set_min_free_bytes(1);

@@ -260,12 +260,7 @@ impl ClusterStore {
         match theirs {
             // Our own claim, applied by an attempt whose answer was lost.
             Some(theirs) if theirs.msg_id == msg_id => {}
-            Some(theirs)
-                if theirs
-                    .digest
-                    .as_ref()
-                    .is_some_and(|d| *d != post.digest()) =>
-            {
+            Some(theirs) if theirs.digest.as_ref().is_some_and(|d| *d != post.digest()) => {
                 return Ok(Err(OpError::Conflict));
             }
             Some(theirs) => {

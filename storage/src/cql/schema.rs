@@ -255,7 +255,13 @@ async fn current_version(session: &Session) -> Result<i32, StoreError> {
 /// The table and column of an `ALTER TABLE t ADD c type` statement.
 fn added_column(cql: &str) -> Option<(&str, &str)> {
     let mut words = cql.split_whitespace();
-    match (words.next(), words.next(), words.next(), words.next(), words.next()) {
+    match (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) {
         (Some("ALTER"), Some("TABLE"), Some(table), Some("ADD"), Some(column)) => {
             Some((table, column))
         }

@@ -88,7 +88,9 @@ impl Writer {
         if let Some(original) = pending.get(&idem_key) {
             // Posted by this group: its primary copy is as it was sent.
             let first = original.copies.first().map(|c| &c.message);
-            if first.is_some_and(|m| conversations::digest(&m.to.clone().unwrap_or_default(), &m.body) != digest) {
+            if first.is_some_and(|m| {
+                conversations::digest(&m.to.clone().unwrap_or_default(), &m.body) != digest
+            }) {
                 return Ok(Err(OpError::Conflict));
             }
             let mut original = original.clone();

@@ -13,10 +13,11 @@
 //!
 //! # Cost
 //! The free space is read with `statvfs` (one system call, no IO) at most
-//! every [`RECHECK`]; a check in between reads two atomics. The floor must
-//! exceed what the store can write in one [`RECHECK`] plus what fjall needs
-//! to flush and compact (its memtables), which is why it is large by
-//! default (the gateway's `store.min_free_bytes`).
+//! every [`RECHECK`] while it is above twice the floor, and on every check
+//! (every group commit) below that; a check in between reads two atomics.
+//! The floor must exceed what fjall needs to flush and compact (its
+//! memtables) and what one group commit writes, which is why it is large
+//! by default (the gateway's `store.min_free_bytes`).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -83,7 +84,11 @@ impl DiskSpace {
         let was = self.full.swap(full, Ordering::Relaxed);
         if full != was {
             if full {
-                tracing::warn!(free, min_free = self.min_free_bytes(), "disk nearly full: the store refuses writes");
+                tracing::warn!(
+                    free,
+                    min_free = self.min_free_bytes(),
+                    "disk nearly full: the store refuses writes"
+                );
             } else {
                 tracing::info!(free, "disk space back: the store takes writes again");
             }
@@ -102,11 +107,15 @@ impl DiskSpace {
         if self.min_free.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let stale = self
-            .looked
-            .lock()
-            .map(|l| l.is_none_or(|at| at.elapsed() >= RECHECK))
-            .unwrap_or(true);
+        // Near the floor every check looks again (a statvfs is a system
+        // call without IO), so a burst cannot write far past it.
+        let near = self.free_bytes() / 2 < self.min_free_bytes();
+        let stale = near
+            || self
+                .looked
+                .lock()
+                .map(|l| l.is_none_or(|at| at.elapsed() >= RECHECK))
+                .unwrap_or(true);
         if stale {
             self.refresh();
         }
