@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::push::Registry;
+use crate::quota::Quotas;
 use crate::route::Routes;
 
 /// State shared by every connection of this gateway.
@@ -40,6 +41,8 @@ pub(crate) struct Ctx {
     /// How this node is known to clients and other nodes.
     pub(crate) identity: Identity,
     pub(crate) metrics: Arc<Metrics>,
+    /// Per-user quotas on sends, and the disk's floor.
+    pub(crate) quotas: Quotas,
     /// Verifies login tokens.
     pub(crate) tokens: TokenKey,
     /// Flips to true when the gateway starts draining.
@@ -69,7 +72,15 @@ impl Ctx {
             cluster.clone(),
             Arc::clone(&metrics),
         );
+        let quotas = Quotas::new(
+            config.quotas.clone(),
+            config.store.min_free_bytes,
+            Arc::clone(&stores.quotas),
+            stores.disk.clone(),
+            Arc::clone(&metrics),
+        );
         Self {
+            quotas,
             config,
             stores,
             fanout,
@@ -93,7 +104,9 @@ impl Ctx {
     }
 
     /// Notes a store failure: one only a restart repairs makes the gateway
-    /// drain and stop.
+    /// drain and stop. (A nearly full disk is not one: the embedded store
+    /// refuses writes before they can fail, `StoreError::Full`, and takes
+    /// them again when space is back.)
     pub(crate) fn store_failed(&self, e: &StoreError) {
         if e.is_fatal() {
             self.fatal.send_replace(Some(e.to_string()));

@@ -32,6 +32,7 @@
 //!   when due (also after a restart).
 //! - `presence`: online/offline over a user's devices, last seen,
 //!   subscriptions, online-time records, typing; pushed as signals.
+//! - `usage`: the quota request (each quota's limit and usage).
 //! - [`admin`]: the admin HTTP routers: health, metrics and the route
 //!   endpoint without authentication; the admin API (`/v1/`, keys with
 //!   scopes, [`admin::keys`]) on a listener of its own.
@@ -59,6 +60,9 @@
 //!   sessions.
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests),
 //!   and per remote address (route endpoint, failed admin logins).
+//! - `quota`: per-user quotas on sends (inbox copies per second, weighted
+//!   by fan-out; stored bytes per UTC day, counted in the store) and the
+//!   refusal of writes while the embedded store's disk is nearly full.
 //! - [`auth`]: HMAC-signed login tokens; [`tls`]: certificates, including
 //!   development ones made with rcgen; `secrets`: what both write and
 //!   read (owner-only files, the wall clock).
@@ -96,6 +100,7 @@ mod policy;
 mod post;
 mod presence;
 mod push;
+mod quota;
 mod reply;
 mod route;
 mod rpc;
@@ -105,6 +110,7 @@ pub mod server;
 mod session;
 pub mod tls;
 mod udp;
+mod usage;
 
 pub use config::Config;
 pub use qim_storage::Stores;

@@ -58,13 +58,57 @@ impl Bucket {
         if self.rate == 0.0 {
             return n;
         }
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.at = now;
+        self.refill(now);
         // Whole tokens only; `tokens` is at most `burst`, a u32.
         let taken = (self.tokens.floor() as usize).min(n);
         self.tokens -= taken as f64;
         taken
+    }
+
+    /// Takes `n` tokens if all are there; otherwise takes none and says
+    /// how long until they are. `n` above the burst is taken as the burst
+    /// (a bucket never holds more).
+    pub fn try_take(&mut self, n: u32, now: Instant) -> Result<(), std::time::Duration> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        self.refill(now);
+        let n = f64::from(n).min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64(
+                (n - self.tokens) / self.rate,
+            ))
+        }
+    }
+
+    /// Takes `n` tokens even if they are not there: the bucket goes into
+    /// debt, which later takes wait out (for work that must not be refused,
+    /// only paid for).
+    pub fn charge(&mut self, n: u32, now: Instant) {
+        if self.rate == 0.0 {
+            return;
+        }
+        self.refill(now);
+        self.tokens -= f64::from(n);
+    }
+
+    /// Tokens used out of the burst at `now` (0 for a full bucket).
+    pub fn used(&self, now: Instant) -> u64 {
+        if self.rate == 0.0 {
+            return 0;
+        }
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        let tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        (self.burst - tokens).max(0.0).ceil() as u64
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
     }
 
     /// How long until one token is there (zero if one is).
@@ -209,5 +253,25 @@ mod tests {
         assert!(limits.len() <= 3, "at most the capacity is remembered");
         let later = t0 + Duration::from_secs(10);
         assert!(limits.take(a, later).is_ok(), "refilled");
+    fn weighted_takes_are_all_or_nothing_and_debts_are_paid_in_time() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(100, 500, t0);
+        assert_eq!(b.try_take(400, t0), Ok(()));
+        assert_eq!(b.used(t0), 400);
+        let wait = b.try_take(200, t0).expect_err("100 left");
+        assert_eq!(wait, Duration::from_secs(1), "100 missing at 100/s");
+        assert_eq!(b.used(t0), 400, "a refused take takes nothing");
+        assert_eq!(
+            b.try_take(10_000, t0 + Duration::from_secs(5)),
+            Ok(()),
+            "capped at the burst"
+        );
+        b.charge(300, t0 + Duration::from_secs(5));
+        assert_eq!(b.used(t0 + Duration::from_secs(5)), 800);
+        assert!(
+            b.try_take(1, t0 + Duration::from_secs(7)).is_err(),
+            "still in debt"
+        );
+        assert_eq!(b.try_take(1, t0 + Duration::from_secs(9)), Ok(()));
     }
 }

@@ -69,6 +69,19 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     /// Seconds a store append batch took.
     pub store_latency: Histogram,
+    /// Requests refused by a per-user quota, by quota name.
+    pub quota_refusals: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Inbox copies the accepted sends made (the fan-out that
+    /// `quotas.copies_per_second` weighs).
+    pub send_copies: Counter,
+    /// Bytes charged to users' `quotas.stored_bytes_per_day` (body size
+    /// times copies).
+    pub stored_bytes: Counter,
+    /// Bytes free under the embedded store's data directory (-1: no local
+    /// store).
+    pub store_free_bytes: Gauge,
+    /// 1 while the embedded store refuses writes for want of disk space.
+    pub store_full: Gauge,
 }
 
 fn code_label(code: ErrorCode) -> Vec<(&'static str, &'static str)> {
@@ -106,6 +119,11 @@ impl Metrics {
             route_requests_limited: Counter::default(),
             ack_latency: latency(),
             store_latency: latency(),
+            quota_refusals: Family::default(),
+            send_copies: Counter::default(),
+            stored_bytes: Counter::default(),
+            store_free_bytes: Gauge::default(),
+            store_full: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -229,6 +247,31 @@ impl Metrics {
             "Store append batch duration",
             m.store_latency.clone(),
         );
+        registry.register(
+            "quota_refusals",
+            "Requests refused by a per-user quota, by quota",
+            m.quota_refusals.clone(),
+        );
+        registry.register(
+            "send_copies",
+            "Inbox copies made by accepted sends",
+            m.send_copies.clone(),
+        );
+        registry.register(
+            "stored_bytes",
+            "Bytes charged to users' stored-bytes quota",
+            m.stored_bytes.clone(),
+        );
+        registry.register(
+            "store_free_bytes",
+            "Bytes free under the embedded store (-1: no local store)",
+            m.store_free_bytes.clone(),
+        );
+        registry.register(
+            "store_full",
+            "1 while the store refuses writes for want of disk space",
+            m.store_full.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -252,6 +295,14 @@ impl Metrics {
     /// Counts a refused send.
     pub fn send_refused(&self, code: ErrorCode) {
         self.send_refusals.get_or_create(&code_label(code)).inc();
+    }
+
+    /// Counts a request refused by the per-user quota `quota` (its config
+    /// name, e.g. "stored_bytes_per_day").
+    pub fn quota_refused(&self, quota: &'static str) {
+        self.quota_refusals
+            .get_or_create(&vec![("quota", quota)])
+            .inc();
     }
 
     /// The metrics in Prometheus text format.

@@ -1,5 +1,7 @@
 //! A send becomes a post: validated, checked against the rules between
-//! sender and recipient, stored with one copy per inbox in one atomic
+//! sender and recipient, charged to the sender's quotas (its inbox copies
+//! and stored bytes, [`quota`](crate::quota)), stored with one copy per
+//! inbox in one atomic
 //! store call, then handed to the fan-out. Chat streams post their sends
 //! here ([`post_sends`]); scheduled sends are checked here when they are
 //! scheduled ([`Extras`], [`check_send`]).
@@ -20,6 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::ctx::Ctx;
+use crate::quota::Cost;
 use crate::reply::Refusal;
 
 /// Who sends: a logged-in user on one device.
@@ -173,7 +176,9 @@ pub(crate) async fn post_sends(
     let mut stored = match stored {
         Ok(posted) => Ok(posted.into_iter()),
         Err(e) => {
-            warn!(user = %sender.user, error = %e, "store append failed; sends refused as retryable");
+            if !matches!(e, StoreError::Full(_)) {
+                warn!(user = %sender.user, error = %e, "store append failed; sends refused as retryable");
+            }
             ctx.store_failed(&e);
             // Mapped once: every send of the batch gets the same refusal.
             Err(Refusal::from(e))
@@ -238,6 +243,11 @@ async fn admit(
         }
         Target::Group => Vec::new(),
     };
+    let cost = Cost {
+        copies: copies(ctx, &send.to, &inboxes).await,
+        body_bytes: send.body.len() as u64,
+    };
+    ctx.quotas.admit_send(sender.user, cost).await?;
     Ok(Post {
         sender: sender.user.to_owned(),
         sender_device: sender.device.to_owned(),
@@ -251,6 +261,29 @@ async fn admit(
         mention_all: extras.mention_all,
         inboxes,
     })
+}
+
+/// The inbox copies a send to `to` makes: one per inbox of a one-to-one
+/// send, one per member of a write-diffusion group, one for a
+/// read-diffusion group's log (and one for a group the store will refuse).
+/// The member count is read before the post, so a group that grows in
+/// between costs its former size once.
+pub(crate) async fn copies(ctx: &Ctx, to: &Option<v1::Peer>, inboxes: &[String]) -> u32 {
+    if !inboxes.is_empty() {
+        return u32::try_from(inboxes.len()).unwrap_or(u32::MAX);
+    }
+    let Some(v1::peer::Target::Group(group)) = to.as_ref().and_then(|p| p.target.as_ref()) else {
+        return 1;
+    };
+    match ctx.stores.groups.group(group).await {
+        Ok(Some(info)) if !info.read_diffusion => info.member_count.max(1),
+        Ok(_) => 1,
+        Err(e) => {
+            // The post reads the group again and refuses if it must.
+            debug!(group, error = %e, "group read for the send quota failed");
+            1
+        }
+    }
 }
 
 /// Hands a post's copies to the fan-out; returns the ack of the primary one

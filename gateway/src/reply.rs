@@ -37,7 +37,6 @@ impl Refusal {
     }
 
     /// The same refusal, telling the client to wait `ms` before retrying.
-    #[allow(dead_code)] // the quota and cool-down refusals are its callers
     pub(crate) fn retry_after(mut self, ms: u32) -> Self {
         self.retry_after_ms = ms;
         self
@@ -68,6 +67,14 @@ impl From<StoreError> for Refusal {
             StoreError::Invalid(detail) => {
                 tracing::debug!(%detail, "store refused the input");
                 Refusal::invalid("the store refused this input")
+            }
+            StoreError::Full(detail) => {
+                tracing::debug!(detail, "store full; write refused as retryable");
+                Refusal::new(
+                    ErrorCode::StoreFull,
+                    "the server's disk is nearly full; retry later",
+                )
+                .retry_after(1_000)
             }
             e if e.is_retryable() => {
                 warn!(error = %e, "store unavailable; request refused as retryable");
@@ -103,6 +110,7 @@ impl From<OpError> for Refusal {
             OpError::GroupFull => ErrorCode::GroupFull,
             OpError::InviteOnly => ErrorCode::InviteOnly,
             OpError::QuotaExceeded => ErrorCode::QuotaExceeded,
+            OpError::Conflict => ErrorCode::IdempotencyConflict,
             _ => ErrorCode::Internal,
         };
         match e {
@@ -207,5 +215,11 @@ mod tests {
         let r = Refusal::from(StoreError::Invalid("keyspace qim_prod: no table".into()));
         assert_eq!(r.code, ErrorCode::InvalidArgument);
         assert!(!r.message.contains("qim_prod"), "{}", r.message);
+        let r = Refusal::from(StoreError::Full("/var/lib/qim: 3 bytes free".into()));
+        assert_eq!((r.code, r.retry_after_ms), (ErrorCode::StoreFull, 1_000));
+        assert!(r.code.is_retryable() && !r.message.contains("/var/lib"));
+        let r = Refusal::from(OpError::Conflict);
+        assert_eq!(r.code, ErrorCode::IdempotencyConflict);
+        assert!(!r.code.is_retryable());
     }
 }

@@ -11,7 +11,7 @@ use crate::conversations::Change;
 use crate::ctx::Ctx;
 use crate::groups::GroupRpc;
 use crate::reply::{Refusal, Reply, answer};
-use crate::{contacts, conversations, delivery, groups, presence, schedule};
+use crate::{contacts, conversations, delivery, groups, presence, schedule, usage};
 
 /// Who asks: the session's user, device and id.
 pub(crate) struct Caller<'a> {
@@ -57,9 +57,6 @@ async fn route(ctx: &Ctx, caller: &Caller<'_>, kind: rpc_request::Kind) -> Reply
         K::OnlineTime(r) => presence::online_time(ctx, user, r).await,
         K::Settings(r) => groups::settings(ctx, user, r).await,
         K::Invitations(_) => groups::invitations(ctx, user).await,
-        K::Quota(_) => Err(Refusal::new(
-            qim_proto::v1::ErrorCode::Unsupported,
-            "not supported by this server",
-        )),
+        K::Quota(r) => usage::quota(ctx, user, r).await,
     }
 }

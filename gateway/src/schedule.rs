@@ -8,6 +8,10 @@
 //!   pending entry is posted once: overdue ones right at start-up, the rest
 //!   at their time (never before it).
 //! - A cancel that succeeded means the message is never delivered.
+//! - A firing entry is charged to its sender's quotas like a send: its
+//!   copies are taken from the sender's bucket (into debt if need be: a due
+//!   message is not postponed) and its bytes from the day's stored bytes;
+//!   past that limit it is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +24,8 @@ use tracing::{debug, warn};
 
 use crate::ctx::Ctx;
 use crate::deadline::sleep_until_opt;
-use crate::post::{Extras, Target, check_send, direct_inboxes};
+use crate::post::{Extras, Target, check_send, copies, direct_inboxes};
+use crate::quota::Cost;
 use crate::reply::{Refusal, Reply};
 
 /// Delay before retrying after a store error in the scheduler.
@@ -137,6 +142,17 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
     }
 }
 
+/// Charges a due entry's copies and bytes to its sender, as it fires.
+async fn charge(ctx: &Ctx, entry: &v1::ScheduledSend) -> Result<(), Refusal> {
+    let send = entry.send.as_ref();
+    let to = send.and_then(|s| s.to.clone());
+    let cost = Cost {
+        copies: copies(ctx, &to, &entry.inboxes).await,
+        body_bytes: send.map_or(0, |s| s.body.len() as u64),
+    };
+    ctx.quotas.charge_fired(&entry.sender, cost).await
+}
+
 /// Fires every due entry; returns how many this node posted or dropped.
 async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<usize, qim_storage::StoreError> {
     let mut fired = 0;
@@ -147,6 +163,18 @@ async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<usize, qim_sto
             return Ok(fired);
         }
         for entry in due {
+            if let Err(refused) = charge(ctx, &entry).await {
+                if refused.code.is_retryable() {
+                    // The store could not count it: fire it later.
+                    return Err(qim_storage::StoreError::Unavailable(refused.message));
+                }
+                fired += 1;
+                warn!(id = %entry.id, sender = %entry.sender, code = ?refused.code, "scheduled send refused by a quota at delivery time; dropped");
+                if let Err(e) = store.cancel(&entry.sender, &entry.id).await {
+                    debug!(id = %entry.id, error = %e, "dropping a refused scheduled send");
+                }
+                continue;
+            }
             match store.fire(&entry.id, qim_proto::now_ms()).await? {
                 Some(Ok(posted)) => {
                     fired += 1;

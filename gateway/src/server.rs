@@ -295,6 +295,10 @@ impl Gateway {
         });
 
         let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&ctx)));
+        let disk_watch = {
+            let ctx = Arc::clone(&ctx);
+            tokio::spawn(async move { ctx.quotas.watch_disk(ctx.draining.subscribe()).await })
+        };
 
         let route_task = route.map(|listener| {
             let app = crate::admin::route_app(admin_state.clone())
@@ -354,6 +358,7 @@ impl Gateway {
         endpoint.set_server_config(None);
         ctx.draining.send_replace(true);
         let _ = scheduler.await;
+        let _ = disk_watch.await;
         let drain = Duration::from_millis(ctx.config.shutdown.drain_ms) + Duration::from_secs(1);
         let drained = tokio::time::timeout(drain, async {
             while connections.join_next().await.is_some() {}

@@ -6,6 +6,10 @@
 //! xtask test` starts them and sets both. The Redis test runs its own
 //! `redis-server` on a free port, since it kills it.
 
+// The gateway's futures nest deeper than rustc's default query depth
+// allows for this file's largest test.
+#![recursion_limit = "256"]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -792,6 +792,8 @@ async fn history_pages_over_10000_messages_both_ways_and_from_a_time(backend: Ba
     use qim_sdk::HistoryAnchor;
     let gw = TestGateway::start_on(backend, |c| {
         c.limits.sends_per_second = 0;
+        // 10,000 sends at once: history paging is the subject, not quotas.
+        c.quotas.copies_per_second = 0;
     })
     .await;
     let alice = gw.client(&n("alice"), "alice-phone").await;

@@ -30,6 +30,7 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::HeartbeatTimeout
                 | ErrorCode::LoginTimeout
+                | ErrorCode::StoreFull
         )
     }
 }

@@ -1,5 +1,5 @@
 //! Contacts through the bindings: friend requests with a message, answers,
-//! the friend list and the block list.
+//! the friend list and the block list; and the user's quotas.
 //!
 //! Every call returns the user's whole [`Contacts`] as it is afterwards.
 //! Requests and answers from others arrive through
@@ -8,7 +8,7 @@
 //! with `Rejected` code `BLOCKED`; with a friends-only server policy,
 //! messages between non-friends with `NOT_FRIENDS`.
 
-use qim_sdk::Contacts;
+use qim_sdk::{Contacts, Quota};
 
 use crate::{QimClient, QimError};
 
@@ -57,5 +57,11 @@ impl QimClient {
     pub async fn unblock(&self, user: String) -> Result<Contacts, QimError> {
         self.call(move |c| async move { c.unblock(user).await })
             .await
+    }
+
+    /// This user's quotas, each with its limit and usage (a send past one
+    /// fails with `Rejected` code `RATE_LIMITED` or `QUOTA_EXCEEDED`).
+    pub async fn quota(&self) -> Result<Vec<Quota>, QimError> {
+        self.call(|c| async move { c.quota().await }).await
     }
 }

@@ -68,6 +68,7 @@
 //!   `receive`).
 //! - `presence`: presence of friends (queried, subscribed), online time,
 //!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
+//! - `quota`: the user's quotas ([`Quota`]: limit and usage).
 //!
 //! With the `ffi` feature, the public records and enums derive their
 //! uniffi bindings here (used as they are by `qim-sdk-ffi`).
@@ -109,6 +110,7 @@ mod message;
 mod outbox;
 mod outbox_store;
 mod presence;
+mod quota;
 mod receive;
 mod rpc;
 mod shared;
@@ -134,4 +136,5 @@ pub use message::{
 pub use outbox_store::OutboxStoreError;
 pub use presence::SessionSpan;
 pub use qim_proto::v1::ErrorCode;
+pub use quota::Quota;
 pub use shared::{ConnectionState, Stats};

@@ -261,7 +261,10 @@ impl Outbox {
                     self.retries.remove(&(at, order));
                 }
                 p.refusals = p.refusals.saturating_add(1);
-                let at = now + Duration::from_millis(100 << p.refusals.min(6));
+                // The server's hint (`retry_after_ms`, e.g. a rate limit's)
+                // when it asks for longer than the backoff.
+                let backoff = 100u64 << p.refusals.min(6);
+                let at = now + Duration::from_millis(backoff.max(u64::from(nack.retry_after_ms)));
                 p.not_before = Some(at);
                 p.sent_at = None;
                 self.unsent.remove(&order);

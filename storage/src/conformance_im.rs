@@ -359,6 +359,101 @@ pub async fn delivery_receipts_are_appended_once(backend: &dyn ImBackend) {
     assert_eq!(s.messages.inbox_head(&a).await.expect("head"), 1);
 }
 
+/// A `client_msg_id` posted again with the same recipient and body is a
+/// duplicate (the first copies back); with another recipient or body it is
+/// a conflict that stores nothing, whether the first post was stored
+/// earlier or is in the same batch.
+pub async fn a_reused_client_msg_id_with_another_message_is_a_conflict(backend: &dyn ImBackend) {
+    let s = backend.open_im().await;
+    let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+    let first = post(&a, &b, &[&b], "first");
+    let again = |to: &str, body: &str| Post {
+        client_msg_id: first.client_msg_id.clone(),
+        ..post(&a, to, &[to], body)
+    };
+    let out = s
+        .conversations
+        .post(vec![first.clone(), again(&b, "other body")])
+        .await
+        .expect("post");
+    let stored = out[0].as_ref().expect("first stored").copies[0].clone();
+    assert!(
+        matches!(out[1], Err(OpError::Conflict)),
+        "same batch, other body: {:?}",
+        out[1]
+    );
+    let out = s
+        .conversations
+        .post(vec![again(&b, "first"), again(&c, "first"), again(&b, "x")])
+        .await
+        .expect("post");
+    let resend = out[0].as_ref().expect("a resend is a duplicate");
+    assert!(resend.duplicate);
+    assert_eq!(
+        (resend.copies[0].seq, &resend.copies[0].message.msg_id),
+        (stored.seq, &stored.message.msg_id)
+    );
+    assert!(matches!(out[1], Err(OpError::Conflict)), "other recipient");
+    assert!(matches!(out[2], Err(OpError::Conflict)), "other body");
+    assert_eq!(s.messages.inbox_head(&b).await.expect("head"), stored.seq);
+    assert_eq!(
+        s.messages.inbox_head(&c).await.expect("head"),
+        0,
+        "a conflict stores nothing"
+    );
+}
+
+/// Stored bytes are counted per user and UTC day, charges past the limit
+/// are refused and add nothing, and the counts survive a reopen.
+pub async fn stored_bytes_are_counted_per_user_and_day(backend: &dyn ImBackend) {
+    use crate::quota::Charged;
+    let (a, b) = (unique("a"), unique("b"));
+    let day = crate::quota::utc_day(qim_proto::now_ms());
+    {
+        let s = backend.open_im().await;
+        let q = &s.quotas;
+        assert_eq!(q.stored_bytes(&a, day).await.expect("read"), 0);
+        let charge = |user: &str, day: u32, bytes: u64| {
+            let q = std::sync::Arc::clone(q);
+            let user = user.to_owned();
+            async move { q.charge_stored_bytes(&user, day, bytes, 1_000).await }
+        };
+        assert_eq!(
+            charge(&a, day, 600).await.expect("charge"),
+            Charged::Taken { used: 600 }
+        );
+        assert_eq!(
+            charge(&a, day, 500).await.expect("charge"),
+            Charged::Refused { used: 600 }
+        );
+        assert_eq!(
+            charge(&a, day, 400).await.expect("charge"),
+            Charged::Taken { used: 1_000 }
+        );
+        assert_eq!(
+            charge(&a, day + 1, 900).await.expect("charge"),
+            Charged::Taken { used: 900 },
+            "a new day counts from zero"
+        );
+        assert_eq!(
+            charge(&b, day, 1).await.expect("charge"),
+            Charged::Taken { used: 1 },
+            "per user"
+        );
+        // Concurrent charges: exactly as many fit as the limit allows.
+        let c = unique("c");
+        let all = futures_util::future::join_all((0..20).map(|_| charge(&c, day, 100))).await;
+        let taken = all
+            .iter()
+            .filter(|r| matches!(r, Ok(Charged::Taken { .. })))
+            .count();
+        assert_eq!(taken, 10);
+    }
+    let s = backend.open_im().await;
+    assert_eq!(s.quotas.stored_bytes(&a, day).await.expect("read"), 1_000);
+    assert_eq!(s.quotas.stored_bytes(&a, day + 1).await.expect("read"), 900);
+}
+
 /// Runs every IM check against a backend: `im_conformance_tests!(MyBackend::new())`.
 #[macro_export]
 macro_rules! im_conformance_tests {
@@ -376,6 +471,8 @@ macro_rules! im_conformance_tests {
             groups_invitations_are_accepted_declined_and_bounded,
             groups_owned_are_limited,
             group_adds_setting_is_durable,
+            a_reused_client_msg_id_with_another_message_is_a_conflict,
+            stored_bytes_are_counted_per_user_and_day,
         );
     };
     (@each $backend:expr; $($check:ident),* $(,)?) => {

@@ -41,7 +41,10 @@
 //!   back.
 //! - **Idempotency.** `(sender, client_msg_id)` identifies a post; posting it
 //!   again returns the original copies with `duplicate = true` and writes
-//!   nothing. The key is shared with `MessageStore::append`.
+//!   nothing. The key is shared with `MessageStore::append`. The key's
+//!   record keeps the post's [digest](Post::digest) (recipient and body):
+//!   posting the key again with another recipient or body is refused with
+//!   [`OpError::Conflict`] and writes nothing.
 //! - **Seqs.** Copies and events take seqs from the same per-inbox counter as
 //!   `append`, strictly increasing, never reused.
 //! - **Ordering of the list.** Pinned conversations first, then by
@@ -90,7 +93,27 @@ pub struct Post {
     pub inboxes: Vec<String>,
 }
 
+/// Bytes of a post's [digest](Post::digest).
+pub const DIGEST_BYTES: usize = 16;
+
+/// The digest of a message's recipient and body ([`Post::digest`]).
+pub fn digest(to: &v1::Peer, body: &[u8]) -> [u8; DIGEST_BYTES] {
+    use prost::Message as _;
+    let mut input = to.encode_length_delimited_to_vec();
+    input.extend_from_slice(body);
+    xxhash_rust::xxh3::xxh3_128(&input).to_be_bytes()
+}
+
 impl Post {
+    /// What the idempotency record of a post remembers of it: a digest of
+    /// its recipient and body (xxh3-128; stable across versions, as it is
+    /// stored). A resend of the key with another digest is a conflict
+    /// ([`OpError::Conflict`]); a record stored without one (by an older
+    /// version) is taken as the same message.
+    pub fn digest(&self) -> [u8; DIGEST_BYTES] {
+        digest(&self.to, &self.body)
+    }
+
     /// The wire message every copy carries (without seq).
     pub fn to_message(&self, msg_id: String) -> v1::Message {
         v1::Message {

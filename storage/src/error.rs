@@ -25,6 +25,11 @@ pub enum StoreError {
     /// operation may succeed on a restarted or another node.
     #[error("store failed, restart required: {0}")]
     Failed(String),
+    /// The disk under the store is nearly full: the write was refused
+    /// before it reached the database, which stays healthy. Reads go on;
+    /// writes succeed again once space is freed.
+    #[error("store full: {0}")]
+    Full(String),
 }
 
 impl StoreError {
@@ -32,7 +37,10 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::Closed | StoreError::Failed(_)
+            StoreError::Unavailable(_)
+                | StoreError::Closed
+                | StoreError::Failed(_)
+                | StoreError::Full(_)
         )
     }
 
@@ -94,4 +102,8 @@ pub enum OpError {
     /// invitations, pending join requests).
     #[error("quota exceeded")]
     QuotaExceeded,
+    /// The `(sender, client_msg_id)` of a post names a stored message with
+    /// another recipient or body; the stored message stands.
+    #[error("the client_msg_id was used for another message")]
+    Conflict,
 }

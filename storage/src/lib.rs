@@ -20,6 +20,8 @@
 //! - [`presence`]: [`PresenceStore`], session records for last seen and
 //!   online time.
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
+//! - [`quota`]: [`QuotaStore`], durable per-user quota counters (stored
+//!   bytes per UTC day), shared by every node of a cluster.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -82,6 +84,7 @@ mod error;
 pub mod groups;
 pub mod model;
 pub mod presence;
+pub mod quota;
 pub mod redis;
 pub mod schedule;
 mod stores;
@@ -100,6 +103,7 @@ pub use error::{OpError, StoreError};
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 pub use presence::PresenceStore;
+pub use quota::QuotaStore;
 pub use schedule::ScheduleStore;
 pub use stores::Stores;
 

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::cluster::{ClusterOptions, ClusterStore};
-use crate::embedded::EmbeddedStore;
+use crate::embedded::{DiskSpace, EmbeddedStore};
 use crate::{
-    ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, ScheduleStore,
-    StoreError,
+    ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, QuotaStore,
+    ScheduleStore, StoreError,
 };
 
 /// The stores of one backend instance (each field is the same backend,
@@ -27,6 +27,11 @@ pub struct Stores {
     pub schedules: Arc<dyn ScheduleStore>,
     /// Session records (last seen, online time).
     pub presence: Arc<dyn PresenceStore>,
+    /// Quota counters (stored bytes per day).
+    pub quotas: Arc<dyn QuotaStore>,
+    /// The free space under an embedded store, below whose floor it
+    /// refuses writes; `None` for a backend without a local disk.
+    pub disk: Option<Arc<DiskSpace>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -44,7 +49,8 @@ impl Stores {
             + GroupStore
             + ContactStore
             + ScheduleStore
-            + PresenceStore,
+            + PresenceStore
+            + QuotaStore,
     {
         Self {
             messages: backend.clone(),
@@ -52,7 +58,9 @@ impl Stores {
             groups: backend.clone(),
             contacts: backend.clone(),
             schedules: backend.clone(),
-            presence: backend,
+            presence: backend.clone(),
+            quotas: backend,
+            disk: None,
         }
     }
 
@@ -62,7 +70,11 @@ impl Stores {
     pub fn open_embedded(dir: &Path, history_retention_ms: u64) -> Result<Self, StoreError> {
         let store = Arc::new(EmbeddedStore::open(dir)?);
         store.set_history_retention_ms(history_retention_ms);
-        Ok(Self::new(store))
+        let disk = store.disk();
+        Ok(Self {
+            disk: Some(disk),
+            ..Self::new(store)
+        })
     }
 
     /// The cluster store ([`ClusterStore::connect`]), keeping history

@@ -145,3 +145,54 @@ async fn unread(store: &EmbeddedStore, owner: &str, peer: &str) -> u32 {
         .expect("conversation")
         .unread
 }
+
+/// Below the floor of free space every write is refused as `Full`
+/// (retryable, not fatal) before it reaches the database; reads go on, and
+/// once the floor is met again writes succeed without a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_refuses_writes_and_recovers_without_a_restart() {
+    use qim_storage::StoreError;
+    use qim_storage::conformance::message;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stores = qim_storage::Stores::open_embedded(dir.path(), 0).expect("open");
+    let disk = stores.disk.clone().expect("the embedded store has a disk");
+    let before = stores
+        .messages
+        .append(vec![message("bob", "alice", "before")])
+        .await
+        .expect("append");
+    // A floor above what is free: the disk counts as nearly full.
+    disk.set_min_free_bytes(disk.refresh().saturating_add(1 << 40));
+    let refused = stores
+        .messages
+        .append(vec![message("bob", "alice", "while full")])
+        .await;
+    match refused {
+        Err(e @ StoreError::Full(_)) => assert!(e.is_retryable() && !e.is_fatal()),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert!(matches!(
+        stores.messages.save_cursor("bob", "d1", 1).await,
+        Err(StoreError::Full(_))
+    ));
+    let day = qim_storage::quota::utc_day(qim_proto::now_ms());
+    assert!(matches!(
+        stores.quotas.charge_stored_bytes("alice", day, 1, 10).await,
+        Err(StoreError::Full(_))
+    ));
+    let read = stores
+        .messages
+        .read_inbox("bob", 0, 10)
+        .await
+        .expect("read");
+    assert_eq!(read.len(), 1, "reads go on");
+    assert_eq!(read[0].seq, before[0].message.seq);
+    disk.set_min_free_bytes(1);
+    let after = stores
+        .messages
+        .append(vec![message("bob", "alice", "after")])
+        .await
+        .expect("writes resume");
+    assert_eq!(after[0].message.seq, before[0].message.seq + 1);
+}

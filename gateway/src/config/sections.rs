@@ -260,6 +260,11 @@ section! {
         /// Milliseconds before a Redis or CQL request fails (the send is then refused as
         /// retryable).
         timeout_ms: u64 = 3_000,
+        /// Embedded store: bytes that must stay free on the data directory's file system; below
+        /// it every write (sends, rpc writes, cursors) is refused with STORE_FULL (retryable)
+        /// while reads and delivery acks go on. Checked with statvfs at most every 250 ms. Keep it
+        /// above what the store writes in that time plus its memtables (64 MiB each); 0: no check.
+        min_free_bytes: u64 = 256 << 20,
         /// Milliseconds after which a seq handed out but never stored (a failed write) or expired
         /// counts as gone for good: sync then tells a client to skip it at once instead of waiting
         /// its gap_skip_after. At least the fill window (10 s, or three timeout_ms if longer),
@@ -389,11 +394,14 @@ section! {
     "quotas" => Quotas {
         /// Inbox copies a user's sends may create per second, on average: a one-to-one message
         /// costs one copy (two with im.sync_sent), a write-diffusion group message one per member,
-        /// a read-diffusion group message one.
+        /// a read-diffusion group message one (0: unlimited). Beyond it sends are refused
+        /// RATE_LIMITED with retry_after_ms. One bucket per user per node, shared by the user's
+        /// sessions on that node.
         copies_per_second: u32 = 1_000,
         /// Inbox copies a user may create in a burst above the average.
         copies_burst: u32 = 5_000,
-        /// Bytes a user's messages may add to the store per UTC day (body size times copies).
+        /// Bytes a user's messages may add to the store per UTC day (body size times copies),
+        /// counted in the store (shared by every node); beyond it QUOTA_EXCEEDED.
         stored_bytes_per_day: u64 = 1 << 30,
         /// Groups a user may own at once.
         groups_owned: u32 = 100,

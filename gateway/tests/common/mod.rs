@@ -219,10 +219,33 @@ impl TestGateway {
     }
 
     async fn start_in(dir: tempfile::TempDir, config: Config) -> Self {
+        Self::start_on_stores(dir, config, None).await
+    }
+
+    /// An embedded gateway in `dir` on stores the test opened there (and
+    /// keeps a handle to, e.g. the disk's floor).
+    pub async fn start_embedded_on(
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Config),
+        stores: qim_gateway::Stores,
+    ) -> Self {
+        let mut config = Config::for_tests(dir.path());
+        config.admin.keys_file = Some(write_admin_keys(dir.path()));
+        adjust(&mut config);
+        Self::start_on_stores(dir, config, Some(stores)).await
+    }
+
+    async fn start_on_stores(
+        dir: tempfile::TempDir,
+        config: Config,
+        stores: Option<qim_gateway::Stores>,
+    ) -> Self {
         config.validate().expect("test config is valid");
-        let gateway = qim_gateway::Gateway::bind(config.clone())
-            .await
-            .expect("bind");
+        let gateway = match stores {
+            Some(stores) => qim_gateway::Gateway::bind_with_stores(config.clone(), stores).await,
+            None => qim_gateway::Gateway::bind(config.clone()).await,
+        }
+        .expect("bind");
         Self::run_bound(dir, config, gateway)
     }
 

@@ -14,9 +14,10 @@ use qim_storage::conversations::{
 };
 use qim_storage::embedded::EmbeddedStore;
 use qim_storage::groups::{GroupApplied, GroupLimits, GroupOp, List, Listed};
+use qim_storage::quota::Charged;
 use qim_storage::{
     Appended, ContactStore, ConversationStore, GroupStore, MessageStore, NewMessage, OpError,
-    PresenceStore, ScheduleStore, StoreError, StoredMessage,
+    PresenceStore, QuotaStore, ScheduleStore, StoreError, StoredMessage,
 };
 
 use crate::harness::held;
@@ -324,5 +325,22 @@ impl PresenceStore for HeldStore {
 
     async fn last_seen(&self, user: &str) -> Result<i64, StoreError> {
         held(self.inner.last_seen(user)).await
+    }
+}
+
+#[async_trait]
+impl QuotaStore for HeldStore {
+    async fn charge_stored_bytes(
+        &self,
+        user: &str,
+        day: u32,
+        bytes: u64,
+        limit: u64,
+    ) -> Result<Charged, StoreError> {
+        held(self.inner.charge_stored_bytes(user, day, bytes, limit)).await
+    }
+
+    async fn stored_bytes(&self, user: &str, day: u32) -> Result<u64, StoreError> {
+        held(self.inner.stored_bytes(user, day)).await
     }
 }

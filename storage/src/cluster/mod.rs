@@ -37,6 +37,7 @@ mod groups;
 mod operations;
 mod posts;
 mod presence;
+mod quota;
 mod schedule;
 mod seq;
 
@@ -305,6 +306,7 @@ impl ClusterStore {
             seq,
             msg_id: stored.message.msg_id.clone(),
             written_us: 0,
+            digest: None,
         };
         match self.cql.claim(&m.sender, &m.client_msg_id, &claim).await? {
             None => {

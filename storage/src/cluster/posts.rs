@@ -41,6 +41,9 @@ impl ClusterStore {
         let mut plans: Vec<Option<Plan>> = Vec::with_capacity(batch.len());
         for (i, p) in batch.iter().enumerate() {
             match first.get(&(p.sender.as_str(), p.client_msg_id.as_str())) {
+                Some(&j) if batch[j].digest() != p.digest() => {
+                    plans.push(Some(Plan::Refused(OpError::Conflict)));
+                }
                 Some(&j) => plans.push(Some(Plan::SameAs(j))),
                 None => {
                     first.insert((&p.sender, &p.client_msg_id), i);
@@ -62,6 +65,9 @@ impl ClusterStore {
         }
         for (i, claim) in unique.into_iter().zip(bounded(lookups).await?) {
             plans[i] = Some(match claim {
+                Some(c) if c.digest.as_ref().is_some_and(|d| *d != batch[i].digest()) => {
+                    Plan::Refused(OpError::Conflict)
+                }
                 Some(c) => Plan::Resend(c),
                 None => Plan::New,
             });
@@ -116,7 +122,7 @@ impl ClusterStore {
                                 "a post needs at least one inbox".into(),
                             ));
                         }
-                        Ok(Some(Ok(self.store_post(post, seqs).await?)))
+                        Ok(Some(self.store_post(post, seqs).await?))
                     }),
                     Some(Plan::Resend(claim)) => {
                         Box::pin(async move { Ok(Some(Ok(self.resend_post(post, claim).await?))) })
@@ -208,7 +214,13 @@ impl ClusterStore {
     }
 
     /// Stores a new post at `seqs` (one per inbox), after claiming its key.
-    async fn store_post(&self, post: &Post, seqs: &[u64]) -> Result<Posted, StoreError> {
+    /// A claim that another post with the same key won is a conflict when
+    /// its digest differs.
+    async fn store_post(
+        &self,
+        post: &Post,
+        seqs: &[u64],
+    ) -> Result<Result<Posted, OpError>, StoreError> {
         let msg_id = new_msg_id(post.server_time_ms);
         let message = post.to_message(msg_id.clone());
         let copies: Vec<StoredMessage> = post
@@ -226,6 +238,7 @@ impl ClusterStore {
             seq: copies[0].seq,
             msg_id: msg_id.clone(),
             written_us: 0,
+            digest: Some(post.digest().to_vec()),
         };
         // Seqs are taken: a failure now would leave them as gaps, so
         // transient failures are retried here (both steps are idempotent).
@@ -247,9 +260,12 @@ impl ClusterStore {
         match theirs {
             // Our own claim, applied by an attempt whose answer was lost.
             Some(theirs) if theirs.msg_id == msg_id => {}
+            Some(theirs) if theirs.digest.as_ref().is_some_and(|d| *d != post.digest()) => {
+                return Ok(Err(OpError::Conflict));
+            }
             Some(theirs) => {
                 tracing::debug!(sender = %post.sender, "lost a resend race; seqs unused");
-                return self.resend_post(post, theirs).await;
+                return self.resend_post(post, theirs).await.map(Ok);
             }
             None => {}
         }
@@ -264,10 +280,10 @@ impl ClusterStore {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Posted {
+        Ok(Ok(Posted {
             copies,
             duplicate: false,
-        })
+        }))
     }
 
     async fn write_post(&self, msg_id: &str, copies: &[StoredMessage]) -> Result<(), StoreError> {

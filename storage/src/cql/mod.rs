@@ -112,6 +112,9 @@ pub(crate) struct Claim {
     /// When the claim's seq was written (microseconds since the epoch, the
     /// cell's write time); 0 for a claim not read back from CQL.
     pub(crate) written_us: i64,
+    /// The post's digest (recipient and body); `None` for an `append`, and
+    /// for a claim written before digests were kept.
+    pub(crate) digest: Option<Vec<u8>>,
 }
 
 /// The prepared statements over one session and keyspace.
@@ -202,19 +205,19 @@ impl Cql {
             )
             .await?,
             claim: prepare(
-                "INSERT INTO idempotency (sender, client_msg_id, inbox, seq, msg_id) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
+                "INSERT INTO idempotency (sender, client_msg_id, inbox, seq, msg_id, digest) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
                 LocalQuorum,
                 false,
             )
             .await?,
             claim_read: prepare(
-                "SELECT inbox, seq, msg_id, WRITETIME(seq) FROM idempotency WHERE sender = ? AND client_msg_id = ?",
+                "SELECT inbox, seq, msg_id, WRITETIME(seq), digest FROM idempotency WHERE sender = ? AND client_msg_id = ?",
                 LocalQuorum,
                 true,
             )
             .await?,
             claim_read_serial: prepare(
-                "SELECT inbox, seq, msg_id, WRITETIME(seq) FROM idempotency WHERE sender = ? AND client_msg_id = ?",
+                "SELECT inbox, seq, msg_id, WRITETIME(seq), digest FROM idempotency WHERE sender = ? AND client_msg_id = ?",
                 LocalSerial,
                 true,
             )
@@ -421,6 +424,7 @@ impl Cql {
                     &claim.inbox,
                     seq_to_cql(claim.seq)?,
                     &claim.msg_id,
+                    &claim.digest,
                     self.ttl,
                 ),
             )
@@ -453,9 +457,15 @@ impl Cql {
             .await?
             .into_rows_result()
             .map_err(corrupt)?;
-        let Some((inbox, seq, msg_id, written)) = rows
-            .maybe_first_row::<(Option<String>, Option<i64>, Option<String>, Option<i64>)>()
-            .map_err(corrupt)?
+        type Row = (
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+            Option<Vec<u8>>,
+        );
+        let Some((inbox, seq, msg_id, written, digest)) =
+            rows.maybe_first_row::<Row>().map_err(corrupt)?
         else {
             return Ok(None);
         };
@@ -465,6 +475,7 @@ impl Cql {
                 seq: seq_from_cql(seq)?,
                 msg_id,
                 written_us: written.unwrap_or(0),
+                digest,
             })),
             _ => Err(corrupt(format!(
                 "incomplete idempotency row {sender}/{client_msg_id}"

@@ -6,7 +6,9 @@
 //! NOT EXISTS`) and `migrate` runs the statements of recorded migrations
 //! again too (a no-op for what exists), so a migration interrupted half
 //! way, two gateways migrating at once, or a keyspace missing a table its
-//! version promises is repaired by running `migrate` again. Gateways
+//! version promises is repaired by running `migrate` again. (CQL has no
+//! `ADD ... IF NOT EXISTS` everywhere: an `ALTER TABLE t ADD c type` is run
+//! only when `system_schema.columns` lacks the column.) Gateways
 //! refuse to start against a keyspace whose version is not
 //! [`SCHEMA_VERSION`] ([`check_version`]).
 
@@ -162,6 +164,9 @@ const MIGRATIONS: &[&[&str]] = &[
         PRIMARY KEY (user_id, group_id)
     )",
         "CREATE TABLE IF NOT EXISTS user_settings (user_id text PRIMARY KEY, group_adds int)",
+        // The digest of a post's recipient and body, so a reused
+        // client_msg_id with another message is told apart from a resend.
+        "ALTER TABLE idempotency ADD digest blob",
     ],
 ];
 
@@ -198,7 +203,19 @@ pub async fn migrate(session: &Session, options: &CqlOptions) -> Result<i32, Sto
         // idempotent (and a no-op on what exists), so a keyspace that
         // lacks part of what its version promises is repaired.
         for cql in *statements {
-            run(session, cql).await?;
+            match added_column(cql) {
+                Some((table, column)) => {
+                    if !has_column(session, ks, table, column).await? {
+                        // Another migrator may add it at the same time.
+                        if let Err(e) = run(session, cql).await {
+                            if !has_column(session, ks, table, column).await? {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                None => run(session, cql).await?,
+            }
         }
         if version <= before {
             continue;
@@ -242,6 +259,42 @@ async fn current_version(session: &Session) -> Result<i32, StoreError> {
         .maybe_first_row::<(Option<i32>,)>()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(row.and_then(|(v,)| v).unwrap_or(0))
+}
+
+/// The table and column of an `ALTER TABLE t ADD c type` statement.
+fn added_column(cql: &str) -> Option<(&str, &str)> {
+    let mut words = cql.split_whitespace();
+    match (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) {
+        (Some("ALTER"), Some("TABLE"), Some(table), Some("ADD"), Some(column)) => {
+            Some((table, column))
+        }
+        _ => None,
+    }
+}
+
+async fn has_column(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, StoreError> {
+    let mut read = Statement::new(
+        "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+    );
+    read.set_consistency(Consistency::One);
+    let rows = session
+        .query_unpaged(read, (keyspace, table, column))
+        .await
+        .map_err(cql_error)?
+        .into_rows_result()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(rows.rows_num() > 0)
 }
 
 async fn run(session: &Session, cql: &str) -> Result<(), StoreError> {

@@ -33,6 +33,12 @@
 //! [`StoreError::Failed`], and the gateway drains and exits so a restart
 //! replays the journal.
 //!
+//! # A nearly full disk
+//! Below a floor of free space ([`DiskSpace`], set by the gateway) the
+//! writer refuses every write with [`StoreError::Full`] before it reaches
+//! fjall, so a full disk never poisons the database: reads go on, and
+//! writes succeed again once space is freed (`space.rs`).
+//!
 //! # Freeing flushed memtables
 //! fjall frees a flushed memtable while holding locks every commit takes;
 //! a thread of ours keeps a reference to each memtable so the freeing
@@ -47,6 +53,8 @@
 //! - `groups.rs`, `contacts.rs`, `schedule.rs`, `presence.rs`: the other
 //!   stores, as in `cluster/`.
 //! - `sweeper.rs`: history retention; `reaper.rs`: freeing memtables.
+//! - `space.rs`: the free space under the store and its floor;
+//!   `quota.rs`: the [`QuotaStore`](crate::quota::QuotaStore) counters.
 
 use std::path::Path;
 use std::thread::JoinHandle;
@@ -68,12 +76,15 @@ mod groups;
 mod operations;
 mod posts;
 mod presence;
+mod quota;
 mod reaper;
 mod schedule;
+mod space;
 mod sweeper;
 mod tables;
 mod writer;
 
+pub use space::DiskSpace;
 pub use sweeper::sweep_interval;
 pub use writer::MAX_BATCH;
 
@@ -91,6 +102,10 @@ pub struct EmbeddedStore {
     pub(crate) history_retention_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Whether the retention sweeper thread was started.
     sweeper: std::sync::atomic::AtomicBool,
+    /// The free space under the store; writes are refused below its floor.
+    pub(crate) disk: std::sync::Arc<DiskSpace>,
+    /// Quota counters are read, added to and written one at a time.
+    quota_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -110,11 +125,13 @@ impl EmbeddedStore {
             .open()
             .map_err(unavailable)?;
         let tables = Tables::open(db)?;
+        let disk = std::sync::Arc::new(DiskSpace::new(dir.to_path_buf()));
         let (ops, rx) = mpsc::channel(QUEUE);
         let writer_tables = tables.clone();
+        let writer_disk = std::sync::Arc::clone(&disk);
         let writer = std::thread::Builder::new()
             .name("qim-store-writer".into())
-            .spawn(move || Writer::new(writer_tables).run(rx))
+            .spawn(move || Writer::new(writer_tables, writer_disk).run(rx))
             .map_err(unavailable)?;
         let reaper = reaper::Reaper::start(&tables.db).map_err(unavailable)?;
         Ok(Self {
@@ -124,7 +141,15 @@ impl EmbeddedStore {
             reaper: Some(reaper),
             history_retention_ms: Default::default(),
             sweeper: std::sync::atomic::AtomicBool::new(false),
+            disk,
+            quota_lock: std::sync::Mutex::new(()),
         })
+    }
+
+    /// The free space under the store and its floor: below it, every write
+    /// is refused with [`StoreError::Full`] (see `space.rs`).
+    pub fn disk(&self) -> std::sync::Arc<DiskSpace> {
+        std::sync::Arc::clone(&self.disk)
     }
 
     async fn submit<T>(

@@ -8,11 +8,13 @@ use prost::Message as _;
 
 use super::tables::{
     check_key_part, conv_msg_key, decode_copies, decode_message, encode_copies, idempotency_key,
-    message_key, split_message_key, unavailable,
+    idempotency_value, message_key, split_idempotency_value, split_message_key, unavailable,
 };
 use super::writer::{PostReply, Stage, Writer};
 use crate::OpError;
-use crate::conversations::{Post, Posted, conversation_of, counts_as_unread, peer_key, preview};
+use crate::conversations::{
+    self, Post, Posted, conversation_of, counts_as_unread, peer_key, preview,
+};
 use crate::model::new_msg_id;
 use crate::{StoreError, StoredMessage};
 
@@ -82,18 +84,30 @@ impl Writer {
     ) -> Result<Result<Posted, OpError>, StoreError> {
         check_key_part(&post.sender)?;
         let idem_key = idempotency_key(&post.sender, &post.client_msg_id);
+        let digest = post.digest();
         if let Some(original) = pending.get(&idem_key) {
+            // Posted by this group: its primary copy is as it was sent.
+            let first = original.copies.first().map(|c| &c.message);
+            if first.is_some_and(|m| {
+                conversations::digest(&m.to.clone().unwrap_or_default(), &m.body) != digest
+            }) {
+                return Ok(Err(OpError::Conflict));
+            }
             let mut original = original.clone();
             original.duplicate = true;
             return Ok(Ok(original));
         }
-        if let Some(msg_key) = self
+        if let Some(record) = self
             .tables
             .idempotency
             .get(&idem_key)
             .map_err(unavailable)?
         {
-            let copies = self.copies_of_key(&msg_key)?;
+            let (msg_key, stored_digest) = split_idempotency_value(&record)?;
+            if stored_digest.is_some_and(|d| d != digest) {
+                return Ok(Err(OpError::Conflict));
+            }
+            let copies = self.copies_of_key(msg_key)?;
             return Ok(Ok(Posted {
                 copies,
                 duplicate: true,
@@ -131,7 +145,7 @@ impl Writer {
         stage.batch.insert(
             &self.tables.idempotency,
             idem_key.clone(),
-            message_key(&copies[0].inbox, copies[0].seq),
+            idempotency_value(&message_key(&copies[0].inbox, copies[0].seq), &digest),
         );
         stage.batch.insert(
             &self.tables.msg_ids,

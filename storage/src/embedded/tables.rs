@@ -6,7 +6,9 @@
 //! - `messages`: `[len u8][inbox][seq u64 BE]` → protobuf `v1.Message`. The
 //!   length prefix keeps inbox `ab` from sharing a prefix with `abc`; the
 //!   big-endian seq makes a range scan return an inbox in seq order.
-//! - `idempotency`: `[len u8][sender][client_msg_id]` → the message key.
+//! - `idempotency`: `[len u8][sender][client_msg_id]` → the message key,
+//!   followed for a post by its 16-byte digest (recipient and body; records
+//!   written before digests were kept have none).
 //! - `cursors`: `[len u8][inbox][device]` → `u64 BE`.
 //! - `conversations`: `[len][user][convkey]` → protobuf `v1.Conversation`.
 //! - `conv_order`: `[len][user][0 = pinned | 1][!last_seq u64 BE][convkey]`
@@ -15,12 +17,14 @@
 //!   the copy counts as unread above the read cursor (from someone else,
 //!   not recalled or deleted), else 0. Unread counts are recounted from it.
 //! - `msg_ids`: `[msg_id]` → the copies, `([len][inbox][seq u64 BE])*`.
+//! - `quota_bytes`: `[len][user][day u32 BE]` → `u64 BE`, the bytes the
+//!   user's posts stored on that UTC day (days since the epoch).
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use prost::Message as _;
 use qim_proto::v1;
 
-use crate::conversations::counts_as_unread;
+use crate::conversations::{DIGEST_BYTES, counts_as_unread};
 use crate::{StoreError, StoredMessage};
 
 /// The keyspaces of one database.
@@ -51,6 +55,8 @@ pub(super) struct Tables {
     pub(super) invitations: Keyspace,
     /// Each user's settings (see `groups.rs`).
     pub(super) settings: Keyspace,
+    /// Stored bytes per user and UTC day (see the module docs).
+    pub(super) quota_bytes: Keyspace,
 }
 
 impl Tables {
@@ -78,6 +84,7 @@ impl Tables {
             group_lists: keyspace("group_lists").map_err(unavailable)?,
             invitations: keyspace("invitations").map_err(unavailable)?,
             settings: keyspace("settings").map_err(unavailable)?,
+            quota_bytes: keyspace("quota_bytes").map_err(unavailable)?,
             db,
         })
     }
@@ -114,6 +121,37 @@ pub(super) fn message_key(inbox: &str, seq: u64) -> Vec<u8> {
 pub(super) fn idempotency_key(sender: &str, client_msg_id: &str) -> Vec<u8> {
     let mut key = prefixed(sender, client_msg_id.len());
     key.extend_from_slice(client_msg_id.as_bytes());
+    key
+}
+
+/// The idempotency record of a post: its primary copy's key and digest.
+pub(super) fn idempotency_value(msg_key: &[u8], digest: &[u8; DIGEST_BYTES]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(msg_key.len() + DIGEST_BYTES);
+    value.extend_from_slice(msg_key);
+    value.extend_from_slice(digest);
+    value
+}
+
+/// An idempotency record split into the message key and the digest, if
+/// the record has one.
+pub(super) fn split_idempotency_value(
+    value: &[u8],
+) -> Result<(&[u8], Option<[u8; DIGEST_BYTES]>), StoreError> {
+    let corrupt = || StoreError::Corrupt("bad idempotency record".into());
+    let key_len = 1 + 8 + usize::from(*value.first().ok_or_else(corrupt)?);
+    match value.len().checked_sub(key_len) {
+        Some(0) => Ok((value, None)),
+        Some(DIGEST_BYTES) => {
+            let (key, digest) = value.split_at(key_len);
+            Ok((key, Some(digest.try_into().map_err(|_| corrupt())?)))
+        }
+        _ => Err(corrupt()),
+    }
+}
+
+pub(super) fn quota_key(user: &str, day: u32) -> Vec<u8> {
+    let mut key = prefixed(user, 4);
+    key.extend_from_slice(&day.to_be_bytes());
     key
 }
 

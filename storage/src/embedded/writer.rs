@@ -6,15 +6,17 @@
 //! `schedule.rs`, `sweeper.rs`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use fjall::PersistMode;
 use prost::Message as _;
 use qim_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
+use super::space::DiskSpace;
 use super::tables::{
     Tables, check_key_part, conv_key, decode_message, idempotency_key, load_conv, message_key,
-    order_key, read_head, split_message_key, unavailable,
+    order_key, read_head, split_idempotency_value, split_message_key, unavailable,
 };
 use crate::OpError;
 use crate::StoreError;
@@ -129,6 +131,8 @@ impl ScheduleRequest {
 /// Owns sequence assignment and all message writes.
 pub(super) struct Writer {
     pub(super) tables: Tables,
+    /// The free space under the store; writes wait for it.
+    disk: Arc<DiskSpace>,
     /// Set when a commit failed; every later write fails with it.
     pub(super) failed: Option<String>,
     /// Newest seq per inbox, loaded from disk on first use.
@@ -138,9 +142,10 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(tables: Tables) -> Self {
+    pub(super) fn new(tables: Tables, disk: Arc<DiskSpace>) -> Self {
         Self {
             tables,
+            disk,
             failed: None,
             heads: HashMap::new(),
             scratch: Scratch::default(),
@@ -178,18 +183,19 @@ impl Writer {
             }
             if let Some(reason) = &self.failed {
                 let error = StoreError::Failed(reason.clone());
-                for (_, reply) in appends {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                for reply in cursor_replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
                 for reply in flushes {
                     let _ = reply.send(Err(error.clone()));
                 }
-                for request in ims {
-                    request.fail(error.clone());
-                }
+                refuse(error, appends, cursor_replies, ims);
+                continue;
+            }
+            // Refused before fjall sees them: a write that fails for want
+            // of space would poison the database (see `space.rs`).
+            if let Err(full) = self.disk.check() {
+                refuse(full, appends, cursor_replies, ims);
+                // What is buffered is small (quota counts): the floor
+                // leaves room for it.
+                self.persist(flushes);
                 continue;
             }
             let cursors_saved = self.commit(appends, cursors, !flushes.is_empty());
@@ -197,14 +203,22 @@ impl Writer {
             for reply in cursor_replies {
                 let _ = reply.send(cursors_saved.clone());
             }
-            for reply in flushes {
-                let _ = reply.send(
-                    self.tables
-                        .db
-                        .persist(PersistMode::SyncAll)
-                        .map_err(unavailable),
-                );
-            }
+            self.persist(flushes);
+        }
+    }
+
+    /// Syncs the journal for `flushes`, and answers them.
+    fn persist(&self, flushes: Vec<oneshot::Sender<Result<(), StoreError>>>) {
+        if flushes.is_empty() {
+            return;
+        }
+        let synced = self
+            .tables
+            .db
+            .persist(PersistMode::SyncAll)
+            .map_err(unavailable);
+        for reply in flushes {
+            let _ = reply.send(synced.clone());
         }
     }
 
@@ -318,20 +332,21 @@ impl Writer {
                 duplicate: true,
             });
         }
-        if let Some(msg_key) = self
+        if let Some(record) = self
             .tables
             .idempotency
             .get(&idem_key)
             .map_err(unavailable)?
         {
+            let (msg_key, _) = split_idempotency_value(&record)?;
             let value = self
                 .tables
                 .messages
-                .get(&msg_key)
+                .get(msg_key)
                 .map_err(unavailable)?
                 .ok_or_else(|| StoreError::Corrupt("idempotency key without its message".into()))?;
-            let (inbox, _) = split_message_key(&msg_key)?;
-            let original = decode_message(&inbox, &msg_key, &value)?;
+            let (inbox, _) = split_message_key(msg_key)?;
+            let original = decode_message(&inbox, msg_key, &value)?;
             return Ok(Appended {
                 message: original,
                 duplicate: true,
@@ -356,6 +371,24 @@ impl Writer {
             message: stored,
             duplicate: false,
         })
+    }
+}
+
+/// Answers every write of a group with `error`.
+fn refuse(
+    error: StoreError,
+    appends: Vec<(Vec<NewMessage>, Reply)>,
+    cursor_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    ims: Vec<Request>,
+) {
+    for (_, reply) in appends {
+        let _ = reply.send(Err(error.clone()));
+    }
+    for reply in cursor_replies {
+        let _ = reply.send(Err(error.clone()));
+    }
+    for request in ims {
+        request.fail(error.clone());
     }
 }
 
