@@ -11,7 +11,12 @@ use qim_proto::v1;
 use crate::OpError;
 use crate::Stores;
 use crate::conformance::unique;
-use crate::contacts::ContactOp;
+use crate::contacts::{ContactOp, RequestLimits};
+pub use crate::conformance_contacts::{
+    blocks_drop_requests_and_keep_blockers_out_of_groups, friend_requests_follow_the_rules,
+    schedules_are_bounded_and_refusals_are_told,
+};
+use crate::schedule::{Fired, Verdict};
 use crate::conversations::{ConversationOp, HistoryAnchor, Post, group, group_log, user};
 use crate::groups::GroupOp;
 
@@ -22,7 +27,7 @@ pub trait ImBackend: Send + Sync {
     async fn open_im(&self) -> Stores;
 }
 
-fn post(from: &str, to: &str, inboxes: &[&str], body: &str) -> Post {
+pub(crate) fn post(from: &str, to: &str, inboxes: &[&str], body: &str) -> Post {
     Post {
         sender: from.to_owned(),
         sender_device: "d".into(),
@@ -233,6 +238,7 @@ pub async fn contacts_requests_and_blocks(backend: &dyn ImBackend) {
     let req = ContactOp::Request {
         other: b.clone(),
         message: "hi".into(),
+        limits: RequestLimits::default(),
     };
     let applied = s.contacts.contact_apply(&a, req, 1).await.expect("request");
     assert_eq!(applied.events.len(), 1);
@@ -255,6 +261,12 @@ pub async fn contacts_requests_and_blocks(backend: &dyn ImBackend) {
     );
 }
 
+/// The verdict of a fire that posts (a refused post is told as
+/// `PERMISSION_DENIED`).
+pub(crate) fn post_it() -> Verdict {
+    Verdict::Post(|e| (v1::ErrorCode::PermissionDenied, e.to_string()))
+}
+
 /// A scheduled send fires once; a cancelled one never fires.
 pub async fn schedules_fire_once_and_cancel_wins(backend: &dyn ImBackend) {
     let s = backend.open_im().await;
@@ -275,11 +287,11 @@ pub async fn schedules_fire_once_and_cancel_wins(backend: &dyn ImBackend) {
     };
     let (keep, drop) = (unique("keep"), unique("drop"));
     s.schedules
-        .schedule(entry(&keep, 1_000))
+        .schedule(entry(&keep, 1_000), 100)
         .await
         .expect("schedule");
     s.schedules
-        .schedule(entry(&drop, 1_000))
+        .schedule(entry(&drop, 1_000), 100)
         .await
         .expect("schedule");
     assert!(
@@ -289,22 +301,23 @@ pub async fn schedules_fire_once_and_cancel_wins(backend: &dyn ImBackend) {
     s.schedules.cancel(&a, &drop).await.expect("cancel");
     assert!(
         s.schedules
-            .fire(&drop, 2_000)
+            .fire(&drop, 2_000, post_it())
             .await
             .expect("fire")
             .is_none()
     );
-    let fired = s
+    let Some(Fired::Posted(fired)) = s
         .schedules
-        .fire(&keep, 2_000)
+        .fire(&keep, 2_000, post_it())
         .await
         .expect("fire")
-        .expect("pending")
-        .expect("posted");
+    else {
+        panic!("pending, and posted");
+    };
     assert_eq!(fired.copies[0].inbox, b);
     assert!(
         s.schedules
-            .fire(&keep, 2_000)
+            .fire(&keep, 2_000, post_it())
             .await
             .expect("fire")
             .is_none(),
@@ -352,6 +365,9 @@ macro_rules! im_conformance_tests {
             contacts_requests_and_blocks,
             schedules_fire_once_and_cancel_wins,
             delivery_receipts_are_appended_once,
+            friend_requests_follow_the_rules,
+            blocks_drop_requests_and_keep_blockers_out_of_groups,
+            schedules_are_bounded_and_refusals_are_told,
         );
     };
     (@each $backend:expr; $($check:ident),* $(,)?) => {

@@ -81,4 +81,17 @@ pub enum OpError {
     /// The other user has blocked this one.
     #[error("blocked by the recipient")]
     Blocked,
+    /// The same request is already waiting for an answer.
+    #[error("a request is already pending")]
+    Pending,
+    /// The same request was refused recently; it may be made again after
+    /// `retry_after_ms`.
+    #[error("refused recently; wait before asking again")]
+    Cooldown {
+        /// Milliseconds until the request may be made again.
+        retry_after_ms: u64,
+    },
+    /// The user has as many of these waiting as the quota allows.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(&'static str),
 }

@@ -43,8 +43,9 @@
 //!   logged batches of `writes.rs`), contacts and schedules in `social.rs`;
 //!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
 //!   errors) are what the others share.
-//! - `conformance`, `conformance_im` (feature `conformance`): the checks
-//!   every backend must pass.
+//! - `conformance`, `conformance_im`, `conformance_contacts` (feature
+//!   `conformance`): the checks every backend must pass (the last: the
+//!   rules of friend requests, blocks and scheduled sends).
 //!
 //! # Public API of the cluster backend (stable)
 //! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
@@ -85,6 +86,8 @@ mod stores;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_contacts;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
 

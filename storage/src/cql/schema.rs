@@ -19,7 +19,7 @@ use super::options::CqlOptions;
 use crate::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migration `n` is `MIGRATIONS[n - 1]`: its CQL statements, run in order.
 const MIGRATIONS: &[&[&str]] = &[
@@ -150,6 +150,36 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE TABLE IF NOT EXISTS im_receipts (
         recipient text, msg_id text,
         PRIMARY KEY ((recipient, msg_id))
+    )",
+    ],
+    &[
+        // The rules of friend requests, blocks and schedules (see
+        // `cluster::contacts` and `cluster::schedule`).
+        //
+        // `blocker` blocked `user_id`: the reverse of `blocks`, written in
+        // the same logged batch, so a group post reads who must not get it
+        // with one query.
+        "CREATE TABLE IF NOT EXISTS blocked_by (
+        user_id text, blocker text,
+        PRIMARY KEY (user_id, blocker)
+    )",
+        // `owner`'s request to `other` is pending (with the contacts row in
+        // state 2): counted for the pending-request quota.
+        "CREATE TABLE IF NOT EXISTS contact_outgoing (
+        owner text, other text,
+        PRIMARY KEY (owner, other)
+    )",
+        // `other` rejected `owner`'s request at `at_ms`: the cool-down's
+        // start (kept until the two become friends).
+        "CREATE TABLE IF NOT EXISTS contact_rejections (
+        owner text, other text, at_ms bigint,
+        PRIMARY KEY (owner, other)
+    )",
+        // `owner`'s pending scheduled sends, counted for the quota (a row
+        // left by a crash is removed when a count reaches the quota).
+        "CREATE TABLE IF NOT EXISTS schedules_by_owner (
+        owner text, id text,
+        PRIMARY KEY (owner, id)
     )",
     ],
 ];

@@ -110,6 +110,8 @@ impl EmbeddedStore {
             .open()
             .map_err(unavailable)?;
         let tables = Tables::open(db)?;
+        contacts::build_indexes(&tables)?;
+        schedule::build_index(&tables)?;
         let (ops, rx) = mpsc::channel(QUEUE);
         let writer_tables = tables.clone();
         let writer = std::thread::Builder::new()
