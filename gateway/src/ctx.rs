@@ -67,6 +67,7 @@ impl Ctx {
             Arc::clone(&routes),
             Arc::clone(&push),
             cluster.clone(),
+            Arc::clone(&stores.contacts),
             Arc::clone(&metrics),
         );
         Self {

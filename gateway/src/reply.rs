@@ -37,7 +37,6 @@ impl Refusal {
     }
 
     /// The same refusal, telling the client to wait `ms` before retrying.
-    #[allow(dead_code)] // the quota and cool-down refusals are its callers
     pub(crate) fn retry_after(mut self, ms: u32) -> Self {
         self.retry_after_ms = ms;
         self
@@ -94,13 +93,37 @@ impl From<OpError> for Refusal {
             OpError::Exists => ErrorCode::InvalidArgument,
             OpError::Dissolved => ErrorCode::NotFound,
             OpError::Blocked => ErrorCode::Blocked,
+            OpError::Pending => ErrorCode::AlreadyExists,
+            OpError::Cooldown { .. } => ErrorCode::Cooldown,
+            OpError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             _ => ErrorCode::Internal,
         };
         match e {
             OpError::Store(store) => store.into(),
+            OpError::Cooldown { retry_after_ms } => Refusal::new(code, e.to_string())
+                .retry_after(u32::try_from(retry_after_ms).unwrap_or(u32::MAX)),
             other => Refusal::new(code, other.to_string()),
         }
     }
+}
+
+/// A post the store refused (live or scheduled): a group that does not
+/// exist (any more) is a bad recipient; the rest as [`From<OpError>`].
+pub(crate) fn post_refused(e: OpError) -> Refusal {
+    match e {
+        OpError::NotFound | OpError::Dissolved => Refusal::new(
+            ErrorCode::InvalidRecipient,
+            "no such group, or it was dissolved",
+        ),
+        e => Refusal::from(e),
+    }
+}
+
+/// What the sender of a scheduled send is told when the store refuses its
+/// post at fire time: what a live send would get.
+pub(crate) fn explain(e: &OpError) -> (ErrorCode, String) {
+    let refusal = post_refused(e.clone());
+    (refusal.code, refusal.message)
 }
 
 /// What an rpc handler returns: the answer, or why there is none.
@@ -195,5 +218,22 @@ mod tests {
         assert!(!r.message.contains("10.0.0.7"));
         let r = Refusal::from(OpError::NotAMember);
         assert_eq!(r.code, ErrorCode::NotAMember);
+    }
+
+    #[test]
+    fn contact_rules_have_their_codes() {
+        let r = Refusal::from(OpError::Cooldown {
+            retry_after_ms: 5_000,
+        });
+        assert_eq!((r.code, r.retry_after_ms), (ErrorCode::Cooldown, 5_000));
+        assert_eq!(
+            Refusal::from(OpError::Pending).code,
+            ErrorCode::AlreadyExists
+        );
+        assert_eq!(
+            Refusal::from(OpError::QuotaExceeded("x")).code,
+            ErrorCode::QuotaExceeded
+        );
+        assert_eq!(explain(&OpError::Muted).0, ErrorCode::Muted);
     }
 }
