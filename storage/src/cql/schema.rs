@@ -19,7 +19,7 @@ use super::options::CqlOptions;
 use crate::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `n` is `MIGRATIONS[n - 1]`: its CQL statements, run in order.
 const MIGRATIONS: &[&[&str]] = &[
@@ -151,8 +151,6 @@ const MIGRATIONS: &[&[&str]] = &[
         recipient text, msg_id text,
         PRIMARY KEY ((recipient, msg_id))
     )",
-    ],
-    &[
         // The rules of friend requests, blocks and schedules (see
         // `cluster::contacts` and `cluster::schedule`).
         //
