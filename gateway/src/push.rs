@@ -217,7 +217,12 @@ impl Registry {
 
     /// Pushes a stored log entry of `group` to its following sessions,
     /// except those of the `hidden` users.
-    pub(crate) fn publish_group(&self, group: &str, message: Arc<StoredMessage>, hidden: &[String]) {
+    pub(crate) fn publish_group(
+        &self,
+        group: &str,
+        message: Arc<StoredMessage>,
+        hidden: &[String],
+    ) {
         let subs: Vec<Following> = match lock(&self.tables).groups.get(group) {
             Some(subs) => subs
                 .values()

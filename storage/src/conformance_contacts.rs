@@ -189,10 +189,7 @@ pub async fn schedules_are_bounded_and_refusals_are_told(backend: &dyn ImBackend
     };
     let first = entry(user(&b), vec![b.clone()]);
     let second = entry(group(&g), Vec::new());
-    s.schedules
-        .schedule(first.clone(), 2)
-        .await
-        .expect("first");
+    s.schedules.schedule(first.clone(), 2).await.expect("first");
     s.schedules
         .schedule(second.clone(), 2)
         .await

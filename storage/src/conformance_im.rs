@@ -11,14 +11,14 @@ use qim_proto::v1;
 use crate::OpError;
 use crate::Stores;
 use crate::conformance::unique;
-use crate::contacts::{ContactOp, RequestLimits};
 pub use crate::conformance_contacts::{
     blocks_drop_requests_and_keep_blockers_out_of_groups, friend_requests_follow_the_rules,
     schedules_are_bounded_and_refusals_are_told,
 };
-use crate::schedule::{Fired, Verdict};
+use crate::contacts::{ContactOp, RequestLimits};
 use crate::conversations::{ConversationOp, HistoryAnchor, Post, group, group_log, user};
 use crate::groups::GroupOp;
+use crate::schedule::{Fired, Verdict};
 
 /// Opens the backend under test.
 #[async_trait]

@@ -279,8 +279,7 @@ impl ClusterStore {
                     }
                     Some(SENT) => return Err(OpError::Pending),
                     _ => {
-                        self.check_new_request(user, other, &limits, now_ms)
-                            .await?;
+                        self.check_new_request(user, other, &limits, now_ms).await?;
                         self.side_rows(&mut rows, user, other, Some((SENT, 0, "")));
                         self.side_rows(&mut rows, other, user, Some((RECEIVED, now_ms, &message)));
                         events.push((

@@ -158,7 +158,10 @@ impl ClusterStore {
             .await?;
         self.delete_due_row(id, found.due_ms).await?;
         self.social
-            .exec(&self.social.schedule_owner_delete, (found.owner.as_str(), id))
+            .exec(
+                &self.social.schedule_owner_delete,
+                (found.owner.as_str(), id),
+            )
             .await?;
         Ok(())
     }
@@ -330,7 +333,9 @@ impl ScheduleStore for ClusterStore {
         let (code, message) = match verdict {
             Verdict::Refuse { code, message } => (code, message),
             Verdict::Post(explain) => {
-                let posted = self.post(vec![to_post(found.entry.clone(), now_ms)]).await?;
+                let posted = self
+                    .post(vec![to_post(found.entry.clone(), now_ms)])
+                    .await?;
                 let outcome = posted
                     .into_iter()
                     .next()

@@ -91,7 +91,11 @@ impl Writer {
             });
         }
         let mut pending = 0;
-        for guard in t.outgoing.prefix(prefixed(user, 0)).take(limits.max_pending) {
+        for guard in t
+            .outgoing
+            .prefix(prefixed(user, 0))
+            .take(limits.max_pending)
+        {
             guard.into_inner().map_err(unavailable)?;
             pending += 1;
         }

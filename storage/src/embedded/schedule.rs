@@ -159,14 +159,19 @@ impl Writer {
                         }
                     };
                     let event = refused_event(&entry, code, message);
-                    let stored =
-                        match self.stage_event(&mut stage, &entry.sender, &entry.sender, event, now_ms) {
-                            Ok(stored) => stored,
-                            Err(e) => {
-                                self.abandon_stage();
-                                return Err(e);
-                            }
-                        };
+                    let stored = match self.stage_event(
+                        &mut stage,
+                        &entry.sender,
+                        &entry.sender,
+                        event,
+                        now_ms,
+                    ) {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            self.abandon_stage();
+                            return Err(e);
+                        }
+                    };
                     self.finish_fire(stage, &entry, key.to_vec())?;
                     Ok(Some(Fired::Refused(stored)))
                 })();
@@ -185,7 +190,9 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let t = self.tables.clone();
         stage.batch.remove(&t.scheduled, key);
-        stage.batch.remove(&t.schedule_ids, entry.id.clone().into_bytes());
+        stage
+            .batch
+            .remove(&t.schedule_ids, entry.id.clone().into_bytes());
         if check_key_part(&entry.sender).is_ok() {
             stage
                 .batch
