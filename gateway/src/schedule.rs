@@ -172,7 +172,7 @@ async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<usize, qim_sto
                 Some(Fired::Refused(event)) => {
                     fired += 1;
                     info!(id = %entry.id, sender = %entry.sender, "scheduled send refused at delivery time; the sender is told");
-                    ctx.fanout.deliver(Arc::new(event)).await;
+                    ctx.fanout.deliver(Arc::new(*event)).await;
                 }
                 None => {}
             }

@@ -85,7 +85,7 @@ pub enum Fired {
     Posted(Posted),
     /// Nothing was posted; this `ScheduleRefused` event was appended to the
     /// sender's inbox.
-    Refused(StoredMessage),
+    Refused(Box<StoredMessage>),
 }
 
 /// The `ScheduleRefused` event for `entry`.

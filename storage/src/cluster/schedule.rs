@@ -358,7 +358,7 @@ impl ScheduleStore for ClusterStore {
             .batch(vec![self.cql.message_row(&stored)?])
             .await?;
         self.finish_fire(id, &found).await?;
-        Ok(Some(Fired::Refused(stored)))
+        Ok(Some(Fired::Refused(Box::new(stored))))
     }
 }
 

@@ -173,7 +173,7 @@ impl Writer {
                         }
                     };
                     self.finish_fire(stage, &entry, key.to_vec())?;
-                    Ok(Some(Fired::Refused(stored)))
+                    Ok(Some(Fired::Refused(Box::new(stored))))
                 })();
                 let _ = reply.send(result);
             }
