@@ -64,6 +64,42 @@ impl Nodes {
     }
 }
 
+/// A gateway with bystanders chatting, an attacker and a victim online.
+struct Scene {
+    gw: TestGateway,
+    bystanders: Bystanders,
+    attacker: String,
+    victim: String,
+    a: Client,
+    v: Client,
+}
+
+impl Scene {
+    async fn start(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Scene {
+        let gw = TestGateway::start_on(backend, adjust).await;
+        let bystanders = Bystanders::start(&gw).await;
+        let (attacker, victim) = (unique("attacker"), unique("victim"));
+        let a = gw.client(&attacker, "phone").await;
+        let v = gw.client(&victim, "phone").await;
+        Scene {
+            gw,
+            bystanders,
+            attacker,
+            victim,
+            a,
+            v,
+        }
+    }
+
+    /// Checks the bystanders got everything and stops.
+    async fn finish(self) {
+        self.bystanders.finish().await;
+        self.a.close().await;
+        self.v.close().await;
+        self.gw.stop().await;
+    }
+}
+
 fn refused_with(result: Result<impl std::fmt::Debug, qim_sdk::Error>, want: ErrorCode) {
     match result {
         Err(qim_sdk::Error::Rejected { code, .. }) if code == want => {}
@@ -102,33 +138,30 @@ async fn next_event(client: &Client, what: &str, want: impl Fn(&Event) -> bool) 
 /// rejection, and requests beyond the pending quota are refused, typed, and
 /// the victim hears of none of them.
 async fn friend_request_spam_is_refused(backend: Backend) {
-    let gw = TestGateway::start_on(backend, |c| {
+    let s = Scene::start(backend, |c| {
         c.quotas.pending_requests = 3;
         c.im.friend_request_cooldown_ms = 600_000;
     })
     .await;
-    let bystanders = Bystanders::start(&gw).await;
-    let (attacker, victim) = (unique("attacker"), unique("victim"));
-    let a = gw.client(&attacker, "phone").await;
-    let v = gw.client(&victim, "phone").await;
 
-    a.request_friend(victim.clone(), "hi".into())
+    s.a.request_friend(s.victim.clone(), "hi".into())
         .await
         .expect("the first request");
-    let got = take(&v, 1).await;
+    let got = take(&s.v, 1).await;
     assert!(matches!(
         &got[0].event,
-        Some(Event::FriendRequest { from, .. }) if *from == attacker
+        Some(Event::FriendRequest { from, .. }) if *from == s.attacker
     ));
     for _ in 0..5 {
         refused_with(
-            a.request_friend(victim.clone(), "hi again".into()).await,
+            s.a.request_friend(s.victim.clone(), "hi again".into())
+                .await,
             ErrorCode::AlreadyExists,
         );
     }
-    v.reject_friend(attacker.clone()).await.expect("reject");
+    s.v.reject_friend(s.attacker.clone()).await.expect("reject");
     assert!(matches!(
-        take(&a, 1).await[0].event,
+        take(&s.a, 1).await[0].event,
         Some(Event::FriendResponse {
             accepted: false,
             ..
@@ -136,71 +169,65 @@ async fn friend_request_spam_is_refused(backend: Backend) {
     ));
     for _ in 0..5 {
         refused_with(
-            a.request_friend(victim.clone(), "please".into()).await,
+            s.a.request_friend(s.victim.clone(), "please".into()).await,
             ErrorCode::Cooldown,
         );
     }
-    assert_quiet(&v, Duration::from_millis(300)).await;
+    assert_quiet(&s.v, Duration::from_millis(300)).await;
 
     // Beyond the quota of pending requests.
     let others: Vec<String> = (0..4).map(|i| unique(&format!("other{i}"))).collect();
     for other in &others[..3] {
-        a.request_friend(other.clone(), "hi".into())
+        s.a.request_friend(other.clone(), "hi".into())
             .await
             .expect("within the quota");
     }
     refused_with(
-        a.request_friend(others[3].clone(), "hi".into()).await,
+        s.a.request_friend(others[3].clone(), "hi".into()).await,
         ErrorCode::QuotaExceeded,
     );
-    let mine = a.contacts().await.expect("contacts");
+    let mine = s.a.contacts().await.expect("contacts");
     assert_eq!(mine.outgoing.len(), 3);
     // An answer frees a place.
-    let first = gw.client(&others[0], "phone").await;
-    first.reject_friend(attacker.clone()).await.expect("reject");
-    a.request_friend(others[3].clone(), "hi".into())
+    let first = s.gw.client(&others[0], "phone").await;
+    first
+        .reject_friend(s.attacker.clone())
+        .await
+        .expect("reject");
+    s.a.request_friend(others[3].clone(), "hi".into())
         .await
         .expect("a place was freed");
 
-    bystanders.finish().await;
-    for c in [a, v, first] {
-        c.close().await;
-    }
-    gw.stop().await;
+    first.close().await;
+    s.finish().await;
 }
 
 /// A blocked user's request is refused BLOCKED and never reaches the
 /// blocker; a block drops the pending requests between the two, both ways.
 async fn a_blocked_user_cannot_request(backend: Backend) {
-    let gw = TestGateway::start_on(backend, |_| {}).await;
-    let bystanders = Bystanders::start(&gw).await;
-    let (attacker, victim) = (unique("attacker"), unique("victim"));
-    let a = gw.client(&attacker, "phone").await;
-    let v = gw.client(&victim, "phone").await;
-    a.request_friend(victim.clone(), "hi".into())
+    let s = Scene::start(backend, |_| {}).await;
+    s.a.request_friend(s.victim.clone(), "hi".into())
         .await
         .expect("request");
-    take(&v, 1).await;
-    v.request_friend(unique("someone"), "hi".into())
+    take(&s.v, 1).await;
+    s.v.request_friend(unique("someone"), "hi".into())
         .await
-        .expect("the victim's own request");
-    let blocked = v.block(attacker.clone()).await.expect("block");
+        .expect("the s.victim's own request");
+    let blocked = s.v.block(s.attacker.clone()).await.expect("block");
     assert!(
         blocked.incoming.is_empty(),
         "the pending request is dropped"
     );
-    assert!(a.contacts().await.expect("contacts").outgoing.is_empty());
+    assert!(s.a.contacts().await.expect("contacts").outgoing.is_empty());
     for _ in 0..5 {
         refused_with(
-            a.request_friend(victim.clone(), "let me in".into()).await,
+            s.a.request_friend(s.victim.clone(), "let me in".into())
+                .await,
             ErrorCode::Blocked,
         );
     }
-    assert_quiet(&v, Duration::from_millis(300)).await;
-    bystanders.finish().await;
-    a.close().await;
-    v.close().await;
-    gw.stop().await;
+    assert_quiet(&s.v, Duration::from_millis(300)).await;
+    s.finish().await;
 }
 
 /// After an unfriend and after a block, the ex-friend and the blocked user
@@ -361,21 +388,17 @@ async fn a_blocked_user_does_not_reach_the_blocker_through_a_group(backend: Back
 /// when it falls due: nothing reaches the recipient and the sender gets a
 /// ScheduleRefused event naming BLOCKED.
 async fn a_scheduled_send_after_a_block_is_refused_and_told(backend: Backend) {
-    let gw = TestGateway::start_on(backend, |_| {}).await;
-    let bystanders = Bystanders::start(&gw).await;
-    let (attacker, victim) = (unique("attacker"), unique("victim"));
-    let a = gw.client(&attacker, "phone").await;
-    let v = gw.client(&victim, "phone").await;
-    let id = a
-        .schedule(
-            Peer::User(victim.clone()),
+    let s = Scene::start(backend, |_| {}).await;
+    let id =
+        s.a.schedule(
+            Peer::User(s.victim.clone()),
             "surprise".into(),
             qim_proto::now_ms() + 1_000,
         )
         .await
         .expect("schedule");
-    v.block(attacker.clone()).await.expect("block");
-    let event = next_event(&a, "ScheduleRefused", |e| {
+    s.v.block(s.attacker.clone()).await.expect("block");
+    let event = next_event(&s.a, "ScheduleRefused", |e| {
         matches!(e, Event::ScheduleRefused { .. })
     })
     .await;
@@ -389,14 +412,11 @@ async fn a_scheduled_send_after_a_block_is_refused_and_told(backend: Backend) {
         unreachable!("matched above");
     };
     assert_eq!(schedule_id, id);
-    assert_eq!(to, Peer::User(victim.clone()));
+    assert_eq!(to, Peer::User(s.victim.clone()));
     assert_eq!(code, ErrorCode::Blocked as i32);
-    assert_quiet(&v, Duration::from_millis(300)).await;
-    refused_with(a.cancel_scheduled(id).await, ErrorCode::NotFound);
-    bystanders.finish().await;
-    a.close().await;
-    v.close().await;
-    gw.stop().await;
+    assert_quiet(&s.v, Duration::from_millis(300)).await;
+    refused_with(s.a.cancel_scheduled(id).await, ErrorCode::NotFound);
+    s.finish().await;
 }
 
 /// Scheduled sends beyond the pending quota are refused QUOTA_EXCEEDED; a

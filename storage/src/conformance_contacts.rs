@@ -7,9 +7,9 @@ use qim_proto::v1;
 
 use crate::OpError;
 use crate::conformance::unique;
-use crate::conformance_im::{ImBackend, post, post_it};
+use crate::conformance_im::{ImBackend, group_post, post_it};
 use crate::contacts::{ContactOp, RequestLimits};
-use crate::conversations::{Post, group, user};
+use crate::conversations::{group, user};
 use crate::groups::GroupOp;
 use crate::schedule::{Fired, Verdict};
 
@@ -139,14 +139,9 @@ pub async fn blocks_drop_requests_and_keep_blockers_out_of_groups(backend: &dyn 
         .group_apply(&g, &a, create, 100)
         .await
         .expect("create");
-    let to_group = |from: &str| Post {
-        to: group(&g),
-        inboxes: Vec::new(),
-        ..post(from, "unused", &[], "hi")
-    };
     let out = s
         .conversations
-        .post(vec![to_group(&a), to_group(&x)])
+        .post(vec![group_post(&a, &g), group_post(&x, &g)])
         .await
         .expect("post");
     let inboxes = |i: usize| -> Vec<String> {

@@ -41,6 +41,15 @@ pub(crate) fn post(from: &str, to: &str, inboxes: &[&str], body: &str) -> Post {
     }
 }
 
+/// A post of `from` to group `g` (the store resolves the inboxes).
+pub(crate) fn group_post(from: &str, g: &str) -> Post {
+    Post {
+        to: group(g),
+        inboxes: Vec::new(),
+        ..post(from, "unused", &[], "hi")
+    }
+}
+
 /// Copies share a msg_id; conversations count unread exactly; mark_read
 /// recounts, appends one event, and never moves back.
 pub async fn posts_update_conversations_and_mark_read_is_exact(backend: &dyn ImBackend) {
@@ -182,11 +191,7 @@ pub async fn groups_check_members_and_switch_to_read_diffusion(backend: &dyn ImB
         .await
         .expect("create");
     assert!(!info.read_diffusion);
-    let to_group = |from: &str| Post {
-        to: group(&g),
-        inboxes: Vec::new(),
-        ..post(from, "unused", &[], "hi")
-    };
+    let to_group = |from: &str| group_post(from, &g);
     let out = s
         .conversations
         .post(vec![to_group(&owner), to_group(&stranger)])

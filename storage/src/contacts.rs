@@ -112,12 +112,28 @@ pub trait ContactStore: Send + Sync + 'static {
     async fn blockers(&self, user: &str) -> Result<Vec<String>, StoreError>;
 }
 
-/// The time left of a cool-down that started at `rejected_ms`, if any.
-pub(crate) fn cooldown_left(rejected_ms: i64, now_ms: i64, limits: &RequestLimits) -> Option<u64> {
-    let left = rejected_ms
-        .saturating_add(limits.cooldown_ms)
-        .saturating_sub(now_ms);
-    (left > 0).then(|| u64::try_from(left).unwrap_or(u64::MAX))
+/// Whether a new request passes `limits`, given when the addressee last
+/// rejected the requester (if they did) and how many of the requester's
+/// requests wait (counted up to `limits.max_pending`). Both backends decide
+/// with it.
+pub(crate) fn check_new_request(
+    rejected_ms: Option<i64>,
+    pending: usize,
+    limits: &RequestLimits,
+    now_ms: i64,
+) -> Result<(), OpError> {
+    if let Some(at) = rejected_ms {
+        let left = at.saturating_add(limits.cooldown_ms).saturating_sub(now_ms);
+        if left > 0 {
+            return Err(OpError::Cooldown {
+                retry_after_ms: u64::try_from(left).unwrap_or(u64::MAX),
+            });
+        }
+    }
+    if pending >= limits.max_pending {
+        return Err(OpError::QuotaExceeded("pending friend requests"));
+    }
+    Ok(())
 }
 
 /// Entries listed per contact list at most.

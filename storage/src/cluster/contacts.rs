@@ -36,7 +36,7 @@ use super::ClusterStore;
 use crate::OpError;
 use crate::StoreError;
 use crate::contacts::{
-    ContactOp, ContactStore, MAX_CONTACTS, Relation, RequestLimits, cooldown_left,
+    ContactOp, ContactStore, MAX_CONTACTS, Relation, RequestLimits, check_new_request,
 };
 use crate::conversations::Applied;
 use crate::cql::social::Row;
@@ -188,7 +188,7 @@ impl ClusterStore {
 
     /// Refuses `user`'s new request to `other` when it breaks a rule of
     /// `limits` (cool-down after a rejection, pending quota).
-    async fn check_new_request(
+    async fn new_request_allowed(
         &self,
         user: &str,
         other: &str,
@@ -202,15 +202,10 @@ impl ClusterStore {
             .await?
             .into_rows_result()
             .map_err(|e| corrupt(&e))?;
-        if let Some((Some(at),)) = rows
+        let rejected = rows
             .maybe_first_row::<(Option<i64>,)>()
             .map_err(|e| corrupt(&e))?
-            && let Some(left) = cooldown_left(at, now_ms, limits)
-        {
-            return Err(OpError::Cooldown {
-                retry_after_ms: left,
-            });
-        }
+            .and_then(|(at,)| at);
         let limit = i32::try_from(limits.max_pending).unwrap_or(i32::MAX);
         let pending = self
             .social
@@ -219,10 +214,7 @@ impl ClusterStore {
             .into_rows_result()
             .map_err(|e| corrupt(&e))?
             .rows_num();
-        if pending >= limits.max_pending {
-            return Err(OpError::QuotaExceeded("pending friend requests"));
-        }
-        Ok(())
+        check_new_request(rejected, pending, limits, now_ms)
     }
 
     /// The first column of `statement`'s rows for `user` (at most
@@ -279,7 +271,8 @@ impl ClusterStore {
                     }
                     Some(SENT) => return Err(OpError::Pending),
                     _ => {
-                        self.check_new_request(user, other, &limits, now_ms).await?;
+                        self.new_request_allowed(user, other, &limits, now_ms)
+                            .await?;
                         self.side_rows(&mut rows, user, other, Some((SENT, 0, "")));
                         self.side_rows(&mut rows, other, user, Some((RECEIVED, now_ms, &message)));
                         events.push((

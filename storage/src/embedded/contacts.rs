@@ -24,7 +24,7 @@ use super::writer::{Op, Request, Stage, Writer};
 use crate::OpError;
 use crate::StoreError;
 use crate::contacts::{
-    ContactOp, ContactStore, MAX_CONTACTS, Relation, RequestLimits, cooldown_left,
+    ContactOp, ContactStore, MAX_CONTACTS, Relation, RequestLimits, check_new_request,
 };
 use crate::conversations::Applied;
 
@@ -74,7 +74,7 @@ impl Writer {
 
     /// Refuses `user`'s new request to `other` when it breaks a rule of
     /// `limits` (cool-down after a rejection, pending quota).
-    fn check_new_request(
+    fn new_request_allowed(
         &self,
         user: &str,
         other: &str,
@@ -82,14 +82,12 @@ impl Writer {
         now_ms: i64,
     ) -> Result<(), OpError> {
         let t = &self.tables;
-        if let Some(v) = t.rejections.get(key(user, other)).map_err(unavailable)?
-            && let Ok(at) = <[u8; 8]>::try_from(&v[..])
-            && let Some(left) = cooldown_left(i64::from_be_bytes(at), now_ms, limits)
-        {
-            return Err(OpError::Cooldown {
-                retry_after_ms: left,
-            });
-        }
+        let rejected = t
+            .rejections
+            .get(key(user, other))
+            .map_err(unavailable)?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(i64::from_be_bytes);
         let mut pending = 0;
         for guard in t
             .outgoing
@@ -99,10 +97,7 @@ impl Writer {
             guard.into_inner().map_err(unavailable)?;
             pending += 1;
         }
-        if pending >= limits.max_pending {
-            return Err(OpError::QuotaExceeded("pending friend requests"));
-        }
-        Ok(())
+        check_new_request(rejected, pending, limits, now_ms)
     }
 
     /// Applies one contact change in a batch of its own.
@@ -176,7 +171,7 @@ impl Writer {
                     }
                     Some(SENT) => return Err(OpError::Pending),
                     _ => {
-                        self.check_new_request(user, &other, &limits, now_ms)?;
+                        self.new_request_allowed(user, &other, &limits, now_ms)?;
                         self.stage_side(stage, user, &other, Some(vec![SENT]));
                         let mut value = vec![RECEIVED];
                         value.extend_from_slice(&now_ms.to_be_bytes());
