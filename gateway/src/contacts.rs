@@ -2,13 +2,24 @@
 //! friends, blocks). The rules a send between users passes are in
 //! [`policy`](crate::policy).
 //!
+//! # Rules (kept by the store, see `qim_storage::contacts`)
+//! - One pending request per pair (`ALREADY_EXISTS`); after a rejection,
+//!   no new request to the same user within `im.friend_request_cooldown_ms`
+//!   (`COOLDOWN` with `retry_after_ms`); at most `quotas.pending_requests`
+//!   outgoing requests waiting (`QUOTA_EXCEEDED`); none to a user who
+//!   blocked the requester (`BLOCKED`). A refused request appends no event.
+//!
 //! # Invariants
 //! - Events a change appends (a request to the addressee, an answer to the
 //!   requester) are handed to the fan-out after the store made them
 //!   durable.
+//! - When a friendship ends (remove) or a block is set, each user's
+//!   sessions stop watching the other's presence on every node
+//!   ([`Fanout::unwatch`](crate::fanout::Fanout::unwatch)) before the
+//!   answer is sent.
 
 use qim_proto::v1::{self, contact_request, rpc_response};
-use qim_storage::contacts::ContactOp;
+use qim_storage::contacts::{ContactOp, RequestLimits};
 use tracing::debug;
 
 use crate::ctx::Ctx;
@@ -29,6 +40,11 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: v1::ContactRequest) -> R
             Some(ContactOp::Request {
                 other: r.user,
                 message: r.message,
+                limits: RequestLimits {
+                    cooldown_ms: i64::try_from(ctx.config.im.friend_request_cooldown_ms)
+                        .unwrap_or(i64::MAX),
+                    max_pending: ctx.config.quotas.pending_requests as usize,
+                },
             })
         }
         Some(contact_request::Op::Accept(u)) if valid(&u) => Some(ContactOp::Accept(u)),
@@ -42,10 +58,18 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: v1::ContactRequest) -> R
         }
     };
     if let Some(op) = op {
+        // Ending a friendship or blocking ends presence watching both ways.
+        let unwatch = match &op {
+            ContactOp::Remove(other) | ContactOp::Block(other) => Some(other.clone()),
+            _ => None,
+        };
         let applied = contacts
             .contact_apply(user, op, qim_proto::now_ms())
             .await
             .inspect_err(|e| debug!(user, error = %e, "contact operation refused"))?;
+        if let Some(other) = unwatch {
+            ctx.fanout.unwatch(user, &other).await;
+        }
         ctx.fanout.deliver_all(applied.events).await;
     }
     Ok(rpc_response::Kind::Contacts(contacts.contacts(user).await?))

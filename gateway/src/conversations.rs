@@ -177,7 +177,10 @@ pub(crate) async fn history(ctx: &Ctx, user: &str, r: v1::HistoryRequest) -> Rep
         .history(user, &peer, anchor, r.forward, limit)
         .await?;
     // Fill up to the frame limit; `more` tells the client to go on.
-    let (entries, cut) = entries_in_frame(page.entries, ctx.config.limits.max_frame_bytes);
+    let (mut entries, cut) = entries_in_frame(page.entries, ctx.config.limits.max_frame_bytes);
+    if matches!(peer.target, Some(v1::peer::Target::Group(_))) {
+        crate::policy::hide_blocked(ctx, user, &mut entries).await?;
+    }
     Ok(rpc_response::Kind::History(v1::HistoryResponse {
         entries,
         more: page.more || cut,

@@ -70,6 +70,7 @@ impl Ctx {
             Arc::clone(&routes),
             Arc::clone(&push),
             cluster.clone(),
+            Arc::clone(&stores.contacts),
             Arc::clone(&metrics),
         );
         let quotas = Quotas::new(

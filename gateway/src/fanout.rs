@@ -10,10 +10,14 @@
 //!   session of that inbox;
 //! - a group log entry (inbox `#<group>`) goes to the sessions here that
 //!   follow the group ([`Registry::publish_group`]), and to the other nodes
-//!   as a signal (best effort: a member that missed it pulls it).
+//!   as a signal (best effort: a member that missed it pulls it), except to
+//!   the members who blocked its sender: who they are is read once per
+//!   entry from the reverse block index and travels with the signal. When
+//!   that read fails the entry is pushed to nobody (members pull it with
+//!   the next entry or nudge) rather than to a blocker.
 //!
-//! Signals (presence changes, typing, who follows a group) cross nodes here
-//! too, best effort. What other nodes send comes back through
+//! Signals (presence changes, typing, who follows a group, who stopped
+//! watching whose presence) cross nodes here too, best effort. What other nodes send comes back through
 //! [`Fanout::receive`], which hands it to the same local halves. Entries are published only after they
 //! are durable, so a session that misses one reads it from the store.
 
@@ -21,9 +25,9 @@ use std::sync::Arc;
 
 use qim_proto::v1;
 use qim_storage::redis::signals::{FollowChange, Signal};
-use qim_storage::{GroupStore, StoredMessage};
+use qim_storage::{ContactStore, GroupStore, StoredMessage};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::cluster::{Cluster, Inbound};
 use crate::metrics::Metrics;
@@ -38,6 +42,8 @@ pub(crate) struct Fanout {
     push: Arc<Registry>,
     /// The other nodes, in a cluster.
     cluster: Option<Arc<Cluster>>,
+    /// Who blocked a group entry's sender (not pushed to them).
+    contacts: Arc<dyn ContactStore>,
     metrics: Arc<Metrics>,
 }
 
@@ -48,12 +54,14 @@ impl Fanout {
         routes: Arc<Routes>,
         push: Arc<Registry>,
         cluster: Option<Arc<Cluster>>,
+        contacts: Arc<dyn ContactStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             routes,
             push,
             cluster,
+            contacts,
             metrics,
         }
     }
@@ -63,12 +71,25 @@ impl Fanout {
     /// (backpressure to whoever stores entries).
     pub(crate) async fn deliver(&self, entry: Arc<StoredMessage>) {
         if let Some(group) = entry.inbox.strip_prefix('#') {
-            self.push.publish_group(group, Arc::clone(&entry));
+            let sender = &entry.message.from_user;
+            let hidden = if sender.is_empty() {
+                Vec::new()
+            } else {
+                match self.contacts.blockers(sender).await {
+                    Ok(hidden) => hidden,
+                    Err(e) => {
+                        warn!(group, error = %e, "reading who blocked a group sender failed; the entry is left to pulls");
+                        return;
+                    }
+                }
+            };
+            self.push.publish_group(group, Arc::clone(&entry), &hidden);
             if let Some(cluster) = &self.cluster {
                 cluster
                     .signal(&Signal::GroupEntry {
                         group: group.to_owned(),
                         message: Box::new((*entry).clone()),
+                        hidden,
                     })
                     .await;
             }
@@ -100,6 +121,22 @@ impl Fanout {
         self.push.notify_presence(&status);
         if let Some(cluster) = &self.cluster {
             cluster.signal(&Signal::Presence(status)).await;
+        }
+    }
+
+    /// Stops each of `a` and `b` watching the other's presence, here and on
+    /// the other nodes (a friendship ended or a block was set). The signal
+    /// is published before this returns, so a presence change announced
+    /// after it reaches no node before it.
+    pub(crate) async fn unwatch(&self, a: &str, b: &str) {
+        self.push.unwatch_pair(a, b);
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .signal(&Signal::Unwatch {
+                    a: a.to_owned(),
+                    b: b.to_owned(),
+                })
+                .await;
         }
     }
 
@@ -154,9 +191,14 @@ impl Fanout {
                 Inbound::Signal(Signal::ToUsers { users, signal }) => {
                     self.push.offer_to_users(&users, &signal);
                 }
-                Inbound::Signal(Signal::GroupEntry { group, message }) => {
-                    self.push.publish_group(&group, Arc::from(message));
+                Inbound::Signal(Signal::GroupEntry {
+                    group,
+                    message,
+                    hidden,
+                }) => {
+                    self.push.publish_group(&group, Arc::from(message), &hidden);
                 }
+                Inbound::Signal(Signal::Unwatch { a, b }) => self.push.unwatch_pair(&a, &b),
                 Inbound::Signal(Signal::GroupFollow { group, change }) => {
                     self.push.refollow(groups.as_ref(), &group, &change).await;
                 }

@@ -27,9 +27,11 @@
 //!   `GroupAdds` setting, blocks) and answers `SettingsRequest`; `read.rs`
 //!   is what a user may read of a group (private groups answer `NOT_FOUND`
 //!   to non-members) and answers `InvitationsRequest`.
-//! - `contacts`: friend requests, friends, blocks.
-//! - `schedule`: scheduled sends: requests, and the task that posts them
-//!   when due (also after a restart).
+//! - `contacts`: friend requests (one pending per pair, cool-down,
+//!   quota), friends, blocks.
+//! - `schedule`: scheduled sends: requests (bounded per user), and the
+//!   task that checks every rule again and posts them when due, or tells
+//!   the sender it refused them (also after a restart).
 //! - `presence`: online/offline over a user's devices, last seen,
 //!   subscriptions, online-time records, typing; pushed as signals.
 //! - `usage`: the quota request (each quota's limit and usage).
@@ -43,10 +45,12 @@
 //! - `post`: a send validated, checked, stored as one post and published;
 //!   used by chat streams and checked the same way for scheduled sends.
 //! - `fanout`: the only way a durable entry reaches sessions, on this node
-//!   and on the others (and how signals cross nodes).
+//!   and on the others (and how signals cross nodes, presence unwatching
+//!   after an unfriend or a block among them).
 //! - `push`: the per-session registry of best-effort pushes: group log
 //!   entries, presence changes, typing.
-//! - `policy`: who may reach whom (blocks, `im.direct_policy`).
+//! - `policy`: who may reach whom (blocks, `im.direct_policy`), and which
+//!   group entries a reader who blocked their sender sees hidden.
 //! - `reply`: the feature error type, mapped to wire codes in one place,
 //!   and the frame budget of paged answers.
 //! - [`delivery`]: the per-device delivery engine; [`delivery::Window`] is

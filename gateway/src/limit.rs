@@ -253,6 +253,9 @@ mod tests {
         assert!(limits.len() <= 3, "at most the capacity is remembered");
         let later = t0 + Duration::from_secs(10);
         assert!(limits.take(a, later).is_ok(), "refilled");
+    }
+
+    #[test]
     fn weighted_takes_are_all_or_nothing_and_debts_are_paid_in_time() {
         let t0 = Instant::now();
         let mut b = Bucket::new(100, 500, t0);

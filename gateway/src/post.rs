@@ -17,7 +17,7 @@
 
 use qim_proto::v1::{self, ErrorCode, server_ack};
 use qim_storage::conversations::{PREVIEW_BYTES, Post};
-use qim_storage::{OpError, StoreError, StoredMessage};
+use qim_storage::{StoreError, StoredMessage};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -196,15 +196,7 @@ pub(crate) async fn post_sends(
                         Refusal::from(StoreError::Corrupt("a post without copies".into())),
                     )),
                 },
-                // A group that does not exist (any more) is a bad recipient.
-                Some(Err(OpError::NotFound | OpError::Dissolved)) => Err((
-                    id,
-                    Refusal::new(
-                        ErrorCode::InvalidRecipient,
-                        "no such group, or it was dissolved",
-                    ),
-                )),
-                Some(Err(e)) => Err((id, Refusal::from(e))),
+                Some(Err(e)) => Err((id, crate::reply::post_refused(e))),
                 None => Err((
                     id,
                     Refusal::from(StoreError::Corrupt(

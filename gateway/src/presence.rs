@@ -32,7 +32,11 @@
 //!   on, last device off), so a second device or a reconnect of one of
 //!   several devices causes no flapping.
 //! - Only friends see a user's presence (and typing in one-to-one chats
-//!   needs the recipient not to have blocked the sender).
+//!   needs the recipient not to have blocked the sender). A subscription
+//!   ends when the friendship does or a block is set, on every node
+//!   ([`Fanout::unwatch`](crate::fanout::Fanout::unwatch)); a subscription
+//!   is registered before the friendship is checked, so one racing an
+//!   unfriend or block is either removed by it or refused.
 
 use qim_proto::v1::{self, ErrorCode, rpc_response};
 use tracing::warn;
@@ -158,18 +162,23 @@ pub(crate) async fn presence(
     {
         return Err(Refusal::invalid("at most 1000 valid user ids"));
     }
+    if request.unsubscribe {
+        ctx.push.watch(viewer, session_id, &request.users, false);
+    } else if request.subscribe {
+        // Before the check: an unfriend or block racing this request
+        // either removes the watch or is seen by the check.
+        ctx.push.watch(viewer, session_id, &request.users, true);
+    }
     for user in &request.users {
         if !may_see(ctx, viewer, user).await {
+            if request.subscribe && !request.unsubscribe {
+                ctx.push.watch(viewer, session_id, &request.users, false);
+            }
             return Err(Refusal::new(
                 ErrorCode::PermissionDenied,
                 format!("{user} is not a friend"),
             ));
         }
-    }
-    if request.unsubscribe {
-        ctx.push.watch(viewer, session_id, &request.users, false);
-    } else if request.subscribe {
-        ctx.push.watch(viewer, session_id, &request.users, true);
     }
     let mut out = Vec::with_capacity(request.users.len());
     for user in &request.users {

@@ -16,6 +16,13 @@
 //! to start. Signals (presence, typing) are dropped when the queue is full:
 //! they are never stored or resent.
 //!
+//! # Blocks
+//! A read-diffusion group's entry is not pushed to the sessions of the
+//! members who blocked its sender (the caller names them), and when two
+//! users stop being friends or one blocks the other,
+//! [`Registry::unwatch_pair`] ends each one's watching of the other's
+//! presence on this node (every node is told through the fan-out).
+//!
 //! # Invariants
 //! - A session is subscribed to a group before the group's head is read for
 //!   its first nudge, so every entry is either pushed or at most the head
@@ -208,10 +215,20 @@ impl Registry {
         lock(&self.tables).sessions.contains_key(user)
     }
 
-    /// Pushes a stored log entry of `group` to its following sessions.
-    pub(crate) fn publish_group(&self, group: &str, message: Arc<StoredMessage>) {
+    /// Pushes a stored log entry of `group` to its following sessions,
+    /// except those of the `hidden` users.
+    pub(crate) fn publish_group(
+        &self,
+        group: &str,
+        message: Arc<StoredMessage>,
+        hidden: &[String],
+    ) {
         let subs: Vec<Following> = match lock(&self.tables).groups.get(group) {
-            Some(subs) => subs.values().cloned().collect(),
+            Some(subs) => subs
+                .values()
+                .filter(|(sub, _)| !hidden.contains(&sub.user))
+                .cloned()
+                .collect(),
             None => return,
         };
         let group: Arc<str> = Arc::from(group);
@@ -251,6 +268,20 @@ impl Registry {
         };
         for sub in subs {
             sub.offer(Item::Signal(signal.clone()));
+        }
+    }
+
+    /// Stops the sessions of `a` watching `b`'s presence, and those of `b`
+    /// watching `a`'s.
+    pub(crate) fn unwatch_pair(&self, a: &str, b: &str) {
+        let mut t = lock(&self.tables);
+        for (watched, viewer) in [(a, b), (b, a)] {
+            if let Some(w) = t.watchers.get_mut(watched) {
+                w.retain(|_, sub| sub.user != viewer);
+                if w.is_empty() {
+                    t.watchers.remove(watched);
+                }
+            }
         }
     }
 

@@ -109,15 +109,38 @@ impl From<OpError> for Refusal {
             OpError::Banned => ErrorCode::Banned,
             OpError::GroupFull => ErrorCode::GroupFull,
             OpError::InviteOnly => ErrorCode::InviteOnly,
-            OpError::QuotaExceeded => ErrorCode::QuotaExceeded,
             OpError::Conflict => ErrorCode::IdempotencyConflict,
+            OpError::Pending => ErrorCode::AlreadyExists,
+            OpError::Cooldown { .. } => ErrorCode::Cooldown,
+            OpError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             _ => ErrorCode::Internal,
         };
         match e {
             OpError::Store(store) => store.into(),
+            OpError::Cooldown { retry_after_ms } => Refusal::new(code, e.to_string())
+                .retry_after(u32::try_from(retry_after_ms).unwrap_or(u32::MAX)),
             other => Refusal::new(code, other.to_string()),
         }
     }
+}
+
+/// A post the store refused (live or scheduled): a group that does not
+/// exist (any more) is a bad recipient; the rest as [`From<OpError>`].
+pub(crate) fn post_refused(e: OpError) -> Refusal {
+    match e {
+        OpError::NotFound | OpError::Dissolved => Refusal::new(
+            ErrorCode::InvalidRecipient,
+            "no such group, or it was dissolved",
+        ),
+        e => Refusal::from(e),
+    }
+}
+
+/// What the sender of a scheduled send is told when the store refuses its
+/// post at fire time: what a live send would get.
+pub(crate) fn explain(e: &OpError) -> (ErrorCode, String) {
+    let refusal = post_refused(e.clone());
+    (refusal.code, refusal.message)
 }
 
 /// What an rpc handler returns: the answer, or why there is none.
@@ -221,5 +244,22 @@ mod tests {
         let r = Refusal::from(OpError::Conflict);
         assert_eq!(r.code, ErrorCode::IdempotencyConflict);
         assert!(!r.code.is_retryable());
+    }
+
+    #[test]
+    fn contact_rules_have_their_codes() {
+        let r = Refusal::from(OpError::Cooldown {
+            retry_after_ms: 5_000,
+        });
+        assert_eq!((r.code, r.retry_after_ms), (ErrorCode::Cooldown, 5_000));
+        assert_eq!(
+            Refusal::from(OpError::Pending).code,
+            ErrorCode::AlreadyExists
+        );
+        assert_eq!(
+            Refusal::from(OpError::QuotaExceeded("x")).code,
+            ErrorCode::QuotaExceeded
+        );
+        assert_eq!(explain(&OpError::Muted).0, ErrorCode::Muted);
     }
 }

@@ -8,10 +8,18 @@
 //!   pending entry is posted once: overdue ones right at start-up, the rest
 //!   at their time (never before it).
 //! - A cancel that succeeded means the message is never delivered.
+//! - Every rule a live send is checked against is checked again when the
+//!   entry falls due ([`verdict`]: the message checks, blocks and
+//!   `im.direct_policy`; the store's post checks group membership and
+//!   mutes and keeps copies out of the inboxes of members who blocked the
+//!   sender). A refused entry delivers nothing; its sender gets a
+//!   `ScheduleRefused` inbox event with the code a live send would get.
+//! - A user has at most `quotas.pending_schedules` entries waiting
+//!   (`QUOTA_EXCEEDED` when scheduling one more).
 //! - A firing entry is charged to its sender's quotas like a send: its
 //!   copies are taken from the sender's bucket (into debt if need be: a due
 //!   message is not postponed) and its bytes from the day's stored bytes;
-//!   past that limit it is dropped.
+//!   past that limit it is refused like any other rule (`ScheduleRefused`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +27,15 @@ use std::time::Duration;
 use qim_proto::v1::{self, rpc_response};
 use qim_storage::ScheduleStore;
 use qim_storage::model::new_msg_id;
+use qim_storage::schedule::{Fired, Verdict};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::ctx::Ctx;
 use crate::deadline::sleep_until_opt;
 use crate::post::{Extras, Target, check_send, copies, direct_inboxes};
 use crate::quota::Cost;
-use crate::reply::{Refusal, Reply};
+use crate::reply::{Refusal, Reply, explain};
 
 /// Delay before retrying after a store error in the scheduler.
 const RETRY: Duration = Duration::from_secs(1);
@@ -76,9 +85,9 @@ pub(crate) async fn schedule(
     };
     ctx.stores
         .schedules
-        .schedule(entry)
+        .schedule(entry, ctx.config.quotas.pending_schedules as usize)
         .await
-        .inspect_err(|e| warn!(user, error = %e, "storing a scheduled send failed"))?;
+        .inspect_err(|e| debug!(user, error = %e, "scheduling refused"))?;
     ctx.schedule_wake.notify_one();
     Ok(rpc_response::Kind::Schedule(reply))
 }
@@ -163,30 +172,70 @@ async fn fire_due(ctx: &Ctx, store: &dyn ScheduleStore) -> Result<usize, qim_sto
             return Ok(fired);
         }
         for entry in due {
-            if let Err(refused) = charge(ctx, &entry).await {
+            let Some(mut verdict) = verdict(ctx, &entry).await else {
+                // The checks could not be made now (the store failed):
+                // the entry waits for the next round.
+                return Err(qim_storage::StoreError::Unavailable(
+                    "checking a due scheduled send failed".into(),
+                ));
+            };
+            if matches!(verdict, Verdict::Post(_))
+                && let Err(refused) = charge(ctx, &entry).await
+            {
                 if refused.code.is_retryable() {
                     // The store could not count it: fire it later.
-                    return Err(qim_storage::StoreError::Unavailable(refused.message));
+                    return Err(qim_storage::StoreError::Unavailable(
+                        "charging a due scheduled send failed".into(),
+                    ));
                 }
-                fired += 1;
-                warn!(id = %entry.id, sender = %entry.sender, code = ?refused.code, "scheduled send refused by a quota at delivery time; dropped");
-                if let Err(e) = store.cancel(&entry.sender, &entry.id).await {
-                    debug!(id = %entry.id, error = %e, "dropping a refused scheduled send");
-                }
-                continue;
+                verdict = Verdict::Refuse {
+                    code: refused.code,
+                    message: refused.message,
+                };
             }
-            match store.fire(&entry.id, qim_proto::now_ms()).await? {
-                Some(Ok(posted)) => {
+            match store.fire(&entry.id, qim_proto::now_ms(), verdict).await? {
+                Some(Fired::Posted(posted)) => {
                     fired += 1;
                     debug!(id = %entry.id, late_ms = qim_proto::now_ms() - entry.deliver_at_ms, "scheduled send posted");
                     ctx.fanout.deliver_all(posted.copies).await;
                 }
-                Some(Err(refused)) => {
+                Some(Fired::Refused(event)) => {
                     fired += 1;
-                    warn!(id = %entry.id, sender = %entry.sender, error = %refused, "scheduled send refused at delivery time; dropped");
+                    info!(id = %entry.id, sender = %entry.sender, "scheduled send refused at delivery time; the sender is told");
+                    ctx.fanout.deliver(Arc::new(*event)).await;
                 }
                 None => {}
             }
         }
+    }
+}
+
+/// What the rules say about a due entry now, as for a live send: post it
+/// (the store's post adds the group checks), or refuse it. `None` when a
+/// check failed for a reason that may pass later (a store error).
+async fn verdict(ctx: &Ctx, entry: &v1::ScheduledSend) -> Option<Verdict> {
+    let refuse = |refusal: Refusal| {
+        if refusal.code.is_retryable() {
+            None
+        } else {
+            Some(Verdict::Refuse {
+                code: refusal.code,
+                message: refusal.message,
+            })
+        }
+    };
+    let Some(mut send) = entry.send.clone() else {
+        return refuse(Refusal::invalid("no send to deliver"));
+    };
+    if let Err(refusal) = Extras::take(&mut send, ctx) {
+        return refuse(refusal);
+    }
+    match check_send(ctx, &send) {
+        Err(refusal) => refuse(refusal),
+        Ok(Target::User(to)) => match crate::policy::check_direct(ctx, &entry.sender, &to).await {
+            Err(refusal) => refuse(refusal),
+            Ok(()) => Some(Verdict::Post(explain)),
+        },
+        Ok(Target::Group) => Some(Verdict::Post(explain)),
     }
 }

@@ -250,10 +250,14 @@ impl Client {
             rpc_response::Kind::History(h) => {
                 let me = self.user_id();
                 let device = self.config().device_id.clone();
+                let next_seq = h.entries.last().map_or(0, |e| e.seq);
                 Ok(HistoryPage {
+                    next_seq,
                     messages: h
                         .entries
                         .into_iter()
+                        // Hidden entries (a blocked sender's) hold only a seq.
+                        .filter(|e| e.message.is_some())
                         .map(|e| {
                             IncomingMessage::from_wire(
                                 e.seq,

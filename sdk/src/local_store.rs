@@ -313,10 +313,12 @@ impl LocalStore {
             .map_err(store_err)?;
         let more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
+        let next_seq = messages.last().map_or(0, |m| m.group_seq.max(m.seq));
         Ok(HistoryPage {
             messages,
             more,
             expired: false,
+            next_seq,
         })
     }
 

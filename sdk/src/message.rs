@@ -463,6 +463,11 @@ pub struct HistoryPage {
     /// is left; forward, expired messages before the first were skipped.
     /// A boundary, not a gap.
     pub expired: bool,
+    /// Where the next page starts when `more`: the seq of the last entry
+    /// the server sent, also when that entry was hidden (a group message
+    /// from a user this user blocked, left out of `messages`). 0 when the
+    /// page was empty.
+    pub next_seq: u64,
 }
 
 /// A user's presence, aggregated over their devices.

@@ -11,7 +11,9 @@
 //! ranges are pulled with `GroupSyncRequest`, and they join the same queue
 //! as the inbox's messages with [`IncomingMessage::group_seq`] set (and
 //! `seq` 0: they are not in the inbox). Cursors per group last as long as
-//! the client.
+//! the client. A pulled entry without a message is *hidden* (its sender is
+//! someone this user blocked): it keeps the log's order and is not handed
+//! to the app.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -279,6 +281,8 @@ fn accept_group(
     let ready = accepted
         .ready
         .into_iter()
+        // Hidden entries (no message: a blocked sender's) only hold their seq.
+        .filter(|m| !m.msg_id.is_empty())
         .map(|mut m| {
             m.group_seq = m.seq;
             m.seq = 0;

@@ -272,7 +272,7 @@ pub async fn groups_limit_members_and_invitations_on_every_path(backend: &dyn Im
     apply(&s, &g, &d, GroupOp::Join).await.expect("ask");
     let refused = apply(&s, &g, &e, GroupOp::Join).await;
     assert!(
-        matches!(refused, Err(OpError::QuotaExceeded)),
+        matches!(refused, Err(OpError::QuotaExceeded(_))),
         "requests are bounded"
     );
     apply(&s, &g, &owner, max_members(4)).await.expect("lower");
@@ -326,7 +326,7 @@ pub async fn groups_invitations_are_accepted_declined_and_bounded(backend: &dyn 
     )
     .await;
     assert!(
-        matches!(refused, Err(OpError::QuotaExceeded)),
+        matches!(refused, Err(OpError::QuotaExceeded(_))),
         "{refused:?}"
     );
 
@@ -359,7 +359,7 @@ pub async fn groups_owned_are_limited(backend: &dyn ImBackend) {
     }
     let refused = apply(&s, &g3, &owner, create(&[], &[], v1::JoinPolicy::Open, 0)).await;
     assert!(
-        matches!(refused, Err(OpError::QuotaExceeded)),
+        matches!(refused, Err(OpError::QuotaExceeded(_))),
         "{refused:?}"
     );
     apply(
@@ -373,7 +373,7 @@ pub async fn groups_owned_are_limited(backend: &dyn ImBackend) {
     let hand_over = GroupOp::SetRole(owner.clone(), v1::GroupRole::Owner);
     let refused = apply(&s, &theirs, &other, hand_over).await;
     assert!(
-        matches!(refused, Err(OpError::QuotaExceeded)),
+        matches!(refused, Err(OpError::QuotaExceeded(_))),
         "{refused:?}"
     );
     apply(&s, &g1, &owner, GroupOp::Dissolve)

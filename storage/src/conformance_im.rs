@@ -11,9 +11,14 @@ use qim_proto::v1;
 use crate::OpError;
 use crate::Stores;
 use crate::conformance::unique;
-use crate::contacts::ContactOp;
+pub use crate::conformance_contacts::{
+    blocks_drop_requests_and_keep_blockers_out_of_groups, friend_requests_follow_the_rules,
+    schedules_are_bounded_and_refusals_are_told,
+};
+use crate::contacts::{ContactOp, RequestLimits};
 use crate::conversations::{ConversationOp, HistoryAnchor, Post, group, group_log, user};
 use crate::groups::{GroupLimits, GroupOp};
+use crate::schedule::{Fired, Verdict};
 
 pub use crate::conformance_groups::{
     group_adds_setting_is_durable, groups_admit_by_policy_and_approval,
@@ -29,7 +34,7 @@ pub trait ImBackend: Send + Sync {
     async fn open_im(&self) -> Stores;
 }
 
-fn post(from: &str, to: &str, inboxes: &[&str], body: &str) -> Post {
+pub(crate) fn post(from: &str, to: &str, inboxes: &[&str], body: &str) -> Post {
     Post {
         sender: from.to_owned(),
         sender_device: "d".into(),
@@ -40,6 +45,15 @@ fn post(from: &str, to: &str, inboxes: &[&str], body: &str) -> Post {
         server_time_ms: qim_proto::now_ms(),
         inboxes: inboxes.iter().map(|s| (*s).to_owned()).collect(),
         ..Post::default()
+    }
+}
+
+/// A post of `from` to group `g` (the store resolves the inboxes).
+pub(crate) fn group_post(from: &str, g: &str) -> Post {
+    Post {
+        to: group(g),
+        inboxes: Vec::new(),
+        ..post(from, "unused", &[], "hi")
     }
 }
 
@@ -190,11 +204,7 @@ pub async fn groups_check_members_and_switch_to_read_diffusion(backend: &dyn ImB
         .expect("create")
         .info;
     assert!(!info.read_diffusion);
-    let to_group = |from: &str| Post {
-        to: group(&g),
-        inboxes: Vec::new(),
-        ..post(from, "unused", &[], "hi")
-    };
+    let to_group = |from: &str| group_post(from, &g);
     let out = s
         .conversations
         .post(vec![to_group(&owner), to_group(&stranger)])
@@ -251,6 +261,7 @@ pub async fn contacts_requests_and_blocks(backend: &dyn ImBackend) {
     let req = ContactOp::Request {
         other: b.clone(),
         message: "hi".into(),
+        limits: RequestLimits::default(),
     };
     let applied = s.contacts.contact_apply(&a, req, 1).await.expect("request");
     assert_eq!(applied.events.len(), 1);
@@ -273,6 +284,12 @@ pub async fn contacts_requests_and_blocks(backend: &dyn ImBackend) {
     );
 }
 
+/// The verdict of a fire that posts (a refused post is told as
+/// `PERMISSION_DENIED`).
+pub(crate) fn post_it() -> Verdict {
+    Verdict::Post(|e| (v1::ErrorCode::PermissionDenied, e.to_string()))
+}
+
 /// A scheduled send fires once; a cancelled one never fires.
 pub async fn schedules_fire_once_and_cancel_wins(backend: &dyn ImBackend) {
     let s = backend.open_im().await;
@@ -293,11 +310,11 @@ pub async fn schedules_fire_once_and_cancel_wins(backend: &dyn ImBackend) {
     };
     let (keep, drop) = (unique("keep"), unique("drop"));
     s.schedules
-        .schedule(entry(&keep, 1_000))
+        .schedule(entry(&keep, 1_000), 100)
         .await
         .expect("schedule");
     s.schedules
-        .schedule(entry(&drop, 1_000))
+        .schedule(entry(&drop, 1_000), 100)
         .await
         .expect("schedule");
     assert!(
@@ -307,22 +324,23 @@ pub async fn schedules_fire_once_and_cancel_wins(backend: &dyn ImBackend) {
     s.schedules.cancel(&a, &drop).await.expect("cancel");
     assert!(
         s.schedules
-            .fire(&drop, 2_000)
+            .fire(&drop, 2_000, post_it())
             .await
             .expect("fire")
             .is_none()
     );
-    let fired = s
+    let Some(Fired::Posted(fired)) = s
         .schedules
-        .fire(&keep, 2_000)
+        .fire(&keep, 2_000, post_it())
         .await
         .expect("fire")
-        .expect("pending")
-        .expect("posted");
+    else {
+        panic!("pending, and posted");
+    };
     assert_eq!(fired.copies[0].inbox, b);
     assert!(
         s.schedules
-            .fire(&keep, 2_000)
+            .fire(&keep, 2_000, post_it())
             .await
             .expect("fire")
             .is_none(),
@@ -473,6 +491,9 @@ macro_rules! im_conformance_tests {
             group_adds_setting_is_durable,
             a_reused_client_msg_id_with_another_message_is_a_conflict,
             stored_bytes_are_counted_per_user_and_day,
+            friend_requests_follow_the_rules,
+            blocks_drop_requests_and_keep_blockers_out_of_groups,
+            schedules_are_bounded_and_refusals_are_told,
         );
     };
     (@each $backend:expr; $($check:ident),* $(,)?) => {

@@ -6,8 +6,24 @@
 //!   requester's), durable before it returns. A CQL backend writes both rows
 //!   and the events with a logged batch, serialised per user pair.
 //! - A request to someone who already asked you accepts theirs.
+//! - One pending request per pair: asking again while your request waits
+//!   is refused [`OpError::Pending`] and appends no event.
+//! - A rejected request cannot be repeated within
+//!   [`RequestLimits::cooldown_ms`] of the rejection
+//!   ([`OpError::Cooldown`], with the time left); becoming friends or a
+//!   block clears the record.
+//! - A user has at most [`RequestLimits::max_pending`] outgoing requests
+//!   waiting ([`OpError::QuotaExceeded`]). Counted under the pair's lock
+//!   only, so requests of one user racing on several nodes may pass the
+//!   count by the number that raced.
 //! - Blocks are one-way and independent of friendship; blocking ends a
-//!   friendship and drops pending requests between the two.
+//!   friendship and drops pending requests between the two, both ways. A
+//!   request to someone who blocked you is refused [`OpError::Blocked`]
+//!   and appends no event.
+//! - Each block is also kept in a reverse index, "who blocked X"
+//!   ([`ContactStore::blockers`]), written in the same write as the
+//!   block, so a group post learns with one read which members must not
+//!   get it.
 
 use async_trait::async_trait;
 use qim_proto::v1;
@@ -26,6 +42,8 @@ pub enum ContactOp {
         other: String,
         /// A message for them.
         message: String,
+        /// The rules the request is held to.
+        limits: RequestLimits,
     },
     /// Accept `other`'s request.
     Accept(String),
@@ -37,6 +55,26 @@ pub enum ContactOp {
     Block(String),
     /// Unblock `other`.
     Unblock(String),
+}
+
+/// The rules a friend request is held to (from the gateway's
+/// configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Milliseconds after a rejection before the requester may ask the
+    /// same user again.
+    pub cooldown_ms: i64,
+    /// Outgoing requests a user may have waiting at once.
+    pub max_pending: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            cooldown_ms: 24 * 3_600_000,
+            max_pending: 100,
+        }
+    }
 }
 
 /// Whether `from` may message `to`.
@@ -65,6 +103,37 @@ pub trait ContactStore: Send + Sync + 'static {
 
     /// How `from` stands with `to`.
     async fn relation(&self, from: &str, to: &str) -> Result<Relation, StoreError>;
+
+    /// The users `user` blocked (at most [`MAX_CONTACTS`]).
+    async fn blocked(&self, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The users who blocked `user` (at most [`MAX_CONTACTS`]), from the
+    /// reverse index.
+    async fn blockers(&self, user: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Whether a new request passes `limits`, given when the addressee last
+/// rejected the requester (if they did) and how many of the requester's
+/// requests wait (counted up to `limits.max_pending`). Both backends decide
+/// with it.
+pub(crate) fn check_new_request(
+    rejected_ms: Option<i64>,
+    pending: usize,
+    limits: &RequestLimits,
+    now_ms: i64,
+) -> Result<(), OpError> {
+    if let Some(at) = rejected_ms {
+        let left = at.saturating_add(limits.cooldown_ms).saturating_sub(now_ms);
+        if left > 0 {
+            return Err(OpError::Cooldown {
+                retry_after_ms: u64::try_from(left).unwrap_or(u64::MAX),
+            });
+        }
+    }
+    if pending >= limits.max_pending {
+        return Err(OpError::QuotaExceeded("pending friend requests"));
+    }
+    Ok(())
 }
 
 /// Entries listed per contact list at most.

@@ -98,12 +98,22 @@ pub enum OpError {
     /// The group admits new members only by invitation.
     #[error("the group is invite-only")]
     InviteOnly,
-    /// A per-user or per-group amount is used up (groups owned, pending
-    /// invitations, pending join requests).
-    #[error("quota exceeded")]
-    QuotaExceeded,
     /// The `(sender, client_msg_id)` of a post names a stored message with
     /// another recipient or body; the stored message stands.
     #[error("the client_msg_id was used for another message")]
     Conflict,
+    /// The same request is already waiting for an answer.
+    #[error("a request is already pending")]
+    Pending,
+    /// The same request was refused recently; it may be made again after
+    /// `retry_after_ms`.
+    #[error("refused recently; wait before asking again")]
+    Cooldown {
+        /// Milliseconds until the request may be made again.
+        retry_after_ms: u64,
+    },
+    /// A per-user or per-group amount is used up (groups owned, pending
+    /// invitations, requests or join requests, schedules); names which.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(&'static str),
 }

@@ -48,8 +48,10 @@
 //!   logged batches of `writes.rs`), contacts and schedules in `social.rs`;
 //!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
 //!   errors) are what the others share.
-//! - `conformance`, `conformance_im`, `conformance_groups` (feature
-//!   `conformance`): the checks every backend must pass.
+//! - `conformance`, `conformance_im`, `conformance_groups`,
+//!   `conformance_contacts` (feature `conformance`): the checks every
+//!   backend must pass (the last two: the rules of groups; of friend
+//!   requests, blocks and scheduled sends).
 //!
 //! # Public API of the cluster backend (stable)
 //! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
@@ -91,6 +93,7 @@ mod stores;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod conformance_contacts;
 #[cfg(feature = "conformance")]
 pub mod conformance_groups;
 #[cfg(feature = "conformance")]

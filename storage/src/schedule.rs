@@ -9,12 +9,22 @@
 //!   entry (fired again after restart) or the posted message, never both.
 //!   The post uses the send's `(sender, client_msg_id)`, so even a backend
 //!   that cannot make the two one write stores the message once.
+//! - Every rule is checked again at fire time: the caller's checks decide a
+//!   [`Verdict`], and the post itself still checks group membership and
+//!   mutes. A refused entry posts nothing: it is removed and a
+//!   `ScheduleRefused` event is appended to the sender's inbox in the same
+//!   write (the cluster store: the event before the entry is removed, so a
+//!   crash in between may tell the sender twice, never not at all).
+//! - A user has at most `max_pending` entries waiting
+//!   ([`OpError::QuotaExceeded`] at schedule time); an index of entries by
+//!   owner counts them.
 
 use async_trait::async_trait;
 use qim_proto::v1;
 
 use crate::OpError;
 use crate::StoreError;
+use crate::StoredMessage;
 use crate::conversations::{Post, Posted};
 
 /// Entries returned by one [`ScheduleStore::due`] call at most.
@@ -23,8 +33,9 @@ pub const MAX_DUE: usize = 1000;
 /// Durable scheduled sends.
 #[async_trait]
 pub trait ScheduleStore: Send + Sync + 'static {
-    /// Stores a scheduled send (its `id` unique), durably.
-    async fn schedule(&self, entry: v1::ScheduledSend) -> Result<(), StoreError>;
+    /// Stores a scheduled send (its `id` unique), durably, unless its
+    /// sender has `max_pending` entries waiting already.
+    async fn schedule(&self, entry: v1::ScheduledSend, max_pending: usize) -> Result<(), OpError>;
 
     /// Cancels `user`'s pending entry `id`; [`OpError::NotFound`] when there
     /// is none (unknown, someone else's, or already delivered).
@@ -36,13 +47,61 @@ pub trait ScheduleStore: Send + Sync + 'static {
     /// The earliest pending delivery time.
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
-    /// Posts pending entry `id` (server time `now_ms`) and removes it;
-    /// `Ok(None)` when it is no longer pending.
+    /// Posts pending entry `id` (server time `now_ms`), or refuses it as
+    /// `verdict` says, and removes it; `Ok(None)` when it is no longer
+    /// pending.
     async fn fire(
         &self,
         id: &str,
         now_ms: i64,
-    ) -> Result<Option<Result<Posted, OpError>>, StoreError>;
+        verdict: Verdict,
+    ) -> Result<Option<Fired>, StoreError>;
+}
+
+/// Maps a post the store refused to the code and message its sender is
+/// told (the caller's one mapping of refusals to wire codes).
+pub type Explain = fn(&OpError) -> (v1::ErrorCode, String);
+
+/// What the caller's checks at fire time decided about a due entry.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Post it. The post still checks group membership and mutes; when it
+    /// is refused, `Explain` says what the sender is told.
+    Post(Explain),
+    /// Refused by the caller's checks (a block, the direct policy, the
+    /// message checks): post nothing and tell the sender.
+    Refuse {
+        /// Why, as the sender sees it.
+        code: v1::ErrorCode,
+        /// For people.
+        message: String,
+    },
+}
+
+/// What firing a due entry did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fired {
+    /// The message was posted.
+    Posted(Posted),
+    /// Nothing was posted; this `ScheduleRefused` event was appended to the
+    /// sender's inbox.
+    Refused(Box<StoredMessage>),
+}
+
+/// The `ScheduleRefused` event for `entry`.
+pub(crate) fn refused_event(
+    entry: &v1::ScheduledSend,
+    code: v1::ErrorCode,
+    message: String,
+) -> v1::inbox_event::Kind {
+    let send = entry.send.as_ref();
+    v1::inbox_event::Kind::ScheduleRefused(v1::ScheduleRefused {
+        schedule_id: entry.id.clone(),
+        to: send.and_then(|s| s.to.clone()),
+        client_msg_id: send.map(|s| s.client_msg_id.clone()).unwrap_or_default(),
+        code: code as i32,
+        message,
+    })
 }
 
 /// The post a scheduled send makes when it fires at `now_ms`.

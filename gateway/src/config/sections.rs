@@ -365,6 +365,9 @@ section! {
         history_retention_ms: u64 = 0,
         /// How far ahead a message may be scheduled, in milliseconds.
         max_schedule_ahead_ms: u64 = 30 * 24 * 3_600_000,
+        /// Milliseconds after a rejected friend request before the requester may ask the same user
+        /// again (COOLDOWN with retry_after_ms before).
+        friend_request_cooldown_ms: u64 = 24 * 3_600_000,
     }
 }
 

@@ -134,7 +134,8 @@ pub(super) async fn sync(ctx: &Ctx, user: &str, r: v1::GroupSyncRequest) -> Repl
     let messages = &ctx.stores.messages;
     let head = messages.inbox_head(&log).await?;
     let entries = messages.read_inbox(&log, after, limit).await?;
-    let (entries, _) = entries_in_frame(entries, ctx.config.limits.max_frame_bytes);
+    let (mut entries, _) = entries_in_frame(entries, ctx.config.limits.max_frame_bytes);
+    crate::policy::hide_blocked(ctx, user, &mut entries).await?;
     Ok(rpc_response::Kind::GroupSync(v1::GroupSyncResponse {
         entries,
         head,

@@ -15,6 +15,7 @@ use qim_storage::conversations::{
 use qim_storage::embedded::EmbeddedStore;
 use qim_storage::groups::{GroupApplied, GroupLimits, GroupOp, List, Listed};
 use qim_storage::quota::Charged;
+use qim_storage::schedule::{Fired, Verdict};
 use qim_storage::{
     Appended, ContactStore, ConversationStore, GroupStore, MessageStore, NewMessage, OpError,
     PresenceStore, QuotaStore, ScheduleStore, StoreError, StoredMessage,
@@ -273,12 +274,20 @@ impl ContactStore for HeldStore {
     async fn relation(&self, from: &str, to: &str) -> Result<Relation, StoreError> {
         held(self.inner.relation(from, to)).await
     }
+
+    async fn blocked(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        held(self.inner.blocked(user)).await
+    }
+
+    async fn blockers(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        held(self.inner.blockers(user)).await
+    }
 }
 
 #[async_trait]
 impl ScheduleStore for HeldStore {
-    async fn schedule(&self, entry: v1::ScheduledSend) -> Result<(), StoreError> {
-        held(self.inner.schedule(entry)).await
+    async fn schedule(&self, entry: v1::ScheduledSend, max_pending: usize) -> Result<(), OpError> {
+        held(self.inner.schedule(entry, max_pending)).await
     }
 
     async fn cancel(&self, user: &str, id: &str) -> Result<(), OpError> {
@@ -297,8 +306,9 @@ impl ScheduleStore for HeldStore {
         &self,
         id: &str,
         now_ms: i64,
-    ) -> Result<Option<Result<Posted, OpError>>, StoreError> {
-        held(self.inner.fire(id, now_ms)).await
+        verdict: Verdict,
+    ) -> Result<Option<Fired>, StoreError> {
+        held(self.inner.fire(id, now_ms, verdict)).await
     }
 }
 

@@ -16,6 +16,14 @@
 //! holding it delays that pair's next change by at most the lease. Event
 //! seqs come from the inbox counters like messages; a batch that fails
 //! leaves a gap that clients skip.
+//!
+//! # The rules' state
+//! Beside both users' `contacts` rows the same batch keeps `blocked_by`
+//! (the reverse of `blocks`), `contact_outgoing` (pending requests, counted
+//! for the quota with a query bounded by it) and `contact_rejections` (the
+//! start of a cool-down, until the two become friends). Every
+//! write of a `contacts` row goes through [`ClusterStore::side_rows`], which
+//! keeps `contact_outgoing` in step.
 
 use std::time::Duration;
 
@@ -27,7 +35,9 @@ use qim_proto::v1;
 use super::ClusterStore;
 use crate::OpError;
 use crate::StoreError;
-use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
+use crate::contacts::{
+    ContactOp, ContactStore, MAX_CONTACTS, Relation, RequestLimits, check_new_request,
+};
 use crate::conversations::Applied;
 use crate::cql::social::Row;
 use crate::redis::unavailable;
@@ -134,24 +144,99 @@ impl ClusterStore {
         Ok(rows.rows_num() > 0)
     }
 
-    fn contact_row(&self, owner: &str, other: &str, state: i32, at_ms: i64, message: &str) -> Row {
-        (
-            self.social.contact_put.clone(),
-            Box::new((
-                owner.to_owned(),
-                other.to_owned(),
-                state,
-                at_ms,
-                message.to_owned(),
+    /// The rows that set `owner`'s side of the relation with `other` to
+    /// `state` (`None`: no relation), with the pending-request index.
+    fn side_rows(
+        &self,
+        rows: &mut Vec<Row>,
+        owner: &str,
+        other: &str,
+        state: Option<(i32, i64, &str)>,
+    ) {
+        let pair = || Box::new((owner.to_owned(), other.to_owned()));
+        match state {
+            Some((state, at_ms, message)) => rows.push((
+                self.social.contact_put.clone(),
+                Box::new((
+                    owner.to_owned(),
+                    other.to_owned(),
+                    state,
+                    at_ms,
+                    message.to_owned(),
+                )),
             )),
-        )
+            None => rows.push((self.social.contact_delete.clone(), pair())),
+        }
+        if matches!(state, Some((SENT, _, _))) {
+            rows.push((self.social.outgoing_put.clone(), pair()));
+        } else {
+            rows.push((self.social.outgoing_delete.clone(), pair()));
+        }
     }
 
-    fn contact_delete_row(&self, owner: &str, other: &str) -> Row {
-        (
-            self.social.contact_delete.clone(),
-            Box::new((owner.to_owned(), other.to_owned())),
-        )
+    /// The rows that make `a` and `b` friends (ending cool-downs).
+    fn friend_rows(&self, rows: &mut Vec<Row>, a: &str, b: &str) {
+        self.side_rows(rows, a, b, Some((FRIEND, 0, "")));
+        self.side_rows(rows, b, a, Some((FRIEND, 0, "")));
+        for (x, y) in [(a, b), (b, a)] {
+            rows.push((
+                self.social.rejection_delete.clone(),
+                Box::new((x.to_owned(), y.to_owned())),
+            ));
+        }
+    }
+
+    /// Refuses `user`'s new request to `other` when it breaks a rule of
+    /// `limits` (cool-down after a rejection, pending quota).
+    async fn new_request_allowed(
+        &self,
+        user: &str,
+        other: &str,
+        limits: &RequestLimits,
+        now_ms: i64,
+    ) -> Result<(), OpError> {
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+        let rows = self
+            .social
+            .exec(&self.social.rejection_read, (user, other))
+            .await?
+            .into_rows_result()
+            .map_err(|e| corrupt(&e))?;
+        let rejected = rows
+            .maybe_first_row::<(Option<i64>,)>()
+            .map_err(|e| corrupt(&e))?
+            .and_then(|(at,)| at);
+        let limit = i32::try_from(limits.max_pending).unwrap_or(i32::MAX);
+        let pending = self
+            .social
+            .exec(&self.social.outgoing_of, (user, limit))
+            .await?
+            .into_rows_result()
+            .map_err(|e| corrupt(&e))?
+            .rows_num();
+        check_new_request(rejected, pending, limits, now_ms)
+    }
+
+    /// The first column of `statement`'s rows for `user` (at most
+    /// [`MAX_CONTACTS`]).
+    pub(crate) async fn names(
+        &self,
+        statement: &scylla::statement::prepared::PreparedStatement,
+        user: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+        let limit = i32::try_from(MAX_CONTACTS).unwrap_or(i32::MAX);
+        let rows = self
+            .social
+            .exec(statement, (user, limit))
+            .await?
+            .into_rows_result()
+            .map_err(|e| corrupt(&e))?;
+        let mut out = Vec::new();
+        for row in rows.rows::<(String,)>().map_err(|e| corrupt(&e))? {
+            out.push(row.map_err(|e| corrupt(&e))?.0);
+        }
+        Ok(out)
     }
 
     /// Decides and writes one change while holding the pair's lease.
@@ -171,7 +256,9 @@ impl ClusterStore {
             })
         };
         match op {
-            ContactOp::Request { message, .. } => {
+            ContactOp::Request {
+                message, limits, ..
+            } => {
                 if self.blocks(other, user).await? {
                     return Err(OpError::Blocked);
                 }
@@ -179,13 +266,15 @@ impl ClusterStore {
                     Some(FRIEND) => {}
                     Some(RECEIVED) => {
                         // They asked first: this accepts.
-                        rows.push(self.contact_row(user, other, FRIEND, 0, ""));
-                        rows.push(self.contact_row(other, user, FRIEND, 0, ""));
+                        self.friend_rows(&mut rows, user, other);
                         events.push((other, answer(true)));
                     }
+                    Some(SENT) => return Err(OpError::Pending),
                     _ => {
-                        rows.push(self.contact_row(user, other, SENT, 0, ""));
-                        rows.push(self.contact_row(other, user, RECEIVED, now_ms, &message));
+                        self.new_request_allowed(user, other, &limits, now_ms)
+                            .await?;
+                        self.side_rows(&mut rows, user, other, Some((SENT, 0, "")));
+                        self.side_rows(&mut rows, other, user, Some((RECEIVED, now_ms, &message)));
                         events.push((
                             other,
                             v1::inbox_event::Kind::FriendRequest(v1::FriendRequestEvent {
@@ -202,11 +291,15 @@ impl ClusterStore {
                 }
                 let accepted = matches!(op, ContactOp::Accept(_));
                 if accepted {
-                    rows.push(self.contact_row(user, other, FRIEND, 0, ""));
-                    rows.push(self.contact_row(other, user, FRIEND, 0, ""));
+                    self.friend_rows(&mut rows, user, other);
                 } else {
-                    rows.push(self.contact_delete_row(user, other));
-                    rows.push(self.contact_delete_row(other, user));
+                    self.side_rows(&mut rows, user, other, None);
+                    self.side_rows(&mut rows, other, user, None);
+                    // The requester's cool-down starts now.
+                    rows.push((
+                        self.social.rejection_put.clone(),
+                        Box::new((other.to_owned(), user.to_owned(), now_ms)),
+                    ));
                 }
                 events.push((other, answer(accepted)));
             }
@@ -214,22 +307,22 @@ impl ClusterStore {
                 if self.contact_state(user, other).await? != Some(FRIEND) {
                     return Err(OpError::NotFound);
                 }
-                rows.push(self.contact_delete_row(user, other));
-                rows.push(self.contact_delete_row(other, user));
+                self.side_rows(&mut rows, user, other, None);
+                self.side_rows(&mut rows, other, user, None);
             }
             ContactOp::Block(_) => {
-                rows.push((
-                    self.social.block_put.clone(),
-                    Box::new((user.to_owned(), other.to_owned())),
-                ));
-                rows.push(self.contact_delete_row(user, other));
-                rows.push(self.contact_delete_row(other, user));
+                let pair = Box::new((user.to_owned(), other.to_owned()));
+                let reverse = Box::new((other.to_owned(), user.to_owned()));
+                rows.push((self.social.block_put.clone(), pair));
+                rows.push((self.social.blocked_by_put.clone(), reverse));
+                self.side_rows(&mut rows, user, other, None);
+                self.side_rows(&mut rows, other, user, None);
             }
             ContactOp::Unblock(_) => {
-                rows.push((
-                    self.social.block_delete.clone(),
-                    Box::new((user.to_owned(), other.to_owned())),
-                ));
+                let pair = Box::new((user.to_owned(), other.to_owned()));
+                let reverse = Box::new((other.to_owned(), user.to_owned()));
+                rows.push((self.social.block_delete.clone(), pair));
+                rows.push((self.social.blocked_by_delete.clone(), reverse));
             }
         }
         let mut applied = Applied::default();
@@ -301,17 +394,18 @@ impl ContactStore for ClusterStore {
                 _ => return Err(StoreError::Corrupt("bad contact state".into())),
             }
         }
-        let limit = i32::try_from(MAX_CONTACTS).unwrap_or(i32::MAX);
-        let rows = self
-            .social
-            .exec(&self.social.blocks_of, (user, limit))
-            .await?
-            .into_rows_result()
-            .map_err(|e| corrupt(&e))?;
-        for row in rows.rows::<(String,)>().map_err(|e| corrupt(&e))? {
-            out.blocked.push(row.map_err(|e| corrupt(&e))?.0);
-        }
+        out.blocked = self.names(&self.social.blocks_of, user).await?;
         Ok(out)
+    }
+
+    async fn blocked(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        check_id(user)?;
+        self.names(&self.social.blocks_of, user).await
+    }
+
+    async fn blockers(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        check_id(user)?;
+        self.names(&self.social.blockers_of, user).await
     }
 
     async fn relation(&self, from: &str, to: &str) -> Result<Relation, StoreError> {

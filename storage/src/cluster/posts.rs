@@ -175,9 +175,16 @@ impl ClusterStore {
             let inboxes = if info.read_diffusion {
                 vec![group_log(g)]
             } else {
+                // Members who blocked the sender get no copy (one read of
+                // the reverse block index).
+                let (members, blockers) = tokio::try_join!(
+                    self.cql.members(g, "", usize::MAX >> 2),
+                    self.names(&self.social.blockers_of, &post.sender),
+                )?;
+                let blockers: std::collections::HashSet<String> = blockers.into_iter().collect();
                 let mut inboxes = vec![post.sender.clone()];
-                for m in self.cql.members(g, "", usize::MAX >> 2).await? {
-                    if m.user != post.sender {
+                for m in members {
+                    if m.user != post.sender && !blockers.contains(&m.user) {
                         inboxes.push(m.user);
                     }
                 }

@@ -20,7 +20,17 @@
 //! the entry claimed; after [`RECLAIM_AFTER`] another node takes the claim
 //! over (an LWT on the old claim time, so only one does) and posts again,
 //! which the idempotency key turns into the original message. So a
-//! scheduled send is stored exactly once, also across crashes.
+//! scheduled send is stored exactly once, also across crashes. A refused
+//! entry (the caller's [`Verdict`], or the post refused) appends its
+//! `ScheduleRefused` event before the entry is deleted: a crash in between
+//! tells the sender twice after the claim is taken over, never not at all.
+//!
+//! # Quota
+//! `schedules_by_owner` lists each sender's entries; its row is written
+//! with the index row (before the entry) and deleted after the entry. A
+//! schedule reads at most `max_pending` of them; only when that reaches the
+//! quota are the listed entries read, and rows whose entry is gone (a
+//! crash) removed, before the count is final.
 
 use std::time::Duration;
 
@@ -31,9 +41,9 @@ use qim_proto::v1;
 use super::ClusterStore;
 use crate::OpError;
 use crate::StoreError;
-use crate::conversations::{ConversationStore, Posted};
+use crate::conversations::ConversationStore;
 use crate::cql::social::{Row, applied, decode_schedule};
-use crate::schedule::{MAX_DUE, ScheduleStore, to_post};
+use crate::schedule::{Fired, MAX_DUE, ScheduleStore, Verdict, refused_event, to_post};
 
 /// Partitions of the time index.
 pub(crate) const SHARDS: i32 = 8;
@@ -105,6 +115,57 @@ impl ClusterStore {
         Ok(())
     }
 
+    /// `owner`'s pending entries, at most `limit`, by id.
+    async fn owned_schedules(&self, owner: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows = self
+            .social
+            .exec(&self.social.schedules_of_owner, (owner, limit))
+            .await?
+            .into_rows_result()
+            .map_err(corrupt)?;
+        let mut out = Vec::new();
+        for row in rows.rows::<(String,)>().map_err(corrupt)? {
+            out.push(row.map_err(corrupt)?.0);
+        }
+        Ok(out)
+    }
+
+    /// Whether `owner` has `max_pending` entries waiting, not counting
+    /// index rows whose entry is gone (those are removed).
+    async fn schedules_full(&self, owner: &str, max_pending: usize) -> Result<bool, StoreError> {
+        let ids = self.owned_schedules(owner, max_pending).await?;
+        if ids.len() < max_pending {
+            return Ok(false);
+        }
+        let mut live = 0;
+        for id in ids {
+            if self.read_schedule(&id).await?.is_some() {
+                live += 1;
+            } else {
+                self.social
+                    .exec(&self.social.schedule_owner_delete, (owner, id.as_str()))
+                    .await?;
+            }
+        }
+        Ok(live >= max_pending)
+    }
+
+    /// Removes a fired entry (posted or refused) and its index rows.
+    async fn finish_fire(&self, id: &str, found: &Entry) -> Result<(), StoreError> {
+        self.social
+            .exec(&self.social.schedule_delete, (id,))
+            .await?;
+        self.delete_due_row(id, found.due_ms).await?;
+        self.social
+            .exec(
+                &self.social.schedule_owner_delete,
+                (found.owner.as_str(), id),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Takes the claim on `id` if it is pending, or over a stale claim.
     async fn claim_schedule(
         &self,
@@ -136,18 +197,25 @@ impl ClusterStore {
 
 #[async_trait]
 impl ScheduleStore for ClusterStore {
-    async fn schedule(&self, entry: v1::ScheduledSend) -> Result<(), StoreError> {
+    async fn schedule(&self, entry: v1::ScheduledSend, max_pending: usize) -> Result<(), OpError> {
         if entry.id.is_empty() || !qim_proto::ids::is_valid_id(&entry.id) {
-            return Err(StoreError::Invalid("schedule id is not a valid id".into()));
+            return Err(StoreError::Invalid("schedule id is not a valid id".into()).into());
+        }
+        if self.schedules_full(&entry.sender, max_pending).await? {
+            return Err(OpError::QuotaExceeded("pending scheduled sends"));
         }
         let id = entry.id.clone();
         let now = qim_proto::now_ms();
-        // The index row first: an entry never exists without it.
+        // The index rows first: an entry never exists without them.
         let index: Row = (
             self.social.schedule_due_put.clone(),
             Box::new((shard(&id), entry.deliver_at_ms, id.clone(), now)),
         );
-        self.social.batch(vec![index]).await?;
+        let owner: Row = (
+            self.social.schedule_owner_put.clone(),
+            Box::new((entry.sender.clone(), id.clone())),
+        );
+        self.social.batch(vec![index, owner]).await?;
         let result = self
             .social
             .exec(
@@ -165,7 +233,7 @@ impl ScheduleStore for ClusterStore {
         }
         match self.read_schedule(&id).await? {
             Some(found) if found.entry == entry => Ok(()),
-            _ => Err(StoreError::Invalid(format!("schedule id {id} is taken"))),
+            _ => Err(StoreError::Invalid(format!("schedule id {id} is taken")).into()),
         }
     }
 
@@ -188,6 +256,9 @@ impl ScheduleStore for ClusterStore {
             return Err(OpError::NotFound);
         }
         self.delete_due_row(id, found.due_ms).await?;
+        self.social
+            .exec(&self.social.schedule_owner_delete, (user, id))
+            .await?;
         Ok(())
     }
 
@@ -251,30 +322,43 @@ impl ScheduleStore for ClusterStore {
         &self,
         id: &str,
         now_ms: i64,
-    ) -> Result<Option<Result<Posted, OpError>>, StoreError> {
+        verdict: Verdict,
+    ) -> Result<Option<Fired>, StoreError> {
         let Some(found) = self.read_schedule(id).await? else {
             return Ok(None);
         };
         if !self.claim_schedule(id, &found, now_ms).await? {
             return Ok(None);
         }
-        let due_ms = found.due_ms;
-        let posted = self.post(vec![to_post(found.entry, now_ms)]).await?;
-        let outcome = posted
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Corrupt("a post without a result".into()))?;
-        // Delivered, or refused for good (e.g. no longer a member): either
-        // way the entry is done.
-        let outcome = match outcome {
-            Err(OpError::Store(e)) => return Err(e),
-            other => other,
+        let (code, message) = match verdict {
+            Verdict::Refuse { code, message } => (code, message),
+            Verdict::Post(explain) => {
+                let posted = self
+                    .post(vec![to_post(found.entry.clone(), now_ms)])
+                    .await?;
+                let outcome = posted
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| StoreError::Corrupt("a post without a result".into()))?;
+                match outcome {
+                    Ok(posted) => {
+                        self.finish_fire(id, &found).await?;
+                        return Ok(Some(Fired::Posted(posted)));
+                    }
+                    Err(OpError::Store(e)) => return Err(e),
+                    // Refused for good (e.g. no longer a member).
+                    Err(refused) => explain(&refused),
+                }
+            }
         };
+        let sender = found.entry.sender.clone();
+        let event = refused_event(&found.entry, code, message);
+        let stored = self.event(&sender, &sender, event, now_ms).await?;
         self.social
-            .exec(&self.social.schedule_delete, (id,))
+            .batch(vec![self.cql.message_row(&stored)?])
             .await?;
-        self.delete_due_row(id, due_ms).await?;
-        Ok(Some(outcome))
+        self.finish_fire(id, &found).await?;
+        Ok(Some(Fired::Refused(Box::new(stored))))
     }
 }
 

@@ -164,6 +164,34 @@ const MIGRATIONS: &[&[&str]] = &[
         PRIMARY KEY (user_id, group_id)
     )",
         "CREATE TABLE IF NOT EXISTS user_settings (user_id text PRIMARY KEY, group_adds int)",
+        // The rules of friend requests, blocks and schedules (see
+        // `cluster::contacts` and `cluster::schedule`).
+        //
+        // `blocker` blocked `user_id`: the reverse of `blocks`, written in
+        // the same logged batch, so a group post reads who must not get it
+        // with one query.
+        "CREATE TABLE IF NOT EXISTS blocked_by (
+        user_id text, blocker text,
+        PRIMARY KEY (user_id, blocker)
+    )",
+        // `owner`'s request to `other` is pending (with the contacts row in
+        // state 2): counted for the pending-request quota.
+        "CREATE TABLE IF NOT EXISTS contact_outgoing (
+        owner text, other text,
+        PRIMARY KEY (owner, other)
+    )",
+        // `other` rejected `owner`'s request at `at_ms`: the cool-down's
+        // start (kept until the two become friends).
+        "CREATE TABLE IF NOT EXISTS contact_rejections (
+        owner text, other text, at_ms bigint,
+        PRIMARY KEY (owner, other)
+    )",
+        // `owner`'s pending scheduled sends, counted for the quota (a row
+        // left by a crash is removed when a count reaches the quota).
+        "CREATE TABLE IF NOT EXISTS schedules_by_owner (
+        owner text, id text,
+        PRIMARY KEY (owner, id)
+    )",
         // The digest of a post's recipient and body, so a reused
         // client_msg_id with another message is told apart from a resend.
         "ALTER TABLE idempotency ADD digest blob",

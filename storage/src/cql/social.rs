@@ -30,6 +30,18 @@ pub(crate) struct Social {
     pub(crate) blocks_of: PreparedStatement,
     pub(crate) block_put: PreparedStatement,
     pub(crate) block_delete: PreparedStatement,
+    pub(crate) blocked_by_put: PreparedStatement,
+    pub(crate) blocked_by_delete: PreparedStatement,
+    pub(crate) blockers_of: PreparedStatement,
+    pub(crate) outgoing_put: PreparedStatement,
+    pub(crate) outgoing_delete: PreparedStatement,
+    pub(crate) outgoing_of: PreparedStatement,
+    pub(crate) rejection_put: PreparedStatement,
+    pub(crate) rejection_read: PreparedStatement,
+    pub(crate) rejection_delete: PreparedStatement,
+    pub(crate) schedule_owner_put: PreparedStatement,
+    pub(crate) schedule_owner_delete: PreparedStatement,
+    pub(crate) schedules_of_owner: PreparedStatement,
     pub(crate) session_put: PreparedStatement,
     pub(crate) sessions_of: PreparedStatement,
     pub(crate) seen_put: PreparedStatement,
@@ -97,6 +109,78 @@ impl Social {
             .await?,
             block_delete: prepare(
                 "DELETE FROM blocks WHERE owner = ? AND other = ?",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            blocked_by_put: prepare(
+                "INSERT INTO blocked_by (user_id, blocker) VALUES (?, ?)",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            blocked_by_delete: prepare(
+                "DELETE FROM blocked_by WHERE user_id = ? AND blocker = ?",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            blockers_of: prepare(
+                "SELECT blocker FROM blocked_by WHERE user_id = ? LIMIT ?",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            outgoing_put: prepare(
+                "INSERT INTO contact_outgoing (owner, other) VALUES (?, ?)",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            outgoing_delete: prepare(
+                "DELETE FROM contact_outgoing WHERE owner = ? AND other = ?",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            outgoing_of: prepare(
+                "SELECT other FROM contact_outgoing WHERE owner = ? LIMIT ?",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            rejection_put: prepare(
+                "INSERT INTO contact_rejections (owner, other, at_ms) VALUES (?, ?, ?)",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            rejection_read: prepare(
+                "SELECT at_ms FROM contact_rejections WHERE owner = ? AND other = ?",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            rejection_delete: prepare(
+                "DELETE FROM contact_rejections WHERE owner = ? AND other = ?",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            schedule_owner_put: prepare(
+                "INSERT INTO schedules_by_owner (owner, id) VALUES (?, ?)",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            schedule_owner_delete: prepare(
+                "DELETE FROM schedules_by_owner WHERE owner = ? AND id = ?",
+                LocalQuorum,
+                true,
+            )
+            .await?,
+            schedules_of_owner: prepare(
+                "SELECT id FROM schedules_by_owner WHERE owner = ? LIMIT ?",
                 LocalQuorum,
                 true,
             )

@@ -4,17 +4,28 @@
 //! - `contacts`: `[len][user][other]` → `[state]` (1 friend, 2 request sent)
 //!   or `[3][at_ms i64 BE][message]` (request received).
 //! - `blocks`: `[len][user][other]` → empty: `user` blocked `other`.
+//! - `blocked_by`: `[len][other][user]` → empty: the reverse of `blocks`
+//!   (who blocked `other`), written in the same batch. The key `[0]` marks
+//!   that the indexes were built (stores older than them are indexed once
+//!   at open, [`build_indexes`]).
+//! - `outgoing`: `[len][user][other]` → empty: `user`'s request to `other`
+//!   is pending (kept with the `contacts` row in state 2), counted for the
+//!   quota with a prefix scan bounded by it.
+//! - `rejections`: `[len][user][other]` → `[at_ms i64 BE]`: `other`
+//!   rejected `user`'s request then (the cool-down's start).
 
 use async_trait::async_trait;
 use qim_proto::v1;
 use tokio::sync::oneshot;
 
 use super::EmbeddedStore;
-use super::tables::{check_key_part, prefixed, unavailable};
+use super::tables::{Tables, check_key_part, prefixed, unavailable};
 use super::writer::{Op, Request, Stage, Writer};
 use crate::OpError;
 use crate::StoreError;
-use crate::contacts::{ContactOp, ContactStore, MAX_CONTACTS, Relation};
+use crate::contacts::{
+    ContactOp, ContactStore, MAX_CONTACTS, Relation, RequestLimits, check_new_request,
+};
 use crate::conversations::Applied;
 
 const FRIEND: u8 = 1;
@@ -35,6 +46,58 @@ impl Writer {
             .get(key(user, other))
             .map_err(unavailable)?
             .and_then(|v| v.first().copied()))
+    }
+
+    /// Stages `owner`'s side of the relation with `other` (`None`: none),
+    /// keeping the pending-request index in step.
+    fn stage_side(&self, stage: &mut Stage, owner: &str, other: &str, value: Option<Vec<u8>>) {
+        let t = &self.tables;
+        let k = key(owner, other);
+        if value.as_deref().and_then(<[u8]>::first) == Some(&SENT) {
+            stage.batch.insert(&t.outgoing, k.clone(), Vec::new());
+        } else {
+            stage.batch.remove(&t.outgoing, k.clone());
+        }
+        match value {
+            Some(v) => stage.batch.insert(&t.contacts, k, v),
+            None => stage.batch.remove(&t.contacts, k),
+        }
+    }
+
+    /// Stages friendship of `a` and `b` (clearing cool-downs between them).
+    fn stage_friends(&self, stage: &mut Stage, a: &str, b: &str) {
+        self.stage_side(stage, a, b, Some(vec![FRIEND]));
+        self.stage_side(stage, b, a, Some(vec![FRIEND]));
+        stage.batch.remove(&self.tables.rejections, key(a, b));
+        stage.batch.remove(&self.tables.rejections, key(b, a));
+    }
+
+    /// Refuses `user`'s new request to `other` when it breaks a rule of
+    /// `limits` (cool-down after a rejection, pending quota).
+    fn new_request_allowed(
+        &self,
+        user: &str,
+        other: &str,
+        limits: &RequestLimits,
+        now_ms: i64,
+    ) -> Result<(), OpError> {
+        let t = &self.tables;
+        let rejected = t
+            .rejections
+            .get(key(user, other))
+            .map_err(unavailable)?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(i64::from_be_bytes);
+        let mut pending = 0;
+        for guard in t
+            .outgoing
+            .prefix(prefixed(user, 0))
+            .take(limits.max_pending)
+        {
+            guard.into_inner().map_err(unavailable)?;
+            pending += 1;
+        }
+        check_new_request(rejected, pending, limits, now_ms)
     }
 
     /// Applies one contact change in a batch of its own.
@@ -84,7 +147,11 @@ impl Writer {
             Ok(())
         };
         match op {
-            ContactOp::Request { other, message } => {
+            ContactOp::Request {
+                other,
+                message,
+                limits,
+            } => {
                 check_key_part(&other)?;
                 if other == user {
                     return Err(OpError::NotAllowed);
@@ -99,22 +166,17 @@ impl Writer {
                     Some(FRIEND) => {}
                     Some(RECEIVED) => {
                         // They asked first: this accepts.
-                        stage
-                            .batch
-                            .insert(&t.contacts, key(user, &other), vec![FRIEND]);
-                        stage
-                            .batch
-                            .insert(&t.contacts, key(&other, user), vec![FRIEND]);
+                        self.stage_friends(stage, user, &other);
                         answer(self, stage, &mut applied, &other, true)?;
                     }
+                    Some(SENT) => return Err(OpError::Pending),
                     _ => {
-                        stage
-                            .batch
-                            .insert(&t.contacts, key(user, &other), vec![SENT]);
+                        self.new_request_allowed(user, &other, &limits, now_ms)?;
+                        self.stage_side(stage, user, &other, Some(vec![SENT]));
                         let mut value = vec![RECEIVED];
                         value.extend_from_slice(&now_ms.to_be_bytes());
                         value.extend_from_slice(message.as_bytes());
-                        stage.batch.insert(&t.contacts, key(&other, user), value);
+                        self.stage_side(stage, &other, user, Some(value));
                         let event = v1::inbox_event::Kind::FriendRequest(v1::FriendRequestEvent {
                             from: user.to_owned(),
                             message,
@@ -130,12 +192,7 @@ impl Writer {
                 if self.contact_state(user, &other)? != Some(RECEIVED) {
                     return Err(OpError::NotFound);
                 }
-                stage
-                    .batch
-                    .insert(&t.contacts, key(user, &other), vec![FRIEND]);
-                stage
-                    .batch
-                    .insert(&t.contacts, key(&other, user), vec![FRIEND]);
+                self.stage_friends(stage, user, &other);
                 answer(self, stage, &mut applied, &other, true)?;
             }
             ContactOp::Reject(other) => {
@@ -143,8 +200,14 @@ impl Writer {
                 if self.contact_state(user, &other)? != Some(RECEIVED) {
                     return Err(OpError::NotFound);
                 }
-                stage.batch.remove(&t.contacts, key(user, &other));
-                stage.batch.remove(&t.contacts, key(&other, user));
+                self.stage_side(stage, user, &other, None);
+                self.stage_side(stage, &other, user, None);
+                // The requester's cool-down starts now.
+                stage.batch.insert(
+                    &t.rejections,
+                    key(&other, user),
+                    now_ms.to_be_bytes().to_vec(),
+                );
                 answer(self, stage, &mut applied, &other, false)?;
             }
             ContactOp::Remove(other) => {
@@ -152,18 +215,22 @@ impl Writer {
                 if self.contact_state(user, &other)? != Some(FRIEND) {
                     return Err(OpError::NotFound);
                 }
-                stage.batch.remove(&t.contacts, key(user, &other));
-                stage.batch.remove(&t.contacts, key(&other, user));
+                self.stage_side(stage, user, &other, None);
+                self.stage_side(stage, &other, user, None);
             }
             ContactOp::Block(other) => {
                 check_key_part(&other)?;
                 stage.batch.insert(&t.blocks, key(user, &other), Vec::new());
-                stage.batch.remove(&t.contacts, key(user, &other));
-                stage.batch.remove(&t.contacts, key(&other, user));
+                stage
+                    .batch
+                    .insert(&t.blocked_by, key(&other, user), Vec::new());
+                self.stage_side(stage, user, &other, None);
+                self.stage_side(stage, &other, user, None);
             }
             ContactOp::Unblock(other) => {
                 check_key_part(&other)?;
                 stage.batch.remove(&t.blocks, key(user, &other));
+                stage.batch.remove(&t.blocked_by, key(&other, user));
             }
         }
         Ok(applied)
@@ -217,10 +284,7 @@ impl ContactStore for EmbeddedStore {
                 _ => return Err(StoreError::Corrupt("bad contact value".into())),
             }
         }
-        for guard in self.tables.blocks.prefix(&prefix).take(MAX_CONTACTS) {
-            let (k, _) = guard.into_inner().map_err(unavailable)?;
-            out.blocked.push(name(&k)?);
-        }
+        out.blocked = names_under(&self.tables.blocks, user)?;
         Ok(out)
     }
 
@@ -240,4 +304,72 @@ impl ContactStore for EmbeddedStore {
             .map_err(unavailable)?;
         Ok(Relation { friends, blocked })
     }
+
+    async fn blocked(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        check_key_part(user)?;
+        names_under(&self.tables.blocks, user)
+    }
+
+    async fn blockers(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        check_key_part(user)?;
+        names_under(&self.tables.blocked_by, user)
+    }
+}
+
+/// Who blocked `user`, as a set (for a group post).
+pub(super) fn blockers_of(
+    t: &Tables,
+    user: &str,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    Ok(names_under(&t.blocked_by, user)?.into_iter().collect())
+}
+
+/// The second ids of the `[len][user][other]` keys of `user` in `keyspace`.
+fn names_under(keyspace: &fjall::Keyspace, user: &str) -> Result<Vec<String>, StoreError> {
+    let prefix = prefixed(user, 0);
+    let mut out = Vec::new();
+    for guard in keyspace.prefix(&prefix).take(MAX_CONTACTS) {
+        let (k, _) = guard.into_inner().map_err(unavailable)?;
+        out.push(
+            std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|_| StoreError::Corrupt("bad contact key".into()))?
+                .to_owned(),
+        );
+    }
+    Ok(out)
+}
+
+/// Builds the reverse block index and the pending-request index of a store
+/// written before they existed; once (a marker key says it was done).
+pub(super) fn build_indexes(t: &Tables) -> Result<(), StoreError> {
+    const DONE: [u8; 1] = [0];
+    if t.blocked_by.contains_key(DONE).map_err(unavailable)? {
+        return Ok(());
+    }
+    let mut batch = t.db.batch();
+    let split = |k: &[u8]| -> Option<(Vec<u8>, Vec<u8>)> {
+        let len = usize::from(*k.first()?);
+        let (user, other) = (k.get(1..1 + len)?, k.get(1 + len..)?);
+        Some((user.to_vec(), other.to_vec()))
+    };
+    for guard in t.blocks.iter() {
+        let (k, _) = guard.into_inner().map_err(unavailable)?;
+        if let Some((user, other)) = split(&k) {
+            let mut reverse = vec![other.len() as u8];
+            reverse.extend_from_slice(&other);
+            reverse.extend_from_slice(&user);
+            batch.insert(&t.blocked_by, reverse, Vec::new());
+        }
+    }
+    for guard in t.contacts.iter() {
+        let (k, v) = guard.into_inner().map_err(unavailable)?;
+        if v.first() == Some(&SENT) {
+            batch.insert(&t.outgoing, k.to_vec(), Vec::new());
+        }
+    }
+    batch.insert(&t.blocked_by, DONE.to_vec(), Vec::new());
+    batch
+        .durability(Some(fjall::PersistMode::SyncAll))
+        .commit()
+        .map_err(unavailable)
 }

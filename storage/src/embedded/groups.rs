@@ -104,11 +104,14 @@ impl Writer {
         if info.read_diffusion {
             return Ok(Ok(vec![group_log(group)]));
         }
+        // Members who blocked the sender get no copy (one read of the
+        // reverse block index).
+        let blockers = super::contacts::blockers_of(&self.tables, &post.sender)?;
         let mut inboxes = vec![post.sender.clone()];
         for guard in self.tables.members.prefix(prefixed(group, 0)) {
             let (_, value) = guard.into_inner().map_err(unavailable)?;
             let m: v1::GroupMember = decode(&value)?;
-            if m.user != post.sender {
+            if m.user != post.sender && !blockers.contains(&m.user) {
                 inboxes.push(m.user);
             }
         }

@@ -126,6 +126,8 @@ impl EmbeddedStore {
             .map_err(unavailable)?;
         let tables = Tables::open(db)?;
         let disk = std::sync::Arc::new(DiskSpace::new(dir.to_path_buf()));
+        contacts::build_indexes(&tables)?;
+        schedule::build_index(&tables)?;
         let (ops, rx) = mpsc::channel(QUEUE);
         let writer_tables = tables.clone();
         let writer_disk = std::sync::Arc::clone(&disk);

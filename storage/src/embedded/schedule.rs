@@ -5,6 +5,9 @@
 //! - `scheduled`: `[deliver_at i64 BE, offset so order is numeric][id]` →
 //!   protobuf `v1.ScheduledSend`.
 //! - `schedule_ids`: `[id]` → the `scheduled` key.
+//! - `schedule_owners`: `[len][sender][id]` → empty: the sender's pending
+//!   entries, counted for the quota with a prefix scan bounded by it. The
+//!   key `[0]` marks that the index was built ([`build_index`]).
 
 use std::collections::HashMap;
 
@@ -15,18 +18,49 @@ use qim_proto::v1;
 use tokio::sync::oneshot;
 
 use super::EmbeddedStore;
-use super::tables::unavailable;
+use super::tables::{Tables, check_key_part, prefixed, unavailable};
 use super::writer::{Op, Request as ImRequest, ScheduleRequest as Request, Writer};
 use crate::OpError;
 use crate::StoreError;
-use crate::conversations::Posted;
-use crate::schedule::{MAX_DUE, ScheduleStore, to_post};
+use crate::schedule::{Fired, MAX_DUE, ScheduleStore, Verdict, refused_event, to_post};
 
 fn at_key(at: i64, id: &str) -> Vec<u8> {
     // Flip the sign bit so negative times sort first, byte-wise.
     let mut key = ((at as u64) ^ (1 << 63)).to_be_bytes().to_vec();
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+fn owner_key(sender: &str, id: &str) -> Vec<u8> {
+    let mut key = prefixed(sender, id.len());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Indexes the pending entries of a store written before the owner index
+/// existed; once (a marker key says it was done).
+pub(super) fn build_index(t: &Tables) -> Result<(), StoreError> {
+    const DONE: [u8; 1] = [0];
+    if t.schedule_owners.contains_key(DONE).map_err(unavailable)? {
+        return Ok(());
+    }
+    let mut batch = t.db.batch();
+    for guard in t.scheduled.iter() {
+        let (_, value) = guard.into_inner().map_err(unavailable)?;
+        let entry = decode(&value)?;
+        if check_key_part(&entry.sender).is_ok() {
+            batch.insert(
+                &t.schedule_owners,
+                owner_key(&entry.sender, &entry.id),
+                Vec::new(),
+            );
+        }
+    }
+    batch.insert(&t.schedule_owners, DONE.to_vec(), Vec::new());
+    batch
+        .durability(Some(fjall::PersistMode::SyncAll))
+        .commit()
+        .map_err(unavailable)
 }
 
 fn decode(bytes: &[u8]) -> Result<v1::ScheduledSend, StoreError> {
@@ -47,12 +81,34 @@ impl Writer {
                 })
         };
         match request {
-            Request::Add(entry, reply) => {
-                let key = at_key(entry.deliver_at_ms, &entry.id);
-                let mut batch = t.db.batch();
-                batch.insert(&t.schedule_ids, entry.id.clone().into_bytes(), key.clone());
-                batch.insert(&t.scheduled, key, entry.encode_to_vec());
-                let _ = reply.send(commit(batch, self));
+            Request::Add(entry, max_pending, reply) => {
+                let result = (|| {
+                    check_key_part(&entry.sender)?;
+                    let mut pending = 0;
+                    for guard in t
+                        .schedule_owners
+                        .prefix(prefixed(&entry.sender, 0))
+                        .take(max_pending)
+                    {
+                        guard.into_inner().map_err(unavailable)?;
+                        pending += 1;
+                    }
+                    if pending >= max_pending {
+                        return Err(OpError::QuotaExceeded("pending scheduled sends"));
+                    }
+                    let key = at_key(entry.deliver_at_ms, &entry.id);
+                    let mut batch = t.db.batch();
+                    batch.insert(&t.schedule_ids, entry.id.clone().into_bytes(), key.clone());
+                    batch.insert(
+                        &t.schedule_owners,
+                        owner_key(&entry.sender, &entry.id),
+                        Vec::new(),
+                    );
+                    batch.insert(&t.scheduled, key, entry.encode_to_vec());
+                    commit(batch, self)?;
+                    Ok(())
+                })();
+                let _ = reply.send(result);
             }
             Request::Cancel(user, id, reply) => {
                 let result = (|| {
@@ -66,6 +122,7 @@ impl Writer {
                         return Err(OpError::NotFound);
                     }
                     let mut batch = t.db.batch();
+                    batch.remove(&t.schedule_owners, owner_key(&user, &id));
                     batch.remove(&t.scheduled, key.to_vec());
                     batch.remove(&t.schedule_ids, id.into_bytes());
                     commit(batch, self)?;
@@ -73,7 +130,7 @@ impl Writer {
                 })();
                 let _ = reply.send(result);
             }
-            Request::Fire(id, now_ms, reply) => {
+            Request::Fire(id, now_ms, verdict, reply) => {
                 let result = (|| {
                     let Some(key) = t.schedule_ids.get(id.as_bytes()).map_err(unavailable)? else {
                         return Ok(None);
@@ -83,25 +140,65 @@ impl Writer {
                     };
                     let entry = decode(&value)?;
                     let mut stage = self.new_stage();
-                    let mut pending = HashMap::new();
-                    let posted =
-                        match self.stage_post(&mut stage, &mut pending, to_post(entry, now_ms)) {
-                            Ok(posted) => posted,
-                            Err(e) => {
-                                self.abandon_stage();
-                                return Err(e);
+                    let (code, message) = match verdict {
+                        Verdict::Refuse { code, message } => (code, message),
+                        Verdict::Post(explain) => {
+                            let mut pending = HashMap::new();
+                            let post = to_post(entry.clone(), now_ms);
+                            match self.stage_post(&mut stage, &mut pending, post) {
+                                Ok(Ok(posted)) => {
+                                    self.finish_fire(stage, &entry, key.to_vec())?;
+                                    return Ok(Some(Fired::Posted(posted)));
+                                }
+                                Ok(Err(refused)) => explain(&refused),
+                                Err(e) => {
+                                    self.abandon_stage();
+                                    return Err(e);
+                                }
                             }
-                        };
-                    // Delivered or refused for good (e.g. no longer a member):
-                    // either way the entry is done.
-                    stage.batch.remove(&t.scheduled, key.to_vec());
-                    stage.batch.remove(&t.schedule_ids, id.into_bytes());
-                    self.commit_stage(stage)?;
-                    Ok(Some(posted))
+                        }
+                    };
+                    let event = refused_event(&entry, code, message);
+                    let stored = match self.stage_event(
+                        &mut stage,
+                        &entry.sender,
+                        &entry.sender,
+                        event,
+                        now_ms,
+                    ) {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            self.abandon_stage();
+                            return Err(e);
+                        }
+                    };
+                    self.finish_fire(stage, &entry, key.to_vec())?;
+                    Ok(Some(Fired::Refused(Box::new(stored))))
                 })();
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Removes a fired entry (posted or refused for good) in `stage` and
+    /// commits it.
+    fn finish_fire(
+        &mut self,
+        mut stage: super::writer::Stage,
+        entry: &v1::ScheduledSend,
+        key: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let t = self.tables.clone();
+        stage.batch.remove(&t.scheduled, key);
+        stage
+            .batch
+            .remove(&t.schedule_ids, entry.id.clone().into_bytes());
+        if check_key_part(&entry.sender).is_ok() {
+            stage
+                .batch
+                .remove(&t.schedule_owners, owner_key(&entry.sender, &entry.id));
+        }
+        self.commit_stage(stage)
     }
 }
 
@@ -121,12 +218,12 @@ impl EmbeddedStore {
 
 #[async_trait]
 impl ScheduleStore for EmbeddedStore {
-    async fn schedule(&self, entry: v1::ScheduledSend) -> Result<(), StoreError> {
+    async fn schedule(&self, entry: v1::ScheduledSend, max_pending: usize) -> Result<(), OpError> {
         if entry.id.is_empty() || entry.id.len() > 255 {
-            return Err(StoreError::Invalid("schedule id of 1 to 255 bytes".into()));
+            return Err(StoreError::Invalid("schedule id of 1 to 255 bytes".into()).into());
         }
         let (tx, rx) = oneshot::channel();
-        self.schedule_request(Request::Add(Box::new(entry), tx), rx)
+        self.schedule_request(Request::Add(Box::new(entry), max_pending, tx), rx)
             .await?
     }
 
@@ -160,9 +257,10 @@ impl ScheduleStore for EmbeddedStore {
         &self,
         id: &str,
         now_ms: i64,
-    ) -> Result<Option<Result<Posted, OpError>>, StoreError> {
+        verdict: Verdict,
+    ) -> Result<Option<Fired>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.schedule_request(Request::Fire(id.to_owned(), now_ms, tx), rx)
+        self.schedule_request(Request::Fire(id.to_owned(), now_ms, verdict, tx), rx)
             .await?
     }
 }

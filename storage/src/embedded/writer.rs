@@ -99,29 +99,35 @@ impl Request {
     }
 }
 
-/// A fired entry's post, `None` when it was gone already.
-type Fired = Result<Option<Result<Posted, OpError>>, StoreError>;
+/// What firing an entry did, `None` when it was gone already.
+type FireReply = Result<Option<crate::schedule::Fired>, StoreError>;
 
 /// A schedule request for the writer.
 pub(super) enum ScheduleRequest {
     Add(
         Box<v1::ScheduledSend>,
-        oneshot::Sender<Result<(), StoreError>>,
+        usize,
+        oneshot::Sender<Result<(), OpError>>,
     ),
     Cancel(String, String, oneshot::Sender<Result<(), OpError>>),
-    Fire(String, i64, oneshot::Sender<Fired>),
+    Fire(
+        String,
+        i64,
+        crate::schedule::Verdict,
+        oneshot::Sender<FireReply>,
+    ),
 }
 
 impl ScheduleRequest {
     pub(super) fn fail(self, error: StoreError) {
         match self {
-            ScheduleRequest::Add(_, reply) => {
-                let _ = reply.send(Err(error));
+            ScheduleRequest::Add(_, _, reply) => {
+                let _ = reply.send(Err(OpError::Store(error)));
             }
             ScheduleRequest::Cancel(_, _, reply) => {
                 let _ = reply.send(Err(OpError::Store(error)));
             }
-            ScheduleRequest::Fire(_, _, reply) => {
+            ScheduleRequest::Fire(_, _, _, reply) => {
                 let _ = reply.send(Err(error));
             }
         }

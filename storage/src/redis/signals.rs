@@ -7,7 +7,11 @@
 //! - **Typing** (or any other [`v1::Signal`] for named users): each node
 //!   pushes it to the sessions it holds of those users.
 //! - **Group log entries** of read-diffusion groups: each node pushes the
-//!   entry to the sessions it holds that follow the group.
+//!   entry to the sessions it holds that follow the group, except those of
+//!   the users the entry is hidden from (who blocked its sender).
+//! - **Presence unwatch**: two users stopped being friends (or one blocked
+//!   the other); each node stops pushing either one's presence to the
+//!   other's sessions.
 //! - **Group follower changes** (members joined or left, the group switched
 //!   to read diffusion or was dissolved): each node makes the sessions it
 //!   holds follow or stop following the group, so a removed member stops
@@ -57,6 +61,15 @@ pub enum Signal {
         group: String,
         /// The entry (inbox: the group's log).
         message: Box<StoredMessage>,
+        /// Users it is not pushed to (they blocked its sender).
+        hidden: Vec<String>,
+    },
+    /// Neither user's sessions watch the other's presence any more.
+    Unwatch {
+        /// One user.
+        a: String,
+        /// The other.
+        b: String,
     },
     /// Who follows a read-diffusion group changed.
     GroupFollow {
@@ -86,7 +99,7 @@ struct Envelope {
     /// The publishing node.
     #[prost(string, tag = "1")]
     origin: String,
-    #[prost(oneof = "Body", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "Body", tags = "2, 3, 4, 5, 6")]
     body: Option<Body>,
 }
 
@@ -100,6 +113,16 @@ enum Body {
     GroupEntry(Box<GroupEntry>),
     #[prost(message, tag = "5")]
     GroupFollow(GroupFollow),
+    #[prost(message, tag = "6")]
+    Unwatch(Unwatch),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Unwatch {
+    #[prost(string, tag = "1")]
+    a: String,
+    #[prost(string, tag = "2")]
+    b: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -129,6 +152,8 @@ struct GroupEntry {
     inbox: String,
     #[prost(message, optional, tag = "3")]
     entry: Option<v1::InboxEntry>,
+    #[prost(string, repeated, tag = "4")]
+    hidden: Vec<String>,
 }
 
 fn encode(origin: &str, signal: &Signal) -> Vec<u8> {
@@ -138,14 +163,23 @@ fn encode(origin: &str, signal: &Signal) -> Vec<u8> {
             users: users.clone(),
             signal: Some(signal.clone()),
         }),
-        Signal::GroupEntry { group, message } => Body::GroupEntry(Box::new(GroupEntry {
+        Signal::GroupEntry {
+            group,
+            message,
+            hidden,
+        } => Body::GroupEntry(Box::new(GroupEntry {
             group: group.clone(),
             inbox: message.inbox.clone(),
             entry: Some(v1::InboxEntry {
                 seq: message.seq,
                 message: Some(message.message.clone()),
             }),
+            hidden: hidden.clone(),
         })),
+        Signal::Unwatch { a, b } => Body::Unwatch(Unwatch {
+            a: a.clone(),
+            b: b.clone(),
+        }),
         Signal::GroupFollow { group, change } => {
             let (kind, users) = match change {
                 FollowChange::Dissolved => (0, Vec::new()),
@@ -185,8 +219,10 @@ fn decode(bytes: &[u8]) -> Result<(String, Signal), StoreError> {
                     seq: entry.seq,
                     message: entry.message.ok_or_else(|| corrupt("no message"))?,
                 }),
+                hidden: g.hidden,
             }
         }
+        Body::Unwatch(u) => Signal::Unwatch { a: u.a, b: u.b },
         Body::GroupFollow(f) => Signal::GroupFollow {
             group: f.group,
             change: match f.kind {
@@ -304,6 +340,11 @@ mod tests {
                         ..Default::default()
                     },
                 }),
+                hidden: vec!["carol".into()],
+            },
+            Signal::Unwatch {
+                a: "alice".into(),
+                b: "bob".into(),
             },
             Signal::GroupFollow {
                 group: "g1".into(),
