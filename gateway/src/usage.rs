@@ -24,6 +24,11 @@ pub(crate) async fn quota(ctx: &Ctx, user: &str, _request: v1::QuotaRequest) -> 
         }
     }
     let outgoing = ctx.stores.contacts.contacts(user).await?.outgoing.len() as u64;
+    let schedules = ctx
+        .stores
+        .schedules
+        .pending(user, limits.pending_schedules as usize)
+        .await? as u64;
     let quota = |name: &str, limit: u64, used: u64| v1::Quota {
         name: name.to_owned(),
         limit,
@@ -39,6 +44,11 @@ pub(crate) async fn quota(ctx: &Ctx, user: &str, _request: v1::QuotaRequest) -> 
                 "pending_requests",
                 u64::from(limits.pending_requests),
                 outgoing,
+            ),
+            quota(
+                "pending_schedules",
+                u64::from(limits.pending_schedules),
+                schedules,
             ),
         ],
     }))

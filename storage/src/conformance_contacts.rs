@@ -198,6 +198,9 @@ pub async fn schedules_are_bounded_and_refusals_are_told(backend: &dyn ImBackend
         s.schedules.schedule(third.clone(), 2).await,
         Err(OpError::QuotaExceeded(_))
     ));
+    assert_eq!(s.schedules.pending(&a, 10).await.expect("count"), 2);
+    assert_eq!(s.schedules.pending(&a, 1).await.expect("count"), 1);
+    assert_eq!(s.schedules.pending(&b, 10).await.expect("count"), 0);
 
     // Refused by the caller (say the recipient blocked the sender since).
     let refuse = Verdict::Refuse {
@@ -252,4 +255,9 @@ pub async fn schedules_are_bounded_and_refusals_are_told(backend: &dyn ImBackend
         other => panic!("expected ScheduleRefused, got {other:?}"),
     }
     assert_eq!(s.messages.inbox_head(&a).await.expect("head"), 2);
+    assert_eq!(
+        s.schedules.pending(&a, 10).await.expect("count"),
+        0,
+        "fired entries no longer count"
+    );
 }

@@ -47,6 +47,9 @@ pub trait ScheduleStore: Send + Sync + 'static {
     /// The earliest pending delivery time.
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
+    /// How many entries `user` has waiting, counted up to `limit`.
+    async fn pending(&self, user: &str, limit: usize) -> Result<usize, StoreError>;
+
     /// Posts pending entry `id` (server time `now_ms`), or refuses it as
     /// `verdict` says, and removes it; `Ok(None)` when it is no longer
     /// pending.

@@ -290,6 +290,10 @@ impl ScheduleStore for HeldStore {
         held(self.inner.schedule(entry, max_pending)).await
     }
 
+    async fn pending(&self, user: &str, limit: usize) -> Result<usize, StoreError> {
+        held(self.inner.pending(user, limit)).await
+    }
+
     async fn cancel(&self, user: &str, id: &str) -> Result<(), OpError> {
         held(self.inner.cancel(user, id)).await
     }

@@ -318,6 +318,17 @@ impl ScheduleStore for ClusterStore {
         Ok(next)
     }
 
+    async fn pending(&self, user: &str, limit: usize) -> Result<usize, StoreError> {
+        let ids = self.owned_schedules(user, limit).await?;
+        let mut live = 0;
+        for id in ids {
+            if self.read_schedule(&id).await?.is_some() {
+                live += 1;
+            }
+        }
+        Ok(live)
+    }
+
     async fn fire(
         &self,
         id: &str,

@@ -253,6 +253,21 @@ impl ScheduleStore for EmbeddedStore {
         }
     }
 
+    async fn pending(&self, user: &str, limit: usize) -> Result<usize, StoreError> {
+        check_key_part(user)?;
+        let mut pending = 0;
+        for guard in self
+            .tables
+            .schedule_owners
+            .prefix(prefixed(user, 0))
+            .take(limit)
+        {
+            guard.into_inner().map_err(unavailable)?;
+            pending += 1;
+        }
+        Ok(pending)
+    }
+
     async fn fire(
         &self,
         id: &str,
