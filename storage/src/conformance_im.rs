@@ -11,21 +11,10 @@ use qim_proto::v1;
 use crate::OpError;
 use crate::Stores;
 use crate::conformance::unique;
-pub use crate::conformance_contacts::{
-    blocks_drop_requests_and_keep_blockers_out_of_groups, friend_requests_follow_the_rules,
-    schedules_are_bounded_and_refusals_are_told,
-};
 use crate::contacts::{ContactOp, RequestLimits};
 use crate::conversations::{ConversationOp, HistoryAnchor, Post, group, group_log, user};
 use crate::groups::{GroupLimits, GroupOp};
 use crate::schedule::{Fired, Verdict};
-
-pub use crate::conformance_groups::{
-    group_adds_setting_is_durable, groups_admit_by_policy_and_approval,
-    groups_bans_survive_leave_and_block_every_path,
-    groups_invitations_are_accepted_declined_and_bounded,
-    groups_limit_members_and_invitations_on_every_path, groups_owned_are_limited,
-};
 
 /// Opens the backend under test.
 #[async_trait]
@@ -477,31 +466,31 @@ pub async fn stored_bytes_are_counted_per_user_and_day(backend: &dyn ImBackend) 
 macro_rules! im_conformance_tests {
     ($backend:expr) => {
         $crate::im_conformance_tests!(@each $backend;
-            posts_update_conversations_and_mark_read_is_exact,
-            recall_is_exact_and_guarded,
-            groups_check_members_and_switch_to_read_diffusion,
-            contacts_requests_and_blocks,
-            schedules_fire_once_and_cancel_wins,
-            delivery_receipts_are_appended_once,
-            groups_admit_by_policy_and_approval,
-            groups_bans_survive_leave_and_block_every_path,
-            groups_limit_members_and_invitations_on_every_path,
-            groups_invitations_are_accepted_declined_and_bounded,
-            groups_owned_are_limited,
-            group_adds_setting_is_durable,
-            a_reused_client_msg_id_with_another_message_is_a_conflict,
-            stored_bytes_are_counted_per_user_and_day,
-            friend_requests_follow_the_rules,
-            blocks_drop_requests_and_keep_blockers_out_of_groups,
-            schedules_are_bounded_and_refusals_are_told,
+            conformance_im::posts_update_conversations_and_mark_read_is_exact,
+            conformance_im::recall_is_exact_and_guarded,
+            conformance_im::groups_check_members_and_switch_to_read_diffusion,
+            conformance_im::contacts_requests_and_blocks,
+            conformance_im::schedules_fire_once_and_cancel_wins,
+            conformance_im::delivery_receipts_are_appended_once,
+            conformance_im::a_reused_client_msg_id_with_another_message_is_a_conflict,
+            conformance_im::stored_bytes_are_counted_per_user_and_day,
+            conformance_groups::groups_admit_by_policy_and_approval,
+            conformance_groups::groups_bans_survive_leave_and_block_every_path,
+            conformance_groups::groups_limit_members_and_invitations_on_every_path,
+            conformance_groups::groups_invitations_are_accepted_declined_and_bounded,
+            conformance_groups::groups_owned_are_limited,
+            conformance_groups::group_adds_setting_is_durable,
+            conformance_contacts::friend_requests_follow_the_rules,
+            conformance_contacts::blocks_drop_requests_and_keep_blockers_out_of_groups,
+            conformance_contacts::schedules_are_bounded_and_refusals_are_told,
         );
     };
-    (@each $backend:expr; $($check:ident),* $(,)?) => {
+    (@each $backend:expr; $($module:ident :: $check:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 let backend = $backend;
-                $crate::conformance_im::$check(&backend).await;
+                $crate::$module::$check(&backend).await;
             }
         )*
     };
