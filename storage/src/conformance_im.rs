@@ -1,6 +1,6 @@
 //! Checks every backend of the IM traits ([`ConversationStore`](crate::ConversationStore),
 //! [`GroupStore`](crate::GroupStore), [`ContactStore`](crate::ContactStore),
-//! [`ScheduleStore`](crate::ScheduleStore)) must pass, run
+//! [`ScheduleStore`](crate::ScheduleStore), [`RevocationStore`](crate::RevocationStore)) must pass, run
 //! unchanged against each one with [`im_conformance_tests!`](crate::im_conformance_tests).
 //! Names carry a random suffix, so a shared database needs no cleanup.
 
@@ -341,6 +341,31 @@ pub async fn delivery_receipts_are_appended_once(backend: &dyn ImBackend) {
     assert_eq!(s.messages.inbox_head(&a).await.expect("head"), 1);
 }
 
+/// A user's token revocation mark starts at 0, only rises, is seen by
+/// another instance of the store at once, and survives a reopen.
+pub async fn token_revocations_only_rise_and_survive_reopen(backend: &dyn ImBackend) {
+    let (user, other) = (unique("rv"), unique("rv"));
+    {
+        let s = backend.open_im().await;
+        let r = &s.revocations;
+        assert_eq!(r.tokens_revoked_before(&user).await.expect("read"), 0);
+        assert_eq!(r.revoke_tokens(&user, 1_000).await.expect("revoke"), 1_000);
+        assert_eq!(
+            r.revoke_tokens(&user, 500).await.expect("revoke"),
+            1_000,
+            "an earlier time does not lower the mark"
+        );
+        assert_eq!(r.revoke_tokens(&user, 2_000).await.expect("revoke"), 2_000);
+        assert_eq!(r.tokens_revoked_before(&other).await.expect("read"), 0);
+        assert!(r.revoke_tokens("bad id", 1).await.is_err());
+    }
+    let s = backend.open_im().await;
+    assert_eq!(
+        s.revocations.tokens_revoked_before(&user).await.expect("read"),
+        2_000
+    );
+}
+
 /// Runs every IM check against a backend: `im_conformance_tests!(MyBackend::new())`.
 #[macro_export]
 macro_rules! im_conformance_tests {
@@ -352,6 +377,7 @@ macro_rules! im_conformance_tests {
             contacts_requests_and_blocks,
             schedules_fire_once_and_cancel_wins,
             delivery_receipts_are_appended_once,
+            token_revocations_only_rise_and_survive_reopen,
         );
     };
     (@each $backend:expr; $($check:ident),* $(,)?) => {

@@ -17,6 +17,8 @@
 //! - [`presence`]: [`PresenceStore`], session records for last seen and
 //!   online time.
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
+//! - [`revocation`]: [`RevocationStore`], per user the time before which
+//!   the user's login tokens are refused.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -80,6 +82,7 @@ pub mod groups;
 pub mod model;
 pub mod presence;
 pub mod redis;
+pub mod revocation;
 pub mod schedule;
 mod stores;
 
@@ -95,6 +98,7 @@ pub use error::{OpError, StoreError};
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 pub use presence::PresenceStore;
+pub use revocation::RevocationStore;
 pub use schedule::ScheduleStore;
 pub use stores::Stores;
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::cluster::{ClusterOptions, ClusterStore};
 use crate::embedded::EmbeddedStore;
 use crate::{
-    ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, ScheduleStore,
-    StoreError,
+    ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, RevocationStore,
+    ScheduleStore, StoreError,
 };
 
 /// The stores of one backend instance (each field is the same backend,
@@ -27,6 +27,8 @@ pub struct Stores {
     pub schedules: Arc<dyn ScheduleStore>,
     /// Session records (last seen, online time).
     pub presence: Arc<dyn PresenceStore>,
+    /// Revocations of users' login tokens.
+    pub revocations: Arc<dyn RevocationStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -44,7 +46,8 @@ impl Stores {
             + GroupStore
             + ContactStore
             + ScheduleStore
-            + PresenceStore,
+            + PresenceStore
+            + RevocationStore,
     {
         Self {
             messages: backend.clone(),
@@ -52,7 +55,8 @@ impl Stores {
             groups: backend.clone(),
             contacts: backend.clone(),
             schedules: backend.clone(),
-            presence: backend,
+            presence: backend.clone(),
+            revocations: backend,
         }
     }
 

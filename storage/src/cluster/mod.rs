@@ -37,6 +37,7 @@ mod groups;
 mod operations;
 mod posts;
 mod presence;
+mod revocation;
 mod schedule;
 mod seq;
 

@@ -69,6 +69,7 @@ mod operations;
 mod posts;
 mod presence;
 mod reaper;
+mod revocation;
 mod schedule;
 mod sweeper;
 mod tables;

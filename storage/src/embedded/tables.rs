@@ -45,6 +45,8 @@ pub(super) struct Tables {
     pub(super) last_seen: Keyspace,
     /// `[len][recipient][msg_id]` → empty: a delivery receipt was appended.
     pub(super) receipts: Keyspace,
+    /// `[user]` → unix seconds: the user's tokens issued before are refused.
+    pub(super) revoked: Keyspace,
 }
 
 impl Tables {
@@ -69,6 +71,7 @@ impl Tables {
             sessions_log: keyspace("sessions_log").map_err(unavailable)?,
             last_seen: keyspace("last_seen").map_err(unavailable)?,
             receipts: keyspace("receipts").map_err(unavailable)?,
+            revoked: keyspace("revoked").map_err(unavailable)?,
             db,
         })
     }
