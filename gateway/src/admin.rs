@@ -1,6 +1,7 @@
 //! Admin HTTP: `/health`, Prometheus `/metrics`, and the cluster views:
 //! `/route?user=ID` (which node the user should connect to), `/nodes` (the
-//! live nodes with their load) and `/presence?user=ID`. [`app`] returns the
+//! live nodes with their load) and `/presence?user=ID`; and
+//! `POST /v1/users/{user}/revoke-tokens`. [`app`] returns the
 //! router, so tests call it without a server; [`route_app`] is the route
 //! endpoint alone, for the public `cluster.route_listen` listener.
 //!
@@ -13,10 +14,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::ctx::Ctx;
 
@@ -40,6 +41,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/route", get(route))
         .route("/nodes", get(nodes))
         .route("/presence", get(presence))
+        .route("/v1/users/{user}/revoke-tokens", post(revoke_tokens))
         .with_state(state)
 }
 
@@ -201,6 +203,36 @@ async fn presence(
         })
         .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// The answer of `revoke-tokens`.
+#[derive(Debug, serde::Serialize)]
+struct Revoked {
+    user: String,
+    revoked_before: u64,
+}
+
+/// Revokes the user's tokens issued before now and ends the user's
+/// sessions of such tokens on every node (`credential::revoke_tokens`):
+/// `{"user", "revoked_before"}` (200), 400 for an invalid id, 503 when the
+/// store or Redis failed (safe to repeat).
+async fn revoke_tokens(
+    State(state): State<AdminState>,
+    Path(user): Path<String>,
+) -> axum::response::Response {
+    use crate::credential::RevokeError;
+    match crate::credential::revoke_tokens(&state.ctx, &user).await {
+        Ok(revoked_before) => Json(Revoked {
+            user,
+            revoked_before,
+        })
+        .into_response(),
+        Err(e @ RevokeError::BadUser) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(RevokeError::Store(e)) => {
+            tracing::warn!(error = %e, user, "revoking tokens failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable".into())
+        }
     }
 }
 
