@@ -177,10 +177,11 @@ impl TokenKey {
         }
     }
 
-    /// Mints a token for `user_id`, issued now, valid until `expires_at`
-    /// (unix seconds).
+    /// Mints a token for `user_id`, issued now (or at `expires_at` if that
+    /// is earlier), valid until `expires_at` (unix seconds).
     pub fn mint(&self, user_id: &str, expires_at: u64) -> Result<String, TokenError> {
-        self.mint_at(user_id, crate::secrets::unix_now(), expires_at)
+        let now = crate::secrets::unix_now();
+        self.mint_at(user_id, now.min(expires_at), expires_at)
     }
 
     /// Mints a token for `user_id` issued at `issued_at`, valid until

@@ -154,6 +154,10 @@ impl TestGateway {
                 let cql = required_env("QIM_TEST_CQL");
                 migrate_test_keyspace(&cql).await;
                 Self::start_with(move |c| {
+                    // A cluster node must be configured with its secret.
+                    let secret = c.server.data_dir.join("cluster-secret");
+                    TokenKey::load_or_create(&secret).expect("cluster secret");
+                    c.auth.secret_file = Some(secret);
                     c.store.redis = Some(redis);
                     c.store.cql = Some(cql);
                     c.store.keyspace = CLUSTER_KEYSPACE.to_owned();

@@ -16,7 +16,7 @@ use qim_storage::embedded::EmbeddedStore;
 use qim_storage::groups::GroupOp;
 use qim_storage::{
     Appended, ContactStore, ConversationStore, GroupStore, MessageStore, NewMessage, OpError,
-    PresenceStore, ScheduleStore, StoreError, StoredMessage,
+    PresenceStore, RevocationStore, ScheduleStore, StoreError, StoredMessage,
 };
 
 use crate::harness::held;
@@ -293,5 +293,16 @@ impl PresenceStore for HeldStore {
 
     async fn last_seen(&self, user: &str) -> Result<i64, StoreError> {
         held(self.inner.last_seen(user)).await
+    }
+}
+
+#[async_trait]
+impl RevocationStore for HeldStore {
+    async fn revoke_tokens(&self, user: &str, before: u64) -> Result<u64, StoreError> {
+        held(self.inner.revoke_tokens(user, before)).await
+    }
+
+    async fn tokens_revoked_before(&self, user: &str) -> Result<u64, StoreError> {
+        held(self.inner.tokens_revoked_before(user)).await
     }
 }
