@@ -398,3 +398,57 @@ async fn weak_or_missing_secrets_refuse_to_start() {
     );
     by.finish().await;
 }
+
+/// A client with a token provider: a refused first token is replaced, a
+/// token about to expire is refreshed in the running session (no
+/// reconnect, no TOKEN_EXPIRED), and after a revocation the client logs in
+/// again with the provider's token; the app's messages flow throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_provider_keeps_the_client_going() {
+    use qim_sdk::TokenRequest;
+    let gw = TestGateway::start().await;
+    let by = Bystanders::start(&gw).await;
+    let (user, peer) = (unique("erin."), unique("frank"));
+    let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let key = gw.key.clone();
+    let minted_for = user.clone();
+    let mut config = gw.client_config(&user, "phone");
+    config.token = "qim2.forged".into();
+    config.token_provider = Some(std::sync::Arc::new(move |reason: TokenRequest| {
+        let _ = asked_tx.send(reason);
+        // Short-lived, so the session must refresh to outlive it.
+        key.mint(&minted_for, unix_now() + 3).ok()
+    }));
+    let client = qim_sdk::Client::connect(config).await.expect("connects with the provider's token");
+    let next = |asked: &mut tokio::sync::mpsc::UnboundedReceiver<TokenRequest>| {
+        let got = asked.try_recv();
+        got.ok()
+    };
+    assert_eq!(next(&mut asked), Some(TokenRequest::Refused));
+    let first_expiry = unix_now() + 3;
+    let reason = tokio::time::timeout(PATIENCE, asked.recv()).await.expect("asked before the expiry");
+    assert_eq!(reason, Some(TokenRequest::ExpiresSoon));
+    common::poll_until("the first token's expiry has passed", || async {
+        (unix_now() > first_expiry).then_some(())
+    })
+    .await;
+    let sender = gw.client(&peer, "phone").await;
+    sender.send(user.clone(), "after the expiry".to_owned()).await.expect("acked");
+    assert_eq!(text(&take(&client, 1).await[0]), "after the expiry");
+    assert_eq!(client.stats().sessions, 1, "refreshed in the running session");
+
+    let (status, body) = http_post(gw.admin, &format!("/v1/users/{user}/revoke-tokens")).await;
+    assert_eq!(status, 200, "{body}");
+    loop {
+        let reason = tokio::time::timeout(PATIENCE, asked.recv()).await.expect("asked");
+        if reason == Some(TokenRequest::Revoked) {
+            break;
+        }
+    }
+    sender.send(user.clone(), "after the revocation".to_owned()).await.expect("acked");
+    assert_eq!(text(&take(&client, 1).await[0]), "after the revocation");
+    assert!(client.stats().sessions >= 2, "logged in again");
+    sender.close().await;
+    client.close().await;
+    by.finish().await;
+}

@@ -111,6 +111,7 @@ mod receive;
 mod rpc;
 mod shared;
 mod sync;
+mod token;
 
 #[cfg(feature = "ffi")]
 uniffi::setup_scaffolding!();
@@ -130,3 +131,4 @@ pub use outbox_store::OutboxStoreError;
 pub use presence::SessionSpan;
 pub use qim_proto::v1::ErrorCode;
 pub use shared::{ConnectionState, Stats};
+pub use token::{TokenProvider, TokenRequest};
