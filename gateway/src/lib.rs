@@ -9,7 +9,13 @@
 //! - [`server`]: binding the endpoint and admin port, the accept loop,
 //!   graceful shutdown (GoAway, drain, store flush).
 //! - `session`: one connection: login on the control stream, then the
-//!   heartbeat, chat, ack and rpc streams, each in its own task.
+//!   heartbeat, chat, ack and rpc streams, each in its own task; the
+//!   session ends at its token's expiry unless refreshed.
+//! - `control`: the control stream after login (`Refresh`, `Bye`,
+//!   Refusals) and `Fault`, why a session ends.
+//! - `credential`: tokens checked at login, after the route is written and
+//!   at refresh, against the user's revocation mark; the session's expiry
+//!   deadline; revoking a user's tokens on every node.
 //! - `rpc`: the dispatch of one rpc request to the feature it names.
 //!
 //! The features, leaves that import only the ground floor and storage:
@@ -45,7 +51,8 @@
 //!   carries entries and signals between nodes and knows nothing of
 //!   sessions.
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
-//! - [`auth`]: HMAC-signed login tokens; [`tls`]: certificates, including
+//! - [`auth`]: HMAC-signed login tokens (format `qim2`, and `qim1` still
+//!   verified) and the key ring (rotation); [`tls`]: certificates, including
 //!   development ones made with rcgen; `secrets`: what both write and
 //!   read (owner-only files, the wall clock).
 //! - [`config`]: typed, layered, validated configuration; [`metrics`]:

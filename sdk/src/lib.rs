@@ -62,6 +62,8 @@
 //!   delete-for-me, replies and mentions, schedules, history; changes from
 //!   other devices arrive as [`Event`]s in the message stream.
 //! - `contacts`: friend requests, friends, blocks.
+//! - `token`: the app's [`TokenProvider`], asked for a fresh login token
+//!   when the server refuses one or it is about to expire.
 //! - `groups`: create and change groups, members, sends to groups (their
 //!   receive side is in `receive`).
 //! - `presence`: presence of friends (queried, subscribed), online time,
