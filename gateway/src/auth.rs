@@ -404,15 +404,18 @@ mod tests {
     /// A version 1 token, as the first format minted it.
     fn v1_token(secret: &[u8], user: &str, expires_at: u64) -> String {
         let signed = format!("qim1.{user}.{expires_at}");
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), signed.as_bytes());
+        let tag = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, secret),
+            signed.as_bytes(),
+        );
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
     }
 
     #[test]
     fn version_1_tokens_of_ids_without_dots_still_verify() {
         let other = [7u8; 32];
-        let ring = TokenKeys::new(vec![key("old", SECRET), key("new", &other)], "new")
-            .expect("ring");
+        let ring =
+            TokenKeys::new(vec![key("old", SECRET), key("new", &other)], "new").expect("ring");
         let token = v1_token(SECRET, "alice", 1000);
         assert_eq!(
             ring.verify(&token, 5),
@@ -457,10 +460,7 @@ mod tests {
         ] {
             assert!(ring.verify(junk, 0).is_err(), "{junk:?} refused");
         }
-        assert_eq!(
-            ring.signing().mint("bad id", 1),
-            Err(TokenError::Malformed)
-        );
+        assert_eq!(ring.signing().mint("bad id", 1), Err(TokenError::Malformed));
         assert_eq!(
             ring.signing().mint_at("alice", 2, 1),
             Err(TokenError::Malformed)
@@ -485,6 +485,9 @@ mod tests {
             decode_secret("+/+/").expect("standard alphabet"),
             decode_secret("-_-_").expect("url-safe alphabet")
         );
-        assert!(matches!(decode_secret("not base64!"), Err(KeyError::Encoding)));
+        assert!(matches!(
+            decode_secret("not base64!"),
+            Err(KeyError::Encoding)
+        ));
     }
 }

@@ -135,4 +135,3 @@ pub(crate) async fn read(mut control: FramedRecv, refreshes: mpsc::Sender<String
         }
     }
 }
-

@@ -78,7 +78,11 @@ pub(crate) async fn revoke_tokens(ctx: &Ctx, user: &str) -> Result<u64, RevokeEr
     if !qim_proto::ids::is_valid_id(user) {
         return Err(RevokeError::BadUser);
     }
-    let mark = ctx.stores.revocations.revoke_tokens(user, unix_now()).await?;
+    let mark = ctx
+        .stores
+        .revocations
+        .revoke_tokens(user, unix_now())
+        .await?;
     ctx.routes.revoke(user, mark);
     if let Some(cluster) = &ctx.cluster {
         cluster.revoke(user, mark).await?;

@@ -13,9 +13,6 @@
 //!   session ends at its token's expiry unless refreshed.
 //! - `control`: the control stream after login (`Refresh`, `Bye`,
 //!   Refusals) and `Fault`, why a session ends.
-//! - `credential`: tokens checked at login, after the route is written and
-//!   at refresh, against the user's revocation mark; the session's expiry
-//!   deadline; revoking a user's tokens on every node.
 //! - `rpc`: the dispatch of one rpc request to the feature it names.
 //!
 //! The features, leaves that import only the ground floor and storage:
@@ -38,6 +35,9 @@
 //!   and on the others (and how signals cross nodes).
 //! - `push`: the per-session registry of best-effort pushes: group log
 //!   entries, presence changes, typing.
+//! - `credential`: tokens checked at login, after the route is written and
+//!   at refresh, against the user's revocation mark; the session's expiry
+//!   deadline; revoking a user's tokens on every node.
 //! - `policy`: who may reach whom (blocks, `im.direct_policy`).
 //! - `reply`: the feature error type, mapped to wire codes in one place,
 //!   and the frame budget of paged answers.

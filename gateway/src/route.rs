@@ -182,7 +182,14 @@ impl Routes {
         session_id: u64,
     ) -> (Arc<Feed>, oneshot::Receiver<ErrorCode>) {
         let token = Arc::new(AtomicU64::new(0));
-        self.attach_with_policy(user, device_id, session_id, None, DevicePolicy::Unlimited, token)
+        self.attach_with_policy(
+            user,
+            device_id,
+            session_id,
+            None,
+            DevicePolicy::Unlimited,
+            token,
+        )
     }
 
     /// [`attach`](Routes::attach) under a device policy: besides an earlier

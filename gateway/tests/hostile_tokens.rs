@@ -139,9 +139,18 @@ async fn forged_and_altered_tokens_are_refused() {
         ("a flipped signature bit", bad_signature),
         ("another user under the same signature", other_user),
         ("a later expiry under the same signature", longer),
-        ("the server's key id with another secret", foreign.mint("alice", later).expect("mint")),
-        ("an unknown key id", unknown.mint("alice", later).expect("mint")),
-        ("a first-format token of a dotted id", "qim1.john.smith.99999999999.AAAA".into()),
+        (
+            "the server's key id with another secret",
+            foreign.mint("alice", later).expect("mint"),
+        ),
+        (
+            "an unknown key id",
+            unknown.mint("alice", later).expect("mint"),
+        ),
+        (
+            "a first-format token of a dotted id",
+            "qim1.john.smith.99999999999.AAAA".into(),
+        ),
         ("garbage", "qim2.....".into()),
     ];
     for (what, token) in cases {
@@ -164,14 +173,22 @@ async fn a_removed_keys_tokens_are_refused() {
     let old = secret_file(keys.path(), "old", 32);
     let new = secret_file(keys.path(), "new", 48);
     let both = TestGateway::start_with(|c| {
-        c.auth.keys = [("k-old".to_owned(), old.clone()), ("k-new".to_owned(), new.clone())].into();
+        c.auth.keys = [
+            ("k-old".to_owned(), old.clone()),
+            ("k-new".to_owned(), new.clone()),
+        ]
+        .into();
         c.auth.signing_key = Some("k-new".into());
     })
     .await;
     assert_eq!(both.key.id(), "k-new", "signs with auth.signing_key");
     let old_key = TokenKey::load_with_id("k-old", &old).expect("old key");
     let old_token = old_key.mint("alice", unix_now() + 3600).expect("mint");
-    assert_eq!(login_code(&both, &old_token).await, None, "before the removal");
+    assert_eq!(
+        login_code(&both, &old_token).await,
+        None,
+        "before the removal"
+    );
 
     let rotated = TestGateway::start_with(|c| {
         c.auth.keys = [("k-new".to_owned(), new.clone())].into();
@@ -199,10 +216,7 @@ async fn expired_tokens_and_sessions_outliving_their_token_end_token_expired() {
     let gw = TestGateway::start().await;
     let by = Bystanders::start(&gw).await;
     let stale = gw.key.mint_at("mallory", 1, unix_now() - 1).expect("mint");
-    assert_eq!(
-        login_code(&gw, &stale).await,
-        Some(ErrorCode::TokenExpired)
-    );
+    assert_eq!(login_code(&gw, &stale).await, Some(ErrorCode::TokenExpired));
 
     let expires_at = unix_now() + 2;
     let short = gw.key.mint("mallory", expires_at).expect("mint");
@@ -214,10 +228,7 @@ async fn expired_tokens_and_sessions_outliving_their_token_end_token_expired() {
     );
     let code = refusal_code(next_control(&mut session).await);
     assert_eq!(code, ErrorCode::TokenExpired);
-    assert!(
-        unix_now() >= expires_at,
-        "ended at the expiry, not before"
-    );
+    assert!(unix_now() >= expires_at, "ended at the expiry, not before");
     assert_eq!(session.raw.closed_with().await, ErrorCode::TokenExpired);
     by.finish().await;
 }
@@ -233,9 +244,17 @@ async fn refresh_takes_the_users_own_tokens_only() {
     let second_expiry = unix_now() + 4;
     let mut session = Raw::connect(&gw)
         .await
-        .log_in(&gw.key.mint("alice", first_expiry).expect("mint"), "phone", 0)
+        .log_in(
+            &gw.key.mint("alice", first_expiry).expect("mint"),
+            "phone",
+            0,
+        )
         .await;
-    send_refresh(&mut session, gw.key.mint("alice", second_expiry).expect("mint")).await;
+    send_refresh(
+        &mut session,
+        gw.key.mint("alice", second_expiry).expect("mint"),
+    )
+    .await;
     match next_control(&mut session).await {
         v1::server_control::Kind::Refreshed(r) => assert_eq!(
             r.token_expires_ms,
@@ -254,7 +273,10 @@ async fn refresh_takes_the_users_own_tokens_only() {
         started.elapsed()
     );
 
-    for token in [gw.token("bob"), gw.token("alice").replacen("qim2.", "qim2.x", 1)] {
+    for token in [
+        gw.token("bob"),
+        gw.token("alice").replacen("qim2.", "qim2.x", 1),
+    ] {
         let mut session = Raw::login(&gw, "alice", "laptop", 0).await;
         send_refresh(&mut session, token).await;
         assert_eq!(
@@ -275,7 +297,10 @@ async fn a_revoked_users_sessions_end_and_old_tokens_are_refused(backend: Backen
     let by = Bystanders::start(&gw).await;
     let (mallory, carol) = (unique("mallory."), unique("carol"));
     let issued = unix_now() - 10;
-    let old = gw.key.mint_at(&mallory, issued, unix_now() + 3600).expect("mint");
+    let old = gw
+        .key
+        .mint_at(&mallory, issued, unix_now() + 3600)
+        .expect("mint");
     let mut live = Raw::connect(&gw).await.log_in(&old, "phone", 0).await;
     let mut second = Raw::connect(&gw).await.log_in(&old, "laptop", 0).await;
     let bystander = gw.client(&carol, "phone").await;
@@ -353,7 +378,10 @@ async fn a_revocation_ends_sessions_on_every_node() {
         ErrorCode::TokenRevoked
     );
     assert_eq!(elsewhere.raw.closed_with().await, ErrorCode::TokenRevoked);
-    assert_eq!(login_code(&second, &old).await, Some(ErrorCode::TokenRevoked));
+    assert_eq!(
+        login_code(&second, &old).await,
+        Some(ErrorCode::TokenRevoked)
+    );
     by.finish().await;
 }
 
@@ -419,33 +447,49 @@ async fn a_token_provider_keeps_the_client_going() {
         // Short-lived, so the session must refresh to outlive it.
         key.mint(&minted_for, unix_now() + 3).ok()
     }));
-    let client = qim_sdk::Client::connect(config).await.expect("connects with the provider's token");
+    let client = qim_sdk::Client::connect(config)
+        .await
+        .expect("connects with the provider's token");
     let next = |asked: &mut tokio::sync::mpsc::UnboundedReceiver<TokenRequest>| {
         let got = asked.try_recv();
         got.ok()
     };
     assert_eq!(next(&mut asked), Some(TokenRequest::Refused));
     let first_expiry = unix_now() + 3;
-    let reason = tokio::time::timeout(PATIENCE, asked.recv()).await.expect("asked before the expiry");
+    let reason = tokio::time::timeout(PATIENCE, asked.recv())
+        .await
+        .expect("asked before the expiry");
     assert_eq!(reason, Some(TokenRequest::ExpiresSoon));
     common::poll_until("the first token's expiry has passed", || async {
         (unix_now() > first_expiry).then_some(())
     })
     .await;
     let sender = gw.client(&peer, "phone").await;
-    sender.send(user.clone(), "after the expiry".to_owned()).await.expect("acked");
+    sender
+        .send(user.clone(), "after the expiry".to_owned())
+        .await
+        .expect("acked");
     assert_eq!(text(&take(&client, 1).await[0]), "after the expiry");
-    assert_eq!(client.stats().sessions, 1, "refreshed in the running session");
+    assert_eq!(
+        client.stats().sessions,
+        1,
+        "refreshed in the running session"
+    );
 
     let (status, body) = http_post(gw.admin, &format!("/v1/users/{user}/revoke-tokens")).await;
     assert_eq!(status, 200, "{body}");
     loop {
-        let reason = tokio::time::timeout(PATIENCE, asked.recv()).await.expect("asked");
+        let reason = tokio::time::timeout(PATIENCE, asked.recv())
+            .await
+            .expect("asked");
         if reason == Some(TokenRequest::Revoked) {
             break;
         }
     }
-    sender.send(user.clone(), "after the revocation".to_owned()).await.expect("acked");
+    sender
+        .send(user.clone(), "after the revocation".to_owned())
+        .await
+        .expect("acked");
     assert_eq!(text(&take(&client, 1).await[0]), "after the revocation");
     assert!(client.stats().sessions >= 2, "logged in again");
     sender.close().await;

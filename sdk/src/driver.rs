@@ -23,8 +23,8 @@ use crate::connect::{Established, establish, resolve};
 use crate::events::ClientEvent;
 use crate::receive;
 use crate::shared::{ConnectionState, Shared};
-use crate::token;
 use crate::sync::lock;
+use crate::token;
 use crate::{ClientConfig, Error};
 
 /// How a session ended.

@@ -89,7 +89,11 @@ pub(crate) async fn renew(shared: &Shared, error: &Error) -> bool {
 /// `server_offset_ms` being the server's clock minus this one's: a fifth
 /// of the time left before the expiry, at most a minute before. `None`
 /// without a provider or an expiry.
-pub(crate) fn refresh_at(shared: &Shared, expires_ms: i64, server_offset_ms: i64) -> Option<Instant> {
+pub(crate) fn refresh_at(
+    shared: &Shared,
+    expires_ms: i64,
+    server_offset_ms: i64,
+) -> Option<Instant> {
     shared.config.token_provider.as_ref()?;
     if expires_ms <= 0 {
         return None;

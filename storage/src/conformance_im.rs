@@ -361,7 +361,10 @@ pub async fn token_revocations_only_rise_and_survive_reopen(backend: &dyn ImBack
     }
     let s = backend.open_im().await;
     assert_eq!(
-        s.revocations.tokens_revoked_before(&user).await.expect("read"),
+        s.revocations
+            .tokens_revoked_before(&user)
+            .await
+            .expect("read"),
         2_000
     );
 }

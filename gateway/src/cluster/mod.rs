@@ -496,7 +496,11 @@ impl Cluster {
                         }
                     }
                     Ok(Handoff::Revoke { user, before }) => {
-                        if inbound.send(Inbound::Revoke { user, before }).await.is_err() {
+                        if inbound
+                            .send(Inbound::Revoke { user, before })
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }

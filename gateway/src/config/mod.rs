@@ -253,8 +253,14 @@ impl Config {
         if !auth.keys.is_empty() && auth.secret_file.is_some() {
             return invalid("auth.secret_file and auth.keys: configure one".into());
         }
-        if let Some(id) = auth.keys.keys().find(|id| !crate::auth::is_valid_key_id(id)) {
-            return invalid(format!("auth.keys: key id {id:?} is not 1-32 of [A-Za-z0-9_-]"));
+        if let Some(id) = auth
+            .keys
+            .keys()
+            .find(|id| !crate::auth::is_valid_key_id(id))
+        {
+            return invalid(format!(
+                "auth.keys: key id {id:?} is not 1-32 of [A-Za-z0-9_-]"
+            ));
         }
         match &auth.signing_key {
             Some(id) if !auth.keys.contains_key(id) => {
