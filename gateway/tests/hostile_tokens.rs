@@ -7,7 +7,9 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Backend, Bystanders, PATIENCE, Raw, RawSession, TestGateway, take, text, unique};
+use common::{
+    Backend, Bystanders, PATIENCE, Raw, RawSession, TestGateway, http_post, take, text, unique,
+};
 use qim_gateway::auth::{KeyError, TokenKey, unix_now};
 use qim_gateway::server::StartError;
 use qim_proto::v1::{self, ErrorCode};
@@ -57,30 +59,6 @@ async fn send_refresh(session: &mut RawSession, token: String) {
         })
         .await
         .expect("send Refresh");
-}
-
-/// POST `path` on an HTTP address: (status, body).
-async fn http_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("http connect");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// A secret file of `bytes` random bytes in `dir`, base64url.
