@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use qim_storage::{StoreError, Stores};
 use tokio::sync::{Notify, watch};
 
-use crate::auth::TokenKey;
+use crate::auth::TokenKeys;
 use crate::cluster::{Cluster, Identity};
 use crate::config::Config;
 use crate::fanout::Fanout;
@@ -44,7 +44,7 @@ pub(crate) struct Ctx {
     /// Per-user quotas on sends, and the disk's floor.
     pub(crate) quotas: Quotas,
     /// Verifies login tokens.
-    pub(crate) tokens: TokenKey,
+    pub(crate) tokens: TokenKeys,
     /// Flips to true when the gateway starts draining.
     pub(crate) draining: watch::Sender<bool>,
     /// Set when the store failed for good: the gateway drains and stops.
@@ -62,7 +62,7 @@ impl Ctx {
         cluster: Option<Arc<Cluster>>,
         identity: Identity,
         metrics: Arc<Metrics>,
-        tokens: TokenKey,
+        tokens: TokenKeys,
     ) -> Self {
         let routes = Arc::new(Routes::default());
         let push = Arc::new(Registry::default());

@@ -187,6 +187,7 @@ impl Fanout {
                     session,
                     code,
                 } => self.routes.kick(&user, &device, session, code),
+                Inbound::Revoke { user, before } => self.routes.revoke(&user, before),
                 Inbound::Signal(Signal::Presence(status)) => self.push.notify_presence(&status),
                 Inbound::Signal(Signal::ToUsers { users, signal }) => {
                     self.push.offer_to_users(&users, &signal);

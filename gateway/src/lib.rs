@@ -12,9 +12,12 @@
 //!   pending slots, the handshake bound, Retry under load, the connection
 //!   permit.
 //! - `session`: one connection: login on the control stream, then the
-//!   heartbeat, chat, ack and rpc streams, each in its own task.
+//!   heartbeat, chat, ack and rpc streams, each in its own task; the
+//!   session ends at its token's expiry unless refreshed.
 //! - `chat`: a session's chat streams (sends read under the send rate and
 //!   a byte bound, stored in batches) and its ack stream.
+//! - `control`: the control stream after login (`Refresh`, `Bye`,
+//!   Refusals).
 //! - `fault`: why a session or a stream ends: a code and a fixed text for
 //!   the client, the detail for the log.
 //! - `rpc`: the dispatch of one rpc request to the feature it names.
@@ -49,6 +52,9 @@
 //!   after an unfriend or a block among them).
 //! - `push`: the per-session registry of best-effort pushes: group log
 //!   entries, presence changes, typing.
+//! - `credential`: tokens checked at login, after the route is written and
+//!   at refresh, against the user's revocation mark; the session's expiry
+//!   deadline; revoking a user's tokens on every node.
 //! - `policy`: who may reach whom (blocks, `im.direct_policy`), and which
 //!   group entries a reader who blocked their sender sees hidden.
 //! - `reply`: the feature error type, mapped to wire codes in one place,
@@ -67,7 +73,8 @@
 //! - `quota`: per-user quotas on sends (inbox copies per second, weighted
 //!   by fan-out; stored bytes per UTC day, counted in the store) and the
 //!   refusal of writes while the embedded store's disk is nearly full.
-//! - [`auth`]: HMAC-signed login tokens; [`tls`]: certificates, including
+//! - [`auth`]: HMAC-signed login tokens (format `qim2`, and `qim1` still
+//!   verified) and the key ring (rotation); [`tls`]: certificates, including
 //!   development ones made with rcgen; `secrets`: what both write and
 //!   read (owner-only files, the wall clock).
 //! - [`config`]: typed, layered, validated configuration; [`metrics`]:
@@ -89,7 +96,9 @@ mod chat;
 pub mod cluster;
 pub mod config;
 mod contacts;
+mod control;
 mod conversations;
+mod credential;
 mod ctx;
 mod deadline;
 pub mod delivery;

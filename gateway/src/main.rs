@@ -15,9 +15,8 @@ use qim_gateway::Gateway;
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use qim_gateway::auth::{TokenKey, unix_now};
+use qim_gateway::auth::{TokenKey, TokenKeys, unix_now};
 use qim_gateway::config::Config;
-use qim_gateway::server::secret_path;
 use qim_gateway::tls::{self, DevCertSpec};
 use tracing_subscriber::EnvFilter;
 
@@ -127,12 +126,7 @@ fn main() -> Result<()> {
         None | Some(Command::Serve) => serve(cli.load_config()?),
         Some(Command::Token { user, ttl_hours }) => {
             let config = cli.load_config()?;
-            let (path, _) = secret_path(&config);
-            let (key, created) = TokenKey::load_or_create(&path)
-                .with_context(|| format!("token secret {}", path.display()))?;
-            if created {
-                eprintln!("created token secret {}", path.display());
-            }
+            let key = minting_key(&config)?;
             let token = key.mint(user, unix_now() + ttl_hours * 3600)?;
             println!("{token}");
             Ok(())
@@ -175,6 +169,29 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The key `token` signs with: the signing key of `auth.keys`, else the
+/// `auth.secret_file` or development secret, created (32 random bytes,
+/// mode 0600) when the file does not exist yet, so a cluster's shared
+/// secret can be made before its nodes start.
+fn minting_key(config: &Config) -> Result<TokenKey> {
+    if !config.auth.keys.is_empty() {
+        let (keys, _): (TokenKeys, _) = qim_gateway::auth::keys_from_config(config)
+            .map_err(|(path, e)| anyhow::anyhow!("token key {}: {e}", path.display()))?;
+        return Ok(keys.signing().clone());
+    }
+    let path = config
+        .auth
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| qim_gateway::auth::dev_secret_path(config));
+    let (key, created) = TokenKey::load_or_create(&path)
+        .with_context(|| format!("token secret {}", path.display()))?;
+    if created {
+        eprintln!("created token secret {}", path.display());
+    }
+    Ok(key)
 }
 
 fn serve(config: Config) -> Result<()> {

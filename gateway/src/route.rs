@@ -10,6 +10,7 @@
 //! it is already durable (publish happens only after the store's commit).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use qim_proto::v1::ErrorCode;
@@ -64,6 +65,9 @@ struct Attached {
     class: Option<&'static str>,
     /// Ends the session with a reason (another login of the device, a kick).
     kick: oneshot::Sender<ErrorCode>,
+    /// When the session's token was issued (unix seconds; the session
+    /// raises it when it takes a fresh token).
+    issued_at: Arc<AtomicU64>,
 }
 
 /// The live side of one online user's inbox.
@@ -177,14 +181,23 @@ impl Routes {
         device_id: &str,
         session_id: u64,
     ) -> (Arc<Feed>, oneshot::Receiver<ErrorCode>) {
-        self.attach_with_policy(user, device_id, session_id, None, DevicePolicy::Unlimited)
+        let token = Arc::new(AtomicU64::new(0));
+        self.attach_with_policy(
+            user,
+            device_id,
+            session_id,
+            None,
+            DevicePolicy::Unlimited,
+            token,
+        )
     }
 
     /// [`attach`](Routes::attach) under a device policy: besides an earlier
     /// session of the same device (`REPLACED`, never a policy kick, so a
     /// device reconnecting after a network blip is never kicked by its own
     /// earlier session), sessions of other devices the policy excludes are
-    /// told to end with `KICKED`.
+    /// told to end with `KICKED`. `issued_at` is when the session's token
+    /// was issued, for [`revoke`](Routes::revoke).
     pub(crate) fn attach_with_policy(
         &self,
         user: &str,
@@ -192,6 +205,7 @@ impl Routes {
         session_id: u64,
         class: Option<&'static str>,
         policy: DevicePolicy,
+        issued_at: Arc<AtomicU64>,
     ) -> (Arc<Feed>, oneshot::Receiver<ErrorCode>) {
         let (kick, kicked) = oneshot::channel();
         let mut users = lock(&self.users);
@@ -224,6 +238,7 @@ impl Routes {
             device_id: device_id.to_owned(),
             class,
             kick,
+            issued_at,
         });
         drop(sessions);
         (feed, kicked)
@@ -287,6 +302,23 @@ impl Routes {
             let _ = old.kick.send(code);
         }
         kicked
+    }
+
+    /// Ends the sessions here of `user` whose token was issued before
+    /// `before` (unix seconds) with `TOKEN_REVOKED`.
+    pub(crate) fn revoke(&self, user: &str, before: u64) {
+        let feed = lock(&self.users).get(user).cloned();
+        let Some(feed) = feed else { return };
+        let mut sessions = lock(&feed.sessions);
+        let mut i = 0;
+        while i < sessions.len() {
+            if sessions[i].issued_at.load(Ordering::Acquire) < before {
+                let old = sessions.swap_remove(i);
+                let _ = old.kick.send(ErrorCode::TokenRevoked);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Every session here as `(user, device, session id)`.
@@ -367,5 +399,33 @@ mod tests {
         routes.detach("bob", 2);
         routes.detach("bob", 3);
         assert_eq!(routes.online_users(), 0);
+    }
+
+    #[test]
+    fn a_revocation_ends_the_sessions_of_older_tokens() {
+        let routes = Routes::default();
+        let token = |at| Arc::new(AtomicU64::new(at));
+        let attach = |device, id, issued: &Arc<AtomicU64>| {
+            routes
+                .attach_with_policy(
+                    "bob",
+                    device,
+                    id,
+                    None,
+                    DevicePolicy::Unlimited,
+                    Arc::clone(issued),
+                )
+                .1
+        };
+        let (old, fresh, refreshed) = (token(10), token(20), token(10));
+        let mut old_session = attach("phone", 1, &old);
+        let mut fresh_session = attach("laptop", 2, &fresh);
+        let mut refreshed_session = attach("tablet", 3, &refreshed);
+        refreshed.store(30, Ordering::Release);
+        routes.revoke("alice", 100);
+        routes.revoke("bob", 20);
+        assert_eq!(old_session.try_recv(), Ok(ErrorCode::TokenRevoked));
+        assert!(fresh_session.try_recv().is_err(), "issued at the mark");
+        assert!(refreshed_session.try_recv().is_err(), "took a newer token");
     }
 }

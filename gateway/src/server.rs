@@ -32,13 +32,14 @@ pub enum StartError {
     /// Certificates could not be loaded or made.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The token secret could not be read or created.
-    #[error("token secret {path}: {source}")]
+    /// A token key could not be read (missing, empty, not base64, shorter
+    /// than 32 bytes) or the development secret could not be created.
+    #[error("token key {path}: {source}")]
     Secret {
-        /// The secret file.
+        /// The key file (or the setting at fault).
         path: PathBuf,
         /// The failure.
-        source: std::io::Error,
+        source: crate::auth::KeyError,
     },
     /// The store could not be opened.
     #[error("store: {0}")]
@@ -113,14 +114,6 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// The token secret file in use: configured, or the development one.
-pub fn secret_path(config: &Config) -> (PathBuf, bool) {
-    match &config.auth.secret_file {
-        Some(path) => (path.clone(), false),
-        None => (config.server.data_dir.join("token-secret"), true),
-    }
-}
-
 impl Gateway {
     /// Opens the store and binds: the cluster store (Redis + CQL) when
     /// `store.redis` and `store.cql` are set, else the embedded store under
@@ -169,15 +162,8 @@ impl Gateway {
                 (paths.server_cert, paths.server_key, Some(paths.ca_cert))
             }
         };
-        let (secret, dev) = secret_path(&config);
-        let (tokens, created) =
-            TokenKey::load_or_create(&secret).map_err(|source| StartError::Secret {
-                path: secret.clone(),
-                source,
-            })?;
-        if created {
-            info!(path = %secret.display(), "created a development token secret");
-        }
+        let (tokens, dev_secret) = crate::auth::keys_from_config(&config)
+            .map_err(|(path, source)| StartError::Secret { path, source })?;
 
         let metrics = Arc::new(Metrics::new());
         let endpoint = bind_endpoint(&config, &cert, &key, &metrics, socket)?;
@@ -229,7 +215,7 @@ impl Gateway {
             node_id: identity.id.clone(),
             clustered: cluster.is_some(),
             dev_ca,
-            dev_secret: dev.then_some(secret),
+            dev_secret,
             public_name: config.server.public_name.clone(),
         };
         let ctx = Arc::new(Ctx::new(config, stores, cluster, identity, metrics, tokens));
@@ -248,9 +234,9 @@ impl Gateway {
         &self.info
     }
 
-    /// The key tokens are verified with (tests and tools mint with it).
+    /// The key new tokens are signed with (tests and tools mint with it).
     pub fn token_key(&self) -> TokenKey {
-        self.ctx.tokens.clone()
+        self.ctx.tokens.signing().clone()
     }
 
     /// Serves until `shutdown` resolves, then drains and returns. Returns an

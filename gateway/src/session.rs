@@ -19,11 +19,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::auth::unix_now;
+use crate::auth::Claims;
+use crate::control::{self, ControlEnd, expires_ms, refresh, refuse};
+use crate::credential;
 use crate::ctx::Ctx;
 use crate::deadline::sleep_until_opt;
 use crate::delivery::Delivery;
-use crate::fault::{Fault, StreamEnd, fixed_text};
+use crate::fault::{Fault, StreamEnd};
 use crate::limit::Bucket;
 use crate::mutex::lock;
 use crate::presence;
@@ -134,19 +136,7 @@ pub(crate) async fn serve(ctx: &Arc<Ctx>, conn: &quinn::Connection, handshake: H
         Err(LoginFailure { fault, control }) => {
             if let Some(mut control) = control {
                 ctx.metrics.login_refused(fault.code);
-                let refusal = v1::ServerControl {
-                    kind: Some(v1::server_control::Kind::Refusal(v1::Refusal {
-                        code: fault.code as i32,
-                        message: fault.message.to_owned(),
-                        retry_after_ms: 0,
-                    })),
-                };
-                if control.send(&refusal).await.is_ok() {
-                    control.finish();
-                    // Closing discards unsent stream data: give the Refusal
-                    // a moment to be acknowledged first.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), control.stopped()).await;
-                }
+                refuse(&mut control, &fault).await;
             }
             close(ctx, conn, "", &fault);
         }
@@ -154,6 +144,7 @@ pub(crate) async fn serve(ctx: &Arc<Ctx>, conn: &quinn::Connection, handshake: H
 }
 
 struct Login {
+    claims: Claims,
     user: String,
     device: String,
     platform: i32,
@@ -215,12 +206,9 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
             return Err(refuse(fault, control_send));
         }
     };
-    let claims = match ctx.tokens.verify(&hello.token, unix_now()) {
+    let claims = match credential::check(ctx, &hello.token).await {
         Ok(claims) => claims,
-        Err(e) => {
-            let fault = Fault::detailed(e.code(), fixed_text(e.code()), e);
-            return Err(refuse(fault, control_send));
-        }
+        Err(e) => return Err(refuse(control::token_fault(e), control_send)),
     };
     if !qim_proto::ids::is_valid_id(&hello.device_id) {
         return Err(refuse(
@@ -232,7 +220,8 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
         ));
     }
     Ok(Login {
-        user: claims.user_id,
+        user: claims.user_id.clone(),
+        claims,
         device: hello.device_id,
         platform: hello.platform,
         resume_from: hello.resume_from,
@@ -243,6 +232,7 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
 
 async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: Handshake) {
     let Login {
+        mut claims,
         user,
         device,
         platform,
@@ -255,9 +245,16 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
     let policy = crate::route::DevicePolicy::parse(&ctx.config.im.device_policy)
         .unwrap_or(crate::route::DevicePolicy::Unlimited);
     let class = crate::route::platform_class(platform);
-    let (feed, mut kicked) = ctx
-        .routes
-        .attach_with_policy(&user, &device, session_id, class, policy);
+    // When the session's current token was issued, for revocations.
+    let issued_at = Arc::new(AtomicU64::new(claims.issued_at));
+    let (feed, mut kicked) = ctx.routes.attach_with_policy(
+        &user,
+        &device,
+        session_id,
+        class,
+        policy,
+        Arc::clone(&issued_at),
+    );
     // Before the head is read: a message committed after this route is
     // visible is handed here; one committed before is in the head.
     // The one-off calls around the session's life are boxed (here and
@@ -298,6 +295,11 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
     let started_ms = qim_proto::now_ms();
     let outcome: Result<(), Fault> = async {
         let registered = &mut registered;
+        // After the route is written: a revocation either found the route
+        // or wrote its mark before this read (see `credential`).
+        Box::pin(credential::still_valid(ctx, &claims))
+            .await
+            .map_err(control::token_fault)?;
         // Reading the head after attaching: anything stored before is read
         // here, anything after is published to the feed.
         let head = Box::pin(ctx.stores.messages.inbox_head(&user)).await.map_err(|e| {
@@ -328,7 +330,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
                     max_inflight_sends: ctx.config.limits.max_inflight_sends,
                 }),
                 inbox_head: head,
-                token_expires_ms: 0,
+                token_expires_ms: expires_ms(&claims),
             })),
         };
         control_send
@@ -380,7 +382,14 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
                 StreamEnd::Fault(Fault::gone(e.to_string()))
             }
         }));
-        tasks.spawn(read_control(control_recv));
+        // Fresh tokens the client sends; a few wait, then the control
+        // stream is not read until the session took them.
+        let (refresh_tx, mut refreshes) = mpsc::channel::<String>(2);
+        tasks.spawn(control::read(control_recv, refresh_tx).map(|end| match end {
+            ControlEnd::Done => StreamEnd::Done,
+            ControlEnd::Bye => StreamEnd::Bye,
+            ControlEnd::Fault(fault) => StreamEnd::Fault(fault),
+        }));
         let writer = push::Writer {
             conn: conn.clone(),
             max_frame,
@@ -409,6 +418,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
         // A session that logs in while the gateway already drains must see it.
         draining.mark_changed();
         let mut drain_deadline: Option<Instant> = None;
+        let mut token_deadline = credential::deadline(claims.expires_at);
         loop {
             let beat_deadline = session.heartbeat_deadline(ctx.config.heartbeat.max_missed);
             tokio::select! {
@@ -426,6 +436,39 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
                     Ok(StreamEnd::Fault(fault)) => return Err(fault),
                     Err(e) => return Err(Fault::detailed(ErrorCode::Internal, "the server failed", format_args!("stream task: {e}"))),
                 },
+                () = tokio::time::sleep_until(token_deadline) => {
+                    let fault = Fault::new(ErrorCode::TokenExpired, "the session's token expired");
+                    refuse(&mut control_send, &fault).await;
+                    return Err(fault);
+                }
+                Some(token) = refreshes.recv() => {
+                    let taken = match session.request_allowed() {
+                        Ok(()) => Box::pin(refresh(ctx, &claims, &token)).await,
+                        Err(fault) => Err(fault),
+                    };
+                    match taken {
+                        Ok(fresh) => {
+                            if fresh.expires_at > claims.expires_at {
+                                issued_at.store(fresh.issued_at, Ordering::Release);
+                                token_deadline = credential::deadline(fresh.expires_at);
+                                claims = fresh;
+                            }
+                            let refreshed = v1::ServerControl {
+                                kind: Some(v1::server_control::Kind::Refreshed(v1::Refreshed {
+                                    token_expires_ms: expires_ms(&claims),
+                                })),
+                            };
+                            control_send
+                                .send(&refreshed)
+                                .await
+                                .map_err(|e| Fault::gone(format!("sending Refreshed: {e}")))?;
+                        }
+                        Err(fault) => {
+                            refuse(&mut control_send, &fault).await;
+                            return Err(fault);
+                        }
+                    }
+                }
                 () = tokio::time::sleep_until(beat_deadline) => {
                     if session.heartbeat_deadline(ctx.config.heartbeat.max_missed) <= Instant::now() {
                         ctx.metrics.heartbeat_timeouts.inc();
@@ -437,9 +480,14 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
                     let reason = match code {
                         ErrorCode::Replaced => "this device logged in again",
                         ErrorCode::Kicked => "another device logged in (im.device_policy), or an admin ended the session",
+                        ErrorCode::TokenRevoked => "the user's tokens were revoked",
                         _ => "session ended by the server",
                     };
-                    return Err(Fault::new(code, reason));
+                    let fault = Fault::new(code, reason);
+                    if code == ErrorCode::TokenRevoked {
+                        refuse(&mut control_send, &fault).await;
+                    }
+                    return Err(fault);
                 }
                 changed = draining.changed(), if drain_deadline.is_none() => {
                     if changed.is_ok() && *draining.borrow() {
@@ -487,25 +535,6 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
     }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");
-}
-
-async fn read_control(mut control: FramedRecv) -> StreamEnd {
-    match control.next::<v1::ClientControl>().await {
-        Ok(Some(v1::ClientControl {
-            kind: Some(client_control::Kind::Bye(_)),
-        })) => StreamEnd::Bye,
-        Ok(Some(_)) => StreamEnd::Fault(Fault::new(
-            ErrorCode::ProtocolViolation,
-            "only Bye may follow Hello",
-        )),
-        // The client finished its side of the control stream; it may still
-        // use the others.
-        Ok(None) => StreamEnd::Done,
-        Err(e) => {
-            debug!(error = %e, "control stream ended");
-            Fault::from_recv(e).into()
-        }
-    }
 }
 
 /// What each stream task of a session needs.

@@ -47,7 +47,7 @@ async fn wrong_and_expired_tokens_are_refused_with_their_codes() {
     let gw = TestGateway::start().await;
     let mut by = Bystanders::new(&gw).await;
 
-    let foreign = qim_gateway::auth::TokenKey::new(b"not the server's secret");
+    let foreign = qim_gateway::auth::TokenKey::with_id("default", &[7u8; 32]).expect("key");
     let cases = [
         (
             foreign.mint("mallory", unix_now() + 60).expect("mint"),

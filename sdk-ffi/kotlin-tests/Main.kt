@@ -30,6 +30,8 @@ import uniffi.qim_sdk_ffi.QimException
 import uniffi.qim_sdk.Quote
 import uniffi.qim_sdk_ffi.ReadCount
 import uniffi.qim_sdk.Signal
+import uniffi.qim_sdk.TokenRequest
+import uniffi.qim_sdk_ffi.TokenProvider
 
 const val PATIENCE_MS = 20_000L
 
@@ -721,6 +723,38 @@ suspend fun kicked() {
     desktop.disconnect()
 }
 
+/// Hands out a token from the environment and records why it was asked.
+class EnvTokens(private val user: String) : TokenProvider {
+    val asked = Channel<TokenRequest>(Channel.UNLIMITED)
+
+    override fun freshToken(reason: TokenRequest): String? {
+        asked.trySend(reason)
+        return env("QIM_TOKEN_" + user.uppercase())
+    }
+}
+
+/// A client whose token the server refuses asks its Kotlin token provider
+/// for a fresh one instead of failing, logs in with it, and the session
+/// goes on: it receives and sends.
+suspend fun tokenProvider() {
+    val tokens = EnvTokens("vera")
+    val vera = QimClient(options("vera", "vera-phone").copy(token = "qim2.forged.token"))
+    val events = Recorder()
+    vera.setListener(events)
+    vera.setTokenProvider(tokens)
+    vera.connect()
+    check(tokens.asked.next("the provider's call") == TokenRequest.REFUSED) { "asked for another reason" }
+    check(vera.state() == ConnectionState.CONNECTED) { "vera ${vera.state()}" }
+    val (walt, waltEvents) = connected("walt", "walt-phone")
+    walt.send("vera", "hello with a fresh token")
+    val got = events.messages.next("walt's message")
+    check(got.text == "hello with a fresh token") { "vera got ${got.text}" }
+    vera.send("walt", "and back")
+    check(waltEvents.messages.next("vera's reply").text == "and back") { "walt's message" }
+    walt.disconnect()
+    vera.disconnect()
+}
+
 fun main(args: Array<String>) {
     val scenario = args.firstOrNull() ?: "chat"
     try {
@@ -738,6 +772,7 @@ fun main(args: Array<String>) {
                 "presence-typing" -> presenceTyping()
                 "scheduled" -> scheduled()
                 "kicked" -> kicked()
+                "token-provider" -> tokenProvider()
                 else -> throw IllegalArgumentException("unknown scenario $scenario")
             }
         }

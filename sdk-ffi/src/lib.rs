@@ -8,6 +8,9 @@
 //! - [`ClientListener`]: implemented by the app (Kotlin interface, Swift
 //!   protocol); receives messages, connection states, send progress and
 //!   connection errors.
+//! - [`TokenProvider`]: implemented by the app; gives fresh login tokens
+//!   when the server refuses one or it is about to expire
+//!   ([`QimClient::set_token_provider`]).
 //! - Records and enums are `qim-sdk`'s own types
 //!   ([`qim_sdk::IncomingMessage`], [`qim_sdk::SendReceipt`],
 //!   [`qim_sdk::Peer`], [`qim_sdk::Event`], [`qim_sdk::Signal`], …),
@@ -305,11 +308,31 @@ pub trait ClientListener: Send + Sync {
     fn on_signal(&self, signal: Signal);
 }
 
+/// What the app implements to give the client fresh login tokens (from
+/// its backend): asked when the server refuses the token or before it
+/// expires. Called on a worker thread, so it may block on the network;
+/// `null`/`nil` when there is none (a refused client then stops).
+#[uniffi::export(with_foreign)]
+pub trait TokenProvider: Send + Sync {
+    /// A fresh token for the client's user, or none.
+    fn fresh_token(&self, reason: qim_sdk::TokenRequest) -> Option<String>;
+}
+
+/// The app's [`TokenProvider`] as the SDK's.
+struct ForeignTokens(Arc<dyn TokenProvider>);
+
+impl qim_sdk::TokenProvider for ForeignTokens {
+    fn fresh_token(&self, reason: qim_sdk::TokenRequest) -> Option<String> {
+        self.0.fresh_token(reason)
+    }
+}
+
 /// A qim client: one user on one device.
 #[derive(uniffi::Object)]
 pub struct QimClient {
     config: qim_sdk::ClientConfig,
     listener: Mutex<Option<Arc<dyn ClientListener>>>,
+    tokens: Mutex<Option<Arc<dyn TokenProvider>>>,
     client: Mutex<Option<Arc<Client>>>,
     /// The tasks feeding the listener; aborted on close.
     pumps: Mutex<Vec<JoinHandle<()>>>,
@@ -408,7 +431,10 @@ impl QimClient {
         }
         let rt = runtime()?;
         self.closing.store(false, Ordering::SeqCst);
-        let config = self.config.clone();
+        let mut config = self.config.clone();
+        if let Some(tokens) = lock(&self.tokens).clone() {
+            config.token_provider = Some(Arc::new(ForeignTokens(tokens)));
+        }
         let client = on_runtime(async move {
             let client = if wait_for_login {
                 Client::connect(config).await?
@@ -436,6 +462,7 @@ impl QimClient {
         Ok(Arc::new(QimClient {
             config: config.to_sdk(),
             listener: Mutex::new(None),
+            tokens: Mutex::new(None),
             client: Mutex::new(None),
             pumps: Mutex::new(Vec::new()),
             closing: Arc::new(AtomicBool::new(false)),
@@ -445,6 +472,11 @@ impl QimClient {
     /// Sets the listener; takes effect at the next `connect`/`start`.
     pub fn set_listener(&self, listener: Arc<dyn ClientListener>) {
         *lock(&self.listener) = Some(listener);
+    }
+
+    /// Sets the token provider; takes effect at the next `connect`/`start`.
+    pub fn set_token_provider(&self, provider: Arc<dyn TokenProvider>) {
+        *lock(&self.tokens) = Some(provider);
     }
 
     /// Connects and logs in; returns once logged in (or with the error of

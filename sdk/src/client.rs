@@ -91,6 +91,19 @@ impl Client {
                 _ => break,
             }
         }
+        // A refused token with a provider: its fresh token, a few times.
+        for _ in 0..3 {
+            match &first {
+                Err(e) if crate::token::renew(&shared, e).await => {
+                    let server = shared.server.load(Ordering::Relaxed);
+                    first = match resolve(shared.config.server_at(server)).await {
+                        Ok(addr) => establish(&shared, addr).await,
+                        Err(e) => Err(e),
+                    };
+                }
+                _ => break,
+            }
+        }
         let first = first?;
         let driver = tokio::spawn(drive(Arc::clone(&shared), Some(first)));
         Ok(Client {

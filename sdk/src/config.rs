@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::token::TokenProvider;
+
 /// The device platform reported at login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "ffi", derive(uniffi::Enum))]
@@ -52,6 +54,10 @@ pub struct ClientConfig {
     pub ca_pem: Vec<u8>,
     /// Login token from the application's backend.
     pub token: String,
+    /// Where fresh tokens come from when the server refuses this one or it
+    /// is about to expire (see [`TokenProvider`]). `None` (the default): a
+    /// refused token stops the client.
+    pub token_provider: Option<Arc<dyn TokenProvider>>,
     /// Stable id of this installation (1–64 of `[A-Za-z0-9._@-]`).
     pub device_id: String,
     /// Reported platform.
@@ -144,6 +150,7 @@ impl ClientConfig {
             server_name: "localhost".to_owned(),
             ca_pem,
             token: token.into(),
+            token_provider: None,
             device_id: device_id.into(),
             platform: Platform::default(),
             resume_from: 0,

@@ -143,7 +143,7 @@ async fn login(shared: &Shared, conn: &quinn::Connection) -> Result<Established,
     let resume_from = lock(&shared.received).inbox.released();
     let hello = v1::ClientControl {
         kind: Some(v1::client_control::Kind::Hello(v1::Hello {
-            token: config.token.clone(),
+            token: lock(&shared.token).clone(),
             device_id: config.device_id.clone(),
             platform: config.platform.to_wire() as i32,
             sdk_version: env!("CARGO_PKG_VERSION").to_owned(),

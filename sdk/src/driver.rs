@@ -24,6 +24,7 @@ use crate::events::ClientEvent;
 use crate::receive;
 use crate::shared::{ConnectionState, Shared};
 use crate::sync::lock;
+use crate::token;
 use crate::{ClientConfig, Error};
 
 /// How a session ended.
@@ -96,6 +97,10 @@ pub(crate) async fn drive(shared: Arc<Shared>, first: Option<Established>) {
                         Error::Network(format!("the server ended the {stream} stream")),
                         failures,
                     ),
+                    SessionEnd::Lost(e) if crate::token::renew(&shared, &e).await => {
+                        info!(error = %e, "token refused; reconnecting with the provider's");
+                        backoff(&shared.config, failures.max(1))
+                    }
                     SessionEnd::Lost(e) => {
                         stop(&shared, e);
                         return;
@@ -107,6 +112,10 @@ pub(crate) async fn drive(shared: Arc<Shared>, first: Option<Established>) {
                 next_server(&shared);
                 let _ = shared.events.send(ClientEvent::ConnectionLost(e.clone()));
                 *lock(&shared.last_error) = Some(e);
+                failures = failures.saturating_add(1);
+                backoff(&shared.config, failures)
+            }
+            Err(e) if crate::token::renew(&shared, &e).await => {
                 failures = failures.saturating_add(1);
                 backoff(&shared.config, failures)
             }
@@ -233,7 +242,9 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         Arc::clone(shared),
         FramedSend::new(acks, StreamKind::Ack, max_frame),
     ));
-    tasks.spawn(read_control(control_recv));
+    // Expiries the server confirmed with Refreshed.
+    let (refreshed_tx, mut refreshed) = tokio::sync::mpsc::channel::<i64>(4);
+    tasks.spawn(read_control(control_recv, refreshed_tx));
     tasks.spawn(accept_server_streams(
         Arc::clone(shared),
         conn.clone(),
@@ -243,17 +254,50 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     tasks.spawn(async move { receive::watch_gaps(s, c).await.map(|never| match never {}) });
 
     let mut closing = shared.closing.subscribe();
-    let end = tokio::select! {
-        joined = next_end(&mut tasks) => joined,
-        () = shared.reconnect_now.notified() => SessionEnd::Reconnect,
-        () = closed(&mut closing) => {
-            let bye = v1::ClientControl { kind: Some(v1::client_control::Kind::Bye(v1::Bye {})) };
-            let _ = control_send.send(&bye).await;
-            control_send.finish();
-            conn.close(ErrorCode::NoError.to_quic().into(), b"bye");
-            SessionEnd::Closed
+    let reconnect = shared.reconnect_now.notified();
+    tokio::pin!(reconnect);
+    // The server's clock minus this one's, for the token's expiry.
+    let offset_ms = welcome.server_time_ms - qim_proto::now_ms();
+    let mut refresh_at = token::refresh_at(shared, welcome.token_expires_ms, offset_ms);
+    let mut fetching: Option<tokio::task::JoinHandle<Option<String>>> = None;
+    let end = loop {
+        tokio::select! {
+            joined = next_end(&mut tasks) => break joined,
+            () = &mut reconnect => break SessionEnd::Reconnect,
+            () = closed(&mut closing) => {
+                let bye = v1::ClientControl { kind: Some(v1::client_control::Kind::Bye(v1::Bye {})) };
+                let _ = control_send.send(&bye).await;
+                control_send.finish();
+                conn.close(ErrorCode::NoError.to_quic().into(), b"bye");
+                break SessionEnd::Closed;
+            }
+            () = sleep_until_opt(refresh_at) => {
+                refresh_at = None;
+                let s = Arc::clone(shared);
+                fetching = Some(tokio::spawn(async move {
+                    token::fetch(&s, token::TokenRequest::ExpiresSoon).await
+                }));
+            }
+            Some(fetched) = async { match fetching.as_mut() { Some(f) => Some(f.await), None => None } }, if fetching.is_some() => {
+                fetching = None;
+                if let Ok(Some(token)) = fetched {
+                    let refresh = v1::ClientControl {
+                        kind: Some(v1::client_control::Kind::Refresh(v1::Refresh { token })),
+                    };
+                    if let Err(e) = control_send.send(&refresh).await {
+                        break SessionEnd::Lost(e.into());
+                    }
+                }
+            }
+            Some(expires_ms) = refreshed.recv() => {
+                debug!(expires_ms, "token refreshed");
+                refresh_at = token::refresh_at(shared, expires_ms, offset_ms);
+            }
         }
     };
+    if let Some(f) = fetching {
+        f.abort();
+    }
     tasks.abort_all();
     let end = match end {
         SessionEnd::PeerFinished(stream) => closed_by_peer(&conn, stream).await,
@@ -421,9 +465,17 @@ async fn write_acks(shared: Arc<Shared>, mut stream: FramedSend) -> Result<Sessi
     }
 }
 
-async fn read_control(mut recv: FramedRecv) -> Result<SessionEnd, Error> {
+async fn read_control(
+    mut recv: FramedRecv,
+    refreshed: tokio::sync::mpsc::Sender<i64>,
+) -> Result<SessionEnd, Error> {
     loop {
         match recv.next::<v1::ServerControl>().await? {
+            Some(v1::ServerControl {
+                kind: Some(server_control::Kind::Refreshed(r)),
+            }) => {
+                let _ = refreshed.send(r.token_expires_ms).await;
+            }
             Some(v1::ServerControl {
                 kind: Some(server_control::Kind::GoAway(g)),
             }) => {

@@ -8,11 +8,12 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The token was refused (bad or expired): get a new one. The client
+    /// The token was refused (bad, expired or revoked) and no
+    /// [`TokenProvider`](crate::TokenProvider) gave a fresh one: the client
     /// stops reconnecting.
     #[error("login refused ({code:?}): {message}")]
     Auth {
-        /// `BadToken` or `TokenExpired`.
+        /// `BadToken`, `TokenExpired` or `TokenRevoked`.
         code: ErrorCode,
         /// The server's explanation.
         message: String,
@@ -66,7 +67,9 @@ impl Error {
     pub fn from_code(code: ErrorCode, message: impl Into<String>) -> Error {
         let message = message.into();
         match code {
-            ErrorCode::BadToken | ErrorCode::TokenExpired => Error::Auth { code, message },
+            ErrorCode::BadToken | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => {
+                Error::Auth { code, message }
+            }
             ErrorCode::VersionTooOld | ErrorCode::VersionTooNew => Error::Version { code, message },
             code => Error::Rejected {
                 code,

@@ -62,6 +62,8 @@
 //!   delete-for-me, replies and mentions, schedules, history; changes from
 //!   other devices arrive as [`Event`]s in the message stream.
 //! - `contacts`: friend requests, friends, blocks.
+//! - `token`: the app's [`TokenProvider`], asked for a fresh login token
+//!   when the server refuses one or it is about to expire.
 //! - `groups`: create and change groups (join policies, limits, public or
 //!   private), join requests, invitations, bans, member lists, the user's
 //!   "who may add me" setting, sends to groups (their receive side is in
@@ -115,6 +117,7 @@ mod receive;
 mod rpc;
 mod shared;
 mod sync;
+mod token;
 
 #[cfg(feature = "ffi")]
 uniffi::setup_scaffolding!();
@@ -138,3 +141,4 @@ pub use presence::SessionSpan;
 pub use qim_proto::v1::ErrorCode;
 pub use quota::Quota;
 pub use shared::{ConnectionState, Stats};
+pub use token::{TokenProvider, TokenRequest};

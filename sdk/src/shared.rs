@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) last_error: Mutex<Option<Error>>,
     pub(crate) user_id: Mutex<String>,
+    /// The login token in use: the configured one, then the provider's.
+    pub(crate) token: Mutex<String>,
     /// Signals (typing, presence) for the app; bounded by `MAX_SIGNALS`.
     pub(crate) signals: Mutex<VecDeque<Signal>>,
     pub(crate) signal_arrived: Notify,
@@ -161,6 +163,7 @@ impl Shared {
                 queue: VecDeque::new(),
             }),
             taken: AtomicU64::new(config.resume_from),
+            token: Mutex::new(config.token.clone()),
             config,
             endpoint,
             state: watch::Sender::new(ConnectionState::Connecting),

@@ -1,6 +1,6 @@
 //! Checks every backend of the IM traits ([`ConversationStore`](crate::ConversationStore),
 //! [`GroupStore`](crate::GroupStore), [`ContactStore`](crate::ContactStore),
-//! [`ScheduleStore`](crate::ScheduleStore)) must pass, run
+//! [`ScheduleStore`](crate::ScheduleStore), [`RevocationStore`](crate::RevocationStore)) must pass, run
 //! unchanged against each one with [`im_conformance_tests!`](crate::im_conformance_tests).
 //! Names carry a random suffix, so a shared database needs no cleanup.
 
@@ -461,6 +461,34 @@ pub async fn stored_bytes_are_counted_per_user_and_day(backend: &dyn ImBackend) 
     assert_eq!(s.quotas.stored_bytes(&a, day + 1).await.expect("read"), 900);
 }
 
+/// A user's token revocation mark starts at 0, only rises, is seen by
+/// another instance of the store at once, and survives a reopen.
+pub async fn token_revocations_only_rise_and_survive_reopen(backend: &dyn ImBackend) {
+    let (user, other) = (unique("rv"), unique("rv"));
+    {
+        let s = backend.open_im().await;
+        let r = &s.revocations;
+        assert_eq!(r.tokens_revoked_before(&user).await.expect("read"), 0);
+        assert_eq!(r.revoke_tokens(&user, 1_000).await.expect("revoke"), 1_000);
+        assert_eq!(
+            r.revoke_tokens(&user, 500).await.expect("revoke"),
+            1_000,
+            "an earlier time does not lower the mark"
+        );
+        assert_eq!(r.revoke_tokens(&user, 2_000).await.expect("revoke"), 2_000);
+        assert_eq!(r.tokens_revoked_before(&other).await.expect("read"), 0);
+        assert!(r.revoke_tokens("bad id", 1).await.is_err());
+    }
+    let s = backend.open_im().await;
+    assert_eq!(
+        s.revocations
+            .tokens_revoked_before(&user)
+            .await
+            .expect("read"),
+        2_000
+    );
+}
+
 /// Runs every IM check against a backend: `im_conformance_tests!(MyBackend::new())`.
 #[macro_export]
 macro_rules! im_conformance_tests {
@@ -483,6 +511,7 @@ macro_rules! im_conformance_tests {
             conformance_contacts::friend_requests_follow_the_rules,
             conformance_contacts::blocks_drop_requests_and_keep_blockers_out_of_groups,
             conformance_contacts::schedules_are_bounded_and_refusals_are_told,
+            conformance_im::token_revocations_only_rise_and_survive_reopen,
         );
     };
     (@each $backend:expr; $($module:ident :: $check:ident),* $(,)?) => {

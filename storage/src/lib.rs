@@ -22,6 +22,8 @@
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
 //! - [`quota`]: [`QuotaStore`], durable per-user quota counters (stored
 //!   bytes per UTC day), shared by every node of a cluster.
+//! - [`revocation`]: [`RevocationStore`], per user the time before which
+//!   the user's login tokens are refused.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -88,6 +90,7 @@ pub mod model;
 pub mod presence;
 pub mod quota;
 pub mod redis;
+pub mod revocation;
 pub mod schedule;
 mod stores;
 
@@ -107,6 +110,7 @@ pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 pub use presence::PresenceStore;
 pub use quota::QuotaStore;
+pub use revocation::RevocationStore;
 pub use schedule::ScheduleStore;
 pub use stores::Stores;
 

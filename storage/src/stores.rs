@@ -8,7 +8,7 @@ use crate::cluster::{ClusterOptions, ClusterStore};
 use crate::embedded::{DiskSpace, EmbeddedStore};
 use crate::{
     ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, QuotaStore,
-    ScheduleStore, StoreError,
+    RevocationStore, ScheduleStore, StoreError,
 };
 
 /// The stores of one backend instance (each field is the same backend,
@@ -32,6 +32,8 @@ pub struct Stores {
     /// The free space under an embedded store, below whose floor it
     /// refuses writes; `None` for a backend without a local disk.
     pub disk: Option<Arc<DiskSpace>>,
+    /// Revocations of users' login tokens.
+    pub revocations: Arc<dyn RevocationStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -50,7 +52,8 @@ impl Stores {
             + ContactStore
             + ScheduleStore
             + PresenceStore
-            + QuotaStore,
+            + QuotaStore
+            + RevocationStore,
     {
         Self {
             messages: backend.clone(),
@@ -59,8 +62,9 @@ impl Stores {
             contacts: backend.clone(),
             schedules: backend.clone(),
             presence: backend.clone(),
-            quotas: backend,
+            quotas: backend.clone(),
             disk: None,
+            revocations: backend,
         }
     }
 

@@ -46,6 +46,7 @@ const USERS: &[&str] = &[
     "olga", "paul", // presence and typing
     "sam", "tina", // scheduled sends
     "uma",  // kicked
+    "vera", "walt", // token provider
 ];
 const JNA_VERSION: &str = "5.14.0";
 
@@ -281,7 +282,7 @@ fn run_scenarios(
     let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let outbox_dir = work.join("carol-phone");
     let ids_file = work.join("outbox-ids");
-    let scenarios: [(&str, Vec<(String, String)>); 12] = [
+    let scenarios: [(&str, Vec<(String, String)>); 13] = [
         ("chat", vec![]),
         ("offline-catch-up", vec![]),
         ("resumption", vec![]),
@@ -306,6 +307,7 @@ fn run_scenarios(
         ("contacts", vec![]),
         ("presence-typing", vec![]),
         ("scheduled", vec![]),
+        ("token-provider", vec![]),
         // Later entries override the shared gateway's address and tokens.
         ("kicked", single.env()?),
     ];

@@ -164,6 +164,38 @@ pub(super) struct KickView {
     kicked: usize,
 }
 
+/// The answer of `revoke-tokens`.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct RevokedView {
+    user: String,
+    revoked_before: u64,
+}
+
+/// `POST /v1/users/{user}/revoke-tokens` (scope `sessions`): refuses the
+/// user's tokens issued before now and ends the sessions of such tokens on
+/// every node with `TOKEN_REVOKED` (`credential::revoke_tokens`). 400 for
+/// an invalid id, 503 when the store or Redis failed (safe to repeat).
+pub(super) async fn revoke_tokens(
+    State(state): State<AdminState>,
+    Path(user): Path<String>,
+) -> Result<Json<RevokedView>, ApiError> {
+    use crate::credential::RevokeError;
+    match crate::credential::revoke_tokens(&state.ctx, &user).await {
+        Ok(revoked_before) => {
+            tracing::info!(user, revoked_before, "admin API: revoked the user's tokens");
+            Ok(Json(RevokedView {
+                user,
+                revoked_before,
+            }))
+        }
+        Err(RevokeError::BadUser) => Err(INVALID_USER),
+        Err(RevokeError::Store(e)) => {
+            warn!(error = %e, user, "revoking tokens failed");
+            Err(ApiError::Unavailable("the store is unavailable; retry"))
+        }
+    }
+}
+
 /// `POST /v1/users/{user}/kick` (scope `sessions`): ends the user's
 /// sessions on this node with `KICKED` (the SDK does not reconnect on its
 /// own after it). In a cluster, call it on each node `/v1/nodes` lists.

@@ -7,7 +7,8 @@
 //! - [`api_app`], on `admin.api_listen`, only when `admin.keys_file` is set:
 //!   the admin API under `/v1/`, each route needing a key with its scope
 //!   (see [`keys`]): `GET /v1/nodes` and `GET /v1/presence?user=ID`
-//!   (scope `read`), `POST /v1/users/{user}/kick` (scope `sessions`).
+//!   (scope `read`), `POST /v1/users/{user}/kick` and
+//!   `POST /v1/users/{user}/revoke-tokens` (scope `sessions`).
 //!   Refusals are typed JSON ([`error`]): 401 without a key or with a wrong
 //!   one, 403 outside the key's scopes, 429 with `Retry-After` once an
 //!   address failed `admin.auth_failures_per_minute` times. Each refusal is
@@ -125,10 +126,10 @@ pub fn api_app(state: AdminState) -> Router {
         .route("/v1/nodes", get(api::nodes))
         .route("/v1/presence", get(api::presence))
         .route_layer(scoped(Scope::Read));
-    // Routes that act on users' sessions and tokens (kick, token
-    // revocation): each needs scope "sessions".
+    // Routes that act on users' sessions and tokens: scope "sessions".
     let sessions = Router::new()
         .route("/v1/users/{user}/kick", post(api::kick))
+        .route("/v1/users/{user}/revoke-tokens", post(api::revoke_tokens))
         .route_layer(scoped(Scope::Sessions));
     Router::new()
         .merge(read)

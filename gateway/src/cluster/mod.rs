@@ -11,7 +11,9 @@
 //!   reads its inbox head, refreshes its sessions' routes every third of
 //!   `cluster.route_ttl_ms`, and removes a session's route when it ends.
 //!   A route that replaced a live one on another node sends that node a
-//!   kick, which ends the older session with REPLACED.
+//!   kick, which ends the older session with REPLACED; a revocation of a
+//!   user's tokens sends the nodes of the user's sessions a revocation,
+//!   which ends those of older tokens with TOKEN_REVOKED.
 //! - after every store commit, hands each new message to the nodes that
 //!   hold a session of its recipient (their queues in Redis), through a
 //!   bounded channel and one forwarder task that batches route lookups and
@@ -283,6 +285,30 @@ impl Cluster {
         }
     }
 
+    /// Tells every other node holding a session of `user` to end those
+    /// whose token was issued before `before` (TOKEN_REVOKED). A session
+    /// that writes its route after this lookup reads the revocation mark
+    /// after that (see `credential`), so none slips through.
+    pub(crate) async fn revoke(&self, user: &str, before: u64) -> Result<(), StoreError> {
+        let routes = self.redis.routes_of(&[user], now_ms()).await?;
+        let mut nodes: Vec<String> = routes
+            .into_iter()
+            .flatten()
+            .map(|r| r.node)
+            .filter(|n| *n != self.me.id)
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let handoffs: Vec<(String, Handoff)> = nodes
+            .into_iter()
+            .map(|node| {
+                let user = user.to_owned();
+                (node, Handoff::Revoke { user, before })
+            })
+            .collect();
+        self.redis.push(&handoffs, self.queue).await
+    }
+
     /// Removes the route of an ended session (if still its own). Returns
     /// whether it was the user's last live route anywhere (they went
     /// offline).
@@ -469,6 +495,15 @@ impl Cluster {
                             break;
                         }
                     }
+                    Ok(Handoff::Revoke { user, before }) => {
+                        if inbound
+                            .send(Inbound::Revoke { user, before })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
                     Ok(other) => debug!(?other, "hand-off of an unknown kind ignored"),
                     Err(e) => warn!(id = %entry.id, error = %e, "unreadable hand-off dropped"),
                 }
@@ -631,6 +666,9 @@ pub(crate) enum Inbound {
         session: u64,
         code: ErrorCode,
     },
+    /// End the sessions here of `user` whose token was issued before
+    /// `before` (a revocation on another node).
+    Revoke { user: String, before: u64 },
     /// A signal published by another node (presence, typing, a group log
     /// entry, a change of who follows a group).
     Signal(Signal),

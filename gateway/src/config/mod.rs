@@ -254,8 +254,45 @@ impl Config {
         if self.admin.auth_failures_per_minute == 0 {
             return invalid("admin.auth_failures_per_minute must be above 0");
         }
+        self.validate_auth()?;
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");
+        }
+        Ok(())
+    }
+
+    /// The token keys: ids, the signing key, and a configured secret on a
+    /// cluster node (a per-node development secret would refuse every
+    /// token another node's issuer minted). The files are read at start.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |s: String| Err(ConfigError::Invalid(s));
+        let auth = &self.auth;
+        if !auth.keys.is_empty() && auth.secret_file.is_some() {
+            return invalid("auth.secret_file and auth.keys: configure one".into());
+        }
+        if let Some(id) = auth
+            .keys
+            .keys()
+            .find(|id| !crate::auth::is_valid_key_id(id))
+        {
+            return invalid(format!(
+                "auth.keys: key id {id:?} is not 1-32 of [A-Za-z0-9_-]"
+            ));
+        }
+        match &auth.signing_key {
+            Some(id) if !auth.keys.contains_key(id) => {
+                return invalid(format!("auth.signing_key {id:?} is not in auth.keys"));
+            }
+            None if auth.keys.len() > 1 => {
+                return invalid("auth.signing_key must name one of several auth.keys".into());
+            }
+            _ => {}
+        }
+        if self.store.redis.is_some() && auth.keys.is_empty() && auth.secret_file.is_none() {
+            return invalid(
+                "a cluster node (store.redis) needs auth.secret_file or auth.keys, the same on every node"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The configuration's sections: each declared once, with its fields, their
 //! docs and defaults, and its part of the generated example.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -89,9 +90,16 @@ section! {
 section! {
     /// Login.
     "auth" => Auth {
-        /// File with the base64url token secret shared with your token issuer. Unset:
-        /// data_dir/token-secret, created on first start (development only).
+        /// File with the token secret shared with your token issuer (base64, at least 32 bytes
+        /// decoded), key id "default". Neither this nor keys set: data_dir/token-secret, created
+        /// once on first start (single node only; a cluster node refuses to start without keys).
         secret_file: Option<PathBuf> = None,
+        /// Token keys by id (1-32 of [A-Za-z0-9_-]) for rotation: { k2025 = "/etc/qim/k2025",
+        /// k2026 = "/etc/qim/k2026" }. Each verifies tokens naming its id; removing one refuses
+        /// its tokens (BAD_TOKEN) from the next start. Not together with secret_file.
+        keys: BTreeMap<String, PathBuf> = BTreeMap::new(),
+        /// The id in keys that `qim-gateway token` signs with (required with several keys).
+        signing_key: Option<String> = None,
         /// Milliseconds a client has after the handshake to send a valid Hello.
         login_timeout_ms: u64 = 10_000,
     }

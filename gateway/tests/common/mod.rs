@@ -180,6 +180,10 @@ impl TestGateway {
                 let cql = required_env("QIM_TEST_CQL");
                 migrate_test_keyspace(&cql).await;
                 Self::start_with(move |c| {
+                    // A cluster node must be configured with its secret.
+                    let secret = c.server.data_dir.join("cluster-secret");
+                    TokenKey::load_or_create(&secret).expect("cluster secret");
+                    c.auth.secret_file = Some(secret);
                     c.store.redis = Some(redis);
                     c.store.cql = Some(cql);
                     c.store.keyspace = CLUSTER_KEYSPACE.to_owned();
@@ -313,6 +317,13 @@ impl TestGateway {
     pub async fn api_get(&self, path: &str) -> (u16, String) {
         let api = self.api.expect("the admin API listens");
         let response = http_request(api, "GET", path, Some(ADMIN_SECRET)).await;
+        (response.status, response.body)
+    }
+
+    /// POST a path of the admin API with the every-scope key: (status, body).
+    pub async fn api_post(&self, path: &str) -> (u16, String) {
+        let api = self.api.expect("the admin API listens");
+        let response = http_request(api, "POST", path, Some(ADMIN_SECRET)).await;
         (response.status, response.body)
     }
 

@@ -18,7 +18,7 @@ use qim_storage::quota::Charged;
 use qim_storage::schedule::{Fired, Verdict};
 use qim_storage::{
     Appended, ContactStore, ConversationStore, GroupStore, MessageStore, NewMessage, OpError,
-    PresenceStore, QuotaStore, ScheduleStore, StoreError, StoredMessage,
+    PresenceStore, QuotaStore, RevocationStore, ScheduleStore, StoreError, StoredMessage,
 };
 
 use crate::harness::held;
@@ -356,5 +356,16 @@ impl QuotaStore for HeldStore {
 
     async fn stored_bytes(&self, user: &str, day: u32) -> Result<u64, StoreError> {
         held(self.inner.stored_bytes(user, day)).await
+    }
+}
+
+#[async_trait]
+impl RevocationStore for HeldStore {
+    async fn revoke_tokens(&self, user: &str, before: u64) -> Result<u64, StoreError> {
+        held(self.inner.revoke_tokens(user, before)).await
+    }
+
+    async fn tokens_revoked_before(&self, user: &str) -> Result<u64, StoreError> {
+        held(self.inner.tokens_revoked_before(user)).await
     }
 }

@@ -38,6 +38,7 @@ mod operations;
 mod posts;
 mod presence;
 mod quota;
+mod revocation;
 mod schedule;
 mod seq;
 

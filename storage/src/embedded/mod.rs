@@ -78,6 +78,7 @@ mod posts;
 mod presence;
 mod quota;
 mod reaper;
+mod revocation;
 mod schedule;
 mod space;
 mod sweeper;

@@ -61,6 +61,8 @@ pub(super) struct Tables {
     pub(super) settings: Keyspace,
     /// Stored bytes per user and UTC day (see the module docs).
     pub(super) quota_bytes: Keyspace,
+    /// `[user]` → unix seconds: the user's tokens issued before are refused.
+    pub(super) revoked: Keyspace,
 }
 
 impl Tables {
@@ -93,6 +95,7 @@ impl Tables {
             invitations: keyspace("invitations").map_err(unavailable)?,
             settings: keyspace("settings").map_err(unavailable)?,
             quota_bytes: keyspace("quota_bytes").map_err(unavailable)?,
+            revoked: keyspace("revoked").map_err(unavailable)?,
             db,
         })
     }

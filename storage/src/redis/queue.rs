@@ -70,6 +70,14 @@ pub enum Handoff {
         /// A device-policy kick (KICKED) rather than a replacement.
         policy: bool,
     },
+    /// End every session of `user` on the target node whose token was
+    /// issued before `before` (unix seconds), with TOKEN_REVOKED.
+    Revoke {
+        /// The user.
+        user: String,
+        /// The revocation mark.
+        before: u64,
+    },
 }
 
 impl Handoff {
@@ -97,6 +105,11 @@ impl Handoff {
                 ("v", Value::from(device.clone())),
                 ("s", Value::from(session.to_string())),
                 ("p", Value::from(if *policy { "1" } else { "0" })),
+            ],
+            Handoff::Revoke { user, before } => vec![
+                ("k", Value::from("r")),
+                ("i", Value::from(user.clone())),
+                ("b", Value::from(before.to_string())),
             ],
         }
     }
@@ -136,6 +149,12 @@ impl Handoff {
                     .map_err(|_| StoreError::Corrupt("hand-off kick session".into()))?,
                 // Entries written before the field existed are replacements.
                 policy: text("p").is_ok_and(|p| p == "1"),
+            }),
+            "r" => Ok(Handoff::Revoke {
+                user: text("i")?,
+                before: text("b")?
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("hand-off revocation mark".into()))?,
             }),
             other => Err(StoreError::Corrupt(format!("hand-off kind {other:?}"))),
         }
@@ -383,6 +402,10 @@ mod tests {
                 device: "phone".into(),
                 session: 3,
                 policy: true,
+            },
+            Handoff::Revoke {
+                user: "john.smith".into(),
+                before: 1_800_000_000,
             },
         ] {
             let fields = handoff
