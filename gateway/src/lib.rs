@@ -47,7 +47,10 @@
 //! - [`limit`]: token buckets against floods (sends, pings, rpc requests).
 //! - [`auth`]: HMAC-signed login tokens; [`tls`]: certificates, including
 //!   development ones made with rcgen; `secrets`: what both write and
-//!   read (owner-only files, the wall clock).
+//!   read (owner-only files, the wall clock), and the endpoint secret
+//!   that the QUIC connection-ID and stateless-reset keys are derived
+//!   from (persistent, the same on every node, so a restarted or another
+//!   node resets old connections at once).
 //! - [`config`]: typed, layered, validated configuration; [`metrics`]:
 //!   Prometheus metrics.
 //! - `mutex`, `deadline`, `udp`: a poison-tolerant lock, an optional
@@ -91,4 +94,5 @@ mod udp;
 
 pub use config::Config;
 pub use qim_storage::Stores;
+pub use secrets::endpoint::{EndpointSecretError, create as create_endpoint_secret};
 pub use server::{Gateway, RunError, StartError, StartInfo};

@@ -354,7 +354,7 @@ impl Client {
         if lock(&shared.current).is_some() {
             info!(local = ?shared.endpoint.local_addr().ok(), "network changed; migrating the connection");
             shared.migrations.fetch_add(1, Ordering::Relaxed);
-            shared.probe.notify_one();
+            shared.request_probe(shared.config.migration_timeout);
         } else {
             // Cut a backoff wait short; an attempt under way goes on (no
             // permit is stored that would end its session later).
@@ -378,7 +378,7 @@ impl Client {
         };
         if foreground && !was {
             if lock(&shared.current).is_some() {
-                shared.probe.notify_one();
+                shared.request_probe(shared.config.migration_timeout);
             } else {
                 shared.reconnect_now.notify_waiters();
             }

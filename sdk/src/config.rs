@@ -62,13 +62,24 @@ pub struct ClientConfig {
     pub resume_from: u64,
     /// Time allowed for a connection and login.
     pub connect_timeout: Duration,
-    /// A send without an ack this long is sent again (same `client_msg_id`).
+    /// A send without an ack this long makes the client probe the
+    /// connection (a ping with the `probe_timeout` deadline); once a pong
+    /// proves the connection alive the send is written again (same
+    /// `client_msg_id`), and if none comes the client connects afresh and
+    /// sends it there. Nothing is resent on a connection that may be dead.
     pub ack_timeout: Duration,
     /// A send gives up (and returns [`Error::Timeout`](crate::Error::Timeout))
     /// after this long.
     pub send_timeout: Duration,
     /// A ping without a pong this long means the connection is dead.
     pub pong_timeout: Duration,
+    /// How long a probe waits for its pong (at least four round trips)
+    /// before the client gives up on the connection and connects afresh.
+    /// The client probes when a send waited `ack_timeout` for its ack, and
+    /// when the server started validating a new address of the client (a
+    /// NAT rebinding): if the server falls back to the old, dead address,
+    /// the client would otherwise hear nothing until its next heartbeat.
+    pub probe_timeout: Duration,
     /// First reconnect delay; doubles per failed attempt, with jitter.
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
@@ -151,6 +162,7 @@ impl ClientConfig {
             ack_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(10),
+            probe_timeout: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             max_pending_sends: 4096,

@@ -203,6 +203,23 @@ impl Outbox {
         out
     }
 
+    /// Whether a send written on connection `generation` has waited
+    /// `ack_timeout` for its ack by `now`: the connection may be dead, and
+    /// it is probed before anything is written on it again.
+    pub(crate) fn overdue(&mut self, generation: u64, now: Instant, ack_timeout: Duration) -> bool {
+        if generation != self.generation {
+            // Not written on this connection yet.
+            return false;
+        }
+        while let Some(&(due, order)) = self.timeouts.front() {
+            if self.is_current(order, due, ack_timeout) {
+                return due <= now;
+            }
+            self.timeouts.pop_front();
+        }
+        false
+    }
+
     /// Whether a timeout entry still stands for the send's last write.
     fn is_current(&self, order: u64, due: Instant, ack_timeout: Duration) -> bool {
         self.entries
@@ -351,6 +368,9 @@ mod tests {
             "all again on a new connection"
         );
         assert_eq!(ob.next_due(), Some(now + t));
+        assert!(!ob.overdue(2, now + t - Duration::from_millis(1), t));
+        assert!(ob.overdue(2, now + t, t), "waited the ack timeout");
+        assert!(!ob.overdue(3, now + t, t), "not written on connection 3");
         assert_eq!(
             ids(&ob.due(2, now + t, t)),
             ["a", "b"],

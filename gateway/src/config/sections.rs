@@ -184,6 +184,16 @@ section! {
         /// cores shared with the load generator it ended the socket's drops in a reconnect storm
         /// but gained no speed (BENCHMARKS.md); for machines with a core to spare.
         receive_thread: bool = false,
+        /// File with the base64url endpoint secret (at least 32 bytes) that the connection-ID and
+        /// stateless-reset keys are derived from. Give every node of a cluster the same file:
+        /// then a restarted node, or another one, answers a client's packet of a connection it
+        /// does not hold with a stateless reset, and the client reconnects at once instead of
+        /// waiting out a timeout. Unset: data_dir/endpoint-secret, created on first start (a
+        /// single node only: a cluster node refuses to start without it).
+        endpoint_secret_file: Option<PathBuf> = None,
+        /// Microseconds between two stateless resets (quinn's guard against reset loops). After a
+        /// restart each old client needs one: 200 resets 5,000 clients a second.
+        reset_interval_us: u64 = 200,
     }
 }
 
