@@ -54,7 +54,9 @@
 //! - [`config`]: typed, layered, validated configuration; [`metrics`]:
 //!   Prometheus metrics.
 //! - `mutex`, `deadline`, `udp`: a poison-tolerant lock, an optional
-//!   deadline, the endpoint's receive thread.
+//!   deadline, the endpoint's receive thread; `path`: the client's address
+//!   per session (migrations and failed path validations, counted when
+//!   seen).
 //!
 //! //! # Invariants
 //! - A `SendAck` is written only after the store's `append` returned, i.e.
@@ -78,6 +80,7 @@ mod groups;
 pub mod limit;
 pub mod metrics;
 mod mutex;
+mod path;
 mod policy;
 mod post;
 mod presence;

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// Sessions whose client moved to a new address (QUIC connection
     /// migration: same connection, no new handshake).
     pub migrations: Counter,
+    /// Migrations whose path validation failed: quinn fell back to the
+    /// client's previous address (see `path`).
+    pub path_fallbacks: Counter,
     /// Seconds from a Send frame's arrival to its ack being written.
     pub ack_latency: Histogram,
     /// Seconds a store append batch took.
@@ -82,6 +85,7 @@ impl Metrics {
             handoffs_received: Counter::default(),
             tls_resumptions: Counter::default(),
             migrations: Counter::default(),
+            path_fallbacks: Counter::default(),
             ack_latency: latency(),
             store_latency: latency(),
             registry: Registry::default(),
@@ -164,8 +168,13 @@ impl Metrics {
         );
         registry.register(
             "migrations",
-            "Sessions whose client address changed (connection migration)",
+            "Client address changes of sessions (connection migrations), counted when seen",
             m.migrations.clone(),
+        );
+        registry.register(
+            "path_fallbacks",
+            "Migrations whose path validation failed (back at the client's previous address)",
+            m.path_fallbacks.clone(),
         );
         registry.register(
             "ack_latency_seconds",

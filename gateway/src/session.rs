@@ -26,6 +26,7 @@ use crate::deadline::sleep_until_opt;
 use crate::delivery::Delivery;
 use crate::limit::Bucket;
 use crate::mutex::lock;
+use crate::path::PathWatch;
 use crate::post::{Sender, post_sends};
 use crate::presence;
 use crate::push;
@@ -82,9 +83,8 @@ pub(crate) struct Session {
     pub(crate) device: String,
     /// This node's id of the session.
     pub(crate) id: u64,
-    /// The client's address as last seen; it changes when the client
-    /// migrates the connection (new network), counted in `migrations`.
-    remote: Mutex<std::net::SocketAddr>,
+    /// The client's address as last seen: migrations and fallbacks.
+    path: Arc<PathWatch>,
     /// Milliseconds since `started` of the last Ping.
     last_beat_ms: AtomicU64,
     /// The interval the client announced with its last Ping, clamped.
@@ -339,7 +339,7 @@ async fn run(
         user: user.clone(),
         device: device.clone(),
         id: session_id,
-        remote: Mutex::new(conn.remote_address()),
+        path: Arc::new(PathWatch::new(conn.remote_address())),
         last_beat_ms: AtomicU64::new(0),
         beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
         started: Instant::now(),
@@ -676,20 +676,18 @@ impl Streams {
         }
     }
 
-    /// Counts a connection migration when the client's address changed.
+    /// Counts a migration or fallback when the client's address changed.
     fn note_address(&self) {
-        let now = self.conn.remote_address();
-        let before = std::mem::replace(&mut *lock(&self.session.remote), now);
-        if before != now {
-            info!(user = %self.session.user, device = %self.session.device, from = %before, to = %now, "client migrated the connection");
-            self.ctx.metrics.migrations.inc();
-        }
+        let s = &self.session;
+        s.path
+            .note(&self.conn, &self.ctx.metrics, &s.user, &s.device);
     }
 
     async fn delivery_acks(self, mut recv: FramedRecv) -> StreamEnd {
         loop {
             match recv.next::<v1::DeliveryAck>().await {
                 Ok(Some(ack)) => {
+                    self.note_address();
                     if self.delivery_acks.send(Box::new(ack)).await.is_err() {
                         return StreamEnd::Done;
                     }
@@ -708,7 +706,10 @@ impl Streams {
         loop {
             if backlog.is_empty() {
                 match recv.next::<v1::Send>().await {
-                    Ok(Some(send)) => backlog.push_back(send),
+                    Ok(Some(send)) => {
+                        self.note_address();
+                        backlog.push_back(send);
+                    }
                     Ok(None) => return StreamEnd::Done,
                     Err(e) => return Fault::from_recv(e).into(),
                 }

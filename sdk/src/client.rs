@@ -160,8 +160,9 @@ impl Client {
     /// Sends a message and waits until the server has stored it durably.
     ///
     /// While unacknowledged it is written again, with the same
-    /// `client_msg_id`, after `ack_timeout` and on every reconnect; the
-    /// server stores it once. Returns [`Error::Timeout`] after
+    /// `client_msg_id`, on every reconnect (an `ack_timeout` without its
+    /// ack probes the connection and reconnects if it does not answer);
+    /// the server stores it once. Returns [`Error::Timeout`] after
     /// `send_timeout`, and a typed [`Error::Rejected`] if the server refuses
     /// it for good.
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<SendReceipt, Error> {

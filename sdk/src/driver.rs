@@ -248,6 +248,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     ));
     let (s, c) = (Arc::clone(shared), conn.clone());
     tasks.spawn(async move { receive::watch_gaps(s, c).await.map(|never| match never {}) });
+    tasks.spawn(watch_path(Arc::clone(shared), conn.clone()));
 
     let mut closing = shared.closing.subscribe();
     let end = tokio::select! {
@@ -398,11 +399,12 @@ async fn heartbeat(
 const PROBE_SPACING: Duration = Duration::from_millis(50);
 
 /// Writes the outbox's sends. A send that waited `ack_timeout` for its ack
-/// is not simply written again on the same connection, which may be dead:
-/// the connection is probed, and only after a pong proved it alive is
-/// anything written on it again; if no pong comes the heartbeat task ends
-/// the session, and the next connection sends everything with the same
-/// `client_msg_id`s.
+/// is not written again on the same connection, which may be dead: the
+/// connection is probed, and nothing more is written on it until a pong
+/// proved it alive (then the send waits another `ack_timeout`: QUIC
+/// delivers what a live connection accepted). If no pong comes, the
+/// heartbeat task ends the session, and the next connection sends
+/// everything unacked with the same `client_msg_id`s.
 async fn write_chat(
     shared: Arc<Shared>,
     conn: quinn::Connection,
@@ -419,6 +421,7 @@ async fn write_chat(
             shared.request_probe(probe_deadline(&shared.config, &conn));
             // Ends with the session when no pong comes.
             let _ = pongs.wait_for(|n| *n > before).await;
+            lock(&shared.outbox).rearm(Instant::now(), ack_timeout);
         }
         let notified = shared.outbox_changed.notified();
         let now = Instant::now();
@@ -465,12 +468,35 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// How long after traffic the path watch keeps looking, and how often.
+const PATH_WATCH_FOR: Duration = Duration::from_secs(2);
+const PATH_WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Looks for a new address seen by the server ([`Shared::check_path`])
+/// every `PATH_WATCH_EVERY` for `PATH_WATCH_FOR` after the last traffic.
+/// The readers look at every frame, but when the server's validation of
+/// the client's new address fails, the frames stop coming: only a look
+/// without one finds the PATH_CHALLENGE that arrived. Idle, it sleeps.
+async fn watch_path(shared: Arc<Shared>, conn: quinn::Connection) -> Result<SessionEnd, Error> {
+    loop {
+        shared.traffic.notified().await;
+        let mut until = Instant::now() + PATH_WATCH_FOR;
+        while Instant::now() < until {
+            tokio::select! {
+                () = tokio::time::sleep(PATH_WATCH_EVERY) => shared.check_path(&conn),
+                () = shared.traffic.notified() => until = Instant::now() + PATH_WATCH_FOR,
+            }
+        }
+    }
+}
+
 async fn write_acks(shared: Arc<Shared>, mut stream: FramedSend) -> Result<SessionEnd, Error> {
     let mut acked = 0;
     loop {
         let notified = shared.taken_changed.notified();
         let taken = shared.taken.load(Ordering::Acquire);
         if taken > acked {
+            shared.traffic.notify_one();
             stream
                 .send(&v1::DeliveryAck {
                     up_to_seq: taken,

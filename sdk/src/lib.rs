@@ -35,8 +35,8 @@
 //!   the embedded store, a window after the seqs were handed out on the
 //!   cluster store) is skipped at once.
 //! - `outbox_store`, `outbox`: sends waiting for acks, resent with the same
-//!   `client_msg_id` on every reconnect, and after an ack timeout once a
-//!   probe proved the connection alive; the
+//!   `client_msg_id` on every reconnect and never twice on one connection
+//!   (an ack timeout probes the connection instead); the
 //!   journal keeps them across app restarts (with
 //!   [`ClientConfig::data_dir`]). `events` ([`Events`]): `sending / sent /
 //!   failed` per send, and connection losses.

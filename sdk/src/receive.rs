@@ -53,6 +53,7 @@ pub(crate) async fn read_deliveries(
             return Ok(());
         };
         shared.check_path(&conn);
+        shared.traffic.notify_one();
         if let Some(signal) = deliver.signal {
             push_signal(&shared, signal);
             continue;

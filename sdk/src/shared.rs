@@ -136,6 +136,9 @@ pub(crate) struct Shared {
     pub(crate) path_challenges: AtomicU64,
     /// Pongs received on the current connection: each proves it alive.
     pub(crate) pongs: watch::Sender<u64>,
+    /// Traffic on the session (a delivery read, an ack written): the path
+    /// watch looks at the connection for a while after it.
+    pub(crate) traffic: Notify,
     /// Ends the current session (or backoff wait) to connect afresh now.
     pub(crate) reconnect_now: Notify,
     /// The current session's connection and its Welcome session id.
@@ -207,6 +210,7 @@ impl Shared {
             probe_deadline: Mutex::new(None),
             path_challenges: AtomicU64::new(0),
             pongs: watch::Sender::new(0),
+            traffic: Notify::new(),
             reconnect_now: Notify::new(),
             current: Mutex::new(None),
             local,
@@ -236,7 +240,9 @@ impl Shared {
     /// dead; a client that only receives would not notice until its next
     /// heartbeat. The probe's ping, sent from the new address, moves the
     /// server back to it, and if no pong comes the client connects afresh.
-    /// Called on every frame the server sends (deliveries, acks, pongs).
+    /// Called on every frame the server sends (deliveries, acks, pongs),
+    /// and by the driver's path watch for a while after traffic: a failed
+    /// validation can leave the client hearing nothing at all.
     pub(crate) fn check_path(&self, conn: &quinn::Connection) {
         let seen = conn.stats().frame_rx.path_challenge;
         if seen > self.path_challenges.swap(seen, Ordering::AcqRel) {

@@ -191,9 +191,13 @@ section! {
         /// waiting out a timeout. Unset: data_dir/endpoint-secret, created on first start (a
         /// single node only: a cluster node refuses to start without it).
         endpoint_secret_file: Option<PathBuf> = None,
-        /// Microseconds between two stateless resets (quinn's guard against reset loops). After a
-        /// restart each old client needs one: 200 resets 5,000 clients a second.
-        reset_interval_us: u64 = 200,
+        /// Microseconds between two stateless resets; packets of unknown connections that arrive
+        /// sooner get none. After a restart every old client needs one, and their retransmissions
+        /// arrive in bursts (a burst is read at one instant: with quinn's default of 20 ms, one
+        /// client of a burst of 25 was reset and the others waited for their next retransmission,
+        /// seconds later). 0: no limit; a reset is always smaller than the packet that caused it,
+        /// so resets cannot amplify or loop.
+        reset_interval_us: u64 = 0,
     }
 }
 
