@@ -44,9 +44,7 @@ pub(crate) mod endpoint {
     #[non_exhaustive]
     pub enum EndpointSecretError {
         /// A cluster node without `quic.endpoint_secret_file`.
-        #[error(
-            "a cluster node needs quic.endpoint_secret_file (the same secret on every node)"
-        )]
+        #[error("a cluster node needs quic.endpoint_secret_file (the same secret on every node)")]
         Missing,
         /// The file could not be read or written.
         #[error("endpoint secret {path}: {source}")]

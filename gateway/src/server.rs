@@ -438,13 +438,7 @@ fn bind_endpoint(
     } else {
         Arc::new(quinn::TokioRuntime)
     };
-    quinn::Endpoint::new(
-        endpoint_config,
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(bind_err)
+    quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)
 }
 
 /// The endpoint's connection-ID and stateless-reset keys, derived from the

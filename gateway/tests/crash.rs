@@ -67,7 +67,10 @@ async fn start_at(dir: &Path, listen: &str, extra: &[String]) -> Node {
         .arg(dir)
         .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
         .args(extra)
-        .env("RUST_LOG", std::env::var("QIM_TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("QIM_TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -318,7 +321,10 @@ impl Progress {
     /// When this client had both a send acked and a message received after
     /// `since` (the later of the two), if it has.
     fn back_after(&self, since: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        let acked = lock(&self.acked).iter().map(|a| a.1).find(|t| *t >= since)?;
+        let acked = lock(&self.acked)
+            .iter()
+            .map(|a| a.1)
+            .find(|t| *t >= since)?;
         let received = lock(&self.received)
             .iter()
             .map(|r| r.1)
@@ -385,13 +391,13 @@ async fn forty_clients_are_back_within_5s_of_each_kill_9_and_nothing_is_lost_or_
     let mut clients = Vec::new();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
-    for i in 0..CLIENTS {
+    for (i, mine) in progress.iter().enumerate() {
         let config = node.config(dir.path(), &user(i), "phone");
         let client = Arc::new(Client::connect(config).await.expect("connect"));
         let to = user((i + 1) % CLIENTS);
         let (c, p, changed, stop) = (
             Arc::clone(&client),
-            Arc::clone(&progress[i]),
+            Arc::clone(mine),
             Arc::clone(&changed_tx),
             Arc::clone(&stop),
         );
@@ -419,7 +425,7 @@ async fn forty_clients_are_back_within_5s_of_each_kill_9_and_nothing_is_lost_or_
         }));
         let (c, p, changed) = (
             Arc::clone(&client),
-            Arc::clone(&progress[i]),
+            Arc::clone(mine),
             Arc::clone(&changed_tx),
         );
         receivers.push(tokio::spawn(async move {
@@ -438,13 +444,7 @@ async fn forty_clients_are_back_within_5s_of_each_kill_9_and_nothing_is_lost_or_
         let restart = tokio::time::Instant::now();
         node = start_at(dir.path(), &listen, &[]).await;
         let ready = restart.elapsed();
-        let back = tokio::time::timeout(bound + Duration::from_secs(1), all_back(&progress, &mut changed, restart, PATIENCE)).await;
-        let back = back.unwrap_or_else(|_| {
-            for (i, c) in clients.iter().enumerate() {
-                eprintln!("{i}: {:?} {:?} {:?} back={:?}", c.state(), c.stats(), c.last_error(), progress[i].back_after(restart).map(|t| t - restart));
-            }
-            panic!("not back");
-        });
+        let back = all_back(&progress, &mut changed, restart, bound).await;
         let slowest = back.iter().max().copied().unwrap_or_default();
         let mut sorted = back.clone();
         sorted.sort();
@@ -463,7 +463,9 @@ async fn forty_clients_are_back_within_5s_of_each_kill_9_and_nothing_is_lost_or_
     }
     for i in 0..CLIENTS {
         let from = (i + CLIENTS - 1) % CLIENTS;
-        let want: Vec<String> = (0..sent[from]).map(|n| format!("{}-{n}", user(from))).collect();
+        let want: Vec<String> = (0..sent[from])
+            .map(|n| format!("{}-{n}", user(from)))
+            .collect();
         let p = &progress[i];
         tokio::time::timeout(PATIENCE, async {
             while lock(&p.received).len() < want.len() {
@@ -471,10 +473,23 @@ async fn forty_clients_are_back_within_5s_of_each_kill_9_and_nothing_is_lost_or_
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("{} got {} of {}", user(i), lock(&p.received).len(), want.len()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} got {} of {}",
+                user(i),
+                lock(&p.received).len(),
+                want.len()
+            )
+        });
         assert_quiet(&clients[i], Duration::from_millis(50)).await;
         let got: Vec<String> = lock(&p.received).iter().map(|r| r.0.clone()).collect();
-        assert_eq!(got, want, "{}: all of {}'s acked sends, in order, once", user(i), user(from));
+        assert_eq!(
+            got,
+            want,
+            "{}: all of {}'s acked sends, in order, once",
+            user(i),
+            user(from)
+        );
     }
     let total: usize = sent.iter().sum();
     println!("{total} messages acked across {RESTARTS} kills, none lost or doubled");

@@ -172,8 +172,7 @@ impl TestGateway {
                     c.store.keyspace = CLUSTER_KEYSPACE.to_owned();
                     c.store.key_prefix = unique("qimtest:");
                     c.store.key_prefix.push(':');
-                    c.quic.endpoint_secret_file =
-                        Some(cluster_endpoint_secret(&c.server.data_dir));
+                    c.quic.endpoint_secret_file = Some(cluster_endpoint_secret(&c.server.data_dir));
                     adjust(c);
                 })
                 .await
