@@ -24,6 +24,7 @@ use crate::ctx::Ctx;
 use crate::fault::{Fault, StreamEnd};
 use crate::limit::Bucket;
 use crate::mutex::lock;
+use crate::path::PathWatch;
 use crate::post::{Sender, post_sends};
 
 /// One chat stream of a session, and what it shares with the session.
@@ -35,6 +36,10 @@ pub(crate) struct ChatStream<'a> {
     pub(crate) sends: &'a Mutex<Bucket>,
     /// To the session's ack stream.
     pub(crate) acks: &'a mpsc::Sender<Box<v1::ServerAck>>,
+    /// Where the client's address is watched (migrations), with the
+    /// connection it is read from.
+    pub(crate) path: &'a Arc<PathWatch>,
+    pub(crate) conn: &'a quinn::Connection,
 }
 
 impl ChatStream<'_> {
@@ -49,7 +54,11 @@ impl ChatStream<'_> {
         loop {
             if backlog.sends.is_empty() {
                 match recv.next::<v1::Send>().await {
-                    Ok(Some(send)) => backlog.push(send),
+                    Ok(Some(send)) => {
+                        self.path
+                            .note(self.conn, &self.ctx.metrics, self.user, self.device);
+                        backlog.push(send);
+                    }
                     Ok(None) => return StreamEnd::Done,
                     Err(e) => return Fault::from_recv(e).into(),
                 }

@@ -76,11 +76,16 @@
 //! - [`auth`]: HMAC-signed login tokens (format `qim2`, and `qim1` still
 //!   verified) and the key ring (rotation); [`tls`]: certificates, including
 //!   development ones made with rcgen; `secrets`: what both write and
-//!   read (owner-only files, the wall clock).
+//!   read (owner-only files, the wall clock), and the endpoint secret
+//!   that the QUIC connection-ID and stateless-reset keys are derived
+//!   from (persistent, the same on every node, so a restarted or another
+//!   node resets old connections at once).
 //! - [`config`]: typed, layered, validated configuration; [`metrics`]:
 //!   Prometheus metrics.
 //! - `mutex`, `deadline`, `udp`: a poison-tolerant lock, an optional
-//!   deadline, the endpoint's receive thread.
+//!   deadline, the endpoint's receive thread; `path`: the client's address
+//!   per session (migrations and failed path validations, counted when
+//!   seen).
 //!
 //! //! # Invariants
 //! - A `SendAck` is written only after the store's `append` returned, i.e.
@@ -109,6 +114,7 @@ mod handshake;
 pub mod limit;
 pub mod metrics;
 mod mutex;
+mod path;
 mod policy;
 mod post;
 mod presence;
@@ -127,4 +133,5 @@ mod usage;
 
 pub use config::Config;
 pub use qim_storage::Stores;
+pub use secrets::endpoint::{EndpointSecretError, create as create_endpoint_secret};
 pub use server::{Gateway, RunError, StartError, StartInfo};

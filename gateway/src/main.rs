@@ -75,6 +75,14 @@ enum Command {
         #[arg(long)]
         spec: Option<PathBuf>,
     },
+    /// Create the endpoint secret file (32 random bytes, base64url, mode
+    /// 0600) unless it exists: give every node of a cluster the same file
+    /// as quic.endpoint_secret_file.
+    EndpointSecret {
+        /// The file.
+        #[arg(long, default_value = "endpoint-secret")]
+        out: PathBuf,
+    },
     /// Create or upgrade the CQL schema (store.cql, store.keyspace,
     /// store.replication); safe to run again and from several nodes.
     Migrate,
@@ -129,6 +137,14 @@ fn main() -> Result<()> {
             let key = minting_key(&config)?;
             let token = key.mint(user, unix_now() + ttl_hours * 3600)?;
             println!("{token}");
+            Ok(())
+        }
+        Some(Command::EndpointSecret { out }) => {
+            if qim_gateway::create_endpoint_secret(out)
+                .with_context(|| format!("endpoint secret {}", out.display()))?
+            {
+                eprintln!("created endpoint secret {}", out.display());
+            }
             Ok(())
         }
         Some(Command::Certs { out, spec }) => {

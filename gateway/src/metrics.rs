@@ -65,6 +65,9 @@ pub struct Metrics {
     pub admin_refusals: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Route endpoint requests refused for the per-address rate.
     pub route_requests_limited: Counter,
+    /// Migrations whose path validation failed: quinn fell back to the
+    /// client's previous address (see `path`).
+    pub path_fallbacks: Counter,
     /// Seconds from a Send frame's arrival to its ack being written.
     pub ack_latency: Histogram,
     /// Seconds a store append batch took.
@@ -117,6 +120,7 @@ impl Metrics {
             chat_backlog_bytes: Gauge::default(),
             admin_refusals: Family::default(),
             route_requests_limited: Counter::default(),
+            path_fallbacks: Counter::default(),
             ack_latency: latency(),
             store_latency: latency(),
             quota_refusals: Family::default(),
@@ -204,7 +208,7 @@ impl Metrics {
         );
         registry.register(
             "migrations",
-            "Sessions whose client address changed (connection migration)",
+            "Client address changes of sessions (connection migrations), counted when seen",
             m.migrations.clone(),
         );
         registry.register(
@@ -236,6 +240,11 @@ impl Metrics {
             "route_requests_limited",
             "Route endpoint requests refused for the per-address rate",
             m.route_requests_limited.clone(),
+        );
+        registry.register(
+            "path_fallbacks",
+            "Migrations whose path validation failed (back at the client's previous address)",
+            m.path_fallbacks.clone(),
         );
         registry.register(
             "ack_latency_seconds",

@@ -41,6 +41,10 @@ pub enum StartError {
         /// The failure.
         source: crate::auth::KeyError,
     },
+    /// The endpoint secret could not be read or created, or is missing or
+    /// short on a cluster node.
+    #[error(transparent)]
+    EndpointSecret(#[from] crate::secrets::endpoint::EndpointSecretError),
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] qim_storage::StoreError),
@@ -421,11 +425,12 @@ fn bind_endpoint(
     server.transport_config(Arc::new(transport));
     server.migration(true);
 
+    let endpoint_config = endpoint_config(config)?;
     let addr = config.server.listen;
     let bind_err = |source| StartError::Bind { addr, source };
     if let Some(socket) = socket {
         return quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -457,11 +462,28 @@ fn bind_endpoint(
     } else {
         Arc::new(quinn::TokioRuntime)
     };
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(bind_err)
+    quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)
+}
+
+/// The endpoint's connection-ID and stateless-reset keys, derived from the
+/// persistent endpoint secret rather than drawn per process: a restarted
+/// node, or another node of the cluster, then takes an old connection's
+/// packet for one of its own IDs and answers it with a stateless reset, so
+/// the client reconnects at once instead of waiting for its idle timeout.
+fn endpoint_config(config: &Config) -> Result<quinn::EndpointConfig, StartError> {
+    use crate::secrets::endpoint;
+    let (keys, created) = endpoint::load(
+        config.quic.endpoint_secret_file.as_deref(),
+        config.store.redis.is_some(),
+        &config.server.data_dir,
+    )?;
+    if created {
+        info!("created the endpoint secret (connection-ID and stateless-reset keys)");
+    }
+    let cid = keys.cid;
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(keys.reset));
+    endpoint
+        .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid)))
+        .min_reset_interval(Duration::from_micros(config.quic.reset_interval_us));
+    Ok(endpoint)
 }

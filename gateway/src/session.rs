@@ -28,6 +28,7 @@ use crate::delivery::Delivery;
 use crate::fault::{Fault, StreamEnd};
 use crate::limit::Bucket;
 use crate::mutex::lock;
+use crate::path::PathWatch;
 use crate::presence;
 use crate::push;
 use crate::rpc::{Caller, dispatch};
@@ -38,9 +39,8 @@ pub(crate) struct Session {
     pub(crate) device: String,
     /// This node's id of the session.
     pub(crate) id: u64,
-    /// The client's address as last seen; it changes when the client
-    /// migrates the connection (new network), counted in `migrations`.
-    remote: Mutex<std::net::SocketAddr>,
+    /// The client's address as last seen: migrations and fallbacks.
+    path: Arc<PathWatch>,
     /// Milliseconds since `started` of the last Ping.
     last_beat_ms: AtomicU64,
     /// The interval the client announced with its last Ping, clamped.
@@ -270,7 +270,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
         user: user.clone(),
         device: device.clone(),
         id: session_id,
-        remote: Mutex::new(conn.remote_address()),
+        path: Arc::new(PathWatch::new(conn.remote_address())),
         last_beat_ms: AtomicU64::new(0),
         beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
         started: Instant::now(),
@@ -592,6 +592,8 @@ impl Streams {
                     device: &self.session.device,
                     sends: &self.session.sends,
                     acks: &self.server_acks,
+                    path: &self.session.path,
+                    conn: &self.conn,
                 };
                 stream.serve(recv).await
             }
@@ -628,20 +630,18 @@ impl Streams {
         }
     }
 
-    /// Counts a connection migration when the client's address changed.
+    /// Counts a migration or fallback when the client's address changed.
     fn note_address(&self) {
-        let now = self.conn.remote_address();
-        let before = std::mem::replace(&mut *lock(&self.session.remote), now);
-        if before != now {
-            info!(user = %self.session.user, device = %self.session.device, from = %before, to = %now, "client migrated the connection");
-            self.ctx.metrics.migrations.inc();
-        }
+        let s = &self.session;
+        s.path
+            .note(&self.conn, &self.ctx.metrics, &s.user, &s.device);
     }
 
     async fn delivery_acks(self, mut recv: FramedRecv) -> StreamEnd {
         loop {
             match recv.next::<v1::DeliveryAck>().await {
                 Ok(Some(ack)) => {
+                    self.note_address();
                     if self.delivery_acks.send(Box::new(ack)).await.is_err() {
                         return StreamEnd::Done;
                     }

@@ -69,6 +69,8 @@ struct Shared {
     cert: PathBuf,
     key: PathBuf,
     secret: PathBuf,
+    /// The endpoint secret every node is configured with.
+    endpoint_secret: PathBuf,
     tokens: TokenKey,
     /// Prefix of the routing keys (`cluster.key_prefix`).
     prefix: String,
@@ -92,6 +94,7 @@ impl Shared {
             cert: certs.server_cert,
             key: certs.server_key,
             secret,
+            endpoint_secret: common::cluster_endpoint_secret(dir.path()),
             tokens,
             prefix: format!("qimtest-{tag}"),
             store_prefix: format!("qimtest:{tag}:"),
@@ -108,6 +111,7 @@ impl Shared {
         config.tls.cert = Some(self.cert.clone());
         config.tls.key = Some(self.key.clone());
         config.auth.secret_file = Some(self.secret.clone());
+        config.quic.endpoint_secret_file = Some(self.endpoint_secret.clone());
         config.store.redis = Some(redis_url());
         config.store.cql = Some(cql_nodes());
         config.store.keyspace = KEYSPACE.to_owned();
@@ -773,6 +777,11 @@ async fn spawn_node(shared: &Shared, name: &str) -> Child {
         .arg(format!(
             "auth.secret_file={}",
             toml(&shared.secret.display().to_string())
+        ))
+        .arg("--set")
+        .arg(format!(
+            "quic.endpoint_secret_file={}",
+            toml(&shared.endpoint_secret.display().to_string())
         ))
         .arg("--set")
         .arg(format!("store.keyspace={}", toml(KEYSPACE)))

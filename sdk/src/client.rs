@@ -173,8 +173,9 @@ impl Client {
     /// Sends a message and waits until the server has stored it durably.
     ///
     /// While unacknowledged it is written again, with the same
-    /// `client_msg_id`, after `ack_timeout` and on every reconnect; the
-    /// server stores it once. Returns [`Error::Timeout`] after
+    /// `client_msg_id`, on every reconnect (an `ack_timeout` without its
+    /// ack probes the connection and reconnects if it does not answer);
+    /// the server stores it once. Returns [`Error::Timeout`] after
     /// `send_timeout`, and a typed [`Error::Rejected`] if the server refuses
     /// it for good.
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<SendReceipt, Error> {
@@ -367,7 +368,7 @@ impl Client {
         if lock(&shared.current).is_some() {
             info!(local = ?shared.endpoint.local_addr().ok(), "network changed; migrating the connection");
             shared.migrations.fetch_add(1, Ordering::Relaxed);
-            shared.probe.notify_one();
+            shared.request_probe(shared.config.migration_timeout);
         } else {
             // Cut a backoff wait short; an attempt under way goes on (no
             // permit is stored that would end its session later).
@@ -391,7 +392,7 @@ impl Client {
         };
         if foreground && !was {
             if lock(&shared.current).is_some() {
-                shared.probe.notify_one();
+                shared.request_probe(shared.config.migration_timeout);
             } else {
                 shared.reconnect_now.notify_waiters();
             }

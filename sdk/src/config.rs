@@ -68,13 +68,27 @@ pub struct ClientConfig {
     pub resume_from: u64,
     /// Time allowed for a connection and login.
     pub connect_timeout: Duration,
-    /// A send without an ack this long is sent again (same `client_msg_id`).
+    /// A send without an ack this long makes the client probe the
+    /// connection (a ping with the `probe_timeout` deadline): if no pong
+    /// comes, the client connects afresh and sends it there (same
+    /// `client_msg_id`); if one comes, it waits another `ack_timeout` (a
+    /// live connection delivers what it accepted). A send is never written
+    /// twice on one connection. Short, because a gateway that crashed after
+    /// taking a send leaves the client nothing else to notice: that much
+    /// sooner it is back.
     pub ack_timeout: Duration,
     /// A send gives up (and returns [`Error::Timeout`](crate::Error::Timeout))
     /// after this long.
     pub send_timeout: Duration,
     /// A ping without a pong this long means the connection is dead.
     pub pong_timeout: Duration,
+    /// How long a probe waits for its pong (at least four round trips)
+    /// before the client gives up on the connection and connects afresh.
+    /// The client probes when a send waited `ack_timeout` for its ack, and
+    /// when the server started validating a new address of the client (a
+    /// NAT rebinding): if the server falls back to the old, dead address,
+    /// the client would otherwise hear nothing until its next heartbeat.
+    pub probe_timeout: Duration,
     /// First reconnect delay; doubles per failed attempt, with jitter.
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
@@ -155,9 +169,10 @@ impl ClientConfig {
             platform: Platform::default(),
             resume_from: 0,
             connect_timeout: Duration::from_secs(10),
-            ack_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(2),
             send_timeout: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(10),
+            probe_timeout: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             max_pending_sends: 4096,

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::connect::{Established, establish, resolve};
 use crate::events::ClientEvent;
 use crate::receive;
-use crate::shared::{ConnectionState, Shared};
+use crate::shared::{ConnectionState, Shared, probe_deadline};
 use crate::sync::lock;
 use crate::token;
 use crate::{ClientConfig, Error};
@@ -213,6 +213,11 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         .as_ref()
         .map_or(qim_proto::DEFAULT_MAX_FRAME, |l| l.max_frame_bytes as usize);
     *lock(&shared.current) = Some((conn.clone(), welcome.session_id.clone()));
+    shared
+        .path_challenges
+        .store(conn.stats().frame_rx.path_challenge, Ordering::Release);
+    // A probe asked for on the last connection is moot on this one.
+    shared.take_probe();
     shared.state.send_replace(ConnectionState::Connected);
     shared.conn.send_replace(Some(conn.clone()));
     info!(user = %welcome.user_id, session = %welcome.session_id, head = welcome.inbox_head, "connected");
@@ -230,11 +235,13 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     };
     tasks.spawn(heartbeat(
         Arc::clone(shared),
+        conn.clone(),
         FramedSend::new(hb_send, StreamKind::Heartbeat, max_frame),
         FramedRecv::new(hb_recv, max_frame),
     ));
     tasks.spawn(write_chat(
         Arc::clone(shared),
+        conn.clone(),
         FramedSend::new(chat, StreamKind::Chat, max_frame),
         generation,
     ));
@@ -252,6 +259,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     ));
     let (s, c) = (Arc::clone(shared), conn.clone());
     tasks.spawn(async move { receive::watch_gaps(s, c).await.map(|never| match never {}) });
+    tasks.spawn(watch_path(Arc::clone(shared), conn.clone()));
 
     let mut closing = shared.closing.subscribe();
     let reconnect = shared.reconnect_now.notified();
@@ -345,16 +353,23 @@ async fn next_end(tasks: &mut JoinSet<Result<SessionEnd, Error>>) -> SessionEnd 
 }
 
 /// Pings at the adaptive interval, announcing it to the server, and fails
-/// the session when a pong is late. A probe (network change, foreground)
-/// pings at once; after a network change the pong must come within
-/// `migration_timeout`, or the migrated path is taken as broken.
+/// the session when a pong is late. A probe ([`Shared::request_probe`]:
+/// network change, foreground, an ack timeout, a new address seen by the
+/// server) pings at once, or tightens the deadline of the ping already
+/// out, and the pong must come within the probe's deadline, or the
+/// connection is taken as dead. While the server is still validating this
+/// client's new address (the pong came with a PATH_CHALLENGE), the probe
+/// goes on: if the validation fails the server falls back to the old,
+/// dead address, and only a ping from the new one brings it back.
 async fn heartbeat(
     shared: Arc<Shared>,
+    conn: quinn::Connection,
     mut send: FramedSend,
     mut recv: FramedRecv,
 ) -> Result<SessionEnd, Error> {
     let mut n = 0u64;
-    let mut probing = false;
+    // The deadline of the probe under way, if one is.
+    let mut probing: Option<Duration> = None;
     loop {
         n += 1;
         let interval = lock(&shared.heartbeat).interval();
@@ -364,43 +379,94 @@ async fn heartbeat(
             next_within_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
         };
         send.send(&ping).await?;
-        let pong_timeout = if probing {
-            shared.config.migration_timeout
-        } else {
-            shared
-                .config
-                .pong_timeout
-                .min(interval.max(Duration::from_millis(500)))
+        let challenges = conn.stats().frame_rx.path_challenge;
+        let sent = Instant::now();
+        let mut deadline = sent
+            + probing.unwrap_or_else(|| {
+                shared
+                    .config
+                    .pong_timeout
+                    .min(interval.max(Duration::from_millis(500)))
+            });
+        let pong = {
+            let next = recv.next::<v1::Pong>();
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    pong = &mut next => break Some(pong),
+                    () = tokio::time::sleep_until(deadline) => break None,
+                    () = shared.probe.notified() => {
+                        // A probe while this ping is out: this ping is it.
+                        if let Some(d) = shared.take_probe() {
+                            deadline = deadline.min(Instant::now() + d);
+                            probing = Some(d);
+                        }
+                    }
+                }
+            }
         };
-        match tokio::time::timeout(pong_timeout, recv.next::<v1::Pong>()).await {
-            Ok(Ok(Some(_))) => lock(&shared.heartbeat).on_pong(std::time::Instant::now()),
-            Ok(Ok(None)) => return Ok(SessionEnd::PeerFinished("heartbeat")),
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) if probing => {
+        match pong {
+            Some(Ok(Some(_))) => {
+                lock(&shared.heartbeat).on_pong(std::time::Instant::now());
+                shared.pongs.send_modify(|n| *n += 1);
+            }
+            Some(Ok(None)) => return Ok(SessionEnd::PeerFinished("heartbeat")),
+            Some(Err(e)) => return Err(e.into()),
+            None if probing.is_some() => {
                 return Err(Error::Network(
-                    "the connection did not answer over the new network path".into(),
+                    "the connection did not answer a probe".into(),
                 ));
             }
-            Err(_) => return Err(Error::Network("no pong in time".into())),
+            None => return Err(Error::Network("no pong in time".into())),
         }
-        if probing {
-            debug!("network path validated; connection migrated");
+        if probing.is_some() && conn.stats().frame_rx.path_challenge > challenges {
+            // The pong came over a path the server has not validated yet:
+            // probe again until it has (or fell back, and the next pong
+            // does not come).
+            debug!("the server is still validating our address; probing again");
+            tokio::time::sleep(conn.rtt().max(PROBE_SPACING)).await;
+            continue;
         }
-        probing = false;
+        if probing.take().is_some() {
+            debug!("probe answered; the connection is alive");
+        }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            () = shared.probe.notified() => probing = true,
+            () = shared.probe.notified() => {
+                probing = Some(shared.take_probe().unwrap_or(shared.config.probe_timeout));
+            }
         }
     }
 }
 
+/// The least time between two probes of one path validation.
+const PROBE_SPACING: Duration = Duration::from_millis(50);
+
+/// Writes the outbox's sends. A send that waited `ack_timeout` for its ack
+/// is not written again on the same connection, which may be dead: the
+/// connection is probed, and nothing more is written on it until a pong
+/// proved it alive (then the send waits another `ack_timeout`: QUIC
+/// delivers what a live connection accepted). If no pong comes, the
+/// heartbeat task ends the session, and the next connection sends
+/// everything unacked with the same `client_msg_id`s.
 async fn write_chat(
     shared: Arc<Shared>,
+    conn: quinn::Connection,
     mut stream: FramedSend,
     generation: u64,
 ) -> Result<SessionEnd, Error> {
     let ack_timeout = shared.config.ack_timeout;
+    let mut pongs = shared.pongs.subscribe();
     loop {
+        let overdue = lock(&shared.outbox).overdue(generation, Instant::now(), ack_timeout);
+        if overdue {
+            debug!("a send waited the ack timeout; probing the connection before resending");
+            let before = *pongs.borrow_and_update();
+            shared.request_probe(probe_deadline(&shared.config, &conn));
+            // Ends with the session when no pong comes.
+            let _ = pongs.wait_for(|n| *n > before).await;
+            lock(&shared.outbox).rearm(Instant::now(), ack_timeout);
+        }
         let notified = shared.outbox_changed.notified();
         let now = Instant::now();
         let (due, wake) = {
@@ -446,12 +512,35 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// How long after traffic the path watch keeps looking, and how often.
+const PATH_WATCH_FOR: Duration = Duration::from_secs(2);
+const PATH_WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Looks for a new address seen by the server ([`Shared::check_path`])
+/// every `PATH_WATCH_EVERY` for `PATH_WATCH_FOR` after the last traffic.
+/// The readers look at every frame, but when the server's validation of
+/// the client's new address fails, the frames stop coming: only a look
+/// without one finds the PATH_CHALLENGE that arrived. Idle, it sleeps.
+async fn watch_path(shared: Arc<Shared>, conn: quinn::Connection) -> Result<SessionEnd, Error> {
+    loop {
+        shared.traffic.notified().await;
+        let mut until = Instant::now() + PATH_WATCH_FOR;
+        while Instant::now() < until {
+            tokio::select! {
+                () = tokio::time::sleep(PATH_WATCH_EVERY) => shared.check_path(&conn),
+                () = shared.traffic.notified() => until = Instant::now() + PATH_WATCH_FOR,
+            }
+        }
+    }
+}
+
 async fn write_acks(shared: Arc<Shared>, mut stream: FramedSend) -> Result<SessionEnd, Error> {
     let mut acked = 0;
     loop {
         let notified = shared.taken_changed.notified();
         let taken = shared.taken.load(Ordering::Acquire);
         if taken > acked {
+            shared.traffic.notify_one();
             stream
                 .send(&v1::DeliveryAck {
                     up_to_seq: taken,
@@ -532,7 +621,7 @@ async fn read_server_stream(
     let kind = read_preamble(&mut stream).await?;
     let recv = FramedRecv::new(stream, max_frame);
     match kind {
-        StreamKind::Ack => read_server_acks(shared, recv).await,
+        StreamKind::Ack => read_server_acks(shared, conn, recv).await,
         StreamKind::Delivery => receive::read_deliveries(shared, conn, recv)
             .await
             .map(|()| SessionEnd::PeerFinished("delivery")),
@@ -540,8 +629,13 @@ async fn read_server_stream(
     }
 }
 
-async fn read_server_acks(shared: Arc<Shared>, mut recv: FramedRecv) -> Result<SessionEnd, Error> {
+async fn read_server_acks(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut recv: FramedRecv,
+) -> Result<SessionEnd, Error> {
     while let Some(ack) = recv.next::<v1::ServerAck>().await? {
+        shared.check_path(&conn);
         match ack.kind {
             Some(server_ack::Kind::Ack(ack)) => lock(&shared.outbox).acked(&ack),
             Some(server_ack::Kind::Nack(nack)) => {

@@ -35,7 +35,8 @@
 //!   the embedded store, a window after the seqs were handed out on the
 //!   cluster store) is skipped at once.
 //! - `outbox_store`, `outbox`: sends waiting for acks, resent with the same
-//!   `client_msg_id` after an ack timeout and on every reconnect; the
+//!   `client_msg_id` on every reconnect and never twice on one connection
+//!   (an ack timeout probes the connection instead); the
 //!   journal keeps them across app restarts (with
 //!   [`ClientConfig::data_dir`]). `events` ([`Events`]): `sending / sent /
 //!   failed` per send, and connection losses.
@@ -51,7 +52,8 @@
 //! - `connect`: the QUIC endpoint (`bind_endpoint`, the one place it is
 //!   made) and TLS settings, one login, 0-RTT.
 //! - `driver`: keeps one session up, reconnects with exponential backoff
-//!   and jitter, runs the per-stream tasks of a session.
+//!   and jitter, runs the per-stream tasks of a session; its heartbeat
+//!   task runs the probes (`Shared::request_probe`).
 //! - `client`: the public API, [`Client`] and its methods, and
 //!   `Client::rpc` (waits for a connection, then the rpc exchange).
 //!
@@ -85,6 +87,14 @@
 //! - The heartbeat interval adapts to what the network's NAT allows, within
 //!   the server's bounds; [`Client::set_foreground`] shortens it while the
 //!   app is in front.
+//! - Liveness is probed, not assumed: a send without an ack for
+//!   [`ClientConfig::ack_timeout`], or a new address of the client seen by
+//!   the server (a NAT rebinding: a PATH_CHALLENGE arrived), makes the
+//!   client ping at once with a short deadline
+//!   ([`ClientConfig::probe_timeout`]); without a pong it connects afresh,
+//!   and nothing is resent on a connection that has not answered. A
+//!   crashed and restarted gateway answers the old connection with a
+//!   stateless reset, which ends it at once.
 //!
 //! # Guarantees
 //! - `send` resolves `Ok` only when the server has stored the message.

@@ -142,7 +142,11 @@ impl Outbox {
     }
 
     /// What to write now on connection `generation`, in order: everything not
-    /// yet written on it, and whatever waited `ack_timeout` for its ack.
+    /// yet written on it (all of it again on a new connection), and refused
+    /// sends whose retry time came. A send is never written twice on one
+    /// connection: one that waits too long for its ack makes the connection
+    /// be probed ([`overdue`](Self::overdue)), and QUIC delivers what a live
+    /// connection accepted.
     pub(crate) fn due(
         &mut self,
         generation: u64,
@@ -164,15 +168,6 @@ impl Outbox {
                 .iter()
                 .filter(|o| self.entries.get(o).is_some_and(|p| p.sent_at.is_some()))
                 .count() as u64;
-        }
-        while let Some(&(due, order)) = self.timeouts.front() {
-            if due > now {
-                break;
-            }
-            self.timeouts.pop_front();
-            if self.is_current(order, due, ack_timeout) && self.unsent.insert(order) {
-                self.resent += 1;
-            }
         }
         while let Some(&(at, order)) = self.retries.first() {
             if at > now {
@@ -201,6 +196,40 @@ impl Outbox {
             self.timeouts.pop_front();
         }
         out
+    }
+
+    /// Whether a send written on connection `generation` has waited
+    /// `ack_timeout` for its ack by `now`: the connection may be dead, and
+    /// it is probed before anything is written on it again.
+    pub(crate) fn overdue(&mut self, generation: u64, now: Instant, ack_timeout: Duration) -> bool {
+        if generation != self.generation {
+            // Not written on this connection yet.
+            return false;
+        }
+        while let Some(&(due, order)) = self.timeouts.front() {
+            if self.is_current(order, due, ack_timeout) {
+                return due <= now;
+            }
+            self.timeouts.pop_front();
+        }
+        false
+    }
+
+    /// The connection answered a probe: the sends that waited `ack_timeout`
+    /// wait another one on it (their bytes are with the server).
+    pub(crate) fn rearm(&mut self, now: Instant, ack_timeout: Duration) {
+        while let Some(&(due, order)) = self.timeouts.front() {
+            if due > now {
+                break;
+            }
+            self.timeouts.pop_front();
+            if self.is_current(order, due, ack_timeout) {
+                if let Some(p) = self.entries.get_mut(&order) {
+                    p.sent_at = Some(now);
+                    self.timeouts.push_back((now + ack_timeout, order));
+                }
+            }
+        }
     }
 
     /// Whether a timeout entry still stands for the send's last write.
@@ -354,11 +383,18 @@ mod tests {
             "all again on a new connection"
         );
         assert_eq!(ob.next_due(), Some(now + t));
-        assert_eq!(
-            ids(&ob.due(2, now + t, t)),
-            ["a", "b"],
-            "again after the ack timeout"
+        assert!(!ob.overdue(2, now + t - Duration::from_millis(1), t));
+        assert!(ob.overdue(2, now + t, t), "waited the ack timeout");
+        assert!(!ob.overdue(3, now + t, t), "not written on connection 3");
+        assert!(
+            ob.due(2, now + t, t).is_empty(),
+            "never twice on one connection"
         );
+        // The connection answered a probe: another ack timeout to wait.
+        ob.rearm(now + t, t);
+        assert!(!ob.overdue(2, now + t, t));
+        assert_eq!(ob.next_due(), Some(now + t + t));
+        assert!(ob.overdue(2, now + t + t, t));
         ob.acked(&v1::SendAck {
             client_msg_id: "a".into(),
             msg_id: "m".into(),

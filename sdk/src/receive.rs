@@ -54,6 +54,8 @@ pub(crate) async fn read_deliveries(
         let Some(deliver) = recv.next::<v1::Deliver>().await? else {
             return Ok(());
         };
+        shared.check_path(&conn);
+        shared.traffic.notify_one();
         if let Some(signal) = deliver.signal {
             push_signal(&shared, signal);
             continue;

@@ -10,9 +10,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, broadcast, watch};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::events::{ClientEvent, EVENT_BUFFER};
 use crate::heartbeat::{AdaptiveHeartbeat, HeartbeatBounds};
@@ -59,6 +60,12 @@ pub struct Stats {
     /// Network changes that kept the connection (migrated it to a new
     /// socket) instead of connecting afresh.
     pub migrations: u64,
+}
+
+/// A probe's deadline on `conn`: `probe_timeout`, and at least four
+/// round trips.
+pub(crate) fn probe_deadline(config: &ClientConfig, conn: &quinn::Connection) -> Duration {
+    config.probe_timeout.max(conn.rtt() * 4)
 }
 
 /// Signals kept for the app at most; the oldest is dropped beyond.
@@ -122,8 +129,18 @@ pub(crate) struct Shared {
     pub(crate) first_events: Mutex<Option<broadcast::Receiver<ClientEvent>>>,
     /// The heartbeat interval, learnt across connections.
     pub(crate) heartbeat: Mutex<AdaptiveHeartbeat>,
-    /// Wakes the heartbeat task to ping now (network change, foreground).
+    /// Wakes the heartbeat task to ping now (see [`Shared::request_probe`]).
     pub(crate) probe: Notify,
+    /// The deadline of the probe asked for and not yet started.
+    pub(crate) probe_deadline: Mutex<Option<Duration>>,
+    /// PATH_CHALLENGE frames received on the current connection so far
+    /// (see [`Shared::check_path`]).
+    pub(crate) path_challenges: AtomicU64,
+    /// Pongs received on the current connection: each proves it alive.
+    pub(crate) pongs: watch::Sender<u64>,
+    /// Traffic on the session (a delivery read, an ack written): the path
+    /// watch looks at the connection for a while after it.
+    pub(crate) traffic: Notify,
     /// Ends the current session (or backoff wait) to connect afresh now.
     pub(crate) reconnect_now: Notify,
     /// The current session's connection and its Welcome session id.
@@ -193,10 +210,48 @@ impl Shared {
             first_events: Mutex::new(Some(first_events)),
             heartbeat: Mutex::new(AdaptiveHeartbeat::new(HeartbeatBounds::from_wire(None))),
             probe: Notify::new(),
+            probe_deadline: Mutex::new(None),
+            path_challenges: AtomicU64::new(0),
+            pongs: watch::Sender::new(0),
+            traffic: Notify::new(),
             reconnect_now: Notify::new(),
             current: Mutex::new(None),
             local,
         }))
+    }
+
+    /// Asks the heartbeat task to ping now and to drop the connection if no
+    /// pong comes within `deadline` (the longer one when two probes are
+    /// asked for before it starts).
+    pub(crate) fn request_probe(&self, deadline: Duration) {
+        {
+            let mut pending = lock(&self.probe_deadline);
+            *pending = Some(pending.map_or(deadline, |d| d.max(deadline)));
+        }
+        self.probe.notify_one();
+    }
+
+    /// The deadline of the probe asked for, if any, taking it.
+    pub(crate) fn take_probe(&self) -> Option<Duration> {
+        lock(&self.probe_deadline).take()
+    }
+
+    /// Probes `conn` when the server started validating a new address of
+    /// this client since the last check (a PATH_CHALLENGE arrived: the
+    /// server saw it at a new address, a NAT rebinding). Should that
+    /// validation fail, the server falls back to the old address, which is
+    /// dead; a client that only receives would not notice until its next
+    /// heartbeat. The probe's ping, sent from the new address, moves the
+    /// server back to it, and if no pong comes the client connects afresh.
+    /// Called on every frame the server sends (deliveries, acks, pongs),
+    /// and by the driver's path watch for a while after traffic: a failed
+    /// validation can leave the client hearing nothing at all.
+    pub(crate) fn check_path(&self, conn: &quinn::Connection) {
+        let seen = conn.stats().frame_rx.path_challenge;
+        if seen > self.path_challenges.swap(seen, Ordering::AcqRel) {
+            debug!("the server is validating a new address of ours; probing");
+            self.request_probe(probe_deadline(&self.config, conn));
+        }
     }
 
     /// The largest frame the server accepts (from its last Welcome).

@@ -63,6 +63,13 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
         )?;
     }
     let secret = dir.join("token-secret");
+    let endpoint_secret = dir.join("endpoint-secret");
+    crate::run(
+        Command::new(&bin)
+            .args(["endpoint-secret", "--out"])
+            .arg(&endpoint_secret)
+            .stdout(Stdio::null()),
+    )?;
     let common: Vec<String> = vec![
         "--redis".into(),
         redis.clone(),
@@ -74,6 +81,11 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
         format!("tls.key={}", toml_string(&certs.join("server.key"))),
         "--set".into(),
         format!("auth.secret_file={}", toml_string(&secret)),
+        "--set".into(),
+        format!(
+            "quic.endpoint_secret_file={}",
+            toml_string(&endpoint_secret)
+        ),
         "--set".into(),
         format!("cluster.strategy=\"{}\"", options.strategy),
     ];

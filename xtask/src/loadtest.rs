@@ -209,6 +209,13 @@ impl RunningCluster {
                 .arg(&certs)
                 .stdout(Stdio::null()),
         )?;
+        let endpoint_secret = dir.join("endpoint-secret");
+        crate::run(
+            Command::new(binary)
+                .args(["endpoint-secret", "--out"])
+                .arg(&endpoint_secret)
+                .stdout(Stdio::null()),
+        )?;
         // Fresh Redis keys for every run, so nodes and routes of an earlier
         // run are never seen; the keyspace is shared (users are new too).
         let run = format!("lt{:08x}", std::process::id() ^ unix_nanos());
@@ -226,6 +233,7 @@ impl RunningCluster {
             format!("tls.cert={}", quote(&certs.join("server.pem"))),
             format!("tls.key={}", quote(&certs.join("server.key"))),
             format!("auth.secret_file={}", quote(&dir.join("token-secret"))),
+            format!("quic.endpoint_secret_file={}", quote(&endpoint_secret)),
         ] {
             common.extend(["--set".into(), s]);
         }

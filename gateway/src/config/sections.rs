@@ -209,6 +209,20 @@ section! {
         /// cores shared with the load generator it ended the socket's drops in a reconnect storm
         /// but gained no speed (BENCHMARKS.md); for machines with a core to spare.
         receive_thread: bool = false,
+        /// File with the base64url endpoint secret (at least 32 bytes) that the connection-ID and
+        /// stateless-reset keys are derived from. Give every node of a cluster the same file:
+        /// then a restarted node, or another one, answers a client's packet of a connection it
+        /// does not hold with a stateless reset, and the client reconnects at once instead of
+        /// waiting out a timeout. Unset: data_dir/endpoint-secret, created on first start (a
+        /// single node only: a cluster node refuses to start without it).
+        endpoint_secret_file: Option<PathBuf> = None,
+        /// Microseconds between two stateless resets; packets of unknown connections that arrive
+        /// sooner get none. After a restart every old client needs one, and their retransmissions
+        /// arrive in bursts (a burst is read at one instant: with quinn's default of 20 ms, one
+        /// client of a burst of 25 was reset and the others waited for their next retransmission,
+        /// seconds later). 0: no limit; a reset is always smaller than the packet that caused it,
+        /// so resets cannot amplify or loop.
+        reset_interval_us: u64 = 0,
     }
 }
 

@@ -34,6 +34,19 @@ pub enum Backend {
 /// prefixes are unique per test, so tests share it without cleanup.
 pub const CLUSTER_KEYSPACE: &str = "qim_gateway_test";
 
+/// Writes the endpoint secret of a test cluster under `dir` and returns
+/// its path: every node of a cluster needs one (`quic.endpoint_secret_file`),
+/// and the same bytes on every node give them the same connection-ID and
+/// stateless-reset keys.
+pub fn cluster_endpoint_secret(dir: &std::path::Path) -> std::path::PathBuf {
+    use base64::Engine as _;
+    std::fs::create_dir_all(dir).expect("data dir");
+    let path = dir.join("cluster-endpoint-secret");
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0x51u8; 32]);
+    std::fs::write(&path, secret).expect("endpoint secret");
+    path
+}
+
 /// A service address the test needs; fails (never skips) when unset.
 pub fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -189,6 +202,7 @@ impl TestGateway {
                     c.store.keyspace = CLUSTER_KEYSPACE.to_owned();
                     c.store.key_prefix = unique("qimtest:");
                     c.store.key_prefix.push(':');
+                    c.quic.endpoint_secret_file = Some(cluster_endpoint_secret(&c.server.data_dir));
                     adjust(c);
                 })
                 .await

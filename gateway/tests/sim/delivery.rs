@@ -10,6 +10,8 @@ use qim_proto::v1;
 use tokio::time::Instant;
 
 use crate::common::{join_in_order, text};
+use qim_sdk::ConnectionState;
+
 use crate::harness::{Sim, assert_elapsed, beat, next_within};
 
 /// The gateway's defaults: 5 s, doubling, at most 60 s.
@@ -128,13 +130,16 @@ async fn a_gap_that_stays_empty_is_skipped_after_gap_skip_after_and_not_before()
 }
 
 /// A send whose ack does not come within the SDK's `ack_timeout` (its
-/// packets lost in a partition) is written again at that timeout, with the
-/// same id, and stored and delivered once.
+/// packets lost in a partition) is not written again on the same
+/// connection: the client probes it at once, and when no pong comes within
+/// `probe_timeout` it drops the connection, connects afresh once the
+/// network is back and sends it there with the same id: stored and
+/// delivered once.
 #[tokio::test(start_paused = true)]
-async fn a_send_without_an_ack_is_written_again_at_the_ack_timeout_and_stored_once() {
+async fn an_ack_timeout_probes_and_the_send_goes_again_only_on_a_new_connection() {
     let sim = Sim::new();
     let gw = sim.gateway(|_| {}).await;
-    let ack_timeout = gw.client_config("alice", "alice-phone").ack_timeout;
+    let config = gw.client_config("alice", "alice-phone");
     let (alice, alice_host) = gw.client_on_host("alice", "alice-phone").await;
     let bob = gw.client("bob", "bob-phone").await;
     // Simulated time: past the login's first ping and pong; the next is
@@ -142,17 +147,32 @@ async fn a_send_without_an_ack_is_written_again_at_the_ack_timeout_and_stored_on
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     sim.net().partition(alice_host, gw.addr.ip());
+    let sent = tokio::time::Instant::now();
     let mut send = pin!(alice.send("bob".into(), "once".into()));
-    let early = ack_timeout - Duration::from_millis(10);
+    let early = config.ack_timeout - Duration::from_millis(10);
     let unacked = tokio::time::timeout(early, &mut send).await;
     assert!(unacked.is_err(), "no ack through a partition");
-    assert_eq!(alice.stats().sends_resent, 0, "not before the ack timeout");
-    // Simulated time is the subject: step just past the ack timeout.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(alice.state(), ConnectionState::Connected);
+    // The ack timeout probes; the probe's deadline ends the connection.
+    let dropped = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut states = alice.watch_state();
+        while states.current() == ConnectionState::Connected {
+            states.changed().await.expect("client alive");
+        }
+    });
+    tokio::select! {
+        _ = &mut send => panic!("acked through a partition"),
+        done = dropped => done.expect("the dead connection is dropped"),
+    }
+    assert_elapsed(
+        sent,
+        config.ack_timeout + config.probe_timeout,
+        "dropped at the probe's deadline",
+    );
     assert_eq!(
         alice.stats().sends_resent,
-        1,
-        "written again at the ack timeout"
+        0,
+        "never written twice on the dead connection"
     );
 
     sim.net().heal();
@@ -171,7 +191,9 @@ async fn a_send_without_an_ack_is_written_again_at_the_ack_timeout_and_stored_on
             .is_none(),
         "stored once"
     );
-    assert_eq!(alice.stats().sessions, 1, "the same connection throughout");
+    let stats = alice.stats();
+    assert_eq!(stats.sessions, 2, "a new connection: {stats:?}");
+    assert_eq!(stats.sends_resent, 1, "written again there: {stats:?}");
     alice.close().await;
     bob.close().await;
     gw.stop().await;

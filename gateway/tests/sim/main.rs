@@ -47,4 +47,5 @@ mod delivery;
 mod harness;
 mod liveness;
 mod net;
+mod recovery;
 mod store;

@@ -11,7 +11,9 @@
 //! are, [`set_loss`](Net::set_loss) drops each with a probability drawn
 //! from a seeded RNG), a [`partition`](Net::partition) between two hosts,
 //! and a NAT [`rebinding`](Net::rebind) that gives a socket a new public
-//! address without its endpoint knowing.
+//! address without its endpoint knowing, at once or, as a NAT does when a
+//! mapping expired, with the socket's next datagram
+//! ([`rebind_on_next_send`](Net::rebind_on_next_send)).
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -54,6 +56,11 @@ struct State {
     loss: Option<(f64, StdRng)>,
     /// Host pairs that cannot reach each other (either way).
     partitions: Vec<(IpAddr, IpAddr)>,
+    /// Sockets whose next datagram goes out from a new public address,
+    /// and how many of their datagrams after that one are lost.
+    rebind_armed: HashMap<u64, u32>,
+    /// Datagrams still to drop of each socket.
+    drop_from: HashMap<u64, u32>,
     next_id: u64,
     next_host: u32,
     next_port: u16,
@@ -131,15 +138,26 @@ impl Net {
     /// Returns the new public address.
     pub(crate) fn rebind(&self, public: SocketAddr) -> Option<SocketAddr> {
         let mut state = self.lock();
-        let id = state.routes.remove(&public)?;
-        let mut next = public;
-        while next == public || state.routes.contains_key(&next) {
-            state.next_port = state.next_port.wrapping_add(1).max(40_000);
-            next.set_port(state.next_port);
+        let id = *state.routes.get(&public)?;
+        state.rebind_id(id)
+    }
+
+    /// A NAT rebinding of every socket of `host` with its next datagram:
+    /// that datagram and the ones after come from a new port, and the old
+    /// address is lost from then on. The `then_drop` datagrams the socket
+    /// sends after that first one are lost (its path to the peer is bad
+    /// for a while, so a validation of the new path can fail).
+    pub(crate) fn rebind_on_next_send(&self, host: IpAddr, then_drop: u32) {
+        let mut state = self.lock();
+        let ids: Vec<u64> = state
+            .public
+            .iter()
+            .filter(|(_, a)| a.ip() == host)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            state.rebind_armed.insert(id, then_drop);
         }
-        state.routes.insert(next, id);
-        state.public.insert(id, next);
-        Some(next)
     }
 
     /// A NAT rebinding of every socket of `host` (see [`rebind`](Net::rebind)).
@@ -162,6 +180,14 @@ impl Net {
 
     fn send(&self, from_id: u64, to: SocketAddr, data: Vec<u8>) {
         let mut state = self.lock();
+        if let Some(then_drop) = state.rebind_armed.remove(&from_id) {
+            state.rebind_id(from_id);
+            state.drop_from.insert(from_id, then_drop);
+        } else if let Some(left) = state.drop_from.get_mut(&from_id).filter(|n| **n > 0) {
+            *left -= 1;
+            state.dropped += 1;
+            return;
+        }
         let Some(&from) = state.public.get(&from_id) else {
             return;
         };
@@ -199,6 +225,20 @@ impl Net {
 }
 
 impl State {
+    /// Gives socket `id` a new public port of the same host; returns it.
+    fn rebind_id(&mut self, id: u64) -> Option<SocketAddr> {
+        let public = self.public.get(&id).copied()?;
+        self.routes.remove(&public);
+        let mut next = public;
+        while next == public || self.routes.contains_key(&next) {
+            self.next_port = self.next_port.wrapping_add(1).max(40_000);
+            next.set_port(self.next_port);
+        }
+        self.routes.insert(next, id);
+        self.public.insert(id, next);
+        Some(next)
+    }
+
     /// Hands `datagram` to whoever holds `to` now (nobody: it is lost).
     fn deliver(&mut self, to: SocketAddr, datagram: Datagram) {
         let sent = self
