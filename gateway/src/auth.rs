@@ -106,13 +106,7 @@ pub struct Claims {
     pub expires_at: u64,
 }
 
-/// Whether `id` may name a key: 1-32 of `[A-Za-z0-9_-]` (no `.`).
-pub fn is_valid_key_id(id: &str) -> bool {
-    (1..=32).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-}
+pub use crate::config::is_valid_key_id;
 
 /// One signing secret with its id.
 #[derive(Clone)]

@@ -270,11 +270,7 @@ impl Config {
         if !auth.keys.is_empty() && auth.secret_file.is_some() {
             return invalid("auth.secret_file and auth.keys: configure one".into());
         }
-        if let Some(id) = auth
-            .keys
-            .keys()
-            .find(|id| !crate::auth::is_valid_key_id(id))
-        {
+        if let Some(id) = auth.keys.keys().find(|id| !is_valid_key_id(id)) {
             return invalid(format!(
                 "auth.keys: key id {id:?} is not 1-32 of [A-Za-z0-9_-]"
             ));
@@ -316,6 +312,14 @@ impl Config {
 
 /// Sets `section.field` to `value`, read as a TOML value when it parses as
 /// one (numbers, booleans) and as a string otherwise.
+/// Whether `id` may name a token key (`auth.keys`): 1-32 of `[A-Za-z0-9_-]` (no `.`).
+pub fn is_valid_key_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
 fn set(table: &mut toml::Table, section: &str, field: &str, value: &str) {
     let parsed = format!("v = {value}")
         .parse::<toml::Table>()
