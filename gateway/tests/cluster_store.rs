@@ -49,7 +49,7 @@ async fn cluster_gateway_with(
         c.store.key_prefix = unique("qimtest:");
         c.store.key_prefix.push(':');
         c.store.timeout_ms = 1_000;
-        c.quic.endpoint_secret_file = Some(common::cluster_endpoint_secret(&c.server.data_dir));
+        common::cluster_secrets(c);
         more(c);
     })
     .await

@@ -32,6 +32,7 @@ async fn cluster_args(dir: &Path) -> Vec<String> {
     let cql = common::required_env("QIM_TEST_CQL");
     common::migrate_test_keyspace(&cql).await;
     let secret = common::cluster_endpoint_secret(dir);
+    let token_secret = common::cluster_token_secret(dir);
     [
         format!("store.redis={}", common::required_env("QIM_TEST_REDIS")),
         format!("store.cql={cql}"),
@@ -40,6 +41,10 @@ async fn cluster_args(dir: &Path) -> Vec<String> {
         format!(
             "quic.endpoint_secret_file={}",
             toml::Value::String(secret.display().to_string())
+        ),
+        format!(
+            "auth.secret_file={}",
+            toml::Value::String(token_secret.display().to_string())
         ),
     ]
     .into_iter()

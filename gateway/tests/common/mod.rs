@@ -47,6 +47,22 @@ pub fn cluster_endpoint_secret(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// Creates (once) the token secret of a test cluster node under `dir`
+/// (`token-secret`, where a single node keeps its development secret) and
+/// returns its path: a cluster node must be configured with one.
+pub fn cluster_token_secret(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("token-secret");
+    TokenKey::load_or_create(&path).expect("cluster token secret");
+    path
+}
+
+/// Configures the secrets a cluster node must have: its token secret and
+/// the endpoint secret every node of a test cluster shares.
+pub fn cluster_secrets(c: &mut Config) {
+    c.auth.secret_file = Some(cluster_token_secret(&c.server.data_dir));
+    c.quic.endpoint_secret_file = Some(cluster_endpoint_secret(&c.server.data_dir));
+}
+
 /// A service address the test needs; fails (never skips) when unset.
 pub fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -193,16 +209,12 @@ impl TestGateway {
                 let cql = required_env("QIM_TEST_CQL");
                 migrate_test_keyspace(&cql).await;
                 Self::start_with(move |c| {
-                    // A cluster node must be configured with its secret.
-                    let secret = c.server.data_dir.join("cluster-secret");
-                    TokenKey::load_or_create(&secret).expect("cluster secret");
-                    c.auth.secret_file = Some(secret);
+                    cluster_secrets(c);
                     c.store.redis = Some(redis);
                     c.store.cql = Some(cql);
                     c.store.keyspace = CLUSTER_KEYSPACE.to_owned();
                     c.store.key_prefix = unique("qimtest:");
                     c.store.key_prefix.push(':');
-                    c.quic.endpoint_secret_file = Some(cluster_endpoint_secret(&c.server.data_dir));
                     adjust(c);
                 })
                 .await
