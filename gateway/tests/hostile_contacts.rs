@@ -335,7 +335,13 @@ async fn group_history(client: &Client, group: &str) -> Vec<String> {
 /// group neither pushes it nor shows it in pulls or history, while the
 /// other members get it.
 async fn a_blocked_user_does_not_reach_the_blocker_through_a_group(backend: Backend) {
-    let nodes = Nodes::start(backend, |c| c.groups.read_diffusion_threshold = 3).await;
+    let nodes = Nodes::start(backend, |c| {
+        c.groups.read_diffusion_threshold = 3;
+        // Users who let anyone add them: blocks inside a group are the
+        // subject here; adding a blocker is refused (hostile_groups).
+        c.groups.default_adds = "anyone".into();
+    })
+    .await;
     let (na, nb) = (nodes.a(), nodes.b());
     let bystanders = Bystanders::start(na).await;
     let [attacker, victim, carol, dave] = ["attacker", "victim", "carol", "dave"].map(unique);
