@@ -96,6 +96,7 @@ mod stores;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
 pub mod conformance_contacts;
 #[cfg(feature = "conformance")]
 pub mod conformance_groups;
