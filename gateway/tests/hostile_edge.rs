@@ -366,8 +366,9 @@ async fn a_chat_flood_while_throttled_is_held_back_not_buffered() {
             &mut Box::pin(async {
                 while written.load(Ordering::Relaxed) < frames {
                     tokio::task::yield_now().await;
-                    // A poll of the writer's counter under the 3 s bound,
-                    // not a wait for an outcome.
+                    // Why a sleep: a poll of the writer's counter under the
+                    // 3 s bound (the writer blocks in flow control and
+                    // signals nothing), not a wait for an outcome.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })

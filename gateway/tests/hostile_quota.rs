@@ -69,7 +69,8 @@ impl Sender {
                 v1::server_ack::Kind::Nack(nack) => {
                     assert!(nack.retryable, "{nack:?}");
                     assert!(tokio::time::Instant::now() < deadline, "never acked");
-                    // The wait the server asked for, not a guess.
+                    // Why a sleep: the wait the server asked for
+                    // (retry_after_ms) is the subject, not a guess.
                     tokio::time::sleep(Duration::from_millis(u64::from(
                         nack.retry_after_ms.max(10),
                     )))

@@ -811,8 +811,9 @@ impl Bystanders {
                         .await
                         .expect("a bystander's send is acked");
                     sent += 1;
-                    // Pace, not a wait for an outcome: about 20 messages a
-                    // second each way, until told to stop.
+                    // Why a sleep: it is the subject (a steady chat pace,
+                    // about 20 messages a second each way), not a wait for
+                    // an outcome; the stop signal ends it at once.
                     tokio::select! {
                         _ = watch.changed() => break,
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -64,7 +64,8 @@ async fn a_receive_only_phone_behind_a_rebinding_nat_with_5_percent_loss_is_neve
                 client_msg_id: None,
             })
             .expect("enqueue");
-        // The pace of alice's writing, on the simulated clock.
+        // Why a sleep: the pace of alice's writing is the subject, on the
+        // simulated clock (the test starts paused).
         tokio::time::sleep(EVERY).await;
     }
     let (bob, got) = receiver.await.expect("receiver");
