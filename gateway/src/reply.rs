@@ -24,6 +24,9 @@ pub(crate) struct Refusal {
     pub(crate) message: String,
     /// When non-zero, how long the client should wait before retrying.
     pub(crate) retry_after_ms: u32,
+    /// The per-user quota that refused it (its config name, the label of
+    /// `qim_quota_refusals_total`), when a quota did.
+    pub(crate) quota: Option<&'static str>,
 }
 
 impl Refusal {
@@ -33,6 +36,15 @@ impl Refusal {
             code,
             message: message.into(),
             retry_after_ms: 0,
+            quota: None,
+        }
+    }
+
+    /// A refusal by the per-user quota `quota` (`QUOTA_EXCEEDED`).
+    pub(crate) fn quota(quota: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            quota: Some(quota),
+            ..Self::new(ErrorCode::QuotaExceeded, message)
         }
     }
 
@@ -119,6 +131,7 @@ impl From<OpError> for Refusal {
             OpError::Store(store) => store.into(),
             OpError::Cooldown { retry_after_ms } => Refusal::new(code, e.to_string())
                 .retry_after(u32::try_from(retry_after_ms).unwrap_or(u32::MAX)),
+            OpError::QuotaExceeded(what) => Refusal::quota(what.config_name(), e.to_string()),
             other => Refusal::new(code, other.to_string()),
         }
     }
@@ -204,6 +217,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+    use qim_storage::Quota;
 
     #[test]
     fn a_response_keeps_what_fits_the_frame_and_says_it_cut() {
@@ -257,7 +271,7 @@ mod tests {
             ErrorCode::AlreadyExists
         );
         assert_eq!(
-            Refusal::from(OpError::QuotaExceeded("x")).code,
+            Refusal::from(OpError::QuotaExceeded(Quota::GroupsOwned)).code,
             ErrorCode::QuotaExceeded
         );
         assert_eq!(explain(&OpError::Muted).0, ErrorCode::Muted);

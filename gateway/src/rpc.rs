@@ -29,7 +29,14 @@ pub(crate) async fn dispatch(
     let Some(kind) = request.kind else {
         return Refusal::invalid("unknown or empty request").into_rpc();
     };
-    answer(route(ctx, caller, kind).await)
+    let reply = route(ctx, caller, kind).await;
+    if let Err(Refusal {
+        quota: Some(quota), ..
+    }) = &reply
+    {
+        ctx.metrics.quota_refused(quota);
+    }
+    answer(reply)
 }
 
 async fn route(ctx: &Ctx, caller: &Caller<'_>, kind: rpc_request::Kind) -> Reply {

@@ -448,6 +448,11 @@ async fn schedules_beyond_the_quota_are_refused(backend: Backend) {
             ErrorCode::QuotaExceeded,
         );
     }
+    assert_eq!(
+        gw.metric("qim_quota_refusals_total{quota=\"pending_schedules\"}")
+            .await,
+        5.0
+    );
     a.cancel_scheduled(ids[0].clone()).await.expect("cancel");
     a.schedule(Peer::User(victim.clone()), "again".into(), later)
         .await

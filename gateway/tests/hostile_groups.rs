@@ -477,6 +477,11 @@ async fn blocks_and_consent_keep_users_out_of_groups(backend: Backend) {
     );
     let pending = nora.group_invitations().await.expect("list");
     assert_eq!(pending.len(), 3);
+    assert_eq!(
+        gw.metric("qim_quota_refusals_total{quota=\"pending_requests\"}")
+            .await,
+        1.0
+    );
     // Declined spam frees its place; the friend's invitation is accepted.
     for invitation in pending.iter().filter(|i| i.by != friend_id) {
         nora.change_group(invitation.group.clone(), GroupChange::DeclineInvitation)
@@ -526,6 +531,12 @@ async fn owning_groups_beyond_the_quota_is_refused(backend: Backend) {
         ),
         ErrorCode::QuotaExceeded,
         "no hand-over to a user at the quota"
+    );
+    // Both refusals are counted under the quota's config name.
+    assert_eq!(
+        gw.metric("qim_quota_refusals_total{quota=\"groups_owned\"}")
+            .await,
+        2.0
     );
     bystanders.finish().await;
     gw.stop().await;

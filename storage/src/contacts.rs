@@ -28,9 +28,9 @@
 use async_trait::async_trait;
 use qim_proto::v1;
 
-use crate::OpError;
 use crate::StoreError;
 use crate::conversations::Applied;
+use crate::{OpError, Quota};
 
 /// A change to `user`'s contacts.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +131,7 @@ pub(crate) fn check_new_request(
         }
     }
     if pending >= limits.max_pending {
-        return Err(OpError::QuotaExceeded("pending friend requests"));
+        return Err(OpError::QuotaExceeded(Quota::PendingFriendRequests));
     }
     Ok(())
 }

@@ -112,8 +112,47 @@ pub enum OpError {
         /// Milliseconds until the request may be made again.
         retry_after_ms: u64,
     },
-    /// A per-user or per-group amount is used up (groups owned, pending
-    /// invitations, requests or join requests, schedules); names which.
+    /// A per-user or per-group amount is used up; names which.
     #[error("quota exceeded: {0}")]
-    QuotaExceeded(&'static str),
+    QuotaExceeded(Quota),
+}
+
+/// The amounts a store bounds per user or per group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quota {
+    /// Groups a user owns.
+    GroupsOwned,
+    /// Scheduled sends a user has waiting.
+    PendingSchedules,
+    /// Friend requests a user has waiting for an answer.
+    PendingFriendRequests,
+    /// Group invitations a user has waiting for an answer.
+    PendingInvitations,
+    /// Join requests a group has waiting for its admins.
+    JoinRequests,
+}
+
+impl Quota {
+    /// The setting that bounds it, as named in the gateway's config (and
+    /// in the label of its refusal metric).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            Quota::GroupsOwned => "groups_owned",
+            Quota::PendingSchedules => "pending_schedules",
+            Quota::PendingFriendRequests | Quota::PendingInvitations => "pending_requests",
+            Quota::JoinRequests => "max_join_requests",
+        }
+    }
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Quota::GroupsOwned => "groups owned",
+            Quota::PendingSchedules => "pending scheduled sends",
+            Quota::PendingFriendRequests => "pending friend requests",
+            Quota::PendingInvitations => "pending invitations",
+            Quota::JoinRequests => "join requests",
+        })
+    }
 }

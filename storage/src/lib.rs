@@ -106,7 +106,7 @@ pub mod conformance_im;
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;
 pub use conversations::ConversationStore;
-pub use error::{OpError, StoreError};
+pub use error::{OpError, Quota, StoreError};
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 pub use presence::PresenceStore;

@@ -39,11 +39,11 @@ use prost::Message as _;
 use qim_proto::v1;
 
 use super::ClusterStore;
-use crate::OpError;
 use crate::StoreError;
 use crate::conversations::ConversationStore;
 use crate::cql::social::{Row, applied, decode_schedule};
 use crate::schedule::{Fired, MAX_DUE, ScheduleStore, Verdict, refused_event, to_post};
+use crate::{OpError, Quota};
 
 /// Partitions of the time index.
 pub(crate) const SHARDS: i32 = 8;
@@ -202,7 +202,7 @@ impl ScheduleStore for ClusterStore {
             return Err(StoreError::Invalid("schedule id is not a valid id".into()).into());
         }
         if self.schedules_full(&entry.sender, max_pending).await? {
-            return Err(OpError::QuotaExceeded("pending scheduled sends"));
+            return Err(OpError::QuotaExceeded(Quota::PendingSchedules));
         }
         let id = entry.id.clone();
         let now = qim_proto::now_ms();

@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 use super::EmbeddedStore;
 use super::tables::{Tables, check_key_part, prefixed, unavailable};
 use super::writer::{Op, Request as ImRequest, ScheduleRequest as Request, Writer};
-use crate::OpError;
 use crate::StoreError;
 use crate::schedule::{Fired, MAX_DUE, ScheduleStore, Verdict, refused_event, to_post};
+use crate::{OpError, Quota};
 
 fn at_key(at: i64, id: &str) -> Vec<u8> {
     // Flip the sign bit so negative times sort first, byte-wise.
@@ -94,7 +94,7 @@ impl Writer {
                         pending += 1;
                     }
                     if pending >= max_pending {
-                        return Err(OpError::QuotaExceeded("pending scheduled sends"));
+                        return Err(OpError::QuotaExceeded(Quota::PendingSchedules));
                     }
                     let key = at_key(entry.deliver_at_ms, &entry.id);
                     let mut batch = t.db.batch();

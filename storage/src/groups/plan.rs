@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use qim_proto::v1;
 
 use super::{GroupLimits, GroupOp, List};
-use crate::OpError;
 use crate::StoreError;
+use crate::{OpError, Quota};
 
 /// A member's role (unknown values read as member).
 pub(crate) fn role(m: &v1::GroupMember) -> v1::GroupRole {
@@ -220,7 +220,7 @@ impl Planner<'_> {
             self.banned(user)?;
             let pending = self.input.pending.get(user).copied().unwrap_or(0);
             if pending >= self.limits.invitations_per_user {
-                return Err(OpError::QuotaExceeded("pending invitations"));
+                return Err(OpError::QuotaExceeded(Quota::PendingInvitations));
             }
         }
         for user in fresh {
@@ -291,7 +291,7 @@ impl Planner<'_> {
                 members, invited, ..
             } => {
                 if self.input.owned >= self.limits.groups_owned {
-                    return Err(OpError::QuotaExceeded("groups owned"));
+                    return Err(OpError::QuotaExceeded(Quota::GroupsOwned));
                 }
                 self.add(by, GroupRole::Owner);
                 self.add_and_invite(members, invited)?;
@@ -335,7 +335,7 @@ impl Planner<'_> {
                         self.room(1)?;
                         if self.roster.count(List::Requested) >= self.limits.join_requests as usize
                         {
-                            return Err(OpError::QuotaExceeded("join requests"));
+                            return Err(OpError::QuotaExceeded(Quota::JoinRequests));
                         }
                         let entry = self.entry();
                         self.list(List::Requested, by, entry);
@@ -383,7 +383,7 @@ impl Planner<'_> {
                 target.role = *new_role as i32;
                 if *new_role == GroupRole::Owner {
                     if self.input.owned >= self.limits.groups_owned {
-                        return Err(OpError::QuotaExceeded("groups owned"));
+                        return Err(OpError::QuotaExceeded(Quota::GroupsOwned));
                     }
                     if let Some(mut me) = self.roster.members.get(by).cloned() {
                         me.role = GroupRole::Admin as i32;
