@@ -89,6 +89,14 @@ pub struct ClientConfig {
     /// NAT rebinding): if the server falls back to the old, dead address,
     /// the client would otherwise hear nothing until its next heartbeat.
     pub probe_timeout: Duration,
+    /// Traffic quiet this long is followed by one probe (the same deadline).
+    /// After a NAT rebinding, a server whose padded PATH_CHALLENGE to the
+    /// new address was lost may send nothing more there until the client
+    /// sends (anti-amplification), and a client that only receives sends
+    /// nothing: without this probe it would hear nothing until its next
+    /// heartbeat. One ping after a spell of traffic comes while a phone's
+    /// radio is still awake; an idle client does not probe.
+    pub quiet_probe_after: Duration,
     /// First reconnect delay; doubles per failed attempt, with jitter.
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
@@ -173,6 +181,7 @@ impl ClientConfig {
             send_timeout: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(10),
             probe_timeout: Duration::from_secs(1),
+            quiet_probe_after: Duration::from_millis(750),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             max_pending_sends: 4096,

@@ -520,15 +520,39 @@ const PATH_WATCH_EVERY: Duration = Duration::from_millis(250);
 /// every `PATH_WATCH_EVERY` for `PATH_WATCH_FOR` after the last traffic.
 /// The readers look at every frame, but when the server's validation of
 /// the client's new address fails, the frames stop coming: only a look
-/// without one finds the PATH_CHALLENGE that arrived. Idle, it sleeps.
+/// without one finds the PATH_CHALLENGE that arrived.
+///
+/// And once traffic has been quiet for
+/// [`ClientConfig::quiet_probe_after`](crate::ClientConfig::quiet_probe_after),
+/// it probes the connection once. After a NAT rebinding the server may move to the new
+/// address on an ack alone; it may then send that address only three times
+/// the bytes it received from it (anti-amplification) until the address
+/// is validated, and if its padded PATH_CHALLENGE is lost, it can send
+/// nothing more there. A client that only receives sends nothing either,
+/// sees no PATH_CHALLENGE and would learn of it at its next heartbeat
+/// (tens of seconds). The probe's ping, from the new address, lets the
+/// server send again (or, unanswered, makes the client connect afresh).
+/// Coming while the radio is still awake from the traffic, it costs a
+/// phone little. Idle, the watch sleeps.
 async fn watch_path(shared: Arc<Shared>, conn: quinn::Connection) -> Result<SessionEnd, Error> {
     loop {
         shared.traffic.notified().await;
-        let mut until = Instant::now() + PATH_WATCH_FOR;
-        while Instant::now() < until {
+        let mut last = Instant::now();
+        let mut probed = false;
+        while last.elapsed() < PATH_WATCH_FOR {
             tokio::select! {
-                () = tokio::time::sleep(PATH_WATCH_EVERY) => shared.check_path(&conn),
-                () = shared.traffic.notified() => until = Instant::now() + PATH_WATCH_FOR,
+                () = tokio::time::sleep(PATH_WATCH_EVERY) => {
+                    shared.check_path(&conn);
+                    if !probed && last.elapsed() >= shared.config.quiet_probe_after {
+                        probed = true;
+                        debug!("traffic went quiet; probing the connection once");
+                        shared.request_probe(probe_deadline(&shared.config, &conn));
+                    }
+                }
+                () = shared.traffic.notified() => {
+                    last = Instant::now();
+                    probed = false;
+                }
             }
         }
     }

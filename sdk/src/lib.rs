@@ -89,8 +89,9 @@
 //!   app is in front.
 //! - Liveness is probed, not assumed: a send without an ack for
 //!   [`ClientConfig::ack_timeout`], or a new address of the client seen by
-//!   the server (a NAT rebinding: a PATH_CHALLENGE arrived), makes the
-//!   client ping at once with a short deadline
+//!   the server (a NAT rebinding: a PATH_CHALLENGE arrived), or traffic
+//!   going quiet ([`ClientConfig::quiet_probe_after`], once per quiet
+//!   spell) makes the client ping at once with a short deadline
 //!   ([`ClientConfig::probe_timeout`]); without a pong it connects afresh,
 //!   and nothing is resent on a connection that has not answered. A
 //!   crashed and restarted gateway answers the old connection with a

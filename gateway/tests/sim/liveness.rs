@@ -130,7 +130,8 @@ async fn after_a_partition_the_client_reconnects_with_backoff_and_resumes_exactl
     let config = gw.client_config("bob", "bob-phone");
     let alice = gw.client("alice", "alice-phone").await;
     let (bob, bob_host) = gw.client_on_host("bob", "bob-phone").await;
-    // The SDK pings at login, then every heartbeat interval.
+    // The SDK pings at login, after a spell of traffic, then every
+    // heartbeat interval.
     let logged_in = Instant::now();
     alice
         .send("bob".into(), "before".into())
@@ -141,6 +142,10 @@ async fn after_a_partition_the_client_reconnects_with_backoff_and_resumes_exactl
         "before"
     );
 
+    // Why a sleep: the client must be idle when the partition comes (its
+    // one probe after the traffic answered), so that the heartbeat is what
+    // notices it; a partition right after traffic is the next test's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     sim.net().partition(bob_host, gw.addr.ip());
     for i in 0..3 {
         alice
@@ -148,8 +153,9 @@ async fn after_a_partition_the_client_reconnects_with_backoff_and_resumes_exactl
             .await
             .expect("acked");
     }
-    // The next ping goes unanswered.
-    let noticed = bob.heartbeat_interval() + config.pong_timeout;
+    // The last ping was the one probe after "before" arrived; the next
+    // goes unanswered.
+    let noticed = config.quiet_probe_after + bob.heartbeat_interval() + config.pong_timeout;
     state_within(&bob, noticed + Duration::from_secs(1), |s| {
         s != ConnectionState::Connected
     })
@@ -177,6 +183,54 @@ async fn after_a_partition_the_client_reconnects_with_backoff_and_resumes_exactl
         "nothing twice"
     );
     assert_eq!(bob.stats().sessions, 2);
+    alice.close().await;
+    bob.close().await;
+    gw.stop().await;
+}
+
+/// A client that only receives and loses its path right after traffic
+/// notices within `quiet_probe_after` + `probe_timeout` (its one probe
+/// after the traffic goes unanswered), not at its next heartbeat, and gets
+/// what was sent meanwhile on its next connection, once.
+#[tokio::test(start_paused = true)]
+async fn a_path_lost_right_after_traffic_is_noticed_by_the_quiet_probe() {
+    let sim = Sim::new();
+    let gw = sim.gateway(|_| {}).await;
+    let config = gw.client_config("bob", "bob-phone");
+    let alice = gw.client("alice", "alice-phone").await;
+    let (bob, bob_host) = gw.client_on_host("bob", "bob-phone").await;
+    alice
+        .send("bob".into(), "before".into())
+        .await
+        .expect("acked");
+    assert_eq!(
+        text(&next_within(&bob, Duration::from_secs(1)).await),
+        "before"
+    );
+    let received = Instant::now();
+    sim.net().partition(bob_host, gw.addr.ip());
+    alice
+        .send("bob".into(), "during".into())
+        .await
+        .expect("acked");
+    let noticed = config.quiet_probe_after + config.probe_timeout;
+    state_within(&bob, noticed + Duration::from_secs(1), |s| {
+        s != ConnectionState::Connected
+    })
+    .await;
+    assert_elapsed(received, noticed, "the quiet probe notices the lost path");
+    assert!(noticed < bob.heartbeat_interval());
+    sim.net().heal();
+    assert_eq!(
+        text(&next_within(&bob, config.reconnect_max).await),
+        "during"
+    );
+    assert!(
+        bob.next_message_timeout(Duration::from_secs(10))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
     alice.close().await;
     bob.close().await;
     gw.stop().await;
