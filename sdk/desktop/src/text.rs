@@ -15,15 +15,13 @@ pub const MAX_SHOWN_CHARS: usize = 4000;
 /// at `max_chars` characters (with a `…` mark). Newlines become `⏎` too:
 /// callers that want lines split first (see [`inert_lines`]).
 pub fn inert(text: &str, max_chars: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_chars * 4));
-    let mut shown = 0;
-    for c in text.chars() {
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
+    for (shown, c) in text.chars().enumerate() {
         if shown == max_chars {
             out.push('…');
             return out;
         }
         out.push(visible(c));
-        shown += 1;
     }
     out
 }

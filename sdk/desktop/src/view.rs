@@ -343,7 +343,7 @@ fn message_rows(model: &Model, chat: &Chat, i: usize, width: usize) -> Vec<Line<
             segments.push((" (edited)".to_owned(), dim));
         }
     }
-    if let Some(mark) = chat.mark(line) {
+    if let Some(mark) = chat.mark(line).filter(|_| !line.recalled) {
         let (text, color) = match mark {
             Mark::Sending => ("  · sending", Color::DarkGray),
             Mark::Sent => ("  ✓ sent", Color::DarkGray),

@@ -3,7 +3,9 @@
 //! and Bob chat both ways; Bob's unread count goes up and clears when he
 //! reads; Alice's recall shows on Bob's side; Bob quits and starts again on
 //! the same data directory, resumes where he was and finds his history,
-//! and what came meanwhile arrives once.
+//! and what came meanwhile arrives once. Then the gateway goes away: the
+//! status bar counts down to the next attempt, keys still work, and what
+//! Alice writes waits in the outbox until the gateway is back.
 //!
 //! The tmux server runs on a socket of its own and is killed at the end,
 //! also when the test fails.
@@ -126,18 +128,21 @@ struct Gateway {
     ca: PathBuf,
     secret: PathBuf,
     key: qim_gateway::auth::TokenKey,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-async fn gateway(dir: &Path) -> Gateway {
-    let config = Config::for_tests(dir);
+/// A gateway on the data in `dir`, at `listen` (port 0: any).
+async fn gateway(dir: &Path, listen: std::net::SocketAddr) -> Gateway {
+    let mut config = Config::for_tests(dir);
+    config.server.listen = listen;
     let gw = qim_gateway::Gateway::bind(config)
         .await
         .expect("bind gateway");
     let info = gw.info().clone();
     let key = gw.token_key();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = gw
             .run(async {
                 let _ = stopped.await;
@@ -147,9 +152,23 @@ async fn gateway(dir: &Path) -> Gateway {
     Gateway {
         addr: info.quic_addr.to_string(),
         ca: info.dev_ca.expect("development CA"),
-        secret: dir.join("token-secret"),
+        secret: info.dev_secret.unwrap_or_else(|| dir.join("token-secret")),
         key,
-        _stop: stop,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Gateway {
+    /// Shuts down gracefully (clients are told to go) and waits until done.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("gateway stops in time")
+            .expect("gateway task");
     }
 }
 
@@ -186,9 +205,10 @@ fn list_row(screen: &str, peer: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_desktop_clients_chat_recall_read_and_resume_after_a_restart() {
+async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_outage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let gw = gateway(&dir.path().join("gateway")).await;
+    let gw_dir = dir.path().join("gateway");
+    let gw = gateway(&gw_dir, ([127, 0, 0, 1], 0).into()).await;
     let tmux = Tmux::new();
     let alice_data = dir.path().join("alice");
     let bob_data = dir.path().join("bob");
@@ -288,6 +308,31 @@ async fn two_desktop_clients_chat_recall_read_and_resume_after_a_restart() {
         // The text captures in README.md and docs/desktop.md come from here.
         println!("{}\n{screen}", tmux.screen("alice"));
     }
+
+    // The gateway goes away: the UI says so, counts down to the next
+    // attempt, still answers keys, and keeps what Alice writes meanwhile in
+    // the outbox; when the gateway is back, it goes out.
+    let addr: std::net::SocketAddr = gw.addr.parse().expect("address");
+    gw.stop().await;
+    tmux.wait("alice", "reconnecting with the next attempt time", |s| {
+        s.contains("↻ reconnecting in ")
+    });
+    tmux.type_line("alice", "/help");
+    tmux.wait("alice", "help while offline", |s| {
+        s.contains("(Esc closes)")
+    });
+    tmux.key("alice", "Escape");
+    tmux.type_line("alice", "written offline");
+    tmux.wait("alice", "queued", |s| {
+        s.contains("you: written offline  · sending") && !s.contains("(Esc closes)")
+    });
+    let _gw = gateway(&gw_dir, addr).await;
+    tmux.wait("alice", "back, and the queued message sent", |s| {
+        connected(s) && s.contains("you: written offline  ✓")
+    });
+    tmux.wait("bob", "the message written offline", |s| {
+        s.contains("alice: written offline")
+    });
 
     tmux.type_line("bob", "/quit");
     tmux.type_line("alice", "/quit");

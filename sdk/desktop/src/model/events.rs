@@ -394,10 +394,8 @@ impl Model {
                     v.push((from, self.now_ms.saturating_add(TYPING_HOLDS_MS)));
                 }
             }
-            Signal::Presence(p) => {
-                if !p.user.is_empty() {
-                    self.presence.insert(p.user.clone(), p);
-                }
+            Signal::Presence(p) if !p.user.is_empty() => {
+                self.presence.insert(p.user.clone(), p);
             }
             _ => {}
         }
