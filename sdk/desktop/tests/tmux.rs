@@ -304,10 +304,6 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
         !screen.contains("second one"),
         "the recall holds:\n{screen}"
     );
-    if std::env::var_os("QIM_DESKTOP_SHOW").is_some() {
-        // The text captures in README.md and docs/desktop.md come from here.
-        println!("{}\n{screen}", tmux.screen("alice"));
-    }
 
     // The gateway goes away: the UI says so, counts down to the next
     // attempt, still answers keys, and keeps what Alice writes meanwhile in
@@ -323,9 +319,13 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
     });
     tmux.key("alice", "Escape");
     tmux.type_line("alice", "written offline");
-    tmux.wait("alice", "queued", |s| {
+    let offline = tmux.wait("alice", "queued", |s| {
         s.contains("you: written offline  · sending") && !s.contains("(Esc closes)")
     });
+    if std::env::var_os("QIM_DESKTOP_SHOW").is_some() {
+        // The text captures in README.md and docs/desktop.md come from here.
+        println!("{offline}\n{screen}");
+    }
     let _gw = gateway(&gw_dir, addr).await;
     tmux.wait("alice", "back, and the queued message sent", |s| {
         connected(s) && s.contains("you: written offline  ✓")
