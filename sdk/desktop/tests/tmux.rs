@@ -5,7 +5,9 @@
 //! the same data directory, resumes where he was and finds his history,
 //! and what came meanwhile arrives once. Then the gateway goes away: the
 //! status bar counts down to the next attempt, keys still work, and what
-//! Alice writes waits in the outbox until the gateway is back.
+//! Alice writes waits in the outbox until the gateway is back. Last, a
+//! group: created, an invitation answered with `/join`, a message in it,
+//! the members with their roles.
 //!
 //! The tmux server runs on a socket of its own and is killed at the end,
 //! also when the test fails.
@@ -95,7 +97,11 @@ impl Tmux {
     fn wait_gone(&self, name: &str) {
         let deadline = Instant::now() + PATIENCE;
         while self.alive(name) {
-            assert!(Instant::now() < deadline, "{name} did not quit");
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not quit; the screen:\n{}",
+                self.screen(name)
+            );
             // Why a sleep: tmux signals no exit; the poll interval.
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -333,6 +339,29 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
     tmux.wait("bob", "the message written offline", |s| {
         s.contains("alice: written offline")
     });
+
+    // A group: Alice creates it and invites Bob (not her friend: he is
+    // invited, not added); he joins; both write in it; roles are listed.
+    tmux.type_line("alice", "/create team The Team");
+    tmux.wait("alice", "the group made", |s| s.contains("created #team"));
+    tmux.type_line("alice", "/invite bob");
+    tmux.wait("alice", "bob invited", |s| {
+        s.contains("invited bob to #team")
+    });
+    tmux.wait("bob", "the invitation", |s| {
+        s.contains("alice invites you to #team (The Team)")
+    });
+    tmux.type_line("bob", "/join team");
+    tmux.wait("bob", "in the group", |s| s.contains("you are in #team"));
+    tmux.type_line("alice", "welcome @bob");
+    tmux.wait("bob", "the group message, mentioning him", |s| {
+        chat_pane(s).contains("alice: welcome @bob")
+    });
+    tmux.type_line("bob", "/members");
+    tmux.wait("bob", "the members and roles", |s| {
+        s.contains("alice owner") && s.contains("bob member")
+    });
+    tmux.key("bob", "Escape");
 
     tmux.type_line("bob", "/quit");
     tmux.type_line("alice", "/quit");
