@@ -133,15 +133,8 @@ impl Model {
                 self.request(Request::Group { group, change });
             }
             "/recall" => {
-                let me = self.me.clone();
                 let msg_id = self
-                    .open_chat()
-                    .and_then(|c| {
-                        c.target(|l| {
-                            l.outgoing && l.from == me && !l.recalled && !l.msg_id.is_empty()
-                        })
-                    })
-                    .map(|l| l.msg_id.clone())
+                    .own_target()
                     .ok_or("nothing to recall: select one of your sent messages")?;
                 self.request(Request::Recall { msg_id });
             }
@@ -149,15 +142,8 @@ impl Model {
                 if rest.is_empty() {
                     return Err("usage: /edit <new text>".into());
                 }
-                let me = self.me.clone();
                 let msg_id = self
-                    .open_chat()
-                    .and_then(|c| {
-                        c.target(|l| {
-                            l.outgoing && l.from == me && !l.recalled && !l.msg_id.is_empty()
-                        })
-                    })
-                    .map(|l| l.msg_id.clone())
+                    .own_target()
                     .ok_or("nothing to edit: select one of your sent messages")?;
                 self.request(Request::Edit {
                     msg_id,
@@ -246,6 +232,16 @@ impl Model {
             _ => return Err(format!("unknown command {name}; /help lists them")),
         }
         Ok(())
+    }
+
+    /// The server id of the selected message if it is one of this user's
+    /// (stored, not recalled), or else of this user's newest such message.
+    fn own_target(&self) -> Option<String> {
+        self.open_chat()
+            .and_then(|c| {
+                c.target(|l| l.outgoing && l.from == self.me && !l.recalled && !l.msg_id.is_empty())
+            })
+            .map(|l| l.msg_id.clone())
     }
 
     fn open_group(&self) -> Result<String, String> {

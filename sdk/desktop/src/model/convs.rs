@@ -140,7 +140,7 @@ impl Conversations {
 
     /// A message was recalled: the preview says so if it was the newest.
     pub fn on_recall(&mut self, peer: &Peer, msg_id: &str) {
-        if let Some(e) = self.entries.iter_mut().find(|e| &e.peer == peer)
+        if let Some(e) = self.get_mut(peer)
             && e.last_msg_id == msg_id
         {
             e.last_text = "message recalled".to_owned();
@@ -168,6 +168,11 @@ impl Conversations {
     /// The entry of `peer`, if listed.
     pub fn get(&self, peer: &Peer) -> Option<&Entry> {
         self.entries.iter().find(|e| &e.peer == peer)
+    }
+
+    /// The entry of `peer` to change, if listed.
+    pub fn get_mut(&mut self, peer: &Peer) -> Option<&mut Entry> {
+        self.entries.iter_mut().find(|e| &e.peer == peer)
     }
 
     fn sort(&mut self) {

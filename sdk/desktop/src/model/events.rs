@@ -263,12 +263,7 @@ impl Model {
                 read_seq,
                 unread,
             } => {
-                if let Some(e) = self
-                    .convs
-                    .entries
-                    .iter_mut()
-                    .find(|e| e.peer == conversation)
-                {
+                if let Some(e) = self.convs.get_mut(&conversation) {
                     e.unread = unread;
                 }
                 if let Some(chat) = self.chats.get_mut(&conversation) {
@@ -339,12 +334,7 @@ impl Model {
                 pinned,
                 muted,
             } => {
-                if let Some(e) = self
-                    .convs
-                    .entries
-                    .iter_mut()
-                    .find(|e| e.peer == conversation)
-                {
+                if let Some(e) = self.convs.get_mut(&conversation) {
                     e.pinned = pinned;
                     e.muted = muted;
                 }
