@@ -116,8 +116,17 @@ impl Drop for Tmux {
 
 /// The command line of a client.
 fn client(gw: &Gateway, data: &Path, auth: &[String]) -> Vec<String> {
+    // Nothing of the environment the test runs in: no QIM_TOKEN, and an
+    // empty config file instead of the user's.
+    let config = data.with_extension("toml");
+    std::fs::write(&config, "").expect("write the config file");
     let mut args = vec![
+        "env".to_owned(),
+        "-u".into(),
+        "QIM_TOKEN".into(),
         env!("CARGO_BIN_EXE_qim-desktop").to_owned(),
+        "--config".into(),
+        config.display().to_string(),
         "--server".into(),
         gw.addr.clone(),
         "--ca".into(),
