@@ -84,22 +84,26 @@ fn read_keys(keys: &mpsc::Sender<Key>, stop: &std::sync::mpsc::Receiver<()>) {
         let Ok(Event::Key(key)) = event::read() else {
             continue;
         };
-        if let Some(key) = translate(key)
-            && keys.blocking_send(key).is_err()
-        {
-            return;
+        for key in translate(key) {
+            if keys.blocking_send(key).is_err() {
+                return;
+            }
         }
     }
 }
 
-/// A crossterm key as the model's [`Key`].
-pub fn translate(key: KeyEvent) -> Option<Key> {
+/// A crossterm key as the model's [`Key`]s. Alt and a character is what a
+/// terminal sends for Esc quickly followed by that character (Esc starts
+/// both), so it is taken as those two keys: Esc then `/quit` quits.
+pub fn translate(key: KeyEvent) -> Vec<Key> {
     if key.kind == KeyEventKind::Release {
-        return None;
+        return Vec::new();
     }
     let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-    Some(match key.code {
+    let alt = key.modifiers.contains(KeyModifiers::ALT);
+    let one = match key.code {
         KeyCode::Char(c) if ctrl => Key::Ctrl(c.to_ascii_lowercase()),
+        KeyCode::Char(c) if alt => return vec![Key::Esc, Key::Char(c)],
         KeyCode::Char(c) => Key::Char(c),
         KeyCode::Enter => Key::Enter,
         KeyCode::Backspace => Key::Backspace,
@@ -115,6 +119,26 @@ pub fn translate(key: KeyEvent) -> Option<Key> {
         KeyCode::Tab => Key::Tab,
         KeyCode::BackTab => Key::BackTab,
         KeyCode::Esc => Key::Esc,
-        _ => return None,
-    })
+        _ => return Vec::new(),
+    };
+    vec![one]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alt_and_a_character_is_esc_then_the_character() {
+        let key = |code, modifiers| translate(KeyEvent::new(code, modifiers));
+        assert_eq!(
+            key(KeyCode::Char('/'), KeyModifiers::ALT),
+            vec![Key::Esc, Key::Char('/')]
+        );
+        assert_eq!(
+            key(KeyCode::Char('N'), KeyModifiers::CONTROL),
+            vec![Key::Ctrl('n')]
+        );
+        assert_eq!(key(KeyCode::F(5), KeyModifiers::NONE), Vec::<Key>::new());
+    }
 }

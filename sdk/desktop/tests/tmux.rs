@@ -111,6 +111,16 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]);
+        // tmux leaves its socket file behind: $TMUX_TMPDIR/tmux-<uid>/<name>.
+        use std::os::unix::fs::MetadataExt as _;
+        if let Ok(me) = std::fs::metadata("/proc/self") {
+            let dir = std::env::var_os("TMUX_TMPDIR").unwrap_or_else(|| "/tmp".into());
+            let _ = std::fs::remove_file(
+                PathBuf::from(dir)
+                    .join(format!("tmux-{}", me.uid()))
+                    .join(&self.socket),
+            );
+        }
     }
 }
 
@@ -333,6 +343,7 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
         s.contains("(Esc closes)")
     });
     tmux.key("alice", "Escape");
+    tmux.wait("alice", "help closed", |s| !s.contains("(Esc closes)"));
     tmux.type_line("alice", "written offline");
     let offline = tmux.wait("alice", "queued", |s| {
         s.contains("you: written offline  · sending") && !s.contains("(Esc closes)")
@@ -371,6 +382,7 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
         s.contains("alice owner") && s.contains("bob member")
     });
     tmux.key("bob", "Escape");
+    tmux.wait("bob", "the list closed", |s| !s.contains("(Esc closes)"));
 
     tmux.type_line("bob", "/quit");
     tmux.type_line("alice", "/quit");
