@@ -496,6 +496,16 @@ impl Client {
         *self.shared.state.borrow()
     }
 
+    /// While waiting to reconnect ([`ConnectionState::Backoff`]), how long
+    /// until the next attempt starts; `None` in any other state.
+    pub fn next_attempt_in(&self) -> Option<Duration> {
+        if self.state() != ConnectionState::Backoff {
+            return None;
+        }
+        let at = (*lock(&self.shared.next_attempt))?;
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
     /// Watches state changes.
     pub fn watch_state(&self) -> StateWatcher {
         StateWatcher {

@@ -130,6 +130,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, first: Option<Established>) {
         if delay.is_zero() {
             continue;
         }
+        *lock(&shared.next_attempt) = Some(tokio::time::Instant::now() + delay);
         shared.state.send_replace(ConnectionState::Backoff);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

@@ -44,7 +44,8 @@
 //!   received is kept in SQLite for [`Client::local_history`] and
 //!   [`Client::search`] (full text), which work offline.
 //! - `shared`: the state the handle and the driver share across
-//!   connections ([`ConnectionState`], [`Stats`]).
+//!   connections ([`ConnectionState`], [`Stats`], the time of the next
+//!   reconnect attempt for [`Client::next_attempt_in`]).
 //! - `rpc`: the one rpc exchange (open a stream, one request, one
 //!   response, refusals mapped to [`Error`]), used by every request.
 //! - `receive`: the receive path: deliveries into inbox order, gap pulls

@@ -147,6 +147,9 @@ pub(crate) struct Shared {
     pub(crate) current: Mutex<Option<(quinn::Connection, String)>>,
     /// This device's copy of what it received, when configured.
     pub(crate) local: Option<LocalStore>,
+    /// When the next connection attempt starts, while in
+    /// [`ConnectionState::Backoff`] (for apps showing "retrying in 3 s").
+    pub(crate) next_attempt: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Shared {
@@ -217,6 +220,7 @@ impl Shared {
             reconnect_now: Notify::new(),
             current: Mutex::new(None),
             local,
+            next_attempt: Mutex::new(None),
         }))
     }
 

@@ -201,6 +201,7 @@ fn test(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
     // Tests of the Redis + CQL backend need the services; stop afterwards
     // only what this run started.
     let started = services::up()?;
+    ensure_tmux()?;
     let result = test_with_services(root, fuzz_seconds, extra);
     if started.any()
         && let Err(e) = services::down(started)
@@ -285,6 +286,24 @@ fn count(summary: &str, what: &str) -> u64 {
         })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// tmux drives the desktop client's end-to-end test (`sdk/desktop/tests/tmux.rs`);
+/// Debian's package is installed when it is missing.
+fn ensure_tmux() -> Result<()> {
+    let installed = Command::new("tmux")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!("installing tmux with apt-get (once)");
+        let _ = Command::new("apt-get").arg("update").status();
+        run(Command::new("apt-get").args(["install", "-y", "tmux"]))
+            .context("apt-get install -y tmux (run as root, or install it)")?;
+    }
+    Ok(())
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {
