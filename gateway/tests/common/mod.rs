@@ -846,3 +846,73 @@ impl Bystanders {
         }
     }
 }
+
+/// A TCP proxy (e.g. in front of the CQL server): forwards connections to `upstream` while `open` is true; cutting it
+/// drops every forwarded connection and refuses new ones.
+pub async fn proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let addr = listener.local_addr().expect("proxy addr");
+    let (open_tx, open) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            if !*open.borrow() {
+                continue; // dropped: the connection is refused
+            }
+            let mut open = open.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = open.wait_for(|open| !*open) => {}
+                }
+            });
+        }
+    });
+    (addr, open_tx)
+}
+
+/// Hands out the seqs of `inbox` up to `last` without storing them: what a
+/// node that died between allocating and writing leaves (the CQL mark
+/// raised, the Redis counter moved on).
+pub async fn hand_out_unwritten(
+    gw: &TestGateway,
+    cql_addr: &str,
+    redis_url: &str,
+    inbox: &str,
+    last: u64,
+) {
+    use fred::interfaces::KeysInterface as _;
+    let session = qim_storage::cql::connect(&qim_storage::cql::CqlOptions::new(
+        vec![cql_addr.to_owned()],
+        CLUSTER_KEYSPACE,
+    ))
+    .await
+    .expect("cql");
+    session
+        .query_unpaged(
+            format!(
+                "UPDATE {}.inbox_heads SET reserved = ? WHERE inbox = ?",
+                CLUSTER_KEYSPACE
+            ),
+            (i64::try_from(last).expect("seq"), inbox),
+        )
+        .await
+        .expect("raise the mark");
+    let redis = qim_storage::cluster::connect_redis(redis_url, Duration::from_secs(2))
+        .await
+        .expect("redis");
+    let prefix = &gw.config.store.key_prefix;
+    for key in [
+        format!("{prefix}seq:{{{inbox}}}"),
+        format!("{prefix}seqres:{{{inbox}}}"),
+    ] {
+        let _: () = redis.set(key, last, None, None, false).await.expect("set");
+    }
+}
