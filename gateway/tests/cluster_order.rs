@@ -19,15 +19,18 @@ use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, server_ack};
 use qim_sdk::OutgoingMessage;
 
+/// The keyspace of these tests (and the chaos test's).
+const KEYSPACE: &str = "qim_cluster_test";
+
 /// A gateway on the cluster store, its CQL reached at `cql`.
 async fn cluster_gateway(cql: &str) -> TestGateway {
     let cql_addr = required_env("QIM_TEST_CQL");
-    common::migrate_test_keyspace(&cql_addr).await;
+    common::migrate_keyspace(&cql_addr, KEYSPACE).await;
     let (redis, cql) = (required_env("QIM_TEST_REDIS"), cql.to_owned());
     TestGateway::start_with(move |c| {
         c.store.redis = Some(redis);
         c.store.cql = Some(cql);
-        c.store.keyspace = common::CLUSTER_KEYSPACE.to_owned();
+        c.store.keyspace = KEYSPACE.to_owned();
         c.store.key_prefix = unique("qimtest:");
         c.store.key_prefix.push(':');
         c.store.timeout_ms = 1_000;
@@ -73,7 +76,9 @@ async fn a_send_refused_as_retryable_holds_its_stream_so_nothing_overtakes_it() 
     let mut chat = carol.raw.open_uni(StreamKind::Chat).await;
 
     open.send_replace(false);
-    chat.send(&send_frame("first", &b, b"first")).await.expect("send");
+    chat.send(&send_frame("first", &b, b"first"))
+        .await
+        .expect("send");
     let refused = answer(&mut acks).await;
     assert_eq!(nack_code(&refused), Some(ErrorCode::StoreUnavailable));
     open.send_replace(true);
@@ -92,7 +97,9 @@ async fn a_send_refused_as_retryable_holds_its_stream_so_nothing_overtakes_it() 
 
     // "first" again (until the store answers), then "second".
     let first = loop {
-        chat.send(&send_frame("first", &b, b"first")).await.expect("resend");
+        chat.send(&send_frame("first", &b, b"first"))
+            .await
+            .expect("resend");
         match answer(&mut acks).await {
             server_ack::Kind::Ack(ack) => break ack,
             server_ack::Kind::Nack(n) if n.code == ErrorCode::StoreUnavailable as i32 => {}
@@ -120,7 +127,7 @@ async fn a_send_refused_as_retryable_holds_its_stream_so_nothing_overtakes_it() 
 async fn claim_unwritten(sender: &str, client_msg_id: &str, inbox: &str, seq: u64, age: Duration) {
     let session = qim_storage::cql::connect(&qim_storage::cql::CqlOptions::new(
         vec![required_env("QIM_TEST_CQL")],
-        common::CLUSTER_KEYSPACE,
+        KEYSPACE,
     ))
     .await
     .expect("cql");
@@ -132,9 +139,8 @@ async fn claim_unwritten(sender: &str, client_msg_id: &str, inbox: &str, seq: u6
     session
         .query_unpaged(
             format!(
-                "INSERT INTO {}.idempotency (sender, client_msg_id, inbox, seq, msg_id) \
-                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP {written_us}",
-                common::CLUSTER_KEYSPACE
+                "INSERT INTO {KEYSPACE}.idempotency (sender, client_msg_id, inbox, seq, msg_id) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP {written_us}"
             ),
             (
                 sender,
@@ -199,7 +205,10 @@ async fn a_late_resend_overtaken_by_the_senders_later_message_is_refused_not_reo
     dave.send_message(to(&b, "dave-one")).await.expect("acked");
     common::hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, 5).await;
     claim_unwritten(&d, "late", &b, 5, window * 2).await;
-    alice.send_message(to(&b, "alice-after")).await.expect("acked");
+    alice
+        .send_message(to(&b, "alice-after"))
+        .await
+        .expect("acked");
     let late = dave.send_message(to(&b, "late")).await.expect("stored");
     assert_eq!(late.seq, 7, "at a new seq, after alice's");
 

@@ -81,9 +81,15 @@ pub fn unique(name: &str) -> String {
 
 /// Creates or upgrades [`CLUSTER_KEYSPACE`] at `cql_addr` (idempotent).
 pub async fn migrate_test_keyspace(cql_addr: &str) {
+    migrate_keyspace(cql_addr, CLUSTER_KEYSPACE).await;
+}
+
+/// Creates or upgrades `keyspace` at `cql_addr` (idempotent), for tests
+/// that keep their messages apart from the shared test keyspace.
+pub async fn migrate_keyspace(cql_addr: &str, keyspace: &str) {
     qim_storage::cql::connect_and_migrate(&qim_storage::cql::CqlOptions::new(
         vec![cql_addr.to_owned()],
-        CLUSTER_KEYSPACE,
+        keyspace,
     ))
     .await
     .expect("migrate the test keyspace");
@@ -852,7 +858,9 @@ impl Bystanders {
 pub async fn proxy(
     upstream: std::net::SocketAddr,
 ) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy bind");
     let addr = listener.local_addr().expect("proxy addr");
     let (open_tx, open) = tokio::sync::watch::channel(true);
     tokio::spawn(async move {
@@ -889,18 +897,16 @@ pub async fn hand_out_unwritten(
     last: u64,
 ) {
     use fred::interfaces::KeysInterface as _;
+    let keyspace = &gw.config.store.keyspace;
     let session = qim_storage::cql::connect(&qim_storage::cql::CqlOptions::new(
         vec![cql_addr.to_owned()],
-        CLUSTER_KEYSPACE,
+        keyspace,
     ))
     .await
     .expect("cql");
     session
         .query_unpaged(
-            format!(
-                "UPDATE {}.inbox_heads SET reserved = ? WHERE inbox = ?",
-                CLUSTER_KEYSPACE
-            ),
+            format!("UPDATE {keyspace}.inbox_heads SET reserved = ? WHERE inbox = ?"),
             (i64::try_from(last).expect("seq"), inbox),
         )
         .await
