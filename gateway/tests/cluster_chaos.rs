@@ -19,7 +19,6 @@ use common::{PATIENCE, assert_quiet, text};
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_gateway::tls::{DevCertSpec, write_dev_certs};
 use qim_sdk::{Client, ClientConfig, ClientEvent, OutboxStatus, OutgoingMessage};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Child;
 use tokio::time::Instant;
 
@@ -117,20 +116,7 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn qim-gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(PATIENCE, async {
-            while let Some(line) = lines.next_line().await.expect("stdout") {
-                if let Some(rest) = line.strip_prefix("READY quic=") {
-                    let quic = rest.split_whitespace().next().expect("quic");
-                    return quic.parse::<SocketAddr>().expect("addr");
-                }
-            }
-            panic!("gateway exited before READY");
-        })
-        .await
-        .expect("ready in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = common::ready_addr(&mut child).await;
         (child, addr)
     }
 

@@ -922,3 +922,25 @@ pub async fn hand_out_unwritten(
         let _: () = redis.set(key, last, None, None, false).await.expect("set");
     }
 }
+
+/// The QUIC address a spawned gateway (stdout piped) announces on its
+/// `READY quic=…` line; its stdout is drained from then on, so the child
+/// never blocks on a full pipe.
+pub async fn ready_addr(child: &mut tokio::process::Child) -> SocketAddr {
+    use tokio::io::AsyncBufReadExt as _;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(rest) = line.strip_prefix("READY quic=") {
+                let quic = rest.split_whitespace().next().expect("address");
+                return quic.parse::<SocketAddr>().expect("socket address");
+            }
+        }
+        panic!("gateway exited before READY");
+    })
+    .await
+    .expect("gateway ready in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
+}
