@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{PATIENCE, assert_quiet, text};
+use common::{assert_quiet, text};
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_gateway::tls::{DevCertSpec, write_dev_certs};
 use qim_sdk::{Client, ClientConfig, ClientEvent, OutboxStatus, OutgoingMessage};
@@ -290,42 +290,44 @@ async fn run(rate: u32, label: &str) -> (Duration, Duration) {
     for c in &clients {
         assert_quiet(c, Duration::from_millis(100)).await;
     }
-    let s = lock(&seen);
-    let mut all = Vec::new();
-    let mut calm = Vec::new();
-    for i in 0..CLIENTS {
-        let from = (i + CLIENTS - 1) % CLIENTS;
-        let want: Vec<String> = (0..sent[from])
-            .map(|n| format!("{}-{n}", cluster.user(from)))
-            .collect();
-        let got: Vec<&String> = s.received[i].iter().map(|r| &r.0).collect();
-        assert_eq!(
-            got,
-            want.iter().collect::<Vec<_>>(),
-            "{label}: {} got {}'s messages once each, in order",
-            cluster.user(i),
-            cluster.user(from)
-        );
-        for (id, at) in &s.received[i] {
-            let queued = s.queued[id];
-            let latency = at.saturating_duration_since(queued);
-            all.push(latency);
-            // Calm: the whole send→deliver span is outside the 10 s
-            // after every kill.
-            if !kills
-                .iter()
-                .any(|k| *at >= *k && queued < *k + Duration::from_secs(10))
-            {
-                calm.push(latency);
+    let (mut all, mut calm, mut ack) = {
+        let s = lock(&seen);
+        let mut all = Vec::new();
+        let mut calm = Vec::new();
+        for i in 0..CLIENTS {
+            let from = (i + CLIENTS - 1) % CLIENTS;
+            let want: Vec<String> = (0..sent[from])
+                .map(|n| format!("{}-{n}", cluster.user(from)))
+                .collect();
+            let got: Vec<&String> = s.received[i].iter().map(|r| &r.0).collect();
+            assert_eq!(
+                got,
+                want.iter().collect::<Vec<_>>(),
+                "{label}: {} got {}'s messages once each, in order",
+                cluster.user(i),
+                cluster.user(from)
+            );
+            for (id, at) in &s.received[i] {
+                let queued = s.queued[id];
+                let latency = at.saturating_duration_since(queued);
+                all.push(latency);
+                // Calm: the whole send→deliver span is outside the 10 s
+                // after every kill.
+                if !kills
+                    .iter()
+                    .any(|k| *at >= *k && queued < *k + Duration::from_secs(10))
+                {
+                    calm.push(latency);
+                }
             }
         }
-    }
-    let mut ack = s
-        .acked
-        .iter()
-        .filter_map(|(id, at)| s.queued.get(id).map(|q| at.saturating_duration_since(*q)))
-        .collect::<Vec<_>>();
-    drop(s);
+        let ack = s
+            .acked
+            .iter()
+            .filter_map(|(id, at)| s.queued.get(id).map(|q| at.saturating_duration_since(*q)))
+            .collect::<Vec<_>>();
+        (all, calm, ack)
+    };
     let resent: u64 = clients.iter().map(|c| c.stats().sends_resent).sum();
     let sessions: u64 = clients.iter().map(|c| c.stats().sessions).sum();
     let per_message = resent as f64 / total as f64;
