@@ -9,6 +9,8 @@
 //!   client back.
 //! - A session over `limits.sends_per_second` is slowed, not refused, so
 //!   its messages keep their order.
+//! - No send is stored after an earlier send of the same stream that was
+//!   refused as retryable, until that one comes again (`order`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use crate::ctx::Ctx;
 use crate::fault::{Fault, StreamEnd};
 use crate::limit::Bucket;
 use crate::mutex::lock;
+use crate::order::OrderHold;
 use crate::path::PathWatch;
 use crate::post::{Sender, post_sends};
 
@@ -51,6 +54,7 @@ impl ChatStream<'_> {
         // them and `max_bytes` (plus one frame) of them.
         let mut backlog = Backlog::new(self.ctx.metrics.chat_backlog_bytes.clone());
         let mut throttled = false;
+        let mut hold = OrderHold::default();
         loop {
             if backlog.sends.is_empty() {
                 match recv.next::<v1::Send>().await {
@@ -95,7 +99,7 @@ impl ChatStream<'_> {
                 user: self.user,
                 device: self.device,
             };
-            let acks = Box::pin(post_sends(self.ctx, &sender, sends)).await;
+            let acks = Box::pin(post_sends(self.ctx, &sender, sends, &mut hold)).await;
             backlog.stored(bytes);
             for ack in acks {
                 if self.acks.send(Box::new(ack)).await.is_err() {

@@ -47,6 +47,8 @@
 //! - `ctx`: the state every session and feature shares (`Ctx`).
 //! - `post`: a send validated, checked, stored as one post and published;
 //!   used by chat streams and checked the same way for scheduled sends.
+//! - `order`: a chat stream's hold after a retryable refusal, so no later
+//!   send of the stream is stored before the refused one.
 //! - `fanout`: the only way a durable entry reaches sessions, on this node
 //!   and on the others (and how signals cross nodes, presence unwatching
 //!   after an unfriend or a block among them).
@@ -114,6 +116,7 @@ mod handshake;
 pub mod limit;
 pub mod metrics;
 mod mutex;
+mod order;
 mod path;
 mod policy;
 mod post;

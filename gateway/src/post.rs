@@ -13,7 +13,9 @@
 //! - Copies are handed to the fan-out after the store call returned,
 //!   duplicates too: the first attempt's session may have ended between
 //!   its commit and its fan-out; feeds ignore seqs they have.
-//! - A batch keeps its order: sends are stored in the order they arrived.
+//! - A batch keeps its order: sends are stored in the order they arrived,
+//!   and none is stored after an earlier one of its stream was refused as
+//!   retryable until that one is sent again (`order`).
 
 use qim_proto::v1::{self, ErrorCode, server_ack};
 use qim_storage::conversations::{PREVIEW_BYTES, Post};
@@ -22,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::ctx::Ctx;
+use crate::order::OrderHold;
 use crate::quota::Cost;
 use crate::reply::Refusal;
 
@@ -144,23 +147,39 @@ pub(crate) fn direct_inboxes(ctx: &Ctx, sender: &str, recipient: &str) -> Vec<St
 
 /// Validates, checks and stores a batch of sends in order, hands the
 /// copies to the fan-out, and answers each with an ack or a nack.
+/// `hold` is the chat stream's [`OrderHold`]: sends behind a held one are
+/// refused with `ORDER_HELD`, and the first send refused as retryable
+/// holds what follows.
 pub(crate) async fn post_sends(
     ctx: &Ctx,
     sender: &Sender<'_>,
     sends: Vec<v1::Send>,
+    hold: &mut OrderHold,
 ) -> Vec<v1::ServerAck> {
     let now = qim_proto::now_ms();
     // One verdict per send, in order; the posts that passed, in order.
     let mut verdicts: Vec<Result<String, (String, Refusal)>> = Vec::with_capacity(sends.len());
     let mut posts = Vec::with_capacity(sends.len());
+    // Sends refused for order are not the stream's earliest refusal.
+    let mut held_here = std::collections::HashSet::new();
     for send in sends {
         let id = send.client_msg_id.clone();
+        if !hold.admits(&id) {
+            held_here.insert(id.clone());
+            verdicts.push(Err((id, Refusal::order_held())));
+            continue;
+        }
         match admit(ctx, sender, send, now).await {
             Ok(post) => {
                 verdicts.push(Ok(id));
                 posts.push(post);
             }
-            Err(refusal) => verdicts.push(Err((id, refusal))),
+            Err(refusal) => {
+                if refusal.code.is_retryable() {
+                    hold.hold(&id);
+                }
+                verdicts.push(Err((id, refusal)));
+            }
         }
     }
     let stored = if posts.is_empty() {
@@ -185,6 +204,7 @@ pub(crate) async fn post_sends(
         }
     };
     let mut acks = Vec::with_capacity(verdicts.len());
+    let mut earliest_found = false;
     for verdict in verdicts {
         let outcome = match (verdict, &mut stored) {
             (Err((id, refusal)), _) => Err((id, refusal)),
@@ -206,6 +226,16 @@ pub(crate) async fn post_sends(
             },
             (Ok(id), Err(refusal)) => Err((id, refusal.clone())),
         };
+        if let Err((id, refusal)) = &outcome
+            && refusal.code.is_retryable()
+            && !held_here.contains(id)
+            && !earliest_found
+        {
+            // Admission refusals held already; a store refusal comes
+            // earlier in the batch than any admitted send after it.
+            earliest_found = true;
+            hold.hold_first(id);
+        }
         let kind = match outcome {
             Ok(ack) => {
                 ctx.metrics.sends.inc();

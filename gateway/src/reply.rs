@@ -59,6 +59,15 @@ impl Refusal {
         Self::new(ErrorCode::InvalidArgument, message)
     }
 
+    /// A send not stored because an earlier one on its chat stream is held
+    /// (`ORDER_HELD`, see `order`).
+    pub(crate) fn order_held() -> Self {
+        Self::new(
+            ErrorCode::OrderHeld,
+            "an earlier send on this stream was refused; send it again first",
+        )
+    }
+
     /// The rpc answer that carries this refusal.
     pub(crate) fn into_rpc(self) -> rpc_response::Kind {
         rpc_response::Kind::Error(v1::RpcError {
@@ -109,6 +118,7 @@ impl From<OpError> for Refusal {
         let code = match &e {
             OpError::Store(_) => ErrorCode::Internal,
             OpError::NotFound => ErrorCode::NotFound,
+            OpError::Superseded => ErrorCode::SendSuperseded,
             OpError::NotSender => ErrorCode::PermissionDenied,
             OpError::WindowPassed => ErrorCode::RecallWindowPassed,
             OpError::Recalled => ErrorCode::AlreadyRecalled,

@@ -24,7 +24,6 @@ use qim_storage::Stores;
 use qim_storage::cluster::{ClusterOptions, ClusterStore};
 use qim_storage::cql::{self, CqlOptions};
 use qim_storage::redis::nodes::NodeInfo;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::OnceCell;
 
 const KEYSPACE: &str = "qim_gateway_cluster";
@@ -807,20 +806,7 @@ async fn spawn_node(shared: &Shared, name: &str) -> Child {
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn qim-gateway");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.expect("stdout") {
-            if let Some(rest) = line.strip_prefix("READY quic=") {
-                let quic = rest.split_whitespace().next().expect("quic");
-                return quic.parse::<SocketAddr>().expect("addr");
-            }
-        }
-        panic!("gateway exited before READY");
-    })
-    .await
-    .expect("ready in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = common::ready_addr(&mut child).await;
     Child { child, addr }
 }
 

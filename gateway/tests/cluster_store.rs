@@ -17,14 +17,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
 use common::{
     PATIENCE, Raw, TestGateway, assert_quiet, required_env, send_frame, take, text, unique,
 };
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode, server_ack};
-use qim_storage::cql::{self, CqlOptions};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 async fn migrate(cql_addr: &str) {
     common::migrate_test_keyspace(cql_addr).await;
@@ -205,37 +205,6 @@ async fn redis_restart_with_data_lost_during_traffic() {
     gw.stop().await;
 }
 
-// --- a TCP proxy in front of the CQL server ------------------------------
-
-/// Forwards connections to `upstream` while `open` is true; cutting it
-/// drops every forwarded connection and refuses new ones.
-async fn proxy(upstream: SocketAddr) -> (SocketAddr, watch::Sender<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
-    let addr = listener.local_addr().expect("proxy addr");
-    let (open_tx, open) = watch::channel(true);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            if !*open.borrow() {
-                continue; // dropped: the connection is refused
-            }
-            let mut open = open.clone();
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    _ = open.wait_for(|open| !*open) => {}
-                }
-            });
-        }
-    });
-    (addr, open_tx)
-}
-
 /// The CQL server becomes unreachable during traffic: sends get a
 /// retryable refusal, nothing is acknowledged that was not stored, and
 /// everything goes through once it is reachable again.
@@ -245,7 +214,7 @@ async fn cql_unreachable_refuses_sends_and_recovers() {
     let redis_url = required_env("QIM_TEST_REDIS");
     migrate(&cql_addr).await;
     let upstream: SocketAddr = cql_addr.parse().expect("QIM_TEST_CQL is host:port");
-    let (proxy_addr, open) = proxy(upstream).await;
+    let (proxy_addr, open) = common::proxy(upstream).await;
     let gw = cluster_gateway(&redis_url, &proxy_addr.to_string()).await;
     let (a, b, c) = (unique("alice"), unique("bob"), unique("carol"));
     let alice = Arc::new(gw.client(&a, "alice-phone").await);
@@ -344,45 +313,6 @@ async fn cql_unreachable_refuses_sends_and_recovers() {
     gw.stop().await;
 }
 
-/// Hands out the seqs of `inbox` up to `last` without storing them: what a
-/// node that died between allocating and writing leaves (the CQL mark
-/// raised, the Redis counter moved on).
-async fn hand_out_unwritten(
-    gw: &TestGateway,
-    cql_addr: &str,
-    redis_url: &str,
-    inbox: &str,
-    last: u64,
-) {
-    use fred::interfaces::KeysInterface as _;
-    let session = cql::connect(&CqlOptions::new(
-        vec![cql_addr.to_owned()],
-        common::CLUSTER_KEYSPACE,
-    ))
-    .await
-    .expect("cql");
-    session
-        .query_unpaged(
-            format!(
-                "UPDATE {}.inbox_heads SET reserved = ? WHERE inbox = ?",
-                common::CLUSTER_KEYSPACE
-            ),
-            (i64::try_from(last).expect("seq"), inbox),
-        )
-        .await
-        .expect("raise the mark");
-    let redis = qim_storage::cluster::connect_redis(redis_url, Duration::from_secs(2))
-        .await
-        .expect("redis");
-    let prefix = &gw.config.store.key_prefix;
-    for key in [
-        format!("{prefix}seq:{{{inbox}}}"),
-        format!("{prefix}seqres:{{{inbox}}}"),
-    ] {
-        let _: () = redis.set(key, last, None, None, false).await.expect("set");
-    }
-}
-
 /// Once the seqs of a gap were handed out longer ago than the settle
 /// window, sync says so, and a device catching up skips the gap at once
 /// instead of waiting its `gap_skip_after`; a younger gap is not called
@@ -403,7 +333,7 @@ async fn a_gap_older_than_the_settle_window_is_skipped_at_once() {
     for i in 0..3 {
         alice.send(b.clone(), format!("m{i}")).await.expect("acked");
     }
-    hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, 5).await;
+    common::hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, 5).await;
     let after = alice
         .send(b.clone(), "after the gap".into())
         .await

@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::{Backend, PATIENCE, assert_quiet, join_in_order, take, text};
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_sdk::{Client, ClientConfig, OutgoingMessage, SendReceipt};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 struct Node {
@@ -81,21 +80,7 @@ async fn start_at(dir: &Path, listen: &str, extra: &[String]) -> Node {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn qim-gateway");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(rest) = line.strip_prefix("READY quic=") {
-                let quic = rest.split_whitespace().next().expect("address");
-                return quic.parse::<SocketAddr>().expect("socket address");
-            }
-        }
-        panic!("gateway exited before READY");
-    })
-    .await
-    .expect("gateway ready in time");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = common::ready_addr(&mut child).await;
     Node { child, addr }
 }
 

@@ -31,6 +31,7 @@ impl ErrorCode {
                 | ErrorCode::HeartbeatTimeout
                 | ErrorCode::LoginTimeout
                 | ErrorCode::StoreFull
+                | ErrorCode::OrderHeld
         )
     }
 }

@@ -22,14 +22,18 @@ use crate::{Error, SendReceipt};
 
 pub(crate) type Waiter = oneshot::Sender<Result<SendReceipt, Error>>;
 
+/// How long a send refused with `ORDER_HELD` waits at least (its earlier
+/// refused send usually sets a longer wait).
+const HELD_RETRY_MS: u64 = 100;
+
 struct Pending {
     send: v1::Send,
     /// Callers waiting for the outcome, by waiter id.
     waiters: Vec<(u64, Waiter)>,
     /// When it was last written, on the outbox's current connection.
     sent_at: Option<Instant>,
-    /// After a retryable refusal: not before this.
-    not_before: Option<Instant>,
+    /// Refused as retryable: waits for the retry gate.
+    refused: bool,
     refusals: u32,
 }
 
@@ -48,8 +52,14 @@ pub(crate) struct Outbox {
     /// `(due, order)` of written sends in write order, so due times only
     /// grow; entries acked since are skipped when they come up.
     timeouts: VecDeque<(Instant, u64)>,
-    /// `(not before, order)` of refused sends waiting to be retried.
-    retries: BTreeSet<(Instant, u64)>,
+    /// Orders of sends refused as retryable, waiting for `retry_at`. They
+    /// are written again together, in order, and nothing after the first
+    /// of them is written before: the server holds a chat stream after a
+    /// retryable refusal (`ORDER_HELD`) so that no later send is stored
+    /// before the refused one.
+    retries: BTreeSet<u64>,
+    /// When the refused sends are written again.
+    retry_at: Option<Instant>,
     next_waiter: u64,
     /// Sends written again (after an ack timeout or on a new connection).
     resent: u64,
@@ -120,7 +130,7 @@ impl Outbox {
                 send,
                 waiters: waiter.map(|w| (id, w)).into_iter().collect(),
                 sent_at: None,
-                not_before: None,
+                refused: false,
                 refusals: 0,
             },
         );
@@ -143,10 +153,11 @@ impl Outbox {
 
     /// What to write now on connection `generation`, in order: everything not
     /// yet written on it (all of it again on a new connection), and refused
-    /// sends whose retry time came. A send is never written twice on one
-    /// connection: one that waits too long for its ack makes the connection
-    /// be probed ([`overdue`](Self::overdue)), and QUIC delivers what a live
-    /// connection accepted.
+    /// sends once their retry time came; while refused sends wait, nothing
+    /// made after the first of them is written. A send is never written
+    /// twice on one connection unless refused: one that waits too long for
+    /// its ack makes the connection be probed ([`overdue`](Self::overdue)),
+    /// and QUIC delivers what a live connection accepted.
     pub(crate) fn due(
         &mut self,
         generation: u64,
@@ -160,7 +171,7 @@ impl Outbox {
             self.unsent = self
                 .entries
                 .iter()
-                .filter(|(_, p)| p.not_before.is_none())
+                .filter(|(_, p)| !p.refused)
                 .map(|(order, _)| *order)
                 .collect();
             self.resent += self
@@ -169,18 +180,22 @@ impl Outbox {
                 .filter(|o| self.entries.get(o).is_some_and(|p| p.sent_at.is_some()))
                 .count() as u64;
         }
-        while let Some(&(at, order)) = self.retries.first() {
-            if at > now {
-                break;
-            }
-            self.retries.pop_first();
-            if let Some(p) = self.entries.get_mut(&order) {
-                p.not_before = None;
-                self.unsent.insert(order);
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            for order in std::mem::take(&mut self.retries) {
+                if let Some(p) = self.entries.get_mut(&order) {
+                    p.refused = false;
+                    self.unsent.insert(order);
+                }
             }
         }
+        // Behind a refused send, the rest waits with it.
+        let held = match self.retries.first() {
+            Some(&first) => self.unsent.split_off(&first),
+            None => BTreeSet::new(),
+        };
         let mut out = Vec::with_capacity(self.unsent.len());
-        for order in std::mem::take(&mut self.unsent) {
+        for order in std::mem::replace(&mut self.unsent, held) {
             if let Some(p) = self.entries.get_mut(&order) {
                 p.sent_at = Some(now);
                 self.timeouts.push_back((now + ack_timeout, order));
@@ -247,16 +262,16 @@ impl Outbox {
     /// When something becomes due without a new send.
     pub(crate) fn next_due(&self) -> Option<Instant> {
         let timeout = self.timeouts.front().map(|(due, _)| *due);
-        let retry = self.retries.first().map(|(at, _)| *at);
-        timeout.into_iter().chain(retry).min()
+        timeout.into_iter().chain(self.retry_at).min()
     }
 
     fn take(&mut self, client_msg_id: &str) -> Option<Pending> {
         let order = self.index.remove(client_msg_id)?;
         self.unsent.remove(&order);
         let p = self.entries.remove(&order)?;
-        if let Some(at) = p.not_before {
-            self.retries.remove(&(at, order));
+        self.retries.remove(&order);
+        if self.retries.is_empty() {
+            self.retry_at = None;
         }
         Some(p)
     }
@@ -286,18 +301,22 @@ impl Outbox {
                 return;
             };
             if let Some(p) = self.entries.get_mut(&order) {
-                if let Some(at) = p.not_before.take() {
-                    self.retries.remove(&(at, order));
-                }
-                p.refusals = p.refusals.saturating_add(1);
+                // Held behind an earlier refusal: it goes again right after
+                // that one, which sets the wait.
+                let backoff = if code == v1::ErrorCode::OrderHeld {
+                    HELD_RETRY_MS
+                } else {
+                    p.refusals = p.refusals.saturating_add(1);
+                    100u64 << p.refusals.min(6)
+                };
                 // The server's hint (`retry_after_ms`, e.g. a rate limit's)
                 // when it asks for longer than the backoff.
-                let backoff = 100u64 << p.refusals.min(6);
                 let at = now + Duration::from_millis(backoff.max(u64::from(nack.retry_after_ms)));
-                p.not_before = Some(at);
+                self.retry_at = Some(self.retry_at.map_or(at, |gate| gate.max(at)));
+                p.refused = true;
                 p.sent_at = None;
                 self.unsent.remove(&order);
-                self.retries.insert((at, order));
+                self.retries.insert(order);
             }
             return;
         }
@@ -312,8 +331,11 @@ impl Outbox {
     }
 
     /// One caller stopped waiting; without a journal the send is dropped
-    /// (and reported failed with `Timeout`) when nobody waits. With one it
-    /// stays queued: the app was told it would be sent.
+    /// (and reported failed with `Timeout`) when nobody waits, unless it was
+    /// written already: then the server may store it (or hold later sends
+    /// for it), so it stays queued until the server's answer, which is
+    /// published. With a journal it stays queued: the app was told it
+    /// would be sent.
     pub(crate) fn abandon(&mut self, client_msg_id: &str, waiter: u64) {
         let Some(&order) = self.index.get(client_msg_id) else {
             return;
@@ -322,7 +344,8 @@ impl Outbox {
             return;
         };
         p.waiters.retain(|(id, _)| *id != waiter);
-        if p.waiters.is_empty() && self.store.is_none() {
+        let written = p.sent_at.is_some() || p.refused;
+        if p.waiters.is_empty() && self.store.is_none() && !written {
             self.take(client_msg_id);
             self.publish(client_msg_id, OutboxStatus::Failed(Error::Timeout));
         }
@@ -335,6 +358,7 @@ impl Outbox {
         self.unsent.clear();
         self.timeouts.clear();
         self.retries.clear();
+        self.retry_at = None;
         let persistent = self.store.is_some();
         for (_, p) in std::mem::take(&mut self.entries) {
             if !persistent {
@@ -446,6 +470,50 @@ mod tests {
         ));
         assert!(ob.due(1, now, t).is_empty(), "not before the retry delay");
         assert_eq!(ids(&ob.due(1, now + Duration::from_secs(1), t)), ["a"]);
+    }
+
+    fn nack(id: &str, code: v1::ErrorCode) -> v1::SendNack {
+        v1::SendNack {
+            client_msg_id: id.into(),
+            code: code as i32,
+            retryable: code.is_retryable(),
+            message: String::new(),
+            retry_after_ms: 0,
+        }
+    }
+
+    #[test]
+    fn refused_sends_go_again_together_in_order_and_nothing_overtakes_them() {
+        let t = Duration::from_secs(60);
+        let mut ob = Outbox::default();
+        for id in ["a", "b", "c"] {
+            ob.add(send(id), None).expect("add");
+        }
+        let now = Instant::now();
+        assert_eq!(ids(&ob.due(1, now, t)), ["a", "b", "c"]);
+        // a was refused twice before: its wait is the longest.
+        ob.refused(&nack("a", v1::ErrorCode::StoreUnavailable), now);
+        assert_eq!(ids(&ob.due(1, now + Duration::from_secs(1), t)), ["a"]);
+        ob.refused(&nack("a", v1::ErrorCode::StoreUnavailable), now);
+        ob.refused(&nack("b", v1::ErrorCode::OrderHeld), now);
+        ob.add(send("d"), None).expect("add");
+        assert!(
+            ob.due(1, now + Duration::from_millis(150), t).is_empty(),
+            "b's own wait is over, but it and the new d stay behind a"
+        );
+        assert_eq!(ob.next_due(), Some(now + Duration::from_millis(400)));
+        assert_eq!(
+            ids(&ob.due(1, now + Duration::from_millis(400), t)),
+            ["a", "b", "d"],
+            "in the order made; c is still in flight"
+        );
+        // A caller giving up on a written send does not drop it: the server
+        // may hold later sends for it.
+        let (w, _r) = oneshot::channel();
+        let waiter = ob.add(send("c"), Some(w)).expect("join");
+        ob.abandon("c", waiter);
+        assert_eq!(ob.len(), 4);
+        assert_eq!(ob.resent(), 0, "retries after a refusal are not resends");
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub enum OpError {
     /// No such conversation or message for this user.
     #[error("not found")]
     NotFound,
+    /// A resend whose first attempt was claimed and never stored, after the
+    /// fill window, when the sender's later messages to the conversation
+    /// are stored since: storing it now would break the sender's order.
+    #[error("superseded by the sender's later messages")]
+    Superseded,
     /// The user did not send the message.
     #[error("only the sender may do this")]
     NotSender,

@@ -81,9 +81,15 @@ pub fn unique(name: &str) -> String {
 
 /// Creates or upgrades [`CLUSTER_KEYSPACE`] at `cql_addr` (idempotent).
 pub async fn migrate_test_keyspace(cql_addr: &str) {
+    migrate_keyspace(cql_addr, CLUSTER_KEYSPACE).await;
+}
+
+/// Creates or upgrades `keyspace` at `cql_addr` (idempotent), for tests
+/// that keep their messages apart from the shared test keyspace.
+pub async fn migrate_keyspace(cql_addr: &str, keyspace: &str) {
     qim_storage::cql::connect_and_migrate(&qim_storage::cql::CqlOptions::new(
         vec![cql_addr.to_owned()],
-        CLUSTER_KEYSPACE,
+        keyspace,
     ))
     .await
     .expect("migrate the test keyspace");
@@ -845,4 +851,96 @@ impl Bystanders {
             receiver.close().await;
         }
     }
+}
+
+/// A TCP proxy (e.g. in front of the CQL server): forwards connections to `upstream` while `open` is true; cutting it
+/// drops every forwarded connection and refuses new ones.
+pub async fn proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy bind");
+    let addr = listener.local_addr().expect("proxy addr");
+    let (open_tx, open) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            if !*open.borrow() {
+                continue; // dropped: the connection is refused
+            }
+            let mut open = open.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = open.wait_for(|open| !*open) => {}
+                }
+            });
+        }
+    });
+    (addr, open_tx)
+}
+
+/// Hands out the seqs of `inbox` up to `last` without storing them: what a
+/// node that died between allocating and writing leaves (the CQL mark
+/// raised, the Redis counter moved on).
+pub async fn hand_out_unwritten(
+    gw: &TestGateway,
+    cql_addr: &str,
+    redis_url: &str,
+    inbox: &str,
+    last: u64,
+) {
+    use fred::interfaces::KeysInterface as _;
+    let keyspace = &gw.config.store.keyspace;
+    let session = qim_storage::cql::connect(&qim_storage::cql::CqlOptions::new(
+        vec![cql_addr.to_owned()],
+        keyspace,
+    ))
+    .await
+    .expect("cql");
+    session
+        .query_unpaged(
+            format!("UPDATE {keyspace}.inbox_heads SET reserved = ? WHERE inbox = ?"),
+            (i64::try_from(last).expect("seq"), inbox),
+        )
+        .await
+        .expect("raise the mark");
+    let redis = qim_storage::cluster::connect_redis(redis_url, Duration::from_secs(2))
+        .await
+        .expect("redis");
+    let prefix = &gw.config.store.key_prefix;
+    for key in [
+        format!("{prefix}seq:{{{inbox}}}"),
+        format!("{prefix}seqres:{{{inbox}}}"),
+    ] {
+        let _: () = redis.set(key, last, None, None, false).await.expect("set");
+    }
+}
+
+/// The QUIC address a spawned gateway (stdout piped) announces on its
+/// `READY quic=…` line; its stdout is drained from then on, so the child
+/// never blocks on a full pipe.
+pub async fn ready_addr(child: &mut tokio::process::Child) -> SocketAddr {
+    use tokio::io::AsyncBufReadExt as _;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(rest) = line.strip_prefix("READY quic=") {
+                let quic = rest.split_whitespace().next().expect("address");
+                return quic.parse::<SocketAddr>().expect("socket address");
+            }
+        }
+        panic!("gateway exited before READY");
+    })
+    .await
+    .expect("gateway ready in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
 }

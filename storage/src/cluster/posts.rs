@@ -86,30 +86,28 @@ impl ClusterStore {
                 }
             }
         }
-        // Seqs per inbox, in batch order.
-        let mut per_inbox: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
-        for (i, post) in posts.iter().enumerate() {
-            if matches!(plans[i], Some(Plan::New)) {
-                for (k, inbox) in post.inboxes.iter().enumerate() {
-                    per_inbox.entry(inbox.as_str()).or_default().push((i, k));
-                }
-            }
-        }
-        let inboxes: Vec<(&str, &Vec<(usize, usize)>)> =
-            per_inbox.iter().map(|(k, v)| (*k, v)).collect();
-        let allocations: Vec<Pending<'_, u64>> = inboxes
-            .iter()
-            .map(|(inbox, idx)| {
-                Box::pin(self.seqs.allocate(inbox, idx.len() as u64)) as Pending<'_, _>
-            })
-            .collect();
+        // Seqs in batch order: the new posts before a resend get theirs
+        // before the resend is resolved (it may take a new seq), the ones
+        // after it after, so a resend never lands after a later post.
         let mut seqs: Vec<Vec<u64>> = posts.iter().map(|p| vec![0; p.inboxes.len()]).collect();
-        for ((_, idx), first_seq) in inboxes.iter().zip(bounded(allocations).await?) {
-            for (n, &(i, k)) in idx.iter().enumerate() {
-                seqs[i][k] = first_seq + n as u64;
+        let mut resent: Vec<Option<Result<Posted, OpError>>> = posts.iter().map(|_| None).collect();
+        let mut run: Vec<usize> = Vec::new();
+        for i in 0..posts.len() {
+            match &plans[i] {
+                Some(Plan::New) => run.push(i),
+                Some(Plan::Resend(_)) => {
+                    self.allocate_run(&posts, &std::mem::take(&mut run), &mut seqs)
+                        .await?;
+                    let Some(Plan::Resend(claim)) = plans[i].take() else {
+                        continue;
+                    };
+                    resent[i] = Some(self.resend_post(&posts[i], claim).await?);
+                }
+                _ => {}
             }
         }
-        // Claim and write; resends answered (and completed) from the store.
+        self.allocate_run(&posts, &run, &mut seqs).await?;
+        // Claim and write.
         let work: Vec<Pending<'_, Option<Result<Posted, OpError>>>> = posts
             .iter()
             .enumerate()
@@ -124,15 +122,15 @@ impl ClusterStore {
                         }
                         Ok(Some(self.store_post(post, seqs).await?))
                     }),
-                    Some(Plan::Resend(claim)) => {
-                        Box::pin(async move { Ok(Some(Ok(self.resend_post(post, claim).await?))) })
-                    }
                     Some(Plan::Refused(e)) => Box::pin(async move { Ok(Some(Err(e))) }),
                     Some(Plan::SameAs(j)) => {
                         plans[i] = Some(Plan::SameAs(j));
                         Box::pin(async { Ok(None) })
                     }
-                    None => Box::pin(async { Ok(None) }),
+                    Some(Plan::Resend(_)) | None => {
+                        let done = resent[i].take();
+                        Box::pin(async move { Ok(done) })
+                    }
                 };
                 fut
             })
@@ -153,6 +151,34 @@ impl ClusterStore {
             out.push(result);
         }
         Ok(out)
+    }
+
+    /// Hands out the seqs of the new posts `run` (in order) into `seqs`.
+    async fn allocate_run(
+        &self,
+        posts: &[Post],
+        run: &[usize],
+        seqs: &mut [Vec<u64>],
+    ) -> Result<(), StoreError> {
+        let mut per_inbox: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+        for &i in run {
+            for (k, inbox) in posts[i].inboxes.iter().enumerate() {
+                per_inbox.entry(inbox.as_str()).or_default().push((i, k));
+            }
+        }
+        let inboxes: Vec<(&str, Vec<(usize, usize)>)> = per_inbox.into_iter().collect();
+        let allocations: Vec<Pending<'_, u64>> = inboxes
+            .iter()
+            .map(|(inbox, idx)| {
+                Box::pin(self.seqs.allocate(inbox, idx.len() as u64)) as Pending<'_, _>
+            })
+            .collect();
+        for ((_, idx), first_seq) in inboxes.iter().zip(bounded(allocations).await?) {
+            for (n, &(i, k)) in idx.iter().enumerate() {
+                seqs[i][k] = first_seq + n as u64;
+            }
+        }
+        Ok(())
     }
 
     /// Where a group post goes: every member's inbox (the sender's first)
@@ -272,7 +298,7 @@ impl ClusterStore {
             }
             Some(theirs) => {
                 tracing::debug!(sender = %post.sender, "lost a resend race; seqs unused");
-                return self.resend_post(post, theirs).await.map(Ok);
+                return self.resend_post(post, theirs).await;
             }
             None => {}
         }
@@ -305,8 +331,15 @@ impl ClusterStore {
 
     /// A resend of a claimed post: the stored copies, completed if the
     /// first attempt failed part way (within the fill window, at the
-    /// claimed seqs; later, a post never written is stored at new seqs).
-    async fn resend_post(&self, post: &Post, claim: Claim) -> Result<Posted, StoreError> {
+    /// claimed seqs; later, a post never written is stored at new seqs,
+    /// unless the sender's later messages to the conversation are stored
+    /// since: then it is refused as [`OpError::Superseded`], since a new seq
+    /// would put it after them).
+    async fn resend_post(
+        &self,
+        post: &Post,
+        claim: Claim,
+    ) -> Result<Result<Posted, OpError>, StoreError> {
         let index = self.cql.copies(&claim.msg_id).await?;
         let index = if index.is_empty() {
             vec![(claim.inbox.clone(), claim.seq)]
@@ -319,10 +352,10 @@ impl ClusterStore {
             .collect();
         let found = bounded(reads).await?;
         if found.iter().all(Option::is_some) {
-            return Ok(Posted {
+            return Ok(Ok(Posted {
                 copies: found.into_iter().flatten().collect(),
                 duplicate: true,
-            });
+            }));
         }
         if claim.inbox != post.inboxes.first().cloned().unwrap_or_default() {
             return Err(StoreError::Unavailable(format!(
@@ -354,6 +387,10 @@ impl ClusterStore {
                 })
                 .collect()
         } else {
+            if self.later_from_sender(post, &claim).await? {
+                tracing::info!(sender = %post.sender, "a resend whose first write never landed is superseded by later messages");
+                return Ok(Err(OpError::Superseded));
+            }
             let mut copies = Vec::with_capacity(post.inboxes.len());
             for inbox in &post.inboxes {
                 copies.push(StoredMessage {
@@ -376,9 +413,38 @@ impl ClusterStore {
         };
         tracing::info!(sender = %post.sender, "storing a resend whose first write failed");
         self.write_post(&claim.msg_id, &copies).await?;
-        Ok(Posted {
+        Ok(Ok(Posted {
             copies,
             duplicate: true,
-        })
+        }))
+    }
+
+    /// Whether a message of `post`'s sender to the same conversation is
+    /// stored in the claim's inbox after the claimed seq. Reads at most
+    /// [`LATER_SCAN`] messages; beyond that it answers yes (the resend is
+    /// refused rather than risk the order).
+    async fn later_from_sender(&self, post: &Post, claim: &Claim) -> Result<bool, StoreError> {
+        let wanted = conversation_of(&claim.inbox, &post.to_message(String::new()));
+        let mut after = claim.seq;
+        let mut scanned = 0;
+        while scanned < LATER_SCAN {
+            let page = self.cql.read_inbox(&claim.inbox, after, LATER_PAGE).await?;
+            let Some(last) = page.last() else {
+                return Ok(false);
+            };
+            after = last.seq;
+            scanned += page.len();
+            if page.iter().any(|m| {
+                m.message.from_user == post.sender
+                    && conversation_of(&m.inbox, &m.message) == wanted
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(true)
     }
 }
+
+/// Messages [`ClusterStore::later_from_sender`] reads at most, and per page.
+const LATER_SCAN: usize = 5_000;
+const LATER_PAGE: usize = 500;
