@@ -128,6 +128,7 @@ mod secrets;
 pub mod server;
 mod session;
 pub mod tls;
+mod transport;
 mod udp;
 mod usage;
 
