@@ -67,6 +67,16 @@ impl StateWatcher {
 }
 
 impl Client {
+    /// The transport the current session runs on (`None` between
+    /// sessions): for the app to show "QUIC" or "TCP".
+    pub fn transport(&self) -> Option<crate::Transport> {
+        self.shared
+            .conn
+            .borrow()
+            .as_ref()
+            .map(crate::transport::Transport::of)
+    }
+
     /// Connects and logs in. Returns once the first login succeeded; after
     /// that the client reconnects by itself whenever the connection drops.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
