@@ -70,11 +70,9 @@ impl Client {
     /// The transport the current session runs on (`None` between
     /// sessions): for the app to show "QUIC" or "TCP".
     pub fn transport(&self) -> Option<crate::Transport> {
-        self.shared
-            .conn
-            .borrow()
+        lock(&self.shared.current)
             .as_ref()
-            .map(crate::transport::Transport::of)
+            .map(|(conn, _)| crate::transport::Transport::of(conn))
     }
 
     /// Connects and logs in. Returns once the first login succeeded; after

@@ -318,6 +318,9 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         },
         end => end,
     };
+    if let SessionEnd::Lost(e) = &end {
+        crate::transport::session_lost(shared, &conn, e);
+    }
     shared.conn.send_replace(None);
     *lock(&shared.current) = None;
     if let SessionEnd::Lost(_)

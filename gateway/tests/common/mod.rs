@@ -137,6 +137,8 @@ pub fn write_admin_keys(dir: &std::path::Path) -> std::path::PathBuf {
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The TLS-on-TCP listener (`transport.tcp`, on by default).
+    pub tcp: Option<SocketAddr>,
     /// The health, metrics and route listener (no authentication).
     pub admin: SocketAddr,
     /// The admin API, when the test config keeps `admin.keys_file`
@@ -285,6 +287,7 @@ impl TestGateway {
         let key = gateway.token_key();
         TestGateway {
             addr: info.quic_addr,
+            tcp: info.tcp_addr,
             admin: info.admin_addr,
             api: info.api_addr,
             ca_pem,
@@ -308,6 +311,9 @@ impl TestGateway {
         );
         config.reconnect_min = Duration::from_millis(50);
         config.reconnect_max = Duration::from_millis(500);
+        // The race's TCP leg goes to this gateway's TCP port (port 0 gave
+        // the two listeners different ports).
+        config.tcp_port = self.tcp.map(|a| a.port());
         config
     }
 
@@ -323,9 +329,11 @@ impl TestGateway {
         self.running.stop().await;
         let mut config = self.config.clone();
         config.server.listen = self.addr;
+        config.transport.tcp_listen = self.tcp;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let mut next = TestGateway::start_in(dir, config).await;
         next.config.server.listen = self.config.server.listen;
+        next.config.transport.tcp_listen = self.config.transport.tcp_listen;
         next
     }
 

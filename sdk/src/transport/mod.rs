@@ -15,7 +15,8 @@
 //!   ends to reconnect over QUIC. A switch is an ordinary reconnect: the
 //!   outbox resends what was not acked with the same ids, the inbox resumes
 //!   after what it released and drops what it has, so nothing is lost or
-//!   doubled.
+//!   doubled. A QUIC session the client gave up on because it went silent
+//!   (no pong) also marks the network for TCP first (`session_lost`).
 //!
 //! Connection migration and 0-RTT exist on QUIC only; TLS session
 //! resumption works on both.
@@ -132,6 +133,24 @@ impl Transports {
             }
         }
         memory.insert(network, transport);
+    }
+}
+
+/// A session on `conn` ended with `error`. A QUIC connection this client
+/// gave up on itself (no pong, no answer to a probe: quinn saw no close)
+/// went silent: the next attempt on this network starts with TCP, and the
+/// background probe brings the session back to QUIC once it works.
+pub(crate) fn session_lost(shared: &Shared, conn: &Connection, error: &Error) {
+    if shared.config.transport != TransportPolicy::Auto
+        || conn.kind() != TransportKind::Quic
+        || conn.close_reason().is_some()
+        || !matches!(error, Error::Network(_))
+    {
+        return;
+    }
+    if let Some(addr) = *lock(&shared.transports.quic_addr) {
+        debug!(error = %error, "QUIC went silent; TCP first on this network");
+        shared.transports.remember(addr, Transport::Tcp);
     }
 }
 
