@@ -185,9 +185,7 @@ impl Gateway {
             zero_rtt: false,
             resumed: metrics.tls_resumptions.clone(),
         };
-        let tcp =
-            crate::transport::TcpListener::bind(&config, &cert, &key, &resumption)
-                .await?;
+        let tcp = crate::transport::TcpListener::bind(&config, &cert, &key, &resumption).await?;
         let tcp_addr = match &tcp {
             Some(tcp) => Some(tcp.local_addr().map_err(|source| StartError::Bind {
                 addr: quic_addr,

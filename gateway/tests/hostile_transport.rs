@@ -70,7 +70,12 @@ async fn raw_tcp_login(gw: &TestGateway, user: &str) -> (Connection, FramedSend,
         })
         .await
         .expect("hello");
-    match control_recv.next::<v1::ServerControl>().await.expect("reply").and_then(|r| r.kind) {
+    match control_recv
+        .next::<v1::ServerControl>()
+        .await
+        .expect("reply")
+        .and_then(|r| r.kind)
+    {
         Some(v1::server_control::Kind::Welcome(_)) => {}
         other => panic!("expected Welcome, got {other:?}"),
     }
@@ -79,7 +84,10 @@ async fn raw_tcp_login(gw: &TestGateway, user: &str) -> (Connection, FramedSend,
 
 /// The code the server closed `conn` with.
 async fn closed_with(conn: &Connection) -> ErrorCode {
-    match tokio::time::timeout(PATIENCE, conn.closed()).await.expect("closed in time") {
+    match tokio::time::timeout(PATIENCE, conn.closed())
+        .await
+        .expect("closed in time")
+    {
         ConnectionError::ApplicationClosed { code, .. } => code,
         other => panic!("expected a close with a code, got {other:?}"),
     }
@@ -114,7 +122,10 @@ async fn garbage_slowloris_and_held_handshake_slots_on_tcp_are_bounded_as_on_qui
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    assert!(hung_up(&mut garbage, Duration::from_millis(400)).await, "garbage is dropped before the handshake bound");
+    assert!(
+        hung_up(&mut garbage, Duration::from_millis(400)).await,
+        "garbage is dropped before the handshake bound"
+    );
 
     // Slowloris: connections that send nothing hold every handshake slot...
     let mut idle = Vec::new();
@@ -125,14 +136,23 @@ async fn garbage_slowloris_and_held_handshake_slots_on_tcp_are_bounded_as_on_qui
     // ...so one more attempt is dropped at once rather than queued,
     let extra_started = tokio::time::Instant::now();
     let mut extra = TcpStream::connect(tcp_addr(&gw)).await.expect("tcp");
-    assert!(hung_up(&mut extra, Duration::from_millis(400)).await, "an attempt beyond the slots is dropped");
+    assert!(
+        hung_up(&mut extra, Duration::from_millis(400)).await,
+        "an attempt beyond the slots is dropped"
+    );
     assert!(extra_started.elapsed() < Duration::from_millis(450));
     // ...and each idle one is dropped at the handshake bound.
     for stream in &mut idle {
-        assert!(hung_up(stream, Duration::from_secs(3)).await, "a silent connection is dropped");
+        assert!(
+            hung_up(stream, Duration::from_secs(3)).await,
+            "a silent connection is dropped"
+        );
     }
     let after = gw.metric("qim_handshakes_timed_out_total").await;
-    assert!(after >= before + 4.0, "timed-out handshakes are counted ({before} -> {after})");
+    assert!(
+        after >= before + 4.0,
+        "timed-out handshakes are counted ({before} -> {after})"
+    );
 
     // A TLS client without ALPN qim/1 (another protocol, an old client)
     // completes TLS but gets no session.
@@ -143,13 +163,20 @@ async fn garbage_slowloris_and_held_handshake_slots_on_tcp_are_bounded_as_on_qui
         .await
         .expect("TLS itself completes");
     let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(PATIENCE, tls.read(&mut buf)).await.expect("closed in time");
-    assert!(matches!(read, Ok(0) | Err(_)), "no session without ALPN: {read:?}");
+    let read = tokio::time::timeout(PATIENCE, tls.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "no session without ALPN: {read:?}"
+    );
 
     // With the slots free again, a client still gets in over TCP.
     let mut config = gw.client_config(&unique("late"), "phone");
     config.transport = qim_sdk::TransportPolicy::TcpOnly;
-    let late = qim_sdk::Client::connect(config).await.expect("connect after the attack");
+    let late = qim_sdk::Client::connect(config)
+        .await
+        .expect("connect after the attack");
     late.close().await;
     bystanders.finish().await;
 }
@@ -185,7 +212,9 @@ async fn faults_inside_a_tcp_session_close_it_with_the_codes_of_quic() {
     let (conn, _cs, _cr) = raw_tcp_login(&gw, &unique("flood")).await;
     let mut held = Vec::new();
     for _ in 0..=gw.config.quic.max_uni_streams {
-        let Ok(stream) = conn.open_uni().await else { break };
+        let Ok(stream) = conn.open_uni().await else {
+            break;
+        };
         let mut s = FramedSend::new(stream, StreamKind::Chat, 64 * 1024);
         if s.flush().await.is_err() {
             break;

@@ -65,7 +65,8 @@ impl UdpProxy {
                         let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
                         back.connect(upstream).await.expect("connect upstream");
                         flows.lock().expect("flows").insert(from, Arc::clone(&back));
-                        let (front, back2, modes) = (Arc::clone(&front), Arc::clone(&back), modes.clone());
+                        let (front, back2, modes) =
+                            (Arc::clone(&front), Arc::clone(&back), modes.clone());
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 65_536];
                             while let Ok(n) = back2.recv(&mut buf).await {
@@ -135,12 +136,15 @@ async fn assert_received(client: &Client, tag: &str, n: usize) {
 }
 
 #[tokio::test]
-async fn with_udp_blocked_the_sdk_logs_in_over_tcp_within_a_second_and_chats_with_every_guarantee() {
+async fn with_udp_blocked_the_sdk_logs_in_over_tcp_within_a_second_and_chats_with_every_guarantee()
+{
     let gw = TestGateway::start().await;
     let proxy = UdpProxy::start(gw.addr, Mode::DropAll).await;
     let (alice, bob) = (unique("alice"), unique("bob"));
     let started = Instant::now();
-    let a = Client::connect(through(&gw, &proxy, &alice)).await.expect("connect over TCP");
+    let a = Client::connect(through(&gw, &proxy, &alice))
+        .await
+        .expect("connect over TCP");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "logged in after {took:?}");
     assert_eq!(a.transport(), Some(Transport::Tcp));
@@ -204,7 +208,9 @@ async fn when_quic_carries_nothing_after_its_handshake_the_sdk_falls_back_to_tcp
     let gw = TestGateway::start().await;
     let proxy = UdpProxy::start(gw.addr, Mode::Pass).await;
     let (alice, bob) = (unique("alice"), unique("bob"));
-    let a = Client::connect(through(&gw, &proxy, &alice)).await.expect("connect");
+    let a = Client::connect(through(&gw, &proxy, &alice))
+        .await
+        .expect("connect");
     let mut events = a.events();
     assert_eq!(a.transport(), Some(Transport::Quic));
     let b = gw.client(&bob, "phone").await;
@@ -215,7 +221,9 @@ async fn when_quic_carries_nothing_after_its_handshake_the_sdk_falls_back_to_tcp
     let sent = tokio::spawn({
         let bob = bob.clone();
         async move {
-            a.send(bob, "through the stall".to_owned()).await.expect("acked");
+            a.send(bob, "through the stall".to_owned())
+                .await
+                .expect("acked");
             a
         }
     });
@@ -263,6 +271,9 @@ async fn tcp_sessions_resume_their_tls_session_on_reconnect() {
     a.reconnect().await.expect("reconnect");
     assert_eq!(a.transport(), Some(Transport::Tcp));
     let after = gw.metric("qim_tls_resumptions_total").await;
-    assert!(after > before, "the second TLS handshake resumed ({before} -> {after})");
+    assert!(
+        after > before,
+        "the second TLS handshake resumed ({before} -> {after})"
+    );
     a.close().await;
 }

@@ -198,37 +198,39 @@ pub(crate) async fn connect_quic(
 ) -> Result<Established, Error> {
     let config = &shared.config;
     let connecting = shared
-            .endpoint
-            .connect(addr, &config.server_name)
-            .map_err(|e| Error::Config(format!("connect: {e}")))?;
-        match connecting.into_0rtt() {
-            Ok((conn, mut accepted)) => {
-                let conn = Connection::from(conn);
-                let early = login(shared, &conn);
-                tokio::pin!(early);
-                let (ok, result) = tokio::select! {
-                    // The handshake completed first: if the server took the
-                    // early data, the Hello is on its way; if not, it is lost.
-                    ok = &mut accepted => if ok { (true, Some(early.await)) } else { (false, None) },
-                    result = &mut early => (accepted.await, Some(result)),
-                };
-                match (ok, result) {
-                    (true, Some(Ok(established))) => {
-                        shared.zero_rtt.fetch_add(1, Ordering::Relaxed);
-                        Ok(established)
-                    }
-                    (true, Some(Err(e))) => Err(e),
-                    _ => {
-                        debug!("0-RTT rejected; logging in again");
-                        login(shared, &conn).await
-                    }
+        .endpoint
+        .connect(addr, &config.server_name)
+        .map_err(|e| Error::Config(format!("connect: {e}")))?;
+    match connecting.into_0rtt() {
+        Ok((conn, mut accepted)) => {
+            let conn = Connection::from(conn);
+            let early = login(shared, &conn);
+            tokio::pin!(early);
+            let (ok, result) = tokio::select! {
+                // The handshake completed first: if the server took the
+                // early data, the Hello is on its way; if not, it is lost.
+                ok = &mut accepted => if ok { (true, Some(early.await)) } else { (false, None) },
+                result = &mut early => (accepted.await, Some(result)),
+            };
+            match (ok, result) {
+                (true, Some(Ok(established))) => {
+                    shared.zero_rtt.fetch_add(1, Ordering::Relaxed);
+                    Ok(established)
+                }
+                (true, Some(Err(e))) => Err(e),
+                _ => {
+                    debug!("0-RTT rejected; logging in again");
+                    login(shared, &conn).await
                 }
             }
-            Err(connecting) => {
-                let conn = connecting.await.map_err(|e| Error::from_connection(&e.into()))?;
-                login(shared, &Connection::from(conn)).await
-            }
         }
+        Err(connecting) => {
+            let conn = connecting
+                .await
+                .map_err(|e| Error::from_connection(&e.into()))?;
+            login(shared, &Connection::from(conn)).await
+        }
+    }
 }
 
 /// Connects (over QUIC or TLS on TCP, as `transport::connect` chooses) and

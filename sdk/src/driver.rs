@@ -261,7 +261,11 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     tasks.spawn(async move { receive::watch_gaps(s, c).await.map(|never| match never {}) });
     tasks.spawn(watch_path(Arc::clone(shared), conn.clone()));
     let (s, c) = (Arc::clone(shared), conn.clone());
-    tasks.spawn(async move { crate::transport::watch(s, c).await.map(|()| SessionEnd::Reconnect) });
+    tasks.spawn(async move {
+        crate::transport::watch(s, c)
+            .await
+            .map(|()| SessionEnd::Reconnect)
+    });
 
     let mut closing = shared.closing.subscribe();
     let reconnect = shared.reconnect_now.notified();
@@ -340,7 +344,10 @@ const PEER_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// carries the reason, normally arrives right behind (the packets may even
 /// be reordered), so it is awaited briefly before the end counts as a
 /// plain network failure.
-async fn closed_by_peer(conn: &qim_proto::transport::Connection, stream: &'static str) -> SessionEnd {
+async fn closed_by_peer(
+    conn: &qim_proto::transport::Connection,
+    stream: &'static str,
+) -> SessionEnd {
     match tokio::time::timeout(PEER_CLOSE_GRACE, conn.closed()).await {
         Ok(reason) => SessionEnd::Lost(Error::from_connection(&reason)),
         Err(_) => SessionEnd::PeerFinished(stream),
@@ -526,7 +533,10 @@ const PATH_WATCH_EVERY: Duration = Duration::from_millis(250);
 /// The readers look at every frame, but when the server's validation of
 /// the client's new address fails, the frames stop coming: only a look
 /// without one finds the PATH_CHALLENGE that arrived. Idle, it sleeps.
-async fn watch_path(shared: Arc<Shared>, conn: qim_proto::transport::Connection) -> Result<SessionEnd, Error> {
+async fn watch_path(
+    shared: Arc<Shared>,
+    conn: qim_proto::transport::Connection,
+) -> Result<SessionEnd, Error> {
     loop {
         shared.traffic.notified().await;
         let mut until = Instant::now() + PATH_WATCH_FOR;

@@ -64,7 +64,10 @@ pub struct Stats {
 
 /// A probe's deadline on `conn`: `probe_timeout`, and at least four
 /// round trips.
-pub(crate) fn probe_deadline(config: &ClientConfig, conn: &qim_proto::transport::Connection) -> Duration {
+pub(crate) fn probe_deadline(
+    config: &ClientConfig,
+    conn: &qim_proto::transport::Connection,
+) -> Duration {
     config.probe_timeout.max(conn.rtt() * 4)
 }
 

@@ -185,9 +185,21 @@ pub(crate) async fn connect(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Es
         TransportPolicy::Auto => match shared.transports.known(addr) {
             Some(Transport::Tcp) => {
                 debug!("TCP worked last on this network: TCP first");
-                race(connect_tcp(shared, tcp), connect_quic(shared, addr), config.tcp_delay).await
+                race(
+                    connect_tcp(shared, tcp),
+                    connect_quic(shared, addr),
+                    config.tcp_delay,
+                )
+                .await
             }
-            _ => race(connect_quic(shared, addr), connect_tcp(shared, tcp), config.tcp_delay).await,
+            _ => {
+                race(
+                    connect_quic(shared, addr),
+                    connect_tcp(shared, tcp),
+                    config.tcp_delay,
+                )
+                .await
+            }
         },
     };
     if let Ok(established) = &result {
@@ -266,10 +278,12 @@ pub(crate) async fn connect_tcp(
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, stream)
         .await
-        .map_err(|e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            Some(tls) => Error::Tls(tls.to_string()),
-            None => Error::Network(format!("TLS over TCP: {e}")),
-        })?;
+        .map_err(
+            |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(tls) => Error::Tls(tls.to_string()),
+                None => Error::Network(format!("TLS over TCP: {e}")),
+            },
+        )?;
     if stream.get_ref().1.alpn_protocol() != Some(qim_proto::ALPN) {
         return Err(Error::from_code(
             ErrorCode::VersionTooOld,

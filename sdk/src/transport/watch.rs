@@ -9,9 +9,9 @@ use qim_proto::v1::ErrorCode;
 use tracing::{debug, info};
 
 use super::{Transport, TransportPolicy};
+use crate::Error;
 use crate::shared::Shared;
 use crate::sync::lock;
-use crate::Error;
 
 /// Watches the session on `conn`. On QUIC: fails the session when its
 /// first ping gets no pong within `quic_stall_timeout` (QUIC carries
@@ -63,7 +63,10 @@ pub(crate) async fn watch(shared: Arc<Shared>, conn: Connection) -> Result<(), E
 async fn quic_works(shared: &Shared, addr: std::net::SocketAddr) -> bool {
     let within = shared.config.probe_timeout.max(Duration::from_millis(500));
     let probe = async {
-        let connecting = shared.endpoint.connect(addr, &shared.config.server_name).ok()?;
+        let connecting = shared
+            .endpoint
+            .connect(addr, &shared.config.server_name)
+            .ok()?;
         let conn = connecting.await.ok()?;
         let acks = conn.stats().frame_rx.acks;
         let mut stream = conn.open_uni().await.ok()?;
@@ -80,5 +83,9 @@ async fn quic_works(shared: &Shared, addr: std::net::SocketAddr) -> bool {
         conn.close(ErrorCode::NoError.to_quic().into(), b"probe");
         None
     };
-    tokio::time::timeout(within * 4, probe).await.ok().flatten().is_some()
+    tokio::time::timeout(within * 4, probe)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
 }
