@@ -19,20 +19,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 fn tls_client(ca_pem: &[u8], alpn: bool) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.expect("pem")).expect("root");
-    }
-    let provider = Arc::new(qim_proto::tls::crypto_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    if alpn {
-        tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    let mut tls = tls_client_config(ca_pem);
+    if !alpn {
+        tls.alpn_protocols.clear();
     }
     Arc::new(tls)
 }

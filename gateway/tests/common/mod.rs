@@ -462,9 +462,9 @@ pub fn text(m: &qim_sdk::IncomingMessage) -> String {
     String::from_utf8_lossy(&m.body).into_owned()
 }
 
-/// The QUIC client settings of a raw client: TLS 1.3 trusting `ca_pem`,
-/// ALPN `qim/1`, no idle timeout of its own.
-pub fn quic_client_config(ca_pem: &[u8]) -> quinn::ClientConfig {
+/// The TLS settings of a raw client: TLS 1.3 trusting `ca_pem`, ALPN
+/// `qim/1` (over QUIC, or over TCP).
+pub fn tls_client_config(ca_pem: &[u8]) -> rustls::ClientConfig {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -478,6 +478,13 @@ pub fn quic_client_config(ca_pem: &[u8]) -> quinn::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    tls
+}
+
+/// The QUIC client settings of a raw client: TLS 1.3 trusting `ca_pem`,
+/// ALPN `qim/1`, no idle timeout of its own.
+pub fn quic_client_config(ca_pem: &[u8]) -> quinn::ClientConfig {
+    let tls = tls_client_config(ca_pem);
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     // The server's idle timeout governs, as for the SDK (which asks for

@@ -183,5 +183,15 @@ mod tests {
         };
         assert_eq!(NodeInfo::decode(&info.encode()), Some(info));
         assert_eq!(NodeInfo::decode("2\tfuture format"), None);
+        assert_eq!(NodeInfo::decode("3\tfuture format"), None);
+    }
+
+    #[test]
+    fn a_record_of_a_node_that_predates_tcp_has_no_tcp_address() {
+        let old = "1\tn-1\t10.0.0.1:4433\t10.0.0.1:9090\t12\t10\t0\t5\t9";
+        let info = NodeInfo::decode(old).expect("version 1 still reads");
+        assert_eq!(info.tcp_addr, "");
+        assert_eq!(info.addr, "10.0.0.1:4433");
+        assert_eq!(info.updated_ms, 9);
     }
 }
