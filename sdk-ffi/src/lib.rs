@@ -729,6 +729,7 @@ mod tests {
             data_dir: None,
             resumption: true,
             local_store: None,
+            tcp_port: None,
         };
         assert!(matches!(
             QimClient::new(config),

@@ -144,11 +144,8 @@ async fn raw_client(first_bytes: &[u8], second: Option<&[u8]>) -> ErrorCode {
     }
     let mut inbound = Vec::new();
     let drive = async {
-        loop {
-            match poll_fn(|cx| conn.poll_next_inbound(cx)).await {
-                Some(Ok(s)) => inbound.push(s),
-                _ => break,
-            }
+        while let Some(Ok(s)) = poll_fn(|cx| conn.poll_next_inbound(cx)).await {
+            inbound.push(s);
         }
     };
     let _ = tokio::time::timeout(WITHIN, drive).await;
