@@ -42,7 +42,7 @@ pub(crate) struct ChatStream<'a> {
     /// Where the client's address is watched (migrations), with the
     /// connection it is read from.
     pub(crate) path: &'a Arc<PathWatch>,
-    pub(crate) conn: &'a quinn::Connection,
+    pub(crate) conn: &'a qim_proto::transport::Connection,
 }
 
 impl ChatStream<'_> {

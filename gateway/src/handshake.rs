@@ -89,25 +89,36 @@ impl Admission {
             }
             return None;
         }
-        match Arc::clone(&self.pending).try_acquire_owned() {
-            Ok(permit) => {
-                self.metrics.handshakes_pending.inc();
-                Some((
-                    Box::new(incoming),
-                    Pending {
-                        _permit: permit,
-                        connections: Arc::clone(&self.connections),
-                        metrics: Arc::clone(&self.metrics),
-                    },
-                ))
-            }
-            Err(_) => {
+        match self.slot() {
+            Some(pending) => Some((Box::new(incoming), pending)),
+            None => {
                 debug!(remote = %incoming.remote_address(), "quic.max_pending_handshakes reached; refusing");
                 self.metrics.protocol_error(ErrorCode::ServerBusy);
                 incoming.refuse();
                 None
             }
         }
+    }
+
+    /// A handshake slot, if one is free: QUIC and TCP attempts share them.
+    pub(crate) fn slot(&self) -> Option<Pending> {
+        let permit = Arc::clone(&self.pending).try_acquire_owned().ok()?;
+        self.metrics.handshakes_pending.inc();
+        Some(Pending {
+            _permit: permit,
+            connections: Arc::clone(&self.connections),
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+}
+
+impl Pending {
+    /// Trades the handshake slot for a connection permit; `None` at
+    /// `server.max_connections`.
+    pub(crate) fn into_connection(self) -> Option<OwnedSemaphorePermit> {
+        let connections = Arc::clone(&self.connections);
+        drop(self);
+        connections.try_acquire_owned().ok()
     }
 }
 
@@ -156,7 +167,8 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: Box<quinn::Incoming>, pending
                 }
             },
         };
-    let session = crate::session::serve(&ctx, &conn, handshake.clone());
+    let transport = qim_proto::transport::Connection::from(conn.clone());
+    let session = crate::session::serve(&ctx, &transport, handshake.clone());
     tokio::pin!(session);
     let phase = tokio::select! {
         biased;

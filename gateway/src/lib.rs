@@ -1,4 +1,5 @@
-//! The qim gateway: a QUIC endpoint that logs clients in, stores what they
+//! The qim gateway: a QUIC endpoint (and TLS on TCP where UDP is blocked)
+//! that logs clients in, stores what they
 //! send durably before acknowledging it, and delivers every message to every
 //! device of its recipient in seq order until each device acknowledges it.
 //!
@@ -18,6 +19,9 @@
 //!   a byte bound, stored in batches) and its ack stream.
 //! - `control`: the control stream after login (`Refresh`, `Bye`,
 //!   Refusals).
+//! - `transport` (`transport/`): the second transport: TLS on TCP, its
+//!   bounded handshake in the shared handshake slots, the ALPN check, then
+//!   the same `session::serve` over a yamux `Connection`.
 //! - `fault`: why a session or a stream ends: a code and a fixed text for
 //!   the client, the detail for the log.
 //! - `rpc`: the dispatch of one rpc request to the feature it names.
@@ -131,6 +135,7 @@ mod secrets;
 pub mod server;
 mod session;
 pub mod tls;
+mod transport;
 mod udp;
 mod usage;
 

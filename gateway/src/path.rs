@@ -81,7 +81,7 @@ impl PathWatch {
     /// migration, looks again once the path validation is over.
     pub(crate) fn note(
         self: &Arc<Self>,
-        conn: &quinn::Connection,
+        conn: &qim_proto::transport::Connection,
         metrics: &Arc<Metrics>,
         user: &str,
         device: &str,

@@ -138,7 +138,7 @@ impl Drop for Registration {
 
 /// What a session's push writer needs.
 pub(crate) struct Writer {
-    pub(crate) conn: quinn::Connection,
+    pub(crate) conn: qim_proto::transport::Connection,
     pub(crate) max_frame: usize,
     /// To read a group's head for a nudge.
     pub(crate) store: Arc<dyn MessageStore>,

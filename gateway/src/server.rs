@@ -78,6 +78,9 @@ pub enum RunError {
 pub struct StartInfo {
     /// The bound QUIC (UDP) address.
     pub quic_addr: SocketAddr,
+    /// The bound TLS-on-TCP address (`transport.tcp_listen`), when TCP is
+    /// on (`transport.tcp`).
+    pub tcp_addr: Option<SocketAddr>,
     /// The bound health, metrics and route listener (`admin.listen`; no
     /// authentication).
     pub admin_addr: SocketAddr,
@@ -103,6 +106,8 @@ pub struct StartInfo {
 pub struct Gateway {
     ctx: Arc<Ctx>,
     endpoint: quinn::Endpoint,
+    /// TLS on TCP, when on.
+    tcp: Option<crate::transport::TcpListener>,
     admin: tokio::net::TcpListener,
     /// The admin API's listener and keys, when `admin.keys_file` is set.
     api: Option<(tokio::net::TcpListener, Arc<crate::admin::ApiKeys>)>,
@@ -175,6 +180,19 @@ impl Gateway {
             addr: config.server.listen,
             source,
         })?;
+        let resumption = tls::Resumption {
+            cache: config.tls.resumption_cache,
+            zero_rtt: false,
+            resumed: metrics.tls_resumptions.clone(),
+        };
+        let tcp = crate::transport::TcpListener::bind(&config, &cert, &key, &resumption).await?;
+        let tcp_addr = match &tcp {
+            Some(tcp) => Some(tcp.local_addr().map_err(|source| StartError::Bind {
+                addr: quic_addr,
+                source,
+            })?),
+            None => None,
+        };
         let admin = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -209,10 +227,12 @@ impl Gateway {
             }
             None => (None, None),
         };
-        let identity = cluster::identity(&config, quic_addr, route_addr.unwrap_or(admin_addr));
+        let identity = cluster::identity(&config, quic_addr, route_addr.unwrap_or(admin_addr))
+            .with_tcp(tcp_addr, &config);
         let cluster = Cluster::join(&config, identity.clone()).await?;
         let info = StartInfo {
             quic_addr,
+            tcp_addr,
             admin_addr,
             api_addr,
             route_addr,
@@ -226,6 +246,7 @@ impl Gateway {
         Ok(Gateway {
             ctx,
             endpoint,
+            tcp,
             admin,
             api,
             route,
@@ -250,6 +271,7 @@ impl Gateway {
         let Gateway {
             ctx,
             endpoint,
+            tcp,
             admin,
             api,
             route,
@@ -332,6 +354,9 @@ impl Gateway {
                     break;
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                attempt = accept_tcp(tcp.as_ref(), &admission, &ctx) => {
+                    connections.spawn(crate::transport::serve(Arc::clone(&ctx), attempt));
+                }
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     if let Some((incoming, pending)) = admission.admit(incoming) {
@@ -346,6 +371,7 @@ impl Gateway {
             "shutting down: refusing new connections, draining"
         );
         endpoint.set_server_config(None);
+        drop(tcp);
         ctx.draining.send_replace(true);
         let _ = scheduler.await;
         let _ = disk_watch.await;
@@ -383,6 +409,18 @@ impl Gateway {
             Some(reason) => Err(RunError::StoreFailed(reason)),
             None => Ok(()),
         }
+    }
+}
+
+/// The next TCP attempt, when TCP is on; never resolves otherwise.
+async fn accept_tcp(
+    tcp: Option<&crate::transport::TcpListener>,
+    admission: &crate::handshake::Admission,
+    ctx: &Ctx,
+) -> crate::transport::Attempt {
+    match tcp {
+        Some(tcp) => tcp.accept(admission, ctx).await,
+        None => std::future::pending().await,
     }
 }
 

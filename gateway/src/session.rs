@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
 use qim_proto::preamble::StreamKind;
+use qim_proto::transport::{Connection, RecvStream, SendStream};
 use qim_proto::v1::{self, ErrorCode, client_control};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -96,14 +97,14 @@ fn max_interval_ms(ctx: &Ctx) -> u32 {
 }
 
 /// Closes `conn` with a fault, logging and counting it.
-fn close(ctx: &Ctx, conn: &quinn::Connection, user: &str, fault: &Fault) {
+fn close(ctx: &Ctx, conn: &Connection, user: &str, fault: &Fault) {
     if matches!(fault.code, ErrorCode::NoError | ErrorCode::ShuttingDown) {
         debug!(user, code = ?fault.code, reason = %fault.reason, "closing connection");
     } else {
         warn!(user, remote = %conn.remote_address(), code = ?fault.code, reason = %fault.reason, "closing connection");
         ctx.metrics.protocol_error(fault.code);
     }
-    conn.close(fault.code.to_quic().into(), fault.message.as_bytes());
+    conn.close(fault.code, fault.message.as_bytes());
 }
 
 /// Resolves when the connection's handshake completed (`true`) or failed;
@@ -124,7 +125,7 @@ pub(crate) type Handshake =
 /// replayable early data. The Hello itself is safe early: logging a
 /// device in twice is idempotent, and the session tickets are single-use
 /// (see `tls`), so a replayed first flight gets its early data refused.
-pub(crate) async fn serve(ctx: &Arc<Ctx>, conn: &quinn::Connection, handshake: Handshake) {
+pub(crate) async fn serve(ctx: &Arc<Ctx>, conn: &Connection, handshake: Handshake) {
     let login = tokio::time::timeout(
         Duration::from_millis(ctx.config.auth.login_timeout_ms),
         login(ctx, conn),
@@ -168,7 +169,7 @@ impl From<Fault> for LoginFailure {
     }
 }
 
-async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailure> {
+async fn login(ctx: &Ctx, conn: &Connection) -> Result<Login, LoginFailure> {
     let max_frame = ctx.config.limits.max_frame_bytes as usize;
     let (send, mut recv) = conn
         .accept_bi()
@@ -230,7 +231,7 @@ async fn login(ctx: &Ctx, conn: &quinn::Connection) -> Result<Login, LoginFailur
     })
 }
 
-async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: Handshake) {
+async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handshake) {
     let Login {
         mut claims,
         user,
@@ -540,7 +541,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
 /// What each stream task of a session needs.
 #[derive(Clone)]
 struct Streams {
-    conn: quinn::Connection,
+    conn: Connection,
     ctx: Arc<Ctx>,
     session: Arc<Session>,
     delivery_acks: mpsc::Sender<Box<v1::DeliveryAck>>,
@@ -552,7 +553,7 @@ impl Streams {
         self.ctx.config.limits.max_frame_bytes as usize
     }
 
-    async fn bidi(self, send: quinn::SendStream, mut recv: quinn::RecvStream) -> StreamEnd {
+    async fn bidi(self, send: SendStream, mut recv: RecvStream) -> StreamEnd {
         let kind = match read_preamble(&mut recv).await {
             Ok(kind) => kind,
             Err(e) => return Fault::from_recv(e).into(),
@@ -578,7 +579,7 @@ impl Streams {
         }
     }
 
-    async fn uni(self, mut recv: quinn::RecvStream) -> StreamEnd {
+    async fn uni(self, mut recv: RecvStream) -> StreamEnd {
         let kind = match read_preamble(&mut recv).await {
             Ok(kind) => kind,
             Err(e) => return Fault::from_recv(e).into(),

@@ -476,6 +476,7 @@ async fn live_nodes(api: SocketAddr) -> Vec<NodeInfo> {
             id: json_field(obj, "node_id").expect("id"),
             addr: json_field(obj, "addr").expect("addr"),
             route_addr: json_field(obj, "route_addr").expect("route_addr"),
+            tcp_addr: json_field(obj, "tcp_addr").expect("tcp_addr"),
             connections: json_field(obj, "connections")
                 .and_then(|c| c.parse().ok())
                 .expect("connections"),

@@ -1,13 +1,12 @@
-//! Framed streams over quinn: the one async reader and writer that the
-//! gateway and the SDK share. A thin driver over [`crate::frame`] and
-//! [`crate::preamble`].
-
-use std::future::Future as _;
+//! Framed streams over a transport's streams (QUIC or TLS on TCP): the one
+//! async reader and writer that the gateway and the SDK share. A thin
+//! driver over [`crate::frame`] and [`crate::preamble`].
 
 use bytes::BytesMut;
 use prost::Message;
-use quinn::{RecvStream, SendStream};
 use thiserror::Error;
+
+use crate::transport::{ConnectionError, RecvStream, SendStream, StreamError};
 
 use crate::frame::{self, FrameDecoder, FrameError};
 use crate::preamble::{self, PreambleError, StreamKind};
@@ -22,7 +21,7 @@ pub enum RecvError {
     Reset(ErrorCode),
     /// The connection is gone.
     #[error("connection lost: {0}")]
-    ConnectionLost(#[from] quinn::ConnectionError),
+    ConnectionLost(#[from] ConnectionError),
     /// The stream ended inside a preamble or frame.
     #[error("stream ended mid-frame")]
     Truncated,
@@ -50,13 +49,11 @@ impl RecvError {
     }
 }
 
-impl From<quinn::ReadError> for RecvError {
-    fn from(e: quinn::ReadError) -> Self {
+impl From<StreamError> for RecvError {
+    fn from(e: StreamError) -> Self {
         match e {
-            quinn::ReadError::Reset(code) => {
-                RecvError::Reset(ErrorCode::from_quic(code.into_inner()))
-            }
-            quinn::ReadError::ConnectionLost(e) => RecvError::ConnectionLost(e),
+            StreamError::Reset(code) => RecvError::Reset(code),
+            StreamError::ConnectionLost(e) => RecvError::ConnectionLost(e),
             other => RecvError::Other(other.to_string()),
         }
     }
@@ -69,21 +66,67 @@ pub enum SendError {
     /// The message does not fit in a frame.
     #[error(transparent)]
     Frame(#[from] FrameError),
-    /// The stream or connection is gone.
+    /// The connection is gone.
+    #[error("connection lost: {0}")]
+    ConnectionLost(ConnectionError),
+    /// The stream is gone (reset or stopped by the peer, or failed).
     #[error("write failed: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(StreamError),
     /// The stream was already finished or reset.
     #[error("stream closed")]
     Closed,
 }
 
+impl From<StreamError> for SendError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::ConnectionLost(e) => SendError::ConnectionLost(e),
+            StreamError::Closed => SendError::Closed,
+            other => SendError::Write(other),
+        }
+    }
+}
+
+/// A stream a preamble can be read from: a transport's, or quinn's own
+/// (tools and tests that speak QUIC directly).
+pub trait PreambleSource {
+    /// Reads exactly `out.len()` bytes; `Ok(false)` when the stream ended
+    /// first.
+    fn read_exact_bytes(
+        &mut self,
+        out: &mut [u8],
+    ) -> impl std::future::Future<Output = Result<bool, RecvError>> + Send;
+}
+
+impl PreambleSource for RecvStream {
+    async fn read_exact_bytes(&mut self, out: &mut [u8]) -> Result<bool, RecvError> {
+        Ok(self.read_exact(out).await?)
+    }
+}
+
+impl PreambleSource for quinn::RecvStream {
+    async fn read_exact_bytes(&mut self, out: &mut [u8]) -> Result<bool, RecvError> {
+        match self.read_exact(out).await {
+            Ok(()) => Ok(true),
+            Err(quinn::ReadExactError::FinishedEarly(_)) => Ok(false),
+            Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
+                Err(RecvError::ConnectionLost(e.into()))
+            }
+            Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))) => {
+                Err(RecvError::Reset(ErrorCode::from_quic(code.into_inner())))
+            }
+            Err(quinn::ReadExactError::ReadError(e)) => Err(RecvError::Other(e.to_string())),
+        }
+    }
+}
+
 /// Reads and checks a stream's preamble.
-pub async fn read_preamble(stream: &mut RecvStream) -> Result<StreamKind, RecvError> {
+pub async fn read_preamble(stream: &mut impl PreambleSource) -> Result<StreamKind, RecvError> {
     let mut bytes = [0u8; preamble::LEN];
-    match stream.read_exact(&mut bytes).await {
-        Ok(()) => Ok(preamble::decode(bytes)?),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(RecvError::Truncated),
-        Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
+    if stream.read_exact_bytes(&mut bytes).await? {
+        Ok(preamble::decode(bytes)?)
+    } else {
+        Err(RecvError::Truncated)
     }
 }
 
@@ -97,9 +140,9 @@ pub struct FramedRecv {
 
 impl FramedRecv {
     /// Wraps a stream whose preamble was already read.
-    pub fn new(stream: RecvStream, max_frame: usize) -> Self {
+    pub fn new(stream: impl Into<RecvStream>, max_frame: usize) -> Self {
         Self {
-            stream,
+            stream: stream.into(),
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(max_frame),
         }
@@ -114,10 +157,12 @@ impl FramedRecv {
             }
             // Never read more than one frame's worth ahead.
             let limit = self.decoder.max() + frame::MAX_HEADER;
-            match self.stream.read_chunk(limit, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None if self.buf.is_empty() => return Ok(None),
-                None => return Err(RecvError::Truncated),
+            let (stream, buf) = (&mut self.stream, &mut self.buf);
+            let more = std::future::poll_fn(|cx| stream.poll_read_into(cx, buf, limit)).await?;
+            match more {
+                true => {}
+                false if self.buf.is_empty() => return Ok(None),
+                false => return Err(RecvError::Truncated),
             }
         }
     }
@@ -125,9 +170,9 @@ impl FramedRecv {
     /// The next message if its bytes have already arrived, without waiting;
     /// lets a reader batch everything that is there.
     ///
-    /// quinn hands out received data one segment per read, so this also
-    /// takes segments quinn already holds: it polls `read_chunk` once with a
-    /// no-op waker (the read is cancel-safe, and the next [`next`](Self::next)
+    /// A transport hands out received data a segment per read, so this also
+    /// takes segments it already holds: it polls a read once with a no-op
+    /// waker (the read is cancel-safe, and the next [`next`](Self::next)
     /// registers the real waker).
     pub fn try_next<M: Message + Default>(&mut self) -> Result<Option<M>, RecvError> {
         loop {
@@ -135,12 +180,11 @@ impl FramedRecv {
                 return Ok(Some(msg));
             }
             let limit = self.decoder.max() + frame::MAX_HEADER;
-            let read = std::pin::pin!(self.stream.read_chunk(limit, true));
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            match read.poll(&mut cx) {
-                std::task::Poll::Ready(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk.bytes),
+            match self.stream.poll_read_into(&mut cx, &mut self.buf, limit) {
+                std::task::Poll::Ready(Ok(true)) => {}
                 // Nothing more yet, or the end: `next` reports either.
-                std::task::Poll::Ready(Ok(None)) | std::task::Poll::Pending => return Ok(None),
+                std::task::Poll::Ready(Ok(false)) | std::task::Poll::Pending => return Ok(None),
                 std::task::Poll::Ready(Err(e)) => return Err(e.into()),
             }
         }
@@ -148,7 +192,7 @@ impl FramedRecv {
 
     /// Asks the peer to stop sending on this stream, with a reason.
     pub fn stop(&mut self, code: ErrorCode) {
-        let _ = self.stream.stop(code.to_quic().into());
+        self.stream.stop(code);
     }
 }
 
@@ -162,20 +206,20 @@ pub struct FramedSend {
 
 impl FramedSend {
     /// Wraps a stream and queues its preamble, sent with the first flush.
-    pub fn new(stream: SendStream, kind: StreamKind, max_frame: usize) -> Self {
+    pub fn new(stream: impl Into<SendStream>, kind: StreamKind, max_frame: usize) -> Self {
         let mut buf = BytesMut::with_capacity(256);
         buf.extend_from_slice(&preamble::encode(kind));
         Self {
-            stream,
+            stream: stream.into(),
             buf,
             max_frame,
         }
     }
 
     /// Wraps a stream whose preamble (if any) is already handled.
-    pub fn without_preamble(stream: SendStream, max_frame: usize) -> Self {
+    pub fn without_preamble(stream: impl Into<SendStream>, max_frame: usize) -> Self {
         Self {
-            stream,
+            stream: stream.into(),
             buf: BytesMut::new(),
             max_frame,
         }
@@ -190,7 +234,7 @@ impl FramedSend {
     pub async fn flush(&mut self) -> Result<(), SendError> {
         if !self.buf.is_empty() {
             let bytes = self.buf.split().freeze();
-            self.stream.write_chunk(bytes).await?;
+            self.stream.write_all(bytes).await?;
         }
         Ok(())
     }
@@ -209,17 +253,23 @@ impl FramedSend {
 
     /// Finishes the stream after what was written.
     pub fn finish(&mut self) {
-        let _ = self.stream.finish();
+        self.stream.finish();
     }
 
     /// Abandons the stream with a reason.
     pub fn reset(&mut self, code: ErrorCode) {
-        let _ = self.stream.reset(code.to_quic().into());
+        self.stream.reset(code);
     }
 
     /// Waits until the peer has received everything written (or the
     /// stream/connection ended).
     pub async fn stopped(&mut self) {
-        let _ = self.stream.stopped().await;
+        self.stream.stopped().await;
+    }
+
+    /// The stream's priority among the connection's (higher first; QUIC
+    /// only, see [`SendStream::set_priority`]).
+    pub fn set_priority(&self, priority: i32) {
+        self.stream.set_priority(priority);
     }
 }

@@ -8,8 +8,12 @@
 //! - [`code`]: [`ErrorCode`](v1::ErrorCode) helpers; the one place codes meet
 //!   QUIC close and reset codes.
 //! - [`ids`]: validation of user, device and message ids.
-//! - `io` (feature `quinn`): framed send and receive over quinn streams, the
-//!   one async reader and writer shared by the gateway and the SDK.
+//! - `transport` (feature `quinn`): the [`Transport`](transport::Transport)
+//!   trait the session's streams run over, implemented by QUIC (quinn) and by
+//!   TLS on TCP with yamux streams (`transport::mux`).
+//! - `io` (feature `quinn`): framed send and receive over a transport's
+//!   streams, the one async reader and writer shared by the gateway and the
+//!   SDK.
 //!
 //! # Invariants
 //! - Decoding never panics and never allocates more than the frame limit for a
@@ -25,6 +29,8 @@ pub mod preamble;
 pub mod io;
 #[cfg(feature = "quinn")]
 pub mod tls;
+#[cfg(feature = "quinn")]
+pub mod transport;
 
 /// Generated protobuf types of protocol version 1.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -32,7 +38,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/qim.v1.rs"));
 }
 
-/// ALPN protocol id of qim over QUIC (and, later, over TLS on TCP).
+/// ALPN protocol id of qim, over QUIC and over TLS on TCP alike.
 pub const ALPN: &[u8] = b"qim/1";
 
 /// The protocol version this crate speaks, carried in every stream preamble.

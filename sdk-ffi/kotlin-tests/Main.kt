@@ -108,6 +108,7 @@ fun options(
     dataDir = dataDir,
     resumption = true,
     localStore = localStore,
+    tcpPort = System.getenv("QIM_TCP_PORT")?.toUShort(),
 )
 
 suspend fun connected(
@@ -757,6 +758,34 @@ suspend fun tokenProvider() {
     vera.disconnect()
 }
 
+/// UDP to the gateway is blocked for ulla: she logs in over TLS on TCP,
+/// the app can show it, and she chats with udo (on QUIC) both ways, in
+/// order and once.
+suspend fun udpBlocked() {
+    val ulla = QimClient(options("ulla", "ulla-phone", server = env("QIM_BLOCKED_SERVER")))
+    val ullaEvents = Recorder()
+    ulla.setListener(ullaEvents)
+    ulla.connect()
+    check(ulla.state() == ConnectionState.CONNECTED) { "ulla is not connected: ${ulla.state()}" }
+    check(ulla.transport() == Transport.TCP) { "ulla's transport: ${ulla.transport()}" }
+    val (udo, udoEvents) = connected("udo", "udo-phone")
+    check(udo.transport() == Transport.QUIC) { "udo's transport: ${udo.transport()}" }
+    for (i in 1..5) {
+        ulla.send("udo", "over tcp $i")
+        udo.send("ulla", "over quic $i")
+    }
+    for (i in 1..5) {
+        val m = udoEvents.messages.next("udo's message $i")
+        check(m.text == "over tcp $i" && m.fromUser == "ulla") { "udo got '${m.text}'" }
+        val r = ullaEvents.messages.next("ulla's message $i")
+        check(r.text == "over quic $i" && r.fromUser == "udo") { "ulla got '${r.text}'" }
+    }
+    udoEvents.messages.quiet(300)
+    ullaEvents.messages.quiet(300)
+    ulla.disconnect()
+    udo.disconnect()
+}
+
 fun main(args: Array<String>) {
     val scenario = args.firstOrNull() ?: "chat"
     try {
@@ -775,6 +804,7 @@ fun main(args: Array<String>) {
                 "scheduled" -> scheduled()
                 "kicked" -> kicked()
                 "token-provider" -> tokenProvider()
+                "udp-blocked" -> udpBlocked()
                 else -> throw IllegalArgumentException("unknown scenario $scenario")
             }
         }

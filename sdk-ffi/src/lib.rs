@@ -234,6 +234,10 @@ pub struct ClientConfig {
     /// fail with `Config`.
     #[uniffi(default = None)]
     pub local_store: Option<String>,
+    /// TCP port of the gateway's TLS-on-TCP listener, used when UDP is
+    /// blocked; `None`: the same port number as `server`'s.
+    #[uniffi(default = None)]
+    pub tcp_port: Option<u16>,
 }
 
 impl ClientConfig {
@@ -250,6 +254,7 @@ impl ClientConfig {
         config.data_dir = self.data_dir.as_ref().map(Into::into);
         config.resumption = self.resumption;
         config.local_store = self.local_store.as_ref().map(Into::into);
+        config.tcp_port = self.tcp_port;
         config.reconnect_min = Duration::from_millis(200);
         config
     }
@@ -605,6 +610,12 @@ impl QimClient {
             .map_or(ConnectionState::Closed, |c| c.state())
     }
 
+    /// The transport of the current session ("QUIC" or "TCP" to show);
+    /// `None` while disconnected.
+    pub fn transport(&self) -> Option<qim_sdk::Transport> {
+        lock(&self.client).as_ref().and_then(|c| c.transport())
+    }
+
     /// The logged-in user ("" before the first login).
     pub fn user_id(&self) -> String {
         lock(&self.client)
@@ -718,6 +729,7 @@ mod tests {
             data_dir: None,
             resumption: true,
             local_store: None,
+            tcp_port: None,
         };
         assert!(matches!(
             QimClient::new(config),

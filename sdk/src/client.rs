@@ -67,6 +67,14 @@ impl StateWatcher {
 }
 
 impl Client {
+    /// The transport the current session runs on (`None` between
+    /// sessions): for the app to show "QUIC" or "TCP".
+    pub fn transport(&self) -> Option<crate::Transport> {
+        lock(&self.shared.current)
+            .as_ref()
+            .map(|(conn, _)| crate::transport::Transport::of(conn))
+    }
+
     /// Connects and logs in. Returns once the first login succeeded; after
     /// that the client reconnects by itself whenever the connection drops.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {

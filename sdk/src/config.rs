@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::token::TokenProvider;
+use crate::transport::TransportPolicy;
 
 /// The device platform reported at login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -137,6 +138,24 @@ pub struct ClientConfig {
     /// run the client over another datagram transport, such as an
     /// in-process network in tests.
     pub sockets: Option<Arc<dyn SocketSource>>,
+    /// Which transports to use: by default QUIC, raced against TLS on TCP
+    /// for networks that block UDP (see [`TransportPolicy`]).
+    pub transport: TransportPolicy,
+    /// TCP port of the servers' TLS-on-TCP listener; `None` (the default):
+    /// the same port as QUIC's.
+    pub tcp_port: Option<u16>,
+    /// How long QUIC goes first before TCP joins the race.
+    pub tcp_delay: Duration,
+    /// A QUIC session whose first ping gets no pong this long after login
+    /// (the handshake passed, then nothing: partial loss) is given up for
+    /// TCP.
+    pub quic_stall_timeout: Duration,
+    /// On TCP, the first wait before QUIC is tried again in the
+    /// background; it doubles after each failed try, up to
+    /// `quic_retry_max`.
+    pub quic_retry_min: Duration,
+    /// The longest wait between two background tries of QUIC.
+    pub quic_retry_max: Duration,
 }
 
 /// Makes the UDP sockets of a client's QUIC endpoint (see
@@ -192,6 +211,12 @@ impl ClientConfig {
             migration_timeout: Duration::from_secs(3),
             local_store: None,
             sockets: None,
+            transport: TransportPolicy::Auto,
+            tcp_port: None,
+            tcp_delay: Duration::from_millis(250),
+            quic_stall_timeout: Duration::from_secs(2),
+            quic_retry_min: Duration::from_secs(30),
+            quic_retry_max: Duration::from_secs(600),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 
 use qim_proto::io::{FramedRecv, FramedSend};
 use qim_proto::preamble::StreamKind;
+use qim_proto::transport::Connection;
 use qim_proto::v1::{self, ErrorCode, server_control};
 use tracing::{debug, warn};
 
@@ -61,8 +62,9 @@ pub(crate) fn rebind(config: &ClientConfig, endpoint: &quinn::Endpoint) -> Resul
     .map_err(|e| Error::Network(format!("rebinding the endpoint: {e}")))
 }
 
-/// The TLS and transport settings of a connection to the server.
-pub(crate) fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
+/// The TLS settings of a connection to the server, on either transport:
+/// TLS 1.3, the configured CAs, ALPN `qim/1`, resumption as configured.
+pub(crate) fn tls_config(config: &ClientConfig) -> Result<rustls::ClientConfig, Error> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -82,12 +84,19 @@ pub(crate) fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    if !config.resumption {
+        tls.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(tls)
+}
+
+/// The TLS and transport settings of a QUIC connection to the server.
+pub(crate) fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error> {
+    let mut tls = tls_config(config)?;
     // The endpoint keeps this config (and so rustls's in-memory session
     // store) for the client's life: every reconnect can resume.
     if config.resumption {
         tls.enable_early_data = true;
-    } else {
-        tls.resumption = rustls::client::Resumption::disabled();
     }
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -124,14 +133,14 @@ pub(crate) async fn resolve(server: &str) -> Result<SocketAddr, Error> {
 
 /// A logged-in connection, ready for its session.
 pub(crate) struct Established {
-    pub(crate) conn: quinn::Connection,
+    pub(crate) conn: Connection,
     pub(crate) control_send: FramedSend,
     pub(crate) control_recv: FramedRecv,
     pub(crate) welcome: v1::Welcome,
 }
 
 /// Sends Hello on a new control stream and reads the reply.
-async fn login(shared: &Shared, conn: &quinn::Connection) -> Result<Established, Error> {
+pub(crate) async fn login(shared: &Shared, conn: &Connection) -> Result<Established, Error> {
     let config = &shared.config;
     let (send, recv) = conn
         .open_bi()
@@ -175,55 +184,69 @@ async fn login(shared: &Shared, conn: &quinn::Connection) -> Result<Established,
     }
 }
 
-/// Connects and logs in once. With a resumable TLS session the Hello goes
-/// out as 0-RTT early data, in the first flight; if the server rejects the
-/// early data, the login is repeated once the handshake completed.
+/// Connects over QUIC and logs in once. With a resumable TLS session the
+/// Hello goes out as 0-RTT early data, in the first flight; if the server
+/// rejects the early data, the login is repeated once the handshake
+/// completed.
 ///
 /// Only the Hello is ever sent early: the other streams open after the
 /// Welcome. A replayed Hello could at most log the same device in again,
 /// and the gateway's single-use session tickets refuse replays anyway.
+pub(crate) async fn connect_quic(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+) -> Result<Established, Error> {
+    let config = &shared.config;
+    let connecting = shared
+        .endpoint
+        .connect(addr, &config.server_name)
+        .map_err(|e| Error::Config(format!("connect: {e}")))?;
+    match connecting.into_0rtt() {
+        Ok((conn, mut accepted)) => {
+            let conn = Connection::from(conn);
+            let early = login(shared, &conn);
+            tokio::pin!(early);
+            let (ok, result) = tokio::select! {
+                // The handshake completed first: if the server took the
+                // early data, the Hello is on its way; if not, it is lost.
+                ok = &mut accepted => if ok { (true, Some(early.await)) } else { (false, None) },
+                result = &mut early => (accepted.await, Some(result)),
+            };
+            match (ok, result) {
+                (true, Some(Ok(established))) => {
+                    shared.zero_rtt.fetch_add(1, Ordering::Relaxed);
+                    Ok(established)
+                }
+                (true, Some(Err(e))) => Err(e),
+                _ => {
+                    debug!("0-RTT rejected; logging in again");
+                    login(shared, &conn).await
+                }
+            }
+        }
+        Err(connecting) => {
+            let conn = connecting
+                .await
+                .map_err(|e| Error::from_connection(&e.into()))?;
+            login(shared, &Connection::from(conn)).await
+        }
+    }
+}
+
+/// Connects (over QUIC or TLS on TCP, as `transport::connect` chooses) and
+/// logs in once, then takes the Welcome's settings.
 pub(crate) async fn establish(
     shared: &Arc<Shared>,
     addr: SocketAddr,
 ) -> Result<Established, Error> {
     let config = &shared.config;
     shared.state.send_replace(ConnectionState::Connecting);
-    let attempt = async {
-        let connecting = shared
-            .endpoint
-            .connect(addr, &config.server_name)
-            .map_err(|e| Error::Config(format!("connect: {e}")))?;
-        match connecting.into_0rtt() {
-            Ok((conn, mut accepted)) => {
-                let early = login(shared, &conn);
-                tokio::pin!(early);
-                let (ok, result) = tokio::select! {
-                    // The handshake completed first: if the server took the
-                    // early data, the Hello is on its way; if not, it is lost.
-                    ok = &mut accepted => if ok { (true, Some(early.await)) } else { (false, None) },
-                    result = &mut early => (accepted.await, Some(result)),
-                };
-                match (ok, result) {
-                    (true, Some(Ok(established))) => {
-                        shared.zero_rtt.fetch_add(1, Ordering::Relaxed);
-                        Ok(established)
-                    }
-                    (true, Some(Err(e))) => Err(e),
-                    _ => {
-                        debug!("0-RTT rejected; logging in again");
-                        login(shared, &conn).await
-                    }
-                }
-            }
-            Err(connecting) => {
-                let conn = connecting.await.map_err(|e| Error::from_connection(&e))?;
-                login(shared, &conn).await
-            }
-        }
-    };
-    let established = tokio::time::timeout(config.connect_timeout, attempt)
-        .await
-        .map_err(|_| Error::Network("connect timed out".into()))??;
+    let established = tokio::time::timeout(
+        config.connect_timeout,
+        crate::transport::connect(shared, addr),
+    )
+    .await
+    .map_err(|_| Error::Network("connect timed out".into()))??;
     let welcome = &established.welcome;
     *lock(&shared.user_id) = welcome.user_id.clone();
     if let Some(limits) = &welcome.limits {

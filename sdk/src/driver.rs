@@ -216,7 +216,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     *lock(&shared.current) = Some((conn.clone(), welcome.session_id.clone()));
     shared
         .path_challenges
-        .store(conn.stats().frame_rx.path_challenge, Ordering::Release);
+        .store(conn.path_challenges(), Ordering::Release);
     // A probe asked for on the last connection is moot on this one.
     shared.take_probe();
     shared.state.send_replace(ConnectionState::Connected);
@@ -228,7 +228,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         let (hb_send, hb_recv) = conn.open_bi().await?;
         let chat = conn.open_uni().await?;
         let acks = conn.open_uni().await?;
-        Ok::<_, quinn::ConnectionError>((hb_send, hb_recv, chat, acks))
+        Ok::<_, qim_proto::transport::ConnectionError>((hb_send, hb_recv, chat, acks))
     };
     let (hb_send, hb_recv, chat, acks) = match opened.await {
         Ok(streams) => streams,
@@ -261,6 +261,12 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     let (s, c) = (Arc::clone(shared), conn.clone());
     tasks.spawn(async move { receive::watch_gaps(s, c).await.map(|never| match never {}) });
     tasks.spawn(watch_path(Arc::clone(shared), conn.clone()));
+    let (s, c) = (Arc::clone(shared), conn.clone());
+    tasks.spawn(async move {
+        crate::transport::watch(s, c)
+            .await
+            .map(|()| SessionEnd::Reconnect)
+    });
 
     let mut closing = shared.closing.subscribe();
     let reconnect = shared.reconnect_now.notified();
@@ -277,7 +283,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
                 let bye = v1::ClientControl { kind: Some(v1::client_control::Kind::Bye(v1::Bye {})) };
                 let _ = control_send.send(&bye).await;
                 control_send.finish();
-                conn.close(ErrorCode::NoError.to_quic().into(), b"bye");
+                conn.close(ErrorCode::NoError, b"bye");
                 break SessionEnd::Closed;
             }
             () = sleep_until_opt(refresh_at) => {
@@ -317,6 +323,9 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
         },
         end => end,
     };
+    if let SessionEnd::Lost(e) = &end {
+        crate::transport::session_lost(shared, &conn, e);
+    }
     shared.conn.send_replace(None);
     *lock(&shared.current) = None;
     if let SessionEnd::Lost(_)
@@ -324,7 +333,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     | SessionEnd::GoAway(_)
     | SessionEnd::Reconnect = end
     {
-        conn.close(ErrorCode::NoError.to_quic().into(), b"reconnecting");
+        conn.close(ErrorCode::NoError, b"reconnecting");
     }
     end
 }
@@ -336,7 +345,10 @@ const PEER_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// carries the reason, normally arrives right behind (the packets may even
 /// be reordered), so it is awaited briefly before the end counts as a
 /// plain network failure.
-async fn closed_by_peer(conn: &quinn::Connection, stream: &'static str) -> SessionEnd {
+async fn closed_by_peer(
+    conn: &qim_proto::transport::Connection,
+    stream: &'static str,
+) -> SessionEnd {
     match tokio::time::timeout(PEER_CLOSE_GRACE, conn.closed()).await {
         Ok(reason) => SessionEnd::Lost(Error::from_connection(&reason)),
         Err(_) => SessionEnd::PeerFinished(stream),
@@ -364,7 +376,7 @@ async fn next_end(tasks: &mut JoinSet<Result<SessionEnd, Error>>) -> SessionEnd 
 /// dead address, and only a ping from the new one brings it back.
 async fn heartbeat(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
     mut send: FramedSend,
     mut recv: FramedRecv,
 ) -> Result<SessionEnd, Error> {
@@ -380,7 +392,7 @@ async fn heartbeat(
             next_within_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
         };
         send.send(&ping).await?;
-        let challenges = conn.stats().frame_rx.path_challenge;
+        let challenges = conn.path_challenges();
         let sent = Instant::now();
         let mut deadline = sent
             + probing.unwrap_or_else(|| {
@@ -420,7 +432,7 @@ async fn heartbeat(
             }
             None => return Err(Error::Network("no pong in time".into())),
         }
-        if probing.is_some() && conn.stats().frame_rx.path_challenge > challenges {
+        if probing.is_some() && conn.path_challenges() > challenges {
             // The pong came over a path the server has not validated yet:
             // probe again until it has (or fell back, and the next pong
             // does not come).
@@ -452,7 +464,7 @@ const PROBE_SPACING: Duration = Duration::from_millis(50);
 /// everything unacked with the same `client_msg_id`s.
 async fn write_chat(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
     mut stream: FramedSend,
     generation: u64,
 ) -> Result<SessionEnd, Error> {
@@ -535,7 +547,10 @@ const PATH_WATCH_EVERY: Duration = Duration::from_millis(250);
 /// server send again (or, unanswered, makes the client connect afresh).
 /// Coming while the radio is still awake from the traffic, it costs a
 /// phone little. Idle, the watch sleeps.
-async fn watch_path(shared: Arc<Shared>, conn: quinn::Connection) -> Result<SessionEnd, Error> {
+async fn watch_path(
+    shared: Arc<Shared>,
+    conn: qim_proto::transport::Connection,
+) -> Result<SessionEnd, Error> {
     loop {
         shared.traffic.notified().await;
         let mut last = Instant::now();
@@ -617,7 +632,7 @@ async fn read_control(
 /// others.
 async fn accept_server_streams(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
     max_frame: usize,
 ) -> Result<SessionEnd, Error> {
     let mut readers: JoinSet<Result<SessionEnd, Error>> = JoinSet::new();
@@ -639,8 +654,8 @@ async fn accept_server_streams(
 
 async fn read_server_stream(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
-    mut stream: quinn::RecvStream,
+    conn: qim_proto::transport::Connection,
+    mut stream: qim_proto::transport::RecvStream,
     max_frame: usize,
 ) -> Result<SessionEnd, Error> {
     let kind = read_preamble(&mut stream).await?;
@@ -656,7 +671,7 @@ async fn read_server_stream(
 
 async fn read_server_acks(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
     mut recv: FramedRecv,
 ) -> Result<SessionEnd, Error> {
     while let Some(ack) = recv.next::<v1::ServerAck>().await? {

@@ -1,6 +1,7 @@
 //! The SDK's public error: small and actionable. Wire codes are mapped to it
 //! in one place, [`Error::from_code`].
 
+use qim_proto::transport::ConnectionError;
 use qim_proto::v1::ErrorCode;
 use thiserror::Error;
 
@@ -97,25 +98,15 @@ impl Error {
         }
     }
 
-    /// Maps a quinn connection error, keeping the server's close code.
-    pub(crate) fn from_connection(e: &quinn::ConnectionError) -> Error {
+    /// Maps a connection error (of either transport), keeping the server's
+    /// close code.
+    pub(crate) fn from_connection(e: &ConnectionError) -> Error {
         match e {
-            quinn::ConnectionError::ApplicationClosed(close) => {
-                let code = ErrorCode::from_quic(close.error_code.into_inner());
-                Error::from_code(code, String::from_utf8_lossy(&close.reason).into_owned())
+            ConnectionError::ApplicationClosed { code, reason } => {
+                Error::from_code(*code, reason.clone())
             }
-            // TLS alerts travel as QUIC crypto errors, 0x100 + alert.
-            quinn::ConnectionError::TransportError(t)
-                if (0x100..0x200).contains(&u64::from(t.code)) =>
-            {
-                Error::Tls(t.to_string())
-            }
-            quinn::ConnectionError::ConnectionClosed(c)
-                if (0x100..0x200).contains(&u64::from(c.error_code)) =>
-            {
-                Error::Tls(c.to_string())
-            }
-            quinn::ConnectionError::LocallyClosed => Error::Closed,
+            ConnectionError::Tls(t) => Error::Tls(t.clone()),
+            ConnectionError::LocallyClosed => Error::Closed,
             other => Error::Network(other.to_string()),
         }
     }
@@ -133,9 +124,7 @@ impl From<qim_proto::io::RecvError> for Error {
 impl From<qim_proto::io::SendError> for Error {
     fn from(e: qim_proto::io::SendError) -> Self {
         match e {
-            qim_proto::io::SendError::Write(quinn::WriteError::ConnectionLost(c)) => {
-                Error::from_connection(&c)
-            }
+            qim_proto::io::SendError::ConnectionLost(c) => Error::from_connection(&c),
             other => Error::Network(other.to_string()),
         }
     }

@@ -41,6 +41,8 @@ pub enum ClientEvent {
     /// A connection ended with this error; the client reconnects by itself
     /// when the error is transient (watch the connection state).
     ConnectionLost(Error),
+    /// A session started, over this transport (show "QUIC" or "TCP").
+    Connected(crate::Transport),
 }
 
 /// A subscription to a client's events.

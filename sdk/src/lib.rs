@@ -52,6 +52,10 @@
 //!   and skips, read-diffusion groups' logs in per-group order, signals.
 //! - `connect`: the QUIC endpoint (`bind_endpoint`, the one place it is
 //!   made) and TLS settings, one login, 0-RTT.
+//! - `transport`: which transport a connection takes: QUIC raced against
+//!   TLS on TCP, remembered per network, partial loss on QUIC and the way
+//!   back to QUIC watched per session ([`Transport`],
+//!   [`TransportPolicy`]).
 //! - `driver`: keeps one session up, reconnects with exponential backoff
 //!   and jitter, runs the per-stream tasks of a session; its heartbeat
 //!   task runs the probes (`Shared::request_probe`).
@@ -130,6 +134,7 @@ mod rpc;
 mod shared;
 mod sync;
 mod token;
+mod transport;
 
 #[cfg(feature = "ffi")]
 uniffi::setup_scaffolding!();
@@ -154,3 +159,4 @@ pub use qim_proto::v1::ErrorCode;
 pub use quota::Quota;
 pub use shared::{ConnectionState, Stats};
 pub use token::{TokenProvider, TokenRequest};
+pub use transport::{Transport, TransportPolicy};

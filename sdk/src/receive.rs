@@ -39,7 +39,7 @@ const PULL_LIMIT: u32 = 500;
 /// without bound.
 pub(crate) async fn read_deliveries(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
     mut recv: FramedRecv,
 ) -> Result<(), Error> {
     let capacity = shared.config.inbox_buffer.max(1);
@@ -162,7 +162,7 @@ fn confirm_empty(
 /// `gap_skip_after`, so a gap is skipped even when nothing else arrives.
 pub(crate) async fn watch_gaps(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
 ) -> Result<Infallible, Error> {
     loop {
         let confirmed = shared.gap_confirmed.notified();
@@ -192,7 +192,7 @@ fn pull_limit(after: u64, up_to: u64) -> u32 {
 /// afterwards, if the pull made progress (or skipped the gap).
 async fn pull_gap(
     shared: &Shared,
-    conn: &quinn::Connection,
+    conn: &qim_proto::transport::Connection,
     after: u64,
     up_to: u64,
 ) -> Result<Option<(u64, u64)>, Error> {
@@ -233,7 +233,7 @@ async fn pull_gap(
 /// nudge. Pulls whatever is missing before returning.
 async fn on_group_deliver(
     shared: &Shared,
-    conn: &quinn::Connection,
+    conn: &qim_proto::transport::Connection,
     deliver: v1::Deliver,
 ) -> Result<(), Error> {
     let group = deliver.group;
@@ -299,7 +299,7 @@ fn accept_group(
 /// if the pull made progress.
 async fn pull_group(
     shared: &Shared,
-    conn: &quinn::Connection,
+    conn: &qim_proto::transport::Connection,
     group: &str,
     after: u64,
     up_to: u64,

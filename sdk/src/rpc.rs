@@ -13,7 +13,7 @@ use crate::Error;
 /// Sends `request` on a new rpc stream of `conn` and returns the response;
 /// a response that is a refusal becomes [`Error::from_code`].
 pub(crate) async fn exchange(
-    conn: &quinn::Connection,
+    conn: &qim_proto::transport::Connection,
     max_frame: usize,
     request: rpc_request::Kind,
 ) -> Result<rpc_response::Kind, Error> {

@@ -64,7 +64,10 @@ pub struct Stats {
 
 /// A probe's deadline on `conn`: `probe_timeout`, and at least four
 /// round trips.
-pub(crate) fn probe_deadline(config: &ClientConfig, conn: &quinn::Connection) -> Duration {
+pub(crate) fn probe_deadline(
+    config: &ClientConfig,
+    conn: &qim_proto::transport::Connection,
+) -> Duration {
     config.probe_timeout.max(conn.rtt() * 4)
 }
 
@@ -109,7 +112,7 @@ pub(crate) struct Shared {
     pub(crate) taken_changed: Notify,
     pub(crate) closing: watch::Sender<bool>,
     /// The current connection, for rpc requests; `None` between sessions.
-    pub(crate) conn: watch::Sender<Option<quinn::Connection>>,
+    pub(crate) conn: watch::Sender<Option<qim_proto::transport::Connection>>,
     /// The server's limits from the last Welcome.
     pub(crate) max_body: AtomicU64,
     pub(crate) max_frame: AtomicU64,
@@ -143,8 +146,10 @@ pub(crate) struct Shared {
     pub(crate) traffic: Notify,
     /// Ends the current session (or backoff wait) to connect afresh now.
     pub(crate) reconnect_now: Notify,
+    /// The transport choice's memory (see `transport`).
+    pub(crate) transports: crate::transport::Transports,
     /// The current session's connection and its Welcome session id.
-    pub(crate) current: Mutex<Option<(quinn::Connection, String)>>,
+    pub(crate) current: Mutex<Option<(qim_proto::transport::Connection, String)>>,
     /// This device's copy of what it received, when configured.
     pub(crate) local: Option<LocalStore>,
     /// When the next connection attempt starts, while in
@@ -218,6 +223,7 @@ impl Shared {
             pongs: watch::Sender::new(0),
             traffic: Notify::new(),
             reconnect_now: Notify::new(),
+            transports: crate::transport::Transports::default(),
             current: Mutex::new(None),
             local,
             next_attempt: Mutex::new(None),
@@ -250,8 +256,8 @@ impl Shared {
     /// Called on every frame the server sends (deliveries, acks, pongs),
     /// and by the driver's path watch for a while after traffic: a failed
     /// validation can leave the client hearing nothing at all.
-    pub(crate) fn check_path(&self, conn: &quinn::Connection) {
-        let seen = conn.stats().frame_rx.path_challenge;
+    pub(crate) fn check_path(&self, conn: &qim_proto::transport::Connection) {
+        let seen = conn.path_challenges();
         if seen > self.path_challenges.swap(seen, Ordering::AcqRel) {
             debug!("the server is validating a new address of ours; probing");
             self.request_probe(probe_deadline(&self.config, conn));
@@ -282,7 +288,7 @@ impl Shared {
 
     /// The current connection, once there is one; fails once the client
     /// is closed.
-    pub(crate) async fn connection(&self) -> Result<quinn::Connection, Error> {
+    pub(crate) async fn connection(&self) -> Result<qim_proto::transport::Connection, Error> {
         let mut rx = self.conn.subscribe();
         loop {
             if let Some(conn) = rx.borrow_and_update().clone() {

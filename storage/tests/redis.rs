@@ -45,6 +45,7 @@ fn node(id: &str, connections: u64, now: i64) -> NodeInfo {
         id: id.into(),
         addr: format!("{id}.example:4433"),
         route_addr: format!("{id}.example:9090"),
+        tcp_addr: format!("{id}.example:4433"),
         connections,
         online_users: connections,
         draining: false,

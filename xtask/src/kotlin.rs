@@ -12,7 +12,8 @@
 //! client process queues messages while offline and exits, and a second
 //! process on the same data directory delivers them exactly once; and the
 //! IM features (groups, recall and edit, contacts, presence and typing,
-//! scheduled sends, a device kicked by the single-device policy). Each
+//! scheduled sends, a device kicked by the single-device policy); and a
+//! client whose UDP is blocked, which logs in and chats over TLS on TCP. Each
 //! scenario has users of its own, so they do not see each other's traffic.
 //! All run against one gateway with a short recall window, except the kick
 //! scenario, which gets a gateway of its own with `im.device_policy =
@@ -45,7 +46,8 @@ const USERS: &[&str] = &[
     "mona", "nick", "rita", // contacts
     "olga", "paul", // presence and typing
     "sam", "tina", // scheduled sends
-    "uma",  // kicked
+    "ulla", "udo", // UDP blocked
+    "uma", // kicked
     "vera", "walt", // token provider
 ];
 const JNA_VERSION: &str = "5.14.0";
@@ -146,6 +148,8 @@ fn compile(root: &Path, generated: &[PathBuf], kotlin: &Path, jna: &Path) -> Res
 struct Gateway {
     child: Child,
     quic: String,
+    /// The TLS-on-TCP port, from the READY line.
+    tcp_port: Option<String>,
     binary: PathBuf,
     data_dir: PathBuf,
 }
@@ -166,10 +170,16 @@ impl Gateway {
             .context("starting qim-gateway")?;
         let stdout = child.stdout.take().context("gateway stdout")?;
         let mut quic = None;
+        let mut tcp = None;
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             if let Some(rest) = line.strip_prefix("READY quic=") {
                 quic = rest.split_whitespace().next().map(str::to_owned);
+                tcp = rest
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("tcp="))
+                    .and_then(|a| a.rsplit(':').next())
+                    .map(str::to_owned);
                 break;
             }
         }
@@ -180,6 +190,7 @@ impl Gateway {
         Ok(Gateway {
             child,
             quic,
+            tcp_port: tcp,
             binary: binary.to_owned(),
             data_dir: data_dir.to_owned(),
         })
@@ -206,6 +217,9 @@ impl Gateway {
             ("QIM_CA".to_owned(), ca.display().to_string()),
             ("QIM_SERVER".to_owned(), self.quic.clone()),
         ];
+        if let Some(port) = &self.tcp_port {
+            env.push(("QIM_TCP_PORT".to_owned(), port.clone()));
+        }
         for user in USERS {
             env.push((
                 format!("QIM_TOKEN_{}", user.to_uppercase()),
@@ -282,7 +296,7 @@ fn run_scenarios(
     let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let outbox_dir = work.join("carol-phone");
     let ids_file = work.join("outbox-ids");
-    let scenarios: [(&str, Vec<(String, String)>); 13] = [
+    let scenarios: [(&str, Vec<(String, String)>); 14] = [
         ("chat", vec![]),
         ("offline-catch-up", vec![]),
         ("resumption", vec![]),
@@ -308,6 +322,11 @@ fn run_scenarios(
         ("presence-typing", vec![]),
         ("scheduled", vec![]),
         ("token-provider", vec![]),
+        // QUIC to a port that swallows every datagram: UDP "blocked".
+        (
+            "udp-blocked",
+            vec![("QIM_BLOCKED_SERVER".into(), dead.local_addr()?.to_string())],
+        ),
         // Later entries override the shared gateway's address and tokens.
         ("kicked", single.env()?),
     ];

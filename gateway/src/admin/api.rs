@@ -69,6 +69,8 @@ pub(super) async fn authorize(
 pub(super) struct NodeView {
     node_id: String,
     addr: String,
+    /// TLS on TCP (empty: QUIC only).
+    tcp_addr: String,
     route_addr: String,
     connections: u64,
     online_users: u64,
@@ -84,6 +86,7 @@ pub(super) async fn nodes(
         return Ok(Json(vec![NodeView {
             node_id: ctx.identity.id.clone(),
             addr: ctx.identity.addr.clone(),
+            tcp_addr: ctx.identity.tcp_addr.clone(),
             route_addr: ctx.identity.route_addr.clone(),
             connections: ctx.metrics.connections_open.get().max(0).unsigned_abs(),
             online_users: ctx.routes.online_users() as u64,
@@ -97,6 +100,7 @@ pub(super) async fn nodes(
                 .map(|n| NodeView {
                     node_id: n.id,
                     addr: n.addr,
+                    tcp_addr: n.tcp_addr,
                     route_addr: n.route_addr,
                     connections: n.connections,
                     online_users: n.online_users,

@@ -16,7 +16,8 @@
 //!
 //! [`route_app`] is the route endpoint alone, for the public
 //! `cluster.route_listen` listener. `/route` answers `{"node_id", "addr",
-//! "route_addr", "strategy"}` (200), 400 for an invalid user id, 503 when no
+//! "tcp_addr", "route_addr", "strategy"}` (200; `tcp_addr` is the node's
+//! TLS-on-TCP address, empty when it serves QUIC only), 400 for an invalid user id, 503 when no
 //! node takes clients or Redis cannot be read, 429 with `Retry-After` above
 //! `cluster.route_requests_per_second` per remote address. A single node (no
 //! `store.redis`) answers with itself and strategy `"single"`.

@@ -29,6 +29,8 @@ pub(super) const INVALID_USER: ApiError =
 pub(super) struct RouteView {
     node_id: String,
     addr: String,
+    /// TLS on TCP, for clients whose network blocks UDP (empty: QUIC only).
+    tcp_addr: String,
     route_addr: String,
     strategy: &'static str,
 }
@@ -64,6 +66,7 @@ pub(super) async fn route(
         return Ok(Json(RouteView {
             node_id: ctx.identity.id.clone(),
             addr: ctx.identity.addr.clone(),
+            tcp_addr: ctx.identity.tcp_addr.clone(),
             route_addr: ctx.identity.route_addr.clone(),
             strategy: "single",
         }));
@@ -72,6 +75,7 @@ pub(super) async fn route(
         Ok(Some(node)) => Ok(Json(RouteView {
             node_id: node.id,
             addr: node.addr,
+            tcp_addr: node.tcp_addr,
             route_addr: node.route_addr,
             strategy: cluster.strategy().name(),
         })),

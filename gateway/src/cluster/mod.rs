@@ -91,6 +91,9 @@ pub struct Identity {
     pub addr: String,
     /// HTTP address of the route endpoint.
     pub route_addr: String,
+    /// TLS-on-TCP address for clients whose network blocks UDP; empty
+    /// when the node serves QUIC only.
+    pub tcp_addr: String,
 }
 
 /// `host:port` for a bound address: the address itself, or the public name
@@ -130,6 +133,15 @@ pub fn identity(config: &Config, quic: SocketAddr, route: SocketAddr) -> Identit
         id,
         addr,
         route_addr,
+        tcp_addr: String::new(),
+    }
+}
+
+impl Identity {
+    /// This identity with the TLS-on-TCP address clients are told.
+    pub fn with_tcp(mut self, tcp: Option<SocketAddr>, config: &Config) -> Identity {
+        self.tcp_addr = tcp.map_or_else(String::new, |a| reachable(a, &config.server.public_name));
+        self
     }
 }
 
@@ -194,6 +206,7 @@ impl Cluster {
             id: self.me.id.clone(),
             addr: self.me.addr.clone(),
             route_addr: self.me.route_addr.clone(),
+            tcp_addr: self.me.tcp_addr.clone(),
             connections,
             online_users,
             draining: self.draining.load(Ordering::Relaxed),

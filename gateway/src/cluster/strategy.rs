@@ -204,6 +204,7 @@ mod tests {
             id: id.into(),
             addr: format!("{id}:4433"),
             route_addr: format!("{id}:9090"),
+            tcp_addr: String::new(),
             connections,
             online_users: 0,
             draining: false,

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod sections;
+mod transport;
 pub use sections::*;
+pub use transport::Transport;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
@@ -49,6 +51,7 @@ pub struct Config {
     pub delivery: Delivery,
     pub limits: Limits,
     pub quic: Quic,
+    pub transport: Transport,
     pub admin: Admin,
     pub shutdown: Shutdown,
     pub store: Store,
@@ -76,6 +79,7 @@ impl Config {
         Delivery::write_example(&mut out);
         Limits::write_example(&mut out);
         Quic::write_example(&mut out);
+        Transport::write_example(&mut out);
         Admin::write_example(&mut out);
         Shutdown::write_example(&mut out);
         Store::write_example(&mut out);
@@ -138,6 +142,7 @@ impl Config {
     /// Checks values that must fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
+        self.transport.validate().map_err(ConfigError::Invalid)?;
         let hb = &self.heartbeat;
         if hb.interval_ms == 0 || hb.max_missed == 0 {
             return invalid("heartbeat.interval_ms and heartbeat.max_missed must be above 0");

@@ -143,6 +143,8 @@ pub fn write_admin_keys(dir: &std::path::Path) -> std::path::PathBuf {
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The TLS-on-TCP listener (`transport.tcp`, on by default).
+    pub tcp: Option<SocketAddr>,
     /// The health, metrics and route listener (no authentication).
     pub admin: SocketAddr,
     /// The admin API, when the test config keeps `admin.keys_file`
@@ -291,6 +293,7 @@ impl TestGateway {
         let key = gateway.token_key();
         TestGateway {
             addr: info.quic_addr,
+            tcp: info.tcp_addr,
             admin: info.admin_addr,
             api: info.api_addr,
             ca_pem,
@@ -314,6 +317,9 @@ impl TestGateway {
         );
         config.reconnect_min = Duration::from_millis(50);
         config.reconnect_max = Duration::from_millis(500);
+        // The race's TCP leg goes to this gateway's TCP port (port 0 gave
+        // the two listeners different ports).
+        config.tcp_port = self.tcp.map(|a| a.port());
         config
     }
 
@@ -329,9 +335,11 @@ impl TestGateway {
         self.running.stop().await;
         let mut config = self.config.clone();
         config.server.listen = self.addr;
+        config.transport.tcp_listen = self.tcp;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let mut next = TestGateway::start_in(dir, config).await;
         next.config.server.listen = self.config.server.listen;
+        next.config.transport.tcp_listen = self.config.transport.tcp_listen;
         next
     }
 
@@ -460,9 +468,9 @@ pub fn text(m: &qim_sdk::IncomingMessage) -> String {
     String::from_utf8_lossy(&m.body).into_owned()
 }
 
-/// The QUIC client settings of a raw client: TLS 1.3 trusting `ca_pem`,
-/// ALPN `qim/1`, no idle timeout of its own.
-pub fn quic_client_config(ca_pem: &[u8]) -> quinn::ClientConfig {
+/// The TLS settings of a raw client: TLS 1.3 trusting `ca_pem`, ALPN
+/// `qim/1` (over QUIC, or over TCP).
+pub fn tls_client_config(ca_pem: &[u8]) -> rustls::ClientConfig {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -476,6 +484,13 @@ pub fn quic_client_config(ca_pem: &[u8]) -> quinn::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
+    tls
+}
+
+/// The QUIC client settings of a raw client: TLS 1.3 trusting `ca_pem`,
+/// ALPN `qim/1`, no idle timeout of its own.
+pub fn quic_client_config(ca_pem: &[u8]) -> quinn::ClientConfig {
+    let tls = tls_client_config(ca_pem);
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     // The server's idle timeout governs, as for the SDK (which asks for

@@ -103,6 +103,8 @@ impl SimGateway {
             self.ca_pem.clone(),
         );
         config.sockets = Some(Arc::new(Host::new(&self.net)));
+        // The in-process network carries datagrams only.
+        config.transport = qim_sdk::TransportPolicy::QuicOnly;
         config
     }
 

@@ -22,6 +22,9 @@ pub struct NodeInfo {
     pub addr: String,
     /// Where the node's route endpoint answers (`host:port`, HTTP).
     pub route_addr: String,
+    /// Where clients connect over TLS on TCP (`host:port`); empty when the
+    /// node serves QUIC only (or wrote a version-1 record).
+    pub tcp_addr: String,
     /// Open client connections.
     pub connections: u64,
     /// Users with a session on the node.
@@ -38,7 +41,7 @@ pub struct NodeInfo {
 impl NodeInfo {
     fn encode(&self) -> String {
         format!(
-            "1\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "2\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             self.id,
             self.addr,
             self.route_addr,
@@ -46,19 +49,24 @@ impl NodeInfo {
             self.online_users,
             u8::from(self.draining),
             self.started_ms,
-            self.updated_ms
+            self.updated_ms,
+            self.tcp_addr
         )
     }
 
     fn decode(s: &str) -> Option<NodeInfo> {
         let f: Vec<&str> = s.split('\t').collect();
-        if f.len() != 9 || f[0] != "1" {
-            return None;
-        }
+        // Version 1 (nodes that predate TLS on TCP) has no TCP address.
+        let tcp_addr = match (f.first(), f.len()) {
+            (Some(&"1"), 9) => "",
+            (Some(&"2"), 10) => f[9],
+            _ => return None,
+        };
         Some(NodeInfo {
             id: f[1].to_owned(),
             addr: f[2].to_owned(),
             route_addr: f[3].to_owned(),
+            tcp_addr: tcp_addr.to_owned(),
             connections: f[4].parse().ok()?,
             online_users: f[5].parse().ok()?,
             draining: f[6] == "1",
@@ -166,6 +174,7 @@ mod tests {
             id: "n-1".into(),
             addr: "10.0.0.1:4433".into(),
             route_addr: "10.0.0.1:9090".into(),
+            tcp_addr: "10.0.0.1:4433".into(),
             connections: 12,
             online_users: 10,
             draining: true,
@@ -174,5 +183,15 @@ mod tests {
         };
         assert_eq!(NodeInfo::decode(&info.encode()), Some(info));
         assert_eq!(NodeInfo::decode("2\tfuture format"), None);
+        assert_eq!(NodeInfo::decode("3\tfuture format"), None);
+    }
+
+    #[test]
+    fn a_record_of_a_node_that_predates_tcp_has_no_tcp_address() {
+        let old = "1\tn-1\t10.0.0.1:4433\t10.0.0.1:9090\t12\t10\t0\t5\t9";
+        let info = NodeInfo::decode(old).expect("version 1 still reads");
+        assert_eq!(info.tcp_addr, "");
+        assert_eq!(info.addr, "10.0.0.1:4433");
+        assert_eq!(info.updated_ms, 9);
     }
 }
