@@ -34,6 +34,7 @@ pub(crate) async fn refuse(control: &mut FramedSend, fault: &Fault) {
             code: fault.code as i32,
             message: fault.message.to_owned(),
             retry_after_ms: 0,
+            kick_reason: fault.kick_reason as i32,
         })),
     };
     if control.send(&refusal).await.is_ok() {

@@ -142,6 +142,19 @@ pub(crate) fn direct_inboxes(ctx: &Ctx, sender: &str, recipient: &str) -> Vec<St
     inboxes
 }
 
+/// Which of a sender's rules a post is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// A user's send (a client's, or the admin API's on a user's behalf):
+    /// blocks, `im.direct_policy`, the sender's quotas, the sender's own
+    /// copy with `im.sync_sent`.
+    User,
+    /// The system account's send through the admin API (a business
+    /// notification): no user's rules or quotas apply, and the system
+    /// account keeps no copy of its own.
+    System,
+}
+
 /// Validates, checks and stores a batch of sends in order, hands the
 /// copies to the fan-out, and answers each with an ack or a nack.
 pub(crate) async fn post_sends(
@@ -149,13 +162,24 @@ pub(crate) async fn post_sends(
     sender: &Sender<'_>,
     sends: Vec<v1::Send>,
 ) -> Vec<v1::ServerAck> {
+    post_sends_as(ctx, sender, sends, Trust::User).await
+}
+
+/// [`post_sends`] with the sender's rules `trust` says: the one path of
+/// chat streams and the admin API.
+pub(crate) async fn post_sends_as(
+    ctx: &Ctx,
+    sender: &Sender<'_>,
+    sends: Vec<v1::Send>,
+    trust: Trust,
+) -> Vec<v1::ServerAck> {
     let now = qim_proto::now_ms();
     // One verdict per send, in order; the posts that passed, in order.
     let mut verdicts: Vec<Result<String, (String, Refusal)>> = Vec::with_capacity(sends.len());
     let mut posts = Vec::with_capacity(sends.len());
     for send in sends {
         let id = send.client_msg_id.clone();
-        match admit(ctx, sender, send, now).await {
+        match admit(ctx, sender, send, now, trust).await {
             Ok(post) => {
                 verdicts.push(Ok(id));
                 posts.push(post);
@@ -226,20 +250,24 @@ async fn admit(
     sender: &Sender<'_>,
     mut send: v1::Send,
     now: i64,
+    trust: Trust,
 ) -> Result<Post, Refusal> {
     let extras = Extras::take(&mut send, ctx)?;
-    let inboxes = match check_send(ctx, &send)? {
-        Target::User(recipient) => {
+    let inboxes = match (check_send(ctx, &send)?, trust) {
+        (Target::User(recipient), Trust::User) => {
             crate::policy::check_direct(ctx, sender.user, &recipient).await?;
             direct_inboxes(ctx, sender.user, &recipient)
         }
-        Target::Group => Vec::new(),
+        (Target::User(recipient), Trust::System) => vec![recipient],
+        (Target::Group, _) => Vec::new(),
     };
-    let cost = Cost {
-        copies: copies(ctx, &send.to, &inboxes).await,
-        body_bytes: send.body.len() as u64,
-    };
-    ctx.quotas.admit_send(sender.user, cost).await?;
+    if trust == Trust::User {
+        let cost = Cost {
+            copies: copies(ctx, &send.to, &inboxes).await,
+            body_bytes: send.body.len() as u64,
+        };
+        ctx.quotas.admit_send(sender.user, cost).await?;
+    }
     Ok(Post {
         sender: sender.user.to_owned(),
         sender_device: sender.device.to_owned(),

@@ -475,18 +475,15 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
                         return Err(Fault::new(ErrorCode::HeartbeatTimeout, "missed heartbeats"));
                     }
                 }
-                code = &mut kicked => {
-                    let code = code.unwrap_or(ErrorCode::Kicked);
-                    let reason = match code {
-                        ErrorCode::Replaced => "this device logged in again",
-                        ErrorCode::Kicked => "another device logged in (im.device_policy), or an admin ended the session",
-                        ErrorCode::TokenRevoked => "the user's tokens were revoked",
-                        _ => "session ended by the server",
-                    };
-                    let fault = Fault::new(code, reason);
-                    if code == ErrorCode::TokenRevoked {
+                ending = &mut kicked => {
+                    let ending = ending.unwrap_or_else(|_| ErrorCode::Kicked.into());
+                    let mut fault = Fault::ending(ending);
+                    if ending.code == ErrorCode::TokenRevoked
+                        || ending.reason != v1::KickReason::Unspecified
+                    {
                         refuse(&mut control_send, &fault).await;
                     }
+                    fault.reason = format!("{}: {:?}", fault.message, ending.reason);
                     return Err(fault);
                 }
                 changed = draining.changed(), if drain_deadline.is_none() => {

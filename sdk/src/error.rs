@@ -1,7 +1,7 @@
 //! The SDK's public error: small and actionable. Wire codes are mapped to it
 //! in one place, [`Error::from_code`].
 
-use qim_proto::v1::ErrorCode;
+use qim_proto::v1::{ErrorCode, KickReason};
 use thiserror::Error;
 
 /// Why an SDK call failed.
@@ -39,6 +39,17 @@ pub enum Error {
         message: String,
         /// Whether sending again unchanged may succeed.
         retryable: bool,
+    },
+    /// The business backend or an operator ended the session through the
+    /// admin API, for `reason` (e.g. `AccountDisabled`, `Security`): the
+    /// client stops reconnecting; tell the user and log in again when the
+    /// reason allows it.
+    #[error("kicked ({reason:?}): {message}")]
+    Kicked {
+        /// Why the session was ended.
+        reason: KickReason,
+        /// The server's explanation.
+        message: String,
     },
     /// The server could not be reached or the connection broke.
     #[error("network: {0}")]
@@ -89,6 +100,7 @@ impl Error {
                 retryable, code, ..
             } => *retryable || *code == ErrorCode::NoError,
             Error::Auth { .. }
+            | Error::Kicked { .. }
             | Error::Version { .. }
             | Error::Tls(_)
             | Error::Config(_)

@@ -8,7 +8,12 @@
 //!   the admin API under `/v1/`, each route needing a key with its scope
 //!   (see [`keys`]): `GET /v1/nodes` and `GET /v1/presence?user=ID`
 //!   (scope `read`), `POST /v1/users/{user}/kick` and
-//!   `POST /v1/users/{user}/revoke-tokens` (scope `sessions`).
+//!   `POST /v1/users/{user}/revoke-tokens` (scope `sessions`), and the
+//!   business backend's routes: counts and presence queries (`read`),
+//!   messages, batches and notifications (`messages`, [`send`]: the
+//!   clients' durable path), group administration (`groups`, [`groups`]).
+//!   `GET /v1/openapi.json` is the document of them all, generated from
+//!   the code ([`openapi`]). Malformed input is a typed 400 ([`input`]).
 //!   Refusals are typed JSON ([`error`]): 401 without a key or with a wrong
 //!   one, 403 outside the key's scopes, 429 with `Retry-After` once an
 //!   address failed `admin.auth_failures_per_minute` times. Each refusal is
@@ -38,8 +43,12 @@ use crate::limit::PerAddress;
 
 mod api;
 pub mod error;
+mod groups;
+mod input;
 pub mod keys;
+mod openapi;
 mod public;
+mod send;
 
 pub use keys::{ApiKeys, KeysError, Scope};
 
@@ -118,22 +127,41 @@ fn route_routes(state: &AdminState) -> Router<AdminState> {
 }
 
 /// The authenticated admin API (`/v1/...`). Each group of routes sits
-/// behind the scope it needs.
+/// behind the scope it needs; the OpenAPI document needs none.
 pub fn api_app(state: AdminState) -> Router {
     let scoped =
         |scope: Scope| middleware::from_fn_with_state((state.clone(), scope), api::authorize);
     let read = Router::new()
         .route("/v1/nodes", get(api::nodes))
+        .route("/v1/counts", get(api::counts))
         .route("/v1/presence", get(api::presence))
+        .route("/v1/presence/query", post(api::presence_query))
         .route_layer(scoped(Scope::Read));
     // Routes that act on users' sessions and tokens: scope "sessions".
     let sessions = Router::new()
         .route("/v1/users/{user}/kick", post(api::kick))
         .route("/v1/users/{user}/revoke-tokens", post(api::revoke_tokens))
         .route_layer(scoped(Scope::Sessions));
+    let messages = Router::new()
+        .route("/v1/messages", post(send::message))
+        .route("/v1/messages/batch", post(send::batch))
+        .route("/v1/notifications", post(send::notification))
+        .route_layer(scoped(Scope::Messages));
+    let groups = Router::new()
+        .route("/v1/groups", post(groups::create))
+        .route("/v1/groups/{group}", get(groups::info))
+        .route("/v1/groups/{group}/members", post(groups::add))
+        .route("/v1/groups/{group}/members/remove", post(groups::remove))
+        .route("/v1/groups/{group}/mute", post(groups::mute))
+        .route("/v1/groups/{group}/dissolve", post(groups::dissolve))
+        .route_layer(scoped(Scope::Groups));
     Router::new()
+        .route("/v1/openapi.json", get(openapi::document))
         .merge(read)
         .merge(sessions)
+        .merge(messages)
+        .merge(groups)
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
 }
