@@ -24,6 +24,8 @@
 //!   bytes per UTC day), shared by every node of a cluster.
 //! - [`revocation`]: [`RevocationStore`], per user the time before which
 //!   the user's login tokens are refused.
+//! - [`accounts`]: [`AccountStore`], the users the business backend
+//!   registered, enabled or disabled, listed in id order.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -79,6 +81,7 @@
 
 use async_trait::async_trait;
 
+pub mod accounts;
 pub mod cluster;
 pub mod contacts;
 pub mod conversations;
@@ -111,6 +114,7 @@ pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 pub use presence::PresenceStore;
 pub use quota::QuotaStore;
+pub use accounts::AccountStore;
 pub use revocation::RevocationStore;
 pub use schedule::ScheduleStore;
 pub use stores::Stores;
