@@ -23,6 +23,7 @@ pub(crate) fn token_fault(e: CheckError) -> Fault {
             warn!(error = %e, "checking a token failed");
             Fault::new(ErrorCode::StoreUnavailable, "store unavailable")
         }
+        CheckError::Disabled => Fault::new(ErrorCode::UserDisabled, "the account is disabled"),
     }
 }
 

@@ -483,6 +483,11 @@ async fn run(ctx: &Arc<Ctx>, conn: &quinn::Connection, login: Login, handshake: 
                     {
                         refuse(&mut control_send, &fault).await;
                     }
+                    if ending.reason != v1::KickReason::Unspecified {
+                        // The SDK closes once it read the reason; a close
+                        // from here first could reach it before the reason.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                    }
                     fault.reason = format!("{}: {:?}", fault.message, ending.reason);
                     return Err(fault);
                 }

@@ -294,7 +294,132 @@ async fn groups_administered_for_the_business(backend: Backend) {
     c2.close().await;
 }
 
+/// A disabled account's live sessions end with the reason, its logins are
+/// refused with `USER_DISABLED`, and it logs in again once enabled.
+async fn disabled_accounts_cannot_log_in(backend: Backend) {
+    let gw = TestGateway::start_on(backend, |_| {}).await;
+    let alice = unique("alice");
+    let phone = gw.client(&alice, "phone").await;
+    let r = post(&gw, "/v1/users", &json!({"users": [alice]}), 200).await;
+    assert_eq!(r["registered"], 1);
+    assert_eq!(
+        post(&gw, "/v1/users", &json!({"users": [alice]}), 200).await["registered"],
+        0
+    );
+    let r = post(&gw, &format!("/v1/users/{alice}/disable"), &json!({}), 200).await;
+    assert_eq!(r["disabled"], true);
+    match stopped(&phone).await {
+        Error::Kicked { reason, .. } => assert_eq!(reason, KickReason::AccountDisabled),
+        other => panic!("expected a kick for a disabled account, got {other:?}"),
+    }
+    match qim_sdk::Client::connect(gw.client_config(&alice, "laptop")).await {
+        Err(Error::Rejected {
+            code, retryable, ..
+        }) => {
+            assert_eq!((code, retryable), (qim_sdk::ErrorCode::UserDisabled, false));
+        }
+        other => panic!(
+            "a disabled account's login: {:?}",
+            other.map(|_| "connected")
+        ),
+    }
+    assert_eq!(
+        get(&gw, &format!("/v1/users/{alice}")).await["disabled"],
+        true
+    );
+    post(&gw, &format!("/v1/users/{alice}/enable"), &json!({}), 200).await;
+    let laptop = gw.client(&alice, "laptop").await;
+    laptop.close().await;
+    let missing = gw.api_get(&format!("/v1/users/{}", unique("nobody"))).await;
+    assert_eq!(missing.0, 404, "{}", missing.1);
+}
+
+/// A broadcast reaches every registered user once (the online ones live),
+/// paced and with its progress visible; started again with the same id
+/// after a restart, it stores nothing twice and nobody receives it twice.
+async fn broadcast_reaches_every_registered_user_once(backend: Backend) {
+    // The cluster backend's stores claim each copy's key with a CQL
+    // lightweight transaction: fewer users keep the test short there.
+    let total = match backend {
+        Backend::Embedded => 10_000,
+        Backend::Cluster => 1_000,
+    };
+    let gw = TestGateway::start_on(backend, |c| {
+        c.backend.broadcast_per_second = 1_000_000;
+        c.backend.broadcast_page = 1_000;
+    })
+    .await;
+    let prefix = unique("bc");
+    let users: Vec<String> = (0..total).map(|i| format!("{prefix}-{i:05}")).collect();
+    for chunk in users.chunks(1_000) {
+        let r = post(&gw, "/v1/users", &json!({"users": chunk}), 200).await;
+        assert_eq!(r["registered"].as_u64(), Some(chunk.len() as u64));
+    }
+    let online: Vec<&String> = users.iter().step_by(total / 20).collect();
+    let clients =
+        futures_util::future::join_all(online.iter().map(|u| gw.client(u, "phone"))).await;
+    let id = unique("launch");
+    let start = json!({"id": id, "kind": "announcement", "text": "we launched"});
+    let started = post(&gw, "/v1/broadcasts", &start, 202).await;
+    assert_eq!(started["state"], "running");
+    let done = common::poll_until("the broadcast finishes", || async {
+        let p = get(&gw, &format!("/v1/broadcasts/{id}")).await;
+        (p["state"] == "done").then_some(p)
+    })
+    .await;
+    assert_eq!(
+        (
+            done["reached"].as_u64(),
+            done["sent"].as_u64(),
+            done["failed"].as_u64()
+        ),
+        (Some(total as u64), Some(total as u64), Some(0)),
+        "{done}"
+    );
+    assert_eq!(done["cursor"], json!(users.last()));
+    // Each recipient's copy is its own post (its own msg_id).
+    let mut first_id = None;
+    for c in &clients {
+        let got = take(c, 1).await;
+        assert_eq!(
+            (got[0].kind.as_str(), got[0].from_user.as_str()),
+            ("announcement", "system")
+        );
+        first_id.get_or_insert_with(|| got[0].msg_id.clone());
+        assert_quiet(c, Duration::from_millis(100)).await;
+    }
+    let first_id = first_id.expect("online users");
+    // The same id again: its progress, nothing sent.
+    assert_eq!(
+        post(&gw, "/v1/broadcasts", &start, 200).await["state"],
+        "done"
+    );
+    for c in clients {
+        c.close().await;
+    }
+    // After a restart this node has forgotten it: it runs again, and every
+    // copy is found stored already.
+    let gw = gw.restart().await;
+    let again = post(&gw, "/v1/broadcasts", &start, 202).await;
+    assert_eq!(again["state"], "running");
+    let watcher = gw.client(online[0], "phone").await;
+    let done = common::poll_until("the resumed broadcast finishes", || async {
+        let p = get(&gw, &format!("/v1/broadcasts/{id}")).await;
+        (p["state"] == "done").then_some(p)
+    })
+    .await;
+    assert_eq!(done["sent"].as_u64(), Some(total as u64), "{done}");
+    // A new client reads the inbox from its start: the one copy stored by
+    // the first run, nothing stored twice.
+    let got = take(&watcher, 1).await;
+    assert_eq!((got[0].seq, got[0].msg_id.as_str()), (1, first_id.as_str()));
+    assert_quiet(&watcher, Duration::from_millis(300)).await;
+    watcher.close().await;
+}
+
 on_both_backends!(
+    disabled_accounts_cannot_log_in,
+    broadcast_reaches_every_registered_user_once,
     payment_result_reaches_every_device_once,
     sends_as_a_user_keep_its_rules,
     batches_answer_each_recipient,
@@ -333,6 +458,12 @@ async fn the_openapi_document_lists_every_route() {
         "/v1/groups/{group}/members/remove",
         "/v1/groups/{group}/mute",
         "/v1/groups/{group}/dissolve",
+        "/v1/broadcasts",
+        "/v1/broadcasts/{id}",
+        "/v1/users",
+        "/v1/users/{user}",
+        "/v1/users/{user}/disable",
+        "/v1/users/{user}/enable",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }

@@ -505,11 +505,18 @@ pub async fn accounts_register_disable_and_list_in_order(backend: &dyn ImBackend
             1,
             "a registered user is left as it is"
         );
-        let acct = a.account(&id("a")).await.expect("read").expect("registered");
+        let acct = a
+            .account(&id("a"))
+            .await
+            .expect("read")
+            .expect("registered");
         assert_eq!((acct.registered_ms, acct.disabled), (1_000, false));
         let off = a.set_disabled(&id("b"), true).await.expect("disable");
         assert_eq!(off.map(|x| x.disabled), Some(true));
-        assert_eq!(a.set_disabled(&id("zz"), true).await.expect("unknown"), None);
+        assert_eq!(
+            a.set_disabled(&id("zz"), true).await.expect("unknown"),
+            None
+        );
         assert!(a.register(&["bad id".to_owned()], 1).await.is_err());
         assert_eq!(
             a.accounts_after(&u, 2).await.expect("list"),
@@ -521,9 +528,18 @@ pub async fn accounts_register_disable_and_list_in_order(backend: &dyn ImBackend
         );
     }
     let s = backend.open_im().await;
-    let b = s.accounts.account(&id("b")).await.expect("read").expect("registered");
+    let b = s
+        .accounts
+        .account(&id("b"))
+        .await
+        .expect("read")
+        .expect("registered");
     assert!(b.disabled, "the flag survives a reopen");
-    let b = s.accounts.set_disabled(&id("b"), false).await.expect("enable");
+    let b = s
+        .accounts
+        .set_disabled(&id("b"), false)
+        .await
+        .expect("enable");
     assert_eq!(b.map(|x| x.disabled), Some(false));
 }
 

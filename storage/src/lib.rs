@@ -106,6 +106,7 @@ pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
 
+pub use accounts::AccountStore;
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;
 pub use conversations::ConversationStore;
@@ -114,7 +115,6 @@ pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
 pub use presence::PresenceStore;
 pub use quota::QuotaStore;
-pub use accounts::AccountStore;
 pub use revocation::RevocationStore;
 pub use schedule::ScheduleStore;
 pub use stores::Stores;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::cluster::{ClusterOptions, ClusterStore};
 use crate::embedded::{DiskSpace, EmbeddedStore};
 use crate::{
-    AccountStore, ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, QuotaStore,
-    RevocationStore, ScheduleStore, StoreError,
+    AccountStore, ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore,
+    QuotaStore, RevocationStore, ScheduleStore, StoreError,
 };
 
 /// The stores of one backend instance (each field is the same backend,

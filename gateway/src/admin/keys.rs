@@ -35,11 +35,19 @@ pub enum Scope {
     /// Administer groups on the business's behalf: create, add and remove
     /// members, mute, dissolve.
     Groups,
+    /// Register, disable and enable users' accounts.
+    Users,
 }
 
 impl Scope {
     /// Every scope, as the keys file names them.
-    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Sessions, Scope::Messages, Scope::Groups];
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Sessions,
+        Scope::Messages,
+        Scope::Groups,
+        Scope::Users,
+    ];
 
     /// The name in the keys file and in refusals.
     pub fn name(self) -> &'static str {
@@ -48,6 +56,7 @@ impl Scope {
             Scope::Sessions => "sessions",
             Scope::Messages => "messages",
             Scope::Groups => "groups",
+            Scope::Users => "users",
         }
     }
 
@@ -194,7 +203,7 @@ impl ApiKeys {
             for name in &entry.scopes {
                 scopes.push(Scope::parse(name).ok_or_else(|| {
                     invalid(
-                        "unknown scope (known: \"read\", \"sessions\", \"messages\", \"groups\")",
+                        "unknown scope (known: \"read\", \"sessions\", \"messages\", \"groups\", \"users\")",
                     )
                 })?);
             }

@@ -11,7 +11,10 @@
 //!   `POST /v1/users/{user}/revoke-tokens` (scope `sessions`), and the
 //!   business backend's routes: counts and presence queries (`read`),
 //!   messages, batches and notifications (`messages`, [`send`]: the
-//!   clients' durable path), group administration (`groups`, [`groups`]).
+//!   clients' durable path), broadcasts to every registered user
+//!   (`messages`, [`broadcast`]: paced, resumable, progress visible), group
+//!   administration (`groups`, [`groups`]), accounts (`users`, [`users`]:
+//!   register, disable, enable).
 //!   `GET /v1/openapi.json` is the document of them all, generated from
 //!   the code ([`openapi`]). Malformed input is a typed 400 ([`input`]).
 //!   Refusals are typed JSON ([`error`]): 401 without a key or with a wrong
@@ -42,6 +45,7 @@ use crate::ctx::Ctx;
 use crate::limit::PerAddress;
 
 mod api;
+mod broadcast;
 pub mod error;
 mod groups;
 mod input;
@@ -49,6 +53,7 @@ pub mod keys;
 mod openapi;
 mod public;
 mod send;
+mod users;
 
 pub use keys::{ApiKeys, KeysError, Scope};
 
@@ -65,6 +70,8 @@ pub struct AdminState {
     route_limits: Arc<Mutex<PerAddress>>,
     /// Failed admin API authentications per remote address.
     auth_failures: Arc<Mutex<PerAddress>>,
+    /// This node's broadcasts and their progress.
+    broadcasts: Arc<broadcast::Broadcasts>,
 }
 
 impl AdminState {
@@ -82,6 +89,7 @@ impl AdminState {
             keys,
             route_limits: Arc::new(Mutex::new(route_limits)),
             auth_failures: Arc::new(Mutex::new(auth_failures)),
+            broadcasts: Arc::default(),
         }
     }
 }
@@ -146,7 +154,15 @@ pub fn api_app(state: AdminState) -> Router {
         .route("/v1/messages", post(send::message))
         .route("/v1/messages/batch", post(send::batch))
         .route("/v1/notifications", post(send::notification))
+        .route("/v1/broadcasts", post(broadcast::start))
+        .route("/v1/broadcasts/{id}", get(broadcast::progress))
         .route_layer(scoped(Scope::Messages));
+    let users = Router::new()
+        .route("/v1/users", post(users::register))
+        .route("/v1/users/{user}", get(users::account))
+        .route("/v1/users/{user}/disable", post(users::disable))
+        .route("/v1/users/{user}/enable", post(users::enable))
+        .route_layer(scoped(Scope::Users));
     let groups = Router::new()
         .route("/v1/groups", post(groups::create))
         .route("/v1/groups/{group}", get(groups::info))
@@ -161,6 +177,7 @@ pub fn api_app(state: AdminState) -> Router {
         .merge(sessions)
         .merge(messages)
         .merge(groups)
+        .merge(users)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

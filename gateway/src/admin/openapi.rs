@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api, groups, send};
+use super::{api, broadcast, groups, send, users};
 
 /// The document: every `/v1/` route with its key scheme.
 #[derive(OpenApi)]
@@ -15,7 +15,7 @@ use super::{api, groups, send};
     info(
         title = "qim admin API",
         description = "The business backend's API of a qim gateway: messages and notifications, \
-                       sessions, presence, groups. Every route needs `Authorization: Bearer <key>` \
+                       sessions, presence, groups, accounts, broadcasts. Every route needs `Authorization: Bearer <key>` \
                        with the route's scope; refusals are typed JSON. See docs/backend.md."
     ),
     paths(
@@ -28,6 +28,12 @@ use super::{api, groups, send};
         send::message,
         send::batch,
         send::notification,
+        broadcast::start,
+        broadcast::progress,
+        users::register,
+        users::account,
+        users::disable,
+        users::enable,
         groups::create,
         groups::info,
         groups::add,
@@ -41,6 +47,7 @@ use super::{api, groups, send};
         (name = "sessions", description = "Scope sessions: kick, revoke tokens"),
         (name = "messages", description = "Scope messages: send, batch, notifications"),
         (name = "groups", description = "Scope groups: group administration"),
+        (name = "users", description = "Scope users: register, disable, enable accounts"),
     )
 )]
 pub(super) struct ApiDoc;

@@ -28,7 +28,7 @@ use crate::post::{Sender, Trust, post_sends_as};
 use crate::reply::Refusal;
 
 /// The device id admin API sends are stored with.
-const DEVICE: &str = "admin-api";
+pub(super) const DEVICE: &str = "admin-api";
 
 /// `POST /v1/messages`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -147,7 +147,13 @@ fn sender_of<'a>(
     }
 }
 
-fn frame(to: v1::peer::Target, kind: Option<String>, body: Vec<u8>, key: String) -> v1::Send {
+/// A send frame as a client would make it.
+pub(super) fn frame(
+    to: v1::peer::Target,
+    kind: Option<String>,
+    body: Vec<u8>,
+    key: String,
+) -> v1::Send {
     v1::Send {
         client_msg_id: key,
         to: Some(v1::Peer { target: Some(to) }),
@@ -158,7 +164,7 @@ fn frame(to: v1::peer::Target, kind: Option<String>, body: Vec<u8>, key: String)
 }
 
 /// A send's ack as the API answers it.
-fn outcome(ack: v1::ServerAck) -> Result<Sent, Refusal> {
+pub(super) fn outcome(ack: v1::ServerAck) -> Result<Sent, Refusal> {
     match ack.kind {
         Some(server_ack::Kind::Ack(a)) => Ok(Sent {
             msg_id: a.msg_id,
@@ -232,7 +238,7 @@ pub(super) async fn message(
 
 /// The key of one recipient of a batch: printable, at most 64 bytes, the
 /// same for the same batch key and recipient.
-fn recipient_key(batch_key: &str, user: &str) -> String {
+pub(super) fn recipient_key(batch_key: &str, user: &str) -> String {
     let digest = ring::digest::digest(
         &ring::digest::SHA256,
         format!("{batch_key}\n{user}").as_bytes(),

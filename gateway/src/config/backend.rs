@@ -16,6 +16,13 @@ section! {
         max_batch_recipients: u32 = 1_000,
         /// Most users of one POST /v1/presence/query.
         max_presence_users: u32 = 500,
+        /// Recipients a broadcast reaches per second at most (it is paced, so a broadcast to every
+        /// user never crowds out chat).
+        broadcast_per_second: u32 = 2_000,
+        /// Registered users a broadcast reads and stores per step (one store call each).
+        broadcast_page: u32 = 500,
+        /// Broadcasts under way at once; more are refused with 429.
+        max_broadcasts: u32 = 4,
     }
 }
 
@@ -30,6 +37,13 @@ impl Backend {
         }
         if self.max_presence_users == 0 || self.max_presence_users > 10_000 {
             return Err("backend.max_presence_users must be 1-10000");
+        }
+        if self.broadcast_per_second == 0 || self.broadcast_page == 0 || self.broadcast_page > 5_000
+        {
+            return Err("backend.broadcast_per_second must be above 0, broadcast_page 1-5000");
+        }
+        if self.max_broadcasts == 0 {
+            return Err("backend.max_broadcasts must be above 0");
         }
         Ok(())
     }

@@ -129,7 +129,7 @@ pub fn write_admin_keys(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[[key]]\nid = \"ops\"\nsecret = \"{ADMIN_SECRET}\"\nscopes = [\"read\", \"sessions\", \"messages\", \"groups\"]\n\n\
+            "[[key]]\nid = \"ops\"\nsecret = \"{ADMIN_SECRET}\"\nscopes = [\"read\", \"sessions\", \"messages\", \"groups\", \"users\"]\n\n\
              [[key]]\nid = \"dashboard\"\nsecret = \"{READ_SECRET}\"\nscopes = [\"read\"]\n\n\
              [[key]]\nid = \"notifier\"\nsecret = \"{MESSAGES_SECRET}\"\nscopes = [\"messages\"]\n"
         ),

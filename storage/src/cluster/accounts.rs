@@ -88,7 +88,11 @@ impl AccountStore for ClusterStore {
         let flag = if disabled { "1" } else { "0" };
         let v: Option<String> = self
             .redis
-            .eval(SET_DISABLED, vec![h], vec![user.to_owned(), flag.to_owned()])
+            .eval(
+                SET_DISABLED,
+                vec![h],
+                vec![user.to_owned(), flag.to_owned()],
+            )
             .await
             .map_err(unavailable)?;
         v.map(|v| parse(user, &v)).transpose()

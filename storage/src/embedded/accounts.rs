@@ -49,7 +49,10 @@ impl AccountStore for EmbeddedStore {
             let mut batch = t.db.batch();
             let mut new = std::collections::BTreeSet::new();
             for user in &users {
-                if t.accounts.get(user.as_bytes()).map_err(unavailable)?.is_none()
+                if t.accounts
+                    .get(user.as_bytes())
+                    .map_err(unavailable)?
+                    .is_none()
                     && new.insert(user.as_str())
                 {
                     batch.insert(&t.accounts, user.as_bytes(), encode(now_ms, false));
