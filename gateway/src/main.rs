@@ -238,7 +238,10 @@ fn serve(config: Config) -> Result<()> {
         }
         println!("  try it:          cargo run -p qim-sdk --example chat -- --server 127.0.0.1:{port} --user alice");
         // One machine-readable line for scripts and tests.
-        println!("READY quic={} admin={}", info.quic_addr, info.admin_addr);
+        match info.api_addr {
+            Some(api) => println!("READY quic={} admin={} api={api}", info.quic_addr, info.admin_addr),
+            None => println!("READY quic={} admin={}", info.quic_addr, info.admin_addr),
+        }
         gateway.run(shutdown_signal()).await?;
         Ok(())
     })

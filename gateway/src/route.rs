@@ -448,7 +448,7 @@ mod tests {
         refreshed.store(30, Ordering::Release);
         routes.revoke("alice", 100);
         routes.revoke("bob", 20);
-        assert_eq!(old_session.try_recv(), Ok(ErrorCode::TokenRevoked));
+        assert_eq!(old_session.try_recv(), Ok(ErrorCode::TokenRevoked.into()));
         assert!(fresh_session.try_recv().is_err(), "issued at the mark");
         assert!(refreshed_session.try_recv().is_err(), "took a newer token");
     }

@@ -52,6 +52,7 @@ pub(super) struct BroadcastRequest {
     text: String,
     /// Start after this user id (a progress's `cursor`); absent: from the
     /// first registered user.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     #[serde(default)]
     resume_after: Option<String>,
 }

@@ -24,8 +24,10 @@ use crate::groups::{GroupRpc, rpc};
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateGroup {
     /// The new group's id (1-64 of `[A-Za-z0-9._@-]`); 409 if taken.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     group: String,
     /// The user who owns it.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     owner: String,
     /// Display name, at most 256 bytes.
     #[serde(default)]

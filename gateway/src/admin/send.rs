@@ -36,12 +36,15 @@ pub(super) const DEVICE: &str = "admin-api";
 pub(super) struct SendRequest {
     /// The sending user; absent: the system account (`backend.system_user`).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     from: Option<String>,
     /// The recipient user (exactly one of `to_user` and `to_group`).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     to_user: Option<String>,
     /// The recipient group; the sender must be a member who may post.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     to_group: Option<String>,
     /// Application content type (default `"text"`), at most 64 bytes.
     #[serde(default)]
@@ -50,6 +53,7 @@ pub(super) struct SendRequest {
     text: String,
     /// 1-64 printable ASCII characters, unique per sender: the same key
     /// again answers the first result and stores nothing twice.
+    #[schema(pattern = "^[!-~]{1,64}$")]
     idempotency_key: String,
 }
 
@@ -80,6 +84,7 @@ pub(super) struct BatchRequest {
     text: String,
     /// The batch's key: each recipient's key is derived from it, so the
     /// same batch again stores nothing twice.
+    #[schema(pattern = "^[!-~]{1,64}$")]
     idempotency_key: String,
 }
 
@@ -123,15 +128,17 @@ pub(super) struct BatchResult {
 #[serde(deny_unknown_fields)]
 pub(super) struct NotifyRequest {
     /// The user notified (every device of theirs receives it once).
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     user: String,
     /// The notification's type, e.g. `"payment.result"` (at most 64 bytes);
     /// the message's `kind`.
+    #[schema(min_length = 1, max_length = 64)]
     kind: String,
-    /// Any JSON; the message's body is its serialized form.
-    #[schema(value_type = Object)]
+    /// Any JSON value; the message's body is its serialized form.
     data: serde_json::Value,
     /// 1-64 printable ASCII characters: the payment provider's callback id
     /// serves well, so a repeated callback notifies once.
+    #[schema(pattern = "^[!-~]{1,64}$")]
     idempotency_key: String,
 }
 
