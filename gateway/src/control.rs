@@ -23,6 +23,7 @@ pub(crate) fn token_fault(e: CheckError) -> Fault {
             warn!(error = %e, "checking a token failed");
             Fault::new(ErrorCode::StoreUnavailable, "store unavailable")
         }
+        CheckError::Disabled => Fault::new(ErrorCode::UserDisabled, "the account is disabled"),
     }
 }
 
@@ -34,6 +35,7 @@ pub(crate) async fn refuse(control: &mut FramedSend, fault: &Fault) {
             code: fault.code as i32,
             message: fault.message.to_owned(),
             retry_after_ms: 0,
+            kick_reason: fault.kick_reason as i32,
         })),
     };
     if control.send(&refusal).await.is_ok() {

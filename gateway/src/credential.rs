@@ -1,5 +1,6 @@
 //! A session's credential: its login token is checked at login (format,
-//! key, signature, expiry, and the user's revocation mark), again once the
+//! key, signature, expiry, the user's revocation mark, and whether the
+//! business backend disabled the account), again once the
 //! session's route is written, and with each `Refresh`; the session ends at
 //! the token's expiry ([`deadline`]). And the revocation of a user's tokens,
 //! which ends that user's live sessions of older tokens on every node.
@@ -26,9 +27,12 @@ pub(crate) enum CheckError {
     /// The token is refused (its code says why).
     #[error(transparent)]
     Token(#[from] TokenError),
-    /// The revocation mark could not be read.
-    #[error("reading the revocation mark: {0}")]
+    /// The revocation mark or the account could not be read.
+    #[error("reading the revocation mark or the account: {0}")]
     Store(#[from] StoreError),
+    /// The business backend disabled the user's account.
+    #[error("the account is disabled")]
+    Disabled,
 }
 
 /// Verifies `token` and checks it against its user's revocation mark.
@@ -47,6 +51,10 @@ pub(crate) async fn still_valid(ctx: &Ctx, claims: &Claims) -> Result<(), CheckE
         .await?;
     if claims.issued_at < mark {
         return Err(TokenError::Revoked(mark).into());
+    }
+    let account = ctx.stores.accounts.account(&claims.user_id).await?;
+    if account.is_some_and(|a| a.disabled) {
+        return Err(CheckError::Disabled);
     }
     Ok(())
 }

@@ -7,7 +7,9 @@
 //!   log.
 
 use qim_proto::io::RecvError;
-use qim_proto::v1::ErrorCode;
+use qim_proto::v1::{ErrorCode, KickReason};
+
+use crate::route::Ending;
 
 /// Why a connection is closed by the server: a code and a fixed text for
 /// the client, and a reason for the log.
@@ -22,6 +24,9 @@ pub(crate) struct Fault {
     pub(crate) message: &'static str,
     /// What the log says.
     pub(crate) reason: String,
+    /// Why an admin kick ended the session (`KICKED` only), told in the
+    /// Refusal.
+    pub(crate) kick_reason: KickReason,
 }
 
 impl Fault {
@@ -30,6 +35,31 @@ impl Fault {
             code,
             message,
             reason: message.to_owned(),
+            kick_reason: KickReason::Unspecified,
+        }
+    }
+
+    /// The fault of a session the routes ended (a newer login, a kick, a
+    /// revocation), with its fixed text.
+    pub(crate) fn ending(ending: Ending) -> Self {
+        let message = match (ending.code, ending.reason) {
+            (ErrorCode::Replaced, _) => "this device logged in again",
+            (ErrorCode::Kicked, KickReason::Unspecified) => {
+                "another device logged in (im.device_policy), or an admin ended the session"
+            }
+            (ErrorCode::Kicked, KickReason::Operator) => "an operator ended the session",
+            (ErrorCode::Kicked, KickReason::Security) => {
+                "the session was ended for the account's security; log in again"
+            }
+            (ErrorCode::Kicked, KickReason::AccountDisabled) => "the account was disabled",
+            (ErrorCode::Kicked, KickReason::AccountDeleted) => "the account was deleted",
+            (ErrorCode::Kicked, KickReason::Policy) => "the app's policy ended the session",
+            (ErrorCode::TokenRevoked, _) => "the user's tokens were revoked",
+            _ => "session ended by the server",
+        };
+        Self {
+            kick_reason: ending.reason,
+            ..Fault::new(ending.code, message)
         }
     }
 
@@ -44,6 +74,7 @@ impl Fault {
             code,
             message,
             reason: format!("{message}: {detail}"),
+            kick_reason: KickReason::Unspecified,
         }
     }
 
@@ -54,6 +85,7 @@ impl Fault {
             code: ErrorCode::NoError,
             message: "session ended",
             reason: reason.into(),
+            kick_reason: KickReason::Unspecified,
         }
     }
 

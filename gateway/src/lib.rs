@@ -44,13 +44,20 @@
 //! - `usage`: the quota request (each quota's limit and usage).
 //! - [`admin`]: the admin HTTP routers: health, metrics and the route
 //!   endpoint without authentication; the admin API (`/v1/`, keys with
-//!   scopes, [`admin::keys`]) on a listener of its own.
+//!   scopes, [`admin::keys`]) on a listener of its own: the business
+//!   backend's sends, batches, notifications and broadcasts (through
+//!   `post`, as the system account or a user), kicks with a reason,
+//!   presence and counts, group administration (through `groups`, as the
+//!   owner), accounts; its OpenAPI document is generated from the
+//!   handlers.
 //!
 //! The ground floor, which every feature imports and which imports no
 //! feature:
 //! - `ctx`: the state every session and feature shares (`Ctx`).
 //! - `post`: a send validated, checked, stored as one post and published;
-//!   used by chat streams and checked the same way for scheduled sends.
+//!   used by chat streams and the admin API (`Trust`: a user's rules, or
+//!   none for the system account), and checked the same way for scheduled
+//!   sends.
 //! - `order`: a chat stream's hold after a retryable refusal, so no later
 //!   send of the stream is stored before the refused one.
 //! - `fanout`: the only way a durable entry reaches sessions, on this node

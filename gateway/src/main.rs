@@ -239,7 +239,8 @@ fn serve(config: Config) -> Result<()> {
         println!("  try it:          cargo run -p qim-sdk --example chat -- --server 127.0.0.1:{port} --user alice");
         // One machine-readable line for scripts and tests.
         let tcp = info.tcp_addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
-        println!("READY quic={} admin={} tcp={tcp}", info.quic_addr, info.admin_addr);
+        let api = info.api_addr.map(|a| format!(" api={a}")).unwrap_or_default();
+        println!("READY quic={} admin={} tcp={tcp}{api}", info.quic_addr, info.admin_addr);
         gateway.run(shutdown_signal()).await?;
         Ok(())
     })

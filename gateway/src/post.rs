@@ -145,6 +145,19 @@ pub(crate) fn direct_inboxes(ctx: &Ctx, sender: &str, recipient: &str) -> Vec<St
     inboxes
 }
 
+/// Which of a sender's rules a post is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// A user's send (a client's, or the admin API's on a user's behalf):
+    /// blocks, `im.direct_policy`, the sender's quotas, the sender's own
+    /// copy with `im.sync_sent`.
+    User,
+    /// The system account's send through the admin API (a business
+    /// notification): no user's rules or quotas apply, and the system
+    /// account keeps no copy of its own.
+    System,
+}
+
 /// Validates, checks and stores a batch of sends in order, hands the
 /// copies to the fan-out, and answers each with an ack or a nack.
 /// `hold` is the chat stream's [`OrderHold`]: sends behind a held one are
@@ -156,6 +169,19 @@ pub(crate) async fn post_sends(
     sends: Vec<v1::Send>,
     hold: &mut OrderHold,
 ) -> Vec<v1::ServerAck> {
+    post_sends_as(ctx, sender, sends, Trust::User, Some(hold)).await
+}
+
+/// [`post_sends`] with the sender's rules `trust` says: the one path of
+/// chat streams and the admin API. The admin API has no stream to hold
+/// (`hold` None): each of its sends is answered on its own.
+pub(crate) async fn post_sends_as(
+    ctx: &Ctx,
+    sender: &Sender<'_>,
+    sends: Vec<v1::Send>,
+    trust: Trust,
+    mut hold: Option<&mut OrderHold>,
+) -> Vec<v1::ServerAck> {
     let now = qim_proto::now_ms();
     // One verdict per send, in order; the posts that passed, in order.
     let mut verdicts: Vec<Result<String, (String, Refusal)>> = Vec::with_capacity(sends.len());
@@ -164,18 +190,22 @@ pub(crate) async fn post_sends(
     let mut held_here = std::collections::HashSet::new();
     for send in sends {
         let id = send.client_msg_id.clone();
-        if !hold.admits(&id) {
+        if let Some(hold) = hold.as_deref_mut()
+            && !hold.admits(&id)
+        {
             held_here.insert(id.clone());
             verdicts.push(Err((id, Refusal::order_held())));
             continue;
         }
-        match admit(ctx, sender, send, now).await {
+        match admit(ctx, sender, send, now, trust).await {
             Ok(post) => {
                 verdicts.push(Ok(id));
                 posts.push(post);
             }
             Err(refusal) => {
-                if refusal.code.is_retryable() {
+                if let Some(hold) = hold.as_deref_mut()
+                    && refusal.code.is_retryable()
+                {
                     hold.hold(&id);
                 }
                 verdicts.push(Err((id, refusal)));
@@ -234,7 +264,9 @@ pub(crate) async fn post_sends(
             // Admission refusals held already; a store refusal comes
             // earlier in the batch than any admitted send after it.
             earliest_found = true;
-            hold.hold_first(id);
+            if let Some(hold) = hold.as_deref_mut() {
+                hold.hold_first(id);
+            }
         }
         let kind = match outcome {
             Ok(ack) => {
@@ -256,20 +288,24 @@ async fn admit(
     sender: &Sender<'_>,
     mut send: v1::Send,
     now: i64,
+    trust: Trust,
 ) -> Result<Post, Refusal> {
     let extras = Extras::take(&mut send, ctx)?;
-    let inboxes = match check_send(ctx, &send)? {
-        Target::User(recipient) => {
+    let inboxes = match (check_send(ctx, &send)?, trust) {
+        (Target::User(recipient), Trust::User) => {
             crate::policy::check_direct(ctx, sender.user, &recipient).await?;
             direct_inboxes(ctx, sender.user, &recipient)
         }
-        Target::Group => Vec::new(),
+        (Target::User(recipient), Trust::System) => vec![recipient],
+        (Target::Group, _) => Vec::new(),
     };
-    let cost = Cost {
-        copies: copies(ctx, &send.to, &inboxes).await,
-        body_bytes: send.body.len() as u64,
-    };
-    ctx.quotas.admit_send(sender.user, cost).await?;
+    if trust == Trust::User {
+        let cost = Cost {
+            copies: copies(ctx, &send.to, &inboxes).await,
+            body_bytes: send.body.len() as u64,
+        };
+        ctx.quotas.admit_send(sender.user, cost).await?;
+    }
     Ok(Post {
         sender: sender.user.to_owned(),
         sender_device: sender.device.to_owned(),

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use qim_proto::v1::ErrorCode;
+use qim_proto::v1::{ErrorCode, KickReason};
 use qim_storage::StoredMessage;
 use tokio::sync::{oneshot, watch};
 
@@ -58,13 +58,30 @@ pub(crate) fn platform_class(platform: i32) -> Option<&'static str> {
     }
 }
 
+/// Why the routes end a session: the close code and, for a kick through
+/// the admin API, the reason the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ending {
+    pub(crate) code: ErrorCode,
+    pub(crate) reason: KickReason,
+}
+
+impl From<ErrorCode> for Ending {
+    fn from(code: ErrorCode) -> Self {
+        Self {
+            code,
+            reason: KickReason::Unspecified,
+        }
+    }
+}
+
 /// A session of one device, as the routes know it.
 struct Attached {
     session_id: u64,
     device_id: String,
     class: Option<&'static str>,
     /// Ends the session with a reason (another login of the device, a kick).
-    kick: oneshot::Sender<ErrorCode>,
+    kick: oneshot::Sender<Ending>,
     /// When the session's token was issued (unix seconds; the session
     /// raises it when it takes a fresh token).
     issued_at: Arc<AtomicU64>,
@@ -180,7 +197,7 @@ impl Routes {
         user: &str,
         device_id: &str,
         session_id: u64,
-    ) -> (Arc<Feed>, oneshot::Receiver<ErrorCode>) {
+    ) -> (Arc<Feed>, oneshot::Receiver<Ending>) {
         let token = Arc::new(AtomicU64::new(0));
         self.attach_with_policy(
             user,
@@ -206,7 +223,7 @@ impl Routes {
         class: Option<&'static str>,
         policy: DevicePolicy,
         issued_at: Arc<AtomicU64>,
-    ) -> (Arc<Feed>, oneshot::Receiver<ErrorCode>) {
+    ) -> (Arc<Feed>, oneshot::Receiver<Ending>) {
         let (kick, kicked) = oneshot::channel();
         let mut users = lock(&self.users);
         let feed = Arc::clone(
@@ -217,7 +234,7 @@ impl Routes {
         let mut sessions = lock(&feed.sessions);
         if let Some(i) = sessions.iter().position(|s| s.device_id == device_id) {
             let old = sessions.swap_remove(i);
-            let _ = old.kick.send(ErrorCode::Replaced);
+            let _ = old.kick.send(ErrorCode::Replaced.into());
         }
         let excluded = |s: &Attached| match policy {
             DevicePolicy::Unlimited => false,
@@ -228,7 +245,7 @@ impl Routes {
         while i < sessions.len() {
             if excluded(&sessions[i]) {
                 let old = sessions.swap_remove(i);
-                let _ = old.kick.send(ErrorCode::Kicked);
+                let _ = old.kick.send(ErrorCode::Kicked.into());
             } else {
                 i += 1;
             }
@@ -287,19 +304,26 @@ impl Routes {
             .position(|s| s.session_id == session_id && s.device_id == device_id)
         {
             let old = sessions.swap_remove(i);
-            let _ = old.kick.send(code);
+            let _ = old.kick.send(code.into());
         }
     }
 
-    /// Ends every session of `user` here with `code` (an admin's kick);
-    /// returns how many there were.
-    pub(crate) fn kick_user(&self, user: &str, code: ErrorCode) -> usize {
+    /// Ends the sessions of `user` here, of `device` only when given, with
+    /// `ending` (an admin's kick); returns how many there were.
+    pub(crate) fn kick_user(&self, user: &str, device: Option<&str>, ending: Ending) -> usize {
         let feed = lock(&self.users).get(user).cloned();
         let Some(feed) = feed else { return 0 };
         let mut sessions = lock(&feed.sessions);
-        let kicked = sessions.len();
-        for old in sessions.drain(..) {
-            let _ = old.kick.send(code);
+        let mut kicked = 0;
+        let mut i = 0;
+        while i < sessions.len() {
+            if device.is_none_or(|d| sessions[i].device_id == d) {
+                let old = sessions.swap_remove(i);
+                let _ = old.kick.send(ending);
+                kicked += 1;
+            } else {
+                i += 1;
+            }
         }
         kicked
     }
@@ -314,7 +338,7 @@ impl Routes {
         while i < sessions.len() {
             if sessions[i].issued_at.load(Ordering::Acquire) < before {
                 let old = sessions.swap_remove(i);
-                let _ = old.kick.send(ErrorCode::TokenRevoked);
+                let _ = old.kick.send(ErrorCode::TokenRevoked.into());
             } else {
                 i += 1;
             }
@@ -376,7 +400,7 @@ mod tests {
         let (_, mut first) = routes.attach("bob", "phone", 1);
         let (_, mut laptop) = routes.attach("bob", "laptop", 2);
         let (_, _second) = routes.attach("bob", "phone", 3);
-        assert_eq!(first.try_recv(), Ok(ErrorCode::Replaced));
+        assert_eq!(first.try_recv(), Ok(ErrorCode::Replaced.into()));
         assert!(laptop.try_recv().is_err(), "other devices stay");
         routes.detach("bob", 1);
         assert_eq!(routes.online_users(), 1);
@@ -395,7 +419,7 @@ mod tests {
             "another session id is not kicked"
         );
         routes.kick("bob", "laptop", 2, ErrorCode::Replaced);
-        assert_eq!(laptop.try_recv(), Ok(ErrorCode::Replaced));
+        assert_eq!(laptop.try_recv(), Ok(ErrorCode::Replaced.into()));
         routes.detach("bob", 2);
         routes.detach("bob", 3);
         assert_eq!(routes.online_users(), 0);
@@ -424,7 +448,7 @@ mod tests {
         refreshed.store(30, Ordering::Release);
         routes.revoke("alice", 100);
         routes.revoke("bob", 20);
-        assert_eq!(old_session.try_recv(), Ok(ErrorCode::TokenRevoked));
+        assert_eq!(old_session.try_recv(), Ok(ErrorCode::TokenRevoked.into()));
         assert!(fresh_session.try_recv().is_err(), "issued at the mark");
         assert!(refreshed_session.try_recv().is_err(), "took a newer token");
     }

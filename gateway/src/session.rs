@@ -476,18 +476,20 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
                         return Err(Fault::new(ErrorCode::HeartbeatTimeout, "missed heartbeats"));
                     }
                 }
-                code = &mut kicked => {
-                    let code = code.unwrap_or(ErrorCode::Kicked);
-                    let reason = match code {
-                        ErrorCode::Replaced => "this device logged in again",
-                        ErrorCode::Kicked => "another device logged in (im.device_policy), or an admin ended the session",
-                        ErrorCode::TokenRevoked => "the user's tokens were revoked",
-                        _ => "session ended by the server",
-                    };
-                    let fault = Fault::new(code, reason);
-                    if code == ErrorCode::TokenRevoked {
+                ending = &mut kicked => {
+                    let ending = ending.unwrap_or_else(|_| ErrorCode::Kicked.into());
+                    let mut fault = Fault::ending(ending);
+                    if ending.code == ErrorCode::TokenRevoked
+                        || ending.reason != v1::KickReason::Unspecified
+                    {
                         refuse(&mut control_send, &fault).await;
                     }
+                    if ending.reason != v1::KickReason::Unspecified {
+                        // The SDK closes once it read the reason; a close
+                        // from here first could reach it before the reason.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                    }
+                    fault.reason = format!("{}: {:?}", fault.message, ending.reason);
                     return Err(fault);
                 }
                 changed = draining.changed(), if drain_deadline.is_none() => {

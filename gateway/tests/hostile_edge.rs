@@ -90,9 +90,12 @@ async fn the_admin_api_refuses_requests_without_a_valid_key_or_scope() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("\"kicked\":1"), "{}", r.body);
+    // An admin kick tells the app why (the default reason: an operator).
     match stopped(&client).await {
-        qim_sdk::Error::Rejected { code, .. } => assert_eq!(code, ErrorCode::Kicked),
-        other => panic!("expected KICKED, got {other:?}"),
+        qim_sdk::Error::Kicked { reason, .. } => {
+            assert_eq!(reason, qim_sdk::KickReason::Operator);
+        }
+        other => panic!("expected a kick by an operator, got {other:?}"),
     }
 
     // The metrics listener serves no admin route, with or without a key.

@@ -129,6 +129,16 @@ pub enum QimError {
         /// Whether the same request may succeed later.
         retryable: bool,
     },
+    /// The business backend ended the session (admin API kick): the
+    /// client stops; `kick_reason` is the wire name, e.g.
+    /// `KICK_REASON_ACCOUNT_DISABLED`, `KICK_REASON_SECURITY`.
+    #[error("kicked ({kick_reason}): {reason}")]
+    Kicked {
+        /// The `KickReason` name.
+        kick_reason: String,
+        /// The server's explanation.
+        reason: String,
+    },
     /// The server could not be reached or the connection broke.
     #[error("network: {reason}")]
     Network {
@@ -185,6 +195,10 @@ impl From<qim_sdk::Error> for QimError {
                 code: code.as_str_name().to_owned(),
                 reason: message,
                 retryable: false,
+            },
+            E::Kicked { reason, message } => QimError::Kicked {
+                kick_reason: reason.as_str_name().to_owned(),
+                reason: message,
             },
             E::Network(reason) => QimError::Network { reason },
             E::Tls(reason) => QimError::Tls { reason },

@@ -615,10 +615,15 @@ async fn read_control(
             Some(v1::ServerControl {
                 kind: Some(server_control::Kind::Refusal(r)),
             }) => {
-                return Err(Error::from_code(
-                    ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Unspecified),
-                    r.message,
-                ));
+                let code = ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Unspecified);
+                let reason = v1::KickReason::try_from(r.kick_reason).unwrap_or_default();
+                if code == ErrorCode::Kicked && reason != v1::KickReason::Unspecified {
+                    return Err(Error::Kicked {
+                        reason,
+                        message: r.message,
+                    });
+                }
+                return Err(Error::from_code(code, r.message));
             }
             Some(_) => {}
             None => std::future::pending::<()>().await,

@@ -3,6 +3,7 @@
 
 use qim_proto::transport::ConnectionError;
 use qim_proto::v1::ErrorCode;
+use qim_proto::v1::{ErrorCode, KickReason};
 use thiserror::Error;
 
 /// Why an SDK call failed.
@@ -40,6 +41,17 @@ pub enum Error {
         message: String,
         /// Whether sending again unchanged may succeed.
         retryable: bool,
+    },
+    /// The business backend or an operator ended the session through the
+    /// admin API, for `reason` (e.g. `AccountDisabled`, `Security`): the
+    /// client stops reconnecting; tell the user and log in again when the
+    /// reason allows it.
+    #[error("kicked ({reason:?}): {message}")]
+    Kicked {
+        /// Why the session was ended.
+        reason: KickReason,
+        /// The server's explanation.
+        message: String,
     },
     /// The server could not be reached or the connection broke.
     #[error("network: {0}")]
@@ -90,6 +102,7 @@ impl Error {
                 retryable, code, ..
             } => *retryable || *code == ErrorCode::NoError,
             Error::Auth { .. }
+            | Error::Kicked { .. }
             | Error::Version { .. }
             | Error::Tls(_)
             | Error::Config(_)

@@ -155,7 +155,7 @@ pub use message::{
 };
 pub use outbox_store::OutboxStoreError;
 pub use presence::SessionSpan;
-pub use qim_proto::v1::ErrorCode;
+pub use qim_proto::v1::{ErrorCode, KickReason};
 pub use quota::Quota;
 pub use shared::{ConnectionState, Stats};
 pub use token::{TokenProvider, TokenRequest};

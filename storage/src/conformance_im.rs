@@ -489,6 +489,60 @@ pub async fn token_revocations_only_rise_and_survive_reopen(backend: &dyn ImBack
     );
 }
 
+/// Registration is idempotent, an account's disabled flag is durable
+/// across a reopen, and accounts list in id order from a cursor.
+pub async fn accounts_register_disable_and_list_in_order(backend: &dyn ImBackend) {
+    let u = unique("acct");
+    let id = |s: &str| format!("{u}{s}");
+    {
+        let s = backend.open_im().await;
+        let a = &s.accounts;
+        assert_eq!(a.account(&id("a")).await.expect("read"), None);
+        let first = vec![id("c"), id("a"), id("b")];
+        assert_eq!(a.register(&first, 1_000).await.expect("register"), 3);
+        assert_eq!(
+            a.register(&[id("a"), id("d")], 2_000).await.expect("again"),
+            1,
+            "a registered user is left as it is"
+        );
+        let acct = a
+            .account(&id("a"))
+            .await
+            .expect("read")
+            .expect("registered");
+        assert_eq!((acct.registered_ms, acct.disabled), (1_000, false));
+        let off = a.set_disabled(&id("b"), true).await.expect("disable");
+        assert_eq!(off.map(|x| x.disabled), Some(true));
+        assert_eq!(
+            a.set_disabled(&id("zz"), true).await.expect("unknown"),
+            None
+        );
+        assert!(a.register(&["bad id".to_owned()], 1).await.is_err());
+        assert_eq!(
+            a.accounts_after(&u, 2).await.expect("list"),
+            vec![id("a"), id("b")]
+        );
+        assert_eq!(
+            a.accounts_after(&id("b"), 2).await.expect("list"),
+            vec![id("c"), id("d")]
+        );
+    }
+    let s = backend.open_im().await;
+    let b = s
+        .accounts
+        .account(&id("b"))
+        .await
+        .expect("read")
+        .expect("registered");
+    assert!(b.disabled, "the flag survives a reopen");
+    let b = s
+        .accounts
+        .set_disabled(&id("b"), false)
+        .await
+        .expect("enable");
+    assert_eq!(b.map(|x| x.disabled), Some(false));
+}
+
 /// Runs every IM check against a backend: `im_conformance_tests!(MyBackend::new())`.
 #[macro_export]
 macro_rules! im_conformance_tests {
@@ -512,6 +566,7 @@ macro_rules! im_conformance_tests {
             conformance_contacts::blocks_drop_requests_and_keep_blockers_out_of_groups,
             conformance_contacts::schedules_are_bounded_and_refusals_are_told,
             conformance_im::token_revocations_only_rise_and_survive_reopen,
+            conformance_im::accounts_register_disable_and_list_in_order,
         );
     };
     (@each $backend:expr; $($module:ident :: $check:ident),* $(,)?) => {

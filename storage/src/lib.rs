@@ -24,6 +24,8 @@
 //!   bytes per UTC day), shared by every node of a cluster.
 //! - [`revocation`]: [`RevocationStore`], per user the time before which
 //!   the user's login tokens are refused.
+//! - [`accounts`]: [`AccountStore`], the users the business backend
+//!   registered, enabled or disabled, listed in id order.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -79,6 +81,7 @@
 
 use async_trait::async_trait;
 
+pub mod accounts;
 pub mod cluster;
 pub mod contacts;
 pub mod conversations;
@@ -103,6 +106,7 @@ pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
 
+pub use accounts::AccountStore;
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;
 pub use conversations::ConversationStore;

@@ -96,6 +96,8 @@ pub(crate) struct RunningGateway {
     pub(crate) addr: String,
     /// Its data directory (certificates, token secret, store).
     pub(crate) data_dir: PathBuf,
+    /// Its admin API address, when it serves one (`admin.keys_file`).
+    pub(crate) api: Option<String>,
 }
 
 impl RunningGateway {
@@ -136,7 +138,7 @@ impl RunningGateway {
         let mut child = cmd.spawn().with_context(|| format!("{binary:?}"))?;
         let stdout = child.stdout.take().context("gateway stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let (addr, api) = loop {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
                 bail!(
@@ -145,7 +147,11 @@ impl RunningGateway {
                 );
             };
             if let Some(rest) = line?.strip_prefix("READY quic=") {
-                break rest.split(' ').next().unwrap_or_default().to_owned();
+                let api = rest
+                    .split(' ')
+                    .find_map(|part| part.strip_prefix("api="))
+                    .map(str::to_owned);
+                break (rest.split(' ').next().unwrap_or_default().to_owned(), api);
             }
         };
         // Keep draining stdout so the gateway never blocks on it.
@@ -154,6 +160,7 @@ impl RunningGateway {
             child,
             addr,
             data_dir: data_dir.to_owned(),
+            api,
         })
     }
 

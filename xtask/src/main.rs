@@ -3,11 +3,14 @@
 //! - `cargo xtask test`: starts the local services (`services up`), runs the
 //!   whole test suite (unit, property, conformance on every backend,
 //!   integration with real QUIC and the real SDK, the gateway binary under
-//!   `kill -9`) with `QIM_TEST_REDIS`/`QIM_TEST_CQL` pointing at them, then a
-//!   short run of every fuzz target, and stops the services it started.
+//!   `kill -9`) with `QIM_TEST_REDIS`/`QIM_TEST_CQL` pointing at them, the
+//!   Kotlin tests, the load-test smoke runs, the admin API fuzz
+//!   (schemathesis, `apifuzz`), then a short run of every fuzz target, and
+//!   stops the services it started.
 //!   Ends with one `qim: N passed, N failed` line.
 //! - `cargo xtask certs`: development CA and server certificate into `certs/`.
 //! - `cargo xtask fuzz --seconds N`: every fuzz target for N seconds.
+//! - `cargo xtask apifuzz --seconds N`: the admin API fuzz alone.
 //! - `cargo xtask services up|down|status`: local Redis and Cassandra
 //!   (see `services`).
 //! - `cargo xtask cluster --nodes N`: a local gateway cluster on those
@@ -20,6 +23,7 @@
 //! - `cargo xtask bench`: the benchmark suite against raw quinn and
 //!   Mosquitto (see `bench`).
 
+mod apifuzz;
 mod bench;
 mod bindings;
 mod kotlin;
@@ -63,6 +67,13 @@ enum Task {
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
+    },
+    /// Fuzz the admin API of a fresh gateway with schemathesis (installs it
+    /// into a cached virtualenv if needed).
+    Apifuzz {
+        /// Time budget.
+        #[arg(long, default_value_t = API_FUZZ_SECONDS)]
+        seconds: u64,
     },
     /// A local gateway cluster on the development services.
     Cluster {
@@ -152,6 +163,7 @@ fn main() -> Result<()> {
             .args(["--spec", "certs/dev-certs.toml"])),
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
         Task::Services { action } => services::run(action),
+        Task::Apifuzz { seconds } => apifuzz::run(&root, seconds),
         Task::Cluster {
             nodes,
             release,
@@ -196,6 +208,9 @@ fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// How long `cargo xtask test` fuzzes the admin API (schemathesis).
+const API_FUZZ_SECONDS: u64 = 60;
 
 fn test(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
     // Tests of the Redis + CQL backend need the services; stop afterwards
@@ -253,6 +268,16 @@ fn test_with_services(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Resul
         let (p, f) = loadtest::smoke(root);
         passed += p;
         failed += f;
+        match apifuzz::run(root, API_FUZZ_SECONDS) {
+            Ok(()) => {
+                println!("admin API fuzz (schemathesis) ... ok");
+                passed += 1;
+            }
+            Err(e) => {
+                eprintln!("admin API fuzz (schemathesis) ... FAILED: {e:#}");
+                failed += 1;
+            }
+        }
     }
     let mut fuzz_failed = false;
     if status.success() && fuzz_seconds > 0 {

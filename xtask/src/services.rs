@@ -89,7 +89,7 @@ pub(crate) fn run(action: Action) -> Result<()> {
 }
 
 /// The cache directory: `$QIM_CACHE_DIR` or `$HOME/.cache/qim/services`.
-fn cache_dir() -> Result<PathBuf> {
+pub(crate) fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("QIM_CACHE_DIR") {
         return Ok(PathBuf::from(dir));
     }

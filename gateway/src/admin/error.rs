@@ -9,6 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::keys::Scope;
+use crate::reply::Refusal;
+use qim_proto::v1::ErrorCode;
 
 /// Why an admin or route request was not carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,24 +29,62 @@ pub(crate) enum ApiError {
     /// A dependency (Redis, the store) failed or no node takes clients
     /// (503); the detail is logged where it happened.
     Unavailable(&'static str),
+    /// The operation was refused by the same rule a client would meet;
+    /// the body's code is the wire code's name in lower case (`blocked`,
+    /// `not_a_member`, `idempotency_conflict`, ...), the status its class.
+    Refused(Refusal),
 }
 
-#[derive(serde::Serialize)]
-struct Body {
+/// The HTTP status of a refusal's wire code.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::PermissionDenied
+        | ErrorCode::Blocked
+        | ErrorCode::Muted
+        | ErrorCode::NotAMember
+        | ErrorCode::NotFriends
+        | ErrorCode::Banned
+        | ErrorCode::InviteOnly => StatusCode::FORBIDDEN,
+        ErrorCode::IdempotencyConflict | ErrorCode::AlreadyExists | ErrorCode::GroupFull => {
+            StatusCode::CONFLICT
+        }
+        ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::Cooldown => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        ErrorCode::StoreUnavailable
+        | ErrorCode::StoreFull
+        | ErrorCode::ShuttingDown
+        | ErrorCode::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Every refusal's body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
     error: Detail,
 }
 
-#[derive(serde::Serialize)]
-struct Detail {
-    /// Stable, machine-readable.
-    code: &'static str,
+/// What went wrong.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Detail {
+    /// Stable, machine-readable: `unauthorized`, `forbidden`,
+    /// `rate_limited`, `bad_request`, `not_found`, `unavailable`, or a wire
+    /// code's name in lower case (`blocked`, `idempotency_conflict`, ...).
+    code: String,
     /// For people; fixed texts only.
     message: String,
+    /// Seconds to wait before retrying, when the refusal says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, String) {
-        match self {
+    fn parts(&self) -> (StatusCode, String, String) {
+        let (status, code, message): (StatusCode, &str, String) = match self {
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -69,6 +109,25 @@ impl ApiError {
                 "unavailable",
                 (*message).into(),
             ),
+            ApiError::Refused(refusal) => {
+                return (
+                    status_of(refusal.code),
+                    refusal.code.as_str_name().to_ascii_lowercase(),
+                    refusal.message.clone(),
+                );
+            }
+        };
+        (status, code.to_owned(), message)
+    }
+
+    /// How long the caller should wait before retrying, if at all.
+    fn wait(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited(wait) => Some(*wait),
+            ApiError::Refused(r) if r.retry_after_ms > 0 => {
+                Some(Duration::from_millis(u64::from(r.retry_after_ms)))
+            }
+            _ => None,
         }
     }
 }
@@ -76,25 +135,45 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
+        // Whole seconds, rounded up, at least one.
+        let wait = self
+            .wait()
+            .map(|w| (w.as_secs() + u64::from(w.subsec_nanos() > 0)).max(1));
         let mut response = (
             status,
-            Json(Body {
-                error: Detail { code, message },
+            Json(ErrorBody {
+                error: Detail {
+                    code,
+                    message,
+                    retry_after_s: wait,
+                },
             }),
         )
             .into_response();
-        if let ApiError::RateLimited(wait) = self {
-            // Whole seconds, rounded up, at least one.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Some(secs) = wait {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        ApiError::Refused(refusal)
     }
 }
 
 /// Answers 404 with the typed body, for paths no route serves.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+/// Answers 405 with the typed body, for a path served with other methods.
+pub(crate) async fn method_not_allowed() -> Response {
+    let mut response =
+        ApiError::BadRequest("this method is not served at this path").into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
 }

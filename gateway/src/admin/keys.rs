@@ -29,17 +29,34 @@ pub enum Scope {
     Read,
     /// Act on users' sessions: kick, revoke tokens.
     Sessions,
+    /// Send messages and business notifications to users and groups, as a
+    /// user or as the system account.
+    Messages,
+    /// Administer groups on the business's behalf: create, add and remove
+    /// members, mute, dissolve.
+    Groups,
+    /// Register, disable and enable users' accounts.
+    Users,
 }
 
 impl Scope {
     /// Every scope, as the keys file names them.
-    pub const ALL: [Scope; 2] = [Scope::Read, Scope::Sessions];
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Sessions,
+        Scope::Messages,
+        Scope::Groups,
+        Scope::Users,
+    ];
 
     /// The name in the keys file and in refusals.
     pub fn name(self) -> &'static str {
         match self {
             Scope::Read => "read",
             Scope::Sessions => "sessions",
+            Scope::Messages => "messages",
+            Scope::Groups => "groups",
+            Scope::Users => "users",
         }
     }
 
@@ -184,10 +201,11 @@ impl ApiKeys {
             };
             let mut scopes = Vec::new();
             for name in &entry.scopes {
-                scopes.push(
-                    Scope::parse(name)
-                        .ok_or_else(|| invalid("unknown scope (known: \"read\", \"sessions\")"))?,
-                );
+                scopes.push(Scope::parse(name).ok_or_else(|| {
+                    invalid(
+                        "unknown scope (known: \"read\", \"sessions\", \"messages\", \"groups\", \"users\")",
+                    )
+                })?);
             }
             if scopes.is_empty() {
                 return Err(invalid("no scopes"));

@@ -8,7 +8,15 @@
 //!   the admin API under `/v1/`, each route needing a key with its scope
 //!   (see [`keys`]): `GET /v1/nodes` and `GET /v1/presence?user=ID`
 //!   (scope `read`), `POST /v1/users/{user}/kick` and
-//!   `POST /v1/users/{user}/revoke-tokens` (scope `sessions`).
+//!   `POST /v1/users/{user}/revoke-tokens` (scope `sessions`), and the
+//!   business backend's routes: counts and presence queries (`read`),
+//!   messages, batches and notifications (`messages`, [`send`]: the
+//!   clients' durable path), broadcasts to every registered user
+//!   (`messages`, [`broadcast`]: paced, resumable, progress visible), group
+//!   administration (`groups`, [`groups`]), accounts (`users`, [`users`]:
+//!   register, disable, enable).
+//!   `GET /v1/openapi.json` is the document of them all, generated from
+//!   the code ([`openapi`]). Malformed input is a typed 400 ([`input`]).
 //!   Refusals are typed JSON ([`error`]): 401 without a key or with a wrong
 //!   one, 403 outside the key's scopes, 429 with `Retry-After` once an
 //!   address failed `admin.auth_failures_per_minute` times. Each refusal is
@@ -38,9 +46,15 @@ use crate::ctx::Ctx;
 use crate::limit::PerAddress;
 
 mod api;
+mod broadcast;
 pub mod error;
+mod groups;
+mod input;
 pub mod keys;
+mod openapi;
 mod public;
+mod send;
+mod users;
 
 pub use keys::{ApiKeys, KeysError, Scope};
 
@@ -57,6 +71,8 @@ pub struct AdminState {
     route_limits: Arc<Mutex<PerAddress>>,
     /// Failed admin API authentications per remote address.
     auth_failures: Arc<Mutex<PerAddress>>,
+    /// This node's broadcasts and their progress.
+    broadcasts: Arc<broadcast::Broadcasts>,
 }
 
 impl AdminState {
@@ -74,6 +90,7 @@ impl AdminState {
             keys,
             route_limits: Arc::new(Mutex::new(route_limits)),
             auth_failures: Arc::new(Mutex::new(auth_failures)),
+            broadcasts: Arc::default(),
         }
     }
 }
@@ -119,22 +136,50 @@ fn route_routes(state: &AdminState) -> Router<AdminState> {
 }
 
 /// The authenticated admin API (`/v1/...`). Each group of routes sits
-/// behind the scope it needs.
+/// behind the scope it needs; the OpenAPI document needs none.
 pub fn api_app(state: AdminState) -> Router {
     let scoped =
         |scope: Scope| middleware::from_fn_with_state((state.clone(), scope), api::authorize);
     let read = Router::new()
         .route("/v1/nodes", get(api::nodes))
+        .route("/v1/counts", get(api::counts))
         .route("/v1/presence", get(api::presence))
+        .route("/v1/presence/query", post(api::presence_query))
         .route_layer(scoped(Scope::Read));
     // Routes that act on users' sessions and tokens: scope "sessions".
     let sessions = Router::new()
         .route("/v1/users/{user}/kick", post(api::kick))
         .route("/v1/users/{user}/revoke-tokens", post(api::revoke_tokens))
         .route_layer(scoped(Scope::Sessions));
+    let messages = Router::new()
+        .route("/v1/messages", post(send::message))
+        .route("/v1/messages/batch", post(send::batch))
+        .route("/v1/notifications", post(send::notification))
+        .route("/v1/broadcasts", post(broadcast::start))
+        .route("/v1/broadcasts/{id}", get(broadcast::progress))
+        .route_layer(scoped(Scope::Messages));
+    let users = Router::new()
+        .route("/v1/users", post(users::register))
+        .route("/v1/users/{user}", get(users::account))
+        .route("/v1/users/{user}/disable", post(users::disable))
+        .route("/v1/users/{user}/enable", post(users::enable))
+        .route_layer(scoped(Scope::Users));
+    let groups = Router::new()
+        .route("/v1/groups", post(groups::create))
+        .route("/v1/groups/{group}", get(groups::info))
+        .route("/v1/groups/{group}/members", post(groups::add))
+        .route("/v1/groups/{group}/members/remove", post(groups::remove))
+        .route("/v1/groups/{group}/mute", post(groups::mute))
+        .route("/v1/groups/{group}/dissolve", post(groups::dissolve))
+        .route_layer(scoped(Scope::Groups));
     Router::new()
+        .route("/v1/openapi.json", get(openapi::document))
         .merge(read)
         .merge(sessions)
+        .merge(messages)
+        .merge(groups)
+        .merge(users)
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
 }

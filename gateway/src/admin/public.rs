@@ -14,8 +14,10 @@ use super::{AdminState, remote_ip};
 use crate::mutex::lock;
 
 /// The `user` query parameter (empty when missing: refused as invalid).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UserQuery {
+    /// The user id (1-64 of `[A-Za-z0-9._@-]`).
     #[serde(default)]
     pub(super) user: String,
 }

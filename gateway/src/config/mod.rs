@@ -11,8 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod backend;
 mod sections;
 mod transport;
+pub use backend::Backend;
 pub use sections::*;
 pub use transport::Transport;
 
@@ -60,6 +62,7 @@ pub struct Config {
     pub groups: Groups,
     pub quotas: Quotas,
     pub log: Log,
+    pub backend: Backend,
 }
 
 /// Prefix of environment overrides: `QIM_SERVER__LISTEN=0.0.0.0:5000`.
@@ -88,6 +91,7 @@ impl Config {
         Groups::write_example(&mut out);
         Quotas::write_example(&mut out);
         Log::write_example(&mut out);
+        Backend::write_example(&mut out);
         out
     }
 
@@ -143,6 +147,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
         self.transport.validate().map_err(ConfigError::Invalid)?;
+        if let Err(e) = self.backend.validate() {
+            return invalid(e);
+        }
         let hb = &self.heartbeat;
         if hb.interval_ms == 0 || hb.max_missed == 0 {
             return invalid("heartbeat.interval_ms and heartbeat.max_missed must be above 0");

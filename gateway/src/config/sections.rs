@@ -44,8 +44,10 @@ macro_rules! section {
     };
 }
 
+/// Other section files of this module declare theirs with it too.
 pub(super) use section;
 
+/// One field of the example: `name = value`, or commented out when unset.
 pub(super) fn example_line<T: Serialize>(name: &str, value: &T) -> String {
     match toml::Value::try_from(value) {
         Ok(value) => format!("{name} = {value}\n\n"),
@@ -238,7 +240,7 @@ section! {
         /// TCP address of the admin API (/v1/...); it listens only when keys_file is set.
         api_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9091)),
         /// TOML file of admin API keys: [[key]] tables with id, secret_sha256 (hex SHA-256 of the
-        /// secret) or secret (at least 32 characters), and scopes ("read", "sessions"). Unset: the
+        /// secret) or secret (at least 32 characters), and scopes ("read", "sessions", "messages", "groups", "users"). Unset: the
         /// admin API does not listen.
         keys_file: Option<PathBuf> = None,
         /// Failed admin API authentications allowed per remote IP address per minute (also the

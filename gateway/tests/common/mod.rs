@@ -123,6 +123,8 @@ macro_rules! on_both_backends {
 pub const ADMIN_SECRET: &str = "qim-test-admin-key-all-scopes-0123456789";
 /// The secret of the test gateways' admin key with scope `read` only.
 pub const READ_SECRET: &str = "qim-test-admin-key-read-only-0123456789ab";
+/// The secret of the test gateways' admin key with scope `messages` only.
+pub const MESSAGES_SECRET: &str = "qim-test-admin-key-messages-only-0123456";
 
 /// Writes an admin keys file into `dir` with two keys: "ops"
 /// ([`ADMIN_SECRET`], every scope) and "dashboard" ([`READ_SECRET`],
@@ -133,8 +135,9 @@ pub fn write_admin_keys(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[[key]]\nid = \"ops\"\nsecret = \"{ADMIN_SECRET}\"\nscopes = [\"read\", \"sessions\"]\n\n\
-             [[key]]\nid = \"dashboard\"\nsecret = \"{READ_SECRET}\"\nscopes = [\"read\"]\n"
+            "[[key]]\nid = \"ops\"\nsecret = \"{ADMIN_SECRET}\"\nscopes = [\"read\", \"sessions\", \"messages\", \"groups\", \"users\"]\n\n\
+             [[key]]\nid = \"dashboard\"\nsecret = \"{READ_SECRET}\"\nscopes = [\"read\"]\n\n\
+             [[key]]\nid = \"notifier\"\nsecret = \"{MESSAGES_SECRET}\"\nscopes = [\"messages\"]\n"
         ),
     )
     .expect("write admin keys");
@@ -365,6 +368,13 @@ impl TestGateway {
         let api = self.api.expect("the admin API listens");
         let response = http_request(api, "POST", path, Some(ADMIN_SECRET)).await;
         (response.status, response.body)
+    }
+
+    /// POST a JSON body to a path of the admin API with the every-scope
+    /// key.
+    pub async fn api_json(&self, path: &str, body: &str) -> HttpResponse {
+        let api = self.api.expect("the admin API listens");
+        http_json(api, "POST", path, Some(ADMIN_SECRET), body).await
     }
 
     /// A counter's value from /metrics (0 when absent).
@@ -748,6 +758,30 @@ pub async fn http_request_from(
     path: &str,
     key: Option<&str>,
 ) -> HttpResponse {
+    http_exchange(from, addr, method, path, key, None).await
+}
+
+/// `method path` with a JSON `body` (`Content-Type: application/json`),
+/// with `Authorization: Bearer <key>` when `key` is given, from 127.0.0.1.
+pub async fn http_json(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> HttpResponse {
+    http_exchange([127, 0, 0, 1].into(), addr, method, path, key, Some(body)).await
+}
+
+/// One HTTP/1.1 request and its whole answer.
+async fn http_exchange(
+    from: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    json: Option<&str>,
+) -> HttpResponse {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let socket = tokio::net::TcpSocket::new_v4().expect("tcp socket");
     socket
@@ -757,8 +791,13 @@ pub async fn http_request_from(
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
+    let (content_type, body) = match json {
+        Some(body) => ("Content-Type: application/json\r\n", body),
+        None => ("", ""),
+    };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();

@@ -17,8 +17,8 @@ use qim_storage::groups::{GroupApplied, GroupLimits, GroupOp, List, Listed};
 use qim_storage::quota::Charged;
 use qim_storage::schedule::{Fired, Verdict};
 use qim_storage::{
-    Appended, ContactStore, ConversationStore, GroupStore, MessageStore, NewMessage, OpError,
-    PresenceStore, QuotaStore, RevocationStore, ScheduleStore, StoreError, StoredMessage,
+    AccountStore, Appended, ContactStore, ConversationStore, GroupStore, MessageStore, NewMessage,
+    OpError, PresenceStore, QuotaStore, RevocationStore, ScheduleStore, StoreError, StoredMessage,
 };
 
 use crate::harness::held;
@@ -367,5 +367,31 @@ impl RevocationStore for HeldStore {
 
     async fn tokens_revoked_before(&self, user: &str) -> Result<u64, StoreError> {
         held(self.inner.tokens_revoked_before(user)).await
+    }
+}
+
+#[async_trait]
+impl AccountStore for HeldStore {
+    async fn register(&self, users: &[String], now_ms: i64) -> Result<u32, StoreError> {
+        held(self.inner.register(users, now_ms)).await
+    }
+
+    async fn set_disabled(
+        &self,
+        user: &str,
+        disabled: bool,
+    ) -> Result<Option<qim_storage::accounts::Account>, StoreError> {
+        held(self.inner.set_disabled(user, disabled)).await
+    }
+
+    async fn account(
+        &self,
+        user: &str,
+    ) -> Result<Option<qim_storage::accounts::Account>, StoreError> {
+        held(self.inner.account(user)).await
+    }
+
+    async fn accounts_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        held(self.inner.accounts_after(after, limit)).await
     }
 }

@@ -31,6 +31,7 @@
 //! - Seqs of an inbox may have gaps (failed writes, races on resends); they
 //!   never go backwards and a batch's messages to one inbox keep its order.
 
+mod accounts;
 mod contacts;
 mod conversations;
 mod groups;

@@ -70,6 +70,7 @@ use tables::{
 };
 use writer::{Op, Writer};
 
+mod accounts;
 mod contacts;
 mod conversations;
 mod groups;

@@ -63,6 +63,8 @@ pub(super) struct Tables {
     pub(super) quota_bytes: Keyspace,
     /// `[user]` → unix seconds: the user's tokens issued before are refused.
     pub(super) revoked: Keyspace,
+    /// `[user]` → the registered account (see `accounts.rs`).
+    pub(super) accounts: Keyspace,
 }
 
 impl Tables {
@@ -96,6 +98,7 @@ impl Tables {
             settings: keyspace("settings").map_err(unavailable)?,
             quota_bytes: keyspace("quota_bytes").map_err(unavailable)?,
             revoked: keyspace("revoked").map_err(unavailable)?,
+            accounts: keyspace("accounts").map_err(unavailable)?,
             db,
         })
     }

@@ -1,0 +1,194 @@
+//! Users' accounts for the business backend: register (what a broadcast
+//! reaches), read, disable (logins refused with `USER_DISABLED`, live
+//! sessions ended with the reason `ACCOUNT_DISABLED`) and enable again.
+//! Each call is one durable store write ([`qim_storage::AccountStore`]).
+
+use axum::Json;
+use axum::extract::State;
+use qim_proto::v1::{ErrorCode, KickReason};
+use qim_storage::accounts::Account;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use utoipa::ToSchema;
+
+use super::AdminState;
+use super::error::{ApiError, ErrorBody};
+use super::input::{Body, Id};
+use crate::route::Ending;
+
+/// `POST /v1/users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Register {
+    /// The users, at most `backend.max_batch_recipients`; registered ones
+    /// are left as they are.
+    users: Vec<String>,
+}
+
+/// The answer of a registration.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Registered {
+    /// Users that were not registered before.
+    registered: u32,
+}
+
+/// An account as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct AccountView {
+    user: String,
+    /// When it was first registered (ms since the epoch).
+    registered_ms: i64,
+    /// Logins are refused while set.
+    disabled: bool,
+}
+
+impl From<Account> for AccountView {
+    fn from(a: Account) -> Self {
+        Self {
+            user: a.user,
+            registered_ms: a.registered_ms,
+            disabled: a.disabled,
+        }
+    }
+}
+
+fn store_failed(e: &qim_storage::StoreError) -> ApiError {
+    warn!(error = %e, "admin API: the account store failed");
+    ApiError::Unavailable("the store is unavailable; retry")
+}
+
+/// Registers users (idempotent).
+#[utoipa::path(post, path = "/v1/users", tag = "users",
+    request_body = Register,
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Registered (new ones counted)", body = Registered),
+        (status = 400, description = "Malformed request, a bad id or too many users", body = ErrorBody),
+        (status = 401, description = "No key, or a wrong one", body = ErrorBody),
+        (status = 403, description = "The key lacks scope users", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts from this address", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; repeat", body = ErrorBody),
+    ))]
+pub(super) async fn register(
+    State(state): State<AdminState>,
+    Body(r): Body<Register>,
+) -> Result<Json<Registered>, ApiError> {
+    let max = state.ctx.config.backend.max_batch_recipients as usize;
+    if r.users.is_empty() || r.users.len() > max {
+        return Err(ApiError::BadRequest(
+            "users must name 1 to backend.max_batch_recipients users",
+        ));
+    }
+    if !r.users.iter().all(|u| qim_proto::ids::is_valid_id(u)) {
+        return Err(super::input::INVALID_ID);
+    }
+    let registered = state
+        .ctx
+        .stores
+        .accounts
+        .register(&r.users, qim_proto::now_ms())
+        .await
+        .map_err(|e| store_failed(&e))?;
+    info!(registered, "admin API: users registered");
+    Ok(Json(Registered { registered }))
+}
+
+/// A user's account.
+#[utoipa::path(get, path = "/v1/users/{user}", tag = "users",
+    params(("user" = String, Path, description = "The user id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No key, or a wrong one", body = ErrorBody),
+        (status = 403, description = "The key lacks scope users", body = ErrorBody),
+        (status = 404, description = "Not registered", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts from this address", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
+    ))]
+pub(super) async fn account(
+    State(state): State<AdminState>,
+    Id(user): Id,
+) -> Result<Json<AccountView>, ApiError> {
+    match state.ctx.stores.accounts.account(&user).await {
+        Ok(Some(a)) => Ok(Json(a.into())),
+        Ok(None) => Err(ApiError::NotFound),
+        Err(e) => Err(store_failed(&e)),
+    }
+}
+
+/// Sets the flag; a disable ends the user's sessions here (reason
+/// `ACCOUNT_DISABLED`) and on the other nodes.
+async fn set(
+    state: &AdminState,
+    user: &str,
+    disabled: bool,
+) -> Result<Json<AccountView>, ApiError> {
+    let ctx = &state.ctx;
+    let account = match ctx.stores.accounts.set_disabled(user, disabled).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(ApiError::NotFound),
+        Err(e) => return Err(store_failed(&e)),
+    };
+    if disabled {
+        let ending = Ending {
+            code: ErrorCode::Kicked,
+            reason: KickReason::AccountDisabled,
+        };
+        let kicked = ctx.routes.kick_user(user, None, ending);
+        if let Some(cluster) = &ctx.cluster {
+            // Every session elsewhere ends; their logins are refused.
+            if let Err(e) = cluster.revoke(user, u64::MAX).await {
+                warn!(user, error = %e, "could not end the sessions on other nodes");
+                return Err(ApiError::Unavailable(
+                    "disabled, but other nodes were not told; repeat",
+                ));
+            }
+        }
+        info!(user, kicked, "admin API: account disabled");
+    } else {
+        info!(user, "admin API: account enabled");
+    }
+    Ok(Json(account.into()))
+}
+
+/// Disables an account: its logins are refused (`USER_DISABLED`) and its
+/// sessions end (`KICKED`, reason `ACCOUNT_DISABLED`).
+#[utoipa::path(post, path = "/v1/users/{user}/disable", tag = "users",
+    params(("user" = String, Path, description = "The user id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Disabled", body = AccountView),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No key, or a wrong one", body = ErrorBody),
+        (status = 403, description = "The key lacks scope users", body = ErrorBody),
+        (status = 404, description = "Not registered", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts from this address", body = ErrorBody),
+        (status = 503, description = "The store or Redis failed; repeat", body = ErrorBody),
+    ))]
+pub(super) async fn disable(
+    State(state): State<AdminState>,
+    Id(user): Id,
+) -> Result<Json<AccountView>, ApiError> {
+    set(&state, &user, true).await
+}
+
+/// Enables a disabled account again.
+#[utoipa::path(post, path = "/v1/users/{user}/enable", tag = "users",
+    params(("user" = String, Path, description = "The user id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Enabled", body = AccountView),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No key, or a wrong one", body = ErrorBody),
+        (status = 403, description = "The key lacks scope users", body = ErrorBody),
+        (status = 404, description = "Not registered", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts from this address", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; repeat", body = ErrorBody),
+    ))]
+pub(super) async fn enable(
+    State(state): State<AdminState>,
+    Id(user): Id,
+) -> Result<Json<AccountView>, ApiError> {
+    set(&state, &user, false).await
+}
