@@ -512,6 +512,9 @@ macro_rules! im_conformance_tests {
             conformance_contacts::blocks_drop_requests_and_keep_blockers_out_of_groups,
             conformance_contacts::schedules_are_bounded_and_refusals_are_told,
             conformance_im::token_revocations_only_rise_and_survive_reopen,
+            conformance_notify::push_tokens_are_per_device_bounded_and_move,
+            conformance_notify::push_settings_are_kept_and_bounded,
+            conformance_notify::push_claims_are_won_once,
         );
     };
     (@each $backend:expr; $($module:ident :: $check:ident),* $(,)?) => {

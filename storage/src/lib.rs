@@ -24,6 +24,10 @@
 //!   bytes per UTC day), shared by every node of a cluster.
 //! - [`revocation`]: [`RevocationStore`], per user the time before which
 //!   the user's login tokens are refused.
+//! - [`notify`]: [`NotifyStore`], offline push: each device's push
+//!   token (one holder per token, a per-user device quota), each user's
+//!   preview settings, and claims that make a notification go out once
+//!   whichever node tries.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -51,9 +55,10 @@
 //!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
 //!   errors) are what the others share.
 //! - `conformance`, `conformance_im`, `conformance_groups`,
-//!   `conformance_contacts` (feature `conformance`): the checks every
-//!   backend must pass (the last two: the rules of groups; of friend
-//!   requests, blocks and scheduled sends).
+//!   `conformance_contacts`, `conformance_notify` (feature `conformance`):
+//!   the checks every backend must pass (the last three: the rules of
+//!   groups; of friend requests, blocks and scheduled sends; of push
+//!   tokens, settings and claims).
 //!
 //! # Public API of the cluster backend (stable)
 //! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
@@ -87,6 +92,7 @@ pub mod embedded;
 mod error;
 pub mod groups;
 pub mod model;
+pub mod notify;
 pub mod presence;
 pub mod quota;
 pub mod redis;
@@ -102,6 +108,8 @@ pub mod conformance_contacts;
 pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
+#[cfg(feature = "conformance")]
+pub mod conformance_notify;
 
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;
@@ -109,6 +117,7 @@ pub use conversations::ConversationStore;
 pub use error::{OpError, StoreError};
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
+pub use notify::NotifyStore;
 pub use presence::PresenceStore;
 pub use quota::QuotaStore;
 pub use revocation::RevocationStore;

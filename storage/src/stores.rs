@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::cluster::{ClusterOptions, ClusterStore};
 use crate::embedded::{DiskSpace, EmbeddedStore};
 use crate::{
-    ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, QuotaStore,
-    RevocationStore, ScheduleStore, StoreError,
+    ContactStore, ConversationStore, GroupStore, MessageStore, NotifyStore, PresenceStore,
+    QuotaStore, RevocationStore, ScheduleStore, StoreError,
 };
 
 /// The stores of one backend instance (each field is the same backend,
@@ -34,6 +34,8 @@ pub struct Stores {
     pub disk: Option<Arc<DiskSpace>>,
     /// Revocations of users' login tokens.
     pub revocations: Arc<dyn RevocationStore>,
+    /// Push tokens, preview settings and push claims.
+    pub notify: Arc<dyn NotifyStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -53,7 +55,8 @@ impl Stores {
             + ScheduleStore
             + PresenceStore
             + QuotaStore
-            + RevocationStore,
+            + RevocationStore
+            + NotifyStore,
     {
         Self {
             messages: backend.clone(),
@@ -64,7 +67,8 @@ impl Stores {
             presence: backend.clone(),
             quotas: backend.clone(),
             disk: None,
-            revocations: backend,
+            revocations: backend.clone(),
+            notify: backend,
         }
     }
 

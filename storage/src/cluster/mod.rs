@@ -34,6 +34,7 @@
 mod contacts;
 mod conversations;
 mod groups;
+mod notify;
 mod operations;
 mod posts;
 mod presence;
@@ -128,6 +129,8 @@ pub struct ClusterStore {
     cql: Arc<Cql>,
     /// Contacts, schedules and session records.
     social: Arc<crate::cql::social::Social>,
+    /// Push tokens and preview settings.
+    notify: Arc<crate::cql::notify::NotifyStatements>,
     redis: Client,
     /// Prefix of this store's Redis keys.
     prefix: String,
@@ -188,6 +191,7 @@ impl ClusterStore {
             )));
         }
         let cql = Arc::new(Cql::open(Arc::clone(&session), &options.cql).await?);
+        let notify = Arc::new(crate::cql::notify::NotifyStatements::open(&session).await?);
         let social = Arc::new(crate::cql::social::Social::open(session).await?);
         let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
         let seqs = seq::Sequences::new(
@@ -200,6 +204,7 @@ impl ClusterStore {
         Ok(ClusterStore {
             cql,
             social,
+            notify,
             redis,
             prefix: options.key_prefix.clone(),
             seqs,

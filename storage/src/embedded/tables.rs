@@ -63,6 +63,10 @@ pub(super) struct Tables {
     pub(super) quota_bytes: Keyspace,
     /// `[user]` → unix seconds: the user's tokens issued before are refused.
     pub(super) revoked: Keyspace,
+    /// Push tokens, who holds each token, preview settings (see `notify.rs`).
+    pub(super) push_tokens: Keyspace,
+    pub(super) push_token_owners: Keyspace,
+    pub(super) push_settings: Keyspace,
 }
 
 impl Tables {
@@ -96,6 +100,9 @@ impl Tables {
             settings: keyspace("settings").map_err(unavailable)?,
             quota_bytes: keyspace("quota_bytes").map_err(unavailable)?,
             revoked: keyspace("revoked").map_err(unavailable)?,
+            push_tokens: keyspace("push_tokens").map_err(unavailable)?,
+            push_token_owners: keyspace("push_token_owners").map_err(unavailable)?,
+            push_settings: keyspace("push_settings").map_err(unavailable)?,
             db,
         })
     }
