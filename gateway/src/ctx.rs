@@ -18,6 +18,7 @@ use crate::cluster::{Cluster, Identity};
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::push::Registry;
 use crate::quota::Quotas;
 use crate::route::Routes;
@@ -45,6 +46,8 @@ pub(crate) struct Ctx {
     pub(crate) quotas: Quotas,
     /// Verifies login tokens.
     pub(crate) tokens: TokenKeys,
+    /// Offline push: push tokens, settings and notifications.
+    pub(crate) notify: Notifier,
     /// Flips to true when the gateway starts draining.
     pub(crate) draining: watch::Sender<bool>,
     /// Set when the store failed for good: the gateway drains and stops.
@@ -80,8 +83,10 @@ impl Ctx {
             stores.disk.clone(),
             Arc::clone(&metrics),
         );
+        let notify = Notifier::new(&config.notify);
         Self {
             quotas,
+            notify,
             config,
             stores,
             fanout,

@@ -12,7 +12,8 @@
 //! client process queues messages while offline and exits, and a second
 //! process on the same data directory delivers them exactly once; and the
 //! IM features (groups, recall and edit, contacts, presence and typing,
-//! scheduled sends, a device kicked by the single-device policy). Each
+//! scheduled sends, push tokens, a device kicked by the single-device
+//! policy). Each
 //! scenario has users of its own, so they do not see each other's traffic.
 //! All run against one gateway with a short recall window, except the kick
 //! scenario, which gets a gateway of its own with `im.device_policy =
@@ -47,6 +48,7 @@ const USERS: &[&str] = &[
     "sam", "tina", // scheduled sends
     "uma",  // kicked
     "vera", "walt", // token provider
+    "xena", // push tokens
 ];
 const JNA_VERSION: &str = "5.14.0";
 
@@ -282,7 +284,7 @@ fn run_scenarios(
     let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let outbox_dir = work.join("carol-phone");
     let ids_file = work.join("outbox-ids");
-    let scenarios: [(&str, Vec<(String, String)>); 13] = [
+    let scenarios: [(&str, Vec<(String, String)>); 14] = [
         ("chat", vec![]),
         ("offline-catch-up", vec![]),
         ("resumption", vec![]),
@@ -308,6 +310,7 @@ fn run_scenarios(
         ("presence-typing", vec![]),
         ("scheduled", vec![]),
         ("token-provider", vec![]),
+        ("push-tokens", vec![]),
         // Later entries override the shared gateway's address and tokens.
         ("kicked", single.env()?),
     ];

@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod notify;
 mod sections;
+pub use notify::Notify;
 pub use sections::*;
 
 /// Why a configuration was refused.
@@ -57,6 +59,7 @@ pub struct Config {
     pub groups: Groups,
     pub quotas: Quotas,
     pub log: Log,
+    pub notify: Notify,
 }
 
 /// Prefix of environment overrides: `QIM_SERVER__LISTEN=0.0.0.0:5000`.
@@ -84,6 +87,7 @@ impl Config {
         Groups::write_example(&mut out);
         Quotas::write_example(&mut out);
         Log::write_example(&mut out);
+        Notify::write_example(&mut out);
         out
     }
 
@@ -254,6 +258,7 @@ impl Config {
         if self.admin.auth_failures_per_minute == 0 {
             return invalid("admin.auth_failures_per_minute must be above 0");
         }
+        self.notify.validate()?;
         self.validate_auth()?;
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");
