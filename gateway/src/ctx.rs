@@ -69,12 +69,14 @@ impl Ctx {
     ) -> Self {
         let routes = Arc::new(Routes::default());
         let push = Arc::new(Registry::default());
+        let (notify, offline) = Notifier::new(&config.notify);
         let fanout = Fanout::new(
             Arc::clone(&routes),
             Arc::clone(&push),
             cluster.clone(),
             Arc::clone(&stores.contacts),
             Arc::clone(&metrics),
+            offline,
         );
         let quotas = Quotas::new(
             config.quotas.clone(),
@@ -83,7 +85,6 @@ impl Ctx {
             stores.disk.clone(),
             Arc::clone(&metrics),
         );
-        let notify = Notifier::new(&config.notify);
         Self {
             quotas,
             notify,
