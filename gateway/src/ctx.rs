@@ -18,6 +18,7 @@ use crate::cluster::{Cluster, Identity};
 use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::push::Registry;
 use crate::quota::Quotas;
 use crate::route::Routes;
@@ -45,6 +46,8 @@ pub(crate) struct Ctx {
     pub(crate) quotas: Quotas,
     /// Verifies login tokens.
     pub(crate) tokens: TokenKeys,
+    /// Offline push: push tokens, settings and notifications.
+    pub(crate) notify: Notifier,
     /// Flips to true when the gateway starts draining.
     pub(crate) draining: watch::Sender<bool>,
     /// Set when the store failed for good: the gateway drains and stops.
@@ -66,12 +69,14 @@ impl Ctx {
     ) -> Self {
         let routes = Arc::new(Routes::default());
         let push = Arc::new(Registry::default());
+        let (notify, offline) = Notifier::new(&config.notify);
         let fanout = Fanout::new(
             Arc::clone(&routes),
             Arc::clone(&push),
             cluster.clone(),
             Arc::clone(&stores.contacts),
             Arc::clone(&metrics),
+            offline,
         );
         let quotas = Quotas::new(
             config.quotas.clone(),
@@ -82,6 +87,7 @@ impl Ctx {
         );
         Self {
             quotas,
+            notify,
             config,
             stores,
             fanout,

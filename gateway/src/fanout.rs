@@ -45,6 +45,9 @@ pub(crate) struct Fanout {
     /// Who blocked a group entry's sender (not pushed to them).
     contacts: Arc<dyn ContactStore>,
     metrics: Arc<Metrics>,
+    /// Offline push's queue: the chat messages and friend requests stored
+    /// on this node, for devices without a live session.
+    offline: mpsc::Sender<Arc<StoredMessage>>,
 }
 
 impl Fanout {
@@ -56,6 +59,7 @@ impl Fanout {
         cluster: Option<Arc<Cluster>>,
         contacts: Arc<dyn ContactStore>,
         metrics: Arc<Metrics>,
+        offline: mpsc::Sender<Arc<StoredMessage>>,
     ) -> Self {
         Self {
             routes,
@@ -63,6 +67,22 @@ impl Fanout {
             cluster,
             contacts,
             metrics,
+            offline,
+        }
+    }
+
+    /// Queues `entry` for offline push when it is one (a chat message or
+    /// a friend request); a full queue drops it (counted).
+    fn offer_offline(&self, entry: &Arc<StoredMessage>) {
+        let wanted = match entry.message.event.as_ref().and_then(|e| e.kind.as_ref()) {
+            None => !entry.message.from_user.is_empty(),
+            Some(kind) => matches!(kind, v1::inbox_event::Kind::FriendRequest(_)),
+        };
+        if wanted && self.offline.try_send(Arc::clone(entry)).is_err() {
+            self.metrics
+                .pushes_not_sent
+                .get_or_create(&vec![("reason", "queue_full")])
+                .inc();
         }
     }
 
@@ -70,6 +90,7 @@ impl Fanout {
     /// other nodes. Waits while the cluster forwarder's queue is full
     /// (backpressure to whoever stores entries).
     pub(crate) async fn deliver(&self, entry: Arc<StoredMessage>) {
+        self.offer_offline(&entry);
         if let Some(group) = entry.inbox.strip_prefix('#') {
             let sender = &entry.message.from_user;
             let hidden = if sender.is_empty() {

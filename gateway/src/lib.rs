@@ -41,6 +41,8 @@
 //!   the sender it refused them (also after a restart).
 //! - `presence`: online/offline over a user's devices, last seen,
 //!   subscriptions, online-time records, typing; pushed as signals.
+//! - `notify` (`notify/`): offline push: the push token and push
+//!   settings requests (`tokens.rs`).
 //! - `usage`: the quota request (each quota's limit and usage).
 //! - [`admin`]: the admin HTTP routers: health, metrics and the route
 //!   endpoint without authentication; the admin API (`/v1/`, keys with
@@ -128,6 +130,7 @@ pub mod limit;
 pub mod metrics;
 mod mutex;
 mod order;
+mod notify;
 mod path;
 mod policy;
 mod post;

@@ -123,19 +123,22 @@ impl Bucket {
 }
 
 /// One [`Bucket`] per remote IP address, for listeners anyone can reach
-/// (the route endpoint, failed admin API logins). It remembers at most
-/// `capacity` addresses: when full it forgets those whose bucket refilled,
-/// and if none did, an arbitrary one, so an attacker with many addresses
-/// costs memory in proportion to `capacity`, never more.
+/// (the route endpoint, failed admin API logins).
+pub type PerAddress = PerKey<IpAddr>;
+
+/// One [`Bucket`] per key (an address, a user). It remembers at most
+/// `capacity` keys: when full it forgets those whose bucket refilled, and
+/// if none did, an arbitrary one, so an attacker with many keys costs
+/// memory in proportion to `capacity`, never more.
 #[derive(Debug)]
-pub struct PerAddress {
+pub struct PerKey<K> {
     rate: f64,
     burst: u32,
     capacity: usize,
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<K, Bucket>,
 }
 
-impl PerAddress {
+impl<K: std::hash::Hash + Eq + Clone> PerKey<K> {
     /// `rate` tokens per second (fractions allowed), `burst` at most, for
     /// up to `capacity` addresses at once.
     pub fn new(rate: f64, burst: u32, capacity: usize) -> Self {
@@ -149,7 +152,7 @@ impl PerAddress {
 
     /// Takes a token of `addr`'s bucket: `Ok` if there was one, else how
     /// long until there is.
-    pub fn take(&mut self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub fn take(&mut self, addr: K, now: Instant) -> Result<(), Duration> {
         let bucket = self.bucket(addr, now);
         if bucket.take(now) {
             Ok(())
@@ -159,18 +162,18 @@ impl PerAddress {
     }
 
     /// `Err` with the wait if `addr` has no token left, without taking one.
-    pub fn check(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub fn check(&self, addr: K, now: Instant) -> Result<(), Duration> {
         match self.buckets.get(&addr) {
             Some(bucket) if bucket.wait(now) > Duration::ZERO => Err(bucket.wait(now)),
             _ => Ok(()),
         }
     }
 
-    fn bucket(&mut self, addr: IpAddr, now: Instant) -> &mut Bucket {
+    fn bucket(&mut self, addr: K, now: Instant) -> &mut Bucket {
         if !self.buckets.contains_key(&addr) && self.buckets.len() >= self.capacity {
             self.buckets.retain(|_, b| !b.is_full(now));
             if self.buckets.len() >= self.capacity {
-                if let Some(any) = self.buckets.keys().next().copied() {
+                if let Some(any) = self.buckets.keys().next().cloned() {
                     self.buckets.remove(&any);
                 }
             }

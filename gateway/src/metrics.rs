@@ -85,6 +85,13 @@ pub struct Metrics {
     pub store_free_bytes: Gauge,
     /// 1 while the embedded store refuses writes for want of disk space.
     pub store_full: Gauge,
+    /// Push token requests, by outcome (`registered`, `removed`,
+    /// `invalid`, `rate_limited`, `unregistered_by_provider`).
+    pub push_tokens: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Notifications a provider accepted, by provider.
+    pub pushes_sent: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Notifications not sent, by reason (see docs/push.md).
+    pub pushes_not_sent: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 fn code_label(code: ErrorCode) -> Vec<(&'static str, &'static str)> {
@@ -128,6 +135,9 @@ impl Metrics {
             stored_bytes: Counter::default(),
             store_free_bytes: Gauge::default(),
             store_full: Gauge::default(),
+            push_tokens: Family::default(),
+            pushes_sent: Family::default(),
+            pushes_not_sent: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -281,6 +291,21 @@ impl Metrics {
             "1 while the store refuses writes for want of disk space",
             m.store_full.clone(),
         );
+        registry.register(
+            "push_tokens",
+            "Push token requests, by outcome",
+            m.push_tokens.clone(),
+        );
+        registry.register(
+            "pushes_sent",
+            "Notifications a push provider accepted, by provider",
+            m.pushes_sent.clone(),
+        );
+        registry.register(
+            "pushes_not_sent",
+            "Notifications not sent, by reason",
+            m.pushes_not_sent.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -311,6 +336,13 @@ impl Metrics {
     pub fn quota_refused(&self, quota: &'static str) {
         self.quota_refusals
             .get_or_create(&vec![("quota", quota)])
+            .inc();
+    }
+
+    /// Counts a push token request's outcome.
+    pub fn push_tokens(&self, outcome: &'static str) {
+        self.push_tokens
+            .get_or_create(&vec![("outcome", outcome)])
             .inc();
     }
 

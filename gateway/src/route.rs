@@ -357,6 +357,17 @@ impl Routes {
         out
     }
 
+    /// The devices of `user` with a session here.
+    pub(crate) fn devices(&self, user: &str) -> Vec<String> {
+        let users = lock(&self.users);
+        users.get(user).map_or_else(Vec::new, |feed| {
+            lock(&feed.sessions)
+                .iter()
+                .map(|s| s.device_id.clone())
+                .collect()
+        })
+    }
+
     /// Users with at least one session.
     pub(crate) fn online_users(&self) -> usize {
         lock(&self.users).len()

@@ -11,7 +11,7 @@ use crate::conversations::Change;
 use crate::ctx::Ctx;
 use crate::groups::GroupRpc;
 use crate::reply::{Refusal, Reply, answer};
-use crate::{contacts, conversations, delivery, groups, presence, schedule, usage};
+use crate::{contacts, conversations, delivery, groups, notify, presence, schedule, usage};
 
 /// Who asks: the session's user, device and id.
 pub(crate) struct Caller<'a> {
@@ -65,5 +65,7 @@ async fn route(ctx: &Ctx, caller: &Caller<'_>, kind: rpc_request::Kind) -> Reply
         K::Settings(r) => groups::settings(ctx, user, r).await,
         K::Invitations(_) => groups::invitations(ctx, user).await,
         K::Quota(r) => usage::quota(ctx, user, r).await,
+        K::PushToken(r) => notify::push_token(ctx, caller, r).await,
+        K::PushSettings(r) => notify::push_settings(ctx, user, r).await,
     }
 }

@@ -62,6 +62,9 @@ pub enum StartError {
     /// The QUIC configuration was refused.
     #[error("quic config: {0}")]
     Quic(String),
+    /// A push provider's key or account file could not be loaded.
+    #[error("offline push: {0}")]
+    Notify(String),
 }
 
 /// Why a running gateway stopped on its own.
@@ -242,6 +245,7 @@ impl Gateway {
             dev_secret,
             public_name: config.server.public_name.clone(),
         };
+        crate::notify::check(&config.notify).map_err(StartError::Notify)?;
         let ctx = Arc::new(Ctx::new(config, stores, cluster, identity, metrics, tokens));
         Ok(Gateway {
             ctx,
@@ -307,6 +311,7 @@ impl Gateway {
         });
 
         let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&ctx)));
+        tokio::spawn(crate::notify::run(Arc::clone(&ctx)));
         let disk_watch = {
             let ctx = Arc::clone(&ctx);
             tokio::spawn(async move { ctx.quotas.watch_disk(ctx.draining.subscribe()).await })

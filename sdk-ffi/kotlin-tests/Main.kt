@@ -25,6 +25,8 @@ import uniffi.qim_sdk_ffi.OutboxStatus
 import uniffi.qim_sdk.OutgoingMessage
 import uniffi.qim_sdk.Peer
 import uniffi.qim_sdk.Platform
+import uniffi.qim_sdk.PreviewSetting
+import uniffi.qim_sdk.PushProvider
 import uniffi.qim_sdk_ffi.QimClient
 import uniffi.qim_sdk_ffi.QimException
 import uniffi.qim_sdk.Quote
@@ -786,6 +788,45 @@ suspend fun udpBlocked() {
     udo.disconnect()
 }
 
+/// Push tokens: a phone registers its APNs token and a tablet its FCM
+/// token; each sees only its own token's value; malformed and oversized
+/// tokens and another device's are refused with their codes; preview
+/// settings are kept per conversation; logout removes the phone's token.
+suspend fun pushTokens() {
+    val (phone, _) = connected("xena", "xena-phone")
+    val (tablet, _) = connected("xena", "xena-tablet")
+    val apns = "a1".repeat(32)
+    val mine = phone.registerPushToken(PushProvider.APNS, apns, "com.example.chat", true)
+    check(mine.size == 1 && mine[0].device == "xena-phone" && mine[0].token == apns && mine[0].sandbox) { "after register: $mine" }
+    val fcm = "fcm:" + "x".repeat(150)
+    val both = tablet.registerPushToken(PushProvider.FCM, fcm, "example-project", false)
+    check(both.map { it.device }.sorted() == listOf("xena-phone", "xena-tablet")) { "devices $both" }
+    check(both.first { it.device == "xena-phone" }.token.isEmpty()) { "another device's token is not shown: $both" }
+    check(both.first { it.device == "xena-tablet" }.let { it.token == fcm && it.provider == PushProvider.FCM && it.appId == "example-project" }) { "own token $both" }
+
+    expectRejected("INVALID_ARGUMENT", "an oversized token") {
+        phone.registerPushToken(PushProvider.APNS, "ab".repeat(300), "com.example.chat", false)
+    }
+    expectRejected("INVALID_ARGUMENT", "a token with spaces") {
+        phone.registerPushToken(PushProvider.APNS, "not hex at all", "com.example.chat", false)
+    }
+    expectRejected("INVALID_ARGUMENT", "an empty app id") {
+        phone.registerPushToken(PushProvider.FCM, fcm, "", false)
+    }
+
+    val settings = phone.pushSettings(null, listOf(PreviewSetting(Peer.User("boss"), false)))
+    check(settings.preview && settings.conversations == listOf(PreviewSetting(Peer.User("boss"), false))) { "settings $settings" }
+    val off = tablet.pushSettings(false, emptyList())
+    check(!off.preview && off.conversations.size == 1) { "settings seen by the tablet $off" }
+
+    phone.logout()
+    val left = tablet.pushTokens()
+    check(left.map { it.device } == listOf("xena-tablet")) { "after the phone's logout: $left" }
+    tablet.unregisterPushToken()
+    check(tablet.pushTokens().isEmpty()) { "after the tablet's removal" }
+    tablet.disconnect()
+}
+
 fun main(args: Array<String>) {
     val scenario = args.firstOrNull() ?: "chat"
     try {
@@ -805,6 +846,7 @@ fun main(args: Array<String>) {
                 "kicked" -> kicked()
                 "token-provider" -> tokenProvider()
                 "udp-blocked" -> udpBlocked()
+                "push-tokens" -> pushTokens()
                 else -> throw IllegalArgumentException("unknown scenario $scenario")
             }
         }

@@ -30,7 +30,8 @@
 //!   methods: `im` (replies, mentions, recall, edit, delete-for-me,
 //!   flags, scheduled sends, the local store), `groups`, `contacts` and
 //!   `presence` (presence, online time, typing; pushed signals reach
-//!   [`ClientListener::on_signal`]).
+//!   [`ClientListener::on_signal`]), `push` (this device's push token,
+//!   `logout`, preview settings).
 //!
 //! A method only calls the SDK: [`QimClient::call`] runs it on the SDK
 //! runtime and maps its error.
@@ -59,6 +60,7 @@ mod contacts;
 mod groups;
 mod im;
 mod presence;
+mod push;
 
 pub use groups::{MemberPage, ReadCount};
 

@@ -2,7 +2,6 @@
 //! in one place, [`Error::from_code`].
 
 use qim_proto::transport::ConnectionError;
-use qim_proto::v1::ErrorCode;
 use qim_proto::v1::{ErrorCode, KickReason};
 use thiserror::Error;
 

@@ -78,6 +78,9 @@
 //! - `presence`: presence of friends (queried, subscribed), online time,
 //!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
 //! - `quota`: the user's quotas ([`Quota`]: limit and usage).
+//! - `push`: offline push: this device's push token ([`PushToken`],
+//!   registered after login, removed by [`Client::logout`]) and the user's
+//!   preview settings ([`PushSettings`]).
 //!
 //! With the `ffi` feature, the public records and enums derive their
 //! uniffi bindings here (used as they are by `qim-sdk-ffi`).
@@ -128,6 +131,7 @@ mod message;
 mod outbox;
 mod outbox_store;
 mod presence;
+mod push;
 mod quota;
 mod receive;
 mod rpc;
@@ -156,6 +160,8 @@ pub use message::{
 pub use outbox_store::OutboxStoreError;
 pub use presence::SessionSpan;
 pub use qim_proto::v1::{ErrorCode, KickReason};
+pub use push::{PreviewSetting, PushProvider, PushSettings, PushToken};
+
 pub use quota::Quota;
 pub use shared::{ConnectionState, Stats};
 pub use token::{TokenProvider, TokenRequest};

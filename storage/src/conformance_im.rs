@@ -567,6 +567,9 @@ macro_rules! im_conformance_tests {
             conformance_contacts::schedules_are_bounded_and_refusals_are_told,
             conformance_im::token_revocations_only_rise_and_survive_reopen,
             conformance_im::accounts_register_disable_and_list_in_order,
+            conformance_notify::push_tokens_are_per_device_bounded_and_move,
+            conformance_notify::push_settings_are_kept_and_bounded,
+            conformance_notify::push_claims_are_won_once,
         );
     };
     (@each $backend:expr; $($module:ident :: $check:ident),* $(,)?) => {

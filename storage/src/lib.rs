@@ -26,6 +26,10 @@
 //!   the user's login tokens are refused.
 //! - [`accounts`]: [`AccountStore`], the users the business backend
 //!   registered, enabled or disabled, listed in id order.
+//! - [`notify`]: [`NotifyStore`], offline push: each device's push
+//!   token (one holder per token, a per-user device quota), each user's
+//!   preview settings, and claims that make a notification go out once
+//!   whichever node tries.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -53,9 +57,10 @@
 //!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
 //!   errors) are what the others share.
 //! - `conformance`, `conformance_im`, `conformance_groups`,
-//!   `conformance_contacts` (feature `conformance`): the checks every
-//!   backend must pass (the last two: the rules of groups; of friend
-//!   requests, blocks and scheduled sends).
+//!   `conformance_contacts`, `conformance_notify` (feature `conformance`):
+//!   the checks every backend must pass (the last three: the rules of
+//!   groups; of friend requests, blocks and scheduled sends; of push
+//!   tokens, settings and claims).
 //!
 //! # Public API of the cluster backend (stable)
 //! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
@@ -90,6 +95,7 @@ pub mod embedded;
 mod error;
 pub mod groups;
 pub mod model;
+pub mod notify;
 pub mod presence;
 pub mod quota;
 pub mod redis;
@@ -105,6 +111,8 @@ pub mod conformance_contacts;
 pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
+#[cfg(feature = "conformance")]
+pub mod conformance_notify;
 
 pub use accounts::AccountStore;
 pub use cluster::ClusterStore;
@@ -113,6 +121,7 @@ pub use conversations::ConversationStore;
 pub use error::{OpError, Quota, StoreError};
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};
+pub use notify::NotifyStore;
 pub use presence::PresenceStore;
 pub use quota::QuotaStore;
 pub use revocation::RevocationStore;

@@ -8,6 +8,7 @@ use crate::cluster::{ClusterOptions, ClusterStore};
 use crate::embedded::{DiskSpace, EmbeddedStore};
 use crate::{
     AccountStore, ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore,
+    NotifyStore,
     QuotaStore, RevocationStore, ScheduleStore, StoreError,
 };
 
@@ -36,6 +37,8 @@ pub struct Stores {
     pub revocations: Arc<dyn RevocationStore>,
     /// Registered users (enabled or disabled).
     pub accounts: Arc<dyn AccountStore>,
+    /// Push tokens, preview settings and push claims.
+    pub notify: Arc<dyn NotifyStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -56,7 +59,8 @@ impl Stores {
             + PresenceStore
             + QuotaStore
             + RevocationStore
-            + AccountStore,
+            + AccountStore
+            + NotifyStore,
     {
         Self {
             messages: backend.clone(),
@@ -68,7 +72,8 @@ impl Stores {
             quotas: backend.clone(),
             disk: None,
             revocations: backend.clone(),
-            accounts: backend,
+            accounts: backend.clone(),
+            notify: backend,
         }
     }
 

@@ -12,8 +12,9 @@
 //! client process queues messages while offline and exits, and a second
 //! process on the same data directory delivers them exactly once; and the
 //! IM features (groups, recall and edit, contacts, presence and typing,
-//! scheduled sends, a device kicked by the single-device policy); and a
-//! client whose UDP is blocked, which logs in and chats over TLS on TCP. Each
+//! scheduled sends, push tokens, a device kicked by the single-device
+//! policy); and a client whose UDP is blocked, which logs in and chats over
+//! TLS on TCP. Each
 //! scenario has users of its own, so they do not see each other's traffic.
 //! All run against one gateway with a short recall window, except the kick
 //! scenario, which gets a gateway of its own with `im.device_policy =
@@ -49,6 +50,7 @@ const USERS: &[&str] = &[
     "ulla", "udo", // UDP blocked
     "uma", // kicked
     "vera", "walt", // token provider
+    "xena", // push tokens
 ];
 const JNA_VERSION: &str = "5.14.0";
 
@@ -327,6 +329,7 @@ fn run_scenarios(
             "udp-blocked",
             vec![("QIM_BLOCKED_SERVER".into(), dead.local_addr()?.to_string())],
         ),
+        ("push-tokens", vec![]),
         // Later entries override the shared gateway's address and tokens.
         ("kicked", single.env()?),
     ];

@@ -15,6 +15,8 @@ mod backend;
 mod sections;
 mod transport;
 pub use backend::Backend;
+mod notify;
+pub use notify::Notify;
 pub use sections::*;
 pub use transport::Transport;
 
@@ -63,6 +65,7 @@ pub struct Config {
     pub quotas: Quotas,
     pub log: Log,
     pub backend: Backend,
+    pub notify: Notify,
 }
 
 /// Prefix of environment overrides: `QIM_SERVER__LISTEN=0.0.0.0:5000`.
@@ -92,6 +95,7 @@ impl Config {
         Quotas::write_example(&mut out);
         Log::write_example(&mut out);
         Backend::write_example(&mut out);
+        Notify::write_example(&mut out);
         out
     }
 
@@ -266,6 +270,7 @@ impl Config {
         if self.admin.auth_failures_per_minute == 0 {
             return invalid("admin.auth_failures_per_minute must be above 0");
         }
+        self.notify.validate()?;
         self.validate_auth()?;
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");

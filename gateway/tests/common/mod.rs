@@ -526,6 +526,21 @@ pub struct RawSession {
 }
 
 impl RawSession {
+    /// One rpc request of any kind; the response's kind.
+    pub async fn rpc(&self, kind: v1::rpc_request::Kind) -> v1::rpc_response::Kind {
+        let (send, recv) = self.raw.conn.open_bi().await.expect("rpc");
+        let mut send = FramedSend::new(send, StreamKind::Rpc, 64 * 1024);
+        let mut recv = FramedRecv::new(recv, 64 * 1024);
+        send.send(&v1::RpcRequest { kind: Some(kind) })
+            .await
+            .expect("request");
+        recv.next::<v1::RpcResponse>()
+            .await
+            .expect("response")
+            .and_then(|r| r.kind)
+            .expect("a response")
+    }
+
     /// One sync request over rpc: the inbox after `after`.
     pub async fn sync(&self, after: u64) -> v1::SyncResponse {
         let (send, recv) = self.raw.conn.open_bi().await.expect("rpc");

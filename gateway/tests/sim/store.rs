@@ -395,3 +395,45 @@ impl AccountStore for HeldStore {
         held(self.inner.accounts_after(after, limit)).await
     }
 }
+
+#[async_trait]
+impl qim_storage::NotifyStore for HeldStore {
+    async fn register_push_token(
+        &self,
+        user: &str,
+        token: v1::PushToken,
+        max_devices: usize,
+    ) -> Result<(), OpError> {
+        held(self.inner.register_push_token(user, token, max_devices)).await
+    }
+
+    async fn remove_push_token(
+        &self,
+        user: &str,
+        device: &str,
+        only_if: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        held(self.inner.remove_push_token(user, device, only_if)).await
+    }
+
+    async fn push_tokens(&self, user: &str) -> Result<Vec<v1::PushToken>, StoreError> {
+        held(self.inner.push_tokens(user)).await
+    }
+
+    async fn push_settings(&self, user: &str) -> Result<v1::PushSettingsResponse, StoreError> {
+        held(self.inner.push_settings(user)).await
+    }
+
+    async fn set_push_settings(
+        &self,
+        user: &str,
+        change: &v1::PushSettingsRequest,
+        max_overrides: usize,
+    ) -> Result<v1::PushSettingsResponse, OpError> {
+        held(self.inner.set_push_settings(user, change, max_overrides)).await
+    }
+
+    async fn claim_push(&self, key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        held(self.inner.claim_push(key, ttl_ms)).await
+    }
+}

@@ -35,6 +35,7 @@ mod accounts;
 mod contacts;
 mod conversations;
 mod groups;
+mod notify;
 mod operations;
 mod posts;
 mod presence;
@@ -129,6 +130,8 @@ pub struct ClusterStore {
     cql: Arc<Cql>,
     /// Contacts, schedules and session records.
     social: Arc<crate::cql::social::Social>,
+    /// Push tokens and preview settings.
+    notify: Arc<crate::cql::notify::NotifyStatements>,
     redis: Client,
     /// Prefix of this store's Redis keys.
     prefix: String,
@@ -189,6 +192,7 @@ impl ClusterStore {
             )));
         }
         let cql = Arc::new(Cql::open(Arc::clone(&session), &options.cql).await?);
+        let notify = Arc::new(crate::cql::notify::NotifyStatements::open(&session).await?);
         let social = Arc::new(crate::cql::social::Social::open(session).await?);
         let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
         let seqs = seq::Sequences::new(
@@ -201,6 +205,7 @@ impl ClusterStore {
         Ok(ClusterStore {
             cql,
             social,
+            notify,
             redis,
             prefix: options.key_prefix.clone(),
             seqs,

@@ -50,6 +50,7 @@ mod codec;
 mod conversations;
 mod groups;
 pub(crate) mod im;
+pub(crate) mod notify;
 mod options;
 pub mod schema;
 pub(crate) mod social;

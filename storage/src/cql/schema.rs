@@ -21,7 +21,7 @@ use super::options::CqlOptions;
 use crate::StoreError;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Migration `n` is `MIGRATIONS[n - 1]`: its CQL statements, run in order.
 const MIGRATIONS: &[&[&str]] = &[
@@ -195,6 +195,19 @@ const MIGRATIONS: &[&[&str]] = &[
         // The digest of a post's recipient and body, so a reused
         // client_msg_id with another message is told apart from a resend.
         "ALTER TABLE idempotency ADD digest blob",
+    ],
+    &[
+        // Offline push (see `cluster::notify`): each device's push token (a
+        // `v1.PushToken`), who holds each token (keyed by its xxh3-128), and
+        // each user's preview settings (a `v1.PushSettingsResponse`).
+        "CREATE TABLE IF NOT EXISTS push_tokens (
+        user_id text, device text, entry blob,
+        PRIMARY KEY (user_id, device)
+    )",
+        "CREATE TABLE IF NOT EXISTS push_token_owners (
+        token_key text PRIMARY KEY, user_id text, device text
+    )",
+        "CREATE TABLE IF NOT EXISTS push_settings (user_id text PRIMARY KEY, settings blob)",
     ],
 ];
 

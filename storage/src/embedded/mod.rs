@@ -74,6 +74,7 @@ mod accounts;
 mod contacts;
 mod conversations;
 mod groups;
+mod notify;
 mod operations;
 mod posts;
 mod presence;
@@ -108,6 +109,8 @@ pub struct EmbeddedStore {
     pub(crate) disk: std::sync::Arc<DiskSpace>,
     /// Quota counters are read, added to and written one at a time.
     quota_lock: std::sync::Mutex<()>,
+    /// Push token writes and push claims (see `notify.rs`).
+    notify: notify::NotifyState,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -147,6 +150,7 @@ impl EmbeddedStore {
             sweeper: std::sync::atomic::AtomicBool::new(false),
             disk,
             quota_lock: std::sync::Mutex::new(()),
+            notify: notify::NotifyState::default(),
         })
     }
 

@@ -65,6 +65,10 @@ pub(super) struct Tables {
     pub(super) revoked: Keyspace,
     /// `[user]` → the registered account (see `accounts.rs`).
     pub(super) accounts: Keyspace,
+    /// Push tokens, who holds each token, preview settings (see `notify.rs`).
+    pub(super) push_tokens: Keyspace,
+    pub(super) push_token_owners: Keyspace,
+    pub(super) push_settings: Keyspace,
 }
 
 impl Tables {
@@ -99,6 +103,9 @@ impl Tables {
             quota_bytes: keyspace("quota_bytes").map_err(unavailable)?,
             revoked: keyspace("revoked").map_err(unavailable)?,
             accounts: keyspace("accounts").map_err(unavailable)?,
+            push_tokens: keyspace("push_tokens").map_err(unavailable)?,
+            push_token_owners: keyspace("push_token_owners").map_err(unavailable)?,
+            push_settings: keyspace("push_settings").map_err(unavailable)?,
             db,
         })
     }

@@ -1,0 +1,275 @@
+//! Which devices a durable entry is pushed to, with what: for a chat
+//! message, the addressee's devices (write diffusion: the entry's inbox;
+//! read diffusion: each member of the group whose read cursor is behind
+//! the entry, blockers of the sender left out); for a friend request, the
+//! requested user's. A muted conversation, a read one, and a user without
+//! push tokens send nothing. The badge is the user's exact unread total,
+//! muted conversations excluded; the text is previewed as the user's
+//! settings say. Each reason a notification is not made is counted
+//! ([`not_sent`]).
+
+use qim_proto::v1::{self, inbox_event};
+use qim_storage::StoredMessage;
+use qim_storage::conversations::peer_key;
+use qim_storage::notify::preview_of;
+
+use super::provider::Notification;
+use crate::ctx::Ctx;
+
+/// Conversation list entries read per page for the badge.
+const BADGE_PAGE: usize = 200;
+/// Pages read for the badge at most (conversations beyond are not counted).
+const BADGE_PAGES: usize = 100;
+/// Members of a read-diffusion group looked at per entry at most.
+const GROUP_MEMBERS: usize = 10_000;
+/// Characters of a previewed text at most.
+const PREVIEW_CHARS: usize = 180;
+
+/// Counts and logs a notification that was not sent, with its reason.
+pub(crate) fn not_sent(ctx: &Ctx, reason: &'static str, user: &str, device: &str) {
+    ctx.metrics
+        .pushes_not_sent
+        .get_or_create(&vec![("reason", reason)])
+        .inc();
+    tracing::debug!(user, device, reason, "push not sent");
+}
+
+/// What the entry says, for the notification's text.
+struct About {
+    conversation: Option<v1::Peer>,
+    key: String,
+    title: String,
+    body: String,
+    neutral: &'static str,
+}
+
+fn about_message(owner: &str, m: &v1::Message) -> About {
+    let conversation = qim_storage::conversations::conversation_of(owner, m);
+    let title = match m.to.as_ref().and_then(|p| p.target.as_ref()) {
+        Some(v1::peer::Target::Group(g)) => format!("{} in {g}", m.from_user),
+        _ => m.from_user.clone(),
+    };
+    let body = if m.kind == "text" {
+        String::from_utf8_lossy(&m.body)
+            .chars()
+            .take(PREVIEW_CHARS)
+            .collect()
+    } else {
+        format!("[{}]", m.kind)
+    };
+    About {
+        key: peer_key(&conversation).unwrap_or_default(),
+        conversation: Some(conversation),
+        title,
+        body,
+        neutral: "New message",
+    }
+}
+
+/// The notifications `entry` makes.
+pub(crate) async fn notifications(ctx: &Ctx, entry: &StoredMessage) -> Vec<Notification> {
+    let m = &entry.message;
+    if let Some(g) = entry.inbox.strip_prefix('#') {
+        return group_entry(ctx, g, entry).await;
+    }
+    let owner = &entry.inbox;
+    let about = match m.event.as_ref().and_then(|e| e.kind.as_ref()) {
+        None if m.from_user != *owner && !m.from_user.is_empty() => about_message(owner, m),
+        Some(inbox_event::Kind::FriendRequest(r)) => About {
+            conversation: None,
+            key: "contacts".to_owned(),
+            title: "Friend request".to_owned(),
+            body: format!("{} wants to be friends", r.from),
+            neutral: "New friend request",
+        },
+        _ => return Vec::new(),
+    };
+    for_user(ctx, owner, &about, entry.seq, None).await
+}
+
+/// A read-diffusion group's entry: every member behind it.
+async fn group_entry(ctx: &Ctx, g: &str, entry: &StoredMessage) -> Vec<Notification> {
+    let m = &entry.message;
+    if m.event.is_some() || m.from_user.is_empty() {
+        return Vec::new();
+    }
+    let hidden = match ctx.stores.contacts.blockers(&m.from_user).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(group = g, error = %e, "reading who blocked a group sender failed; no pushes for the entry");
+            not_sent(ctx, "store_error", "", "");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    let mut after = String::new();
+    let mut seen = 0;
+    while seen < GROUP_MEMBERS {
+        let members = match ctx.stores.groups.members(g, &after, 500).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(group = g, error = %e, "listing group members for pushes failed");
+                not_sent(ctx, "store_error", "", "");
+                break;
+            }
+        };
+        let Some(last) = members.last() else { break };
+        after = last.user.clone();
+        seen += members.len();
+        for member in members {
+            if member.user == m.from_user || hidden.contains(&member.user) {
+                continue;
+            }
+            let about = about_message(&member.user, m);
+            out.extend(for_user(ctx, &member.user, &about, entry.seq, Some(entry.seq)).await);
+        }
+    }
+    out
+}
+
+/// The notifications for `user`'s devices; `group_seq`: the entry is a
+/// group log's, behind which the member's group cursor must be.
+async fn for_user(
+    ctx: &Ctx,
+    user: &str,
+    about: &About,
+    seq: u64,
+    group_seq: Option<u64>,
+) -> Vec<Notification> {
+    let stores = &ctx.stores;
+    let tokens = match stores.notify.push_tokens(user).await {
+        Ok(t) if t.is_empty() => {
+            not_sent(ctx, "no_token", user, "");
+            return Vec::new();
+        }
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(user, error = %e, "reading push tokens failed");
+            not_sent(ctx, "store_error", user, "");
+            return Vec::new();
+        }
+    };
+    if let Some(peer) = &about.conversation {
+        match stores.conversations.conversation(user, peer).await {
+            Ok(Some(c)) if c.muted => {
+                not_sent(ctx, "muted", user, "");
+                return Vec::new();
+            }
+            Ok(Some(c))
+                if group_seq.map_or(c.read_seq >= seq, |g| c.group_read_seq >= g) =>
+            {
+                not_sent(ctx, "already_read", user, "");
+                return Vec::new();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(user, error = %e, "reading the conversation failed");
+                not_sent(ctx, "store_error", user, "");
+                return Vec::new();
+            }
+        }
+    }
+    let (settings, badge) = match (
+        stores.notify.push_settings(user).await,
+        unread_total(ctx, user).await,
+    ) {
+        (Ok(s), Ok(b)) => (s, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(user, error = %e, "reading push settings or unread counts failed");
+            not_sent(ctx, "store_error", user, "");
+            return Vec::new();
+        }
+    };
+    let preview = match &about.conversation {
+        Some(peer) => preview_of(&settings, peer),
+        None => settings.preview,
+    };
+    tokens
+        .into_iter()
+        .map(|token| Notification {
+            user: user.to_owned(),
+            token,
+            conversation: about.key.clone(),
+            title: preview.then(|| about.title.clone()),
+            body: if preview {
+                about.body.clone()
+            } else {
+                about.neutral.to_owned()
+            },
+            badge,
+            seq,
+            group_log: group_seq.is_some(),
+        })
+        .collect()
+}
+
+/// `user`'s exact unread total over their conversations, muted ones
+/// excluded.
+pub(crate) async fn unread_total(
+    ctx: &Ctx,
+    user: &str,
+) -> Result<u32, qim_storage::StoreError> {
+    let mut total = 0u32;
+    let mut after = Vec::new();
+    for _ in 0..BADGE_PAGES {
+        let page = ctx
+            .stores
+            .conversations
+            .conversations(user, &after, BADGE_PAGE)
+            .await?;
+        total = page
+            .conversations
+            .iter()
+            .filter(|c| !c.muted)
+            .fold(total, |sum, c| sum.saturating_add(c.unread));
+        if page.next.is_empty() {
+            break;
+        }
+        after = page.next;
+    }
+    Ok(total)
+}
+
+/// Whether `user`'s `device` has a live session (on any node).
+pub(crate) async fn is_live(ctx: &Ctx, user: &str, device: &str) -> bool {
+    if ctx.routes.devices(user).iter().any(|d| d == device) {
+        return true;
+    }
+    match &ctx.cluster {
+        Some(cluster) => match cluster.presence(user).await {
+            Ok(p) => p.devices.iter().any(|d| d == device),
+            // Unknown: rather a push than silence.
+            Err(_) => false,
+        },
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qim_storage::conversations::{group, user as user_peer};
+
+    #[test]
+    fn group_titles_name_the_group_and_texts_are_cut() {
+        let m = v1::Message {
+            from_user: "ann".into(),
+            to: Some(group("team")),
+            kind: "text".into(),
+            body: "x".repeat(500).into(),
+            ..v1::Message::default()
+        };
+        let about = about_message("ben", &m);
+        assert_eq!(about.title, "ann in team");
+        assert_eq!(about.key, "g:team");
+        assert_eq!(about.body.chars().count(), PREVIEW_CHARS);
+        let direct = v1::Message {
+            to: Some(user_peer("ben")),
+            kind: "image".into(),
+            ..m
+        };
+        let about = about_message("ben", &direct);
+        assert_eq!((about.title.as_str(), about.key.as_str()), ("ann", "u:ann"));
+        assert_eq!(about.body, "[image]");
+    }
+}
