@@ -37,6 +37,11 @@
 //!   the sender it refused them (also after a restart).
 //! - `presence`: online/offline over a user's devices, last seen,
 //!   subscriptions, online-time records, typing; pushed as signals.
+//! - `media` (`media/`): uploads and downloads of blobs on their own
+//!   streams below chat (resumable from a durable committed offset,
+//!   BLAKE3-checked, deduplicated with a proof of possession), who may read
+//!   a blob, the check of a send's attachments, and the expiry of
+//!   abandoned uploads.
 //! - `usage`: the quota request (each quota's limit and usage).
 //! - [`admin`]: the admin HTTP routers: health, metrics and the route
 //!   endpoint without authentication; the admin API (`/v1/`, keys with
@@ -112,6 +117,7 @@ mod fault;
 mod groups;
 mod handshake;
 pub mod limit;
+mod media;
 pub mod metrics;
 mod mutex;
 mod path;

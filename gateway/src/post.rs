@@ -228,13 +228,16 @@ async fn admit(
     now: i64,
 ) -> Result<Post, Refusal> {
     let extras = Extras::take(&mut send, ctx)?;
-    let inboxes = match check_send(ctx, &send)? {
+    let target = check_send(ctx, &send)?;
+    let inboxes = match &target {
         Target::User(recipient) => {
-            crate::policy::check_direct(ctx, sender.user, &recipient).await?;
-            direct_inboxes(ctx, sender.user, &recipient)
+            crate::policy::check_direct(ctx, sender.user, recipient).await?;
+            direct_inboxes(ctx, sender.user, recipient)
         }
         Target::Group => Vec::new(),
     };
+    crate::media::check_attachments(ctx, sender.user, &send.to, &target, &mut send.attachments)
+        .await?;
     let cost = Cost {
         copies: copies(ctx, &send.to, &inboxes).await,
         body_bytes: send.body.len() as u64,
@@ -251,6 +254,7 @@ async fn admit(
         reply_to: extras.reply_to,
         mentions: extras.mentions,
         mention_all: extras.mention_all,
+        attachments: send.attachments,
         inboxes,
     })
 }

@@ -58,5 +58,8 @@ async fn route(ctx: &Ctx, caller: &Caller<'_>, kind: rpc_request::Kind) -> Reply
         K::Settings(r) => groups::settings(ctx, user, r).await,
         K::Invitations(_) => groups::invitations(ctx, user).await,
         K::Quota(r) => usage::quota(ctx, user, r).await,
+        K::BlobInfo(r) => crate::media::blob_info(ctx, user, r)
+            .await
+            .map(rpc_response::Kind::BlobInfo),
     }
 }

@@ -56,6 +56,9 @@ pub enum Error {
     /// The client was closed.
     #[error("client closed")]
     Closed,
+    /// The app cancelled the transfer ([`Transfer::cancel`](crate::Transfer::cancel)).
+    #[error("cancelled")]
+    Cancelled,
     /// The client's data directory (the persistent outbox) or the local store could not be
     /// read or written.
     #[error("local storage: {0}")]
@@ -93,6 +96,7 @@ impl Error {
             | Error::Tls(_)
             | Error::Config(_)
             | Error::Closed
+            | Error::Cancelled
             | Error::Storage(_) => false,
         }
     }

@@ -22,6 +22,11 @@
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
 //! - [`quota`]: [`QuotaStore`], durable per-user quota counters (stored
 //!   bytes per UTC day), shared by every node of a cluster.
+//! - [`media`] (`media/`): [`MediaStore`](media::MediaStore), the records
+//!   of blobs (a file's bytes named by their BLAKE3 hash), pending uploads
+//!   with their committed offsets, and the references that say who may
+//!   read a blob; [`BlobBytes`](media::BlobBytes), where the bytes are
+//!   staged and published (`files.rs`: files under a directory).
 //! - [`revocation`]: [`RevocationStore`], per user the time before which
 //!   the user's login tokens are refused.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
@@ -86,6 +91,7 @@ pub mod cql;
 pub mod embedded;
 mod error;
 pub mod groups;
+pub mod media;
 pub mod model;
 pub mod presence;
 pub mod quota;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use crate::cluster::{ClusterOptions, ClusterStore};
 use crate::embedded::{DiskSpace, EmbeddedStore};
+use crate::media::files::FileBlobs;
+use crate::media::{BlobBytes, MediaStore};
 use crate::{
     ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore, QuotaStore,
     RevocationStore, ScheduleStore, StoreError,
@@ -34,6 +36,11 @@ pub struct Stores {
     pub disk: Option<Arc<DiskSpace>>,
     /// Revocations of users' login tokens.
     pub revocations: Arc<dyn RevocationStore>,
+    /// Blob records, pending uploads and references.
+    pub media: Arc<dyn MediaStore>,
+    /// Where blob bytes live; `None` when none was configured (uploads
+    /// and downloads are then refused as unsupported).
+    pub blobs: Option<Arc<dyn BlobBytes>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -53,7 +60,8 @@ impl Stores {
             + ScheduleStore
             + PresenceStore
             + QuotaStore
-            + RevocationStore,
+            + RevocationStore
+            + MediaStore,
     {
         Self {
             messages: backend.clone(),
@@ -64,21 +72,34 @@ impl Stores {
             presence: backend.clone(),
             quotas: backend.clone(),
             disk: None,
+            media: backend.clone(),
             revocations: backend,
+            blobs: None,
         }
     }
 
-    /// The embedded store in `dir` ([`EmbeddedStore::open`]), keeping
+    /// The same stores with blob bytes in `blobs`.
+    pub fn with_blobs(self, blobs: Arc<dyn BlobBytes>) -> Self {
+        Self {
+            blobs: Some(blobs),
+            ..self
+        }
+    }
+
+    /// The embedded store in `dir` ([`EmbeddedStore::open`]), with blob
+    /// files under `dir/media` ([`FileBlobs`]), keeping
     /// history readable for `history_retention_ms` (0: forever; see
     /// [`EmbeddedStore::set_history_retention_ms`]).
     pub fn open_embedded(dir: &Path, history_retention_ms: u64) -> Result<Self, StoreError> {
         let store = Arc::new(EmbeddedStore::open(dir)?);
         store.set_history_retention_ms(history_retention_ms);
         let disk = store.disk();
+        let blobs = Arc::new(FileBlobs::open(&dir.join("media"))?);
         Ok(Self {
             disk: Some(disk),
             ..Self::new(store)
-        })
+        }
+        .with_blobs(blobs))
     }
 
     /// The cluster store ([`ClusterStore::connect`]), keeping history

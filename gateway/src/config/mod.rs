@@ -11,7 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+#[macro_use]
 mod sections;
+mod media;
+pub use media::Media;
 pub use sections::*;
 
 /// Why a configuration was refused.
@@ -57,6 +60,7 @@ pub struct Config {
     pub groups: Groups,
     pub quotas: Quotas,
     pub log: Log,
+    pub media: Media,
 }
 
 /// Prefix of environment overrides: `QIM_SERVER__LISTEN=0.0.0.0:5000`.
@@ -84,6 +88,7 @@ impl Config {
         Groups::write_example(&mut out);
         Quotas::write_example(&mut out);
         Log::write_example(&mut out);
+        Media::write_example(&mut out);
         out
     }
 
@@ -155,6 +160,7 @@ impl Config {
                 "limits.max_body_bytes must be at least 1 KiB below limits.max_frame_bytes",
             );
         }
+        self.media.validate(self.limits.max_frame_bytes)?;
         if self.delivery.window == 0 || self.limits.max_inflight_sends == 0 {
             return invalid("delivery.window and limits.max_inflight_sends must be above 0");
         }

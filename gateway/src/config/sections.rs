@@ -44,7 +44,7 @@ macro_rules! section {
     };
 }
 
-fn example_line<T: Serialize>(name: &str, value: &T) -> String {
+pub(super) fn example_line<T: Serialize>(name: &str, value: &T) -> String {
     match toml::Value::try_from(value) {
         Ok(value) => format!("{name} = {value}\n\n"),
         // `None` has no TOML form: show the key commented out.

@@ -34,6 +34,7 @@
 mod contacts;
 mod conversations;
 mod groups;
+mod media;
 mod operations;
 mod posts;
 mod presence;

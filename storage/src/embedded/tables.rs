@@ -63,6 +63,9 @@ pub(super) struct Tables {
     pub(super) quota_bytes: Keyspace,
     /// `[user]` → unix seconds: the user's tokens issued before are refused.
     pub(super) revoked: Keyspace,
+    /// Blob records, uploaders, pending uploads and references (see
+    /// `media.rs`).
+    pub(super) media: Keyspace,
 }
 
 impl Tables {
@@ -96,6 +99,7 @@ impl Tables {
             settings: keyspace("settings").map_err(unavailable)?,
             quota_bytes: keyspace("quota_bytes").map_err(unavailable)?,
             revoked: keyspace("revoked").map_err(unavailable)?,
+            media: keyspace("media").map_err(unavailable)?,
             db,
         })
     }
