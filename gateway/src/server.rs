@@ -129,7 +129,9 @@ impl Gateway {
             None => Stores::open_embedded(&config.server.data_dir.join("store"), retention)?,
         };
         let stores = match &config.media.blob_dir {
-            Some(dir) => stores.with_blobs(Arc::new(qim_storage::media::files::FileBlobs::open(dir)?)),
+            Some(dir) => {
+                stores.with_blobs(Arc::new(qim_storage::media::files::FileBlobs::open(dir)?))
+            }
             None => stores,
         };
         Self::bind_with_stores(config, stores).await

@@ -577,7 +577,9 @@ impl Streams {
                 // as long as the session.
                 Box::pin(self.rpc(send, FramedRecv::new(recv, max))).await
             }
-            StreamKind::Upload | StreamKind::Download => Box::pin(self.media(kind, send, recv)).await,
+            StreamKind::Upload | StreamKind::Download => {
+                Box::pin(self.media(kind, send, recv)).await
+            }
             other => StreamEnd::Fault(Fault::detailed(
                 ErrorCode::ProtocolViolation,
                 "not a stream a client opens as bidirectional",

@@ -151,8 +151,8 @@ pub use groups::{
 pub use im::{Conversation, ConversationPage};
 pub use media::{PendingUpload, Transfer, TransferProgress};
 pub use message::{
-    Attachment, Event, HistoryAnchor, HistoryPage, IncomingMessage, MessageExtras, OutgoingMessage, Peer,
-    PresenceStatus, Quote, SendReceipt, Signal, new_client_msg_id,
+    Attachment, Event, HistoryAnchor, HistoryPage, IncomingMessage, MessageExtras, OutgoingMessage,
+    Peer, PresenceStatus, Quote, SendReceipt, Signal, new_client_msg_id,
 };
 pub use outbox_store::OutboxStoreError;
 pub use presence::SessionSpan;

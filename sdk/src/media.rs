@@ -26,9 +26,9 @@ use qim_proto::v1::{self, ErrorCode, download_server, upload_client, upload_serv
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
+use crate::Error;
 use crate::client::Client;
 use crate::message::{Attachment, blob_bytes, blob_hex};
-use crate::Error;
 
 /// QUIC send priority of media streams: below chat (quinn's default 0).
 const PRIORITY: i32 = -10;
@@ -132,9 +132,7 @@ async fn hash_file(path: PathBuf) -> Result<(String, u64), Error> {
     tokio::task::spawn_blocking(move || {
         let mut hasher = blake3::Hasher::new();
         let file = std::fs::File::open(&path).map_err(|e| local(&path, e))?;
-        hasher
-            .update_reader(file)
-            .map_err(|e| local(&path, e))?;
+        hasher.update_reader(file).map_err(|e| local(&path, e))?;
         let size = std::fs::metadata(&path).map_err(|e| local(&path, e))?.len();
         Ok((hasher.finalize().to_hex().to_string(), size))
     })
@@ -223,7 +221,11 @@ fn protocol(what: &str) -> Error {
 
 impl Client {
     fn journal(&self) -> Result<Option<Journal>, Error> {
-        self.config().data_dir.as_deref().map(Journal::open).transpose()
+        self.config()
+            .data_dir
+            .as_deref()
+            .map(Journal::open)
+            .transpose()
     }
 
     fn media_limits(&self) -> v1::Limits {
@@ -250,7 +252,9 @@ impl Client {
         if let Some(journal) = &journal {
             journal.add(&blob, &path, &media_type)?;
         }
-        let result = self.upload_blob(&path, &blob, size, &media_type, transfer).await;
+        let result = self
+            .upload_blob(&path, &blob, size, &media_type, transfer)
+            .await;
         let finished = match &result {
             Ok(_) => true,
             Err(e) => !e.is_transient(),
@@ -381,7 +385,9 @@ impl Client {
                         if conn.close_reason().is_some() {
                             // Wait for the driver's next connection.
                             let _ = conns
-                                .wait_for(|c| c.as_ref().is_none_or(|c| c.stable_id() != conn.stable_id()))
+                                .wait_for(|c| {
+                                    c.as_ref().is_none_or(|c| c.stable_id() != conn.stable_id())
+                                })
                                 .await;
                         } else {
                             tokio::time::sleep(backoff).await;
@@ -415,7 +421,9 @@ impl Client {
         let path = PathBuf::from(path);
         let id = blob_bytes(&blob_id);
         let info = self
-            .attempts(transfer, |conn| download_once(self, conn, &id, &path, transfer))
+            .attempts(transfer, |conn| {
+                download_once(self, conn, &id, &path, transfer)
+            })
             .await?;
         let (hash, _) = hash_file(path.clone()).await?;
         if hash != blob_id {
@@ -494,7 +502,10 @@ async fn upload_once(
         0 => DEFAULT_CHUNK,
         n => n as usize,
     };
-    let (send, recv) = conn.open_bi().await.map_err(|e| Error::from_connection(&e))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::from_connection(&e))?;
     let _ = send.set_priority(PRIORITY);
     let mut send = FramedSend::new(send, StreamKind::Upload, max_frame);
     let mut recv = FramedRecv::new(recv, max_frame);
@@ -519,16 +530,22 @@ async fn upload_once(
         p.done = committed;
         p.sent = committed;
     });
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| local(path, e))?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| local(path, e))?;
     file.seek(std::io::SeekFrom::Start(committed))
         .await
         .map_err(|e| local(path, e))?;
     let writer = async {
         let mut offset = committed;
         while offset < size {
-            let n = usize::try_from(size - offset).unwrap_or(usize::MAX).min(chunk);
+            let n = usize::try_from(size - offset)
+                .unwrap_or(usize::MAX)
+                .min(chunk);
             let mut data = vec![0u8; n];
-            file.read_exact(&mut data).await.map_err(|e| local(path, e))?;
+            file.read_exact(&mut data)
+                .await
+                .map_err(|e| local(path, e))?;
             send.send(&v1::UploadClient {
                 kind: Some(upload_client::Kind::Chunk(v1::UploadChunk {
                     offset,
@@ -575,12 +592,16 @@ async fn prove(
         .try_into()
         .map_err(|_| protocol("challenge nonce"))?;
     let len = usize::try_from(challenge.length.min(1 << 20)).unwrap_or(0);
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| local(path, e))?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| local(path, e))?;
     file.seek(std::io::SeekFrom::Start(challenge.offset))
         .await
         .map_err(|e| local(path, e))?;
     let mut data = vec![0u8; len];
-    file.read_exact(&mut data).await.map_err(|e| local(path, e))?;
+    file.read_exact(&mut data)
+        .await
+        .map_err(|e| local(path, e))?;
     let mac = blake3::keyed_hash(&nonce, &data);
     send.send(&v1::UploadClient {
         kind: Some(upload_client::Kind::Proof(v1::UploadProof {
@@ -604,7 +625,10 @@ async fn open_download(
     length: u64,
 ) -> Result<(FramedRecv, v1::DownloadHead), Error> {
     let max_frame = client.shared().max_frame();
-    let (send, recv) = conn.open_bi().await.map_err(|e| Error::from_connection(&e))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::from_connection(&e))?;
     let mut send = FramedSend::new(send, StreamKind::Download, max_frame);
     let mut recv = FramedRecv::new(recv, max_frame);
     send.send(&v1::DownloadRequest {
@@ -614,7 +638,11 @@ async fn open_download(
     })
     .await?;
     send.finish();
-    match recv.next::<v1::DownloadServer>().await?.and_then(|f| f.kind) {
+    match recv
+        .next::<v1::DownloadServer>()
+        .await?
+        .and_then(|f| f.kind)
+    {
         Some(download_server::Kind::Head(head)) => Ok((recv, head)),
         Some(download_server::Kind::Error(e)) => Err(refused(e)),
         Some(download_server::Kind::Chunk(_)) => Err(protocol("chunk before head")),
@@ -623,7 +651,11 @@ async fn open_download(
 }
 
 async fn next_chunk(recv: &mut FramedRecv) -> Result<v1::DownloadChunk, Error> {
-    match recv.next::<v1::DownloadServer>().await?.and_then(|f| f.kind) {
+    match recv
+        .next::<v1::DownloadServer>()
+        .await?
+        .and_then(|f| f.kind)
+    {
         Some(download_server::Kind::Chunk(chunk)) => Ok(chunk),
         Some(download_server::Kind::Error(e)) => Err(refused(e)),
         Some(download_server::Kind::Head(_)) => Err(protocol("second head")),
@@ -659,7 +691,9 @@ async fn download_once(
         if chunk.offset != at || chunk.data.is_empty() {
             return Err(protocol("chunk offset"));
         }
-        file.write_all(&chunk.data).await.map_err(|e| local(path, e))?;
+        file.write_all(&chunk.data)
+            .await
+            .map_err(|e| local(path, e))?;
         at += chunk.data.len() as u64;
         transfer.set(|p| {
             p.done = at;

@@ -84,7 +84,11 @@ impl IncomingMessage {
             edited_at_ms: m.edited_at_ms,
             recalled: m.recalled,
             group_seq: 0,
-            attachments: m.attachments.into_iter().map(Attachment::from_wire).collect(),
+            attachments: m
+                .attachments
+                .into_iter()
+                .map(Attachment::from_wire)
+                .collect(),
         }
     }
 

@@ -49,7 +49,9 @@ impl Media {
     pub(super) fn validate(&self, max_frame_bytes: u32) -> Result<(), ConfigError> {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_owned()));
         if self.chunk_bytes == 0 || self.chunk_bytes.saturating_add(1024) > max_frame_bytes {
-            return invalid("media.chunk_bytes must be above 0 and 1 KiB below limits.max_frame_bytes");
+            return invalid(
+                "media.chunk_bytes must be above 0 and 1 KiB below limits.max_frame_bytes",
+            );
         }
         if self.commit_bytes < self.chunk_bytes {
             return invalid("media.commit_bytes must be at least media.chunk_bytes");

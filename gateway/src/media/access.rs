@@ -74,7 +74,9 @@ pub(crate) async fn check_attachments(
     }
     let config = &ctx.config.media;
     if attachments.len() > config.max_attachments as usize {
-        return Err(Refusal::invalid("too many attachments (media.max_attachments)"));
+        return Err(Refusal::invalid(
+            "too many attachments (media.max_attachments)",
+        ));
     }
     let scopes = match (target, to.as_ref().and_then(|p| p.target.as_ref())) {
         (Target::User(recipient), _) => vec![

@@ -45,10 +45,17 @@ async fn download(
     let id = blob_id(&request.blob_id)?;
     let meta = super::access::readable(ctx, user, &id).await?;
     if request.offset > meta.size {
-        return Err(Refusal::new(ErrorCode::OutOfRange, "offset beyond the blob"));
+        return Err(Refusal::new(
+            ErrorCode::OutOfRange,
+            "offset beyond the blob",
+        ));
     }
     let rest = meta.size - request.offset;
-    let length = if request.length == 0 { rest } else { request.length };
+    let length = if request.length == 0 {
+        rest
+    } else {
+        request.length
+    };
     if length > rest {
         return Err(Refusal::new(ErrorCode::OutOfRange, "range beyond the blob"));
     }
@@ -58,17 +65,26 @@ async fn download(
         length,
     };
     let frame = |kind| v1::DownloadServer { kind: Some(kind) };
-    if send.send(&frame(download_server::Kind::Head(head))).await.is_err() {
+    if send
+        .send(&frame(download_server::Kind::Head(head)))
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     let chunk_bytes = ctx.config.media.chunk_bytes as usize;
     let mut offset = request.offset;
     let end = request.offset + length;
     while offset < end {
-        let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(READ_BYTES);
+        let want = usize::try_from(end - offset)
+            .unwrap_or(usize::MAX)
+            .min(READ_BYTES);
         let data = bytes.read(&id, offset, want).await?;
         if data.is_empty() {
-            return Err(Refusal::new(ErrorCode::Internal, "the blob's bytes are missing"));
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                "the blob's bytes are missing",
+            ));
         }
         let mut at = 0;
         while at < data.len() {
@@ -78,7 +94,11 @@ async fn download(
                 data: piece,
             };
             at += chunk.data.len();
-            if send.send(&frame(download_server::Kind::Chunk(chunk))).await.is_err() {
+            if send
+                .send(&frame(download_server::Kind::Chunk(chunk)))
+                .await
+                .is_err()
+            {
                 // The client went away or cancelled: nothing to answer.
                 return Ok(());
             }

@@ -66,7 +66,9 @@ pub(crate) fn welcome_limits(ctx: &Ctx, limits: v1::Limits) -> v1::Limits {
 
 /// The media streams one session may have open at once.
 pub(crate) fn session_streams(ctx: &Ctx) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(ctx.config.media.streams_per_session as usize))
+    Arc::new(Semaphore::new(
+        ctx.config.media.streams_per_session as usize,
+    ))
 }
 
 /// A blob id from the wire.

@@ -99,7 +99,11 @@ async fn upload(
     recv: &mut FramedRecv,
 ) -> Result<v1::BlobInfo, End> {
     let upload_client::Kind::Start(start) = next(recv).await? else {
-        return Err(Refusal::new(ErrorCode::ProtocolViolation, "an upload begins with UploadStart").into());
+        return Err(Refusal::new(
+            ErrorCode::ProtocolViolation,
+            "an upload begins with UploadStart",
+        )
+        .into());
     };
     let bytes = blobs(ctx)?;
     let id = blob_id(&start.blob_id)?;
@@ -113,9 +117,17 @@ async fn upload(
             )
             .into());
         }
-        return Ok(info(&deduplicated(ctx, user, &*bytes, meta, send, recv).await?));
+        return Ok(info(
+            &deduplicated(ctx, user, &*bytes, meta, send, recv).await?,
+        ));
     }
-    let mut pending = match ctx.stores.media.pending(user, &id).await.map_err(Refusal::from)? {
+    let mut pending = match ctx
+        .stores
+        .media
+        .pending(user, &id)
+        .await
+        .map_err(Refusal::from)?
+    {
         Some(p) if p.size == start.size => p,
         Some(_) => {
             return Err(Refusal::invalid("this upload was started with another size").into());
@@ -143,7 +155,10 @@ async fn upload(
             None => None,
             Some(Ok(upload_client::Kind::Chunk(chunk))) => Some(chunk),
             Some(Ok(_)) => {
-                let r = Refusal::new(ErrorCode::ProtocolViolation, "only chunks follow UploadReady");
+                let r = Refusal::new(
+                    ErrorCode::ProtocolViolation,
+                    "only chunks follow UploadReady",
+                );
                 commit(ctx, &*bytes, &mut pending, &mut gathered, &mut gathered_len).await?;
                 return Err(r.into());
             }
@@ -157,7 +172,9 @@ async fn upload(
             let expected = pending.committed + gathered_len;
             let len = chunk.data.len() as u64;
             if chunk.offset.saturating_add(len) > pending.size {
-                return Err(Refusal::new(ErrorCode::OutOfRange, "chunk beyond the declared size").into());
+                return Err(
+                    Refusal::new(ErrorCode::OutOfRange, "chunk beyond the declared size").into(),
+                );
             }
             if chunk.offset != expected || chunk.data.is_empty() || chunk.data.len() > chunk_bytes {
                 commit(ctx, &*bytes, &mut pending, &mut gathered, &mut gathered_len).await?;
@@ -195,10 +212,7 @@ fn check_start(ctx: &Ctx, start: &v1::UploadStart, media_type: &str) -> Result<(
             format!("blobs are at most {max} bytes"),
         ));
     }
-    if media_type.len() > MAX_MEDIA_TYPE
-        || !media_type.contains('/')
-        || !media_type.is_ascii()
-    {
+    if media_type.len() > MAX_MEDIA_TYPE || !media_type.contains('/') || !media_type.is_ascii() {
         return Err(Refusal::invalid("media_type is not type/subtype"));
     }
     if !ctx.config.media.accepts(media_type) {
@@ -319,7 +333,13 @@ async fn deduplicated(
     send: &mut FramedSend,
     recv: &mut FramedRecv,
 ) -> Result<BlobMeta, End> {
-    if ctx.stores.media.is_uploader(&meta.id, user).await.map_err(Refusal::from)? {
+    if ctx
+        .stores
+        .media
+        .is_uploader(&meta.id, user)
+        .await
+        .map_err(Refusal::from)?
+    {
         return Ok(meta);
     }
     let nonce: [u8; 32] = rand::random();
@@ -332,7 +352,11 @@ async fn deduplicated(
     };
     reply(send, upload_server::Kind::Challenge(challenge)).await?;
     let upload_client::Kind::Proof(proof) = next(recv).await? else {
-        return Err(Refusal::new(ErrorCode::ProtocolViolation, "a Challenge is answered with UploadProof").into());
+        return Err(Refusal::new(
+            ErrorCode::ProtocolViolation,
+            "a Challenge is answered with UploadProof",
+        )
+        .into());
     };
     let range = bytes
         .read(&meta.id, offset, length as usize)

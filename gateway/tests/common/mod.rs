@@ -846,3 +846,29 @@ impl Bystanders {
         }
     }
 }
+
+/// The keyspace of the media tests' cluster gateways, migrated by this
+/// build (the shared test keyspace may be at another schema version).
+pub const MEDIA_KEYSPACE: &str = "qim_media_test";
+
+/// A gateway on `backend` that takes blobs, with `adjust` applied; a
+/// cluster's nodes share a blob directory (`media.blob_dir`).
+pub async fn start_media(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+    if backend == Backend::Cluster {
+        let cql = required_env("QIM_TEST_CQL");
+        qim_storage::cql::connect_and_migrate(&qim_storage::cql::CqlOptions::new(
+            vec![cql],
+            MEDIA_KEYSPACE,
+        ))
+        .await
+        .expect("migrate the media test keyspace");
+    }
+    TestGateway::start_on(backend, move |c| {
+        if backend == Backend::Cluster {
+            c.store.keyspace = MEDIA_KEYSPACE.to_owned();
+            c.media.blob_dir = Some(c.server.data_dir.join("shared-blobs"));
+        }
+        adjust(c);
+    })
+    .await
+}

@@ -19,8 +19,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::interfaces::{HashesInterface as _, SetsInterface as _, SortedSetsInterface as _};
-use fred::types::sorted_sets::Ordering;
 use fred::types::Value;
+use fred::types::sorted_sets::Ordering;
 
 use super::ClusterStore;
 use crate::StoreError;
@@ -56,7 +56,9 @@ fn decode_pending(user: &str, id: BlobId, v: &[u8]) -> Result<PendingUpload, Sto
 }
 
 fn parse_id(hex: &str) -> Option<BlobId> {
-    blake3::Hash::from_hex(hex).ok().map(|h| BlobId(*h.as_bytes()))
+    blake3::Hash::from_hex(hex)
+        .ok()
+        .map(|h| BlobId(*h.as_bytes()))
 }
 
 fn check_user(user: &str) -> Result<(), StoreError> {
@@ -280,4 +282,3 @@ impl MediaStore for ClusterStore {
             .collect())
     }
 }
-

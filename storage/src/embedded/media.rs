@@ -51,7 +51,8 @@ fn text(v: &[u8], at: usize) -> Result<String, StoreError> {
     let bytes = v
         .get(at..)
         .ok_or_else(|| StoreError::Corrupt("short media record".into()))?;
-    String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt("media type not utf-8".into()))
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| StoreError::Corrupt("media type not utf-8".into()))
 }
 
 fn encode_blob(b: &BlobMeta) -> Vec<u8> {
@@ -96,11 +97,11 @@ fn split_pending_key(k: &[u8]) -> Result<(String, BlobId), StoreError> {
     let corrupt = || StoreError::Corrupt("bad pending-upload key".into());
     let len = usize::from(*k.get(1).ok_or_else(corrupt)?);
     let user = k.get(2..2 + len).ok_or_else(corrupt)?;
-    let id = k.get(2 + len..).and_then(BlobId::from_slice).ok_or_else(corrupt)?;
-    Ok((
-        String::from_utf8(user.to_vec()).map_err(|_| corrupt())?,
-        id,
-    ))
+    let id = k
+        .get(2 + len..)
+        .and_then(BlobId::from_slice)
+        .ok_or_else(corrupt)?;
+    Ok((String::from_utf8(user.to_vec()).map_err(|_| corrupt())?, id))
 }
 
 impl EmbeddedStore {
@@ -115,7 +116,12 @@ impl EmbeddedStore {
 #[async_trait]
 impl MediaStore for EmbeddedStore {
     async fn blob(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
-        match self.tables.media.get(key(b'B', id, &[])).map_err(unavailable)? {
+        match self
+            .tables
+            .media
+            .get(key(b'B', id, &[]))
+            .map_err(unavailable)?
+        {
             Some(v) => Ok(Some(decode_blob(*id, &v)?)),
             None => Ok(None),
         }
@@ -164,7 +170,10 @@ impl MediaStore for EmbeddedStore {
         check_key_part(&upload.user)?;
         self.tables
             .media
-            .insert(pending_key(&upload.user, &upload.id), encode_pending(upload))
+            .insert(
+                pending_key(&upload.user, &upload.id),
+                encode_pending(upload),
+            )
             .map_err(unavailable)?;
         self.media_sync()
     }

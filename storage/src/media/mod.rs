@@ -175,12 +175,7 @@ pub trait BlobBytes: Send + Sync + 'static {
 
     /// The staged upload's length and the BLAKE3 hash of its first
     /// `len` bytes (bytes beyond are ignored).
-    async fn staged_hash(
-        &self,
-        user: &str,
-        id: &BlobId,
-        len: u64,
-    ) -> Result<BlobId, StoreError>;
+    async fn staged_hash(&self, user: &str, id: &BlobId, len: u64) -> Result<BlobId, StoreError>;
 
     /// Makes the staged upload (cut at `len`) the blob `id`; a blob that
     /// exists already stays and the staged bytes go.
