@@ -77,22 +77,8 @@ fn chunk(offset: u64, data: &[u8]) -> upload_client::Kind {
 /// The code a `BlobInfoRequest` for `blob` is answered with (NoError when
 /// the record is returned).
 async fn blob_info(s: &RawSession, blob: Bytes) -> ErrorCode {
-    let (send, recv) = s.raw.conn.open_bi().await.expect("rpc");
-    let mut send = FramedSend::new(send, StreamKind::Rpc, 64 * 1024);
-    let mut recv = FramedRecv::new(recv, 64 * 1024);
-    send.send(&v1::RpcRequest {
-        kind: Some(v1::rpc_request::Kind::BlobInfo(v1::BlobInfoRequest {
-            blob_id: blob,
-        })),
-    })
-    .await
-    .expect("request");
-    match recv
-        .next::<v1::RpcResponse>()
-        .await
-        .expect("response")
-        .and_then(|r| r.kind)
-    {
+    let request = v1::rpc_request::Kind::BlobInfo(v1::BlobInfoRequest { blob_id: blob });
+    match s.rpc(request).await {
         Some(v1::rpc_response::Kind::BlobInfo(_)) => ErrorCode::NoError,
         Some(v1::rpc_response::Kind::Error(e)) => ErrorCode::try_from(e.code).expect("code"),
         other => panic!("unexpected {other:?}"),

@@ -512,6 +512,7 @@ macro_rules! im_conformance_tests {
             conformance_contacts::blocks_drop_requests_and_keep_blockers_out_of_groups,
             conformance_contacts::schedules_are_bounded_and_refusals_are_told,
             conformance_im::token_revocations_only_rise_and_survive_reopen,
+            conformance_media::media_records_follow_uploads_and_references,
         );
     };
     (@each $backend:expr; $($module:ident :: $check:ident),* $(,)?) => {

@@ -56,7 +56,7 @@
 //!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
 //!   errors) are what the others share.
 //! - `conformance`, `conformance_im`, `conformance_groups`,
-//!   `conformance_contacts` (feature `conformance`): the checks every
+//!   `conformance_contacts`, `conformance_media` (feature `conformance`): the checks every
 //!   backend must pass (the last two: the rules of groups; of friend
 //!   requests, blocks and scheduled sends).
 //!
@@ -108,6 +108,8 @@ pub mod conformance_contacts;
 pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
+#[cfg(feature = "conformance")]
+pub mod conformance_media;
 
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;

@@ -27,34 +27,6 @@ use crate::StoreError;
 use crate::media::{BlobId, BlobMeta, MediaStore, PendingUpload, Scope};
 use crate::redis::unavailable;
 
-fn be_u64(v: &[u8], at: usize) -> Result<u64, StoreError> {
-    v.get(at..at + 8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt("short pending-upload record".into()))
-}
-
-fn encode_pending(p: &PendingUpload) -> Vec<u8> {
-    let mut v = Vec::with_capacity(24 + p.media_type.len());
-    v.extend_from_slice(&p.size.to_be_bytes());
-    v.extend_from_slice(&p.committed.to_be_bytes());
-    v.extend_from_slice(&p.started_ms.to_be_bytes());
-    v.extend_from_slice(p.media_type.as_bytes());
-    v
-}
-
-fn decode_pending(user: &str, id: BlobId, v: &[u8]) -> Result<PendingUpload, StoreError> {
-    Ok(PendingUpload {
-        user: user.to_owned(),
-        id,
-        size: be_u64(v, 0)?,
-        committed: be_u64(v, 8)?,
-        started_ms: be_u64(v, 16)? as i64,
-        media_type: String::from_utf8(v.get(24..).unwrap_or_default().to_vec())
-            .map_err(|_| StoreError::Corrupt("media type not utf-8".into()))?,
-    })
-}
-
 fn parse_id(hex: &str) -> Option<BlobId> {
     blake3::Hash::from_hex(hex)
         .ok()
@@ -132,7 +104,7 @@ impl MediaStore for ClusterStore {
             .hget(self.pending_key(user), id.hex())
             .await
             .map_err(unavailable)?;
-        v.map(|v| decode_pending(user, *id, &v)).transpose()
+        v.map(|v| PendingUpload::decode(user, *id, &v)).transpose()
     }
 
     async fn pending_count(&self, user: &str, _limit: usize) -> Result<usize, StoreError> {
@@ -151,7 +123,7 @@ impl MediaStore for ClusterStore {
             .redis
             .hset(
                 self.pending_key(&upload.user),
-                (upload.id.hex(), Bytes::from(encode_pending(upload))),
+                (upload.id.hex(), Bytes::from(upload.encode())),
             )
             .await
             .map_err(unavailable)?;

@@ -72,26 +72,6 @@ fn decode_blob(id: BlobId, v: &[u8]) -> Result<BlobMeta, StoreError> {
     })
 }
 
-fn encode_pending(p: &PendingUpload) -> Vec<u8> {
-    let mut v = Vec::with_capacity(24 + p.media_type.len());
-    v.extend_from_slice(&p.size.to_be_bytes());
-    v.extend_from_slice(&p.committed.to_be_bytes());
-    v.extend_from_slice(&p.started_ms.to_be_bytes());
-    v.extend_from_slice(p.media_type.as_bytes());
-    v
-}
-
-fn decode_pending(user: String, id: BlobId, v: &[u8]) -> Result<PendingUpload, StoreError> {
-    Ok(PendingUpload {
-        user,
-        id,
-        size: be_u64(v, 0)?,
-        committed: be_u64(v, 8)?,
-        started_ms: be_u64(v, 16)? as i64,
-        media_type: text(v, 24)?,
-    })
-}
-
 /// The user and blob of a pending key (`P` `[user]` `[blob]`).
 fn split_pending_key(k: &[u8]) -> Result<(String, BlobId), StoreError> {
     let corrupt = || StoreError::Corrupt("bad pending-upload key".into());
@@ -151,7 +131,7 @@ impl MediaStore for EmbeddedStore {
             .get(pending_key(user, id))
             .map_err(unavailable)?
         {
-            Some(v) => Ok(Some(decode_pending(user.to_owned(), *id, &v)?)),
+            Some(v) => Ok(Some(PendingUpload::decode(user, *id, &v)?)),
             None => Ok(None),
         }
     }
@@ -170,10 +150,7 @@ impl MediaStore for EmbeddedStore {
         check_key_part(&upload.user)?;
         self.tables
             .media
-            .insert(
-                pending_key(&upload.user, &upload.id),
-                encode_pending(upload),
-            )
+            .insert(pending_key(&upload.user, &upload.id), upload.encode())
             .map_err(unavailable)?;
         self.media_sync()
     }
@@ -196,7 +173,7 @@ impl MediaStore for EmbeddedStore {
         for guard in self.tables.media.prefix([b'P']) {
             let (k, v) = guard.into_inner().map_err(unavailable)?;
             let (user, id) = split_pending_key(&k)?;
-            let pending = decode_pending(user, id, &v)?;
+            let pending = PendingUpload::decode(&user, id, &v)?;
             if pending.started_ms < before_ms {
                 out.push(pending);
                 if out.len() >= limit {

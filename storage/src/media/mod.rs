@@ -86,6 +86,39 @@ pub struct PendingUpload {
     pub started_ms: i64,
 }
 
+impl PendingUpload {
+    /// The stored form (without user and id, which the key holds): size,
+    /// committed and started as `u64 BE`, then the media type.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24 + self.media_type.len());
+        v.extend_from_slice(&self.size.to_be_bytes());
+        v.extend_from_slice(&self.committed.to_be_bytes());
+        v.extend_from_slice(&self.started_ms.to_be_bytes());
+        v.extend_from_slice(self.media_type.as_bytes());
+        v
+    }
+
+    /// The pending upload of `user` and `id` stored as `v`.
+    pub fn decode(user: &str, id: BlobId, v: &[u8]) -> Result<PendingUpload, StoreError> {
+        let corrupt = || StoreError::Corrupt("short pending-upload record".into());
+        let at = |i: usize| -> Result<u64, StoreError> {
+            v.get(i..i + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(corrupt)
+        };
+        Ok(PendingUpload {
+            user: user.to_owned(),
+            id,
+            size: at(0)?,
+            committed: at(8)?,
+            started_ms: at(16)? as i64,
+            media_type: String::from_utf8(v.get(24..).ok_or_else(corrupt)?.to_vec())
+                .map_err(|_| StoreError::Corrupt("media type not utf-8".into()))?,
+        })
+    }
+}
+
 /// Who a reference lets read a blob.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
