@@ -43,6 +43,11 @@
 //!   subscriptions, online-time records, typing; pushed as signals.
 //! - `notify` (`notify/`): offline push: the push token and push
 //!   settings requests (`tokens.rs`).
+//! - `media` (`media/`): uploads and downloads of blobs on their own
+//!   streams below chat (resumable from a durable committed offset,
+//!   BLAKE3-checked, deduplicated with a proof of possession), who may read
+//!   a blob, the check of a send's attachments, and the expiry of
+//!   abandoned uploads.
 //! - `usage`: the quota request (each quota's limit and usage).
 //! - [`admin`]: the admin HTTP routers: health, metrics and the route
 //!   endpoint without authentication; the admin API (`/v1/`, keys with
@@ -127,6 +132,7 @@ mod fault;
 mod groups;
 mod handshake;
 pub mod limit;
+mod media;
 pub mod metrics;
 mod mutex;
 mod order;

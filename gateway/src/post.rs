@@ -291,14 +291,18 @@ async fn admit(
     trust: Trust,
 ) -> Result<Post, Refusal> {
     let extras = Extras::take(&mut send, ctx)?;
-    let inboxes = match (check_send(ctx, &send)?, trust) {
+    let target = check_send(ctx, &send)?;
+    let inboxes = match (&target, trust) {
         (Target::User(recipient), Trust::User) => {
-            crate::policy::check_direct(ctx, sender.user, &recipient).await?;
-            direct_inboxes(ctx, sender.user, &recipient)
+            crate::policy::check_direct(ctx, sender.user, recipient).await?;
+            direct_inboxes(ctx, sender.user, recipient)
         }
-        (Target::User(recipient), Trust::System) => vec![recipient],
+        (Target::User(recipient), Trust::System) => vec![recipient.clone()],
         (Target::Group, _) => Vec::new(),
     };
+    // The system account has no blobs of its own: it can attach none.
+    crate::media::check_attachments(ctx, sender.user, &send.to, &target, &mut send.attachments)
+        .await?;
     if trust == Trust::User {
         let cost = Cost {
             copies: copies(ctx, &send.to, &inboxes).await,
@@ -317,6 +321,7 @@ async fn admit(
         reply_to: extras.reply_to,
         mentions: extras.mentions,
         mention_all: extras.mention_all,
+        attachments: send.attachments,
         inboxes,
     })
 }

@@ -67,5 +67,8 @@ async fn route(ctx: &Ctx, caller: &Caller<'_>, kind: rpc_request::Kind) -> Reply
         K::Quota(r) => usage::quota(ctx, user, r).await,
         K::PushToken(r) => notify::push_token(ctx, caller, r).await,
         K::PushSettings(r) => notify::push_settings(ctx, user, r).await,
+        K::BlobInfo(r) => crate::media::blob_info(ctx, user, r)
+            .await
+            .map(rpc_response::Kind::BlobInfo),
     }
 }

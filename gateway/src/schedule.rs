@@ -60,6 +60,9 @@ pub(crate) async fn schedule(
             "deliver_at_ms beyond im.max_schedule_ahead_ms",
         ));
     }
+    if !send.attachments.is_empty() {
+        return Err(Refusal::invalid("scheduled sends carry no attachments"));
+    }
     // Checked now; kept in the send for delivery.
     let extras = Extras::take(&mut send, ctx)?;
     let target = check_send(ctx, &send);

@@ -136,6 +136,12 @@ impl Gateway {
             Some(options) => Stores::connect_cluster(&options, retention).await?,
             None => Stores::open_embedded(&config.server.data_dir.join("store"), retention)?,
         };
+        let stores = match &config.media.blob_dir {
+            Some(dir) => {
+                stores.with_blobs(Arc::new(qim_storage::media::files::FileBlobs::open(dir)?))
+            }
+            None => stores,
+        };
         Self::bind_with_stores(config, stores).await
     }
 
@@ -312,6 +318,10 @@ impl Gateway {
 
         let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&ctx)));
         tokio::spawn(crate::notify::run(Arc::clone(&ctx)));
+        let media_sweep = tokio::spawn(crate::media::sweep_abandoned(
+            Arc::clone(&ctx),
+            ctx.draining.subscribe(),
+        ));
         let disk_watch = {
             let ctx = Arc::clone(&ctx);
             tokio::spawn(async move { ctx.quotas.watch_disk(ctx.draining.subscribe()).await })
@@ -379,6 +389,7 @@ impl Gateway {
         drop(tcp);
         ctx.draining.send_replace(true);
         let _ = scheduler.await;
+        let _ = media_sweep.await;
         let _ = disk_watch.await;
         let drain = Duration::from_millis(ctx.config.shutdown.drain_ms) + Duration::from_secs(1);
         let drained = tokio::time::timeout(drain, async {

@@ -324,12 +324,16 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
                     max_interval_ms: max_interval_ms(ctx),
                     max_missed: hb.max_missed,
                 }),
-                limits: Some(v1::Limits {
-                    max_frame_bytes: ctx.config.limits.max_frame_bytes,
-                    max_body_bytes: ctx.config.limits.max_body_bytes,
-                    delivery_window: ctx.config.delivery.window,
-                    max_inflight_sends: ctx.config.limits.max_inflight_sends,
-                }),
+                limits: Some(crate::media::welcome_limits(
+                    ctx,
+                    v1::Limits {
+                        max_frame_bytes: ctx.config.limits.max_frame_bytes,
+                        max_body_bytes: ctx.config.limits.max_body_bytes,
+                        delivery_window: ctx.config.delivery.window,
+                        max_inflight_sends: ctx.config.limits.max_inflight_sends,
+                        ..Default::default()
+                    },
+                )),
                 inbox_head: head,
                 token_expires_ms: expires_ms(&claims),
             })),
@@ -414,6 +418,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
             session: Arc::clone(&session),
             delivery_acks: acks_tx,
             server_acks: server_acks_tx,
+            media_streams: crate::media::session_streams(ctx),
         };
         let mut draining = ctx.draining.subscribe();
         // A session that logs in while the gateway already drains must see it.
@@ -548,6 +553,8 @@ struct Streams {
     session: Arc<Session>,
     delivery_acks: mpsc::Sender<Box<v1::DeliveryAck>>,
     server_acks: mpsc::Sender<Box<v1::ServerAck>>,
+    /// Upload and download streams the session may still open.
+    media_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Streams {
@@ -572,6 +579,9 @@ impl Streams {
                 // this task also serves the heartbeat stream, which lives
                 // as long as the session.
                 Box::pin(self.rpc(send, FramedRecv::new(recv, max))).await
+            }
+            StreamKind::Upload | StreamKind::Download => {
+                Box::pin(self.media(kind, send, recv)).await
             }
             other => StreamEnd::Fault(Fault::detailed(
                 ErrorCode::ProtocolViolation,
@@ -607,6 +617,32 @@ impl Streams {
                 format_args!("{other:?}"),
             )),
         }
+    }
+
+    /// An upload or download stream, below chat in priority, within the
+    /// session's media stream limit (beyond it the stream is reset with
+    /// RATE_LIMITED).
+    async fn media(
+        self,
+        kind: StreamKind,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> StreamEnd {
+        let Ok(_permit) = Arc::clone(&self.media_streams).try_acquire_owned() else {
+            let _ = send.reset(quinn::VarInt::from_u32(ErrorCode::RateLimited as u32));
+            return StreamEnd::Done;
+        };
+        let _ = send.set_priority(crate::media::PRIORITY);
+        let max = self.max_frame();
+        let send = FramedSend::without_preamble(send, max);
+        let recv = FramedRecv::new(recv, max);
+        let user = &self.session.user;
+        let fault = if kind == StreamKind::Upload {
+            crate::media::serve_upload(&self.ctx, user, send, recv).await
+        } else {
+            crate::media::serve_download(&self.ctx, user, send, recv).await
+        };
+        fault.into()
     }
 
     async fn heartbeat(self, mut send: FramedSend, mut recv: FramedRecv) -> StreamEnd {

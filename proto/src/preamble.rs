@@ -29,17 +29,24 @@ pub enum StreamKind {
     Delivery = 5,
     /// Client-opened bidi: one request, one response.
     Rpc = 6,
+    /// Client-opened bidi: one blob uploaded (resumable, below chat in
+    /// priority).
+    Upload = 7,
+    /// Client-opened bidi: one range of one blob downloaded.
+    Download = 8,
 }
 
 impl StreamKind {
     /// Every kind, in wire order.
-    pub const ALL: [StreamKind; 6] = [
+    pub const ALL: [StreamKind; 8] = [
         StreamKind::Control,
         StreamKind::Heartbeat,
         StreamKind::Chat,
         StreamKind::Ack,
         StreamKind::Delivery,
         StreamKind::Rpc,
+        StreamKind::Upload,
+        StreamKind::Download,
     ];
 
     fn from_byte(b: u8) -> Option<Self> {

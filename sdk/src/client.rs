@@ -196,6 +196,12 @@ impl Client {
         &self.shared.config
     }
 
+    /// The state shared with the driver: the media streams need the
+    /// connection itself and its changes, not one rpc exchange.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// One request on its own rpc stream of the current connection
     /// ([`rpc::exchange`]), waiting for a connection up to `send_timeout`
     /// and for the response as long again.

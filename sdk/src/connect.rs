@@ -256,6 +256,7 @@ pub(crate) async fn establish(
         shared
             .max_frame
             .store(u64::from(limits.max_frame_bytes), Ordering::Relaxed);
+        *lock(&shared.limits) = limits.clone();
     }
     {
         let mut received = lock(&shared.received);

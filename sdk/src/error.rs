@@ -68,6 +68,9 @@ pub enum Error {
     /// The client was closed.
     #[error("client closed")]
     Closed,
+    /// The app cancelled the transfer ([`Transfer::cancel`](crate::Transfer::cancel)).
+    #[error("cancelled")]
+    Cancelled,
     /// The client's data directory (the persistent outbox) or the local store could not be
     /// read or written.
     #[error("local storage: {0}")]
@@ -106,6 +109,7 @@ impl Error {
             | Error::Tls(_)
             | Error::Config(_)
             | Error::Closed
+            | Error::Cancelled
             | Error::Storage(_) => false,
         }
     }

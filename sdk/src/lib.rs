@@ -77,6 +77,12 @@
 //!   `receive`).
 //! - `presence`: presence of friends (queried, subscribed), online time,
 //!   typing; pushed as [`Signal`]s through [`Client::next_signal`].
+//! - `media`: uploads and downloads of blobs on their own streams below
+//!   chat ([`Transfer`]: progress and cancellation), resumed on every new
+//!   connection from the server's committed offset, and journalled in the
+//!   data directory across restarts ([`PendingUpload`]); messages carry
+//!   them as [`Attachment`]s. It reads the connection from `shared`
+//!   (streams of its own, retried on each new connection).
 //! - `quota`: the user's quotas ([`Quota`]: limit and usage).
 //! - `push`: offline push: this device's push token ([`PushToken`],
 //!   registered after login, removed by [`Client::logout`]) and the user's
@@ -127,6 +133,7 @@ pub mod heartbeat;
 mod im;
 mod inbox;
 mod local_store;
+mod media;
 mod message;
 mod outbox;
 mod outbox_store;
@@ -153,9 +160,10 @@ pub use groups::{
     GroupRole, JoinPolicy, NewGroup,
 };
 pub use im::{Conversation, ConversationPage};
+pub use media::{PendingUpload, Transfer, TransferProgress};
 pub use message::{
-    Event, HistoryAnchor, HistoryPage, IncomingMessage, MessageExtras, OutgoingMessage, Peer,
-    PresenceStatus, Quote, SendReceipt, Signal, new_client_msg_id,
+    Attachment, Event, HistoryAnchor, HistoryPage, IncomingMessage, MessageExtras, OutgoingMessage,
+    Peer, PresenceStatus, Quote, SendReceipt, Signal, new_client_msg_id,
 };
 pub use outbox_store::OutboxStoreError;
 pub use presence::SessionSpan;

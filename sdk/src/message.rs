@@ -52,6 +52,10 @@ pub struct IncomingMessage {
     /// For a read-diffusion group's message: its seq in the group's log
     /// (`seq` is then 0, the message is not in the inbox).
     pub group_seq: u64,
+    /// Blobs the message carries; fetch them with
+    /// [`Client::download`](crate::Client::download). Not kept by the
+    /// local store.
+    pub attachments: Vec<Attachment>,
 }
 
 impl IncomingMessage {
@@ -80,6 +84,11 @@ impl IncomingMessage {
             edited_at_ms: m.edited_at_ms,
             recalled: m.recalled,
             group_seq: 0,
+            attachments: m
+                .attachments
+                .into_iter()
+                .map(Attachment::from_wire)
+                .collect(),
         }
     }
 
@@ -217,6 +226,10 @@ pub struct MessageExtras {
     /// `@all` (in groups, admins only).
     #[cfg_attr(feature = "ffi", uniffi(default = false))]
     pub mention_all: bool,
+    /// Blobs to carry, each uploaded by this user or received by them
+    /// ([`Client::upload_file`](crate::Client::upload_file)).
+    #[cfg_attr(feature = "ffi", uniffi(default = []))]
+    pub attachments: Vec<Attachment>,
 }
 
 impl MessageExtras {
@@ -224,6 +237,7 @@ impl MessageExtras {
         send.reply_to = self.reply_to.as_ref().map(Quote::to_wire);
         send.mentions = self.mentions.clone();
         send.mention_all = self.mention_all;
+        send.attachments = self.attachments.iter().map(Attachment::to_wire).collect();
     }
 }
 
@@ -520,5 +534,84 @@ impl Signal {
             },
             v1::signal::Kind::Presence(p) => Signal::Presence(PresenceStatus::from_wire(p)),
         })
+    }
+}
+
+/// A blob a message carries (an image, a file): its id and what the
+/// recipient shows before downloading it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ffi", derive(uniffi::Record))]
+pub struct Attachment {
+    /// The blob's id: the BLAKE3 hash of its bytes, 64 hex digits.
+    pub blob_id: String,
+    /// Bytes (set by the server from the blob).
+    #[cfg_attr(feature = "ffi", uniffi(default = 0))]
+    pub size: u64,
+    /// Media type, e.g. `image/png` (set by the server from the upload).
+    #[cfg_attr(feature = "ffi", uniffi(default = ""))]
+    pub media_type: String,
+    /// File name to show.
+    #[cfg_attr(feature = "ffi", uniffi(default = ""))]
+    pub name: String,
+    /// Pixels of an image or video, when known.
+    #[cfg_attr(feature = "ffi", uniffi(default = 0))]
+    pub width: u32,
+    /// Pixels of an image or video, when known.
+    #[cfg_attr(feature = "ffi", uniffi(default = 0))]
+    pub height: u32,
+    /// A small preview image sent inline (at most 8 KiB by default).
+    #[cfg_attr(feature = "ffi", uniffi(default = []))]
+    pub thumbnail: Vec<u8>,
+    /// A larger preview uploaded as a blob of its own.
+    #[cfg_attr(feature = "ffi", uniffi(default = None))]
+    pub thumbnail_blob_id: Option<String>,
+}
+
+/// Hex of blob id bytes (empty for a malformed id, which the server refuses).
+pub(crate) fn blob_hex(bytes: &[u8]) -> String {
+    <[u8; 32]>::try_from(bytes)
+        .map(|b| blake3::Hash::from_bytes(b).to_hex().to_string())
+        .unwrap_or_default()
+}
+
+/// Blob id bytes of `hex` (empty when it is not 64 hex digits; the server
+/// refuses those).
+pub(crate) fn blob_bytes(hex: &str) -> Vec<u8> {
+    blake3::Hash::from_hex(hex)
+        .map(|h| h.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+impl Attachment {
+    pub(crate) fn to_wire(&self) -> v1::Attachment {
+        v1::Attachment {
+            blob_id: blob_bytes(&self.blob_id).into(),
+            size: self.size,
+            media_type: self.media_type.clone(),
+            name: self.name.clone(),
+            width: self.width,
+            height: self.height,
+            thumbnail: self.thumbnail.clone().into(),
+            thumbnail_blob_id: self
+                .thumbnail_blob_id
+                .as_deref()
+                .map(blob_bytes)
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+
+    pub(crate) fn from_wire(a: v1::Attachment) -> Attachment {
+        Attachment {
+            blob_id: blob_hex(&a.blob_id),
+            size: a.size,
+            media_type: a.media_type,
+            name: a.name,
+            width: a.width,
+            height: a.height,
+            thumbnail: a.thumbnail.to_vec(),
+            thumbnail_blob_id: (!a.thumbnail_blob_id.is_empty())
+                .then(|| blob_hex(&a.thumbnail_blob_id)),
+        }
     }
 }

@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     /// The server's limits from the last Welcome.
     pub(crate) max_body: AtomicU64,
     pub(crate) max_frame: AtomicU64,
+    /// The server's whole limits from the last Welcome (media among them).
+    pub(crate) limits: Mutex<qim_proto::v1::Limits>,
     pub(crate) generation: AtomicU64,
     /// Which of the configured servers the next attempt goes to
     /// ([`ClientConfig::server_at`]).
@@ -207,6 +209,7 @@ impl Shared {
             signal_arrived: Notify::new(),
             max_body: AtomicU64::new(u64::MAX),
             max_frame: AtomicU64::new(qim_proto::DEFAULT_MAX_FRAME as u64),
+            limits: Mutex::new(qim_proto::v1::Limits::default()),
             generation: AtomicU64::new(0),
             server: AtomicUsize::new(0),
             sessions: AtomicU64::new(0),

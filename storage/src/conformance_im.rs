@@ -570,6 +570,7 @@ macro_rules! im_conformance_tests {
             conformance_notify::push_tokens_are_per_device_bounded_and_move,
             conformance_notify::push_settings_are_kept_and_bounded,
             conformance_notify::push_claims_are_won_once,
+            conformance_media::media_records_follow_uploads_and_references,
         );
     };
     (@each $backend:expr; $($module:ident :: $check:ident),* $(,)?) => {

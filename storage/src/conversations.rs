@@ -88,6 +88,9 @@ pub struct Post {
     pub mentions: Vec<String>,
     /// `@all`.
     pub mention_all: bool,
+    /// Blobs the message carries, checked by the gateway (sender may share
+    /// each; size and type from the blob's record).
+    pub attachments: Vec<v1::Attachment>,
     /// Inboxes that get a copy, without repeats; the first is the primary
     /// copy, whose seq the sender's ack carries.
     pub inboxes: Vec<String>,
@@ -131,6 +134,7 @@ impl Post {
             mention_all: self.mention_all,
             edited_at_ms: 0,
             recalled: false,
+            attachments: self.attachments.clone(),
         }
     }
 }
@@ -491,6 +495,7 @@ impl Rewrite {
                 message.mentions.clear();
                 message.mention_all = false;
                 message.reply_to = None;
+                message.attachments.clear();
             }
             Rewrite::Edit { kind, body } => {
                 message.kind = kind.clone();

@@ -22,6 +22,11 @@
 //! - [`schedule`]: [`ScheduleStore`], durable scheduled sends, fired once.
 //! - [`quota`]: [`QuotaStore`], durable per-user quota counters (stored
 //!   bytes per UTC day), shared by every node of a cluster.
+//! - [`media`] (`media/`): [`MediaStore`](media::MediaStore), the records
+//!   of blobs (a file's bytes named by their BLAKE3 hash), pending uploads
+//!   with their committed offsets, and the references that say who may
+//!   read a blob; [`BlobBytes`](media::BlobBytes), where the bytes are
+//!   staged and published (`files.rs`: files under a directory).
 //! - [`revocation`]: [`RevocationStore`], per user the time before which
 //!   the user's login tokens are refused.
 //! - [`accounts`]: [`AccountStore`], the users the business backend
@@ -57,10 +62,11 @@
 //!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
 //!   errors) are what the others share.
 //! - `conformance`, `conformance_im`, `conformance_groups`,
-//!   `conformance_contacts`, `conformance_notify` (feature `conformance`):
-//!   the checks every backend must pass (the last three: the rules of
-//!   groups; of friend requests, blocks and scheduled sends; of push
-//!   tokens, settings and claims).
+//!   `conformance_contacts`, `conformance_notify`, `conformance_media`
+//!   (feature `conformance`): the checks every backend must pass (the
+//!   last four: the rules of groups; of friend requests, blocks and
+//!   scheduled sends; of push tokens, settings and claims; of media
+//!   records).
 //!
 //! # Public API of the cluster backend (stable)
 //! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
@@ -94,6 +100,7 @@ pub mod cql;
 pub mod embedded;
 mod error;
 pub mod groups;
+pub mod media;
 pub mod model;
 pub mod notify;
 pub mod presence;
@@ -113,6 +120,7 @@ pub mod conformance_groups;
 pub mod conformance_im;
 #[cfg(feature = "conformance")]
 pub mod conformance_notify;
+pub mod conformance_media;
 
 pub use accounts::AccountStore;
 pub use cluster::ClusterStore;

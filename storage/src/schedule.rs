@@ -121,6 +121,8 @@ pub fn to_post(entry: v1::ScheduledSend, now_ms: i64) -> Post {
         reply_to: send.reply_to,
         mentions: send.mentions,
         mention_all: send.mention_all,
+        // Scheduled sends carry no attachments (the gateway refuses them).
+        attachments: Vec::new(),
         inboxes: entry.inboxes,
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use crate::cluster::{ClusterOptions, ClusterStore};
 use crate::embedded::{DiskSpace, EmbeddedStore};
+use crate::media::files::FileBlobs;
+use crate::media::{BlobBytes, MediaStore};
 use crate::{
     AccountStore, ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore,
     NotifyStore,
@@ -39,6 +41,11 @@ pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     /// Push tokens, preview settings and push claims.
     pub notify: Arc<dyn NotifyStore>,
+    /// Blob records, pending uploads and references.
+    pub media: Arc<dyn MediaStore>,
+    /// Where blob bytes live; `None` when none was configured (uploads
+    /// and downloads are then refused as unsupported).
+    pub blobs: Option<Arc<dyn BlobBytes>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -60,7 +67,8 @@ impl Stores {
             + QuotaStore
             + RevocationStore
             + AccountStore
-            + NotifyStore,
+            + NotifyStore
+            + MediaStore,
     {
         Self {
             messages: backend.clone(),
@@ -73,21 +81,34 @@ impl Stores {
             disk: None,
             revocations: backend.clone(),
             accounts: backend.clone(),
-            notify: backend,
+            notify: backend.clone(),
+            media: backend,
+            blobs: None,
         }
     }
 
-    /// The embedded store in `dir` ([`EmbeddedStore::open`]), keeping
+    /// The same stores with blob bytes in `blobs`.
+    pub fn with_blobs(self, blobs: Arc<dyn BlobBytes>) -> Self {
+        Self {
+            blobs: Some(blobs),
+            ..self
+        }
+    }
+
+    /// The embedded store in `dir` ([`EmbeddedStore::open`]), with blob
+    /// files under `dir/media` ([`FileBlobs`]), keeping
     /// history readable for `history_retention_ms` (0: forever; see
     /// [`EmbeddedStore::set_history_retention_ms`]).
     pub fn open_embedded(dir: &Path, history_retention_ms: u64) -> Result<Self, StoreError> {
         let store = Arc::new(EmbeddedStore::open(dir)?);
         store.set_history_retention_ms(history_retention_ms);
         let disk = store.disk();
+        let blobs = Arc::new(FileBlobs::open(&dir.join("media"))?);
         Ok(Self {
             disk: Some(disk),
             ..Self::new(store)
-        })
+        }
+        .with_blobs(blobs))
     }
 
     /// The cluster store ([`ClusterStore::connect`]), keeping history

@@ -17,6 +17,8 @@ mod transport;
 pub use backend::Backend;
 mod notify;
 pub use notify::Notify;
+mod media;
+pub use media::Media;
 pub use sections::*;
 pub use transport::Transport;
 
@@ -66,6 +68,7 @@ pub struct Config {
     pub log: Log,
     pub backend: Backend,
     pub notify: Notify,
+    pub media: Media,
 }
 
 /// Prefix of environment overrides: `QIM_SERVER__LISTEN=0.0.0.0:5000`.
@@ -96,6 +99,7 @@ impl Config {
         Log::write_example(&mut out);
         Backend::write_example(&mut out);
         Notify::write_example(&mut out);
+        Media::write_example(&mut out);
         out
     }
 
@@ -171,6 +175,7 @@ impl Config {
                 "limits.max_body_bytes must be at least 1 KiB below limits.max_frame_bytes",
             );
         }
+        self.media.validate(self.limits.max_frame_bytes)?;
         if self.delivery.window == 0 || self.limits.max_inflight_sends == 0 {
             return invalid("delivery.window and limits.max_inflight_sends must be above 0");
         }

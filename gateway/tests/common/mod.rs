@@ -546,20 +546,22 @@ impl RawSession {
         let (send, recv) = self.raw.conn.open_bi().await.expect("rpc");
         let mut send = FramedSend::new(send, StreamKind::Rpc, 64 * 1024);
         let mut recv = FramedRecv::new(recv, 64 * 1024);
-        send.send(&v1::RpcRequest {
-            kind: Some(v1::rpc_request::Kind::Sync(v1::SyncRequest {
-                after_seq: after,
-                limit: 100,
-            })),
-        })
-        .await
-        .expect("request");
-        match recv
-            .next::<v1::RpcResponse>()
+        send.send(&v1::RpcRequest { kind: Some(kind) })
+            .await
+            .expect("request");
+        recv.next::<v1::RpcResponse>()
             .await
             .expect("response")
             .and_then(|r| r.kind)
-        {
+    }
+
+    /// One sync request over rpc: the inbox after `after`.
+    pub async fn sync(&self, after: u64) -> v1::SyncResponse {
+        let request = v1::rpc_request::Kind::Sync(v1::SyncRequest {
+            after_seq: after,
+            limit: 100,
+        });
+        match self.rpc(request).await {
             Some(v1::rpc_response::Kind::Sync(page)) => page,
             other => panic!("expected a sync page, got {other:?}"),
         }
@@ -1012,4 +1014,30 @@ pub async fn ready_addr(child: &mut tokio::process::Child) -> SocketAddr {
     .expect("gateway ready in time");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     addr
+}
+
+/// The keyspace of the media tests' cluster gateways, migrated by this
+/// build (the shared test keyspace may be at another schema version).
+pub const MEDIA_KEYSPACE: &str = "qim_media_test";
+
+/// A gateway on `backend` that takes blobs, with `adjust` applied; a
+/// cluster's nodes share a blob directory (`media.blob_dir`).
+pub async fn start_media(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+    if backend == Backend::Cluster {
+        let cql = required_env("QIM_TEST_CQL");
+        qim_storage::cql::connect_and_migrate(&qim_storage::cql::CqlOptions::new(
+            vec![cql],
+            MEDIA_KEYSPACE,
+        ))
+        .await
+        .expect("migrate the media test keyspace");
+    }
+    TestGateway::start_on(backend, move |c| {
+        if backend == Backend::Cluster {
+            c.store.keyspace = MEDIA_KEYSPACE.to_owned();
+            c.media.blob_dir = Some(c.server.data_dir.join("shared-blobs"));
+        }
+        adjust(c);
+    })
+    .await
 }

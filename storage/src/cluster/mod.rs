@@ -36,6 +36,7 @@ mod contacts;
 mod conversations;
 mod groups;
 mod notify;
+mod media;
 mod operations;
 mod posts;
 mod presence;

@@ -53,6 +53,9 @@
 //! - `groups.rs`, `contacts.rs`, `schedule.rs`, `presence.rs`: the other
 //!   stores, as in `cluster/`.
 //! - `sweeper.rs`: history retention; `reaper.rs`: freeing memtables.
+//! - `media.rs`: the [`MediaStore`](crate::media::MediaStore) records
+//!   (blob bytes are files, [`FileBlobs`](crate::media::files::FileBlobs),
+//!   under the store's `media/` directory).
 //! - `space.rs`: the free space under the store and its floor;
 //!   `quota.rs`: the [`QuotaStore`](crate::quota::QuotaStore) counters.
 
@@ -75,6 +78,7 @@ mod contacts;
 mod conversations;
 mod groups;
 mod notify;
+mod media;
 mod operations;
 mod posts;
 mod presence;

@@ -69,6 +69,9 @@ pub(super) struct Tables {
     pub(super) push_tokens: Keyspace,
     pub(super) push_token_owners: Keyspace,
     pub(super) push_settings: Keyspace,
+    /// Blob records, uploaders, pending uploads and references (see
+    /// `media.rs`).
+    pub(super) media: Keyspace,
 }
 
 impl Tables {
@@ -106,6 +109,7 @@ impl Tables {
             push_tokens: keyspace("push_tokens").map_err(unavailable)?,
             push_token_owners: keyspace("push_token_owners").map_err(unavailable)?,
             push_settings: keyspace("push_settings").map_err(unavailable)?,
+            media: keyspace("media").map_err(unavailable)?,
             db,
         })
     }

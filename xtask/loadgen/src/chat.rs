@@ -44,6 +44,10 @@ pub(crate) struct ChatArgs {
     /// Seconds to wait for the last deliveries after sending stops.
     #[arg(long, default_value_t = 60.0)]
     pub(crate) settle_seconds: f64,
+    /// qim only: each sender also uploads blobs of this many MiB flat out
+    /// on its own connection while it sends (0: no upload).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) upload_mib: u64,
 }
 
 impl ChatArgs {
@@ -81,6 +85,7 @@ impl ChatArgs {
             "offered_rate": self.rate,
             "in_flight": self.in_flight,
             "body_bytes": self.body_bytes,
+            "upload_mib": self.upload_mib,
         })
     }
 }
@@ -203,11 +208,31 @@ pub(crate) async fn run(
         pairs.spawn(async move {
             let (expect_tx, expect_rx) = watch::channel(None);
             let receiving = tokio::spawn(receive(receiver, expect_rx));
+            let (stop_upload, upload_stop) = watch::channel(false);
+            let uploading = (args.upload_mib > 0).then(|| {
+                tokio::spawn(crate::upload::flat_out(
+                    sender.conn.clone(),
+                    sender.welcome.clone(),
+                    sender.max_frame,
+                    args.upload_mib,
+                    upload_stop,
+                ))
+            });
             let sending = send(&sender, &args, &to, args.phased(start, p)).await;
-            let (sent, acked, errors) = match sending {
+            stop_upload.send_replace(true);
+            let mut upload_errors = Vec::new();
+            if let Some(uploading) = uploading {
+                match uploading.await {
+                    Ok(Ok(bytes)) => eprintln!("chat: sender {p} uploaded {} MiB", bytes >> 20),
+                    Ok(Err(e)) => upload_errors.push(format!("uploader {p}: {e:#}")),
+                    Err(e) => upload_errors.push(format!("uploader {p}: {e}")),
+                }
+            }
+            let (sent, acked, mut errors) = match sending {
                 Ok((sent, acked)) => (sent, acked, Vec::new()),
                 Err(e) => (0, 0, vec![format!("sender {p}: {e:#}")]),
             };
+            errors.extend(upload_errors);
             expect_tx.send_replace(Some(acked));
             let settle = Duration::from_secs_f64(args.settle_seconds);
             let received = match tokio::time::timeout(settle, receiving).await {

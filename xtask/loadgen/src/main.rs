@@ -25,6 +25,7 @@ mod mqtt;
 mod qim;
 mod reconnect;
 mod stats;
+mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

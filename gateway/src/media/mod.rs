@@ -1,0 +1,118 @@
+//! Media: blobs uploaded and downloaded on their own streams, below chat
+//! in priority, and the attachments of messages that reference them.
+//!
+//! - `upload.rs`: one upload stream: limits checked before any byte
+//!   flows, chunks made durable every `media.commit_bytes` with the
+//!   committed offset answered (so a reconnect, a network change or an
+//!   app restart resumes from it), the BLAKE3 hash checked before the blob
+//!   is published, and bytes the server has already taken with a proof of
+//!   possession instead of a transfer.
+//! - `download.rs`: one range of one blob to a user who may read it.
+//! - `access.rs`: who may read a blob (its uploaders, either side of a
+//!   one-to-one message that carries it, the current members of a group
+//!   whose message carries it) and the check of a send's attachments,
+//!   which records the references that grant those reads.
+//! - `sweep.rs`: abandoned uploads expire.
+//!
+//! # Invariants
+//! - Nothing is readable under a blob id whose bytes did not hash to it.
+//! - A refusal is answered before the client sends a byte of the blob
+//!   (size, type, quota), or ends the upload with nothing published (a
+//!   wrong hash discards the staged bytes).
+//! - Media streams never end the session for a refusal; only a malformed
+//!   frame does, as on every stream.
+
+use std::sync::Arc;
+
+use qim_proto::v1::{self, ErrorCode};
+use tokio::sync::Semaphore;
+
+use crate::ctx::Ctx;
+use crate::reply::Refusal;
+
+mod access;
+mod download;
+mod sweep;
+mod upload;
+
+pub(crate) use access::check_attachments;
+pub(crate) use download::serve as serve_download;
+pub(crate) use sweep::run as sweep_abandoned;
+pub(crate) use upload::serve as serve_upload;
+
+/// QUIC send priority of media streams; chat and everything else stay at
+/// quinn's default 0, so their data goes first when both wait.
+pub(crate) const PRIORITY: i32 = -10;
+
+/// The largest blob this gateway takes now: 0 without a blob backend.
+pub(crate) fn max_blob_bytes(ctx: &Ctx) -> u64 {
+    if ctx.stores.blobs.is_some() {
+        ctx.config.media.max_blob_bytes
+    } else {
+        0
+    }
+}
+
+/// The media limits of a session's `Welcome`, added to `limits`.
+pub(crate) fn welcome_limits(ctx: &Ctx, limits: v1::Limits) -> v1::Limits {
+    v1::Limits {
+        max_blob_bytes: max_blob_bytes(ctx),
+        blob_media_types: ctx.config.media.media_types.clone(),
+        upload_chunk_bytes: ctx.config.media.chunk_bytes,
+        max_attachments: ctx.config.media.max_attachments,
+        ..limits
+    }
+}
+
+/// The media streams one session may have open at once.
+pub(crate) fn session_streams(ctx: &Ctx) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        ctx.config.media.streams_per_session as usize,
+    ))
+}
+
+/// A blob id from the wire.
+fn blob_id(bytes: &[u8]) -> Result<qim_storage::media::BlobId, Refusal> {
+    qim_storage::media::BlobId::from_slice(bytes)
+        .ok_or_else(|| Refusal::invalid("blob_id must be 32 bytes (BLAKE3)"))
+}
+
+/// The blob bytes backend, or the refusal of a gateway without one.
+fn blobs(ctx: &Ctx) -> Result<Arc<dyn qim_storage::media::BlobBytes>, Refusal> {
+    ctx.stores.blobs.clone().ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::Unsupported,
+            "this server has no blob store configured",
+        )
+    })
+}
+
+/// The error frame of a media stream.
+fn error(refusal: Refusal) -> v1::RpcError {
+    v1::RpcError {
+        code: refusal.code as i32,
+        message: refusal.message,
+        retry_after_ms: refusal.retry_after_ms,
+    }
+}
+
+/// The wire record of a blob.
+fn info(meta: &qim_storage::media::BlobMeta) -> v1::BlobInfo {
+    v1::BlobInfo {
+        blob_id: meta.id.0.to_vec().into(),
+        size: meta.size,
+        media_type: meta.media_type.clone(),
+        created_ms: meta.created_ms,
+    }
+}
+
+/// The `BlobInfoRequest` rpc: a blob's record, for a user who may read it.
+pub(crate) async fn blob_info(
+    ctx: &Ctx,
+    user: &str,
+    request: v1::BlobInfoRequest,
+) -> Result<v1::BlobInfo, Refusal> {
+    let id = blob_id(&request.blob_id)?;
+    let meta = access::readable(ctx, user, &id).await?;
+    Ok(info(&meta))
+}

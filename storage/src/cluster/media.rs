@@ -1,0 +1,256 @@
+//! The cluster backend's [`MediaStore`], in Redis (every node reads and
+//! writes the same records; the bytes are in the object store).
+//!
+//! # Keys
+//! - `<prefix>media:b:{<blob>}`: hash `size`, `created`, `type`: a blob.
+//! - `<prefix>media:u:{<blob>}`: set of users who uploaded it.
+//! - `<prefix>media:r:{<blob>}`: set of scopes (`u:<user>`, `g:<group>`)
+//!   whose messages reference it.
+//! - `<prefix>media:p:{<user>}`: hash `<blob hex>` → pending upload
+//!   (size, committed, started as `u64 BE`, then the media type).
+//! - `<prefix>media:pending`: sorted set of `<user> <blob hex>` by start
+//!   time, for the expiry of abandoned uploads.
+//!
+//! A blob's keys share its hash tag, a user's pending uploads theirs, so
+//! each call is one slot's work on a Redis Cluster. Like revocations,
+//! these records live as long as Redis keeps its data: run the cluster's
+//! Redis with persistence (AOF).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::interfaces::{HashesInterface as _, SetsInterface as _, SortedSetsInterface as _};
+use fred::types::Value;
+use fred::types::sorted_sets::Ordering;
+
+use super::ClusterStore;
+use crate::StoreError;
+use crate::media::{BlobId, BlobMeta, MediaStore, PendingUpload, Scope};
+use crate::redis::unavailable;
+
+fn parse_id(hex: &str) -> Option<BlobId> {
+    blake3::Hash::from_hex(hex)
+        .ok()
+        .map(|h| BlobId(*h.as_bytes()))
+}
+
+fn check_user(user: &str) -> Result<(), StoreError> {
+    if qim_proto::ids::is_valid_id(user) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid("bad user id".into()))
+    }
+}
+
+impl ClusterStore {
+    fn media_key(&self, kind: &str, id: &BlobId) -> String {
+        format!("{}media:{kind}:{{{}}}", self.prefix, id.hex())
+    }
+
+    fn pending_key(&self, user: &str) -> String {
+        format!("{}media:p:{{{user}}}", self.prefix)
+    }
+
+    fn pending_index(&self) -> String {
+        format!("{}media:pending", self.prefix)
+    }
+}
+
+#[async_trait]
+impl MediaStore for ClusterStore {
+    async fn blob(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
+        let fields: std::collections::HashMap<String, String> = self
+            .redis
+            .hgetall(self.media_key("b", id))
+            .await
+            .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let num = |name: &str| -> Result<i64, StoreError> {
+            fields
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("blob record without {name}")))
+        };
+        Ok(Some(BlobMeta {
+            id: *id,
+            size: u64::try_from(num("size")?).unwrap_or(0),
+            created_ms: num("created")?,
+            media_type: fields.get("type").cloned().unwrap_or_default(),
+        }))
+    }
+
+    async fn is_uploader(&self, id: &BlobId, user: &str) -> Result<bool, StoreError> {
+        self.redis
+            .sismember(self.media_key("u", id), user)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn add_uploader(&self, id: &BlobId, user: &str) -> Result<(), StoreError> {
+        check_user(user)?;
+        let () = self
+            .redis
+            .sadd(self.media_key("u", id), user)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn pending(&self, user: &str, id: &BlobId) -> Result<Option<PendingUpload>, StoreError> {
+        check_user(user)?;
+        let v: Option<Bytes> = self
+            .redis
+            .hget(self.pending_key(user), id.hex())
+            .await
+            .map_err(unavailable)?;
+        v.map(|v| PendingUpload::decode(user, *id, &v)).transpose()
+    }
+
+    async fn pending_count(&self, user: &str, _limit: usize) -> Result<usize, StoreError> {
+        check_user(user)?;
+        let n: u64 = self
+            .redis
+            .hlen(self.pending_key(user))
+            .await
+            .map_err(unavailable)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    async fn put_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
+        check_user(&upload.user)?;
+        let () = self
+            .redis
+            .hset(
+                self.pending_key(&upload.user),
+                (upload.id.hex(), Bytes::from(upload.encode())),
+            )
+            .await
+            .map_err(unavailable)?;
+        let member = format!("{} {}", upload.user, upload.id.hex());
+        let () = self
+            .redis
+            .zadd(
+                self.pending_index(),
+                None,
+                None::<Ordering>,
+                false,
+                false,
+                (upload.started_ms as f64, member),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn remove_pending(&self, user: &str, id: &BlobId) -> Result<(), StoreError> {
+        check_user(user)?;
+        let () = self
+            .redis
+            .hdel(self.pending_key(user), id.hex())
+            .await
+            .map_err(unavailable)?;
+        let () = self
+            .redis
+            .zrem(self.pending_index(), format!("{user} {}", id.hex()))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn stale_pending(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingUpload>, StoreError> {
+        let members: Vec<String> = self
+            .redis
+            .zrangebyscore(
+                self.pending_index(),
+                f64::MIN,
+                (before_ms as f64) - 0.5,
+                false,
+                Some((0, i64::try_from(limit).unwrap_or(i64::MAX))),
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(members.len());
+        for member in members {
+            let Some((user, hex)) = member.split_once(' ') else {
+                continue;
+            };
+            let Some(id) = parse_id(hex) else { continue };
+            match self.pending(user, &id).await? {
+                Some(p) => out.push(p),
+                // Its record went (completed or removed) after the index
+                // was read, or the index outlived it: drop the index entry.
+                None => {
+                    let () = self
+                        .redis
+                        .zrem(self.pending_index(), member.as_str())
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn complete(&self, user: &str, blob: &BlobMeta) -> Result<(), StoreError> {
+        check_user(user)?;
+        let key = self.media_key("b", &blob.id);
+        let _: Value = self
+            .redis
+            .hsetnx(&key, "size", blob.size.to_string())
+            .await
+            .map_err(unavailable)?;
+        let _: Value = self
+            .redis
+            .hsetnx(&key, "created", blob.created_ms.to_string())
+            .await
+            .map_err(unavailable)?;
+        let _: Value = self
+            .redis
+            .hsetnx(&key, "type", blob.media_type.as_str())
+            .await
+            .map_err(unavailable)?;
+        self.add_uploader(&blob.id, user).await?;
+        self.remove_pending(user, &blob.id).await
+    }
+
+    async fn add_refs(&self, id: &BlobId, scopes: &[Scope]) -> Result<(), StoreError> {
+        if scopes.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = scopes.iter().map(Scope::key).collect();
+        let () = self
+            .redis
+            .sadd(self.media_key("r", id), keys)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn has_ref(&self, id: &BlobId, scope: &Scope) -> Result<bool, StoreError> {
+        self.redis
+            .sismember(self.media_key("r", id), scope.key())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn group_refs(&self, id: &BlobId, limit: usize) -> Result<Vec<String>, StoreError> {
+        let scopes: Vec<String> = self
+            .redis
+            .smembers(self.media_key("r", id))
+            .await
+            .map_err(unavailable)?;
+        Ok(scopes
+            .iter()
+            .filter_map(|s| match Scope::parse(s) {
+                Some(Scope::Group(g)) => Some(g),
+                _ => None,
+            })
+            .take(limit)
+            .collect())
+    }
+}

@@ -1,0 +1,228 @@
+//! Media: blobs (a file's bytes, named by their BLAKE3 hash), the uploads
+//! that are still arriving, and the references that say who may read a
+//! blob.
+//!
+//! Two traits, so the bytes and the records can live in different places:
+//! - [`MediaStore`]: the records, in the message store of the backend
+//!   (embedded: the `media` keyspace; cluster: Redis). A blob's record,
+//!   who uploaded it, each user's pending uploads with their committed
+//!   offset, and the scopes that reference it.
+//! - [`BlobBytes`]: the bytes, staged while an upload arrives and
+//!   published under the blob's id once the hash checks. [`files`] keeps
+//!   them as files under a directory (the embedded backend's).
+//!
+//! # Invariants
+//! - A blob record exists only for bytes that were published, i.e. whose
+//!   BLAKE3 hash equals the id; a blob whose hash did not check is never
+//!   readable.
+//! - A pending upload's `committed` offset is written only after the bytes
+//!   below it are durable in [`BlobBytes::stage`]; staged bytes beyond it
+//!   are cut off before the upload goes on.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::StoreError;
+
+pub mod files;
+
+/// Bytes of a blob id (a BLAKE3 hash).
+pub const BLOB_ID_BYTES: usize = 32;
+
+/// A blob's name: the BLAKE3 hash of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId(pub [u8; BLOB_ID_BYTES]);
+
+impl BlobId {
+    /// The id in `bytes`, when they are exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<BlobId> {
+        <[u8; BLOB_ID_BYTES]>::try_from(bytes).ok().map(BlobId)
+    }
+
+    /// The id of `data`.
+    pub fn of(data: &[u8]) -> BlobId {
+        BlobId(*blake3::hash(data).as_bytes())
+    }
+
+    /// Lower-case hex, for file and object names.
+    pub fn hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+}
+
+impl std::fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobId({})", &self.hex()[..16])
+    }
+}
+
+/// What the store keeps of a published blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// The hash of the bytes.
+    pub id: BlobId,
+    /// Bytes.
+    pub size: u64,
+    /// Media type the first uploader declared.
+    pub media_type: String,
+    /// When it was published (ms since the Unix epoch).
+    pub created_ms: i64,
+}
+
+/// An upload still arriving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// Who uploads.
+    pub user: String,
+    /// The declared hash.
+    pub id: BlobId,
+    /// The declared size.
+    pub size: u64,
+    /// The declared media type.
+    pub media_type: String,
+    /// Bytes durable so far, from the start.
+    pub committed: u64,
+    /// When the upload started (ms), for the expiry of abandoned uploads.
+    pub started_ms: i64,
+}
+
+impl PendingUpload {
+    /// The stored form (without user and id, which the key holds): size,
+    /// committed and started as `u64 BE`, then the media type.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24 + self.media_type.len());
+        v.extend_from_slice(&self.size.to_be_bytes());
+        v.extend_from_slice(&self.committed.to_be_bytes());
+        v.extend_from_slice(&self.started_ms.to_be_bytes());
+        v.extend_from_slice(self.media_type.as_bytes());
+        v
+    }
+
+    /// The pending upload of `user` and `id` stored as `v`.
+    pub fn decode(user: &str, id: BlobId, v: &[u8]) -> Result<PendingUpload, StoreError> {
+        let corrupt = || StoreError::Corrupt("short pending-upload record".into());
+        let at = |i: usize| -> Result<u64, StoreError> {
+            v.get(i..i + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(corrupt)
+        };
+        Ok(PendingUpload {
+            user: user.to_owned(),
+            id,
+            size: at(0)?,
+            committed: at(8)?,
+            started_ms: at(16)? as i64,
+            media_type: String::from_utf8(v.get(24..).ok_or_else(corrupt)?.to_vec())
+                .map_err(|_| StoreError::Corrupt("media type not utf-8".into()))?,
+        })
+    }
+}
+
+/// Who a reference lets read a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A user (either side of a one-to-one message that carries it).
+    User(String),
+    /// The current members of a group whose message carries it.
+    Group(String),
+}
+
+impl Scope {
+    /// The scope as stored (`u:<user>` or `g:<group>`).
+    pub fn key(&self) -> String {
+        match self {
+            Scope::User(u) => format!("u:{u}"),
+            Scope::Group(g) => format!("g:{g}"),
+        }
+    }
+
+    /// The scope of a stored key.
+    pub fn parse(key: &str) -> Option<Scope> {
+        match key.split_once(':')? {
+            ("u", u) => Some(Scope::User(u.to_owned())),
+            ("g", g) => Some(Scope::Group(g.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// The records of blobs, uploads and references.
+#[async_trait]
+pub trait MediaStore: Send + Sync + 'static {
+    /// The record of a published blob.
+    async fn blob(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError>;
+
+    /// Whether `user` uploaded `id` (or proved having its bytes).
+    async fn is_uploader(&self, id: &BlobId, user: &str) -> Result<bool, StoreError>;
+
+    /// Records that `user` may reference `id` as its uploader.
+    async fn add_uploader(&self, id: &BlobId, user: &str) -> Result<(), StoreError>;
+
+    /// `user`'s pending upload of `id`.
+    async fn pending(&self, user: &str, id: &BlobId) -> Result<Option<PendingUpload>, StoreError>;
+
+    /// How many uploads `user` has pending, counting at most `limit`.
+    async fn pending_count(&self, user: &str, limit: usize) -> Result<usize, StoreError>;
+
+    /// Writes a pending upload (new, or its committed offset moved);
+    /// durable when it returns.
+    async fn put_pending(&self, upload: &PendingUpload) -> Result<(), StoreError>;
+
+    /// Forgets `user`'s pending upload of `id`.
+    async fn remove_pending(&self, user: &str, id: &BlobId) -> Result<(), StoreError>;
+
+    /// Pending uploads started before `before_ms`, at most `limit`.
+    async fn stale_pending(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingUpload>, StoreError>;
+
+    /// Publishes `blob` for `user`: the blob record (kept if it exists),
+    /// `user` as an uploader, and `user`'s pending upload gone, at once.
+    async fn complete(&self, user: &str, blob: &BlobMeta) -> Result<(), StoreError>;
+
+    /// Records that messages in `scopes` reference `id`.
+    async fn add_refs(&self, id: &BlobId, scopes: &[Scope]) -> Result<(), StoreError>;
+
+    /// Whether a message in `scope` references `id`.
+    async fn has_ref(&self, id: &BlobId, scope: &Scope) -> Result<bool, StoreError>;
+
+    /// The groups whose messages reference `id`, at most `limit`.
+    async fn group_refs(&self, id: &BlobId, limit: usize) -> Result<Vec<String>, StoreError>;
+}
+
+/// Where blob bytes live: uploads being staged, and published blobs.
+#[async_trait]
+pub trait BlobBytes: Send + Sync + 'static {
+    /// Writes `data` at `offset` of `user`'s staged upload of `id`, after
+    /// cutting the staged bytes at `offset`; durable when it returns.
+    async fn stage(
+        &self,
+        user: &str,
+        id: &BlobId,
+        offset: u64,
+        data: Vec<Bytes>,
+    ) -> Result<(), StoreError>;
+
+    /// The staged upload's length and the BLAKE3 hash of its first
+    /// `len` bytes (bytes beyond are ignored).
+    async fn staged_hash(&self, user: &str, id: &BlobId, len: u64) -> Result<BlobId, StoreError>;
+
+    /// Makes the staged upload (cut at `len`) the blob `id`; a blob that
+    /// exists already stays and the staged bytes go.
+    async fn publish(&self, user: &str, id: &BlobId, len: u64) -> Result<(), StoreError>;
+
+    /// Removes a staged upload (nothing if there is none).
+    async fn discard(&self, user: &str, id: &BlobId) -> Result<(), StoreError>;
+
+    /// Up to `len` bytes of blob `id` from `offset`.
+    async fn read(&self, id: &BlobId, offset: u64, len: usize) -> Result<Bytes, StoreError>;
+
+    /// Whether the bytes of `id` are here.
+    async fn has(&self, id: &BlobId) -> Result<bool, StoreError>;
+
+    /// Removes blob `id`'s bytes (nothing if there are none).
+    async fn delete(&self, id: &BlobId) -> Result<(), StoreError>;
+}
