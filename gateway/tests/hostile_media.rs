@@ -78,9 +78,9 @@ fn chunk(offset: u64, data: &[u8]) -> upload_client::Kind {
 /// the record is returned).
 async fn blob_info(s: &RawSession, blob: Bytes) -> ErrorCode {
     let request = v1::rpc_request::Kind::BlobInfo(v1::BlobInfoRequest { blob_id: blob });
-    match Some(s.rpc(request).await) {
-        Some(v1::rpc_response::Kind::BlobInfo(_)) => ErrorCode::NoError,
-        Some(v1::rpc_response::Kind::Error(e)) => ErrorCode::try_from(e.code).expect("code"),
+    match s.rpc(request).await {
+        v1::rpc_response::Kind::BlobInfo(_) => ErrorCode::NoError,
+        v1::rpc_response::Kind::Error(e) => ErrorCode::try_from(e.code).expect("code"),
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -5,10 +5,11 @@
 use qim_proto::v1;
 
 use crate::OpError;
+use crate::Quota;
 use crate::conformance::unique;
 use crate::conformance_im::ImBackend;
 use crate::conversations::{group, user};
-use crate::notify::{PREVIEW_OVERRIDES, PUSH_DEVICES, preview_of};
+use crate::notify::preview_of;
 
 fn token(device: &str, value: &str) -> v1::PushToken {
     v1::PushToken {
@@ -54,7 +55,7 @@ pub async fn push_tokens_are_per_device_bounded_and_move(backend: &dyn ImBackend
         assert!(matches!(
             n.register_push_token(&a, token("laptop", &unique("tok")), 2)
                 .await,
-            Err(OpError::QuotaExceeded(PUSH_DEVICES))
+            Err(OpError::QuotaExceeded(crate::Quota::PushDevices))
         ));
         n.register_push_token(&a, token("phone", &t1), 2)
             .await
@@ -81,7 +82,11 @@ pub async fn push_tokens_are_per_device_bounded_and_move(backend: &dyn ImBackend
                 .await
                 .expect("remove")
         );
-        assert!(n.register_push_token(&a, token("bad id", "x"), 2).await.is_err());
+        assert!(
+            n.register_push_token(&a, token("bad id", "x"), 2)
+                .await
+                .is_err()
+        );
     }
     let s = backend.open_im().await;
     let n = &s.notify;
@@ -101,7 +106,9 @@ pub async fn push_tokens_are_per_device_bounded_and_move(backend: &dyn ImBackend
     );
     assert!(n.push_tokens(&a).await.expect("read").is_empty());
     assert!(
-        !n.remove_push_token(&a, "phone", None).await.expect("remove"),
+        !n.remove_push_token(&a, "phone", None)
+            .await
+            .expect("remove"),
         "nothing left to remove"
     );
     // The token a removed is free: registering it again anywhere works.
@@ -150,7 +157,7 @@ pub async fn push_settings_are_kept_and_bounded(backend: &dyn ImBackend) {
                 2,
             )
             .await,
-            Err(OpError::QuotaExceeded(PREVIEW_OVERRIDES))
+            Err(OpError::QuotaExceeded(Quota::PreviewOverrides))
         ));
         let set = n
             .set_push_settings(

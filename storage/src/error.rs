@@ -135,6 +135,10 @@ pub enum Quota {
     PendingInvitations,
     /// Join requests a group has waiting for its admins.
     JoinRequests,
+    /// Devices of a user with a push token.
+    PushDevices,
+    /// Conversations with a preview setting of their own.
+    PreviewOverrides,
 }
 
 impl Quota {
@@ -146,6 +150,8 @@ impl Quota {
             Quota::PendingSchedules => "pending_schedules",
             Quota::PendingFriendRequests | Quota::PendingInvitations => "pending_requests",
             Quota::JoinRequests => "max_join_requests",
+            Quota::PushDevices => "max_devices",
+            Quota::PreviewOverrides => "max_preview_overrides",
         }
     }
 }
@@ -158,6 +164,8 @@ impl std::fmt::Display for Quota {
             Quota::PendingFriendRequests => "pending friend requests",
             Quota::PendingInvitations => "pending invitations",
             Quota::JoinRequests => "join requests",
+            Quota::PushDevices => "devices with a push token",
+            Quota::PreviewOverrides => "conversations with a preview setting",
         })
     }
 }

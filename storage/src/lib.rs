@@ -118,9 +118,9 @@ pub mod conformance_contacts;
 pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
+pub mod conformance_media;
 #[cfg(feature = "conformance")]
 pub mod conformance_notify;
-pub mod conformance_media;
 
 pub use accounts::AccountStore;
 pub use cluster::ClusterStore;

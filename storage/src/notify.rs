@@ -24,13 +24,7 @@ use async_trait::async_trait;
 use qim_proto::v1;
 
 use crate::conversations::peer_key;
-use crate::{OpError, StoreError};
-
-/// The quota name of push devices per user ([`OpError::QuotaExceeded`]).
-pub const PUSH_DEVICES: &str = "push_devices";
-
-/// The quota name of per-conversation preview settings per user.
-pub const PREVIEW_OVERRIDES: &str = "preview_overrides";
+use crate::{OpError, Quota, StoreError};
 
 /// Push tokens, preview settings and push claims.
 #[async_trait]
@@ -117,7 +111,7 @@ pub fn apply_settings(
         }
     }
     if settings.conversations.len() > max_overrides {
-        return Err(OpError::QuotaExceeded(PREVIEW_OVERRIDES));
+        return Err(OpError::QuotaExceeded(Quota::PreviewOverrides));
     }
     settings
         .conversations

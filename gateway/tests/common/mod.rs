@@ -543,26 +543,12 @@ impl RawSession {
 
     /// One sync request over rpc: the inbox after `after`.
     pub async fn sync(&self, after: u64) -> v1::SyncResponse {
-        let (send, recv) = self.raw.conn.open_bi().await.expect("rpc");
-        let mut send = FramedSend::new(send, StreamKind::Rpc, 64 * 1024);
-        let mut recv = FramedRecv::new(recv, 64 * 1024);
-        send.send(&v1::RpcRequest { kind: Some(kind) })
-            .await
-            .expect("request");
-        recv.next::<v1::RpcResponse>()
-            .await
-            .expect("response")
-            .and_then(|r| r.kind)
-    }
-
-    /// One sync request over rpc: the inbox after `after`.
-    pub async fn sync(&self, after: u64) -> v1::SyncResponse {
         let request = v1::rpc_request::Kind::Sync(v1::SyncRequest {
             after_seq: after,
             limit: 100,
         });
         match self.rpc(request).await {
-            Some(v1::rpc_response::Kind::Sync(page)) => page,
+            v1::rpc_response::Kind::Sync(page) => page,
             other => panic!("expected a sync page, got {other:?}"),
         }
     }

@@ -121,6 +121,12 @@ impl Connection {
         Self(Arc::new(transport))
     }
 
+    /// Whether `other` is this same connection (not another one to the
+    /// same server).
+    pub fn same_as(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Which transport this is.
     pub fn kind(&self) -> TransportKind {
         self.0.kind()

@@ -21,7 +21,7 @@ use qim_proto::v1;
 
 use super::EmbeddedStore;
 use super::tables::{check_key_part, prefixed, unavailable};
-use crate::notify::{NotifyStore, PUSH_DEVICES, apply_settings, default_settings, token_key};
+use crate::notify::{NotifyStore, apply_settings, default_settings, token_key};
 use crate::{OpError, StoreError};
 
 /// Claims kept in memory before expired ones are swept.
@@ -92,7 +92,7 @@ impl NotifyStore for EmbeddedStore {
             .filter(|(k, _)| *k != key)
             .count();
         if others >= max_devices {
-            return Err(OpError::QuotaExceeded(PUSH_DEVICES));
+            return Err(OpError::QuotaExceeded(crate::Quota::PushDevices));
         }
         let owner_key = token_key(&token.token);
         let mut batch = t.db.batch();

@@ -579,6 +579,7 @@ impl Model {
             reply_to: self.reply_to.take(),
             mentions,
             mention_all,
+            attachments: Vec::new(),
         };
         let chat = self.chats.entry(peer.clone()).or_default();
         // A send goes below what is shown, whatever the local clock says.
