@@ -111,7 +111,8 @@ impl Apns {
         let collapse: String = n.conversation.chars().take(COLLAPSE_ID_BYTES).collect();
         let response = http
             .post(format!("{base}/3/device/{}", n.token.token))
-            .bearer_auth(bearer)
+            // As Apple documents it: `authorization: bearer <token>`.
+            .header("authorization", format!("bearer {bearer}"))
             .header("apns-topic", &n.token.app_id)
             .header("apns-push-type", "alert")
             .header("apns-priority", "10")
