@@ -277,16 +277,34 @@ async fn run(rate: u32, label: &str) -> (Duration, Duration) {
     }
     let total: usize = sent.iter().sum();
 
-    // Everything acked and delivered.
-    common::poll_until("every message acked and delivered", || {
-        let s = Arc::clone(&seen);
-        async move {
-            let s = lock(&s);
-            let delivered: usize = s.received.iter().map(Vec::len).sum();
-            (s.acked.len() >= total && delivered >= total).then_some(())
+    // Everything acked and delivered. Above the sustained rate the cluster
+    // falls behind and catches up after the traffic: the wait lasts while
+    // acks and deliveries keep coming, and fails after STALL without one
+    // (or after five minutes in all).
+    let progress = || {
+        let s = lock(&seen);
+        let delivered: usize = s.received.iter().map(Vec::len).sum();
+        (s.acked.len(), delivered)
+    };
+    let (mut last, mut moved, began) = (progress(), Instant::now(), Instant::now());
+    while last.0 < total || last.1 < total {
+        assert!(
+            moved.elapsed() < STALL && began.elapsed() < Duration::from_secs(300),
+            "{label}: acked {} and delivered {} of {total}, nothing for {:?}",
+            last.0,
+            last.1,
+            moved.elapsed()
+        );
+        // Why a sleep: the counts are other tasks' event handlers' state;
+        // this polls them (as common::poll_until does) without a deadline
+        // of its own while they move.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = progress();
+        if now != last {
+            (last, moved) = (now, Instant::now());
         }
-    })
-    .await;
+    }
+    eprintln!("{label}: drained {:?} after the traffic", began.elapsed());
     for c in &clients {
         assert_quiet(c, Duration::from_millis(100)).await;
     }
@@ -388,3 +406,6 @@ async fn forty_clients_through_a_kill_9_of_each_node_lose_double_and_reorder_not
 /// (debug build, shared with other work): at 8 (320/s in all) deliveries
 /// keep up; at 16 they fall tens of seconds behind while acks slow down.
 const SUSTAINED: u32 = 8;
+
+/// How long the drain after the traffic may see no ack and no delivery.
+const STALL: Duration = Duration::from_secs(90);
