@@ -58,6 +58,10 @@ pub(crate) struct LoadtestArgs {
     /// during the later ones).
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// quic | tcp | both: the clients' transport (TLS on TCP, or both one
+    /// after the other against the same gateway, with their ratio).
+    #[arg(long, default_value = "quic")]
+    transport: String,
     /// Arguments for the scenario, after `--` (see `qim-loadgen <scenario>
     /// --help`), e.g. `-- --pairs 64 --seconds 10`.
     #[arg(last = true)]
@@ -98,6 +102,8 @@ pub(crate) struct RunningGateway {
     pub(crate) data_dir: PathBuf,
     /// Its admin API address, when it serves one (`admin.keys_file`).
     pub(crate) api: Option<String>,
+    /// Its TLS-on-TCP address, when it listens on TCP.
+    pub(crate) tcp: Option<String>,
 }
 
 impl RunningGateway {
@@ -138,7 +144,7 @@ impl RunningGateway {
         let mut child = cmd.spawn().with_context(|| format!("{binary:?}"))?;
         let stdout = child.stdout.take().context("gateway stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let (addr, api) = loop {
+        let (addr, api, tcp) = loop {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
                 bail!(
@@ -147,11 +153,18 @@ impl RunningGateway {
                 );
             };
             if let Some(rest) = line?.strip_prefix("READY quic=") {
-                let api = rest
-                    .split(' ')
-                    .find_map(|part| part.strip_prefix("api="))
-                    .map(str::to_owned);
-                break (rest.split(' ').next().unwrap_or_default().to_owned(), api);
+                let field = |name: &str| {
+                    rest.split(' ')
+                        .find_map(|part| part.strip_prefix(name))
+                        .filter(|v| *v != "-")
+                        .map(str::to_owned)
+                };
+                let (api, tcp) = (field("api="), field("tcp="));
+                break (
+                    rest.split(' ').next().unwrap_or_default().to_owned(),
+                    api,
+                    tcp,
+                );
             }
         };
         // Keep draining stdout so the gateway never blocks on it.
@@ -161,6 +174,7 @@ impl RunningGateway {
             addr,
             data_dir: data_dir.to_owned(),
             api,
+            tcp,
         })
     }
 
@@ -386,17 +400,60 @@ pub(crate) fn loadtest(root: &Path, a: LoadtestArgs) -> Result<()> {
         }
     };
     args.extend(a.loadgen_args.iter().cloned());
+    let transports: &[&str] = match a.transport.as_str() {
+        "quic" => &["quic"],
+        "tcp" => &["tcp"],
+        "both" => &["quic", "tcp"],
+        other => bail!("unknown transport {other:?}: quic | tcp | both"),
+    };
+    let tcp_args = match (&gateway, transports.contains(&"tcp")) {
+        (_, false) => Vec::new(),
+        (Some(gw), true) => {
+            let Some(tcp) = &gw.tcp else {
+                bail!("the gateway listens on no TCP address (transport.tcp)");
+            };
+            vec!["--tcp".to_owned(), tcp.clone()]
+        }
+        (None, true) => bail!("--transport tcp needs the gateway started here (one node)"),
+    };
     let runs = a.runs.max(1);
     let mut failures = Vec::new();
-    for run in 1..=runs {
-        let result = loadgen(&bins.loadgen, &args)?;
-        if runs > 1 {
-            println!("run {run} of {runs}:");
+    let mut last = Vec::new();
+    for transport in transports {
+        let mut args = args.clone();
+        if *transport == "tcp" {
+            args.extend(tcp_args.iter().cloned());
         }
-        println!("{}", serde_json::to_string_pretty(&result)?);
-        if result["ok"].as_bool() != Some(true) {
-            failures.push(format!("run {run}: {}", result["errors"]));
+        for run in 1..=runs {
+            let result = loadgen(&bins.loadgen, &args)?;
+            if runs > 1 || transports.len() > 1 {
+                println!("{transport}, run {run} of {runs}:");
+            }
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            if result["ok"].as_bool() != Some(true) {
+                failures.push(format!("{transport} run {run}: {}", result["errors"]));
+            }
+            if run == runs {
+                last.push(result);
+            }
         }
+    }
+    if let [quic, tcp] = last.as_slice() {
+        let ratio = |path: &[&str]| {
+            let get = |v: &serde_json::Value| {
+                path.iter()
+                    .fold(v, |v, k| &v[*k])
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+            };
+            get(tcp) / get(quic)
+        };
+        println!(
+            "tcp / quic: messages per second {:.2}, p50 {:.2}, p99 {:.2}",
+            ratio(&["msgs_per_s"]),
+            ratio(&["latency", "p50_ms"]),
+            ratio(&["latency", "p99_ms"]),
+        );
     }
     drop(gateway);
     drop(cluster);
@@ -462,6 +519,22 @@ fn smoke_runs(root: &Path) -> Result<Vec<(&'static str, serde_json::Value)>> {
             )?,
         ),
         ("reconnect", run("reconnect", &["--n", "100"])?),
+        (
+            "chat over TLS on TCP",
+            run(
+                "chat",
+                &[
+                    "--pairs",
+                    "10",
+                    "--messages",
+                    "40",
+                    "--seconds",
+                    "30",
+                    "--tcp",
+                    gw.tcp.as_deref().context("the gateway's TCP address")?,
+                ],
+            )?,
+        ),
         (
             "fanout write diffusion",
             run(

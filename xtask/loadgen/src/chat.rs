@@ -170,6 +170,7 @@ pub(crate) async fn run(
     run_id: &str,
     connect_concurrency: usize,
 ) -> Result<Value> {
+    let tcp = target.tcp.is_some();
     let logins = Arc::new(Semaphore::new(connect_concurrency.max(1)));
     let mut connecting = tokio::task::JoinSet::new();
     for p in 0..args.pairs {
@@ -261,8 +262,10 @@ pub(crate) async fn run(
         received.push(r);
         errors.extend(e);
     }
+    // Over TLS on TCP the result is a system of its own, next to QUIC's.
+    let system = if tcp { "qim-tcp" } else { "qim" };
     Ok(summarize(
-        "qim",
+        system,
         &args,
         start,
         (sent, acked),
@@ -362,7 +365,7 @@ async fn send(session: &Session, args: &ChatArgs, to: &str, start: Instant) -> R
     Ok((n, acked))
 }
 
-async fn heartbeat_on(conn: quinn::Connection, interval: Duration) -> Result<()> {
+async fn heartbeat_on(conn: qim_proto::transport::Connection, interval: Duration) -> Result<()> {
     use qim_proto::io::{FramedRecv, FramedSend};
     let max = qim_proto::DEFAULT_MAX_FRAME;
     let (send, recv) = conn.open_bi().await?;

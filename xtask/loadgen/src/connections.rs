@@ -130,7 +130,7 @@ pub(crate) async fn run(
                     }
                 }
                 _ = stop.wait_for(|s| *s) => {
-                    session.conn.close(qim_proto::v1::ErrorCode::NoError.to_quic().into(), b"done");
+                    session.conn.close(qim_proto::v1::ErrorCode::NoError, b"done");
                 }
             }
         });

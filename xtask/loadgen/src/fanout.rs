@@ -390,7 +390,10 @@ async fn take_streams(session: &Session) -> Result<(mpsc::Receiver<v1::Deliver>,
 }
 
 /// Acknowledges a sender's own inbox deliveries so nothing piles up.
-async fn drain(conn: quinn::Connection, mut deliveries: mpsc::Receiver<v1::Deliver>) -> Result<()> {
+async fn drain(
+    conn: qim_proto::transport::Connection,
+    mut deliveries: mpsc::Receiver<v1::Deliver>,
+) -> Result<()> {
     let mut acks = FramedSend::new(
         conn.open_uni().await?,
         StreamKind::Ack,
@@ -483,7 +486,7 @@ async fn send(
     Ok(acked)
 }
 
-async fn heartbeat(conn: quinn::Connection, interval: Duration) -> Result<()> {
+async fn heartbeat(conn: qim_proto::transport::Connection, interval: Duration) -> Result<()> {
     let max = qim_proto::DEFAULT_MAX_FRAME;
     let (send, recv) = conn.open_bi().await?;
     let mut send = FramedSend::new(send, StreamKind::Heartbeat, max);

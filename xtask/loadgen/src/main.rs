@@ -51,6 +51,10 @@ struct GatewayArgs {
     /// (each user goes to one of them, picked by a hash of its id).
     #[arg(long, value_delimiter = ',', required = true)]
     gateway: Vec<SocketAddr>,
+    /// Log in over TLS on TCP to these addresses instead of QUIC (one per
+    /// `--gateway` address, in the same order).
+    #[arg(long, value_delimiter = ',')]
+    tcp: Vec<SocketAddr>,
     /// PEM CA the gateway's certificate is verified against.
     #[arg(long)]
     ca: PathBuf,
@@ -207,7 +211,10 @@ fn connect_side(
     sessions: usize,
 ) -> Result<(qim::Target, Arc<qim::Endpoints>)> {
     let ca = std::fs::read(&g.ca).with_context(|| g.ca.display().to_string())?;
-    let target = qim::Target::new(g.gateway.clone(), g.server_name.clone(), &g.secret)?;
+    let mut target = qim::Target::new(g.gateway.clone(), g.server_name.clone(), &g.secret)?;
+    if !g.tcp.is_empty() {
+        target = target.over_tcp(g.tcp.clone(), &ca)?;
+    }
     let config = qim::client_config(&ca, resumption, sessions)?;
     let endpoints = qim::Endpoints::bind(g.endpoints, target.addrs[0], config)?;
     Ok((target, Arc::new(endpoints)))

@@ -17,6 +17,8 @@ use anyhow::{Context as _, Result, bail};
 use qim_gateway::auth::{TokenKey, unix_now};
 use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
 use qim_proto::preamble::StreamKind;
+use qim_proto::transport::Connection;
+use qim_proto::transport::mux::{self, Limits, Role};
 use qim_proto::v1::{self, client_control, server_control};
 
 /// Where the gateway is (one node, or the nodes of a cluster) and how to
@@ -29,6 +31,16 @@ pub(crate) struct Target {
     pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) server_name: String,
     pub(crate) tokens: TokenKey,
+    /// Sessions go over TLS on TCP instead of QUIC (the gateway's TCP
+    /// addresses, in the order of `addrs`).
+    pub(crate) tcp: Option<Tcp>,
+}
+
+/// TLS on TCP: where and with what TLS settings.
+#[derive(Clone)]
+pub(crate) struct Tcp {
+    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) tls: tokio_rustls::TlsConnector,
 }
 
 impl Target {
@@ -44,16 +56,33 @@ impl Target {
             addrs,
             server_name,
             tokens,
+            tcp: None,
         })
     }
 
-    /// The node `user` connects to.
-    pub(crate) fn addr_for(&self, user: &str) -> SocketAddr {
+    /// Sessions over TLS on TCP to `addrs` (one per QUIC address), with
+    /// the TLS settings of `ca_pem`.
+    pub(crate) fn over_tcp(mut self, addrs: Vec<SocketAddr>, ca_pem: &[u8]) -> Result<Self> {
+        if addrs.len() != self.addrs.len() {
+            bail!("give one TCP address per gateway address");
+        }
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(ca_pem, false, 0)?));
+        self.tcp = Some(Tcp { addrs, tls });
+        Ok(self)
+    }
+
+    /// Which node `user` connects to (an index into the addresses).
+    fn node_for(&self, user: &str) -> usize {
         // FNV-1a: stable across runs and processes.
         let h = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        self.addrs[(h % self.addrs.len() as u64) as usize]
+        (h % self.addrs.len() as u64) as usize
+    }
+
+    /// The node `user` connects to.
+    pub(crate) fn addr_for(&self, user: &str) -> SocketAddr {
+        self.addrs[self.node_for(user)]
     }
 
     /// A token for `user`, valid for a day.
@@ -85,6 +114,25 @@ pub(crate) fn client_config(
     resumption: bool,
     sessions: usize,
 ) -> Result<quinn::ClientConfig> {
+    let tls = tls_config(ca_pem, resumption, sessions)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        // The server opens two uni streams (ack, delivery) and no bidi.
+        .max_concurrent_uni_streams(4u32.into())
+        .max_concurrent_bidi_streams(0u32.into())
+        .keep_alive_interval(None)
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            300_000,
+        ))));
+    quic.transport_config(Arc::new(transport));
+    Ok(quic)
+}
+
+/// The TLS settings of a qim client: TLS 1.3 trusting `ca_pem`, ALPN
+/// `qim/1`, session resumption as [`client_config`] says.
+fn tls_config(ca_pem: &[u8], resumption: bool, sessions: usize) -> Result<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -106,19 +154,7 @@ pub(crate) fn client_config(
         rustls::client::Resumption::disabled()
     };
     tls.alpn_protocols = vec![qim_proto::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        // The server opens two uni streams (ack, delivery) and no bidi.
-        .max_concurrent_uni_streams(4u32.into())
-        .max_concurrent_bidi_streams(0u32.into())
-        .keep_alive_interval(None)
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-            300_000,
-        ))));
-    quic.transport_config(Arc::new(transport));
-    Ok(quic)
+    Ok(tls)
 }
 
 /// A few client endpoints that connections are spread over, round robin.
@@ -162,7 +198,7 @@ impl Endpoints {
 
 /// A logged-in connection.
 pub(crate) struct Session {
-    pub(crate) conn: quinn::Connection,
+    pub(crate) conn: Connection,
     /// Kept so the control stream stays open for the session's life.
     pub(crate) _control_send: FramedSend,
     pub(crate) _control_recv: FramedRecv,
@@ -193,6 +229,9 @@ pub(crate) async fn login_with(
     device: &str,
     resume_from: u64,
 ) -> Result<Session> {
+    if let Some(tcp) = &target.tcp {
+        return login_tcp(tcp, target, user, device, resume_from).await;
+    }
     let addr = target.addr_for(user);
     let connecting = match config {
         Some(config) => endpoint.connect_with(config, addr, &target.server_name)?,
@@ -202,7 +241,8 @@ pub(crate) async fn login_with(
     // early data; if the server refuses the early data, it goes again.
     let (conn, (control_send, control_recv, welcome), zero_rtt) = match connecting.into_0rtt() {
         Ok((conn, accepted)) => {
-            let early = hello(&conn, target, user, device, resume_from);
+            let wrapped = Connection::from(conn.clone());
+            let early = hello(&wrapped, target, user, device, resume_from);
             tokio::pin!(early, accepted);
             let (taken, result) = tokio::select! {
                 taken = &mut accepted => if taken { (true, Some(early.await)) } else { (false, None) },
@@ -211,34 +251,90 @@ pub(crate) async fn login_with(
             match (taken, result) {
                 (true, Some(result)) => (conn.clone(), result?, true),
                 _ => {
-                    let result = hello(&conn, target, user, device, resume_from).await?;
+                    let result = hello(
+                        &Connection::from(conn.clone()),
+                        target,
+                        user,
+                        device,
+                        resume_from,
+                    )
+                    .await?;
                     (conn.clone(), result, false)
                 }
             }
         }
         Err(connecting) => {
             let conn = connecting.await.context("handshake")?;
-            let result = hello(&conn, target, user, device, resume_from).await?;
+            let result = hello(
+                &Connection::from(conn.clone()),
+                target,
+                user,
+                device,
+                resume_from,
+            )
+            .await?;
             (conn, result, false)
         }
     };
+    Ok(session(
+        conn.into(),
+        (control_send, control_recv, welcome),
+        zero_rtt,
+    ))
+}
+
+/// A logged-in session on `conn`.
+fn session(
+    conn: Connection,
+    (control_send, control_recv, welcome): (FramedSend, FramedRecv, v1::Welcome),
+    zero_rtt: bool,
+) -> Session {
     let max_frame = welcome
         .limits
         .as_ref()
         .map_or(qim_proto::DEFAULT_MAX_FRAME, |l| l.max_frame_bytes as usize);
-    Ok(Session {
+    Session {
         conn,
         _control_send: control_send,
         _control_recv: control_recv,
         welcome,
         max_frame,
         zero_rtt,
-    })
+    }
 }
+
+/// [`login`] over TLS on TCP: a TCP connection, TLS 1.3 with ALPN `qim/1`,
+/// then yamux streams carrying the same frames as QUIC streams.
+async fn login_tcp(
+    tcp: &Tcp,
+    target: &Target,
+    user: &str,
+    device: &str,
+    resume_from: u64,
+) -> Result<Session> {
+    let addr = tcp.addrs[target.node_for(user)];
+    let name = rustls::pki_types::ServerName::try_from(target.server_name.clone())?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("TCP connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let stream = tcp
+        .tls
+        .connect(name, stream)
+        .await
+        .context("TLS over TCP")?;
+    let conn = mux::connect(stream, Role::Client, addr, CLIENT_LIMITS);
+    let result = hello(&conn, target, user, device, resume_from).await?;
+    Ok(session(conn, result, false))
+}
+
+/// What the server may open on a TCP session: the SDK's bounds (it opens
+/// two uni streams and no bidi).
+const CLIENT_LIMITS: Limits = Limits { bidi: 0, uni: 4 };
 
 /// Opens the control stream, sends Hello and waits for Welcome.
 async fn hello(
-    conn: &quinn::Connection,
+    conn: &Connection,
     target: &Target,
     user: &str,
     device: &str,

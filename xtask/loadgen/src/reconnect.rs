@@ -133,8 +133,7 @@ pub(crate) async fn run(
     // The storm.
     let storm = Instant::now();
     for s in &sessions {
-        s.conn
-            .close(ErrorCode::NoError.to_quic().into(), b"network change");
+        s.conn.close(ErrorCode::NoError, b"network change");
     }
     drop(sessions);
     let logins = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -197,7 +196,7 @@ pub(crate) async fn run(
         back.len()
     );
     for s in &back {
-        s.conn.close(ErrorCode::NoError.to_quic().into(), b"done");
+        s.conn.close(ErrorCode::NoError, b"done");
     }
     Ok(json!({
         "system": "qim",

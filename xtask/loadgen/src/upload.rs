@@ -16,7 +16,7 @@ const PRIORITY: i32 = -10;
 /// Uploads blobs of `mib` MiB on `conn` until `stop` turns true; returns
 /// the bytes the server committed.
 pub(crate) async fn flat_out(
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
     welcome: v1::Welcome,
     max_frame: usize,
     mib: u64,
