@@ -34,7 +34,7 @@ pub(crate) async fn flat_out(
         rand::rng().fill_bytes(&mut bytes);
         let id = blake3::hash(&bytes);
         let (send, recv) = conn.open_bi().await.context("open upload")?;
-        let _ = send.set_priority(PRIORITY);
+        send.set_priority(PRIORITY);
         let mut send = FramedSend::new(send, StreamKind::Upload, max_frame);
         let mut recv = FramedRecv::new(recv, max_frame);
         let frame = |kind| v1::UploadClient { kind: Some(kind) };
