@@ -38,9 +38,11 @@ pub fn now_ms() -> i64 {
 }
 
 /// The transport of the client's connection: the one place the app asks.
-/// The SDK speaks QUIC only today.
-fn transport_of(_client: &Client) -> Transport {
-    Transport::Quic
+fn transport_of(client: &Client) -> Transport {
+    match client.transport() {
+        Some(qim_sdk::Transport::Tcp) => Transport::Tcp,
+        _ => Transport::Quic,
+    }
 }
 
 /// The client for `settings`, started without waiting for the network
