@@ -10,6 +10,8 @@ use prometheus_client::registry::Registry;
 use qim_proto::v1::ErrorCode;
 
 type ByCode = Family<Vec<(&'static str, &'static str)>, Counter>;
+/// Histograms by label, made by a constructor.
+type Histograms = Family<Vec<(&'static str, &'static str)>, Histogram, fn() -> Histogram>;
 
 /// Every metric the gateway records.
 #[derive(Debug)]
@@ -95,7 +97,7 @@ pub struct Metrics {
     /// Webhook calls, by event and outcome (see docs/backend.md).
     pub webhook_calls: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Seconds a webhook call took, by event.
-    pub webhook_latency: Family<Vec<(&'static str, &'static str)>, Histogram, fn() -> Histogram>,
+    pub webhook_latency: Histograms,
     /// Webhook events dropped, by reason (`queue_full`, `journal_error`,
     /// `stopped`).
     pub webhook_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,

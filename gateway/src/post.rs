@@ -305,7 +305,7 @@ async fn admit(
         .await?;
     if trust == Trust::User {
         // The business may refuse or rewrite it (before it is charged).
-        crate::webhook::before_send(ctx, sender, &mut send).await?;
+        crate::webhook::before_send(ctx, sender.user, sender.device, &mut send).await?;
         let cost = Cost {
             copies: copies(ctx, &send.to, &inboxes).await,
             body_bytes: send.body.len() as u64,

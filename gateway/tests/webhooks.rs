@@ -265,8 +265,8 @@ async fn sessions_open(gw: &TestGateway, n: usize) {
     .await;
 }
 
-/// Messages, presence changes and their order reach the events URL,
-/// each signed; a send stored again (same id) makes no second event.
+/// Messages (in order), presence changes and group changes reach the
+/// events URL, each signed.
 #[tokio::test]
 async fn after_send_and_presence_events_arrive_signed() {
     let endpoint = Endpoint::serve("127.0.0.1:0".parse().expect("addr")).await;
@@ -302,6 +302,36 @@ async fn after_send_and_presence_events_arrive_signed() {
             .is_some_and(|s| !s.is_empty())
     );
     assert_eq!(first["id"].as_str().map(str::len), Some(32));
+
+    let group = unique("team");
+    a.create_group(group.clone(), "Team".into(), vec![bob.clone()])
+        .await
+        .expect("create");
+    let created = endpoint
+        .wait("the group's event", |seen| {
+            seen.events
+                .iter()
+                .find(|e| e["type"] == "group_changed" && e["data"]["group"] == group.as_str())
+                .cloned()
+        })
+        .await;
+    assert_eq!(
+        (
+            created["data"]["op"].as_str(),
+            created["data"]["by"].as_str()
+        ),
+        (Some("create"), Some(alice.as_str()))
+    );
+    let named = |field: &str| {
+        created["data"][field]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        named("added").contains(&json!(bob)) || named("invited").contains(&json!(bob)),
+        "{created}"
+    );
 
     b.close().await;
     endpoint

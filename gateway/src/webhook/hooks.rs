@@ -11,7 +11,6 @@ use qim_proto::v1::{self, ErrorCode};
 
 use super::{Answer, Hook};
 use crate::ctx::Ctx;
-use crate::post::Sender;
 use crate::reply::Refusal;
 
 /// Bytes of a refusal's reason kept for the sender.
@@ -54,11 +53,13 @@ fn shorten(mut reason: String) -> String {
     reason
 }
 
-/// Asks the before-send hook about `send` (when configured): `Ok` to go
+/// Asks the before-send hook about `send` of `user` on `device` (when
+/// configured): `Ok` to go
 /// on, with the body rewritten if the business said so.
 pub(crate) async fn before_send(
     ctx: &Ctx,
-    sender: &Sender<'_>,
+    user: &str,
+    device: &str,
     send: &mut v1::Send,
 ) -> Result<(), Refusal> {
     if ctx.config.webhooks.before_send_url.is_none() {
@@ -66,8 +67,8 @@ pub(crate) async fn before_send(
     }
     let (body, text) = body_fields(&send.body);
     let data = serde_json::json!({
-        "from": sender.user,
-        "device": sender.device,
+        "from": user,
+        "device": device,
         "to": peer(&send.to),
         "client_msg_id": send.client_msg_id,
         "kind": send.kind,

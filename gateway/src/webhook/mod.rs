@@ -1,4 +1,6 @@
-//! Webhooks to the business backend (`[webhooks]`, docs/backend.md).
+//! Webhooks to the business backend (`[webhooks]`, docs/backend.md):
+//! events after sends (`post`), presence changes (`presence`) and group
+//! changes (`groups`), and hooks before sends and offline pushes.
 //!
 //! # Events (asynchronous)
 //! [`Webhooks::emit`] never waits: it hands the event to a bounded
