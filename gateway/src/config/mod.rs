@@ -425,6 +425,23 @@ mod tests {
             Config::load(None, [], &["nodot=1".to_owned()]),
             Err(ConfigError::Override(_))
         ));
+        // Webhooks: a URL needs the secret; a known policy; http(s) only.
+        let hooks = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| (*s).to_owned()).collect();
+            Config::load(None, [], &sets)
+        };
+        for bad in [
+            &["webhooks.events_url=http://h/e"][..],
+            &["webhooks.failure_policy=maybe"],
+            &["webhooks.queue=0"],
+            &["webhooks.events_url=ftp://h/e", "webhooks.secret_file=/s"],
+        ] {
+            assert!(
+                matches!(hooks(bad), Err(ConfigError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(hooks(&["webhooks.events_url=https://h/e", "webhooks.secret_file=/s"]).is_ok());
         // A settle window inside the fill window could skip a seq that a
         // resend still fills.
         let settle = |settle: u64, timeout: u64| {

@@ -26,7 +26,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -118,6 +118,9 @@ pub(crate) struct Webhooks {
     pending: Arc<AtomicUsize>,
     max_pending: usize,
     stopped: AtomicBool,
+    /// When a dropped event was last logged (ms): at most one line a
+    /// second, however many are dropped (each is counted).
+    drop_logged_ms: AtomicI64,
     /// Wakes the worker when the writer appended.
     appended: Arc<tokio::sync::Notify>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -156,6 +159,7 @@ impl Webhooks {
             pending: Arc::new(AtomicUsize::new(pending)),
             max_pending: c.queue,
             stopped: AtomicBool::new(false),
+            drop_logged_ms: AtomicI64::new(0),
             appended: Arc::new(tokio::sync::Notify::new()),
             tasks: std::sync::Mutex::new(Vec::new()),
         })
@@ -166,6 +170,24 @@ impl Webhooks {
             .webhook_dropped
             .get_or_create(&vec![("reason", reason)])
             .inc_by(n as u64);
+    }
+
+    /// Logs a dropped event, at most once a second.
+    fn log_drop(&self, kind: &'static str, reason: &'static str) {
+        let now = qim_proto::now_ms();
+        let last = self.drop_logged_ms.load(Ordering::Relaxed);
+        if now - last >= 1_000
+            && self
+                .drop_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                event = kind,
+                reason,
+                "webhook event dropped (qim_webhook_dropped_total counts them all)"
+            );
+        }
     }
 
     fn sent(&self, n: usize) {
@@ -189,7 +211,7 @@ impl Webhooks {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             self.dropped("queue_full", 1);
-            tracing::warn!(event = kind, "webhook queue full; event dropped");
+            self.log_drop(kind, "queue_full");
             return;
         }
         let event = serde_json::json!({
@@ -211,7 +233,7 @@ impl Webhooks {
                     mpsc::error::TrySendError::Closed(_) => "stopped",
                 };
                 self.dropped(reason, 1);
-                tracing::warn!(event = kind, reason, "webhook event dropped");
+                self.log_drop(kind, reason);
             }
         }
     }
