@@ -22,6 +22,7 @@ use crate::notify::Notifier;
 use crate::push::Registry;
 use crate::quota::Quotas;
 use crate::route::Routes;
+use crate::webhook::Webhooks;
 
 /// State shared by every connection of this gateway.
 pub(crate) struct Ctx {
@@ -48,6 +49,8 @@ pub(crate) struct Ctx {
     pub(crate) tokens: TokenKeys,
     /// Offline push: push tokens, settings and notifications.
     pub(crate) notify: Notifier,
+    /// Webhooks to the business backend: events and hooks.
+    pub(crate) webhooks: Webhooks,
     /// Flips to true when the gateway starts draining.
     pub(crate) draining: watch::Sender<bool>,
     /// Set when the store failed for good: the gateway drains and stops.
@@ -66,6 +69,7 @@ impl Ctx {
         identity: Identity,
         metrics: Arc<Metrics>,
         tokens: TokenKeys,
+        webhooks: Webhooks,
     ) -> Self {
         let routes = Arc::new(Routes::default());
         let push = Arc::new(Registry::default());
@@ -88,6 +92,7 @@ impl Ctx {
         Self {
             quotas,
             notify,
+            webhooks,
             config,
             stores,
             fanout,

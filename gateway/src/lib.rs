@@ -102,6 +102,10 @@
 //!   node resets old connections at once).
 //! - [`config`]: typed, layered, validated configuration; [`metrics`]:
 //!   Prometheus metrics.
+//! - `webhook` (`webhook/`): signed calls to the business backend: events
+//!   through a bounded durable queue (files under the data directory) and
+//!   a worker, and the before-send and before-offline-push hooks with a
+//!   timeout and a failure policy; its signature is the push bridge's too.
 //! - `mutex`, `deadline`, `udp`: a poison-tolerant lock, an optional
 //!   deadline, the endpoint's receive thread; `path`: the client's address
 //!   per session (migrations and failed path validations, counted when
@@ -154,6 +158,7 @@ pub mod tls;
 mod transport;
 mod udp;
 mod usage;
+mod webhook;
 
 pub use config::Config;
 pub use qim_storage::Stores;

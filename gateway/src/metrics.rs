@@ -10,6 +10,8 @@ use prometheus_client::registry::Registry;
 use qim_proto::v1::ErrorCode;
 
 type ByCode = Family<Vec<(&'static str, &'static str)>, Counter>;
+/// Histograms by label, made by a constructor.
+type Histograms = Family<Vec<(&'static str, &'static str)>, Histogram, fn() -> Histogram>;
 
 /// Every metric the gateway records.
 #[derive(Debug)]
@@ -92,6 +94,19 @@ pub struct Metrics {
     pub pushes_sent: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Notifications not sent, by reason (see docs/push.md).
     pub pushes_not_sent: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Webhook calls, by event and outcome (see docs/backend.md).
+    pub webhook_calls: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Seconds a webhook call took, by event.
+    pub webhook_latency: Histograms,
+    /// Webhook events dropped, by reason (`queue_full`, `journal_error`,
+    /// `stopped`).
+    pub webhook_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Webhook events waiting in this node's queue.
+    pub webhook_queue: Gauge,
+}
+
+fn webhook_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 fn code_label(code: ErrorCode) -> Vec<(&'static str, &'static str)> {
@@ -138,6 +153,10 @@ impl Metrics {
             push_tokens: Family::default(),
             pushes_sent: Family::default(),
             pushes_not_sent: Family::default(),
+            webhook_calls: Family::default(),
+            webhook_latency: Family::new_with_constructor(webhook_histogram),
+            webhook_dropped: Family::default(),
+            webhook_queue: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -305,6 +324,26 @@ impl Metrics {
             "pushes_not_sent",
             "Notifications not sent, by reason",
             m.pushes_not_sent.clone(),
+        );
+        registry.register(
+            "webhook_calls",
+            "Webhook calls, by event and outcome",
+            m.webhook_calls.clone(),
+        );
+        registry.register(
+            "webhook_latency_seconds",
+            "Seconds a webhook call took, by event",
+            m.webhook_latency.clone(),
+        );
+        registry.register(
+            "webhook_dropped",
+            "Webhook events dropped, by reason",
+            m.webhook_dropped.clone(),
+        );
+        registry.register(
+            "webhook_queue",
+            "Webhook events waiting in this node's queue",
+            m.webhook_queue.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -239,7 +239,7 @@ pub(crate) async fn post_sends_as(
         let outcome = match (verdict, &mut stored) {
             (Err((id, refusal)), _) => Err((id, refusal)),
             (Ok(id), Ok(posted)) => match posted.next() {
-                Some(Ok(p)) => match published(ctx, id.clone(), p.copies).await {
+                Some(Ok(p)) => match published(ctx, id.clone(), p.copies, !p.duplicate).await {
                     Some(ack) => Ok(ack),
                     None => Err((
                         id,
@@ -304,6 +304,8 @@ async fn admit(
     crate::media::check_attachments(ctx, sender.user, &send.to, &target, &mut send.attachments)
         .await?;
     if trust == Trust::User {
+        // The business may refuse or rewrite it (before it is charged).
+        crate::webhook::before_send(ctx, sender.user, sender.device, &mut send).await?;
         let cost = Cost {
             copies: copies(ctx, &send.to, &inboxes).await,
             body_bytes: send.body.len() as u64,
@@ -356,8 +358,12 @@ async fn published(
     ctx: &Ctx,
     client_msg_id: String,
     copies: Vec<StoredMessage>,
+    first_time: bool,
 ) -> Option<v1::SendAck> {
     let primary = copies.first()?;
+    if first_time {
+        after_send(ctx, primary);
+    }
     let ack = v1::SendAck {
         client_msg_id,
         msg_id: primary.message.msg_id.clone(),
@@ -366,6 +372,33 @@ async fn published(
     };
     ctx.fanout.deliver_all(copies).await;
     Some(ack)
+}
+
+/// Queues the after-send webhook event of a post stored for the first
+/// time (its primary copy).
+fn after_send(ctx: &Ctx, primary: &StoredMessage) {
+    let m = &primary.message;
+    let (body, text) = crate::webhook::body_fields(&m.body);
+    let to = match m.to.as_ref().and_then(|p| p.target.as_ref()) {
+        Some(v1::peer::Target::User(u)) => serde_json::json!({ "user": u }),
+        Some(v1::peer::Target::Group(g)) => serde_json::json!({ "group": g }),
+        None => serde_json::Value::Null,
+    };
+    ctx.webhooks.emit(
+        "after_send",
+        serde_json::json!({
+            "msg_id": m.msg_id,
+            "from": m.from_user,
+            "device": m.from_device,
+            "client_msg_id": m.client_msg_id,
+            "to": to,
+            "kind": m.kind,
+            "body": body,
+            "text": text,
+            "server_time_ms": m.server_time_ms,
+            "attachments": m.attachments.len(),
+        }),
+    );
 }
 
 /// A refusal of one send, counted and logged.

@@ -65,6 +65,9 @@ pub enum StartError {
     /// A push provider's key or account file could not be loaded.
     #[error("offline push: {0}")]
     Notify(String),
+    /// The webhook secret or CA file could not be loaded, or the queue opened.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// Why a running gateway stopped on its own.
@@ -252,7 +255,11 @@ impl Gateway {
             public_name: config.server.public_name.clone(),
         };
         crate::notify::check(&config.notify).map_err(StartError::Notify)?;
-        let ctx = Arc::new(Ctx::new(config, stores, cluster, identity, metrics, tokens));
+        let webhooks = crate::webhook::Webhooks::load(&config, Arc::clone(&metrics))
+            .map_err(|e| StartError::Webhooks(e.to_string()))?;
+        let ctx = Arc::new(Ctx::new(
+            config, stores, cluster, identity, metrics, tokens, webhooks,
+        ));
         Ok(Gateway {
             ctx,
             endpoint,
@@ -318,6 +325,7 @@ impl Gateway {
 
         let scheduler = tokio::spawn(crate::schedule::run(Arc::clone(&ctx)));
         tokio::spawn(crate::notify::run(Arc::clone(&ctx)));
+        crate::webhook::start(&ctx);
         let media_sweep = tokio::spawn(crate::media::sweep_abandoned(
             Arc::clone(&ctx),
             ctx.draining.subscribe(),
@@ -412,6 +420,9 @@ impl Gateway {
         if let Some(task) = route_task {
             let _ = task.await;
         }
+        // Sessions ended (their offline events queued): the queue's last
+        // write, before the process may exit.
+        crate::webhook::stop(&ctx).await;
         if let Err(e) = ctx.stores.messages.flush().await {
             warn!(error = %e, "final store flush failed");
         }

@@ -19,8 +19,10 @@ mod notify;
 pub use notify::Notify;
 mod media;
 pub use media::Media;
+mod webhooks;
 pub use sections::*;
 pub use transport::Transport;
+pub use webhooks::Webhooks;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
@@ -69,6 +71,7 @@ pub struct Config {
     pub backend: Backend,
     pub notify: Notify,
     pub media: Media,
+    pub webhooks: Webhooks,
 }
 
 /// Prefix of environment overrides: `QIM_SERVER__LISTEN=0.0.0.0:5000`.
@@ -100,6 +103,7 @@ impl Config {
         Backend::write_example(&mut out);
         Notify::write_example(&mut out);
         Media::write_example(&mut out);
+        Webhooks::write_example(&mut out);
         out
     }
 
@@ -276,6 +280,7 @@ impl Config {
             return invalid("admin.auth_failures_per_minute must be above 0");
         }
         self.notify.validate()?;
+        self.webhooks.validate()?;
         self.validate_auth()?;
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be above 0");
@@ -420,6 +425,23 @@ mod tests {
             Config::load(None, [], &["nodot=1".to_owned()]),
             Err(ConfigError::Override(_))
         ));
+        // Webhooks: a URL needs the secret; a known policy; http(s) only.
+        let hooks = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| (*s).to_owned()).collect();
+            Config::load(None, [], &sets)
+        };
+        for bad in [
+            &["webhooks.events_url=http://h/e"][..],
+            &["webhooks.failure_policy=maybe"],
+            &["webhooks.queue=0"],
+            &["webhooks.events_url=ftp://h/e", "webhooks.secret_file=/s"],
+        ] {
+            assert!(
+                matches!(hooks(bad), Err(ConfigError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(hooks(&["webhooks.events_url=https://h/e", "webhooks.secret_file=/s"]).is_ok());
         // A settle window inside the fill window could skip a seq that a
         // resend still fills.
         let settle = |settle: u64, timeout: u64| {

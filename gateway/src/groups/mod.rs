@@ -131,6 +131,7 @@ async fn change(ctx: &Ctx, user: &str, r: v1::GroupRequest) -> Reply {
 async fn apply(ctx: &Ctx, user: &str, group: &str, op: GroupOp) -> Reply {
     let groups = ctx.stores.groups.as_ref();
     let before = groups.group(group).await.ok().flatten();
+    let op_name = op_name(&op);
     let applied = match groups.group_apply(group, user, op, limits(ctx)).await {
         Ok(applied) => applied,
         Err(e) => {
@@ -146,6 +147,17 @@ async fn apply(ctx: &Ctx, user: &str, group: &str, op: GroupOp) -> Reply {
         requested,
         events,
     } = applied;
+    let event = serde_json::json!({
+        "group": group,
+        "by": user,
+        "op": op_name,
+        "added": added,
+        "removed": removed,
+        "invited": invited,
+        "join_requested": requested,
+        "dissolved": info.dissolved,
+        "members": info.member_count,
+    });
     let change = if info.dissolved {
         Some(FollowChange::Dissolved)
     } else if !removed.is_empty() {
@@ -161,11 +173,36 @@ async fn apply(ctx: &Ctx, user: &str, group: &str, op: GroupOp) -> Reply {
         ctx.fanout.refollow(groups, group, change).await;
     }
     ctx.fanout.deliver_all(events).await;
+    ctx.webhooks.emit("group_changed", event);
     Ok(rpc_response::Kind::Group(v1::GroupResponse {
         group: Some(info),
         invited,
         requested,
     }))
+}
+
+/// The name of a group operation in webhook events.
+fn op_name(op: &GroupOp) -> &'static str {
+    match op {
+        GroupOp::Create { .. } => "create",
+        GroupOp::Rename(_) => "rename",
+        GroupOp::Dissolve => "dissolve",
+        GroupOp::Join => "join",
+        GroupOp::Leave => "leave",
+        GroupOp::Invite { .. } => "invite",
+        GroupOp::Remove(_) => "remove",
+        GroupOp::SetRole(..) => "set_role",
+        GroupOp::MuteMember(..) => "mute_member",
+        GroupOp::MuteAll(_) => "mute_all",
+        GroupOp::AcceptInvitation => "accept_invitation",
+        GroupOp::DeclineInvitation => "decline_invitation",
+        GroupOp::Approve(_) => "approve",
+        GroupOp::Deny(_) => "deny",
+        GroupOp::Ban(_) => "ban",
+        GroupOp::Unban(_) => "unban",
+        GroupOp::Settings(_) => "settings",
+        _ => "other",
+    }
 }
 
 /// The refusal a non-member gets for a group they may not see.
