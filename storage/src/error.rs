@@ -135,6 +135,10 @@ pub enum Quota {
     PendingInvitations,
     /// Join requests a group has waiting for its admins.
     JoinRequests,
+    /// Devices a user has registered for push.
+    PushDevices,
+    /// Per-conversation preview settings of a user.
+    PreviewOverrides,
 }
 
 impl Quota {
@@ -146,6 +150,8 @@ impl Quota {
             Quota::PendingSchedules => "pending_schedules",
             Quota::PendingFriendRequests | Quota::PendingInvitations => "pending_requests",
             Quota::JoinRequests => "max_join_requests",
+            Quota::PushDevices => "max_devices",
+            Quota::PreviewOverrides => "max_preview_overrides",
         }
     }
 }
@@ -158,6 +164,8 @@ impl std::fmt::Display for Quota {
             Quota::PendingFriendRequests => "pending friend requests",
             Quota::PendingInvitations => "pending invitations",
             Quota::JoinRequests => "join requests",
+            Quota::PushDevices => "push devices",
+            Quota::PreviewOverrides => "preview overrides",
         })
     }
 }

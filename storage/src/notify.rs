@@ -27,10 +27,10 @@ use crate::conversations::peer_key;
 use crate::{OpError, StoreError};
 
 /// The quota name of push devices per user ([`OpError::QuotaExceeded`]).
-pub const PUSH_DEVICES: &str = "push_devices";
+pub const PUSH_DEVICES: crate::Quota = crate::Quota::PushDevices;
 
 /// The quota name of per-conversation preview settings per user.
-pub const PREVIEW_OVERRIDES: &str = "preview_overrides";
+pub const PREVIEW_OVERRIDES: crate::Quota = crate::Quota::PreviewOverrides;
 
 /// Push tokens, preview settings and push claims.
 #[async_trait]
