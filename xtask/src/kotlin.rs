@@ -298,7 +298,7 @@ fn run_scenarios(
     let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let outbox_dir = work.join("carol-phone");
     let ids_file = work.join("outbox-ids");
-    let scenarios: [(&str, Vec<(String, String)>); 14] = [
+    let scenarios: [(&str, Vec<(String, String)>); 15] = [
         ("chat", vec![]),
         ("offline-catch-up", vec![]),
         ("resumption", vec![]),
