@@ -353,7 +353,7 @@ impl Client {
     /// it waits for a new connection (or a short backoff).
     async fn attempts<T, F, Fut>(&self, transfer: &Transfer, mut attempt: F) -> Result<T, Error>
     where
-        F: FnMut(quinn::Connection) -> Fut,
+        F: FnMut(qim_proto::transport::Connection) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
         let mut backoff = Duration::from_millis(100);
@@ -383,11 +383,10 @@ impl Client {
                     let mut conns = self.shared().conn.subscribe();
                     let next = async {
                         if conn.close_reason().is_some() {
-                            // Wait for the driver's next connection.
+                            // Wait for the driver's next connection (one
+                            // that is not closed: this one is).
                             let _ = conns
-                                .wait_for(|c| {
-                                    c.as_ref().is_none_or(|c| c.stable_id() != conn.stable_id())
-                                })
+                                .wait_for(|c| c.as_ref().is_none_or(|c| c.close_reason().is_none()))
                                 .await;
                         } else {
                             tokio::time::sleep(backoff).await;
@@ -491,7 +490,7 @@ async fn next_upload_frame(recv: &mut FramedRecv) -> Result<upload_server::Kind,
 /// One attempt of an upload on `conn`.
 async fn upload_once(
     client: &Client,
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
     path: &Path,
     start: v1::UploadStart,
     transfer: &Transfer,
@@ -506,7 +505,7 @@ async fn upload_once(
         .open_bi()
         .await
         .map_err(|e| Error::from_connection(&e))?;
-    let _ = send.set_priority(PRIORITY);
+    send.set_priority(PRIORITY);
     let mut send = FramedSend::new(send, StreamKind::Upload, max_frame);
     let mut recv = FramedRecv::new(recv, max_frame);
     let size = start.size;
@@ -619,7 +618,7 @@ async fn prove(
 /// Opens a download stream for a range and reads its head.
 async fn open_download(
     client: &Client,
-    conn: &quinn::Connection,
+    conn: &qim_proto::transport::Connection,
     id: &[u8],
     offset: u64,
     length: u64,
@@ -666,7 +665,7 @@ async fn next_chunk(recv: &mut FramedRecv) -> Result<v1::DownloadChunk, Error> {
 /// One attempt of a download into `path`, from the file's length.
 async fn download_once(
     client: &Client,
-    conn: quinn::Connection,
+    conn: qim_proto::transport::Connection,
     id: &[u8],
     path: &Path,
     transfer: &Transfer,
