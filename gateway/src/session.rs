@@ -625,14 +625,14 @@ impl Streams {
     async fn media(
         self,
         kind: StreamKind,
-        mut send: quinn::SendStream,
-        recv: quinn::RecvStream,
+        mut send: qim_proto::transport::SendStream,
+        recv: qim_proto::transport::RecvStream,
     ) -> StreamEnd {
         let Ok(_permit) = Arc::clone(&self.media_streams).try_acquire_owned() else {
-            let _ = send.reset(quinn::VarInt::from_u32(ErrorCode::RateLimited as u32));
+            send.reset(ErrorCode::RateLimited);
             return StreamEnd::Done;
         };
-        let _ = send.set_priority(crate::media::PRIORITY);
+        send.set_priority(crate::media::PRIORITY);
         let max = self.max_frame();
         let send = FramedSend::without_preamble(send, max);
         let recv = FramedRecv::new(recv, max);

@@ -421,6 +421,7 @@ async fn replies_quote_and_mentions_are_flagged_for_the_mentioned(backend: Backe
             }),
             mentions: vec![n("alice")],
             mention_all: false,
+            attachments: Vec::new(),
         },
     )
     .await
