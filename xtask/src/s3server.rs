@@ -13,8 +13,9 @@
 //! Jackson 3 needs (Maven's nearest-wins mediation picks an older one and
 //! S3Proxy fails at start-up without the pin).
 //!
-//! Data, logs and the pid file live under `<cache>/run/s3`; the data is
-//! kept across restarts (tests use key prefixes of their own).
+//! Data, logs and the pid file live under `<cache>/run/s3`; the data
+//! starts empty at each start, like Redis's (tests use key prefixes of
+//! their own and leave their blobs behind).
 
 use std::fs;
 use std::io::{Read as _, Write as _};
@@ -151,6 +152,7 @@ pub(crate) fn start(cache: &Path, lib: &Path) -> Result<()> {
     let run = cache.join("run/s3");
     let data = run.join("data");
     // A bucket of the filesystem backend is a directory under its base.
+    let _ = fs::remove_dir_all(&data);
     fs::create_dir_all(data.join(S3_BUCKET))?;
     let properties = run.join("s3proxy.conf");
     fs::write(
