@@ -14,6 +14,7 @@ use qim_storage::conversations::{
 };
 use qim_storage::embedded::EmbeddedStore;
 use qim_storage::groups::{GroupApplied, GroupLimits, GroupOp, List, Listed};
+use qim_storage::media::{BlobId, BlobMeta, PendingUpload, Scope};
 use qim_storage::quota::Charged;
 use qim_storage::schedule::{Fired, Verdict};
 use qim_storage::{
@@ -435,5 +436,60 @@ impl qim_storage::NotifyStore for HeldStore {
 
     async fn claim_push(&self, key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         held(self.inner.claim_push(key, ttl_ms)).await
+    }
+}
+
+#[async_trait]
+impl qim_storage::media::MediaStore for HeldStore {
+    async fn blob(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
+        held(self.inner.blob(id)).await
+    }
+
+    async fn is_uploader(&self, id: &BlobId, user: &str) -> Result<bool, StoreError> {
+        held(self.inner.is_uploader(id, user)).await
+    }
+
+    async fn add_uploader(&self, id: &BlobId, user: &str) -> Result<(), StoreError> {
+        held(self.inner.add_uploader(id, user)).await
+    }
+
+    async fn pending(&self, user: &str, id: &BlobId) -> Result<Option<PendingUpload>, StoreError> {
+        held(qim_storage::media::MediaStore::pending(&self.inner, user, id)).await
+    }
+
+    async fn pending_count(&self, user: &str, limit: usize) -> Result<usize, StoreError> {
+        held(self.inner.pending_count(user, limit)).await
+    }
+
+    async fn put_pending(&self, upload: &PendingUpload) -> Result<(), StoreError> {
+        held(self.inner.put_pending(upload)).await
+    }
+
+    async fn remove_pending(&self, user: &str, id: &BlobId) -> Result<(), StoreError> {
+        held(self.inner.remove_pending(user, id)).await
+    }
+
+    async fn stale_pending(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingUpload>, StoreError> {
+        held(self.inner.stale_pending(before_ms, limit)).await
+    }
+
+    async fn complete(&self, user: &str, blob: &BlobMeta) -> Result<(), StoreError> {
+        held(self.inner.complete(user, blob)).await
+    }
+
+    async fn add_refs(&self, id: &BlobId, scopes: &[Scope]) -> Result<(), StoreError> {
+        held(self.inner.add_refs(id, scopes)).await
+    }
+
+    async fn has_ref(&self, id: &BlobId, scope: &Scope) -> Result<bool, StoreError> {
+        held(self.inner.has_ref(id, scope)).await
+    }
+
+    async fn group_refs(&self, id: &BlobId, limit: usize) -> Result<Vec<String>, StoreError> {
+        held(self.inner.group_refs(id, limit)).await
     }
 }
