@@ -158,7 +158,10 @@ pub(crate) fn up() -> Result<Started> {
             }
             Ok(s3server::ready(S3_ADDR))
         })?;
-        println!("s3        up at http://{S3_ADDR} (bucket {})", s3server::S3_BUCKET);
+        println!(
+            "s3        up at http://{S3_ADDR} (bucket {})",
+            s3server::S3_BUCKET
+        );
     }
 
     if started.redis {

@@ -454,7 +454,12 @@ impl qim_storage::media::MediaStore for HeldStore {
     }
 
     async fn pending(&self, user: &str, id: &BlobId) -> Result<Option<PendingUpload>, StoreError> {
-        held(qim_storage::media::MediaStore::pending(&self.inner, user, id)).await
+        held(qim_storage::media::MediaStore::pending(
+            &self.inner,
+            user,
+            id,
+        ))
+        .await
     }
 
     async fn pending_count(&self, user: &str, limit: usize) -> Result<usize, StoreError> {
