@@ -82,9 +82,15 @@ async fn push_token_attacks_are_refused(backend: Backend) {
 
     let raw = Raw::login(&gw, &attacker, "attacker-phone", 0).await;
     // Another user's device, by name: refused, whatever the op.
-    let (code, _) = refusal(raw.rpc(request(apns("victim-phone", &"cd".repeat(32)))).await);
+    let (code, _) = refusal(
+        raw.rpc(request(apns("victim-phone", &"cd".repeat(32))))
+            .await,
+    );
     assert_eq!(code, ErrorCode::PermissionDenied);
-    let (code, _) = refusal(raw.rpc(request(Op::Unregister("victim-phone".into()))).await);
+    let (code, _) = refusal(
+        raw.rpc(request(Op::Unregister("victim-phone".into())))
+            .await,
+    );
     assert_eq!(code, ErrorCode::PermissionDenied);
     // Oversized, malformed, unknown provider, bad app id.
     let oversized = "e".repeat(MAX_TOKEN_BYTES as usize + 2);
@@ -117,7 +123,10 @@ async fn push_token_attacks_are_refused(backend: Backend) {
         sessions.push(Raw::login(&gw, &attacker, &format!("attacker-{i}"), 0).await);
     }
     for (i, s) in sessions[..MAX_DEVICES as usize].iter().enumerate() {
-        let listed = tokens(s.rpc(request(apns("", &format!("{:064x}", 0x5000 + i)))).await);
+        let listed = tokens(
+            s.rpc(request(apns("", &format!("{:064x}", 0x5000 + i))))
+                .await,
+        );
         assert!(listed.len() <= MAX_DEVICES as usize);
     }
     let (code, _) = refusal(

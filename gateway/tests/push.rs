@@ -108,7 +108,10 @@ impl Providers {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("https://localhost:{}", listener.local_addr().expect("addr").port());
+        let url = format!(
+            "https://localhost:{}",
+            listener.local_addr().expect("addr").port()
+        );
 
         // APNs: a P-256 key (.p8). FCM: a service account with an RSA key.
         let apns_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("p256");
@@ -159,7 +162,9 @@ impl Providers {
                 let acceptor = acceptor.clone();
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let service = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move {
@@ -209,19 +214,30 @@ async fn answer(
     if let Some(token) = path.strip_prefix("/3/device/") {
         // APNs.
         let token = token.to_owned();
-        let jwt = header(&req, "authorization").strip_prefix("bearer ").unwrap_or("").to_owned();
+        let jwt = header(&req, "authorization")
+            .strip_prefix("bearer ")
+            .unwrap_or("")
+            .to_owned();
         let kid = jsonwebtoken::decode_header(&jwt).ok().and_then(|h| h.kid);
         let mut v = Validation::new(Algorithm::ES256);
         v.validate_exp = false;
         v.required_spec_claims = HashSet::from(["iss".to_owned(), "iat".to_owned()]);
         v.set_issuer(&[TEAM]);
         let claims = jsonwebtoken::decode::<Value>(&jwt, &keys.apns_public, &v);
-        let iat = claims.as_ref().ok().and_then(|c| c.claims["iat"].as_u64()).unwrap_or(0);
+        let iat = claims
+            .as_ref()
+            .ok()
+            .and_then(|c| c.claims["iat"].as_u64())
+            .unwrap_or(0);
         let now = qim_gateway::auth::unix_now();
         if claims.is_err() || kid.as_deref() != Some(KEY_ID) || iat + 3600 < now || iat > now + 60 {
             return reply(403, serde_json::json!({ "reason": "InvalidProviderToken" }));
         }
-        for (name, want) in [("apns-topic", BUNDLE), ("apns-push-type", "alert"), ("apns-priority", "10")] {
+        for (name, want) in [
+            ("apns-topic", BUNDLE),
+            ("apns-push-type", "alert"),
+            ("apns-priority", "10"),
+        ] {
             if header(&req, name) != want {
                 return violation(format!("{name}: {:?}", header(&req, name)));
             }
@@ -230,17 +246,26 @@ async fn answer(
         if collapse.is_empty() || collapse.len() > 64 {
             return violation(format!("apns-collapse-id {collapse:?}"));
         }
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
             return violation("payload is not JSON".into());
         };
         let aps = &payload["aps"];
-        let (Some(badge), Some(text)) = (aps["badge"].as_u64(), aps["alert"]["body"].as_str()) else {
+        let (Some(badge), Some(text)) = (aps["badge"].as_u64(), aps["alert"]["body"].as_str())
+        else {
             return violation(format!("aps {aps}"));
         };
         *lock(seen).attempts.entry(token.clone()).or_default() += 1;
         if lock(gone).contains(&token) {
-            return reply(410, serde_json::json!({ "reason": "Unregistered", "timestamp": now * 1000 }));
+            return reply(
+                410,
+                serde_json::json!({ "reason": "Unregistered", "timestamp": now * 1000 }),
+            );
         }
         if let Some(left) = lock(flaky).get_mut(&token).filter(|n| **n > 0) {
             *left -= 1;
@@ -257,7 +282,12 @@ async fn answer(
     }
     if path == "/token" {
         // OAuth2: the service account's RS256 assertion for an access token.
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let form = String::from_utf8_lossy(&body).into_owned();
         let assertion = form
             .split('&')
@@ -271,18 +301,29 @@ async fn answer(
         v.set_audience(&[keys.token_url.as_str()]);
         match jsonwebtoken::decode::<Value>(assertion, &keys.fcm_public, &v) {
             Ok(c) if c.claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging" => {
-                return reply(200, serde_json::json!({
-                    "access_token": ACCESS, "expires_in": 3599, "token_type": "Bearer",
-                }));
+                return reply(
+                    200,
+                    serde_json::json!({
+                        "access_token": ACCESS, "expires_in": 3599, "token_type": "Bearer",
+                    }),
+                );
             }
             other => return violation(format!("assertion {other:?}")),
         }
     }
     if path == format!("/v1/projects/{PROJECT}/messages:send") {
         if header(&req, "authorization") != format!("Bearer {ACCESS}") {
-            return reply(401, serde_json::json!({ "error": { "code": 401, "status": "UNAUTHENTICATED" } }));
+            return reply(
+                401,
+                serde_json::json!({ "error": { "code": 401, "status": "UNAUTHENTICATED" } }),
+            );
         }
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
             return violation("message is not JSON".into());
         };
@@ -301,10 +342,13 @@ async fn answer(
         }
         *lock(seen).attempts.entry(token.to_owned()).or_default() += 1;
         if lock(gone).contains(token) {
-            return reply(404, serde_json::json!({ "error": {
-                "code": 404, "status": "NOT_FOUND", "message": "Requested entity was not found.",
-                "details": [{ "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED" }],
-            }}));
+            return reply(
+                404,
+                serde_json::json!({ "error": {
+                    "code": 404, "status": "NOT_FOUND", "message": "Requested entity was not found.",
+                    "details": [{ "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED" }],
+                }}),
+            );
         }
         lock(seen).accepted.push(Push {
             token: token.to_owned(),
@@ -313,7 +357,10 @@ async fn answer(
             title: m["notification"]["title"].as_str().map(str::to_owned),
             body: text.to_owned(),
         });
-        return reply(200, serde_json::json!({ "name": format!("projects/{PROJECT}/messages/1") }));
+        return reply(
+            200,
+            serde_json::json!({ "name": format!("projects/{PROJECT}/messages/1") }),
+        );
     }
     violation(format!("no such endpoint {path}"))
 }
@@ -377,7 +424,9 @@ async fn offline_devices_get_exact_pushes(backend: Backend) {
     let phone = gw.client(&bob, "phone").await;
     // Carol's conversation is muted: her message counts as unread but never
     // pushes nor counts in the badge.
-    c.send(bob.clone(), "from carol".into()).await.expect("send");
+    c.send(bob.clone(), "from carol".into())
+        .await
+        .expect("send");
     phone.next_message().await.expect("carol's message");
     phone
         .set_flags(Peer::User(carol.clone()), None, Some(true))
@@ -406,10 +455,17 @@ async fn offline_devices_get_exact_pushes(backend: Backend) {
     assert_eq!(providers.wait_for(2).await, want);
     // The phone was online for each: counted, not pushed.
     poll_until("the phone's skips counted", || async {
-        (gw.metric("qim_pushes_not_sent_total{reason=\"online\"}").await >= 2.0).then_some(())
+        (gw.metric("qim_pushes_not_sent_total{reason=\"online\"}")
+            .await
+            >= 2.0)
+            .then_some(())
     })
     .await;
-    assert!(gw.metric("qim_pushes_not_sent_total{reason=\"muted\"}").await >= 1.0);
+    assert!(
+        gw.metric("qim_pushes_not_sent_total{reason=\"muted\"}")
+            .await
+            >= 1.0
+    );
 
     // No preview for alice's conversation; the phone goes offline.
     phone
@@ -435,7 +491,11 @@ async fn offline_devices_get_exact_pushes(backend: Backend) {
             push(&fcm, 3, &conv, None, "New message"),
         ]
     );
-    assert_eq!(lock(&providers.seen).attempts.get(&apns), Some(&3), "two 503s, then accepted once");
+    assert_eq!(
+        lock(&providers.seen).attempts.get(&apns),
+        Some(&3),
+        "two 503s, then accepted once"
+    );
 
     // Invalid tokens: APNs 410 Unregistered, FCM UNREGISTERED; removed.
     let (dave, erin) = (unique("dave"), unique("erin"));
@@ -449,10 +509,14 @@ async fn offline_devices_get_exact_pushes(backend: Backend) {
         register(&device, provider, token).await;
         device.close().await;
         sessions_open(&gw, 2).await;
-        a.send(user.clone(), "are you there?".into()).await.expect("send");
+        a.send(user.clone(), "are you there?".into())
+            .await
+            .expect("send");
     }
     poll_until("both invalid tokens reported", || async {
-        (gw.metric("qim_pushes_not_sent_total{reason=\"token_unregistered\"}").await >= 2.0)
+        (gw.metric("qim_pushes_not_sent_total{reason=\"token_unregistered\"}")
+            .await
+            >= 2.0)
             .then_some(())
     })
     .await;
@@ -465,7 +529,11 @@ async fn offline_devices_get_exact_pushes(backend: Backend) {
         device.close().await;
     }
     assert_eq!(providers.accepted().len(), 4, "nothing else was pushed");
-    assert!(lock(&providers.seen).violations.is_empty(), "{:?}", lock(&providers.seen).violations);
+    assert!(
+        lock(&providers.seen).violations.is_empty(),
+        "{:?}",
+        lock(&providers.seen).violations
+    );
     for client in [a, c] {
         client.close().await;
     }

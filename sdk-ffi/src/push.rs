@@ -21,7 +21,8 @@ impl QimClient {
         sandbox: bool,
     ) -> Result<Vec<PushToken>, QimError> {
         self.call(move |c| async move {
-            c.register_push_token(provider, token, app_id, sandbox).await
+            c.register_push_token(provider, token, app_id, sandbox)
+                .await
         })
         .await
     }

@@ -167,8 +167,8 @@ pub use message::{
 };
 pub use outbox_store::OutboxStoreError;
 pub use presence::SessionSpan;
-pub use qim_proto::v1::{ErrorCode, KickReason};
 pub use push::{PreviewSetting, PushProvider, PushSettings, PushToken};
+pub use qim_proto::v1::{ErrorCode, KickReason};
 
 pub use quota::Quota;
 pub use shared::{ConnectionState, Stats};

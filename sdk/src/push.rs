@@ -152,10 +152,7 @@ impl Client {
                 })
                 .collect(),
         };
-        match self
-            .rpc(rpc_request::Kind::PushSettings(request))
-            .await?
-        {
+        match self.rpc(rpc_request::Kind::PushSettings(request)).await? {
             rpc_response::Kind::PushSettings(r) => Ok(PushSettings {
                 preview: r.preview,
                 conversations: r

@@ -81,7 +81,11 @@ pub async fn push_tokens_are_per_device_bounded_and_move(backend: &dyn ImBackend
                 .await
                 .expect("remove")
         );
-        assert!(n.register_push_token(&a, token("bad id", "x"), 2).await.is_err());
+        assert!(
+            n.register_push_token(&a, token("bad id", "x"), 2)
+                .await
+                .is_err()
+        );
     }
     let s = backend.open_im().await;
     let n = &s.notify;
@@ -101,7 +105,9 @@ pub async fn push_tokens_are_per_device_bounded_and_move(backend: &dyn ImBackend
     );
     assert!(n.push_tokens(&a).await.expect("read").is_empty());
     assert!(
-        !n.remove_push_token(&a, "phone", None).await.expect("remove"),
+        !n.remove_push_token(&a, "phone", None)
+            .await
+            .expect("remove"),
         "nothing left to remove"
     );
     // The token a removed is free: registering it again anywhere works.

@@ -9,9 +9,8 @@ use crate::embedded::{DiskSpace, EmbeddedStore};
 use crate::media::files::FileBlobs;
 use crate::media::{BlobBytes, MediaStore};
 use crate::{
-    AccountStore, ContactStore, ConversationStore, GroupStore, MessageStore, PresenceStore,
-    NotifyStore,
-    QuotaStore, RevocationStore, ScheduleStore, StoreError,
+    AccountStore, ContactStore, ConversationStore, GroupStore, MessageStore, NotifyStore,
+    PresenceStore, QuotaStore, RevocationStore, ScheduleStore, StoreError,
 };
 
 /// The stores of one backend instance (each field is the same backend,

@@ -86,7 +86,9 @@ impl Notify {
         if self.apns_key_file.is_some()
             && (self.apns_key_id.is_empty() || self.apns_team_id.is_empty())
         {
-            return invalid("notify.apns_key_file needs notify.apns_key_id and notify.apns_team_id");
+            return invalid(
+                "notify.apns_key_file needs notify.apns_key_id and notify.apns_team_id",
+            );
         }
         if self.bridge_url.is_some() != self.bridge_secret_file.is_some() {
             return invalid("notify.bridge_url and notify.bridge_secret_file go together");

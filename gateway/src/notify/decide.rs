@@ -155,9 +155,7 @@ async fn for_user(
                 not_sent(ctx, "muted", user, "");
                 return Vec::new();
             }
-            Ok(Some(c))
-                if group_seq.map_or(c.read_seq >= seq, |g| c.group_read_seq >= g) =>
-            {
+            Ok(Some(c)) if group_seq.map_or(c.read_seq >= seq, |g| c.group_read_seq >= g) => {
                 not_sent(ctx, "already_read", user, "");
                 return Vec::new();
             }
@@ -205,10 +203,7 @@ async fn for_user(
 
 /// `user`'s exact unread total over their conversations, muted ones
 /// excluded.
-pub(crate) async fn unread_total(
-    ctx: &Ctx,
-    user: &str,
-) -> Result<u32, qim_storage::StoreError> {
+pub(crate) async fn unread_total(ctx: &Ctx, user: &str) -> Result<u32, qim_storage::StoreError> {
     let mut total = 0u32;
     let mut after = Vec::new();
     for _ in 0..BADGE_PAGES {

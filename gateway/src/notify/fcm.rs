@@ -114,7 +114,10 @@ impl Fcm {
             })?;
         let status = response.status().as_u16();
         if status != 200 {
-            tracing::warn!(status, "the OAuth2 token endpoint refused the service account");
+            tracing::warn!(
+                status,
+                "the OAuth2 token endpoint refused the service account"
+            );
             return Err(match Outcome::of_status(status, retry_after(&response)) {
                 Outcome::Retry(wait) => Outcome::Retry(wait),
                 _ => Outcome::Failed("provider_auth"),

@@ -97,7 +97,9 @@ impl Notifier {
 /// Checks that the configured providers' keys load: at start, so a bad
 /// key file stops the gateway instead of every push.
 pub(crate) fn check(config: &Notify) -> Result<(), String> {
-    Providers::load(config).map(|_| ()).map_err(|e| e.to_string())
+    Providers::load(config)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Takes the queued entries and sends their notifications until the

@@ -4,10 +4,10 @@
 //! then the provider with retries. A token the provider calls invalid is
 //! removed (only while it is still that device's token).
 
+use super::Providers;
 use super::decide::{is_live, not_sent};
 use super::hook::before_offline_push;
 use super::provider::{Notification, Outcome, backoff};
-use super::Providers;
 use crate::ctx::Ctx;
 use crate::mutex::lock;
 use qim_proto::v1::PushProvider;
@@ -82,9 +82,15 @@ pub(crate) async fn send(ctx: &Ctx, providers: &Providers, n: Notification) {
                     .await
                 {
                     Ok(_) => ctx.metrics.push_tokens("unregistered_by_provider"),
-                    Err(e) => tracing::warn!(user, device, error = %e, "removing an invalid token failed"),
+                    Err(e) => {
+                        tracing::warn!(user, device, error = %e, "removing an invalid token failed")
+                    }
                 }
-                tracing::info!(user, device, "the provider says the push token is invalid; removed");
+                tracing::info!(
+                    user,
+                    device,
+                    "the provider says the push token is invalid; removed"
+                );
                 return not_sent(ctx, "token_unregistered", &user, &device);
             }
             Outcome::Failed(reason) => {
@@ -94,7 +100,12 @@ pub(crate) async fn send(ctx: &Ctx, providers: &Providers, n: Notification) {
             Outcome::Retry(wait) => {
                 attempt += 1;
                 if attempt > config.retries {
-                    tracing::warn!(user, device, attempts = attempt, "push failed after every retry");
+                    tracing::warn!(
+                        user,
+                        device,
+                        attempts = attempt,
+                        "push failed after every retry"
+                    );
                     return not_sent(ctx, "retries_exhausted", &user, &device);
                 }
                 let pause = wait

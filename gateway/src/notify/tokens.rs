@@ -55,7 +55,9 @@ pub(crate) async fn push_token(ctx: &Ctx, caller: &Caller<'_>, r: v1::PushTokenR
             t.token.clear();
         }
     }
-    Ok(rpc_response::Kind::PushToken(v1::PushTokenResponse { tokens }))
+    Ok(rpc_response::Kind::PushToken(v1::PushTokenResponse {
+        tokens,
+    }))
 }
 
 /// Answers a push settings request of `user`.

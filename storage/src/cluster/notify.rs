@@ -42,14 +42,21 @@ fn check_ids(user: &str, device: &str) -> Result<(), StoreError> {
 }
 
 impl ClusterStore {
-    async fn token_of(&self, user: &str, device: &str) -> Result<Option<v1::PushToken>, StoreError> {
+    async fn token_of(
+        &self,
+        user: &str,
+        device: &str,
+    ) -> Result<Option<v1::PushToken>, StoreError> {
         let rows = self
             .social
             .exec(&self.notify.token_get, (user, device))
             .await?
             .into_rows_result()
             .map_err(corrupt)?;
-        match rows.maybe_first_row::<(Option<Vec<u8>>,)>().map_err(corrupt)? {
+        match rows
+            .maybe_first_row::<(Option<Vec<u8>>,)>()
+            .map_err(corrupt)?
+        {
             Some((Some(bytes),)) => Ok(Some(v1::PushToken::decode(&bytes[..]).map_err(corrupt)?)),
             _ => Ok(None),
         }
@@ -93,7 +100,10 @@ impl NotifyStore for ClusterStore {
                     .is_some_and(|t| t.token == token.token)
                 {
                     self.social
-                        .exec(&self.notify.token_delete, (holder.as_str(), device.as_str()))
+                        .exec(
+                            &self.notify.token_delete,
+                            (holder.as_str(), device.as_str()),
+                        )
                         .await?;
                 }
             }
@@ -179,7 +189,10 @@ impl NotifyStore for ClusterStore {
             .await?
             .into_rows_result()
             .map_err(corrupt)?;
-        match rows.maybe_first_row::<(Option<Vec<u8>>,)>().map_err(corrupt)? {
+        match rows
+            .maybe_first_row::<(Option<Vec<u8>>,)>()
+            .map_err(corrupt)?
+        {
             Some((Some(bytes),)) => v1::PushSettingsResponse::decode(&bytes[..]).map_err(corrupt),
             _ => Ok(default_settings()),
         }

@@ -26,8 +26,7 @@ pub(crate) struct NotifyStatements {
 impl NotifyStatements {
     /// Prepares every statement (the keyspace is already in use).
     pub(crate) async fn open(session: &Arc<Session>) -> Result<Self, StoreError> {
-        let prepare =
-            |cql, idempotent| prepare(session, cql, Consistency::LocalQuorum, idempotent);
+        let prepare = |cql, idempotent| prepare(session, cql, Consistency::LocalQuorum, idempotent);
         Ok(NotifyStatements {
             token_put: prepare(
                 "INSERT INTO push_tokens (user_id, device, entry) VALUES (?, ?, ?)",
@@ -66,11 +65,8 @@ impl NotifyStatements {
                 true,
             )
             .await?,
-            settings_get: prepare(
-                "SELECT settings FROM push_settings WHERE user_id = ?",
-                true,
-            )
-            .await?,
+            settings_get: prepare("SELECT settings FROM push_settings WHERE user_id = ?", true)
+                .await?,
         })
     }
 }
