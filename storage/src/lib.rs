@@ -120,6 +120,7 @@ pub mod conformance_contacts;
 pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
+#[cfg(feature = "conformance")]
 pub mod conformance_media;
 #[cfg(feature = "conformance")]
 pub mod conformance_notify;
