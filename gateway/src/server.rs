@@ -48,6 +48,9 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] qim_storage::StoreError),
+    /// The object store's secret key could not be read.
+    #[error(transparent)]
+    S3Secret(#[from] crate::config::S3SecretError),
     /// A socket could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -139,11 +142,18 @@ impl Gateway {
             Some(options) => Stores::connect_cluster(&options, retention).await?,
             None => Stores::open_embedded(&config.server.data_dir.join("store"), retention)?,
         };
-        let stores = match &config.media.blob_dir {
-            Some(dir) => {
+        let stores = match (config.media.s3_options()?, &config.media.blob_dir) {
+            (Some(options), _) => {
+                let blobs = qim_storage::media::s3::S3Blobs::new(&options)?;
+                // Refused credentials or an unreachable store fail the
+                // start, not the first upload.
+                blobs.check().await?;
+                stores.with_blobs(Arc::new(blobs))
+            }
+            (None, Some(dir)) => {
                 stores.with_blobs(Arc::new(qim_storage::media::files::FileBlobs::open(dir)?))
             }
-            None => stores,
+            (None, None) => stores,
         };
         Self::bind_with_stores(config, stores).await
     }

@@ -2,6 +2,9 @@
 //! upload interrupted by an app kill (a real child process), a reconnect
 //! and a network change resumes each time and arrives byte-identical; the
 //! recipient downloads it with a range resume; who may read a blob; dedup.
+//! On a cluster the blobs live in a real S3-compatible server, the app
+//! resumes its upload on another node than the one it was killed on, and
+//! the recipient downloads from the first node.
 
 mod common;
 
@@ -183,8 +186,14 @@ async fn upload_resumes_after_kill_reconnect_and_network_change(backend: Backend
 
     // 2. The app starts again: the journal lists the upload, which goes on
     // from the server's committed offset, through a reconnect and a
-    // network change.
-    let mut config = gw.client_config(&alice, "phone");
+    // network change. On a cluster it goes on at another node, which finds
+    // the staged bytes in the object store.
+    let peer = match backend {
+        Backend::Cluster => Some(common::start_media_peer(&gw).await),
+        Backend::Embedded => None,
+    };
+    let resume_at = peer.as_ref().unwrap_or(&gw);
+    let mut config = resume_at.client_config(&alice, "phone");
     config.data_dir = Some(app_data.clone());
     let a = Client::connect(config).await.expect("alice again");
     let pending = a.pending_uploads().expect("journal");

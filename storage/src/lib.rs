@@ -62,11 +62,11 @@
 //!   `options.rs` ([`cql::CqlOptions`]) and `codec.rs` (value conversions,
 //!   errors) are what the others share.
 //! - `conformance`, `conformance_im`, `conformance_groups`,
-//!   `conformance_contacts`, `conformance_notify`, `conformance_media`
-//!   (feature `conformance`): the checks every backend must pass (the
-//!   last four: the rules of groups; of friend requests, blocks and
-//!   scheduled sends; of push tokens, settings and claims; of media
-//!   records).
+//!   `conformance_contacts`, `conformance_notify`, `conformance_media`,
+//!   `conformance_blobs` (feature `conformance`): the checks every backend
+//!   must pass (the last five: the rules of groups; of friend requests,
+//!   blocks and scheduled sends; of push tokens, settings and claims; of
+//!   media records; of blob bytes, files or S3).
 //!
 //! # Public API of the cluster backend (stable)
 //! - [`cluster::ClusterOptions`] / [`ClusterStore::connect`]: connect to
@@ -112,6 +112,8 @@ mod stores;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_blobs;
 #[cfg(feature = "conformance")]
 pub mod conformance_contacts;
 #[cfg(feature = "conformance")]

@@ -3,7 +3,8 @@
 //! - `cargo xtask test`: starts the local services (`services up`), runs the
 //!   whole test suite (unit, property, conformance on every backend,
 //!   integration with real QUIC and the real SDK, the gateway binary under
-//!   `kill -9`) with `QIM_TEST_REDIS`/`QIM_TEST_CQL` pointing at them, the
+//!   `kill -9`) with `QIM_TEST_REDIS`/`QIM_TEST_CQL`/`QIM_TEST_S3` pointing
+//!   at them, the
 //!   Kotlin tests, the load-test smoke runs, the admin API fuzz
 //!   (schemathesis, `apifuzz`), then a short run of every fuzz target, and
 //!   stops the services it started.
@@ -11,8 +12,8 @@
 //! - `cargo xtask certs`: development CA and server certificate into `certs/`.
 //! - `cargo xtask fuzz --seconds N`: every fuzz target for N seconds.
 //! - `cargo xtask apifuzz --seconds N`: the admin API fuzz alone.
-//! - `cargo xtask services up|down|status`: local Redis and Cassandra
-//!   (see `services`).
+//! - `cargo xtask services up|down|status`: local Redis, Cassandra and an
+//!   S3-compatible object store (see `services`).
 //! - `cargo xtask cluster --nodes N`: a local gateway cluster on those
 //!   services (see `cluster`).
 //! - `cargo xtask bindings`: Kotlin and Swift bindings of the SDK and the
@@ -37,6 +38,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod s3server;
 mod services;
 
 #[derive(Parser)]
@@ -234,6 +236,7 @@ fn test_with_services(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Resul
             format!("redis://{}", services::REDIS_ADDR),
         )
         .env("QIM_TEST_CQL", services::CQL_ADDR)
+        .env("QIM_TEST_S3", s3server::test_url())
         .args([
             "test",
             "--workspace",

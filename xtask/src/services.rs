@@ -1,5 +1,5 @@
-//! `cargo xtask services up|down|status`: a local Redis and a local CQL
-//! server for development and tests.
+//! `cargo xtask services up|down|status`: a local Redis, a local CQL
+//! server and a local S3-compatible object store for development and tests.
 //!
 //! - **Redis**: Debian's `redis-server` (installed with apt when missing),
 //!   run as our own instance on `127.0.0.1:6390` (not the distro service),
@@ -13,6 +13,9 @@
 //!   heap, one token, no gossip settle wait, no snapshots on drop/truncate,
 //!   and `cassandra.unsafesystem` so schema changes skip the system-table
 //!   flush (a dev server's schema is recreated by `qim-gateway migrate`).
+//! - **S3**: S3Proxy from Maven Central with its filesystem backend on
+//!   `127.0.0.1:9390`, bucket `qim-test` (see `s3server`, which says why
+//!   this server), for the media blobs of a gateway cluster.
 //!
 //! Everything (downloads, data, logs, pid files) lives under
 //! `$QIM_CACHE_DIR`, by default `$HOME/.cache/qim/services`: outside the
@@ -20,7 +23,7 @@
 //!
 //! Invariants: `up` is idempotent (a service that already answers is left
 //! alone) and returns only once Redis answers `PING` and the CQL server
-//! answers a protocol `OPTIONS` request, polling with a deadline (no fixed
+//! answers a protocol `OPTIONS` request and S3Proxy answers HTTP, polling with a deadline (no fixed
 //! sleeps). `down` stops only processes whose pid files `up` wrote.
 
 use std::fs;
@@ -32,6 +35,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::s3server::{self, S3_ADDR};
 
 /// Cassandra release taken from Maven Central.
 const CASSANDRA_VERSION: &str = "5.0.9";
@@ -52,7 +57,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// What `cargo xtask services` does.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub(crate) enum Action {
-    /// Install (once) and start Redis and Cassandra; wait until both answer.
+    /// Install (once) and start Redis, Cassandra and S3Proxy; wait until all answer.
     Up,
     /// Stop what `up` started.
     Down,
@@ -67,12 +72,14 @@ pub(crate) struct Started {
     pub(crate) redis: bool,
     /// Cassandra was started by this call.
     pub(crate) cql: bool,
+    /// The S3 server was started by this call.
+    pub(crate) s3: bool,
 }
 
 impl Started {
     /// True when this call started anything.
     pub(crate) fn any(self) -> bool {
-        self.redis || self.cql
+        self.redis || self.cql || self.s3
     }
 }
 
@@ -83,6 +90,7 @@ pub(crate) fn run(action: Action) -> Result<()> {
         Action::Down => down(Started {
             redis: true,
             cql: true,
+            s3: true,
         }),
         Action::Status => status(),
     }
@@ -129,6 +137,32 @@ pub(crate) fn up() -> Result<Started> {
         start_cassandra(&cache, &lib)?;
         started.cql = true;
     }
+    let s3_pid = read_pid(&s3server::pid_file(&cache)).filter(|p| alive(*p));
+    if s3server::ready(S3_ADDR) {
+        println!("s3        already running at http://{S3_ADDR}");
+    } else if s3_pid.is_none() {
+        let lib = s3server::install(&cache)?;
+        s3server::start(&cache, &lib)?;
+        started.s3 = true;
+    }
+    if started.s3 || s3_pid.is_some() {
+        // Ours, just started or still starting from an earlier `up`.
+        wait_for("s3proxy", s3server::S3_START_TIMEOUT, || {
+            if let Some(pid) = read_pid(&s3server::pid_file(&cache))
+                && !alive(pid)
+            {
+                bail!(
+                    "s3proxy exited during start-up; see {}",
+                    s3server::log_file(&cache).display()
+                );
+            }
+            Ok(s3server::ready(S3_ADDR))
+        })?;
+        println!(
+            "s3        up at http://{S3_ADDR} (bucket {})",
+            s3server::S3_BUCKET
+        );
+    }
 
     if started.redis {
         wait_for_bool("redis", REDIS_START_TIMEOUT, || redis_ping(REDIS_ADDR))?;
@@ -151,8 +185,9 @@ pub(crate) fn up() -> Result<Started> {
         println!("cassandra up at {CQL_ADDR} (CQL)");
     }
     println!(
-        "services ready in {:.1} s: QIM_TEST_REDIS=redis://{REDIS_ADDR} QIM_TEST_CQL={CQL_ADDR}",
-        t0.elapsed().as_secs_f64()
+        "services ready in {:.1} s: QIM_TEST_REDIS=redis://{REDIS_ADDR} QIM_TEST_CQL={CQL_ADDR} QIM_TEST_S3={}",
+        t0.elapsed().as_secs_f64(),
+        s3server::test_url()
     );
     Ok(started)
 }
@@ -165,6 +200,9 @@ pub(crate) fn down(which: Started) -> Result<()> {
     }
     if which.cql {
         stop("cassandra", &cache.join("run/cassandra/cassandra.pid"))?;
+    }
+    if which.s3 {
+        stop("s3", &s3server::pid_file(&cache))?;
     }
     Ok(())
 }
@@ -190,6 +228,12 @@ fn status() -> Result<()> {
         CQL_ADDR,
         cql_ready(CQL_ADDR),
         cache.join("run/cassandra/cassandra.pid"),
+    );
+    show(
+        "s3",
+        &format!("http://{S3_ADDR}"),
+        s3server::ready(S3_ADDR),
+        s3server::pid_file(&cache),
     );
     println!("cache     {}", cache.display());
     Ok(())
@@ -555,7 +599,7 @@ fn cql_ready(addr: &str) -> bool {
 }
 
 /// Java 17: `$JAVA_HOME/bin/java`, Debian's Java 17, or `java` on the path.
-fn java() -> Result<PathBuf> {
+pub(crate) fn java() -> Result<PathBuf> {
     let candidates = std::env::var_os("JAVA_HOME")
         .map(|h| PathBuf::from(h).join("bin/java"))
         .into_iter()
@@ -578,7 +622,7 @@ fn java_major(java: &Path) -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
-fn java_home(java: &Path) -> PathBuf {
+pub(crate) fn java_home(java: &Path) -> PathBuf {
     fs::canonicalize(java)
         .ok()
         .and_then(|j| j.parent()?.parent().map(Path::to_path_buf))
@@ -587,7 +631,7 @@ fn java_home(java: &Path) -> PathBuf {
 
 // --- processes -----------------------------------------------------------
 
-fn connect(addr: &str) -> std::io::Result<TcpStream> {
+pub(crate) fn connect(addr: &str) -> std::io::Result<TcpStream> {
     let addr: SocketAddr = addr
         .parse()
         .map_err(|_| std::io::Error::other("bad address"))?;
@@ -663,7 +707,7 @@ fn stop(name: &str, pid_file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(name))

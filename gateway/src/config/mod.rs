@@ -18,7 +18,7 @@ pub use backend::Backend;
 mod notify;
 pub use notify::Notify;
 mod media;
-pub use media::Media;
+pub use media::{Media, S3SecretError};
 mod webhooks;
 pub use sections::*;
 pub use transport::Transport;

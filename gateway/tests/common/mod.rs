@@ -711,7 +711,8 @@ pub async fn ready_addr(child: &mut tokio::process::Child) -> SocketAddr {
 pub const MEDIA_KEYSPACE: &str = "qim_media_test";
 
 /// A gateway on `backend` that takes blobs, with `adjust` applied; a
-/// cluster's nodes share a blob directory (`media.blob_dir`).
+/// cluster's nodes keep them in the S3-compatible server of the local
+/// services (`QIM_TEST_S3`), under a key prefix of this gateway's.
 pub async fn start_media(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestGateway {
     if backend == Backend::Cluster {
         let cql = required_env("QIM_TEST_CQL");
@@ -725,9 +726,34 @@ pub async fn start_media(backend: Backend, adjust: impl FnOnce(&mut Config)) -> 
     TestGateway::start_on(backend, move |c| {
         if backend == Backend::Cluster {
             c.store.keyspace = MEDIA_KEYSPACE.to_owned();
-            c.media.blob_dir = Some(c.server.data_dir.join("shared-blobs"));
+            let s3 = qim_storage::conformance_blobs::s3_test_options();
+            // The secret reaches the gateway as an operator's would: in a
+            // file of its own.
+            let secret = c.server.data_dir.join("s3-secret");
+            std::fs::create_dir_all(&c.server.data_dir).expect("data dir");
+            std::fs::write(&secret, format!("{}\n", s3.secret_access_key)).expect("s3 secret");
+            c.media.s3_endpoint = Some(s3.endpoint);
+            c.media.s3_bucket = Some(s3.bucket);
+            c.media.s3_region = s3.region;
+            c.media.s3_access_key_id = Some(s3.access_key_id);
+            c.media.s3_secret_key_file = Some(secret);
+            c.media.s3_path_style = s3.path_style;
+            c.media.s3_key_prefix = s3.key_prefix;
         }
         adjust(c);
+    })
+    .await
+}
+
+/// Another node of `first`'s cluster: the same stores, object store,
+/// token and endpoint secrets; its own data directory, ports and
+/// development certificate (clients of it use its `ca_pem`).
+pub async fn start_media_peer(first: &TestGateway) -> TestGateway {
+    let base = first.config.clone();
+    TestGateway::start_with(move |c| {
+        let data_dir = c.server.data_dir.clone();
+        *c = base;
+        c.server.data_dir = data_dir;
     })
     .await
 }

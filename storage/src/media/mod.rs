@@ -9,7 +9,9 @@
 //!   offset, and the scopes that reference it.
 //! - [`BlobBytes`]: the bytes, staged while an upload arrives and
 //!   published under the blob's id once the hash checks. [`files`] keeps
-//!   them as files under a directory (the embedded backend's).
+//!   them as files under a directory (the embedded backend's); [`s3`] in
+//!   an S3-compatible object store (a cluster's: every node sees the same
+//!   bytes, staged ones included, so an upload resumes on any node).
 //!
 //! # Invariants
 //! - A blob record exists only for bytes that were published, i.e. whose
@@ -25,6 +27,7 @@ use bytes::Bytes;
 use crate::StoreError;
 
 pub mod files;
+pub mod s3;
 
 /// Bytes of a blob id (a BLAKE3 hash).
 pub const BLOB_ID_BYTES: usize = 32;
