@@ -30,6 +30,11 @@ pub enum StoreError {
     /// writes succeed again once space is freed.
     #[error("store full: {0}")]
     Full(String),
+    /// The backend refused the server's credentials or permissions (an
+    /// object store answering 401/403): a configuration error that
+    /// retrying does not cure.
+    #[error("store denied access: {0}")]
+    Denied(String),
 }
 
 impl StoreError {
