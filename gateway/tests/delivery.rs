@@ -431,7 +431,7 @@ async fn a_close_that_lags_a_finished_stream_still_stops_a_replaced_client() {
                 );
                 deliveries.flush().await.expect("delivery preamble");
                 deliveries.finish();
-                // The lag under test, not a wait for an event: the close
+                // Why a sleep: the lag is under test, not a wait for an event: the close
                 // follows the finished stream 300 ms later.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 conn.close(

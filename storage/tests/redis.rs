@@ -464,6 +464,8 @@ impl LocalCluster {
                     break;
                 }
                 assert!(tokio::time::Instant::now() < deadline, "cluster state ok");
+                // Why a sleep: redis-cli's answer is polled; the cluster
+                // raises no event this test could wait on.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -474,6 +476,8 @@ fn wait_for_port(port: u16) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(std::time::Instant::now() < deadline, "redis on {port}");
+        // Why a sleep: a port that is not open yet raises no event; it is
+        // polled until the deadline.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
