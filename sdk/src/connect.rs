@@ -137,6 +137,10 @@ pub(crate) struct Established {
     pub(crate) control_send: FramedSend,
     pub(crate) control_recv: FramedRecv,
     pub(crate) welcome: v1::Welcome,
+    /// A second login over the other transport had started when this one
+    /// won the race: its Hello may still reach the server after this
+    /// one's and replace this session.
+    pub(crate) raced: bool,
 }
 
 /// Sends Hello on a new control stream and reads the reply.
@@ -175,6 +179,7 @@ pub(crate) async fn login(shared: &Shared, conn: &Connection) -> Result<Establis
             control_send,
             control_recv,
             welcome,
+            raced: false,
         }),
         Some(server_control::Kind::Refusal(r)) => Err(Error::from_code(
             ErrorCode::try_from(r.code).unwrap_or(ErrorCode::Unspecified),

@@ -201,13 +201,19 @@ fn jitter(up_to: Duration) -> Duration {
     })
 }
 
+/// How soon after a raced login a REPLACED close counts as the client's
+/// own losing attempt (its Hello arrives within a few round trips).
+const RACE_REPLACED_WITHIN: Duration = Duration::from_secs(10);
+
 async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionEnd {
     let Established {
         conn,
         mut control_send,
         control_recv,
         welcome,
+        raced,
     } = established;
+    let started = Instant::now();
     let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
     let max_frame = welcome
         .limits
@@ -321,6 +327,15 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
             Some(reason) => SessionEnd::Lost(Error::from_connection(&reason)),
             None => SessionEnd::Lost(e),
         },
+        // REPLACED soon after a raced login: the losing attempt's Hello
+        // reached the server after the winner's, so this client replaced
+        // itself; it connects again (and its new login wins).
+        SessionEnd::Lost(Error::Rejected {
+            code: ErrorCode::Replaced,
+            ..
+        }) if raced && started.elapsed() < RACE_REPLACED_WITHIN => SessionEnd::Lost(
+            Error::Network("replaced by this client's own second login".into()),
+        ),
         end => end,
     };
     if let SessionEnd::Lost(e) = &end {

@@ -222,12 +222,18 @@ async fn race(
     delay: Duration,
 ) -> Result<Established, Error> {
     let first_failed = Notify::new();
+    let second_started = std::sync::atomic::AtomicBool::new(false);
     let second = async {
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = first_failed.notified() => {}
         }
+        second_started.store(true, std::sync::atomic::Ordering::Relaxed);
         second.await
+    };
+    let raced = |mut established: Established| {
+        established.raced = second_started.load(std::sync::atomic::Ordering::Relaxed);
+        established
     };
     tokio::pin!(first, second);
     let mut first_error: Option<Error> = None;
@@ -235,7 +241,7 @@ async fn race(
     loop {
         tokio::select! {
             r = &mut first, if first_error.is_none() => match r {
-                Ok(established) => return Ok(established),
+                Ok(established) => return Ok(raced(established)),
                 Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => {
                     debug!(error = %e, "first transport failed");
@@ -244,7 +250,7 @@ async fn race(
                 }
             },
             r = &mut second, if second_error.is_none() => match r {
-                Ok(established) => return Ok(established),
+                Ok(established) => return Ok(raced(established)),
                 Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => {
                     debug!(error = %e, "second transport failed");
