@@ -455,12 +455,12 @@ suspend fun groups() {
     // A mention is flagged for the one mentioned; @all is for admins only.
     gina.changeGroup("band", GroupChange.MuteMember("hugo", false))
     val shout = OutgoingMessage("", "text", "hugo, your solo".toByteArray(), null)
-    gina.sendGroupWith("band", shout, MessageExtras(null, listOf("hugo"), false))
+    gina.sendGroupWith("band", shout, MessageExtras(null, listOf("hugo"), false, listOf()))
     val mention = hugoEvents.messages.chat(1, band, "mention")[0]
     check(mention.text == "hugo, your solo" && mention.mentionsMe && mention.mentions == listOf("hugo")) { "mention $mention" }
     check(!irisEvents.messages.chat(1, band, "mention of hugo")[0].mentionsMe) { "iris flagged for hugo's mention" }
     expectRejected("PERMISSION_DENIED", "@all by a member") {
-        hugo.sendGroupWith("band", OutgoingMessage("", "text", "everyone!".toByteArray(), null), MessageExtras(null, listOf(), true))
+        hugo.sendGroupWith("band", OutgoingMessage("", "text", "everyone!".toByteArray(), null), MessageExtras(null, listOf(), true, listOf()))
     }
 
     // The whole group muted: only admins (and the owner) send.
@@ -545,7 +545,7 @@ suspend fun recallEdit() {
     // A reply that quotes it and mentions kate.
     val quote = Quote(original.msgId, original.fromUser, original.kind, original.body)
     val reply = OutgoingMessage("kate", "text", "see you there".toByteArray(), null)
-    val replied = liam.sendWith(reply, MessageExtras(quote, listOf("kate"), false))
+    val replied = liam.sendWith(reply, MessageExtras(quote, listOf("kate"), false, listOf()))
     val got = kateEvents.messages.until("the reply") { it.msgId == replied.msgId }
     check(got.text == "see you there" && got.mentionsMe) { "reply $got" }
     check(got.replyTo?.msgId == sent.msgId && got.replyTo?.fromUser == "kate") { "quote ${got.replyTo}" }

@@ -228,7 +228,6 @@ pub struct MessageExtras {
     pub mention_all: bool,
     /// Blobs to carry, each uploaded by this user or received by them
     /// ([`Client::upload_file`](crate::Client::upload_file)).
-    #[cfg_attr(feature = "ffi", uniffi(default = []))]
     pub attachments: Vec<Attachment>,
 }
 
