@@ -559,7 +559,6 @@ pub struct Attachment {
     #[cfg_attr(feature = "ffi", uniffi(default = 0))]
     pub height: u32,
     /// A small preview image sent inline (at most 8 KiB by default).
-    #[cfg_attr(feature = "ffi", uniffi(default = []))]
     pub thumbnail: Vec<u8>,
     /// A larger preview uploaded as a blob of its own.
     #[cfg_attr(feature = "ffi", uniffi(default = None))]
