@@ -27,6 +27,7 @@
 mod apifuzz;
 mod bench;
 mod bindings;
+mod disk;
 mod kotlin;
 mod loadtest;
 
@@ -217,6 +218,7 @@ const API_FUZZ_SECONDS: u64 = 60;
 fn test(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
     // Tests of the Redis + CQL backend need the services; stop afterwards
     // only what this run started.
+    disk::ensure_room(&bindings::target_dir(root))?;
     let started = services::up()?;
     ensure_tmux()?;
     let result = test_with_services(root, fuzz_seconds, extra);
