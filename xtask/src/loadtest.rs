@@ -132,6 +132,11 @@ impl RunningGateway {
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--set", "limits.sends_per_second=0"])
             .args(["--set", "limits.requests_per_second=0"])
+            // The load is many users at once, some fanning out to whole
+            // groups: the per-user quotas (still charged, so their cost is
+            // measured) must not be what stops it.
+            .args(["--set", "quotas.copies_per_second=0"])
+            .args(["--set", "quotas.stored_bytes_per_day=1125899906842624"])
             // The fan-out scenario fills groups with users who are not
             // friends of the creator: they are added, not invited.
             .args(["--set", "groups.default_adds=\"anyone\""])
