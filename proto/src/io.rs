@@ -22,7 +22,9 @@ pub enum RecvError {
     /// The connection is gone.
     #[error("connection lost: {0}")]
     ConnectionLost(#[from] ConnectionError),
-    /// The stream ended inside a preamble or frame.
+    /// The stream ended inside a preamble or frame (on QUIC; on TCP such an
+    /// end is read as [`RecvError::Reset`], see
+    /// [`RecvStream::early_end_may_be_reset`]).
     #[error("stream ended mid-frame")]
     Truncated,
     /// The preamble was refused.
@@ -100,7 +102,10 @@ pub trait PreambleSource {
 
 impl PreambleSource for RecvStream {
     async fn read_exact_bytes(&mut self, out: &mut [u8]) -> Result<bool, RecvError> {
-        Ok(self.read_exact(out).await?)
+        match self.read_exact(out).await? {
+            false if self.early_end_may_be_reset() => Err(RecvError::Reset(ErrorCode::Unspecified)),
+            read => Ok(read),
+        }
     }
 }
 
@@ -162,6 +167,9 @@ impl FramedRecv {
             match more {
                 true => {}
                 false if self.buf.is_empty() => return Ok(None),
+                false if self.stream.early_end_may_be_reset() => {
+                    return Err(RecvError::Reset(ErrorCode::Unspecified));
+                }
                 false => return Err(RecvError::Truncated),
             }
         }

@@ -254,6 +254,15 @@ impl RecvStream {
         Ok(true)
     }
 
+    /// Whether an end of this stream inside a frame or preamble may be the
+    /// peer's reset rather than its finish: on TCP, yamux reads a reset (and
+    /// the loss of the connection) as the end of the stream, and a stream
+    /// dropped after the other side finished its half goes out as a finish.
+    /// On QUIC a reset is told apart, so an early end is the peer's fault.
+    pub fn early_end_may_be_reset(&self) -> bool {
+        matches!(self.0, RecvInner::Mux(_))
+    }
+
     /// Asks the peer to stop sending (QUIC STOP_SENDING with `code`; on TCP
     /// the rest of the stream is discarded as it arrives).
     pub fn stop(&mut self, code: ErrorCode) {

@@ -194,3 +194,47 @@ async fn a_peer_that_vanishes_is_lost_not_closed_with_a_code() {
         .expect("closed in time");
     assert!(matches!(reason, ConnectionError::Lost(_)), "{reason:?}");
 }
+
+/// A client abandons an upload mid-frame after the server finished its
+/// half: yamux sends that as a finish, and a reset as an end, so the server
+/// must read either as the peer's reset (the stream ends, the session goes
+/// on), never as a malformed frame that would end the whole session.
+#[tokio::test]
+async fn a_stream_abandoned_mid_frame_reads_as_a_reset() {
+    use crate::io::{FramedRecv, RecvError};
+    let (client, server) = pair();
+    for server_finished_first in [true, false] {
+        let (mut send, recv) = client.open_bi().await.expect("open");
+        // A frame announcing 100 bytes, of which 10 are sent.
+        let mut half = BytesMut::new();
+        crate::frame::put_len(100, &mut half);
+        half.extend_from_slice(&[7u8; 10]);
+        send.write_all(half.freeze()).await.expect("write");
+        let (mut s_send, s_recv) = tokio::time::timeout(WITHIN, server.accept_bi())
+            .await
+            .expect("in time")
+            .expect("accept");
+        if server_finished_first {
+            s_send.finish();
+        }
+        let mut framed = FramedRecv::new(s_recv, 1024);
+        if server_finished_first {
+            // The client sees the server's finish before it lets go.
+            let mut recv = recv;
+            assert!(read_all(&mut recv).await.is_empty());
+            send.reset(ErrorCode::Unspecified);
+        } else {
+            drop(recv);
+            send.reset(ErrorCode::Unspecified);
+        }
+        let got = tokio::time::timeout(WITHIN, framed.next::<v1::Ping>())
+            .await
+            .expect("in time");
+        assert!(
+            matches!(got, Err(RecvError::Reset(_))),
+            "server finished first: {server_finished_first}: {got:?}"
+        );
+        assert_eq!(got.err().and_then(|e| e.code()), None, "no fault");
+    }
+    assert!(client.close_reason().is_none(), "the connection goes on");
+}
