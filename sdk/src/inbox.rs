@@ -15,6 +15,12 @@ use crate::message::IncomingMessage;
 /// (the server sends them again, or the gap pull brings them).
 const MAX_HELD: usize = 4096;
 
+/// How often a gap the server confirmed empty is asked about again while
+/// it waits: the server may learn within seconds that its seqs are gone
+/// for good (settled), and the messages behind it then go out at once
+/// instead of after `gap_skip_after`.
+pub(crate) const GAP_RECHECK: Duration = Duration::from_secs(1);
+
 /// What [`Inbox::accept`] decided.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Accepted {
@@ -57,9 +63,10 @@ pub(crate) struct Inbox {
     held: BTreeMap<u64, IncomingMessage>,
     /// How long a gap the server keeps confirming empty is waited for.
     gap_skip_after: Duration,
-    /// The open gap (by its `after`) the server has confirmed empty, and
-    /// since when. Kept only while that gap is the open one.
-    confirmed_empty: Option<(u64, Instant)>,
+    /// The open gap (by its `after`) the server has confirmed empty, since
+    /// when, and when it last confirmed it. Kept only while that gap is the
+    /// open one.
+    confirmed_empty: Option<(u64, Instant, Instant)>,
 }
 
 impl Inbox {
@@ -137,16 +144,19 @@ impl Inbox {
             // meanwhile): nothing to wait for.
             return GapCheck::Waiting { started: false };
         }
-        match self.confirmed_empty {
-            Some((since_after, since))
-                if since_after == after
-                    && now.saturating_duration_since(since) >= self.gap_skip_after =>
+        match &mut self.confirmed_empty {
+            Some((since_after, since, _))
+                if *since_after == after
+                    && now.saturating_duration_since(*since) >= self.gap_skip_after =>
             {
                 self.skip_gap(empty_up_to, false)
             }
-            Some((since_after, _)) if since_after == after => GapCheck::Waiting { started: false },
+            Some((since_after, _, checked)) if *since_after == after => {
+                *checked = now;
+                GapCheck::Waiting { started: false }
+            }
             _ => {
-                self.confirmed_empty = Some((after, now));
+                self.confirmed_empty = Some((after, now, now));
                 GapCheck::Waiting { started: true }
             }
         }
@@ -156,7 +166,16 @@ impl Inbox {
     /// and then skipped; `None` while no gap is confirmed empty.
     pub(crate) fn skip_deadline(&self) -> Option<Instant> {
         self.confirmed_empty
-            .map(|(_, since)| since + self.gap_skip_after)
+            .map(|(_, since, _)| since + self.gap_skip_after)
+    }
+
+    /// When the open gap, confirmed empty, is to be pulled again: every
+    /// [`GAP_RECHECK`] (to hear that it settled), and at the skip deadline;
+    /// `None` while no gap is confirmed empty.
+    pub(crate) fn next_pull(&self) -> Option<Instant> {
+        self.confirmed_empty.map(|(_, since, checked)| {
+            (since + self.gap_skip_after).min(checked + GAP_RECHECK)
+        })
     }
 
     fn skip_gap(&mut self, empty_up_to: u64, settled: bool) -> GapCheck {
@@ -183,7 +202,7 @@ impl Inbox {
     /// or moved on): a new gap starts its own clock.
     fn forget_stale_confirmation(&mut self) {
         let open = self.gap().map(|(after, _)| after);
-        if self.confirmed_empty.map(|(after, _)| after) != open {
+        if self.confirmed_empty.map(|(after, _, _)| after) != open {
             self.confirmed_empty = None;
         }
     }
@@ -286,6 +305,28 @@ mod tests {
         ));
         assert_eq!(inbox.released(), 7);
         assert_eq!(inbox.skip_deadline(), None);
+    }
+
+    #[test]
+    fn a_waiting_gap_is_asked_about_again_every_recheck_until_it_settles() {
+        let mut inbox = with_gap();
+        let t0 = Instant::now();
+        inbox.confirm_empty(3, 5, false, t0);
+        assert_eq!(inbox.next_pull(), Some(t0 + GAP_RECHECK));
+        let t1 = t0 + GAP_RECHECK;
+        assert_eq!(
+            inbox.confirm_empty(3, 5, false, t1),
+            GapCheck::Waiting { started: false }
+        );
+        assert_eq!(inbox.next_pull(), Some(t1 + GAP_RECHECK));
+        // Close to the skip deadline, the deadline comes first.
+        let late = t0 + SKIP - GAP_RECHECK / 2;
+        inbox.confirm_empty(3, 5, false, late);
+        assert_eq!(inbox.next_pull(), Some(t0 + SKIP));
+        // The server says the seqs settled: skipped without the full wait.
+        let check = inbox.confirm_empty(3, 5, true, t1 + GAP_RECHECK);
+        assert_eq!(released(&check), vec![6, 7]);
+        assert_eq!(inbox.next_pull(), None);
     }
 
     #[test]

@@ -158,15 +158,16 @@ fn confirm_empty(
     }
 }
 
-/// Pulls a gap again once it has been confirmed empty for
-/// `gap_skip_after`, so a gap is skipped even when nothing else arrives.
+/// Pulls a gap confirmed empty again every second (the server may say it
+/// settled) and once it has been empty for `gap_skip_after`, so a gap is
+/// skipped even when nothing else arrives.
 pub(crate) async fn watch_gaps(
     shared: Arc<Shared>,
     conn: qim_proto::transport::Connection,
 ) -> Result<Infallible, Error> {
     loop {
         let confirmed = shared.gap_confirmed.notified();
-        let due = lock(&shared.received).inbox.skip_deadline();
+        let due = lock(&shared.received).inbox.next_pull();
         match due {
             Some(due) => tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await,
             None => {

@@ -215,7 +215,7 @@ impl Config {
         ));
         if u128::from(self.store.gap_settle_ms) < fill_window.as_millis() {
             return invalid(
-                "store.gap_settle_ms must be at least the fill window (10000, or 3 × store.timeout_ms)",
+                "store.gap_settle_ms must be at least the fill window (5000, or 3 × store.timeout_ms)",
             );
         }
         if self
@@ -454,8 +454,8 @@ mod tests {
                 ],
             )
         };
-        assert!(matches!(settle(9_999, 1_000), Err(ConfigError::Invalid(_))));
-        assert!(settle(10_000, 1_000).is_ok());
+        assert!(matches!(settle(4_999, 1_000), Err(ConfigError::Invalid(_))));
+        assert!(settle(5_000, 1_000).is_ok());
         assert!(matches!(
             settle(20_000, 8_000),
             Err(ConfigError::Invalid(_))

@@ -293,9 +293,11 @@ section! {
         min_free_bytes: u64 = 256 << 20,
         /// Milliseconds after which a seq handed out but never stored (a failed write) or expired
         /// counts as gone for good: sync then tells a client to skip it at once instead of waiting
-        /// its gap_skip_after. At least the fill window (10 s, or three timeout_ms if longer),
-        /// during which a resend may still fill it.
-        gap_settle_ms: u64 = 30_000,
+        /// its gap_skip_after (clients ask again every second while they wait). At least the
+        /// fill window (5 s, or three timeout_ms if longer), during which a resend may still fill
+        /// it. A missing seq is known settled between one and 1.25 windows after it was handed
+        /// out.
+        gap_settle_ms: u64 = 10_000,
     }
 }
 

@@ -85,7 +85,9 @@ pub struct ClusterOptions {
     /// Time after which a Redis command fails as unavailable.
     pub redis_timeout: Duration,
     /// A missing seq handed out longer ago than this is settled: sync tells
-    /// clients to skip it at once instead of waiting. At least the fill
+    /// clients to skip it at once instead of waiting (default: the fill
+    /// window of `cql.request_timeout`; set it again after changing that
+    /// timeout). At least the fill
     /// window ([`FILL_WINDOW_MIN`], or three CQL request timeouts if
     /// longer), or a client could skip a seq that a resend still fills.
     pub gap_settle: Duration,
@@ -97,10 +99,10 @@ impl ClusterOptions {
         ClusterOptions {
             redis_url: redis_url.into(),
             key_prefix: "qim:".to_owned(),
+            gap_settle: fill_window(cql.request_timeout),
             cql,
             seq_headroom: 0,
             redis_timeout: Duration::from_secs(2),
-            gap_settle: Duration::from_secs(30),
         }
     }
 }
@@ -151,7 +153,7 @@ pub struct ClusterStore {
 /// this long (or three CQL request timeouts, if longer) of the claim; later
 /// resends get a new seq. Clients skip a gap only after it has been empty
 /// for longer (the SDK's `gap_skip_after`, 30 s).
-pub const FILL_WINDOW_MIN: Duration = Duration::from_secs(10);
+pub const FILL_WINDOW_MIN: Duration = Duration::from_secs(5);
 
 /// The fill window for CQL requests that time out after `request_timeout`:
 /// [`FILL_WINDOW_MIN`], or three request timeouts if longer.

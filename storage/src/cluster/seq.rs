@@ -87,12 +87,11 @@ if last > res then return {1, tonumber(cur), res} end
 redis.call('SET', KEYS[1], last)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local at = tonumber(redis.call('HGET', KEYS[3], 'at') or '-1')
-if at < 0 or now - at >= tonumber(ARGV[2]) then
-  if at >= 0 then
-    redis.call('HSET', KEYS[3], 'pat', at, 'pseq', redis.call('HGET', KEYS[3], 'seq'))
-  end
-  redis.call('HSET', KEYS[3], 'at', now, 'seq', last)
+local i = tonumber(redis.call('HGET', KEYS[3], 'i') or '0')
+local at = tonumber(redis.call('HGET', KEYS[3], 'a' .. i) or '-1')
+if at < 0 or now - at >= tonumber(ARGV[2]) / 4 then
+  i = (i + 1) % 6
+  redis.call('HSET', KEYS[3], 'i', i, 'a' .. i, now, 's' .. i, last)
 end
 redis.call('HSET', KEYS[3], 'last', now)
 return {2, last}
@@ -101,22 +100,30 @@ return {2, last}
 /// The highest seq of an inbox handed out at least the settle window ago:
 /// every seq up to it whose message is not stored by now never will be
 /// (its write failed or its row expired). The settle record holds when
-/// the last allocation happened (`last`) and two checkpoints `(at, seq)`:
-/// "every seq up to `seq` was handed out by `at`", the newer one replaced
-/// only once it is a window old, so the older one always is.
+/// the last allocation happened (`last`) and a ring of six checkpoints
+/// `(a<i>, s<i>)`: "every seq up to `s<i>` was handed out by `a<i>`", a new
+/// one at most every quarter window, so one of them is at most a quarter
+/// window younger than any seq and a missing seq is known settled at most
+/// 1.25 windows after it was handed out (at least four checkpoints are
+/// younger than a window, the older two always cover it).
 /// KEYS: counter, settle record. ARGV: settle window (ms). Returns the seq
 /// (0 when nothing is known, e.g. after Redis lost its data).
 const SETTLED: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
-local r = redis.call('HMGET', KEYS[2], 'last', 'at', 'seq', 'pat', 'pseq')
-if r[1] and now - tonumber(r[1]) >= window then
+local last = redis.call('HGET', KEYS[2], 'last')
+if last and now - tonumber(last) >= window then
   return tonumber(redis.call('GET', KEYS[1]) or '0')
 end
-if r[2] and now - tonumber(r[2]) >= window then return tonumber(r[3]) end
-if r[4] and now - tonumber(r[4]) >= window then return tonumber(r[5]) end
-return 0
+local best = 0
+for i = 0, 5 do
+  local r = redis.call('HMGET', KEYS[2], 'a' .. i, 's' .. i)
+  if r[1] and now - tonumber(r[1]) >= window and tonumber(r[2]) > best then
+    best = tonumber(r[2])
+  end
+end
+return best
 ";
 
 /// Records a durable CQL mark: sets the counter to it if the counter is
