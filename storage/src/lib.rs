@@ -35,6 +35,9 @@
 //!   token (one holder per token, a per-user device quota), each user's
 //!   preview settings, and claims that make a notification go out once
 //!   whichever node tries.
+//! - [`deletion`]: deleting a user ([`Stores::delete_user`]): the
+//!   account becomes a tombstone, then groups, push tokens and
+//!   [`UserPurge`] (each backend's part), idempotent and resumable.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -97,6 +100,7 @@ pub mod cluster;
 pub mod contacts;
 pub mod conversations;
 pub mod cql;
+pub mod deletion;
 pub mod embedded;
 mod error;
 pub mod groups;
@@ -128,6 +132,7 @@ pub mod conformance_notify;
 pub use accounts::AccountStore;
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;
+pub use deletion::{Deleted, UserPurge};
 pub use conversations::ConversationStore;
 pub use error::{OpError, Quota, StoreError};
 pub use groups::GroupStore;

@@ -33,6 +33,7 @@
 
 mod accounts;
 mod contacts;
+mod deletion;
 mod conversations;
 mod groups;
 mod media;

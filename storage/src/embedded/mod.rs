@@ -75,6 +75,7 @@ use writer::{Op, Writer};
 
 mod accounts;
 mod contacts;
+mod deletion;
 mod conversations;
 mod groups;
 mod media;
