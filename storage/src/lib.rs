@@ -66,7 +66,7 @@
 //!   errors) are what the others share.
 //! - `conformance`, `conformance_im`, `conformance_groups`,
 //!   `conformance_contacts`, `conformance_notify`, `conformance_media`,
-//!   `conformance_blobs` (feature `conformance`): the checks every backend
+//!   `conformance_blobs`, `conformance_deletion` (feature `conformance`): the checks every backend
 //!   must pass (the last five: the rules of groups; of friend requests,
 //!   blocks and scheduled sends; of push tokens, settings and claims; of
 //!   media records; of blob bytes, files or S3).
@@ -120,6 +120,8 @@ pub mod conformance;
 pub mod conformance_blobs;
 #[cfg(feature = "conformance")]
 pub mod conformance_contacts;
+#[cfg(feature = "conformance")]
+pub mod conformance_deletion;
 #[cfg(feature = "conformance")]
 pub mod conformance_groups;
 #[cfg(feature = "conformance")]
