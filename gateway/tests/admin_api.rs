@@ -436,10 +436,7 @@ async fn deleted_accounts_are_gone_for_everyone(backend: Backend) {
         .expect("request");
     let contacts = pal.accept_friend(alice.clone()).await.expect("accept");
     assert!(contacts.friends.contains(&alice));
-    phone
-        .send(bob.clone(), "hello".into())
-        .await
-        .expect("send");
+    phone.send(bob.clone(), "hello".into()).await.expect("send");
     let got = take(&pal, 1).await;
     assert_eq!(got[0].from_user, alice);
     let path = format!("/v1/users/{alice}");
@@ -493,7 +490,10 @@ async fn deleted_accounts_are_gone_for_everyone(backend: Backend) {
         "the friend's list still shows the deleted user"
     );
     let view = get(&gw, &path).await;
-    assert_eq!((&view["deleted"], &view["disabled"]), (&json!(true), &json!(true)));
+    assert_eq!(
+        (&view["deleted"], &view["disabled"]),
+        (&json!(true), &json!(true))
+    );
     assert_eq!(
         post(&gw, "/v1/users", &json!({"users": [alice]}), 200).await["registered"],
         0,

@@ -81,15 +81,22 @@ pub async fn a_deleted_user_leaves_nothing_behind(backend: &dyn ImBackend) {
         })
         .await
         .expect("flags");
-    s.messages.save_cursor(&a, "phone", 2).await.expect("cursor");
+    s.messages
+        .save_cursor(&a, "phone", 2)
+        .await
+        .expect("cursor");
     // Contacts: a friend, a request each way, a block each way.
     let c_ = &s.contacts;
     c_.contact_apply(&a, request(&b), 1).await.expect("request");
     c_.contact_apply(&b, ContactOp::Accept(a.clone()), 2)
         .await
         .expect("accept");
-    c_.contact_apply(&a, request(&c), 3).await.expect("outgoing");
-    c_.contact_apply(&d, request(&a), 4).await.expect("incoming");
+    c_.contact_apply(&a, request(&c), 3)
+        .await
+        .expect("outgoing");
+    c_.contact_apply(&d, request(&a), 4)
+        .await
+        .expect("incoming");
     c_.contact_apply(&a, ContactOp::Block(e.clone()), 5)
         .await
         .expect("block");
@@ -101,9 +108,14 @@ pub async fn a_deleted_user_leaves_nothing_behind(backend: &dyn ImBackend) {
     g.group_apply(&shared, &a, create(&[&b, &c]), limits)
         .await
         .expect("shared");
-    g.group_apply(&shared, &a, GroupOp::SetRole(c.clone(), v1::GroupRole::Admin), limits)
-        .await
-        .expect("admin");
+    g.group_apply(
+        &shared,
+        &a,
+        GroupOp::SetRole(c.clone(), v1::GroupRole::Admin),
+        limits,
+    )
+    .await
+    .expect("admin");
     g.group_apply(&alone, &a, create(&[]), limits)
         .await
         .expect("alone");
@@ -185,11 +197,18 @@ pub async fn a_deleted_user_leaves_nothing_behind(backend: &dyn ImBackend) {
         .expect("registered");
     assert!(deleted.account.deleted);
     assert_eq!((deleted.groups_left, deleted.groups_dissolved), (2, 1));
-    assert_left_nothing(&s, [&a, &b, &c, &d, &e, &f], [&shared, &alone, &theirs], day, &blob).await;
+    assert_left_nothing(
+        &s,
+        [&a, &b, &c, &d, &e, &f],
+        [&shared, &alone, &theirs],
+        day,
+        &blob,
+    )
+    .await;
 
     // A repeat finishes (here: finds nothing to do); the id stays deleted.
     assert!(s.delete_user(&a, limits).await.expect("again").is_some());
-    assert_eq!(s.accounts.register(&[a.clone()], 2).await.expect("reg"), 0);
+    assert_eq!(s.accounts.register(std::slice::from_ref(&a), 2).await.expect("reg"), 0);
     let account = s.accounts.account(&a).await.expect("read").expect("kept");
     assert!(account.deleted && account.disabled);
     assert!(
@@ -200,7 +219,11 @@ pub async fn a_deleted_user_leaves_nothing_behind(backend: &dyn ImBackend) {
             .is_some_and(|x| x.deleted),
         "enabling does not revive a deleted account"
     );
-    let listed = s.accounts.accounts_after("", 1_000_000).await.expect("list");
+    let listed = s
+        .accounts
+        .accounts_after("", 1_000_000)
+        .await
+        .expect("list");
     assert!(!listed.contains(&a) && listed.contains(&b));
     assert!(
         s.delete_user(&unique("never"), limits)
@@ -217,9 +240,22 @@ async fn assert_left_nothing(
     day: u32,
     blob: &BlobId,
 ) {
-    assert!(s.messages.read_inbox(a, 0, 100).await.expect("inbox").is_empty());
-    assert_eq!(s.messages.load_cursor(a, "phone").await.expect("cursor"), None);
-    let list = s.conversations.conversations(a, &[], 100).await.expect("list");
+    assert!(
+        s.messages
+            .read_inbox(a, 0, 100)
+            .await
+            .expect("inbox")
+            .is_empty()
+    );
+    assert_eq!(
+        s.messages.load_cursor(a, "phone").await.expect("cursor"),
+        None
+    );
+    let list = s
+        .conversations
+        .conversations(a, &[], 100)
+        .await
+        .expect("list");
     assert!(list.conversations.is_empty(), "{list:?}");
     let peer_side = s.conversations.conversation(b, &user(a)).await.expect("b");
     assert_eq!(peer_side, None, "the peer's conversation with the user");

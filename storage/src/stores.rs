@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::deletion::UserPurge;
 use crate::cluster::{ClusterOptions, ClusterStore};
+use crate::deletion::UserPurge;
 use crate::embedded::{DiskSpace, EmbeddedStore};
 use crate::media::files::FileBlobs;
 use crate::media::{BlobBytes, MediaStore};

@@ -163,7 +163,10 @@ pub fn api_app(state: AdminState) -> Router {
         .route_layer(scoped(Scope::Messages));
     let users = Router::new()
         .route("/v1/users", post(users::register))
-        .route("/v1/users/{user}", get(users::account).delete(users::delete))
+        .route(
+            "/v1/users/{user}",
+            get(users::account).delete(users::delete),
+        )
         .route("/v1/users/{user}/disable", post(users::disable))
         .route("/v1/users/{user}/enable", post(users::enable))
         .route_layer(scoped(Scope::Users));

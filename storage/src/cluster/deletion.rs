@@ -12,7 +12,7 @@
 //! retention.
 
 use async_trait::async_trait;
-use fred::interfaces::{KeysInterface as _, SortedSetsInterface as _, HashesInterface as _};
+use fred::interfaces::{HashesInterface as _, KeysInterface as _, SortedSetsInterface as _};
 use scylla::serialize::row::SerializeRow;
 
 use super::ClusterStore;
@@ -126,7 +126,8 @@ impl UserPurge for ClusterStore {
         let convkey = format!("u:{user}");
         for peer in peers {
             for statement in CONVERSATION {
-                self.run(statement, (peer.as_str(), convkey.as_str())).await?;
+                self.run(statement, (peer.as_str(), convkey.as_str()))
+                    .await?;
             }
             for statement in THEIRS {
                 self.run(statement, (peer.as_str(), user)).await?;

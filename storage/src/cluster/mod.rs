@@ -33,8 +33,8 @@
 
 mod accounts;
 mod contacts;
-mod deletion;
 mod conversations;
+mod deletion;
 mod groups;
 mod media;
 mod notify;

@@ -75,8 +75,8 @@ use writer::{Op, Writer};
 
 mod accounts;
 mod contacts;
-mod deletion;
 mod conversations;
+mod deletion;
 mod groups;
 mod media;
 mod notify;
