@@ -24,6 +24,7 @@ pub(crate) fn token_fault(e: CheckError) -> Fault {
             Fault::new(ErrorCode::StoreUnavailable, "store unavailable")
         }
         CheckError::Disabled => Fault::new(ErrorCode::UserDisabled, "the account is disabled"),
+        CheckError::Deleted => Fault::new(ErrorCode::UserDeleted, "the account is deleted"),
     }
 }
 

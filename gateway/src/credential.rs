@@ -33,6 +33,9 @@ pub(crate) enum CheckError {
     /// The business backend disabled the user's account.
     #[error("the account is disabled")]
     Disabled,
+    /// The business backend deleted the user's account: for good.
+    #[error("the account is deleted")]
+    Deleted,
 }
 
 /// Verifies `token` and checks it against its user's revocation mark.
@@ -53,8 +56,10 @@ pub(crate) async fn still_valid(ctx: &Ctx, claims: &Claims) -> Result<(), CheckE
         return Err(TokenError::Revoked(mark).into());
     }
     let account = ctx.stores.accounts.account(&claims.user_id).await?;
-    if account.is_some_and(|a| a.disabled) {
-        return Err(CheckError::Disabled);
+    match account {
+        Some(a) if a.deleted => return Err(CheckError::Deleted),
+        Some(a) if a.disabled => return Err(CheckError::Disabled),
+        _ => {}
     }
     Ok(())
 }

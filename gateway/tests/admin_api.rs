@@ -2,7 +2,7 @@
 //! result notified once on every device, sends as a user (their rules
 //! apply) and as the system account, idempotency, batches with a result
 //! per recipient, kicks whose reason reaches the SDK, presence and counts,
-//! group administration, and the OpenAPI document.
+//! group administration, account deletion, and the OpenAPI document.
 
 mod common;
 
@@ -417,7 +417,95 @@ async fn broadcast_reaches_every_registered_user_once(backend: Backend) {
     watcher.close().await;
 }
 
+/// Deleting an account: refused without a key, with a lesser scope, for a
+/// bad id and an unknown user (typed); a live session ends with the reason
+/// `ACCOUNT_DELETED`, the token can no longer log in (`USER_DELETED`), the
+/// friend's contacts and conversation list no longer show the user, the id
+/// is not registered again, and a repeated delete succeeds.
+async fn deleted_accounts_are_gone_for_everyone(backend: Backend) {
+    use common::{ADMIN_SECRET, MESSAGES_SECRET, READ_SECRET, http_request};
+    let gw = TestGateway::start_on(backend, |_| {}).await;
+    let api = gw.api.expect("api");
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    post(&gw, "/v1/users", &json!({"users": [alice, bob]}), 200).await;
+    let phone = gw.client(&alice, "phone").await;
+    let pal = gw.client(&bob, "phone").await;
+    phone
+        .request_friend(bob.clone(), "hi".into())
+        .await
+        .expect("request");
+    let contacts = pal.accept_friend(alice.clone()).await.expect("accept");
+    assert!(contacts.friends.contains(&alice));
+    phone.send(bob.clone(), "hello".into()).await.expect("send");
+    let got = take(&pal, 1).await;
+    assert_eq!(got[0].from_user, alice);
+    let path = format!("/v1/users/{alice}");
+    let code = |body: &str| -> String {
+        let v: Value = serde_json::from_str(body).expect("JSON");
+        v["error"]["code"].as_str().expect("code").to_owned()
+    };
+    for (key, status, want) in [
+        (None, 401, "unauthorized"),
+        (Some(READ_SECRET), 403, "forbidden"),
+        (Some(MESSAGES_SECRET), 403, "forbidden"),
+    ] {
+        let r = http_request(api, "DELETE", &path, key).await;
+        assert_eq!((r.status, code(&r.body)), (status, want.into()), "{key:?}");
+    }
+    let r = http_request(api, "DELETE", "/v1/users/bad%20id", Some(ADMIN_SECRET)).await;
+    assert_eq!((r.status, code(&r.body)), (400, "bad_request".into()));
+    let nobody = format!("/v1/users/{}", unique("nobody"));
+    let r = http_request(api, "DELETE", &nobody, Some(ADMIN_SECRET)).await;
+    assert_eq!((r.status, code(&r.body)), (404, "not_found".into()));
+    assert_eq!(
+        get(&gw, &path).await["deleted"],
+        false,
+        "the refusals changed nothing"
+    );
+
+    let r = http_request(api, "DELETE", &path, Some(ADMIN_SECRET)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done: Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(done["peers"], 1);
+    match stopped(&phone).await {
+        Error::Kicked { reason, .. } => assert_eq!(reason, KickReason::AccountDeleted),
+        other => panic!("expected a kick for a deleted account, got {other:?}"),
+    }
+    match qim_sdk::Client::connect(gw.client_config(&alice, "laptop")).await {
+        Err(Error::Rejected {
+            code, retryable, ..
+        }) => assert_eq!((code, retryable), (qim_sdk::ErrorCode::UserDeleted, false)),
+        other => panic!(
+            "a deleted account's login: {:?}",
+            other.map(|_| "connected")
+        ),
+    }
+    let contacts = pal.contacts().await.expect("contacts");
+    assert!(!contacts.friends.contains(&alice), "{contacts:?}");
+    let list = pal.conversations(None, 100).await.expect("list");
+    assert!(
+        list.conversations
+            .iter()
+            .all(|c| c.peer != qim_sdk::Peer::User(alice.clone())),
+        "the friend's list still shows the deleted user"
+    );
+    let view = get(&gw, &path).await;
+    assert_eq!(
+        (&view["deleted"], &view["disabled"]),
+        (&json!(true), &json!(true))
+    );
+    assert_eq!(
+        post(&gw, "/v1/users", &json!({"users": [alice]}), 200).await["registered"],
+        0,
+        "a deleted id is not registered again"
+    );
+    let again = http_request(api, "DELETE", &path, Some(ADMIN_SECRET)).await;
+    assert_eq!(again.status, 200, "a repeat finishes: {}", again.body);
+    pal.close().await;
+}
+
 on_both_backends!(
+    deleted_accounts_are_gone_for_everyone,
     disabled_accounts_cannot_log_in,
     broadcast_reaches_every_registered_user_once,
     payment_result_reaches_every_device_once,
@@ -467,5 +555,9 @@ async fn the_openapi_document_lists_every_route() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+    assert!(
+        doc["paths"]["/v1/users/{user}"]["delete"].is_object(),
+        "DELETE /v1/users/{{user}} is documented"
+    );
     assert!(doc["components"]["securitySchemes"]["admin_key"].is_object());
 }

@@ -286,6 +286,17 @@ fn routes() -> Vec<Route> {
                 "bad_request",
             )],
         ),
+        // Last: the deletion of the account the routes above used.
+        Route {
+            method: "DELETE",
+            path: "/v1/users/alice",
+            scope: "users",
+            body: None,
+            bad: vec![
+                (at("/v1/users/bad%20id"), None, "bad_request"),
+                (at("/v1/users/nobody"), None, "not_found"),
+            ],
+        },
     ]
 }
 

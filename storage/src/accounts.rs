@@ -4,6 +4,13 @@
 //! Registration is optional for logging in (the token is the identity); a
 //! disabled account's logins are refused. Registering a registered user
 //! changes nothing, so a registration may be repeated safely.
+//!
+//! A deleted account ([`AccountStore::mark_deleted`], the first step of
+//! [`Stores::delete_user`](crate::Stores::delete_user)) stays as a
+//! tombstone: its logins are refused for good, registering the id again
+//! changes nothing (ids are never reused: a new user must not inherit
+//! what others still hold about the old one, such as their chat history),
+//! and [`AccountStore::accounts_after`] no longer lists it.
 
 use async_trait::async_trait;
 
@@ -18,6 +25,8 @@ pub struct Account {
     pub registered_ms: i64,
     /// Logins are refused while set.
     pub disabled: bool,
+    /// The account was deleted: logins are refused for good.
+    pub deleted: bool,
 }
 
 /// Registered users.
@@ -31,10 +40,15 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn set_disabled(&self, user: &str, disabled: bool)
     -> Result<Option<Account>, StoreError>;
 
-    /// The account of `user`, if registered.
+    /// Marks `user`'s account deleted, durably (a tombstone: logins
+    /// refused, the id never registered again, no longer listed);
+    /// `None` when never registered. Repeating it changes nothing.
+    async fn mark_deleted(&self, user: &str) -> Result<Option<Account>, StoreError>;
+
+    /// The account of `user`, if registered (deleted ones included).
     async fn account(&self, user: &str) -> Result<Option<Account>, StoreError>;
 
-    /// Registered users with ids above `after` (`""`: from the first), in
+    /// Registered users (not deleted) with ids above `after` (`""`: from the first), in
     /// id order, at most `limit`.
     async fn accounts_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError>;
 }
@@ -48,10 +62,14 @@ pub(crate) fn check_user(user: &str) -> Result<(), StoreError> {
     }
 }
 
-/// An account's stored value: `[disabled u8][registered_ms i64 BE]`.
-pub(crate) fn encode(registered_ms: i64, disabled: bool) -> Vec<u8> {
+/// The state byte of a deleted account (0: enabled, 1: disabled).
+pub(crate) const DELETED: u8 = 2;
+
+/// An account's stored value: `[state u8][registered_ms i64 BE]`, the
+/// state 0 (enabled), 1 (disabled) or [`DELETED`].
+pub(crate) fn encode(registered_ms: i64, state: u8) -> Vec<u8> {
     let mut v = Vec::with_capacity(9);
-    v.push(u8::from(disabled));
+    v.push(state);
     v.extend_from_slice(&registered_ms.to_be_bytes());
     v
 }
@@ -63,6 +81,7 @@ pub(crate) fn decode(user: &str, v: &[u8]) -> Result<Account, StoreError> {
             user: user.to_owned(),
             registered_ms: i64::from_be_bytes(ms.try_into().unwrap_or_default()),
             disabled: *flag != 0,
+            deleted: *flag == DELETED,
         }),
         _ => Err(StoreError::Corrupt(format!("account record of {user:?}"))),
     }

@@ -35,6 +35,9 @@
 //!   token (one holder per token, a per-user device quota), each user's
 //!   preview settings, and claims that make a notification go out once
 //!   whichever node tries.
+//! - [`deletion`]: deleting a user ([`Stores::delete_user`]): the
+//!   account becomes a tombstone, then groups, push tokens and
+//!   [`UserPurge`] (each backend's part), idempotent and resumable.
 //! - `stores.rs`: [`Stores`], every trait above as one backend instance
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
@@ -63,7 +66,7 @@
 //!   errors) are what the others share.
 //! - `conformance`, `conformance_im`, `conformance_groups`,
 //!   `conformance_contacts`, `conformance_notify`, `conformance_media`,
-//!   `conformance_blobs` (feature `conformance`): the checks every backend
+//!   `conformance_blobs`, `conformance_deletion` (feature `conformance`): the checks every backend
 //!   must pass (the last five: the rules of groups; of friend requests,
 //!   blocks and scheduled sends; of push tokens, settings and claims; of
 //!   media records; of blob bytes, files or S3).
@@ -97,6 +100,7 @@ pub mod cluster;
 pub mod contacts;
 pub mod conversations;
 pub mod cql;
+pub mod deletion;
 pub mod embedded;
 mod error;
 pub mod groups;
@@ -117,6 +121,8 @@ pub mod conformance_blobs;
 #[cfg(feature = "conformance")]
 pub mod conformance_contacts;
 #[cfg(feature = "conformance")]
+pub mod conformance_deletion;
+#[cfg(feature = "conformance")]
 pub mod conformance_groups;
 #[cfg(feature = "conformance")]
 pub mod conformance_im;
@@ -129,6 +135,7 @@ pub use accounts::AccountStore;
 pub use cluster::ClusterStore;
 pub use contacts::ContactStore;
 pub use conversations::ConversationStore;
+pub use deletion::{Deleted, UserPurge};
 pub use error::{OpError, Quota, StoreError};
 pub use groups::GroupStore;
 pub use model::{Appended, NewMessage, StoredMessage};

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::cluster::{ClusterOptions, ClusterStore};
+use crate::deletion::UserPurge;
 use crate::embedded::{DiskSpace, EmbeddedStore};
 use crate::media::files::FileBlobs;
 use crate::media::{BlobBytes, MediaStore};
@@ -45,6 +46,8 @@ pub struct Stores {
     /// Where blob bytes live; `None` when none was configured (uploads
     /// and downloads are then refused as unsupported).
     pub blobs: Option<Arc<dyn BlobBytes>>,
+    /// The backend's part of deleting a user (see [`Stores::delete_user`]).
+    pub purge: Arc<dyn UserPurge>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -67,7 +70,8 @@ impl Stores {
             + RevocationStore
             + AccountStore
             + NotifyStore
-            + MediaStore,
+            + MediaStore
+            + UserPurge,
     {
         Self {
             messages: backend.clone(),
@@ -81,6 +85,7 @@ impl Stores {
             revocations: backend.clone(),
             accounts: backend.clone(),
             notify: backend.clone(),
+            purge: backend.clone(),
             media: backend,
             blobs: None,
         }

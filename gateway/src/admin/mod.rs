@@ -14,7 +14,7 @@
 //!   clients' durable path), broadcasts to every registered user
 //!   (`messages`, [`broadcast`]: paced, resumable, progress visible), group
 //!   administration (`groups`, [`groups`]), accounts (`users`, [`users`]:
-//!   register, disable, enable).
+//!   register, disable, enable, `DELETE /v1/users/{user}`).
 //!   `GET /v1/openapi.json` is the document of them all, generated from
 //!   the code ([`openapi`]). Malformed input is a typed 400 ([`input`]).
 //!   Refusals are typed JSON ([`error`]): 401 without a key or with a wrong
@@ -73,6 +73,8 @@ pub struct AdminState {
     auth_failures: Arc<Mutex<PerAddress>>,
     /// This node's broadcasts and their progress.
     broadcasts: Arc<broadcast::Broadcasts>,
+    /// Permits of the deletions running on this node.
+    deletions: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
@@ -91,6 +93,7 @@ impl AdminState {
             route_limits: Arc::new(Mutex::new(route_limits)),
             auth_failures: Arc::new(Mutex::new(auth_failures)),
             broadcasts: Arc::default(),
+            deletions: Arc::new(tokio::sync::Semaphore::new(users::DELETIONS_AT_ONCE)),
         }
     }
 }
@@ -160,7 +163,10 @@ pub fn api_app(state: AdminState) -> Router {
         .route_layer(scoped(Scope::Messages));
     let users = Router::new()
         .route("/v1/users", post(users::register))
-        .route("/v1/users/{user}", get(users::account))
+        .route(
+            "/v1/users/{user}",
+            get(users::account).delete(users::delete),
+        )
         .route("/v1/users/{user}/disable", post(users::disable))
         .route("/v1/users/{user}/enable", post(users::enable))
         .route_layer(scoped(Scope::Users));

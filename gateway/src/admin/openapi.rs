@@ -34,6 +34,7 @@ use super::{api, broadcast, groups, send, users};
         users::account,
         users::disable,
         users::enable,
+        users::delete,
         groups::create,
         groups::info,
         groups::add,
@@ -47,7 +48,7 @@ use super::{api, broadcast, groups, send, users};
         (name = "sessions", description = "Scope sessions: kick, revoke tokens"),
         (name = "messages", description = "Scope messages: send, batch, notifications"),
         (name = "groups", description = "Scope groups: group administration"),
-        (name = "users", description = "Scope users: register, disable, enable accounts"),
+        (name = "users", description = "Scope users: register, disable, enable, delete accounts"),
     )
 )]
 pub(super) struct ApiDoc;

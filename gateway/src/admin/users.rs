@@ -1,7 +1,11 @@
 //! Users' accounts for the business backend: register (what a broadcast
 //! reaches), read, disable (logins refused with `USER_DISABLED`, live
-//! sessions ended with the reason `ACCOUNT_DISABLED`) and enable again.
-//! Each call is one durable store write ([`qim_storage::AccountStore`]).
+//! sessions ended with the reason `ACCOUNT_DISABLED`), enable again, and
+//! delete ([`delete`]: for good, with everything the store holds of the
+//! user). Register, disable and enable are one durable store write each
+//! ([`qim_storage::AccountStore`]); a deletion is
+//! [`qim_storage::Stores::delete_user`], at most [`DELETIONS_AT_ONCE`] at
+//! once per node.
 
 use axum::Json;
 use axum::extract::State;
@@ -40,6 +44,8 @@ pub(super) struct AccountView {
     registered_ms: i64,
     /// Logins are refused while set.
     disabled: bool,
+    /// Deleted for good (the id is never registered again).
+    deleted: bool,
 }
 
 impl From<Account> for AccountView {
@@ -48,8 +54,28 @@ impl From<Account> for AccountView {
             user: a.user,
             registered_ms: a.registered_ms,
             disabled: a.disabled,
+            deleted: a.deleted,
         }
     }
+}
+
+/// Deletions one node runs at once; more are refused with 429 (each walks
+/// all of a user's records).
+pub(super) const DELETIONS_AT_ONCE: usize = 4;
+
+/// The answer of a deletion.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DeletedView {
+    user: String,
+    /// Groups the user left (an owned one handed over first: to its first
+    /// admin by id, else its first member).
+    groups_left: u32,
+    /// Groups dissolved (the user was their only member).
+    groups_dissolved: u32,
+    /// Other users whose contacts or conversations named the user.
+    peers: u32,
+    /// Live sessions ended on this node.
+    kicked: usize,
 }
 
 fn store_failed(e: &qim_storage::StoreError) -> ApiError {
@@ -191,4 +217,77 @@ pub(super) async fn enable(
     Id(user): Id,
 ) -> Result<Json<AccountView>, ApiError> {
     set(&state, &user, false).await
+}
+
+/// Deletes an account for good: its sessions end (`KICKED`, reason
+/// `ACCOUNT_DELETED`), its logins are refused (`USER_DELETED`), and the
+/// store removes its inbox, conversations (and the peers' conversations
+/// with it), contacts on both sides, group memberships, push tokens and
+/// settings, scheduled sends, pending uploads and counters. The id is
+/// never registered again. Idempotent: after a 503, repeat it to finish.
+#[utoipa::path(delete, path = "/v1/users/{user}", tag = "users",
+    params(("user" = String, Path, description = "The user id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Deleted (also when it was already)", body = DeletedView),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No key, or a wrong one", body = ErrorBody),
+        (status = 403, description = "The key lacks scope users", body = ErrorBody),
+        (status = 404, description = "Not registered", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts from this address, or deletions running at once", body = ErrorBody),
+        (status = 503, description = "The store or Redis failed half-way; repeat to finish", body = ErrorBody),
+    ))]
+pub(super) async fn delete(
+    State(state): State<AdminState>,
+    Id(user): Id,
+) -> Result<Json<DeletedView>, ApiError> {
+    let Ok(_running) = state.deletions.clone().try_acquire_owned() else {
+        return Err(ApiError::RateLimited(std::time::Duration::from_secs(1)));
+    };
+    let ctx = &state.ctx;
+    // The tombstone first: from here every login of the id is refused, so
+    // the sessions ended below cannot come back while the store purges.
+    match ctx.stores.accounts.mark_deleted(&user).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(ApiError::NotFound),
+        Err(e) => return Err(store_failed(&e)),
+    }
+    let ending = Ending {
+        code: ErrorCode::Kicked,
+        reason: KickReason::AccountDeleted,
+    };
+    let kicked = ctx.routes.kick_user(&user, None, ending);
+    if let Some(cluster) = &ctx.cluster
+        && let Err(e) = cluster.revoke(&user, u64::MAX).await
+    {
+        warn!(user, error = %e, "could not end the sessions on other nodes");
+        return Err(ApiError::Unavailable(
+            "deleting: other nodes were not told; repeat",
+        ));
+    }
+    let limits = crate::groups::limits(ctx);
+    let deleted = match ctx.stores.delete_user(&user, limits).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return Err(ApiError::NotFound),
+        Err(e) => {
+            warn!(user, error = %e, "admin API: a deletion stopped half-way");
+            return Err(ApiError::Unavailable(
+                "the deletion stopped half-way; repeat to finish",
+            ));
+        }
+    };
+    info!(
+        user,
+        kicked,
+        groups_left = deleted.groups_left,
+        peers = deleted.peers,
+        "admin API: account deleted"
+    );
+    Ok(Json(DeletedView {
+        user,
+        groups_left: deleted.groups_left,
+        groups_dissolved: deleted.groups_dissolved,
+        peers: deleted.peers,
+        kicked,
+    }))
 }

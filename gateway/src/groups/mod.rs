@@ -46,7 +46,7 @@ fn valid_users(users: &[String]) -> bool {
 }
 
 /// The limits of this server that group changes are checked against.
-fn limits(ctx: &Ctx) -> GroupLimits {
+pub(crate) fn limits(ctx: &Ctx) -> GroupLimits {
     let c = &ctx.config;
     GroupLimits {
         threshold: c.groups.read_diffusion_threshold,

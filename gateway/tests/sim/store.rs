@@ -372,6 +372,13 @@ impl RevocationStore for HeldStore {
 }
 
 #[async_trait]
+impl qim_storage::UserPurge for HeldStore {
+    async fn purge_user(&self, user: &str, peers: &[String]) -> Result<(), StoreError> {
+        held(self.inner.purge_user(user, peers)).await
+    }
+}
+
+#[async_trait]
 impl AccountStore for HeldStore {
     async fn register(&self, users: &[String], now_ms: i64) -> Result<u32, StoreError> {
         held(self.inner.register(users, now_ms)).await
@@ -383,6 +390,13 @@ impl AccountStore for HeldStore {
         disabled: bool,
     ) -> Result<Option<qim_storage::accounts::Account>, StoreError> {
         held(self.inner.set_disabled(user, disabled)).await
+    }
+
+    async fn mark_deleted(
+        &self,
+        user: &str,
+    ) -> Result<Option<qim_storage::accounts::Account>, StoreError> {
+        held(self.inner.mark_deleted(user)).await
     }
 
     async fn account(

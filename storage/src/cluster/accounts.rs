@@ -1,6 +1,7 @@
 //! The cluster backend's [`AccountStore`], in Redis: a hash
-//! `<prefix>{accounts}:h` (user → `"<0|1>:<registered_ms>"`) and a sorted
-//! set `<prefix>{accounts}:z` of the ids (score 0, listed by `ZRANGEBYLEX`),
+//! `<prefix>{accounts}:h` (user → `"<0|1|2>:<registered_ms>"`: enabled,
+//! disabled, deleted) and a sorted set `<prefix>{accounts}:z` of the ids
+//! not deleted (score 0, listed by `ZRANGEBYLEX`),
 //! in one hash slot so each change is one script. Like revocations, the
 //! accounts live as long as Redis keeps its data: run the cluster's Redis
 //! with persistence (AOF).
@@ -32,9 +33,21 @@ return new
 const SET_DISABLED: &str = r"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return false end
+if string.sub(v, 1, 1) == '2' then return v end
 local ms = string.sub(v, 3)
 local nv = ARGV[2] .. ':' .. ms
 redis.call('HSET', KEYS[1], ARGV[1], nv)
+return nv
+";
+
+/// Marks `ARGV[1]` deleted (a tombstone in `KEYS[1]`, out of the listing
+/// `KEYS[2]`); returns the value afterwards, or false when not registered.
+const MARK_DELETED: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+local nv = '2:' .. string.sub(v, 3)
+redis.call('HSET', KEYS[1], ARGV[1], nv)
+redis.call('ZREM', KEYS[2], ARGV[1])
 return nv
 ";
 
@@ -44,7 +57,8 @@ fn parse(user: &str, v: &str) -> Result<Account, StoreError> {
     Ok(Account {
         user: user.to_owned(),
         registered_ms: ms.parse().map_err(|_| corrupt())?,
-        disabled: flag == "1",
+        disabled: flag != "0",
+        deleted: flag == "2",
     })
 }
 
@@ -93,6 +107,17 @@ impl AccountStore for ClusterStore {
                 vec![h],
                 vec![user.to_owned(), flag.to_owned()],
             )
+            .await
+            .map_err(unavailable)?;
+        v.map(|v| parse(user, &v)).transpose()
+    }
+
+    async fn mark_deleted(&self, user: &str) -> Result<Option<Account>, StoreError> {
+        check_user(user)?;
+        let (h, z) = self.account_keys();
+        let v: Option<String> = self
+            .redis
+            .eval(MARK_DELETED, vec![h, z], vec![user.to_owned()])
             .await
             .map_err(unavailable)?;
         v.map(|v| parse(user, &v)).transpose()

@@ -46,11 +46,11 @@ impl ClusterStore {
         format!("{}media:{kind}:{{{}}}", self.prefix, id.hex())
     }
 
-    fn pending_key(&self, user: &str) -> String {
+    pub(super) fn pending_key(&self, user: &str) -> String {
         format!("{}media:p:{{{user}}}", self.prefix)
     }
 
-    fn pending_index(&self) -> String {
+    pub(super) fn pending_index(&self) -> String {
         format!("{}media:pending", self.prefix)
     }
 }

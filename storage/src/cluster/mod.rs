@@ -34,6 +34,7 @@
 mod accounts;
 mod contacts;
 mod conversations;
+mod deletion;
 mod groups;
 mod media;
 mod notify;

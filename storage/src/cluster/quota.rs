@@ -24,7 +24,7 @@ return {1, used}
 ";
 
 impl ClusterStore {
-    fn quota_key(&self, user: &str, day: u32) -> String {
+    pub(super) fn quota_key(&self, user: &str, day: u32) -> String {
         format!("{}quota:bytes:{{{user}}}:{day}", self.prefix)
     }
 }

@@ -1,7 +1,8 @@
 //! The embedded backend's [`AccountStore`].
 //!
 //! # Keys
-//! - `accounts`: `[user]` → `[disabled u8][registered_ms i64 BE]`.
+//! - `accounts`: `[user]` → `[state u8][registered_ms i64 BE]` (state 0
+//!   enabled, 1 disabled, 2 deleted: a tombstone, skipped by listings).
 //!
 //! Written directly (not through the writer thread) in one batch and synced
 //! before the call returns, like revocations: account changes are rare and
@@ -16,7 +17,7 @@ use fjall::PersistMode;
 use super::EmbeddedStore;
 use super::tables::unavailable;
 use crate::StoreError;
-use crate::accounts::{Account, AccountStore, check_user, decode, encode};
+use crate::accounts::{Account, AccountStore, DELETED, check_user, decode, encode};
 
 /// Serialises read-modify-writes of accounts.
 static CHANGING: Mutex<()> = Mutex::new(());
@@ -55,7 +56,7 @@ impl AccountStore for EmbeddedStore {
                     .is_none()
                     && new.insert(user.as_str())
                 {
-                    batch.insert(&t.accounts, user.as_bytes(), encode(now_ms, false));
+                    batch.insert(&t.accounts, user.as_bytes(), encode(now_ms, 0));
                 }
             }
             if !new.is_empty() {
@@ -79,10 +80,34 @@ impl AccountStore for EmbeddedStore {
                 return Ok(None);
             };
             let mut account = decode(&user, &v)?;
-            if account.disabled != disabled {
+            if !account.deleted && account.disabled != disabled {
                 account.disabled = disabled;
                 t.accounts
-                    .insert(user.as_bytes(), encode(account.registered_ms, disabled))
+                    .insert(
+                        user.as_bytes(),
+                        encode(account.registered_ms, u8::from(disabled)),
+                    )
+                    .map_err(unavailable)?;
+                t.db.persist(PersistMode::SyncAll).map_err(unavailable)?;
+            }
+            Ok(Some(account))
+        })
+        .await
+    }
+
+    async fn mark_deleted(&self, user: &str) -> Result<Option<Account>, StoreError> {
+        check_user(user)?;
+        let user = user.to_owned();
+        self.accounts_change(move |t| {
+            let Some(v) = t.accounts.get(user.as_bytes()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let mut account = decode(&user, &v)?;
+            if !account.deleted {
+                account.deleted = true;
+                account.disabled = true;
+                t.accounts
+                    .insert(user.as_bytes(), encode(account.registered_ms, DELETED))
                     .map_err(unavailable)?;
                 t.db.persist(PersistMode::SyncAll).map_err(unavailable)?;
             }
@@ -112,10 +137,14 @@ impl AccountStore for EmbeddedStore {
             .tables
             .accounts
             .range::<Vec<u8>, _>((start, Bound::Unbounded))
-            .take(limit)
         {
-            let (key, _) = guard.into_inner().map_err(unavailable)?;
-            out.push(String::from_utf8_lossy(&key).into_owned());
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = guard.into_inner().map_err(unavailable)?;
+            if value.first() != Some(&DELETED) {
+                out.push(String::from_utf8_lossy(&key).into_owned());
+            }
         }
         Ok(out)
     }

@@ -28,7 +28,7 @@ fn key(tag: u8, id: &BlobId, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-fn pending_prefix(user: &str) -> Vec<u8> {
+pub(super) fn pending_prefix(user: &str) -> Vec<u8> {
     let mut k = vec![b'P'];
     k.extend_from_slice(&prefixed(user, BLOB_ID_BYTES));
     k

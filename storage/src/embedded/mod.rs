@@ -76,6 +76,7 @@ use writer::{Op, Writer};
 mod accounts;
 mod contacts;
 mod conversations;
+mod deletion;
 mod groups;
 mod media;
 mod notify;

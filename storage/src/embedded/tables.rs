@@ -236,7 +236,7 @@ pub(super) fn order_key(user: &str, conv: &v1::Conversation, convkey: &str) -> V
     key
 }
 
-fn conv_msg_prefix(user: &str, convkey: &str) -> Vec<u8> {
+pub(super) fn conv_msg_prefix(user: &str, convkey: &str) -> Vec<u8> {
     let mut key = prefixed(user, 1 + convkey.len() + 8);
     key.push(convkey.len() as u8);
     key.extend_from_slice(convkey.as_bytes());
