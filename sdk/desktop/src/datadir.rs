@@ -5,6 +5,7 @@
 //!   outbox/        the SDK's outbox journal: unsent messages survive a restart
 //!   local.sqlite   the SDK's local store: history and search offline
 //!   resume         the inbox seq processed last: where the next start resumes
+//!   downloads/     files saved with /save (unless it names a directory)
 //!   desktop.log    logs, unless --log names another file
 //! ```
 //!
@@ -44,6 +45,11 @@ impl DataDir {
     /// The SDK's local store.
     pub fn local_store(&self) -> PathBuf {
         self.root.join("local.sqlite")
+    }
+
+    /// Where `/save` puts files by default.
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
     }
 
     /// The default log file.
