@@ -186,20 +186,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(free_path(dir.path(), "a.txt"), dir.path().join("a.txt"));
         std::fs::write(dir.path().join("a.txt"), "x").expect("write");
-        assert_eq!(
-            free_path(dir.path(), "a.txt"),
-            dir.path().join("a (2).txt")
-        );
+        assert_eq!(free_path(dir.path(), "a.txt"), dir.path().join("a (2).txt"));
         std::fs::write(dir.path().join("a (2).txt"), "x").expect("write");
-        assert_eq!(
-            free_path(dir.path(), "a.txt"),
-            dir.path().join("a (3).txt")
-        );
+        assert_eq!(free_path(dir.path(), "a.txt"), dir.path().join("a (3).txt"));
         std::fs::write(dir.path().join("noext"), "x").expect("write");
-        assert_eq!(
-            free_path(dir.path(), "noext"),
-            dir.path().join("noext (2)")
-        );
+        assert_eq!(free_path(dir.path(), "noext"), dir.path().join("noext (2)"));
     }
 
     #[test]

@@ -434,7 +434,10 @@ fn file_rows(chat: &Chat, i: usize, width: usize, base: Style) -> Vec<Line<'stat
             format!(" saved {}", inert(path, 200)),
         )),
         Some(Transfer::SaveFailed(why)) => rows.extend(wrap(
-            vec![(format!("  ✗ not saved: {}", inert(why, 120)), base.fg(Color::Red))],
+            vec![(
+                format!("  ✗ not saved: {}", inert(why, 120)),
+                base.fg(Color::Red),
+            )],
             width,
         )),
     }

@@ -233,7 +233,6 @@ impl Model {
             self.uploads.contains_key(client_msg_id)
         }
     }
-
 }
 
 /// A path as typed, without surrounding quotes.

@@ -20,8 +20,8 @@ mod keys;
 use std::collections::HashMap;
 
 use qim_sdk::{
-    Attachment, Contacts, Conversation, GroupChange, GroupMember, HistoryPage, IncomingMessage, MessageExtras,
-    OutboxStatus, Peer, PresenceStatus, Quote, SendReceipt, Signal,
+    Attachment, Contacts, Conversation, GroupChange, GroupMember, HistoryPage, IncomingMessage,
+    MessageExtras, OutboxStatus, Peer, PresenceStatus, Quote, SendReceipt, Signal,
 };
 
 pub use chat::{Chat, Line, MAX_LINES, Mark, SendState, Transfer};
