@@ -13,6 +13,8 @@
 //! a file a hostile sender named `../../.bashrc` is saved as `bashrc` in
 //! Bob's downloads folder, and nowhere else.
 //!
+//! A second client on a data directory in use refuses to start.
+//!
 //! The tmux server runs on a socket of its own and is killed at the end,
 //! also when the test fails.
 
@@ -256,6 +258,18 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
     tmux.start("bob", &client(&gw, &bob_data, &bob_auth));
     tmux.wait("alice", "connected", connected);
     tmux.wait("bob", "connected", connected);
+
+    // A second client on Alice's data directory refuses to start.
+    let second = client(&gw, &alice_data, &alice_auth);
+    let out = Command::new(&second[0])
+        .args(&second[1..])
+        .output()
+        .expect("the second client runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("in use by another qim-desktop"),
+        "{out:?}"
+    );
 
     // Alice writes twice; Bob's list counts two unread.
     tmux.type_line("alice", "/msg bob hello bob");
