@@ -5,6 +5,8 @@
 //!   outbox/        the SDK's outbox journal: unsent messages survive a restart
 //!   local.sqlite   the SDK's local store: history and search offline
 //!   resume         the inbox seq processed last: where the next start resumes
+//!   downloads/     files saved with /save (unless it names a directory)
+//!   lock           held (flock) while a client runs on the directory
 //!   desktop.log    logs, unless --log names another file
 //! ```
 //!
@@ -22,6 +24,20 @@ pub struct DataDir {
     root: PathBuf,
 }
 
+/// Another process holds the data directory.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} is in use by another qim-desktop (one client per data directory; \
+     quit the other, or pass --data-dir)"
+)]
+pub struct InUse(pub PathBuf);
+
+/// The data directory's lock, held until dropped (or the process ends).
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
 impl DataDir {
     /// Creates the directory (owner-only where the platform allows).
     pub fn open(root: &Path) -> std::io::Result<DataDir> {
@@ -36,6 +52,30 @@ impl DataDir {
         })
     }
 
+    /// Takes the directory for this process: two clients on one
+    /// directory would write the same outbox and store. Fails with
+    /// [`InUse`] (inside the `io::Error`) when another process holds it.
+    pub fn lock(&self) -> std::io::Result<Lock> {
+        let path = self.root.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        #[cfg(unix)]
+        {
+            use rustix::fs::{FlockOperation, flock};
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(std::io::Error::other(InUse(self.root.clone())));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Lock { _file: file })
+    }
+
     /// The SDK's outbox directory.
     pub fn outbox(&self) -> PathBuf {
         self.root.join("outbox")
@@ -44,6 +84,11 @@ impl DataDir {
     /// The SDK's local store.
     pub fn local_store(&self) -> PathBuf {
         self.root.join("local.sqlite")
+    }
+
+    /// Where `/save` puts files by default.
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
     }
 
     /// The default log file.
@@ -76,6 +121,21 @@ impl DataDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_second_lock_on_the_directory_is_refused_until_the_first_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = DataDir::open(dir.path()).expect("open");
+        let first = d.lock().expect("the first lock");
+        let again = d.lock().expect_err("a second lock");
+        assert!(
+            again.to_string().contains("in use by another qim-desktop"),
+            "{again}"
+        );
+        drop(first);
+        d.lock().expect("free again");
+    }
 
     #[test]
     fn the_resume_point_survives_and_garbage_reads_as_zero() {

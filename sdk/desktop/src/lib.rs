@@ -21,9 +21,12 @@
 //!   outbox events and connection states into the model's input channel
 //!   and carry out each request in a task of its own, so the draw loop
 //!   never waits on the network.
+//! - [`transfers`]: uploads and downloads of files, with progress.
 //! - [`term`]: raw mode, the key reader thread and the draw loop.
 //! - [`settings`]: flags over a TOML config file over defaults.
 //! - [`devtoken`]: development tokens minted from the gateway's secret.
+//! - [`files`]: safe names for received files, media types, sizes and
+//!   progress bars.
 //! - [`datadir`]: the data directory (the SDK's outbox and local store,
 //!   the resume point).
 //!
@@ -32,9 +35,11 @@
 
 pub mod datadir;
 pub mod devtoken;
+pub mod files;
 pub mod model;
 pub mod settings;
 pub mod term;
 pub mod text;
+pub mod transfers;
 pub mod view;
 pub mod worker;

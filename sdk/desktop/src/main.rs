@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::resolve(args, u64::try_from(now).unwrap_or(0))?;
     let data = DataDir::open(&settings.data_dir)
         .with_context(|| format!("data directory {}", settings.data_dir.display()))?;
+    let _lock = data.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
     let log = settings.log.clone().unwrap_or_else(|| data.log());
     let log_file = std::fs::OpenOptions::new()
         .create(true)

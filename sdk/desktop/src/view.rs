@@ -14,7 +14,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph};
 use unicode_width::UnicodeWidthChar as _;
 
-use crate::model::{self, Chat, Focus, Link, Mark, Model};
+use crate::files::{bar, percent, size_text};
+use crate::model::{self, Chat, Focus, Link, Mark, Model, Transfer};
 use crate::text::{inert, inert_lines, short_time};
 
 /// Width of the conversation list.
@@ -23,6 +24,8 @@ const LIST_WIDTH: u16 = 30;
 const MAX_NAME: usize = 64;
 /// Lines of one message drawn at most.
 const MAX_BODY_LINES: usize = 60;
+/// Files of one message listed at most.
+const MAX_FILES_SHOWN: usize = 10;
 
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame<'_>, model: &Model) {
@@ -357,6 +360,87 @@ fn message_rows(model: &Model, chat: &Chat, i: usize, width: usize) -> Vec<Line<
         }
     }
     rows.extend(wrap(segments, width));
+    if !line.recalled {
+        rows.extend(file_rows(chat, i, width, base));
+    }
+    rows
+}
+
+/// Width of a progress bar, in cells.
+const BAR_WIDTH: usize = 20;
+
+/// A line's files (`[f2] name · size · type`, numbered for `/save`) and
+/// the transfer under way or done.
+fn file_rows(chat: &Chat, i: usize, width: usize, base: Style) -> Vec<Line<'static>> {
+    let line = &chat.lines[i];
+    let dim = base.fg(Color::DarkGray);
+    let mut rows = Vec::new();
+    for (k, a) in line.attachments.iter().enumerate().take(MAX_FILES_SHOWN) {
+        let size = if a.size > 0 || line.transfer.is_none() {
+            format!(" · {}", size_text(a.size))
+        } else {
+            String::new()
+        };
+        let name = if a.name.is_empty() {
+            "(no name)".to_owned()
+        } else {
+            inert(&a.name, MAX_NAME)
+        };
+        rows.extend(wrap(
+            vec![
+                (format!("  [f{}] ", chat.file_number(i, k)), dim),
+                (name, base.fg(Color::Cyan)),
+                (format!("{size} · {}", inert(&a.media_type, MAX_NAME)), dim),
+            ],
+            width,
+        ));
+    }
+    let progress = |arrow: &str, done: u64, total: u64, tail: String| {
+        let numbers = if total > 0 {
+            format!(
+                " {} / {} {:>3}%",
+                size_text(done),
+                size_text(total),
+                percent(done, total)
+            )
+        } else {
+            format!(" {}", size_text(done))
+        };
+        wrap(
+            vec![
+                (format!("  {arrow} "), dim),
+                (bar(done, total, BAR_WIDTH), base.fg(Color::Green)),
+                (numbers, base),
+                (tail, dim),
+            ],
+            width,
+        )
+    };
+    match &line.transfer {
+        None => {}
+        Some(Transfer::Uploading { done, total }) => {
+            rows.extend(progress("↑", *done, *total, " uploading".into()));
+        }
+        Some(Transfer::Uploaded { total }) => {
+            rows.extend(progress("↑", *total, *total, " uploaded".into()));
+        }
+        Some(Transfer::Downloading { done, total }) => {
+            rows.extend(progress("↓", *done, *total, " saving".into()));
+        }
+        Some(Transfer::Saved { path, total }) => rows.extend(progress(
+            "↓",
+            *total,
+            *total,
+            format!(" saved {}", inert(path, 200)),
+        )),
+        Some(Transfer::SaveFailed(why)) => rows.extend(wrap(
+            vec![(
+                format!("  ✗ not saved: {}", inert(why, 120)),
+                base.fg(Color::Red),
+            )],
+            width,
+        )),
+    }
     rows
 }
 

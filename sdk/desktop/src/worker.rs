@@ -22,6 +22,7 @@ use crate::datadir::DataDir;
 use crate::model::{ContactOp, Input, Link, Request, Transport};
 use crate::settings::Settings;
 use crate::text::clock;
+use crate::transfers;
 
 /// Messages per history page.
 const PAGE: u32 = 50;
@@ -76,13 +77,38 @@ pub fn spawn(
     ui: mpsc::Sender<Input>,
     mut requests: mpsc::Receiver<Request>,
 ) {
+    let downloads = data.downloads();
     tokio::spawn(messages(Arc::clone(&client), data, ui.clone()));
     tokio::spawn(signals(Arc::clone(&client), ui.clone()));
     tokio::spawn(outbox_events(Arc::clone(&client), ui.clone()));
     tokio::spawn(connection(Arc::clone(&client), ui.clone()));
     tokio::spawn(async move {
         while let Some(request) = requests.recv().await {
-            tokio::spawn(serve(Arc::clone(&client), request, ui.clone()));
+            let (client, ui) = (Arc::clone(&client), ui.clone());
+            match request {
+                Request::SendFile {
+                    peer,
+                    client_msg_id,
+                    path,
+                } => tokio::spawn(async move {
+                    let out = transfers::send_file(&client, peer, client_msg_id, path, &ui).await;
+                    report(out, &ui).await;
+                }),
+                Request::Save {
+                    msg_id,
+                    attachment,
+                    dir,
+                } => {
+                    let downloads = downloads.clone();
+                    tokio::spawn(async move {
+                        let out =
+                            transfers::save(&client, msg_id, attachment, dir, &downloads, &ui)
+                                .await;
+                        report(out, &ui).await;
+                    })
+                }
+                request => tokio::spawn(serve(client, request, ui)),
+            };
         }
     });
 }
@@ -187,7 +213,11 @@ async fn logged_in(client: Arc<Client>, ui: mpsc::Sender<Input>) {
 
 /// Carries out one request and reports what came of it.
 async fn serve(client: Arc<Client>, request: Request, ui: mpsc::Sender<Input>) {
-    for input in run(&client, request).await {
+    report(run(&client, request).await, &ui).await;
+}
+
+async fn report(inputs: Vec<Input>, ui: &mpsc::Sender<Input>) {
+    for input in inputs {
         if ui.send(input).await.is_err() {
             return;
         }
@@ -345,6 +375,8 @@ async fn run(client: &Client, request: Request) -> Vec<Input> {
             };
             done(result.map(|_| what), "contacts")
         }
+        // Carried out by `spawn` (they report progress as they go).
+        Request::SendFile { .. } | Request::Save { .. } => Vec::new(),
         Request::Conversations => match client.all_conversations().await {
             Ok(list) => vec![Input::Conversations(list)],
             Err(e) => failed("conversation list", e),

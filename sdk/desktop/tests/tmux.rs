@@ -7,7 +7,13 @@
 //! status bar counts down to the next attempt, keys still work, and what
 //! Alice writes waits in the outbox until the gateway is back. Last, a
 //! group: created, an invitation answered with `/join`, a message in it,
-//! the members with their roles.
+//! the members with their roles. Then files: a send of a missing file
+//! fails and `/retry` sends it once it is there; Alice sends a few hundred
+//! KiB with a progress bar, Bob saves it with one and gets the same bytes;
+//! a file a hostile sender named `../../.bashrc` is saved as `bashrc` in
+//! Bob's downloads folder, and nowhere else.
+//!
+//! A second client on a data directory in use refuses to start.
 //!
 //! The tmux server runs on a socket of its own and is killed at the end,
 //! also when the test fails.
@@ -253,6 +259,18 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
     tmux.wait("alice", "connected", connected);
     tmux.wait("bob", "connected", connected);
 
+    // A second client on Alice's data directory refuses to start.
+    let second = client(&gw, &alice_data, &alice_auth);
+    let out = Command::new(&second[0])
+        .args(&second[1..])
+        .output()
+        .expect("the second client runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("in use by another qim-desktop"),
+        "{out:?}"
+    );
+
     // Alice writes twice; Bob's list counts two unread.
     tmux.type_line("alice", "/msg bob hello bob");
     tmux.wait("alice", "her message stored", |s| {
@@ -352,7 +370,7 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
         // The text captures in README.md and docs/desktop.md come from here.
         println!("{offline}\n{screen}");
     }
-    let _gw = gateway(&gw_dir, addr).await;
+    let gw = gateway(&gw_dir, addr).await;
     tmux.wait("alice", "back, and the queued message sent", |s| {
         connected(s) && s.contains("you: written offline  ✓")
     });
@@ -384,8 +402,126 @@ async fn two_desktop_clients_chat_recall_resume_after_a_restart_and_ride_out_an_
     tmux.key("bob", "Escape");
     tmux.wait("bob", "the list closed", |s| !s.contains("(Esc closes)"));
 
+    files(&tmux, &gw, dir.path(), &bob_data).await;
+
     tmux.type_line("bob", "/quit");
     tmux.type_line("alice", "/quit");
     tmux.wait_gone("bob");
     tmux.wait_gone("alice");
+}
+
+/// Bytes that do not compress and do not repeat: `n` of a simple
+/// generator's output.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Files between Alice and Bob (both running), and a hostile sender's
+/// file name.
+async fn files(tmux: &Tmux, gw: &Gateway, dir: &Path, bob_data: &Path) {
+    tmux.type_line("alice", "/msg bob");
+    tmux.type_line("bob", "/msg alice");
+
+    // A file that is not there fails, with the reason; /retry sends it
+    // once it is.
+    let later = dir.join("later.txt");
+    tmux.type_line("alice", &format!("/send-file {}", later.display()));
+    tmux.wait("alice", "the failed upload", |s| {
+        s.contains("✗ failed") && s.contains("upload failed") && s.contains("/retry")
+    });
+    std::fs::write(&later, "written later\n").expect("write the file");
+    tmux.type_line("alice", "/retry");
+    tmux.wait("alice", "the retried file sent", |s| {
+        chat_pane(s).contains("[f1] later.txt · 14 B · text/plain") && s.contains("✓")
+    });
+    tmux.wait("bob", "the retried file", |s| {
+        chat_pane(s).contains("later.txt · 14 B · text/plain")
+    });
+
+    // A few hundred KiB with a progress bar; Bob saves it with one.
+    let bytes = noise(300 * 1024, 7);
+    let report = dir.join("report.bin");
+    std::fs::write(&report, &bytes).expect("write the file");
+    tmux.type_line("alice", &format!("/send-file {}", report.display()));
+    let sent = tmux.wait("alice", "the upload bar at 100% and the file sent", |s| {
+        s.contains("300.0 KiB / 300.0 KiB 100% uploaded")
+            && s.contains("report.bin · 300.0 KiB · application/octet-stream")
+    });
+    tmux.wait("bob", "the file, named with size and type", |s| {
+        chat_pane(s).contains("[f2] report.bin · 300.0 KiB · application/octet-stream")
+    });
+    tmux.type_line("bob", "/save 2");
+    let saved = tmux.wait("bob", "the download bar at 100%, saved", |s| {
+        s.contains("300.0 KiB / 300.0 KiB 100% saved")
+    });
+    assert_eq!(
+        std::fs::read(bob_data.join("downloads/report.bin")).expect("saved file"),
+        bytes,
+        "the saved file holds the sent bytes"
+    );
+    if std::env::var_os("QIM_DESKTOP_SHOW").is_some() {
+        println!("{sent}\n{saved}");
+    }
+
+    // A hostile sender names a file `../../.bashrc`.
+    let token = gw.key.mint("mallory", unix_now() + 3600).expect("mint");
+    let ca = std::fs::read(&gw.ca).expect("the development CA");
+    let mallory = qim_sdk::Client::start(qim_sdk::ClientConfig::new(
+        gw.addr.clone(),
+        token,
+        "mallory-laptop",
+        ca,
+    ))
+    .await
+    .expect("mallory connects");
+    let transfer = qim_sdk::Transfer::new();
+    let mut attachment = tokio::time::timeout(
+        PATIENCE,
+        mallory.upload_bytes(b"echo owned\n".to_vec(), "text/plain".into(), &transfer),
+    )
+    .await
+    .expect("upload in time")
+    .expect("upload");
+    attachment.name = "../../.bashrc".into();
+    let message = qim_sdk::OutgoingMessage {
+        to: "bob".into(),
+        kind: "file".into(),
+        ..Default::default()
+    };
+    let extras = qim_sdk::MessageExtras {
+        attachments: vec![attachment],
+        ..Default::default()
+    };
+    tokio::time::timeout(PATIENCE, mallory.send_with(message, extras))
+        .await
+        .expect("send in time")
+        .expect("send");
+    tmux.type_line("bob", "/msg mallory");
+    tmux.wait("bob", "mallory's file", |s| {
+        chat_pane(s).contains("[f1] ../../.bashrc · 11 B · text/plain")
+    });
+    tmux.type_line("bob", "/save last");
+    tmux.wait("bob", "saved under a safe name", |s| {
+        s.contains("100% saved") && s.contains("downloads/bashrc")
+    });
+    assert_eq!(
+        std::fs::read(bob_data.join("downloads/bashrc")).expect("saved file"),
+        b"echo owned\n"
+    );
+    for escaped in [
+        dir.join(".bashrc"),
+        bob_data.join(".bashrc"),
+        bob_data.join("downloads/.bashrc"),
+    ] {
+        assert!(!escaped.exists(), "{} was written", escaped.display());
+    }
+    let _ = tokio::time::timeout(PATIENCE, mallory.close()).await;
 }

@@ -3,7 +3,7 @@
 //! line per message, whatever the source), each with its send state, and
 //! the receipts that turn "sent" into "delivered" and "read".
 
-use qim_sdk::{IncomingMessage, Quote};
+use qim_sdk::{Attachment, IncomingMessage, Quote};
 
 use crate::text::body_text;
 
@@ -39,6 +39,39 @@ pub enum Mark {
     Failed,
 }
 
+/// A file moving for a line, as the pane shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transfer {
+    /// Uploading: bytes sent of the whole.
+    Uploading {
+        /// Bytes sent.
+        done: u64,
+        /// Bytes of the file (0 until known).
+        total: u64,
+    },
+    /// The upload finished (the message is being sent, or was).
+    Uploaded {
+        /// Bytes of the file.
+        total: u64,
+    },
+    /// Downloading with `/save`.
+    Downloading {
+        /// Bytes written.
+        done: u64,
+        /// Bytes of the blob (0 until known).
+        total: u64,
+    },
+    /// Saved (the hash checked) at this path.
+    Saved {
+        /// Where.
+        path: String,
+        /// Bytes of the file.
+        total: u64,
+    },
+    /// The download failed; the reason in words (`/save` again goes on).
+    SaveFailed(String),
+}
+
 /// One message in the pane.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
@@ -66,6 +99,11 @@ pub struct Line {
     pub reply: Option<Quote>,
     /// It mentions this user.
     pub mentions_me: bool,
+    /// Files it carries (names and types as the sender put them: made
+    /// inert when drawn, made safe when saved).
+    pub attachments: Vec<Attachment>,
+    /// A file moving for it, in this run.
+    pub transfer: Option<Transfer>,
 }
 
 impl Line {
@@ -92,6 +130,28 @@ impl Line {
             recalled: m.recalled,
             reply: m.reply_to.clone(),
             mentions_me: m.mentions_me,
+            attachments: m.attachments.clone(),
+            transfer: None,
+        }
+    }
+
+    /// A line for a message this user writes now, not yet stored.
+    pub fn outgoing(from: &str, client_msg_id: &str, body: String, time_ms: i64) -> Line {
+        Line {
+            msg_id: String::new(),
+            client_msg_id: client_msg_id.to_owned(),
+            seq: 0,
+            from: from.to_owned(),
+            body,
+            time_ms,
+            outgoing: true,
+            state: SendState::Sending,
+            edited: false,
+            recalled: false,
+            reply: None,
+            mentions_me: false,
+            attachments: Vec::new(),
+            transfer: None,
         }
     }
 }
@@ -161,6 +221,9 @@ impl Chat {
                 if old.state == SendState::Sending && line.state == SendState::Sent {
                     old.state = SendState::Sent;
                 }
+                if old.attachments.is_empty() {
+                    old.attachments = line.attachments;
+                }
                 // A recall or an edit seen in one source holds.
                 old.recalled |= line.recalled;
                 if old.recalled {
@@ -220,6 +283,30 @@ impl Chat {
     /// The oldest line's seq and time: where the next older page ends.
     pub fn oldest(&self) -> (u64, i64) {
         self.lines.first().map_or((0, 0), |l| (l.seq, l.time_ms))
+    }
+
+    /// The files of the chat, oldest first, as (line, attachment) indexes:
+    /// `/save <n>` counts in this order from 1.
+    pub fn files(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (i, l) in self.lines.iter().enumerate() {
+            if !l.recalled {
+                out.extend((0..l.attachments.len()).map(|k| (i, k)));
+            }
+        }
+        out
+    }
+
+    /// The number `/save` knows attachment `k` of line `i` by (from 1).
+    pub fn file_number(&self, i: usize, k: usize) -> usize {
+        let before: usize = self
+            .lines
+            .iter()
+            .take(i)
+            .filter(|l| !l.recalled)
+            .map(|l| l.attachments.len())
+            .sum();
+        before + k + 1
     }
 
     /// The selected line, or else the newest line that `pick` accepts.

@@ -21,6 +21,9 @@ pub const HELP: &[&str] = &[
     "/recall                  recall the selected message, or your last one",
     "/edit <text>             edit the selected message, or your last one",
     "/reply <text>            reply to the selected message, or the last one",
+    "/send-file <path>        send a file to the open chat (also /file), with a progress bar",
+    "/retry                   send the selected failed file again, or the last one",
+    "/save [n|last] [dir]     save file n of the chat (as numbered [fN]) into downloads/",
     "/search <words>          search messages on this device",
     "/schedule <+10m|HH:MM> <text>   send later (times in UTC)",
     "/unschedule <id>         cancel a scheduled message",
@@ -228,6 +231,9 @@ impl Model {
                 };
                 self.request(Request::Contact(op));
             }
+            "/send-file" | "/file" | "/upload" => self.send_file(rest)?,
+            "/retry" => self.retry()?,
+            "/save" | "/download" => self.save(args)?,
             "/older" | "/history" => self.load_older(),
             _ => return Err(format!("unknown command {name}; /help lists them")),
         }

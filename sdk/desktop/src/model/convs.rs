@@ -65,6 +65,10 @@ impl Entry {
         self.last_from = m.from_user.clone();
         self.last_text = if m.recalled {
             "message recalled".to_owned()
+        } else if m.body.is_empty()
+            && let Some(a) = m.attachments.first()
+        {
+            format!("[file] {}", a.name)
         } else {
             body_text(&m.body)
         };

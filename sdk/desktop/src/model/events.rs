@@ -74,6 +74,9 @@ impl Model {
                 OutboxStatus::Failed(e) => self.send_done(&client_msg_id, Err(e.to_string())),
                 _ => {}
             },
+            input @ (Input::Progress { .. } | Input::Uploaded { .. } | Input::Saved { .. }) => {
+                self.transfer_input(input);
+            }
             Input::Signal(signal) => self.signal(signal),
             Input::Presence(list) => {
                 for p in list {
@@ -209,15 +212,21 @@ impl Model {
                 }
                 let msg_id = receipt.msg_id;
                 let e = self.convs.entry(&peer);
-                if e.last_text == line.body {
+                if e.last_text == line.body || line.body.is_empty() {
                     e.last_msg_id = msg_id;
                 }
                 self.sends.remove(client_msg_id);
+                self.upload_sent(client_msg_id, true);
             }
             Err(e) => {
                 line.state = SendState::Failed(e.clone());
-                self.error(format!("not sent: {e}"));
+                line.transfer = None;
                 self.sends.remove(client_msg_id);
+                if self.upload_sent(client_msg_id, false) {
+                    self.error(format!("not sent: {e} · /retry tries again"));
+                } else {
+                    self.error(format!("not sent: {e}"));
+                }
             }
         }
     }

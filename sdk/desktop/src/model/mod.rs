@@ -8,21 +8,23 @@
 //! - `command`: slash commands and what they ask for.
 //! - `keys`: navigation and the input line.
 //! - `events`: what the SDK reported, applied.
+//! - `files`: files sent and saved, their progress, `/retry`.
 
 mod chat;
 mod command;
 mod convs;
 mod events;
+mod files;
 mod keys;
 
 use std::collections::HashMap;
 
 use qim_sdk::{
-    Contacts, Conversation, GroupChange, GroupMember, HistoryPage, IncomingMessage, MessageExtras,
-    OutboxStatus, Peer, PresenceStatus, Quote, SendReceipt, Signal,
+    Attachment, Contacts, Conversation, GroupChange, GroupMember, HistoryPage, IncomingMessage,
+    MessageExtras, OutboxStatus, Peer, PresenceStatus, Quote, SendReceipt, Signal,
 };
 
-pub use chat::{Chat, Line, MAX_LINES, Mark, SendState};
+pub use chat::{Chat, Line, MAX_LINES, Mark, SendState, Transfer};
 pub use command::HELP;
 pub use convs::{Conversations, Entry};
 pub use events::peer_label;
@@ -146,6 +148,30 @@ pub enum Input {
         /// Its state.
         status: OutboxStatus,
     },
+    /// A file transfer moved on.
+    Progress {
+        /// Which.
+        key: TransferKey,
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// An upload of `/send-file` ended (on success the worker sends the
+    /// message next, reported with [`Input::SendDone`]).
+    Uploaded {
+        /// The send's id.
+        client_msg_id: String,
+        /// The attachment, or why the upload failed (in words).
+        result: Result<Attachment, String>,
+    },
+    /// A `/save` ended.
+    Saved {
+        /// The message whose file it was.
+        msg_id: String,
+        /// Where the file is, or why it is not (in words).
+        result: Result<String, String>,
+    },
     /// Typing or presence news.
     Signal(Signal),
     /// Presence of contacts, asked for.
@@ -193,6 +219,25 @@ pub enum Request {
         text: String,
         /// Reply quote and mentions.
         extras: MessageExtras,
+    },
+    /// Upload a file, then send a message carrying it.
+    SendFile {
+        /// To whom.
+        peer: Peer,
+        /// The message's idempotency key (the same on a retry).
+        client_msg_id: String,
+        /// The file, as typed.
+        path: String,
+    },
+    /// Download a message's file into `dir` (default: the data
+    /// directory's `downloads/`).
+    Save {
+        /// The message.
+        msg_id: String,
+        /// Its file (the name made safe before use).
+        attachment: Attachment,
+        /// Where to, as typed.
+        dir: Option<String>,
     },
     /// A page of history, newest first, before `before_seq` (0: the
     /// newest) or before `before_ms` when offline.
@@ -285,6 +330,15 @@ pub enum Request {
     Contact(ContactOp),
     /// Fetch the conversation list again.
     Conversations,
+}
+
+/// Which transfer a [`Input::Progress`] is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TransferKey {
+    /// The upload of the send with this id.
+    Upload(String),
+    /// The download of the file of the message with this id.
+    Download(String),
 }
 
 /// A change to the user's contacts.
@@ -384,6 +438,11 @@ pub struct Model {
     pub quit: bool,
     /// Sends made here, by id: which conversation each is in.
     sends: HashMap<String, Peer>,
+    /// Files being sent, by send id, until the message is stored: where,
+    /// and the path (for `/retry`).
+    uploads: HashMap<String, (Peer, String)>,
+    /// Files being saved, by message id: which conversation.
+    downloads: HashMap<String, Peer>,
     requests: Vec<Request>,
     next_id: u64,
     id_prefix: String,
@@ -422,6 +481,8 @@ impl Model {
             synced: resumed_from,
             quit: false,
             sends: HashMap::new(),
+            uploads: HashMap::new(),
+            downloads: HashMap::new(),
             requests: Vec::new(),
             next_id: 0,
             id_prefix: id_prefix
@@ -587,20 +648,8 @@ impl Model {
             .lines
             .last()
             .map_or(self.now_ms, |l| l.time_ms.max(self.now_ms));
-        let line = Line {
-            msg_id: String::new(),
-            client_msg_id: client_msg_id.clone(),
-            seq: 0,
-            from: self.me.clone(),
-            body: text.clone(),
-            time_ms,
-            outgoing: true,
-            state: SendState::Sending,
-            edited: false,
-            recalled: false,
-            reply: extras.reply_to.clone(),
-            mentions_me: false,
-        };
+        let mut line = Line::outgoing(&self.me, &client_msg_id, text.clone(), time_ms);
+        line.reply = extras.reply_to.clone();
         chat.upsert(line);
         chat.scroll = 0;
         let e = self.convs.entry(&peer);
