@@ -327,9 +327,14 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
             Some(reason) => SessionEnd::Lost(Error::from_connection(&reason)),
             None => SessionEnd::Lost(e),
         },
-        // REPLACED soon after a raced login: the losing attempt's Hello
-        // reached the server after the winner's, so this client replaced
-        // itself; it connects again (and its new login wins).
+        end => end,
+    };
+    let end = match end {
+        // REPLACED soon after a raced login (however the close was first
+        // noticed: a stream the server finished, a failed read, the close
+        // itself): the losing attempt's Hello reached the server after the
+        // winner's, so this client replaced itself; it connects again (and
+        // its new login wins).
         SessionEnd::Lost(Error::Rejected {
             code: ErrorCode::Replaced,
             ..
