@@ -164,6 +164,7 @@ impl Inbox {
 
     /// When the open gap, confirmed empty, is due to be pulled once more
     /// and then skipped; `None` while no gap is confirmed empty.
+    #[cfg(test)]
     pub(crate) fn skip_deadline(&self) -> Option<Instant> {
         self.confirmed_empty
             .map(|(_, since, _)| since + self.gap_skip_after)
