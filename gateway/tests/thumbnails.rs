@@ -70,7 +70,10 @@ fn bomb(width: u32, height: u32, color: u8) -> Vec<u8> {
     png_chunk(
         &mut out,
         b"IDAT",
-        &[0x78, 0x01, 0x01, 0x10, 0x00, 0xef, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[
+            0x78, 0x01, 0x01, 0x10, 0x00, 0xef, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0,
+        ],
     );
     png_chunk(&mut out, b"IEND", &[]);
     out
@@ -225,7 +228,11 @@ async fn images_get_a_thumbnail_their_readers_may_read(backend: Backend) {
     // Types the server does not decode are never decoded: PNG bytes as a
     // plain file, an image type it has no decoder for.
     let file = c
-        .upload_bytes(png(50, 50), "application/octet-stream".into(), &Transfer::new())
+        .upload_bytes(
+            png(50, 50),
+            "application/octet-stream".into(),
+            &Transfer::new(),
+        )
         .await
         .expect("a file");
     assert_eq!((file.width, file.thumbnail_blob_id), (0, None));
@@ -296,7 +303,10 @@ async fn picture_bombs_are_refused_and_keep_nothing(backend: Backend) {
             assert!(!blob_file.exists(), "the bomb's bytes are gone");
         }
     }
-    assert_eq!(gw.metric("qim_images_total{outcome=\"thumbnail\"}").await, 0.0);
+    assert_eq!(
+        gw.metric("qim_images_total{outcome=\"thumbnail\"}").await,
+        0.0
+    );
 
     // Bytes that are not a readable image of the declared type: a file.
     let mut cut = png(400, 300);
