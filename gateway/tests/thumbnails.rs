@@ -1,8 +1,9 @@
 //! Server-made thumbnails: an uploaded image is decoded within bounds and
 //! gets a thumbnail blob that exactly its readers may read; picture bombs
 //! (too many pixels, too much memory) are refused with `IMAGE_REFUSED`,
-//! nothing is kept, and bystanders chat on unharmed; bytes that are not a
-//! readable image stay a plain file; other types are never decoded.
+//! nothing is kept, and bystanders chat on unharmed; so is a decode that
+//! takes too long; bytes that are not a readable image stay a plain file;
+//! other types are never decoded.
 
 mod common;
 
@@ -343,7 +344,37 @@ async fn picture_bombs_are_refused_and_keep_nothing(backend: Backend) {
     bystanders.finish().await;
 }
 
+/// A decode slower than `media.thumbnail_timeout_ms` is refused and
+/// leaves nothing.
+async fn slow_decodes_are_refused(backend: Backend) {
+    let gw = common::start_media(backend, |c| {
+        c.media.thumbnail_timeout_ms = 1;
+        c.media.thumbnail_concurrency = 1;
+    })
+    .await;
+    let m = gw.client(&unique("mallory"), "phone").await;
+    let raw = Raw::login(&gw, &unique("raw"), "raw", 0).await;
+    // Decoding 2,500 x 2,500 pixels and scaling them down takes far more
+    // than a millisecond.
+    let big = png(2500, 2500);
+    let refused = m
+        .upload_bytes(big.clone(), "image/png".into(), &Transfer::new())
+        .await
+        .expect_err("too slow to decode");
+    assert_eq!(rejected(&refused), ErrorCode::ImageRefused);
+    assert_eq!(
+        blob_info(&raw, id(&big)).await.err(),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        gw.metric("qim_images_total{outcome=\"timeout\"}").await,
+        1.0
+    );
+    m.close().await;
+}
+
 on_both_backends!(
     images_get_a_thumbnail_their_readers_may_read,
     picture_bombs_are_refused_and_keep_nothing,
+    slow_decodes_are_refused,
 );
