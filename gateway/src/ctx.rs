@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use qim_storage::{StoreError, Stores};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::auth::TokenKeys;
 use crate::cluster::{Cluster, Identity};
@@ -57,6 +57,8 @@ pub(crate) struct Ctx {
     pub(crate) fatal: watch::Sender<Option<String>>,
     /// Distinguishes this process's session ids from another run's.
     pub(crate) node_tag: String,
+    /// Decode slots of uploaded images (`media.thumbnail_concurrency`).
+    pub(crate) image_slots: Arc<Semaphore>,
     next_session: AtomicU64,
 }
 
@@ -89,7 +91,11 @@ impl Ctx {
             stores.disk.clone(),
             Arc::clone(&metrics),
         );
+        let image_slots = Arc::new(Semaphore::new(
+            config.media.thumbnail_concurrency.max(1) as usize
+        ));
         Self {
+            image_slots,
             quotas,
             notify,
             webhooks,

@@ -103,6 +103,9 @@ pub struct Metrics {
     pub webhook_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Webhook events waiting in this node's queue.
     pub webhook_queue: Gauge,
+    /// Uploaded images the server decoded, by outcome (`thumbnail`,
+    /// `too_many_pixels`, `too_much_memory`, `timeout`, `undecodable`).
+    pub images: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 fn webhook_histogram() -> Histogram {
@@ -157,6 +160,7 @@ impl Metrics {
             webhook_latency: Family::new_with_constructor(webhook_histogram),
             webhook_dropped: Family::default(),
             webhook_queue: Gauge::default(),
+            images: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -344,6 +348,11 @@ impl Metrics {
             "webhook_queue",
             "Webhook events waiting in this node's queue",
             m.webhook_queue.clone(),
+        );
+        registry.register(
+            "images",
+            "Uploaded images decoded for a thumbnail, by outcome",
+            m.images.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -235,12 +235,19 @@ impl Client {
 
     /// Uploads the file at `path` as a blob of `media_type`, retrying on
     /// every new connection from the offset the server committed, until
-    /// it is stored, refused or cancelled. Returns the attachment to send
-    /// (named after the file; add dimensions and a thumbnail as needed).
+    /// it is stored, refused or cancelled. Returns the attachment to send,
+    /// named after the file. For an image the server decodes (PNG, JPEG,
+    /// GIF, WebP) it carries the image's `width` and `height` and the
+    /// `thumbnail_blob_id` of the thumbnail the server made; otherwise add
+    /// dimensions and a thumbnail of your own as needed (an inline
+    /// `thumbnail`, or another upload's blob id).
     ///
     /// Refusals (as [`Error::Rejected`]): `BLOB_TOO_LARGE`,
     /// `MEDIA_TYPE_REFUSED`, `QUOTA_EXCEEDED` (before any byte is sent),
-    /// `HASH_MISMATCH` (the file changed while it was sent).
+    /// `HASH_MISMATCH` (the file changed while it was sent),
+    /// `IMAGE_REFUSED` (an image the server could not decode within its
+    /// bounds: too many pixels, too much memory, too slow, not an image of
+    /// the declared type; nothing was kept).
     pub async fn upload_file(
         &self,
         path: String,
@@ -265,14 +272,11 @@ impl Client {
         }
         let info = result?;
         Ok(Attachment {
-            blob_id: blob_hex(&info.blob_id),
-            size: info.size,
-            media_type: info.media_type,
             name: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            ..Attachment::default()
+            ..attachment_of(info)
         })
     }
 
@@ -434,9 +438,7 @@ impl Client {
         }
         Ok(Attachment {
             blob_id,
-            size: info.size,
-            media_type: info.media_type,
-            ..Attachment::default()
+            ..attachment_of(info)
         })
     }
 
@@ -484,6 +486,21 @@ async fn next_upload_frame(recv: &mut FramedRecv) -> Result<upload_server::Kind,
         Some(v1::UploadServer { kind: Some(kind) }) => Ok(kind),
         Some(_) => Err(protocol("empty frame")),
         None => Err(Error::Network("the upload stream ended early".into())),
+    }
+}
+
+/// The attachment of a blob's record: for an image the server decoded,
+/// its dimensions and the thumbnail blob the server made.
+fn attachment_of(info: v1::BlobInfo) -> Attachment {
+    Attachment {
+        blob_id: blob_hex(&info.blob_id),
+        size: info.size,
+        media_type: info.media_type,
+        width: info.width,
+        height: info.height,
+        thumbnail_blob_id: (!info.thumbnail_blob_id.is_empty())
+            .then(|| blob_hex(&info.thumbnail_blob_id)),
+        ..Attachment::default()
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::conformance::unique;
 use crate::conformance_im::ImBackend;
-use crate::media::{BlobId, BlobMeta, PendingUpload, Scope};
+use crate::media::{BlobId, BlobMeta, ImageInfo, PendingUpload, Scope};
 
 fn random_id() -> BlobId {
     BlobId(rand::random())
@@ -50,6 +50,11 @@ pub async fn media_records_follow_uploads_and_references(backend: &dyn ImBackend
             size: 1000,
             media_type: "image/png".into(),
             created_ms: started_ms + 5,
+            image: Some(ImageInfo {
+                width: 4032,
+                height: 3024,
+                thumbnail: BlobId::of(b"a thumbnail"),
+            }),
         };
         m.complete(&alice, &meta).await.expect("complete");
         assert_eq!(m.blob(&id).await.expect("read"), Some(meta.clone()));
@@ -59,6 +64,7 @@ pub async fn media_records_follow_uploads_and_references(backend: &dyn ImBackend
         let other = BlobMeta {
             media_type: "image/gif".into(),
             created_ms: started_ms + 9,
+            image: None,
             ..meta.clone()
         };
         m.complete(&bob, &other).await.expect("a second uploader");

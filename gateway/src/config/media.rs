@@ -9,7 +9,8 @@ use super::sections::{example_line, section};
 
 section! {
     /// Images and files: uploads on their own streams below chat, content-addressed blobs.
-    /// Refusals: BLOB_TOO_LARGE, MEDIA_TYPE_REFUSED, QUOTA_EXCEEDED, HASH_MISMATCH, OUT_OF_RANGE.
+    /// Refusals: BLOB_TOO_LARGE, MEDIA_TYPE_REFUSED, QUOTA_EXCEEDED, HASH_MISMATCH, OUT_OF_RANGE,
+    /// IMAGE_REFUSED.
     "media" => Media {
         /// Largest blob, in bytes (0: uploads and downloads are refused). Sent in Welcome.
         max_blob_bytes: u64 = 100 << 20,
@@ -38,6 +39,21 @@ section! {
         max_attachments: u32 = 10,
         /// Largest inline thumbnail of an attachment, in bytes.
         inline_thumbnail_bytes: u32 = 8 * 1024,
+        /// Longest side of the thumbnails the server makes of uploaded images (PNG, JPEG, GIF,
+        /// WebP), in pixels; 0: the server decodes no image and makes no thumbnail.
+        thumbnail_side: u32 = 320,
+        /// Largest image the server decodes, in pixels (width times height, read from the header
+        /// before any pixel is decoded); a larger one is refused with IMAGE_REFUSED.
+        thumbnail_max_pixels: u64 = 50_000_000,
+        /// Memory one decode may allocate (image::io::Limits::max_alloc), in bytes; an image that
+        /// needs more is refused with IMAGE_REFUSED.
+        thumbnail_max_alloc_bytes: u64 = 256 << 20,
+        /// Time one decode and thumbnail may take, in milliseconds; a slower one is refused with
+        /// IMAGE_REFUSED (its thread finishes in the background, holding its decode slot).
+        thumbnail_timeout_ms: u64 = 10_000,
+        /// Images decoded at once on this node (each on a blocking thread); further uploads wait
+        /// their turn, so a flood of images cannot take every core.
+        thumbnail_concurrency: u32 = 2,
         /// Directory of blob files. Unset: `<server.data_dir>/store/media` with the embedded
         /// store; with a cluster store media is off unless this names a directory every node
         /// shares (a network file system) or `s3_endpoint` is set.
@@ -100,6 +116,15 @@ impl Media {
         }
         if self.streams_per_session == 0 {
             return invalid("media.streams_per_session must be above 0");
+        }
+        if self.thumbnail_side > 0
+            && (self.thumbnail_concurrency == 0
+                || self.thumbnail_timeout_ms == 0
+                || self.thumbnail_max_pixels == 0)
+        {
+            return invalid(
+                "media.thumbnail_concurrency, _timeout_ms and _max_pixels must be above 0",
+            );
         }
         self.validate_s3()?;
         if self

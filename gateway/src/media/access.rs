@@ -5,6 +5,9 @@
 //! and by the current members of a group whose message carries it (a
 //! member who leaves loses access; one who joins gains it). A send may
 //! attach a blob its sender may read: uploaded, or received (forwarding).
+//! The thumbnail the server made of an image is readable by everyone who
+//! may read the image: its uploaders are the image's (at upload and at a
+//! proven dedup), and every send of the image references it too.
 
 use qim_proto::v1::{self, ErrorCode};
 use qim_storage::media::{BlobId, BlobMeta, Scope};
@@ -105,6 +108,18 @@ pub(crate) async fn check_attachments(
             let thumb = super::blob_id(&a.thumbnail_blob_id)?;
             shareable(ctx, sender, &thumb).await?;
             ids.push(thumb);
+        }
+        // The server's thumbnail of an image goes wherever the image goes,
+        // and fills in what the sender left out.
+        if let Some(image) = meta.image {
+            ids.push(image.thumbnail);
+            if a.width == 0 && a.height == 0 {
+                a.width = image.width;
+                a.height = image.height;
+            }
+            if a.thumbnail_blob_id.is_empty() {
+                a.thumbnail_blob_id = image.thumbnail.0.to_vec().into();
+            }
         }
     }
     for id in ids {

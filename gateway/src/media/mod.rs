@@ -12,13 +12,16 @@
 //!   one-to-one message that carries it, the current members of a group
 //!   whose message carries it) and the check of a send's attachments,
 //!   which records the references that grant those reads.
+//! - `thumbnail.rs`: the bounded decode of an uploaded image and its
+//!   thumbnail, a blob of its own that whoever may read the image may read.
 //! - `sweep.rs`: abandoned uploads expire.
 //!
 //! # Invariants
 //! - Nothing is readable under a blob id whose bytes did not hash to it.
 //! - A refusal is answered before the client sends a byte of the blob
 //!   (size, type, quota), or ends the upload with nothing published (a
-//!   wrong hash discards the staged bytes).
+//!   wrong hash discards the staged bytes; an image refused by the bounded
+//!   decode is removed again before its record is written).
 //! - Media streams never end the session for a refusal; only a malformed
 //!   frame does, as on every stream.
 
@@ -33,6 +36,7 @@ use crate::reply::Refusal;
 mod access;
 mod download;
 mod sweep;
+mod thumbnail;
 mod upload;
 
 pub(crate) use access::check_attachments;
@@ -103,6 +107,12 @@ fn info(meta: &qim_storage::media::BlobMeta) -> v1::BlobInfo {
         size: meta.size,
         media_type: meta.media_type.clone(),
         created_ms: meta.created_ms,
+        width: meta.image.map_or(0, |i| i.width),
+        height: meta.image.map_or(0, |i| i.height),
+        thumbnail_blob_id: meta
+            .image
+            .map(|i| i.thumbnail.0.to_vec().into())
+            .unwrap_or_default(),
     }
 }
 

@@ -7,16 +7,18 @@
 //! and synced ([`BlobBytes::stage`]), and only then is the pending
 //! record's offset moved and `Committed` answered. At the declared size
 //! the staged bytes are hashed; a match publishes the blob, a mismatch
-//! discards the bytes and the record.
+//! discards the bytes and the record. A published image of a type the
+//! server decodes gets its thumbnail ([`thumbnail`]) before its record is
+//! written; an image refused there is removed again.
 
 use bytes::Bytes;
 use qim_proto::io::{FramedRecv, FramedSend};
 use qim_proto::v1::{self, ErrorCode, upload_client, upload_server};
-use qim_storage::media::{BlobBytes, BlobId, BlobMeta, PendingUpload};
+use qim_storage::media::{BlobBytes, BlobId, BlobMeta, ImageInfo, PendingUpload};
 use qim_storage::quota::{Charged, utc_day};
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::{blob_id, blobs, error, info};
+use super::{blob_id, blobs, error, info, thumbnail};
 use crate::ctx::Ctx;
 use crate::fault::Fault;
 use crate::reply::Refusal;
@@ -212,7 +214,12 @@ fn check_start(ctx: &Ctx, start: &v1::UploadStart, media_type: &str) -> Result<(
             format!("blobs are at most {max} bytes"),
         ));
     }
-    if media_type.len() > MAX_MEDIA_TYPE || !media_type.contains('/') || !media_type.is_ascii() {
+    if media_type.len() > MAX_MEDIA_TYPE
+        || !media_type.contains('/')
+        || !media_type
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_control())
+    {
         return Err(Refusal::invalid("media_type is not type/subtype"));
     }
     if !ctx.config.media.accepts(media_type) {
@@ -311,15 +318,83 @@ async fn publish(
         ));
     }
     bytes.publish(user, &pending.id, pending.size).await?;
+    let image = match thumbnail::format(&pending.media_type) {
+        Some(format) if ctx.config.media.thumbnail_side > 0 => {
+            image(ctx, user, bytes, pending, format).await?
+        }
+        _ => None,
+    };
     let meta = BlobMeta {
         id: pending.id,
         size: pending.size,
         media_type: pending.media_type.clone(),
         created_ms: qim_proto::now_ms(),
+        image,
     };
     ctx.stores.media.complete(user, &meta).await?;
     // The record that exists is the one readers get (an earlier uploader's).
     Ok(ctx.stores.media.blob(&pending.id).await?.unwrap_or(meta))
+}
+
+/// Decodes a published image and stores its thumbnail. An image beyond
+/// the decode's bounds is unpublished (its bytes removed unless another
+/// upload of the same bytes was recorded meanwhile) with its pending
+/// record: nothing stays. Bytes that do not decode stay a plain file.
+async fn image(
+    ctx: &Ctx,
+    user: &str,
+    bytes: &dyn BlobBytes,
+    pending: &PendingUpload,
+    format: image::ImageFormat,
+) -> Result<Option<ImageInfo>, Refusal> {
+    let id = &pending.id;
+    let thumb = match thumbnail::make(ctx, format, bytes, id, pending.size).await? {
+        Ok(thumb) => thumb,
+        Err(refused) => {
+            ctx.metrics
+                .images
+                .get_or_create(&vec![("outcome", refused.label())])
+                .inc();
+            if !refused.refuses() {
+                debug!(user, blob = ?id, media_type = %pending.media_type, "not a readable image: kept without a thumbnail");
+                return Ok(None);
+            }
+            info!(user, blob = ?id, media_type = %pending.media_type, reason = %refused, "image refused");
+            if ctx.stores.media.blob(id).await?.is_none() {
+                bytes.delete(id).await?;
+            }
+            ctx.stores.media.remove_pending(user, id).await?;
+            return Err(Refusal::new(
+                ErrorCode::ImageRefused,
+                format!("{refused}; nothing was kept"),
+            ));
+        }
+    };
+    ctx.metrics
+        .images
+        .get_or_create(&vec![("outcome", "thumbnail")])
+        .inc();
+    let thumb_id = BlobId::of(&thumb.jpeg);
+    let size = thumb.jpeg.len() as u64;
+    if ctx.stores.media.blob(&thumb_id).await?.is_none() {
+        bytes
+            .stage(user, &thumb_id, 0, vec![Bytes::from(thumb.jpeg)])
+            .await?;
+        bytes.publish(user, &thumb_id, size).await?;
+    }
+    let meta = BlobMeta {
+        id: thumb_id,
+        size,
+        media_type: thumbnail::THUMBNAIL_TYPE.to_owned(),
+        created_ms: qim_proto::now_ms(),
+        image: None,
+    };
+    ctx.stores.media.complete(user, &meta).await?;
+    Ok(Some(ImageInfo {
+        width: thumb.width,
+        height: thumb.height,
+        thumbnail: thumb_id,
+    }))
 }
 
 /// The server has the bytes: an uploader gets them at once; anyone else
@@ -376,5 +451,13 @@ async fn deduplicated(
         .add_uploader(&meta.id, user)
         .await
         .map_err(Refusal::from)?;
+    // Whoever may read an image may read its thumbnail.
+    if let Some(image) = &meta.image {
+        ctx.stores
+            .media
+            .add_uploader(&image.thumbnail, user)
+            .await
+            .map_err(Refusal::from)?;
+    }
     Ok(meta)
 }

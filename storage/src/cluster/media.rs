@@ -2,7 +2,8 @@
 //! writes the same records; the bytes are in the object store).
 //!
 //! # Keys
-//! - `<prefix>media:b:{<blob>}`: hash `size`, `created`, `type`: a blob.
+//! - `<prefix>media:b:{<blob>}`: hash `size`, `created`, `type`, and
+//!   `image` (hex of `ImageInfo::encode`) for a decoded image: a blob.
 //! - `<prefix>media:u:{<blob>}`: set of users who uploaded it.
 //! - `<prefix>media:r:{<blob>}`: set of scopes (`u:<user>`, `g:<group>`)
 //!   whose messages reference it.
@@ -24,7 +25,7 @@ use fred::types::sorted_sets::Ordering;
 
 use super::ClusterStore;
 use crate::StoreError;
-use crate::media::{BlobId, BlobMeta, MediaStore, PendingUpload, Scope};
+use crate::media::{BlobId, BlobMeta, ImageInfo, MediaStore, PendingUpload, Scope};
 use crate::redis::unavailable;
 
 fn parse_id(hex: &str) -> Option<BlobId> {
@@ -55,6 +56,25 @@ impl ClusterStore {
     }
 }
 
+/// An image's record as the `image` field of a blob hash: hex of
+/// [`ImageInfo::encode`].
+fn encode_image(image: &ImageInfo) -> String {
+    image.encode().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_image(hex: &str) -> Result<ImageInfo, StoreError> {
+    let corrupt = || StoreError::Corrupt("bad image field of a blob record".into());
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(corrupt)?;
+    ImageInfo::decode(&bytes).ok_or_else(corrupt)
+}
+
 #[async_trait]
 impl MediaStore for ClusterStore {
     async fn blob(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
@@ -77,6 +97,10 @@ impl MediaStore for ClusterStore {
             size: u64::try_from(num("size")?).unwrap_or(0),
             created_ms: num("created")?,
             media_type: fields.get("type").cloned().unwrap_or_default(),
+            image: match fields.get("image") {
+                None => None,
+                Some(hex) => Some(decode_image(hex)?),
+            },
         }))
     }
 
@@ -214,6 +238,13 @@ impl MediaStore for ClusterStore {
             .hsetnx(&key, "type", blob.media_type.as_str())
             .await
             .map_err(unavailable)?;
+        if let Some(image) = &blob.image {
+            let _: Value = self
+                .redis
+                .hsetnx(&key, "image", encode_image(image))
+                .await
+                .map_err(unavailable)?;
+        }
         self.add_uploader(&blob.id, user).await?;
         self.remove_pending(user, &blob.id).await
     }

@@ -18,7 +18,9 @@ use fjall::PersistMode;
 use super::EmbeddedStore;
 use super::tables::{check_key_part, prefixed, unavailable};
 use crate::StoreError;
-use crate::media::{BLOB_ID_BYTES, BlobId, BlobMeta, MediaStore, PendingUpload, Scope};
+use crate::media::{
+    BLOB_ID_BYTES, BlobId, BlobMeta, IMAGE_INFO_BYTES, ImageInfo, MediaStore, PendingUpload, Scope,
+};
 
 fn key(tag: u8, id: &BlobId, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + BLOB_ID_BYTES + rest.len());
@@ -55,20 +57,38 @@ fn text(v: &[u8], at: usize) -> Result<String, StoreError> {
         .map_err(|_| StoreError::Corrupt("media type not utf-8".into()))
 }
 
+/// Size and created as `u64 BE`, the media type, then for a decoded image
+/// a NUL and its [`ImageInfo`] (media types hold no control characters).
 fn encode_blob(b: &BlobMeta) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16 + b.media_type.len());
+    let mut v = Vec::with_capacity(17 + b.media_type.len() + IMAGE_INFO_BYTES);
     v.extend_from_slice(&b.size.to_be_bytes());
     v.extend_from_slice(&b.created_ms.to_be_bytes());
     v.extend_from_slice(b.media_type.as_bytes());
+    if let Some(image) = &b.image {
+        v.push(0);
+        v.extend_from_slice(&image.encode());
+    }
     v
 }
 
 fn decode_blob(id: BlobId, v: &[u8]) -> Result<BlobMeta, StoreError> {
+    let tail = v
+        .get(16..)
+        .ok_or_else(|| StoreError::Corrupt("short media record".into()))?;
+    let (media_type, image) = match tail.iter().position(|&b| b == 0) {
+        Some(nul) => {
+            let image = ImageInfo::decode(&tail[nul + 1..])
+                .ok_or_else(|| StoreError::Corrupt("bad image record".into()))?;
+            (text(&tail[..nul], 0)?, Some(image))
+        }
+        None => (text(tail, 0)?, None),
+    };
     Ok(BlobMeta {
         id,
         size: be_u64(v, 0)?,
         created_ms: be_u64(v, 8)? as i64,
-        media_type: text(v, 16)?,
+        media_type,
+        image,
     })
 }
 

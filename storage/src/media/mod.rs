@@ -70,6 +70,51 @@ pub struct BlobMeta {
     pub media_type: String,
     /// When it was published (ms since the Unix epoch).
     pub created_ms: i64,
+    /// What the server read of an image it decoded: its pixels and the
+    /// thumbnail it made (a blob of its own).
+    pub image: Option<ImageInfo>,
+}
+
+/// An image the server decoded when it was uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Pixels across.
+    pub width: u32,
+    /// Pixels down.
+    pub height: u32,
+    /// The thumbnail the server made of it.
+    pub thumbnail: BlobId,
+}
+
+/// Bytes of an [`ImageInfo`] in [`ImageInfo::encode`].
+pub const IMAGE_INFO_BYTES: usize = 8 + BLOB_ID_BYTES;
+
+impl ImageInfo {
+    /// Width and height as `u32 BE`, then the thumbnail's id.
+    pub fn encode(&self) -> [u8; IMAGE_INFO_BYTES] {
+        let mut v = [0u8; IMAGE_INFO_BYTES];
+        v[..4].copy_from_slice(&self.width.to_be_bytes());
+        v[4..8].copy_from_slice(&self.height.to_be_bytes());
+        v[8..].copy_from_slice(&self.thumbnail.0);
+        v
+    }
+
+    /// The info stored as `v` (exactly [`IMAGE_INFO_BYTES`]).
+    pub fn decode(v: &[u8]) -> Option<ImageInfo> {
+        let u32_at = |i: usize| {
+            v.get(i..i + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+        };
+        if v.len() != IMAGE_INFO_BYTES {
+            return None;
+        }
+        Some(ImageInfo {
+            width: u32_at(0)?,
+            height: u32_at(4)?,
+            thumbnail: BlobId::from_slice(&v[8..])?,
+        })
+    }
 }
 
 /// An upload still arriving.
