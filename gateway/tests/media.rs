@@ -462,11 +462,10 @@ async fn an_upload_over_tcp_goes_on_through_reconnects_and_a_network_change() {
             (9 * MIB, "reconnect"),
         ],
     );
-    let (uploaded, samples) = tokio::time::timeout(PATIENCE * 4, async {
-        tokio::join!(upload, watch)
-    })
-    .await
-    .expect("the upload finishes in time");
+    let (uploaded, samples) =
+        tokio::time::timeout(PATIENCE * 4, async { tokio::join!(upload, watch) })
+            .await
+            .expect("the upload finishes in time");
     let uploaded = uploaded.expect("the upload arrives");
     assert_eq!(uploaded.blob_id, hex_of(&file), "byte-identical");
     assert_eq!(uploaded.size, len);

@@ -174,9 +174,8 @@ impl Inbox {
     /// [`GAP_RECHECK`] (to hear that it settled), and at the skip deadline;
     /// `None` while no gap is confirmed empty.
     pub(crate) fn next_pull(&self) -> Option<Instant> {
-        self.confirmed_empty.map(|(_, since, checked)| {
-            (since + self.gap_skip_after).min(checked + GAP_RECHECK)
-        })
+        self.confirmed_empty
+            .map(|(_, since, checked)| (since + self.gap_skip_after).min(checked + GAP_RECHECK))
     }
 
     fn skip_gap(&mut self, empty_up_to: u64, settled: bool) -> GapCheck {

@@ -208,7 +208,13 @@ pub async fn a_deleted_user_leaves_nothing_behind(backend: &dyn ImBackend) {
 
     // A repeat finishes (here: finds nothing to do); the id stays deleted.
     assert!(s.delete_user(&a, limits).await.expect("again").is_some());
-    assert_eq!(s.accounts.register(std::slice::from_ref(&a), 2).await.expect("reg"), 0);
+    assert_eq!(
+        s.accounts
+            .register(std::slice::from_ref(&a), 2)
+            .await
+            .expect("reg"),
+        0
+    );
     let account = s.accounts.account(&a).await.expect("read").expect("kept");
     assert!(account.deleted && account.disabled);
     assert!(

@@ -233,7 +233,7 @@ section! {
 section! {
     /// Admin HTTP, on two listeners: an unauthenticated one for health, Prometheus metrics and the
     /// route endpoint (keep it on a private network), and the authenticated admin API (/v1/...)
-    /// that listens only when keys_file is set. See docs/security.md, "Admin API and metrics".
+    /// that listens only when keys_file is set. See docs/security-edges.md, "Admin API and metrics".
     "admin" => Admin {
         /// TCP address of the health, metrics and route listener (no authentication).
         listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)),
