@@ -189,7 +189,7 @@ async fn upload_resumes_after_kill_reconnect_and_network_change(backend: Backend
     // network change. On a cluster it goes on at another node, which finds
     // the staged bytes in the object store.
     let peer = match backend {
-        Backend::Cluster => Some(common::start_media_peer(&gw).await),
+        Backend::Cluster => Some(common::start_peer(&gw).await),
         Backend::Embedded => None,
     };
     let resume_at = peer.as_ref().unwrap_or(&gw);

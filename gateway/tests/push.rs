@@ -541,3 +541,94 @@ async fn offline_devices_get_exact_pushes(backend: Backend) {
 }
 
 on_both_backends!(offline_devices_get_exact_pushes);
+
+/// Two nodes of one cluster: an offline device gets exactly one push per
+/// message whichever node stored it, with the exact badge; once it is
+/// online on one node, sends stored by the other push nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_nodes_each_message_is_pushed_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (providers, p8, account) = Providers::start(dir.path()).await;
+    let (url, ca) = (providers.url.clone(), providers.ca.clone());
+    let one = TestGateway::start_on(Backend::Cluster, move |c| {
+        let n = &mut c.notify;
+        n.apns_key_file = Some(p8);
+        n.apns_key_id = KEY_ID.into();
+        n.apns_team_id = TEAM.into();
+        n.apns_url = url.clone();
+        n.apns_sandbox_url = url.clone();
+        n.fcm_service_account_file = Some(account);
+        n.fcm_url = url;
+        n.ca_file = Some(ca);
+    })
+    .await;
+    let two = common::start_peer(&one).await;
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let on_one = one.client(&alice, "a-phone").await;
+    let on_two = two.client(&alice, "a-laptop").await;
+    let phone = two.client(&bob, "phone").await;
+    let apns = "b2".repeat(32);
+    register(&phone, PushProvider::Apns, &apns).await;
+    phone.close().await;
+    sessions_open(&two, 1).await;
+
+    let conv = format!("u:{alice}");
+    on_one
+        .send(bob.clone(), "stored by one".into())
+        .await
+        .expect("send");
+    providers.wait_for(1).await;
+    on_two
+        .send(bob.clone(), "stored by two".into())
+        .await
+        .expect("send");
+    providers.wait_for(2).await;
+
+    // The phone comes back on node one; node two stores the next message.
+    let phone = one.client(&bob, "phone").await;
+    let online_before = one
+        .metric("qim_pushes_not_sent_total{reason=\"online\"}")
+        .await
+        + two
+            .metric("qim_pushes_not_sent_total{reason=\"online\"}")
+            .await;
+    on_two
+        .send(bob.clone(), "while online".into())
+        .await
+        .expect("send");
+    poll_until("the online phone's skip counted", || async {
+        let online = one
+            .metric("qim_pushes_not_sent_total{reason=\"online\"}")
+            .await
+            + two
+                .metric("qim_pushes_not_sent_total{reason=\"online\"}")
+                .await;
+        (online > online_before).then_some(())
+    })
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = phone.next_message().await.expect("bob's messages");
+        got.push(common::text(&m));
+    }
+    assert_eq!(got, ["stored by one", "stored by two", "while online"]);
+    assert_eq!(
+        providers.accepted(),
+        [
+            push(&apns, 1, &conv, Some(&alice), "stored by one"),
+            push(&apns, 2, &conv, Some(&alice), "stored by two"),
+        ],
+        "one push per message, none for the online phone"
+    );
+    assert_eq!(lock(&providers.seen).attempts.get(&apns), Some(&2));
+    assert!(
+        lock(&providers.seen).violations.is_empty(),
+        "{:?}",
+        lock(&providers.seen).violations
+    );
+    for client in [on_one, on_two, phone] {
+        client.close().await;
+    }
+    two.stop().await;
+    one.stop().await;
+}

@@ -748,7 +748,7 @@ pub async fn start_media(backend: Backend, adjust: impl FnOnce(&mut Config)) -> 
 /// Another node of `first`'s cluster: the same stores, object store,
 /// token and endpoint secrets; its own data directory, ports and
 /// development certificate (clients of it use its `ca_pem`).
-pub async fn start_media_peer(first: &TestGateway) -> TestGateway {
+pub async fn start_peer(first: &TestGateway) -> TestGateway {
     let base = first.config.clone();
     TestGateway::start_with(move |c| {
         let data_dir = c.server.data_dir.clone();
