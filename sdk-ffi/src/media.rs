@@ -140,8 +140,8 @@ impl QimClient {
         let result = self
             .call(move |client| async move {
                 let (stop, stopped) = oneshot::channel();
-                let pump = listener
-                    .map(|l| tokio::spawn(pump_progress(transfer.clone(), l, stopped)));
+                let pump =
+                    listener.map(|l| tokio::spawn(pump_progress(transfer.clone(), l, stopped)));
                 let result = call(client, transfer).await;
                 let _ = stop.send(());
                 if let Some(pump) = pump {
@@ -249,7 +249,10 @@ mod tests {
 
     #[test]
     fn a_cancelled_transfer_is_a_typed_error() {
-        assert_eq!(QimError::from(qim_sdk::Error::Cancelled), QimError::Cancelled);
+        assert_eq!(
+            QimError::from(qim_sdk::Error::Cancelled),
+            QimError::Cancelled
+        );
     }
 
     #[test]
