@@ -551,6 +551,9 @@ fun main(args: Array<String>) {
                 "token-provider" -> tokenProvider()
                 "udp-blocked" -> udpBlocked()
                 "push-tokens" -> pushTokens()
+                "media" -> media()
+                "media-pending-write" -> mediaPendingWrite()
+                "media-pending-resume" -> mediaPendingResume()
                 else -> throw IllegalArgumentException("unknown scenario $scenario")
             }
         }

@@ -31,7 +31,9 @@
 //!   flags, scheduled sends, the local store), `groups`, `contacts` and
 //!   `presence` (presence, online time, typing; pushed signals reach
 //!   [`ClientListener::on_signal`]), `push` (this device's push token,
-//!   `logout`, preview settings).
+//!   `logout`, preview settings), `media` (uploads and downloads with a
+//!   [`TransferHandle`] to cancel and a [`TransferListener`] for
+//!   progress).
 //!
 //! A method only calls the SDK: [`QimClient::call`] runs it on the SDK
 //! runtime and maps its error.
@@ -59,10 +61,12 @@ use tokio::task::JoinHandle;
 mod contacts;
 mod groups;
 mod im;
+mod media;
 mod presence;
 mod push;
 
 pub use groups::{MemberPage, ReadCount};
+pub use media::{TransferHandle, TransferListener};
 
 uniffi::setup_scaffolding!();
 
@@ -174,6 +178,10 @@ pub enum QimError {
         /// What failed.
         reason: String,
     },
+    /// The app cancelled the call (a transfer's `TransferHandle.cancel`,
+    /// or its coroutine or task).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl From<qim_sdk::Error> for QimError {
@@ -210,6 +218,7 @@ impl From<qim_sdk::Error> for QimError {
                 reason: "client closed".into(),
             },
             E::Storage(reason) => QimError::Storage { reason },
+            E::Cancelled => QimError::Cancelled,
             other => QimError::Network {
                 reason: other.to_string(),
             },

@@ -347,10 +347,14 @@ impl Client {
             size,
             media_type: media_type.to_owned(),
         };
-        self.attempts(transfer, |conn| {
-            upload_once(self, conn, path, start.clone(), transfer)
-        })
-        .await
+        let info = self
+            .attempts(transfer, |conn| {
+                upload_once(self, conn, path, start.clone(), transfer)
+            })
+            .await?;
+        // Bytes the server had already (no chunk sent) are done too.
+        transfer.set(|p| p.done = size);
+        Ok(info)
     }
 
     /// Runs `attempt` on the current connection until it succeeds, fails

@@ -13,8 +13,12 @@
 //! process on the same data directory delivers them exactly once; and the
 //! IM features (groups, recall and edit, contacts, presence and typing,
 //! scheduled sends, push tokens, a device kicked by the single-device
-//! policy); and a client whose UDP is blocked, which logs in and chats over
-//! TLS on TCP. Each
+//! policy); a client whose UDP is blocked, which logs in and chats over
+//! TLS on TCP; and media: uploads and downloads with progress and
+//! cancellation, an attachment sent and downloaded, a download refused to
+//! a user no message gave the blob, and an upload left unfinished by one
+//! process (offline) and resumed by the next. The shared gateway keeps
+//! media on (its default, blobs under its data directory). Each
 //! scenario has users of its own, so they do not see each other's traffic.
 //! All run against one gateway with a short recall window, except the kick
 //! scenario, which gets a gateway of its own with `im.device_policy =
@@ -51,6 +55,7 @@ const USERS: &[&str] = &[
     "uma", // kicked
     "vera", "walt", // token provider
     "xena", // push tokens
+    "ada", "ben", "eve", // media
 ];
 const JNA_VERSION: &str = "5.14.0";
 
@@ -298,7 +303,9 @@ fn run_scenarios(
     let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let outbox_dir = work.join("carol-phone");
     let ids_file = work.join("outbox-ids");
-    let scenarios: [(&str, Vec<(String, String)>); 15] = [
+    let media_dir = work.join("ada-laptop");
+    let media_file = work.join("ada-upload.bin");
+    let scenarios: [(&str, Vec<(String, String)>); 18] = [
         ("chat", vec![]),
         ("offline-catch-up", vec![]),
         ("resumption", vec![]),
@@ -330,6 +337,23 @@ fn run_scenarios(
             vec![("QIM_BLOCKED_SERVER".into(), dead.local_addr()?.to_string())],
         ),
         ("push-tokens", vec![]),
+        ("media", vec![]),
+        // An upload journalled offline by one process, resumed by the next.
+        (
+            "media-pending-write",
+            vec![
+                ("QIM_SERVER".into(), dead.local_addr()?.to_string()),
+                ("QIM_DATA_DIR".into(), media_dir.display().to_string()),
+                ("QIM_MEDIA_FILE".into(), media_file.display().to_string()),
+            ],
+        ),
+        (
+            "media-pending-resume",
+            vec![
+                ("QIM_DATA_DIR".into(), media_dir.display().to_string()),
+                ("QIM_MEDIA_FILE".into(), media_file.display().to_string()),
+            ],
+        ),
         // Later entries override the shared gateway's address and tokens.
         ("kicked", single.env()?),
     ];
