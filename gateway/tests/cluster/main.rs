@@ -5,6 +5,10 @@
 //! by `kill -9`. Each test has its own Redis key prefixes; the binary shares
 //! one CQL keyspace (creating one takes seconds).
 
+// The session futures of the SDK and gateway nest deeply; the tests
+// moved into modules passed the default query depth.
+#![recursion_limit = "256"]
+
 mod chat;
 #[path = "../common/mod.rs"]
 mod common;

@@ -3,6 +3,10 @@
 //! synced to other devices, recall, edit, delete-for-me, replies and
 //! mentions.
 
+// The session futures of the SDK and gateway nest deeply; the tests
+// moved into modules passed the default query depth.
+#![recursion_limit = "256"]
+
 #[path = "../common/mod.rs"]
 mod common;
 mod history;
