@@ -153,6 +153,14 @@ pub(crate) async fn login(shared: &Shared, conn: &Connection) -> Result<Establis
     let max_frame = qim_proto::DEFAULT_MAX_FRAME;
     let mut control_send = FramedSend::new(send, StreamKind::Control, max_frame);
     let mut control_recv = FramedRecv::new(recv, max_frame);
+    // One Hello of this client at a time (see `Transports::login_turn`);
+    // past the wait, go on without the turn.
+    let _turn = tokio::time::timeout(
+        crate::transport::LOGIN_ALONE,
+        shared.transports.login_turn.lock(),
+    )
+    .await
+    .ok();
     let resume_from = lock(&shared.received).inbox.released();
     let hello = v1::ClientControl {
         kind: Some(v1::client_control::Kind::Hello(v1::Hello {

@@ -100,7 +100,18 @@ pub(crate) struct Transports {
     memory: Mutex<HashMap<IpAddr, Transport>>,
     /// The QUIC address of the last attempt, for the background probe.
     quic_addr: Mutex<Option<SocketAddr>>,
+    /// Held by the attempt whose Hello is out until its answer arrives:
+    /// a raced second attempt sends its Hello only when the first's login
+    /// failed or after [`LOGIN_ALONE`]. Two Hellos of one client reaching
+    /// the server would make the later one replace the earlier session,
+    /// the one the client may already be using.
+    pub(crate) login_turn: tokio::sync::Mutex<()>,
 }
+
+/// How long a raced attempt waits for the other attempt's login before it
+/// sends its own Hello anyway (the other's path may carry nothing after
+/// its handshake).
+pub(crate) const LOGIN_ALONE: Duration = Duration::from_millis(400);
 
 impl Transports {
     fn tls(&self, config: &ClientConfig) -> Result<Arc<rustls::ClientConfig>, Error> {
