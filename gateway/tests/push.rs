@@ -365,6 +365,25 @@ async fn answer(
     violation(format!("no such endpoint {path}"))
 }
 
+/// Points the gateway's push at the local providers.
+fn use_providers(
+    c: &mut qim_gateway::Config,
+    p8: std::path::PathBuf,
+    account: std::path::PathBuf,
+    url: String,
+    ca: std::path::PathBuf,
+) {
+    let n = &mut c.notify;
+    n.apns_key_file = Some(p8);
+    n.apns_key_id = KEY_ID.into();
+    n.apns_team_id = TEAM.into();
+    n.apns_url = url.clone();
+    n.apns_sandbox_url = url.clone();
+    n.fcm_service_account_file = Some(account);
+    n.fcm_url = url;
+    n.ca_file = Some(ca);
+}
+
 async fn register(client: &Client, provider: PushProvider, token: &str) {
     let app = match provider {
         PushProvider::Fcm => PROJECT,
@@ -405,17 +424,9 @@ async fn offline_devices_get_exact_pushes(backend: Backend) {
     let (providers, p8, account) = Providers::start(dir.path()).await;
     let (url, ca) = (providers.url.clone(), providers.ca.clone());
     let gw = TestGateway::start_on(backend, move |c| {
-        let n = &mut c.notify;
-        n.apns_key_file = Some(p8);
-        n.apns_key_id = KEY_ID.into();
-        n.apns_team_id = TEAM.into();
-        n.apns_url = url.clone();
-        n.apns_sandbox_url = url.clone();
-        n.fcm_service_account_file = Some(account);
-        n.fcm_url = url;
-        n.ca_file = Some(ca);
-        n.retry_initial_ms = 10;
-        n.retry_max_ms = 50;
+        use_providers(c, p8, account, url, ca);
+        c.notify.retry_initial_ms = 10;
+        c.notify.retry_max_ms = 50;
     })
     .await;
     let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
@@ -551,15 +562,7 @@ async fn across_nodes_each_message_is_pushed_once() {
     let (providers, p8, account) = Providers::start(dir.path()).await;
     let (url, ca) = (providers.url.clone(), providers.ca.clone());
     let one = TestGateway::start_on(Backend::Cluster, move |c| {
-        let n = &mut c.notify;
-        n.apns_key_file = Some(p8);
-        n.apns_key_id = KEY_ID.into();
-        n.apns_team_id = TEAM.into();
-        n.apns_url = url.clone();
-        n.apns_sandbox_url = url.clone();
-        n.fcm_service_account_file = Some(account);
-        n.fcm_url = url;
-        n.ca_file = Some(ca);
+        use_providers(c, p8, account, url, ca);
     })
     .await;
     let two = common::start_peer(&one).await;

@@ -116,18 +116,7 @@ pub async fn send_file(
         attachments: vec![attachment],
         ..MessageExtras::default()
     };
-    let result = match peer {
-        Peer::User(to) => {
-            client
-                .send_with(OutgoingMessage { to, ..message }, extras)
-                .await
-        }
-        Peer::Group(group) => client.send_group_with(group, message, extras).await,
-    };
-    vec![Input::SendDone {
-        client_msg_id,
-        result: result.map_err(|e| e.to_string()),
-    }]
+    send_message(client, peer, message, extras).await
 }
 
 /// Downloads a message's file into `dir` (or `downloads`) under a safe
@@ -186,4 +175,27 @@ async fn download(
     let target = free_path(&dir, &name);
     std::fs::rename(&part, &target).map_err(|e| format!("{}: {e}", target.display()))?;
     Ok(target.display().to_string())
+}
+
+/// Sends `message` (its `to` is taken from `peer`) with `extras` to a user
+/// or a group; the outcome as the UI's `SendDone`.
+pub async fn send_message(
+    client: &Client,
+    peer: Peer,
+    message: OutgoingMessage,
+    extras: MessageExtras,
+) -> Vec<Input> {
+    let client_msg_id = message.client_msg_id.clone().unwrap_or_default();
+    let result = match peer {
+        Peer::User(to) => {
+            client
+                .send_with(OutgoingMessage { to, ..message }, extras)
+                .await
+        }
+        Peer::Group(group) => client.send_group_with(group, message, extras).await,
+    };
+    vec![Input::SendDone {
+        client_msg_id,
+        result: result.map_err(|e| e.to_string()),
+    }]
 }

@@ -250,20 +250,9 @@ async fn run(client: &Client, request: Request) -> Vec<Input> {
                 to: String::new(),
                 kind: "text".into(),
                 body: text.into_bytes(),
-                client_msg_id: Some(client_msg_id.clone()),
+                client_msg_id: Some(client_msg_id),
             };
-            let result = match peer {
-                Peer::User(to) => {
-                    client
-                        .send_with(OutgoingMessage { to, ..message }, extras)
-                        .await
-                }
-                Peer::Group(group) => client.send_group_with(group, message, extras).await,
-            };
-            vec![Input::SendDone {
-                client_msg_id,
-                result: result.map_err(|e| e.to_string()),
-            }]
+            transfers::send_message(client, peer, message, extras).await
         }
         Request::History {
             peer,
