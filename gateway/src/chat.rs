@@ -37,6 +37,8 @@ pub(crate) struct ChatStream<'a> {
     pub(crate) device: &'a str,
     /// The session's send rate, shared by its chat streams.
     pub(crate) sends: &'a Mutex<Bucket>,
+    /// Whether the session's `Send.first_attempt` flags are believed.
+    pub(crate) first_attempts: &'a std::sync::atomic::AtomicBool,
     /// To the session's ack stream.
     pub(crate) acks: &'a mpsc::Sender<Box<v1::ServerAck>>,
     /// Where the client's address is watched (migrations), with the
@@ -98,6 +100,7 @@ impl ChatStream<'_> {
             let sender = Sender {
                 user: self.user,
                 device: self.device,
+                first_attempts: Some(self.first_attempts),
             };
             let acks = Box::pin(post_sends(self.ctx, &sender, sends, &mut hold)).await;
             backlog.stored(bytes);

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub send_refusals: ByCode,
     /// Times a chat stream waited because its session sent too fast.
     pub sends_throttled: Counter,
+    /// Sessions whose `Send.first_attempt` flag proved false (then ignored).
+    pub first_attempts_wrong: Counter,
     /// Deliveries written (first attempts).
     pub deliveries: Counter,
     /// Deliveries written again after the retransmit timeout.
@@ -130,6 +132,7 @@ impl Metrics {
             sends: Counter::default(),
             send_refusals: ByCode::default(),
             sends_throttled: Counter::default(),
+            first_attempts_wrong: Counter::default(),
             deliveries: Counter::default(),
             retransmits: Counter::default(),
             delivery_acks: Counter::default(),
@@ -198,6 +201,11 @@ impl Metrics {
             "sends_throttled",
             "Chat stream waits for sending too fast",
             m.sends_throttled.clone(),
+        );
+        registry.register(
+            "first_attempts_wrong",
+            "Sessions whose first_attempt flag proved false",
+            m.first_attempts_wrong.clone(),
         );
         registry.register(
             "deliveries",

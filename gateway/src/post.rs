@@ -17,6 +17,8 @@
 //!   and none is stored after an earlier one of its stream was refused as
 //!   retryable until that one is sent again (`order`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use qim_proto::v1::{self, ErrorCode, server_ack};
 use qim_storage::conversations::{PREVIEW_BYTES, Post};
 use qim_storage::{StoreError, StoredMessage};
@@ -32,6 +34,31 @@ use crate::reply::Refusal;
 pub(crate) struct Sender<'a> {
     pub(crate) user: &'a str,
     pub(crate) device: &'a str,
+    /// Whether the sender's `Send.first_attempt` flags are believed: set
+    /// for a session until one proves false, then cleared for the rest of
+    /// it (a wrong flag only wastes seqs, but those are gaps a recipient
+    /// waits on until they settle). `None`: never believed (the admin
+    /// API, whose callers retry with the same key).
+    pub(crate) first_attempts: Option<&'a AtomicBool>,
+}
+
+impl Sender<'_> {
+    fn believes_first_attempt(&self, send: &v1::Send) -> bool {
+        send.first_attempt
+            && self
+                .first_attempts
+                .is_some_and(|b| b.load(Ordering::Relaxed))
+    }
+
+    /// A post sent as a first attempt was not one: stop believing the flag.
+    fn first_attempt_was_wrong(&self, ctx: &Ctx, client_msg_id: &str) {
+        if let Some(believed) = self.first_attempts
+            && believed.swap(false, Ordering::Relaxed)
+        {
+            ctx.metrics.first_attempts_wrong.inc();
+            warn!(user = %self.user, device = %self.device, client_msg_id, "a send marked first_attempt was claimed before; the flag is ignored for the rest of the session");
+        }
+    }
 }
 
 /// The parts of a `Send` beyond the plain message: reply quote, mentions.
@@ -188,6 +215,9 @@ pub(crate) async fn post_sends_as(
     let mut posts = Vec::with_capacity(sends.len());
     // Sends refused for order are not the stream's earliest refusal.
     let mut held_here = std::collections::HashSet::new();
+    // Sends posted as first attempts: a duplicate or conflict among them
+    // proves the flag wrong.
+    let mut firsts = std::collections::HashSet::new();
     for send in sends {
         let id = send.client_msg_id.clone();
         if let Some(hold) = hold.as_deref_mut()
@@ -199,6 +229,9 @@ pub(crate) async fn post_sends_as(
         }
         match admit(ctx, sender, send, now, trust).await {
             Ok(post) => {
+                if post.first_attempt {
+                    firsts.insert(id.clone());
+                }
                 verdicts.push(Ok(id));
                 posts.push(post);
             }
@@ -239,14 +272,24 @@ pub(crate) async fn post_sends_as(
         let outcome = match (verdict, &mut stored) {
             (Err((id, refusal)), _) => Err((id, refusal)),
             (Ok(id), Ok(posted)) => match posted.next() {
-                Some(Ok(p)) => match published(ctx, id.clone(), p.copies, !p.duplicate).await {
-                    Some(ack) => Ok(ack),
-                    None => Err((
-                        id,
-                        Refusal::from(StoreError::Corrupt("a post without copies".into())),
-                    )),
-                },
-                Some(Err(e)) => Err((id, crate::reply::post_refused(e))),
+                Some(Ok(p)) => {
+                    if p.duplicate && firsts.contains(&id) {
+                        sender.first_attempt_was_wrong(ctx, &id);
+                    }
+                    match published(ctx, id.clone(), p.copies, !p.duplicate).await {
+                        Some(ack) => Ok(ack),
+                        None => Err((
+                            id,
+                            Refusal::from(StoreError::Corrupt("a post without copies".into())),
+                        )),
+                    }
+                }
+                Some(Err(e)) => {
+                    if matches!(e, qim_storage::OpError::Conflict) && firsts.contains(&id) {
+                        sender.first_attempt_was_wrong(ctx, &id);
+                    }
+                    Err((id, crate::reply::post_refused(e)))
+                }
                 None => Err((
                     id,
                     Refusal::from(StoreError::Corrupt(
@@ -292,6 +335,7 @@ async fn admit(
 ) -> Result<Post, Refusal> {
     let extras = Extras::take(&mut send, ctx)?;
     let target = check_send(ctx, &send)?;
+    let first_attempt = sender.believes_first_attempt(&send);
     let inboxes = match (&target, trust) {
         (Target::User(recipient), Trust::User) => {
             crate::policy::check_direct(ctx, sender.user, recipient).await?;
@@ -325,6 +369,7 @@ async fn admit(
         mention_all: extras.mention_all,
         attachments: send.attachments,
         inboxes,
+        first_attempt,
     })
 }
 

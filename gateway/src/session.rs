@@ -6,7 +6,7 @@
 //! heartbeat deadline, and ends the session on a kick, a protocol fault, a
 //! missed heartbeat or the drain deadline, always with a typed close code.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ pub(crate) struct Session {
     sends: Mutex<Bucket>,
     /// Pings and rpc requests allowed.
     requests: Mutex<Bucket>,
+    /// Whether `Send.first_attempt` is believed (until it proves false).
+    first_attempts: AtomicBool,
 }
 
 impl Session {
@@ -275,6 +277,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
         last_beat_ms: AtomicU64::new(0),
         beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
         started: Instant::now(),
+        first_attempts: AtomicBool::new(true),
         sends: Mutex::new(Bucket::new(
             ctx.config.limits.sends_per_second,
             ctx.config.limits.sends_burst,
@@ -604,6 +607,7 @@ impl Streams {
                     user: &self.session.user,
                     device: &self.session.device,
                     sends: &self.session.sends,
+                    first_attempts: &self.session.first_attempts,
                     acks: &self.server_acks,
                     path: &self.session.path,
                     conn: &self.conn,

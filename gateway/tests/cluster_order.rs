@@ -184,12 +184,15 @@ async fn a_late_resend_overtaken_by_the_senders_later_message_is_refused_not_reo
     let bob = qim_sdk::Client::connect(config).await.expect("connect");
     let window = qim_storage::cluster::FILL_WINDOW_MIN;
 
-    // alice's "lost" was claimed at bob's seq 2 by a node that died.
-    alice.send_message(to(&b, "one")).await.expect("acked");
-    common::hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, 2).await;
-    claim_unwritten(&a, "lost", &b, 2, window * 2).await;
+    // alice's "lost" was claimed at bob's next seq by a node that died.
+    // (The SDK sends it as a first attempt, since it never wrote it: the
+    // store then takes a seq before it finds the claim, and that seq stays
+    // a gap. Seqs are read from the acks for that reason.)
+    let one = alice.send_message(to(&b, "one")).await.expect("acked");
+    common::hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, one.seq + 1).await;
+    claim_unwritten(&a, "lost", &b, one.seq + 1, window * 2).await;
     let later = alice.send_message(to(&b, "later")).await.expect("acked");
-    assert_eq!(later.seq, 3);
+    assert!(later.seq > one.seq + 1);
     let refused = alice.send_message(to(&b, "lost")).await;
     match refused {
         Err(qim_sdk::Error::Rejected {
@@ -201,16 +204,16 @@ async fn a_late_resend_overtaken_by_the_senders_later_message_is_refused_not_reo
         other => panic!("expected SEND_SUPERSEDED, got {other:?}"),
     }
 
-    // dave's "late" was claimed at bob's seq 5; only alice wrote since.
-    dave.send_message(to(&b, "dave-one")).await.expect("acked");
-    common::hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, 5).await;
-    claim_unwritten(&d, "late", &b, 5, window * 2).await;
-    alice
+    // dave's "late" was claimed at bob's next seq; only alice wrote since.
+    let dave_one = dave.send_message(to(&b, "dave-one")).await.expect("acked");
+    common::hand_out_unwritten(&gw, &cql_addr, &redis_url, &b, dave_one.seq + 1).await;
+    claim_unwritten(&d, "late", &b, dave_one.seq + 1, window * 2).await;
+    let alice_after = alice
         .send_message(to(&b, "alice-after"))
         .await
         .expect("acked");
     let late = dave.send_message(to(&b, "late")).await.expect("stored");
-    assert_eq!(late.seq, 7, "at a new seq, after alice's");
+    assert!(late.seq > alice_after.seq, "at a new seq, after alice's");
 
     let got: Vec<(u64, String)> = take(&bob, 5)
         .await
@@ -220,16 +223,68 @@ async fn a_late_resend_overtaken_by_the_senders_later_message_is_refused_not_reo
     assert_eq!(
         got,
         [
-            (1, "one".to_owned()),
-            (3, "later".to_owned()),
-            (4, "dave-one".to_owned()),
-            (6, "alice-after".to_owned()),
-            (7, "late".to_owned()),
+            (one.seq, "one".to_owned()),
+            (later.seq, "later".to_owned()),
+            (dave_one.seq, "dave-one".to_owned()),
+            (alice_after.seq, "alice-after".to_owned()),
+            (late.seq, "late".to_owned()),
         ]
     );
     assert_quiet(&bob, Duration::from_millis(300)).await;
     for client in [alice, dave, bob] {
         client.close().await;
     }
+    gw.stop().await;
+}
+
+/// `Send.first_attempt` lets the cluster store skip looking for an earlier
+/// attempt. A client that sets it on a resend (by mistake, or to leave
+/// gaps in a recipient's inbox) still gets its message stored once, and
+/// is believed once per session: its first wrong flag costs the recipient
+/// one unused seq, the next ones nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_first_attempt_flag_stores_once_and_is_believed_once() {
+    let gw = cluster_gateway(&required_env("QIM_TEST_CQL")).await;
+    let (c, b) = (unique("carol"), unique("bob"));
+    // The one unused seq stays a gap; bob's phone need not sit it out.
+    let mut config = gw.client_config(&b, "bob-phone");
+    config.gap_skip_after = Duration::from_millis(300);
+    let bob = qim_sdk::Client::connect(config).await.expect("connect");
+    let carol = Raw::login(&gw, &c, "carol-raw", 0).await;
+    let (mut acks, _deliveries) = carol.raw.server_streams().await;
+    let mut chat = carol.raw.open_uni(StreamKind::Chat).await;
+    let mut send = async |id: &str, body: &str| {
+        let frame = v1::Send {
+            first_attempt: true,
+            ..send_frame(id, &b, body.as_bytes())
+        };
+        chat.send(&frame).await.expect("send");
+        match answer(&mut acks).await {
+            server_ack::Kind::Ack(ack) => ack,
+            other => panic!("{id}: {other:?}"),
+        }
+    };
+    let one = send("one", "one").await;
+    let again = send("one", "one").await;
+    assert_eq!(
+        (again.seq, &again.msg_id),
+        (one.seq, &one.msg_id),
+        "stored once"
+    );
+    let two = send("two", "two").await;
+    assert_eq!(two.seq, one.seq + 2, "the first wrong flag was believed");
+    let again = send("two", "two").await;
+    assert_eq!(
+        (again.seq, &again.msg_id),
+        (two.seq, &two.msg_id),
+        "stored once"
+    );
+    let three = send("three", "three").await;
+    assert_eq!(three.seq, two.seq + 1, "later flags are not believed");
+
+    let got: Vec<String> = take(&bob, 3).await.iter().map(text).collect();
+    assert_eq!(got, ["one", "two", "three"]);
+    assert_quiet(&bob, Duration::from_millis(300)).await;
+    bob.close().await;
     gw.stop().await;
 }

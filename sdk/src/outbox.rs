@@ -82,7 +82,9 @@ impl Outbox {
             events: Some(events),
             ..Outbox::default()
         };
-        for send in restored {
+        for mut send in restored {
+            // A previous client may have written it.
+            send.first_attempt = false;
             outbox.insert(send, None);
         }
         outbox
@@ -101,8 +103,11 @@ impl Outbox {
     /// Queues a send (or joins the one with the same id), saving it in the
     /// journal first; returns the waiter's id for
     /// [`abandon`](Self::abandon), if a waiter was given.
-    pub(crate) fn add(&mut self, send: v1::Send, waiter: Option<Waiter>) -> Result<u64, Error> {
+    pub(crate) fn add(&mut self, mut send: v1::Send, waiter: Option<Waiter>) -> Result<u64, Error> {
         if !self.index.contains_key(&send.client_msg_id) {
+            // Never written yet: the server may skip looking for an
+            // earlier attempt (cleared once written, and on restore).
+            send.first_attempt = true;
             if let Some(store) = &mut self.store {
                 store
                     .add(&send)
@@ -200,6 +205,7 @@ impl Outbox {
                 p.sent_at = Some(now);
                 self.timeouts.push_back((now + ack_timeout, order));
                 out.push(p.send.clone());
+                p.send.first_attempt = false;
             }
         }
         // Drop timeouts of sends acked since, so the writer does not wake
@@ -428,6 +434,31 @@ mod tests {
         assert_eq!(r1.try_recv().expect("resolved").expect("ok").seq, 4);
         assert_eq!(ids(&ob.due(3, now + t, t)), ["b"]);
         assert_eq!(ob.len(), 1);
+    }
+
+    #[test]
+    fn only_a_send_never_written_is_marked_first_attempt() {
+        let t = Duration::from_secs(5);
+        let (events, _) = broadcast::channel(16);
+        let mut restored = send("r");
+        restored.first_attempt = true;
+        let mut ob = Outbox::new(None, vec![restored], events);
+        ob.add(send("a"), None).expect("add");
+        let now = Instant::now();
+        let first: Vec<(String, bool)> = ob
+            .due(1, now, t)
+            .into_iter()
+            .map(|s| (s.client_msg_id, s.first_attempt))
+            .collect();
+        assert_eq!(
+            first,
+            [("r".to_owned(), false), ("a".to_owned(), true)],
+            "a restored send may have been written by the previous client"
+        );
+        assert!(
+            ob.due(2, now, t).iter().all(|s| !s.first_attempt),
+            "written once, never a first attempt again"
+        );
     }
 
     #[test]

@@ -410,6 +410,46 @@ pub async fn a_reused_client_msg_id_with_another_message_is_a_conflict(backend: 
     );
 }
 
+/// A post that claims to be a first attempt but is not (a client's flag
+/// wrong, or a liar's) is still stored once: the resend gets the first
+/// copies back, another body is a conflict, and no inbox gains a message.
+pub async fn a_wrong_first_attempt_flag_stores_nothing_twice(backend: &dyn ImBackend) {
+    let s = backend.open_im().await;
+    let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+    let first = Post {
+        first_attempt: true,
+        ..post(&a, &b, &[&b], "first")
+    };
+    let again = |to: &str, body: &str| Post {
+        client_msg_id: first.client_msg_id.clone(),
+        first_attempt: true,
+        ..post(&a, to, &[to], body)
+    };
+    let out = s
+        .conversations
+        .post(vec![first.clone()])
+        .await
+        .expect("post");
+    let stored = out[0].as_ref().expect("first stored").copies[0].clone();
+    assert!(!out[0].as_ref().expect("first stored").duplicate);
+    let out = s
+        .conversations
+        .post(vec![again(&b, "first"), again(&c, "first")])
+        .await
+        .expect("post");
+    let resend = out[0].as_ref().expect("a resend is a duplicate");
+    assert!(resend.duplicate);
+    assert_eq!(
+        (resend.copies[0].seq, &resend.copies[0].message.msg_id),
+        (stored.seq, &stored.message.msg_id)
+    );
+    assert!(matches!(out[1], Err(OpError::Conflict)), "other recipient");
+    let in_b = s.messages.read_inbox(&b, 0, 100).await.expect("read b");
+    assert_eq!(in_b.len(), 1, "stored once: {in_b:?}");
+    let in_c = s.messages.read_inbox(&c, 0, 100).await.expect("read c");
+    assert!(in_c.is_empty(), "a conflict stores nothing: {in_c:?}");
+}
+
 /// Stored bytes are counted per user and UTC day, charges past the limit
 /// are refused and add nothing, and the counts survive a reopen.
 pub async fn stored_bytes_are_counted_per_user_and_day(backend: &dyn ImBackend) {
@@ -555,6 +595,7 @@ macro_rules! im_conformance_tests {
             conformance_im::schedules_fire_once_and_cancel_wins,
             conformance_im::delivery_receipts_are_appended_once,
             conformance_im::a_reused_client_msg_id_with_another_message_is_a_conflict,
+            conformance_im::a_wrong_first_attempt_flag_stores_nothing_twice,
             conformance_im::stored_bytes_are_counted_per_user_and_day,
             conformance_groups::groups_admit_by_policy_and_approval,
             conformance_groups::groups_bans_survive_leave_and_block_every_path,

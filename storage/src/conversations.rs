@@ -94,6 +94,11 @@ pub struct Post {
     /// Inboxes that get a copy, without repeats; the first is the primary
     /// copy, whose seq the sender's ack carries.
     pub inboxes: Vec<String>,
+    /// The sender vouches that no earlier attempt of this post exists (see
+    /// `Send.first_attempt`): a store may skip looking for one before it
+    /// takes seqs. Wrong, it costs only seqs never written; the result is
+    /// the same.
+    pub first_attempt: bool,
 }
 
 /// Bytes of a post's [digest](Post::digest).

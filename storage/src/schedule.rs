@@ -124,5 +124,7 @@ pub fn to_post(entry: v1::ScheduledSend, now_ms: i64) -> Post {
         // Scheduled sends carry no attachments (the gateway refuses them).
         attachments: Vec::new(),
         inboxes: entry.inboxes,
+        // A scheduled send may fire twice (a node dying mid-fire).
+        first_attempt: false,
     }
 }

@@ -172,6 +172,7 @@ async fn run(
     let sender = Sender {
         user: &system,
         device: DEVICE,
+        first_attempts: None,
     };
     let started = Instant::now();
     let mut cursor = lock(&progress).cursor.clone();

@@ -200,6 +200,7 @@ async fn post_one(
     let sender = Sender {
         user,
         device: DEVICE,
+        first_attempts: None,
     };
     let ack = post_sends_as(&state.ctx, &sender, vec![send], trust, None)
         .await
@@ -304,6 +305,7 @@ pub(super) async fn batch(
     let sender = Sender {
         user,
         device: DEVICE,
+        first_attempts: None,
     };
     let acks = post_sends_as(&state.ctx, &sender, sends, trust, None).await;
     let mut results = Vec::with_capacity(acks.len());

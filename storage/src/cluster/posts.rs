@@ -54,7 +54,10 @@ impl ClusterStore {
         let mut unique = Vec::new();
         let mut lookups: Vec<Pending<'_, Option<Claim>>> = Vec::new();
         for (i, p) in batch.iter().enumerate() {
-            if plans[i].is_none() {
+            if plans[i].is_none() && p.first_attempt {
+                // No earlier attempt to find: the claim alone decides.
+                plans[i] = Some(Plan::New);
+            } else if plans[i].is_none() {
                 unique.push(i);
                 lookups.push(Box::pin(self.cql.read_claim(
                     &p.sender,

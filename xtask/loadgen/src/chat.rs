@@ -337,6 +337,8 @@ async fn send(session: &Session, args: &ChatArgs, to: &str, start: Instant) -> R
                     to: Some(to_peer.clone()),
                     body: stats::body(n, sent_ns, args.body_bytes).into(),
                     kind: "text".into(),
+                    // Each send is written once, as the SDK's first attempt.
+                    first_attempt: true,
                     ..Default::default()
                 })?;
                 n += 1;

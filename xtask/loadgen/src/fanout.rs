@@ -477,6 +477,8 @@ async fn send(
             to: Some(to.clone()),
             body: stats::body(index(j, n), sent_ns, args.body_bytes).into(),
             kind: "text".into(),
+            // Each send is written once, as the SDK's first attempt.
+            first_attempt: true,
             ..Default::default()
         })
         .await?;
