@@ -171,6 +171,34 @@ struct Seen {
     acked: HashMap<String, Instant>,
     /// Per receiver: (message id, when it arrived), in arrival order.
     received: Vec<Vec<(String, Instant)>>,
+    /// Per client: when it lost a connection, and when its sends were
+    /// acked (both in order).
+    lost: Vec<Vec<Instant>>,
+    acks_at: Vec<Vec<Instant>>,
+}
+
+/// Fail-over of one kill at `kill`: for every client that lost its
+/// connection within 10 s after it, the time from the kill to its first
+/// ack after that loss (it is on another node and its sends are stored
+/// again). The longest, and how many clients failed over.
+fn fail_over(seen: &Seen, kill: Instant) -> (Duration, usize) {
+    let mut longest = Duration::ZERO;
+    let mut moved = 0;
+    for (lost, acks) in seen.lost.iter().zip(&seen.acks_at) {
+        let Some(&lost_at) = lost
+            .iter()
+            .find(|&&t| t >= kill && t < kill + Duration::from_secs(10))
+        else {
+            continue;
+        };
+        moved += 1;
+        let back = acks
+            .iter()
+            .find(|&&t| t > lost_at)
+            .map_or(Duration::MAX, |t| t.saturating_duration_since(kill));
+        longest = longest.max(back);
+    }
+    (longest, moved)
 }
 
 /// The `q`-quantile of `v` (sorted in place).
@@ -186,12 +214,13 @@ fn quantile(v: &mut [Duration], q: f64) -> Duration {
 /// One run: `rate` messages a second from each client, each node killed
 /// once; checks exactly once and in order per sender→recipient pair and
 /// that sends were written again only on new connections; returns the
-/// send→deliver p99 (all, and of messages whose span is outside the 10 s
-/// after each kill).
-async fn run(rate: u32, label: &str, store: &[&str]) -> (Duration, Duration) {
+/// send→deliver p99s and the fail-over of each kill ([`Outcome`]).
+async fn run(rate: u32, label: &str, store: &[&str]) -> Outcome {
     let mut cluster = Cluster::start(store).await;
     let seen = Arc::new(Mutex::new(Seen {
         received: vec![Vec::new(); CLIENTS],
+        lost: vec![Vec::new(); CLIENTS],
+        acks_at: vec![Vec::new(); CLIENTS],
         ..Seen::default()
     }));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -214,18 +243,22 @@ async fn run(rate: u32, label: &str, store: &[&str]) -> (Duration, Duration) {
         tasks.push(tokio::spawn(async move {
             let _keep = c;
             while let Some(event) = events.next().await {
-                if let ClientEvent::Outbox {
-                    client_msg_id,
-                    status,
-                } = event
-                {
-                    match status {
+                match event {
+                    ClientEvent::Outbox {
+                        client_msg_id,
+                        status,
+                    } => match status {
                         OutboxStatus::Sent(_) => {
-                            lock(&s).acked.insert(client_msg_id, Instant::now());
+                            let now = Instant::now();
+                            let mut s = lock(&s);
+                            s.acked.insert(client_msg_id, now);
+                            s.acks_at[i].push(now);
                         }
                         OutboxStatus::Failed(e) => panic!("{client_msg_id} failed: {e}"),
                         _ => {}
-                    }
+                    },
+                    ClientEvent::ConnectionLost(_) => lock(&s).lost[i].push(Instant::now()),
+                    _ => {}
                 }
             }
         }));
@@ -310,7 +343,7 @@ async fn run(rate: u32, label: &str, store: &[&str]) -> (Duration, Duration) {
     for c in &clients {
         assert_quiet(c, Duration::from_millis(100)).await;
     }
-    let (mut all, mut calm, mut ack) = {
+    let (mut all, mut calm, mut ack, fail_overs) = {
         let s = lock(&seen);
         let mut all = Vec::new();
         let mut calm = Vec::new();
@@ -346,7 +379,8 @@ async fn run(rate: u32, label: &str, store: &[&str]) -> (Duration, Duration) {
             .iter()
             .filter_map(|(id, at)| s.queued.get(id).map(|q| at.saturating_duration_since(*q)))
             .collect::<Vec<_>>();
-        (all, calm, ack)
+        let fail_overs: Vec<(Duration, usize)> = kills.iter().map(|k| fail_over(&s, *k)).collect();
+        (all, calm, ack, fail_overs)
     };
     let resent: u64 = clients.iter().map(|c| c.stats().sends_resent).sum();
     let sessions: u64 = clients.iter().map(|c| c.stats().sessions).sum();
@@ -363,10 +397,15 @@ async fn run(rate: u32, label: &str, store: &[&str]) -> (Duration, Duration) {
          {NODES} kill -9s: none lost, doubled or reordered; send→deliver p50 {p50:?} p99 {p99:?} \
          max {max:?}; p99 outside the 10 s after each kill {calm_p99:?}; ack p50 {:?} p99 {:?}; \
          {resent} resends ({per_message:.4} per message), all on {reconnects} reconnects \
-         ({:.1} each)",
+         ({:.1} each); fail-over (kill to the first ack on another node, slowest client) {}",
         quantile(&mut ack, 0.5),
         quantile(&mut ack, 0.99),
         resent as f64 / reconnects as f64,
+        fail_overs
+            .iter()
+            .map(|(d, n)| format!("{d:.1?} ({n} clients)"))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     // A send is written again only on a new connection: at most what a
     // client queued while it failed over (its rate times a few seconds)
@@ -387,7 +426,20 @@ async fn run(rate: u32, label: &str, store: &[&str]) -> (Duration, Duration) {
             cluster.kill9(i).await;
         }
     }
-    (p99, calm_p99)
+    Outcome {
+        p99,
+        calm_p99,
+        fail_overs,
+    }
+}
+
+/// What a run measured that the test bounds.
+struct Outcome {
+    /// Send→deliver p99 over the run, and outside the 10 s after each kill.
+    p99: Duration,
+    calm_p99: Duration,
+    /// Per kill: [`fail_over`].
+    fail_overs: Vec<(Duration, usize)>,
 }
 
 /// At a rate the cluster sustains: exactly once and in order, send→deliver
@@ -401,12 +453,25 @@ async fn forty_clients_through_a_kill_9_of_each_node_lose_double_and_reorder_not
     // Seqs a dead node handed out and never wrote are settled after the
     // shortest window the store allows: the fill window of a 2 s store
     // timeout (6 s).
-    let (p99, calm_p99) = run(
+    let Outcome {
+        p99,
+        calm_p99,
+        fail_overs,
+    } = run(
         SUSTAINED,
         "sustained",
         &["store.timeout_ms=2000", "store.gap_settle_ms=6000"],
     )
     .await;
+    // Clients of a killed node are on another node, their sends stored,
+    // within 5 s of the kill.
+    for (i, (slowest, clients)) in fail_overs.iter().enumerate() {
+        assert!(*clients > 0, "kill {i}: no client lost its connection");
+        assert!(
+            *slowest <= Duration::from_secs(5),
+            "kill {i}: a client took {slowest:?} to fail over"
+        );
+    }
     // A node killed between handing out a seq and writing it leaves a
     // hole; the recipient's later messages wait until it settles (6 to
     // 7.5 s here, the SDK asking every second), not `gap_skip_after`.
