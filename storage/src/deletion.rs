@@ -146,11 +146,19 @@ impl Stores {
             }
             if on(List::Requested).await?.is_some() {
                 let op = GroupOp::Deny(vec![user.to_owned()]);
-                tolerate(self.groups.group_apply(&group, &info.owner, op, limits).await)?;
+                tolerate(
+                    self.groups
+                        .group_apply(&group, &info.owner, op, limits)
+                        .await,
+                )?;
             }
             if on(List::Banned).await?.is_some() {
                 let op = GroupOp::Unban(vec![user.to_owned()]);
-                tolerate(self.groups.group_apply(&group, &info.owner, op, limits).await)?;
+                tolerate(
+                    self.groups
+                        .group_apply(&group, &info.owner, op, limits)
+                        .await,
+                )?;
             }
         }
         Ok(())

@@ -60,7 +60,6 @@ use fred::interfaces::SetsInterface as _;
 use qim_proto::v1;
 
 use super::{ClusterStore, Pending, bounded};
-use crate::redis::unavailable;
 use crate::OpError;
 use crate::StoreError;
 use crate::conversations::group_log;
@@ -69,6 +68,7 @@ use crate::groups::{
     GroupApplied, GroupLimits, GroupOp, GroupStore, List, Listed, MAX_MEMBERS_PAGE, PlanInput,
     Roster, plan,
 };
+use crate::redis::unavailable;
 
 /// Invitation index entries read per user at most (the limit per user is
 /// far below).
