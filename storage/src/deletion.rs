@@ -135,7 +135,18 @@ impl Stores {
     /// Takes `user` off the invited, requested and banned lists of every
     /// group that names them there.
     async fn leave_lists(&self, user: &str, limits: GroupLimits) -> Result<(), StoreError> {
-        for group in self.groups.listed_in(user).await? {
+        // The invitation index too: it names invitations made before the
+        // lists' own index existed.
+        let mut groups: std::collections::BTreeSet<String> =
+            self.groups.listed_in(user).await?.into_iter().collect();
+        groups.extend(
+            self.groups
+                .invitations(user)
+                .await?
+                .into_iter()
+                .map(|i| i.group),
+        );
+        for group in groups {
             let Some(info) = self.groups.group(&group).await? else {
                 continue;
             };
