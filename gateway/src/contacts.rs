@@ -8,6 +8,8 @@
 //!   (`COOLDOWN` with `retry_after_ms`); at most `quotas.pending_requests`
 //!   outgoing requests waiting (`QUOTA_EXCEEDED`); none to a user who
 //!   blocked the requester (`BLOCKED`). A refused request appends no event.
+//! - No request to, and no block of, a deleted account (`USER_DELETED`,
+//!   checked here before the store is asked).
 //!
 //! # Invariants
 //! - Events a change appends (a request to the addressee, an answer to the
@@ -57,6 +59,10 @@ pub(crate) async fn rpc(ctx: &Ctx, user: &str, request: v1::ContactRequest) -> R
             return Err(Refusal::invalid("unknown contact operation or bad user id"));
         }
     };
+    if let Some(ContactOp::Request { other, .. } | ContactOp::Block(other)) = &op {
+        // Both would write rows under the deleted id.
+        crate::policy::check_not_deleted(ctx, other).await?;
+    }
     if let Some(op) = op {
         // Ending a friendship or blocking ends presence watching both ways.
         let unwatch = match &op {

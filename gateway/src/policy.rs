@@ -6,6 +6,12 @@
 //! - A send to a user who blocked the sender is refused with `BLOCKED`;
 //!   with `im.direct_policy = "friends"`, a send between non-friends with
 //!   `NOT_FRIENDS`. Both are final (not retryable) and logged.
+//! - A send to a deleted account is refused with `USER_DELETED` (final),
+//!   before anything is stored: a deleted inbox is never brought back.
+//!   The tombstone is read with the relation ([`check_direct`], no extra
+//!   round trip), or on its own where no relation is read
+//!   ([`check_not_deleted`]: the system account's sends, friend requests,
+//!   blocks, approvals).
 //! - A group's messages from a user the reader blocked are *hidden* in the
 //!   reader's read-diffusion log pulls and group history ([`hide_blocked`]):
 //!   the entry keeps its seq, so the log has no gap, but carries no
@@ -26,6 +32,10 @@ pub(crate) async fn check_direct(ctx: &Ctx, sender: &str, recipient: &str) -> Re
         return Ok(());
     }
     let relation = ctx.stores.contacts.relation(sender, recipient).await?;
+    if relation.deleted {
+        debug!(sender, recipient, "refused: the recipient is deleted");
+        return Err(deleted_refusal());
+    }
     if relation.blocked {
         debug!(sender, recipient, "refused: blocked");
         return Err(Refusal::new(
@@ -41,6 +51,26 @@ pub(crate) async fn check_direct(ctx: &Ctx, sender: &str, recipient: &str) -> Re
         ));
     }
     Ok(())
+}
+
+/// The refusal of anything addressed to a deleted account.
+pub(crate) fn deleted_refusal() -> Refusal {
+    Refusal::new(ErrorCode::UserDeleted, "the recipient's account is deleted")
+}
+
+/// Refuses with `USER_DELETED` when `user`'s account is deleted (one
+/// account read).
+pub(crate) async fn check_not_deleted(ctx: &Ctx, user: &str) -> Result<(), Refusal> {
+    match ctx.stores.accounts.account(user).await? {
+        Some(a) if a.deleted => {
+            debug!(user, "refused: the account is deleted");
+            Err(Refusal::new(
+                ErrorCode::UserDeleted,
+                "the account of a user named is deleted",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Hides, in `entries` of a group's log or history read by `viewer`,

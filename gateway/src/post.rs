@@ -341,7 +341,10 @@ async fn admit(
             crate::policy::check_direct(ctx, sender.user, recipient).await?;
             direct_inboxes(ctx, sender.user, recipient)
         }
-        (Target::User(recipient), Trust::System) => vec![recipient.clone()],
+        (Target::User(recipient), Trust::System) => {
+            crate::policy::check_not_deleted(ctx, recipient).await?;
+            vec![recipient.clone()]
+        }
         (Target::Group, _) => Vec::new(),
     };
     // The system account has no blobs of its own: it can attach none.

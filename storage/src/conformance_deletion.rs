@@ -10,15 +10,19 @@ use crate::conformance::unique;
 use crate::conformance_im::{ImBackend, post};
 use crate::contacts::{ContactOp, RequestLimits};
 use crate::conversations::{ConversationOp, user};
-use crate::groups::{GroupLimits, GroupOp};
+use crate::groups::{GroupLimits, GroupOp, List};
 use crate::media::{BlobId, PendingUpload};
 
 fn create(members: &[&str]) -> GroupOp {
+    create_with(members, v1::JoinPolicy::InviteOnly)
+}
+
+fn create_with(members: &[&str], join_policy: v1::JoinPolicy) -> GroupOp {
     GroupOp::Create {
         name: "g".into(),
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         invited: Vec::new(),
-        join_policy: v1::JoinPolicy::InviteOnly,
+        join_policy,
         max_members: 0,
         public: false,
         now_ms: 1,
@@ -38,8 +42,8 @@ fn request(other: &str) -> ContactOp {
 
 /// A user with records of every kind is deleted: nothing of them is left
 /// (inbox, cursors, conversations on both sides, contacts both ways,
-/// groups, push tokens and settings, schedules, pending uploads, stored
-/// bytes), owned groups are handed over or dissolved, the account is a
+/// groups, groups' invited, join-request and ban lists, push tokens and
+/// settings, schedules, pending uploads, stored bytes), owned groups are handed over or dissolved, the account is a
 /// tombstone that registration does not revive, and a repeat succeeds.
 pub async fn a_deleted_user_leaves_nothing_behind(backend: &dyn ImBackend) {
     let s = backend.open_im().await;
@@ -122,6 +126,40 @@ pub async fn a_deleted_user_leaves_nothing_behind(backend: &dyn ImBackend) {
     g.group_apply(&theirs, &b, create(&[&a]), limits)
         .await
         .expect("theirs");
+    // Lists: invited to one group, asking to join one, banned from one.
+    let lists = [unique("g"), unique("g"), unique("g")];
+    let [invited, asking, banned] = &lists;
+    g.group_apply(invited, &b, create(&[]), limits)
+        .await
+        .expect("invited");
+    let invite = GroupOp::Invite {
+        add: Vec::new(),
+        invite: vec![a.clone()],
+    };
+    g.group_apply(invited, &b, invite, limits)
+        .await
+        .expect("invite");
+    let approval = create_with(&[], v1::JoinPolicy::Approval);
+    g.group_apply(asking, &b, approval, limits)
+        .await
+        .expect("asking");
+    g.group_apply(asking, &a, GroupOp::Join, limits)
+        .await
+        .expect("ask");
+    g.group_apply(banned, &c, create(&[&a]), limits)
+        .await
+        .expect("banned");
+    g.group_apply(banned, &c, GroupOp::Ban(vec![a.clone()]), limits)
+        .await
+        .expect("ban");
+    for (group, list) in [
+        (invited, List::Invited),
+        (asking, List::Requested),
+        (banned, List::Banned),
+    ] {
+        let on = g.listing(group, list, &a).await.expect("listing");
+        assert!(on.is_some(), "{list:?} before the deletion");
+    }
     // Push, schedules, stored bytes, a pending upload.
     s.notify
         .register_push_token(
@@ -205,6 +243,12 @@ pub async fn a_deleted_user_leaves_nothing_behind(backend: &dyn ImBackend) {
         &blob,
     )
     .await;
+    assert_off_every_list(&s, &a, &lists).await;
+    // The tombstone is read with the relation a send reads.
+    let to_deleted = s.contacts.relation(&b, &a).await.expect("relation");
+    assert!(to_deleted.deleted && !to_deleted.friends, "{to_deleted:?}");
+    let to_live = s.contacts.relation(&a, &b).await.expect("relation");
+    assert!(!to_live.deleted, "{to_live:?}");
 
     // A repeat finishes (here: finds nothing to do); the id stays deleted.
     assert!(s.delete_user(&a, limits).await.expect("again").is_some());
@@ -298,4 +342,23 @@ async fn assert_left_nothing(
     assert_eq!(s.media.pending(a, blob).await.expect("upload"), None);
     assert_eq!(s.media.pending_count(a, 10).await.expect("uploads"), 0);
     assert!(s.groups.invitations(a).await.expect("inv").is_empty());
+}
+
+/// `user` is on none of the three lists of any of `groups`, by entry and
+/// in the lists' pages, and no group is left listing them.
+async fn assert_off_every_list(s: &crate::Stores, user: &String, groups: &[String; 3]) {
+    for group in groups {
+        for list in [List::Invited, List::Requested, List::Banned] {
+            let entry = s.groups.listing(group, list, user).await.expect("listing");
+            assert_eq!(entry, None, "{group} still lists the user as {list:?}");
+            let page = s.groups.listed(group, list, "", 100).await.expect("list");
+            assert!(
+                page.iter().all(|l| &l.user != user),
+                "{group} {list:?}: {page:?}"
+            );
+        }
+        let info = s.groups.group(group).await.expect("read").expect("kept");
+        assert!(!info.dissolved, "the group goes on for the others");
+    }
+    assert!(s.groups.invitations(user).await.expect("inv").is_empty());
 }

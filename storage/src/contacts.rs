@@ -84,6 +84,12 @@ pub struct Relation {
     pub friends: bool,
     /// `to` has blocked `from`.
     pub blocked: bool,
+    /// `to`'s account is deleted (a tombstone,
+    /// [`AccountStore::mark_deleted`](crate::AccountStore::mark_deleted)):
+    /// nothing may be sent to it. Read with the two above at no extra
+    /// round trip (the same local read on the embedded store, in
+    /// parallel on the cluster).
+    pub deleted: bool,
 }
 
 /// Friends, blocks and friend requests.

@@ -10,6 +10,11 @@
 //!    member; a group the user is alone in is dissolved. (The group and its
 //!    history stay for the others, as in OpenIM and Matrix, where a
 //!    deactivated user leaves its rooms and the rooms go on.)
+//!    Then the user is taken off every group's lists
+//!    ([`GroupStore::listed_in`](crate::GroupStore::listed_in)): a pending
+//!    invitation is declined, a join request denied and a ban lifted (by
+//!    the group's owner), each a group change like any other. A dissolved
+//!    group refuses changes and keeps its lists (nobody reads them).
 //! 3. Push device tokens, one by one.
 //! 4. [`UserPurge::purge_user`]: the records only the user reads, and the
 //!    user's entries on the other side of each relation: the inbox
@@ -35,7 +40,7 @@ use async_trait::async_trait;
 use qim_proto::v1;
 
 use crate::accounts::Account;
-use crate::groups::{GroupLimits, GroupOp};
+use crate::groups::{GroupLimits, GroupOp, List};
 use crate::{OpError, StoreError, Stores};
 
 /// Conversations read per page while collecting the user's peers.
@@ -76,6 +81,7 @@ impl Stores {
             return Ok(None);
         };
         let (groups_left, groups_dissolved) = self.leave_groups(user, limits).await?;
+        self.leave_lists(user, limits).await?;
         for token in self.notify.push_tokens(user).await? {
             self.notify
                 .remove_push_token(user, &token.device, None)
@@ -124,6 +130,49 @@ impl Stores {
             left += 1;
         }
         Ok((left, dissolved))
+    }
+
+    /// Takes `user` off the invited, requested and banned lists of every
+    /// group that names them there.
+    async fn leave_lists(&self, user: &str, limits: GroupLimits) -> Result<(), StoreError> {
+        // The invitation index too: it names invitations made before the
+        // lists' own index existed.
+        let mut groups: std::collections::BTreeSet<String> =
+            self.groups.listed_in(user).await?.into_iter().collect();
+        groups.extend(
+            self.groups
+                .invitations(user)
+                .await?
+                .into_iter()
+                .map(|i| i.group),
+        );
+        for group in groups {
+            let Some(info) = self.groups.group(&group).await? else {
+                continue;
+            };
+            let on = |list| self.groups.listing(&group, list, user);
+            if on(List::Invited).await?.is_some() {
+                let op = GroupOp::DeclineInvitation;
+                tolerate(self.groups.group_apply(&group, user, op, limits).await)?;
+            }
+            if on(List::Requested).await?.is_some() {
+                let op = GroupOp::Deny(vec![user.to_owned()]);
+                tolerate(
+                    self.groups
+                        .group_apply(&group, &info.owner, op, limits)
+                        .await,
+                )?;
+            }
+            if on(List::Banned).await?.is_some() {
+                let op = GroupOp::Unban(vec![user.to_owned()]);
+                tolerate(
+                    self.groups
+                        .group_apply(&group, &info.owner, op, limits)
+                        .await,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Who takes over `group` from `owner`: the first admin by user id,

@@ -49,6 +49,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::IdempotencyConflict | ErrorCode::AlreadyExists | ErrorCode::GroupFull => {
             StatusCode::CONFLICT
         }
+        ErrorCode::UserDeleted => StatusCode::GONE,
         ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::Cooldown => {
             StatusCode::TOO_MANY_REQUESTS

@@ -141,6 +141,7 @@ async fn change(
         (status = 401, description = "No key, or a wrong one", body = ErrorBody),
         (status = 403, description = "The key lacks scope groups", body = ErrorBody),
         (status = 409, description = "The group id is taken, or the group would be over its limit", body = ErrorBody),
+        (status = 410, description = "The owner's or a member's account is deleted (user_deleted)", body = ErrorBody),
         (status = 429, description = "The owner's group quota, or too many failed attempts", body = ErrorBody),
         (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
     ))]
@@ -153,6 +154,7 @@ pub(super) async fn create(
             "owner must be 1-64 of [A-Za-z0-9._@-]",
         ));
     }
+    crate::policy::check_not_deleted(&state.ctx, &r.owner).await?;
     let join_policy = match r.join_policy.as_deref() {
         None | Some("invite_only") => v1::JoinPolicy::InviteOnly,
         Some("open") => v1::JoinPolicy::Open,
@@ -208,6 +210,7 @@ pub(super) async fn info(
         (status = 403, description = "The key lacks scope groups, or a user is banned or blocked the owner", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody),
         (status = 409, description = "The group is full", body = ErrorBody),
+        (status = 410, description = "A user's account is deleted (user_deleted)", body = ErrorBody),
         (status = 429, description = "A user's invitation quota, or too many failed attempts", body = ErrorBody),
         (status = 503, description = "The store is unavailable; retry", body = ErrorBody),
     ))]

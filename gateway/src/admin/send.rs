@@ -8,7 +8,8 @@
 //! fan-out, which delivers it to every device with acks and retransmits.
 //! A send as a user obeys that user's rules (blocks, `im.direct_policy`,
 //! quotas); a send as the system account (`backend.system_user`) obeys
-//! none and keeps no sender copy.
+//! none and keeps no sender copy. Nothing is sent to or as a deleted
+//! account (`user_deleted`, HTTP 410; in a batch, per recipient).
 //!
 //! Idempotency: `idempotency_key` is the message's `client_msg_id` for
 //! its sender; the same key again answers the first result and stores
@@ -142,13 +143,23 @@ pub(super) struct NotifyRequest {
     idempotency_key: String,
 }
 
-/// Who sends: the named user, or the system account.
-fn sender_of<'a>(
+/// Who sends: the named user, or the system account. A deleted user
+/// sends nothing (`user_deleted`, 410).
+async fn sender_of<'a>(
     state: &'a AdminState,
     from: Option<&'a str>,
 ) -> Result<(&'a str, Trust), ApiError> {
     match from {
-        Some(user) if qim_proto::ids::is_valid_id(user) => Ok((user, Trust::User)),
+        Some(user) if qim_proto::ids::is_valid_id(user) => {
+            match state.ctx.stores.accounts.account(user).await {
+                Ok(Some(a)) if a.deleted => Err(ApiError::Refused(Refusal::new(
+                    ErrorCode::UserDeleted,
+                    "the sender's account is deleted",
+                ))),
+                Ok(_) => Ok((user, Trust::User)),
+                Err(e) => Err(ApiError::Refused(Refusal::from(e))),
+            }
+        }
         Some(_) => Err(ApiError::BadRequest("from must be 1-64 of [A-Za-z0-9._@-]")),
         None => Ok((&state.ctx.config.backend.system_user, Trust::System)),
     }
@@ -220,6 +231,7 @@ async fn post_one(
         (status = 401, description = "No key, or a wrong one", body = ErrorBody),
         (status = 403, description = "The key lacks scope messages, or the sender's rules refuse (blocked, not_a_member, muted)", body = ErrorBody),
         (status = 409, description = "The key was used with another content", body = ErrorBody),
+        (status = 410, description = "The sender's or the recipient's account is deleted (user_deleted)", body = ErrorBody),
         (status = 413, description = "The body is above limits.max_body_bytes", body = ErrorBody),
         (status = 429, description = "Rate limited or the sender's quota", body = ErrorBody),
         (status = 503, description = "The store is unavailable; repeat with the same key", body = ErrorBody),
@@ -228,7 +240,7 @@ pub(super) async fn message(
     State(state): State<AdminState>,
     Body(r): Body<SendRequest>,
 ) -> Result<Json<Sent>, ApiError> {
-    let (user, trust) = sender_of(&state, r.from.as_deref())?;
+    let (user, trust) = sender_of(&state, r.from.as_deref()).await?;
     let to = match (r.to_user, r.to_group) {
         (Some(u), None) => v1::peer::Target::User(u),
         (None, Some(g)) => v1::peer::Target::Group(g),
@@ -267,13 +279,15 @@ pub(super) fn recipient_key(batch_key: &str, user: &str) -> String {
         (status = 400, description = "Malformed request, too many or repeated recipients", body = ErrorBody),
         (status = 401, description = "No key, or a wrong one", body = ErrorBody),
         (status = 403, description = "The key lacks scope messages", body = ErrorBody),
+        (status = 410, description = "The sender's account is deleted (user_deleted)", body = ErrorBody),
         (status = 429, description = "Too many failed attempts from this address", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; repeat", body = ErrorBody),
     ))]
 pub(super) async fn batch(
     State(state): State<AdminState>,
     Body(r): Body<BatchRequest>,
 ) -> Result<Json<BatchResult>, ApiError> {
-    let (user, trust) = sender_of(&state, r.from.as_deref())?;
+    let (user, trust) = sender_of(&state, r.from.as_deref()).await?;
     let max = state.ctx.config.backend.max_batch_recipients as usize;
     if r.to_users.is_empty() || r.to_users.len() > max {
         return Err(ApiError::BadRequest(
@@ -352,6 +366,7 @@ pub(super) async fn batch(
         (status = 401, description = "No key, or a wrong one", body = ErrorBody),
         (status = 403, description = "The key lacks scope messages", body = ErrorBody),
         (status = 409, description = "The key was used with another content", body = ErrorBody),
+        (status = 410, description = "The user's account is deleted (user_deleted)", body = ErrorBody),
         (status = 413, description = "The data is above limits.max_body_bytes", body = ErrorBody),
         (status = 429, description = "Too many failed attempts from this address", body = ErrorBody),
         (status = 503, description = "The store is unavailable; repeat with the same key", body = ErrorBody),

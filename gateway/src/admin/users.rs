@@ -7,11 +7,14 @@
 //! [`qim_storage::Stores::delete_user`], at most [`DELETIONS_AT_ONCE`] at
 //! once per node.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use qim_proto::v1::{ErrorCode, KickReason};
 use qim_storage::accounts::Account;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
@@ -62,6 +65,18 @@ impl From<Account> for AccountView {
 /// Deletions one node runs at once; more are refused with 429 (each walks
 /// all of a user's records).
 pub(super) const DELETIONS_AT_ONCE: usize = 4;
+
+/// A deletion's turn: one of the node's [`DELETIONS_AT_ONCE`] permits,
+/// held until the deletion answers (whatever the answer), or `429
+/// rate_limited` with `Retry-After: 1` when all are taken. Never waits.
+fn deletion_turn(
+    deletions: &Arc<Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    deletions
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::RateLimited(std::time::Duration::from_secs(1)))
+}
 
 /// The answer of a deletion.
 #[derive(Debug, Serialize, ToSchema)]
@@ -241,9 +256,7 @@ pub(super) async fn delete(
     State(state): State<AdminState>,
     Id(user): Id,
 ) -> Result<Json<DeletedView>, ApiError> {
-    let Ok(_running) = state.deletions.clone().try_acquire_owned() else {
-        return Err(ApiError::RateLimited(std::time::Duration::from_secs(1)));
-    };
+    let _running = deletion_turn(&state.deletions)?;
     let ctx = &state.ctx;
     // The tombstone first: from here every login of the id is refused, so
     // the sessions ended below cannot come back while the store purges.
@@ -290,4 +303,39 @@ pub(super) async fn delete(
         peers: deleted.peers,
         kicked,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse as _;
+
+    use super::*;
+
+    /// Four deletions hold a turn each; the fifth is refused at once with
+    /// 429, `Retry-After: 1` and the typed body; a finished deletion gives
+    /// its turn back.
+    #[tokio::test]
+    async fn the_fifth_deletion_at_once_is_refused_with_a_typed_429() {
+        let deletions = Arc::new(Semaphore::new(DELETIONS_AT_ONCE));
+        let mut running: Vec<_> = (0..DELETIONS_AT_ONCE)
+            .map(|_| deletion_turn(&deletions).expect("a turn"))
+            .collect();
+        let refused = deletion_turn(&deletions).expect_err("all turns are taken");
+        let response = refused.into_response();
+        assert_eq!(response.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response.headers().get(axum::http::header::RETRY_AFTER),
+            Some(&axum::http::HeaderValue::from(1u64))
+        );
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert_eq!(body["error"]["retry_after_s"], 1);
+        running.pop();
+        let again = deletion_turn(&deletions).expect("a turn given back");
+        drop((again, running));
+        assert_eq!(deletions.available_permits(), DELETIONS_AT_ONCE);
+    }
 }

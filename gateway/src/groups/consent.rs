@@ -3,7 +3,8 @@
 //!
 //! # Rules
 //! - A user who blocked the adder is neither added nor invited: the whole
-//!   create or invite is refused with `BLOCKED`.
+//!   create or invite is refused with `BLOCKED`; one whose account is
+//!   deleted, with `USER_DELETED` (read with the same relation).
 //! - Otherwise each user's `GroupAdds` decides: `ANYONE` is added at once,
 //!   `CONTACTS` (the default, `groups.default_adds`) is added by friends and
 //!   invited by everyone else, `NOBODY` is always invited. An invitation
@@ -47,6 +48,13 @@ type Decision<'a> = Pin<Box<dyn Future<Output = Result<(String, bool), Refusal>>
 /// with `BLOCKED` when `user` blocked `adder`.
 async fn decide(ctx: &Ctx, adder: &str, user: &str) -> Result<(String, bool), Refusal> {
     let relation = ctx.stores.contacts.relation(adder, user).await?;
+    if relation.deleted {
+        debug!(adder, user, "group add refused: deleted account");
+        return Err(Refusal::new(
+            ErrorCode::UserDeleted,
+            "a user you named has a deleted account",
+        ));
+    }
     if relation.blocked {
         debug!(adder, user, "group add refused: blocked");
         return Err(Refusal::new(

@@ -116,7 +116,13 @@ async fn change(ctx: &Ctx, user: &str, r: v1::GroupRequest) -> Reply {
         Some(Op::UnmuteAll(true)) => GroupOp::MuteAll(false),
         Some(Op::AcceptInvitation(true)) => GroupOp::AcceptInvitation,
         Some(Op::DeclineInvitation(true)) => GroupOp::DeclineInvitation,
-        Some(Op::Approve(u)) if valid_users(&u.users) => GroupOp::Approve(u.users),
+        Some(Op::Approve(u)) if valid_users(&u.users) => {
+            // A request left by a deletion in flight adds no deleted id.
+            for user in &u.users {
+                crate::policy::check_not_deleted(ctx, user).await?;
+            }
+            GroupOp::Approve(u.users)
+        }
         Some(Op::Deny(u)) if valid_users(&u.users) => GroupOp::Deny(u.users),
         Some(Op::Ban(u)) if valid_users(&u.users) => GroupOp::Ban(u.users),
         Some(Op::Unban(u)) if valid_users(&u.users) => GroupOp::Unban(u.users),

@@ -248,6 +248,10 @@ impl GroupStore for HeldStore {
         held(self.inner.invitations(user)).await
     }
 
+    async fn listed_in(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        held(self.inner.listed_in(user)).await
+    }
+
     async fn group_adds(&self, user: &str) -> Result<Option<v1::GroupAdds>, StoreError> {
         held(self.inner.group_adds(user)).await
     }

@@ -69,6 +69,14 @@ impl ClusterStore {
             format!("{}{{accounts}}:z", self.prefix),
         )
     }
+
+    /// Whether `user`'s account is a tombstone (one `HGET`; an id never
+    /// registered is not).
+    pub(super) async fn is_deleted(&self, user: &str) -> Result<bool, StoreError> {
+        let (h, _) = self.account_keys();
+        let v: Option<String> = self.redis.hget(h, user).await.map_err(unavailable)?;
+        Ok(v.is_some_and(|v| v.starts_with('2')))
+    }
 }
 
 #[async_trait]

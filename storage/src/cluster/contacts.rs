@@ -411,11 +411,15 @@ impl ContactStore for ClusterStore {
     async fn relation(&self, from: &str, to: &str) -> Result<Relation, StoreError> {
         check_id(from)?;
         check_id(to)?;
-        let (state, blocked) =
-            tokio::try_join!(self.contact_state(from, to), self.blocks(to, from))?;
+        let (state, blocked, deleted) = tokio::try_join!(
+            self.contact_state(from, to),
+            self.blocks(to, from),
+            self.is_deleted(to)
+        )?;
         Ok(Relation {
             friends: state == Some(FRIEND),
             blocked,
+            deleted,
         })
     }
 }

@@ -156,6 +156,13 @@ impl UserPurge for ClusterStore {
                 .map_err(unavailable)?;
         }
         let _: i64 = self.redis.del(pending).await.map_err(unavailable)?;
+        // The index of groups whose lists named the user (taken off them
+        // before the purge).
+        let _: i64 = self
+            .redis
+            .del(self.lists_key(user))
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }

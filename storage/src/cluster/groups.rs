@@ -46,10 +46,17 @@
 //! written after the transaction with seqs of their inboxes; a crash
 //! between leaves the change without its events (the invitation or request
 //! is still listed).
+//!
+//! Which groups' lists (any of the three) name a user is kept in a Redis
+//! set per user (`<prefix>groups:lists:{<user>}`), added to before the
+//! transaction and never taken from (a superset, read only when the user
+//! is deleted, filtered by the partition, and removed with the user), so a
+//! deletion finds the user's bans and join requests without a scan.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use fred::interfaces::SetsInterface as _;
 use qim_proto::v1;
 
 use super::{ClusterStore, Pending, bounded};
@@ -61,6 +68,7 @@ use crate::groups::{
     GroupApplied, GroupLimits, GroupOp, GroupStore, List, Listed, MAX_MEMBERS_PAGE, PlanInput,
     Roster, plan,
 };
+use crate::redis::unavailable;
 
 /// Invitation index entries read per user at most (the limit per user is
 /// far below).
@@ -68,6 +76,24 @@ const MAX_INVITATIONS: usize = 10_000;
 
 /// Rounds of read / conditional write before giving up under contention.
 const ROUNDS: usize = 32;
+
+impl ClusterStore {
+    /// The Redis set of the groups whose lists may name `user` (see the
+    /// module docs, "Lists, invitations and settings").
+    pub(super) fn lists_key(&self, user: &str) -> String {
+        format!("{}groups:lists:{{{user}}}", self.prefix)
+    }
+
+    /// Adds `group` to `user`'s set of groups whose lists name them.
+    async fn index_listing(&self, user: &str, group: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .redis
+            .sadd(self.lists_key(user), group)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl GroupStore for ClusterStore {
@@ -131,6 +157,12 @@ impl GroupStore for ClusterStore {
                 })
                 .collect();
             bounded(invited).await?;
+            let listed: Vec<Pending<'_, ()>> = change
+                .listed
+                .iter()
+                .map(|(_, user, _)| Box::pin(self.index_listing(user, group)) as Pending<'_, ()>)
+                .collect();
+            bounded(listed).await?;
             if !self.cql.group_write(group, expected, &change).await? {
                 tracing::debug!(group, "group changed concurrently; planning again");
                 continue;
@@ -168,6 +200,13 @@ impl GroupStore for ClusterStore {
         Err(OpError::Store(StoreError::Unavailable(format!(
             "group {group} changes too fast"
         ))))
+    }
+
+    async fn listed_in(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.redis
+            .smembers(self.lists_key(user))
+            .await
+            .map_err(unavailable)
     }
 
     async fn group(&self, group: &str) -> Result<Option<v1::GroupInfo>, StoreError> {

@@ -39,6 +39,15 @@ impl EmbeddedStore {
     }
 }
 
+/// Whether `user`'s account is a tombstone (one local read; an id never
+/// registered is not).
+pub(super) fn is_deleted(t: &super::tables::Tables, user: &str) -> Result<bool, StoreError> {
+    Ok(t.accounts
+        .get(user.as_bytes())
+        .map_err(unavailable)?
+        .is_some_and(|v| v.first() == Some(&DELETED)))
+}
+
 #[async_trait]
 impl AccountStore for EmbeddedStore {
     async fn register(&self, users: &[String], now_ms: i64) -> Result<u32, StoreError> {

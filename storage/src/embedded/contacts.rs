@@ -302,7 +302,12 @@ impl ContactStore for EmbeddedStore {
             .blocks
             .contains_key(key(to, from))
             .map_err(unavailable)?;
-        Ok(Relation { friends, blocked })
+        let deleted = super::accounts::is_deleted(&self.tables, to)?;
+        Ok(Relation {
+            friends,
+            blocked,
+            deleted,
+        })
     }
 
     async fn blocked(&self, user: &str) -> Result<Vec<String>, StoreError> {

@@ -10,7 +10,8 @@
 //! - `group_lists`: `[len][group][list tag][user]` → protobuf
 //!   `v1.GroupInvitation` (who put the user on the list).
 //! - `invitations`: `[len][user][group]` → protobuf `v1.GroupInvitation`,
-//!   written and deleted with the group's `Invited` entry.
+//!   written and deleted with the group's `Invited` entry. The other lists
+//!   have no index by user: [`GroupStore::listed_in`] scans `group_lists`.
 //! - `settings`: `[user]` → protobuf `v1.SettingsResponse`.
 
 use async_trait::async_trait;
@@ -54,6 +55,30 @@ fn user_group_key(user: &str, group: &str) -> Vec<u8> {
     let mut key = prefixed(user, group.len());
     key.extend_from_slice(group.as_bytes());
     key
+}
+
+/// The groups with an entry of `user` in `group_lists`: a scan of every
+/// list entry (the lists have no index by user; a deletion is rare and
+/// the lists are short beside the members).
+fn groups_listing(lists: &fjall::Keyspace, user: &str) -> Result<Vec<String>, StoreError> {
+    let mut groups = Vec::new();
+    for guard in lists.iter() {
+        let (key, _) = guard.into_inner().map_err(unavailable)?;
+        let Some((&len, rest)) = key.split_first() else {
+            continue;
+        };
+        let len = usize::from(len);
+        // `[group][tag][user]` after the length byte.
+        if rest.get(len + 1..) == Some(user.as_bytes())
+            && let Some(group) = rest.get(..len)
+        {
+            let group = String::from_utf8_lossy(group).into_owned();
+            if groups.last() != Some(&group) {
+                groups.push(group);
+            }
+        }
+    }
+    Ok(groups)
 }
 
 fn decode<T: prost::Message + Default>(bytes: &[u8]) -> Result<T, StoreError> {
@@ -424,6 +449,14 @@ impl GroupStore for EmbeddedStore {
             out.push(decode(&value)?);
         }
         Ok(out)
+    }
+
+    async fn listed_in(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        check_key_part(user)?;
+        let (t, user) = (self.tables.clone(), user.to_owned());
+        tokio::task::spawn_blocking(move || groups_listing(&t.group_lists, &user))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("list scan task: {e}")))?
     }
 
     async fn group_adds(&self, user: &str) -> Result<Option<v1::GroupAdds>, StoreError> {

@@ -293,6 +293,11 @@ pub trait GroupStore: Send + Sync + 'static {
     /// [`GroupLimits::invitations_per_user`] of them exist).
     async fn invitations(&self, user: &str) -> Result<Vec<v1::GroupInvitation>, StoreError>;
 
+    /// Groups whose invited, requested or banned lists may name `user`, a
+    /// superset (check each with [`GroupStore::listing`]); read when the
+    /// user is deleted ([`Stores::delete_user`](crate::Stores::delete_user)).
+    async fn listed_in(&self, user: &str) -> Result<Vec<String>, StoreError>;
+
     /// Who may add `user` to groups directly; `None` when never set.
     async fn group_adds(&self, user: &str) -> Result<Option<v1::GroupAdds>, StoreError>;
 
