@@ -101,7 +101,11 @@ async fn until_collected(who: &Client, blob: &str) {
 /// later than every blob used before it) is collected.
 async fn a_pass_ran(who: &Client, seed: u8) {
     let canary = who
-        .upload_bytes(vec![seed; 100], "application/octet-stream".into(), &Transfer::new())
+        .upload_bytes(
+            vec![seed; 100],
+            "application/octet-stream".into(),
+            &Transfer::new(),
+        )
         .await
         .expect("canary upload");
     until_collected(who, &canary.blob_id).await;
@@ -210,14 +214,21 @@ async fn a_deleted_uploaders_last_copy_takes_the_blob(backend: Backend) {
     let bytes = bytes_of(&gw);
     let (alice, bob) = (unique("alice"), unique("bob"));
     let r = gw
-        .api_json("/v1/users", &format!(r#"{{"users": ["{alice}", "{bob}"]}}"#))
+        .api_json(
+            "/v1/users",
+            &format!(r#"{{"users": ["{alice}", "{bob}"]}}"#),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let a = gw.client(&alice, "phone").await;
     let b = gw.client(&bob, "phone").await;
     let data = vec![42u8; 5000];
     let blob = a
-        .upload_bytes(data.clone(), "application/octet-stream".into(), &Transfer::new())
+        .upload_bytes(
+            data.clone(),
+            "application/octet-stream".into(),
+            &Transfer::new(),
+        )
         .await
         .expect("upload");
     send(&a, &bob, &blob).await;

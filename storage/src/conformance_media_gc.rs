@@ -35,13 +35,22 @@ pub async fn blobs_are_collected_only_when_free(backend: &dyn ImBackend) {
         .await
         .expect("complete");
     assert!(!m.due_blobs(now, 100_000).await.expect("due").contains(&id));
-    assert!(m.due_blobs(now + 1_000, 100_000).await.expect("due").contains(&id));
+    assert!(
+        m.due_blobs(now + 1_000, 100_000)
+            .await
+            .expect("due")
+            .contains(&id)
+    );
     assert_eq!(
         m.begin_collect(&id, now, 1).await.expect("begin"),
         Collect::Held(now + 1_000)
     );
     assert!(m.hold(&id, now + 5_000).await.expect("hold"));
-    assert!(m.hold(&id, now + 2_000).await.expect("a hold never moves back"));
+    assert!(
+        m.hold(&id, now + 2_000)
+            .await
+            .expect("a hold never moves back")
+    );
     assert_eq!(
         m.begin_collect(&id, now + 4_999, 1).await.expect("begin"),
         Collect::Held(now + 5_000)
@@ -111,7 +120,10 @@ pub async fn blobs_are_collected_only_when_free(backend: &dyn ImBackend) {
         Collect::Claimed
     );
     m.finish_collect(&id, 1).await.expect("a lost claim");
-    assert!(m.is_uploader(&id, &alice).await.expect("read"), "still there");
+    assert!(
+        m.is_uploader(&id, &alice).await.expect("read"),
+        "still there"
+    );
     m.finish_collect(&id, 3).await.expect("finish");
     assert_eq!(m.blob(&id).await.expect("read"), None);
     assert!(!m.is_uploader(&id, &alice).await.expect("read"));
@@ -120,7 +132,12 @@ pub async fn blobs_are_collected_only_when_free(backend: &dyn ImBackend) {
             .await
             .expect("read")
     );
-    assert!(!m.due_blobs(later * 2, 100_000).await.expect("due").contains(&id));
+    assert!(
+        !m.due_blobs(later * 2, 100_000)
+            .await
+            .expect("due")
+            .contains(&id)
+    );
     assert_eq!(
         m.begin_collect(&id, later, 4).await.expect("begin"),
         Collect::Gone

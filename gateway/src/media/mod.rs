@@ -44,9 +44,9 @@ mod thumbnail;
 mod upload;
 
 pub(crate) use access::check_attachments;
-pub(crate) use download::serve as serve_download;
 pub(crate) use collect::record_copies;
 pub(crate) use collect::run as collect_unreferenced;
+pub(crate) use download::serve as serve_download;
 pub(crate) use sweep::run as sweep_abandoned;
 
 /// The hold a use of a blob gives it: now plus `media.collect_grace_ms`.

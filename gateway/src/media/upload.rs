@@ -381,7 +381,12 @@ async fn image(
     let size = thumb.jpeg.len() as u64;
     // Held when it exists; otherwise marked as being uploaded (refused
     // while a collection of the same bytes runs) until it is published.
-    if !ctx.stores.media.hold(&thumb_id, super::hold_until(ctx)).await? {
+    if !ctx
+        .stores
+        .media
+        .hold(&thumb_id, super::hold_until(ctx))
+        .await?
+    {
         ctx.stores
             .media
             .put_pending(&PendingUpload {

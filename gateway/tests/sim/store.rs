@@ -14,9 +14,7 @@ use qim_storage::conversations::{
 };
 use qim_storage::embedded::EmbeddedStore;
 use qim_storage::groups::{GroupApplied, GroupLimits, GroupOp, List, Listed};
-use qim_storage::media::{
-    BlobId, BlobMeta, Collect, CopyRef, MediaStore, PendingUpload, Scope,
-};
+use qim_storage::media::{BlobId, BlobMeta, Collect, CopyRef, MediaStore, PendingUpload, Scope};
 use qim_storage::quota::Charged;
 use qim_storage::schedule::{Fired, Verdict};
 use qim_storage::{

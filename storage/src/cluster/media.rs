@@ -439,7 +439,11 @@ impl MediaStore for ClusterStore {
     async fn hold(&self, id: &BlobId, until_ms: i64) -> Result<bool, StoreError> {
         let hold: i64 = self
             .redis
-            .eval(HOLD, vec![self.media_key("b", id)], vec![until_ms.to_string()])
+            .eval(
+                HOLD,
+                vec![self.media_key("b", id)],
+                vec![until_ms.to_string()],
+            )
             .await
             .map_err(unavailable)?;
         if hold < 0 {
@@ -531,7 +535,11 @@ impl MediaStore for ClusterStore {
             [2, hold] => Collect::Held(*hold),
             [3] => Collect::InUse,
             [4] => Collect::Busy,
-            _ => return Err(StoreError::Corrupt("bad reply of the collect script".into())),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "bad reply of the collect script".into(),
+                ));
+            }
         })
     }
 

@@ -24,8 +24,8 @@ use super::EmbeddedStore;
 use super::tables::{check_key_part, prefixed, unavailable};
 use crate::StoreError;
 use crate::media::{
-    BLOB_ID_BYTES, BlobId, BlobMeta, COLLECT_LEASE_MS, Collect, CopyRef, IMAGE_INFO_BYTES, ImageInfo,
-    MediaStore, PendingUpload, Scope,
+    BLOB_ID_BYTES, BlobId, BlobMeta, COLLECT_LEASE_MS, Collect, CopyRef, IMAGE_INFO_BYTES,
+    ImageInfo, MediaStore, PendingUpload, Scope,
 };
 
 fn key(tag: u8, id: &BlobId, rest: &[u8]) -> Vec<u8> {
@@ -168,7 +168,11 @@ impl EmbeddedStore {
             batch.remove(&t.media, due_key(old, id));
         }
         let hold = old.map_or(until, |old| old.max(until));
-        batch.insert(&t.media, key(b'H', id, &[]), (hold as u64).to_be_bytes().to_vec());
+        batch.insert(
+            &t.media,
+            key(b'H', id, &[]),
+            (hold as u64).to_be_bytes().to_vec(),
+        );
         batch.insert(&t.media, due_key(hold, id), Vec::new());
         Ok(())
     }
@@ -364,7 +368,10 @@ impl MediaStore for EmbeddedStore {
         let _guard = self.media_guard();
         let t = &self.tables;
         if self.claim_of(id)?.is_some()
-            || !t.media.contains_key(key(b'B', id, &[])).map_err(unavailable)?
+            || !t
+                .media
+                .contains_key(key(b'B', id, &[]))
+                .map_err(unavailable)?
         {
             return Ok(false);
         }
@@ -398,8 +405,8 @@ impl MediaStore for EmbeddedStore {
             let rest = k.get(prefix.len()..).unwrap_or_default();
             let corrupt = || StoreError::Corrupt("bad copy key".into());
             let seq = be_u64(rest, 0).map_err(|_| corrupt())?;
-            let inbox = std::str::from_utf8(rest.get(8..).ok_or_else(corrupt)?)
-                .map_err(|_| corrupt())?;
+            let inbox =
+                std::str::from_utf8(rest.get(8..).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
             out.push(CopyRef {
                 inbox: inbox.to_owned(),
                 seq,
@@ -446,7 +453,11 @@ impl MediaStore for EmbeddedStore {
         let _guard = self.media_guard();
         let t = &self.tables;
         let hold = self.hold_of(id)?;
-        if !t.media.contains_key(key(b'B', id, &[])).map_err(unavailable)? {
+        if !t
+            .media
+            .contains_key(key(b'B', id, &[]))
+            .map_err(unavailable)?
+        {
             let mut batch = t.db.batch();
             if let Some(hold) = hold {
                 batch.remove(&t.media, due_key(hold, id));
