@@ -276,7 +276,7 @@ pub(crate) async fn post_sends_as(
                     if p.duplicate && firsts.contains(&id) {
                         sender.first_attempt_was_wrong(ctx, &id);
                     }
-                    match published(ctx, id.clone(), p.copies, !p.duplicate).await {
+                    match recorded_and_published(ctx, id.clone(), p).await {
                         Some(ack) => Ok(ack),
                         None => Err((
                             id,
@@ -323,6 +323,17 @@ pub(crate) async fn post_sends_as(
         acks.push(v1::ServerAck { kind: Some(kind) });
     }
     acks
+}
+
+/// Records the copies of a post that carry blobs (for their collection),
+/// then publishes it.
+async fn recorded_and_published(
+    ctx: &Ctx,
+    client_msg_id: String,
+    posted: qim_storage::conversations::Posted,
+) -> Option<v1::SendAck> {
+    crate::media::record_copies(ctx, &posted.copies).await;
+    published(ctx, client_msg_id, posted.copies, !posted.duplicate).await
 }
 
 /// A send checked and made into a post, or why not.

@@ -340,6 +340,10 @@ impl Gateway {
             Arc::clone(&ctx),
             ctx.draining.subscribe(),
         ));
+        let media_collect = tokio::spawn(crate::media::collect_unreferenced(
+            Arc::clone(&ctx),
+            ctx.draining.subscribe(),
+        ));
         let disk_watch = {
             let ctx = Arc::clone(&ctx);
             tokio::spawn(async move { ctx.quotas.watch_disk(ctx.draining.subscribe()).await })
@@ -408,6 +412,7 @@ impl Gateway {
         ctx.draining.send_replace(true);
         let _ = scheduler.await;
         let _ = media_sweep.await;
+        let _ = media_collect.await;
         let _ = disk_watch.await;
         let drain = Duration::from_millis(ctx.config.shutdown.drain_ms) + Duration::from_secs(1);
         let drained = tokio::time::timeout(drain, async {

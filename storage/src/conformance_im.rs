@@ -612,6 +612,8 @@ macro_rules! im_conformance_tests {
             conformance_notify::push_settings_are_kept_and_bounded,
             conformance_notify::push_claims_are_won_once,
             conformance_media::media_records_follow_uploads_and_references,
+            conformance_media_gc::blobs_are_collected_only_when_free,
+            conformance_media_gc::copies_carry_blobs_until_recalled_or_deleted,
             conformance_deletion::a_deleted_user_leaves_nothing_behind,
         );
     };

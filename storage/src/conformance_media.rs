@@ -56,7 +56,9 @@ pub async fn media_records_follow_uploads_and_references(backend: &dyn ImBackend
                 thumbnail: BlobId::of(b"a thumbnail"),
             }),
         };
-        m.complete(&alice, &meta).await.expect("complete");
+        m.complete(&alice, &meta, started_ms)
+            .await
+            .expect("complete");
         assert_eq!(m.blob(&id).await.expect("read"), Some(meta.clone()));
         assert_eq!(m.pending(&alice, &id).await.expect("read"), None);
         assert!(m.is_uploader(&id, &alice).await.expect("read"));
@@ -67,7 +69,9 @@ pub async fn media_records_follow_uploads_and_references(backend: &dyn ImBackend
             image: None,
             ..meta.clone()
         };
-        m.complete(&bob, &other).await.expect("a second uploader");
+        m.complete(&bob, &other, started_ms)
+            .await
+            .expect("a second uploader");
         assert_eq!(
             m.blob(&id).await.expect("read"),
             Some(meta.clone()),

@@ -66,6 +66,7 @@
 //!   errors) are what the others share.
 //! - `conformance`, `conformance_im`, `conformance_groups`,
 //!   `conformance_contacts`, `conformance_notify`, `conformance_media`,
+//!   `conformance_media_gc`,
 //!   `conformance_blobs`, `conformance_deletion` (feature `conformance`): the checks every backend
 //!   must pass (the last five: the rules of groups; of friend requests,
 //!   blocks and scheduled sends; of push tokens, settings and claims; of
@@ -128,6 +129,8 @@ pub mod conformance_groups;
 pub mod conformance_im;
 #[cfg(feature = "conformance")]
 pub mod conformance_media;
+#[cfg(feature = "conformance")]
+pub mod conformance_media_gc;
 #[cfg(feature = "conformance")]
 pub mod conformance_notify;
 

@@ -238,8 +238,10 @@ pub(super) async fn enable(
 /// `ACCOUNT_DELETED`), its logins are refused (`USER_DELETED`), and the
 /// store removes its inbox, conversations (and the peers' conversations
 /// with it), contacts on both sides, group memberships, push tokens and
-/// settings, scheduled sends, pending uploads and counters. The id is
-/// never registered again. Idempotent: after a 503, repeat it to finish.
+/// settings, scheduled sends, pending uploads and counters; blobs that no
+/// other stored message carries are collected after their grace
+/// (`media.collect_grace_ms`). The id is never registered again.
+/// Idempotent: after a 503, repeat it to finish.
 #[utoipa::path(delete, path = "/v1/users/{user}", tag = "users",
     params(("user" = String, Path, description = "The user id")),
     security(("admin_key" = [])),

@@ -35,6 +35,11 @@ section! {
         /// How long an unfinished upload is kept for a resume, in milliseconds; then its staged
         /// bytes and record are removed.
         pending_expiry_ms: u64 = 24 * 3_600_000,
+        /// How long a blob stays after its last use (published, proven by a dedup upload, checked
+        /// for a send) with no stored message carrying it, in milliseconds; then its bytes, its
+        /// thumbnail and its records are collected. Also how often a blob still carried is looked
+        /// at again; a pass runs every quarter of it (1 s to 1 h).
+        collect_grace_ms: u64 = 24 * 3_600_000,
         /// Attachments one message may carry. Sent in Welcome.
         max_attachments: u32 = 10,
         /// Largest inline thumbnail of an attachment, in bytes.

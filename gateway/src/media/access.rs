@@ -89,6 +89,8 @@ pub(crate) async fn check_attachments(
         (Target::Group, Some(v1::peer::Target::Group(group))) => vec![Scope::Group(group.clone())],
         (Target::Group, _) => return Err(Refusal::invalid("attachments need a recipient")),
     };
+    let until = super::hold_until(ctx);
+    let media = &ctx.stores.media;
     let mut ids = Vec::with_capacity(attachments.len() * 2);
     for a in attachments.iter_mut() {
         if a.name.len() > MAX_NAME_BYTES {
@@ -101,17 +103,28 @@ pub(crate) async fn check_attachments(
         }
         let id = super::blob_id(&a.blob_id)?;
         let meta = shareable(ctx, sender, &id).await?;
+        // Held before it is referenced: no collection takes it between
+        // this check and the post's copies being recorded.
+        if !media.hold(&id, until).await? {
+            return Err(Refusal::new(ErrorCode::NotFound, "no such blob"));
+        }
         a.size = meta.size;
         a.media_type = meta.media_type;
         ids.push(id);
         if !a.thumbnail_blob_id.is_empty() {
             let thumb = super::blob_id(&a.thumbnail_blob_id)?;
             shareable(ctx, sender, &thumb).await?;
+            if !media.hold(&thumb, until).await? {
+                return Err(Refusal::new(ErrorCode::NotFound, "no such blob"));
+            }
             ids.push(thumb);
         }
         // The server's thumbnail of an image goes wherever the image goes,
         // and fills in what the sender left out.
-        if let Some(image) = meta.image {
+        // A server thumbnail already collected is left out.
+        if let Some(image) = meta.image
+            && media.hold(&image.thumbnail, until).await?
+        {
             ids.push(image.thumbnail);
             if a.width == 0 && a.height == 0 {
                 a.width = image.width;
@@ -123,7 +136,7 @@ pub(crate) async fn check_attachments(
         }
     }
     for id in ids {
-        ctx.stores.media.add_refs(&id, &scopes).await?;
+        media.add_refs(&id, &scopes).await?;
     }
     Ok(())
 }

@@ -15,6 +15,9 @@
 //! - `thumbnail.rs`: the bounded decode of an uploaded image and its
 //!   thumbnail, a blob of its own that whoever may read the image may read.
 //! - `sweep.rs`: abandoned uploads expire.
+//! - `collect.rs`: blobs no message carries any more are collected (mark
+//!   and sweep over the copies recorded after each post, a hold of
+//!   `media.collect_grace_ms` after every use).
 //!
 //! # Invariants
 //! - Nothing is readable under a blob id whose bytes did not hash to it.
@@ -34,14 +37,22 @@ use crate::ctx::Ctx;
 use crate::reply::Refusal;
 
 mod access;
+mod collect;
 mod download;
 mod sweep;
 mod thumbnail;
 mod upload;
 
 pub(crate) use access::check_attachments;
+pub(crate) use collect::record_copies;
+pub(crate) use collect::run as collect_unreferenced;
 pub(crate) use download::serve as serve_download;
 pub(crate) use sweep::run as sweep_abandoned;
+
+/// The hold a use of a blob gives it: now plus `media.collect_grace_ms`.
+fn hold_until(ctx: &Ctx) -> i64 {
+    qim_proto::now_ms().saturating_add(collect::grace_ms(ctx))
+}
 pub(crate) use upload::serve as serve_upload;
 
 /// QUIC send priority of media streams; chat and everything else stay at

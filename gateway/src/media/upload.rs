@@ -331,7 +331,10 @@ async fn publish(
         created_ms: qim_proto::now_ms(),
         image,
     };
-    ctx.stores.media.complete(user, &meta).await?;
+    ctx.stores
+        .media
+        .complete(user, &meta, super::hold_until(ctx))
+        .await?;
     // The record that exists is the one readers get (an earlier uploader's).
     Ok(ctx.stores.media.blob(&pending.id).await?.unwrap_or(meta))
 }
@@ -376,7 +379,25 @@ async fn image(
         .inc();
     let thumb_id = BlobId::of(&thumb.jpeg);
     let size = thumb.jpeg.len() as u64;
-    if ctx.stores.media.blob(&thumb_id).await?.is_none() {
+    // Held when it exists; otherwise marked as being uploaded (refused
+    // while a collection of the same bytes runs) until it is published.
+    if !ctx
+        .stores
+        .media
+        .hold(&thumb_id, super::hold_until(ctx))
+        .await?
+    {
+        ctx.stores
+            .media
+            .put_pending(&PendingUpload {
+                user: user.to_owned(),
+                id: thumb_id,
+                size,
+                media_type: thumbnail::THUMBNAIL_TYPE.to_owned(),
+                committed: 0,
+                started_ms: qim_proto::now_ms(),
+            })
+            .await?;
         bytes
             .stage(user, &thumb_id, 0, vec![Bytes::from(thumb.jpeg)])
             .await?;
@@ -389,7 +410,10 @@ async fn image(
         created_ms: qim_proto::now_ms(),
         image: None,
     };
-    ctx.stores.media.complete(user, &meta).await?;
+    ctx.stores
+        .media
+        .complete(user, &meta, super::hold_until(ctx))
+        .await?;
     Ok(Some(ImageInfo {
         width: thumb.width,
         height: thumb.height,
@@ -408,6 +432,27 @@ async fn deduplicated(
     send: &mut FramedSend,
     recv: &mut FramedRecv,
 ) -> Result<BlobMeta, End> {
+    // Held first: whoever has the bytes may send them within the grace.
+    let until = super::hold_until(ctx);
+    if !ctx
+        .stores
+        .media
+        .hold(&meta.id, until)
+        .await
+        .map_err(Refusal::from)?
+    {
+        return Err(Refusal::from(qim_storage::StoreError::Unavailable(
+            "the blob is being removed; upload it again shortly".into(),
+        ))
+        .into());
+    }
+    if let Some(image) = &meta.image {
+        ctx.stores
+            .media
+            .hold(&image.thumbnail, until)
+            .await
+            .map_err(Refusal::from)?;
+    }
     if ctx
         .stores
         .media

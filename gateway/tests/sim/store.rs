@@ -14,7 +14,7 @@ use qim_storage::conversations::{
 };
 use qim_storage::embedded::EmbeddedStore;
 use qim_storage::groups::{GroupApplied, GroupLimits, GroupOp, List, Listed};
-use qim_storage::media::{BlobId, BlobMeta, MediaStore, PendingUpload, Scope};
+use qim_storage::media::{BlobId, BlobMeta, Collect, CopyRef, MediaStore, PendingUpload, Scope};
 use qim_storage::quota::Charged;
 use qim_storage::schedule::{Fired, Verdict};
 use qim_storage::{
@@ -495,8 +495,8 @@ impl MediaStore for HeldStore {
         held(self.inner.stale_pending(before_ms, limit)).await
     }
 
-    async fn complete(&self, user: &str, blob: &BlobMeta) -> Result<(), StoreError> {
-        held(self.inner.complete(user, blob)).await
+    async fn complete(&self, user: &str, blob: &BlobMeta, hold: i64) -> Result<(), StoreError> {
+        held(self.inner.complete(user, blob, hold)).await
     }
 
     async fn add_refs(&self, id: &BlobId, scopes: &[Scope]) -> Result<(), StoreError> {
@@ -509,5 +509,38 @@ impl MediaStore for HeldStore {
 
     async fn group_refs(&self, id: &BlobId, limit: usize) -> Result<Vec<String>, StoreError> {
         held(self.inner.group_refs(id, limit)).await
+    }
+
+    async fn hold(&self, id: &BlobId, until_ms: i64) -> Result<bool, StoreError> {
+        held(self.inner.hold(id, until_ms)).await
+    }
+
+    async fn add_copies(&self, id: &BlobId, copies: &[CopyRef]) -> Result<(), StoreError> {
+        held(self.inner.add_copies(id, copies)).await
+    }
+
+    async fn copies(&self, id: &BlobId, limit: usize) -> Result<Vec<CopyRef>, StoreError> {
+        held(self.inner.copies(id, limit)).await
+    }
+
+    async fn remove_copies(&self, id: &BlobId, copies: &[CopyRef]) -> Result<(), StoreError> {
+        held(self.inner.remove_copies(id, copies)).await
+    }
+
+    async fn due_blobs(&self, now_ms: i64, limit: usize) -> Result<Vec<BlobId>, StoreError> {
+        held(self.inner.due_blobs(now_ms, limit)).await
+    }
+
+    async fn begin_collect(
+        &self,
+        id: &BlobId,
+        now_ms: i64,
+        claim: u64,
+    ) -> Result<Collect, StoreError> {
+        held(self.inner.begin_collect(id, now_ms, claim)).await
+    }
+
+    async fn finish_collect(&self, id: &BlobId, claim: u64) -> Result<(), StoreError> {
+        held(self.inner.finish_collect(id, claim)).await
     }
 }

@@ -114,6 +114,9 @@ pub struct EmbeddedStore {
     pub(crate) disk: std::sync::Arc<DiskSpace>,
     /// Quota counters are read, added to and written one at a time.
     quota_lock: std::sync::Mutex<()>,
+    /// Media records whose writes check another record first (holds,
+    /// collection claims, pending uploads) are written one at a time.
+    media_lock: std::sync::Mutex<()>,
     /// Push token writes and push claims (see `notify.rs`).
     notify: notify::NotifyState,
 }
@@ -155,6 +158,7 @@ impl EmbeddedStore {
             sweeper: std::sync::atomic::AtomicBool::new(false),
             disk,
             quota_lock: std::sync::Mutex::new(()),
+            media_lock: std::sync::Mutex::new(()),
             notify: notify::NotifyState::default(),
         })
     }

@@ -20,6 +20,27 @@
 //! - A pending upload's `committed` offset is written only after the bytes
 //!   below it are durable in [`BlobBytes::stage`]; staged bytes beyond it
 //!   are cut off before the upload goes on.
+//!
+//! # Collection of blobs no message carries
+//! Mark and sweep over recorded copies, not reference counts: after a post
+//! the gateway records each stored copy that carries a blob
+//! ([`MediaStore::add_copies`]: inbox and seq), and a sweep reads those
+//! copies back from the message store. A copy that is gone (retention, a
+//! deleted user's inbox), recalled (attachments cleared) or deleted for
+//! its owner (a tombstone) no longer carries the blob; none of those paths
+//! has to know about media. Every use of a blob (publication, a dedup
+//! proof, a send's check) first moves its *hold* forward
+//! ([`MediaStore::hold`]: now plus the grace), and a blob is collected only
+//! when its hold has passed, no recorded copy carries it and nobody is
+//! uploading it. [`MediaStore::begin_collect`] checks all three and marks
+//! the blob as being collected in one atomic step with the hold's move, so
+//! a send either holds the blob first (and the collection is refused) or
+//! finds it gone (and is refused with `NOT_FOUND`). A marked blob reads as
+//! absent and refuses new uploads of its bytes until
+//! [`MediaStore::finish_collect`] removed its records, after its bytes.
+//! The claim is a token: of several sweepers (nodes) only one collects a
+//! blob; a claim older than [`COLLECT_LEASE_MS`] (its sweeper died) is
+//! taken over.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -195,6 +216,82 @@ impl Scope {
     }
 }
 
+/// A stored message copy that carries a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CopyRef {
+    /// The inbox holding it (a user, or a read-diffusion group's log).
+    pub inbox: String,
+    /// Its seq there.
+    pub seq: u64,
+}
+
+impl CopyRef {
+    /// The stored form: `<seq> <inbox>`.
+    pub fn key(&self) -> String {
+        format!("{} {}", self.seq, self.inbox)
+    }
+
+    /// The copy of a stored key.
+    pub fn parse(key: &str) -> Option<CopyRef> {
+        let (seq, inbox) = key.split_once(' ')?;
+        Some(CopyRef {
+            inbox: inbox.to_owned(),
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// The blobs a message carries: each attachment's blob and thumbnail blob.
+pub fn carried_blobs(message: &qim_proto::v1::Message) -> Vec<BlobId> {
+    let mut ids = Vec::new();
+    for a in &message.attachments {
+        for raw in [&a.blob_id, &a.thumbnail_blob_id] {
+            if let Some(id) = BlobId::from_slice(raw)
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// Whether the copy `copy` still carries `id`: stored (not expired, not
+/// in a deleted user's inbox), not recalled (a recall clears the
+/// attachments) and not deleted for its owner (a tombstone carries none).
+pub async fn carries(
+    messages: &dyn crate::MessageStore,
+    id: &BlobId,
+    copy: &CopyRef,
+) -> Result<bool, StoreError> {
+    let read = messages
+        .read_inbox(&copy.inbox, copy.seq.saturating_sub(1), 1)
+        .await?;
+    Ok(read
+        .first()
+        .is_some_and(|m| m.seq == copy.seq && carried_blobs(&m.message).contains(id)))
+}
+
+/// How long a collection claim stays its sweeper's before another may
+/// take it over (the sweeper is taken to have died).
+pub const COLLECT_LEASE_MS: i64 = 10 * 60_000;
+
+/// What [`MediaStore::begin_collect`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collect {
+    /// The blob is marked as being collected under the caller's claim:
+    /// remove its bytes, then [`MediaStore::finish_collect`].
+    Claimed,
+    /// Held until this time (ms): look again then.
+    Held(i64),
+    /// A recorded copy or an upload of its bytes is still there.
+    InUse,
+    /// Another sweeper's live claim collects it.
+    Busy,
+    /// No such blob (its index entry is dropped).
+    Gone,
+}
+
 /// The records of blobs, uploads and references.
 #[async_trait]
 pub trait MediaStore: Send + Sync + 'static {
@@ -214,7 +311,8 @@ pub trait MediaStore: Send + Sync + 'static {
     async fn pending_count(&self, user: &str, limit: usize) -> Result<usize, StoreError>;
 
     /// Writes a pending upload (new, or its committed offset moved);
-    /// durable when it returns.
+    /// durable when it returns. Refused as [`StoreError::Unavailable`]
+    /// (retry later) while a blob with the upload's id is being collected.
     async fn put_pending(&self, upload: &PendingUpload) -> Result<(), StoreError>;
 
     /// Forgets `user`'s pending upload of `id`.
@@ -228,8 +326,14 @@ pub trait MediaStore: Send + Sync + 'static {
     ) -> Result<Vec<PendingUpload>, StoreError>;
 
     /// Publishes `blob` for `user`: the blob record (kept if it exists),
-    /// `user` as an uploader, and `user`'s pending upload gone, at once.
-    async fn complete(&self, user: &str, blob: &BlobMeta) -> Result<(), StoreError>;
+    /// `user` as an uploader, the hold at least `hold_until_ms`, and
+    /// `user`'s pending upload gone.
+    async fn complete(
+        &self,
+        user: &str,
+        blob: &BlobMeta,
+        hold_until_ms: i64,
+    ) -> Result<(), StoreError>;
 
     /// Records that messages in `scopes` reference `id`.
     async fn add_refs(&self, id: &BlobId, scopes: &[Scope]) -> Result<(), StoreError>;
@@ -239,6 +343,38 @@ pub trait MediaStore: Send + Sync + 'static {
 
     /// The groups whose messages reference `id`, at most `limit`.
     async fn group_refs(&self, id: &BlobId, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Moves the hold of `id` to at least `until_ms` (and its place in the
+    /// sweep's index to the hold); false when there is no such blob or it
+    /// is being collected.
+    async fn hold(&self, id: &BlobId, until_ms: i64) -> Result<bool, StoreError>;
+
+    /// Records stored copies that carry `id`.
+    async fn add_copies(&self, id: &BlobId, copies: &[CopyRef]) -> Result<(), StoreError>;
+
+    /// Recorded copies of `id`, at most `limit`.
+    async fn copies(&self, id: &BlobId, limit: usize) -> Result<Vec<CopyRef>, StoreError>;
+
+    /// Forgets recorded copies of `id` (ones found not to carry it).
+    async fn remove_copies(&self, id: &BlobId, copies: &[CopyRef]) -> Result<(), StoreError>;
+
+    /// Blobs whose hold passed by `now_ms` in the sweep's index, oldest
+    /// first, at most `limit`.
+    async fn due_blobs(&self, now_ms: i64, limit: usize) -> Result<Vec<BlobId>, StoreError>;
+
+    /// Marks `id` as being collected under `claim` when its hold passed
+    /// by `now_ms`, no copy is recorded and no upload of it is pending,
+    /// in one atomic step (see the module docs).
+    async fn begin_collect(
+        &self,
+        id: &BlobId,
+        now_ms: i64,
+        claim: u64,
+    ) -> Result<Collect, StoreError>;
+
+    /// Removes every record of `id` (blob, uploaders, references, copies,
+    /// hold) when it is still claimed by `claim`.
+    async fn finish_collect(&self, id: &BlobId, claim: u64) -> Result<(), StoreError>;
 }
 
 /// Where blob bytes live: uploads being staged, and published blobs.
