@@ -558,6 +558,8 @@ impl Driver {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let outcome = self.serve(&mut conn).await;
+        // Writers waiting for yamux to write what it held stop waiting.
+        self.sched.close();
         let (state, mut closing) = match outcome {
             (Outcome::Local(code, reason), own) => {
                 (ConnectionError::LocallyClosed, Some((code, reason, own)))

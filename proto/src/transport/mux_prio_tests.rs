@@ -43,6 +43,8 @@ struct Recorder {
     body_start: Vec<u8>,
     body_len: usize,
     body_id: u32,
+    /// Whether the next write yields first (see `poll_write`).
+    yield_next: bool,
 }
 
 impl Recorder {
@@ -113,8 +115,18 @@ impl AsyncWrite for Recorder {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        // A slow link: at most 4 KiB a write, and every other write lets the
+        // other tasks run first, so the writers get ahead of the socket and
+        // yamux's queues fill as they do on a real uplink.
+        if self.yield_next {
+            self.yield_next = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let buf = &buf[..buf.len().min(4096)];
         let wrote = Pin::new(&mut self.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = wrote {
+            self.yield_next = true;
             self.record(&buf[..n]);
         }
         wrote
@@ -147,6 +159,7 @@ async fn pair(log: Arc<Mutex<Vec<Entry>>>) -> (Connection, Connection) {
         body_start: Vec::new(),
         body_len: 0,
         body_id: 0,
+        yield_next: false,
     };
     (
         connect(recorder, Role::Client, addr, LIMITS),

@@ -47,11 +47,13 @@ struct Inner {
     next: u64,
     /// Writers waiting for their turn.
     waiting: BTreeMap<Ticket, Waker>,
+    /// The connection ended: writes go straight to yamux (and fail there).
+    closed: bool,
 }
 
 impl Inner {
     fn has_room(&self) -> bool {
-        self.admitted.saturating_sub(self.written) < CHUNK as u64
+        self.closed || self.admitted.saturating_sub(self.written) < CHUNK as u64
     }
 
     /// Wakes the writer first in line when it may go.
@@ -74,6 +76,16 @@ impl Scheduler {
     /// the close the connection writes itself).
     pub(super) fn admitted(&self, n: usize) {
         self.lock().admitted += n as u64;
+    }
+
+    /// The connection ended: what yamux held will never be written, so
+    /// every writer in line goes on (to yamux's error).
+    pub(super) fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        for waker in inner.waiting.values() {
+            waker.wake_by_ref();
+        }
     }
 
     /// Data bytes yamux wrote to the socket.
@@ -223,6 +235,16 @@ mod tests {
         assert!(write(&mut low, 0, 1).is_pending());
         drop(high);
         sched.written(CHUNK);
+        assert!(write(&mut low, 0, 1).is_ready());
+    }
+
+    #[test]
+    fn a_closed_connection_lets_every_writer_on() {
+        let sched = Scheduler::default();
+        sched.admitted(CHUNK);
+        let mut low = Line::new(&sched);
+        assert!(write(&mut low, 0, 1).is_pending());
+        sched.close();
         assert!(write(&mut low, 0, 1).is_ready());
     }
 
