@@ -18,6 +18,7 @@
 
 pub mod mux;
 mod quic;
+mod sched;
 
 use std::fmt;
 use std::future::Future;
@@ -333,12 +334,16 @@ impl SendStream {
         }
     }
 
-    /// The stream's priority among the connection's streams (higher first).
-    /// QUIC schedules by it; yamux sends streams' frames in the order they
-    /// were written, so on TCP it has no effect (see `PROTOCOL.md`).
+    /// The stream's priority among the connection's streams (higher first;
+    /// 0 unless set), for the writes that follow. QUIC schedules its packets
+    /// by it; on TCP the connection's write scheduler hands yamux the
+    /// highest-priority waiting write first, a frame at a time.
     pub fn set_priority(&self, priority: i32) {
-        if let SendInner::Quic(s) = &self.0 {
-            let _ = s.set_priority(priority);
+        match &self.0 {
+            SendInner::Quic(s) => {
+                let _ = s.set_priority(priority);
+            }
+            SendInner::Mux(s) => s.set_priority(priority),
         }
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! yamux gives what QUIC's streams give but priorities: streams opened by
 //! either side, per-stream flow control (256 KiB windows, a connection
-//! window as the bound), half-close (FIN) and reset (RST). What QUIC says in
+//! window as the bound), half-close (FIN) and reset (RST). Priorities are
+//! added in front of it: every write goes through the connection's
+//! [`Scheduler`](super::sched::Scheduler). What QUIC says in
 //! its stream frames and yamux cannot is added here, in the bytes of the
 //! streams:
 //! - every stream starts with one **direction byte** from its opener:
@@ -22,6 +24,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,6 +34,7 @@ use futures_util::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
+use super::sched::{CHUNK, DataCounter, Line, Scheduler};
 use super::{
     BoxFuture, Connection, ConnectionError, RecvInner, RecvStream, SendInner, SendStream,
     StreamError, Transport, TransportKind,
@@ -87,13 +91,20 @@ where
         Role::Client => yamux::Mode::Client,
         Role::Server => yamux::Mode::Server,
     };
-    let conn = yamux::Connection::new(Linger(Some(io)).compat(), config, mode);
+    let sched = Arc::new(Scheduler::default());
+    let io = Linger {
+        io: Some(io),
+        sched: Arc::clone(&sched),
+        data: DataCounter::default(),
+    };
+    let conn = yamux::Connection::new(io.compat(), config, mode);
     let (cmds, cmds_rx) = mpsc::unbounded_channel();
     let (bi_tx, bi_rx) = mpsc::channel(limits.bidi.max(1));
     let (uni_tx, uni_rx) = mpsc::channel(limits.uni.max(1));
     let (state, state_rx) = watch::channel(None);
     let state = Arc::new(state);
     let driver = Driver {
+        sched: Arc::clone(&sched),
         cmds: cmds_rx,
         bi: bi_tx,
         uni: uni_tx,
@@ -108,6 +119,7 @@ where
         state,
         state_rx,
         remote,
+        sched,
     })
 }
 
@@ -117,14 +129,20 @@ where
 /// kernel discard what it had received and not yet read, the close frame
 /// with it. The close is followed by a FIN (yamux shuts the write side
 /// down), and the peer hangs up in turn.
-struct Linger<T: tokio::io::AsyncRead + Unpin + Send + 'static>(Option<T>);
+///
+/// It also tells the write scheduler how many data bytes went out.
+struct Linger<T: tokio::io::AsyncRead + Unpin + Send + 'static> {
+    io: Option<T>,
+    sched: Arc<Scheduler>,
+    data: DataCounter,
+}
 
 /// How long a closed connection's socket keeps draining.
 const LINGER: Duration = Duration::from_secs(2);
 
 impl<T: tokio::io::AsyncRead + Unpin + Send + 'static> Drop for Linger<T> {
     fn drop(&mut self) {
-        let (Some(mut io), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) else {
+        let (Some(mut io), Ok(rt)) = (self.io.take(), tokio::runtime::Handle::try_current()) else {
             return;
         };
         rt.spawn(async move {
@@ -154,7 +172,7 @@ where
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.0.as_mut() {
+        match self.io.as_mut() {
             Some(io) => Pin::new(io).poll_read(cx, buf),
             None => Poll::Ready(Err(gone_io())),
         }
@@ -170,21 +188,29 @@ where
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.0.as_mut() {
-            Some(io) => Pin::new(io).poll_write(cx, buf),
-            None => Poll::Ready(Err(gone_io())),
+        let this = &mut *self;
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(Err(gone_io()));
+        };
+        let wrote = Pin::new(io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = wrote {
+            let data = this.data.count(&buf[..n.min(buf.len())]);
+            if data > 0 {
+                this.sched.written(data);
+            }
         }
+        wrote
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.0.as_mut() {
+        match self.io.as_mut() {
             Some(io) => Pin::new(io).poll_flush(cx),
             None => Poll::Ready(Err(gone_io())),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.0.as_mut() {
+        match self.io.as_mut() {
             Some(io) => Pin::new(io).poll_shutdown(cx),
             None => Poll::Ready(Err(gone_io())),
         }
@@ -211,6 +237,7 @@ struct MuxConnection {
     state: Arc<watch::Sender<Option<ConnectionError>>>,
     state_rx: watch::Receiver<Option<ConnectionError>>,
     remote: SocketAddr,
+    sched: Arc<Scheduler>,
 }
 
 impl std::fmt::Debug for Command {
@@ -247,12 +274,12 @@ impl Transport for MuxConnection {
     fn open_bi(&self) -> BoxFuture<'_, Result<(SendStream, RecvStream), ConnectionError>> {
         Box::pin(async move {
             let s = self.open(DIR_BIDI).await?;
-            Ok((send_stream(&s), recv_stream(s)))
+            Ok((send_stream(&s, &self.sched), recv_stream(s)))
         })
     }
 
     fn open_uni(&self) -> BoxFuture<'_, Result<SendStream, ConnectionError>> {
-        Box::pin(async move { Ok(send_stream(&self.open(DIR_UNI).await?)) })
+        Box::pin(async move { Ok(send_stream(&self.open(DIR_UNI).await?, &self.sched)) })
     }
 
     fn accept_bi(&self) -> BoxFuture<'_, Result<(SendStream, RecvStream), ConnectionError>> {
@@ -308,9 +335,11 @@ impl Transport for MuxConnection {
     }
 }
 
-fn send_stream(s: &Shared) -> SendStream {
+fn send_stream(s: &Shared, sched: &Arc<Scheduler>) -> SendStream {
     SendStream(SendInner::Mux(MuxSend {
         stream: Some(Arc::clone(s)),
+        sched: Arc::clone(sched),
+        priority: AtomicI32::new(0),
     }))
 }
 
@@ -377,23 +406,40 @@ impl MuxRecv {
 #[derive(Debug)]
 pub(super) struct MuxSend {
     stream: Option<Shared>,
+    sched: Arc<Scheduler>,
+    priority: AtomicI32,
 }
 
 impl MuxSend {
+    /// Writes `bytes` a piece at a time, each in the connection's turn
+    /// (see [`Scheduler`]). Cancel-safe as yamux's writes are: a piece is
+    /// either handed to yamux whole or not at all.
     pub(super) async fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), StreamError> {
         let stream = self.stream.as_ref().ok_or(StreamError::Closed)?;
+        let priority = self.priority.load(Ordering::Relaxed);
+        let mut line = Line::new(&self.sched);
         while !bytes.is_empty() {
-            let n = poll_fn(|cx| Pin::new(&mut *lock(stream)).poll_write(cx, bytes))
-                .await
-                .map_err(|e| io_error(&e))?;
+            let piece = &bytes[..bytes.len().min(CHUNK)];
+            let n = poll_fn(|cx| {
+                line.poll_write(cx, priority, |cx| {
+                    Pin::new(&mut *lock(stream)).poll_write(cx, piece)
+                })
+            })
+            .await
+            .map_err(|e| io_error(&e))?;
             if n == 0 {
                 return Err(StreamError::Closed);
             }
             bytes = &bytes[n..];
         }
+        drop(line);
         poll_fn(|cx| Pin::new(&mut *lock(stream)).poll_flush(cx))
             .await
             .map_err(|e| io_error(&e))
+    }
+
+    pub(super) fn set_priority(&self, priority: i32) {
+        self.priority.store(priority, Ordering::Relaxed);
     }
 
     pub(super) fn finish(&mut self) {
@@ -449,6 +495,7 @@ enum Outcome {
 /// sorts the peer's streams by their direction byte, and reads the peer's
 /// transport stream.
 struct Driver {
+    sched: Arc<Scheduler>,
     cmds: mpsc::UnboundedReceiver<Command>,
     bi: mpsc::Sender<(SendStream, RecvStream)>,
     uni: mpsc::Sender<RecvStream>,
@@ -511,6 +558,8 @@ impl Driver {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let outcome = self.serve(&mut conn).await;
+        // Writers waiting for yamux to write what it held stop waiting.
+        self.sched.close();
         let (state, mut closing) = match outcome {
             (Outcome::Local(code, reason), own) => {
                 (ConnectionError::LocallyClosed, Some((code, reason, own)))
@@ -547,7 +596,10 @@ impl Driver {
                         })
                         .await
                         {
-                            Ok(n) if n > 0 => sent += n,
+                            Ok(n) if n > 0 => {
+                                self.sched.admitted(n);
+                                sent += n;
+                            }
                             _ => break,
                         }
                     }
@@ -579,7 +631,10 @@ impl Driver {
         let outcome = poll_fn(|cx| {
             if !own_started {
                 match Pin::new(&mut *lock(&own)).poll_write(cx, &[DIR_TRANSPORT]) {
-                    Poll::Ready(Ok(1)) => own_started = true,
+                    Poll::Ready(Ok(1)) => {
+                        self.sched.admitted(1);
+                        own_started = true;
+                    }
                     Poll::Ready(Ok(_) | Err(_)) => {
                         return Poll::Ready(Outcome::Lost("opening the transport stream".into()));
                     }
@@ -605,7 +660,9 @@ impl Driver {
                     Poll::Ready(Ok(mut s)) => {
                         // The direction byte goes out with the stream's
                         // first frame; a fresh stream always has room.
-                        let _ = Pin::new(&mut s).poll_write(cx, &[dir]);
+                        if let Poll::Ready(Ok(n)) = Pin::new(&mut s).poll_write(cx, &[dir]) {
+                            self.sched.admitted(n);
+                        }
                         if let Some((_, tx)) = opens.pop_front() {
                             let _ = tx.send(Arc::new(Mutex::new(s)));
                         }
@@ -668,7 +725,9 @@ impl Driver {
                                 }
                                 live_bi.push(Arc::downgrade(&s));
                                 // Sized to the limit: never full.
-                                let _ = self.bi.try_send((send_stream(&s), recv_stream(s)));
+                                let _ = self
+                                    .bi
+                                    .try_send((send_stream(&s, &self.sched), recv_stream(s)));
                             }
                             DIR_UNI => {
                                 if live_uni.len() >= self.limits.uni {
@@ -706,3 +765,7 @@ impl Driver {
 #[cfg(test)]
 #[path = "mux_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "mux_prio_tests.rs"]
+mod prio_tests;

@@ -10,7 +10,7 @@ use qim_proto::v1::{self, upload_client, upload_server};
 use rand::RngCore as _;
 use tokio::sync::watch;
 
-/// The QUIC priority the SDK gives media streams (below chat's 0).
+/// The priority the SDK gives media streams (below chat's 0).
 const PRIORITY: i32 = -10;
 
 /// Uploads blobs of `mib` MiB on `conn` until `stop` turns true; returns
