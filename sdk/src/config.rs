@@ -156,6 +156,12 @@ pub struct ClientConfig {
     pub quic_retry_min: Duration,
     /// The longest wait between two background tries of QUIC.
     pub quic_retry_max: Duration,
+    /// On a fallback server, how long before the first server is tried
+    /// again in the background (plus up to as much again at random, so
+    /// the clients of a node that comes back return spread out); the
+    /// session moves back once the first server completes a QUIC
+    /// handshake. Zero: stay.
+    pub home_return_after: Duration,
 }
 
 /// Makes the UDP sockets of a client's QUIC endpoint (see
@@ -217,6 +223,7 @@ impl ClientConfig {
             quic_stall_timeout: Duration::from_secs(2),
             quic_retry_min: Duration::from_secs(30),
             quic_retry_max: Duration::from_secs(600),
+            home_return_after: Duration::from_secs(60),
         }
     }
 }

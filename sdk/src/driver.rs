@@ -273,6 +273,12 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
             .await
             .map(|()| SessionEnd::Reconnect)
     });
+    let s = Arc::clone(shared);
+    tasks.spawn(async move {
+        crate::transport::home(s)
+            .await
+            .map(|()| SessionEnd::Reconnect)
+    });
 
     let mut closing = shared.closing.subscribe();
     let reconnect = shared.reconnect_now.notified();

@@ -21,6 +21,7 @@
 //! Connection migration and 0-RTT exist on QUIC only; TLS session
 //! resumption works on both.
 
+mod home;
 mod watch;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use qim_proto::v1::ErrorCode;
 use tokio::sync::Notify;
 use tracing::debug;
 
+pub(crate) use home::home;
 pub(crate) use watch::watch;
 
 use crate::connect::{Established, connect_quic, login, tls_config};

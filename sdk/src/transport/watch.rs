@@ -60,7 +60,7 @@ pub(crate) async fn watch(shared: Arc<Shared>, conn: Connection) -> Result<(), E
 /// carries a packet each way: a byte on a stream of its own (never a
 /// login), and the acknowledgement of the packet that carried it. The
 /// probe connection is closed with `NO_ERROR` either way.
-async fn quic_works(shared: &Shared, addr: std::net::SocketAddr) -> bool {
+pub(super) async fn quic_works(shared: &Shared, addr: std::net::SocketAddr) -> bool {
     let within = shared.config.probe_timeout.max(Duration::from_millis(500));
     let probe = async {
         let connecting = shared
