@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: a fixed, short suite run in one go on this machine:
 //! the raw quinn echo baseline, qim's chat and connections scenarios, and
 //! the same scenarios against Mosquitto with QoS 1 (installed from Debian's
-//! packages when missing, our own instance on a free port).
+//! packages when missing, our own instance on a free port; in memory, the
+//! volatile baseline), and the chat scenarios against NATS JetStream with
+//! `sync_interval: always` (built once from the Go module proxy, see
+//! `nats`; the durable peer).
 //!
 //! Prints a table, writes `target/bench/summary.json` (one object per
 //! scenario and system), PNG charts under `target/bench/` (copied to
@@ -211,6 +214,8 @@ fn versions(root: &Path) -> Value {
         "fjall": crate_version("fjall"),
         "rumqttc": crate_version("rumqttc"),
         "mosquitto": mosquitto,
+        "async_nats": crate_version("async-nats"),
+        "nats_server": crate::nats::version(),
     })
 }
 
@@ -238,6 +243,7 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     let gw = RunningGateway::start(&bins.gateway, &out.join("gateway"), &[])?;
     let (_echo, echo_addr, echo_ca) = start_echo(&bins.loadgen, &out.join("echo"))?;
     let (_mosquitto, mqtt_port) = start_mosquitto(&out, a.in_flight)?;
+    let nats = crate::nats::RunningNats::start(&out.join("nats"))?;
     let lg = |args: Vec<String>| loadgen(&bins.loadgen, &args);
     let s = |v: &dyn ToString| v.to_string();
     let chat_args = |pairs: usize, rate: f64, in_flight: usize| -> Vec<String> {
@@ -260,6 +266,11 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     };
     let mqtt_chat = |pairs: usize, rate: f64| {
         let mut args = vec!["mqtt-chat".to_owned(), "--port".into(), s(&mqtt_port)];
+        args.extend(chat_args(pairs, rate, a.in_flight));
+        lg(args)
+    };
+    let nats_chat = |pairs: usize, rate: f64| {
+        let mut args = vec!["nats-chat".to_owned(), "--url".into(), nats.url()];
         args.extend(chat_args(pairs, rate, a.in_flight));
         lg(args)
     };
@@ -308,6 +319,7 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
         results.push(pipelined);
         results.push(qim_chat(&gw, pairs, 0.0)?);
         results.push(mqtt_chat(pairs, 0.0)?);
+        results.push(nats_chat(pairs, 0.0)?);
     }
     // Latency at a fixed offered rate: half the lower of the two peaks at
     // this pair count (measured now if it was not in the list).
@@ -340,7 +352,19 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
             p
         }
     };
-    let rate = (0.5 * qim_peak.min(mqtt_peak)).round().max(10.0);
+    let nats_peak = match peak(&results, crate::NATS_SYSTEM) {
+        Some(p) => p,
+        None => {
+            let r = nats_chat(a.latency_pairs, 0.0)?;
+            let p = r["msgs_per_s"].as_f64().unwrap_or(0.0);
+            results.push(r);
+            p
+        }
+    };
+    // Every system can carry this rate, so the tails compare like for like.
+    let rate = (0.5 * qim_peak.min(mqtt_peak).min(nats_peak))
+        .round()
+        .max(10.0);
     // On a fresh gateway: the flat-out runs above leave millions of stored
     // messages whose flushes and compactions would otherwise run during
     // this run and set its tail (p99 440-480 ms in the suite against
@@ -350,6 +374,8 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     results.push(qim_chat(&fresh, a.latency_pairs, rate)?);
     drop(fresh);
     results.push(mqtt_chat(a.latency_pairs, rate)?);
+    results.push(nats_chat(a.latency_pairs, rate)?);
+    eprintln!("nats-server pid {}", nats.pid());
 
     let command = format!(
         "cargo xtask bench --seconds {} --pairs {} --latency-pairs {} --connections {} --in-flight {}",
@@ -395,7 +421,11 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     }
     let failed: Vec<String> = results
         .iter()
-        .filter(|r| r["ok"].as_bool() != Some(true) && r["system"] != "mosquitto-qos1")
+        .filter(|r| {
+            r["ok"].as_bool() != Some(true)
+                && r["system"] != "mosquitto-qos1"
+                && r["system"] != crate::NATS_SYSTEM
+        })
         .map(|r| format!("{} {}: {}", r["system"], r["scenario"], r["errors"]))
         .collect();
     if !failed.is_empty() {
@@ -440,7 +470,7 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
     let _ = writeln!(
         md,
         "Command: `{}` ({:.0} s). Machine: {} × {} cores, {} memory, Linux {}; load average before {}, after {}. \
-         Versions: qim {}, {}, quinn {}, rustls {}, fjall {}, rumqttc {}, {}. \
+         Versions: qim {}, {}, quinn {}, rustls {}, fjall {}, rumqttc {}, {}, {}, async-nats {}. \
          Load generator, gateway, echo server and broker share the machine's cores.\n",
         meta["command"].as_str().unwrap_or(""),
         f(&meta["seconds"]),
@@ -457,19 +487,23 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
         v["fjall"].as_str().unwrap_or(""),
         v["rumqttc"].as_str().unwrap_or(""),
         v["mosquitto"].as_str().unwrap_or(""),
+        v["nats_server"].as_str().unwrap_or(""),
+        v["async_nats"].as_str().unwrap_or(""),
     );
     let _ = writeln!(
         md,
         "### Chat, flat out\n\n\
          Each qim message: durable send → ack → deliver → delivery ack, verified exactly once and in order. \
-         Mosquitto: QoS 1 publish → PUBACK, QoS 1 delivery → PUBACK, in memory (no persistence). \
+         Mosquitto: QoS 1 publish → PUBACK, QoS 1 delivery → PUBACK, in memory (no persistence): the volatile baseline. \
+         NATS JetStream: publish → ack after fsync (file stream, `sync_interval: always`), pull from a durable consumer \
+         → cumulative ack (`AckPolicy::All`), checked exactly once and in order like qim: the durable peer. \
          Echo: raw quinn with the gateway's TLS and transport settings, one bidi stream per connection; \
          *ping-pong* keeps one record in flight per connection (one request/response exchange at a time), \
          *pipelined* keeps as many in flight as a chat sender. Same number of connections in each row.\n"
     );
     md.push_str(
-        "| connections | echo ping-pong rt/s | echo pipelined rt/s | qim msg/s | Mosquitto msg/s | qim / echo ping-pong | qim / echo pipelined | qim / Mosquitto | qim p99 ms | Mosquitto p99 ms |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| connections | echo ping-pong rt/s | echo pipelined rt/s | qim msg/s | Mosquitto msg/s | NATS JetStream msg/s | qim / echo ping-pong | qim / echo pipelined | qim / Mosquitto | qim / NATS | qim p99 ms | Mosquitto p99 ms | NATS p99 ms |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let mut pair_counts: Vec<&Value> = results
         .iter()
@@ -484,39 +518,43 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
         let p99 = |sys: &str| {
             find(results, sys, "chat", pairs, 0.0).map_or(f64::NAN, |r| f(&r["latency"]["p99_ms"]))
         };
-        let (pp, pl, q, mq) = (
+        let (pp, pl, q, mq, nq) = (
             rate_of("quinn-echo", "echo"),
             rate_of("quinn-echo-pipelined", "echo"),
             rate_of("qim", "chat"),
             rate_of("mosquitto-qos1", "chat"),
+            rate_of(crate::NATS_SYSTEM, "chat"),
         );
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
             pairs.as_u64().unwrap_or(0) * 2,
             pp,
             pl,
             q,
             mq,
+            nq,
             ratio(q, pp),
             ratio(q, pl),
             ratio(q, mq),
+            ratio(q, nq),
             p99("qim"),
             p99("mosquitto-qos1"),
+            p99(crate::NATS_SYSTEM),
         );
     }
     let _ = writeln!(
         md,
         "\n### Latency at a fixed offered rate\n\n\
-         {latency_pairs} pairs ({} connections), {rate:.0} messages/s offered in total (half the lower of the two peaks above); \
+         {latency_pairs} pairs ({} connections), {rate:.0} messages/s offered in total (half the lowest of the three peaks above); \
          latency from the moment a message was due to its delivery. qim runs on a fresh gateway \
-         (empty store); the broker keeps no messages.\n",
+         (empty store); Mosquitto keeps no messages; JetStream writes a fresh stream (earlier runs' streams are deleted).\n",
         latency_pairs * 2
     );
     md.push_str("| system | delivered msg/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | duplicates |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let lp = json!(latency_pairs);
     let mut p99s = Vec::new();
-    for sys in ["qim", "mosquitto-qos1"] {
+    for sys in ["qim", "mosquitto-qos1", crate::NATS_SYSTEM] {
         if let Some(r) = find(results, sys, "chat", &lp, rate) {
             let l = &r["latency"];
             p99s.push(f(&l["p99_ms"]));
@@ -534,8 +572,13 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
             );
         }
     }
-    if let [q, m] = p99s[..] {
-        let _ = writeln!(md, "\np99 qim / Mosquitto at this rate: {}", ratio(q, m));
+    if let [q, m, n] = p99s[..] {
+        let _ = writeln!(
+            md,
+            "\np99 at this rate: qim / Mosquitto {}, qim / NATS JetStream {}",
+            ratio(q, m),
+            ratio(q, n)
+        );
     }
     md.push_str("\n### Idle connections\n\nClients log in (qim: token, Hello/Welcome, heartbeat stream; MQTT: CONNECT/CONNACK with keep-alive 30 s), ping every 30 s, and are held for 10 s. Server RSS from `/proc/<pid>/status`; machine = drop of MemAvailable less the load generator's own RSS growth (server, kernel socket buffers, page tables).\n\n");
     md.push_str("| system | connections | connects/s | server RSS KiB/conn | machine KiB/conn | server CPU idle (cores) | failed | lost |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");

@@ -11,6 +11,8 @@
 //! the nodes (a hash of the user id picks one), so most chat pairs and
 //! group members cross nodes.
 //!
+//! With `--minutes N --rate R` (chat only): a soak, see `soak`.
+//!
 //! Also the pieces `cargo xtask bench` and the smoke run of `cargo xtask
 //! test` share: building, starting a gateway and reading a `RESULT` line.
 
@@ -62,6 +64,17 @@ pub(crate) struct LoadtestArgs {
     /// after the other against the same gateway, with their ratio).
     #[arg(long, default_value = "quic")]
     transport: String,
+    /// Soak (chat only): send for this many minutes at `--rate` on a fresh
+    /// gateway and report latency per window, disk use, write
+    /// amplification and rows per message (see `soak`).
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Soak: offered messages per second over all senders.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Soak: seconds per reported window.
+    #[arg(long, default_value_t = 30.0)]
+    window_seconds: f64,
     /// Arguments for the scenario, after `--` (see `qim-loadgen <scenario>
     /// --help`), e.g. `-- --pairs 64 --seconds 10`.
     #[arg(last = true)]
@@ -357,6 +370,24 @@ pub(crate) fn loadtest(root: &Path, a: LoadtestArgs) -> Result<()> {
         },
         None => build(root, !a.debug)?,
     };
+    if let Some(minutes) = a.minutes {
+        if a.scenario != "chat" || a.gateway.is_some() || a.cluster || a.transport != "quic" {
+            bail!("--minutes soaks the chat scenario on one gateway started here, over QUIC");
+        }
+        let soak = crate::soak::Soak {
+            minutes,
+            rate: a
+                .rate
+                .context("a soak needs --rate (offered messages per second)")?,
+            window_seconds: a.window_seconds,
+            set: &a.set,
+            extra: &a.loadgen_args,
+        };
+        return crate::soak::run(root, &bins, &soak);
+    }
+    if a.rate.is_some() {
+        bail!("--rate before `--` is for a soak (--minutes); give the scenario's rate after `--`");
+    }
     let mut args = vec![a.scenario.clone()];
     let mut cluster = None;
     let gateway = match &a.gateway {

@@ -30,6 +30,7 @@ mod bindings;
 mod disk;
 mod kotlin;
 mod loadtest;
+mod nats;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,10 @@ use clap::{Parser, Subcommand};
 mod cluster;
 mod s3server;
 mod services;
+mod soak;
+
+/// The durable peer's name in bench results (as `qim-loadgen nats-chat` reports it).
+pub(crate) const NATS_SYSTEM: &str = "nats-jetstream";
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "qim developer tasks")]

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 
 use crate::qim::{Endpoints, Session, Target, login};
+use crate::soak::{self, Windows};
 use crate::stats;
 
 /// Parameters shared by every chat-like scenario (qim, echo, MQTT).
@@ -48,6 +49,14 @@ pub(crate) struct ChatArgs {
     /// on its own connection while it sends (0: no upload).
     #[arg(long, default_value_t = 0)]
     pub(crate) upload_mib: u64,
+    /// Soak: also report latency per window of this many seconds (by the
+    /// time a message was due; 0: no windows).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) window_seconds: f64,
+    /// Soak: the server's process id; its disk writes, CPU and RSS are
+    /// sampled at every window boundary.
+    #[arg(long)]
+    pub(crate) pid: Option<u32>,
 }
 
 impl ChatArgs {
@@ -99,6 +108,8 @@ pub(crate) struct Received {
     pub(crate) errors: Vec<String>,
     pub(crate) last: Option<Instant>,
     pub(crate) latency: Option<Histogram<u64>>,
+    /// Latency per window, when windows were asked for.
+    pub(crate) windows: Option<Windows>,
 }
 
 /// Sums pairs' results into one JSON result.
@@ -114,7 +125,11 @@ pub(crate) fn summarize(
     let mut latency = stats::histogram();
     let (mut delivered, mut retransmits, mut duplicates) = (0, 0, 0);
     let mut last = start;
+    let mut windows = Windows::new(start, args.window_seconds);
     for r in received {
+        if let (Some(all), Some(w)) = (&mut windows, &r.windows) {
+            all.merge(w);
+        }
         delivered += r.delivered;
         retransmits += r.retransmits;
         duplicates += r.duplicates;
@@ -152,6 +167,12 @@ pub(crate) fn summarize(
         "errors": errors,
     });
     merge(&mut v, extra);
+    if let Some(w) = windows {
+        merge(
+            &mut v,
+            json!({ "window_seconds": args.window_seconds, "windows": w.json() }),
+        );
+    }
     v
 }
 
@@ -198,6 +219,14 @@ pub(crate) async fn run(
     eprintln!("chat: {} pairs logged in", args.pairs);
 
     let start = Instant::now() + Duration::from_millis(200);
+    let width = Duration::from_secs_f64(args.window_seconds.max(0.0));
+    let (stop_sampling, sampling_stop) = watch::channel(false);
+    let sampling = match args.pid {
+        Some(pid) if !width.is_zero() => {
+            Some(tokio::spawn(soak::sample(pid, start, width, sampling_stop)))
+        }
+        _ => None,
+    };
     let mut pairs = tokio::task::JoinSet::new();
     for (p, (sender, receiver)) in senders.into_iter().zip(receivers).enumerate() {
         let (sender, receiver) = (
@@ -208,7 +237,8 @@ pub(crate) async fn run(
         let to = format!("{run_id}-r{p}");
         pairs.spawn(async move {
             let (expect_tx, expect_rx) = watch::channel(None);
-            let receiving = tokio::spawn(receive(receiver, expect_rx));
+            let windows = Windows::new(start, args.window_seconds);
+            let receiving = tokio::spawn(receive(receiver, expect_rx, windows));
             let (stop_upload, upload_stop) = watch::channel(false);
             let uploading = (args.upload_mib > 0).then(|| {
                 tokio::spawn(crate::upload::flat_out(
@@ -262,17 +292,16 @@ pub(crate) async fn run(
         received.push(r);
         errors.extend(e);
     }
+    stop_sampling.send_replace(true);
+    let samples = match sampling {
+        Some(sampling) => sampling.await?,
+        None => Vec::new(),
+    };
     // Over TLS on TCP the result is a system of its own, next to QUIC's.
     let system = if tcp { "qim-tcp" } else { "qim" };
-    Ok(summarize(
-        system,
-        &args,
-        start,
-        (sent, acked),
-        received,
-        errors,
-        true,
-    ))
+    let mut result = summarize(system, &args, start, (sent, acked), received, errors, true);
+    soak::attach(&mut result, &samples, width);
+    Ok(result)
 }
 
 /// Sends until the time or message budget is spent; returns (sent, acked).
@@ -388,9 +417,14 @@ async fn heartbeat_on(conn: qim_proto::transport::Connection, interval: Duration
 
 /// Receives and acknowledges deliveries until `expect` says how many were
 /// acked and that many have arrived.
-async fn receive(session: Session, mut expect: watch::Receiver<Option<u64>>) -> Received {
+async fn receive(
+    session: Session,
+    mut expect: watch::Receiver<Option<u64>>,
+    windows: Option<Windows>,
+) -> Received {
     let mut r = Received {
         latency: Some(stats::histogram()),
+        windows,
         ..Received::default()
     };
     if let Err(e) = receive_into(&session, &mut expect, &mut r).await {
@@ -442,6 +476,9 @@ async fn receive_into(
                         bail!("seq {next_seq} holds message {index}, expected {want}");
                     }
                     stats::record(latency, sent_ns);
+                    if let Some(w) = &mut r.windows {
+                        w.record(sent_ns);
+                    }
                     r.delivered += 1;
                     next_seq += 1;
                 }

@@ -9,6 +9,9 @@
 //! - [`echo`]: the raw quinn echo baseline (server and client).
 //! - [`mqtt`]: the chat and connections scenarios against an MQTT broker
 //!   with QoS 1.
+//! - [`soak`]: latency per window, server samples and a count of an
+//!   embedded store's rows, for soak runs.
+//! - [`nats`]: the chat scenario against NATS JetStream (durable).
 //! - [`charts`]: PNG charts from a bench summary.
 //! - [`stats`]: `/proc` readings, histograms, timestamped bodies.
 //!
@@ -22,8 +25,10 @@ mod connections;
 mod echo;
 mod fanout;
 mod mqtt;
+mod nats;
 mod qim;
 mod reconnect;
+mod soak;
 mod stats;
 mod upload;
 
@@ -150,12 +155,28 @@ enum Command {
         #[command(flatten)]
         args: chat::ChatArgs,
     },
+    /// The chat scenario against NATS JetStream (file stream, durable
+    /// consumers).
+    NatsChat {
+        /// The NATS server's URL.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[command(flatten)]
+        args: chat::ChatArgs,
+    },
     /// The connections scenario against an MQTT broker.
     MqttConnections {
         #[command(flatten)]
         broker: BrokerArgs,
         #[command(flatten)]
         args: connections::ConnArgs,
+    },
+    /// Count the rows and key + value bytes per keyspace of a stopped
+    /// gateway's embedded store.
+    StoreRows {
+        /// The store directory (`<data dir>/store`).
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Draw PNG charts from a bench summary (JSON array of results).
     Charts {
@@ -268,12 +289,18 @@ async fn run(command: Command) -> Result<Option<serde_json::Value>> {
             };
             mqtt::chat(b, args, &run_id(&None)).await?
         }
+        Command::NatsChat { url, args } => nats::chat(&url, args, &run_id(&None)).await?,
         Command::MqttConnections { broker, args } => {
             let b = mqtt::Broker {
                 host: broker.host,
                 port: broker.port,
             };
             mqtt::connections(b, args, &run_id(&None), broker.connect_concurrency).await?
+        }
+        Command::StoreRows { dir } => {
+            let mut rows = soak::store_rows(&dir)?;
+            chat::merge(&mut rows, serde_json::json!({ "ok": true }));
+            rows
         }
         Command::Charts { summary, out, font } => {
             charts::draw(&summary, &out, &font)?;
