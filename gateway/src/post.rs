@@ -277,11 +277,12 @@ pub(crate) async fn post_sends_as(
                         sender.first_attempt_was_wrong(ctx, &id);
                     }
                     match recorded_and_published(ctx, id.clone(), p).await {
-                        Some(ack) => Ok(ack),
-                        None => Err((
+                        Ok(Some(ack)) => Ok(ack),
+                        Ok(None) => Err((
                             id,
                             Refusal::from(StoreError::Corrupt("a post without copies".into())),
                         )),
+                        Err(e) => Err((id, Refusal::from(e))),
                     }
                 }
                 Some(Err(e)) => {
@@ -326,14 +327,14 @@ pub(crate) async fn post_sends_as(
 }
 
 /// Records the copies of a post that carry blobs (for their collection),
-/// then publishes it.
+/// then publishes it; a failed record is the send's (retryable) failure.
 async fn recorded_and_published(
     ctx: &Ctx,
     client_msg_id: String,
     posted: qim_storage::conversations::Posted,
-) -> Option<v1::SendAck> {
-    crate::media::record_copies(ctx, &posted.copies).await;
-    published(ctx, client_msg_id, posted.copies, !posted.duplicate).await
+) -> Result<Option<v1::SendAck>, StoreError> {
+    crate::media::record_copies(ctx, &posted.copies).await?;
+    Ok(published(ctx, client_msg_id, posted.copies, !posted.duplicate).await)
 }
 
 /// A send checked and made into a post, or why not.

@@ -178,12 +178,16 @@ pub(crate) async fn run(ctx: std::sync::Arc<Ctx>, mut draining: watch::Receiver<
 }
 
 /// Records the stored copies of a post that carry blobs, so the sweep
-/// knows which messages hold them. The message is stored already, so a
-/// failure is only logged (and counted): those blobs then stay for their
-/// hold only.
-pub(crate) async fn record_copies(ctx: &Ctx, copies: &[qim_storage::StoredMessage]) {
+/// knows which messages hold them. On a failure the send is refused as
+/// retryable although its message is stored: the client's resend is a
+/// duplicate that records them again, so no acknowledged message carries
+/// a blob the sweep does not know it holds.
+pub(crate) async fn record_copies(
+    ctx: &Ctx,
+    copies: &[qim_storage::StoredMessage],
+) -> Result<(), qim_storage::StoreError> {
     let Some(first) = copies.first() else {
-        return;
+        return Ok(());
     };
     for id in media::carried_blobs(&first.message) {
         let refs: Vec<media::CopyRef> = copies
@@ -194,7 +198,9 @@ pub(crate) async fn record_copies(ctx: &Ctx, copies: &[qim_storage::StoredMessag
             })
             .collect();
         if let Err(e) = ctx.stores.media.add_copies(&id, &refs).await {
-            warn!(blob = ?id, error = %e, "recording the copies carrying a blob failed");
+            warn!(blob = ?id, error = %e, "recording the copies carrying a blob failed; the send is refused as retryable");
+            return Err(e);
         }
     }
+    Ok(())
 }
