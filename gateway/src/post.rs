@@ -10,6 +10,8 @@
 //! - A send is acknowledged only from the result of the store call, i.e.
 //!   after it is durable; a store error refuses the whole batch as
 //!   retryable.
+//! - A store call once started runs to its end, even when the session
+//!   that made it ends first (it runs on a task of its own).
 //! - Copies are handed to the fan-out after the store call returned,
 //!   duplicates too: the first attempt's session may have ended between
 //!   its commit and its fan-out; feeds ignore seqs they have.
@@ -17,6 +19,7 @@
 //!   and none is stored after an earlier one of its stream was refused as
 //!   retryable until that one is sent again (`order`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use qim_proto::v1::{self, ErrorCode, server_ack};
@@ -249,7 +252,18 @@ pub(crate) async fn post_sends_as(
         Ok(Vec::new())
     } else {
         let started = Instant::now();
-        let result = ctx.stores.conversations.post(posts).await;
+        // On a task of its own: a post the store started (seqs taken, the
+        // key claimed) is finished even if this session ends meanwhile (the
+        // client moved, or went away), so its resend finds it stored rather
+        // than a claim whose write never came.
+        let store = Arc::clone(&ctx.stores.conversations);
+        let result = tokio::spawn(async move { store.post(posts).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Unavailable(format!(
+                    "the post's task failed: {e}"
+                )))
+            });
         ctx.metrics
             .store_latency
             .observe(started.elapsed().as_secs_f64());
