@@ -26,12 +26,11 @@
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt as _, StreamExt as _};
 use qim_proto::transport::mux::{Limits, Role};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -41,12 +40,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::compat::{FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt as _};
 
+mod ws;
+use ws::{WS_PIECE, WS_STREAM_QUEUE, WsMux, WsTx, ws_mux};
+
 /// Size of the request/response frames of (a) and (b).
 const SMALL: usize = 64;
 /// One write of the bulk streams.
 const BULK_WRITE: usize = 64 * 1024;
-/// Largest piece of the WebSocket multiplexer (one yamux or HTTP/2 frame).
-const WS_PIECE: usize = 16 * 1024;
 /// Per-stream receive window of h2 (yamux's default, and qim's).
 const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window of h2.
@@ -74,6 +74,9 @@ pub(crate) struct MuxBenchArgs {
     /// Multiplexers to measure.
     #[arg(long, value_delimiter = ',', default_value = "yamux,qim,h2,ws")]
     kinds: Vec<Kind>,
+    /// TCP_NOTSENT_LOWAT in KiB on every socket, both ends (0: not set).
+    #[arg(long, default_value_t = 0)]
+    notsent_lowat: u32,
     /// Internal: serve this multiplexer on a loopback port (printed).
     #[arg(long, hide = true)]
     serve: Option<Kind>,
@@ -123,11 +126,16 @@ pub(crate) fn bench_mux(args: MuxBenchArgs) -> Result<()> {
         .build()
         .context("tokio runtime")?;
     if let Some(kind) = args.serve {
-        return rt.block_on(serve(kind));
+        return rt.block_on(serve(kind, args.notsent_lowat));
     }
     if let Some(kind) = args.idle_client {
         let addr = args.addr.context("--idle-client needs --addr")?;
-        return rt.block_on(idle_client(kind, addr, args.connections));
+        return rt.block_on(idle_client(
+            kind,
+            addr,
+            args.connections,
+            args.notsent_lowat,
+        ));
     }
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
         .context("self-signed certificate")?;
@@ -196,8 +204,14 @@ fn print_table(args: &MuxBenchArgs, rows: &[(Kind, Row)]) {
         );
     }
     println!(
-        "\n{} round trips of {SMALL} B per latency column; {} MiB in (c); {} idle connections in (d).",
-        args.round_trips, args.bulk_mib, args.connections
+        "\n{} round trips of {SMALL} B per latency column; {} MiB in (c); {} idle connections in (d); TCP_NOTSENT_LOWAT {}.",
+        args.round_trips,
+        args.bulk_mib,
+        args.connections,
+        match args.notsent_lowat {
+            0 => "not set".to_string(),
+            k => format!("{k} KiB"),
+        }
     );
 }
 
@@ -213,11 +227,12 @@ impl Drop for Kill {
 
 /// Starts `bench-mux --serve kind` and returns it with the address it
 /// listens on.
-fn spawn_server(kind: Kind, pem: &(String, String)) -> Result<(Kill, SocketAddr)> {
+fn spawn_server(kind: Kind, lowat: u32, pem: &(String, String)) -> Result<(Kill, SocketAddr)> {
     let exe = std::env::current_exe().context("current executable")?;
     let mut child = Kill(
         Command::new(exe)
             .args(["bench-mux", "--serve", kind.arg()])
+            .args(["--notsent-lowat", &lowat.to_string()])
             .env(ENV_CERT, &pem.0)
             .env(ENV_KEY, &pem.1)
             .stdout(Stdio::piped())
@@ -250,9 +265,9 @@ fn rss_kib(pid: &str) -> Result<u64> {
 async fn measure(kind: Kind, args: &MuxBenchArgs, pem: &(String, String)) -> Result<Row> {
     let mut row = Row::default();
     {
-        let (_server, addr) = spawn_server(kind, pem)?;
+        let (_server, addr) = spawn_server(kind, args.notsent_lowat, pem)?;
         let tls = client_tls(&pem.0)?;
-        let client = Client::connect(kind, addr, &tls).await?;
+        let client = Client::connect(kind, addr, &tls, args.notsent_lowat).await?;
         // (a) round trips on an idle connection.
         let (mut tx, mut rx) = client.open().await?;
         tx.send(Bytes::from_static(&[MODE_ECHO])).await?;
@@ -279,7 +294,7 @@ async fn measure(kind: Kind, args: &MuxBenchArgs, pem: &(String, String)) -> Res
         tx.finish().await?;
     }
     // (d) idle connections: a fresh server and a fresh client process.
-    let (server, addr) = spawn_server(kind, pem)?;
+    let (server, addr) = spawn_server(kind, args.notsent_lowat, pem)?;
     let server_pid = server.0.id().to_string();
     let server_before = rss_kib(&server_pid)?;
     let exe = std::env::current_exe().context("current executable")?;
@@ -288,6 +303,7 @@ async fn measure(kind: Kind, args: &MuxBenchArgs, pem: &(String, String)) -> Res
             .args(["bench-mux", "--idle-client", kind.arg()])
             .args(["--addr", &addr.to_string()])
             .args(["--connections", &args.connections.to_string()])
+            .args(["--notsent-lowat", &args.notsent_lowat.to_string()])
             .env(ENV_CERT, &pem.0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -372,6 +388,16 @@ async fn upload(
         bail!("server counted {counted} bytes, {sent} were sent");
     }
     Ok(counted as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// No Nagle delay (as the gateway and the SDK), and TCP_NOTSENT_LOWAT when
+/// asked for.
+fn tune(tcp: &TcpStream, lowat_kib: u32) -> Result<()> {
+    tcp.set_nodelay(true)?;
+    if lowat_kib > 0 {
+        socket2::SockRef::from(tcp).set_tcp_notsent_lowat(lowat_kib * 1024)?;
+    }
+    Ok(())
 }
 
 // --- TLS ---------------------------------------------------------------------
@@ -516,9 +542,14 @@ enum Client {
 }
 
 impl Client {
-    async fn connect(kind: Kind, addr: SocketAddr, tls: &TlsConnector) -> Result<Client> {
+    async fn connect(
+        kind: Kind,
+        addr: SocketAddr,
+        tls: &TlsConnector,
+        lowat: u32,
+    ) -> Result<Client> {
         let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
+        tune(&tcp, lowat)?;
         let io: ClientIo = tls.connect(ServerName::try_from("localhost")?, tcp).await?;
         Ok(match kind {
             Kind::Yamux => Client::Yamux(yamux_client(io)),
@@ -538,7 +569,12 @@ impl Client {
                 Client::H2(send)
             }
             Kind::Ws => {
-                let (ws, _) = tokio_tungstenite::client_async("wss://localhost/mux", io).await?;
+                let (ws, _) = tokio_tungstenite::client_async_with_config(
+                    "wss://localhost/mux",
+                    io,
+                    Some(ws::config()),
+                )
+                .await?;
                 Client::Ws(ws_mux(ws, None))
             }
         })
@@ -620,7 +656,7 @@ fn yamux_client(io: ClientIo) -> mpsc::UnboundedSender<YamuxOpen> {
 /// The idle-connection child: `n` connections, each with one echo stream
 /// after one round trip; prints its RSS before and after, then holds them
 /// until its standard input closes.
-async fn idle_client(kind: Kind, addr: SocketAddr, n: usize) -> Result<()> {
+async fn idle_client(kind: Kind, addr: SocketAddr, n: usize, lowat: u32) -> Result<()> {
     let tls = client_tls(&std::env::var(ENV_CERT).context(ENV_CERT)?)?;
     let pid = std::process::id().to_string();
     let before = rss_kib(&pid)?;
@@ -630,7 +666,7 @@ async fn idle_client(kind: Kind, addr: SocketAddr, n: usize) -> Result<()> {
         let (tls, permits) = (tls.clone(), Arc::clone(&permits));
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            let client = Client::connect(kind, addr, &tls).await?;
+            let client = Client::connect(kind, addr, &tls, lowat).await?;
             let (mut tx, mut rx) = client.open().await?;
             tx.send(Bytes::from_static(&[MODE_ECHO])).await?;
             round_trips(&mut tx, &mut rx, 1).await?;
@@ -652,7 +688,7 @@ async fn idle_client(kind: Kind, addr: SocketAddr, n: usize) -> Result<()> {
 
 // --- server ------------------------------------------------------------------
 
-async fn serve(kind: Kind) -> Result<()> {
+async fn serve(kind: Kind, lowat: u32) -> Result<()> {
     let tls = server_tls()?;
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     println!("listening {}", listener.local_addr()?);
@@ -660,7 +696,9 @@ async fn serve(kind: Kind) -> Result<()> {
         let (tcp, remote) = listener.accept().await?;
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
+            if tune(&tcp, lowat).is_err() {
+                return;
+            }
             let Ok(io) = tls.accept(tcp).await else {
                 return;
             };
@@ -704,7 +742,7 @@ async fn serve_connection(kind: Kind, io: ServerIo, remote: SocketAddr) -> Resul
             }
         }
         Kind::Ws => {
-            let ws = tokio_tungstenite::accept_async(io).await?;
+            let ws = tokio_tungstenite::accept_async_with_config(io, Some(ws::config())).await?;
             let (accepted, mut accept) = mpsc::channel(16);
             let _mux = ws_mux(ws, Some(accepted));
             while let Some(stream) = accept.recv().await {
@@ -745,109 +783,4 @@ async fn handle((mut tx, mut rx): (Tx, Rx)) -> Result<()> {
         _ => bail!("unknown stream mode"),
     }
     tx.finish().await
-}
-
-// --- the WebSocket multiplexer -----------------------------------------------
-
-/// Pieces a stream's reader may have queued before the connection's reader
-/// waits (and so every stream of the connection with it).
-const WS_STREAM_QUEUE: usize = 64;
-/// Pieces queued for the connection's writer, all streams together.
-const WS_WRITE_QUEUE: usize = 16;
-
-type WsStreams = Arc<std::sync::Mutex<std::collections::HashMap<u32, mpsc::Sender<Bytes>>>>;
-
-/// One WebSocket connection's multiplexer.
-struct WsMux {
-    out: mpsc::Sender<(u32, Bytes)>,
-    streams: WsStreams,
-    next_id: AtomicU64,
-}
-
-/// The sending half of a stream on [`WsMux`].
-struct WsTx {
-    id: u32,
-    out: mpsc::Sender<(u32, Bytes)>,
-}
-
-/// Runs the reader and the writer of a WebSocket connection; a server
-/// passes `accepted`, where streams the peer opens are handed out.
-fn ws_mux<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
-    accepted: Option<mpsc::Sender<(Tx, Rx)>>,
-) -> WsMux
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    use tokio_tungstenite::tungstenite::Message;
-    let (mut sink, mut source) = ws.split();
-    let (out, mut queue) = mpsc::channel::<(u32, Bytes)>(WS_WRITE_QUEUE);
-    let streams: WsStreams = Arc::default();
-    tokio::spawn(async move {
-        let frame = |(id, piece): (u32, Bytes)| {
-            let mut m = BytesMut::with_capacity(4 + piece.len());
-            m.extend_from_slice(&id.to_be_bytes());
-            m.extend_from_slice(&piece);
-            Message::Binary(m.freeze())
-        };
-        while let Some(first) = queue.recv().await {
-            if sink.feed(frame(first)).await.is_err() {
-                return;
-            }
-            while let Ok(next) = queue.try_recv() {
-                if sink.feed(frame(next)).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
-    let reader_streams = Arc::clone(&streams);
-    let reader_out = out.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = source.next().await {
-            let Message::Binary(mut data) = message else {
-                continue;
-            };
-            if data.len() < 4 {
-                return;
-            }
-            let head = data.split_to(4);
-            let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-            let known = reader_streams.lock().ok().and_then(|s| s.get(&id).cloned());
-            let to = match (known, &accepted) {
-                (Some(to), _) => to,
-                (None, Some(accepted)) if !data.is_empty() => {
-                    let (to, rx) = mpsc::channel(WS_STREAM_QUEUE);
-                    if let Ok(mut s) = reader_streams.lock() {
-                        s.insert(id, to.clone());
-                    }
-                    let tx = WsTx {
-                        id,
-                        out: reader_out.clone(),
-                    };
-                    if accepted.send((Tx::Ws(tx), Rx::Ws(rx))).await.is_err() {
-                        return;
-                    }
-                    to
-                }
-                _ => continue,
-            };
-            if data.is_empty() {
-                // The end of the stream: dropping its sender ends its reader.
-                if let Ok(mut s) = reader_streams.lock() {
-                    s.remove(&id);
-                }
-            } else {
-                let _ = to.send(data).await;
-            }
-        }
-    });
-    WsMux {
-        out,
-        streams,
-        next_id: AtomicU64::new(1),
-    }
 }
