@@ -23,6 +23,8 @@
 //!   generator (see `loadtest`).
 //! - `cargo xtask bench`: the benchmark suite against raw quinn and
 //!   Mosquitto (see `bench`).
+//! - `cargo xtask bench-mux`: the TCP stream multiplexers (yamux, qim's,
+//!   HTTP/2, WebSocket) side by side on loopback (see `muxbench`).
 
 mod apifuzz;
 mod bench;
@@ -30,6 +32,7 @@ mod bindings;
 mod disk;
 mod kotlin;
 mod loadtest;
+mod muxbench;
 mod nats;
 
 use std::io::{BufRead as _, BufReader};
@@ -124,6 +127,8 @@ enum Task {
     Loadtest(loadtest::LoadtestArgs),
     /// The benchmark suite: raw quinn echo, qim, Mosquitto QoS 1.
     Bench(bench::BenchArgs),
+    /// The TCP stream multiplexers side by side: latency, throughput, memory.
+    BenchMux(muxbench::MuxBenchArgs),
 }
 
 const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "envelope_decode", "preamble"];
@@ -202,6 +207,7 @@ fn main() -> Result<()> {
         }
         Task::Loadtest(args) => loadtest::loadtest(&root, args),
         Task::Bench(args) => bench::bench(&root, args),
+        Task::BenchMux(args) => muxbench::bench_mux(args),
     }
 }
 

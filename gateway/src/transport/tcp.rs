@@ -101,8 +101,8 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, attempt: Attempt) {
         pending,
         acceptor,
     } = attempt;
-    // Frames are small and latency-bound: no Nagle delay.
-    let _ = stream.set_nodelay(true);
+    // No Nagle delay, little unsent data in the kernel ahead of a frame.
+    qim_proto::transport::tcp::tune(&stream);
     let bound = Duration::from_millis(ctx.config.transport.handshake_timeout_ms);
     let tls = match tokio::time::timeout(bound, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,

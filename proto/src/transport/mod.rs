@@ -19,6 +19,7 @@
 pub mod mux;
 mod quic;
 mod sched;
+pub mod tcp;
 
 use std::fmt;
 use std::future::Future;

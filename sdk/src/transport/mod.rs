@@ -293,7 +293,8 @@ pub(crate) async fn connect_tcp(
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| Error::Network(format!("connecting over TCP to {addr}: {e}")))?;
-    let _ = stream.set_nodelay(true);
+    // No Nagle delay, little unsent data in the kernel ahead of a frame.
+    qim_proto::transport::tcp::tune(&stream);
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, stream)
         .await

@@ -317,7 +317,8 @@ async fn login_tcp(
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("TCP connect to {addr}"))?;
-    stream.set_nodelay(true)?;
+    // As the SDK: no Nagle delay, TCP_NOTSENT_LOWAT.
+    qim_proto::transport::tcp::tune(&stream);
     let stream = tcp
         .tls
         .connect(name, stream)
