@@ -213,14 +213,14 @@ pub(crate) async fn post_sends_as(
     mut hold: Option<&mut OrderHold>,
 ) -> Vec<v1::ServerAck> {
     let now = qim_proto::now_ms();
-    // One verdict per send, in order; the posts that passed, in order.
-    let mut verdicts: Vec<Result<String, (String, Refusal)>> = Vec::with_capacity(sends.len());
+    // One verdict per send, in order (an admitted one with whether it was
+    // posted as a first attempt: a duplicate or conflict then proves the
+    // flag wrong); the posts that passed, in order.
+    let mut verdicts: Vec<Result<(String, bool), (String, Refusal)>> =
+        Vec::with_capacity(sends.len());
     let mut posts = Vec::with_capacity(sends.len());
     // Sends refused for order are not the stream's earliest refusal.
     let mut held_here = std::collections::HashSet::new();
-    // Sends posted as first attempts: a duplicate or conflict among them
-    // proves the flag wrong.
-    let mut firsts = std::collections::HashSet::new();
     for send in sends {
         let id = send.client_msg_id.clone();
         if let Some(hold) = hold.as_deref_mut()
@@ -232,10 +232,7 @@ pub(crate) async fn post_sends_as(
         }
         match admit(ctx, sender, send, now, trust).await {
             Ok(post) => {
-                if post.first_attempt {
-                    firsts.insert(id.clone());
-                }
-                verdicts.push(Ok(id));
+                verdicts.push(Ok((id, post.first_attempt)));
                 posts.push(post);
             }
             Err(refusal) => {
@@ -285,9 +282,9 @@ pub(crate) async fn post_sends_as(
     for verdict in verdicts {
         let outcome = match (verdict, &mut stored) {
             (Err((id, refusal)), _) => Err((id, refusal)),
-            (Ok(id), Ok(posted)) => match posted.next() {
+            (Ok((id, first)), Ok(posted)) => match posted.next() {
                 Some(Ok(p)) => {
-                    if p.duplicate && firsts.contains(&id) {
+                    if p.duplicate && first {
                         sender.first_attempt_was_wrong(ctx, &id);
                     }
                     match recorded_and_published(ctx, id.clone(), p).await {
@@ -300,7 +297,7 @@ pub(crate) async fn post_sends_as(
                     }
                 }
                 Some(Err(e)) => {
-                    if matches!(e, qim_storage::OpError::Conflict) && firsts.contains(&id) {
+                    if first && matches!(e, qim_storage::OpError::Conflict) {
                         sender.first_attempt_was_wrong(ctx, &id);
                     }
                     Err((id, crate::reply::post_refused(e)))
@@ -312,7 +309,7 @@ pub(crate) async fn post_sends_as(
                     )),
                 )),
             },
-            (Ok(id), Err(refusal)) => Err((id, refusal.clone())),
+            (Ok((id, _)), Err(refusal)) => Err((id, refusal.clone())),
         };
         if let Err((id, refusal)) = &outcome
             && refusal.code.is_retryable()

@@ -7,7 +7,6 @@ mod common;
 
 use std::io::Cursor;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::{ADMIN_SECRET, Backend, PATIENCE, TestGateway, http_request, unique};
 use qim_proto::v1::ErrorCode;
@@ -16,9 +15,6 @@ use qim_storage::media::{BlobBytes, BlobId};
 
 /// The grace after a blob's last use; a collection pass runs every second.
 const GRACE_MS: u64 = 500;
-
-/// How long a collection may take to be seen.
-const COLLECTED_WITHIN: Duration = Duration::from_secs(30);
 
 async fn gateway(backend: Backend, sync_sent: bool) -> TestGateway {
     common::start_media(backend, |c| {
@@ -81,20 +77,17 @@ async fn send(from: &Client, to: &str, blob: &Attachment) -> qim_sdk::SendReceip
     .expect("a message carrying the blob")
 }
 
-/// Waits until `who`'s download of `blob` is refused as NOT_FOUND.
+/// Waits until `who`'s download of `blob` is refused as NOT_FOUND (the
+/// collection runs on the gateway's own timer and tells no client).
 async fn until_collected(who: &Client, blob: &str) {
-    let deadline = Instant::now() + COLLECTED_WITHIN;
-    loop {
+    common::poll_until("the blob's collection", || async {
         match who.download_range(blob.to_owned(), 0, 0).await {
-            Err(e) if rejected(&e) == ErrorCode::NotFound => return,
-            Ok(_) => {}
+            Err(e) if rejected(&e) == ErrorCode::NotFound => Some(()),
+            Ok(_) => None,
             Err(e) => panic!("unexpected refusal while waiting: {e:?}"),
         }
-        assert!(Instant::now() < deadline, "blob not collected in time");
-        // Why a sleep: the collection runs on the gateway's own timer and
-        // tells no client; the test asks again every 100 ms.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// A sweep pass ran after now: a blob uploaded now and never sent (held
