@@ -2,7 +2,7 @@
 //! async reader and writer that the gateway and the SDK share. A thin
 //! driver over [`crate::frame`] and [`crate::preamble`].
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use thiserror::Error;
 
@@ -205,11 +205,28 @@ impl FramedRecv {
 }
 
 /// Sends frames on one stream; frames can be queued and flushed together.
+///
+/// Cancel-safe: a flush dropped part-way keeps the unwritten rest of its
+/// frames and writes it first on the next flush, so no later frame lands
+/// inside an earlier one. Dropped (or finished) with a frame written only
+/// in part, the stream is reset rather than finished: the peer sees an
+/// abandoned stream, never a frame cut short (which it must treat as a
+/// fault).
 #[derive(Debug)]
 pub struct FramedSend {
     stream: SendStream,
     buf: BytesMut,
+    /// Bytes taken from `buf` by a flush and not yet written.
+    unsent: Bytes,
     max_frame: usize,
+}
+
+impl Drop for FramedSend {
+    fn drop(&mut self) {
+        if !self.unsent.is_empty() {
+            self.stream.reset(ErrorCode::NoError);
+        }
+    }
 }
 
 impl FramedSend {
@@ -220,6 +237,7 @@ impl FramedSend {
         Self {
             stream: stream.into(),
             buf,
+            unsent: Bytes::new(),
             max_frame,
         }
     }
@@ -229,6 +247,7 @@ impl FramedSend {
         Self {
             stream: stream.into(),
             buf: BytesMut::new(),
+            unsent: Bytes::new(),
             max_frame,
         }
     }
@@ -238,13 +257,18 @@ impl FramedSend {
         frame::encode(msg, self.max_frame, &mut self.buf)
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued (first the rest of a flush that was
+    /// dropped part-way).
     pub async fn flush(&mut self) -> Result<(), SendError> {
-        if !self.buf.is_empty() {
-            let bytes = self.buf.split().freeze();
-            self.stream.write_all(bytes).await?;
+        loop {
+            if self.unsent.is_empty() {
+                if self.buf.is_empty() {
+                    return Ok(());
+                }
+                self.unsent = self.buf.split().freeze();
+            }
+            self.stream.write_from(&mut self.unsent).await?;
         }
-        Ok(())
     }
 
     /// Queues and writes one frame.
@@ -259,13 +283,20 @@ impl FramedSend {
         self.flush().await
     }
 
-    /// Finishes the stream after what was written.
+    /// Finishes the stream after what was written; resets it instead when
+    /// a frame was written only in part (a flush dropped part-way).
     pub fn finish(&mut self) {
-        self.stream.finish();
+        if self.unsent.is_empty() {
+            self.stream.finish();
+        } else {
+            self.unsent = Bytes::new();
+            self.stream.reset(ErrorCode::NoError);
+        }
     }
 
     /// Abandons the stream with a reason.
     pub fn reset(&mut self, code: ErrorCode) {
+        self.unsent = Bytes::new();
         self.stream.reset(code);
     }
 

@@ -295,10 +295,24 @@ impl From<quinn::SendStream> for SendStream {
 
 impl SendStream {
     /// Writes all of `bytes` (waiting for flow control credit).
-    pub async fn write_all(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+    pub async fn write_all(&mut self, mut bytes: Bytes) -> Result<(), StreamError> {
+        self.write_from(&mut bytes).await
+    }
+
+    /// Writes `bytes`, advancing it past each part written, until it is
+    /// empty. Cancel-safe: if the future is dropped, what is left in
+    /// `bytes` was not written (and can be written later in order).
+    pub async fn write_from(&mut self, bytes: &mut Bytes) -> Result<(), StreamError> {
         match &mut self.0 {
-            SendInner::Quic(s) => s.write_chunk(bytes).await.map_err(quic::write_error),
-            SendInner::Mux(s) => s.write_all(&bytes).await,
+            SendInner::Quic(s) => {
+                while !bytes.is_empty() {
+                    s.write_chunks(std::slice::from_mut(bytes))
+                        .await
+                        .map_err(quic::write_error)?;
+                }
+                Ok(())
+            }
+            SendInner::Mux(s) => s.write_from(bytes).await,
         }
     }
 

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
@@ -412,9 +412,10 @@ pub(super) struct MuxSend {
 
 impl MuxSend {
     /// Writes `bytes` a piece at a time, each in the connection's turn
-    /// (see [`Scheduler`]). Cancel-safe as yamux's writes are: a piece is
-    /// either handed to yamux whole or not at all.
-    pub(super) async fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), StreamError> {
+    /// (see [`Scheduler`]), advancing it past each piece yamux took (a
+    /// piece is taken whole or not at all), so a cancelled write leaves
+    /// the unwritten rest in `bytes`; then flushes.
+    pub(super) async fn write_from(&mut self, bytes: &mut Bytes) -> Result<(), StreamError> {
         let stream = self.stream.as_ref().ok_or(StreamError::Closed)?;
         let priority = self.priority.load(Ordering::Relaxed);
         let mut line = Line::new(&self.sched);
@@ -430,7 +431,7 @@ impl MuxSend {
             if n == 0 {
                 return Err(StreamError::Closed);
             }
-            bytes = &bytes[n..];
+            bytes.advance(n);
         }
         drop(line);
         poll_fn(|cx| Pin::new(&mut *lock(stream)).poll_flush(cx))
