@@ -112,11 +112,17 @@ impl Ctx {
             draining: watch::Sender::new(false),
             fatal: watch::Sender::new(None),
             node_tag: format!("{:08x}", rand::random::<u32>()),
-            next_session: AtomicU64::new(1),
+            // A random start: the ids of a node restarted under the same
+            // node id must not repeat its earlier run's, or a kick queued
+            // for an old session (REPLACED, read from the node's queue after
+            // the restart) would end a new one that drew the same id. Below
+            // 2^52, so the ids stay exact as JSON numbers.
+            next_session: AtomicU64::new(1 + (rand::random::<u64>() >> 12)),
         }
     }
 
-    /// A new session id, unique in this process.
+    /// A new session id, unique in this process and (with overwhelming
+    /// probability) across its restarts.
     pub(crate) fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }

@@ -223,9 +223,7 @@ impl ClientConfig {
             quic_stall_timeout: Duration::from_secs(2),
             quic_retry_min: Duration::from_secs(30),
             quic_retry_max: Duration::from_secs(600),
-            // Off until a move's REPLACED close of the old session can
-            // no longer fail a send in flight on it.
-            home_return_after: Duration::ZERO,
+            home_return_after: Duration::from_secs(60),
         }
     }
 }
