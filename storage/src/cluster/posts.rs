@@ -29,6 +29,14 @@ enum Plan {
     New,
 }
 
+/// The conversation a post goes to, as seen by its sender.
+fn conversation_key(post: &Post) -> Vec<u8> {
+    let mut key = post.sender.as_bytes().to_vec();
+    key.push(0);
+    prost::Message::encode(&post.to, &mut key).unwrap_or_default();
+    key
+}
+
 impl ClusterStore {
     /// [`ConversationStore::post`](crate::ConversationStore::post) of the
     /// cluster store.
@@ -110,36 +118,52 @@ impl ClusterStore {
             }
         }
         self.allocate_run(&posts, &run, &mut seqs).await?;
-        // Claim and write.
-        let work: Vec<Pending<'_, Option<Result<Posted, OpError>>>> = posts
+        // Claim and write: the new posts of one conversation one after
+        // the other (a later one is not written until the earlier one is,
+        // and not at all once one failed), conversations side by side.
+        // Written side by side, a later post could land while an earlier
+        // one failed; the earlier one's resend would then find the
+        // sender's later message stored.
+        let mut results: Vec<Option<Result<Posted, OpError>>> =
+            posts.iter().map(|_| None).collect();
+        let mut runs: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
+        for (i, post) in posts.iter().enumerate() {
+            match plans[i].take() {
+                Some(Plan::New) => {
+                    let key = conversation_key(post);
+                    match runs.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, run)) => run.push(i),
+                        None => runs.push((key, vec![i])),
+                    }
+                }
+                Some(Plan::Refused(e)) => results[i] = Some(Err(e)),
+                Some(Plan::SameAs(j)) => plans[i] = Some(Plan::SameAs(j)),
+                Some(Plan::Resend(_)) | None => results[i] = resent[i].take(),
+            }
+        }
+        let work: Vec<Pending<'_, Vec<(usize, Result<Posted, OpError>)>>> = runs
             .iter()
-            .enumerate()
-            .map(|(i, post)| {
-                let seqs = &seqs[i];
-                let fut: Pending<'_, _> = match plans[i].take() {
-                    Some(Plan::New) => Box::pin(async move {
-                        if post.inboxes.is_empty() {
+            .map(|(_, run)| {
+                let (posts, seqs) = (&posts, &seqs);
+                Box::pin(async move {
+                    let mut done = Vec::with_capacity(run.len());
+                    for &i in run {
+                        if posts[i].inboxes.is_empty() {
                             return Err(StoreError::Invalid(
                                 "a post needs at least one inbox".into(),
                             ));
                         }
-                        Ok(Some(self.store_post(post, seqs).await?))
-                    }),
-                    Some(Plan::Refused(e)) => Box::pin(async move { Ok(Some(Err(e))) }),
-                    Some(Plan::SameAs(j)) => {
-                        plans[i] = Some(Plan::SameAs(j));
-                        Box::pin(async { Ok(None) })
+                        done.push((i, self.store_post(&posts[i], &seqs[i]).await?));
                     }
-                    Some(Plan::Resend(_)) | None => {
-                        let done = resent[i].take();
-                        Box::pin(async move { Ok(done) })
-                    }
-                };
-                fut
+                    Ok(done)
+                }) as Pending<'_, _>
             })
             .collect();
+        for (i, result) in bounded(work).await?.into_iter().flatten() {
+            results[i] = Some(result);
+        }
         let mut out: Vec<Result<Posted, OpError>> = Vec::with_capacity(posts.len());
-        for (i, result) in bounded(work).await?.into_iter().enumerate() {
+        for (i, result) in results.into_iter().enumerate() {
             let result = match (result, &plans[i]) {
                 (Some(r), _) => r,
                 (None, Some(Plan::SameAs(j))) => match &out[*j] {
