@@ -466,7 +466,8 @@ async fn forty_clients_through_a_kill_9_of_each_node_lose_double_and_reorder_not
     )
     .await;
     // Clients of a killed node are on another node, their sends stored,
-    // within 5 s of the kill.
+    // within 5 s of the kill; a restarted node took its clients back, so
+    // each kill moves about a third of them (not all 40 by the last).
     for (i, (slowest, clients)) in fail_overs.iter().enumerate() {
         assert!(*clients > 0, "kill {i}: no client lost its connection");
         assert!(
