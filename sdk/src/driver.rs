@@ -215,6 +215,7 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     } = established;
     let started = Instant::now();
     let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    shared.moving.store(false, Ordering::Release);
     let max_frame = welcome
         .limits
         .as_ref()
@@ -508,7 +509,10 @@ async fn write_chat(
         }
         let notified = shared.outbox_changed.notified();
         let now = Instant::now();
-        let (due, wake) = {
+        let (due, wake) = if shared.moving.load(Ordering::Acquire) {
+            // Draining before a move: new sends wait for the next session.
+            (Vec::new(), None)
+        } else {
             let mut outbox = lock(&shared.outbox);
             let due = outbox.due(generation, now, ack_timeout);
             (due, outbox.next_due())
@@ -716,6 +720,7 @@ async fn read_server_acks(
             }
             None => {}
         }
+        shared.outbox_answered.notify_waiters();
     }
     Ok(SessionEnd::PeerFinished("ack"))
 }

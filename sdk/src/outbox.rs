@@ -376,6 +376,14 @@ impl Outbox {
         }
     }
 
+    /// Sends written on the current connection and not answered yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|(order, p)| p.sent_at.is_some() && !p.refused && !self.unsent.contains(order))
+            .count()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

@@ -99,6 +99,12 @@ pub(crate) struct Shared {
     pub(crate) groups: Mutex<HashMap<String, Inbox>>,
     pub(crate) outbox: Mutex<Outbox>,
     pub(crate) outbox_changed: Notify,
+    /// Wakes everyone waiting for sends in flight to be answered (an ack
+    /// or a refusal arrived).
+    pub(crate) outbox_answered: Notify,
+    /// Set while the session drains before a planned move (the way back
+    /// to the first server): nothing new is written on it.
+    pub(crate) moving: std::sync::atomic::AtomicBool,
     pub(crate) send_slots: Arc<Semaphore>,
     pub(crate) received: Mutex<Received>,
     /// Wakes `next_message` when the queue grows or the client closes.
@@ -198,6 +204,8 @@ impl Shared {
             user_id: Mutex::new(String::new()),
             outbox: Mutex::new(outbox),
             outbox_changed: Notify::new(),
+            outbox_answered: Notify::new(),
+            moving: std::sync::atomic::AtomicBool::new(false),
             queue_grew: Notify::new(),
             queue_shrank: Notify::new(),
             gap_confirmed: Notify::new(),

@@ -13,6 +13,7 @@ mod chat;
 #[path = "../common/mod.rs"]
 mod common;
 mod cross;
+mod home;
 mod kill;
 
 use std::collections::HashMap;

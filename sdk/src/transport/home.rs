@@ -14,6 +14,32 @@ use tracing::{debug, info};
 use crate::Error;
 use crate::shared::Shared;
 
+/// The longest a session drains before a move back (see [`drain`]).
+const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Before a planned move: stops writing new sends on this session and
+/// waits (at most [`DRAIN_AT_MOST`]) until every send written on it is
+/// answered, so the move resends nothing; the new session writes what
+/// waited. A send still unanswered then is resent after the move, as
+/// after any reconnect.
+async fn drain(shared: &Shared) {
+    shared.moving.store(true, Ordering::Release);
+    let deadline = tokio::time::Instant::now() + DRAIN_AT_MOST;
+    loop {
+        let answered = shared.outbox_answered.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        let in_flight = crate::sync::lock(&shared.outbox).in_flight();
+        if in_flight == 0 {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, answered).await.is_err() {
+            debug!(in_flight, "sends still unanswered; moving anyway");
+            return;
+        }
+    }
+}
+
 /// Returns `Ok` once the session should move back to the first server
 /// (the driver then reconnects there); never returns on the first server,
 /// with one server, or with `home_return_after` zero. The first try waits
@@ -41,6 +67,7 @@ pub(crate) async fn home(shared: Arc<Shared>) -> Result<(), Error> {
                 server = first,
                 "the first server is back; moving the session to it"
             );
+            drain(&shared).await;
             shared.server.store(0, Ordering::Relaxed);
             return Ok(());
         }
