@@ -509,13 +509,16 @@ async fn write_chat(
         }
         let notified = shared.outbox_changed.notified();
         let now = Instant::now();
-        let (due, wake) = if shared.moving.load(Ordering::Acquire) {
-            // Draining before a move: new sends wait for the next session.
-            (Vec::new(), None)
-        } else {
+        let (due, wake) = {
             let mut outbox = lock(&shared.outbox);
-            let due = outbox.due(generation, now, ack_timeout);
-            (due, outbox.next_due())
+            // Read under the outbox's lock (see `transport::home`): before
+            // a move, new sends wait for the next session.
+            if shared.moving.load(Ordering::Acquire) {
+                (Vec::new(), None)
+            } else {
+                let due = outbox.due(generation, now, ack_timeout);
+                (due, outbox.next_due())
+            }
         };
         if !due.is_empty() {
             for send in &due {

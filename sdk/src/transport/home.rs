@@ -14,28 +14,50 @@ use tracing::{debug, info};
 use crate::Error;
 use crate::shared::Shared;
 
-/// The longest a session drains before a move back (see [`drain`]).
-const DRAIN_AT_MOST: Duration = Duration::from_secs(10);
+/// How long a move back looks for a quiet moment while the session
+/// writes on (see [`quiet_moment`]).
+const QUIET_WITHIN: Duration = Duration::from_secs(3);
 
-/// Before a planned move: stops writing new sends on this session and
-/// waits (at most [`DRAIN_AT_MOST`]) until every send written on it is
-/// answered, so the move resends nothing; the new session writes what
-/// waited. A send still unanswered then is resent after the move, as
-/// after any reconnect.
-async fn drain(shared: &Shared) {
+/// How long it then holds new sends back to make one.
+const HOLD_AT_MOST: Duration = Duration::from_secs(2);
+
+/// Before a planned move: a moment when every send written on this
+/// session is answered, after which nothing new is written on it (the
+/// next session writes what waits), so the move resends nothing. First
+/// looks for one for [`QUIET_WITHIN`] while sends go on; then holds new
+/// sends back for at most [`HOLD_AT_MOST`]. A session still busy then (its
+/// acks are slow under load) moves anyway, and what is unanswered goes
+/// again on the new session, as after any reconnect: staying would leave
+/// the restarted node empty and the others carrying every client.
+async fn quiet_moment(shared: &Shared) {
+    let now = tokio::time::Instant::now();
+    if answered_by(shared, now + QUIET_WITHIN).await {
+        return;
+    }
     shared.moving.store(true, Ordering::Release);
-    let deadline = tokio::time::Instant::now() + DRAIN_AT_MOST;
+    if !answered_by(shared, tokio::time::Instant::now() + HOLD_AT_MOST).await {
+        debug!("moving with sends unanswered; they go again on the next session");
+    }
+}
+
+/// Waits until every send written on this session is answered, then
+/// stops writing new ones (sets `moving`); `false` at `deadline`.
+async fn answered_by(shared: &Shared, deadline: tokio::time::Instant) -> bool {
     loop {
         let answered = shared.outbox_answered.notified();
         tokio::pin!(answered);
         answered.as_mut().enable();
-        let in_flight = crate::sync::lock(&shared.outbox).in_flight();
-        if in_flight == 0 {
-            return;
+        {
+            // Under the outbox's lock: the chat writer reads `moving`
+            // under it too, so nothing is written after this check.
+            let outbox = crate::sync::lock(&shared.outbox);
+            if outbox.in_flight() == 0 {
+                shared.moving.store(true, Ordering::Release);
+                return true;
+            }
         }
         if tokio::time::timeout_at(deadline, answered).await.is_err() {
-            debug!(in_flight, "sends still unanswered; moving anyway");
-            return;
+            return false;
         }
     }
 }
@@ -45,7 +67,8 @@ async fn drain(shared: &Shared) {
 /// with one server, or with `home_return_after` zero. The first try waits
 /// `home_return_after` plus up to as much again at random, so the clients
 /// of a node that comes back return spread over that time, not at once;
-/// after a failed try the wait doubles, up to `quic_retry_max`.
+/// after a failed try the wait doubles, up to `quic_retry_max`. The move
+/// waits for a quiet moment first ([`quiet_moment`]).
 pub(crate) async fn home(shared: Arc<Shared>) -> Result<(), Error> {
     let servers = 1 + shared.config.fallback_servers.len();
     let at = shared.server.load(Ordering::Relaxed) % servers;
@@ -67,7 +90,7 @@ pub(crate) async fn home(shared: Arc<Shared>) -> Result<(), Error> {
                 server = first,
                 "the first server is back; moving the session to it"
             );
-            drain(&shared).await;
+            quiet_moment(&shared).await;
             shared.server.store(0, Ordering::Relaxed);
             return Ok(());
         }
