@@ -159,7 +159,7 @@ struct Login {
 struct LoginFailure {
     fault: Fault,
     /// Where to send a Refusal, when the control stream got that far.
-    control: Option<FramedSend>,
+    control: Option<Box<FramedSend>>,
 }
 
 impl From<Fault> for LoginFailure {
@@ -192,7 +192,7 @@ async fn login(ctx: &Ctx, conn: &Connection) -> Result<Login, LoginFailure> {
     let mut control_recv = FramedRecv::new(recv, max_frame);
     let refuse = |fault: Fault, control: FramedSend| LoginFailure {
         fault,
-        control: Some(control),
+        control: Some(Box::new(control)),
     };
     let hello = match control_recv.next::<v1::ClientControl>().await {
         Ok(Some(v1::ClientControl {

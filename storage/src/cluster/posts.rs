@@ -21,6 +21,9 @@ const RETRIES: usize = 2;
 /// Rounds a group post retries when the group changed under it.
 const GROUP_ROUNDS: usize = 16;
 
+/// A post of a batch (by index) and how it ended.
+type Outcome = (usize, Result<Posted, OpError>);
+
 /// What happens to one post of a batch.
 enum Plan {
     SameAs(usize),
@@ -141,7 +144,7 @@ impl ClusterStore {
                 Some(Plan::Resend(_)) | None => results[i] = resent[i].take(),
             }
         }
-        let work: Vec<Pending<'_, Vec<(usize, Result<Posted, OpError>)>>> = runs
+        let work: Vec<Pending<'_, Vec<Outcome>>> = runs
             .iter()
             .map(|(_, run)| {
                 let (posts, seqs) = (&posts, &seqs);
