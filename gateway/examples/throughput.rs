@@ -49,6 +49,7 @@ async fn main() -> Result<()> {
             ca.clone(),
         );
         c.max_pending_sends = args.in_flight;
+        c.max_sends_in_flight = args.in_flight;
         Ok(c)
     };
 

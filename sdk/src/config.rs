@@ -104,6 +104,12 @@ pub struct ClientConfig {
     pub reconnect_max: Duration,
     /// Sends waiting for an ack at once; further sends wait for room.
     pub max_pending_sends: usize,
+    /// Sends written on the connection and not yet answered, at most (also
+    /// at most the server's `max_inflight_sends`); the rest wait in the
+    /// outbox, in order. Bounds what a lost connection writes again on the
+    /// next one and, when the server is slow, keeps the queue on the
+    /// device. 0: only the server's bound.
+    pub max_sends_in_flight: usize,
     /// Received messages buffered for the app; when full, the client stops
     /// reading and the server holds the rest.
     pub inbox_buffer: usize,
@@ -210,6 +216,7 @@ impl ClientConfig {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             max_pending_sends: 4096,
+            max_sends_in_flight: 64,
             inbox_buffer: 4096,
             gap_skip_after: Duration::from_secs(30),
             data_dir: None,

@@ -216,6 +216,15 @@ async fn run_session(shared: &Arc<Shared>, established: Established) -> SessionE
     let started = Instant::now();
     let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
     shared.moving.store(false, Ordering::Release);
+    let server_window = welcome
+        .limits
+        .as_ref()
+        .map_or(0, |l| l.max_inflight_sends as usize);
+    let window = match (shared.config.max_sends_in_flight, server_window) {
+        (0, w) | (w, 0) => w,
+        (mine, theirs) => mine.min(theirs),
+    };
+    lock(&shared.outbox).set_window(window);
     let max_frame = welcome
         .limits
         .as_ref()
@@ -715,7 +724,16 @@ async fn read_server_acks(
     while let Some(ack) = recv.next::<v1::ServerAck>().await? {
         shared.check_path(&conn);
         match ack.kind {
-            Some(server_ack::Kind::Ack(ack)) => lock(&shared.outbox).acked(&ack),
+            Some(server_ack::Kind::Ack(ack)) => {
+                let mut outbox = lock(&shared.outbox);
+                let waiting = outbox.window_full();
+                outbox.acked(&ack);
+                drop(outbox);
+                if waiting {
+                    // Room in the window: the writer goes on.
+                    shared.outbox_changed.notify_one();
+                }
+            }
             Some(server_ack::Kind::Nack(nack)) => {
                 debug!(client_msg_id = %nack.client_msg_id, code = nack.code, "send refused");
                 lock(&shared.outbox).refused(&nack, Instant::now());

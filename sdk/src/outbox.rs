@@ -49,6 +49,13 @@ pub(crate) struct Outbox {
     generation: u64,
     /// Not yet written on `generation`, by order.
     unsent: BTreeSet<u64>,
+    /// Written on `generation` and not answered yet, by order.
+    written: BTreeSet<u64>,
+    /// At most this many in `written` (0: no bound): a send beyond it
+    /// waits for an answer. Bounds what a lost connection makes the next
+    /// one write again, and under load leaves senders a slower ack
+    /// rather than a deeper queue on the wire.
+    window: usize,
     /// `(due, order)` of written sends in write order, so due times only
     /// grow; entries acked since are skipped when they come up.
     timeouts: VecDeque<(Instant, u64)>,
@@ -173,6 +180,7 @@ impl Outbox {
             // A new connection: everything goes again, in order.
             self.generation = generation;
             self.timeouts.clear();
+            self.written.clear();
             self.unsent = self
                 .entries
                 .iter()
@@ -199,9 +207,18 @@ impl Outbox {
             Some(&first) => self.unsent.split_off(&first),
             None => BTreeSet::new(),
         };
-        let mut out = Vec::with_capacity(self.unsent.len());
-        for order in std::mem::replace(&mut self.unsent, held) {
+        let mut ready = std::mem::replace(&mut self.unsent, held);
+        if self.window > 0 {
+            let room = self.window.saturating_sub(self.written.len());
+            if let Some(&cut) = ready.iter().nth(room) {
+                // Beyond the window: waits, in order, for answers.
+                self.unsent.extend(ready.split_off(&cut));
+            }
+        }
+        let mut out = Vec::with_capacity(ready.len());
+        for order in ready {
             if let Some(p) = self.entries.get_mut(&order) {
+                self.written.insert(order);
                 p.sent_at = Some(now);
                 self.timeouts.push_back((now + ack_timeout, order));
                 out.push(p.send.clone());
@@ -274,6 +291,7 @@ impl Outbox {
     fn take(&mut self, client_msg_id: &str) -> Option<Pending> {
         let order = self.index.remove(client_msg_id)?;
         self.unsent.remove(&order);
+        self.written.remove(&order);
         let p = self.entries.remove(&order)?;
         self.retries.remove(&order);
         if self.retries.is_empty() {
@@ -322,6 +340,7 @@ impl Outbox {
                 p.refused = true;
                 p.sent_at = None;
                 self.unsent.remove(&order);
+                self.written.remove(&order);
                 self.retries.insert(order);
             }
             return;
@@ -362,6 +381,7 @@ impl Outbox {
     pub(crate) fn fail_all(&mut self, error: &Error) {
         self.index.clear();
         self.unsent.clear();
+        self.written.clear();
         self.timeouts.clear();
         self.retries.clear();
         self.retry_at = None;
@@ -378,10 +398,17 @@ impl Outbox {
 
     /// Sends written on the current connection and not answered yet.
     pub(crate) fn in_flight(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|(order, p)| p.sent_at.is_some() && !p.refused && !self.unsent.contains(order))
-            .count()
+        self.written.len()
+    }
+
+    /// Bounds the sends written and not answered at once (0: no bound).
+    pub(crate) fn set_window(&mut self, window: usize) {
+        self.window = window;
+    }
+
+    /// Whether a send waits for room in the window.
+    pub(crate) fn window_full(&self) -> bool {
+        self.window > 0 && self.written.len() >= self.window && !self.unsent.is_empty()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -573,6 +600,35 @@ mod tests {
         });
         assert!(r2.try_recv().expect("resolved").is_ok());
         assert_eq!(ob.len(), 0);
+    }
+
+    #[test]
+    fn the_window_bounds_what_is_written_and_answers_make_room_in_order() {
+        let t = Duration::from_secs(60);
+        let mut ob = Outbox::default();
+        ob.set_window(2);
+        for id in ["a", "b", "c", "d"] {
+            ob.add(send(id), None).expect("add");
+        }
+        let now = Instant::now();
+        assert_eq!(ids(&ob.due(1, now, t)), ["a", "b"]);
+        assert!(ob.window_full());
+        assert!(ob.due(1, now, t).is_empty(), "c waits for an answer");
+        ob.acked(&v1::SendAck {
+            client_msg_id: "a".into(),
+            ..Default::default()
+        });
+        assert_eq!(ids(&ob.due(1, now, t)), ["c"]);
+        // A new connection writes again what was in flight, still bounded.
+        assert_eq!(ids(&ob.due(2, now, t)), ["b", "c"]);
+        assert_eq!(ob.in_flight(), 2);
+        assert_eq!(ob.resent(), 2, "b and c were written before");
+        ob.refused(&nack("b", v1::ErrorCode::StoreUnavailable), now);
+        assert_eq!(ob.in_flight(), 1, "a refused send is not in flight");
+        assert!(
+            ob.due(2, now, t).is_empty(),
+            "d is made after the refused b: it waits with it"
+        );
     }
 
     #[test]
