@@ -548,7 +548,7 @@ fn header(meta: &Value) -> String {
     let _ = writeln!(
         md,
         "Command: `{}` ({:.0} s). Machine: {} × {} cores, {} memory, Linux {}; load average before {}, after {}. \
-         Versions: qim {}, {}, quinn {}, rustls {}, fjall {}, rumqttc {}, {}, {}, async-nats {}, Centrifugo {}, tokio-tungstenite {}. \
+         Versions: qim {}, {}, quinn {}, rustls {}, fjall {}, rumqttc {}, {}, {}, async-nats {}, {}, tokio-tungstenite {}. \
          Load generator, gateway, echo server and brokers share the machine's cores.\n",
         meta["command"].as_str().unwrap_or(""),
         f(&meta["seconds"]),
