@@ -4,7 +4,9 @@
 //! packages when missing, our own instance on a free port; in memory, the
 //! volatile baseline), and the chat scenarios against NATS JetStream with
 //! `sync_interval: always` (built once from the Go module proxy, see
-//! `nats`; the durable peer).
+//! `nats`; the durable peer), and the idle connections scenario against
+//! Centrifugo over WebSocket (built once from the Go module proxy, see
+//! `centrifugo`). `--only idle` runs the idle connections scenario alone.
 //!
 //! Prints a table, writes `target/bench/summary.json` (one object per
 //! scenario and system), PNG charts under `target/bench/` (copied to
@@ -51,6 +53,17 @@ pub(crate) struct BenchArgs {
     /// instead of building them.
     #[arg(long)]
     bin_dir: Option<std::path::PathBuf>,
+    /// Run only this part of the suite; BENCHMARKS.md and docs/bench/ are
+    /// left alone then (results under target/bench/).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+/// A part of the suite that runs alone.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Only {
+    /// The idle connections scenario: qim, Mosquitto and Centrifugo.
+    Idle,
 }
 
 /// A child process killed when dropped.
@@ -215,7 +228,9 @@ fn versions(root: &Path) -> Value {
         "rumqttc": crate_version("rumqttc"),
         "mosquitto": mosquitto,
         "async_nats": crate_version("async-nats"),
+        "tokio_tungstenite": crate_version("tokio-tungstenite"),
         "nats_server": crate::nats::version(),
+        "centrifugo": crate::centrifugo::version(),
     })
 }
 
@@ -241,11 +256,51 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     let machine_before = machine();
 
     let gw = RunningGateway::start(&bins.gateway, &out.join("gateway"), &[])?;
-    let (_echo, echo_addr, echo_ca) = start_echo(&bins.loadgen, &out.join("echo"))?;
     let (_mosquitto, mqtt_port) = start_mosquitto(&out, a.in_flight)?;
-    let nats = crate::nats::RunningNats::start(&out.join("nats"))?;
+    let centrifugo = crate::centrifugo::RunningCentrifugo::start(&out.join("centrifugo"))?;
     let lg = |args: Vec<String>| loadgen(&bins.loadgen, &args);
     let s = |v: &dyn ToString| v.to_string();
+
+    let mut results: Vec<Value> = Vec::new();
+    // Connections first, on fresh servers: memory a chat run touched stays
+    // with the allocator and would hide what idle connections cost.
+    let conn_args = |pid: u32| {
+        vec![
+            "--n".to_owned(),
+            s(&a.connections),
+            "--hold-seconds".into(),
+            "10".into(),
+            "--pid".into(),
+            s(&pid),
+        ]
+    };
+    let mut args = vec!["connections".to_owned()];
+    args.extend(gw.loadgen_args());
+    args.extend(conn_args(gw.pid()));
+    results.push(lg(args)?);
+    let mut args = vec![
+        "mqtt-connections".to_owned(),
+        "--port".into(),
+        s(&mqtt_port),
+    ];
+    args.extend(conn_args(_mosquitto.0.id()));
+    results.push(lg(args)?);
+    let mut args = vec![
+        "centrifugo-connections".to_owned(),
+        "--url".into(),
+        centrifugo.url(),
+        "--secret".into(),
+        centrifugo.secret_file.display().to_string(),
+    ];
+    args.extend(conn_args(centrifugo.pid()));
+    results.push(lg(args)?);
+    drop(centrifugo);
+    if a.only == Some(Only::Idle) {
+        return finish_idle(root, &a, &out, &results, machine_before, started);
+    }
+
+    let (_echo, echo_addr, echo_ca) = start_echo(&bins.loadgen, &out.join("echo"))?;
+    let nats = crate::nats::RunningNats::start(&out.join("nats"))?;
     let chat_args = |pairs: usize, rate: f64, in_flight: usize| -> Vec<String> {
         vec![
             "--pairs".into(),
@@ -285,31 +340,6 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
         args.extend(chat_args(pairs, 0.0, in_flight));
         lg(args)
     };
-
-    let mut results: Vec<Value> = Vec::new();
-    // Connections first, on fresh servers: memory a chat run touched stays
-    // with the allocator and would hide what idle connections cost.
-    let conn_args = |pid: u32| {
-        vec![
-            "--n".to_owned(),
-            s(&a.connections),
-            "--hold-seconds".into(),
-            "10".into(),
-            "--pid".into(),
-            s(&pid),
-        ]
-    };
-    let mut args = vec!["connections".to_owned()];
-    args.extend(gw.loadgen_args());
-    args.extend(conn_args(gw.pid()));
-    results.push(lg(args)?);
-    let mut args = vec![
-        "mqtt-connections".to_owned(),
-        "--port".into(),
-        s(&mqtt_port),
-    ];
-    args.extend(conn_args(_mosquitto.0.id()));
-    results.push(lg(args)?);
     for &pairs in &a.pairs {
         let mut ping_pong = echo(pairs, 1)?;
         ping_pong["system"] = json!("quinn-echo");
@@ -377,20 +407,8 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
     results.push(nats_chat(a.latency_pairs, rate)?);
     eprintln!("nats-server pid {}", nats.pid());
 
-    let command = format!(
-        "cargo xtask bench --seconds {} --pairs {} --latency-pairs {} --connections {} --in-flight {}",
-        a.seconds,
-        a.pairs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-        a.latency_pairs,
-        a.connections,
-        a.in_flight
-    );
     let meta = json!({
-        "command": command,
+        "command": command(&a),
         "machine_before": machine_before,
         "machine_after": machine(),
         "versions": versions(root),
@@ -425,7 +443,67 @@ pub(crate) fn bench(root: &Path, a: BenchArgs) -> Result<()> {
             r["ok"].as_bool() != Some(true)
                 && r["system"] != "mosquitto-qos1"
                 && r["system"] != crate::NATS_SYSTEM
+                && r["system"] != crate::centrifugo::SYSTEM
         })
+        .map(|r| format!("{} {}: {}", r["system"], r["scenario"], r["errors"]))
+        .collect();
+    if !failed.is_empty() {
+        bail!("runs failed their checks: {failed:?}");
+    }
+    Ok(())
+}
+
+/// The command line that reproduces the run.
+fn command(a: &BenchArgs) -> String {
+    if a.only == Some(Only::Idle) {
+        return format!(
+            "cargo xtask bench --only idle --connections {}",
+            a.connections
+        );
+    }
+    format!(
+        "cargo xtask bench --seconds {} --pairs {} --latency-pairs {} --connections {} --in-flight {}",
+        a.seconds,
+        a.pairs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        a.latency_pairs,
+        a.connections,
+        a.in_flight
+    )
+}
+
+/// The end of `--only idle`: the idle connections table on stdout, the
+/// results under `target/bench/` (`idle-summary.json`, `idle-meta.json`);
+/// BENCHMARKS.md and docs/bench/ keep the whole suite's last run.
+fn finish_idle(
+    root: &Path,
+    a: &BenchArgs,
+    out: &Path,
+    results: &[Value],
+    machine_before: Value,
+    started: std::time::Instant,
+) -> Result<()> {
+    let meta = json!({
+        "command": command(a),
+        "machine_before": machine_before,
+        "machine_after": machine(),
+        "versions": versions(root),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let summary = out.join("idle-summary.json");
+    std::fs::write(&summary, serde_json::to_string_pretty(results)?)?;
+    std::fs::write(
+        out.join("idle-meta.json"),
+        serde_json::to_string_pretty(&meta)?,
+    )?;
+    println!("{}{}{}", header(&meta), idle(results), checks(results));
+    println!("summary: {}", summary.display());
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r["ok"].as_bool() != Some(true) && r["system"] == "qim")
         .map(|r| format!("{} {}: {}", r["system"], r["scenario"], r["errors"]))
         .collect();
     if !failed.is_empty() {
@@ -461,8 +539,8 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// The generated Markdown section.
-fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> String {
+/// The section's heading, command, machine and versions.
+fn header(meta: &Value) -> String {
     let mut md = String::new();
     let m = &meta["machine_before"];
     let v = &meta["versions"];
@@ -470,8 +548,8 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
     let _ = writeln!(
         md,
         "Command: `{}` ({:.0} s). Machine: {} × {} cores, {} memory, Linux {}; load average before {}, after {}. \
-         Versions: qim {}, {}, quinn {}, rustls {}, fjall {}, rumqttc {}, {}, {}, async-nats {}. \
-         Load generator, gateway, echo server and broker share the machine's cores.\n",
+         Versions: qim {}, {}, quinn {}, rustls {}, fjall {}, rumqttc {}, {}, {}, async-nats {}, {}, tokio-tungstenite {}. \
+         Load generator, gateway, echo server and brokers share the machine's cores.\n",
         meta["command"].as_str().unwrap_or(""),
         f(&meta["seconds"]),
         m["cpu"].as_str().unwrap_or(""),
@@ -489,7 +567,15 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
         v["mosquitto"].as_str().unwrap_or(""),
         v["nats_server"].as_str().unwrap_or(""),
         v["async_nats"].as_str().unwrap_or(""),
+        v["centrifugo"].as_str().unwrap_or(""),
+        v["tokio_tungstenite"].as_str().unwrap_or(""),
     );
+    md
+}
+
+/// The generated Markdown section.
+fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> String {
+    let mut md = header(meta);
     let _ = writeln!(
         md,
         "### Chat, flat out\n\n\
@@ -580,7 +666,19 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
             ratio(q, n)
         );
     }
-    md.push_str("\n### Idle connections\n\nClients log in (qim: token, Hello/Welcome, heartbeat stream; MQTT: CONNECT/CONNACK with keep-alive 30 s), ping every 30 s, and are held for 10 s. Server RSS from `/proc/<pid>/status`; machine = drop of MemAvailable less the load generator's own RSS growth (server, kernel socket buffers, page tables).\n\n");
+    md.push('\n');
+    md.push_str(&idle(results));
+    md.push_str(&checks(results));
+    md.push_str("![latency distribution](docs/bench/latency.png)\n![throughput against connections](docs/bench/throughput.png)\n\nRaw figures: [docs/bench/summary.json](docs/bench/summary.json).\n");
+    md
+}
+
+/// The idle connections table.
+fn idle(results: &[Value]) -> String {
+    let mut md = String::new();
+    md.push_str("### Idle connections\n\nClients log in (qim: token, Hello/Welcome, heartbeat stream, ping every 30 s; MQTT: CONNECT/CONNACK with keep-alive 30 s; \
+         Centrifugo: WebSocket, JSON `connect` command with an HS256 JWT, the server's default ping every 25 s answered by the client) \
+         and are held for 10 s. Server RSS from `/proc/<pid>/status`; machine = drop of MemAvailable less the load generator's own RSS growth (server, kernel socket buffers, page tables).\n\n");
     md.push_str("| system | connections | connects/s | server RSS KiB/conn | machine KiB/conn | server CPU idle (cores) | failed | lost |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for r in results.iter().filter(|r| r["scenario"] == "connections") {
         let _ = writeln!(
@@ -596,6 +694,11 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
             r["lost_while_held"],
         );
     }
+    md
+}
+
+/// Every run's verdict.
+fn checks(results: &[Value]) -> String {
     let checks: Vec<String> = results
         .iter()
         .map(|r| {
@@ -612,13 +715,10 @@ fn report(results: &[Value], meta: &Value, latency_pairs: usize, rate: f64) -> S
             )
         })
         .collect();
-    let _ = writeln!(
-        md,
-        "\nChecks (qim runs fail on any loss, duplicate or gap; MQTT runs report them): {}.\n",
+    format!(
+        "\nChecks (qim runs fail on any loss, duplicate or gap; the peers' runs report them): {}.\n",
         checks.join("; ")
-    );
-    md.push_str("![latency distribution](docs/bench/latency.png)\n![throughput against connections](docs/bench/throughput.png)\n\nRaw figures: [docs/bench/summary.json](docs/bench/summary.json).\n");
-    md
+    )
 }
 
 fn rewrite_benchmarks(path: &PathBuf, section: &str) -> Result<()> {

@@ -21,14 +21,16 @@
 //!   tests on the JVM (`kotlin.rs`).
 //! - `cargo xtask loadtest <scenario>`: a release gateway and the load
 //!   generator (see `loadtest`).
-//! - `cargo xtask bench`: the benchmark suite against raw quinn and
-//!   Mosquitto (see `bench`).
+//! - `cargo xtask bench`: the benchmark suite against raw quinn,
+//!   Mosquitto, NATS JetStream and (idle connections) Centrifugo (see
+//!   `bench`); `--only idle` runs the idle connections scenario alone.
 //! - `cargo xtask bench-mux`: the TCP stream multiplexers (yamux, qim's,
 //!   HTTP/2, WebSocket) side by side on loopback (see `muxbench`).
 
 mod apifuzz;
 mod bench;
 mod bindings;
+mod centrifugo;
 mod disk;
 mod kotlin;
 mod loadtest;
@@ -125,7 +127,8 @@ enum Task {
     },
     /// Load test a gateway with `qim-loadgen`.
     Loadtest(loadtest::LoadtestArgs),
-    /// The benchmark suite: raw quinn echo, qim, Mosquitto QoS 1.
+    /// The benchmark suite: raw quinn echo, qim, Mosquitto QoS 1, NATS
+    /// JetStream, Centrifugo (idle connections).
     Bench(bench::BenchArgs),
     /// The TCP stream multiplexers side by side: latency, throughput, memory.
     BenchMux(muxbench::MuxBenchArgs),

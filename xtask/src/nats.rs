@@ -21,7 +21,7 @@ pub(crate) const NATS_VERSION: &str = "2.15.3";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The Go toolchain: `go` on the path or the usual install location.
-fn go() -> Result<PathBuf> {
+pub(crate) fn go() -> Result<PathBuf> {
     crate::services::which("go")
         .or_else(|| Some(PathBuf::from("/usr/local/go/bin/go")).filter(|p| p.is_file()))
         .context("go not found: nats-server is built from the Go module proxy with `go install`")

@@ -12,6 +12,8 @@
 //! - [`soak`]: latency per window, server samples and a count of an
 //!   embedded store's rows, for soak runs.
 //! - [`nats`]: the chat scenario against NATS JetStream (durable).
+//! - [`centrifugo`]: the connections scenario against Centrifugo
+//!   (WebSocket, JWT-authenticated clients).
 //! - [`charts`]: PNG charts from a bench summary.
 //! - [`stats`]: `/proc` readings, histograms, timestamped bodies.
 //!
@@ -19,6 +21,7 @@
 //! stdout; the process exits non-zero when the run failed its checks
 //! (`"ok": false`).
 
+mod centrifugo;
 mod charts;
 mod chat;
 mod connections;
@@ -171,6 +174,22 @@ enum Command {
         #[command(flatten)]
         args: connections::ConnArgs,
     },
+    /// The connections scenario against Centrifugo (WebSocket clients
+    /// with HS256 connection tokens).
+    CentrifugoConnections {
+        /// The server's WebSocket endpoint.
+        #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
+        url: String,
+        /// File holding the HMAC secret the server verifies tokens with
+        /// (`client.token.hmac_secret_key`).
+        #[arg(long)]
+        secret: PathBuf,
+        /// Connects in flight at once.
+        #[arg(long, default_value_t = 128)]
+        connect_concurrency: usize,
+        #[command(flatten)]
+        args: connections::ConnArgs,
+    },
     /// Count the rows and key + value bytes per keyspace of a stopped
     /// gateway's embedded store.
     StoreRows {
@@ -296,6 +315,20 @@ async fn run(command: Command) -> Result<Option<serde_json::Value>> {
                 port: broker.port,
             };
             mqtt::connections(b, args, &run_id(&None), broker.connect_concurrency).await?
+        }
+        Command::CentrifugoConnections {
+            url,
+            secret,
+            connect_concurrency,
+            args,
+        } => {
+            let secret =
+                std::fs::read_to_string(&secret).with_context(|| secret.display().to_string())?;
+            let server = centrifugo::Server {
+                url,
+                secret: secret.trim().as_bytes().to_vec(),
+            };
+            centrifugo::connections(server, args, &run_id(&None), connect_concurrency).await?
         }
         Command::StoreRows { dir } => {
             let mut rows = soak::store_rows(&dir)?;
