@@ -38,23 +38,17 @@ pub(crate) fn ensure_server() -> Result<PathBuf> {
     eprintln!("building centrifugo {CENTRIFUGO_VERSION} from the Go module proxy (once)");
     let t0 = Instant::now();
     std::fs::create_dir_all(&bin_dir)?;
-    let status = Command::new(crate::nats::go()?)
-        .args([
-            "install",
-            // As the project's release builds link it: stripped, the version set.
-            &format!(
-                "-ldflags=-s -w -X github.com/centrifugal/centrifugo/v6/internal/build.Version={CENTRIFUGO_VERSION}"
-            ),
-            &format!("github.com/centrifugal/centrifugo/v6@v{CENTRIFUGO_VERSION}"),
-        ])
-        .env("GOPATH", cache.join("go"))
-        .env("GOBIN", &bin_dir)
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .status()
-        .context("running go install")?;
-    if !status.success() || !bin.is_file() {
-        bail!("go install centrifugo v{CENTRIFUGO_VERSION} failed ({status})");
+    crate::nats::go_install(
+        &format!("github.com/centrifugal/centrifugo/v6@v{CENTRIFUGO_VERSION}"),
+        // As the project's release builds link it: stripped, the version set.
+        &[&format!(
+            "-ldflags=-s -w -X github.com/centrifugal/centrifugo/v6/internal/build.Version={CENTRIFUGO_VERSION}"
+        )],
+        &cache,
+        &bin_dir,
+    )?;
+    if !bin.is_file() {
+        bail!("go install centrifugo v{CENTRIFUGO_VERSION} left no binary");
     }
     eprintln!(
         "built centrifugo in {:.0} s: {}",

@@ -38,19 +38,14 @@ pub(crate) fn ensure_server() -> Result<PathBuf> {
     eprintln!("building nats-server {NATS_VERSION} from the Go module proxy (once)");
     let t0 = Instant::now();
     std::fs::create_dir_all(&bin_dir)?;
-    let status = Command::new(go()?)
-        .args([
-            "install",
-            &format!("github.com/nats-io/nats-server/v2@v{NATS_VERSION}"),
-        ])
-        .env("GOPATH", cache.join("go"))
-        .env("GOBIN", &bin_dir)
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .status()
-        .context("running go install")?;
-    if !status.success() || !bin.is_file() {
-        bail!("go install nats-server v{NATS_VERSION} failed ({status})");
+    go_install(
+        &format!("github.com/nats-io/nats-server/v2@v{NATS_VERSION}"),
+        &[],
+        &cache,
+        &bin_dir,
+    )?;
+    if !bin.is_file() {
+        bail!("go install nats-server v{NATS_VERSION} left no binary");
     }
     eprintln!(
         "built nats-server in {:.0} s: {}",
@@ -58,6 +53,30 @@ pub(crate) fn ensure_server() -> Result<PathBuf> {
         bin.display()
     );
     Ok(bin)
+}
+
+/// `go install PACKAGE` with `flags`, its module cache under `cache` and
+/// its binary into `bin_dir`; pure Go, on the machine's own toolchain.
+pub(crate) fn go_install(
+    package: &str,
+    flags: &[&str],
+    cache: &Path,
+    bin_dir: &Path,
+) -> Result<()> {
+    let status = Command::new(go()?)
+        .arg("install")
+        .args(flags)
+        .arg(package)
+        .env("GOPATH", cache.join("go"))
+        .env("GOBIN", bin_dir)
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .status()
+        .context("running go install")?;
+    if !status.success() {
+        bail!("go install {package} failed ({status})");
+    }
+    Ok(())
 }
 
 /// The server's version line (`nats-server --version`).
