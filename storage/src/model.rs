@@ -68,7 +68,13 @@ pub struct Appended {
 /// A new message id: 48 bits of milliseconds then 80 random bits, as 32 hex
 /// digits, so ids sort roughly by time and never collide in practice.
 pub fn new_msg_id(now_ms: i64) -> String {
+    msg_id_with_tail(now_ms, rand::random::<u128>())
+}
+
+/// A message id of `now_ms` whose low 80 bits are `tail`'s: a backend that
+/// derives them from the send (the embedded store does, to find the send's
+/// record from its id) keeps the same shape as [`new_msg_id`].
+pub fn msg_id_with_tail(now_ms: i64, tail: u128) -> String {
     let time = (now_ms.max(0) as u128) & ((1u128 << 48) - 1);
-    let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
-    format!("{:032x}", (time << 80) | random)
+    format!("{:032x}", (time << 80) | (tail & ((1u128 << 80) - 1)))
 }

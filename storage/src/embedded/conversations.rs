@@ -14,9 +14,10 @@ use tokio::sync::oneshot;
 
 use super::EmbeddedStore;
 use super::groups::{load_group, load_member};
+use super::sends::copies_of_msg_id;
 use super::tables::{
-    check_key_part, conv_msg_key, count_log_unread, decode_copies, decode_message, load_conv,
-    message_key, prefixed, read_head, unavailable,
+    check_key_part, conv_msg_key, count_log_unread, decode_message, load_conv, message_key,
+    prefixed, read_head, unavailable,
 };
 use super::writer::{Op, Request};
 use crate::OpError;
@@ -238,15 +239,9 @@ impl ConversationStore for EmbeddedStore {
 
     async fn read_count(&self, user: &str, msg_id: &str) -> Result<(u32, u32), OpError> {
         check_key_part(user)?;
-        let Some(index) = self
-            .tables
-            .msg_ids
-            .get(msg_id.as_bytes())
-            .map_err(unavailable)?
-        else {
+        let Some(copies) = copies_of_msg_id(&self.tables, msg_id)? else {
             return Err(OpError::NotFound);
         };
-        let copies = decode_copies(&index)?;
         let Some((first_inbox, first_seq)) = copies.first().cloned() else {
             return Err(OpError::NotFound);
         };

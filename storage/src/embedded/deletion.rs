@@ -15,6 +15,7 @@ use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
 
 use super::EmbeddedStore;
 use super::media::pending_prefix;
+use super::sends::rows_of_sender;
 use super::tables::{
     Tables, check_key_part, conv_key, conv_msg_prefix, load_conv, order_key, prefixed, unavailable,
 };
@@ -66,6 +67,11 @@ fn purge(t: &Tables, user: &str, peers: &[String]) -> Result<(), StoreError> {
     }
     for ks in [&t.settings, &t.push_settings, &t.last_seen, &t.revoked] {
         batch.remove(ks, user.as_bytes().to_vec());
+    }
+    // The user's send rows (the idempotency records and msg_id index of
+    // what the user sent).
+    for key in rows_of_sender(t, user)? {
+        batch.remove(&t.sends, key);
     }
     // Scheduled sends: the owner index names them.
     for key in remove_prefix(&mut batch, &t.schedule_owners, &mine)? {

@@ -45,7 +45,8 @@
 //! happens there instead (`reaper.rs`).
 //!
 //! # Files
-//! - `tables.rs`: the keyspaces and the keys of messages and conversations.
+//! - `tables.rs`: the keyspaces and the keys of messages and conversations;
+//!   `sends.rs`: the one row per send (idempotency and `msg_id` index).
 //! - `writer.rs`: the writer thread, appends, and the stage an IM request is
 //!   written through.
 //! - `conversations.rs` (reads), `posts.rs`, `operations.rs`: the
@@ -87,6 +88,7 @@ mod quota;
 mod reaper;
 mod revocation;
 mod schedule;
+mod sends;
 mod space;
 mod sweeper;
 mod tables;

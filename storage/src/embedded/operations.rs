@@ -7,9 +7,9 @@ use prost::Message as _;
 use qim_proto::v1;
 
 use super::groups::{load_group, load_member};
+use super::sends::copies_of_msg_id;
 use super::tables::{
-    check_key_part, conv_msg_key, count_log_unread, decode_copies, message_key, prefixed,
-    read_head, unavailable,
+    check_key_part, conv_msg_key, count_log_unread, message_key, prefixed, read_head, unavailable,
 };
 use super::writer::{Stage, Writer};
 use crate::OpError;
@@ -343,15 +343,9 @@ impl Writer {
     fn rewrite(&mut self, stage: &mut Stage, op: &ConversationOp) -> Result<Applied, OpError> {
         let (user, msg_id, now_ms) = Rewrite::target(op)?;
         check_key_part(user)?;
-        let Some(index) = self
-            .tables
-            .msg_ids
-            .get(msg_id.as_bytes())
-            .map_err(unavailable)?
-        else {
+        let Some(copies) = copies_of_msg_id(&self.tables, msg_id)? else {
             return Err(OpError::NotFound);
         };
-        let copies = decode_copies(&index)?;
         let mut stored = Vec::with_capacity(copies.len());
         for (inbox, seq) in copies {
             if let Some(copy) = self.read_message(&inbox, seq)? {

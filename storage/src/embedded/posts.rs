@@ -1,21 +1,21 @@
 //! Posts on the embedded store: the writer stages consecutive posts into
 //! one batch (one fsync), each copy with its conversation record, unread
-//! mark, idempotency key and `msg_id` index entry.
+//! mark, and send row (its idempotency record and `msg_id` index in one,
+//! `sends.rs`).
 
 use std::collections::HashMap;
 
 use prost::Message as _;
 
+use super::sends::{Collision, earlier_send, msg_id_of, send_key, send_value};
 use super::tables::{
-    check_key_part, conv_msg_key, decode_copies, decode_message, encode_copies, idempotency_key,
-    idempotency_value, message_key, split_idempotency_value, split_message_key, unavailable,
+    check_key_part, conv_msg_key, decode_message, idempotency_key, message_key, unavailable,
 };
 use super::writer::{PostReply, Stage, Writer};
 use crate::OpError;
 use crate::conversations::{
     self, Post, Posted, conversation_of, counts_as_unread, peer_key, preview,
 };
-use crate::model::new_msg_id;
 use crate::{StoreError, StoredMessage};
 
 impl Writer {
@@ -97,21 +97,18 @@ impl Writer {
             original.duplicate = true;
             return Ok(Ok(original));
         }
-        if let Some(record) = self
-            .tables
-            .idempotency
-            .get(&idem_key)
-            .map_err(unavailable)?
-        {
-            let (msg_key, stored_digest) = split_idempotency_value(&record)?;
-            if stored_digest.is_some_and(|d| d != digest) {
-                return Ok(Err(OpError::Conflict));
+        match earlier_send(&self.tables, &post.sender, &post.client_msg_id)? {
+            Err(Collision) => return Ok(Err(OpError::Conflict)),
+            Ok(Some(sent)) => {
+                if sent.digest.is_some_and(|d| d != digest) {
+                    return Ok(Err(OpError::Conflict));
+                }
+                return Ok(Ok(Posted {
+                    copies: sent.copies,
+                    duplicate: true,
+                }));
             }
-            let copies = self.copies_of_key(msg_key)?;
-            return Ok(Ok(Posted {
-                copies,
-                duplicate: true,
-            }));
+            Ok(None) => {}
         }
         let mut post = post;
         if post.inboxes.is_empty() {
@@ -123,7 +120,8 @@ impl Writer {
         for inbox in &post.inboxes {
             check_key_part(inbox)?;
         }
-        let msg_id = new_msg_id(post.server_time_ms);
+        let send_key = send_key(&post.sender, &post.client_msg_id);
+        let msg_id = msg_id_of(&send_key, post.server_time_ms);
         let message = post.to_message(msg_id.clone());
         let mut copies = Vec::with_capacity(post.inboxes.len());
         for inbox in &post.inboxes {
@@ -143,14 +141,9 @@ impl Writer {
         }
         let index: Vec<(String, u64)> = copies.iter().map(|c| (c.inbox.clone(), c.seq)).collect();
         stage.batch.insert(
-            &self.tables.idempotency,
-            idem_key.clone(),
-            idempotency_value(&message_key(&copies[0].inbox, copies[0].seq), &digest),
-        );
-        stage.batch.insert(
-            &self.tables.msg_ids,
-            msg_id.into_bytes(),
-            encode_copies(&index),
+            &self.tables.sends,
+            send_key.to_vec(),
+            send_value(Some(&digest), &index),
         );
         let posted = Posted {
             copies,
@@ -158,30 +151,6 @@ impl Writer {
         };
         pending.insert(idem_key, posted.clone());
         Ok(Ok(posted))
-    }
-
-    /// Every copy of the message stored under `msg_key` (the primary).
-    fn copies_of_key(&self, msg_key: &[u8]) -> Result<Vec<StoredMessage>, StoreError> {
-        let (inbox, seq) = split_message_key(msg_key)?;
-        let primary = self
-            .read_message(&inbox, seq)?
-            .ok_or_else(|| StoreError::Corrupt("idempotency key without its message".into()))?;
-        let Some(index) = self
-            .tables
-            .msg_ids
-            .get(primary.message.msg_id.as_bytes())
-            .map_err(unavailable)?
-        else {
-            // Stored by `append`, which keeps one copy and no index.
-            return Ok(vec![primary]);
-        };
-        let mut out = Vec::new();
-        for (inbox, seq) in decode_copies(&index)? {
-            if let Some(copy) = self.read_message(&inbox, seq)? {
-                out.push(copy);
-            }
-        }
-        Ok(out)
     }
 
     pub(super) fn read_message(

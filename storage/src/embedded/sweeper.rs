@@ -5,7 +5,8 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::EmbeddedStore;
-use super::tables::{conv_msg_key, decode_message, idempotency_key, unavailable};
+use super::sends::forget_send;
+use super::tables::{conv_msg_key, decode_message, unavailable};
 use super::writer::{Op, Request, Stage, Swept, Writer};
 use crate::conversations::{conversation_of, peer_key};
 use crate::{StoreError, StoredMessage};
@@ -151,8 +152,8 @@ impl Writer {
     ///   conversation's unread count; its conversation index entry stays
     ///   (marked read), so history knows something was there and answers
     ///   "older messages expired" rather than leaving a silent gap.
-    /// - Its idempotency key goes too: a resend after the retention is a
-    ///   new message.
+    /// - Its send row goes too: a resend after the retention is a new
+    ///   message, and its `msg_id` is no longer found.
     pub(super) fn sweep(
         &mut self,
         cutoff_ms: i64,
@@ -199,10 +200,7 @@ impl Writer {
                 }
                 stage.batch.remove(&t.messages, key.to_vec());
                 if m.message.event.is_none() && !m.message.client_msg_id.is_empty() {
-                    stage.batch.remove(
-                        &t.idempotency,
-                        idempotency_key(&m.message.from_user, &m.message.client_msg_id),
-                    );
+                    forget_send(&t, &mut stage.batch, &m);
                 }
                 if !inbox.starts_with('#') {
                     self.expire_copy(&mut stage, &m)?;

@@ -6,9 +6,13 @@
 //! - `messages`: `[len u8][inbox][seq u64 BE]` → protobuf `v1.Message`. The
 //!   length prefix keeps inbox `ab` from sharing a prefix with `abc`; the
 //!   big-endian seq makes a range scan return an inbox in seq order.
-//! - `idempotency`: `[len u8][sender][client_msg_id]` → the message key,
-//!   followed for a post by its 16-byte digest (recipient and body; records
-//!   written before digests were kept have none).
+//! - `sends`: one row per send, found from `(sender, client_msg_id)` and
+//!   from its `msg_id` (see `sends.rs`).
+//! - `idempotency`, `msg_ids`: what stores written before `sends` kept
+//!   instead, read only when they hold rows ([`Tables::legacy`]):
+//!   `[len u8][sender][client_msg_id]` → the message key, followed for a
+//!   post by its 16-byte digest; and `[msg_id]` → the copies,
+//!   `([len][inbox][seq u64 BE])*`.
 //! - `cursors`: `[len u8][inbox][device]` → `u64 BE`.
 //! - `conversations`: `[len][user][convkey]` → protobuf `v1.Conversation`.
 //! - `conv_order`: `[len][user][0 = pinned | 1][!last_seq u64 BE][convkey]`
@@ -16,7 +20,6 @@
 //! - `conv_msgs`: `[len][user][len][convkey][seq u64 BE]` → one byte, 1 when
 //!   the copy counts as unread above the read cursor (from someone else,
 //!   not recalled or deleted), else 0. Unread counts are recounted from it.
-//! - `msg_ids`: `[msg_id]` → the copies, `([len][inbox][seq u64 BE])*`.
 //! - `quota_bytes`: `[len][user][day u32 BE]` → `u64 BE`, the bytes the
 //!   user's posts stored on that UTC day (days since the epoch).
 
@@ -32,6 +35,11 @@ use crate::{StoreError, StoredMessage};
 pub(super) struct Tables {
     pub(super) db: Database,
     pub(super) messages: Keyspace,
+    /// One row per send (see `sends.rs`).
+    pub(super) sends: Keyspace,
+    /// Whether `idempotency` or `msg_ids` held rows when the store opened:
+    /// then a send not found in `sends` is looked up there too.
+    pub(super) legacy: bool,
     pub(super) idempotency: Keyspace,
     pub(super) cursors: Keyspace,
     pub(super) conversations: Keyspace,
@@ -78,14 +86,20 @@ impl Tables {
     /// Opens (or creates) every keyspace of `db`.
     pub(super) fn open(db: Database) -> Result<Self, StoreError> {
         let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let idempotency = keyspace("idempotency").map_err(unavailable)?;
+        let msg_ids = keyspace("msg_ids").map_err(unavailable)?;
+        let legacy = !idempotency.is_empty().map_err(unavailable)?
+            || !msg_ids.is_empty().map_err(unavailable)?;
         Ok(Tables {
             messages: keyspace("messages").map_err(unavailable)?,
-            idempotency: keyspace("idempotency").map_err(unavailable)?,
+            sends: keyspace("sends").map_err(unavailable)?,
+            legacy,
+            idempotency,
             cursors: keyspace("cursors").map_err(unavailable)?,
             conversations: keyspace("conversations").map_err(unavailable)?,
             conv_order: keyspace("conv_order").map_err(unavailable)?,
             conv_msgs: keyspace("conv_msgs").map_err(unavailable)?,
-            msg_ids: keyspace("msg_ids").map_err(unavailable)?,
+            msg_ids,
             groups: keyspace("groups").map_err(unavailable)?,
             members: keyspace("members").map_err(unavailable)?,
             user_groups: keyspace("user_groups").map_err(unavailable)?,
@@ -147,14 +161,6 @@ pub(super) fn idempotency_key(sender: &str, client_msg_id: &str) -> Vec<u8> {
     let mut key = prefixed(sender, client_msg_id.len());
     key.extend_from_slice(client_msg_id.as_bytes());
     key
-}
-
-/// The idempotency record of a post: its primary copy's key and digest.
-pub(super) fn idempotency_value(msg_key: &[u8], digest: &[u8; DIGEST_BYTES]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(msg_key.len() + DIGEST_BYTES);
-    value.extend_from_slice(msg_key);
-    value.extend_from_slice(digest);
-    value
 }
 
 /// An idempotency record split into the message key and the digest, if

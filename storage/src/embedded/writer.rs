@@ -13,15 +13,16 @@ use prost::Message as _;
 use qim_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
+use super::sends::{Collision, earlier_send, msg_id_of, send_key, send_value};
 use super::space::DiskSpace;
 use super::tables::{
-    Tables, check_key_part, conv_key, decode_message, idempotency_key, load_conv, message_key,
-    order_key, read_head, split_idempotency_value, split_message_key, unavailable,
+    Tables, check_key_part, conv_key, idempotency_key, load_conv, message_key, order_key,
+    read_head, unavailable,
 };
 use crate::OpError;
 use crate::StoreError;
 use crate::conversations::{Applied, ConversationOp, Post, Posted, event_message, peer_key};
-use crate::model::{Appended, NewMessage, StoredMessage, new_msg_id};
+use crate::model::{Appended, NewMessage, StoredMessage};
 
 /// Most messages committed by one disk sync.
 pub const MAX_BATCH: usize = 4096;
@@ -316,7 +317,7 @@ impl Writer {
         for (table, key, value) in inserts {
             let keyspace = match table {
                 Table::Messages => &self.tables.messages,
-                Table::Idempotency => &self.tables.idempotency,
+                Table::Sends => &self.tables.sends,
             };
             batch.insert(keyspace, key, value);
         }
@@ -338,25 +339,24 @@ impl Writer {
                 duplicate: true,
             });
         }
-        if let Some(record) = self
-            .tables
-            .idempotency
-            .get(&idem_key)
-            .map_err(unavailable)?
-        {
-            let (msg_key, _) = split_idempotency_value(&record)?;
-            let value = self
-                .tables
-                .messages
-                .get(msg_key)
-                .map_err(unavailable)?
-                .ok_or_else(|| StoreError::Corrupt("idempotency key without its message".into()))?;
-            let (inbox, _) = split_message_key(msg_key)?;
-            let original = decode_message(&inbox, msg_key, &value)?;
-            return Ok(Appended {
-                message: original,
-                duplicate: true,
-            });
+        match earlier_send(&self.tables, &new.sender, &new.client_msg_id)? {
+            Err(Collision) => {
+                return Err(StoreError::Invalid(
+                    "client_msg_id collides with another send's; use another".into(),
+                ));
+            }
+            Ok(Some(sent)) => {
+                if let Some(original) = sent.copies.into_iter().next() {
+                    return Ok(Appended {
+                        message: original,
+                        duplicate: true,
+                    });
+                }
+                return Err(StoreError::Corrupt(
+                    "send record without its message".into(),
+                ));
+            }
+            Ok(None) => {}
         }
         let cached = self.heads.get(&new.inbox).copied();
         let head = match cached {
@@ -366,11 +366,16 @@ impl Writer {
         let seq = head + 1;
         undo_heads.push((new.inbox.clone(), cached));
         self.heads.insert(new.inbox.clone(), seq);
-        let msg_id = new_msg_id(new.server_time_ms);
+        let send_key = send_key(&new.sender, &new.client_msg_id);
+        let msg_id = msg_id_of(&send_key, new.server_time_ms);
         let stored = StoredMessage::from_new(new, seq, msg_id);
         let key = message_key(&stored.inbox, seq);
-        inserts.push((Table::Messages, key.clone(), stored.message.encode_to_vec()));
-        inserts.push((Table::Idempotency, idem_key.clone(), key));
+        inserts.push((Table::Messages, key, stored.message.encode_to_vec()));
+        inserts.push((
+            Table::Sends,
+            send_key.to_vec(),
+            send_value(None, &[(stored.inbox.clone(), seq)]),
+        ));
         pending.insert(idem_key.clone(), stored.clone());
         new_keys.push(idem_key);
         Ok(Appended {
@@ -401,7 +406,7 @@ fn refuse(
 /// Which keyspace a staged insert goes to.
 enum Table {
     Messages,
-    Idempotency,
+    Sends,
 }
 
 /// A conversation record being changed, with where it sat in the list on
@@ -413,8 +418,7 @@ pub(super) struct Conv {
 
 /// Batch rows a one-to-one post usually writes: a message and a
 /// conversation entry in each of two inboxes (the recipient's and the
-/// sender's sync copy), unread and order rows, the idempotency key and the
-/// message id index.
+/// sender's sync copy), unread and order rows, and the send row.
 const ROWS_PER_POST: usize = 8;
 
 /// One atomic write of the IM layer.
