@@ -80,10 +80,14 @@ impl ChatArgs {
         }
     }
 
-    /// Whether sender may send its message `n` at `now`.
+    /// Whether sender may send its message `n` at `now`: at a fixed rate,
+    /// only if it falls due before the run's end (a message due at the
+    /// end itself would open a window of its own).
     pub(crate) fn more(&self, start: Instant, n: u64) -> bool {
+        let end = start + Duration::from_secs_f64(self.seconds);
         (self.messages == 0 || n < self.messages)
-            && start.elapsed() < Duration::from_secs_f64(self.seconds)
+            && Instant::now() < end
+            && self.due(start, n).is_none_or(|due| due < end)
     }
 
     /// Fields every chat result carries.
