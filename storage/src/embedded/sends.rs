@@ -16,6 +16,11 @@
 //! found. Rows of one sender share the two-byte prefix, so deleting an
 //! account reads 1/65,536 of the rows to find its own.
 //!
+//! The hash is not keyed: to make another user's send collide with one of
+//! its own, an attacker would have to know that user's `client_msg_id`
+//! before it is sent (the SDK draws 128 random bits); a collision with a
+//! send already stored refuses only the attacker's own.
+//!
 //! # Value
 //! `[1][digest 16]` or `[0]` (an append, which keeps no digest), then the
 //! copies, `([len][inbox][seq u64 BE])*`, the primary first.
@@ -319,6 +324,35 @@ mod tests {
         assert_eq!(store.tables.sends.len().expect("count"), 1);
         assert!(store.tables.idempotency.is_empty().expect("count"));
         assert!(store.tables.msg_ids.is_empty().expect("count"));
+    }
+
+    /// A send whose row key is taken by another sender's send (a hash
+    /// collision, forced here by writing the row) is refused as a
+    /// conflict; the other send keeps its row and its resends.
+    #[tokio::test]
+    async fn a_colliding_send_is_refused_and_takes_nothing_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let alices = send(&store, post("alice", "bob", "a-1", "hi")).await;
+        let row = store
+            .tables
+            .sends
+            .get(send_key("alice", "a-1"))
+            .expect("read")
+            .expect("row");
+        store
+            .tables
+            .sends
+            .insert(send_key("mallory", "m-1"), row)
+            .expect("write");
+        let out = store
+            .post(vec![post("mallory", "bob", "m-1", "hi")])
+            .await
+            .expect("store answers");
+        assert!(matches!(out[..], [Err(crate::OpError::Conflict)]));
+        let again = send(&store, post("alice", "bob", "a-1", "hi")).await;
+        assert!(again.duplicate);
+        assert_eq!(again.copies, alices.copies);
     }
 
     /// Deleting an account removes its send rows and no one else's.
