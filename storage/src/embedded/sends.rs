@@ -103,9 +103,10 @@ pub(super) struct Sent {
     pub(super) copies: Vec<StoredMessage>,
 }
 
-fn split_send_value(
-    value: &[u8],
-) -> Result<(Option<[u8; DIGEST_BYTES]>, Vec<(String, u64)>), StoreError> {
+/// A send row's digest, if it keeps one, and its copies (inbox, seq).
+type SendRow = (Option<[u8; DIGEST_BYTES]>, Vec<(String, u64)>);
+
+fn split_send_value(value: &[u8]) -> Result<SendRow, StoreError> {
     let corrupt = || StoreError::Corrupt("bad send record".into());
     let (&flag, rest) = value.split_first().ok_or_else(corrupt)?;
     let (digest, rest) = match flag {
