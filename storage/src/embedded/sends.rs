@@ -206,12 +206,15 @@ pub(super) fn copies_of_msg_id(
     if let Some(key) = key_of_msg_id(msg_id) {
         if let Some(value) = t.sends.get(key).map_err(unavailable)? {
             let (_, copies) = split_send_value(&value)?;
-            let primary = match copies.first() {
-                Some((inbox, seq)) => read_copy(t, inbox, *seq)?,
-                None => None,
-            };
-            if primary.is_some_and(|p| p.message.msg_id == msg_id) {
-                return Ok(Some(copies));
+            // The first copy still stored says whose row this is (the
+            // primary may be gone with its inbox's account).
+            for (inbox, seq) in &copies {
+                if let Some(copy) = read_copy(t, inbox, *seq)? {
+                    if copy.message.msg_id == msg_id {
+                        return Ok(Some(copies));
+                    }
+                    break;
+                }
             }
         }
     }
@@ -236,17 +239,21 @@ pub(super) fn forget_send(t: &Tables, batch: &mut OwnedWriteBatch, m: &StoredMes
 }
 
 /// The keys of `user`'s send rows: those under the user's prefix whose
-/// primary copy is still stored and was sent by the user.
+/// first copy still stored was sent by the user, and those none of whose
+/// copies is stored any more (they name nothing, whoever sent them).
 pub(super) fn rows_of_sender(t: &Tables, user: &str) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut keys = Vec::new();
     for guard in t.sends.prefix(sender_prefix(user)) {
         let (key, value) = guard.into_inner().map_err(unavailable)?;
         let (_, copies) = split_send_value(&value)?;
-        let primary = match copies.first() {
-            Some((inbox, seq)) => read_copy(t, inbox, *seq)?,
-            None => None,
-        };
-        if primary.is_some_and(|p| p.message.from_user == user) {
+        let mut owner = None;
+        for (inbox, seq) in &copies {
+            if let Some(copy) = read_copy(t, inbox, *seq)? {
+                owner = Some(copy.message.from_user);
+                break;
+            }
+        }
+        if owner.is_none_or(|owner| owner == user) {
             keys.push(key.to_vec());
         }
     }
@@ -354,6 +361,24 @@ mod tests {
         let again = send(&store, post("alice", "bob", "a-1", "hi")).await;
         assert!(again.duplicate);
         assert_eq!(again.copies, alices.copies);
+    }
+
+    /// With the addressee's copy gone with its account, the sender's own
+    /// copy still answers for the send: it can be recalled.
+    #[tokio::test]
+    async fn a_send_is_found_by_its_id_after_its_primary_copy_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let mut p = post("alice", "bob", "a-1", "hi");
+        p.inboxes.push("alice".into());
+        let sent = send(&store, p).await;
+        assert_eq!(sent.copies.len(), 2);
+        store
+            .purge_user("bob", &["alice".to_owned()])
+            .await
+            .expect("purged");
+        let id = sent.copies[0].message.msg_id.clone();
+        store.apply(recall("alice", &id)).await.expect("recalled");
     }
 
     /// Deleting an account removes its send rows and no one else's.
