@@ -7,10 +7,8 @@ use std::collections::HashMap;
 
 use prost::Message as _;
 
-use super::sends::{Collision, earlier_send, msg_id_of, send_key, send_value};
-use super::tables::{
-    check_key_part, conv_msg_key, decode_message, idempotency_key, message_key, unavailable,
-};
+use super::sends::{Collision, SendId, earlier_send, msg_id_of, send_value};
+use super::tables::{check_key_part, conv_msg_key, decode_message, message_key, unavailable};
 use super::writer::{PostReply, Stage, Writer};
 use crate::OpError;
 use crate::conversations::{
@@ -83,9 +81,9 @@ impl Writer {
         post: Post,
     ) -> Result<Result<Posted, OpError>, StoreError> {
         check_key_part(&post.sender)?;
-        let idem_key = idempotency_key(&post.sender, &post.client_msg_id);
+        let id = SendId::new(&post.sender, &post.client_msg_id);
         let digest = post.digest();
-        if let Some(original) = pending.get(&idem_key) {
+        if let Some(original) = pending.get(&id.idem) {
             // Posted by this group: its primary copy is as it was sent.
             let first = original.copies.first().map(|c| &c.message);
             if first.is_some_and(|m| {
@@ -97,7 +95,7 @@ impl Writer {
             original.duplicate = true;
             return Ok(Ok(original));
         }
-        match earlier_send(&self.tables, &post.sender, &post.client_msg_id)? {
+        match earlier_send(&self.tables, &post.sender, &post.client_msg_id, &id)? {
             Err(Collision) => return Ok(Err(OpError::Conflict)),
             Ok(Some(sent)) => {
                 if sent.digest.is_some_and(|d| d != digest) {
@@ -120,8 +118,7 @@ impl Writer {
         for inbox in &post.inboxes {
             check_key_part(inbox)?;
         }
-        let send_key = send_key(&post.sender, &post.client_msg_id);
-        let msg_id = msg_id_of(&send_key, post.server_time_ms);
+        let msg_id = msg_id_of(&id.key, post.server_time_ms);
         let message = post.to_message(msg_id.clone());
         let mut copies = Vec::with_capacity(post.inboxes.len());
         for inbox in &post.inboxes {
@@ -142,14 +139,14 @@ impl Writer {
         let index: Vec<(String, u64)> = copies.iter().map(|c| (c.inbox.clone(), c.seq)).collect();
         stage.batch.insert(
             &self.tables.sends,
-            send_key.to_vec(),
+            id.key.to_vec(),
             send_value(Some(&digest), &index),
         );
         let posted = Posted {
             copies,
             duplicate: false,
         };
-        pending.insert(idem_key, posted.clone());
+        pending.insert(id.idem, posted.clone());
         Ok(Ok(posted))
     }
 

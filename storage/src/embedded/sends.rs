@@ -56,12 +56,27 @@ pub(super) fn sender_prefix(sender: &str) -> [u8; 2] {
 
 /// The row of `(sender, client_msg_id)`.
 pub(super) fn send_key(sender: &str, client_msg_id: &str) -> SendKey {
-    let mut key = [0u8; SEND_KEY_BYTES];
-    key[..2].copy_from_slice(&sender_prefix(sender));
-    // The sender's length first, so `("ab", "c")` and `("a", "bc")` differ.
-    let input = idempotency_key(sender, client_msg_id);
-    key[2..].copy_from_slice(&xxh3_64(&input).to_be_bytes());
-    key
+    SendId::new(sender, client_msg_id).key
+}
+
+/// A send's names, made once per send: its row's key, and the bytes the
+/// writer's batch of new sends is keyed by (the same as an earlier store's
+/// idempotency key).
+pub(super) struct SendId {
+    pub(super) key: SendKey,
+    /// `[len][sender][client_msg_id]`.
+    pub(super) idem: Vec<u8>,
+}
+
+impl SendId {
+    pub(super) fn new(sender: &str, client_msg_id: &str) -> Self {
+        // The sender's length first, so `("ab", "c")` and `("a", "bc")` differ.
+        let idem = idempotency_key(sender, client_msg_id);
+        let mut key = [0u8; SEND_KEY_BYTES];
+        key[..2].copy_from_slice(&sender_prefix(sender));
+        key[2..].copy_from_slice(&xxh3_64(&idem).to_be_bytes());
+        Self { key, idem }
+    }
 }
 
 /// The `msg_id` of a new send stored under `key`.
@@ -145,12 +160,9 @@ pub(super) fn earlier_send(
     t: &Tables,
     sender: &str,
     client_msg_id: &str,
+    id: &SendId,
 ) -> Result<Result<Option<Sent>, Collision>, StoreError> {
-    if let Some(value) = t
-        .sends
-        .get(send_key(sender, client_msg_id))
-        .map_err(unavailable)?
-    {
+    if let Some(value) = t.sends.get(id.key).map_err(unavailable)? {
         let (digest, copies) = split_send_value(&value)?;
         let copies = read_copies(t, &copies)?;
         return Ok(match copies.first() {
@@ -170,11 +182,7 @@ pub(super) fn earlier_send(
     if !t.legacy {
         return Ok(Ok(None));
     }
-    let Some(record) = t
-        .idempotency
-        .get(idempotency_key(sender, client_msg_id))
-        .map_err(unavailable)?
-    else {
+    let Some(record) = t.idempotency.get(&id.idem).map_err(unavailable)? else {
         return Ok(Ok(None));
     };
     let (msg_key, digest) = split_idempotency_value(&record)?;

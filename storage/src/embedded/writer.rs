@@ -13,11 +13,10 @@ use prost::Message as _;
 use qim_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sends::{Collision, earlier_send, msg_id_of, send_key, send_value};
+use super::sends::{Collision, SendId, earlier_send, msg_id_of, send_value};
 use super::space::DiskSpace;
 use super::tables::{
-    Tables, check_key_part, conv_key, idempotency_key, load_conv, message_key, order_key,
-    read_head, unavailable,
+    Tables, check_key_part, conv_key, load_conv, message_key, order_key, read_head, unavailable,
 };
 use crate::OpError;
 use crate::StoreError;
@@ -332,14 +331,14 @@ impl Writer {
         new_keys: &mut Vec<Vec<u8>>,
         new: NewMessage,
     ) -> Result<Appended, StoreError> {
-        let idem_key = idempotency_key(&new.sender, &new.client_msg_id);
-        if let Some(original) = pending.get(&idem_key) {
+        let id = SendId::new(&new.sender, &new.client_msg_id);
+        if let Some(original) = pending.get(&id.idem) {
             return Ok(Appended {
                 message: original.clone(),
                 duplicate: true,
             });
         }
-        match earlier_send(&self.tables, &new.sender, &new.client_msg_id)? {
+        match earlier_send(&self.tables, &new.sender, &new.client_msg_id, &id)? {
             Err(Collision) => {
                 return Err(StoreError::Invalid(
                     "client_msg_id collides with another send's; use another".into(),
@@ -366,18 +365,17 @@ impl Writer {
         let seq = head + 1;
         undo_heads.push((new.inbox.clone(), cached));
         self.heads.insert(new.inbox.clone(), seq);
-        let send_key = send_key(&new.sender, &new.client_msg_id);
-        let msg_id = msg_id_of(&send_key, new.server_time_ms);
+        let msg_id = msg_id_of(&id.key, new.server_time_ms);
         let stored = StoredMessage::from_new(new, seq, msg_id);
         let key = message_key(&stored.inbox, seq);
         inserts.push((Table::Messages, key, stored.message.encode_to_vec()));
         inserts.push((
             Table::Sends,
-            send_key.to_vec(),
+            id.key.to_vec(),
             send_value(None, &[(stored.inbox.clone(), seq)]),
         ));
-        pending.insert(idem_key.clone(), stored.clone());
-        new_keys.push(idem_key);
+        pending.insert(id.idem.clone(), stored.clone());
+        new_keys.push(id.idem);
         Ok(Appended {
             message: stored,
             duplicate: false,
