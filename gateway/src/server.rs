@@ -140,7 +140,14 @@ impl Gateway {
         let retention = config.im.history_retention_ms;
         let stores = match config.store.cluster_options() {
             Some(options) => Stores::connect_cluster(&options, retention).await?,
-            None => Stores::open_embedded(&config.server.data_dir.join("store"), retention)?,
+            None => {
+                let engine = config
+                    .store
+                    .engine()
+                    .map_err(qim_storage::StoreError::Invalid)?;
+                let dir = config.server.data_dir.join("store");
+                Stores::open_embedded_on(&dir, engine, retention)?
+            }
         };
         let stores = match (config.media.s3_options()?, &config.media.blob_dir) {
             (Some(options), _) => {

@@ -104,7 +104,17 @@ impl Stores {
     /// history readable for `history_retention_ms` (0: forever; see
     /// [`EmbeddedStore::set_history_retention_ms`]).
     pub fn open_embedded(dir: &Path, history_retention_ms: u64) -> Result<Self, StoreError> {
-        let store = Arc::new(EmbeddedStore::open(dir)?);
+        let engine = crate::embedded::Engine::found_in(dir).unwrap_or_default();
+        Self::open_embedded_on(dir, engine, history_retention_ms)
+    }
+
+    /// [`Stores::open_embedded`] on `engine` ([`EmbeddedStore::open_with`]).
+    pub fn open_embedded_on(
+        dir: &Path,
+        engine: crate::embedded::Engine,
+        history_retention_ms: u64,
+    ) -> Result<Self, StoreError> {
+        let store = Arc::new(EmbeddedStore::open_with(dir, engine)?);
         store.set_history_retention_ms(history_retention_ms);
         let disk = store.disk();
         let blobs = Arc::new(FileBlobs::open(&dir.join("media"))?);

@@ -1,20 +1,23 @@
-//! The storage conformance suite against the embedded backend.
+//! The storage conformance suite against the embedded backend, on each of
+//! its engines.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use qim_storage::MessageStore;
 use qim_storage::conformance::Backend;
-use qim_storage::embedded::EmbeddedStore;
+use qim_storage::embedded::{EmbeddedStore, Engine};
 
 struct Embedded {
     dir: tempfile::TempDir,
+    engine: Engine,
 }
 
 impl Embedded {
-    fn new() -> Self {
+    fn new(engine: Engine) -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
+            engine,
         }
     }
 }
@@ -22,25 +25,37 @@ impl Embedded {
 #[async_trait]
 impl Backend for Embedded {
     async fn open(&self) -> Arc<dyn MessageStore> {
-        // fjall holds a lock on the directory until the previous instance is
-        // dropped; conformance checks drop before reopening.
-        Arc::new(EmbeddedStore::open(self.dir.path()).expect("open store"))
+        // The engines hold a lock on their files until the previous instance
+        // is dropped; conformance checks drop before reopening.
+        Arc::new(EmbeddedStore::open_with(self.dir.path(), self.engine).expect("open store"))
     }
 }
-
-qim_storage::conformance_tests!(Embedded::new());
 
 #[async_trait]
 impl qim_storage::conformance_im::ImBackend for Embedded {
     async fn open_im(&self) -> qim_storage::Stores {
-        qim_storage::Stores::open_embedded(self.dir.path(), 0).expect("open store")
+        qim_storage::Stores::open_embedded_on(self.dir.path(), self.engine, 0).expect("open store")
     }
 }
 
-mod im {
-    use super::Embedded;
-    qim_storage::im_conformance_tests!(Embedded::new());
+/// Both suites on each engine, one module per engine.
+macro_rules! on_engines {
+    ($($name:ident => $engine:expr),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+                qim_storage::conformance_tests!(Embedded::new($engine));
+
+                mod im {
+                    use super::*;
+                    qim_storage::im_conformance_tests!(Embedded::new($engine));
+                }
+            }
+        )*
+    };
 }
+
+on_engines!(fjall => Engine::Fjall, redb => Engine::Redb, sqlite => Engine::Sqlite);
 
 /// The retention sweep deletes expired messages from disk, keeps each
 /// inbox's newest (its head), takes them off unread counts, and history

@@ -194,6 +194,9 @@ impl Config {
         if self.store.redis.is_some() != self.store.cql.is_some() {
             return invalid("store.redis and store.cql go together (a cluster needs both)");
         }
+        if let Err(e) = self.store.engine() {
+            return Err(ConfigError::Invalid(format!("store.engine: {e}")));
+        }
         if self.store.key_prefix.contains('{') {
             return invalid("store.key_prefix must not contain '{'");
         }

@@ -291,6 +291,11 @@ section! {
         /// while reads and delivery acks go on. Checked with statvfs at most every 250 ms. Keep it
         /// above what the store writes in that time plus its memtables (64 MiB each); 0: no check.
         min_free_bytes: u64 = 256 << 20,
+        /// Embedded store engine: "fjall" (a log-structured merge tree), "redb" (a copy-on-write
+        /// B-tree) or "sqlite" (SQLite in WAL mode). Each commits sends in groups and fsyncs
+        /// before they are acked. A store directory keeps the engine that wrote it: opening it
+        /// with another is refused. BENCHMARKS "Embedded store engines" compares them.
+        engine: String = "fjall".to_owned(),
         /// Milliseconds after which a seq handed out but never stored (a failed write) or expired
         /// counts as gone for good: sync then tells a client to skip it at once instead of waiting
         /// its gap_skip_after (clients ask again every second while they wait). At least the
@@ -302,6 +307,11 @@ section! {
 }
 
 impl Store {
+    /// The embedded store's engine (`engine`).
+    pub fn engine(&self) -> Result<qim_storage::embedded::Engine, String> {
+        self.engine.parse()
+    }
+
     /// The cluster store's options, when both `redis` and `cql` are set.
     pub fn cluster_options(&self) -> Option<qim_storage::cluster::ClusterOptions> {
         let (redis, cql) = (self.redis.as_ref()?, self.cql.as_ref()?);

@@ -12,7 +12,6 @@ use std::ops::Bound;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use fjall::PersistMode;
 
 use super::EmbeddedStore;
 use super::tables::unavailable;
@@ -70,7 +69,7 @@ impl AccountStore for EmbeddedStore {
             }
             if !new.is_empty() {
                 batch.commit().map_err(unavailable)?;
-                t.db.persist(PersistMode::SyncAll).map_err(unavailable)?;
+                t.db.sync().map_err(unavailable)?;
             }
             Ok(u32::try_from(new.len()).unwrap_or(u32::MAX))
         })
@@ -97,7 +96,7 @@ impl AccountStore for EmbeddedStore {
                         encode(account.registered_ms, u8::from(disabled)),
                     )
                     .map_err(unavailable)?;
-                t.db.persist(PersistMode::SyncAll).map_err(unavailable)?;
+                t.db.sync().map_err(unavailable)?;
             }
             Ok(Some(account))
         })
@@ -118,7 +117,7 @@ impl AccountStore for EmbeddedStore {
                 t.accounts
                     .insert(user.as_bytes(), encode(account.registered_ms, DELETED))
                     .map_err(unavailable)?;
-                t.db.persist(PersistMode::SyncAll).map_err(unavailable)?;
+                t.db.sync().map_err(unavailable)?;
             }
             Ok(Some(account))
         })

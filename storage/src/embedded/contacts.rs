@@ -19,6 +19,7 @@ use qim_proto::v1;
 use tokio::sync::oneshot;
 
 use super::EmbeddedStore;
+use super::kv;
 use super::tables::{Tables, check_key_part, prefixed, unavailable};
 use super::writer::{Op, Request, Stage, Writer};
 use crate::OpError;
@@ -330,7 +331,7 @@ pub(super) fn blockers_of(
 }
 
 /// The second ids of the `[len][user][other]` keys of `user` in `keyspace`.
-fn names_under(keyspace: &fjall::Keyspace, user: &str) -> Result<Vec<String>, StoreError> {
+fn names_under(keyspace: &kv::Table, user: &str) -> Result<Vec<String>, StoreError> {
     let prefix = prefixed(user, 0);
     let mut out = Vec::new();
     for guard in keyspace.prefix(&prefix).take(MAX_CONTACTS) {
@@ -373,8 +374,5 @@ pub(super) fn build_indexes(t: &Tables) -> Result<(), StoreError> {
         }
     }
     batch.insert(&t.blocked_by, DONE.to_vec(), Vec::new());
-    batch
-        .durability(Some(fjall::PersistMode::SyncAll))
-        .commit()
-        .map_err(unavailable)
+    batch.durable().commit().map_err(unavailable)
 }

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::EmbeddedStore;
 use super::groups::{load_group, load_member};
+use super::kv;
 use super::sends::copies_of_msg_id;
 use super::tables::{
     check_key_part, conv_msg_key, count_log_unread, decode_message, load_conv, message_key,
@@ -36,14 +37,14 @@ const MAX_HISTORY: usize = 1000;
 /// Walks seqs of one history in the asked direction, reading each
 /// message, until the page is full (and one more shows there is more).
 fn walk(
-    keys: impl DoubleEndedIterator<Item = fjall::Guard>,
+    keys: impl DoubleEndedIterator<Item = kv::Entry>,
     forward: bool,
     anchor: HistoryAnchor,
     limit: usize,
     cutoff_ms: i64,
     mut read: impl FnMut(&[u8], &[u8]) -> Result<Option<StoredMessage>, StoreError>,
 ) -> Result<HistoryPage, StoreError> {
-    let keys: Box<dyn Iterator<Item = fjall::Guard>> = if forward {
+    let keys: Box<dyn Iterator<Item = kv::Entry>> = if forward {
         Box::new(keys)
     } else {
         Box::new(keys.rev())

@@ -10,8 +10,8 @@
 //! inbox head of the user stays until the cache is dropped: no seq of the
 //! deleted inbox is handed out twice while it runs.
 
+use super::kv::{Batch, Table};
 use async_trait::async_trait;
-use fjall::{Keyspace, OwnedWriteBatch, PersistMode};
 
 use super::EmbeddedStore;
 use super::media::pending_prefix;
@@ -24,11 +24,7 @@ use crate::accounts::check_user;
 use crate::deletion::UserPurge;
 
 /// Adds the removal of every key of `ks` starting with `prefix`.
-fn remove_prefix(
-    batch: &mut OwnedWriteBatch,
-    ks: &Keyspace,
-    prefix: &[u8],
-) -> Result<Vec<Vec<u8>>, StoreError> {
+fn remove_prefix(batch: &mut Batch, ks: &Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut keys = Vec::new();
     for guard in ks.prefix(prefix) {
         let (key, _) = guard.into_inner().map_err(unavailable)?;
@@ -102,7 +98,7 @@ fn purge(t: &Tables, user: &str, peers: &[String]) -> Result<(), StoreError> {
         }
     }
     batch.commit().map_err(unavailable)?;
-    t.db.persist(PersistMode::SyncAll).map_err(unavailable)
+    t.db.sync().map_err(unavailable)
 }
 
 #[async_trait]

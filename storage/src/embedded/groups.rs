@@ -15,7 +15,6 @@
 //! - `settings`: `[user]` → protobuf `v1.SettingsResponse`.
 
 use async_trait::async_trait;
-use fjall::PersistMode;
 use prost::Message as _;
 use std::collections::HashMap;
 
@@ -23,6 +22,7 @@ use qim_proto::v1;
 use tokio::sync::oneshot;
 
 use super::EmbeddedStore;
+use super::kv;
 use super::tables::{check_key_part, conv_key, order_key, prefixed, read_head, unavailable};
 use super::writer::{Op, Request, Writer};
 use crate::OpError;
@@ -60,7 +60,7 @@ fn user_group_key(user: &str, group: &str) -> Vec<u8> {
 /// The groups with an entry of `user` in `group_lists`: a scan of every
 /// list entry (the lists have no index by user; a deletion is rare and
 /// the lists are short beside the members).
-fn groups_listing(lists: &fjall::Keyspace, user: &str) -> Result<Vec<String>, StoreError> {
+fn groups_listing(lists: &kv::Table, user: &str) -> Result<Vec<String>, StoreError> {
     let mut groups = Vec::new();
     for guard in lists.iter() {
         let (key, _) = guard.into_inner().map_err(unavailable)?;
@@ -86,7 +86,7 @@ fn decode<T: prost::Message + Default>(bytes: &[u8]) -> Result<T, StoreError> {
 }
 
 pub(super) fn load_group(
-    groups: &fjall::Keyspace,
+    groups: &kv::Table,
     group: &str,
 ) -> Result<Option<v1::GroupInfo>, StoreError> {
     match groups.get(group.as_bytes()).map_err(unavailable)? {
@@ -96,7 +96,7 @@ pub(super) fn load_group(
 }
 
 pub(super) fn load_member(
-    members: &fjall::Keyspace,
+    members: &kv::Table,
     group: &str,
     user: &str,
 ) -> Result<Option<v1::GroupMember>, StoreError> {
@@ -486,10 +486,7 @@ impl GroupStore for EmbeddedStore {
             user.as_bytes().to_vec(),
             settings.encode_to_vec(),
         );
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)
+        batch.durable().commit().map_err(unavailable)
     }
 
     async fn user_groups(&self, user: &str) -> Result<Vec<String>, StoreError> {

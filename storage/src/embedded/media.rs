@@ -18,9 +18,9 @@
 //! rarer than messages.
 
 use async_trait::async_trait;
-use fjall::PersistMode;
 
 use super::EmbeddedStore;
+use super::kv;
 use super::tables::{check_key_part, prefixed, unavailable};
 use crate::StoreError;
 use crate::media::{
@@ -156,12 +156,7 @@ impl EmbeddedStore {
     }
 
     /// Adds to `batch` the move of `id`'s hold to at least `until`.
-    fn stage_hold(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        id: &BlobId,
-        until: i64,
-    ) -> Result<(), StoreError> {
+    fn stage_hold(&self, batch: &mut kv::Batch, id: &BlobId, until: i64) -> Result<(), StoreError> {
         let t = &self.tables;
         let old = self.hold_of(id)?;
         if let Some(old) = old {
@@ -185,10 +180,7 @@ impl EmbeddedStore {
     }
 
     fn media_sync(&self) -> Result<(), StoreError> {
-        self.tables
-            .db
-            .persist(PersistMode::SyncAll)
-            .map_err(unavailable)
+        self.tables.db.sync().map_err(unavailable)
     }
 }
 
@@ -268,10 +260,7 @@ impl MediaStore for EmbeddedStore {
             key(b'W', &upload.id, upload.user.as_bytes()),
             Vec::new(),
         );
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)
+        batch.durable().commit().map_err(unavailable)
     }
 
     async fn remove_pending(&self, user: &str, id: &BlobId) -> Result<(), StoreError> {
@@ -281,10 +270,7 @@ impl MediaStore for EmbeddedStore {
         let mut batch = t.db.batch();
         batch.remove(&t.media, pending_key(user, id));
         batch.remove(&t.media, key(b'W', id, user.as_bytes()));
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)
+        batch.durable().commit().map_err(unavailable)
     }
 
     async fn stale_pending(
@@ -325,10 +311,7 @@ impl MediaStore for EmbeddedStore {
         }
         batch.insert(&t.media, key(b'U', &blob.id, user.as_bytes()), Vec::new());
         batch.remove(&t.media, pending_key(user, &blob.id));
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)
+        batch.durable().commit().map_err(unavailable)
     }
 
     async fn add_refs(&self, id: &BlobId, scopes: &[Scope]) -> Result<(), StoreError> {
@@ -337,10 +320,7 @@ impl MediaStore for EmbeddedStore {
         for scope in scopes {
             batch.insert(&t.media, key(b'R', id, scope.key().as_bytes()), Vec::new());
         }
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)
+        batch.durable().commit().map_err(unavailable)
     }
 
     async fn has_ref(&self, id: &BlobId, scope: &Scope) -> Result<bool, StoreError> {
@@ -377,10 +357,7 @@ impl MediaStore for EmbeddedStore {
         }
         let mut batch = t.db.batch();
         self.stage_hold(&mut batch, id, until_ms)?;
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)?;
+        batch.durable().commit().map_err(unavailable)?;
         Ok(true)
     }
 
@@ -391,10 +368,7 @@ impl MediaStore for EmbeddedStore {
             check_key_part(&copy.inbox)?;
             batch.insert(&t.media, copy_key(id, copy), Vec::new());
         }
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)
+        batch.durable().commit().map_err(unavailable)
     }
 
     async fn copies(&self, id: &BlobId, limit: usize) -> Result<Vec<CopyRef>, StoreError> {
@@ -421,10 +395,7 @@ impl MediaStore for EmbeddedStore {
         for copy in copies {
             batch.remove(&t.media, copy_key(id, copy));
         }
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)
+        batch.durable().commit().map_err(unavailable)
     }
 
     async fn due_blobs(&self, now_ms: i64, limit: usize) -> Result<Vec<BlobId>, StoreError> {
@@ -489,10 +460,7 @@ impl MediaStore for EmbeddedStore {
         v.extend_from_slice(&now_ms.to_be_bytes());
         let mut batch = t.db.batch();
         batch.insert(&t.media, key(b'X', id, &[]), v);
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)?;
+        batch.durable().commit().map_err(unavailable)?;
         Ok(Collect::Claimed)
     }
 
@@ -515,9 +483,6 @@ impl MediaStore for EmbeddedStore {
                 batch.remove(&t.media, k.to_vec());
             }
         }
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)
+        batch.durable().commit().map_err(unavailable)
     }
 }

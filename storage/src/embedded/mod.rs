@@ -68,7 +68,6 @@ use std::path::Path;
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use fjall::{Database, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{Appended, NewMessage, StoredMessage};
@@ -83,6 +82,7 @@ mod contacts;
 mod conversations;
 mod deletion;
 mod groups;
+mod kv;
 mod media;
 mod notify;
 mod operations;
@@ -98,6 +98,7 @@ mod sweeper;
 mod tables;
 mod writer;
 
+pub use kv::Engine;
 pub use space::DiskSpace;
 pub use sweeper::sweep_interval;
 pub use writer::MAX_BATCH;
@@ -134,15 +135,17 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir`. Fails if another process has it
-    /// open.
+    /// Opens (or creates) the store in `dir` on the engine that wrote it
+    /// (fjall for a new store). Fails if another process has it open.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, Engine::found_in(dir).unwrap_or_default())
+    }
+
+    /// Opens (or creates) the store in `dir` on `engine`. Fails if another
+    /// process has it open, or another engine wrote it.
+    pub fn open_with(dir: &Path, engine: Engine) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
-        let db = Database::builder(dir)
-            // Syncs are explicit: once per group commit.
-            .manual_journal_persist(true)
-            .open()
-            .map_err(unavailable)?;
+        let db = kv::Db::open(dir, engine).map_err(unavailable)?;
         let tables = Tables::open(db)?;
         let disk = std::sync::Arc::new(DiskSpace::new(dir.to_path_buf()));
         contacts::build_indexes(&tables)?;
@@ -154,12 +157,15 @@ impl EmbeddedStore {
             .name("qim-store-writer".into())
             .spawn(move || Writer::new(writer_tables, writer_disk).run(rx))
             .map_err(unavailable)?;
-        let reaper = reaper::Reaper::start(&tables.db).map_err(unavailable)?;
+        let reaper = match tables.db.fjall() {
+            Some(db) => Some(reaper::Reaper::start(db).map_err(unavailable)?),
+            None => None,
+        };
         Ok(Self {
             tables,
             ops,
             writer: std::sync::Mutex::new(Some(writer)),
-            reaper: Some(reaper),
+            reaper,
             history_retention_ms: Default::default(),
             sweeper: std::sync::atomic::AtomicBool::new(false),
             disk,
@@ -185,6 +191,32 @@ impl EmbeddedStore {
     }
 }
 
+/// Rows and key + value bytes of each table with rows in the store in
+/// `dir`, on the engine that wrote it: `(table, rows, bytes)`. A full scan,
+/// for measurements; the store must not be open elsewhere.
+pub fn table_rows(dir: &Path) -> Result<Vec<(&'static str, u64, u64)>, StoreError> {
+    let Some(engine) = Engine::found_in(dir) else {
+        return Err(StoreError::Invalid(format!(
+            "no store in {}",
+            dir.display()
+        )));
+    };
+    let tables = Tables::open(kv::Db::open(dir, engine).map_err(unavailable)?)?;
+    let mut out = Vec::new();
+    for (name, table) in tables.each() {
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        for entry in table.iter() {
+            let (k, v) = entry.into_inner().map_err(unavailable)?;
+            rows += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        if rows > 0 {
+            out.push((name, rows, bytes));
+        }
+    }
+    Ok(out)
+}
+
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         drop(self.reaper.take());
@@ -194,7 +226,7 @@ impl Drop for EmbeddedStore {
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = writer.join();
         }
-        let _ = self.tables.db.persist(PersistMode::SyncAll);
+        let _ = self.tables.db.sync();
     }
 }
 

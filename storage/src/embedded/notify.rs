@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use fjall::PersistMode;
 use prost::Message as _;
 use qim_proto::v1;
 
@@ -114,10 +113,7 @@ impl NotifyStore for EmbeddedStore {
         }
         batch.insert(&t.push_token_owners, owner_key.into_bytes(), key.clone());
         batch.insert(&t.push_tokens, key, token.encode_to_vec());
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)?;
+        batch.durable().commit().map_err(unavailable)?;
         Ok(())
     }
 
@@ -140,10 +136,7 @@ impl NotifyStore for EmbeddedStore {
         let mut batch = t.db.batch();
         batch.remove(&t.push_tokens, key);
         batch.remove(&t.push_token_owners, token_key(&old.token).into_bytes());
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)?;
+        batch.durable().commit().map_err(unavailable)?;
         Ok(true)
     }
 
@@ -170,10 +163,7 @@ impl NotifyStore for EmbeddedStore {
             user.as_bytes().to_vec(),
             settings.encode_to_vec(),
         );
-        batch
-            .durability(Some(PersistMode::SyncAll))
-            .commit()
-            .map_err(unavailable)?;
+        batch.durable().commit().map_err(unavailable)?;
         Ok(settings)
     }
 

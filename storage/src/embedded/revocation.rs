@@ -9,7 +9,6 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use fjall::PersistMode;
 
 use super::EmbeddedStore;
 use super::tables::unavailable;
@@ -49,7 +48,7 @@ impl RevocationStore for EmbeddedStore {
                 t.revoked
                     .insert(key, mark.to_be_bytes().to_vec())
                     .map_err(unavailable)?;
-                t.db.persist(PersistMode::SyncAll).map_err(unavailable)?;
+                t.db.sync().map_err(unavailable)?;
             }
             Ok(mark)
         })

@@ -18,6 +18,7 @@ use qim_proto::v1;
 use tokio::sync::oneshot;
 
 use super::EmbeddedStore;
+use super::kv;
 use super::tables::{Tables, check_key_part, prefixed, unavailable};
 use super::writer::{Op, Request as ImRequest, ScheduleRequest as Request, Writer};
 use crate::StoreError;
@@ -57,10 +58,7 @@ pub(super) fn build_index(t: &Tables) -> Result<(), StoreError> {
         }
     }
     batch.insert(&t.schedule_owners, DONE.to_vec(), Vec::new());
-    batch
-        .durability(Some(fjall::PersistMode::SyncAll))
-        .commit()
-        .map_err(unavailable)
+    batch.durable().commit().map_err(unavailable)
 }
 
 fn decode(bytes: &[u8]) -> Result<v1::ScheduledSend, StoreError> {
@@ -70,9 +68,9 @@ fn decode(bytes: &[u8]) -> Result<v1::ScheduledSend, StoreError> {
 impl Writer {
     pub(super) fn schedule_op(&mut self, request: Request) {
         let t = self.tables.clone();
-        let commit = |batch: fjall::OwnedWriteBatch, this: &mut Writer| -> Result<(), StoreError> {
+        let commit = |batch: kv::Batch, this: &mut Writer| -> Result<(), StoreError> {
             batch
-                .durability(Some(fjall::PersistMode::SyncAll))
+                .durable()
                 .commit()
                 .map_err(|e| {
                     tracing::error!(error = %e, "store commit failed; the store takes no more writes until restarted");

@@ -32,9 +32,9 @@
 //! ([`Tables::legacy`]), a miss here is looked up there too, and sweeping
 //! or deleting removes both; a new store never reads them.
 
-use fjall::OwnedWriteBatch;
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::kv::Batch;
 use super::tables::{
     Tables, decode_copies, decode_message, encode_copies, idempotency_key, message_key,
     split_idempotency_value, split_message_key, unavailable,
@@ -237,7 +237,7 @@ pub(super) fn copies_of_msg_id(
 
 /// Removes the send row of `m` (a stored copy) into `batch`: its send is
 /// forgotten, and a resend is a new message.
-pub(super) fn forget_send(t: &Tables, batch: &mut OwnedWriteBatch, m: &StoredMessage) {
+pub(super) fn forget_send(t: &Tables, batch: &mut Batch, m: &StoredMessage) {
     let (sender, client) = (&m.message.from_user, &m.message.client_msg_id);
     batch.remove(&t.sends, send_key(sender, client).to_vec());
     if t.legacy {

@@ -23,7 +23,7 @@
 //! - `quota_bytes`: `[len][user][day u32 BE]` → `u64 BE`, the bytes the
 //!   user's posts stored on that UTC day (days since the epoch).
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use super::kv::{Db, Table};
 use prost::Message as _;
 use qim_proto::v1;
 
@@ -33,59 +33,59 @@ use crate::{StoreError, StoredMessage};
 /// The keyspaces of one database.
 #[derive(Clone)]
 pub(super) struct Tables {
-    pub(super) db: Database,
-    pub(super) messages: Keyspace,
+    pub(super) db: Db,
+    pub(super) messages: Table,
     /// One row per send (see `sends.rs`).
-    pub(super) sends: Keyspace,
+    pub(super) sends: Table,
     /// Whether `idempotency` or `msg_ids` held rows when the store opened:
     /// then a send not found in `sends` is looked up there too.
     pub(super) legacy: bool,
-    pub(super) idempotency: Keyspace,
-    pub(super) cursors: Keyspace,
-    pub(super) conversations: Keyspace,
-    pub(super) conv_order: Keyspace,
-    pub(super) conv_msgs: Keyspace,
-    pub(super) msg_ids: Keyspace,
-    pub(super) groups: Keyspace,
-    pub(super) members: Keyspace,
-    pub(super) user_groups: Keyspace,
-    pub(super) contacts: Keyspace,
-    pub(super) blocks: Keyspace,
-    pub(super) blocked_by: Keyspace,
-    pub(super) outgoing: Keyspace,
-    pub(super) rejections: Keyspace,
-    pub(super) scheduled: Keyspace,
-    pub(super) schedule_ids: Keyspace,
-    pub(super) schedule_owners: Keyspace,
-    pub(super) sessions_log: Keyspace,
-    pub(super) last_seen: Keyspace,
+    pub(super) idempotency: Table,
+    pub(super) cursors: Table,
+    pub(super) conversations: Table,
+    pub(super) conv_order: Table,
+    pub(super) conv_msgs: Table,
+    pub(super) msg_ids: Table,
+    pub(super) groups: Table,
+    pub(super) members: Table,
+    pub(super) user_groups: Table,
+    pub(super) contacts: Table,
+    pub(super) blocks: Table,
+    pub(super) blocked_by: Table,
+    pub(super) outgoing: Table,
+    pub(super) rejections: Table,
+    pub(super) scheduled: Table,
+    pub(super) schedule_ids: Table,
+    pub(super) schedule_owners: Table,
+    pub(super) sessions_log: Table,
+    pub(super) last_seen: Table,
     /// `[len][recipient][msg_id]` → empty: a delivery receipt was appended.
-    pub(super) receipts: Keyspace,
+    pub(super) receipts: Table,
     /// A group's lists (see `groups.rs`).
-    pub(super) group_lists: Keyspace,
+    pub(super) group_lists: Table,
     /// Each user's pending invitations (see `groups.rs`).
-    pub(super) invitations: Keyspace,
+    pub(super) invitations: Table,
     /// Each user's settings (see `groups.rs`).
-    pub(super) settings: Keyspace,
+    pub(super) settings: Table,
     /// Stored bytes per user and UTC day (see the module docs).
-    pub(super) quota_bytes: Keyspace,
+    pub(super) quota_bytes: Table,
     /// `[user]` → unix seconds: the user's tokens issued before are refused.
-    pub(super) revoked: Keyspace,
+    pub(super) revoked: Table,
     /// `[user]` → the registered account (see `accounts.rs`).
-    pub(super) accounts: Keyspace,
+    pub(super) accounts: Table,
     /// Push tokens, who holds each token, preview settings (see `notify.rs`).
-    pub(super) push_tokens: Keyspace,
-    pub(super) push_token_owners: Keyspace,
-    pub(super) push_settings: Keyspace,
+    pub(super) push_tokens: Table,
+    pub(super) push_token_owners: Table,
+    pub(super) push_settings: Table,
     /// Blob records, uploaders, pending uploads and references (see
     /// `media.rs`).
-    pub(super) media: Keyspace,
+    pub(super) media: Table,
 }
 
 impl Tables {
     /// Opens (or creates) every keyspace of `db`.
-    pub(super) fn open(db: Database) -> Result<Self, StoreError> {
-        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+    pub(super) fn open(db: Db) -> Result<Self, StoreError> {
+        let keyspace = |name: &'static str| db.table(name);
         let idempotency = keyspace("idempotency").map_err(unavailable)?;
         let msg_ids = keyspace("msg_ids").map_err(unavailable)?;
         let legacy = !idempotency.is_empty().map_err(unavailable)?
@@ -126,6 +126,44 @@ impl Tables {
             media: keyspace("media").map_err(unavailable)?,
             db,
         })
+    }
+
+    /// Every table with its name.
+    pub(super) fn each(&self) -> [(&'static str, &Table); 32] {
+        [
+            ("messages", &self.messages),
+            ("sends", &self.sends),
+            ("idempotency", &self.idempotency),
+            ("cursors", &self.cursors),
+            ("conversations", &self.conversations),
+            ("conv_order", &self.conv_order),
+            ("conv_msgs", &self.conv_msgs),
+            ("msg_ids", &self.msg_ids),
+            ("groups", &self.groups),
+            ("members", &self.members),
+            ("user_groups", &self.user_groups),
+            ("contacts", &self.contacts),
+            ("blocks", &self.blocks),
+            ("blocked_by", &self.blocked_by),
+            ("outgoing", &self.outgoing),
+            ("rejections", &self.rejections),
+            ("scheduled", &self.scheduled),
+            ("schedule_ids", &self.schedule_ids),
+            ("schedule_owners", &self.schedule_owners),
+            ("sessions_log", &self.sessions_log),
+            ("last_seen", &self.last_seen),
+            ("receipts", &self.receipts),
+            ("group_lists", &self.group_lists),
+            ("invitations", &self.invitations),
+            ("settings", &self.settings),
+            ("quota_bytes", &self.quota_bytes),
+            ("revoked", &self.revoked),
+            ("accounts", &self.accounts),
+            ("push_tokens", &self.push_tokens),
+            ("push_token_owners", &self.push_token_owners),
+            ("push_settings", &self.push_settings),
+            ("media", &self.media),
+        ]
     }
 }
 
@@ -218,7 +256,7 @@ pub(super) fn decode_message(
     })
 }
 
-pub(super) fn read_head(messages: &Keyspace, inbox: &str) -> Result<u64, StoreError> {
+pub(super) fn read_head(messages: &Table, inbox: &str) -> Result<u64, StoreError> {
     match messages.prefix(prefixed(inbox, 0)).next_back() {
         None => Ok(0),
         Some(guard) => {
@@ -282,7 +320,7 @@ pub(super) fn decode_copies(mut bytes: &[u8]) -> Result<Vec<(String, u64)>, Stor
 }
 
 pub(super) fn load_conv(
-    conversations: &fjall::Keyspace,
+    conversations: &Table,
     user: &str,
     convkey: &str,
 ) -> Result<Option<v1::Conversation>, StoreError> {
@@ -299,7 +337,7 @@ pub(super) fn load_conv(
 
 /// Messages of a group log after `after` that count as unread for `user`.
 pub(super) fn count_log_unread(
-    messages: &fjall::Keyspace,
+    messages: &Table,
     log: &str,
     user: &str,
     after: u64,
@@ -317,4 +355,26 @@ pub(super) fn count_log_unread(
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kv::{Db, Engine};
+    use super::Tables;
+
+    /// `each` names every table the store makes (what a soak counts).
+    #[test]
+    fn each_lists_every_table() {
+        for engine in Engine::ALL {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = Db::open(dir.path(), engine).expect("open");
+            let tables = Tables::open(db.clone()).expect("tables");
+            let mut listed: Vec<String> =
+                tables.each().iter().map(|(n, _)| n.to_string()).collect();
+            let mut held = db.table_names().expect("names");
+            listed.sort();
+            held.sort();
+            assert_eq!(listed, held, "{engine}");
+        }
+    }
 }

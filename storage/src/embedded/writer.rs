@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fjall::PersistMode;
 use prost::Message as _;
 use qim_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
+use super::kv;
 use super::sends::{Collision, SendId, earlier_send, msg_id_of, send_value};
 use super::space::DiskSpace;
 use super::tables::{
@@ -218,11 +218,7 @@ impl Writer {
         if flushes.is_empty() {
             return;
         }
-        let synced = self
-            .tables
-            .db
-            .persist(PersistMode::SyncAll)
-            .map_err(unavailable);
+        let synced = self.tables.db.sync().map_err(unavailable);
         for reply in flushes {
             let _ = reply.send(synced.clone());
         }
@@ -259,7 +255,7 @@ impl Writer {
             }
         }
         let durable = !staged.is_empty() || sync;
-        let batch = batch.durability(durable.then_some(PersistMode::SyncAll));
+        let batch = if durable { batch.durable() } else { batch };
         match batch.commit().map_err(unavailable) {
             Ok(()) => {
                 for (out, reply) in staged {
@@ -283,7 +279,7 @@ impl Writer {
     /// and the heads they moved are put back.
     fn stage_append(
         &mut self,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut kv::Batch,
         pending: &mut HashMap<Vec<u8>, StoredMessage>,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Appended>, StoreError> {
@@ -421,7 +417,7 @@ const ROWS_PER_POST: usize = 8;
 
 /// One atomic write of the IM layer.
 pub(super) struct Stage {
-    pub(super) batch: fjall::OwnedWriteBatch,
+    pub(super) batch: kv::Batch,
     pub(super) convs: HashMap<(String, String), Conv>,
 }
 
@@ -510,10 +506,10 @@ impl Writer {
     /// copy) was 12% of the writer thread's time in a flat-out chat run.
     pub(super) fn new_stage_for(&mut self, posts: usize) -> Stage {
         Stage {
-            batch: fjall::OwnedWriteBatch::with_capacity(
-                self.tables.db.clone(),
-                posts.saturating_mul(ROWS_PER_POST),
-            ),
+            batch: self
+                .tables
+                .db
+                .batch_with_capacity(posts.saturating_mul(ROWS_PER_POST)),
             convs: std::mem::take(&mut self.scratch.convs),
         }
     }
@@ -548,7 +544,7 @@ impl Writer {
             );
         }
         self.scratch.convs = convs;
-        let batch = batch.durability(Some(PersistMode::SyncAll));
+        let batch = batch.durable();
         batch.commit().map_err(|e| {
             tracing::error!(error = %e, "store commit failed; the store takes no more writes until restarted");
             self.failed = Some(e.to_string());

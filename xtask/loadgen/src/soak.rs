@@ -147,32 +147,16 @@ pub(crate) fn attach(result: &mut Value, samples: &[Sample], width: Duration) {
     }
 }
 
-/// Rows and key + value bytes in each keyspace of the embedded store in
-/// `dir` (opened read-only in effect: nothing is written), one object per
-/// keyspace with rows.
+/// Rows and key + value bytes in each table of the embedded store in
+/// `dir`, on the engine that wrote it (nothing is written), one object per
+/// table with rows.
 pub(crate) fn store_rows(dir: &Path) -> Result<Value> {
-    let db = fjall::Database::builder(dir)
-        .open()
-        .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let counted = qim_storage::embedded::table_rows(dir)
+        .with_context(|| format!("counting the store in {}", dir.display()))?;
     let mut tables = serde_json::Map::new();
     let (mut all_rows, mut all_bytes) = (0u64, 0u64);
-    let mut names: Vec<String> = db
-        .list_keyspace_names()
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
-    names.sort();
-    for name in names {
-        let ks = db.keyspace(&name, fjall::KeyspaceCreateOptions::default)?;
-        let (mut rows, mut bytes) = (0u64, 0u64);
-        for kv in ks.iter() {
-            let (k, v) = kv.into_inner()?;
-            rows += 1;
-            bytes += (k.len() + v.len()) as u64;
-        }
-        if rows > 0 {
-            tables.insert(name, json!({ "rows": rows, "bytes": bytes }));
-        }
+    for (name, rows, bytes) in counted {
+        tables.insert(name.to_owned(), json!({ "rows": rows, "bytes": bytes }));
         all_rows += rows;
         all_bytes += bytes;
     }

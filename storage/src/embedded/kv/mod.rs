@@ -1,0 +1,432 @@
+//! The ordered key-value engine under the embedded store: the few
+//! operations the store's tables need (point reads and writes, ordered scans
+//! in both directions, atomic batches, one durable sync), over the engine
+//! a deployment picks (`store.engine`).
+//!
+//! - **fjall** (the default): a log-structured merge tree with a journal.
+//!   Writes go to the journal and a memtable; a batch is atomic; `sync`
+//!   fsyncs the journal. Memtables are flushed and compacted in the
+//!   background (see `reaper.rs` for how their memory is given back).
+//! - **redb**: a copy-on-write B-tree in one file. Every write is a
+//!   transaction; a durable commit fsyncs the file, a non-durable one is made
+//!   durable by the next durable commit.
+//! - **sqlite**: SQLite in WAL mode, one `WITHOUT ROWID` table per keyspace.
+//!   A durable commit is `synchronous=FULL`; a non-durable one is made
+//!   durable by the next one (one WAL, written in order).
+//!
+//! Each table is an ordered map of byte strings; scans return keys in
+//! ascending byte order (or descending, reversed). The store's writer
+//! thread makes every send durable in one batch per group commit, so all
+//! three engines see the same writes and syncs.
+
+mod redb_engine;
+mod sqlite_engine;
+
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+
+pub(crate) use fjall::Slice;
+
+/// The engine of an embedded store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// fjall (log-structured merge tree), the default.
+    #[default]
+    Fjall,
+    /// redb (copy-on-write B-tree).
+    Redb,
+    /// SQLite (B-tree with a write-ahead log).
+    Sqlite,
+}
+
+impl Engine {
+    /// Every engine, in the order of the docs.
+    pub const ALL: [Engine; 3] = [Engine::Fjall, Engine::Redb, Engine::Sqlite];
+
+    /// The name in `store.engine`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Fjall => "fjall",
+            Engine::Redb => "redb",
+            Engine::Sqlite => "sqlite",
+        }
+    }
+
+    /// The engine whose files `dir` holds, if any.
+    pub fn found_in(dir: &Path) -> Option<Engine> {
+        if dir.join(redb_engine::FILE).exists() {
+            Some(Engine::Redb)
+        } else if dir.join(sqlite_engine::FILE).exists() {
+            Some(Engine::Sqlite)
+        } else if dir.join("version").exists() {
+            Some(Engine::Fjall)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Engine::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown store engine {s:?} (fjall, redb or sqlite)"))
+    }
+}
+
+/// An engine's failure.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KvError {
+    #[error("fjall: {0}")]
+    Fjall(#[from] fjall::Error),
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the store in {dir} was written by {found}, not {asked}; set store.engine = \"{found}\""
+    )]
+    OtherEngine {
+        dir: String,
+        found: Engine,
+        asked: Engine,
+    },
+    #[error("a batch of one engine was given a table of another")]
+    Mismatch,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An open database.
+#[derive(Clone)]
+pub(crate) enum Db {
+    Fjall(fjall::Database),
+    Redb(redb_engine::Redb),
+    Sqlite(sqlite_engine::Sqlite),
+}
+
+impl Db {
+    /// Opens (or creates) the database in `dir` with `engine`; refuses a
+    /// directory another engine wrote.
+    pub(crate) fn open(dir: &Path, engine: Engine) -> Result<Db, KvError> {
+        if let Some(found) = Engine::found_in(dir).filter(|found| *found != engine) {
+            return Err(KvError::OtherEngine {
+                dir: dir.display().to_string(),
+                found,
+                asked: engine,
+            });
+        }
+        match engine {
+            Engine::Fjall => Ok(Db::Fjall(
+                fjall::Database::builder(dir)
+                    // Syncs are explicit: once per group commit.
+                    .manual_journal_persist(true)
+                    .open()?,
+            )),
+            Engine::Redb => Ok(Db::Redb(redb_engine::Redb::open(dir)?)),
+            Engine::Sqlite => Ok(Db::Sqlite(sqlite_engine::Sqlite::open(dir)?)),
+        }
+    }
+
+    /// The table `name`, created if missing.
+    pub(crate) fn table(&self, name: &'static str) -> Result<Table, KvError> {
+        Ok(match self {
+            Db::Fjall(db) => {
+                Table::Fjall(db.keyspace(name, fjall::KeyspaceCreateOptions::default)?)
+            }
+            Db::Redb(db) => Table::Redb(db.table(name)?),
+            Db::Sqlite(db) => Table::Sqlite(db.table(name)?),
+        })
+    }
+
+    /// An empty batch.
+    pub(crate) fn batch(&self) -> Batch {
+        self.batch_with_capacity(0)
+    }
+
+    /// An empty batch with room for `rows` writes.
+    pub(crate) fn batch_with_capacity(&self, rows: usize) -> Batch {
+        match self {
+            Db::Fjall(db) => Batch::Fjall(fjall::OwnedWriteBatch::with_capacity(db.clone(), rows)),
+            Db::Redb(db) => Batch::Redb(db.batch(rows)),
+            Db::Sqlite(db) => Batch::Sqlite(db.batch(rows)),
+        }
+    }
+
+    /// Makes every write committed so far durable (fsync).
+    pub(crate) fn sync(&self) -> Result<(), KvError> {
+        match self {
+            Db::Fjall(db) => Ok(db.persist(fjall::PersistMode::SyncAll)?),
+            Db::Redb(db) => db.sync(),
+            Db::Sqlite(db) => db.sync(),
+        }
+    }
+
+    /// The names of the tables the database holds.
+    #[cfg(test)]
+    pub(crate) fn table_names(&self) -> Result<Vec<String>, KvError> {
+        match self {
+            Db::Fjall(db) => Ok(db
+                .list_keyspace_names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect()),
+            Db::Redb(db) => db.table_names(),
+            Db::Sqlite(db) => db.table_names(),
+        }
+    }
+
+    /// The fjall database, when that is the engine.
+    pub(crate) fn fjall(&self) -> Option<&fjall::Database> {
+        match self {
+            Db::Fjall(db) => Some(db),
+            _ => None,
+        }
+    }
+}
+
+/// One table: an ordered map of byte strings.
+#[derive(Clone)]
+pub(crate) enum Table {
+    Fjall(fjall::Keyspace),
+    Redb(redb_engine::RedbTable),
+    Sqlite(sqlite_engine::SqliteTable),
+}
+
+impl Table {
+    pub(crate) fn get<K: AsRef<[u8]>>(&self, key: K) -> Result<Option<Slice>, KvError> {
+        match self {
+            Table::Fjall(t) => Ok(t.get(key)?),
+            Table::Redb(t) => t.get(key.as_ref()),
+            Table::Sqlite(t) => t.get(key.as_ref()),
+        }
+    }
+
+    pub(crate) fn contains_key<K: AsRef<[u8]>>(&self, key: K) -> Result<bool, KvError> {
+        match self {
+            Table::Fjall(t) => Ok(t.contains_key(key)?),
+            _ => Ok(self.get(key)?.is_some()),
+        }
+    }
+
+    /// Writes one row now (durable with the next sync or durable batch).
+    pub(crate) fn insert<K: Into<Slice>, V: Into<Slice>>(
+        &self,
+        key: K,
+        value: V,
+    ) -> Result<(), KvError> {
+        match self {
+            Table::Fjall(t) => Ok(t.insert(key, value)?),
+            Table::Redb(t) => t.write(key.into(), Some(value.into())),
+            Table::Sqlite(t) => t.write(key.into(), Some(value.into())),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> Result<bool, KvError> {
+        match self {
+            Table::Fjall(t) => Ok(t.is_empty()?),
+            _ => match self.iter().next() {
+                None => Ok(true),
+                Some(entry) => entry.key().map(|_| false),
+            },
+        }
+    }
+
+    /// Rows in the table (a full scan).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> Result<usize, KvError> {
+        self.iter().try_fold(0, |n, e| e.key().map(|_| n + 1))
+    }
+
+    /// The first row, if any.
+    pub(crate) fn first_key_value(&self) -> Option<Entry> {
+        self.iter().next()
+    }
+
+    /// Every row in key order.
+    pub(crate) fn iter(&self) -> Iter {
+        self.scan((Bound::Unbounded, Bound::Unbounded))
+    }
+
+    /// The rows whose keys start with `prefix`, in key order.
+    pub(crate) fn prefix<K: AsRef<[u8]>>(&self, prefix: K) -> Iter {
+        match self {
+            Table::Fjall(t) => Iter::Fjall(t.prefix(prefix)),
+            _ => {
+                let start = prefix.as_ref().to_vec();
+                let end = prefix_end(&start).map_or(Bound::Unbounded, Bound::Excluded);
+                self.scan((Bound::Included(start), end))
+            }
+        }
+    }
+
+    /// The rows whose keys fall in `range`, in key order.
+    pub(crate) fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        match self {
+            Table::Fjall(t) => Iter::Fjall(t.range(range)),
+            _ => {
+                let owned = |b: Bound<&K>| match b {
+                    Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
+                    Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                self.scan((owned(range.start_bound()), owned(range.end_bound())))
+            }
+        }
+    }
+
+    fn scan(&self, bounds: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> Iter {
+        match self {
+            Table::Fjall(t) => Iter::Fjall(t.range(bounds)),
+            Table::Redb(t) => t.scan(bounds),
+            Table::Sqlite(t) => Iter::Sqlite(t.scan(bounds)),
+        }
+    }
+}
+
+/// The smallest key above every key starting with `prefix`; `None` when
+/// there is none (an empty prefix, or one of only `0xff` bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// One row of a scan. Reading it may fail (fjall reads a separated value,
+/// redb and SQLite report a failed page read here).
+pub(crate) enum Entry {
+    Fjall(fjall::Guard),
+    Read(Result<(Slice, Slice), KvError>),
+}
+
+impl Entry {
+    /// The row's key and value.
+    pub(crate) fn into_inner(self) -> Result<(Slice, Slice), KvError> {
+        match self {
+            Entry::Fjall(g) => Ok(g.into_inner()?),
+            Entry::Read(r) => r,
+        }
+    }
+
+    /// The row's key.
+    pub(crate) fn key(self) -> Result<Slice, KvError> {
+        match self {
+            Entry::Fjall(g) => Ok(g.key()?),
+            Entry::Read(r) => r.map(|(k, _)| k),
+        }
+    }
+}
+
+/// A scan, in key order or (`rev`) reversed.
+pub(crate) enum Iter {
+    Fjall(fjall::Iter),
+    Redb(redb_engine::RedbIter),
+    Sqlite(sqlite_engine::SqliteIter),
+    /// The scan could not start: yields the error once.
+    Failed(Option<KvError>),
+}
+
+impl Iterator for Iter {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        match self {
+            Iter::Fjall(i) => i.next().map(Entry::Fjall),
+            Iter::Redb(i) => i.next().map(Entry::Read),
+            Iter::Sqlite(i) => i.next().map(Entry::Read),
+            Iter::Failed(e) => e.take().map(|e| Entry::Read(Err(e))),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Entry> {
+        match self {
+            Iter::Fjall(i) => i.next_back().map(Entry::Fjall),
+            Iter::Redb(i) => i.next_back().map(Entry::Read),
+            Iter::Sqlite(i) => i.next_back().map(Entry::Read),
+            Iter::Failed(e) => e.take().map(|e| Entry::Read(Err(e))),
+        }
+    }
+}
+
+/// Writes applied together by [`Batch::commit`]: all or none.
+pub(crate) enum Batch {
+    Fjall(fjall::OwnedWriteBatch),
+    Redb(redb_engine::RedbBatch),
+    Sqlite(sqlite_engine::SqliteBatch),
+}
+
+impl Batch {
+    pub(crate) fn insert<K: Into<Slice>, V: Into<Slice>>(
+        &mut self,
+        table: &Table,
+        key: K,
+        value: V,
+    ) {
+        match (self, table) {
+            (Batch::Fjall(b), Table::Fjall(t)) => b.insert(t, key, value),
+            (Batch::Redb(b), Table::Redb(t)) => b.push(t, key.into(), Some(value.into())),
+            (Batch::Sqlite(b), Table::Sqlite(t)) => b.push(t, key.into(), Some(value.into())),
+            (b, _) => b.mismatch(),
+        }
+    }
+
+    pub(crate) fn remove<K: Into<Slice>>(&mut self, table: &Table, key: K) {
+        match (self, table) {
+            (Batch::Fjall(b), Table::Fjall(t)) => b.remove(t, key),
+            (Batch::Redb(b), Table::Redb(t)) => b.push(t, key.into(), None),
+            (Batch::Sqlite(b), Table::Sqlite(t)) => b.push(t, key.into(), None),
+            (b, _) => b.mismatch(),
+        }
+    }
+
+    /// The commit fsyncs before it returns.
+    #[must_use]
+    pub(crate) fn durable(self) -> Self {
+        match self {
+            Batch::Fjall(b) => Batch::Fjall(b.durability(Some(fjall::PersistMode::SyncAll))),
+            Batch::Redb(b) => Batch::Redb(b.durable()),
+            Batch::Sqlite(b) => Batch::Sqlite(b.durable()),
+        }
+    }
+
+    pub(crate) fn commit(self) -> Result<(), KvError> {
+        match self {
+            Batch::Fjall(b) => Ok(b.commit()?),
+            Batch::Redb(b) => b.commit(),
+            Batch::Sqlite(b) => b.commit(),
+        }
+    }
+
+    /// A fjall batch cannot hold a write of another engine's table; the
+    /// other engines refuse the whole batch at commit.
+    fn mismatch(&mut self) {
+        match self {
+            Batch::Fjall(_) => {
+                // Nothing is written in its place: replacing the batch
+                // with an empty one would commit the earlier writes alone.
+                *self = Batch::Redb(redb_engine::RedbBatch::refused());
+            }
+            Batch::Redb(b) => b.refuse(),
+            Batch::Sqlite(b) => b.refuse(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
