@@ -156,8 +156,44 @@ async fn acked_messages_survive_kill_9_and_stay_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_during_traffic_loses_no_acked_message() {
+    kill_9_during_traffic("fjall").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_traffic_loses_no_acked_message_on_redb() {
+    kill_9_during_traffic("redb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_traffic_loses_no_acked_message_on_sqlite() {
+    kill_9_during_traffic("sqlite").await;
+}
+
+/// A data directory keeps the engine that wrote it: a gateway asked for
+/// another refuses to start and names the engine to set, instead of
+/// serving an empty second store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_written_by_another_engine_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let node = start(dir.path()).await;
+    let mut config = qim_gateway::Config::for_tests(dir.path());
+    config.store.engine = "redb".into();
+    let gateway = qim_gateway::Gateway::bind(config.clone())
+        .await
+        .expect("starts on redb");
+    drop(gateway);
+    config.store.engine = "fjall".into();
+    match qim_gateway::Gateway::bind(config).await {
+        Err(e) => assert!(e.to_string().contains("store.engine = \"redb\""), "{e}"),
+        Ok(_) => panic!("started on another engine's store"),
+    }
+}
+
+/// Acked messages survive a SIGKILL mid-traffic on the embedded store's
+/// `engine`, gap-free and intact.
+async fn kill_9_during_traffic(engine: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let on_engine = ["--set".to_owned(), format!("store.engine=\"{engine}\"")];
+    let node = start_on(dir.path(), &on_engine).await;
     let alice = std::sync::Arc::new(
         Client::connect(node.config(dir.path(), "alice", "alice-phone"))
             .await
@@ -203,7 +239,7 @@ async fn a_kill_9_during_traffic_loses_no_acked_message() {
         acked.push(more);
     }
 
-    let node = start(dir.path()).await;
+    let node = start_on(dir.path(), &on_engine).await;
     let bob = Client::connect(node.config(dir.path(), "bob", "bob-phone"))
         .await
         .expect("connect");

@@ -42,7 +42,8 @@
 //!   ([`Stores::open_embedded`], [`Stores::connect_cluster`], or
 //!   [`Stores::new`] from any backend value).
 //! - [`embedded`] (`embedded/`): the default single-node backend, a durable
-//!   fjall database under the data directory with group commit. Its files
+//!   database under the data directory with group commit, on fjall (the
+//!   default), redb or SQLite behind one key-value layer (`kv/`). Its files
 //!   are named like `cluster/`'s (`conversations.rs` with `posts.rs` and
 //!   `operations.rs`, `groups.rs`, `contacts.rs`, `presence.rs`,
 //!   `schedule.rs`), plus what only it has: `tables.rs` (keyspaces and

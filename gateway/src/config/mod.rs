@@ -464,5 +464,11 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
         assert!(settle(24_000, 8_000).is_ok());
+        // The embedded store's engine is one of the three.
+        let engine = |e: &str| Config::load(None, [], &[format!("store.engine=\"{e}\"")]);
+        assert!(matches!(engine("rocks"), Err(ConfigError::Invalid(_))));
+        for e in ["fjall", "redb", "sqlite"] {
+            assert!(engine(e).is_ok(), "{e}");
+        }
     }
 }
