@@ -1,17 +1,29 @@
-//! The embedded backend: one fjall database under the data directory.
+//! The embedded backend: one database under the data directory, on the
+//! engine `store.engine` names (fjall by default, redb or SQLite) behind
+//! one ordered key-value layer (`kv/`).
 //!
 //! # Why fjall
-//! Measured on these 2-core machines (200k records of 200 bytes, 100 per
-//! durable commit; see `shared/NOTES.md`): fjall 3.1 wrote ≈ 145–200k
-//! records/s with one fsync per batch against redb 4.5's ≈ 50k, and took 46 MB
-//! on disk against 128 MiB. redb reads a page of 100 faster (≈ 15 µs against
-//! ≈ 90 µs), but the gateway reads the store only to catch a device up; live
-//! delivery is served from memory. Durable writes are on every message's path,
-//! so the write rate decides. RocksDB (the `rocksdb` crate 0.24, lz4 only)
-//! was not tried behind the store: on these machines it needs libclang
-//! installed for its bindings, and its C++ took 8 min 31 s of wall time (872 s
-//! of CPU) to build cold in release, which the suite's cold build would pay
-//! too; it adds 7.8 MB to a stripped binary.
+//! The same soak on each engine (`cargo xtask loadtest chat --minutes 2
+//! --rate R --set store.engine=... -- --pairs 64`, BENCHMARKS "Embedded
+//! store engines"): at 5,000 messages/s fjall delivered with a p50 of 2–4 ms
+//! and wrote 34 bytes to disk per payload byte; redb and SQLite wrote 329 and
+//! 345 (about 150 MiB/s), with p50s of 190–600 ms and 100–120 ms. Offered
+//! 20,000/s, fjall delivered 19,500 a second (its p99 above a second, on a
+//! machine also building), redb 14,600 and SQLite 11,000, their latency
+//! growing to 33 s and 55 s. Both are B-trees
+//! that write every page a commit touches, and a commit of a few messages
+//! touches a page per table per message: a send's row is keyed by a hash,
+//! and inboxes and conversations are spread over the key space. fjall, a
+//! log-structured merge tree, writes each row once to its journal and sorts
+//! later in bulk. Earlier, engine alone (200k records of 200 bytes, 100 per
+//! durable commit; `shared/NOTES.md`): fjall 3.1 ≈ 145–200k records/s against
+//! redb 4.5's ≈ 50k, 46 MB on disk against 128 MiB; redb reads a page of 100
+//! faster (≈ 15 µs against ≈ 90 µs), but the gateway reads the store only to
+//! catch a device up. RocksDB (the `rocksdb` crate 0.24, lz4 only) was not
+//! put behind the store: on these machines it needs libclang installed for
+//! its bindings, and its C++ took 8 min 31 s of wall time (872 s of CPU) to
+//! build cold in release, which the suite's cold build would pay too; it
+//! adds 7.8 MB to a stripped binary.
 //!
 //! Through this backend, with the gateway's pattern (32 concurrent callers
 //! appending batches of 16 messages of 200 bytes, each batch durable before
@@ -22,10 +34,11 @@
 //! # Group commit
 //! A single writer thread owns sequence assignment and every write. It takes
 //! every request that is waiting (up to [`MAX_BATCH`] messages), writes them
-//! in one atomic fjall batch committed with `PersistMode::SyncAll`, and only
-//! then answers each caller. fjall syncs the journal *before* it applies the
-//! batch to the memtables, so nothing is readable before it is durable: a
-//! reader can never see a seq that a crash could take back and reissue. Under
+//! in one atomic batch committed durably (fsync), and only then answers each
+//! caller. fjall syncs the journal *before* it applies the batch to the
+//! memtables (redb and SQLite publish a commit to readers after its fsync),
+//! so nothing is readable before it is durable: a reader can never see a seq
+//! that a crash could take back and reissue. Under
 //! load, one fsync covers hundreds of messages; with one caller, latency is
 //! one fsync. Cursor updates ride along with the next group (coalesced per
 //! device) and never make async callers wait on the journal lock.
@@ -49,6 +62,7 @@
 //! happens there instead (`reaper.rs`).
 //!
 //! # Files
+//! - `kv/`: the key-value layer and its three engines.
 //! - `tables.rs`: the keyspaces and the keys of messages and conversations;
 //!   `sends.rs`: the one row per send (idempotency and `msg_id` index).
 //! - `writer.rs`: the writer thread, appends, and the stage an IM request is
