@@ -2,7 +2,9 @@
 //! (heartbeat, chat, ack, rpc) until it ends.
 //!
 //! The connection task owns the session. It accepts the client's streams and
-//! runs each in a task of its own (a slow rpc never blocks chat), watches the
+//! runs each in a task of its own (a slow rpc never blocks chat), polls the
+//! session's own streams itself (ack writer, delivery, push writer, control
+//! reader: a task each would cost every idle session), watches the
 //! heartbeat deadline, and ends the session on a kick, a protocol fault, a
 //! missed heartbeat or the drain deadline, always with a typed close code.
 
