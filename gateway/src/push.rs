@@ -11,11 +11,11 @@
 //! which writes it on its push stream (kind Delivery, `Deliver.group` set,
 //! `seq` the group's seq). When a session's queue ([`PUSH_QUEUE`]) is full
 //! the entry is dropped for that session and a *nudge* ("the group's log is
-//! at seq N") is sent instead once the queue has room, so a hot group costs
-//! a slow member one small frame, and the SDK pulls the range. Every push
-//! carries the member's first readable seq, so a client always knows where
-//! to start. Signals (presence, typing) are dropped when the queue is full:
-//! they are never stored or resent.
+//! at seq N") is sent instead, ahead of the pushes still queued, so a hot
+//! group costs a slow member one small frame, and the SDK pulls the range.
+//! Every push carries the member's first readable seq, so a client always
+//! knows where to start. Signals (presence, typing) are dropped when the
+//! queue is full: they are never stored or resent.
 //!
 //! # Blocks
 //! A read-diffusion group's entry is not pushed to the sessions of the
@@ -87,9 +87,6 @@ struct Queue {
     closed: bool,
 }
 
-/// A drained queue keeps at most this much room; a burst's is given back.
-const QUEUE_KEPT: usize = 16;
-
 impl Sub {
     /// Queues a push; when the queue is full a group push becomes a nudge
     /// and a signal is dropped (signals are best effort by nature).
@@ -121,7 +118,10 @@ impl Sub {
         }
         match q.items.pop_front() {
             Some(item) => {
-                if q.items.is_empty() && q.items.capacity() > QUEUE_KEPT {
+                if q.items.is_empty() {
+                    // Drained: its room is given back (at most one
+                    // allocation per burst, where a boxed item was one
+                    // per push).
                     q.items = VecDeque::new();
                 }
                 Next::Item(item)
@@ -552,4 +552,53 @@ async fn write(writer: &Writer, stream: &mut Option<FramedSend>, item: Item) -> 
     s.send(&deliver).await.map_err(|e| e.to_string())?;
     writer.metrics.deliveries.inc();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(group: &Arc<str>, seq: u64) -> Item {
+        Item::Entry {
+            group: Arc::clone(group),
+            from: 1,
+            message: Arc::new(StoredMessage {
+                inbox: "g".into(),
+                seq,
+                message: Default::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_nudges_the_group_and_keeps_what_it_queued_in_order() {
+        let sub = Sub {
+            user: "bob".into(),
+            queue: Mutex::default(),
+            wake: Notify::new(),
+        };
+        let group: Arc<str> = Arc::from("g1");
+        for seq in 1..=PUSH_QUEUE as u64 + 10 {
+            sub.offer(entry(&group, seq));
+        }
+        sub.offer(Item::Signal(v1::Signal::default()));
+        // The nudge first: the client pulls what was dropped.
+        match sub.take() {
+            Next::Nudges(nudges) => assert_eq!(nudges, vec![(Arc::clone(&group), 1)]),
+            _ => panic!("expected the group's nudge"),
+        }
+        for seq in 1..=PUSH_QUEUE as u64 {
+            match sub.take() {
+                Next::Item(Item::Entry { message, .. }) => assert_eq!(message.seq, seq),
+                _ => panic!("expected entry {seq}"),
+            }
+        }
+        assert!(matches!(sub.take(), Next::Wait), "the signal was dropped");
+        sub.close();
+        sub.offer(entry(&group, 999));
+        assert!(
+            matches!(sub.take(), Next::Wait),
+            "a closed queue takes nothing"
+        );
+    }
 }
