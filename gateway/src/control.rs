@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use qim_proto::io::{FramedRecv, FramedSend};
 use qim_proto::v1::{self, ErrorCode, client_control};
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::auth::Claims;
@@ -76,34 +75,37 @@ pub(crate) async fn refresh(ctx: &Ctx, current: &Claims, token: &str) -> Result<
     Ok(fresh)
 }
 
-/// Reads the control stream after Hello: `Refresh` tokens go to the session
-/// (in order, a few at a time), `Bye` ends it.
-pub(crate) async fn read(mut control: FramedRecv, refreshes: mpsc::Sender<String>) -> ControlEnd {
-    loop {
-        match control.next::<v1::ClientControl>().await {
-            Ok(Some(v1::ClientControl {
-                kind: Some(client_control::Kind::Bye(_)),
-            })) => return ControlEnd::Bye,
-            Ok(Some(v1::ClientControl {
-                kind: Some(client_control::Kind::Refresh(refresh)),
-            })) => {
-                if refreshes.send(refresh.token).await.is_err() {
-                    return ControlEnd::Done;
-                }
-            }
-            Ok(Some(_)) => {
-                return ControlEnd::Fault(Fault::new(
-                    ErrorCode::ProtocolViolation,
-                    "only Refresh or Bye may follow Hello",
-                ));
-            }
-            // The client finished its side of the control stream; it may
-            // still use the others.
-            Ok(None) => return ControlEnd::Done,
-            Err(e) => {
-                debug!(error = %e, "control stream ended");
-                return Fault::from_recv(e).map_or(ControlEnd::Done, ControlEnd::Fault);
-            }
+/// What the client said next on its control stream after Hello.
+pub(crate) enum ControlEvent {
+    /// A fresh token: the session checks it, then reads on.
+    Refresh(String),
+    /// The control stream ended, how.
+    End(ControlEnd),
+}
+
+/// Reads the next frame of the control stream after Hello and gives the
+/// stream back with it, so the session reads one frame at a time, in
+/// order, within its own task (a Refresh is taken before the next frame
+/// is read).
+pub(crate) async fn next(mut control: FramedRecv) -> (FramedRecv, ControlEvent) {
+    let event = match control.next::<v1::ClientControl>().await {
+        Ok(Some(v1::ClientControl {
+            kind: Some(client_control::Kind::Bye(_)),
+        })) => ControlEvent::End(ControlEnd::Bye),
+        Ok(Some(v1::ClientControl {
+            kind: Some(client_control::Kind::Refresh(refresh)),
+        })) => ControlEvent::Refresh(refresh.token),
+        Ok(Some(_)) => ControlEvent::End(ControlEnd::Fault(Fault::new(
+            ErrorCode::ProtocolViolation,
+            "only Refresh or Bye may follow Hello",
+        ))),
+        // The client finished its side of the control stream; it may
+        // still use the others.
+        Ok(None) => ControlEvent::End(ControlEnd::Done),
+        Err(e) => {
+            debug!(error = %e, "control stream ended");
+            ControlEvent::End(Fault::from_recv(e).map_or(ControlEnd::Done, ControlEnd::Fault))
         }
-    }
+    };
+    (control, event)
 }

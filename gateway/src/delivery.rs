@@ -124,7 +124,7 @@ impl Window {
     }
 }
 
-/// Why a delivery task stopped.
+/// Why a session's delivery stopped.
 #[derive(Debug, Error)]
 pub(crate) enum DeliveryError {
     #[error("delivery stream: {0}")]
@@ -133,7 +133,7 @@ pub(crate) enum DeliveryError {
     Store(#[from] StoreError),
 }
 
-/// The delivery task of one session.
+/// The delivery of one session, polled by the session's task.
 pub(crate) struct Delivery {
     pub(crate) ctx: Arc<Ctx>,
     pub(crate) feed: Arc<Feed>,

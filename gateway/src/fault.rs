@@ -117,8 +117,6 @@ pub(crate) fn fixed_text(code: ErrorCode) -> &'static str {
 pub(crate) enum StreamEnd {
     /// The stream is done; the session goes on.
     Done,
-    /// The client said Bye on the control stream.
-    Bye,
     /// The session must end with this fault.
     Fault(Fault),
 }

@@ -1,8 +1,9 @@
 //! Best-effort pushes to live sessions: entries of read-diffusion group
 //! logs, presence changes and typing. The [`Registry`] knows every session
 //! on this node, which groups each follows and whose presence each
-//! watches; each session has a bounded queue and a task that writes its
-//! pushes on a server uni stream of its own.
+//! watches; each session has a bounded queue and a writer (polled by the
+//! session's task) that writes its pushes on a server uni stream of its
+//! own.
 //!
 //! # Push and pull
 //! A read-diffusion group's messages are stored once in the group's log;
@@ -10,11 +11,11 @@
 //! which writes it on its push stream (kind Delivery, `Deliver.group` set,
 //! `seq` the group's seq). When a session's queue ([`PUSH_QUEUE`]) is full
 //! the entry is dropped for that session and a *nudge* ("the group's log is
-//! at seq N") is sent instead once the queue has room, so a hot group costs
-//! a slow member one small frame, and the SDK pulls the range. Every push
-//! carries the member's first readable seq, so a client always knows where
-//! to start. Signals (presence, typing) are dropped when the queue is full:
-//! they are never stored or resent.
+//! at seq N") is sent instead, ahead of the pushes still queued, so a hot
+//! group costs a slow member one small frame, and the SDK pulls the range.
+//! Every push carries the member's first readable seq, so a client always
+//! knows where to start. Signals (presence, typing) are dropped when the
+//! queue is full: they are never stored or resent.
 //!
 //! # Blocks
 //! A read-diffusion group's entry is not pushed to the sessions of the
@@ -30,7 +31,7 @@
 //! - A session leaves the registry when it ends ([`Registration::end`]), or
 //!   when its registration is dropped if the session task was aborted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use qim_proto::io::FramedSend;
@@ -39,7 +40,7 @@ use qim_proto::v1;
 use qim_storage::conversations::group_log;
 use qim_storage::redis::signals::FollowChange;
 use qim_storage::{GroupStore, MessageStore, StoredMessage};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -68,27 +69,81 @@ pub(crate) enum Item {
 /// A session's end of the push.
 pub(crate) struct Sub {
     user: String,
-    /// Boxed: the channel allocates its first block of slots up front, for
-    /// every session, and most sessions never see a push.
-    tx: mpsc::Sender<Box<Item>>,
-    /// Groups whose pushes were dropped (queue full): nudge them.
-    lagged: Mutex<HashSet<(Arc<str>, u64)>>,
+    queue: Mutex<Queue>,
+    /// Tells the writer the queue has news.
     wake: Notify,
+}
+
+/// A session's pushes not written yet. Nothing here allocates before the
+/// first push (a channel would allocate a block of slots for every
+/// session, and most sessions never see a push).
+#[derive(Default)]
+struct Queue {
+    /// At most [`PUSH_QUEUE`], in order.
+    items: VecDeque<Item>,
+    /// Groups whose pushes were dropped (queue full): nudge them.
+    lagged: HashSet<(Arc<str>, u64)>,
+    /// The writer ended (its stream failed): pushes are dropped.
+    closed: bool,
 }
 
 impl Sub {
     /// Queues a push; when the queue is full a group push becomes a nudge
     /// and a signal is dropped (signals are best effort by nature).
     fn offer(&self, item: Item) {
-        if let Err(mpsc::error::TrySendError::Full(item)) = self.tx.try_send(Box::new(item)) {
-            let (group, from) = match *item {
-                Item::Entry { group, from, .. } | Item::Nudge { group, from } => (group, from),
-                Item::Signal(_) => return,
-            };
-            lock(&self.lagged).insert((group, from));
-            self.wake.notify_one();
+        {
+            let mut q = lock(&self.queue);
+            if q.closed {
+                return;
+            }
+            if q.items.len() < PUSH_QUEUE {
+                q.items.push_back(item);
+            } else {
+                let (group, from) = match item {
+                    Item::Entry { group, from, .. } | Item::Nudge { group, from } => (group, from),
+                    Item::Signal(_) => return,
+                };
+                q.lagged.insert((group, from));
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// What the writer does next: lagged groups' nudges first (they stand
+    /// for what was dropped), then the queue in order.
+    fn take(&self) -> Next {
+        let mut q = lock(&self.queue);
+        if !q.lagged.is_empty() {
+            return Next::Nudges(q.lagged.drain().collect());
+        }
+        match q.items.pop_front() {
+            Some(item) => {
+                if q.items.is_empty() {
+                    // Drained: its room is given back (at most one
+                    // allocation per burst, where a boxed item was one
+                    // per push).
+                    q.items = VecDeque::new();
+                }
+                Next::Item(item)
+            }
+            None => Next::Wait,
         }
     }
+
+    /// The writer ended: drops what waits, and every later push.
+    fn close(&self) {
+        let mut q = lock(&self.queue);
+        q.closed = true;
+        q.items = VecDeque::new();
+        q.lagged = HashSet::new();
+    }
+}
+
+/// What a session's push writer does next.
+enum Next {
+    Nudges(Vec<(Arc<str>, u64)>),
+    Item(Item),
+    Wait,
 }
 
 /// A session following a group, with the member's first readable seq.
@@ -160,11 +215,9 @@ impl Registry {
         bool,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
         let sub = Arc::new(Sub {
             user: user.to_owned(),
-            tx,
-            lagged: Mutex::new(HashSet::new()),
+            queue: Mutex::default(),
             wake: Notify::new(),
         });
         let first = {
@@ -183,7 +236,7 @@ impl Registry {
         let user = user.to_owned();
         let task = async move {
             registry.follow_groups_of(&writer, &user).await;
-            write_pushes(writer, sub, rx).await;
+            write_pushes(writer, sub).await;
         };
         (registration, first, task)
     }
@@ -422,29 +475,34 @@ impl Registry {
 }
 
 /// Writes a session's pushes on its push stream, opened at the first.
-async fn write_pushes(writer: Writer, sub: Arc<Sub>, mut rx: mpsc::Receiver<Box<Item>>) {
+async fn write_pushes(writer: Writer, sub: Arc<Sub>) {
     let mut stream: Option<FramedSend> = None;
     loop {
-        let item = tokio::select! {
-            item = rx.recv() => match item {
-                Some(item) => *item,
-                None => return,
-            },
-            () = sub.wake.notified() => {
-                let lagged: Vec<(Arc<str>, u64)> = lock(&sub.lagged).drain().collect();
-                for (group, from) in lagged {
-                    if let Err(e) = Box::pin(write(&writer, &mut stream, Item::Nudge { group, from })).await {
-                        debug!(error = %e, "push stream ended");
-                        return;
-                    }
-                }
+        // Boxed: the writing future is a kilobyte, and the writer waits for
+        // pushes for the whole life of every session.
+        let written = match sub.take() {
+            // A wake-up stored while the queue was read is not lost: the
+            // next `notified` takes it at once.
+            Next::Wait => {
+                sub.wake.notified().await;
                 continue;
             }
+            Next::Item(item) => Box::pin(write(&writer, &mut stream, item)).await,
+            Next::Nudges(lagged) => {
+                let mut written = Ok(());
+                for (group, from) in lagged {
+                    written =
+                        Box::pin(write(&writer, &mut stream, Item::Nudge { group, from })).await;
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                written
+            }
         };
-        // Boxed: the writing future is a kilobyte, and this task waits for
-        // pushes for the whole life of every session.
-        if let Err(e) = Box::pin(write(&writer, &mut stream, item)).await {
+        if let Err(e) = written {
             debug!(error = %e, "push stream ended");
+            sub.close();
             return;
         }
     }
@@ -494,4 +552,53 @@ async fn write(writer: &Writer, stream: &mut Option<FramedSend>, item: Item) -> 
     s.send(&deliver).await.map_err(|e| e.to_string())?;
     writer.metrics.deliveries.inc();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(group: &Arc<str>, seq: u64) -> Item {
+        Item::Entry {
+            group: Arc::clone(group),
+            from: 1,
+            message: Arc::new(StoredMessage {
+                inbox: "g".into(),
+                seq,
+                message: Default::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_nudges_the_group_and_keeps_what_it_queued_in_order() {
+        let sub = Sub {
+            user: "bob".into(),
+            queue: Mutex::default(),
+            wake: Notify::new(),
+        };
+        let group: Arc<str> = Arc::from("g1");
+        for seq in 1..=PUSH_QUEUE as u64 + 10 {
+            sub.offer(entry(&group, seq));
+        }
+        sub.offer(Item::Signal(v1::Signal::default()));
+        // The nudge first: the client pulls what was dropped.
+        match sub.take() {
+            Next::Nudges(nudges) => assert_eq!(nudges, vec![(Arc::clone(&group), 1)]),
+            _ => panic!("expected the group's nudge"),
+        }
+        for seq in 1..=PUSH_QUEUE as u64 {
+            match sub.take() {
+                Next::Item(Item::Entry { message, .. }) => assert_eq!(message.seq, seq),
+                _ => panic!("expected entry {seq}"),
+            }
+        }
+        assert!(matches!(sub.take(), Next::Wait), "the signal was dropped");
+        sub.close();
+        sub.offer(entry(&group, 999));
+        assert!(
+            matches!(sub.take(), Next::Wait),
+            "a closed queue takes nothing"
+        );
+    }
 }

@@ -100,7 +100,8 @@ impl Feed {
     fn new() -> Self {
         Self {
             head: watch::Sender::new(0),
-            recent: Mutex::new(VecDeque::with_capacity(16)),
+            // Empty until the first message: most feeds are of idle users.
+            recent: Mutex::new(VecDeque::new()),
             sessions: Mutex::new(Vec::new()),
             receipted: std::sync::atomic::AtomicU64::new(0),
         }

@@ -2,15 +2,20 @@
 //! (heartbeat, chat, ack, rpc) until it ends.
 //!
 //! The connection task owns the session. It accepts the client's streams and
-//! runs each in a task of its own (a slow rpc never blocks chat), watches the
+//! runs each in a task of its own (a slow rpc never blocks chat), polls the
+//! session's own streams itself (ack writer, delivery, push writer, control
+//! reader: a task each would cost every idle session), watches the
 //! heartbeat deadline, and ends the session on a kick, a protocol fault, a
 //! missed heartbeat or the drain deadline, always with a typed close code.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use futures_util::future::{Fuse, FusedFuture as _};
 use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::transport::{Connection, RecvStream, SendStream};
@@ -21,7 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::auth::Claims;
-use crate::control::{self, ControlEnd, expires_ms, refresh, refuse};
+use crate::control::{self, ControlEnd, ControlEvent, expires_ms, refresh, refuse};
 use crate::credential;
 use crate::ctx::Ctx;
 use crate::deadline::sleep_until_opt;
@@ -294,6 +299,15 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
     // before the streams are dropped, which would finish them first and let
     // the client take the end for a network failure.
     let mut tasks: JoinSet<StreamEnd> = JoinSet::new();
+    // The session's own streams, polled by this task rather than spawned
+    // (a task each would cost every idle session its header and a future
+    // of its own): writing acks, delivering, writing pushes, reading the
+    // control stream. Each lives pinned until it ends (no write is
+    // dropped halfway), and, like `tasks`, past the close.
+    let mut acks_writer = pin!(Fuse::terminated());
+    let mut delivering = pin!(Fuse::terminated());
+    let mut pushing = pin!(Fuse::terminated());
+    let mut control_next = pin!(Fuse::terminated());
     // The session's place in the push registry, once it has one.
     let mut registered: Option<push::Registration> = None;
     let started_ms = qim_proto::now_ms();
@@ -369,7 +383,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
         // pointers instead of 32 acks per channel and session).
         let (acks_tx, acks_rx) = mpsc::channel(64);
         let (server_acks_tx, server_acks_rx) = mpsc::channel(1024);
-        tasks.spawn(crate::chat::write_server_acks(ack_stream, server_acks_rx));
+        acks_writer.set(contained(crate::chat::write_server_acks(ack_stream, server_acks_rx)).fuse());
         let delivery = Delivery {
             ctx: Arc::clone(ctx),
             feed: Arc::clone(&feed),
@@ -383,21 +397,18 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
         // `map`, not `async move { f.await }`: a wrapping block keeps its
         // captured future and the awaited one side by side (twice the size
         // for the whole session).
-        tasks.spawn(delivery.run().map(|ended| match ended {
-            Ok(()) => StreamEnd::Done,
-            Err(e) => {
-                debug!(error = %e, "delivery ended");
-                StreamEnd::Fault(Fault::gone(e.to_string()))
-            }
-        }));
-        // Fresh tokens the client sends; a few wait, then the control
-        // stream is not read until the session took them.
-        let (refresh_tx, mut refreshes) = mpsc::channel::<String>(2);
-        tasks.spawn(control::read(control_recv, refresh_tx).map(|end| match end {
-            ControlEnd::Done => StreamEnd::Done,
-            ControlEnd::Bye => StreamEnd::Bye,
-            ControlEnd::Fault(fault) => StreamEnd::Fault(fault),
-        }));
+        delivering.set(
+            contained(delivery.run().map(|ended| match ended {
+                Ok(()) => StreamEnd::Done,
+                Err(e) => {
+                    debug!(error = %e, "delivery ended");
+                    StreamEnd::Fault(Fault::gone(e.to_string()))
+                }
+            }))
+            .fuse(),
+        );
+        // One frame at a time: a Refresh is taken before the next is read.
+        control_next.set(contained(control::next(control_recv)).fuse());
         let writer = push::Writer {
             conn: conn.clone(),
             max_frame,
@@ -407,11 +418,30 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
         };
         let (registration, first, pushes) = ctx.push.attach(session_id, &user, writer);
         *registered = Some(registration);
-        tasks.spawn(pushes.map(|()| StreamEnd::Done));
-        Box::pin(presence::session_started(ctx, &user, &device, started_ms, first, came_online)).await;
-
-        // Nothing but the Hello is taken from early data (see `serve`).
-        let _ = handshake.await;
+        pushing.set(contained(pushes.map(|()| StreamEnd::Done)).fuse());
+        {
+            // The session's own streams run meanwhile, as they would in
+            // tasks of their own; one that ends is taken up once the
+            // session started, as the loop would have.
+            let mut starting = pin!(async {
+                Box::pin(presence::session_started(ctx, &user, &device, started_ms, first, came_online)).await;
+                // Nothing but the Hello is taken from early data (see `serve`).
+                let _ = handshake.await;
+            });
+            let mut early = Ok(StreamEnd::Done);
+            loop {
+                let ended = tokio::select! {
+                    () = &mut starting => break,
+                    ended = &mut acks_writer, if !acks_writer.is_terminated() => ended,
+                    ended = &mut delivering, if !delivering.is_terminated() => ended,
+                    ended = &mut pushing, if !pushing.is_terminated() => ended,
+                };
+                if matches!(early, Ok(StreamEnd::Done)) {
+                    early = ended;
+                }
+            }
+            ended_stream(early?)?;
+        }
         if let Some(reason) = conn.close_reason() {
             return Err(Fault::gone(format!("handshake failed: {reason}")));
         }
@@ -440,17 +470,25 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
                     Err(e) => return Err(Fault::gone(e.to_string())),
                 },
                 Some(ended) = tasks.join_next() => match ended {
-                    Ok(StreamEnd::Done) => {}
-                    Ok(StreamEnd::Bye) => return Err(Fault::gone("client said bye")),
-                    Ok(StreamEnd::Fault(fault)) => return Err(fault),
+                    Ok(end) => ended_stream(end)?,
                     Err(e) => return Err(Fault::detailed(ErrorCode::Internal, "the server failed", format_args!("stream task: {e}"))),
                 },
+                ended = &mut acks_writer, if !acks_writer.is_terminated() => ended_stream(ended?)?,
+                ended = &mut delivering, if !delivering.is_terminated() => ended_stream(ended?)?,
+                ended = &mut pushing, if !pushing.is_terminated() => ended_stream(ended?)?,
                 () = tokio::time::sleep_until(token_deadline) => {
                     let fault = Fault::new(ErrorCode::TokenExpired, "the session's token expired");
                     refuse(&mut control_send, &fault).await;
                     return Err(fault);
                 }
-                Some(token) = refreshes.recv() => {
+                read = &mut control_next, if !control_next.is_terminated() => {
+                    let (control_recv, event) = read?;
+                    let token = match event {
+                        ControlEvent::Refresh(token) => token,
+                        ControlEvent::End(ControlEnd::Done) => continue,
+                        ControlEvent::End(ControlEnd::Bye) => return Err(Fault::gone("client said bye")),
+                        ControlEvent::End(ControlEnd::Fault(fault)) => return Err(fault),
+                    };
                     let taken = match session.request_allowed() {
                         Ok(()) => Box::pin(refresh(ctx, &claims, &token)).await,
                         Err(fault) => Err(fault),
@@ -477,6 +515,7 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
                             return Err(fault);
                         }
                     }
+                    control_next.set(contained(control::next(control_recv)).fuse());
                 }
                 () = tokio::time::sleep_until(beat_deadline) => {
                     if session.heartbeat_deadline(ctx.config.heartbeat.max_missed) <= Instant::now() {
@@ -527,6 +566,10 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
         close(ctx, conn, &user, &fault);
     }
     drop(tasks);
+    acks_writer.set(Fuse::terminated());
+    delivering.set(Fuse::terminated());
+    pushing.set(Fuse::terminated());
+    control_next.set(Fuse::terminated());
     let last = registered.map(push::Registration::end);
     ctx.routes.detach(&user, session_id);
     let went_offline = match &ctx.cluster {
@@ -546,6 +589,31 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
     }
     ctx.metrics.sessions_open.dec();
     info!(user = %user, device = %device, session_id, "session ended");
+}
+
+/// How a stream's end bears on the session: `Err` ends it.
+fn ended_stream(end: StreamEnd) -> Result<(), Fault> {
+    match end {
+        StreamEnd::Done => Ok(()),
+        StreamEnd::Fault(fault) => Err(fault),
+    }
+}
+
+/// One of the session's own futures, polled by its task: a panic in it
+/// ends the session with INTERNAL, as a panicking stream task does, rather
+/// than unwinding the session past its cleanup.
+fn contained<F: Future>(f: F) -> impl Future<Output = Result<F::Output, Fault>> {
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .map(|caught| {
+            caught.map_err(|_| {
+                Fault::detailed(
+                    ErrorCode::Internal,
+                    "the server failed",
+                    "a session future panicked",
+                )
+            })
+        })
 }
 
 /// What each stream task of a session needs.

@@ -199,6 +199,31 @@ async fn unknown_or_misused_streams_close_the_connection_with_their_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_hello_the_control_stream_takes_refresh_or_bye_only() {
+    let gw = TestGateway::start().await;
+    let mut by = Bystanders::new(&gw).await;
+
+    // A second Hello ends the session with PROTOCOL_VIOLATION.
+    let mut again = Raw::login(&gw, "mallory", "m-1", 0).await;
+    let hello = v1::ClientControl {
+        kind: Some(v1::client_control::Kind::Hello(v1::Hello::default())),
+    };
+    again.control_send.send(&hello).await.expect("write");
+    assert_eq!(again.raw.closed_with().await, ErrorCode::ProtocolViolation);
+    by.still_chatting().await;
+
+    // Bye ends it with NO_ERROR, not as a lost connection.
+    let mut leaving = Raw::login(&gw, "mallory", "m-2", 0).await;
+    let bye = v1::ClientControl {
+        kind: Some(v1::client_control::Kind::Bye(v1::Bye {})),
+    };
+    leaving.control_send.send(&bye).await.expect("write");
+    assert_eq!(leaving.raw.closed_with().await, ErrorCode::NoError);
+    by.still_chatting().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_sends_get_typed_nacks_and_the_session_goes_on() {
     let gw = TestGateway::start_with(|c| c.limits.max_body_bytes = 1024).await;
     let mut by = Bystanders::new(&gw).await;
