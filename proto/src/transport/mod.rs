@@ -16,10 +16,12 @@
 //! path is the hot one (a read per frame batch), so it is a match on two
 //! variants rather than a boxed call.
 
+mod linger;
 pub mod mux;
 mod quic;
 mod sched;
 pub mod tcp;
+mod waiters;
 
 use std::fmt;
 use std::future::Future;

@@ -34,7 +34,9 @@ use futures_util::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
-use super::sched::{CHUNK, DataCounter, Line, Scheduler};
+use super::linger::Linger;
+use super::sched::{CHUNK, Line, Scheduler};
+use super::waiters::Waiters;
 use super::{
     BoxFuture, Connection, ConnectionError, RecvInner, RecvStream, SendInner, SendStream,
     StreamError, Transport, TransportKind,
@@ -92,11 +94,8 @@ where
         Role::Server => yamux::Mode::Server,
     };
     let sched = Arc::new(Scheduler::default());
-    let io = Linger {
-        io: Some(io),
-        sched: Arc::clone(&sched),
-        data: DataCounter::default(),
-    };
+    let waiters = Arc::new(Waiters::default());
+    let io = Linger::new(io, Arc::clone(&sched));
     let conn = yamux::Connection::new(io.compat(), config, mode);
     let (cmds, cmds_rx) = mpsc::unbounded_channel();
     let (bi_tx, bi_rx) = mpsc::channel(limits.bidi.max(1));
@@ -110,6 +109,7 @@ where
         uni: uni_tx,
         state: Arc::clone(&state),
         limits,
+        waiters: Arc::clone(&waiters),
     };
     tokio::spawn(driver.run(conn));
     Connection::new(MuxConnection {
@@ -120,101 +120,8 @@ where
         state_rx,
         remote,
         sched,
+        waiters,
     })
-}
-
-/// The TCP connection under yamux. Dropped, it keeps reading (and
-/// discarding) for a moment before it lets go of the socket: a socket
-/// closed with unread bytes sends a TCP reset, and a reset makes the peer's
-/// kernel discard what it had received and not yet read, the close frame
-/// with it. The close is followed by a FIN (yamux shuts the write side
-/// down), and the peer hangs up in turn.
-///
-/// It also tells the write scheduler how many data bytes went out.
-struct Linger<T: tokio::io::AsyncRead + Unpin + Send + 'static> {
-    io: Option<T>,
-    sched: Arc<Scheduler>,
-    data: DataCounter,
-}
-
-/// How long a closed connection's socket keeps draining.
-const LINGER: Duration = Duration::from_secs(2);
-
-impl<T: tokio::io::AsyncRead + Unpin + Send + 'static> Drop for Linger<T> {
-    fn drop(&mut self) {
-        let (Some(mut io), Ok(rt)) = (self.io.take(), tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        rt.spawn(async move {
-            let drain = async {
-                let mut sink = [0u8; 1024];
-                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut io, &mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(LINGER, drain).await;
-        });
-    }
-}
-
-fn gone_io() -> std::io::Error {
-    std::io::Error::from(std::io::ErrorKind::NotConnected)
-}
-
-impl<T> tokio::io::AsyncRead for Linger<T>
-where
-    T: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_read(cx, buf),
-            None => Poll::Ready(Err(gone_io())),
-        }
-    }
-}
-
-impl<T> tokio::io::AsyncWrite for Linger<T>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let Some(io) = this.io.as_mut() else {
-            return Poll::Ready(Err(gone_io()));
-        };
-        let wrote = Pin::new(io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = wrote {
-            let data = this.data.count(&buf[..n.min(buf.len())]);
-            if data > 0 {
-                this.sched.written(data);
-            }
-        }
-        wrote
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_flush(cx),
-            None => Poll::Ready(Err(gone_io())),
-        }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.io.as_mut() {
-            Some(io) => Pin::new(io).poll_shutdown(cx),
-            None => Poll::Ready(Err(gone_io())),
-        }
-    }
 }
 
 type Shared = Arc<Mutex<yamux::Stream>>;
@@ -238,6 +145,7 @@ struct MuxConnection {
     state_rx: watch::Receiver<Option<ConnectionError>>,
     remote: SocketAddr,
     sched: Arc<Scheduler>,
+    waiters: Arc<Waiters>,
 }
 
 impl std::fmt::Debug for Command {
@@ -274,12 +182,18 @@ impl Transport for MuxConnection {
     fn open_bi(&self) -> BoxFuture<'_, Result<(SendStream, RecvStream), ConnectionError>> {
         Box::pin(async move {
             let s = self.open(DIR_BIDI).await?;
-            Ok((send_stream(&s, &self.sched), recv_stream(s)))
+            Ok((
+                send_stream(&s, &self.sched, &self.waiters),
+                recv_stream(s, &self.waiters),
+            ))
         })
     }
 
     fn open_uni(&self) -> BoxFuture<'_, Result<SendStream, ConnectionError>> {
-        Box::pin(async move { Ok(send_stream(&self.open(DIR_UNI).await?, &self.sched)) })
+        Box::pin(async move {
+            let s = self.open(DIR_UNI).await?;
+            Ok(send_stream(&s, &self.sched, &self.waiters))
+        })
     }
 
     fn accept_bi(&self) -> BoxFuture<'_, Result<(SendStream, RecvStream), ConnectionError>> {
@@ -335,17 +249,19 @@ impl Transport for MuxConnection {
     }
 }
 
-fn send_stream(s: &Shared, sched: &Arc<Scheduler>) -> SendStream {
+fn send_stream(s: &Shared, sched: &Arc<Scheduler>, waiters: &Arc<Waiters>) -> SendStream {
     SendStream(SendInner::Mux(MuxSend {
         stream: Some(Arc::clone(s)),
         sched: Arc::clone(sched),
+        waiters: Arc::clone(waiters),
         priority: AtomicI32::new(0),
     }))
 }
 
-fn recv_stream(s: Shared) -> RecvStream {
+fn recv_stream(s: Shared, waiters: &Arc<Waiters>) -> RecvStream {
     RecvStream(RecvInner::Mux(MuxRecv {
         stream: Some(s),
+        waiters: Arc::clone(waiters),
         stopped: false,
     }))
 }
@@ -354,6 +270,7 @@ fn recv_stream(s: Shared) -> RecvStream {
 #[derive(Debug)]
 pub(super) struct MuxRecv {
     stream: Option<Shared>,
+    waiters: Arc<Waiters>,
     stopped: bool,
 }
 
@@ -392,7 +309,11 @@ impl MuxRecv {
             }
             Poll::Pending => {
                 buf.truncate(start);
-                Poll::Pending
+                if self.waiters.wait(stream, false, cx.waker()) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Err(StreamError::Closed))
+                }
             }
         }
     }
@@ -407,6 +328,7 @@ impl MuxRecv {
 pub(super) struct MuxSend {
     stream: Option<Shared>,
     sched: Arc<Scheduler>,
+    waiters: Arc<Waiters>,
     priority: AtomicI32,
 }
 
@@ -423,7 +345,14 @@ impl MuxSend {
             let piece = &bytes[..bytes.len().min(CHUNK)];
             let n = poll_fn(|cx| {
                 line.poll_write(cx, priority, |cx| {
-                    Pin::new(&mut *lock(stream)).poll_write(cx, piece)
+                    let wrote = Pin::new(&mut *lock(stream)).poll_write(cx, piece);
+                    match wrote {
+                        // Nothing more goes out once the connection is gone.
+                        Poll::Pending if !self.waiters.wait(stream, true, cx.waker()) => {
+                            Poll::Ready(Ok(0))
+                        }
+                        wrote => wrote,
+                    }
                 })
             })
             .await
@@ -434,9 +363,14 @@ impl MuxSend {
             bytes.advance(n);
         }
         drop(line);
-        poll_fn(|cx| Pin::new(&mut *lock(stream)).poll_flush(cx))
-            .await
-            .map_err(|e| io_error(&e))
+        poll_fn(|cx| match Pin::new(&mut *lock(stream)).poll_flush(cx) {
+            Poll::Pending if !self.waiters.wait(stream, true, cx.waker()) => {
+                Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+            }
+            flushed => flushed,
+        })
+        .await
+        .map_err(|e| io_error(&e))
     }
 
     pub(super) fn set_priority(&self, priority: i32) {
@@ -502,6 +436,8 @@ struct Driver {
     uni: mpsc::Sender<RecvStream>,
     state: Arc<watch::Sender<Option<ConnectionError>>>,
     limits: Limits,
+    /// Woken once the connection is dropped (see `waiters.rs`).
+    waiters: Arc<Waiters>,
 }
 
 /// The peer's transport stream and what arrived on it.
@@ -609,6 +545,10 @@ impl Driver {
             let _ = poll_fn(|cx| conn.poll_close(cx)).await;
         };
         let _ = tokio::time::timeout(CLOSE_WITHIN, close).await;
+        // Dropped, the connection answers its streams' reads and writes
+        // with an end; wake those that wait for it.
+        drop(conn);
+        self.waiters.end();
     }
 
     /// Serves until the connection ends; returns how, with this side's
@@ -726,9 +666,10 @@ impl Driver {
                                 }
                                 live_bi.push(Arc::downgrade(&s));
                                 // Sized to the limit: never full.
-                                let _ = self
-                                    .bi
-                                    .try_send((send_stream(&s, &self.sched), recv_stream(s)));
+                                let _ = self.bi.try_send((
+                                    send_stream(&s, &self.sched, &self.waiters),
+                                    recv_stream(s, &self.waiters),
+                                ));
                             }
                             DIR_UNI => {
                                 if live_uni.len() >= self.limits.uni {
@@ -740,7 +681,7 @@ impl Driver {
                                 live_uni.push(Arc::downgrade(&s));
                                 // This side never writes on it.
                                 finish_shared(Arc::clone(&s));
-                                let _ = self.uni.try_send(recv_stream(s));
+                                let _ = self.uni.try_send(recv_stream(s, &self.waiters));
                             }
                             _ => {
                                 return Poll::Ready(Outcome::Local(

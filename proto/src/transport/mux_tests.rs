@@ -238,3 +238,43 @@ async fn a_stream_abandoned_mid_frame_reads_as_a_reset() {
     }
     assert!(client.close_reason().is_none(), "the connection goes on");
 }
+
+/// A read waiting on a stream ends once its connection is closed, by this
+/// side or by the peer, while the stream is still held: yamux wakes no
+/// reader when it closes a connection gracefully, so an upload waiting for
+/// the server's answer would otherwise wait for ever.
+#[tokio::test]
+async fn a_pending_read_ends_when_the_connection_closes() {
+    for closed_here in [true, false] {
+        let (client, server) = pair();
+        let (mut send, mut recv) = client.open_bi().await.expect("open bi");
+        send.write_all(Bytes::from_static(b"x"))
+            .await
+            .expect("write");
+        let (_s_send, _s_recv) = tokio::time::timeout(WITHIN, server.accept_bi())
+            .await
+            .expect("in time")
+            .expect("accept bi");
+        let reading = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            poll_fn(|cx| recv.poll_read_into(cx, &mut buf, 1024)).await
+        });
+        // The read is waiting: nothing was written to it.
+        tokio::task::yield_now().await;
+        assert!(!reading.is_finished());
+        if closed_here {
+            client.close(ErrorCode::NoError, b"reconnecting");
+        } else {
+            server.close(ErrorCode::Replaced, b"this device logged in again");
+        }
+        let read = tokio::time::timeout(WITHIN, reading)
+            .await
+            .expect("the read ends in time")
+            .expect("read task");
+        assert!(
+            !matches!(read, Ok(true)),
+            "no data arrives (closed here: {closed_here}): {read:?}"
+        );
+        drop(send);
+    }
+}
