@@ -157,8 +157,8 @@ impl Db {
     pub(crate) fn batch_with_capacity(&self, rows: usize) -> Batch {
         match self {
             Db::Fjall(db) => Batch::Fjall(fjall::OwnedWriteBatch::with_capacity(db.clone(), rows)),
-            Db::Redb(db) => Batch::Redb(db.batch(rows)),
-            Db::Sqlite(db) => Batch::Sqlite(db.batch(rows)),
+            Db::Redb(db) => Batch::Redb(db.clone(), Writes::with_capacity(rows)),
+            Db::Sqlite(db) => Batch::Sqlite(db.clone(), Writes::with_capacity(rows)),
         }
     }
 
@@ -226,8 +226,8 @@ impl Table {
     ) -> Result<(), KvError> {
         match self {
             Table::Fjall(t) => Ok(t.insert(key, value)?),
-            Table::Redb(t) => t.write(key.into(), Some(value.into())),
-            Table::Sqlite(t) => t.write(key.into(), Some(value.into())),
+            Table::Redb(t) => t.insert(key.into(), value.into()),
+            Table::Sqlite(t) => t.insert(key.into(), value.into()),
         }
     }
 
@@ -364,11 +364,34 @@ impl DoubleEndedIterator for Iter {
     }
 }
 
+/// One row written by a redb or SQLite commit: `(table, key, value)`,
+/// no value for a removal.
+pub(crate) type Write = (&'static str, Slice, Option<Slice>);
+
+/// The rows of a redb or SQLite batch, written in one transaction at
+/// commit.
+pub(crate) struct Writes {
+    rows: Vec<Write>,
+    durable: bool,
+}
+
+impl Writes {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(rows),
+            durable: false,
+        }
+    }
+}
+
 /// Writes applied together by [`Batch::commit`]: all or none.
 pub(crate) enum Batch {
     Fjall(fjall::OwnedWriteBatch),
-    Redb(redb_engine::RedbBatch),
-    Sqlite(sqlite_engine::SqliteBatch),
+    Redb(redb_engine::Redb, Writes),
+    Sqlite(sqlite_engine::Sqlite, Writes),
+    /// A write of another engine's table was added: the commit is refused
+    /// and nothing of the batch is written.
+    Refused,
 }
 
 impl Batch {
@@ -378,20 +401,23 @@ impl Batch {
         key: K,
         value: V,
     ) {
-        match (self, table) {
-            (Batch::Fjall(b), Table::Fjall(t)) => b.insert(t, key, value),
-            (Batch::Redb(b), Table::Redb(t)) => b.push(t, key.into(), Some(value.into())),
-            (Batch::Sqlite(b), Table::Sqlite(t)) => b.push(t, key.into(), Some(value.into())),
-            (b, _) => b.mismatch(),
-        }
+        self.write(table, key.into(), Some(value.into()));
     }
 
     pub(crate) fn remove<K: Into<Slice>>(&mut self, table: &Table, key: K) {
-        match (self, table) {
-            (Batch::Fjall(b), Table::Fjall(t)) => b.remove(t, key),
-            (Batch::Redb(b), Table::Redb(t)) => b.push(t, key.into(), None),
-            (Batch::Sqlite(b), Table::Sqlite(t)) => b.push(t, key.into(), None),
-            (b, _) => b.mismatch(),
+        self.write(table, key.into(), None);
+    }
+
+    fn write(&mut self, table: &Table, key: Slice, value: Option<Slice>) {
+        match (&mut *self, table) {
+            (Batch::Fjall(b), Table::Fjall(t)) => match value {
+                Some(value) => b.insert(t, key, value),
+                None => b.remove(t, key),
+            },
+            (Batch::Redb(_, w), Table::Redb(t)) => w.rows.push((t.name(), key, value)),
+            (Batch::Sqlite(_, w), Table::Sqlite(t)) => w.rows.push((t.name(), key, value)),
+            (Batch::Refused, _) => {}
+            _ => *self = Batch::Refused,
         }
     }
 
@@ -400,30 +426,18 @@ impl Batch {
     pub(crate) fn durable(self) -> Self {
         match self {
             Batch::Fjall(b) => Batch::Fjall(b.durability(Some(fjall::PersistMode::SyncAll))),
-            Batch::Redb(b) => Batch::Redb(b.durable()),
-            Batch::Sqlite(b) => Batch::Sqlite(b.durable()),
+            Batch::Redb(db, w) => Batch::Redb(db, Writes { durable: true, ..w }),
+            Batch::Sqlite(db, w) => Batch::Sqlite(db, Writes { durable: true, ..w }),
+            Batch::Refused => Batch::Refused,
         }
     }
 
     pub(crate) fn commit(self) -> Result<(), KvError> {
         match self {
             Batch::Fjall(b) => Ok(b.commit()?),
-            Batch::Redb(b) => b.commit(),
-            Batch::Sqlite(b) => b.commit(),
-        }
-    }
-
-    /// A fjall batch cannot hold a write of another engine's table; the
-    /// other engines refuse the whole batch at commit.
-    fn mismatch(&mut self) {
-        match self {
-            Batch::Fjall(_) => {
-                // Nothing is written in its place: replacing the batch
-                // with an empty one would commit the earlier writes alone.
-                *self = Batch::Redb(redb_engine::RedbBatch::refused());
-            }
-            Batch::Redb(b) => b.refuse(),
-            Batch::Sqlite(b) => b.refuse(),
+            Batch::Redb(db, w) => db.commit(&w.rows, w.durable),
+            Batch::Sqlite(db, w) => db.commit(&w.rows, w.durable),
+            Batch::Refused => Err(KvError::Mismatch),
         }
     }
 }

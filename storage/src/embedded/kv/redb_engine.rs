@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use redb::{Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
-use super::{Iter, KvError, Slice};
+use super::{Iter, KvError, Slice, Write};
 
 /// The database file in the store's directory.
 pub(super) const FILE: &str = "store.redb";
@@ -42,17 +42,43 @@ impl Redb {
         tx.open_table(def).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(RedbTable {
-            db: Arc::clone(&self.db),
-            def,
+            db: self.clone(),
+            name,
         })
     }
 
-    pub(super) fn batch(&self, rows: usize) -> RedbBatch {
-        RedbBatch {
-            db: Some(Arc::clone(&self.db)),
-            writes: Vec::with_capacity(rows),
-            durable: false,
+    /// `rows` in one write transaction (each table opened once), fsynced
+    /// before it returns when `durable`.
+    pub(super) fn commit(&self, rows: &[Write], durable: bool) -> Result<(), KvError> {
+        let mut tx = self.db.begin_write().map_err(err)?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(err)?;
+        {
+            let mut open: Vec<(&'static str, WriteTable<'_>)> = Vec::new();
+            for (name, key, value) in rows {
+                let at = match open.iter().position(|(open, _)| open == name) {
+                    Some(at) => at,
+                    None => {
+                        open.push((*name, tx.open_table(Def::new(name)).map_err(err)?));
+                        open.len() - 1
+                    }
+                };
+                let table = &mut open[at].1;
+                match value {
+                    Some(v) => {
+                        table.insert(&**key, &**v).map_err(err)?;
+                    }
+                    None => {
+                        table.remove(&**key).map_err(err)?;
+                    }
+                }
+            }
         }
+        tx.commit().map_err(err)
     }
 
     #[cfg(test)]
@@ -74,33 +100,31 @@ impl Redb {
 
 #[derive(Clone)]
 pub(crate) struct RedbTable {
-    db: Arc<redb::Database>,
-    def: Def,
+    db: Redb,
+    name: &'static str,
 }
 
 impl RedbTable {
+    pub(super) fn name(&self) -> &'static str {
+        self.name
+    }
+
     pub(super) fn get(&self, key: &[u8]) -> Result<Option<Slice>, KvError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(self.def).map_err(err)?;
+        let tx = self.db.db.begin_read().map_err(err)?;
+        let table = tx.open_table(Def::new(self.name)).map_err(err)?;
         let value = table.get(key).map_err(err)?;
         Ok(value.map(|v| Slice::from(v.value())))
     }
 
-    /// One write in a transaction of its own, not synced.
-    pub(super) fn write(&self, key: Slice, value: Option<Slice>) -> Result<(), KvError> {
-        let mut batch = RedbBatch {
-            db: Some(Arc::clone(&self.db)),
-            writes: Vec::with_capacity(1),
-            durable: false,
-        };
-        batch.push(self, key, value);
-        batch.commit()
+    /// One row in a transaction of its own, not synced.
+    pub(super) fn insert(&self, key: Slice, value: Slice) -> Result<(), KvError> {
+        self.db.commit(&[(self.name, key, Some(value))], false)
     }
 
     pub(super) fn scan(&self, bounds: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> Iter {
         let started = (|| {
-            let tx = self.db.begin_read().map_err(err)?;
-            let table = tx.open_table(self.def).map_err(err)?;
+            let tx = self.db.db.begin_read().map_err(err)?;
+            let table = tx.open_table(Def::new(self.name)).map_err(err)?;
             let borrowed = (
                 bounds.0.as_ref().map(Vec::as_slice),
                 bounds.1.as_ref().map(Vec::as_slice),
@@ -135,72 +159,5 @@ impl RedbIter {
 
     pub(super) fn next_back(&mut self) -> Option<Result<(Slice, Slice), KvError>> {
         self.range.next_back().map(row)
-    }
-}
-
-pub(crate) struct RedbBatch {
-    /// `None`: refused (a write of another engine's table was added).
-    db: Option<Arc<redb::Database>>,
-    writes: Vec<(Def, Slice, Option<Slice>)>,
-    durable: bool,
-}
-
-impl RedbBatch {
-    pub(super) fn refused() -> Self {
-        Self {
-            db: None,
-            writes: Vec::new(),
-            durable: false,
-        }
-    }
-
-    pub(super) fn refuse(&mut self) {
-        self.db = None;
-    }
-
-    pub(super) fn push(&mut self, table: &RedbTable, key: Slice, value: Option<Slice>) {
-        self.writes.push((table.def, key, value));
-    }
-
-    pub(super) fn durable(mut self) -> Self {
-        self.durable = true;
-        self
-    }
-
-    /// One write transaction; each table is opened once.
-    pub(super) fn commit(self) -> Result<(), KvError> {
-        let Some(db) = self.db else {
-            return Err(KvError::Mismatch);
-        };
-        let mut tx = db.begin_write().map_err(err)?;
-        tx.set_durability(if self.durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(err)?;
-        {
-            let mut open: Vec<(&str, WriteTable<'_>)> = Vec::new();
-            for (def, key, value) in &self.writes {
-                use redb::TableHandle as _;
-                let at = match open.iter().position(|(name, _)| *name == def.name()) {
-                    Some(at) => at,
-                    None => {
-                        open.push((def.name(), tx.open_table(*def).map_err(err)?));
-                        open.len() - 1
-                    }
-                };
-                let table = &mut open[at].1;
-                match value {
-                    Some(v) => {
-                        table.insert(&**key, &**v).map_err(err)?;
-                    }
-                    None => {
-                        table.remove(&**key).map_err(err)?;
-                    }
-                }
-            }
-        }
-        tx.commit().map_err(err)
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{KvError, Slice};
+use super::{KvError, Slice, Write};
 
 /// The database file in the store's directory.
 pub(super) const FILE: &str = "store.sqlite";
@@ -61,31 +61,39 @@ impl Shared {
         out
     }
 
-    /// Runs `writes` in one transaction on the writer connection, fsynced
-    /// before it returns when `durable`.
-    fn write(
-        &self,
-        durable: bool,
-        writes: &[(&'static str, Slice, Option<Slice>)],
-    ) -> Result<(), KvError> {
+    /// Runs `rows` in one transaction on the writer connection, fsynced
+    /// before it returns when `durable`. Each table's statements are
+    /// looked up once per commit.
+    fn write(&self, durable: bool, rows: &[Write]) -> Result<(), KvError> {
         let mut conn = lock(&self.writer);
         if durable {
             conn.pragma_update(None, "synchronous", "FULL")?;
         }
         let out = (|| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for (table, key, value) in writes {
-                match value {
-                    Some(v) => {
-                        tx.prepare_cached(&format!(
-                            "INSERT OR REPLACE INTO \"{table}\" (k, v) VALUES (?1, ?2)"
-                        ))?
-                        .execute(params![&**key, &**v])?;
-                    }
-                    None => {
-                        tx.prepare_cached(&format!("DELETE FROM \"{table}\" WHERE k = ?1"))?
-                            .execute(params![&**key])?;
-                    }
+            {
+                let mut statements = Vec::new();
+                for (table, key, value) in rows {
+                    let at = match statements.iter().position(|(t, _, _)| t == table) {
+                        Some(at) => at,
+                        None => {
+                            statements.push((
+                                *table,
+                                tx.prepare_cached(&format!(
+                                    "INSERT OR REPLACE INTO \"{table}\" (k, v) VALUES (?1, ?2)"
+                                ))?,
+                                tx.prepare_cached(&format!(
+                                    "DELETE FROM \"{table}\" WHERE k = ?1"
+                                ))?,
+                            ));
+                            statements.len() - 1
+                        }
+                    };
+                    let (_, insert, delete) = &mut statements[at];
+                    match value {
+                        Some(v) => insert.execute(params![&**key, &**v])?,
+                        None => delete.execute(params![&**key])?,
+                    };
                 }
             }
             tx.commit()
@@ -126,15 +134,13 @@ impl Sqlite {
         Ok(SqliteTable {
             shared: Arc::clone(&self.shared),
             name,
+            get: Arc::from(format!("SELECT v FROM \"{name}\" WHERE k = ?1")),
         })
     }
 
-    pub(super) fn batch(&self, rows: usize) -> SqliteBatch {
-        SqliteBatch {
-            shared: Some(Arc::clone(&self.shared)),
-            writes: Vec::with_capacity(rows),
-            durable: false,
-        }
+    /// `rows` in one transaction, fsynced before it returns when `durable`.
+    pub(super) fn commit(&self, rows: &[Write], durable: bool) -> Result<(), KvError> {
+        self.shared.write(durable, rows)
     }
 
     /// The store's tables (not the engine's own `_sync`).
@@ -171,13 +177,18 @@ impl Sqlite {
 pub(crate) struct SqliteTable {
     shared: Arc<Shared>,
     name: &'static str,
+    /// The point read's statement, made once.
+    get: Arc<str>,
 }
 
 impl SqliteTable {
+    pub(super) fn name(&self) -> &'static str {
+        self.name
+    }
+
     pub(super) fn get(&self, key: &[u8]) -> Result<Option<Slice>, KvError> {
-        let sql = format!("SELECT v FROM \"{}\" WHERE k = ?1", self.name);
         self.shared.read(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut stmt = conn.prepare_cached(&self.get)?;
             let mut rows = stmt.query(params![key])?;
             match rows.next()? {
                 None => Ok(None),
@@ -188,9 +199,9 @@ impl SqliteTable {
         })
     }
 
-    /// One write in a transaction of its own, not synced.
-    pub(super) fn write(&self, key: Slice, value: Option<Slice>) -> Result<(), KvError> {
-        self.shared.write(false, &[(self.name, key, value)])
+    /// One row in a transaction of its own, not synced.
+    pub(super) fn insert(&self, key: Slice, value: Slice) -> Result<(), KvError> {
+        self.shared.write(false, &[(self.name, key, Some(value))])
     }
 
     pub(super) fn scan(&self, (lo, hi): (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> SqliteIter {
@@ -303,58 +314,32 @@ impl SqliteIter {
         }
     }
 
-    pub(super) fn next(&mut self) -> Option<Row> {
-        if self.front.is_empty() {
-            self.fill(true);
+    /// The next row from the low end (`ascending`) or the high end.
+    fn take(&mut self, ascending: bool) -> Option<Row> {
+        let empty = if ascending {
+            self.front.is_empty()
+        } else {
+            self.back.is_empty()
+        };
+        if empty {
+            self.fill(ascending);
         }
         if let Some(e) = self.failed.take() {
             return Some(Err(e));
         }
-        self.front
-            .pop_front()
-            .or_else(|| self.back.pop_back())
-            .map(Ok)
+        let (near, far) = if ascending {
+            (&mut self.front, &mut self.back)
+        } else {
+            (&mut self.back, &mut self.front)
+        };
+        near.pop_front().or_else(|| far.pop_back()).map(Ok)
+    }
+
+    pub(super) fn next(&mut self) -> Option<Row> {
+        self.take(true)
     }
 
     pub(super) fn next_back(&mut self) -> Option<Row> {
-        if self.back.is_empty() {
-            self.fill(false);
-        }
-        if let Some(e) = self.failed.take() {
-            return Some(Err(e));
-        }
-        self.back
-            .pop_front()
-            .or_else(|| self.front.pop_back())
-            .map(Ok)
-    }
-}
-
-pub(crate) struct SqliteBatch {
-    /// `None`: refused (a write of another engine's table was added).
-    shared: Option<Arc<Shared>>,
-    writes: Vec<(&'static str, Slice, Option<Slice>)>,
-    durable: bool,
-}
-
-impl SqliteBatch {
-    pub(super) fn refuse(&mut self) {
-        self.shared = None;
-    }
-
-    pub(super) fn push(&mut self, table: &SqliteTable, key: Slice, value: Option<Slice>) {
-        self.writes.push((table.name, key, value));
-    }
-
-    pub(super) fn durable(mut self) -> Self {
-        self.durable = true;
-        self
-    }
-
-    pub(super) fn commit(self) -> Result<(), KvError> {
-        let Some(shared) = self.shared else {
-            return Err(KvError::Mismatch);
-        };
-        shared.write(self.durable, &self.writes)
+        self.take(false)
     }
 }
