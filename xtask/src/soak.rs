@@ -206,6 +206,33 @@ fn table(r: &Value) -> String {
         r["lost"],
         r["duplicates"],
     );
+    let split = &r["latency_split"];
+    if split.is_object() {
+        let (to, from) = (
+            &split["due_to_server_stamp"],
+            &split["server_stamp_to_delivered"],
+        );
+        let _ = writeln!(
+            md,
+            "split at the gateway's receive stamp (ms precision): due → stamp p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms; stamp → delivered p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+            f(&to["p50_ms"]),
+            f(&to["p99_ms"]),
+            f(&to["p999_ms"]),
+            f(&from["p50_ms"]),
+            f(&from["p99_ms"]),
+            f(&from["p999_ms"]),
+        );
+        let late = &split["due_to_queued"];
+        if late.is_object() {
+            let _ = writeln!(
+                md,
+                "of which the load generator queued the message after it was due by p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+                f(&late["p50_ms"]),
+                f(&late["p99_ms"]),
+                f(&late["p999_ms"]),
+            );
+        }
+    }
     let mib = |v: &Value| f(v) / 1048576.0;
     let _ = writeln!(
         md,

@@ -133,8 +133,6 @@ pub struct EmbeddedStore {
     sweeper: std::sync::atomic::AtomicBool,
     /// The free space under the store; writes are refused below its floor.
     pub(crate) disk: std::sync::Arc<DiskSpace>,
-    /// Quota counters are read, added to and written one at a time.
-    quota_lock: std::sync::Mutex<()>,
     /// Media records whose writes check another record first (holds,
     /// collection claims, pending uploads) are written one at a time.
     media_lock: std::sync::Mutex<()>,
@@ -183,7 +181,6 @@ impl EmbeddedStore {
             history_retention_ms: Default::default(),
             sweeper: std::sync::atomic::AtomicBool::new(false),
             disk,
-            quota_lock: std::sync::Mutex::new(()),
             media_lock: std::sync::Mutex::new(()),
             notify: notify::NotifyState::default(),
         })

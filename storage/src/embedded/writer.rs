@@ -41,6 +41,18 @@ pub(super) enum Op {
     Flush(oneshot::Sender<Result<(), StoreError>>),
     /// Posts, conversation operations and the other IM requests.
     Im(Box<Request>),
+    /// A quota charge (`quota.rs`): decided and written before the group's
+    /// posts, made durable by the next sync (the charged post's: it comes
+    /// later on this queue).
+    Charge(Charge),
+}
+
+/// Adds `bytes` to the count under `key` unless that passes `limit`.
+pub(super) struct Charge {
+    pub(super) key: Vec<u8>,
+    pub(super) bytes: u64,
+    pub(super) limit: u64,
+    pub(super) reply: oneshot::Sender<Result<crate::quota::Charged, StoreError>>,
 }
 
 pub(super) type PostReply = oneshot::Sender<Result<Vec<Result<Posted, OpError>>, StoreError>>;
@@ -165,6 +177,7 @@ impl Writer {
             let mut cursor_replies = Vec::new();
             let mut flushes = Vec::new();
             let mut ims = Vec::new();
+            let mut charges = Vec::new();
             let mut count = 0;
             let mut next = Some(first);
             while let Some(op) = next.take() {
@@ -182,6 +195,10 @@ impl Writer {
                         count += 1;
                         ims.push(*request);
                     }
+                    Op::Charge(charge) => {
+                        count += 1;
+                        charges.push(charge);
+                    }
                 }
                 if count < MAX_BATCH {
                     next = rx.try_recv().ok();
@@ -192,18 +209,19 @@ impl Writer {
                 for reply in flushes {
                     let _ = reply.send(Err(error.clone()));
                 }
-                refuse(error, appends, cursor_replies, ims);
+                refuse(error, appends, cursor_replies, ims, charges);
                 continue;
             }
             // Refused before fjall sees them: a write that fails for want
             // of space would poison the database (see `space.rs`).
             if let Err(full) = self.disk.check() {
-                refuse(full, appends, cursor_replies, ims);
+                refuse(full, appends, cursor_replies, ims, charges);
                 // What is buffered is small (quota counts): the floor
                 // leaves room for it.
                 self.persist(flushes);
                 continue;
             }
+            self.charge(charges);
             let cursors_saved = self.commit(appends, cursors, !flushes.is_empty());
             self.commit_im(ims);
             for reply in cursor_replies {
@@ -385,7 +403,11 @@ fn refuse(
     appends: Vec<(Vec<NewMessage>, Reply)>,
     cursor_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     ims: Vec<Request>,
+    charges: Vec<Charge>,
 ) {
+    for charge in charges {
+        let _ = charge.reply.send(Err(error.clone()));
+    }
     for (_, reply) in appends {
         let _ = reply.send(Err(error.clone()));
     }

@@ -114,6 +114,15 @@ pub(crate) struct Received {
     pub(crate) latency: Option<Histogram<u64>>,
     /// Latency per window, when windows were asked for.
     pub(crate) windows: Option<Windows>,
+    /// qim only: the latency split at the server's receive stamp
+    /// (`server_time_ms`, millisecond precision): from due to the stamp
+    /// (the client's send, the network, the gateway reading the frame),
+    /// and from the stamp to delivery (store, routing, delivery, the
+    /// receiver).
+    pub(crate) split: Option<(Histogram<u64>, Histogram<u64>)>,
+    /// qim only: how late the sender queued each message after it was due
+    /// (the load generator's own delay, part of "due → stamp").
+    pub(crate) late: Option<Histogram<u64>>,
 }
 
 /// Sums pairs' results into one JSON result.
@@ -127,6 +136,8 @@ pub(crate) fn summarize(
     strict: bool,
 ) -> Value {
     let mut latency = stats::histogram();
+    let mut split: Option<(Histogram<u64>, Histogram<u64>)> = None;
+    let mut late: Option<Histogram<u64>> = None;
     let (mut delivered, mut retransmits, mut duplicates) = (0, 0, 0);
     let mut last = start;
     let mut windows = Windows::new(start, args.window_seconds);
@@ -140,6 +151,14 @@ pub(crate) fn summarize(
         errors.extend(r.errors);
         if let Some(h) = &r.latency {
             let _ = latency.add(h);
+        }
+        if let Some((to, from)) = &r.split {
+            let all = split.get_or_insert_with(|| (stats::histogram(), stats::histogram()));
+            let _ = all.0.add(to);
+            let _ = all.1.add(from);
+        }
+        if let Some(h) = &r.late {
+            let _ = late.get_or_insert_with(stats::histogram).add(h);
         }
         last = last.max(r.last.unwrap_or(start));
     }
@@ -171,6 +190,16 @@ pub(crate) fn summarize(
         "errors": errors,
     });
     merge(&mut v, extra);
+    if let Some((to, from)) = split {
+        merge(
+            &mut v,
+            json!({ "latency_split": {
+                "due_to_server_stamp": stats::latency_json(&to),
+                "server_stamp_to_delivered": stats::latency_json(&from),
+                "due_to_queued": late.as_ref().map(stats::latency_json),
+            }}),
+        );
+    }
     if let Some(w) = windows {
         merge(
             &mut v,
@@ -263,9 +292,9 @@ pub(crate) async fn run(
                     Err(e) => upload_errors.push(format!("uploader {p}: {e}")),
                 }
             }
-            let (sent, acked, mut errors) = match sending {
-                Ok((sent, acked)) => (sent, acked, Vec::new()),
-                Err(e) => (0, 0, vec![format!("sender {p}: {e:#}")]),
+            let (sent, acked, late, mut errors) = match sending {
+                Ok((sent, acked, late)) => (sent, acked, Some(late), Vec::new()),
+                Err(e) => (0, 0, None, vec![format!("sender {p}: {e:#}")]),
             };
             errors.extend(upload_errors);
             expect_tx.send_replace(Some(acked));
@@ -283,6 +312,8 @@ pub(crate) async fn run(
                     ..Received::default()
                 },
             };
+            let mut received = received;
+            received.late = late;
             // Keep the sender's connection open until its receiver is done.
             drop(sender);
             (sent, acked, received, errors)
@@ -308,8 +339,15 @@ pub(crate) async fn run(
     Ok(result)
 }
 
-/// Sends until the time or message budget is spent; returns (sent, acked).
-async fn send(session: &Session, args: &ChatArgs, to: &str, start: Instant) -> Result<(u64, u64)> {
+/// Sends until the time or message budget is spent; returns (sent, acked)
+/// and how late each message was queued after it was due.
+async fn send(
+    session: &Session,
+    args: &ChatArgs,
+    to: &str,
+    start: Instant,
+) -> Result<(u64, u64, Histogram<u64>)> {
+    let mut late = stats::histogram();
     let streams = session.server_streams().await?;
     let mut chat = session.open_uni(StreamKind::Chat).await?;
     let heartbeat = {
@@ -365,6 +403,7 @@ async fn send(session: &Session, args: &ChatArgs, to: &str, start: Instant) -> R
             let mut batch = 0;
             loop {
                 let sent_ns = args.due(start, n).map_or_else(stats::now_ns, stats::ns_of);
+                stats::record(&mut late, sent_ns);
                 chat.queue(&v1::Send {
                     client_msg_id: n.to_string(),
                     to: Some(to_peer.clone()),
@@ -397,7 +436,7 @@ async fn send(session: &Session, args: &ChatArgs, to: &str, start: Instant) -> R
     result?;
     let acked = acking.await??;
     heartbeat.abort();
-    Ok((n, acked))
+    Ok((n, acked, late))
 }
 
 async fn heartbeat_on(conn: qim_proto::transport::Connection, interval: Duration) -> Result<()> {
@@ -429,6 +468,7 @@ async fn receive(
     let mut r = Received {
         latency: Some(stats::histogram()),
         windows,
+        split: Some((stats::histogram(), stats::histogram())),
         ..Received::default()
     };
     if let Err(e) = receive_into(&session, &mut expect, &mut r).await {
@@ -452,6 +492,9 @@ async fn receive_into(
     let base = session.welcome.inbox_head;
     let mut next_seq = base + 1;
     let latency = r.latency.get_or_insert_with(stats::histogram);
+    let split = r
+        .split
+        .get_or_insert_with(|| (stats::histogram(), stats::histogram()));
     let result = async {
         loop {
             if expect.borrow().is_some_and(|t| r.delivered >= t) {
@@ -480,6 +523,11 @@ async fn receive_into(
                         bail!("seq {next_seq} holds message {index}, expected {want}");
                     }
                     stats::record(latency, sent_ns);
+                    if let Some(m) = &deliver.message {
+                        let stamp = stats::ns_of_wall_ms(m.server_time_ms);
+                        stats::record_between(&mut split.0, sent_ns, stamp);
+                        stats::record_between(&mut split.1, stamp, stats::now_ns());
+                    }
                     if let Some(w) = &mut r.windows {
                         w.record(sent_ns);
                     }

@@ -15,6 +15,30 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// The wall-clock time of the process epoch, in nanoseconds since the Unix
+/// epoch: turns a server's timestamp into this process's clock.
+fn epoch_wall_ns() -> i128 {
+    static WALL: OnceLock<i128> = OnceLock::new();
+    *WALL.get_or_init(|| {
+        let since_epoch = epoch().elapsed().as_nanos() as i128;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        wall - since_epoch
+    })
+}
+
+/// The process-epoch nanoseconds of a wall-clock time in milliseconds (a
+/// server's stamp; the server runs on this machine, so on this clock).
+pub(crate) fn ns_of_wall_ms(ms: i64) -> u64 {
+    (i128::from(ms) * 1_000_000 - epoch_wall_ns()).max(0) as u64
+}
+
+/// Records `to_ns - from_ns` (clamped at 1 µs).
+pub(crate) fn record_between(h: &mut Histogram<u64>, from_ns: u64, to_ns: u64) {
+    h.saturating_record((to_ns.saturating_sub(from_ns) / 1_000).max(1));
+}
+
 /// Nanoseconds since the process epoch.
 pub(crate) fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64
