@@ -226,7 +226,7 @@ fn table(r: &Value) -> String {
         if late.is_object() {
             let _ = writeln!(
                 md,
-                "of which the load generator queued the message after it was due by p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+                "of which the load generator queued the message after it was due (its own delay, and waiting for an in-flight place) by p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
                 f(&late["p50_ms"]),
                 f(&late["p99_ms"]),
                 f(&late["p999_ms"]),

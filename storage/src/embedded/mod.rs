@@ -41,7 +41,11 @@
 //! that a crash could take back and reissue. Under
 //! load, one fsync covers hundreds of messages; with one caller, latency is
 //! one fsync. Cursor updates ride along with the next group (coalesced per
-//! device) and never make async callers wait on the journal lock.
+//! device), and quota charges are decided by the writer before its group
+//! (`quota.rs`): neither makes an async caller wait on the journal lock,
+//! which the writer holds through each fsync. The rarer writes of logins,
+//! accounts and token revocations run on blocking threads; media records
+//! are written and synced by their callers (`media.rs`).
 //!
 //! If one append cannot be staged (an unreadable record), only that append
 //! fails; its staged seqs are rolled back and the rest of the group commits.

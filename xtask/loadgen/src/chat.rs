@@ -121,7 +121,8 @@ pub(crate) struct Received {
     /// receiver).
     pub(crate) split: Option<(Histogram<u64>, Histogram<u64>)>,
     /// qim only: how late the sender queued each message after it was due
-    /// (the load generator's own delay, part of "due → stamp").
+    /// (part of "due → stamp"): the load generator's own delay, and its
+    /// wait for a free place among `--in-flight` unacknowledged sends.
     pub(crate) late: Option<Histogram<u64>>,
 }
 
