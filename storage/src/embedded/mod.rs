@@ -44,8 +44,9 @@
 //! device), and quota charges are decided by the writer before its group
 //! (`quota.rs`): neither makes an async caller wait on the journal lock,
 //! which the writer holds through each fsync. The rarer writes of logins,
-//! accounts and token revocations run on blocking threads; media records
-//! are written and synced by their callers (`media.rs`).
+//! accounts and token revocations run on blocking threads; media records,
+//! push tokens and push settings are written and synced by their callers
+//! (`media.rs`, `notify.rs`: once per upload megabyte or user action).
 //!
 //! If one append cannot be staged (an unreadable record), only that append
 //! fails; its staged seqs are rolled back and the rest of the group commits.
