@@ -107,8 +107,16 @@ impl UserPurge for EmbeddedStore {
         check_user(user)?;
         check_key_part(user)?;
         let (t, user, peers) = (self.tables.clone(), user.to_owned(), peers.to_vec());
-        tokio::task::spawn_blocking(move || purge(&t, &user, &peers))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("purge task: {e}")))?
+        // Before and after: a count charged while the rows go is not
+        // written back by the writer (a deleted account sends nothing more).
+        self.counts.forget_user(&user);
+        let purged = tokio::task::spawn_blocking(move || {
+            purge(&t, &user, &peers)?;
+            Ok::<_, StoreError>(user)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("purge task: {e}")))??;
+        self.counts.forget_user(&purged);
+        Ok(())
     }
 }

@@ -41,8 +41,8 @@
 //! that a crash could take back and reissue. Under
 //! load, one fsync covers hundreds of messages; with one caller, latency is
 //! one fsync. Cursor updates ride along with the next group (coalesced per
-//! device), and quota charges are decided by the writer before its group
-//! (`quota.rs`): neither makes an async caller wait on the journal lock,
+//! device), and so do quota counts, charged in memory (`quota.rs`):
+//! neither makes an async caller wait on the journal lock,
 //! which the writer holds through each fsync. The rarer writes of logins,
 //! accounts and token revocations run on blocking threads; media records,
 //! push tokens and push settings are written and synced by their callers
@@ -138,6 +138,8 @@ pub struct EmbeddedStore {
     sweeper: std::sync::atomic::AtomicBool,
     /// The free space under the store; writes are refused below its floor.
     pub(crate) disk: std::sync::Arc<DiskSpace>,
+    /// Quota counts charged lately (`quota.rs`).
+    counts: std::sync::Arc<quota::Counts>,
     /// Media records whose writes check another record first (holds,
     /// collection claims, pending uploads) are written one at a time.
     media_lock: std::sync::Mutex<()>,
@@ -170,9 +172,11 @@ impl EmbeddedStore {
         let (ops, rx) = mpsc::channel(QUEUE);
         let writer_tables = tables.clone();
         let writer_disk = std::sync::Arc::clone(&disk);
+        let counts = std::sync::Arc::new(quota::Counts::default());
+        let writer_counts = std::sync::Arc::clone(&counts);
         let writer = std::thread::Builder::new()
             .name("qim-store-writer".into())
-            .spawn(move || Writer::new(writer_tables, writer_disk).run(rx))
+            .spawn(move || Writer::new(writer_tables, writer_disk, writer_counts).run(rx))
             .map_err(unavailable)?;
         let reaper = match tables.db.fjall() {
             Some(db) => Some(reaper::Reaper::start(db).map_err(unavailable)?),
@@ -186,6 +190,7 @@ impl EmbeddedStore {
             history_retention_ms: Default::default(),
             sweeper: std::sync::atomic::AtomicBool::new(false),
             disk,
+            counts,
             media_lock: std::sync::Mutex::new(()),
             notify: notify::NotifyState::default(),
         })

@@ -13,6 +13,7 @@ use qim_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
 use super::kv;
+use super::quota::Counts;
 use super::sends::{Collision, SendId, earlier_send, msg_id_of, send_value};
 use super::space::DiskSpace;
 use super::tables::{
@@ -41,18 +42,9 @@ pub(super) enum Op {
     Flush(oneshot::Sender<Result<(), StoreError>>),
     /// Posts, conversation operations and the other IM requests.
     Im(Box<Request>),
-    /// A quota charge (`quota.rs`): decided and written before the group's
-    /// posts, made durable by the next sync (the charged post's: it comes
-    /// later on this queue).
-    Charge(Charge),
-}
-
-/// Adds `bytes` to the count under `key` unless that passes `limit`.
-pub(super) struct Charge {
-    pub(super) key: Vec<u8>,
-    pub(super) bytes: u64,
-    pub(super) limit: u64,
-    pub(super) reply: oneshot::Sender<Result<crate::quota::Charged, StoreError>>,
+    /// The count under this quota key moved (`quota.rs`): written with
+    /// the next group from what [`Counts`] holds, without a sync of its own.
+    Quota(Vec<u8>),
 }
 
 pub(super) type PostReply = oneshot::Sender<Result<Vec<Result<Posted, OpError>>, StoreError>>;
@@ -157,13 +149,20 @@ pub(super) struct Writer {
     pub(super) heads: HashMap<String, u64>,
     /// Emptied maps kept for the next commit.
     pub(super) scratch: Scratch,
+    /// Quota counts charged in memory, written with the groups.
+    counts: Arc<Counts>,
+    /// Keys of the counts that moved since the last written group, with
+    /// how many charges each.
+    quotas: HashMap<Vec<u8>, u32>,
 }
 
 impl Writer {
-    pub(super) fn new(tables: Tables, disk: Arc<DiskSpace>) -> Self {
+    pub(super) fn new(tables: Tables, disk: Arc<DiskSpace>, counts: Arc<Counts>) -> Self {
         Self {
             tables,
             disk,
+            counts,
+            quotas: HashMap::new(),
             failed: None,
             heads: HashMap::new(),
             scratch: Scratch::default(),
@@ -177,7 +176,6 @@ impl Writer {
             let mut cursor_replies = Vec::new();
             let mut flushes = Vec::new();
             let mut ims = Vec::new();
-            let mut charges = Vec::new();
             let mut count = 0;
             let mut next = Some(first);
             while let Some(op) = next.take() {
@@ -195,10 +193,7 @@ impl Writer {
                         count += 1;
                         ims.push(*request);
                     }
-                    Op::Charge(charge) => {
-                        count += 1;
-                        charges.push(charge);
-                    }
+                    Op::Quota(key) => *self.quotas.entry(key).or_default() += 1,
                 }
                 if count < MAX_BATCH {
                     next = rx.try_recv().ok();
@@ -209,19 +204,19 @@ impl Writer {
                 for reply in flushes {
                     let _ = reply.send(Err(error.clone()));
                 }
-                refuse(error, appends, cursor_replies, ims, charges);
+                refuse(error, appends, cursor_replies, ims);
                 continue;
             }
             // Refused before fjall sees them: a write that fails for want
             // of space would poison the database (see `space.rs`).
             if let Err(full) = self.disk.check() {
-                refuse(full, appends, cursor_replies, ims, charges);
+                refuse(full, appends, cursor_replies, ims);
                 // What is buffered is small (quota counts): the floor
-                // leaves room for it.
+                // leaves room for it. Quota rows wait for a group that is
+                // written.
                 self.persist(flushes);
                 continue;
             }
-            self.charge(charges);
             let cursors_saved = self.commit(appends, cursors, !flushes.is_empty());
             self.commit_im(ims);
             for reply in cursor_replies {
@@ -250,15 +245,19 @@ impl Writer {
         cursors: HashMap<Vec<u8>, u64>,
         sync: bool,
     ) -> Result<(), StoreError> {
-        if appends.is_empty() && cursors.is_empty() {
+        if appends.is_empty() && cursors.is_empty() && self.quotas.is_empty() {
             return Ok(());
         }
+        let quotas = std::mem::take(&mut self.quotas);
         if self.heads.len() > MAX_CACHED_HEADS {
             self.heads.clear();
         }
         let mut batch = self.tables.db.batch();
         for (key, seq) in cursors {
             batch.insert(&self.tables.cursors, key, seq.to_be_bytes().to_vec());
+        }
+        for (key, used) in self.counts.to_write(&quotas) {
+            batch.insert(&self.tables.quota_bytes, key, used.to_be_bytes().to_vec());
         }
         // Idempotency keys written by this group, not yet on disk.
         let mut pending: HashMap<Vec<u8>, StoredMessage> = HashMap::new();
@@ -276,6 +275,7 @@ impl Writer {
         let batch = if durable { batch.durable() } else { batch };
         match batch.commit().map_err(unavailable) {
             Ok(()) => {
+                self.counts.written(&quotas);
                 for (out, reply) in staged {
                     let _ = reply.send(Ok(out));
                 }
@@ -403,11 +403,7 @@ fn refuse(
     appends: Vec<(Vec<NewMessage>, Reply)>,
     cursor_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
     ims: Vec<Request>,
-    charges: Vec<Charge>,
 ) {
-    for charge in charges {
-        let _ = charge.reply.send(Err(error.clone()));
-    }
     for (_, reply) in appends {
         let _ = reply.send(Err(error.clone()));
     }
