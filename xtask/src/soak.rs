@@ -166,6 +166,17 @@ fn du(path: &Path) -> u64 {
     own + children
 }
 
+/// "p50 … / p99 … / p99.9 … ms" of a latency summary.
+fn percentiles(l: &Value) -> String {
+    let ms = |q: &str| l[q].as_f64().unwrap_or(f64::NAN);
+    format!(
+        "p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+        ms("p50_ms"),
+        ms("p99_ms"),
+        ms("p999_ms"),
+    )
+}
+
 /// The per-window table, the totals and the targets (reported,
 /// not enforced: they are goals, the run fails only on loss).
 fn table(r: &Value) -> String {
@@ -208,28 +219,18 @@ fn table(r: &Value) -> String {
     );
     let split = &r["latency_split"];
     if split.is_object() {
-        let (to, from) = (
-            &split["due_to_server_stamp"],
-            &split["server_stamp_to_delivered"],
-        );
         let _ = writeln!(
             md,
-            "split at the gateway's receive stamp (ms precision): due → stamp p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms; stamp → delivered p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
-            f(&to["p50_ms"]),
-            f(&to["p99_ms"]),
-            f(&to["p999_ms"]),
-            f(&from["p50_ms"]),
-            f(&from["p99_ms"]),
-            f(&from["p999_ms"]),
+            "split at the gateway's receive stamp (ms precision): due → stamp {}; stamp → delivered {}",
+            percentiles(&split["due_to_server_stamp"]),
+            percentiles(&split["server_stamp_to_delivered"]),
         );
         let late = &split["due_to_queued"];
         if late.is_object() {
             let _ = writeln!(
                 md,
-                "of which the load generator queued the message after it was due (its own delay, and waiting for an in-flight place) by p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
-                f(&late["p50_ms"]),
-                f(&late["p99_ms"]),
-                f(&late["p999_ms"]),
+                "of which the load generator queued the message after it was due (its own delay, and waiting for an in-flight place) by {}",
+                percentiles(late),
             );
         }
     }

@@ -20,7 +20,6 @@
 //! back from its row when next charged.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -77,12 +76,13 @@ impl Counts {
         if map.len() >= MAX_COUNTS {
             map.retain(|_, c| c.unwritten > 0);
         }
-        let count = match map.entry(key.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Count {
-                used: read_count(t, &key)?,
-                unwritten: 0,
-            }),
+        // The key is copied only when its count is read from its row.
+        if !map.contains_key(&key) {
+            let used = read_count(t, &key)?;
+            map.insert(key.clone(), Count { used, unwritten: 0 });
+        }
+        let Some(count) = map.get_mut(&key) else {
+            return Err(StoreError::Corrupt("quota count vanished".into()));
         };
         let after = count.used.saturating_add(bytes);
         if after > limit {

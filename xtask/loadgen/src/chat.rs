@@ -300,7 +300,7 @@ pub(crate) async fn run(
             errors.extend(upload_errors);
             expect_tx.send_replace(Some(acked));
             let settle = Duration::from_secs_f64(args.settle_seconds);
-            let received = match tokio::time::timeout(settle, receiving).await {
+            let mut received = match tokio::time::timeout(settle, receiving).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => Received {
                     errors: vec![format!("receiver {p}: {e}")],
@@ -313,7 +313,6 @@ pub(crate) async fn run(
                     ..Received::default()
                 },
             };
-            let mut received = received;
             received.late = late;
             // Keep the sender's connection open until its receiver is done.
             drop(sender);

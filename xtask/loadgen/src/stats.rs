@@ -73,8 +73,7 @@ pub(crate) fn histogram() -> Histogram<u64> {
 
 /// Records the latency of a message sent at `sent_ns`.
 pub(crate) fn record(h: &mut Histogram<u64>, sent_ns: u64) {
-    let us = now_ns().saturating_sub(sent_ns) / 1_000;
-    h.saturating_record(us.max(1));
+    record_between(h, sent_ns, now_ns());
 }
 
 /// Percentiles in milliseconds plus a distribution for charts.
