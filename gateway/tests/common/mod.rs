@@ -288,6 +288,7 @@ impl TestGateway {
         config: Config,
         stores: Option<qim_gateway::Stores>,
     ) -> Self {
+        capture_log();
         config.validate().expect("test config is valid");
         let gateway = match stores {
             Some(stores) => qim_gateway::Gateway::bind_with_stores(config.clone(), stores).await,
@@ -551,6 +552,22 @@ where
 /// which asserts every message arrived at the other side once, in order.
 /// An attacker's test starts them before the attack and finishes them
 /// after it, so a hole that harms other users fails the test.
+/// Sends the gateway's and the SDK's log (warnings, or what
+/// `QIM_TEST_LOG` asks for, e.g. `qim_gateway=debug`) to the test's
+/// captured output, which the test harness prints when a test fails. The
+/// runtime's threads are spawned by the test's own thread and write to its
+/// capture.
+pub fn capture_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("QIM_TEST_LOG").unwrap_or_else(|_| "warn".to_owned());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 pub struct Bystanders {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<(Client, usize)>>,
