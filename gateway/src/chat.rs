@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use qim_proto::io::{FramedRecv, FramedSend};
 use qim_proto::v1::{self, ErrorCode};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -40,7 +39,7 @@ pub(crate) struct ChatStream<'a> {
     /// Whether the session's `Send.first_attempt` flags are believed.
     pub(crate) first_attempts: &'a std::sync::atomic::AtomicBool,
     /// To the session's ack stream.
-    pub(crate) acks: &'a mpsc::Sender<Box<v1::ServerAck>>,
+    pub(crate) acks: &'a flume::Sender<Box<v1::ServerAck>>,
     /// Where the client's address is watched (migrations), with the
     /// connection it is read from.
     pub(crate) path: &'a Arc<PathWatch>,
@@ -105,7 +104,7 @@ impl ChatStream<'_> {
             let acks = Box::pin(post_sends(self.ctx, &sender, sends, &mut hold)).await;
             backlog.stored(bytes);
             for ack in acks {
-                if self.acks.send(Box::new(ack)).await.is_err() {
+                if self.acks.send_async(Box::new(ack)).await.is_err() {
                     return StreamEnd::Done;
                 }
             }
@@ -119,28 +118,33 @@ impl ChatStream<'_> {
 
 /// Writes SendAck/SendNack frames from every chat stream of the session,
 /// batching what is waiting into one write.
-pub(crate) async fn write_server_acks(
+/// (Not an `async fn`, which would keep its arguments twice for the
+/// session's life.)
+#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
+pub(crate) fn write_server_acks(
     mut stream: FramedSend,
-    mut rx: mpsc::Receiver<Box<v1::ServerAck>>,
-) -> StreamEnd {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(ack) = next {
-            if let Err(e) = stream.queue(&*ack) {
-                return StreamEnd::Fault(Fault::detailed(
-                    ErrorCode::Internal,
-                    "the server failed",
-                    format_args!("encoding an ack: {e}"),
-                ));
+    rx: flume::Receiver<Box<v1::ServerAck>>,
+) -> impl Future<Output = StreamEnd> + Send {
+    async move {
+        while let Ok(first) = rx.recv_async().await {
+            let mut next = Some(first);
+            while let Some(ack) = next {
+                if let Err(e) = stream.queue(&*ack) {
+                    return StreamEnd::Fault(Fault::detailed(
+                        ErrorCode::Internal,
+                        "the server failed",
+                        format_args!("encoding an ack: {e}"),
+                    ));
+                }
+                next = rx.try_recv().ok();
             }
-            next = rx.try_recv().ok();
+            if let Err(e) = stream.flush().await {
+                // Without an ack stream the session cannot work: end it.
+                return StreamEnd::Fault(Fault::gone(format!("ack stream: {e}")));
+            }
         }
-        if let Err(e) = stream.flush().await {
-            // Without an ack stream the session cannot work: end it.
-            return StreamEnd::Fault(Fault::gone(format!("ack stream: {e}")));
-        }
+        StreamEnd::Done
     }
-    StreamEnd::Done
 }
 
 /// The sends a chat stream read and has not stored yet, with their size,

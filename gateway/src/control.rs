@@ -87,25 +87,31 @@ pub(crate) enum ControlEvent {
 /// stream back with it, so the session reads one frame at a time, in
 /// order, within its own task (a Refresh is taken before the next frame
 /// is read).
-pub(crate) async fn next(mut control: FramedRecv) -> (FramedRecv, ControlEvent) {
-    let event = match control.next::<v1::ClientControl>().await {
-        Ok(Some(v1::ClientControl {
-            kind: Some(client_control::Kind::Bye(_)),
-        })) => ControlEvent::End(ControlEnd::Bye),
-        Ok(Some(v1::ClientControl {
-            kind: Some(client_control::Kind::Refresh(refresh)),
-        })) => ControlEvent::Refresh(refresh.token),
-        Ok(Some(_)) => ControlEvent::End(ControlEnd::Fault(Fault::new(
-            ErrorCode::ProtocolViolation,
-            "only Refresh or Bye may follow Hello",
-        ))),
-        // The client finished its side of the control stream; it may
-        // still use the others.
-        Ok(None) => ControlEvent::End(ControlEnd::Done),
-        Err(e) => {
-            debug!(error = %e, "control stream ended");
-            ControlEvent::End(Fault::from_recv(e).map_or(ControlEnd::Done, ControlEnd::Fault))
-        }
-    };
-    (control, event)
+/// (Not an `async fn`, which would keep the stream twice.)
+#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
+pub(crate) fn next(
+    mut control: FramedRecv,
+) -> impl Future<Output = (FramedRecv, ControlEvent)> + Send {
+    async move {
+        let event = match control.next::<v1::ClientControl>().await {
+            Ok(Some(v1::ClientControl {
+                kind: Some(client_control::Kind::Bye(_)),
+            })) => ControlEvent::End(ControlEnd::Bye),
+            Ok(Some(v1::ClientControl {
+                kind: Some(client_control::Kind::Refresh(refresh)),
+            })) => ControlEvent::Refresh(refresh.token),
+            Ok(Some(_)) => ControlEvent::End(ControlEnd::Fault(Fault::new(
+                ErrorCode::ProtocolViolation,
+                "only Refresh or Bye may follow Hello",
+            ))),
+            // The client finished its side of the control stream; it may
+            // still use the others.
+            Ok(None) => ControlEvent::End(ControlEnd::Done),
+            Err(e) => {
+                debug!(error = %e, "control stream ended");
+                ControlEvent::End(Fault::from_recv(e).map_or(ControlEnd::Done, ControlEnd::Fault))
+            }
+        };
+        (control, event)
+    }
 }

@@ -8,6 +8,7 @@
 //! cursor as acks arrive. It stops when the session ends.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,6 @@ use qim_proto::v1::{self, rpc_response};
 use qim_storage::conversations::ConversationOp;
 use qim_storage::{StoreError, StoredMessage};
 use thiserror::Error;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -140,7 +140,7 @@ pub(crate) struct Delivery {
     pub(crate) user: String,
     pub(crate) device: String,
     pub(crate) stream: FramedSend,
-    pub(crate) acks: mpsc::Receiver<Box<v1::DeliveryAck>>,
+    pub(crate) acks: flume::Receiver<Box<v1::DeliveryAck>>,
     /// The next seq to send for the first time.
     pub(crate) next: u64,
     /// The task writing the last delivery receipts: the next one waits for
@@ -150,49 +150,55 @@ pub(crate) struct Delivery {
 
 impl Delivery {
     /// Runs until the session's ack channel closes or the stream fails.
-    pub(crate) async fn run(mut self) -> Result<(), DeliveryError> {
-        let d = &self.ctx.config.delivery;
-        let mut window = Window::new(
-            d.window as usize,
-            Duration::from_millis(d.retransmit_initial_ms),
-            Duration::from_millis(d.retransmit_max_ms),
-        );
-        let mut head = self.feed.subscribe();
-        let mut cursor = self.next.saturating_sub(1);
-        let (mut saved, mut saved_at) = (cursor, Instant::now());
-        loop {
-            let newest = *head.borrow_and_update();
-            self.fill(&mut window, newest).await?;
-            let due = window.next_due();
-            tokio::select! {
-                changed = head.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                }
-                ack = self.acks.recv() => {
-                    let Some(ack) = ack else {
-                        if cursor > saved {
+    ///
+    /// Not an `async fn`: one keeps its arguments twice (as passed and as
+    /// its locals), and this future lives as long as the session.
+    #[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
+    pub(crate) fn run(mut self) -> impl Future<Output = Result<(), DeliveryError>> + Send {
+        async move {
+            let d = &self.ctx.config.delivery;
+            let mut window = Window::new(
+                d.window as usize,
+                Duration::from_millis(d.retransmit_initial_ms),
+                Duration::from_millis(d.retransmit_max_ms),
+            );
+            let feed = Arc::clone(&self.feed);
+            let mut cursor = self.next.saturating_sub(1);
+            let (mut saved, mut saved_at) = (cursor, Instant::now());
+            loop {
+                // Enabled before the head is read: a rise after the read
+                // wakes it.
+                let mut raised = pin!(feed.raised());
+                raised.as_mut().enable();
+                let newest = feed.head();
+                self.fill(&mut window, newest).await?;
+                let due = window.next_due();
+                tokio::select! {
+                    () = &mut raised => {}
+                    ack = self.acks.recv_async() => {
+                        let Ok(ack) = ack else {
+                            if cursor > saved {
+                                self.save_cursor(cursor).await;
+                            }
+                            return Ok(());
+                        };
+                        let acked = window.ack(ack.up_to_seq, &ack.seqs);
+                        self.ctx.metrics.delivery_acks.inc_by(acked.len() as u64);
+                        self.receipts(&acked);
+                        cursor = cursor.max(ack.up_to_seq.min(self.next.saturating_sub(1)));
+                        if cursor > saved && saved_at.elapsed() >= CURSOR_SAVE_EVERY {
                             self.save_cursor(cursor).await;
+                            (saved, saved_at) = (cursor, Instant::now());
                         }
-                        return Ok(());
-                    };
-                    let acked = window.ack(ack.up_to_seq, &ack.seqs);
-                    self.ctx.metrics.delivery_acks.inc_by(acked.len() as u64);
-                    self.receipts(&acked);
-                    cursor = cursor.max(ack.up_to_seq.min(self.next.saturating_sub(1)));
-                    if cursor > saved && saved_at.elapsed() >= CURSOR_SAVE_EVERY {
-                        self.save_cursor(cursor).await;
-                        (saved, saved_at) = (cursor, Instant::now());
                     }
-                }
-                () = sleep_until_opt(due) => {
-                    let now = Instant::now();
-                    for (message, attempt) in window.take_due(now) {
-                        self.stream.queue(&deliver(&message, attempt)).map_err(SendError::from)?;
-                        self.ctx.metrics.retransmits.inc();
+                    () = sleep_until_opt(due) => {
+                        let now = Instant::now();
+                        for (message, attempt) in window.take_due(now) {
+                            self.stream.queue(&deliver(&message, attempt)).map_err(SendError::from)?;
+                            self.ctx.metrics.retransmits.inc();
+                        }
+                        self.stream.flush().await?;
                     }
-                    self.stream.flush().await?;
                 }
             }
         }

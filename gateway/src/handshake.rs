@@ -142,7 +142,10 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: Box<quinn::Incoming>, pending
     let started = Instant::now();
     let bound = Duration::from_millis(ctx.config.quic.handshake_timeout_ms);
     let remote = incoming.remote_address();
-    let connecting = match (*incoming).accept() {
+    // Out of its box at once (a box moved out of is freed only where it
+    // goes out of scope: here, the end of the connection).
+    let incoming = unbox(incoming);
+    let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(e) => {
             debug!(error = %e, "handshake failed");
@@ -203,6 +206,12 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, incoming: Box<quinn::Incoming>, pending
             ctx.metrics.connections_open.dec();
         }
     }
+}
+
+/// The value of `b`, its box freed.
+#[expect(clippy::boxed_local, reason = "the box is what is freed here")]
+fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 fn timed_out(ctx: &Ctx, remote: std::net::SocketAddr) {

@@ -135,6 +135,7 @@ mod fanout;
 mod fault;
 mod groups;
 mod handshake;
+mod heartbeat;
 pub mod limit;
 mod media;
 pub mod metrics;

@@ -232,12 +232,7 @@ impl Registry {
             user: user.to_owned(),
             ended: false,
         };
-        let registry = Arc::clone(self);
-        let user = user.to_owned();
-        let task = async move {
-            registry.follow_groups_of(&writer, &user).await;
-            write_pushes(writer, sub).await;
-        };
+        let task = write_pushes(Arc::clone(self), user.to_owned(), writer, sub);
         (registration, first, task)
     }
 
@@ -474,36 +469,49 @@ impl Registry {
     }
 }
 
-/// Writes a session's pushes on its push stream, opened at the first.
-async fn write_pushes(writer: Writer, sub: Arc<Sub>) {
-    let mut stream: Option<FramedSend> = None;
-    loop {
-        // Boxed: the writing future is a kilobyte, and the writer waits for
-        // pushes for the whole life of every session.
-        let written = match sub.take() {
-            // A wake-up stored while the queue was read is not lost: the
-            // next `notified` takes it at once.
-            Next::Wait => {
-                sub.wake.notified().await;
-                continue;
-            }
-            Next::Item(item) => Box::pin(write(&writer, &mut stream, item)).await,
-            Next::Nudges(lagged) => {
-                let mut written = Ok(());
-                for (group, from) in lagged {
-                    written =
-                        Box::pin(write(&writer, &mut stream, Item::Nudge { group, from })).await;
-                    if written.is_err() {
-                        break;
-                    }
+/// Follows the user's read-diffusion groups, then writes the session's
+/// pushes on its push stream, opened at the first. (Not an `async fn`,
+/// which would keep its arguments twice for the session's life.)
+#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
+fn write_pushes(
+    registry: Arc<Registry>,
+    user: String,
+    writer: Writer,
+    sub: Arc<Sub>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Boxed: a one-off at the start, larger than the writer.
+        Box::pin(registry.follow_groups_of(&writer, &user)).await;
+        let mut stream: Option<FramedSend> = None;
+        loop {
+            // Boxed: the writing future is a kilobyte, and the writer waits for
+            // pushes for the whole life of every session.
+            let written = match sub.take() {
+                // A wake-up stored while the queue was read is not lost: the
+                // next `notified` takes it at once.
+                Next::Wait => {
+                    sub.wake.notified().await;
+                    continue;
                 }
-                written
+                Next::Item(item) => Box::pin(write(&writer, &mut stream, item)).await,
+                Next::Nudges(lagged) => {
+                    let mut written = Ok(());
+                    for (group, from) in lagged {
+                        written =
+                            Box::pin(write(&writer, &mut stream, Item::Nudge { group, from }))
+                                .await;
+                        if written.is_err() {
+                            break;
+                        }
+                    }
+                    written
+                }
+            };
+            if let Err(e) = written {
+                debug!(error = %e, "push stream ended");
+                sub.close();
+                return;
             }
-        };
-        if let Err(e) = written {
-            debug!(error = %e, "push stream ended");
-            sub.close();
-            return;
         }
     }
 }

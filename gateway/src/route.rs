@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use qim_proto::v1::{ErrorCode, KickReason};
 use qim_storage::StoredMessage;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 
 use crate::mutex::lock;
 
@@ -89,7 +89,11 @@ struct Attached {
 
 /// The live side of one online user's inbox.
 pub(crate) struct Feed {
-    head: watch::Sender<u64>,
+    /// The newest seq known for this inbox.
+    head: AtomicU64,
+    /// Wakes the devices' deliveries when `head` rises (a notifier, not a
+    /// watch channel: a watch keeps eight notifiers per user).
+    raised: Notify,
     recent: Mutex<VecDeque<Arc<StoredMessage>>>,
     sessions: Mutex<Vec<Attached>>,
     /// Highest seq whose delivery receipt was sent from this node.
@@ -99,7 +103,8 @@ pub(crate) struct Feed {
 impl Feed {
     fn new() -> Self {
         Self {
-            head: watch::Sender::new(0),
+            head: AtomicU64::new(0),
+            raised: Notify::new(),
             // Empty until the first message: most feeds are of idle users.
             recent: Mutex::new(VecDeque::new()),
             sessions: Mutex::new(Vec::new()),
@@ -113,20 +118,23 @@ impl Feed {
             .fetch_max(seq, std::sync::atomic::Ordering::AcqRel)
     }
 
-    /// Watches the newest seq known for this inbox.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.head.subscribe()
+    /// The newest seq known for this inbox.
+    pub(crate) fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the head rises after the future was enabled (see
+    /// [`Notify::notified`]): enable it before reading [`head`](Self::head)
+    /// and no rise is missed.
+    pub(crate) fn raised(&self) -> tokio::sync::futures::Notified<'_> {
+        self.raised.notified()
     }
 
     /// Raises the head to `seq` if it is newer.
     pub(crate) fn raise_head(&self, seq: u64) {
-        self.head.send_if_modified(|head| {
-            let newer = seq > *head;
-            if newer {
-                *head = seq;
-            }
-            newer
-        });
+        if self.head.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.raised.notify_waiters();
+        }
     }
 
     fn push(&self, message: Arc<StoredMessage>) {
@@ -391,11 +399,10 @@ mod tests {
     fn out_of_order_publishes_are_served_in_order() {
         let routes = Routes::default();
         let (feed, _kick) = routes.attach("bob", "phone", 1);
-        let head = feed.subscribe();
         routes.publish(msg("bob", 2));
         routes.publish(msg("bob", 1));
         routes.publish(msg("bob", 4));
-        assert_eq!(*head.borrow(), 4);
+        assert_eq!(feed.head(), 4);
         let seqs: Vec<u64> = feed.recent_from(1, 10).iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [1, 2], "stops at the gap before 4");
         assert!(

@@ -4,8 +4,8 @@
 //! The connection task owns the session. It accepts the client's streams and
 //! runs each in a task of its own (a slow rpc never blocks chat), polls the
 //! session's own streams itself (ack writer, delivery, push writer, control
-//! reader: a task each would cost every idle session), watches the
-//! heartbeat deadline, and ends the session on a kick, a protocol fault, a
+//! reader, and the heartbeat stream once a task read its preamble: a task
+//! each would cost every idle session), watches the heartbeat deadline, and ends the session on a kick, a protocol fault, a
 //! missed heartbeat or the drain deadline, always with a typed close code.
 
 use std::future::Future;
@@ -20,7 +20,6 @@ use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::transport::{Connection, RecvStream, SendStream};
 use qim_proto::v1::{self, ErrorCode, client_control};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -29,9 +28,9 @@ use crate::auth::Claims;
 use crate::control::{self, ControlEnd, ControlEvent, expires_ms, refresh, refuse};
 use crate::credential;
 use crate::ctx::Ctx;
-use crate::deadline::sleep_until_opt;
 use crate::delivery::Delivery;
 use crate::fault::{Fault, StreamEnd};
+use crate::heartbeat::{self, Beat, Heartbeat};
 use crate::limit::Bucket;
 use crate::mutex::lock;
 use crate::path::PathWatch;
@@ -238,7 +237,15 @@ async fn login(ctx: &Ctx, conn: &Connection) -> Result<Login, LoginFailure> {
     })
 }
 
-async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handshake) {
+/// The session after login, until it ends. Not an `async fn`: one keeps
+/// its arguments twice (as passed and as its locals), and this future
+/// lives as long as the session.
+fn run<'a>(
+    ctx: &'a Arc<Ctx>,
+    conn: &'a Connection,
+    login: Login,
+    handshake: Handshake,
+) -> impl Future<Output = ()> + Send + 'a {
     let Login {
         mut claims,
         user,
@@ -248,347 +255,468 @@ async fn run(ctx: &Arc<Ctx>, conn: &Connection, login: Login, handshake: Handsha
         mut control_send,
         control_recv,
     } = login;
-    let max_frame = ctx.config.limits.max_frame_bytes as usize;
-    let session_id = ctx.next_session_id();
-    let policy = crate::route::DevicePolicy::parse(&ctx.config.im.device_policy)
-        .unwrap_or(crate::route::DevicePolicy::Unlimited);
-    let class = crate::route::platform_class(platform);
-    // When the session's current token was issued, for revocations.
-    let issued_at = Arc::new(AtomicU64::new(claims.issued_at));
-    let (feed, mut kicked) = ctx.routes.attach_with_policy(
-        &user,
-        &device,
-        session_id,
-        class,
-        policy,
-        Arc::clone(&issued_at),
-    );
-    // Before the head is read: a message committed after this route is
-    // visible is handed here; one committed before is in the head.
-    // The one-off calls around the session's life are boxed (here and
-    // below): a future's size is that of its largest await point, and the
-    // store and cluster calls are kilobytes each, which every idle session
-    // would otherwise carry for its whole life.
-    let came_online = match &ctx.cluster {
-        Some(cluster) => Box::pin(cluster.attach(&user, &device, session_id, class, policy)).await,
-        None => false,
-    };
-    ctx.metrics.sessions_open.inc();
-    let session = Arc::new(Session {
-        user: user.clone(),
-        device: device.clone(),
-        id: session_id,
-        path: Arc::new(PathWatch::new(conn.remote_address())),
-        last_beat_ms: AtomicU64::new(0),
-        beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
-        started: Instant::now(),
-        first_attempts: AtomicBool::new(true),
-        sends: Mutex::new(Bucket::new(
-            ctx.config.limits.sends_per_second,
-            ctx.config.limits.sends_burst,
-            Instant::now(),
-        )),
-        requests: Mutex::new(Bucket::new(
-            ctx.config.limits.requests_per_second,
-            ctx.config.limits.requests_burst,
-            Instant::now(),
-        )),
-    });
-
-    // Outlives the session body: the connection is closed (with its code)
-    // before the streams are dropped, which would finish them first and let
-    // the client take the end for a network failure.
-    let mut tasks: JoinSet<StreamEnd> = JoinSet::new();
-    // The session's own streams, polled by this task rather than spawned
-    // (a task each would cost every idle session its header and a future
-    // of its own): writing acks, delivering, writing pushes, reading the
-    // control stream. Each lives pinned until it ends (no write is
-    // dropped halfway), and, like `tasks`, past the close.
-    let mut acks_writer = pin!(Fuse::terminated());
-    let mut delivering = pin!(Fuse::terminated());
-    let mut pushing = pin!(Fuse::terminated());
-    let mut control_next = pin!(Fuse::terminated());
-    // The session's place in the push registry, once it has one.
-    let mut registered: Option<push::Registration> = None;
-    let started_ms = qim_proto::now_ms();
-    let outcome: Result<(), Fault> = async {
-        let registered = &mut registered;
-        // After the route is written: a revocation either found the route
-        // or wrote its mark before this read (see `credential`).
-        Box::pin(credential::still_valid(ctx, &claims))
-            .await
-            .map_err(control::token_fault)?;
-        // Reading the head after attaching: anything stored before is read
-        // here, anything after is published to the feed.
-        let head = Box::pin(ctx.stores.messages.inbox_head(&user)).await.map_err(|e| {
-            Fault::detailed(
-                ErrorCode::StoreUnavailable,
-                "the store is unavailable; reconnect later",
-                format_args!("reading the inbox head: {e}"),
-            )
-        })?;
-        feed.raise_head(head);
-        let resume_from = resume_from.min(head);
-        let hb = &ctx.config.heartbeat;
-        let welcome = v1::ServerControl {
-            kind: Some(v1::server_control::Kind::Welcome(v1::Welcome {
-                user_id: user.clone(),
-                session_id: format!("{}-{session_id}", ctx.node_tag),
-                server_time_ms: qim_proto::now_ms(),
-                heartbeat: Some(v1::HeartbeatPolicy {
-                    interval_ms: hb.interval_ms,
-                    min_interval_ms: hb.min_interval_ms,
-                    max_interval_ms: max_interval_ms(ctx),
-                    max_missed: hb.max_missed,
-                }),
-                limits: Some(crate::media::welcome_limits(
-                    ctx,
-                    v1::Limits {
-                        max_frame_bytes: ctx.config.limits.max_frame_bytes,
-                        max_body_bytes: ctx.config.limits.max_body_bytes,
-                        delivery_window: ctx.config.delivery.window,
-                        max_inflight_sends: ctx.config.limits.max_inflight_sends,
-                        ..Default::default()
-                    },
-                )),
-                inbox_head: head,
-                token_expires_ms: expires_ms(&claims),
-            })),
-        };
-        control_send
-            .send(&welcome)
-            .await
-            .map_err(|e| Fault::gone(format!("sending Welcome: {e}")))?;
-        info!(user = %user, device = %device, session_id, resume_from, head, "session started");
-
-        let open = |kind| {
-            let conn = conn.clone();
-            async move {
-                let fault = |e: &dyn std::fmt::Display| {
-                    Fault::gone(format!("opening {kind:?}: {e}"))
-                };
-                let stream = conn.open_uni().await.map_err(|e| fault(&e))?;
-                let mut stream = FramedSend::new(stream, kind, max_frame);
-                // Send the preamble now: a QUIC stream reaches the peer only
-                // with data, and the client identifies streams by it.
-                stream.flush().await.map_err(|e| fault(&e))?;
-                Ok(stream)
-            }
-        };
-        let ack_stream = open(StreamKind::Ack).await?;
-        let delivery_stream = open(StreamKind::Delivery).await?;
-
-        // Channel items are boxed: a tokio channel allocates its first
-        // block of 32 slots up front, and most sessions are idle (32
-        // pointers instead of 32 acks per channel and session).
-        let (acks_tx, acks_rx) = mpsc::channel(64);
-        let (server_acks_tx, server_acks_rx) = mpsc::channel(1024);
-        acks_writer.set(contained(crate::chat::write_server_acks(ack_stream, server_acks_rx)).fuse());
-        let delivery = Delivery {
-            ctx: Arc::clone(ctx),
-            feed: Arc::clone(&feed),
-            user: user.clone(),
-            device: device.clone(),
-            stream: delivery_stream,
-            acks: acks_rx,
-            next: resume_from + 1,
-            receipts_tail: None,
-        };
-        // `map`, not `async move { f.await }`: a wrapping block keeps its
-        // captured future and the awaited one side by side (twice the size
-        // for the whole session).
-        delivering.set(
-            contained(delivery.run().map(|ended| match ended {
-                Ok(()) => StreamEnd::Done,
-                Err(e) => {
-                    debug!(error = %e, "delivery ended");
-                    StreamEnd::Fault(Fault::gone(e.to_string()))
-                }
-            }))
-            .fuse(),
-        );
-        // One frame at a time: a Refresh is taken before the next is read.
-        control_next.set(contained(control::next(control_recv)).fuse());
-        let writer = push::Writer {
-            conn: conn.clone(),
-            max_frame,
-            store: Arc::clone(&ctx.stores.messages),
-            groups: Arc::clone(&ctx.stores.groups),
-            metrics: Arc::clone(&ctx.metrics),
-        };
-        let (registration, first, pushes) = ctx.push.attach(session_id, &user, writer);
-        *registered = Some(registration);
-        pushing.set(contained(pushes.map(|()| StreamEnd::Done)).fuse());
-        {
-            // The session's own streams run meanwhile, as they would in
-            // tasks of their own; one that ends is taken up once the
-            // session started, as the loop would have.
-            let mut starting = pin!(async {
-                Box::pin(presence::session_started(ctx, &user, &device, started_ms, first, came_online)).await;
-                // Nothing but the Hello is taken from early data (see `serve`).
-                let _ = handshake.await;
-            });
-            let mut early = Ok(StreamEnd::Done);
-            loop {
-                let ended = tokio::select! {
-                    () = &mut starting => break,
-                    ended = &mut acks_writer, if !acks_writer.is_terminated() => ended,
-                    ended = &mut delivering, if !delivering.is_terminated() => ended,
-                    ended = &mut pushing, if !pushing.is_terminated() => ended,
-                };
-                if matches!(early, Ok(StreamEnd::Done)) {
-                    early = ended;
-                }
-            }
-            ended_stream(early?)?;
-        }
-        if let Some(reason) = conn.close_reason() {
-            return Err(Fault::gone(format!("handshake failed: {reason}")));
-        }
-        let streams = Streams {
-            conn: conn.clone(),
-            ctx: Arc::clone(ctx),
-            session: Arc::clone(&session),
-            delivery_acks: acks_tx,
-            server_acks: server_acks_tx,
-            media_streams: crate::media::session_streams(ctx),
-        };
-        let mut draining = ctx.draining.subscribe();
-        // A session that logs in while the gateway already drains must see it.
-        draining.mark_changed();
-        let mut drain_deadline: Option<Instant> = None;
-        let mut token_deadline = credential::deadline(claims.expires_at);
-        loop {
-            let beat_deadline = session.heartbeat_deadline(ctx.config.heartbeat.max_missed);
-            tokio::select! {
-                bi = conn.accept_bi() => match bi {
-                    Ok((send, recv)) => { tasks.spawn(streams.clone().bidi(send, recv)); }
-                    Err(e) => return Err(Fault::gone(e.to_string())),
-                },
-                uni = conn.accept_uni() => match uni {
-                    Ok(recv) => { tasks.spawn(streams.clone().uni(recv)); }
-                    Err(e) => return Err(Fault::gone(e.to_string())),
-                },
-                Some(ended) = tasks.join_next() => match ended {
-                    Ok(end) => ended_stream(end)?,
-                    Err(e) => return Err(Fault::detailed(ErrorCode::Internal, "the server failed", format_args!("stream task: {e}"))),
-                },
-                ended = &mut acks_writer, if !acks_writer.is_terminated() => ended_stream(ended?)?,
-                ended = &mut delivering, if !delivering.is_terminated() => ended_stream(ended?)?,
-                ended = &mut pushing, if !pushing.is_terminated() => ended_stream(ended?)?,
-                () = tokio::time::sleep_until(token_deadline) => {
-                    let fault = Fault::new(ErrorCode::TokenExpired, "the session's token expired");
-                    refuse(&mut control_send, &fault).await;
-                    return Err(fault);
-                }
-                read = &mut control_next, if !control_next.is_terminated() => {
-                    let (control_recv, event) = read?;
-                    let token = match event {
-                        ControlEvent::Refresh(token) => token,
-                        ControlEvent::End(ControlEnd::Done) => continue,
-                        ControlEvent::End(ControlEnd::Bye) => return Err(Fault::gone("client said bye")),
-                        ControlEvent::End(ControlEnd::Fault(fault)) => return Err(fault),
-                    };
-                    let taken = match session.request_allowed() {
-                        Ok(()) => Box::pin(refresh(ctx, &claims, &token)).await,
-                        Err(fault) => Err(fault),
-                    };
-                    match taken {
-                        Ok(fresh) => {
-                            if fresh.expires_at > claims.expires_at {
-                                issued_at.store(fresh.issued_at, Ordering::Release);
-                                token_deadline = credential::deadline(fresh.expires_at);
-                                claims = fresh;
-                            }
-                            let refreshed = v1::ServerControl {
-                                kind: Some(v1::server_control::Kind::Refreshed(v1::Refreshed {
-                                    token_expires_ms: expires_ms(&claims),
-                                })),
-                            };
-                            control_send
-                                .send(&refreshed)
-                                .await
-                                .map_err(|e| Fault::gone(format!("sending Refreshed: {e}")))?;
-                        }
-                        Err(fault) => {
-                            refuse(&mut control_send, &fault).await;
-                            return Err(fault);
-                        }
-                    }
-                    control_next.set(contained(control::next(control_recv)).fuse());
-                }
-                () = tokio::time::sleep_until(beat_deadline) => {
-                    if session.heartbeat_deadline(ctx.config.heartbeat.max_missed) <= Instant::now() {
-                        ctx.metrics.heartbeat_timeouts.inc();
-                        return Err(Fault::new(ErrorCode::HeartbeatTimeout, "missed heartbeats"));
-                    }
-                }
-                ending = &mut kicked => {
-                    let ending = ending.unwrap_or_else(|_| ErrorCode::Kicked.into());
-                    let mut fault = Fault::ending(ending);
-                    if ending.code == ErrorCode::TokenRevoked
-                        || ending.reason != v1::KickReason::Unspecified
-                    {
-                        refuse(&mut control_send, &fault).await;
-                    }
-                    if ending.reason != v1::KickReason::Unspecified {
-                        // The SDK closes once it read the reason; a close
-                        // from here first could reach it before the reason.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-                    }
-                    fault.reason = format!("{}: {:?}", fault.message, ending.reason);
-                    return Err(fault);
-                }
-                changed = draining.changed(), if drain_deadline.is_none() => {
-                    if changed.is_ok() && *draining.borrow() {
-                        let within = ctx.config.shutdown.reconnect_within_ms;
-                        let go_away = v1::ServerControl {
-                            kind: Some(v1::server_control::Kind::GoAway(v1::GoAway {
-                                code: ErrorCode::ShuttingDown as i32,
-                                message: "server is shutting down".into(),
-                                reconnect_within_ms: within,
-                                redirect: String::new(),
-                            })),
-                        };
-                        let _ = control_send.send(&go_away).await;
-                        drain_deadline = Some(Instant::now() + Duration::from_millis(ctx.config.shutdown.drain_ms));
-                    }
-                }
-                () = sleep_until_opt(drain_deadline) => {
-                    return Err(Fault::new(ErrorCode::ShuttingDown, "drain deadline"));
-                }
-            }
-        }
-    }
-    .await;
-
-    if let Err(fault) = outcome {
-        close(ctx, conn, &user, &fault);
-    }
-    drop(tasks);
-    acks_writer.set(Fuse::terminated());
-    delivering.set(Fuse::terminated());
-    pushing.set(Fuse::terminated());
-    control_next.set(Fuse::terminated());
-    let last = registered.map(push::Registration::end);
-    ctx.routes.detach(&user, session_id);
-    let went_offline = match &ctx.cluster {
-        Some(cluster) => Box::pin(cluster.detach(&user, &device, session_id)).await,
-        None => false,
-    };
-    if let Some(last) = last {
-        Box::pin(presence::session_ended(
-            ctx,
+    async move {
+        let max_frame = ctx.config.limits.max_frame_bytes as usize;
+        let session_id = ctx.next_session_id();
+        let policy = crate::route::DevicePolicy::parse(&ctx.config.im.device_policy)
+            .unwrap_or(crate::route::DevicePolicy::Unlimited);
+        let class = crate::route::platform_class(platform);
+        // When the session's current token was issued, for revocations.
+        let issued_at = Arc::new(AtomicU64::new(claims.issued_at));
+        let (feed, mut kicked) = ctx.routes.attach_with_policy(
             &user,
             &device,
-            started_ms,
-            last,
-            went_offline,
-        ))
+            session_id,
+            class,
+            policy,
+            Arc::clone(&issued_at),
+        );
+        // Before the head is read: a message committed after this route is
+        // visible is handed here; one committed before is in the head.
+        // The one-off calls around the session's life are boxed (here and
+        // below): a future's size is that of its largest await point, and the
+        // store and cluster calls are kilobytes each, which every idle session
+        // would otherwise carry for its whole life.
+        let came_online = match &ctx.cluster {
+            Some(cluster) => {
+                Box::pin(cluster.attach(&user, &device, session_id, class, policy)).await
+            }
+            None => false,
+        };
+        ctx.metrics.sessions_open.inc();
+        let session = Arc::new(Session {
+            user: user.clone(),
+            device: device.clone(),
+            id: session_id,
+            path: Arc::new(PathWatch::new(conn.remote_address())),
+            last_beat_ms: AtomicU64::new(0),
+            beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
+            started: Instant::now(),
+            first_attempts: AtomicBool::new(true),
+            sends: Mutex::new(Bucket::new(
+                ctx.config.limits.sends_per_second,
+                ctx.config.limits.sends_burst,
+                Instant::now(),
+            )),
+            requests: Mutex::new(Bucket::new(
+                ctx.config.limits.requests_per_second,
+                ctx.config.limits.requests_burst,
+                Instant::now(),
+            )),
+        });
+
+        // Outlives the session body: the connection is closed (with its code)
+        // before the streams are dropped, which would finish them first and let
+        // the client take the end for a network failure.
+        let mut tasks: JoinSet<Ended> = JoinSet::new();
+        // The client's heartbeat stream, served by this task once a stream
+        // task read its preamble; dropped, like `tasks`, after the close.
+        let mut beats: Option<Box<Heartbeat>> = None;
+        // The session's own streams, polled by this task rather than spawned
+        // (a task each would cost every idle session its header and a future
+        // of its own): writing acks, delivering, writing pushes, reading the
+        // control stream. Each lives pinned until it ends (no write is
+        // dropped halfway), and, like `tasks`, past the close.
+        let mut acks_writer = pin!(Fuse::terminated());
+        let mut delivering = pin!(Fuse::terminated());
+        let mut pushing = pin!(Fuse::terminated());
+        let mut control_next = pin!(Fuse::terminated());
+        // The session's place in the push registry, once it has one.
+        let mut registered: Option<push::Registration> = None;
+        let started_ms = qim_proto::now_ms();
+        let outcome: Result<(), Fault> = async {
+            let beats = &mut beats;
+            // Up to the session's start, in a future of its own, boxed:
+            // its steps are one-offs, and their states would otherwise
+            // stay in the session's future (and shape its layout) for its
+            // whole life.
+            let (acks_tx, server_acks_tx) = Box::pin(async {
+                let registered = &mut registered;
+                // After the route is written: a revocation either found the route
+                // or wrote its mark before this read (see `credential`).
+                Box::pin(credential::still_valid(ctx, &claims))
+                    .await
+                    .map_err(control::token_fault)?;
+                // Reading the head after attaching: anything stored before is read
+                // here, anything after is published to the feed.
+                let head = Box::pin(ctx.stores.messages.inbox_head(&user)).await.map_err(|e| {
+                    Fault::detailed(
+                        ErrorCode::StoreUnavailable,
+                        "the store is unavailable; reconnect later",
+                        format_args!("reading the inbox head: {e}"),
+                    )
+                })?;
+                feed.raise_head(head);
+                let resume_from = resume_from.min(head);
+                let hb = &ctx.config.heartbeat;
+                // Queued in a block of its own, then written: a value whose
+                // scope spans an await is kept in the session's future for its
+                // whole life, even once moved or dropped.
+                {
+                    let welcome = v1::ServerControl {
+                        kind: Some(v1::server_control::Kind::Welcome(v1::Welcome {
+                            user_id: user.clone(),
+                            session_id: format!("{}-{session_id}", ctx.node_tag),
+                            server_time_ms: qim_proto::now_ms(),
+                            heartbeat: Some(v1::HeartbeatPolicy {
+                                interval_ms: hb.interval_ms,
+                                min_interval_ms: hb.min_interval_ms,
+                                max_interval_ms: max_interval_ms(ctx),
+                                max_missed: hb.max_missed,
+                            }),
+                            limits: Some(crate::media::welcome_limits(
+                                ctx,
+                                v1::Limits {
+                                    max_frame_bytes: ctx.config.limits.max_frame_bytes,
+                                    max_body_bytes: ctx.config.limits.max_body_bytes,
+                                    delivery_window: ctx.config.delivery.window,
+                                    max_inflight_sends: ctx.config.limits.max_inflight_sends,
+                                    ..Default::default()
+                                },
+                            )),
+                            inbox_head: head,
+                            token_expires_ms: expires_ms(&claims),
+                        })),
+                    };
+                    control_send.queue(&welcome).map_err(|e| {
+                        Fault::detailed(ErrorCode::Internal, "the server failed", format_args!("encoding Welcome: {e}"))
+                    })?;
+                }
+                control_send
+                    .flush()
+                    .await
+                    .map_err(|e| Fault::gone(format!("sending Welcome: {e}")))?;
+            // The control stream is quiet after login.
+            control_send.release_buffer();
+                info!(user = %user, device = %device, session_id, resume_from, head, "session started");
+
+                let open = |kind| {
+                    let conn = conn.clone();
+                    async move {
+                        let fault = |e: &dyn std::fmt::Display| {
+                            Fault::gone(format!("opening {kind:?}: {e}"))
+                        };
+                        let stream = conn.open_uni().await.map_err(|e| fault(&e))?;
+                        let mut stream = FramedSend::new(stream, kind, max_frame);
+                        // Send the preamble now: a QUIC stream reaches the peer only
+                        // with data, and the client identifies streams by it.
+                        stream.flush().await.map_err(|e| fault(&e))?;
+                        Ok(stream)
+                    }
+                };
+                // Boxed, like the other one-off steps (see above).
+                let ack_stream = Box::pin(open(StreamKind::Ack)).await?;
+                let delivery_stream = Box::pin(open(StreamKind::Delivery)).await?;
+
+                // Queues that allocate at their first item (most sessions are
+                // idle); items are boxed so that a queue's room, once grown, is a
+                // pointer per slot.
+                let (acks_tx, acks_rx) = flume::bounded(64);
+                let (server_acks_tx, server_acks_rx) = flume::bounded(1024);
+                acks_writer.set(contained(crate::chat::write_server_acks(ack_stream, server_acks_rx)).fuse());
+                let delivery = Delivery {
+                    ctx: Arc::clone(ctx),
+                    feed: Arc::clone(&feed),
+                    user: user.clone(),
+                    device: device.clone(),
+                    stream: delivery_stream,
+                    acks: acks_rx,
+                    next: resume_from + 1,
+                    receipts_tail: None,
+                };
+                // `map`, not `async move { f.await }`: a wrapping block keeps its
+                // captured future and the awaited one side by side (twice the size
+                // for the whole session).
+                delivering.set(
+                    contained(delivery.run().map(|ended| match ended {
+                        Ok(()) => StreamEnd::Done,
+                        Err(e) => {
+                            debug!(error = %e, "delivery ended");
+                            StreamEnd::Fault(Fault::gone(e.to_string()))
+                        }
+                    }))
+                    .fuse(),
+                );
+                // One frame at a time: a Refresh is taken before the next is read.
+                control_next.set(contained(control::next(control_recv)).fuse());
+                let writer = push::Writer {
+                    conn: conn.clone(),
+                    max_frame,
+                    store: Arc::clone(&ctx.stores.messages),
+                    groups: Arc::clone(&ctx.stores.groups),
+                    metrics: Arc::clone(&ctx.metrics),
+                };
+                let (registration, first, pushes) = ctx.push.attach(session_id, &user, writer);
+                *registered = Some(registration);
+                pushing.set(contained(pushes.map(|()| StreamEnd::Done)).fuse());
+                {
+                    // The session's own streams run meanwhile, as they would in
+                    // tasks of their own; one that ends is taken up once the
+                    // session started, as the loop would have.
+                    let mut starting = pin!(async {
+                        Box::pin(presence::session_started(ctx, &user, &device, started_ms, first, came_online)).await;
+                        // Nothing but the Hello is taken from early data (see `serve`).
+                        let _ = handshake.await;
+                    });
+                    let mut early = Ok(StreamEnd::Done);
+                    loop {
+                        let ended = tokio::select! {
+                            () = &mut starting => break,
+                            ended = &mut acks_writer, if !acks_writer.is_terminated() => ended,
+                            ended = &mut delivering, if !delivering.is_terminated() => ended,
+                            ended = &mut pushing, if !pushing.is_terminated() => ended,
+                        };
+                        if matches!(early, Ok(StreamEnd::Done)) {
+                            early = ended;
+                        }
+                    }
+                    ended_stream(early?)?;
+                }
+                Ok::<_, Fault>((acks_tx, server_acks_tx))
+            })
+            .await?;
+            if let Some(reason) = conn.close_reason() {
+                return Err(Fault::gone(format!("handshake failed: {reason}")));
+            }
+            let streams = Streams {
+                conn: conn.clone(),
+                ctx: Arc::clone(ctx),
+                session: Arc::clone(&session),
+                delivery_acks: acks_tx,
+                server_acks: server_acks_tx,
+                media_streams: crate::media::session_streams(ctx),
+            };
+            let mut draining = ctx.draining.subscribe();
+            // A session that logs in while the gateway already drains must see it.
+            draining.mark_changed();
+            let mut drain_deadline: Option<Instant> = None;
+            let mut token_deadline = credential::deadline(claims.expires_at);
+            loop {
+                let beat_deadline = session.heartbeat_deadline(ctx.config.heartbeat.max_missed);
+                // One timer for the session's deadlines (a timer each would
+                // be carried by every idle session): the earliest.
+                let wake_at = drain_deadline.map_or(beat_deadline, |d| d.min(beat_deadline)).min(token_deadline);
+                // The arms do not wait: what does is done after the select,
+                // boxed (a value an arm held across an await would be kept in
+                // the session's future for its whole life).
+                let step = tokio::select! {
+                    bi = conn.accept_bi() => match bi {
+                        Ok((send, recv)) => { tasks.spawn(streams.clone().bidi(send, recv)); None }
+                        Err(e) => return Err(Fault::gone(e.to_string())),
+                    },
+                    uni = conn.accept_uni() => match uni {
+                        Ok(recv) => { tasks.spawn(streams.clone().uni(recv).map(Ended::Stream)); None }
+                        Err(e) => return Err(Fault::gone(e.to_string())),
+                    },
+                    Some(ended) = tasks.join_next() => match ended {
+                        Ok(Ended::Stream(end)) => { ended_stream(end)?; None }
+                        // A later heartbeat stream replaces the one before.
+                        Ok(Ended::Heartbeat(hb)) => { *beats = Some(hb); None }
+                        Err(e) => return Err(Fault::detailed(ErrorCode::Internal, "the server failed", format_args!("stream task: {e}"))),
+                    },
+                    beat = heartbeat::next(beats) => match beat {
+                        Beat::Ping(ping) => {
+                            session.request_allowed()?;
+                            session.beat(ping.next_within_ms, ctx);
+                            streams.note_address();
+                            if let Some(hb) = beats.as_mut() {
+                                hb.answer(&ping);
+                            }
+                            None
+                        }
+                        Beat::Ended => { *beats = None; None }
+                        Beat::Failed(e) => {
+                            *beats = None;
+                            if let Some(fault) = Fault::from_recv(e) {
+                                return Err(fault);
+                            }
+                            None
+                        }
+                    },
+                    ended = &mut acks_writer, if !acks_writer.is_terminated() => { ended_stream(ended?)?; None }
+                    ended = &mut delivering, if !delivering.is_terminated() => { ended_stream(ended?)?; None }
+                    ended = &mut pushing, if !pushing.is_terminated() => { ended_stream(ended?)?; None }
+                    () = tokio::time::sleep_until(wake_at) => {
+                        let now = Instant::now();
+                        if drain_deadline.is_some_and(|d| d <= now) {
+                            return Err(Fault::new(ErrorCode::ShuttingDown, "drain deadline"));
+                        }
+                        if token_deadline <= now {
+                            Some(Step::Refuse(Fault::new(ErrorCode::TokenExpired, "the session's token expired")))
+                        } else if session.heartbeat_deadline(ctx.config.heartbeat.max_missed) <= now {
+                            // (A Ping may have moved the heartbeat deadline on.)
+                            ctx.metrics.heartbeat_timeouts.inc();
+                            return Err(Fault::new(ErrorCode::HeartbeatTimeout, "missed heartbeats"));
+                        } else {
+                            None
+                        }
+                    }
+                    read = &mut control_next, if !control_next.is_terminated() => {
+                        let (control_recv, event) = read?;
+                        match event {
+                            ControlEvent::Refresh(token) => Some(Step::Refresh(control_recv, token)),
+                            ControlEvent::End(ControlEnd::Done) => None,
+                            ControlEvent::End(ControlEnd::Bye) => return Err(Fault::gone("client said bye")),
+                            ControlEvent::End(ControlEnd::Fault(fault)) => return Err(fault),
+                        }
+                    }
+                    ending = &mut kicked => Some(Step::Kicked(ending.unwrap_or_else(|_| ErrorCode::Kicked.into()))),
+                    changed = draining.changed(), if drain_deadline.is_none() => {
+                        (changed.is_ok() && *draining.borrow()).then_some(Step::GoAway)
+                    }
+                };
+                let Some(step) = step else { continue };
+                let control_recv = Box::pin(after_select(
+                    step,
+                    ctx,
+                    conn,
+                    &session,
+                    &mut control_send,
+                    &mut Credentials {
+                        claims: &mut claims,
+                        issued_at: &issued_at,
+                        token_deadline: &mut token_deadline,
+                    },
+                    &mut drain_deadline,
+                ))
+                .await?;
+                if let Some(control_recv) = control_recv {
+                    // One frame at a time: the next is read once a Refresh
+                    // was taken.
+                    control_next.set(contained(control::next(control_recv)).fuse());
+                }
+            }
+        }
         .await;
+
+        if let Err(fault) = outcome {
+            close(ctx, conn, &user, &fault);
+        }
+        drop(tasks);
+        drop(beats);
+        acks_writer.set(Fuse::terminated());
+        delivering.set(Fuse::terminated());
+        pushing.set(Fuse::terminated());
+        control_next.set(Fuse::terminated());
+        let last = registered.map(push::Registration::end);
+        ctx.routes.detach(&user, session_id);
+        let went_offline = match &ctx.cluster {
+            Some(cluster) => Box::pin(cluster.detach(&user, &device, session_id)).await,
+            None => false,
+        };
+        if let Some(last) = last {
+            Box::pin(presence::session_ended(
+                ctx,
+                &user,
+                &device,
+                started_ms,
+                last,
+                went_offline,
+            ))
+            .await;
+        }
+        ctx.metrics.sessions_open.dec();
+        info!(user = %user, device = %device, session_id, "session ended");
     }
-    ctx.metrics.sessions_open.dec();
-    info!(user = %user, device = %device, session_id, "session ended");
+}
+
+/// What the session's loop does after its select, where it may wait.
+enum Step {
+    /// Tell the client `fault` on the control stream, then end with it.
+    Refuse(Fault),
+    /// The client sent a fresh token (the control stream comes back with
+    /// it, to read the next frame).
+    Refresh(FramedRecv, String),
+    /// The route ended the session (replaced, kicked, revoked).
+    Kicked(crate::route::Ending),
+    /// The gateway started draining: tell the client to go.
+    GoAway,
+}
+
+/// The session's token and its deadline, which a Refresh moves on.
+struct Credentials<'a> {
+    claims: &'a mut Claims,
+    /// When the current token was issued, for revocations.
+    issued_at: &'a AtomicU64,
+    token_deadline: &'a mut Instant,
+}
+
+/// Does what a [`Step`] asks; `Err` ends the session with the fault, `Ok`
+/// gives back the control stream after a Refresh.
+async fn after_select(
+    step: Step,
+    ctx: &Ctx,
+    conn: &Connection,
+    session: &Session,
+    control_send: &mut FramedSend,
+    credentials: &mut Credentials<'_>,
+    drain_deadline: &mut Option<Instant>,
+) -> Result<Option<FramedRecv>, Fault> {
+    match step {
+        Step::Refuse(fault) => {
+            refuse(control_send, &fault).await;
+            Err(fault)
+        }
+        Step::Refresh(control_recv, token) => {
+            let taken = match session.request_allowed() {
+                Ok(()) => refresh(ctx, credentials.claims, &token).await,
+                Err(fault) => Err(fault),
+            };
+            let fresh = match taken {
+                Ok(fresh) => fresh,
+                Err(fault) => {
+                    refuse(control_send, &fault).await;
+                    return Err(fault);
+                }
+            };
+            if fresh.expires_at > credentials.claims.expires_at {
+                credentials
+                    .issued_at
+                    .store(fresh.issued_at, Ordering::Release);
+                *credentials.token_deadline = credential::deadline(fresh.expires_at);
+                *credentials.claims = fresh;
+            }
+            let refreshed = v1::ServerControl {
+                kind: Some(v1::server_control::Kind::Refreshed(v1::Refreshed {
+                    token_expires_ms: expires_ms(credentials.claims),
+                })),
+            };
+            control_send
+                .send(&refreshed)
+                .await
+                .map_err(|e| Fault::gone(format!("sending Refreshed: {e}")))?;
+            Ok(Some(control_recv))
+        }
+        Step::Kicked(ending) => {
+            let mut fault = Fault::ending(ending);
+            if ending.code == ErrorCode::TokenRevoked
+                || ending.reason != v1::KickReason::Unspecified
+            {
+                refuse(control_send, &fault).await;
+            }
+            if ending.reason != v1::KickReason::Unspecified {
+                // The SDK closes once it read the reason; a close from here
+                // first could reach it before the reason.
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            }
+            fault.reason = format!("{}: {:?}", fault.message, ending.reason);
+            Err(fault)
+        }
+        Step::GoAway => {
+            let go_away = v1::ServerControl {
+                kind: Some(v1::server_control::Kind::GoAway(v1::GoAway {
+                    code: ErrorCode::ShuttingDown as i32,
+                    message: "server is shutting down".into(),
+                    reconnect_within_ms: ctx.config.shutdown.reconnect_within_ms,
+                    redirect: String::new(),
+                })),
+            };
+            let _ = control_send.send(&go_away).await;
+            *drain_deadline =
+                Some(Instant::now() + Duration::from_millis(ctx.config.shutdown.drain_ms));
+            Ok(None)
+        }
+    }
 }
 
 /// How a stream's end bears on the session: `Err` ends it.
@@ -616,14 +744,27 @@ fn contained<F: Future>(f: F) -> impl Future<Output = Result<F::Output, Fault>> 
         })
 }
 
+/// How a stream task ended.
+enum Ended {
+    Stream(StreamEnd),
+    /// The stream is the client's heartbeat stream: the session serves it.
+    Heartbeat(Box<Heartbeat>),
+}
+
+impl From<StreamEnd> for Ended {
+    fn from(end: StreamEnd) -> Self {
+        Ended::Stream(end)
+    }
+}
+
 /// What each stream task of a session needs.
 #[derive(Clone)]
 struct Streams {
     conn: Connection,
     ctx: Arc<Ctx>,
     session: Arc<Session>,
-    delivery_acks: mpsc::Sender<Box<v1::DeliveryAck>>,
-    server_acks: mpsc::Sender<Box<v1::ServerAck>>,
+    delivery_acks: flume::Sender<Box<v1::DeliveryAck>>,
+    server_acks: flume::Sender<Box<v1::ServerAck>>,
     /// Upload and download streams the session may still open.
     media_streams: Arc<tokio::sync::Semaphore>,
 }
@@ -633,32 +774,35 @@ impl Streams {
         self.ctx.config.limits.max_frame_bytes as usize
     }
 
-    async fn bidi(self, send: SendStream, mut recv: RecvStream) -> StreamEnd {
+    async fn bidi(self, send: SendStream, mut recv: RecvStream) -> Ended {
         let kind = match read_preamble(&mut recv).await {
             Ok(kind) => kind,
-            Err(e) => return Fault::from_recv(e).into(),
+            Err(e) => return StreamEnd::from(Fault::from_recv(e)).into(),
         };
         let max = self.max_frame();
         match kind {
-            StreamKind::Heartbeat => {
-                let send = FramedSend::without_preamble(send, max);
-                self.heartbeat(send, FramedRecv::new(recv, max)).await
-            }
+            StreamKind::Heartbeat => Ended::Heartbeat(Box::new(Heartbeat::new(
+                FramedSend::without_preamble(send, max),
+                FramedRecv::new(recv, max),
+            ))),
             StreamKind::Rpc => {
                 let send = FramedSend::without_preamble(send, max);
-                // Boxed: the rpc handlers make a future of kilobytes, and
-                // this task also serves the heartbeat stream, which lives
-                // as long as the session.
-                Box::pin(self.rpc(send, FramedRecv::new(recv, max))).await
+                // Boxed: the rpc handlers make a future of kilobytes,
+                // which every stream task would otherwise carry while it
+                // reads a preamble.
+                Box::pin(self.rpc(send, FramedRecv::new(recv, max)))
+                    .await
+                    .into()
             }
             StreamKind::Upload | StreamKind::Download => {
-                Box::pin(self.media(kind, send, recv)).await
+                Box::pin(self.media(kind, send, recv)).await.into()
             }
             other => StreamEnd::Fault(Fault::detailed(
                 ErrorCode::ProtocolViolation,
                 "not a stream a client opens as bidirectional",
                 format_args!("{other:?}"),
-            )),
+            ))
+            .into(),
         }
     }
 
@@ -712,30 +856,6 @@ impl Streams {
         fault.into()
     }
 
-    async fn heartbeat(self, mut send: FramedSend, mut recv: FramedRecv) -> StreamEnd {
-        loop {
-            match recv.next::<v1::Ping>().await {
-                Ok(Some(ping)) => {
-                    if let Err(fault) = self.session.request_allowed() {
-                        return StreamEnd::Fault(fault);
-                    }
-                    self.session.beat(ping.next_within_ms, &self.ctx);
-                    self.note_address();
-                    let pong = v1::Pong {
-                        n: ping.n,
-                        sent_at_ms: ping.sent_at_ms,
-                        server_time_ms: qim_proto::now_ms(),
-                    };
-                    if send.send(&pong).await.is_err() {
-                        return StreamEnd::Done;
-                    }
-                }
-                Ok(None) => return StreamEnd::Done,
-                Err(e) => return Fault::from_recv(e).into(),
-            }
-        }
-    }
-
     /// Counts a migration or fallback when the client's address changed.
     fn note_address(&self) {
         let s = &self.session;
@@ -748,7 +868,7 @@ impl Streams {
             match recv.next::<v1::DeliveryAck>().await {
                 Ok(Some(ack)) => {
                     self.note_address();
-                    if self.delivery_acks.send(Box::new(ack)).await.is_err() {
+                    if self.delivery_acks.send_async(Box::new(ack)).await.is_err() {
                         return StreamEnd::Done;
                     }
                 }

@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::BytesMut;
 use common::{Raw, TestGateway, take, text};
 use qim_gateway::auth::unix_now;
 use qim_proto::frame::put_len;
+use qim_proto::io::{FramedRecv, FramedSend};
 use qim_proto::preamble::StreamKind;
 use qim_proto::v1::{self, ErrorCode};
 use qim_sdk::{Client, Error, OutgoingMessage};
@@ -406,6 +409,57 @@ async fn floods_are_slowed_or_closed_with_rate_limited() {
     }
     beats.flush().await.expect("write");
     assert_eq!(pinger.raw.closed_with().await, ErrorCode::RateLimited);
+    by.still_chatting().await;
+    gw.stop().await;
+}
+
+/// A Ping on `send` and the Pong it gets on `recv`.
+async fn ping(send: &mut FramedSend, recv: &mut FramedRecv, n: u64) -> Option<v1::Pong> {
+    let ping = v1::Ping {
+        n,
+        sent_at_ms: 7,
+        next_within_ms: 0,
+    };
+    send.send(&ping).await.expect("write ping");
+    recv.next::<v1::Pong>().await.expect("read pong")
+}
+
+/// The session serves one heartbeat stream: a client that opens another
+/// gets its Pings answered there, and the one before is finished (not
+/// left open with the session, however many the client opens); the
+/// session goes on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_heartbeat_stream_replaces_the_one_before() {
+    let gw = TestGateway::start().await;
+    let mut by = Bystanders::new(&gw).await;
+    let client = Raw::login(&gw, "mallory", "m-1", 0).await;
+    let open = || async {
+        let (send, recv) = client.raw.conn.open_bi().await.expect("open");
+        (
+            FramedSend::new(send, StreamKind::Heartbeat, 1024),
+            FramedRecv::new(recv, 1024),
+        )
+    };
+    let (mut first_send, mut first_recv) = open().await;
+    let pong = ping(&mut first_send, &mut first_recv, 1)
+        .await
+        .expect("pong");
+    assert_eq!((pong.n, pong.sent_at_ms), (1, 7));
+    let mut last = None;
+    for n in 2..40 {
+        let (mut send, mut recv) = open().await;
+        let pong = ping(&mut send, &mut recv, n).await.expect("pong");
+        assert_eq!(pong.n, n);
+        last = Some((send, recv));
+    }
+    // The first stream was finished when the second took its place.
+    let ended = tokio::time::timeout(Duration::from_secs(10), first_recv.next::<v1::Pong>())
+        .await
+        .expect("the first stream ends");
+    assert!(ended.expect("a finish, not a reset").is_none());
+    let (mut send, mut recv) = last.expect("the last stream");
+    assert_eq!(ping(&mut send, &mut recv, 99).await.map(|p| p.n), Some(99));
+    assert_eq!(client.sync(0).await.inbox_head, 0, "the session goes on");
     by.still_chatting().await;
     gw.stop().await;
 }

@@ -232,7 +232,9 @@ impl Drop for FramedSend {
 impl FramedSend {
     /// Wraps a stream and queues its preamble, sent with the first flush.
     pub fn new(stream: impl Into<SendStream>, kind: StreamKind, max_frame: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(256);
+        // Sized to the preamble: the buffer's room outlives the flush (it
+        // shares the allocation), and an idle stream should not keep more.
+        let mut buf = BytesMut::with_capacity(preamble::LEN);
         buf.extend_from_slice(&preamble::encode(kind));
         Self {
             stream: stream.into(),
@@ -298,6 +300,15 @@ impl FramedSend {
     pub fn reset(&mut self, code: ErrorCode) {
         self.unsent = Bytes::new();
         self.stream.reset(code);
+    }
+
+    /// Gives back the write buffer's room when nothing waits in it: for a
+    /// stream that goes quiet after a burst (the control stream after
+    /// login), so it does not keep the largest frame's room for its life.
+    pub fn release_buffer(&mut self) {
+        if self.buf.is_empty() && self.unsent.is_empty() {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Waits until the peer has received everything written (or the

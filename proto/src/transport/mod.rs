@@ -314,7 +314,10 @@ impl SendStream {
                 }
                 Ok(())
             }
-            SendInner::Mux(s) => s.write_from(bytes).await,
+            // Boxed: the TCP write's future is twice QUIC's, and every
+            // writer future of every session would carry it (sessions on
+            // TCP, the fallback, pay an allocation per write instead).
+            SendInner::Mux(s) => Box::pin(s.write_from(bytes)).await,
         }
     }
 
