@@ -259,6 +259,9 @@ impl Routes {
                 i += 1;
             }
         }
+        // One slot at a time: nearly every user has one or two devices
+        // online, and a first push would make room for four.
+        sessions.reserve_exact(1);
         sessions.push(Attached {
             session_id,
             device_id: device_id.to_owned(),
