@@ -120,7 +120,10 @@ impl ChatStream<'_> {
 /// batching what is waiting into one write.
 /// (Not an `async fn`, which would keep its arguments twice for the
 /// session's life.)
-#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice"
+)]
 pub(crate) fn write_server_acks(
     mut stream: FramedSend,
     rx: flume::Receiver<Box<v1::ServerAck>>,

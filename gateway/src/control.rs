@@ -88,7 +88,10 @@ pub(crate) enum ControlEvent {
 /// order, within its own task (a Refresh is taken before the next frame
 /// is read).
 /// (Not an `async fn`, which would keep the stream twice.)
-#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice"
+)]
 pub(crate) fn next(
     mut control: FramedRecv,
 ) -> impl Future<Output = (FramedRecv, ControlEvent)> + Send {

@@ -153,7 +153,10 @@ impl Delivery {
     ///
     /// Not an `async fn`: one keeps its arguments twice (as passed and as
     /// its locals), and this future lives as long as the session.
-    #[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice"
+    )]
     pub(crate) fn run(mut self) -> impl Future<Output = Result<(), DeliveryError>> + Send {
         async move {
             let d = &self.ctx.config.delivery;

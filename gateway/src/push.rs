@@ -472,7 +472,10 @@ impl Registry {
 /// Follows the user's read-diffusion groups, then writes the session's
 /// pushes on its push stream, opened at the first. (Not an `async fn`,
 /// which would keep its arguments twice for the session's life.)
-#[expect(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice"
+)]
 fn write_pushes(
     registry: Arc<Registry>,
     user: String,

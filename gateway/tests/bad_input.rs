@@ -464,6 +464,29 @@ async fn a_new_heartbeat_stream_replaces_the_one_before() {
     gw.stop().await;
 }
 
+/// A client that lets go of streams it opened before their preamble was
+/// written (an SDK session that ends before its chat stream carried a
+/// send) resets them: the gateway takes that as abandoned streams, not as
+/// preambles cut short (MALFORMED_FRAME, which would end the session and
+/// stop the SDK for good), and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_dropped_before_their_preamble_are_not_a_fault() {
+    let gw = TestGateway::start().await;
+    let mut by = Bystanders::new(&gw).await;
+    let client = Raw::login(&gw, "mallory", "m-1", 0).await;
+    for kind in [StreamKind::Chat, StreamKind::Ack] {
+        let send = client.raw.conn.open_uni().await.expect("open");
+        drop(FramedSend::new(send, kind, 1024));
+    }
+    let (send, _recv) = client.raw.conn.open_bi().await.expect("open");
+    drop(FramedSend::new(send, StreamKind::Rpc, 1024));
+    assert_eq!(client.sync(0).await.inbox_head, 0, "the session goes on");
+    let closed = tokio::time::timeout(Duration::from_millis(500), client.raw.conn.closed()).await;
+    assert!(closed.is_err(), "the connection stays open: {closed:?}");
+    by.still_chatting().await;
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn address_validation_adds_a_retry_and_clients_still_get_in() {
     let gw = TestGateway::start_with(|c| c.quic.validate_addresses = true).await;

@@ -209,21 +209,25 @@ impl FramedRecv {
 /// Cancel-safe: a flush dropped part-way keeps the unwritten rest of its
 /// frames and writes it first on the next flush, so no later frame lands
 /// inside an earlier one. Dropped (or finished) with a frame written only
-/// in part, the stream is reset rather than finished: the peer sees an
-/// abandoned stream, never a frame cut short (which it must treat as a
-/// fault).
+/// in part, or before its preamble was written, the stream is reset rather
+/// than finished: the peer sees an abandoned stream, never a frame or a
+/// preamble cut short (which it must treat as a fault).
 #[derive(Debug)]
 pub struct FramedSend {
     stream: SendStream,
     buf: BytesMut,
     /// Bytes taken from `buf` by a flush and not yet written.
     unsent: Bytes,
+    /// Whether the preamble (if any) has been written: until then the
+    /// stream must not end cleanly, which the peer would read as a
+    /// preamble cut short.
+    opened: bool,
     max_frame: usize,
 }
 
 impl Drop for FramedSend {
     fn drop(&mut self) {
-        if !self.unsent.is_empty() {
+        if !self.unsent.is_empty() || !self.opened {
             self.stream.reset(ErrorCode::NoError);
         }
     }
@@ -240,6 +244,7 @@ impl FramedSend {
             stream: stream.into(),
             buf,
             unsent: Bytes::new(),
+            opened: false,
             max_frame,
         }
     }
@@ -250,6 +255,7 @@ impl FramedSend {
             stream: stream.into(),
             buf: BytesMut::new(),
             unsent: Bytes::new(),
+            opened: true,
             max_frame,
         }
     }
@@ -270,6 +276,7 @@ impl FramedSend {
                 self.unsent = self.buf.split().freeze();
             }
             self.stream.write_from(&mut self.unsent).await?;
+            self.opened = true;
         }
     }
 
@@ -288,10 +295,11 @@ impl FramedSend {
     /// Finishes the stream after what was written; resets it instead when
     /// a frame was written only in part (a flush dropped part-way).
     pub fn finish(&mut self) {
-        if self.unsent.is_empty() {
+        if self.unsent.is_empty() && self.opened {
             self.stream.finish();
         } else {
             self.unsent = Bytes::new();
+            self.opened = true;
             self.stream.reset(ErrorCode::NoError);
         }
     }
@@ -299,6 +307,7 @@ impl FramedSend {
     /// Abandons the stream with a reason.
     pub fn reset(&mut self, code: ErrorCode) {
         self.unsent = Bytes::new();
+        self.opened = true;
         self.stream.reset(code);
     }
 
