@@ -126,3 +126,23 @@ impl From<Option<Fault>> for StreamEnd {
         f.map_or(StreamEnd::Done, StreamEnd::Fault)
     }
 }
+
+/// One of the session's own futures, polled by its task: a panic in it
+/// ends the session with INTERNAL, as a panicking stream task does, rather
+/// than unwinding the session past its cleanup.
+pub(crate) fn contained<F: std::future::Future>(
+    f: F,
+) -> impl std::future::Future<Output = Result<F::Output, Fault>> {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .map(|caught| {
+            caught.map_err(|_| {
+                Fault::detailed(
+                    ErrorCode::Internal,
+                    "the server failed",
+                    "a session future panicked",
+                )
+            })
+        })
+}

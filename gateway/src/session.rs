@@ -25,18 +25,21 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::auth::Claims;
-use crate::control::{self, ControlEnd, ControlEvent, expires_ms, refresh, refuse};
+use crate::control::{self, ControlEnd, ControlEvent, expires_ms, refuse};
 use crate::credential;
 use crate::ctx::Ctx;
 use crate::delivery::Delivery;
-use crate::fault::{Fault, StreamEnd};
+use crate::fault::{Fault, StreamEnd, contained};
 use crate::heartbeat::{self, Beat, Heartbeat};
+
+mod step;
 use crate::limit::Bucket;
 use crate::mutex::lock;
 use crate::path::PathWatch;
 use crate::presence;
 use crate::push;
 use crate::rpc::{Caller, dispatch};
+use step::{Credentials, Step, after_select};
 
 /// What a logged-in session knows about itself.
 pub(crate) struct Session {
@@ -554,7 +557,10 @@ fn run<'a>(
                     read = &mut control_next, if !control_next.is_terminated() => {
                         let (control_recv, event) = read?;
                         match event {
-                            ControlEvent::Refresh(token) => Some(Step::Refresh(control_recv, token)),
+                            ControlEvent::Refresh(token) => Some(match session.request_allowed() {
+                                Ok(()) => Step::Refresh(control_recv, token),
+                                Err(fault) => Step::Refuse(fault),
+                            }),
                             ControlEvent::End(ControlEnd::Done) => None,
                             ControlEvent::End(ControlEnd::Bye) => return Err(Fault::gone("client said bye")),
                             ControlEvent::End(ControlEnd::Fault(fault)) => return Err(fault),
@@ -570,7 +576,6 @@ fn run<'a>(
                     step,
                     ctx,
                     conn,
-                    &session,
                     &mut control_send,
                     &mut Credentials {
                         claims: &mut claims,
@@ -620,128 +625,12 @@ fn run<'a>(
     }
 }
 
-/// What the session's loop does after its select, where it may wait.
-enum Step {
-    /// Tell the client `fault` on the control stream, then end with it.
-    Refuse(Fault),
-    /// The client sent a fresh token (the control stream comes back with
-    /// it, to read the next frame).
-    Refresh(FramedRecv, String),
-    /// The route ended the session (replaced, kicked, revoked).
-    Kicked(crate::route::Ending),
-    /// The gateway started draining: tell the client to go.
-    GoAway,
-}
-
-/// The session's token and its deadline, which a Refresh moves on.
-struct Credentials<'a> {
-    claims: &'a mut Claims,
-    /// When the current token was issued, for revocations.
-    issued_at: &'a AtomicU64,
-    token_deadline: &'a mut Instant,
-}
-
-/// Does what a [`Step`] asks; `Err` ends the session with the fault, `Ok`
-/// gives back the control stream after a Refresh.
-async fn after_select(
-    step: Step,
-    ctx: &Ctx,
-    conn: &Connection,
-    session: &Session,
-    control_send: &mut FramedSend,
-    credentials: &mut Credentials<'_>,
-    drain_deadline: &mut Option<Instant>,
-) -> Result<Option<FramedRecv>, Fault> {
-    match step {
-        Step::Refuse(fault) => {
-            refuse(control_send, &fault).await;
-            Err(fault)
-        }
-        Step::Refresh(control_recv, token) => {
-            let taken = match session.request_allowed() {
-                Ok(()) => refresh(ctx, credentials.claims, &token).await,
-                Err(fault) => Err(fault),
-            };
-            let fresh = match taken {
-                Ok(fresh) => fresh,
-                Err(fault) => {
-                    refuse(control_send, &fault).await;
-                    return Err(fault);
-                }
-            };
-            if fresh.expires_at > credentials.claims.expires_at {
-                credentials
-                    .issued_at
-                    .store(fresh.issued_at, Ordering::Release);
-                *credentials.token_deadline = credential::deadline(fresh.expires_at);
-                *credentials.claims = fresh;
-            }
-            let refreshed = v1::ServerControl {
-                kind: Some(v1::server_control::Kind::Refreshed(v1::Refreshed {
-                    token_expires_ms: expires_ms(credentials.claims),
-                })),
-            };
-            control_send
-                .send(&refreshed)
-                .await
-                .map_err(|e| Fault::gone(format!("sending Refreshed: {e}")))?;
-            Ok(Some(control_recv))
-        }
-        Step::Kicked(ending) => {
-            let mut fault = Fault::ending(ending);
-            if ending.code == ErrorCode::TokenRevoked
-                || ending.reason != v1::KickReason::Unspecified
-            {
-                refuse(control_send, &fault).await;
-            }
-            if ending.reason != v1::KickReason::Unspecified {
-                // The SDK closes once it read the reason; a close from here
-                // first could reach it before the reason.
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-            }
-            fault.reason = format!("{}: {:?}", fault.message, ending.reason);
-            Err(fault)
-        }
-        Step::GoAway => {
-            let go_away = v1::ServerControl {
-                kind: Some(v1::server_control::Kind::GoAway(v1::GoAway {
-                    code: ErrorCode::ShuttingDown as i32,
-                    message: "server is shutting down".into(),
-                    reconnect_within_ms: ctx.config.shutdown.reconnect_within_ms,
-                    redirect: String::new(),
-                })),
-            };
-            let _ = control_send.send(&go_away).await;
-            *drain_deadline =
-                Some(Instant::now() + Duration::from_millis(ctx.config.shutdown.drain_ms));
-            Ok(None)
-        }
-    }
-}
-
 /// How a stream's end bears on the session: `Err` ends it.
 fn ended_stream(end: StreamEnd) -> Result<(), Fault> {
     match end {
         StreamEnd::Done => Ok(()),
         StreamEnd::Fault(fault) => Err(fault),
     }
-}
-
-/// One of the session's own futures, polled by its task: a panic in it
-/// ends the session with INTERNAL, as a panicking stream task does, rather
-/// than unwinding the session past its cleanup.
-fn contained<F: Future>(f: F) -> impl Future<Output = Result<F::Output, Fault>> {
-    std::panic::AssertUnwindSafe(f)
-        .catch_unwind()
-        .map(|caught| {
-            caught.map_err(|_| {
-                Fault::detailed(
-                    ErrorCode::Internal,
-                    "the server failed",
-                    "a session future panicked",
-                )
-            })
-        })
 }
 
 /// How a stream task ended.
