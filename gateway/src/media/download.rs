@@ -79,7 +79,7 @@ async fn download(
         let want = usize::try_from(end - offset)
             .unwrap_or(usize::MAX)
             .min(READ_BYTES);
-        let data = bytes.read(&id, offset, want).await?;
+        let data = super::read_published(ctx, bytes.as_ref(), &id, offset, want).await?;
         if data.is_empty() {
             return Err(Refusal::new(
                 ErrorCode::Internal,

@@ -102,6 +102,26 @@ fn blobs(ctx: &Ctx) -> Result<Arc<dyn qim_storage::media::BlobBytes>, Refusal> {
     })
 }
 
+/// `len` bytes of published blob `id` from `offset`. A blob collected
+/// between its record's read and this read (its bytes go first, then its
+/// record) is refused as `NOT_FOUND`, as a read that came a moment later
+/// would be, not as the store's failure.
+async fn read_published(
+    ctx: &Ctx,
+    bytes: &dyn qim_storage::media::BlobBytes,
+    id: &qim_storage::media::BlobId,
+    offset: u64,
+    len: usize,
+) -> Result<bytes::Bytes, Refusal> {
+    match bytes.read(id, offset, len).await {
+        Ok(data) => Ok(data),
+        Err(e) => match ctx.stores.media.blob(id).await {
+            Ok(None) => Err(Refusal::new(ErrorCode::NotFound, "no such blob")),
+            _ => Err(e.into()),
+        },
+    }
+}
+
 /// The error frame of a media stream.
 fn error(refusal: Refusal) -> v1::RpcError {
     v1::RpcError {

@@ -478,10 +478,7 @@ async fn deduplicated(
         )
         .into());
     };
-    let range = bytes
-        .read(&meta.id, offset, length as usize)
-        .await
-        .map_err(Refusal::from)?;
+    let range = super::read_published(ctx, bytes, &meta.id, offset, length as usize).await?;
     let expected = blake3::keyed_hash(&nonce, &range);
     // blake3::Hash compares in constant time.
     if blake3::Hash::from_slice(&proof.mac).ok() != Some(expected) {
