@@ -28,6 +28,7 @@ use crate::mutex::lock;
 use crate::order::OrderHold;
 use crate::path::PathWatch;
 use crate::post::{Sender, post_sends};
+use crate::queue::{self, Queue};
 
 /// One chat stream of a session, and what it shares with the session.
 pub(crate) struct ChatStream<'a> {
@@ -39,7 +40,7 @@ pub(crate) struct ChatStream<'a> {
     /// Whether the session's `Send.first_attempt` flags are believed.
     pub(crate) first_attempts: &'a std::sync::atomic::AtomicBool,
     /// To the session's ack stream.
-    pub(crate) acks: &'a flume::Sender<Box<v1::ServerAck>>,
+    pub(crate) acks: &'a Queue<Box<v1::ServerAck>>,
     /// Where the client's address is watched (migrations), with the
     /// connection it is read from.
     pub(crate) path: &'a Arc<PathWatch>,
@@ -104,7 +105,7 @@ impl ChatStream<'_> {
             let acks = Box::pin(post_sends(self.ctx, &sender, sends, &mut hold)).await;
             backlog.stored(bytes);
             for ack in acks {
-                if self.acks.send_async(Box::new(ack)).await.is_err() {
+                if self.acks.send(Box::new(ack)).await.is_err() {
                     return StreamEnd::Done;
                 }
             }
@@ -126,11 +127,11 @@ impl ChatStream<'_> {
 )]
 pub(crate) fn write_server_acks(
     mut stream: FramedSend,
-    rx: flume::Receiver<Box<v1::ServerAck>>,
+    rx: queue::Receiver<Box<v1::ServerAck>>,
 ) -> impl Future<Output = StreamEnd> + Send {
     async move {
-        while let Ok(first) = rx.recv_async().await {
-            let mut next = Some(first);
+        loop {
+            let mut next = Some(rx.recv().await);
             while let Some(ack) = next {
                 if let Err(e) = stream.queue(&*ack) {
                     return StreamEnd::Fault(Fault::detailed(
@@ -139,14 +140,13 @@ pub(crate) fn write_server_acks(
                         format_args!("encoding an ack: {e}"),
                     ));
                 }
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
             if let Err(e) = stream.flush().await {
                 // Without an ack stream the session cannot work: end it.
                 return StreamEnd::Fault(Fault::gone(format!("ack stream: {e}")));
             }
         }
-        StreamEnd::Done
     }
 }
 

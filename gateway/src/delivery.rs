@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::ctx::Ctx;
 use crate::deadline::sleep_until_opt;
+use crate::queue;
 use crate::reply::{Reply, entries_in_frame, page_size};
 use crate::route::Feed;
 
@@ -140,7 +141,7 @@ pub(crate) struct Delivery {
     pub(crate) user: String,
     pub(crate) device: String,
     pub(crate) stream: FramedSend,
-    pub(crate) acks: flume::Receiver<Box<v1::DeliveryAck>>,
+    pub(crate) acks: queue::Receiver<Box<v1::DeliveryAck>>,
     /// The next seq to send for the first time.
     pub(crate) next: u64,
     /// The task writing the last delivery receipts: the next one waits for
@@ -178,13 +179,7 @@ impl Delivery {
                 let due = window.next_due();
                 tokio::select! {
                     () = &mut raised => {}
-                    ack = self.acks.recv_async() => {
-                        let Ok(ack) = ack else {
-                            if cursor > saved {
-                                self.save_cursor(cursor).await;
-                            }
-                            return Ok(());
-                        };
+                    ack = self.acks.recv() => {
                         let acked = window.ack(ack.up_to_seq, &ack.seqs);
                         self.ctx.metrics.delivery_acks.inc_by(acked.len() as u64);
                         self.receipts(&acked);

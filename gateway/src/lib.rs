@@ -147,6 +147,7 @@ mod policy;
 mod post;
 mod presence;
 mod push;
+mod queue;
 mod quota;
 mod reply;
 mod route;

@@ -68,7 +68,8 @@ pub(crate) enum Item {
 
 /// A session's end of the push.
 pub(crate) struct Sub {
-    user: String,
+    /// Shared with the user's entry in the registry.
+    user: Arc<str>,
     queue: Mutex<Queue>,
     /// Tells the writer the queue has news.
     wake: Notify,
@@ -151,12 +152,48 @@ type Following = (Arc<Sub>, u64);
 
 #[derive(Default)]
 struct Tables {
-    /// Sessions of each online user.
-    sessions: HashMap<String, HashMap<u64, Arc<Sub>>>,
+    /// Sessions of each online user, by session id: a list, since nearly
+    /// every user has one or two (a map would cost each user its table).
+    sessions: HashMap<Arc<str>, Vec<(u64, Arc<Sub>)>>,
     /// Sessions subscribed to each user's presence.
     watchers: HashMap<String, HashMap<u64, Arc<Sub>>>,
     /// Subscribed sessions of each group, with the member's first seq.
     groups: HashMap<Arc<str>, HashMap<u64, Following>>,
+    /// What each session was entered in, in `groups` and `watchers`, so
+    /// that its end visits those entries only, not every group and user
+    /// of the node under the lock. Kept for sessions that follow or
+    /// watch anything; an entry removed meanwhile (a group left,
+    /// dissolved, a pair unwatched) is passed over.
+    entered: HashMap<u64, Entered>,
+}
+
+#[derive(Default)]
+struct Entered {
+    groups: HashSet<Arc<str>>,
+    watched: HashSet<String>,
+}
+
+impl Tables {
+    /// Enters every session of `user` as following `group` from `from`;
+    /// returns them.
+    fn enter_group(&mut self, group: &Arc<str>, user: &str, from: u64) -> Vec<Arc<Sub>> {
+        let Some(sessions) = self.sessions.get(user) else {
+            return Vec::new();
+        };
+        let sessions = sessions.clone();
+        let entry = self.groups.entry(Arc::clone(group)).or_default();
+        for (id, sub) in &sessions {
+            entry.insert(*id, (Arc::clone(sub), from));
+        }
+        for (id, _) in &sessions {
+            self.entered
+                .entry(*id)
+                .or_default()
+                .groups
+                .insert(Arc::clone(group));
+        }
+        sessions.into_iter().map(|(_, s)| s).collect()
+    }
 }
 
 /// The sessions on this node and what each is pushed.
@@ -170,7 +207,7 @@ pub(crate) struct Registry {
 pub(crate) struct Registration {
     registry: Arc<Registry>,
     session_id: u64,
-    user: String,
+    user: Arc<str>,
     ended: bool,
 }
 
@@ -215,24 +252,30 @@ impl Registry {
         bool,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let sub = Arc::new(Sub {
-            user: user.to_owned(),
-            queue: Mutex::default(),
-            wake: Notify::new(),
-        });
-        let first = {
+        let (sub, first) = {
             let mut t = lock(&self.tables);
-            let sessions = t.sessions.entry(user.to_owned()).or_default();
-            sessions.insert(session_id, Arc::clone(&sub));
-            sessions.len() == 1
+            // One copy of the name for the user's sessions here.
+            let name = match t.sessions.get_key_value(user) {
+                Some((name, _)) => Arc::clone(name),
+                None => Arc::from(user),
+            };
+            let sub = Arc::new(Sub {
+                user: Arc::clone(&name),
+                queue: Mutex::default(),
+                wake: Notify::new(),
+            });
+            let sessions = t.sessions.entry(name).or_default();
+            sessions.reserve_exact(1);
+            sessions.push((session_id, Arc::clone(&sub)));
+            (sub, sessions.len() == 1)
         };
         let registration = Registration {
             registry: Arc::clone(self),
             session_id,
-            user: user.to_owned(),
+            user: Arc::clone(&sub.user),
             ended: false,
         };
-        let task = write_pushes(Arc::clone(self), user.to_owned(), writer, sub);
+        let task = write_pushes(Arc::clone(self), writer, sub);
         (registration, first, task)
     }
 
@@ -241,20 +284,31 @@ impl Registry {
         let mut t = lock(&self.tables);
         let mut last = false;
         if let Some(sessions) = t.sessions.get_mut(user) {
-            sessions.remove(&session_id);
+            sessions.retain(|(id, _)| *id != session_id);
             if sessions.is_empty() {
                 t.sessions.remove(user);
                 last = true;
             }
         }
-        t.groups.retain(|_, subs| {
-            subs.remove(&session_id);
-            !subs.is_empty()
-        });
-        t.watchers.retain(|_, subs| {
-            subs.remove(&session_id);
-            !subs.is_empty()
-        });
+        let Some(entered) = t.entered.remove(&session_id) else {
+            return last;
+        };
+        for group in &entered.groups {
+            if let Some(subs) = t.groups.get_mut(group) {
+                subs.remove(&session_id);
+                if subs.is_empty() {
+                    t.groups.remove(group);
+                }
+            }
+        }
+        for user in &entered.watched {
+            if let Some(subs) = t.watchers.get_mut(user) {
+                subs.remove(&session_id);
+                if subs.is_empty() {
+                    t.watchers.remove(user);
+                }
+            }
+        }
         last
     }
 
@@ -274,7 +328,7 @@ impl Registry {
         let subs: Vec<Following> = match lock(&self.tables).groups.get(group) {
             Some(subs) => subs
                 .values()
-                .filter(|(sub, _)| !hidden.contains(&sub.user))
+                .filter(|(sub, _)| !hidden.iter().any(|h| **h == *sub.user))
                 .cloned()
                 .collect(),
             None => return,
@@ -310,8 +364,8 @@ impl Registry {
             let t = lock(&self.tables);
             users
                 .iter()
-                .filter_map(|u| t.sessions.get(u))
-                .flat_map(|s| s.values().cloned())
+                .filter_map(|u| t.sessions.get(u.as_str()))
+                .flat_map(|s| s.iter().map(|(_, sub)| Arc::clone(sub)))
                 .collect()
         };
         for sub in subs {
@@ -325,7 +379,7 @@ impl Registry {
         let mut t = lock(&self.tables);
         for (watched, viewer) in [(a, b), (b, a)] {
             if let Some(w) = t.watchers.get_mut(watched) {
-                w.retain(|_, sub| sub.user != viewer);
+                w.retain(|_, sub| *sub.user != *viewer);
                 if w.is_empty() {
                     t.watchers.remove(watched);
                 }
@@ -340,18 +394,26 @@ impl Registry {
         let sub = t
             .sessions
             .get(viewer)
-            .and_then(|s| s.get(&session_id))
-            .cloned();
+            .and_then(|s| s.iter().find(|(id, _)| *id == session_id))
+            .map(|(_, sub)| Arc::clone(sub));
         for user in users {
             if !watch {
                 if let Some(w) = t.watchers.get_mut(user) {
                     w.remove(&session_id);
+                    if w.is_empty() {
+                        t.watchers.remove(user);
+                    }
                 }
             } else if let Some(sub) = &sub {
                 t.watchers
                     .entry(user.clone())
                     .or_default()
                     .insert(session_id, Arc::clone(sub));
+                t.entered
+                    .entry(session_id)
+                    .or_default()
+                    .watched
+                    .insert(user.clone());
             }
         }
     }
@@ -393,21 +455,7 @@ impl Registry {
             _ => return,
         };
         let key: Arc<str> = Arc::from(group);
-        let subs: Vec<Arc<Sub>> = {
-            let mut t = lock(&self.tables);
-            let Some(sessions) = t.sessions.get(user) else {
-                return;
-            };
-            let sessions: Vec<(u64, Arc<Sub>)> = sessions
-                .iter()
-                .map(|(id, s)| (*id, Arc::clone(s)))
-                .collect();
-            let entry = t.groups.entry(Arc::clone(&key)).or_default();
-            for (id, sub) in &sessions {
-                entry.insert(*id, (Arc::clone(sub), member.joined_seq));
-            }
-            sessions.into_iter().map(|(_, s)| s).collect()
-        };
+        let subs = lock(&self.tables).enter_group(&key, user, member.joined_seq);
         for sub in subs {
             sub.offer(Item::Nudge {
                 group: Arc::clone(&key),
@@ -420,7 +468,7 @@ impl Registry {
     fn unfollow(&self, group: &str, user: &str) {
         let mut t = lock(&self.tables);
         if let Some(subs) = t.groups.get_mut(group) {
-            subs.retain(|_, (sub, _)| sub.user != user);
+            subs.retain(|_, (sub, _)| *sub.user != *user);
             if subs.is_empty() {
                 t.groups.remove(group);
             }
@@ -478,13 +526,12 @@ impl Registry {
 )]
 fn write_pushes(
     registry: Arc<Registry>,
-    user: String,
     writer: Writer,
     sub: Arc<Sub>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // Boxed: a one-off at the start, larger than the writer.
-        Box::pin(registry.follow_groups_of(&writer, &user)).await;
+        Box::pin(registry.follow_groups_of(&writer, &sub.user)).await;
         let mut stream: Option<FramedSend> = None;
         loop {
             // Boxed: the writing future is a kilobyte, and the writer waits for
@@ -611,5 +658,58 @@ mod tests {
             matches!(sub.take(), Next::Wait),
             "a closed queue takes nothing"
         );
+    }
+
+    /// A registry with `sessions` (user, session id) in it, as `attach`
+    /// enters them (without their writers).
+    fn registry_of(sessions: &[(&str, u64)]) -> Registry {
+        let registry = Registry::default();
+        {
+            let mut t = lock(&registry.tables);
+            for (user, id) in sessions {
+                let sub = Arc::new(Sub {
+                    user: Arc::from(*user),
+                    queue: Mutex::default(),
+                    wake: Notify::new(),
+                });
+                t.sessions
+                    .entry(Arc::clone(&sub.user))
+                    .or_default()
+                    .push((*id, sub));
+            }
+        }
+        registry
+    }
+
+    #[test]
+    fn a_session_that_ends_leaves_no_follow_or_watch_behind_and_takes_no_one_elses() {
+        let registry = registry_of(&[("alice", 1), ("alice", 2), ("bob", 3)]);
+        let users = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        registry.watch("alice", 1, &users(&["carol", "dave"]), true);
+        registry.watch("bob", 3, &users(&["carol"]), true);
+        let (g1, g2): (Arc<str>, Arc<str>) = (Arc::from("g1"), Arc::from("g2"));
+        {
+            let mut t = lock(&registry.tables);
+            assert_eq!(t.enter_group(&g1, "alice", 5).len(), 2);
+            assert_eq!(t.enter_group(&g2, "bob", 1).len(), 1);
+        }
+        // Alice's first session ends: her second goes on following g1.
+        assert!(!registry.remove("alice", 1), "alice is still online");
+        {
+            let t = lock(&registry.tables);
+            let followers: Vec<u64> = t.groups["g1"].keys().copied().collect();
+            assert_eq!(followers, vec![2]);
+            let carol: Vec<u64> = t.watchers["carol"].keys().copied().collect();
+            assert_eq!(carol, vec![3]);
+            assert!(!t.watchers.contains_key("dave"), "dave had one watcher");
+            assert!(!t.entered.contains_key(&1));
+        }
+        // A group dissolved meanwhile is passed over.
+        lock(&registry.tables).groups.remove("g1");
+        assert!(registry.remove("alice", 2), "her last session here");
+        assert!(registry.remove("bob", 3));
+        let t = lock(&registry.tables);
+        assert!(t.groups.is_empty() && t.watchers.is_empty() && t.entered.is_empty());
+        assert!(t.sessions.is_empty());
     }
 }

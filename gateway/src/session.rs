@@ -38,6 +38,7 @@ use crate::mutex::lock;
 use crate::path::PathWatch;
 use crate::presence;
 use crate::push;
+use crate::queue::{self, Holds, Queue};
 use crate::rpc::{Caller, dispatch};
 use step::{Credentials, Step, after_select};
 
@@ -60,6 +61,23 @@ pub(crate) struct Session {
     requests: Mutex<Bucket>,
     /// Whether `Send.first_attempt` is believed (until it proves false).
     first_attempts: AtomicBool,
+    /// The client's delivery acks, to the session's delivery. Items are
+    /// boxed so that a queue's room, once grown, is a pointer per slot.
+    delivery_acks: Queue<Box<v1::DeliveryAck>>,
+    /// Send acks from every chat stream, to the session's ack writer.
+    server_acks: Queue<Box<v1::ServerAck>>,
+}
+
+impl Holds<Box<v1::DeliveryAck>> for Session {
+    fn queue(&self) -> &Queue<Box<v1::DeliveryAck>> {
+        &self.delivery_acks
+    }
+}
+
+impl Holds<Box<v1::ServerAck>> for Session {
+    fn queue(&self) -> &Queue<Box<v1::ServerAck>> {
+        &self.server_acks
+    }
 }
 
 impl Session {
@@ -296,6 +314,8 @@ fn run<'a>(
             beat_interval_ms: AtomicU64::new(u64::from(ctx.config.heartbeat.interval_ms)),
             started: Instant::now(),
             first_attempts: AtomicBool::new(true),
+            delivery_acks: Queue::new(64),
+            server_acks: Queue::new(1024),
             sends: Mutex::new(Bucket::new(
                 ctx.config.limits.sends_per_second,
                 ctx.config.limits.sends_burst,
@@ -333,7 +353,7 @@ fn run<'a>(
             // its steps are one-offs, and their states would otherwise
             // stay in the session's future (and shape its layout) for its
             // whole life.
-            let (acks_tx, server_acks_tx) = Box::pin(async {
+            Box::pin(async {
                 let registered = &mut registered;
                 // After the route is written: a revocation either found the route
                 // or wrote its mark before this read (see `credential`).
@@ -411,19 +431,17 @@ fn run<'a>(
                 let ack_stream = Box::pin(open(StreamKind::Ack)).await?;
                 let delivery_stream = Box::pin(open(StreamKind::Delivery)).await?;
 
-                // Queues that allocate at their first item (most sessions are
-                // idle); items are boxed so that a queue's room, once grown, is a
-                // pointer per slot.
-                let (acks_tx, acks_rx) = flume::bounded(64);
-                let (server_acks_tx, server_acks_rx) = flume::bounded(1024);
-                acks_writer.set(contained(crate::chat::write_server_acks(ack_stream, server_acks_rx)).fuse());
+                // The session's queues (in the session: nothing allocated
+                // until an item comes).
+                let server_acks = queue::Receiver::new(Arc::clone(&session) as Arc<dyn Holds<Box<v1::ServerAck>>>);
+                acks_writer.set(contained(crate::chat::write_server_acks(ack_stream, server_acks)).fuse());
                 let delivery = Delivery {
                     ctx: Arc::clone(ctx),
                     feed: Arc::clone(&feed),
                     user: user.clone(),
                     device: device.clone(),
                     stream: delivery_stream,
-                    acks: acks_rx,
+                    acks: queue::Receiver::new(Arc::clone(&session) as Arc<dyn Holds<Box<v1::DeliveryAck>>>),
                     next: resume_from + 1,
                     receipts_tail: None,
                 };
@@ -475,7 +493,7 @@ fn run<'a>(
                     }
                     ended_stream(early?)?;
                 }
-                Ok::<_, Fault>((acks_tx, server_acks_tx))
+                Ok::<_, Fault>(())
             })
             .await?;
             if let Some(reason) = conn.close_reason() {
@@ -485,8 +503,6 @@ fn run<'a>(
                 conn: conn.clone(),
                 ctx: Arc::clone(ctx),
                 session: Arc::clone(&session),
-                delivery_acks: acks_tx,
-                server_acks: server_acks_tx,
                 media_streams: crate::media::session_streams(ctx),
             };
             let mut draining = ctx.draining.subscribe();
@@ -652,8 +668,6 @@ struct Streams {
     conn: Connection,
     ctx: Arc<Ctx>,
     session: Arc<Session>,
-    delivery_acks: flume::Sender<Box<v1::DeliveryAck>>,
-    server_acks: flume::Sender<Box<v1::ServerAck>>,
     /// Upload and download streams the session may still open.
     media_streams: Arc<tokio::sync::Semaphore>,
 }
@@ -709,7 +723,7 @@ impl Streams {
                     device: &self.session.device,
                     sends: &self.session.sends,
                     first_attempts: &self.session.first_attempts,
-                    acks: &self.server_acks,
+                    acks: &self.session.server_acks,
                     path: &self.session.path,
                     conn: &self.conn,
                 };
@@ -757,7 +771,13 @@ impl Streams {
             match recv.next::<v1::DeliveryAck>().await {
                 Ok(Some(ack)) => {
                     self.note_address();
-                    if self.delivery_acks.send_async(Box::new(ack)).await.is_err() {
+                    if self
+                        .session
+                        .delivery_acks
+                        .send(Box::new(ack))
+                        .await
+                        .is_err()
+                    {
                         return StreamEnd::Done;
                     }
                 }

@@ -123,13 +123,29 @@ impl RunningGateway {
     /// Starts `qim-gateway` on random ports with sends unthrottled (a load
     /// generator sends far above one person's rate) and waits for READY.
     pub(crate) fn start(binary: &Path, data_dir: &Path, set: &[String]) -> Result<Self> {
-        Self::start_with(binary, data_dir, &[], set)
+        Self::start_with(Command::new(binary), data_dir, &[], set)
+    }
+
+    /// [`Self::start`] under `wrapper` (a program and its arguments that
+    /// runs the gateway, e.g. a heap profiler); the gateway's process id
+    /// is then not the child's.
+    pub(crate) fn start_under(
+        wrapper: &[&str],
+        binary: &Path,
+        data_dir: &Path,
+        set: &[String],
+    ) -> Result<Self> {
+        let (program, args) = wrapper.split_first().context("an empty wrapper")?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).arg(binary);
+        Self::start_with(cmd, data_dir, &[], set)
     }
 
     /// [`Self::start`] with extra command-line arguments (`extra`, e.g. the
-    /// cluster backends) ahead of the settings.
+    /// cluster backends) ahead of the settings, to `cmd` (the gateway or
+    /// its wrapper).
     fn start_with(
-        binary: &Path,
+        mut cmd: Command,
         data_dir: &Path,
         extra: &[String],
         set: &[String],
@@ -138,7 +154,6 @@ impl RunningGateway {
             std::fs::remove_dir_all(data_dir)?;
         }
         std::fs::create_dir_all(data_dir)?;
-        let mut cmd = Command::new(binary);
         cmd.args(extra)
             .arg("--data-dir")
             .arg(data_dir)
@@ -159,7 +174,7 @@ impl RunningGateway {
         }
         cmd.stdout(Stdio::piped())
             .stderr(std::fs::File::create(data_dir.join("gateway.log"))?);
-        let mut child = cmd.spawn().with_context(|| format!("{binary:?}"))?;
+        let mut child = cmd.spawn().with_context(|| format!("{cmd:?}"))?;
         let stdout = child.stdout.take().context("gateway stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let (addr, api, tcp) = loop {
@@ -199,6 +214,11 @@ impl RunningGateway {
     /// The process id (for memory and CPU readings).
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process (the gateway, or its wrapper) has exited.
+    pub(crate) fn try_wait(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
     }
 
     /// Arguments that point `qim-loadgen` at this gateway.
@@ -289,7 +309,7 @@ impl RunningCluster {
             let mut extra = common.clone();
             extra.extend(["--set".into(), format!("cluster.node_id=\"{run}-{i}\"")]);
             nodes.push(RunningGateway::start_with(
-                binary,
+                Command::new(binary),
                 &dir.join(format!("node-{i}")),
                 &extra,
                 set,

@@ -45,6 +45,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod heap;
 mod s3server;
 mod services;
 mod soak;
@@ -132,6 +133,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// The TCP stream multiplexers side by side: latency, throughput, memory.
     BenchMux(muxbench::MuxBenchArgs),
+    /// An idle connection's heap in the gateway, by owner (heaptrack).
+    Heap(heap::HeapArgs),
 }
 
 const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "envelope_decode", "preamble"];
@@ -211,6 +214,7 @@ fn main() -> Result<()> {
         Task::Loadtest(args) => loadtest::loadtest(&root, args),
         Task::Bench(args) => bench::bench(&root, args),
         Task::BenchMux(args) => muxbench::bench_mux(args),
+        Task::Heap(args) => heap::heap(&root, args),
     }
 }
 
