@@ -253,6 +253,10 @@ const CONTAINERS: [&str; 14] = [
     "tinyvec",
 ];
 
+/// The owner of allocations made in a dependency whose frames do not
+/// name it.
+const UNNAMED: &str = "dependencies (quinn, rustls, ...)";
+
 /// Modules of tokio and of the container crates, as their relative paths
 /// start (`src/runtime/...`, hashbrown's `src/raw/...`).
 const RELATIVE_PASSED: [&str; 16] = [
@@ -281,7 +285,9 @@ fn attribute_text(text: &str) -> Report {
     let mut report = Report::default();
     for (size, frames) in parse(text) {
         report.total += size;
-        let mut owner = "dependency (no crate named)".to_owned();
+        // Frames of dependencies built in release carry paths relative
+        // to their crate, with no crate name: quinn's and rustls's most.
+        let mut owner = UNNAMED.to_owned();
         for (function, file, number) in &frames {
             if file.starts_with("/rustc/") {
                 continue;
@@ -300,7 +306,7 @@ fn attribute_text(text: &str) -> Report {
                 if RELATIVE_PASSED.iter().any(|m| rest.starts_with(m)) {
                     continue;
                 }
-                owner = "dependency (quinn, rustls, ...)".to_owned();
+                owner = UNNAMED.to_owned();
                 break;
             }
             if let Some(path) = qim_path(file) {
@@ -355,7 +361,7 @@ PEAK MEMORY CONSUMERS
         let report = attribute_text(SAMPLE);
         assert_eq!(report.total, 3.5e6);
         assert_eq!(report.by_owner["qim"], 2e6);
-        assert_eq!(report.by_owner["dependency (quinn, rustls, ...)"], 1e6);
+        assert_eq!(report.by_owner[UNNAMED], 1e6);
         assert_eq!(report.by_owner["rustls"], 0.5e6);
         let frames: Vec<_> = report.qim_frames.keys().collect();
         assert_eq!(frames, vec!["gateway/src/push.rs:225 attach"]);
