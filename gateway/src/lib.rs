@@ -109,9 +109,10 @@
 //! - `mutex`, `deadline`, `udp`: a poison-tolerant lock, an optional
 //!   deadline, the endpoint's receive thread; `path`: the client's address
 //!   per session (migrations and failed path validations, counted when
-//!   seen).
+//!   seen); `queue`: the bounded queues from a session's stream tasks to
+//!   its ack writer and its delivery, kept in the session's allocation.
 //!
-//! //! # Invariants
+//! # Invariants
 //! - A `SendAck` is written only after the store's `append` returned, i.e.
 //!   after the message is durable; a store error becomes a retryable
 //!   `SendNack`.

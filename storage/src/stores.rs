@@ -105,16 +105,23 @@ impl Stores {
     /// [`EmbeddedStore::set_history_retention_ms`]).
     pub fn open_embedded(dir: &Path, history_retention_ms: u64) -> Result<Self, StoreError> {
         let engine = crate::embedded::Engine::found_in(dir).unwrap_or_default();
-        Self::open_embedded_on(dir, engine, history_retention_ms)
+        Self::open_embedded_on(
+            dir,
+            engine,
+            crate::embedded::DEFAULT_CACHE_BYTES,
+            history_retention_ms,
+        )
     }
 
-    /// [`Stores::open_embedded`] on `engine` ([`EmbeddedStore::open_with`]).
+    /// [`Stores::open_embedded`] on `engine` with a block cache of
+    /// `cache_bytes` ([`EmbeddedStore::open_with_cache`]).
     pub fn open_embedded_on(
         dir: &Path,
         engine: crate::embedded::Engine,
+        cache_bytes: u64,
         history_retention_ms: u64,
     ) -> Result<Self, StoreError> {
-        let store = Arc::new(EmbeddedStore::open_with(dir, engine)?);
+        let store = Arc::new(EmbeddedStore::open_with_cache(dir, engine, cache_bytes)?);
         store.set_history_retention_ms(history_retention_ms);
         let disk = store.disk();
         let blobs = Arc::new(FileBlobs::open(&dir.join("media"))?);

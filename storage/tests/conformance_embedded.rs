@@ -34,7 +34,13 @@ impl Backend for Embedded {
 #[async_trait]
 impl qim_storage::conformance_im::ImBackend for Embedded {
     async fn open_im(&self) -> qim_storage::Stores {
-        qim_storage::Stores::open_embedded_on(self.dir.path(), self.engine, 0).expect("open store")
+        qim_storage::Stores::open_embedded_on(
+            self.dir.path(),
+            self.engine,
+            qim_storage::embedded::DEFAULT_CACHE_BYTES,
+            0,
+        )
+        .expect("open store")
     }
 }
 

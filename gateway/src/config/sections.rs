@@ -296,6 +296,9 @@ section! {
         /// before they are acked. A store directory keeps the engine that wrote it: opening it
         /// with another is refused. BENCHMARKS "Embedded store engines" compares them.
         engine: String = "fjall".to_owned(),
+        /// Embedded store, fjall engine: the block cache in MiB (data blocks read back; every
+        /// table's filter and index blocks are held in memory besides, about 4% of the data).
+        cache_mb: u64 = 256,
         /// Milliseconds after which a seq handed out but never stored (a failed write) or expired
         /// counts as gone for good: sync then tells a client to skip it at once instead of waiting
         /// its gap_skip_after (clients ask again every second while they wait). At least the

@@ -118,6 +118,10 @@ mod tables;
 mod writer;
 
 pub use kv::Engine;
+
+/// The block cache of the fjall engine unless told otherwise
+/// (`store.cache_mb`): 256 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 pub use space::DiskSpace;
 pub use sweeper::sweep_interval;
 pub use writer::MAX_BATCH;
@@ -163,8 +167,18 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir` on `engine`. Fails if another
     /// process has it open, or another engine wrote it.
     pub fn open_with(dir: &Path, engine: Engine) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, engine, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedStore::open_with`] with a block cache of `cache_bytes`
+    /// (fjall only).
+    pub fn open_with_cache(
+        dir: &Path,
+        engine: Engine,
+        cache_bytes: u64,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
-        let db = kv::Db::open(dir, engine).map_err(unavailable)?;
+        let db = kv::Db::open(dir, engine, cache_bytes).map_err(unavailable)?;
         let tables = Tables::open(db)?;
         let disk = std::sync::Arc::new(DiskSpace::new(dir.to_path_buf()));
         contacts::build_indexes(&tables)?;
@@ -222,7 +236,8 @@ pub fn table_rows(dir: &Path) -> Result<Vec<(&'static str, u64, u64)>, StoreErro
             dir.display()
         )));
     };
-    let tables = Tables::open(kv::Db::open(dir, engine).map_err(unavailable)?)?;
+    let tables =
+        Tables::open(kv::Db::open(dir, engine, DEFAULT_CACHE_BYTES).map_err(unavailable)?)?;
     let mut out = Vec::new();
     for (name, table) in tables.each() {
         let (mut rows, mut bytes) = (0u64, 0u64);

@@ -367,7 +367,8 @@ mod tests {
     fn each_lists_every_table() {
         for engine in Engine::ALL {
             let dir = tempfile::tempdir().expect("tempdir");
-            let db = Db::open(dir.path(), engine).expect("open");
+            let db =
+                Db::open(dir.path(), engine, crate::embedded::DEFAULT_CACHE_BYTES).expect("open");
             let tables = Tables::open(db.clone()).expect("tables");
             let mut listed: Vec<String> =
                 tables.each().iter().map(|(n, _)| n.to_string()).collect();

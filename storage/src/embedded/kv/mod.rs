@@ -117,7 +117,9 @@ pub(crate) enum Db {
 impl Db {
     /// Opens (or creates) the database in `dir` with `engine`; refuses a
     /// directory another engine wrote.
-    pub(crate) fn open(dir: &Path, engine: Engine) -> Result<Db, KvError> {
+    /// `cache_bytes` is fjall's block cache (the B-tree engines keep their
+    /// own page caches).
+    pub(crate) fn open(dir: &Path, engine: Engine, cache_bytes: u64) -> Result<Db, KvError> {
         if let Some(found) = Engine::found_in(dir).filter(|found| *found != engine) {
             return Err(KvError::OtherEngine {
                 dir: dir.display().to_string(),
@@ -130,6 +132,7 @@ impl Db {
                 fjall::Database::builder(dir)
                     // Syncs are explicit: once per group commit.
                     .manual_journal_persist(true)
+                    .cache_size(cache_bytes)
                     .open()?,
             )),
             Engine::Redb => Ok(Db::Redb(redb_engine::Redb::open(dir)?)),
@@ -141,7 +144,20 @@ impl Db {
     pub(crate) fn table(&self, name: &'static str) -> Result<Table, KvError> {
         Ok(match self {
             Db::Fjall(db) => {
-                Table::Fjall(db.keyspace(name, fjall::KeyspaceCreateOptions::default)?)
+                // Every level's filter and index blocks stay in memory
+                // (fjall pins the first levels' only): a send's point reads
+                // (is this send new? its conversation's record) otherwise
+                // load and checksum them from disk once the data outgrows
+                // the block cache, on the writer thread, and its share of
+                // the writer grew over a ten-minute soak (BENCHMARKS,
+                // "Filters and indexes in memory"). They cost about 4% of
+                // the data held.
+                Table::Fjall(db.keyspace(name, || {
+                    let all = fjall::config::PinningPolicy::all(true);
+                    fjall::KeyspaceCreateOptions::default()
+                        .filter_block_pinning_policy(all.clone())
+                        .index_block_pinning_policy(all)
+                })?)
             }
             Db::Redb(db) => Table::Redb(db.table(name)?),
             Db::Sqlite(db) => Table::Sqlite(db.table(name)?),

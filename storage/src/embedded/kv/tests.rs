@@ -31,7 +31,7 @@ fn filled(db: &Db, rows: u32) -> Table {
 fn point_reads_and_writes() {
     for engine in Engine::ALL {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(dir.path(), engine).expect("open");
+        let db = Db::open(dir.path(), engine, crate::embedded::DEFAULT_CACHE_BYTES).expect("open");
         let t = db.table("t").expect("table");
         assert!(t.is_empty().expect("empty"), "{engine}");
         t.insert(b"a".to_vec(), b"1".to_vec()).expect("insert");
@@ -59,7 +59,7 @@ fn scans_return_each_row_once_in_order_from_either_end() {
     let all: Vec<Vec<u8>> = (0..n).map(key).collect();
     for engine in Engine::ALL {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(dir.path(), engine).expect("open");
+        let db = Db::open(dir.path(), engine, crate::embedded::DEFAULT_CACHE_BYTES).expect("open");
         let t = filled(&db, n);
         assert_eq!(keys(t.prefix(b"p/")), all, "{engine} forward");
         let mut reversed = all.clone();
@@ -119,7 +119,8 @@ fn batches_and_syncs_survive_reopening() {
     for engine in Engine::ALL {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let db = Db::open(dir.path(), engine).expect("open");
+            let db =
+                Db::open(dir.path(), engine, crate::embedded::DEFAULT_CACHE_BYTES).expect("open");
             let t = filled(&db, 10);
             let mut batch = db.batch();
             batch.remove(&t, key(0));
@@ -128,7 +129,8 @@ fn batches_and_syncs_survive_reopening() {
             t.insert(b"single".to_vec(), b"y".to_vec()).expect("insert");
             db.sync().expect("sync");
         }
-        let db = Db::open(dir.path(), engine).expect("reopen");
+        let db =
+            Db::open(dir.path(), engine, crate::embedded::DEFAULT_CACHE_BYTES).expect("reopen");
         let t = db.table("t").expect("table");
         assert_eq!(t.get(key(0)).expect("get"), None, "{engine}");
         assert_eq!(
@@ -152,7 +154,8 @@ fn another_engines_directory_is_refused() {
     for written in Engine::ALL {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let db = Db::open(dir.path(), written).expect("open");
+            let db =
+                Db::open(dir.path(), written, crate::embedded::DEFAULT_CACHE_BYTES).expect("open");
             db.table("t")
                 .expect("table")
                 .insert(b"a".to_vec(), b"1".to_vec())
@@ -161,7 +164,7 @@ fn another_engines_directory_is_refused() {
         }
         assert_eq!(Engine::found_in(dir.path()), Some(written));
         for asked in Engine::ALL.into_iter().filter(|e| *e != written) {
-            match Db::open(dir.path(), asked) {
+            match Db::open(dir.path(), asked, crate::embedded::DEFAULT_CACHE_BYTES) {
                 Err(KvError::OtherEngine { found, .. }) => assert_eq!(found, written),
                 Err(e) => panic!("{asked} on {written}'s directory: {e}"),
                 Ok(_) => panic!("{asked} opened {written}'s directory"),
@@ -178,8 +181,14 @@ fn a_batch_refuses_another_engines_table() {
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     );
-    let fjall = Db::open(a.path(), Engine::Fjall).expect("open");
-    let redb = Db::open(b.path(), Engine::Redb).expect("open");
+    let fjall = Db::open(
+        a.path(),
+        Engine::Fjall,
+        crate::embedded::DEFAULT_CACHE_BYTES,
+    )
+    .expect("open");
+    let redb =
+        Db::open(b.path(), Engine::Redb, crate::embedded::DEFAULT_CACHE_BYTES).expect("open");
     let (ft, rt) = (fjall.table("t").expect("t"), redb.table("t").expect("t"));
     let mut batch = fjall.batch();
     batch.insert(&ft, b"a".to_vec(), b"1".to_vec());
