@@ -180,19 +180,13 @@ impl Tables {
         let Some(sessions) = self.sessions.get(user) else {
             return Vec::new();
         };
-        let sessions = sessions.clone();
-        let entry = self.groups.entry(Arc::clone(group)).or_default();
-        for (id, sub) in &sessions {
-            entry.insert(*id, (Arc::clone(sub), from));
+        let following = self.groups.entry(Arc::clone(group)).or_default();
+        for (id, sub) in sessions {
+            following.insert(*id, (Arc::clone(sub), from));
+            let entered = self.entered.entry(*id).or_default();
+            entered.groups.insert(Arc::clone(group));
         }
-        for (id, _) in &sessions {
-            self.entered
-                .entry(*id)
-                .or_default()
-                .groups
-                .insert(Arc::clone(group));
-        }
-        sessions.into_iter().map(|(_, s)| s).collect()
+        sessions.iter().map(|(_, sub)| Arc::clone(sub)).collect()
     }
 }
 
@@ -403,6 +397,9 @@ impl Registry {
                     if w.is_empty() {
                         t.watchers.remove(user);
                     }
+                }
+                if let Some(entered) = t.entered.get_mut(&session_id) {
+                    entered.watched.remove(user);
                 }
             } else if let Some(sub) = &sub {
                 t.watchers
@@ -687,6 +684,16 @@ mod tests {
         let users = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         registry.watch("alice", 1, &users(&["carol", "dave"]), true);
         registry.watch("bob", 3, &users(&["carol"]), true);
+        registry.watch("alice", 1, &users(&["erin"]), true);
+        registry.watch("alice", 1, &users(&["erin"]), false);
+        {
+            let t = lock(&registry.tables);
+            assert!(!t.watchers.contains_key("erin"));
+            assert!(
+                !t.entered[&1].watched.contains("erin"),
+                "an unwatch is forgotten"
+            );
+        }
         let (g1, g2): (Arc<str>, Arc<str>) = (Arc::from("g1"), Arc::from("g2"));
         {
             let mut t = lock(&registry.tables);

@@ -127,10 +127,7 @@ fn record(root: &Path, a: &HeapArgs) -> Result<PathBuf> {
 /// The release gateway with the system allocator, built in a target
 /// directory of its own (`<target>/heap`).
 fn system_allocator_gateway(root: &Path) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("heap");
+    let target = crate::bindings::target_dir(root).join("heap");
     crate::run(
         Command::new(crate::cargo())
             .current_dir(root)
