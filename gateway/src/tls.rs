@@ -14,6 +14,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use thiserror::Error;
 
+mod sessions;
+
 /// Why TLS could not be set up.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -165,42 +167,6 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(chain)
 }
 
-/// The server's TLS session store: rustls's in-memory cache, counting the
-/// sessions resumed from it. Stateful tickets are taken from it on use, so
-/// each ticket resumes (and carries 0-RTT data) at most once: a replay of
-/// a client's first flight cannot resume, and its early data is refused.
-#[derive(Debug)]
-struct CountingSessionCache {
-    cache: Arc<rustls::server::ServerSessionMemoryCache>,
-    resumed: prometheus_client::metrics::counter::Counter,
-}
-
-impl rustls::server::StoresServerSessions for CountingSessionCache {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.cache.put(key, value)
-    }
-
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let found = self.cache.get(key);
-        if found.is_some() {
-            self.resumed.inc();
-        }
-        found
-    }
-
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let found = self.cache.take(key);
-        if found.is_some() {
-            self.resumed.inc();
-        }
-        found
-    }
-
-    fn can_cache(&self) -> bool {
-        self.cache.can_cache()
-    }
-}
-
 /// Session resumption and 0-RTT settings of the server.
 #[derive(Debug, Clone)]
 pub struct Resumption {
@@ -235,10 +201,10 @@ pub fn server_config(
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     } else {
-        config.session_storage = Arc::new(CountingSessionCache {
-            cache: rustls::server::ServerSessionMemoryCache::new(resumption.cache),
-            resumed: resumption.resumed.clone(),
-        });
+        config.session_storage = Arc::new(sessions::SessionStore::new(
+            resumption.cache,
+            resumption.resumed.clone(),
+        ));
         // One ticket per handshake, not rustls's two: a qim client keeps one
         // connection, and each ticket is single-use, so every resumed
         // handshake hands out the next. Two per handshake filled the

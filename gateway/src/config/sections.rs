@@ -185,11 +185,13 @@ section! {
         /// Require address validation (a Retry round trip) before a handshake; use on untrusted
         /// networks.
         validate_addresses: bool = false,
-        /// Send several packets of a connection in one syscall (UDP GSO). Faster for bulk sends,
-        /// but each connection keeps a transmit buffer as large as its biggest burst (up to 10
-        /// packets, ≈ 14 KiB) for its life; off keeps it at one packet (2.3 KiB less per idle
-        /// connection in BENCHMARKS.md's sixth pass).
-        segmentation_offload: bool = true,
+        /// Send several packets of a connection in one syscall (UDP GSO). Each connection then
+        /// keeps a transmit buffer as large as its biggest burst (up to 10 packets, ≈ 14 KiB) for
+        /// its life; off keeps it at one packet: 2 KiB less RSS per idle connection, with no
+        /// difference beyond the noise in chat throughput or handshakes per second (BENCHMARKS.md,
+        /// "GSO off by default"). Bulk sends (large sync pages, media downloads) then take a
+        /// syscall per packet; turn it on for nodes that mostly serve those.
+        segmentation_offload: bool = false,
         /// Probe for a path MTU above 1200 bytes (larger packets, and a larger transmit buffer per
         /// connection: 1.1 KiB more per idle connection with segmentation_offload off).
         mtu_discovery: bool = true,
