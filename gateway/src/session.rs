@@ -154,22 +154,29 @@ pub(crate) type Handshake =
 /// device in twice is idempotent, and the session tickets are single-use
 /// (see `tls`), so a replayed first flight gets its early data refused.
 pub(crate) async fn serve(ctx: &Arc<Ctx>, conn: &Connection, handshake: Handshake) {
-    let login = tokio::time::timeout(
-        Duration::from_millis(ctx.config.auth.login_timeout_ms),
-        login(ctx, conn),
-    )
-    .await
-    .unwrap_or_else(|_| Err(Fault::new(ErrorCode::LoginTimeout, "no Hello in time").into()));
-    match login {
-        Ok(login) => run(ctx, conn, login, handshake).await,
-        Err(LoginFailure { fault, control }) => {
-            if let Some(mut control) = control {
-                ctx.metrics.login_refused(fault.code);
-                refuse(&mut control, &fault).await;
+    // The login's result ends with this block: as a local of the whole
+    // function it would keep its room in the session's future for the
+    // session's life, though `run` takes what it holds.
+    let session = {
+        let login = tokio::time::timeout(
+            Duration::from_millis(ctx.config.auth.login_timeout_ms),
+            login(ctx, conn),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Fault::new(ErrorCode::LoginTimeout, "no Hello in time").into()));
+        match login {
+            Ok(login) => run(ctx, conn, login, handshake),
+            Err(LoginFailure { fault, control }) => {
+                if let Some(mut control) = control {
+                    ctx.metrics.login_refused(fault.code);
+                    refuse(&mut control, &fault).await;
+                }
+                close(ctx, conn, "", &fault);
+                return;
             }
-            close(ctx, conn, "", &fault);
         }
-    }
+    };
+    session.await;
 }
 
 struct Login {
