@@ -189,7 +189,7 @@ section! {
         /// keeps a transmit buffer as large as its biggest burst (up to 10 packets, ≈ 14 KiB) for
         /// its life; off keeps it at one packet: 2 KiB less RSS per idle connection, with no
         /// difference beyond the noise in chat throughput or handshakes per second (BENCHMARKS.md,
-        /// "GSO off by default"). Bulk sends (large sync pages, media downloads) then take a
+        /// "Idle connections beside Centrifugo"). Bulk sends (large sync pages, media downloads) then take a
         /// syscall per packet; turn it on for nodes that mostly serve those.
         segmentation_offload: bool = false,
         /// Probe for a path MTU above 1200 bytes (larger packets, and a larger transmit buffer per
