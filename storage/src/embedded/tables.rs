@@ -23,7 +23,7 @@
 //! - `quota_bytes`: `[len][user][day u32 BE]` → `u64 BE`, the bytes the
 //!   user's posts stored on that UTC day (days since the epoch).
 
-use super::kv::{Db, Table};
+use super::kv::{Db, Rows, Table};
 use prost::Message as _;
 use qim_proto::v1;
 
@@ -85,7 +85,13 @@ pub(super) struct Tables {
 impl Tables {
     /// Opens (or creates) every keyspace of `db`.
     pub(super) fn open(db: Db) -> Result<Self, StoreError> {
-        let keyspace = |name: &'static str| db.table(name);
+        let keyspace = |name: &'static str| {
+            let rows = match name {
+                "conversations" | "conv_order" | "cursors" | "quota_bytes" => Rows::Rewritten,
+                _ => Rows::Growing,
+            };
+            db.table_of(name, rows)
+        };
         let idempotency = keyspace("idempotency").map_err(unavailable)?;
         let msg_ids = keyspace("msg_ids").map_err(unavailable)?;
         let legacy = !idempotency.is_empty().map_err(unavailable)?

@@ -106,6 +106,23 @@ pub(crate) enum KvError {
     Io(#[from] std::io::Error),
 }
 
+/// How a table's rows are written, which sizes its memtable (fjall).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// Rows added with each message and kept (a message, its send row):
+    /// fjall's default memtable of 64 MiB.
+    Growing,
+    /// A few rows written again with each message (a conversation's record
+    /// and its place in the list, cursors, quota counts): a memtable keeps
+    /// every version until it is flushed, and the flush keeps the newest
+    /// only, so a small memtable holds the same rows in a fraction of the
+    /// memory (BENCHMARKS, "Rewritten rows in small memtables").
+    Rewritten,
+}
+
+/// The memtable of a [`Rows::Rewritten`] table.
+const REWRITTEN_MEMTABLE_BYTES: u64 = 4 << 20;
+
 /// An open database.
 #[derive(Clone)]
 pub(crate) enum Db {
@@ -140,8 +157,16 @@ impl Db {
         }
     }
 
-    /// The table `name`, created if missing.
+    /// The table `name`, created if missing, its rows [`Rows::Growing`].
+    #[cfg(test)]
     pub(crate) fn table(&self, name: &'static str) -> Result<Table, KvError> {
+        self.table_of(name, Rows::Growing)
+    }
+
+    /// The table `name`, created if missing, sized for how its rows are
+    /// written. The sizes are fixed when fjall creates the table: a store
+    /// created before keeps the ones it was created with.
+    pub(crate) fn table_of(&self, name: &'static str, rows: Rows) -> Result<Table, KvError> {
         Ok(match self {
             Db::Fjall(db) => {
                 // Every level's filter and index blocks stay in memory
@@ -154,9 +179,13 @@ impl Db {
                 // the data held.
                 Table::Fjall(db.keyspace(name, || {
                     let all = fjall::config::PinningPolicy::all(true);
-                    fjall::KeyspaceCreateOptions::default()
+                    let options = fjall::KeyspaceCreateOptions::default()
                         .filter_block_pinning_policy(all.clone())
-                        .index_block_pinning_policy(all)
+                        .index_block_pinning_policy(all);
+                    match rows {
+                        Rows::Growing => options,
+                        Rows::Rewritten => options.max_memtable_size(REWRITTEN_MEMTABLE_BYTES),
+                    }
                 })?)
             }
             Db::Redb(db) => Table::Redb(db.table(name)?),

@@ -197,3 +197,55 @@ fn a_batch_refuses_another_engines_table() {
     assert_eq!(ft.get(b"a").expect("get"), None);
     assert_eq!(rt.get(b"b").expect("get"), None);
 }
+
+/// A table of rewritten rows flushes its memtable after a few MiB of
+/// rewrites, and keeps only the newest value of each row; a table of
+/// growing rows holds the same writes in memory.
+#[test]
+fn rewritten_rows_are_flushed_from_a_small_memtable() {
+    use super::Rows;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(
+        dir.path(),
+        Engine::Fjall,
+        crate::embedded::DEFAULT_CACHE_BYTES,
+    )
+    .expect("open");
+    let growing = db.table_of("growing", Rows::Growing).expect("table");
+    let rewritten = db.table_of("rewritten", Rows::Rewritten).expect("table");
+    let value = vec![7u8; 1024];
+    // 8 MiB of rewrites of 16 rows into each table.
+    for round in 0u32..512 {
+        let mut batch = db.batch();
+        for row in 0u32..16 {
+            let mut v = value.clone();
+            v[..4].copy_from_slice(&round.to_be_bytes());
+            batch.insert(&growing, key(row), v.clone());
+            batch.insert(&rewritten, key(row), v);
+        }
+        batch.commit().expect("commit");
+    }
+    let (Table::Fjall(g), Table::Fjall(r)) = (&growing, &rewritten) else {
+        panic!("fjall tables");
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while r.table_count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rewritten table's memtable was not flushed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        g.table_count(),
+        0,
+        "the growing table's memtable was flushed"
+    );
+    assert_eq!(g.sealed_memtable_count(), 0);
+    for row in 0u32..16 {
+        for t in [&growing, &rewritten] {
+            let got = t.get(key(row)).expect("get").expect("row");
+            assert_eq!(got[..4], 511u32.to_be_bytes(), "row {row}");
+        }
+    }
+}
