@@ -22,6 +22,10 @@
 //!   not recalled or deleted), else 0. Unread counts are recounted from it.
 //! - `quota_bytes`: `[len][user][day u32 BE]` → `u64 BE`, the bytes the
 //!   user's posts stored on that UTC day (days since the epoch).
+//!
+//! `cursors`, `conversations`, `conv_order` and `quota_bytes` hold rows
+//! written again with each message rather than added: they get small
+//! memtables ([`Rows::Rewritten`]).
 
 use super::kv::{Db, Rows, Table};
 use prost::Message as _;
