@@ -16,6 +16,8 @@
 //!   (WebSocket, JWT-authenticated clients).
 //! - [`charts`]: PNG charts from a bench summary.
 //! - [`stats`]: `/proc` readings, histograms, timestamped bodies.
+//! - [`syncprobe`]: small synced writes timed beside large synced files,
+//!   the disk's part of the store's tail.
 //!
 //! Every scenario prints progress on stderr and one `RESULT {json}` line on
 //! stdout; the process exits non-zero when the run failed its checks
@@ -33,6 +35,7 @@ mod qim;
 mod reconnect;
 mod soak;
 mod stats;
+mod syncprobe;
 mod upload;
 
 use std::net::SocketAddr;
@@ -197,6 +200,9 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Time small writes and `fdatasync`s in a directory while another
+    /// thread writes and syncs large files (no gateway).
+    SyncProbe(syncprobe::ProbeArgs),
     /// Draw PNG charts from a bench summary (JSON array of results).
     Charts {
         /// The summary file.
@@ -335,6 +341,7 @@ async fn run(command: Command) -> Result<Option<serde_json::Value>> {
             chat::merge(&mut rows, serde_json::json!({ "ok": true }));
             rows
         }
+        Command::SyncProbe(args) => syncprobe::run(args)?,
         Command::Charts { summary, out, font } => {
             charts::draw(&summary, &out, &font)?;
             return Ok(None);
