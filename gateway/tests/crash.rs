@@ -277,12 +277,6 @@ async fn a_scheduled_message_survives_kill_9_and_arrives_on_time(backend: Backen
         .await
         .expect("connect");
     let now = qim_proto::now_ms();
-    // Overdue by the time the gateway is back: delivered at start-up.
-    let early_at = now + 200;
-    alice
-        .schedule(Peer::User(bob_id.clone()), "early".into(), early_at)
-        .await
-        .expect("schedule");
     // Still pending after the restart: delivered at its time.
     let on_time_at = now + 3_000;
     alice
@@ -305,6 +299,15 @@ async fn a_scheduled_message_survives_kill_9_and_arrives_on_time(backend: Backen
             ..
         }
     ));
+    // Overdue by the time the gateway is back: delivered at start-up.
+    // Scheduled last, right before the kill, so that the node does not
+    // come to it first (a node killed while posting an entry leaves it
+    // claimed, and the claim is taken over only after a minute).
+    let early_at = qim_proto::now_ms() + 500;
+    alice
+        .schedule(Peer::User(bob_id.clone()), "early".into(), early_at)
+        .await
+        .expect("schedule");
     alice.close().await;
     node.kill9().await;
 
