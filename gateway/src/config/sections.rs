@@ -291,7 +291,8 @@ section! {
         /// Embedded store: bytes that must stay free on the data directory's file system; below
         /// it every write (sends, rpc writes, cursors) is refused with STORE_FULL (retryable)
         /// while reads and delivery acks go on. Checked with statvfs at most every 250 ms. Keep it
-        /// above what the store writes in that time plus its memtables (64 MiB each); 0: no check.
+        /// above what the store writes in that time plus its memtables (up to 64 MiB each); 0: no
+        /// check.
         min_free_bytes: u64 = 256 << 20,
         /// Embedded store engine: "fjall" (a log-structured merge tree), "redb" (a copy-on-write
         /// B-tree) or "sqlite" (SQLite in WAL mode). Each commits sends in groups and fsyncs
