@@ -89,13 +89,8 @@ pub(super) struct Tables {
 impl Tables {
     /// Opens (or creates) every keyspace of `db`.
     pub(super) fn open(db: Db) -> Result<Self, StoreError> {
-        let keyspace = |name: &'static str| {
-            let rows = match name {
-                "conversations" | "conv_order" | "cursors" | "quota_bytes" => Rows::Rewritten,
-                _ => Rows::Growing,
-            };
-            db.table_of(name, rows)
-        };
+        let keyspace = |name: &'static str| db.table_of(name, Rows::Growing);
+        let rewritten = |name: &'static str| db.table_of(name, Rows::Rewritten);
         let idempotency = keyspace("idempotency").map_err(unavailable)?;
         let msg_ids = keyspace("msg_ids").map_err(unavailable)?;
         let legacy = !idempotency.is_empty().map_err(unavailable)?
@@ -105,9 +100,9 @@ impl Tables {
             sends: keyspace("sends").map_err(unavailable)?,
             legacy,
             idempotency,
-            cursors: keyspace("cursors").map_err(unavailable)?,
-            conversations: keyspace("conversations").map_err(unavailable)?,
-            conv_order: keyspace("conv_order").map_err(unavailable)?,
+            cursors: rewritten("cursors").map_err(unavailable)?,
+            conversations: rewritten("conversations").map_err(unavailable)?,
+            conv_order: rewritten("conv_order").map_err(unavailable)?,
             conv_msgs: keyspace("conv_msgs").map_err(unavailable)?,
             msg_ids,
             groups: keyspace("groups").map_err(unavailable)?,
@@ -127,7 +122,7 @@ impl Tables {
             group_lists: keyspace("group_lists").map_err(unavailable)?,
             invitations: keyspace("invitations").map_err(unavailable)?,
             settings: keyspace("settings").map_err(unavailable)?,
-            quota_bytes: keyspace("quota_bytes").map_err(unavailable)?,
+            quota_bytes: rewritten("quota_bytes").map_err(unavailable)?,
             revoked: keyspace("revoked").map_err(unavailable)?,
             accounts: keyspace("accounts").map_err(unavailable)?,
             push_tokens: keyspace("push_tokens").map_err(unavailable)?,

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use hdrhistogram::Histogram;
+use rand::RngCore as _;
+
+use crate::stats;
 
 /// The probe's journal file, as it is laid out before the timed writes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -93,36 +97,27 @@ pub(crate) fn run(a: ProbeArgs) -> Result<serde_json::Value> {
     };
     let _ = std::fs::remove_file(&journal_path);
     let _ = std::fs::remove_file(&table_path);
-    let mut ms = timed?;
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let i = ((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1));
-        ms.get(i).copied().unwrap_or(0.0)
-    };
+    let (h, over_20_ms) = timed?;
+    let latency = stats::latency_json(&h);
+    eprintln!(
+        "sync-probe: journal {:?}, tables {:?}: {} syncs, p50 {} p99 {} p99.9 {} max {} ms, {over_20_ms} over 20 ms",
+        a.journal,
+        a.tables,
+        latency["count"],
+        latency["p50_ms"],
+        latency["p99_ms"],
+        latency["p999_ms"],
+        latency["max_ms"],
+    );
     let result = serde_json::json!({
         "scenario": "sync-probe",
         "journal": format!("{:?}", a.journal).to_lowercase(),
         "tables": format!("{:?}", a.tables).to_lowercase(),
-        "syncs": ms.len(),
         "tables_written": tables_written,
-        "p50_ms": at(0.5),
-        "p99_ms": at(0.99),
-        "p999_ms": at(0.999),
-        "max_ms": ms.last().copied().unwrap_or(0.0),
-        "over_20_ms": ms.iter().filter(|m| **m > 20.0).count(),
-        "ok": !ms.is_empty(),
+        "over_20_ms": over_20_ms,
+        "ok": !h.is_empty(),
+        "latency": latency,
     });
-    eprintln!(
-        "sync-probe: journal {:?}, tables {:?}: {} syncs, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms, {} over 20 ms",
-        a.journal,
-        a.tables,
-        ms.len(),
-        at(0.5),
-        at(0.99),
-        at(0.999),
-        ms.last().copied().unwrap_or(0.0),
-        result["over_20_ms"]
-    );
     Ok(result)
 }
 
@@ -150,8 +145,9 @@ fn prepare_journal(path: &Path, mode: Journal) -> Result<File> {
 }
 
 /// Writes `record_bytes` and `fdatasync`s, every `interval_us`, for
-/// `seconds`; the time of each write and sync in milliseconds.
-fn time_syncs(journal: &File, a: &ProbeArgs) -> Result<Vec<f64>> {
+/// `seconds`: the time of each write and sync, and how many took over
+/// 20 ms.
+fn time_syncs(journal: &File, a: &ProbeArgs) -> Result<(Histogram<u64>, u64)> {
     let record = vec![0x5au8; a.record_bytes.max(1)];
     let wrap = match a.journal {
         Journal::Appended => u64::MAX,
@@ -159,19 +155,24 @@ fn time_syncs(journal: &File, a: &ProbeArgs) -> Result<Vec<f64>> {
     };
     let end = Instant::now() + Duration::from_secs_f64(a.seconds);
     let mut offset = 0u64;
-    let mut ms = Vec::new();
+    let mut h = stats::histogram();
+    let mut over_20_ms = 0;
     while Instant::now() < end {
-        let started = Instant::now();
+        let started = stats::now_ns();
         journal.write_all_at(&record, offset)?;
         journal.sync_data()?;
-        ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let ended = stats::now_ns();
+        stats::record_between(&mut h, started, ended);
+        if ended.saturating_sub(started) > 20_000_000 {
+            over_20_ms += 1;
+        }
         offset += record.len() as u64;
         if offset + record.len() as u64 > wrap {
             offset = 0;
         }
         std::thread::sleep(Duration::from_micros(a.interval_us));
     }
-    Ok(ms)
+    Ok((h, over_20_ms))
 }
 
 /// Writes a file of `mib` MiB as `mode` says, removes it, rests a second,
@@ -179,13 +180,7 @@ fn time_syncs(journal: &File, a: &ProbeArgs) -> Result<Vec<f64>> {
 fn write_tables(path: &Path, mode: Tables, mib: usize, stop: &AtomicBool) -> Result<u64> {
     // Bytes that do not compress, in case the disk does.
     let mut chunk = vec![0u8; MIB];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for b in chunk.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    rand::rng().fill_bytes(&mut chunk);
     let mut written = 0;
     // At least one file, however short the probe.
     loop {
@@ -228,12 +223,19 @@ mod tests {
             table_mib: 1,
         };
         let result = run(args).expect("probe");
-        assert!(result["syncs"].as_u64().is_some_and(|n| n > 0), "{result}");
+        assert!(
+            result["latency"]["count"].as_u64().is_some_and(|n| n > 0),
+            "{result}"
+        );
         assert!(
             result["tables_written"].as_u64().is_some_and(|n| n >= 1),
             "{result}"
         );
-        assert!(result["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+        assert!(
+            result["latency"]["p50_ms"]
+                .as_f64()
+                .is_some_and(|ms| ms > 0.0)
+        );
         let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").collect();
         assert!(left.is_empty(), "files left: {left:?}");
         let _ = std::fs::remove_dir(&dir);
