@@ -19,6 +19,7 @@
 //!   and none is stored after an earlier one of its stream was refused as
 //!   retryable until that one is sent again (`order`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -221,6 +222,7 @@ pub(crate) async fn post_sends_as(
     let mut posts = Vec::with_capacity(sends.len());
     // Sends refused for order are not the stream's earliest refusal.
     let mut held_here = std::collections::HashSet::new();
+    let mut checked = DirectChecks::default();
     for send in sends {
         let id = send.client_msg_id.clone();
         if let Some(hold) = hold.as_deref_mut()
@@ -230,7 +232,7 @@ pub(crate) async fn post_sends_as(
             verdicts.push(Err((id, Refusal::order_held())));
             continue;
         }
-        match admit(ctx, sender, send, now, trust).await {
+        match admit(ctx, sender, send, now, trust, &mut checked).await {
             Ok(post) => {
                 verdicts.push(Ok((id, post.first_attempt)));
                 posts.push(post);
@@ -348,6 +350,25 @@ async fn recorded_and_published(
     Ok(published(ctx, client_msg_id, posted.copies, !posted.duplicate).await)
 }
 
+/// The verdicts of one batch's direct sends by recipient: its sends to one
+/// recipient share one read of the pair's relation (contacts, blocks, the
+/// recipient's account), rather than one read each, in turn. A batch is
+/// what a chat stream read at once, so a block set meanwhile applies to
+/// all of it or none, as it would to one send.
+#[derive(Default)]
+struct DirectChecks(HashMap<String, Result<(), Refusal>>);
+
+impl DirectChecks {
+    async fn check(&mut self, ctx: &Ctx, sender: &str, recipient: &str) -> Result<(), Refusal> {
+        if let Some(verdict) = self.0.get(recipient) {
+            return verdict.clone();
+        }
+        let verdict = crate::policy::check_direct(ctx, sender, recipient).await;
+        self.0.insert(recipient.to_owned(), verdict.clone());
+        verdict
+    }
+}
+
 /// A send checked and made into a post, or why not.
 async fn admit(
     ctx: &Ctx,
@@ -355,13 +376,14 @@ async fn admit(
     mut send: v1::Send,
     now: i64,
     trust: Trust,
+    checked: &mut DirectChecks,
 ) -> Result<Post, Refusal> {
     let extras = Extras::take(&mut send, ctx)?;
     let target = check_send(ctx, &send)?;
     let first_attempt = sender.believes_first_attempt(&send);
     let inboxes = match (&target, trust) {
         (Target::User(recipient), Trust::User) => {
-            crate::policy::check_direct(ctx, sender.user, recipient).await?;
+            checked.check(ctx, sender.user, recipient).await?;
             direct_inboxes(ctx, sender.user, recipient)
         }
         (Target::User(recipient), Trust::System) => {

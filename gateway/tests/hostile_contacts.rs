@@ -1,7 +1,8 @@
 //! Attacks through contacts, blocks, presence and scheduled sends, each
 //! with a bystander pair chatting through it, on both backends (and across
 //! two cluster nodes where a signal must cross them): friend request spam,
-//! a blocked user asking again, presence watched after an unfriend or a
+//! a blocked user asking again, a blocked user's burst of sends mixed with
+//! sends to others, presence watched after an unfriend or a
 //! block, a blocked user reaching the blocker through a shared group, a
 //! scheduled send that falls due after a block, and schedules beyond the
 //! quota.
@@ -227,6 +228,39 @@ async fn a_blocked_user_cannot_request(backend: Backend) {
         );
     }
     assert_quiet(&s.v, Duration::from_millis(300)).await;
+    s.finish().await;
+}
+
+/// Sends written at once, to a blocker and to someone else in turn (read
+/// by the server as one batch or a few): every one to the blocker is
+/// refused BLOCKED and none reaches them; the others all arrive, once, in
+/// order.
+async fn a_blocked_user_sending_in_bursts_reaches_only_the_others(backend: Backend) {
+    let s = Scene::start(backend, |_| {}).await;
+    let other = unique("other");
+    let o = s.gw.client(&other, "phone").await;
+    s.v.block(s.attacker.clone()).await.expect("block");
+    let sends = (0..16).map(|n| {
+        let to = if n % 2 == 0 { &s.victim } else { &other };
+        s.a.send(to.clone(), format!("burst {n}"))
+    });
+    let results = futures_util::future::join_all(sends).await;
+    for (n, result) in results.into_iter().enumerate() {
+        if n % 2 == 0 {
+            refused_with(result, ErrorCode::Blocked);
+        } else {
+            result.unwrap_or_else(|e| panic!("burst {n} to the other user: {e:?}"));
+        }
+    }
+    let got: Vec<String> = take(&o, 8).await.iter().map(text).collect();
+    let want: Vec<String> = (0..16)
+        .filter(|n| n % 2 == 1)
+        .map(|n| format!("burst {n}"))
+        .collect();
+    assert_eq!(got, want);
+    assert_quiet(&o, Duration::from_millis(300)).await;
+    assert_quiet(&s.v, Duration::from_millis(300)).await;
+    o.close().await;
     s.finish().await;
 }
 
@@ -465,6 +499,7 @@ async fn schedules_beyond_the_quota_are_refused(backend: Backend) {
 on_both_backends!(
     friend_request_spam_is_refused,
     a_blocked_user_cannot_request,
+    a_blocked_user_sending_in_bursts_reaches_only_the_others,
     presence_ends_with_the_friendship_and_with_a_block,
     a_blocked_user_does_not_reach_the_blocker_through_a_group,
     a_scheduled_send_after_a_block_is_refused_and_told,
