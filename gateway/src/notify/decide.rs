@@ -2,11 +2,17 @@
 //! message, the addressee's devices (write diffusion: the entry's inbox;
 //! read diffusion: each member of the group whose read cursor is behind
 //! the entry, blockers of the sender left out); for a friend request, the
-//! requested user's. A muted conversation, a read one, and a user without
-//! push tokens send nothing. The badge is the user's exact unread total,
-//! muted conversations excluded; the text is previewed as the user's
-//! settings say. Each reason a notification is not made is counted
-//! ([`not_sent`]).
+//! requested user's. A muted conversation, a read one, a user without
+//! push tokens and a device with a live session send nothing. The badge is
+//! the user's exact unread total, muted conversations excluded; the text is
+//! previewed as the user's settings say. Each reason a notification is not
+//! made is counted ([`not_sent`]).
+//!
+//! Every delivered chat message comes here, and most go to users who are
+//! online: the cheap questions come first (any token? any device without
+//! a live session?), so such a message costs one token read and no
+//! conversation, settings or unread reads (BENCHMARKS, "Offline push
+//! decided after the live devices").
 
 use qim_proto::v1::{self, inbox_event};
 use qim_storage::StoredMessage;
@@ -73,18 +79,22 @@ pub(crate) async fn notifications(ctx: &Ctx, entry: &StoredMessage) -> Vec<Notif
         return group_entry(ctx, g, entry).await;
     }
     let owner = &entry.inbox;
-    let about = match m.event.as_ref().and_then(|e| e.kind.as_ref()) {
-        None if m.from_user != *owner && !m.from_user.is_empty() => about_message(owner, m),
-        Some(inbox_event::Kind::FriendRequest(r)) => About {
-            conversation: None,
-            key: "contacts".to_owned(),
-            title: "Friend request".to_owned(),
-            body: format!("{} wants to be friends", r.from),
-            neutral: "New friend request",
-        },
-        _ => return Vec::new(),
-    };
-    for_user(ctx, owner, &about, entry.seq, None).await
+    match m.event.as_ref().and_then(|e| e.kind.as_ref()) {
+        None if m.from_user != *owner && !m.from_user.is_empty() => {
+            for_user(ctx, owner, || about_message(owner, m), entry.seq, None).await
+        }
+        Some(inbox_event::Kind::FriendRequest(r)) => {
+            let about = || About {
+                conversation: None,
+                key: "contacts".to_owned(),
+                title: "Friend request".to_owned(),
+                body: format!("{} wants to be friends", r.from),
+                neutral: "New friend request",
+            };
+            for_user(ctx, owner, about, entry.seq, None).await
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// A read-diffusion group's entry: every member behind it.
@@ -120,35 +130,29 @@ async fn group_entry(ctx: &Ctx, g: &str, entry: &StoredMessage) -> Vec<Notificat
             if member.user == m.from_user || hidden.contains(&member.user) {
                 continue;
             }
-            let about = about_message(&member.user, m);
-            out.extend(for_user(ctx, &member.user, &about, entry.seq, Some(entry.seq)).await);
+            let about = || about_message(&member.user, m);
+            out.extend(for_user(ctx, &member.user, about, entry.seq, Some(entry.seq)).await);
         }
     }
     out
 }
 
-/// The notifications for `user`'s devices; `group_seq`: the entry is a
-/// group log's, behind which the member's group cursor must be.
+/// The notifications for `user`'s devices, `about` the entry;
+/// `group_seq`: the entry is a group log's, behind which the member's
+/// group cursor must be.
 async fn for_user(
     ctx: &Ctx,
     user: &str,
-    about: &About,
+    about: impl FnOnce() -> About,
     seq: u64,
     group_seq: Option<u64>,
 ) -> Vec<Notification> {
     let stores = &ctx.stores;
-    let tokens = match stores.notify.push_tokens(user).await {
-        Ok(t) if t.is_empty() => {
-            not_sent(ctx, "no_token", user, "");
-            return Vec::new();
-        }
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(user, error = %e, "reading push tokens failed");
-            not_sent(ctx, "store_error", user, "");
-            return Vec::new();
-        }
-    };
+    let tokens = offline_tokens(ctx, user).await;
+    if tokens.is_empty() {
+        return Vec::new();
+    }
+    let about = about();
     if let Some(peer) = &about.conversation {
         match stores.conversations.conversation(user, peer).await {
             Ok(Some(c)) if c.muted => {
@@ -199,6 +203,45 @@ async fn for_user(
             group_log: group_seq.is_some(),
         })
         .collect()
+}
+
+/// `user`'s push tokens of devices without a live session here or on
+/// another node; each one left out is counted (`no_token`, `online`,
+/// `store_error`). The entry reaches a live device through its session
+/// (and `send.rs` asks again when the notification goes out).
+async fn offline_tokens(ctx: &Ctx, user: &str) -> Vec<v1::PushToken> {
+    let mut tokens = match ctx.stores.notify.push_tokens(user).await {
+        Ok(t) if t.is_empty() => {
+            not_sent(ctx, "no_token", user, "");
+            return t;
+        }
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(user, error = %e, "reading push tokens failed");
+            not_sent(ctx, "store_error", user, "");
+            return Vec::new();
+        }
+    };
+    let here = ctx.routes.devices(user);
+    drop_live(ctx, user, &mut tokens, &here);
+    if let (false, Some(cluster)) = (tokens.is_empty(), &ctx.cluster) {
+        // Unknown: rather a push than silence.
+        if let Ok(presence) = cluster.presence(user).await {
+            drop_live(ctx, user, &mut tokens, &presence.devices);
+        }
+    }
+    tokens
+}
+
+/// Leaves out the tokens of the devices in `live`, counted `online`.
+fn drop_live(ctx: &Ctx, user: &str, tokens: &mut Vec<v1::PushToken>, live: &[String]) {
+    tokens.retain(|t| {
+        let is_live = live.contains(&t.device);
+        if is_live {
+            not_sent(ctx, "online", user, &t.device);
+        }
+        !is_live
+    });
 }
 
 /// `user`'s exact unread total over their conversations, muted ones

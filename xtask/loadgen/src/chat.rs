@@ -17,7 +17,7 @@ use qim_proto::v1::{self, server_ack};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 
-use crate::qim::{Endpoints, Session, Target, login};
+use crate::qim::{Endpoints, Session, Target, login, register_push_token};
 use crate::soak::{self, Windows};
 use crate::stats;
 
@@ -57,6 +57,10 @@ pub(crate) struct ChatArgs {
     /// sampled at every window boundary.
     #[arg(long)]
     pub(crate) pid: Option<u32>,
+    /// qim only: every client registers a push token after login, as a
+    /// phone does (each delivered message then asks whether to push).
+    #[arg(long)]
+    pub(crate) push_tokens: bool,
 }
 
 impl ChatArgs {
@@ -233,9 +237,13 @@ pub(crate) async fn run(
             let (target, endpoints, logins) =
                 (target.clone(), Arc::clone(&endpoints), Arc::clone(&logins));
             let user = format!("{run_id}-{role}{p}");
+            let push_token = args.push_tokens;
             connecting.spawn(async move {
                 let _permit = logins.acquire_owned().await?;
                 let session = login(endpoints.pick(), &target, &user, "d", 0).await?;
+                if push_token {
+                    register_push_token(&session, &user).await?;
+                }
                 anyhow::Ok((p, role, session))
             });
         }

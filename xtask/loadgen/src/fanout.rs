@@ -28,7 +28,7 @@ use qim_proto::v1::{self, rpc_request, rpc_response, server_ack};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::qim::{Endpoints, Session, Target, login};
+use crate::qim::{Endpoints, Session, Target, login, rpc};
 use crate::stats;
 
 /// Parameters of the fan-out scenario.
@@ -337,19 +337,6 @@ async fn group_rpc(session: &Session, kind: rpc_request::Kind) -> Result<v1::Gro
             group: Some(info), ..
         }) => Ok(info),
         other => bail!("group rpc answered {other:?}"),
-    }
-}
-
-async fn rpc(session: &Session, kind: rpc_request::Kind) -> Result<rpc_response::Kind> {
-    let (send, recv) = session.conn.open_bi().await?;
-    let mut send = FramedSend::new(send, StreamKind::Rpc, session.max_frame);
-    let mut recv = FramedRecv::new(recv, session.max_frame);
-    send.send(&v1::RpcRequest { kind: Some(kind) }).await?;
-    send.finish();
-    match recv.next::<v1::RpcResponse>().await?.and_then(|r| r.kind) {
-        Some(rpc_response::Kind::Error(e)) => bail!("rpc refused: {:?} {}", e.code(), e.message),
-        Some(kind) => Ok(kind),
-        None => bail!("rpc stream ended without a response"),
     }
 }
 

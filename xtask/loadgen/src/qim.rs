@@ -19,7 +19,7 @@ use qim_proto::io::{FramedRecv, FramedSend, read_preamble};
 use qim_proto::preamble::StreamKind;
 use qim_proto::transport::Connection;
 use qim_proto::transport::mux::{self, Limits, Role};
-use qim_proto::v1::{self, client_control, server_control};
+use qim_proto::v1::{self, client_control, rpc_request, rpc_response, server_control};
 
 /// Where the gateway is (one node, or the nodes of a cluster) and how to
 /// log in to it.
@@ -206,6 +206,42 @@ pub(crate) struct Session {
     pub(crate) max_frame: usize,
     /// The login went out as 0-RTT early data and the server took it.
     pub(crate) zero_rtt: bool,
+}
+
+/// One rpc on a bidi stream of its own; its answer, an error answer as
+/// an error.
+pub(crate) async fn rpc(session: &Session, kind: rpc_request::Kind) -> Result<rpc_response::Kind> {
+    let (send, recv) = session.conn.open_bi().await?;
+    let mut send = FramedSend::new(send, StreamKind::Rpc, session.max_frame);
+    let mut recv = FramedRecv::new(recv, session.max_frame);
+    send.send(&v1::RpcRequest { kind: Some(kind) }).await?;
+    send.finish();
+    match recv.next::<v1::RpcResponse>().await?.and_then(|r| r.kind) {
+        Some(rpc_response::Kind::Error(e)) => bail!("rpc refused: {:?} {}", e.code(), e.message),
+        Some(kind) => Ok(kind),
+        None => bail!("rpc stream ended without a response"),
+    }
+}
+
+/// Registers an FCM push token for the session's device, as a phone does
+/// after login.
+pub(crate) async fn register_push_token(session: &Session, user: &str) -> Result<()> {
+    let token = v1::PushToken {
+        provider: v1::PushProvider::Fcm.into(),
+        token: format!("loadtest-{user}"),
+        app_id: "loadtest".to_owned(),
+        ..v1::PushToken::default()
+    };
+    let op = v1::push_token_request::Op::Register(token);
+    match rpc(
+        session,
+        rpc_request::Kind::PushToken(v1::PushTokenRequest { op: Some(op) }),
+    )
+    .await?
+    {
+        rpc_response::Kind::PushToken(_) => Ok(()),
+        other => bail!("push token registration answered {other:?}"),
+    }
 }
 
 /// Connects, sends Hello and waits for Welcome.
