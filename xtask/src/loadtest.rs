@@ -449,7 +449,8 @@ pub(crate) fn loadtest(root: &Path, a: LoadtestArgs) -> Result<()> {
                 dir.display()
             );
             args.extend(gw.loadgen_args());
-            if a.scenario == "connections" {
+            // The chat's backlog download reports the gateway's CPU.
+            if a.scenario == "connections" || a.scenario == "chat" {
                 args.extend(["--pid".into(), gw.pid().to_string()]);
             }
             Some(gw)

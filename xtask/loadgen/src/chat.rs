@@ -61,6 +61,11 @@ pub(crate) struct ChatArgs {
     /// phone does (each delivered message then asks whether to push).
     #[arg(long)]
     pub(crate) push_tokens: bool,
+    /// qim only: each receiver logs in only after its sender's
+    /// `--messages` are all acknowledged, then every receiver downloads its
+    /// backlog at once (`backlog.rs`).
+    #[arg(long)]
+    pub(crate) backlog: bool,
 }
 
 impl ChatArgs {
@@ -229,6 +234,9 @@ pub(crate) async fn run(
     run_id: &str,
     connect_concurrency: usize,
 ) -> Result<Value> {
+    if args.backlog {
+        return crate::backlog::run(target, endpoints, args, run_id).await;
+    }
     let tcp = target.tcp.is_some();
     let logins = Arc::new(Semaphore::new(connect_concurrency.max(1)));
     let mut connecting = tokio::task::JoinSet::new();
@@ -280,7 +288,7 @@ pub(crate) async fn run(
         pairs.spawn(async move {
             let (expect_tx, expect_rx) = watch::channel(None);
             let windows = Windows::new(start, args.window_seconds);
-            let receiving = tokio::spawn(receive(receiver, expect_rx, windows));
+            let receiving = tokio::spawn(receive(receiver, expect_rx, windows, None));
             let (stop_upload, upload_stop) = watch::channel(false);
             let uploading = (args.upload_mib > 0).then(|| {
                 tokio::spawn(crate::upload::flat_out(
@@ -349,7 +357,7 @@ pub(crate) async fn run(
 
 /// Sends until the time or message budget is spent; returns (sent, acked)
 /// and how late each message was queued after it was due.
-async fn send(
+pub(crate) async fn send(
     session: &Session,
     args: &ChatArgs,
     to: &str,
@@ -468,10 +476,14 @@ async fn heartbeat_on(conn: qim_proto::transport::Connection, interval: Duration
 
 /// Receives and acknowledges deliveries until `expect` says how many were
 /// acked and that many have arrived.
-async fn receive(
+/// Takes `session`'s deliveries in order until `expect` says how many and
+/// they are in; the first one due is the one after `after`, the inbox's
+/// head at login when `None`.
+pub(crate) async fn receive(
     session: Session,
     mut expect: watch::Receiver<Option<u64>>,
     windows: Option<Windows>,
+    after: Option<u64>,
 ) -> Received {
     let mut r = Received {
         latency: Some(stats::histogram()),
@@ -479,7 +491,7 @@ async fn receive(
         split: Some((stats::histogram(), stats::histogram())),
         ..Received::default()
     };
-    if let Err(e) = receive_into(&session, &mut expect, &mut r).await {
+    if let Err(e) = receive_into(&session, &mut expect, &mut r, after).await {
         r.errors.push(format!("{e:#}"));
     }
     r
@@ -489,6 +501,7 @@ async fn receive_into(
     session: &Session,
     expect: &mut watch::Receiver<Option<u64>>,
     r: &mut Received,
+    after: Option<u64>,
 ) -> Result<()> {
     let streams = session.server_streams().await?;
     let mut deliveries = streams.deliveries;
@@ -497,7 +510,7 @@ async fn receive_into(
         session.conn.clone(),
         session.heartbeat_interval(),
     ));
-    let base = session.welcome.inbox_head;
+    let base = after.unwrap_or(session.welcome.inbox_head);
     let mut next_seq = base + 1;
     let latency = r.latency.get_or_insert_with(stats::histogram);
     let split = r

@@ -23,6 +23,7 @@
 //! stdout; the process exits non-zero when the run failed its checks
 //! (`"ok": false`).
 
+mod backlog;
 mod centrifugo;
 mod charts;
 mod chat;
