@@ -190,7 +190,7 @@ section! {
         /// its life; off keeps it at one packet: 2 KiB less RSS per idle connection, with no
         /// difference beyond the noise in chat throughput or handshakes per second (BENCHMARKS.md,
         /// "Idle connections beside Centrifugo"). Bulk sends (large sync pages, media downloads) then take a
-        /// syscall per packet: a backlog download runs at 0.35-0.4 of the speed on the same CPU
+        /// syscall per packet: a backlog download runs at 0.3-0.45 of the speed on the same CPU
         /// (BENCHMARKS.md, "A backlog download with and without GSO"); turn it on for nodes that
         /// serve many of those.
         segmentation_offload: bool = false,

@@ -222,19 +222,8 @@ async fn offline_tokens(ctx: &Ctx, user: &str) -> Vec<v1::PushToken> {
             return Vec::new();
         }
     };
-    let here = ctx.routes.devices(user);
-    drop_live(ctx, user, &mut tokens, &here);
-    if let (false, Some(cluster)) = (tokens.is_empty(), &ctx.cluster) {
-        // Unknown: rather a push than silence.
-        if let Ok(presence) = cluster.presence(user).await {
-            drop_live(ctx, user, &mut tokens, &presence.devices);
-        }
-    }
-    tokens
-}
-
-/// Leaves out the tokens of the devices in `live`, counted `online`.
-fn drop_live(ctx: &Ctx, user: &str, tokens: &mut Vec<v1::PushToken>, live: &[String]) {
+    let devices: Vec<&str> = tokens.iter().map(|t| t.device.as_str()).collect();
+    let live = live_among(ctx, user, &devices).await;
     tokens.retain(|t| {
         let is_live = live.contains(&t.device);
         if is_live {
@@ -242,6 +231,7 @@ fn drop_live(ctx: &Ctx, user: &str, tokens: &mut Vec<v1::PushToken>, live: &[Str
         }
         !is_live
     });
+    tokens
 }
 
 /// `user`'s exact unread total over their conversations, muted ones
@@ -270,17 +260,28 @@ pub(crate) async fn unread_total(ctx: &Ctx, user: &str) -> Result<u32, qim_stora
 
 /// Whether `user`'s `device` has a live session (on any node).
 pub(crate) async fn is_live(ctx: &Ctx, user: &str, device: &str) -> bool {
-    if ctx.routes.devices(user).iter().any(|d| d == device) {
-        return true;
+    !live_among(ctx, user, &[device]).await.is_empty()
+}
+
+/// Those of `asked` (devices of `user`) with a live session: on this
+/// node, then, for the rest, in a cluster's presence records. Presence
+/// unknown counts as not live: rather a push than silence.
+async fn live_among(ctx: &Ctx, user: &str, asked: &[&str]) -> Vec<String> {
+    let here = ctx.routes.devices(user);
+    let mut live: Vec<String> = here
+        .into_iter()
+        .filter(|d| asked.contains(&d.as_str()))
+        .collect();
+    if let (true, Some(cluster)) = (live.len() < asked.len(), &ctx.cluster) {
+        if let Ok(presence) = cluster.presence(user).await {
+            for d in presence.devices {
+                if asked.contains(&d.as_str()) && !live.contains(&d) {
+                    live.push(d);
+                }
+            }
+        }
     }
-    match &ctx.cluster {
-        Some(cluster) => match cluster.presence(user).await {
-            Ok(p) => p.devices.iter().any(|d| d == device),
-            // Unknown: rather a push than silence.
-            Err(_) => false,
-        },
-        None => false,
-    }
+    live
 }
 
 #[cfg(test)]

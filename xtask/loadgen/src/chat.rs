@@ -474,11 +474,9 @@ async fn heartbeat_on(conn: qim_proto::transport::Connection, interval: Duration
     Ok(())
 }
 
-/// Receives and acknowledges deliveries until `expect` says how many were
-/// acked and that many have arrived.
-/// Takes `session`'s deliveries in order until `expect` says how many and
-/// they are in; the first one due is the one after `after`, the inbox's
-/// head at login when `None`.
+/// Receives and acknowledges deliveries, in order, until `expect` says how
+/// many were acked and that many have arrived; the first one due is the
+/// one after `after` (the inbox's head at login when `None`).
 pub(crate) async fn receive(
     session: Session,
     mut expect: watch::Receiver<Option<u64>>,
