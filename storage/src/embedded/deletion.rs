@@ -17,7 +17,7 @@ use super::EmbeddedStore;
 use super::media::pending_prefix;
 use super::sends::rows_of_sender;
 use super::tables::{
-    Tables, check_key_part, conv_key, conv_msg_prefix, load_conv, order_key, prefixed, unavailable,
+    Tables, check_key_part, conv_key, conv_msg_prefix, load_record, prefixed, unavailable,
 };
 use crate::StoreError;
 use crate::accounts::check_user;
@@ -82,8 +82,8 @@ fn purge(t: &Tables, user: &str, peers: &[String]) -> Result<(), StoreError> {
     let convkey = format!("u:{user}");
     for peer in peers {
         check_key_part(peer)?;
-        if let Some(conv) = load_conv(&t.conversations, peer, &convkey)? {
-            batch.remove(&t.conv_order, order_key(peer, &conv, &convkey));
+        if let Some(record) = load_record(&t.conversations, peer, &convkey)? {
+            batch.remove(&t.conv_order, record.order_key(peer, &convkey));
         }
         batch.remove(&t.conversations, conv_key(peer, &convkey));
         remove_prefix(&mut batch, &t.conv_msgs, &conv_msg_prefix(peer, &convkey))?;

@@ -23,7 +23,9 @@ use tokio::sync::oneshot;
 
 use super::EmbeddedStore;
 use super::kv;
-use super::tables::{check_key_part, conv_key, order_key, prefixed, read_head, unavailable};
+use super::tables::{
+    check_key_part, conv_key, encode_record, order_key, prefixed, read_head, unavailable,
+};
 use super::writer::{Op, Request, Writer};
 use crate::OpError;
 use crate::StoreError;
@@ -298,12 +300,13 @@ impl Writer {
                     updated_ms: change.info.created_ms,
                     ..Default::default()
                 };
+                // At the bottom of the list until its first message.
                 batch.insert(
                     &self.tables.conv_order,
-                    order_key(user, &conv, &convkey),
+                    order_key(user, false, 0, &convkey),
                     Vec::new(),
                 );
-                batch.insert(&self.tables.conversations, record, conv.encode_to_vec());
+                batch.insert(&self.tables.conversations, record, encode_record(&conv, 0));
             }
         }
         for user in &change.removed {

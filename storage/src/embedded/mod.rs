@@ -102,6 +102,8 @@ mod conversations;
 mod deletion;
 mod groups;
 mod kv;
+#[cfg(test)]
+mod list_tests;
 mod media;
 mod notify;
 mod operations;

@@ -16,6 +16,10 @@ use crate::conversations::{
 };
 use crate::{StoreError, StoredMessage};
 
+/// Users whose top conversation the writer keeps in memory before it forgets
+/// them all (a forgotten user's next message rewrites one list row).
+const MAX_TOPS: usize = 1 << 18;
+
 impl Writer {
     pub(super) fn commit_posts(&mut self, posts: Vec<(Vec<Post>, PostReply)>) {
         if posts.is_empty() {
@@ -163,7 +167,7 @@ impl Writer {
     }
 
     /// Records a new copy in its owner's conversation.
-    fn touch(&self, stage: &mut Stage, stored: &StoredMessage) -> Result<(), StoreError> {
+    fn touch(&mut self, stage: &mut Stage, stored: &StoredMessage) -> Result<(), StoreError> {
         let owner = &stored.inbox;
         if owner.starts_with('#') {
             // A group log has no conversations of its own.
@@ -180,6 +184,18 @@ impl Writer {
         let Some(conv) = self.conv(stage, owner, &peer, true)? else {
             return Ok(());
         };
+        // Already on top of the list: it stays there, and its list row is
+        // left alone. Any other conversation moves to the top. (A place of
+        // 0 is a conversation never moved: new, or recreated after a
+        // deletion.)
+        let on_top = conv.place != 0 && self.tops.get(owner) == Some(&convkey);
+        if !on_top {
+            conv.place = stored.seq;
+            if self.tops.len() >= MAX_TOPS {
+                self.tops.clear();
+            }
+            self.tops.insert(owner.clone(), convkey);
+        }
         let c = &mut conv.conv;
         c.last_message = Some(preview(&stored.message));
         c.last_seq = stored.seq;

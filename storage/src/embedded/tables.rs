@@ -14,8 +14,10 @@
 //!   post by its 16-byte digest; and `[msg_id]` → the copies,
 //!   `([len][inbox][seq u64 BE])*`.
 //! - `cursors`: `[len u8][inbox][device]` → `u64 BE`.
-//! - `conversations`: `[len][user][convkey]` → protobuf `v1.Conversation`.
-//! - `conv_order`: `[len][user][0 = pinned | 1][!last_seq u64 BE][convkey]`
+//! - `conversations`: `[len][user][convkey]` → protobuf `v1.Conversation`
+//!   followed by the store's own field 100, the conversation's place in its
+//!   owner's list ([`ConvRecord`]).
+//! - `conv_order`: `[len][user][0 = pinned | 1][!place u64 BE][convkey]`
 //!   → empty; a prefix scan lists conversations in list order.
 //! - `conv_msgs`: `[len][user][len][convkey][seq u64 BE]` → one byte, 1 when
 //!   the copy counts as unread above the read cursor (from someone else,
@@ -277,10 +279,10 @@ pub(super) fn conv_key(user: &str, convkey: &str) -> Vec<u8> {
     key
 }
 
-pub(super) fn order_key(user: &str, conv: &v1::Conversation, convkey: &str) -> Vec<u8> {
+pub(super) fn order_key(user: &str, pinned: bool, place: u64, convkey: &str) -> Vec<u8> {
     let mut key = prefixed(user, 9 + convkey.len());
-    key.push(if conv.pinned { 0 } else { 1 });
-    key.extend_from_slice(&(!conv.last_seq).to_be_bytes());
+    key.push(if pinned { 0 } else { 1 });
+    key.extend_from_slice(&(!place).to_be_bytes());
     key.extend_from_slice(convkey.as_bytes());
     key
 }
@@ -322,6 +324,72 @@ pub(super) fn decode_copies(mut bytes: &[u8]) -> Result<Vec<(String, u64)>, Stor
         bytes = &rest[len + 8..];
     }
     Ok(out)
+}
+
+/// A conversation record as this store keeps it: the wire record and its
+/// place in the owner's list.
+///
+/// The place orders the list like `last_seq` does, without changing with
+/// every message: a conversation whose newest message is its owner's newest
+/// inbox entry is on top of the list, and a message to it leaves its list
+/// row alone. A message to any other conversation gives it the message's
+/// seq as its place, which tops every other place (each place is at most
+/// its conversation's `last_seq`).
+#[derive(Debug, Clone)]
+pub(super) struct ConvRecord {
+    pub(super) conv: v1::Conversation,
+    pub(super) place: u64,
+}
+
+/// The store's own field after the wire record's bytes: protobuf decoders
+/// skip a field they do not know, so the record still decodes as a
+/// `v1.Conversation`, and this decodes from the same bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ListPlace {
+    #[prost(uint64, optional, tag = "100")]
+    place: Option<u64>,
+}
+
+/// [`ListPlace`]'s field.
+const PLACE_TAG: u32 = 100;
+
+impl ConvRecord {
+    /// A record written before places were kept sits at its `last_seq`.
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |e: prost::DecodeError| StoreError::Corrupt(e.to_string());
+        let conv = v1::Conversation::decode(bytes).map_err(corrupt)?;
+        let place = ListPlace::decode(bytes).map_err(corrupt)?.place;
+        Ok(Self {
+            place: place.unwrap_or(conv.last_seq),
+            conv,
+        })
+    }
+
+    /// The record's row in `conv_order`.
+    pub(super) fn order_key(&self, user: &str, convkey: &str) -> Vec<u8> {
+        order_key(user, self.conv.pinned, self.place, convkey)
+    }
+}
+
+/// A record's bytes: the wire record, then its place.
+pub(super) fn encode_record(conv: &v1::Conversation, place: u64) -> Vec<u8> {
+    let mut out = conv.encode_to_vec();
+    prost::encoding::uint64::encode(PLACE_TAG, &place, &mut out);
+    out
+}
+
+pub(super) fn load_record(
+    conversations: &Table,
+    user: &str,
+    convkey: &str,
+) -> Result<Option<ConvRecord>, StoreError> {
+    match conversations
+        .get(conv_key(user, convkey))
+        .map_err(unavailable)?
+    {
+        Some(value) => ConvRecord::decode(value.as_ref()).map(Some),
+        None => Ok(None),
+    }
 }
 
 pub(super) fn load_conv(

@@ -17,7 +17,8 @@ use super::quota::Counts;
 use super::sends::{Collision, SendId, earlier_send, msg_id_of, send_value};
 use super::space::DiskSpace;
 use super::tables::{
-    Tables, check_key_part, conv_key, load_conv, message_key, order_key, read_head, unavailable,
+    Tables, check_key_part, conv_key, encode_record, load_record, message_key, order_key,
+    read_head, unavailable,
 };
 use crate::OpError;
 use crate::StoreError;
@@ -147,6 +148,9 @@ pub(super) struct Writer {
     pub(super) failed: Option<String>,
     /// Newest seq per inbox, loaded from disk on first use.
     pub(super) heads: HashMap<String, u64>,
+    /// Per user, the conversation last given a place in the user's list:
+    /// the one on top of it (`posts.rs`). A user missing is not known.
+    pub(super) tops: HashMap<String, String>,
     /// Emptied maps kept for the next commit.
     pub(super) scratch: Scratch,
     /// Quota counts charged in memory, written with the groups.
@@ -165,6 +169,7 @@ impl Writer {
             quotas: HashMap::new(),
             failed: None,
             heads: HashMap::new(),
+            tops: HashMap::new(),
             scratch: Scratch::default(),
         }
     }
@@ -425,12 +430,15 @@ enum Table {
 /// disk.
 pub(super) struct Conv {
     pub(super) conv: v1::Conversation,
+    /// Its place in the owner's list ([`ConvRecord`]).
+    pub(super) place: u64,
     pub(super) on_disk_order: Option<Vec<u8>>,
 }
 
-/// Batch rows a one-to-one post usually writes: a message and a
-/// conversation entry in each of two inboxes (the recipient's and the
-/// sender's sync copy), unread and order rows, and the send row.
+/// Batch rows a one-to-one post usually writes: a message, a conversation
+/// entry and a conversation record in each of two inboxes (the recipient's
+/// and the sender's sync copy), and the send row; list rows only for a
+/// conversation that moves to the top of its owner's list.
 const ROWS_PER_POST: usize = 8;
 
 /// One atomic write of the IM layer.
@@ -548,17 +556,17 @@ impl Writer {
             mut convs,
         } = stage;
         for ((user, convkey), conv) in convs.drain() {
-            let order = order_key(&user, &conv.conv, &convkey);
-            if let Some(old) = conv.on_disk_order {
-                if old != order {
+            let order = order_key(&user, conv.conv.pinned, conv.place, &convkey);
+            if conv.on_disk_order.as_ref() != Some(&order) {
+                if let Some(old) = conv.on_disk_order {
                     batch.remove(&self.tables.conv_order, old);
                 }
+                batch.insert(&self.tables.conv_order, order, Vec::new());
             }
-            batch.insert(&self.tables.conv_order, order, Vec::new());
             batch.insert(
                 &self.tables.conversations,
                 conv_key(&user, &convkey),
-                conv.conv.encode_to_vec(),
+                encode_record(&conv.conv, conv.place),
             );
         }
         self.scratch.convs = convs;
@@ -574,6 +582,7 @@ impl Writer {
     /// they are reloaded from disk.
     pub(super) fn abandon_stage(&mut self) {
         self.heads.clear();
+        self.tops.clear();
     }
 
     /// The conversation record of `(user, convkey)`, loaded into the stage.
@@ -588,17 +597,19 @@ impl Writer {
         check_key_part(&convkey)?;
         let id = (user.to_owned(), convkey.clone());
         if !stage.convs.contains_key(&id) {
-            let loaded = load_conv(&self.tables.conversations, user, &convkey)?;
+            let loaded = load_record(&self.tables.conversations, user, &convkey)?;
             let conv = match loaded {
-                Some(conv) => Conv {
-                    on_disk_order: Some(order_key(user, &conv, &convkey)),
-                    conv,
+                Some(record) => Conv {
+                    on_disk_order: Some(record.order_key(user, &convkey)),
+                    conv: record.conv,
+                    place: record.place,
                 },
                 None if create => Conv {
                     conv: v1::Conversation {
                         peer: Some(peer.clone()),
                         ..Default::default()
                     },
+                    place: 0,
                     on_disk_order: None,
                 },
                 None => return Ok(None),
