@@ -130,9 +130,12 @@ pub struct SendReceipt {
     pub server_time_ms: i64,
 }
 
-/// A fresh client message id: 128 random bits as hex.
+/// A fresh client message id, time-ordered: this device's clock and 80
+/// random bits ([`qim_proto::ids::time_ordered_client_msg_id`]). The
+/// gateway's store keeps a sender's sends in the order of these ids.
 pub fn new_client_msg_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let now_ms = u64::try_from(qim_proto::now_ms()).unwrap_or(0);
+    qim_proto::ids::time_ordered_client_msg_id(now_ms, rand::random::<u128>())
 }
 
 /// Who a conversation is with.

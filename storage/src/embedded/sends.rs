@@ -2,11 +2,26 @@
 //! one.
 //!
 //! # Key
-//! `sends`: `[h16(sender) u16 BE][h64(sender, client_msg_id) u64 BE]`, ten
-//! bytes, and the low 80 bits of the send's `msg_id` are those same ten
-//! bytes ([`msg_id_with_tail`]). So the row is found from either side:
-//! - a resend names `(sender, client_msg_id)`: hash them;
+//! `sends`: ten bytes, and the low 80 bits of the send's `msg_id` are those
+//! same ten bytes ([`msg_id_with_tail`]):
+//! - for a time-ordered `client_msg_id` (the SDK's,
+//!   [`qim_proto::ids::time_ordered_client_msg_id`]):
+//!   `[h16(sender) u16 BE][id's time / 256 ms, 24 bits BE][low 40 bits of h64(sender, client_msg_id)]`;
+//! - for any other id: `[h16(sender) u16 BE][h64(sender, client_msg_id) u64 BE]`,
+//!   as every send was keyed before time-ordered ids.
+//!
+//! So the row is found from either side:
+//! - a resend names `(sender, client_msg_id)`: the same id gives the same
+//!   key;
 //! - a recall, edit or read count names the `msg_id`: take its tail.
+//!
+//! A sender's sends with time-ordered ids sit next to each other in time
+//! order, so a new send's key lands beside the sender's last one, in
+//! memory that is still warm: looking it up (is it a resend?) and adding
+//! it cost less than at a random place among all the rows (BENCHMARKS,
+//! "Send rows in time order"). The 24-bit time wraps every 49.7 days, which
+//! only moves where the rows go. Within one sender's 256 ms, 40 bits of
+//! hash tell sends apart; a collision is refused, as below.
 //!
 //! The hashes are xxh3 (stable across versions, as they are stored).
 //! Either way the row is only taken as the send's after its primary copy
@@ -32,6 +47,7 @@
 //! ([`Tables::legacy`]), a miss here is looked up there too, and sweeping
 //! or deleting removes both; a new store never reads them.
 
+use qim_proto::ids::client_msg_id_time;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::kv::Batch;
@@ -45,6 +61,9 @@ use crate::{StoreError, StoredMessage};
 
 /// The bytes of a send row's key.
 pub(super) const SEND_KEY_BYTES: usize = 10;
+
+/// A time-ordered id's time goes into its key in units of 2^8 ms.
+const TIME_SLOT_BITS: u32 = 8;
 
 /// A send row's key.
 pub(super) type SendKey = [u8; SEND_KEY_BYTES];
@@ -72,9 +91,17 @@ impl SendId {
     pub(super) fn new(sender: &str, client_msg_id: &str) -> Self {
         // The sender's length first, so `("ab", "c")` and `("a", "bc")` differ.
         let idem = idempotency_key(sender, client_msg_id);
+        let hash = xxh3_64(&idem).to_be_bytes();
         let mut key = [0u8; SEND_KEY_BYTES];
         key[..2].copy_from_slice(&sender_prefix(sender));
-        key[2..].copy_from_slice(&xxh3_64(&idem).to_be_bytes());
+        match client_msg_id_time(client_msg_id) {
+            Some(ms) => {
+                let slot = ((ms >> TIME_SLOT_BITS) as u32).to_be_bytes();
+                key[2..5].copy_from_slice(&slot[1..]);
+                key[5..].copy_from_slice(&hash[3..]);
+            }
+            None => key[2..].copy_from_slice(&hash),
+        }
         Self { key, idem }
     }
 }
@@ -459,6 +486,58 @@ mod tests {
             .apply(recall("alice", &new_id))
             .await
             .expect("recalled");
+    }
+
+    /// Sends with time-ordered ids sit among their sender's rows in time
+    /// order, whatever order they came in; each answers its resends,
+    /// refuses a changed one and is found by its `msg_id`. An id of any
+    /// other form keeps the key every send had before, so the rows of an
+    /// earlier store still answer.
+    #[tokio::test]
+    async fn time_ordered_ids_keep_a_senders_rows_in_time_order() {
+        use qim_proto::ids::time_ordered_client_msg_id;
+        let t0 = 1_764_770_000_000;
+        let ids: Vec<String> = (0..5u64)
+            .map(|i| time_ordered_client_msg_id(t0 + i * 1000, u128::from(5 - i) << 70))
+            .collect();
+        let keys: Vec<SendKey> = ids.iter().map(|id| send_key("alice", id)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "in time order");
+        assert!(keys.iter().all(|k| k[..2] == sender_prefix("alice")));
+        let twin = time_ordered_client_msg_id(t0, 1);
+        assert_ne!(send_key("alice", &twin), keys[0], "same time, another id");
+        let old = "0123456789abcdef0123456789abcdef";
+        let mut before = [0u8; SEND_KEY_BYTES];
+        before[..2].copy_from_slice(&sender_prefix("alice"));
+        before[2..].copy_from_slice(&xxh3_64(&idempotency_key("alice", old)).to_be_bytes());
+        assert_eq!(send_key("alice", old), before);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let mut sent = Vec::new();
+        for id in ids.iter().rev() {
+            sent.push(send(&store, post("alice", "bob", id, "hi")).await);
+        }
+        let rows: Vec<Vec<u8>> = store
+            .tables
+            .sends
+            .iter()
+            .map(|g| g.key().expect("row").to_vec())
+            .collect();
+        assert_eq!(rows, keys.iter().map(|k| k.to_vec()).collect::<Vec<_>>());
+        for (id, first) in ids.iter().rev().zip(&sent) {
+            let again = send(&store, post("alice", "bob", id, "hi")).await;
+            assert!(again.duplicate);
+            assert_eq!(again.copies, first.copies);
+            let changed = store
+                .post(vec![post("alice", "bob", id, "other")])
+                .await
+                .expect("store answers");
+            assert!(matches!(changed[..], [Err(crate::OpError::Conflict)]));
+        }
+        for first in &sent {
+            let id = first.copies[0].message.msg_id.clone();
+            store.apply(recall("alice", &id)).await.expect("recalled");
+        }
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub(crate) struct ChatArgs {
     /// backlog at once (`backlog.rs`).
     #[arg(long)]
     pub(crate) backlog: bool,
+    /// qim only: client message ids of the form the SDK made before it made
+    /// time-ordered ones (32 hex digits); the embedded store keeps their
+    /// send rows at hashed places rather than in time order.
+    #[arg(long)]
+    pub(crate) plain_ids: bool,
 }
 
 impl ChatArgs {
@@ -388,7 +393,7 @@ pub(crate) async fn send(
                 tokio::select! {
                     ack = acks.next::<v1::ServerAck>() => match ack? {
                         Some(v1::ServerAck { kind: Some(server_ack::Kind::Ack(ack)) }) => {
-                            if ack.client_msg_id != acked.to_string() {
+                            if ack_number(&ack.client_msg_id) != Some(acked) {
                                 bail!("ack for {} where {acked} was due", ack.client_msg_id);
                             }
                             acked += 1;
@@ -421,7 +426,7 @@ pub(crate) async fn send(
                 let sent_ns = args.due(start, n).map_or_else(stats::now_ns, stats::ns_of);
                 stats::record(&mut late, sent_ns);
                 chat.queue(&v1::Send {
-                    client_msg_id: n.to_string(),
+                    client_msg_id: client_msg_id(n, args.plain_ids),
                     to: Some(to_peer.clone()),
                     body: stats::body(n, sent_ns, args.body_bytes).into(),
                     kind: "text".into(),
@@ -566,4 +571,24 @@ async fn receive_into(
     .await;
     hb.abort();
     result
+}
+
+/// The `n`th send's client id: time-ordered, as the SDK makes them
+/// (`qim_proto::ids::time_ordered_client_msg_id`), with `n` in place of
+/// the random bits so its ack can be matched; or `n` as 32 hex digits.
+fn client_msg_id(n: u64, plain: bool) -> String {
+    if plain {
+        return format!("{n:032x}");
+    }
+    let now_ms = u64::try_from(qim_proto::now_ms()).unwrap_or(0);
+    qim_proto::ids::time_ordered_client_msg_id(now_ms, u128::from(n))
+}
+
+/// The `n` of [`client_msg_id`] an ack names.
+fn ack_number(client_msg_id: &str) -> Option<u64> {
+    let n = match client_msg_id.split_once('-') {
+        Some((_, random)) if qim_proto::ids::client_msg_id_time(client_msg_id).is_some() => random,
+        _ => client_msg_id,
+    };
+    u64::from_str_radix(n, 16).ok()
 }
