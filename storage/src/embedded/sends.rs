@@ -6,7 +6,7 @@
 //! same ten bytes ([`msg_id_with_tail`]):
 //! - for a time-ordered `client_msg_id` (the SDK's,
 //!   [`qim_proto::ids::time_ordered_client_msg_id`]):
-//!   `[h16(sender) u16 BE][id's time / 256 ms, 24 bits BE][low 40 bits of h64(sender, client_msg_id)]`;
+//!   `[h16(sender) u16 BE][id's time in ms, low 24 bits BE][low 40 bits of h64(sender, client_msg_id)]`;
 //! - for any other id: `[h16(sender) u16 BE][h64(sender, client_msg_id) u64 BE]`,
 //!   as every send was keyed before time-ordered ids.
 //!
@@ -19,9 +19,12 @@
 //! order, so a new send's key lands beside the sender's last one, in
 //! memory that is still warm: looking it up (is it a resend?) and adding
 //! it cost less than at a random place among all the rows (BENCHMARKS,
-//! "Send rows in time order"). The 24-bit time wraps every 49.7 days, which
-//! only moves where the rows go. Within one sender's 256 ms, 40 bits of
-//! hash tell sends apart; a collision is refused, as below.
+//! "Send rows in time order"). The 24-bit time wraps every 4.7 hours, which
+//! only moves where rows go: a memtable holds minutes of sends. Within one
+//! sender's millisecond, 40 bits of hash tell sends apart; once the clock
+//! has wrapped, a sender's rows at one time value are told apart by those
+//! 40 bits too, which leaves a new send as likely to meet an earlier one's
+//! key as the 64-bit hash did. A collision is refused, as below.
 //!
 //! The hashes are xxh3 (stable across versions, as they are stored).
 //! Either way the row is only taken as the send's after its primary copy
@@ -62,8 +65,6 @@ use crate::{StoreError, StoredMessage};
 /// The bytes of a send row's key.
 pub(super) const SEND_KEY_BYTES: usize = 10;
 
-/// A time-ordered id's time goes into its key in units of 2^8 ms.
-const TIME_SLOT_BITS: u32 = 8;
 
 /// A send row's key.
 pub(super) type SendKey = [u8; SEND_KEY_BYTES];
@@ -96,7 +97,7 @@ impl SendId {
         key[..2].copy_from_slice(&sender_prefix(sender));
         match client_msg_id_time(client_msg_id) {
             Some(ms) => {
-                let slot = ((ms >> TIME_SLOT_BITS) as u32).to_be_bytes();
+                let slot = (ms as u32).to_be_bytes();
                 key[2..5].copy_from_slice(&slot[1..]);
                 key[5..].copy_from_slice(&hash[3..]);
             }
