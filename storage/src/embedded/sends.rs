@@ -65,7 +65,6 @@ use crate::{StoreError, StoredMessage};
 /// The bytes of a send row's key.
 pub(super) const SEND_KEY_BYTES: usize = 10;
 
-
 /// A send row's key.
 pub(super) type SendKey = [u8; SEND_KEY_BYTES];
 
