@@ -99,13 +99,19 @@ async fn expect_list(store: &EmbeddedStore, user: &str, want: &[&str]) {
     assert_eq!(rows(store, user).len(), want.len(), "one list row each");
 }
 
-#[tokio::test]
-async fn the_list_follows_the_newest_message_and_the_top_row_stays() {
+/// A new store where `u` has had a message from `a`, `b`, then `c`.
+async fn u_hears_from_a_b_c() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path()).expect("open");
     for from in ["a", "b", "c"] {
         send(&store, from, "u").await;
     }
+    (dir, store)
+}
+
+#[tokio::test]
+async fn the_list_follows_the_newest_message_and_the_top_row_stays() {
+    let (dir, store) = u_hears_from_a_b_c().await;
     expect_list(&store, "u", &["c", "b", "a"]).await;
 
     // Messages both ways in the conversation on top leave every row.
@@ -177,11 +183,7 @@ async fn the_list_follows_the_newest_message_and_the_top_row_stays() {
 /// second row per conversation.
 #[tokio::test]
 async fn records_without_a_place_sit_at_their_newest_message() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(dir.path()).expect("open");
-    for from in ["a", "b", "c"] {
-        send(&store, from, "u").await;
-    }
+    let (dir, store) = u_hears_from_a_b_c().await;
     send(&store, "a", "u").await;
     // As an earlier store wrote them: the wire record alone, with a list
     // row at its last_seq (which is where these places are).

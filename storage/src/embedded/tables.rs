@@ -356,9 +356,10 @@ const PLACE_TAG: u32 = 100;
 impl ConvRecord {
     /// A record written before places were kept sits at its `last_seq`.
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |e: prost::DecodeError| StoreError::Corrupt(e.to_string());
-        let conv = v1::Conversation::decode(bytes).map_err(corrupt)?;
-        let place = ListPlace::decode(bytes).map_err(corrupt)?.place;
+        let conv = decode_wire(bytes)?;
+        let place = ListPlace::decode(bytes)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .place;
         Ok(Self {
             place: place.unwrap_or(conv.last_seq),
             conv,
@@ -383,29 +384,26 @@ pub(super) fn load_record(
     user: &str,
     convkey: &str,
 ) -> Result<Option<ConvRecord>, StoreError> {
-    match conversations
+    let value = conversations
         .get(conv_key(user, convkey))
-        .map_err(unavailable)?
-    {
-        Some(value) => ConvRecord::decode(value.as_ref()).map(Some),
-        None => Ok(None),
-    }
+        .map_err(unavailable)?;
+    value.map(|v| ConvRecord::decode(&v)).transpose()
 }
 
+/// The wire record alone, for readers that do not need its place.
 pub(super) fn load_conv(
     conversations: &Table,
     user: &str,
     convkey: &str,
 ) -> Result<Option<v1::Conversation>, StoreError> {
-    match conversations
+    let value = conversations
         .get(conv_key(user, convkey))
-        .map_err(unavailable)?
-    {
-        Some(value) => v1::Conversation::decode(value.as_ref())
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt(e.to_string())),
-        None => Ok(None),
-    }
+        .map_err(unavailable)?;
+    value.map(|v| decode_wire(&v)).transpose()
+}
+
+fn decode_wire(bytes: &[u8]) -> Result<v1::Conversation, StoreError> {
+    v1::Conversation::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Messages of a group log after `after` that count as unread for `user`.
