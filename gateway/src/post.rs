@@ -470,15 +470,14 @@ async fn published(
 /// Queues the after-send webhook event of a post stored for the first
 /// time (its primary copy).
 fn after_send(ctx: &Ctx, primary: &StoredMessage) {
-    let m = &primary.message;
-    let (body, text) = crate::webhook::body_fields(&m.body);
-    let to = match m.to.as_ref().and_then(|p| p.target.as_ref()) {
-        Some(v1::peer::Target::User(u)) => serde_json::json!({ "user": u }),
-        Some(v1::peer::Target::Group(g)) => serde_json::json!({ "group": g }),
-        None => serde_json::Value::Null,
-    };
-    ctx.webhooks.emit(
-        "after_send",
+    ctx.webhooks.emit("after_send", || {
+        let m = &primary.message;
+        let (body, text) = crate::webhook::body_fields(&m.body);
+        let to = match m.to.as_ref().and_then(|p| p.target.as_ref()) {
+            Some(v1::peer::Target::User(u)) => serde_json::json!({ "user": u }),
+            Some(v1::peer::Target::Group(g)) => serde_json::json!({ "group": g }),
+            None => serde_json::Value::Null,
+        };
         serde_json::json!({
             "msg_id": m.msg_id,
             "from": m.from_user,
@@ -490,8 +489,8 @@ fn after_send(ctx: &Ctx, primary: &StoredMessage) {
             "text": text,
             "server_time_ms": m.server_time_ms,
             "attachments": m.attachments.len(),
-        }),
-    );
+        })
+    });
 }
 
 /// A refusal of one send, counted and logged.

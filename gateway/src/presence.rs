@@ -67,7 +67,7 @@ pub(crate) async fn session_started(
         ctx.fanout.presence(change(user, true, 0)).await;
         ctx.webhooks.emit(
             "user_online",
-            serde_json::json!({ "user": user, "device": device, "time_ms": start_ms }),
+            || serde_json::json!({ "user": user, "device": device, "time_ms": start_ms }),
         );
     }
     record(ctx, user, device, start_ms, 0);
@@ -91,15 +91,14 @@ pub(crate) async fn session_ended(
     };
     if announce {
         ctx.fanout.presence(change(user, false, end_ms)).await;
-        ctx.webhooks.emit(
-            "user_offline",
+        ctx.webhooks.emit("user_offline", || {
             serde_json::json!({
                 "user": user,
                 "device": device,
                 "time_ms": end_ms,
                 "session_ms": end_ms - start_ms,
-            }),
-        );
+            })
+        });
     }
     record(ctx, user, device, start_ms, end_ms);
 }

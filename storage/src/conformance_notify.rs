@@ -111,10 +111,16 @@ pub async fn push_tokens_are_per_device_bounded_and_move(backend: &dyn ImBackend
             .expect("remove"),
         "nothing left to remove"
     );
-    // The token a removed is free: registering it again anywhere works.
+    // The token a removed is free: registering it again anywhere works,
+    // and it is read back although a was just read to hold none.
     n.register_push_token(&a, token("phone", &t1), 2)
         .await
         .expect("register again");
+    assert_eq!(
+        devices(&n.push_tokens(&a).await.expect("read")),
+        [("phone".into(), t1.clone())],
+        "a token registered after an empty read is found"
+    );
 }
 
 /// Preview is on by default; the user's flag and per-conversation flags

@@ -179,7 +179,7 @@ async fn apply(ctx: &Ctx, user: &str, group: &str, op: GroupOp) -> Reply {
         ctx.fanout.refollow(groups, group, change).await;
     }
     ctx.fanout.deliver_all(events).await;
-    ctx.webhooks.emit("group_changed", event);
+    ctx.webhooks.emit("group_changed", || event);
     Ok(rpc_response::Kind::Group(v1::GroupResponse {
         group: Some(info),
         invited,

@@ -10,8 +10,13 @@
 //! the writer thread), one at a time under a lock, each one batch synced
 //! before the call returns. Push claims live in memory: one node is the
 //! whole cluster, and a claim only has to outlive the retries of one push.
+//!
+//! Users read to hold no token are remembered ([`Tokenless`]): every chat
+//! message asks for its recipient's tokens, and most recipients have none
+//! (desktop and web clients, users who refused notifications), so the
+//! answer comes from memory rather than from a scan of the table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -26,6 +31,45 @@ use crate::{OpError, StoreError};
 /// Claims kept in memory before expired ones are swept.
 const CLAIMS_SWEEP_AT: usize = 4_096;
 
+/// Users remembered to hold no token; the set starts over when full.
+const MAX_TOKENLESS: usize = 65_536;
+
+/// Users read to hold no push token. Only a registration adds a token, and
+/// each one takes its user out and counts itself in `registered`: a read
+/// that began before a registration finished (and may have missed its
+/// token) finds the count moved and remembers nothing.
+#[derive(Default)]
+struct Tokenless {
+    users: HashSet<String>,
+    registered: u64,
+}
+
+impl Tokenless {
+    /// Before a read of `user`'s tokens: `None` when `user` is known to hold
+    /// none, else the registration count to hand to [`remember`](Self::remember).
+    fn before_read(&self, user: &str) -> Option<u64> {
+        (!self.users.contains(user)).then_some(self.registered)
+    }
+
+    /// After a read found no token for `user`: remembered unless a
+    /// registration finished since [`before_read`](Self::before_read).
+    fn remember(&mut self, user: &str, registered: u64) {
+        if self.registered != registered {
+            return;
+        }
+        if self.users.len() >= MAX_TOKENLESS {
+            self.users.clear();
+        }
+        self.users.insert(user.to_owned());
+    }
+
+    /// After a token was registered for `user`.
+    fn registered(&mut self, user: &str) {
+        self.registered += 1;
+        self.users.remove(user);
+    }
+}
+
 /// The in-memory part of the embedded notify store.
 #[derive(Default)]
 pub(super) struct NotifyState {
@@ -33,6 +77,13 @@ pub(super) struct NotifyState {
     writes: Mutex<()>,
     /// Claim key → expiry (ms since the epoch).
     claims: Mutex<HashMap<String, i64>>,
+    tokenless: Mutex<Tokenless>,
+}
+
+impl NotifyState {
+    fn tokenless(&self) -> std::sync::MutexGuard<'_, Tokenless> {
+        self.tokenless.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn device_key(user: &str, device: &str) -> Result<Vec<u8>, StoreError> {
@@ -114,6 +165,7 @@ impl NotifyStore for EmbeddedStore {
         batch.insert(&t.push_token_owners, owner_key.into_bytes(), key.clone());
         batch.insert(&t.push_tokens, key, token.encode_to_vec());
         batch.durable().commit().map_err(unavailable)?;
+        self.notify.tokenless().registered(user);
         Ok(())
     }
 
@@ -141,7 +193,14 @@ impl NotifyStore for EmbeddedStore {
     }
 
     async fn push_tokens(&self, user: &str) -> Result<Vec<v1::PushToken>, StoreError> {
-        Ok(self.tokens_of(user)?.into_iter().map(|(_, t)| t).collect())
+        let Some(registered) = self.notify.tokenless().before_read(user) else {
+            return Ok(Vec::new());
+        };
+        let tokens = self.tokens_of(user)?;
+        if tokens.is_empty() {
+            self.notify.tokenless().remember(user, registered);
+        }
+        Ok(tokens.into_iter().map(|(_, t)| t).collect())
     }
 
     async fn push_settings(&self, user: &str) -> Result<v1::PushSettingsResponse, StoreError> {
@@ -181,5 +240,40 @@ impl NotifyStore for EmbeddedStore {
                 Ok(true)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read that began before a registration finished may have missed
+    /// its token: it remembers nothing. One that began after does.
+    #[test]
+    fn a_read_overtaken_by_a_registration_remembers_nothing() {
+        let mut t = Tokenless::default();
+        let before = t.before_read("u").expect("not known yet");
+        t.registered("u");
+        t.remember("u", before);
+        assert!(t.before_read("u").is_some(), "remembered from a stale read");
+
+        let after = t.before_read("u").expect("not known");
+        t.remember("u", after);
+        assert_eq!(t.before_read("u"), None, "an up-to-date read is remembered");
+        t.registered("u");
+        assert!(
+            t.before_read("u").is_some(),
+            "a registration forgets its user"
+        );
+    }
+
+    /// The set starts over at its bound rather than growing.
+    #[test]
+    fn the_set_is_bounded() {
+        let mut t = Tokenless::default();
+        for i in 0..=MAX_TOKENLESS {
+            t.remember(&format!("u{i}"), 0);
+        }
+        assert_eq!(t.users.len(), 1);
     }
 }
