@@ -10,27 +10,41 @@ use tracing::debug;
 
 use super::error::ApiError;
 
-/// A JSON request body of type `T`; anything else is a typed 400.
+/// A JSON request body of type `T`, which must be a JSON object; anything
+/// else is a typed 400. (serde reads a struct from an array too, by field
+/// position; every body the API documents is an object.)
 pub(super) struct Body<T>(pub(super) T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Body(value)),
+        let value = match axum::Json::<serde_json::Value>::from_request(request, state).await {
+            Ok(axum::Json(value)) => value,
             Err(e) => {
                 debug!(error = %e, "admin API: a body refused");
-                Err(ApiError::BadRequest(match e {
+                return Err(ApiError::BadRequest(match e {
                     JsonRejection::MissingJsonContentType(_) => {
                         "the body must be JSON (Content-Type: application/json)"
                     }
-                    JsonRejection::JsonSyntaxError(_) => "the body is not valid JSON",
-                    JsonRejection::JsonDataError(_) => {
-                        "the body does not have the documented fields and types"
+                    JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_) => {
+                        "the body is not valid JSON"
                     }
                     _ => "the body could not be read",
-                }))
+                }));
+            }
+        };
+        if !value.is_object() {
+            debug!("admin API: a body that is not a JSON object refused");
+            return Err(ApiError::BadRequest("the body must be a JSON object"));
+        }
+        match serde_json::from_value(value) {
+            Ok(body) => Ok(Body(body)),
+            Err(e) => {
+                debug!(error = %e, "admin API: a body refused");
+                Err(ApiError::BadRequest(
+                    "the body does not have the documented fields and types",
+                ))
             }
         }
     }
