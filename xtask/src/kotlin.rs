@@ -244,8 +244,9 @@ impl Drop for Gateway {
     }
 }
 
-/// Runs every Kotlin scenario; returns (passed, failed).
-pub(crate) fn test(root: &Path) -> Result<(u64, u64)> {
+/// Runs every Kotlin scenario; returns how many passed and the names of
+/// those that failed.
+pub(crate) fn test(root: &Path) -> Result<(u64, Vec<String>)> {
     let started = Instant::now();
     let out = target_dir(root).join("bindings");
     let generated = bindings::bindings(root, &out, false, true)?;
@@ -279,7 +280,7 @@ fn run_scenarios(
     jna: &Path,
     classes: &Path,
     generated: &bindings::Bindings,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, Vec<String>)> {
     let gateway = Gateway::start(
         gateway_bin,
         &work.join("gateway"),
@@ -363,7 +364,7 @@ fn run_scenarios(
         only.as_deref()
             .is_none_or(|list| list.split(',').any(|s| s.trim() == name))
     };
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed) = (0, Vec::new());
     for (name, extra) in scenarios.into_iter().filter(|(name, _)| selected(name)) {
         let t = Instant::now();
         let status = Command::new("java")
@@ -382,7 +383,7 @@ fn run_scenarios(
             passed += 1;
         } else {
             println!("kotlin {name} ... FAILED ({status})");
-            failed += 1;
+            failed.push(format!("kotlin {name}"));
         }
     }
     drop(dead);

@@ -521,25 +521,26 @@ pub(crate) fn loadtest(root: &Path, a: LoadtestArgs) -> Result<()> {
 }
 
 /// The smoke run inside `cargo xtask test`: a few hundred connections and
-/// messages on debug builds, correctness only. Returns (passed, failed).
-pub(crate) fn smoke(root: &Path) -> (u64, u64) {
+/// messages on debug builds, correctness only. Returns how many passed and
+/// the names of those that failed.
+pub(crate) fn smoke(root: &Path) -> (u64, Vec<String>) {
     match smoke_runs(root) {
         Ok(results) => {
-            let mut counts = (0, 0);
+            let mut counts = (0, Vec::new());
             for (name, r) in results {
                 if r["ok"].as_bool() == Some(true) {
                     println!("loadtest smoke {name} ... ok");
                     counts.0 += 1;
                 } else {
                     println!("loadtest smoke {name} ... FAILED: {}", r["errors"]);
-                    counts.1 += 1;
+                    counts.1.push(format!("loadtest smoke {name}"));
                 }
             }
             counts
         }
         Err(e) => {
             println!("loadtest smoke ... FAILED: {e:#}");
-            (0, 1)
+            (0, vec!["loadtest smoke".to_owned()])
         }
     }
 }

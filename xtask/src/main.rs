@@ -204,8 +204,8 @@ fn main() -> Result<()> {
             bindings::bindings(&root, &out, release, false)?;
             if test {
                 let (passed, failed) = kotlin::test(&root)?;
-                println!("kotlin: {passed} passed, {failed} failed");
-                if failed > 0 {
+                println!("kotlin: {passed} passed, {} failed", failed.len());
+                if !failed.is_empty() {
                     bail!("kotlin tests failed");
                 }
             }
@@ -267,30 +267,40 @@ fn test_with_services(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Resul
         .stdout(Stdio::piped());
     let mut child = cmd.spawn().context("cargo test")?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
+    // What failed is named again in the last lines, after the fuzzers'
+    // output, where a log's tail shows it.
+    let mut failures: Vec<String> = Vec::new();
+    let mut passed = 0u64;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
         if let Some(summary) = line.strip_prefix("test result: ") {
             passed += count(summary, " passed");
-            failed += count(summary, " failed");
+        } else if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+        {
+            failures.push(format!("cargo test {name}"));
         }
     }
     let status = child.wait()?;
+    if !status.success() && failures.is_empty() {
+        failures.push(format!("cargo test ({status})"));
+    }
     if status.success() {
         match kotlin::test(root) {
             Ok((p, f)) => {
                 passed += p;
-                failed += f;
+                failures.extend(f);
             }
             Err(e) => {
                 eprintln!("kotlin tests could not run: {e:#}");
-                failed += 1;
+                failures.push("kotlin (could not run)".into());
             }
         }
         let (p, f) = loadtest::smoke(root);
         passed += p;
-        failed += f;
+        failures.extend(f);
         match apifuzz::run(root, API_FUZZ_SECONDS) {
             Ok(()) => {
                 println!("admin API fuzz (schemathesis) ... ok");
@@ -298,23 +308,24 @@ fn test_with_services(root: &Path, fuzz_seconds: u64, extra: &[String]) -> Resul
             }
             Err(e) => {
                 eprintln!("admin API fuzz (schemathesis) ... FAILED: {e:#}");
-                failed += 1;
+                failures.push("admin API fuzz (schemathesis)".into());
             }
         }
     }
-    let mut fuzz_failed = false;
     if status.success() && fuzz_seconds > 0 {
         match fuzz(root, fuzz_seconds, None) {
             Ok(()) => passed += FUZZ_TARGETS.len() as u64,
             Err(e) => {
                 eprintln!("fuzzing failed: {e:#}");
-                failed += 1;
-                fuzz_failed = true;
+                failures.push("fuzzing".into());
             }
         }
     }
-    println!("qim: {passed} passed, {failed} failed");
-    if !status.success() || fuzz_failed || failed > 0 {
+    for name in &failures {
+        println!("FAILED: {name}");
+    }
+    println!("qim: {passed} passed, {} failed", failures.len());
+    if !failures.is_empty() {
         bail!("tests failed");
     }
     Ok(())
