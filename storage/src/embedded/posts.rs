@@ -4,9 +4,11 @@
 //! `sends.rs`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prost::Message as _;
 
+use super::kv::Slice;
 use super::sends::{Collision, SendId, earlier_send, msg_id_of, send_value};
 use super::tables::{check_key_part, conv_msg_key, decode_message, message_key, unavailable};
 use super::writer::{PostReply, Stage, Writer};
@@ -62,11 +64,17 @@ impl Writer {
             }
             None => self.commit_stage(stage),
         };
+        // Emptied before the replies: each result is then its Arc's only
+        // holder, and is moved out without a copy.
         pending.clear();
         self.scratch.posted = pending;
         match result {
             Ok(()) => {
                 for (out, reply) in outs.into_iter().zip(replies) {
+                    let out = out
+                        .into_iter()
+                        .map(|r| r.map(Arc::unwrap_or_clone))
+                        .collect();
                     let _ = reply.send(Ok(out));
                 }
             }
@@ -81,9 +89,9 @@ impl Writer {
     pub(super) fn stage_post(
         &mut self,
         stage: &mut Stage,
-        pending: &mut HashMap<Vec<u8>, Posted>,
+        pending: &mut HashMap<Vec<u8>, Arc<Posted>>,
         post: Post,
-    ) -> Result<Result<Posted, OpError>, StoreError> {
+    ) -> Result<Result<Arc<Posted>, OpError>, StoreError> {
         check_key_part(&post.sender)?;
         let id = SendId::new(&post.sender, &post.client_msg_id);
         let digest = post.digest();
@@ -95,9 +103,9 @@ impl Writer {
             }) {
                 return Ok(Err(OpError::Conflict));
             }
-            let mut original = original.clone();
+            let mut original = Posted::clone(original);
             original.duplicate = true;
-            return Ok(Ok(original));
+            return Ok(Ok(Arc::new(original)));
         }
         match earlier_send(&self.tables, &post.sender, &post.client_msg_id, &id)? {
             Err(Collision) => return Ok(Err(OpError::Conflict)),
@@ -105,10 +113,10 @@ impl Writer {
                 if sent.digest.is_some_and(|d| d != digest) {
                     return Ok(Err(OpError::Conflict));
                 }
-                return Ok(Ok(Posted {
+                return Ok(Ok(Arc::new(Posted {
                     copies: sent.copies,
                     duplicate: true,
-                }));
+                })));
             }
             Ok(None) => {}
         }
@@ -123,20 +131,24 @@ impl Writer {
             check_key_part(inbox)?;
         }
         let msg_id = msg_id_of(&id.key, post.server_time_ms);
-        let message = post.to_message(msg_id.clone());
+        let message = post.to_message(msg_id);
+        // Every copy stores the same bytes: encoded once, shared.
+        let encoded = Slice::from(message.encode_to_vec());
         let mut copies = Vec::with_capacity(post.inboxes.len());
-        for inbox in &post.inboxes {
-            let seq = self.next_seq(inbox)?;
-            let stored = StoredMessage {
-                inbox: inbox.clone(),
-                seq,
-                message: message.clone(),
-            };
+        // Each copy owns the message: a clone for all but the last.
+        let messages = std::iter::repeat_n(message, post.inboxes.len());
+        for (inbox, message) in std::mem::take(&mut post.inboxes).into_iter().zip(messages) {
+            let seq = self.next_seq(&inbox)?;
             stage.batch.insert(
                 &self.tables.messages,
-                message_key(inbox, seq),
-                stored.message.encode_to_vec(),
+                message_key(&inbox, seq),
+                encoded.clone(),
             );
+            let stored = StoredMessage {
+                inbox,
+                seq,
+                message,
+            };
             self.touch(stage, &stored)?;
             copies.push(stored);
         }
@@ -146,11 +158,11 @@ impl Writer {
             id.key.to_vec(),
             send_value(Some(&digest), &index),
         );
-        let posted = Posted {
+        let posted = Arc::new(Posted {
             copies,
             duplicate: false,
-        };
-        pending.insert(id.idem, posted.clone());
+        });
+        pending.insert(id.idem, Arc::clone(&posted));
         Ok(Ok(posted))
     }
 
@@ -179,7 +191,8 @@ impl Writer {
         stage.batch.insert(
             &self.tables.conv_msgs,
             conv_msg_key(owner, &convkey, stored.seq),
-            vec![u8::from(unread)],
+            // One byte: held inline, no allocation.
+            Slice::from(&[u8::from(unread)][..]),
         );
         let Some(conv) = self.conv(stage, owner, &peer, true)? else {
             return Ok(());

@@ -146,6 +146,8 @@ impl Writer {
                             match self.stage_post(&mut stage, &mut pending, post) {
                                 Ok(Ok(posted)) => {
                                     self.finish_fire(stage, &entry, key.to_vec())?;
+                                    pending.clear();
+                                    let posted = std::sync::Arc::unwrap_or_clone(posted);
                                     return Ok(Some(Fired::Posted(posted)));
                                 }
                                 Ok(Err(refused)) => explain(&refused),

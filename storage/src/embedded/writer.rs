@@ -6,6 +6,7 @@
 //! `schedule.rs`, `sweeper.rs`).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -454,7 +455,7 @@ pub(super) struct Stage {
 #[derive(Default)]
 pub(super) struct Scratch {
     pub(super) convs: HashMap<(String, String), Conv>,
-    pub(super) posted: HashMap<Vec<u8>, Posted>,
+    pub(super) posted: HashMap<Vec<u8>, Arc<Posted>>,
 }
 
 impl Writer {
@@ -595,28 +596,28 @@ impl Writer {
     ) -> Result<Option<&'s mut Conv>, StoreError> {
         let convkey = peer_key(peer).ok_or_else(|| StoreError::Invalid("empty peer".into()))?;
         check_key_part(&convkey)?;
-        let id = (user.to_owned(), convkey.clone());
-        if !stage.convs.contains_key(&id) {
-            let loaded = load_record(&self.tables.conversations, user, &convkey)?;
-            let conv = match loaded {
-                Some(record) => Conv {
-                    on_disk_order: Some(record.order_key(user, &convkey)),
-                    conv: record.conv,
-                    place: record.place,
+        let vacant = match stage.convs.entry((user.to_owned(), convkey)) {
+            Entry::Occupied(staged) => return Ok(Some(staged.into_mut())),
+            Entry::Vacant(vacant) => vacant,
+        };
+        let convkey = &vacant.key().1;
+        let conv = match load_record(&self.tables.conversations, user, convkey)? {
+            Some(record) => Conv {
+                on_disk_order: Some(record.order_key(user, convkey)),
+                conv: record.conv,
+                place: record.place,
+            },
+            None if create => Conv {
+                conv: v1::Conversation {
+                    peer: Some(peer.clone()),
+                    ..Default::default()
                 },
-                None if create => Conv {
-                    conv: v1::Conversation {
-                        peer: Some(peer.clone()),
-                        ..Default::default()
-                    },
-                    place: 0,
-                    on_disk_order: None,
-                },
-                None => return Ok(None),
-            };
-            stage.convs.insert(id.clone(), conv);
-        }
-        Ok(stage.convs.get_mut(&id))
+                place: 0,
+                on_disk_order: None,
+            },
+            None => return Ok(None),
+        };
+        Ok(Some(vacant.insert(conv)))
     }
 
     /// Appends an event to `inbox` in the stage.
