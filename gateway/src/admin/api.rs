@@ -310,7 +310,7 @@ pub(super) struct RevokedView {
 /// every node with `TOKEN_REVOKED` (`credential::revoke_tokens`). 400 for
 /// an invalid id, 503 when the store or Redis failed (safe to repeat).
 #[utoipa::path(post, path = "/v1/users/{user}/revoke-tokens", tag = "sessions",
-    params(("user" = String, Path, description = "The user id")),
+    params(("user" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The user id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "Tokens issued before revoked_before are refused", body = RevokedView),
@@ -346,6 +346,7 @@ pub(super) async fn revoke_tokens(
 #[into_params(parameter_in = Query)]
 pub(super) struct KickQuery {
     /// Only this device's session; absent: every device of the user.
+    #[param(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     #[serde(default)]
     device: Option<String>,
     /// What the user's app is told: `operator` (default), `security`,
@@ -371,7 +372,7 @@ fn kick_reason(name: Option<&str>) -> Option<KickReason> {
 /// reason the SDK reports (`Error::Kicked`); the SDK does not reconnect on
 /// its own after it. In a cluster, call it on each node `/v1/nodes` lists.
 #[utoipa::path(post, path = "/v1/users/{user}/kick", tag = "sessions",
-    params(("user" = String, Path, description = "The user id"), KickQuery),
+    params(("user" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The user id"), KickQuery),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "The sessions ended here", body = KickView),

@@ -44,6 +44,7 @@ pub(super) struct BroadcastRequest {
     /// The broadcast's id (1-64 of `[A-Za-z0-9._@-]`): the same id again
     /// answers its progress, and after a restart resumes it without
     /// sending twice.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     id: String,
     /// Application content type (default `"text"`).
     #[serde(default)]
@@ -239,7 +240,7 @@ async fn run(
 
 /// A broadcast's progress.
 #[utoipa::path(get, path = "/v1/broadcasts/{id}", tag = "messages",
-    params(("id" = String, Path, description = "The broadcast's id")),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The broadcast's id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "Its progress", body = Progress),

@@ -180,7 +180,7 @@ pub(super) async fn create(
 
 /// The group's info.
 #[utoipa::path(get, path = "/v1/groups/{group}", tag = "groups",
-    params(("group" = String, Path, description = "The group id")),
+    params(("group" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The group id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "The group", body = GroupView),
@@ -200,7 +200,7 @@ pub(super) async fn info(
 
 /// Adds members (as the owner; a user whose rules refuse is invited).
 #[utoipa::path(post, path = "/v1/groups/{group}/members", tag = "groups",
-    params(("group" = String, Path, description = "The group id")),
+    params(("group" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The group id")),
     request_body = Users,
     security(("admin_key" = [])),
     responses(
@@ -225,7 +225,7 @@ pub(super) async fn add(
 
 /// Removes members.
 #[utoipa::path(post, path = "/v1/groups/{group}/members/remove", tag = "groups",
-    params(("group" = String, Path, description = "The group id")),
+    params(("group" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The group id")),
     request_body = Users,
     security(("admin_key" = [])),
     responses(
@@ -248,7 +248,7 @@ pub(super) async fn remove(
 
 /// Mutes or unmutes a member, or everyone but admins.
 #[utoipa::path(post, path = "/v1/groups/{group}/mute", tag = "groups",
-    params(("group" = String, Path, description = "The group id")),
+    params(("group" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The group id")),
     request_body = Mute,
     security(("admin_key" = [])),
     responses(
@@ -277,7 +277,7 @@ pub(super) async fn mute(
 
 /// Dissolves the group: members stop receiving, sends are refused.
 #[utoipa::path(post, path = "/v1/groups/{group}/dissolve", tag = "groups",
-    params(("group" = String, Path, description = "The group id")),
+    params(("group" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The group id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "Dissolved", body = GroupView),

@@ -18,6 +18,7 @@ use crate::mutex::lock;
 #[into_params(parameter_in = Query)]
 pub(super) struct UserQuery {
     /// The user id (1-64 of `[A-Za-z0-9._@-]`).
+    #[param(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     #[serde(default)]
     pub(super) user: String,
 }

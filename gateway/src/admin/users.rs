@@ -136,7 +136,7 @@ pub(super) async fn register(
 
 /// A user's account.
 #[utoipa::path(get, path = "/v1/users/{user}", tag = "users",
-    params(("user" = String, Path, description = "The user id")),
+    params(("user" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The user id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "The account", body = AccountView),
@@ -196,7 +196,7 @@ async fn set(
 /// Disables an account: its logins are refused (`USER_DISABLED`) and its
 /// sessions end (`KICKED`, reason `ACCOUNT_DISABLED`).
 #[utoipa::path(post, path = "/v1/users/{user}/disable", tag = "users",
-    params(("user" = String, Path, description = "The user id")),
+    params(("user" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The user id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "Disabled", body = AccountView),
@@ -216,7 +216,7 @@ pub(super) async fn disable(
 
 /// Enables a disabled account again.
 #[utoipa::path(post, path = "/v1/users/{user}/enable", tag = "users",
-    params(("user" = String, Path, description = "The user id")),
+    params(("user" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The user id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "Enabled", body = AccountView),
@@ -243,7 +243,7 @@ pub(super) async fn enable(
 /// (`media.collect_grace_ms`). The id is never registered again.
 /// Idempotent: after a 503, repeat it to finish.
 #[utoipa::path(delete, path = "/v1/users/{user}", tag = "users",
-    params(("user" = String, Path, description = "The user id")),
+    params(("user" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The user id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "Deleted (also when it was already)", body = DeletedView),
