@@ -155,7 +155,7 @@ pub(crate) fn summarize(
     let mut late: Option<Histogram<u64>> = None;
     let (mut delivered, mut retransmits, mut duplicates) = (0, 0, 0);
     let mut last = start;
-    let mut windows = Windows::new(start, args.window_seconds);
+    let mut windows = Windows::new(start, args.window_seconds, args.seconds);
     for r in received {
         if let (Some(all), Some(w)) = (&mut windows, &r.windows) {
             all.merge(w);
@@ -292,7 +292,7 @@ pub(crate) async fn run(
         let to = format!("{run_id}-r{p}");
         pairs.spawn(async move {
             let (expect_tx, expect_rx) = watch::channel(None);
-            let windows = Windows::new(start, args.window_seconds);
+            let windows = Windows::new(start, args.window_seconds, args.seconds);
             let receiving = tokio::spawn(receive(receiver, expect_rx, windows, None));
             let (stop_upload, upload_stop) = watch::channel(false);
             let uploading = (args.upload_mib > 0).then(|| {

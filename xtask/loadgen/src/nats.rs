@@ -160,7 +160,7 @@ impl Pair {
     ) -> Result<(u64, u64, Received)> {
         let start = *go.wait_for(|s| s.is_some()).await?;
         let start = start.context("start time")?;
-        let windows = Windows::new(start, args.window_seconds);
+        let windows = Windows::new(start, args.window_seconds, args.seconds);
         let (expect_tx, expect_rx) = watch::channel(None::<u64>);
         let receiving = tokio::spawn(receive(self.messages, expect_rx, windows, p));
         let start = args.phased(start, p);

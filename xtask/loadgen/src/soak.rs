@@ -17,16 +17,30 @@ use crate::stats;
 pub(crate) struct Windows {
     start_ns: u64,
     width_ns: u64,
+    /// The index of the run's last window: a message due after the run's
+    /// end counts in it.
+    last: usize,
     hists: Vec<Histogram<u64>>,
 }
 
 impl Windows {
-    /// Windows of `width_s` seconds from `start`; `None` when `width_s` is
-    /// not positive (no windows asked for).
-    pub(crate) fn new(start: Instant, width_s: f64) -> Option<Self> {
+    /// Windows of `width_s` seconds from `start` over a run of `run_s`
+    /// seconds (the last window is shorter when the run is not a whole
+    /// number of them); `None` when `width_s` is not positive (no windows
+    /// asked for). Each sender's schedule starts up to one interval after
+    /// `start` (`ChatArgs::phased`), so its last message can fall due a
+    /// moment after the run's end; it counts in the last window rather than
+    /// opening one of its own, which would hold a few messages and stand for
+    /// the run's last window p99.
+    pub(crate) fn new(start: Instant, width_s: f64, run_s: f64) -> Option<Self> {
         (width_s > 0.0).then(|| Self {
             start_ns: stats::ns_of(start),
             width_ns: (width_s * 1e9) as u64,
+            last: if run_s > 0.0 {
+                ((run_s / width_s).ceil() as usize).saturating_sub(1)
+            } else {
+                usize::MAX
+            },
             hists: Vec::new(),
         })
     }
@@ -34,6 +48,7 @@ impl Windows {
     /// Records the latency of a message due at `sent_ns` in its window.
     pub(crate) fn record(&mut self, sent_ns: u64) {
         let i = (sent_ns.saturating_sub(self.start_ns) / self.width_ns.max(1)) as usize;
+        let i = i.min(self.last);
         while self.hists.len() <= i {
             self.hists.push(stats::histogram());
         }
@@ -161,4 +176,43 @@ pub(crate) fn store_rows(dir: &Path) -> Result<Value> {
         all_bytes += bytes;
     }
     Ok(json!({ "rows": all_rows, "bytes": all_bytes, "tables": tables }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(w: &Windows) -> Vec<u64> {
+        w.json()
+            .as_array()
+            .map(|a| a.iter().filter_map(|w| w["delivered"].as_u64()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_message_due_after_the_run_counts_in_its_last_window() {
+        // Times are counted from the process's epoch: set it first.
+        let _ = stats::now_ns();
+        let start = Instant::now();
+        let at = |s: f64| stats::ns_of(start + Duration::from_secs_f64(s));
+        // 180 s in windows of 30: six windows, the last message of a late
+        // phased sender (due 10 ms after the end) in the sixth.
+        let mut w = Windows::new(start, 30.0, 180.0).expect("windows");
+        for s in [0.0, 29.9, 30.0, 179.9, 180.01] {
+            w.record(at(s));
+        }
+        assert_eq!(delivered(&w), vec![2, 1, 0, 0, 0, 2]);
+        // A run that is not a whole number of windows keeps its short last
+        // window.
+        let mut w = Windows::new(start, 30.0, 45.0).expect("windows");
+        for s in [10.0, 40.0, 45.2] {
+            w.record(at(s));
+        }
+        assert_eq!(delivered(&w), vec![1, 2]);
+        // No run length (a message budget): windows as they come.
+        let mut w = Windows::new(start, 30.0, 0.0).expect("windows");
+        w.record(at(95.0));
+        assert_eq!(delivered(&w), vec![0, 0, 0, 1]);
+        assert!(Windows::new(start, 0.0, 180.0).is_none());
+    }
 }
