@@ -146,8 +146,12 @@ impl Gateway {
                     .engine()
                     .map_err(qim_storage::StoreError::Invalid)?;
                 let dir = config.server.data_dir.join("store");
-                let cache_bytes = config.store.cache_mb.saturating_mul(1 << 20);
-                Stores::open_embedded_on(&dir, engine, cache_bytes, retention)?
+                let options = qim_storage::embedded::StoreOptions {
+                    engine,
+                    cache_bytes: config.store.cache_mb.saturating_mul(1 << 20),
+                    log: config.store.log,
+                };
+                Stores::open_embedded_on(&dir, &options, retention)?
             }
         };
         let stores = match (config.media.s3_options()?, &config.media.blob_dir) {

@@ -169,6 +169,20 @@ async fn a_kill_9_during_traffic_loses_no_acked_message_on_sqlite() {
     kill_9_during_traffic("sqlite").await;
 }
 
+/// With the store's own log on (`store.log`), the engine syncs only at
+/// checkpoints: what it had not synced at the kill comes back from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_traffic_loses_no_acked_message_with_the_store_log() {
+    kill_9_during_traffic_with("fjall", true).await;
+}
+
+/// redb forgets every commit made without a sync when the process dies, so
+/// here every acked message since the log started comes back from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_traffic_loses_no_acked_message_on_redb_with_the_store_log() {
+    kill_9_during_traffic_with("redb", true).await;
+}
+
 /// A data directory keeps the engine that wrote it: a gateway asked for
 /// another refuses to start and names the engine to set, instead of
 /// serving an empty second store.
@@ -191,8 +205,18 @@ async fn a_store_written_by_another_engine_is_refused_at_start() {
 /// Acked messages survive a SIGKILL mid-traffic on the embedded store's
 /// `engine`, gap-free and intact.
 async fn kill_9_during_traffic(engine: &str) {
+    kill_9_during_traffic_with(engine, false).await;
+}
+
+/// [`kill_9_during_traffic`], with the store's own log on when `log`.
+async fn kill_9_during_traffic_with(engine: &str, log: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let on_engine = ["--set".to_owned(), format!("store.engine=\"{engine}\"")];
+    let on_engine = [
+        "--set".to_owned(),
+        format!("store.engine=\"{engine}\""),
+        "--set".to_owned(),
+        format!("store.log={log}"),
+    ];
     let node = start_on(dir.path(), &on_engine).await;
     let alice = std::sync::Arc::new(
         Client::connect(node.config(dir.path(), "alice", "alice-phone"))

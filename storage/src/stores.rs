@@ -104,24 +104,21 @@ impl Stores {
     /// history readable for `history_retention_ms` (0: forever; see
     /// [`EmbeddedStore::set_history_retention_ms`]).
     pub fn open_embedded(dir: &Path, history_retention_ms: u64) -> Result<Self, StoreError> {
-        let engine = crate::embedded::Engine::found_in(dir).unwrap_or_default();
-        Self::open_embedded_on(
-            dir,
-            engine,
-            crate::embedded::DEFAULT_CACHE_BYTES,
-            history_retention_ms,
-        )
+        let options = crate::embedded::StoreOptions {
+            engine: crate::embedded::Engine::found_in(dir).unwrap_or_default(),
+            ..Default::default()
+        };
+        Self::open_embedded_on(dir, &options, history_retention_ms)
     }
 
-    /// [`Stores::open_embedded`] on `engine` with a block cache of
-    /// `cache_bytes` ([`EmbeddedStore::open_with_cache`]).
+    /// [`Stores::open_embedded`] opened as `options` say
+    /// ([`EmbeddedStore::open_with_options`]).
     pub fn open_embedded_on(
         dir: &Path,
-        engine: crate::embedded::Engine,
-        cache_bytes: u64,
+        options: &crate::embedded::StoreOptions,
         history_retention_ms: u64,
     ) -> Result<Self, StoreError> {
-        let store = Arc::new(EmbeddedStore::open_with_cache(dir, engine, cache_bytes)?);
+        let store = Arc::new(EmbeddedStore::open_with_options(dir, options)?);
         store.set_history_retention_ms(history_retention_ms);
         let disk = store.disk();
         let blobs = Arc::new(FileBlobs::open(&dir.join("media"))?);

@@ -1,23 +1,27 @@
 //! The storage conformance suite against the embedded backend, on each of
-//! its engines.
+//! its engines, and on fjall with the store's own log on.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use qim_storage::MessageStore;
 use qim_storage::conformance::Backend;
-use qim_storage::embedded::{EmbeddedStore, Engine};
+use qim_storage::embedded::{EmbeddedStore, Engine, StoreOptions};
 
 struct Embedded {
     dir: tempfile::TempDir,
-    engine: Engine,
+    options: StoreOptions,
 }
 
 impl Embedded {
-    fn new(engine: Engine) -> Self {
+    fn new((engine, log): (Engine, bool)) -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
-            engine,
+            options: StoreOptions {
+                engine,
+                log,
+                ..Default::default()
+            },
         }
     }
 }
@@ -27,20 +31,17 @@ impl Backend for Embedded {
     async fn open(&self) -> Arc<dyn MessageStore> {
         // The engines hold a lock on their files until the previous instance
         // is dropped; conformance checks drop before reopening.
-        Arc::new(EmbeddedStore::open_with(self.dir.path(), self.engine).expect("open store"))
+        Arc::new(
+            EmbeddedStore::open_with_options(self.dir.path(), &self.options).expect("open store"),
+        )
     }
 }
 
 #[async_trait]
 impl qim_storage::conformance_im::ImBackend for Embedded {
     async fn open_im(&self) -> qim_storage::Stores {
-        qim_storage::Stores::open_embedded_on(
-            self.dir.path(),
-            self.engine,
-            qim_storage::embedded::DEFAULT_CACHE_BYTES,
-            0,
-        )
-        .expect("open store")
+        qim_storage::Stores::open_embedded_on(self.dir.path(), &self.options, 0)
+            .expect("open store")
     }
 }
 
@@ -61,7 +62,12 @@ macro_rules! on_engines {
     };
 }
 
-on_engines!(fjall => Engine::Fjall, redb => Engine::Redb, sqlite => Engine::Sqlite);
+on_engines!(
+    fjall => (Engine::Fjall, false),
+    redb => (Engine::Redb, false),
+    sqlite => (Engine::Sqlite, false),
+    fjall_with_the_store_log => (Engine::Fjall, true),
+);
 
 /// The retention sweep deletes expired messages from disk, keeps each
 /// inbox's newest (its head), takes them off unread counts, and history

@@ -304,6 +304,13 @@ section! {
         /// Embedded store, fjall engine: the block cache in MiB (data blocks read back; every
         /// table's filter and index blocks are held in memory besides, about 4% of the data).
         cache_mb: u64 = 256,
+        /// Embedded store: every write goes first to the store's own append-only log, and a
+        /// group commit is made durable by one sync of that log; the engine syncs only at
+        /// checkpoints (every 64 MiB of log), in the background. At open, what the log holds past
+        /// its checkpoint is applied again. Off, the engine's own sync makes each group commit
+        /// durable. A log found in a store opened with it off is replayed, then removed.
+        /// BENCHMARKS "The store's own log" compares the two.
+        log: bool = false,
         /// Milliseconds after which a seq handed out but never stored (a failed write) or expired
         /// counts as gone for good: sync then tells a client to skip it at once instead of waiting
         /// its gap_skip_after (clients ask again every second while they wait). At least the

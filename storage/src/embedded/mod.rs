@@ -128,6 +128,29 @@ pub use space::DiskSpace;
 pub use sweeper::sweep_interval;
 pub use writer::MAX_BATCH;
 
+/// How an embedded store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The engine (`store.engine`).
+    pub engine: Engine,
+    /// fjall's block cache in bytes (`store.cache_mb`).
+    pub cache_bytes: u64,
+    /// Whether every write goes through the store's own log, durable by
+    /// its sync, the engine synced at checkpoints only (`store.log`;
+    /// `kv/log.rs`).
+    pub log: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            engine: Engine::default(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            log: false,
+        }
+    }
+}
+
 /// Append requests waiting for the writer; senders wait when it is full.
 const QUEUE: usize = 1024;
 
@@ -179,8 +202,27 @@ impl EmbeddedStore {
         engine: Engine,
         cache_bytes: u64,
     ) -> Result<Self, StoreError> {
+        Self::open_with_options(
+            dir,
+            &StoreOptions {
+                engine,
+                cache_bytes,
+                log: false,
+            },
+        )
+    }
+
+    /// Opens (or creates) the store in `dir` as `options` say. Fails if
+    /// another process has it open, or another engine wrote it.
+    pub fn open_with_options(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
-        let db = kv::Db::open(dir, engine, cache_bytes).map_err(unavailable)?;
+        let db = kv::Db::open_with_log(
+            dir,
+            options.engine,
+            options.cache_bytes,
+            options.log.then_some(kv::CHECKPOINT_BYTES),
+        )
+        .map_err(unavailable)?;
         let tables = Tables::open(db)?;
         let disk = std::sync::Arc::new(DiskSpace::new(dir.to_path_buf()));
         contacts::build_indexes(&tables)?;
@@ -265,6 +307,7 @@ impl Drop for EmbeddedStore {
             let _ = writer.join();
         }
         let _ = self.tables.db.sync();
+        self.tables.db.close();
     }
 }
 

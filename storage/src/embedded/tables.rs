@@ -89,7 +89,8 @@ pub(super) struct Tables {
 }
 
 impl Tables {
-    /// Opens (or creates) every keyspace of `db`.
+    /// Opens (or creates) every keyspace of `db`, then applies what the
+    /// store's log holds past its checkpoint (`kv/log.rs`).
     pub(super) fn open(db: Db) -> Result<Self, StoreError> {
         let keyspace = |name: &'static str| db.table_of(name, Rows::Growing);
         let rewritten = |name: &'static str| db.table_of(name, Rows::Rewritten);
@@ -97,7 +98,7 @@ impl Tables {
         let msg_ids = keyspace("msg_ids").map_err(unavailable)?;
         let legacy = !idempotency.is_empty().map_err(unavailable)?
             || !msg_ids.is_empty().map_err(unavailable)?;
-        Ok(Tables {
+        let tables = Tables {
             messages: keyspace("messages").map_err(unavailable)?,
             sends: keyspace("sends").map_err(unavailable)?,
             legacy,
@@ -132,7 +133,9 @@ impl Tables {
             push_settings: keyspace("push_settings").map_err(unavailable)?,
             media: keyspace("media").map_err(unavailable)?,
             db,
-        })
+        };
+        tables.db.replay_log().map_err(unavailable)?;
+        Ok(tables)
     }
 
     /// Every table with its name.

@@ -19,11 +19,17 @@
 //! thread makes every send durable in one batch per group commit, so all
 //! three engines see the same writes and syncs.
 
+mod log;
 mod redb_engine;
 mod sqlite_engine;
 
+use std::collections::HashMap;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub(crate) use log::CHECKPOINT_BYTES;
+use log::{Log, LogError};
 
 pub(crate) use fjall::Slice;
 
@@ -104,6 +110,8 @@ pub(crate) enum KvError {
     Mismatch,
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Log(#[from] LogError),
 }
 
 /// How a table's rows are written, which sizes its memtable (fjall).
@@ -123,9 +131,21 @@ pub(crate) enum Rows {
 /// The memtable of a [`Rows::Rewritten`] table.
 const REWRITTEN_MEMTABLE_BYTES: u64 = 4 << 20;
 
-/// An open database.
+/// An open database: its engine and, with `store.log` on, the store's own
+/// log (`log.rs`), through which every write then goes.
 #[derive(Clone)]
-pub(crate) enum Db {
+pub(crate) struct Db {
+    engine: EngineDb,
+    log: Option<Arc<Log>>,
+    /// Whether the log stays on once replayed (a log found in a store
+    /// opened with it off is replayed and removed).
+    logged: bool,
+    /// Every table opened, by name: what a replayed record names.
+    tables: Arc<Mutex<HashMap<&'static str, TableKind>>>,
+}
+
+#[derive(Clone)]
+enum EngineDb {
     Fjall(fjall::Database),
     Redb(redb_engine::Redb),
     Sqlite(sqlite_engine::Sqlite),
@@ -137,6 +157,18 @@ impl Db {
     /// `cache_bytes` is fjall's block cache (the B-tree engines keep their
     /// own page caches).
     pub(crate) fn open(dir: &Path, engine: Engine, cache_bytes: u64) -> Result<Db, KvError> {
+        Self::open_with_log(dir, engine, cache_bytes, None)
+    }
+
+    /// [`Db::open`], with the store's log on when `log_every` is set: a
+    /// checkpoint every that many bytes of log. Until
+    /// [`Db::replay_log`], writes go to the engine alone.
+    pub(crate) fn open_with_log(
+        dir: &Path,
+        engine: Engine,
+        cache_bytes: u64,
+        log_every: Option<u64>,
+    ) -> Result<Db, KvError> {
         if let Some(found) = Engine::found_in(dir).filter(|found| *found != engine) {
             return Err(KvError::OtherEngine {
                 dir: dir.display().to_string(),
@@ -144,17 +176,84 @@ impl Db {
                 asked: engine,
             });
         }
-        match engine {
-            Engine::Fjall => Ok(Db::Fjall(
+        let engine = match engine {
+            Engine::Fjall => EngineDb::Fjall(
                 fjall::Database::builder(dir)
                     // Syncs are explicit: once per group commit.
                     .manual_journal_persist(true)
                     .cache_size(cache_bytes)
                     .open()?,
-            )),
-            Engine::Redb => Ok(Db::Redb(redb_engine::Redb::open(dir)?)),
-            Engine::Sqlite => Ok(Db::Sqlite(sqlite_engine::Sqlite::open(dir)?)),
+            ),
+            Engine::Redb => EngineDb::Redb(redb_engine::Redb::open(dir)?),
+            Engine::Sqlite => EngineDb::Sqlite(sqlite_engine::Sqlite::open(dir)?),
+        };
+        let log = (log_every.is_some() || Log::exists(dir))
+            .then(|| Arc::new(Log::new(dir, log_every.unwrap_or(CHECKPOINT_BYTES))));
+        Ok(Db {
+            engine,
+            log,
+            logged: log_every.is_some(),
+            tables: Arc::default(),
+        })
+    }
+
+    /// Applies what the log holds past its checkpoint, makes the engine
+    /// durable, then starts the log (or removes it, when the store was
+    /// opened with it off). Called once every table is open.
+    pub(crate) fn replay_log(&self) -> Result<(), KvError> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let tables = lock(&self.tables).clone();
+        let mut records = 0u64;
+        let end = log.replay(|rows| {
+            records += 1;
+            let rows = rows
+                .iter()
+                .map(|(name, key, value)| {
+                    let (name, kind) = tables
+                        .get_key_value(name.as_str())
+                        .ok_or_else(|| LogError::UnknownTable(name.clone()))?;
+                    let table = Table {
+                        name,
+                        kind: kind.clone(),
+                        log: None,
+                    };
+                    Ok((
+                        table,
+                        Slice::from(&key[..]),
+                        value.as_deref().map(Slice::from),
+                    ))
+                })
+                .collect::<Result<Vec<_>, KvError>>()?;
+            self.engine.apply(&rows)
+        })?;
+        self.engine.sync()?;
+        if records > 0 {
+            tracing::info!(records, "store log: replayed past its checkpoint");
         }
+        if self.logged {
+            let engine = self.engine.clone();
+            log.start(
+                end,
+                Box::new(move || engine.sync().map_err(|e| e.to_string())),
+            )?;
+        } else {
+            log.retire()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the log's checkpoints (before the store closes).
+    pub(crate) fn close(&self) {
+        if let Some(log) = &self.log {
+            log.stop();
+        }
+    }
+
+    /// The log, when writes go through it.
+    fn active_log(&self) -> Option<&Arc<Log>> {
+        self.log.as_ref().filter(|log| log.active())
     }
 
     /// The table `name`, created if missing, its rows [`Rows::Growing`].
@@ -167,8 +266,8 @@ impl Db {
     /// written. The sizes are fixed when fjall creates the table: a store
     /// created before keeps the ones it was created with.
     pub(crate) fn table_of(&self, name: &'static str, rows: Rows) -> Result<Table, KvError> {
-        Ok(match self {
-            Db::Fjall(db) => {
+        let kind = match &self.engine {
+            EngineDb::Fjall(db) => {
                 // Every level's filter and index blocks stay in memory
                 // (fjall pins the first levels' only): a send's point reads
                 // (is this send new? its conversation's record) otherwise
@@ -177,7 +276,7 @@ impl Db {
                 // the writer grew over a ten-minute soak (BENCHMARKS,
                 // "Filters and indexes in memory"). They cost about 4% of
                 // the data held.
-                Table::Fjall(db.keyspace(name, || {
+                TableKind::Fjall(db.keyspace(name, || {
                     let all = fjall::config::PinningPolicy::all(true);
                     let options = fjall::KeyspaceCreateOptions::default()
                         .filter_block_pinning_policy(all.clone())
@@ -188,8 +287,14 @@ impl Db {
                     }
                 })?)
             }
-            Db::Redb(db) => Table::Redb(db.table(name)?),
-            Db::Sqlite(db) => Table::Sqlite(db.table(name)?),
+            EngineDb::Redb(db) => TableKind::Redb(db.table(name)?),
+            EngineDb::Sqlite(db) => TableKind::Sqlite(db.table(name)?),
+        };
+        lock(&self.tables).insert(name, kind.clone());
+        Ok(Table {
+            name,
+            kind,
+            log: self.log.clone(),
         })
     }
 
@@ -200,48 +305,132 @@ impl Db {
 
     /// An empty batch with room for `rows` writes.
     pub(crate) fn batch_with_capacity(&self, rows: usize) -> Batch {
-        match self {
-            Db::Fjall(db) => Batch::Fjall(fjall::OwnedWriteBatch::with_capacity(db.clone(), rows)),
-            Db::Redb(db) => Batch::Redb(db.clone(), Writes::with_capacity(rows)),
-            Db::Sqlite(db) => Batch::Sqlite(db.clone(), Writes::with_capacity(rows)),
+        if self.active_log().is_some() {
+            return Batch::Logged(self.clone(), Vec::with_capacity(rows), false);
+        }
+        match &self.engine {
+            EngineDb::Fjall(db) => {
+                Batch::Fjall(fjall::OwnedWriteBatch::with_capacity(db.clone(), rows))
+            }
+            EngineDb::Redb(db) => Batch::Redb(db.clone(), Writes::with_capacity(rows)),
+            EngineDb::Sqlite(db) => Batch::Sqlite(db.clone(), Writes::with_capacity(rows)),
         }
     }
 
-    /// Makes every write committed so far durable (fsync).
+    /// Makes every write committed so far durable (fsync): the log's, when
+    /// writes go through it.
     pub(crate) fn sync(&self) -> Result<(), KvError> {
-        match self {
-            Db::Fjall(db) => Ok(db.persist(fjall::PersistMode::SyncAll)?),
-            Db::Redb(db) => db.sync(),
-            Db::Sqlite(db) => db.sync(),
+        match self.active_log() {
+            Some(log) => Ok(log.sync_all()?),
+            None => self.engine.sync(),
         }
+    }
+
+    /// Appends `rows` to the log and applies them; durable before it
+    /// returns when `durable`.
+    fn commit_logged(&self, rows: &[LoggedRow], durable: bool) -> Result<(), KvError> {
+        let Some(log) = self.active_log() else {
+            return self.engine.apply(rows).and_then(|()| match durable {
+                true => self.engine.sync(),
+                false => Ok(()),
+            });
+        };
+        let written = log.append(
+            rows.iter()
+                .map(|(t, key, value)| (t.name, &key[..], value.as_deref())),
+            || self.engine.apply(rows),
+        )?;
+        if durable {
+            log.sync(&written)?;
+        }
+        Ok(())
     }
 
     /// The names of the tables the database holds.
     #[cfg(test)]
     pub(crate) fn table_names(&self) -> Result<Vec<String>, KvError> {
-        match self {
-            Db::Fjall(db) => Ok(db
+        match &self.engine {
+            EngineDb::Fjall(db) => Ok(db
                 .list_keyspace_names()
                 .iter()
                 .map(|n| n.to_string())
                 .collect()),
-            Db::Redb(db) => db.table_names(),
-            Db::Sqlite(db) => db.table_names(),
+            EngineDb::Redb(db) => db.table_names(),
+            EngineDb::Sqlite(db) => db.table_names(),
         }
     }
 
     /// The fjall database, when that is the engine.
     pub(crate) fn fjall(&self) -> Option<&fjall::Database> {
-        match self {
-            Db::Fjall(db) => Some(db),
+        match &self.engine {
+            EngineDb::Fjall(db) => Some(db),
             _ => None,
+        }
+    }
+
+    /// The log, when the store has one.
+    #[cfg(test)]
+    fn log(&self) -> Option<&Arc<Log>> {
+        self.log.as_ref()
+    }
+}
+
+impl EngineDb {
+    /// Makes every write committed to the engine durable.
+    fn sync(&self) -> Result<(), KvError> {
+        match self {
+            EngineDb::Fjall(db) => Ok(db.persist(fjall::PersistMode::SyncAll)?),
+            EngineDb::Redb(db) => db.sync(),
+            EngineDb::Sqlite(db) => db.sync(),
+        }
+    }
+
+    /// Writes `rows` in one commit, without a sync.
+    fn apply(&self, rows: &[LoggedRow]) -> Result<(), KvError> {
+        match self {
+            EngineDb::Fjall(db) => {
+                let mut batch = fjall::OwnedWriteBatch::with_capacity(db.clone(), rows.len());
+                for (table, key, value) in rows {
+                    let TableKind::Fjall(t) = &table.kind else {
+                        return Err(KvError::Mismatch);
+                    };
+                    match value {
+                        Some(value) => batch.insert(t, key.clone(), value.clone()),
+                        None => batch.remove(t, key.clone()),
+                    }
+                }
+                Ok(batch.commit()?)
+            }
+            EngineDb::Redb(db) => db.commit(&writes(rows), false),
+            EngineDb::Sqlite(db) => db.commit(&writes(rows), false),
         }
     }
 }
 
+fn writes(rows: &[LoggedRow]) -> Vec<Write> {
+    rows.iter()
+        .map(|(t, key, value)| (t.name, key.clone(), value.clone()))
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One row of a batch that goes through the log.
+type LoggedRow = (Table, Slice, Option<Slice>);
+
 /// One table: an ordered map of byte strings.
 #[derive(Clone)]
-pub(crate) enum Table {
+pub(crate) struct Table {
+    name: &'static str,
+    kind: TableKind,
+    /// The store's log, through which writes go once it is started.
+    log: Option<Arc<Log>>,
+}
+
+#[derive(Clone)]
+enum TableKind {
     Fjall(fjall::Keyspace),
     Redb(redb_engine::RedbTable),
     Sqlite(sqlite_engine::SqliteTable),
@@ -249,16 +438,16 @@ pub(crate) enum Table {
 
 impl Table {
     pub(crate) fn get<K: AsRef<[u8]>>(&self, key: K) -> Result<Option<Slice>, KvError> {
-        match self {
-            Table::Fjall(t) => Ok(t.get(key)?),
-            Table::Redb(t) => t.get(key.as_ref()),
-            Table::Sqlite(t) => t.get(key.as_ref()),
+        match &self.kind {
+            TableKind::Fjall(t) => Ok(t.get(key)?),
+            TableKind::Redb(t) => t.get(key.as_ref()),
+            TableKind::Sqlite(t) => t.get(key.as_ref()),
         }
     }
 
     pub(crate) fn contains_key<K: AsRef<[u8]>>(&self, key: K) -> Result<bool, KvError> {
-        match self {
-            Table::Fjall(t) => Ok(t.contains_key(key)?),
+        match &self.kind {
+            TableKind::Fjall(t) => Ok(t.contains_key(key)?),
             _ => Ok(self.get(key)?.is_some()),
         }
     }
@@ -269,16 +458,19 @@ impl Table {
         key: K,
         value: V,
     ) -> Result<(), KvError> {
-        match self {
-            Table::Fjall(t) => Ok(t.insert(key, value)?),
-            Table::Redb(t) => t.insert(key.into(), value.into()),
-            Table::Sqlite(t) => t.insert(key.into(), value.into()),
+        let (key, value): (Slice, Slice) = (key.into(), value.into());
+        if let Some(log) = self.log.as_ref().filter(|log| log.active()) {
+            log.append([(self.name, &key[..], Some(&value[..]))], || {
+                self.kind.insert(key.clone(), value.clone())
+            })?;
+            return Ok(());
         }
+        self.kind.insert(key, value)
     }
 
     pub(crate) fn is_empty(&self) -> Result<bool, KvError> {
-        match self {
-            Table::Fjall(t) => Ok(t.is_empty()?),
+        match &self.kind {
+            TableKind::Fjall(t) => Ok(t.is_empty()?),
             _ => match self.iter().next() {
                 None => Ok(true),
                 Some(entry) => entry.key().map(|_| false),
@@ -304,8 +496,8 @@ impl Table {
 
     /// The rows whose keys start with `prefix`, in key order.
     pub(crate) fn prefix<K: AsRef<[u8]>>(&self, prefix: K) -> Iter {
-        match self {
-            Table::Fjall(t) => Iter::Fjall(t.prefix(prefix)),
+        match &self.kind {
+            TableKind::Fjall(t) => Iter::Fjall(t.prefix(prefix)),
             _ => {
                 let start = prefix.as_ref().to_vec();
                 let end = prefix_end(&start).map_or(Bound::Unbounded, Bound::Excluded);
@@ -316,8 +508,8 @@ impl Table {
 
     /// The rows whose keys fall in `range`, in key order.
     pub(crate) fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
-        match self {
-            Table::Fjall(t) => Iter::Fjall(t.range(range)),
+        match &self.kind {
+            TableKind::Fjall(t) => Iter::Fjall(t.range(range)),
             _ => {
                 let owned = |b: Bound<&K>| match b {
                     Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
@@ -330,10 +522,20 @@ impl Table {
     }
 
     fn scan(&self, bounds: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> Iter {
+        match &self.kind {
+            TableKind::Fjall(t) => Iter::Fjall(t.range(bounds)),
+            TableKind::Redb(t) => t.scan(bounds),
+            TableKind::Sqlite(t) => Iter::Sqlite(t.scan(bounds)),
+        }
+    }
+}
+
+impl TableKind {
+    fn insert(&self, key: Slice, value: Slice) -> Result<(), KvError> {
         match self {
-            Table::Fjall(t) => Iter::Fjall(t.range(bounds)),
-            Table::Redb(t) => t.scan(bounds),
-            Table::Sqlite(t) => Iter::Sqlite(t.scan(bounds)),
+            TableKind::Fjall(t) => Ok(t.insert(key, value)?),
+            TableKind::Redb(t) => t.insert(key, value),
+            TableKind::Sqlite(t) => t.insert(key, value),
         }
     }
 }
@@ -434,6 +636,8 @@ pub(crate) enum Batch {
     Fjall(fjall::OwnedWriteBatch),
     Redb(redb_engine::Redb, Writes),
     Sqlite(sqlite_engine::Sqlite, Writes),
+    /// Written to the store's log, then to the engine; durable when set.
+    Logged(Db, Vec<LoggedRow>, bool),
     /// A write of another engine's table was added: the commit is refused
     /// and nothing of the batch is written.
     Refused,
@@ -454,13 +658,20 @@ impl Batch {
     }
 
     fn write(&mut self, table: &Table, key: Slice, value: Option<Slice>) {
-        match (&mut *self, table) {
-            (Batch::Fjall(b), Table::Fjall(t)) => match value {
+        match (&mut *self, &table.kind) {
+            (Batch::Logged(db, rows, _), kind) => {
+                if same_engine(&db.engine, kind) {
+                    rows.push((table.clone(), key, value));
+                } else {
+                    *self = Batch::Refused;
+                }
+            }
+            (Batch::Fjall(b), TableKind::Fjall(t)) => match value {
                 Some(value) => b.insert(t, key, value),
                 None => b.remove(t, key),
             },
-            (Batch::Redb(_, w), Table::Redb(t)) => w.rows.push((t.name(), key, value)),
-            (Batch::Sqlite(_, w), Table::Sqlite(t)) => w.rows.push((t.name(), key, value)),
+            (Batch::Redb(_, w), TableKind::Redb(t)) => w.rows.push((t.name(), key, value)),
+            (Batch::Sqlite(_, w), TableKind::Sqlite(t)) => w.rows.push((t.name(), key, value)),
             (Batch::Refused, _) => {}
             _ => *self = Batch::Refused,
         }
@@ -473,6 +684,7 @@ impl Batch {
             Batch::Fjall(b) => Batch::Fjall(b.durability(Some(fjall::PersistMode::SyncAll))),
             Batch::Redb(db, w) => Batch::Redb(db, Writes { durable: true, ..w }),
             Batch::Sqlite(db, w) => Batch::Sqlite(db, Writes { durable: true, ..w }),
+            Batch::Logged(db, rows, _) => Batch::Logged(db, rows, true),
             Batch::Refused => Batch::Refused,
         }
     }
@@ -482,10 +694,20 @@ impl Batch {
             Batch::Fjall(b) => Ok(b.commit()?),
             Batch::Redb(db, w) => db.commit(&w.rows, w.durable),
             Batch::Sqlite(db, w) => db.commit(&w.rows, w.durable),
+            Batch::Logged(db, rows, durable) => db.commit_logged(&rows, durable),
             Batch::Refused => Err(KvError::Mismatch),
         }
     }
 }
 
+/// Whether `kind` is a table of `db`'s engine.
+fn same_engine(db: &EngineDb, kind: &TableKind) -> bool {
+    matches!(
+        (db, kind),
+        (EngineDb::Fjall(_), TableKind::Fjall(_))
+            | (EngineDb::Redb(_), TableKind::Redb(_))
+            | (EngineDb::Sqlite(_), TableKind::Sqlite(_))
+    )
+}
 #[cfg(test)]
-mod tests;
+mod log_tests;
