@@ -280,8 +280,12 @@ pub fn table_rows(dir: &Path) -> Result<Vec<(&'static str, u64, u64)>, StoreErro
             dir.display()
         )));
     };
-    let tables =
-        Tables::open(kv::Db::open(dir, engine, DEFAULT_CACHE_BYTES).map_err(unavailable)?)?;
+    // A store with a log keeps it (opened with the log off, it would be
+    // applied and removed).
+    let log = kv::has_log(dir).then_some(kv::CHECKPOINT_BYTES);
+    let db = kv::Db::open_with_log(dir, engine, DEFAULT_CACHE_BYTES, log).map_err(unavailable)?;
+    let tables = Tables::open(db)?;
+    let _closed = Closing(&tables.db);
     let mut out = Vec::new();
     for (name, table) in tables.each() {
         let (mut rows, mut bytes) = (0u64, 0u64);
@@ -295,6 +299,15 @@ pub fn table_rows(dir: &Path) -> Result<Vec<(&'static str, u64, u64)>, StoreErro
         }
     }
     Ok(out)
+}
+
+/// Stops a database's log checkpoints when dropped.
+struct Closing<'a>(&'a kv::Db);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Drop for EmbeddedStore {

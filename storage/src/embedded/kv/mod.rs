@@ -114,6 +114,11 @@ pub(crate) enum KvError {
     Log(#[from] LogError),
 }
 
+/// Whether the store in `dir` has its own log (`log.rs`).
+pub(crate) fn has_log(dir: &Path) -> bool {
+    Log::exists(dir)
+}
+
 /// How a table's rows are written, which sizes its memtable (fjall).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rows {
@@ -152,17 +157,17 @@ enum EngineDb {
 }
 
 impl Db {
-    /// Opens (or creates) the database in `dir` with `engine`; refuses a
-    /// directory another engine wrote.
-    /// `cache_bytes` is fjall's block cache (the B-tree engines keep their
-    /// own page caches).
+    /// [`Db::open_with_log`] without the log.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path, engine: Engine, cache_bytes: u64) -> Result<Db, KvError> {
         Self::open_with_log(dir, engine, cache_bytes, None)
     }
 
-    /// [`Db::open`], with the store's log on when `log_every` is set: a
-    /// checkpoint every that many bytes of log. Until
-    /// [`Db::replay_log`], writes go to the engine alone.
+    /// Opens (or creates) the database in `dir` with `engine`, refusing a
+    /// directory another engine wrote; `cache_bytes` is fjall's block
+    /// cache. The store's log is on when `log_every` is set: a checkpoint
+    /// every that many bytes of log. Until [`Db::replay_log`], writes go to
+    /// the engine alone.
     pub(crate) fn open_with_log(
         dir: &Path,
         engine: Engine,
