@@ -309,7 +309,7 @@ section! {
         /// checkpoints (every 64 MiB of log), in the background. At open, what the log holds past
         /// its checkpoint is applied again. Off, the engine's own sync makes each group commit
         /// durable. A log found in a store opened with it off is replayed, then removed.
-        /// BENCHMARKS "The store's own log" compares the two.
+        /// BENCHMARKS "The store's own log, and the engines run again" compares the two.
         log: bool = false,
         /// Milliseconds after which a seq handed out but never stored (a failed write) or expired
         /// counts as gone for good: sync then tells a client to skip it at once instead of waiting

@@ -208,3 +208,31 @@ fn checkpoints_remove_the_segments_they_cover() {
         db.close();
     }
 }
+
+/// A batch that goes through the log takes only its own engine's tables:
+/// a commit with another's writes nothing, to the log or the engine.
+#[test]
+fn a_logged_batch_refuses_another_engines_table() {
+    let (a, b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let fjall = open_logged(a.path(), Engine::Fjall, super::CHECKPOINT_BYTES);
+    let redb = open_logged(b.path(), Engine::Redb, super::CHECKPOINT_BYTES);
+    let (ft, rt) = (
+        fjall.table("t").expect("table"),
+        redb.table("t").expect("table"),
+    );
+    let mut batch = fjall.batch();
+    batch.insert(&ft, b"k".to_vec(), b"v".to_vec());
+    batch.insert(&rt, b"k".to_vec(), b"v".to_vec());
+    assert!(matches!(batch.durable().commit(), Err(KvError::Mismatch)));
+    assert_eq!(value(&ft, b"k"), None);
+    assert_eq!(value(&rt, b"k"), None);
+    fjall.close();
+    redb.close();
+    drop((ft, rt, fjall, redb));
+    let fjall = open_logged(a.path(), Engine::Fjall, super::CHECKPOINT_BYTES);
+    assert_eq!(value(&fjall.table("t").expect("table"), b"k"), None);
+    fjall.close();
+}

@@ -211,28 +211,32 @@ impl Db {
         };
         let tables = lock(&self.tables).clone();
         let mut records = 0u64;
+        // Records are applied in order, many to one engine commit.
+        let mut pending: Vec<LoggedRow> = Vec::new();
         let end = log.replay(|rows| {
             records += 1;
-            let rows = rows
-                .iter()
-                .map(|(name, key, value)| {
-                    let (name, kind) = tables
-                        .get_key_value(name.as_str())
-                        .ok_or_else(|| LogError::UnknownTable(name.clone()))?;
-                    let table = Table {
-                        name,
-                        kind: kind.clone(),
-                        log: None,
-                    };
-                    Ok((
-                        table,
-                        Slice::from(&key[..]),
-                        value.as_deref().map(Slice::from),
-                    ))
-                })
-                .collect::<Result<Vec<_>, KvError>>()?;
-            self.engine.apply(&rows)
+            for (name, key, value) in rows {
+                let (name, kind) = tables
+                    .get_key_value(name.as_str())
+                    .ok_or_else(|| LogError::UnknownTable(name.clone()))?;
+                let table = Table {
+                    name,
+                    kind: kind.clone(),
+                    log: None,
+                };
+                pending.push((
+                    table,
+                    Slice::from(&key[..]),
+                    value.as_deref().map(Slice::from),
+                ));
+            }
+            if pending.len() >= REPLAY_ROWS {
+                self.engine.apply(&pending)?;
+                pending.clear();
+            }
+            Ok::<(), KvError>(())
         })?;
+        self.engine.apply(&pending)?;
         self.engine.sync()?;
         if records > 0 {
             tracing::info!(records, "store log: replayed past its checkpoint");
@@ -392,6 +396,9 @@ impl EngineDb {
 
     /// Writes `rows` in one commit, without a sync.
     fn apply(&self, rows: &[LoggedRow]) -> Result<(), KvError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         match self {
             EngineDb::Fjall(db) => {
                 let mut batch = fjall::OwnedWriteBatch::with_capacity(db.clone(), rows.len());
@@ -421,6 +428,9 @@ fn writes(rows: &[LoggedRow]) -> Vec<Write> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Rows of replayed records applied in one engine commit.
+const REPLAY_ROWS: usize = 16_384;
 
 /// One row of a batch that goes through the log.
 type LoggedRow = (Table, Slice, Option<Slice>);
@@ -714,5 +724,8 @@ fn same_engine(db: &EngineDb, kind: &TableKind) -> bool {
             | (EngineDb::Sqlite(_), TableKind::Sqlite(_))
     )
 }
+
 #[cfg(test)]
 mod log_tests;
+#[cfg(test)]
+mod tests;

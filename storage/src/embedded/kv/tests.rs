@@ -2,7 +2,7 @@
 
 use std::ops::Bound;
 
-use super::{Db, Engine, KvError, Table};
+use super::{Db, Engine, KvError, Table, TableKind};
 
 fn key(i: u32) -> Vec<u8> {
     let mut k = b"p/".to_vec();
@@ -225,7 +225,7 @@ fn rewritten_rows_are_flushed_from_a_small_memtable() {
         }
         batch.commit().expect("commit");
     }
-    let (Table::Fjall(g), Table::Fjall(r)) = (&growing, &rewritten) else {
+    let (TableKind::Fjall(g), TableKind::Fjall(r)) = (&growing.kind, &rewritten.kind) else {
         panic!("fjall tables");
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
