@@ -15,7 +15,21 @@
 //! touches a page per table per message: a send's row is keyed by a hash,
 //! and inboxes and conversations are spread over the key space. fjall, a
 //! log-structured merge tree, writes each row once to its journal and sorts
-//! later in bulk. Earlier, engine alone (200k records of 200 bytes, 100 per
+//! later in bulk.
+//!
+//! Run again on 2026-12-06 (BENCHMARKS "The store's own log, and the
+//! engines run again"), once a sender's send rows were in time order, the
+//! B-trees kept up at 20,000/s, and redb had the lower tail there: ten
+//! minutes gave a p99 of 151 ms against fjall's 496. It wrote 3.7× the
+//! bytes fjall wrote (117 MiB/s), held 4.6× the disk per message and three
+//! times the memory; at 5,000/s it wrote 332× the payload with a tail no
+//! better than fjall's. fjall stays the default for the writes a disk can
+//! take for years; `store.engine = "redb"` buys the lower tail at high
+//! rates with them. The store's own log (`store.log`, `kv/log.rs`) cuts
+//! redb's writes to fjall's at 5,000/s, but its checkpoints stall the
+//! writer; on fjall it adds writes and does not lower the tail.
+//!
+//! Earlier, engine alone (200k records of 200 bytes, 100 per
 //! durable commit; `shared/NOTES.md`): fjall 3.1 ≈ 145–200k records/s against
 //! redb 4.5's ≈ 50k, 46 MB on disk against 128 MiB; redb reads a page of 100
 //! faster (≈ 15 µs against ≈ 90 µs), but the gateway reads the store only to
