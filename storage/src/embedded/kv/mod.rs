@@ -18,6 +18,10 @@
 //! ascending byte order (or descending, reversed). The store's writer
 //! thread makes every send durable in one batch per group commit, so all
 //! three engines see the same writes and syncs.
+//!
+//! With `store.log` on, every write goes first to the store's own log
+//! (`log.rs`) and then to the engine without a sync: a durable commit and
+//! `sync` fsync the log, and the engine syncs at the log's checkpoints.
 
 mod log;
 mod redb_engine;
